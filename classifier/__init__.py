@@ -1,0 +1,1 @@
+"""classifier: multi-resolution timm ConvNeXt ensembles and CXR-LT metrics."""

@@ -1,0 +1,1 @@
+"""One module per pipeline stage; each defines ``register(app: typer.Typer)``."""

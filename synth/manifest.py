@@ -1,0 +1,143 @@
+"""The one manifest format that flows through every stage.
+
+A manifest is a CSV with
+
+* the CXR-LT identifier columns (``dicom_id, subject_id, study_id, ViewPosition, fpath``),
+* the 40 CXR-LT label columns, each ``1`` / ``0`` / empty (empty = *not annotated*,
+  e.g. a class NIH ChestX-ray14 does not label — never silently a negative),
+* ``split`` (train / val / test) and ``source`` (real / synthetic),
+* optional generation metadata for synthetic rows (``GENERATION_COLUMNS``).
+
+``fpath`` is relative to the manifest's own directory (or absolute), so a
+prepared dataset folder can be moved as a unit.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from synth.errors import UserError
+from synth.io import atomic_path
+from synth.taxonomy import CXR_LT_CLASSES, META_COLUMNS
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+SOURCES: tuple[str, ...] = ("real", "synthetic")
+
+#: Recorded for every synthetic row so any image can be regenerated exactly.
+GENERATION_COLUMNS: tuple[str, ...] = (
+    "target_class",
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "guidance_scale",
+    "num_inference_steps",
+    "scheduler",
+    "model_fingerprint",
+)
+
+MANIFEST_COLUMNS: tuple[str, ...] = META_COLUMNS + CXR_LT_CLASSES + ("split", "source")
+
+
+class ManifestError(UserError, ValueError):
+    """A manifest that does not follow the format; the message names the fix."""
+
+
+def empty_manifest() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in MANIFEST_COLUMNS})
+
+
+def _dtype(column: str) -> str:
+    return "float64" if column in CXR_LT_CLASSES else "object"
+
+
+def annotated_classes(df: pd.DataFrame) -> list[str]:
+    """Classes the dataset actually labels (at least one non-empty cell), in taxonomy order."""
+    return [c for c in CXR_LT_CLASSES if c in df.columns and df[c].notna().any()]
+
+
+def label_matrix(df: pd.DataFrame, classes: Sequence[str] | None = None) -> np.ndarray:
+    """(N, C) float32 labels with NaN where a class is not annotated."""
+    classes = list(classes) if classes is not None else list(CXR_LT_CLASSES)
+    return df.reindex(columns=classes).to_numpy(dtype=np.float32)
+
+
+def label_sets(df: pd.DataFrame, classes: Sequence[str] | None = None) -> list[tuple[str, ...]]:
+    """Each row's positive findings, in taxonomy order (empty tuple = no finding labelled)."""
+    classes = list(classes) if classes is not None else annotated_classes(df)
+    y = df.reindex(columns=classes).to_numpy(dtype=np.float32)
+    return [tuple(c for c, v in zip(classes, row) if v == 1.0) for row in y]
+
+
+def validate_manifest(df: pd.DataFrame, where: str = "manifest") -> pd.DataFrame:
+    """Check the columns and values every stage relies on; return a normalised copy."""
+    missing = [c for c in ("dicom_id", "subject_id", "fpath", "split", "source") if c not in df.columns]
+    if missing:
+        raise ManifestError(f"{where}: missing column(s) {', '.join(missing)}; re-create it with `synth prepare`")
+    df = df.copy()
+    for c in MANIFEST_COLUMNS:
+        if c not in df.columns:
+            df[c] = np.nan if c in CXR_LT_CLASSES else ""
+    for c in CXR_LT_CLASSES:
+        values = pd.to_numeric(df[c], errors="coerce")
+        bad = ~(values.isna() | values.isin([0.0, 1.0]))
+        if bad.any():
+            raise ManifestError(f"{where}: column {c!r} has values other than 0/1/empty (row {int(np.flatnonzero(bad)[0])}); fix the labels")
+        df[c] = values.astype("float64")
+    bad_split = ~df["split"].isin(SPLITS)
+    if bad_split.any():
+        raise ManifestError(f"{where}: split must be one of {SPLITS}, got {df['split'][bad_split].iloc[0]!r}")
+    bad_source = ~df["source"].isin(SOURCES)
+    if bad_source.any():
+        raise ManifestError(f"{where}: source must be one of {SOURCES}, got {df['source'][bad_source].iloc[0]!r}")
+    for c in ("dicom_id", "subject_id", "study_id", "fpath"):
+        df[c] = df[c].astype(str)
+    extra = [c for c in df.columns if c not in MANIFEST_COLUMNS]
+    return df[list(MANIFEST_COLUMNS) + extra]
+
+
+def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """Read and validate a manifest; ``df.attrs['root']`` is its directory."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "manifest.csv"
+    if not path.exists():
+        raise ManifestError(f"manifest not found: {path}; run `synth prepare` (or `synth phantom`) first")
+    df = pd.read_csv(path, dtype={"dicom_id": str, "subject_id": str, "study_id": str, "fpath": str}, keep_default_na=True)
+    df = validate_manifest(df, where=str(path))
+    df.attrs["root"] = str(path.parent.resolve())
+    return df
+
+
+def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Validate and write atomically; labels as 1/0/empty."""
+    path = Path(path)
+    df = validate_manifest(df, where=str(path))
+    out = df.copy()
+    for c in CXR_LT_CLASSES:
+        out[c] = out[c].map(lambda v: "" if pd.isna(v) else str(int(v)))
+    with atomic_path(path) as tmp:
+        out.to_csv(tmp, index=False)
+    return path
+
+
+def image_paths(df: pd.DataFrame, root: str | os.PathLike | None = None) -> list[Path]:
+    """Absolute image paths (``fpath`` is relative to the manifest directory)."""
+    root = Path(root if root is not None else df.attrs.get("root", "."))
+    return [p if (p := Path(f)).is_absolute() else root / p for f in df["fpath"]]
+
+
+def concat_manifests(frames: Iterable[pd.DataFrame], root: str | os.PathLike) -> pd.DataFrame:
+    """Concatenate manifests from different folders, rewriting ``fpath`` as absolute paths."""
+    parts = []
+    for df in frames:
+        df = df.copy()
+        df["fpath"] = [str(p.resolve()) for p in image_paths(df)]
+        parts.append(df)
+    out = pd.concat(parts, ignore_index=True)
+    out.attrs["root"] = str(Path(root).resolve())
+    return out
