@@ -7,14 +7,39 @@ independent and heavy imports (torch, diffusers) happen inside commands.
 
 from __future__ import annotations
 
+import functools
 import importlib
 
-import click
 import typer
 
 from synth.errors import UserError
 
-app = typer.Typer(
+class _SynthTyper(typer.Typer):
+    """A Typer whose commands turn ``UserError`` into one ``error:`` line and exit 2.
+
+    Done per command (not only in ``main``) so ``typer.testing.CliRunner`` and
+    sub-apps added by stages behave exactly like the installed ``synth`` script.
+    """
+
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
+
+        def decorator(fn):
+            @functools.wraps(fn)
+            def wrapper(*a, **kw):
+                try:
+                    return fn(*a, **kw)
+                except UserError as err:
+                    typer.echo(f"error: {err}", err=True)
+                    raise typer.Exit(2) from None
+
+            register(wrapper)
+            return fn
+
+        return decorator
+
+
+app = _SynthTyper(
     name="synth",
     help="Synthetic tail-class augmentation for long-tailed chest X-ray classification (CXR-LT).",
     no_args_is_help=True,
@@ -25,6 +50,13 @@ app = typer.Typer(
 #: Stage modules under synth.commands, in pipeline order.
 COMMAND_MODULES: tuple[str, ...] = ("data", "phantom", "finetune", "classify", "generate", "filter", "ablate")
 
+
+
+@app.callback()
+def _root() -> None:
+    """Synthetic tail-class augmentation for long-tailed chest X-ray classification (CXR-LT)."""
+
+
 for _name in COMMAND_MODULES:
     importlib.import_module(f"synth.commands.{_name}").register(app)
 
@@ -32,18 +64,10 @@ for _name in COMMAND_MODULES:
 def main() -> None:
     """Entry point: bad input becomes one ``error:`` line and exit status 2."""
     try:
-        app(standalone_mode=False)
+        app()
     except UserError as err:
         typer.echo(f"error: {err}", err=True)
         raise SystemExit(2) from None
-    except click.exceptions.ClickException as err:
-        err.show()
-        raise SystemExit(err.exit_code) from None
-    except click.exceptions.Abort:
-        typer.echo("aborted", err=True)
-        raise SystemExit(130) from None
-    except click.exceptions.Exit as err:
-        raise SystemExit(err.exit_code) from None
 
 
 if __name__ == "__main__":
