@@ -286,8 +286,12 @@ class Planner:
         })
         return row
 
-    def frame(self, jobs: Sequence[ImageJob], fingerprint: str) -> pd.DataFrame:
-        df = pd.DataFrame([self.row(j, fingerprint) for j in jobs])
+    def frame(self, jobs: Sequence[ImageJob], fingerprint: str = "") -> pd.DataFrame:
+        return self.frame_from_rows([self.row(j, fingerprint) for j in jobs])
+
+    @staticmethod
+    def frame_from_rows(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+        df = pd.DataFrame(list(rows))
         if df.empty:
             df = pd.DataFrame(columns=list(CXR_LT_CLASSES) + ["dicom_id", "subject_id", "study_id", "ViewPosition", "fpath", "split", "source", *GENERATION_COLUMNS])
         return df
@@ -338,16 +342,45 @@ def _shard_path(out_dir: Path, rank: int) -> Path:
     return out_dir / f"manifest.rank{rank}.csv"
 
 
-def _write_merged_manifest(out_dir: Path, base: pd.DataFrame, class_order: Sequence[str]) -> Path:
-    """base rows + every shard on disk, restricted to files that exist, one row per file."""
-    parts = [base] + [read_manifest(p) for p in sorted(out_dir.glob("manifest.rank*.csv"))]
-    parts = [p for p in parts if not p.empty]
-    df = pd.concat(parts, ignore_index=True) if parts else base
+def _write_merged_manifest(out_dir: Path, frames: Sequence[pd.DataFrame], class_order: Sequence[str]) -> Path:
+    """In-memory rows + every shard on disk, restricted to files that exist, one row per file."""
+    parts = [f for f in [*frames, *(read_manifest(p) for p in sorted(out_dir.glob("manifest.rank*.csv")))] if not f.empty]
+    df = pd.concat(parts, ignore_index=True) if parts else frames[0]
     df = df.drop_duplicates("fpath", keep="last")
     df = df.loc[np.array([(out_dir / f).exists() for f in df["fpath"]], dtype=bool)]
     order = {c: i for i, c in enumerate(class_order)}
     df = df.assign(_o=df["target_class"].map(lambda c: order.get(c, len(order)))).sort_values(["_o", "fpath"]).drop(columns="_o")
     return write_manifest(df.reset_index(drop=True), out_dir / MANIFEST_NAME)
+
+
+class ManifestSync:
+    """Keeps the on-disk manifest in step with the PNGs while costing at most ~5 % of the run.
+
+    The main process rewrites ``manifest.csv`` (its rows + the other ranks' shards);
+    other ranks rewrite their shard. A write happens after a batch unless the last
+    one was less than ``20 x its own duration`` ago, so a 10k-row manifest does not
+    throttle a fast GPU; at a crash the manifest can lag the PNGs by those batches,
+    which the reconciliation on restart recovers from the files.
+    """
+
+    def __init__(self, out_dir: Path, planner: Planner, fingerprint: str, base: pd.DataFrame, class_order: Sequence[str], rank: int) -> None:
+        self.out_dir, self.planner, self.fingerprint = out_dir, planner, fingerprint
+        self.base, self.class_order, self.rank = base, class_order, rank
+        self.rows: list[dict[str, Any]] = []
+        self._last_end = self._last_cost = 0.0
+
+    def add(self, jobs: Sequence[ImageJob], force: bool = False) -> None:
+        self.rows += [self.planner.row(j, self.fingerprint) for j in jobs]
+        start = time.perf_counter()
+        if not force and start - self._last_end < 20 * self._last_cost:
+            return
+        own = self.planner.frame_from_rows(self.rows)
+        if self.rank == 0:
+            _write_merged_manifest(self.out_dir, [self.base, own], self.class_order)
+        else:
+            write_manifest(own, _shard_path(self.out_dir, self.rank))
+        self._last_end = time.perf_counter()
+        self._last_cost = self._last_end - start
 
 
 # --------------------------------------------------------------------------- sampling (torch)
@@ -364,12 +397,15 @@ def _dtype(precision: str, device: "torch.device") -> "torch.dtype":
 def load_pipeline(model_dir: Path, scheduler: str, dtype: "torch.dtype", device: "torch.device", enable_xformers: bool = False) -> "StableDiffusionPipeline":
     """The diffusers pipeline with the requested scheduler (built from the folder's scheduler config)."""
     import diffusers
+    import torch
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(model_dir, local_files_only=True, safety_checker=None, requires_safety_checker=False)
+    # torch_dtype only when casting: diffusers keeps its fp32-only modules right that way, and fp32 needs no argument
+    cast = {} if dtype == torch.float32 else {"torch_dtype": dtype}
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir, local_files_only=True, safety_checker=None, requires_safety_checker=False, **cast)
     class_name, overrides = SCHEDULERS[scheduler]
     pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **overrides)
-    pipe = pipe.to(device=device, dtype=dtype)
+    pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     if enable_xformers:
         try:
@@ -480,6 +516,7 @@ def run(model_dir: str | Path, classes: Sequence[str], out_dir: str | Path, cfg:
     out_dir = Path(out_dir)
     check_run_settings(out_dir, settings)
 
+    base = planner.frame([])
     if state.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out_dir / RUN_SETTINGS_NAME, settings)
@@ -487,34 +524,33 @@ def run(model_dir: str | Path, classes: Sequence[str], out_dir: str | Path, cfg:
             shard.unlink()
         done = finished_images(out_dir)
         base = planner.frame([planner.job(c, i) for (c, i) in sorted(done) if c in labels.classes], info.fingerprint)
-        _write_merged_manifest(out_dir, base, targets)
+        _write_merged_manifest(out_dir, [base], targets)
     state.wait_for_everyone()
 
     done = finished_images(out_dir)
     todo = [j for j in planned if (j.target_class, j.index) not in done]
-    base = read_manifest(out_dir / MANIFEST_NAME)
     with state.split_between_processes(todo) as mine:
         mine = list(mine)
+    sync = ManifestSync(out_dir, planner, info.fingerprint, base, targets, state.process_index)
     if mine:
         pipe = load_pipeline(info.model_dir, cfg.scheduler, dtype, device, cfg.enable_xformers)
         resolution = pipeline_resolution(pipe, info)
         progress, task = _progress(cfg.progress and state.is_main_process, len(mine))
-        written: list[ImageJob] = []
-        start = time.perf_counter()
+        finished, start = 0, time.perf_counter()
         with progress:
             for batch in _batches(mine, cfg.batch_size):
                 for job, image in zip(batch, render(pipe, batch, resolution, cfg.steps, cfg.guidance_scale)):
                     save_image_atomic(out_dir / job.fpath, image)
-                written += batch
-                write_manifest(planner.frame(written, info.fingerprint), _shard_path(out_dir, state.process_index))
-                if state.is_main_process:
-                    _write_merged_manifest(out_dir, base, targets)
-                progress.update(task, advance=len(batch), rate=f"{len(written) / (time.perf_counter() - start):.2f} img/s")
+                sync.add(batch)
+                finished += len(batch)
+                progress.update(task, advance=len(batch), rate=f"{finished / (time.perf_counter() - start):.2f} img/s")
+        if not state.is_main_process:  # the main process's rows go into the final merge below
+            sync.add([], force=True)
     state.wait_for_everyone()
 
     manifest = out_dir / MANIFEST_NAME
     if state.is_main_process:
-        _write_merged_manifest(out_dir, base, targets)
+        _write_merged_manifest(out_dir, [base, planner.frame_from_rows(sync.rows)], targets)
         for shard in out_dir.glob("manifest.rank*.csv"):
             shard.unlink()
     state.wait_for_everyone()

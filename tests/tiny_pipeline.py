@@ -73,8 +73,19 @@ def write_tiny_manifest(root: Path) -> Path:
     return write_manifest(pd.DataFrame(rows), root / "manifest.csv")
 
 
-def build_tiny_pipeline(root: Path, templates: Path = DEFAULT_TEMPLATES, seed: int = 0) -> Path:
-    """Write data/ (manifest) and model/ (pipeline folder) under ``root``; return the model folder."""
+def build_tiny_pipeline(
+    root: Path,
+    templates: Path = DEFAULT_TEMPLATES,
+    seed: int = 0,
+    unet_channels: tuple[int, ...] = (8, 16),
+    vae_channels: tuple[int, ...] = (8, 16),
+    latent_size: int = RESOLUTION // 2,
+) -> Path:
+    """Write data/ (manifest) and model/ (pipeline folder) under ``root``; return the model folder.
+
+    The defaults give a 16 px generator for tests; larger channels / latents give a
+    realistic-size random model for benchmarks (e.g. 16x16 latents, 4 VAE blocks = 128 px).
+    """
     import torch
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
@@ -82,32 +93,33 @@ def build_tiny_pipeline(root: Path, templates: Path = DEFAULT_TEMPLATES, seed: i
 
     manifest = write_tiny_manifest(root / "data")
     torch.manual_seed(seed)
-    latent_size = RESOLUTION // 2
+    resolution = latent_size * 2 ** (len(vae_channels) - 1)
+    n_unet = len(unet_channels)
     unet = UNet2DConditionModel(
         sample_size=latent_size,
         in_channels=4,
         out_channels=4,
         layers_per_block=1,
-        block_out_channels=(8, 16),
+        block_out_channels=unet_channels,
         norm_num_groups=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n_unet - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n_unet - 1) + ("UpBlock2D",),
         cross_attention_dim=MINILM_HIDDEN_SIZE,
         attention_head_dim=4,
     )
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=vae_channels,
+        down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
         latent_channels=4,
         norm_num_groups=4,
-        sample_size=RESOLUTION,
+        sample_size=resolution,
     )
     tokenizer, text_encoder = load_minilm()
     scheduler = DPMSolverMultistepScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1
     )
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
@@ -119,7 +131,7 @@ def build_tiny_pipeline(root: Path, templates: Path = DEFAULT_TEMPLATES, seed: i
         "train_manifest": str(manifest.resolve()),
         "prompt_templates": str(Path(templates).resolve()),
         "prompt_templates_name": PromptTemplates.load(templates).name,
-        "resolution": RESOLUTION,
+        "resolution": resolution,
         "classes": list(ANNOTATED),
     })
     return model_dir

@@ -1,0 +1,100 @@
+"""Throughput of ``synth generate`` vs the bare diffusers pipeline on the same batches.
+
+    python bench/bench_generate.py [--n 32 --batch-size 8 --steps 10 --repeats 3]
+
+Builds a random-init generator of realistic shape (MiniLM text encoder, UNet
+(64, 128, 256), 16x16 latents, 4-block VAE -> 128 px) under
+outputs/bench_generate/, then times, alternately and ``--repeats`` times:
+
+* bare: ``StableDiffusionPipeline.__call__`` on the same prompts / batches with
+  per-image generators (what a user would write by hand), images kept in memory;
+* synth: :func:`synth.generate.generate` into a fresh folder (label-set
+  sampling, per-image latents, atomic PNG writes, manifest after every batch).
+
+Both exclude model loading (the pipeline is loaded once by the bare loop; the
+synth run's load is timed separately and reported). Prints images/s and the
+ratio synth / bare (target >= 0.9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+import torch  # noqa: E402
+
+import synth.generate as gen  # noqa: E402
+from tiny_pipeline import build_tiny_pipeline  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=32, help="images per repeat")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--root", type=Path, default=REPO / "outputs" / "bench_generate")
+    args = parser.parse_args()
+
+    model = args.root / "model"
+    if not (model / "model_index.json").exists():
+        build_tiny_pipeline(args.root, unet_channels=(64, 128, 256), vae_channels=(32, 64, 64, 64), latent_size=16)
+    cfg = gen.GenerateConfig(n=args.n, batch_size=args.batch_size, steps=args.steps, progress=False).validated()
+    info = gen.load_generator_info(model)
+    from synth.cooccurrence import TrainingLabels
+    from synth.manifest import read_manifest
+
+    planner = gen.Planner(TrainingLabels(read_manifest(info.train_manifest)), info.templates, cfg)
+    jobs = planner.jobs({"Pneumothorax": args.n})
+    t = time.perf_counter()
+    pipe = gen.load_pipeline(model, cfg.scheduler, torch.float32, torch.device("cpu"))
+    load_s = time.perf_counter() - t
+    resolution = gen.pipeline_resolution(pipe, info)
+
+    def bare() -> float:
+        start = time.perf_counter()
+        for first in range(0, len(jobs), args.batch_size):
+            batch = jobs[first : first + args.batch_size]
+            generators = [torch.Generator("cpu").manual_seed(j.seed) for j in batch]
+            with torch.inference_mode():
+                pipe(prompt=[j.prompt for j in batch], negative_prompt=[j.negative_prompt for j in batch],
+                     height=resolution, width=resolution, num_inference_steps=args.steps,
+                     guidance_scale=cfg.guidance_scale, generator=generators, output_type="pil")
+        return time.perf_counter() - start
+
+    def synth(out: Path) -> float:
+        shutil.rmtree(out, ignore_errors=True)
+        start = time.perf_counter()
+        gen.run(model, ["Pneumothorax"], out, cfg)
+        return time.perf_counter() - start
+
+    bare()  # warm-up (allocator, oneDNN kernels)
+    real_load = gen.load_pipeline
+    gen.load_pipeline = lambda *a, **k: pipe  # time sampling + bookkeeping, not the (reported) load
+    try:
+        bare_s, synth_s = [], []
+        for r in range(args.repeats):
+            bare_s.append(bare())
+            synth_s.append(synth(args.root / f"out{r}"))
+    finally:
+        gen.load_pipeline = real_load
+    b, s = statistics.median(bare_s), statistics.median(synth_s)
+    print(f"model: UNet (64,128,256), latents 16x16 -> {resolution} px, MiniLM text encoder; {args.n} images, "
+          f"batch {args.batch_size}, {args.steps} steps dpm++, fp32 CPU, {torch.get_num_threads()} threads")
+    print(f"pipeline load: {load_s:.2f} s (not in the figures below)")
+    print(f"bare diffusers : {args.n / b:.2f} img/s  (median of {args.repeats}: {[round(x, 2) for x in bare_s]} s)")
+    print(f"synth generate : {args.n / s:.2f} img/s  (median of {args.repeats}: {[round(x, 2) for x in synth_s]} s)")
+    print(f"ratio synth/bare: {b / s:.3f} (target >= 0.9)")
+
+
+if __name__ == "__main__":
+    main()
