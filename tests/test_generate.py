@@ -215,3 +215,24 @@ def test_accelerate_two_processes_merge_one_manifest_with_the_same_images(tiny_m
     assert not list(out.glob("manifest.rank*.csv"))
     for fpath in df["fpath"]:
         np.testing.assert_array_equal(np.asarray(Image.open(out / fpath)), np.asarray(Image.open(rib_run.parent / fpath)))
+
+
+def test_config_yaml_defaults_and_flag_overrides(tmp_path):
+    cfg = gen.GenerateConfig.from_yaml(Path(__file__).resolve().parents[1] / "configs/generate/default.yaml", steps=3, n="auto")
+    assert (cfg.steps, cfg.n, cfg.target_count, cfg.scheduler) == (3, "auto", 1000, "dpm++")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stepz: 3\n")
+    with pytest.raises(UserError, match="unknown key.*stepz"):
+        gen.GenerateConfig.from_yaml(bad)
+
+
+def test_pipeline_folder_without_synth_meta_needs_train_manifest(tiny_model, tmp_path):
+    """A user's own SD folder: no synth_meta.json, so the training manifest is passed explicitly."""
+    import shutil
+
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_model, plain, ignore=shutil.ignore_patterns(gen.META_NAME))
+    with pytest.raises(UserError, match="--train-manifest"):
+        gen.load_generator_info(plain)
+    info = gen.load_generator_info(plain, train_manifest=tiny_model.parent / "data" / "manifest.csv")
+    assert info.resolution is None and info.fingerprint != gen.load_generator_info(tiny_model).fingerprint
