@@ -39,10 +39,10 @@ def generate_command(
     """Generate synthetic X-rays of target classes, prompts drawn from real label co-occurrence."""
     from synth.generate import GenerateConfig, run, validate_class_names
 
-    names = validate_class_names([*class_, *groups])  # unknown names fail here, before any model I/O
     for g in groups:
         if g.strip().lower() not in ("tail", "medium", "head"):
             raise UserError(f"--classes {g!r}: expected tail, medium or head (use --class for a single class)")
+    names = validate_class_names([*class_, *groups])  # unknown names fail here, before any model I/O
     cfg = GenerateConfig.from_yaml(
         config, n=n, target_count=target_count, seed=seed, batch_size=batch_size, steps=steps,
         guidance_scale=guidance_scale, scheduler=scheduler, temperature=temperature,
