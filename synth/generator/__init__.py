@@ -1,0 +1,1 @@
+"""Latent-diffusion fine-tuning building blocks (finetune stage)."""
