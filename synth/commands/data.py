@@ -1,6 +1,9 @@
-"""CLI commands of the data stage: class listing (prepare comes with the readers)."""
+"""CLI commands of the data stage: ``synth classes`` and ``synth prepare``."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -22,5 +25,53 @@ def classes() -> None:
     Console().print(table)
 
 
+def prepare(
+    fmt: str = typer.Option(..., "--format", help="Label file format: cxrlt (challenge train_labeled.csv) | nih (Data_Entry_2017_v2020.csv)."),
+    labels: Path = typer.Option(..., "--labels", help="Label CSV (.csv or .csv.gz)."),
+    images: Path = typer.Option(..., "--images", help="Image root: MIMIC-CXR-JPG root (cxrlt, fpath relative to it) or the NIH image folder (searched recursively)."),
+    out: Path = typer.Option(..., "--out", help="Output folder, e.g. outputs/data/NAME: manifest.csv, stats.json, images/."),
+    size: Optional[int] = typer.Option(None, "--size", help="Cache resolution in pixels (square grayscale PNG). [default: 256]"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the patient-level split. [default: 0]"),
+    val: Optional[float] = typer.Option(None, "--val", help="Fraction of images in val. [default: 0.1]"),
+    test: Optional[float] = typer.Option(None, "--test", help="Fraction of images in test. [default: 0.2]"),
+    skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="Leave out missing/unreadable images (listed in skipped.csv) instead of failing."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decode processes; 0 = one per CPU core. [default: 0]"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out dataset."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML of defaults (configs/data/prepare.yaml); flags override."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+) -> None:
+    """Read a CXR-LT or NIH label file, split by patient, cache resized grayscale images, write stats."""
+    from synth.prepare import PrepareConfig, run
+    from synth.stats import load_stats
+
+    cfg = PrepareConfig.from_yaml(config, size=size, seed=seed, val=val, test=test, skip_bad_images=skip_bad_images or None, workers=workers)
+    manifest = run(fmt, labels, images, out, cfg, overwrite=overwrite, progress=not no_progress)
+    _summary(load_stats(manifest.parent), manifest)
+
+
+def _summary(stats: dict, manifest: Path) -> None:
+    table = Table(title=f"prepared {manifest.parent}")
+    for column in ("split", "images", "patients", "head", "medium", "tail"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    groups = stats["groups"]
+    for split in ("train", "val", "test", "all"):
+        positives = stats["positives"][split]
+        per_group = {g: sum(n for c, n in positives.items() if groups.get(c) == g) for g in ("head", "medium", "tail")}
+        table.add_row(split, str(stats["images"][split]), str(stats["patients"][split]), *(str(per_group[g]) for g in ("head", "medium", "tail")))
+    console = Console()
+    console.print(table)
+    counts = stats["group_counts"]
+    tail = sorted(c for c, g in groups.items() if g == "tail")
+    console.print(
+        f"classes: {len(stats['classes'])} annotated — head {counts['head']}, medium {counts['medium']}, tail {counts['tail']}"
+        f"{' (' + ', '.join(tail) + ')' if tail else ''}; group columns count positive labels"
+    )
+    skipped = manifest.parent / "skipped.csv"
+    if skipped.exists():
+        console.print(f"[yellow]skipped images listed in {skipped}[/yellow]")
+    console.print(f"manifest: {manifest}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("classes")(classes)
+    app.command("prepare")(prepare)

@@ -1,0 +1,113 @@
+"""Patient-level train/val/test split, stratified over the label distribution.
+
+Images of one patient are strongly correlated, so the unit of splitting is the
+patient (``subject_id``). Patients are assigned by iterative stratification
+(Sechidis et al., 2011) on their per-class positive image counts, rarest class
+first: with a plain random split a class with 20 positives can easily end up
+with none in train, which is exactly the long-tail regime this tool targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from synth.errors import UserError
+from synth.manifest import SPLITS, annotated_classes
+
+
+@dataclass(frozen=True)
+class SplitFractions:
+    """Fractions of *images* per split (train gets the rest)."""
+
+    val: float = 0.1
+    test: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name, value in (("--val", self.val), ("--test", self.test)):
+            if not 0.0 < value < 1.0:
+                raise UserError(f"{name} {value}: must be between 0 and 1 (exclusive)")
+        if self.val + self.test >= 1.0:
+            raise UserError(f"--val {self.val} + --test {self.test} leaves nothing for train; make their sum < 1")
+
+    @property
+    def train(self) -> float:
+        return 1.0 - self.val - self.test
+
+    def as_array(self) -> np.ndarray:
+        return np.array([self.train, self.val, self.test])
+
+
+def patient_split(
+    df: pd.DataFrame,
+    fractions: SplitFractions = SplitFractions(),
+    seed: int = 0,
+    classes: Sequence[str] | None = None,
+) -> pd.Series:
+    """Split name per row (index aligned with ``df``); every patient in exactly one split."""
+    classes = list(classes) if classes is not None else annotated_classes(df)
+    rng = np.random.default_rng(seed)
+    patients, inverse = np.unique(df["subject_id"].astype(str).to_numpy(), return_inverse=True)
+    y = np.nan_to_num(df.reindex(columns=classes).to_numpy(dtype=np.float64), nan=0.0)
+    counts = np.zeros((len(patients), len(classes)))
+    np.add.at(counts, inverse, y)
+    sizes = np.bincount(inverse, minlength=len(patients)).astype(np.float64)
+
+    frac = fractions.as_array()
+    wanted = frac[:, None] * counts.sum(axis=0)[None, :]  # (split, class) positives still wanted
+    wanted_images = frac * sizes.sum()
+    assignment = np.full(len(patients), -1)
+    remaining = counts.sum(axis=0)
+
+    def assign(p: int, column: np.ndarray) -> None:
+        # most-wanted split for this label; ties go to the split missing most images, then at random
+        key = np.lexsort((rng.random(len(SPLITS)), -wanted_images, -column))
+        s = int(key[0])
+        assignment[p] = s
+        wanted[s] -= counts[p]
+        wanted_images[s] -= sizes[p]
+        remaining[:] -= counts[p]
+
+    while True:
+        open_classes = np.flatnonzero(remaining > 0)
+        if open_classes.size == 0:
+            break
+        c = open_classes[np.argmin(remaining[open_classes])]
+        for p in rng.permutation(np.flatnonzero((counts[:, c] > 0) & (assignment < 0))):
+            assign(int(p), wanted[:, c])
+    for p in rng.permutation(np.flatnonzero(assignment < 0)):  # patients without any positive
+        assign(int(p), wanted_images)
+
+    return pd.Series(np.asarray(SPLITS, dtype=object)[assignment[inverse]], index=df.index, name="split")
+
+
+def assert_no_patient_leakage(df: pd.DataFrame) -> None:
+    """Raise if any ``subject_id`` appears in more than one split."""
+    per_patient = df.groupby(df["subject_id"].astype(str))["split"].nunique()
+    leaked = per_patient[per_patient > 1]
+    if not leaked.empty:
+        raise AssertionError(f"patient {leaked.index[0]!r} is in more than one split ({len(leaked)} patients leak)")
+
+
+def check_splits(df: pd.DataFrame, where: str) -> None:
+    """Every split non-empty and every annotated class positive in train, or a UserError with the fix."""
+    sizes = df["split"].value_counts()
+    for s in SPLITS:
+        if sizes.get(s, 0) == 0:
+            raise UserError(
+                f"{where}: the {s} split is empty ({df['subject_id'].nunique()} patients for {len(df)} images); "
+                "use more data or larger --val/--test fractions"
+            )
+    train = df[df["split"] == "train"]
+    for c in annotated_classes(df):
+        if not (train[c] == 1).any():
+            total = int((df[c] == 1).sum())
+            if total == 0:
+                raise UserError(f"{where}: class {c!r} is annotated but has no positive image; leave its column empty (not annotated) or add positives")
+            raise UserError(
+                f"{where}: class {c!r} has no positive image in the train split ({total} in val/test); "
+                "try another --seed or smaller --val/--test fractions"
+            )
