@@ -120,7 +120,7 @@ def run(fmt: str, labels: Path, images: Path, out: Path, cfg: PrepareConfig, ove
 
     df["split"] = patient_split(df, fractions, seed=cfg.seed)
     assert_no_patient_leakage(df)
-    check_splits(df, where=str(labels))
+    no_positives = check_splits(df, where=str(labels))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -140,7 +140,7 @@ def run(fmt: str, labels: Path, images: Path, out: Path, cfg: PrepareConfig, ove
             ]
             df = df[~bad].reset_index(drop=True)
             assert_no_patient_leakage(df)
-            check_splits(df, where=str(labels))
+            no_positives = check_splits(df, where=str(labels))
 
         df["fpath"] = "images/" + df["cache_name"]
         df = df.drop(columns=["cache_name"])
@@ -154,7 +154,7 @@ def run(fmt: str, labels: Path, images: Path, out: Path, cfg: PrepareConfig, ove
         write_json_atomic(
             tmp / "prepare.json",
             {"format": fmt, "labels": str(labels.resolve()), "images": str(images.resolve()), "config": asdict(cfg),
-             "rows": len(manifest), "skipped": len(skipped)},
+             "rows": len(manifest), "skipped": len(skipped), "classes_without_positives": no_positives},
         )
         _replace_dir(tmp, out)
     except BaseException:

@@ -92,8 +92,12 @@ def assert_no_patient_leakage(df: pd.DataFrame) -> None:
         raise AssertionError(f"patient {leaked.index[0]!r} is in more than one split ({len(leaked)} patients leak)")
 
 
-def check_splits(df: pd.DataFrame, where: str) -> None:
-    """Every split non-empty and every annotated class positive in train, or a UserError with the fix."""
+def check_splits(df: pd.DataFrame, where: str) -> list[str]:
+    """Every split non-empty and every class with positives positive in train, or a UserError with the fix.
+
+    Returns the annotated classes without any positive image: their labels are
+    genuine negatives no split can fix, so they are reported, not refused.
+    """
     sizes = df["split"].value_counts()
     for s in SPLITS:
         if sizes.get(s, 0) == 0:
@@ -102,12 +106,15 @@ def check_splits(df: pd.DataFrame, where: str) -> None:
                 "use more data or larger --val/--test fractions"
             )
     train = df[df["split"] == "train"]
+    without_positives = []
     for c in annotated_classes(df):
         if not (train[c] == 1).any():
             total = int((df[c] == 1).sum())
             if total == 0:
-                raise UserError(f"{where}: class {c!r} is annotated but has no positive image; leave its column empty (not annotated) or add positives")
+                without_positives.append(c)
+                continue
             raise UserError(
                 f"{where}: class {c!r} has no positive image in the train split ({total} in val/test); "
                 "try another --seed or smaller --val/--test fractions"
             )
+    return without_positives

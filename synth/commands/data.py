@@ -66,6 +66,9 @@ def _summary(stats: dict, manifest: Path) -> None:
         f"classes: {len(stats['classes'])} annotated — head {counts['head']}, medium {counts['medium']}, tail {counts['tail']}"
         f"{' (' + ', '.join(tail) + ')' if tail else ''}; group columns count positive labels"
     )
+    empty = [c for c in stats["classes"] if stats["positives"]["all"][c] == 0]
+    if empty:
+        console.print(f"[yellow]warning: annotated but no positive image: {', '.join(empty)}[/yellow]")
     skipped = manifest.parent / "skipped.csv"
     if skipped.exists():
         console.print(f"[yellow]skipped images listed in {skipped}[/yellow]")
