@@ -1,0 +1,7 @@
+"""The ablation stage: does synthetic tail data help, where, and by how much?
+
+``config`` loads and validates ``configs/ablation/*.yaml``; ``runner`` runs the
+arms over seeds with cached, resumable stages; ``results`` defines the
+``results.json`` contract; ``report`` renders it to Markdown and one
+self-contained HTML file.
+"""

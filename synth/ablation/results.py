@@ -1,0 +1,158 @@
+"""The ``results.json`` contract between the ablation runner and the report.
+
+The report is rendered only from this file (plus the sample images it
+references), so ``synth report NAME`` can re-render without retraining, and a
+results file written by hand or by another tool renders the same way.
+
+Layout (all numbers are floats; ``ci`` is a ``[low, high]`` 95% interval)::
+
+    {
+      "name": "phantom-cpu",
+      "question": "Does synthetic tail data help, where, and by how much?",
+      "dataset": {"name": ..., "manifest": ..., "n_train": .., "n_val": .., "n_test": .., "n_test_patients": ..},
+      "classes": [...],                      # evaluated classes, CXR-LT spelling
+      "groups": {class: "head"|"medium"|"tail"},
+      "train_prevalence": {class: fraction of real training images},
+      "generated_classes": [...],
+      "baseline": "real_only",
+      "arms": [{
+          "name": "real_only", "label": "Real only",
+          "seeds": {"0": {
+              "groups": {"overall"|"head"|"medium"|"tail": {"value": .., "ci": [..]}},
+              "per_class": {class: {"ap": .., "auroc": .., "f1": .., "fnr": .., "n_pos": ..}},
+              "paired": {group: {"diff": .., "ci": [..], "p": ..}}   # vs baseline, same seed; not on the baseline
+          }}
+      }],
+      "filter": {"extractor": "...", "classes": {class: {"n": .., "kept": .., "rejected": {reason: count},
+                 "fid": .., "kid": .., "fid_floor": .., "fid_ci": [..], "oracle_fidelity": ..}}},   # optional
+      "grids": {class: {"real": [path], "kept": [path], "rejected": [path]}},   # paths relative to results.json
+      "provenance": {"commands": [...], "config": {...}, "seeds": [...], "versions": {...}, "git_commit": ...}
+    }
+
+How seeds are combined (documented in the report too): a group's headline
+value is the mean over seeds of each seed's point estimate; its interval is
+the mean over seeds of each seed's patient-bootstrap bounds (test-set
+uncertainty of a typical seed), shown next to the seed standard deviation
+(training uncertainty). Paired differences use the same rule on each seed's
+paired bootstrap against the baseline trained with the same seed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from synth.errors import UserError
+
+GROUPS: tuple[str, ...] = ("overall", "head", "medium", "tail")
+PER_CLASS_METRICS: tuple[str, ...] = ("ap", "auroc", "f1", "fnr")
+ARM_LABELS: dict[str, str] = {
+    "real_only": "Real only",
+    "synthetic_unfiltered": "+ synthetic, unfiltered",
+    "synthetic_filtered": "+ synthetic, filtered",
+    "synthetic_pretrain": "Synthetic pretrain → real fine-tune",
+}
+RESULTS_FILE = "results.json"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A seed-combined estimate: mean, seed std, mean bootstrap interval, seeds used."""
+
+    mean: float
+    std: float
+    ci: tuple[float, float]
+    n_seeds: int
+    p: float | None = None
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.ci[0] > 0 or self.ci[1] < 0
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """Read and validate a results.json; a broken file is one clear error."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_FILE
+    if not path.exists():
+        raise UserError(f"{path} not found: run `synth ablate --config configs/ablation/NAME.yaml` first")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON ({err}); re-run `synth ablate` to rewrite it") from None
+    validate_results(results, path)
+    return results
+
+
+def validate_results(results: dict[str, Any], where: str | Path = RESULTS_FILE) -> None:
+    """Check the fields the report needs, naming the first missing one."""
+    for key in ("name", "classes", "groups", "train_prevalence", "arms", "baseline"):
+        if key not in results:
+            raise UserError(f"{where}: missing key {key!r} (see synth/ablation/results.py for the layout)")
+    names = [arm.get("name") for arm in results["arms"]]
+    if results["baseline"] not in names:
+        raise UserError(f"{where}: baseline arm {results['baseline']!r} is not among the arms {names}")
+    for arm in results["arms"]:
+        if not arm.get("seeds"):
+            raise UserError(f"{where}: arm {arm.get('name')!r} has no finished seeds")
+        for seed, entry in arm["seeds"].items():
+            missing = [g for g in GROUPS if g not in entry.get("groups", {})]
+            if missing:
+                raise UserError(f"{where}: arm {arm['name']!r} seed {seed} lacks group metrics {missing}")
+            if arm["name"] != results["baseline"] and "paired" not in entry:
+                raise UserError(f"{where}: arm {arm['name']!r} seed {seed} lacks its paired comparison with the baseline")
+
+
+def combine(values: list[float], lows: list[float], highs: list[float], ps: list[float] | None = None) -> Estimate:
+    """Combine per-seed estimates by the rule in the module docstring (NaNs = class/group absent)."""
+    keep = [i for i, v in enumerate(values) if v is not None and not math.isnan(v)]
+    if not keep:
+        return Estimate(math.nan, math.nan, (math.nan, math.nan), 0)
+    vals = [values[i] for i in keep]
+    mean = sum(vals) / len(vals)
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    ci = (sum(lows[i] for i in keep) / len(keep), sum(highs[i] for i in keep) / len(keep))
+    # The largest p over seeds: a difference is only called significant if every seed agrees.
+    p = max(ps[i] for i in keep) if ps and all(ps[i] is not None for i in keep) else None
+    return Estimate(mean, std, ci, len(keep), p)
+
+
+def group_estimate(arm: dict[str, Any], group: str) -> Estimate:
+    entries = list(arm["seeds"].values())
+    return combine(
+        [_num(e["groups"][group]["value"]) for e in entries],
+        [_num(e["groups"][group]["ci"][0]) for e in entries],
+        [_num(e["groups"][group]["ci"][1]) for e in entries],
+    )
+
+
+def paired_estimate(arm: dict[str, Any], group: str) -> Estimate:
+    entries = [e["paired"][group] for e in arm["seeds"].values() if group in e.get("paired", {})]
+    return combine(
+        [_num(e["diff"]) for e in entries],
+        [_num(e["ci"][0]) for e in entries],
+        [_num(e["ci"][1]) for e in entries],
+        [e.get("p") for e in entries],
+    )
+
+
+def per_class_mean(arm: dict[str, Any], cls: str, metric: str) -> float:
+    """Mean over seeds of one per-class metric; NaN where the class was not scored."""
+    vals = [_num(e["per_class"].get(cls, {}).get(metric)) for e in arm["seeds"].values() if "per_class" in e]
+    vals = [v for v in vals if not math.isnan(v)]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+def arm_by_name(results: dict[str, Any], name: str) -> dict[str, Any]:
+    for arm in results["arms"]:
+        if arm["name"] == name:
+            return arm
+    raise KeyError(name)
+
+
+def _num(value: Any) -> float:
+    return math.nan if value is None else float(value)

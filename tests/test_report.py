@@ -1,0 +1,176 @@
+"""Report rendering from a synthetic results.json: tables, self-contained HTML, headless-Chromium render."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from synth.ablation.report import render_report
+from synth.ablation.results import paired_estimate, arm_by_name
+from synth.cli import app
+from synth.errors import UserError
+from synth.taxonomy import CXR_LT_CLASSES
+
+ARMS = ("real_only", "synthetic_unfiltered", "synthetic_filtered", "synthetic_pretrain")
+
+
+def make_results(report_dir: Path, seeds=(0, 1, 2), tail_gain: float = 0.08) -> dict:
+    """A plausible results.json: the filtered arm gains `tail_gain` tail mAP with a CI above 0."""
+    rng = np.random.default_rng(0)
+    classes = list(CXR_LT_CLASSES)
+    prevalence = {c: float(10 ** rng.uniform(-3.3, -0.5)) for c in classes}
+    groups = {c: "head" if p > 0.1 else "tail" if p < 0.01 else "medium" for c, p in prevalence.items()}
+    generated = [c for c in classes if groups[c] == "tail"][:3]
+    arms = []
+    for a, name in enumerate(ARMS):
+        gain = {"real_only": 0.0, "synthetic_unfiltered": 0.01, "synthetic_filtered": tail_gain, "synthetic_pretrain": 0.05}[name]
+        seed_entries = {}
+        for s in seeds:
+            base = {"overall": 0.40, "head": 0.60, "medium": 0.35, "tail": 0.15}
+            value = {g: v + (gain if g == "tail" else gain / 4) + 0.002 * s for g, v in base.items()}
+            entry = {
+                "groups": {g: {"value": v, "ci": [v - 0.03, v + 0.03]} for g, v in value.items()},
+                "per_class": {c: {"ap": float(rng.uniform(0.05, 0.9)), "auroc": float(rng.uniform(0.5, 0.99)),
+                                  "f1": float(rng.uniform(0, 0.8)), "fnr": float(rng.uniform(0, 1)), "n_pos": int(rng.integers(1, 50))}
+                              for c in classes},
+            }
+            if name != "real_only":
+                d = {g: value[g] - (base[g] + 0.002 * s) for g in base}
+                entry["paired"] = {g: {"diff": v, "ci": [v - 0.02, v + 0.02], "p": 0.01 if v > 0.02 else 0.5} for g, v in d.items()}
+            seed_entries[str(s)] = entry
+        arms.append({"name": name, "seeds": seed_entries})
+    grids = {}
+    for cls in generated:
+        rows = {}
+        for row in ("real", "kept", "rejected"):
+            paths = []
+            for i in range(3):
+                rel = Path("samples") / cls.replace(" ", "_") / f"{row}_{i}.png"
+                (report_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(report_dir / rel)
+                paths.append(str(rel))
+            rows[row] = paths
+        grids[cls] = rows
+    results = {
+        "name": "unit", "classes": classes, "groups": groups, "train_prevalence": prevalence,
+        "generated_classes": generated, "baseline": "real_only", "arms": arms,
+        "dataset": {"name": "fixture", "n_train": 1000, "n_val": 100, "n_test": 300, "n_test_patients": 250},
+        "filter": {"extractor": "verifier convnext_atto", "classes": {
+            c: {"n": 40, "kept": 31, "rejected": {"verifier": 6, "near_copy": 1, "outlier": 2},
+                "fid": 12.5, "kid": 0.004, "fid_floor": 8.0, "fid_ci": [10.0, 15.0], "oracle_fidelity": 0.8} for c in generated}},
+        "grids": grids, "target": {"tail_gain": 0.05, "max_head_drop": 0.01},
+        "provenance": {"commands": ["synth ablate --config configs/ablation/unit.yaml"], "seeds": list(seeds),
+                       "versions": {"torch": "x"}, "config": {"name": "unit"}, "git_commit": "abc123"},
+    }
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "results.json").write_text(json.dumps(results))
+    return results
+
+
+@pytest.fixture
+def report_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "reports" / "unit"
+    make_results(d)
+    return d
+
+
+def test_markdown_has_tables_headline_and_provenance(report_dir: Path):
+    paths = render_report(report_dir)
+    md = paths["md"].read_text()
+    assert "| Arm | overall mAP | head mAP | medium mAP | tail mAP | seeds |" in md
+    # filtered arm: tail diff 0.08 with CI [0.06, 0.10] -> significant, marked with *
+    assert "+ synthetic, filtered helps the tail: ΔmAP +0.080 [+0.060, +0.100]" in md
+    assert "+0.080 [+0.060, +0.100], p≤0.010*" in md
+    assert "+ synthetic, unfiltered shows no clear effect on the tail" in md
+    assert "): MET." in md
+    assert "FID/KID on verifier convnext_atto features." in md
+    assert "synth ablate --config configs/ablation/unit.yaml" in md and "abc123" in md
+    for fig in ("group_map", "delta_ap_vs_prevalence"):
+        assert (report_dir / "figures" / f"{fig}.png").stat().st_size > 1000
+    # every class appears once in the per-class table
+    for cls in CXR_LT_CLASSES:
+        assert f"| {cls} |" in md
+
+
+def test_target_not_met_when_gain_too_small(tmp_path: Path):
+    make_results(tmp_path / "r", tail_gain=0.03)
+    assert "): NOT MET." in render_report(tmp_path / "r")["md"].read_text()
+
+
+def test_seed_combination_rule(report_dir: Path):
+    results = json.loads((report_dir / "results.json").read_text())
+    est = paired_estimate(arm_by_name(results, "synthetic_filtered"), "tail")
+    assert est.mean == pytest.approx(0.08) and est.ci == pytest.approx((0.06, 0.10)) and est.n_seeds == 3
+    assert est.excludes_zero and est.p == pytest.approx(0.01)
+
+
+def test_html_is_self_contained(report_dir: Path):
+    html = render_report(report_dir)["html"].read_text()
+    srcs = re.findall(r"""src=['"]([^'"]*)['"]""", html)
+    assert len(srcs) == 2 + 3  # two plots + one grid per generated class
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "http://" not in html and "https://" not in html and "file:" not in html
+    assert "<link" not in html
+
+
+def test_missing_grid_image_is_one_clear_error(report_dir: Path):
+    victim = next((report_dir / "samples").rglob("kept_1.png"))
+    victim.unlink()
+    with pytest.raises(UserError, match="kept_1.png.*missing"):
+        render_report(report_dir)
+
+
+def test_synth_report_cli_rerenders_and_rejects_bad_results(report_dir: Path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["report", "unit", "--reports-root", str(report_dir.parent)])
+    assert res.exit_code == 0, res.output
+    assert str(report_dir / "report.html") in res.output.replace("\n", "")
+    assert (report_dir / "report.md").exists()
+    results = json.loads((report_dir / "results.json").read_text())
+    del results["arms"][1]["seeds"]["0"]["paired"]
+    (report_dir / "results.json").write_text(json.dumps(results))
+    res = runner.invoke(app, ["report", "unit", "--reports-root", str(report_dir.parent)])
+    assert res.exit_code == 2
+    assert "lacks its paired comparison" in res.output
+    res = runner.invoke(app, ["report", "nope", "--reports-root", str(report_dir.parent)])
+    assert res.exit_code == 2 and "not found" in res.output
+
+
+def _chromium_dom(html_path: Path, tmp_path: Path) -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("chromium not installed (apt-get install -y chromium); .ci/run installs it")
+    out = subprocess.run(
+        [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+         f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=5000", "--dump-dom",
+         html_path.resolve().as_uri()],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def _render_check(dom: str) -> tuple[int, int]:
+    m = re.search(r'id="render-check" data-images="(\d+)" data-broken="(\d+)"', dom)
+    assert m, "render-check marker not filled in: the inline script did not run"
+    return int(m.group(1)), int(m.group(2))
+
+
+def test_html_renders_in_headless_chromium_without_broken_images(report_dir: Path, tmp_path: Path):
+    html_path = render_report(report_dir)["html"]
+    n_images, n_broken = _render_check(_chromium_dom(html_path, tmp_path))
+    assert (n_images, n_broken) == (5, 0)
+    # the check can fail: a corrupted data URI is counted as broken
+    html = html_path.read_text()
+    bad = tmp_path / "bad.html"
+    bad.write_text(html.replace("data:image/png;base64,", "data:image/png;base64,AAAA", 1))
+    assert _render_check(_chromium_dom(bad, tmp_path)) == (5, 1)
