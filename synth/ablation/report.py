@@ -105,7 +105,10 @@ def _delta_ap_plot(results: dict[str, Any]) -> bytes:
     ax.set_xlabel("training prevalence (log scale)")
     ax.set_ylabel("ΔAP vs real only")
     ax.set_title("Per-class ΔAP vs training prevalence", fontsize=9)
-    ax.legend(fontsize=6, loc="best")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6, loc="best")
+    else:
+        ax.text(0.5, 0.5, "no arm besides real only", transform=ax.transAxes, ha="center")
     return _png(fig)
 
 

@@ -1,9 +1,94 @@
-"""CLI commands of the ablate stage (not implemented yet)."""
+"""``synth ablate``, ``synth report`` and ``synth demo``: the product's answer and its report."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+from synth.errors import UserError
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_CONFIG = REPO / "configs" / "ablation" / "demo.yaml"
+
+
+def _int_list(text: Optional[str], option: str) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UserError(f"{option} {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+
+
+def ablate_command(
+    config: Path = typer.Option(..., "--config", help="Ablation YAML, e.g. configs/ablation/phantom-cpu.yaml."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Override the seeds, comma-separated (e.g. 0,1,2)."),
+    arms: Optional[str] = typer.Option(None, "--arms", help="Override the arms, comma-separated (real_only must be one)."),
+    output_root: Optional[str] = typer.Option(None, "--output-root", help="Root of ablations/ and reports/. [default: outputs]"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check every path and print the plan; run nothing."),
+) -> None:
+    """Run real-only vs +synthetic (unfiltered, filtered, pretrain) over seeds; resumable; writes the report."""
+    from synth.ablation.config import check_paths, load_ablation_config
+
+    cfg = load_ablation_config(config, seeds=_int_list(seeds, "--seeds"),
+                               arms=[a.strip() for a in arms.split(",")] if arms else None, output_root=output_root)
+    check_paths(cfg)
+    _print_plan(cfg)
+    if dry_run:
+        typer.echo("dry run: all paths found; nothing was run")
+        return
+    from synth.ablation.runner import run_ablation
+
+    report_dir = run_ablation(cfg)
+    typer.echo(f"report: {report_dir / 'report.html'}")
+
+
+def report_command(
+    name: str = typer.Argument(..., help="Ablation name (its folder under the reports root), or a report folder."),
+    reports_root: Path = typer.Option(Path("outputs/reports"), "--reports-root", help="Where reports live."),
+) -> None:
+    """Re-render report.md / report.html from results.json, without retraining anything."""
+    from synth.ablation.report import render_report
+
+    folder = Path(name) if Path(name).is_dir() else reports_root / name
+    paths = render_report(folder)
+    typer.echo(f"report: {paths['html']}")
+    typer.echo(f"markdown: {paths['md']}")
+
+
+def demo_command(
+    output_root: str = typer.Option("outputs", "--output-root", help="Root of ablations/ and reports/."),
+) -> None:
+    """Phantom -> generator -> tail images -> filter -> 1-seed ablation -> report, sized for a 2-core CPU."""
+    from synth.ablation.config import load_ablation_config
+    from synth.ablation.runner import run_ablation
+
+    cfg = load_ablation_config(DEMO_CONFIG, output_root=output_root)
+    _print_plan(cfg)
+    report_dir = run_ablation(cfg)
+    typer.echo(f"report: {report_dir / 'report.html'}")
+
+
+def _print_plan(cfg) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from synth.ablation.runner import plan
+
+    table = Table(title=f"ablation {cfg.name}: {len(cfg.arms)} arm(s) × {len(cfg.seeds)} seed(s)")
+    table.add_column("step")
+    table.add_column("folder")
+    table.add_column("status")
+    for step in plan(cfg):
+        table.add_row(step.name, str(step.folder), "cached" if step.done else "to run")
+    table.add_row("report", str(cfg.report_dir), "")
+    Console(stderr=True).print(table)
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the synth app."""
+    app.command("ablate")(ablate_command)
+    app.command("report")(report_command)
+    app.command("demo")(demo_command)

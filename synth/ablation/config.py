@@ -1,0 +1,253 @@
+"""``configs/ablation/*.yaml`` -> a validated :class:`AblationConfig`.
+
+An ablation names the data, the stage configs it reuses (finetune, generate,
+filter, classifier YAMLs owned by those stages), the arms and the seeds.
+Relative paths are resolved against the working directory (the repository
+root in every README command), like ``accelerate`` and the other stages do.
+
+Validation happens before anything runs, so a week-long GPU recipe fails in
+the first second on a typo'd path rather than after the generator trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from synth.ablation.results import ARM_LABELS
+from synth.errors import UserError
+from synth.readers import FORMATS
+from synth.taxonomy import resolve_class
+
+ARMS: tuple[str, ...] = tuple(ARM_LABELS)
+DATA_SOURCES: tuple[str, ...] = ("phantom", "prepare", "manifest")
+CLASS_GROUPS: tuple[str, ...] = ("tail", "medium", "head")
+
+
+@dataclass
+class DataConfig:
+    """Where the real (or phantom) images come from; always ends as one prepared manifest."""
+
+    source: str = "phantom"  #: phantom (render + prepare) | prepare (a CXR-LT/NIH label file) | manifest (already prepared)
+    manifest: str | None = None  #: source=manifest: a manifest.csv written by `synth prepare`
+    format: str | None = None  #: source=prepare: the reader name of `synth prepare` (cxrlt, nih, ...)
+    labels: str | None = None  #: source=prepare: label file
+    images: str | None = None  #: source=prepare: image folder
+    size: int = 64  #: pixel size of the prepared grayscale cache
+    split_seed: int = 0  #: patient split seed: fixed across arms and seeds (same untouched test split)
+    val: float = 0.1
+    test: float = 0.2
+    phantom_n: int = 3000  #: source=phantom: images rendered
+    phantom_seed: int = 0
+
+
+@dataclass
+class GeneratorStage:
+    config: str | None = None  #: configs/finetune/*.yaml (owned by the finetune stage)
+    pretrained: str | None = None  #: local diffusers folder to start from (e.g. SD-2.1-base); checked for model_index.json
+    overrides: dict[str, Any] = field(default_factory=dict)  #: fields of the finetune config to override
+
+
+@dataclass
+class GenerateStage:
+    config: str | None = None  #: configs/generate/*.yaml
+    classes: list[str] = field(default_factory=lambda: ["tail"])  #: class names or frequency groups
+    n: int | str = 100  #: images per class, or "auto" (with overrides.target_count)
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FilterStage:
+    verifier_config: str | None = None  #: configs/filter/verifier*.yaml
+    config: str | None = None  #: configs/filter/*.yaml
+    oracle: str | None = None  #: phantom only: a trained oracle folder, for per-class fidelity in the report
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ClassifierStage:
+    config: str | None = None  #: configs/classifier/*.yaml (an EnsembleConfig)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 64  #: prediction batch size
+
+
+@dataclass
+class EvaluationConfig:
+    split: str = "test"
+    n_boot: int = 1000
+    bootstrap_seed: int = 0
+    grid_examples: int = 6  #: images per row in the report's grids
+
+
+@dataclass
+class Target:
+    """The acceptance target the report checks the filtered arm against."""
+
+    tail_gain: float = 0.05
+    max_head_drop: float = 0.01
+
+
+@dataclass
+class AblationConfig:
+    name: str
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    arms: list[str] = field(default_factory=lambda: list(ARMS))
+    output_root: str = "outputs"
+    data: DataConfig = field(default_factory=DataConfig)
+    generator: GeneratorStage = field(default_factory=GeneratorStage)
+    generate: GenerateStage = field(default_factory=GenerateStage)
+    filter: FilterStage = field(default_factory=FilterStage)
+    classifier: ClassifierStage = field(default_factory=ClassifierStage)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    target: Target = field(default_factory=Target)
+    source_path: str | None = None  #: the YAML this came from (provenance; not hashed)
+
+    @property
+    def ablation_dir(self) -> Path:
+        return Path(self.output_root) / "ablations" / self.name
+
+    @property
+    def report_dir(self) -> Path:
+        return Path(self.output_root) / "reports" / self.name
+
+    @property
+    def needs_synthetic(self) -> bool:
+        return any(a != "real_only" for a in self.arms)
+
+    @property
+    def needs_filter(self) -> bool:
+        return any(a in ("synthetic_filtered", "synthetic_pretrain") for a in self.arms)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("source_path")
+        return d
+
+
+_SECTIONS = {"data": DataConfig, "generator": GeneratorStage, "generate": GenerateStage, "filter": FilterStage,
+             "classifier": ClassifierStage, "evaluation": EvaluationConfig, "target": Target}
+
+
+def load_ablation_config(path: str | Path, seeds: list[int] | None = None, arms: list[str] | None = None,
+                         output_root: str | None = None) -> AblationConfig:
+    """Read, apply CLI overrides, validate the values (not yet the paths: see :func:`check_paths`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--config {path}: file not found; the shipped ones are in configs/ablation/")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of options at the top level")
+    raw.setdefault("name", path.stem)
+    kwargs: dict[str, Any] = {}
+    top = {f.name for f in dataclasses.fields(AblationConfig)} - {"source_path"}
+    for key, value in raw.items():
+        if key not in top:
+            raise UserError(f"{path}: unknown key {key!r}; valid keys: {', '.join(sorted(top))}")
+        if key in _SECTIONS:
+            kwargs[key] = _section(path, key, _SECTIONS[key], value)
+        else:
+            kwargs[key] = value
+    cfg = AblationConfig(**kwargs, source_path=str(path))
+    if seeds is not None:
+        cfg.seeds = list(seeds)
+    if arms is not None:
+        cfg.arms = list(arms)
+    if output_root is not None:
+        cfg.output_root = output_root
+    validate(cfg, where=str(path))
+    return cfg
+
+
+def _section(path: Path, name: str, cls: type, value: Any):
+    if value is None:
+        return cls()
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: {name!r} must be a mapping of options")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise UserError(f"{path}: unknown key(s) {unknown} in {name!r}; valid keys: {', '.join(sorted(known))}")
+    return cls(**value)
+
+
+def validate(cfg: AblationConfig, where: str = "config") -> None:
+    if not cfg.name or "/" in cfg.name:
+        raise UserError(f"{where}: name {cfg.name!r} must be a non-empty folder name")
+    if not cfg.seeds or not all(isinstance(s, int) for s in cfg.seeds) or len(set(cfg.seeds)) != len(cfg.seeds):
+        raise UserError(f"{where}: seeds must be a non-empty list of distinct integers, got {cfg.seeds!r}")
+    bad = [a for a in cfg.arms if a not in ARMS]
+    if bad or not cfg.arms:
+        raise UserError(f"{where}: unknown arm(s) {bad}; valid arms: {', '.join(ARMS)}")
+    if "real_only" not in cfg.arms:
+        raise UserError(f"{where}: arms must include real_only (every other arm is compared with it)")
+    if cfg.data.source not in DATA_SOURCES:
+        raise UserError(f"{where}: data.source {cfg.data.source!r}; choose one of {', '.join(DATA_SOURCES)}")
+    if cfg.data.source == "manifest" and not cfg.data.manifest:
+        raise UserError(f"{where}: data.source manifest needs data.manifest (a manifest.csv from `synth prepare`)")
+    if cfg.data.source == "prepare" and not (cfg.data.format and cfg.data.labels and cfg.data.images):
+        raise UserError(f"{where}: data.source prepare needs data.format, data.labels and data.images")
+    if cfg.data.source == "prepare" and cfg.data.format not in FORMATS:
+        raise UserError(f"{where}: data.format {cfg.data.format!r}; choose one of {', '.join(FORMATS)}")
+    for name in cfg.generate.classes:
+        if name.lower() not in CLASS_GROUPS:
+            resolve_class(name)  # unknown -> UnknownClassError (a UserError) listing the closest names
+    if cfg.evaluation.split not in ("test", "val"):
+        raise UserError(f"{where}: evaluation.split must be test or val, got {cfg.evaluation.split!r}")
+    if cfg.evaluation.n_boot < 100:
+        raise UserError(f"{where}: evaluation.n_boot {cfg.evaluation.n_boot} is too small for a 95% interval (use >= 100)")
+
+
+def check_paths(cfg: AblationConfig) -> None:
+    """Every input path the enabled stages will read exists; the first missing one is one error line."""
+    where = cfg.source_path or "config"
+    needed: list[tuple[str, str | None, str]] = []
+    if cfg.data.source == "manifest":
+        needed.append(("data.manifest", cfg.data.manifest, "run `synth prepare` first or fix the path"))
+    if cfg.data.source == "prepare":
+        needed += [("data.labels", cfg.data.labels, "point it at the label CSV"),
+                   ("data.images", cfg.data.images, "point it at the image folder")]
+    if cfg.needs_synthetic:
+        needed += [("generator.config", cfg.generator.config, "see configs/finetune/"),
+                   ("generate.config", cfg.generate.config, "see configs/generate/")]
+        if cfg.generator.pretrained:
+            needed.append(("generator.pretrained", str(Path(cfg.generator.pretrained) / "model_index.json"),
+                           "download the diffusers folder (e.g. stabilityai/stable-diffusion-2-1-base) there, or fix the path"))
+    if cfg.needs_filter:
+        needed += [("filter.verifier_config", cfg.filter.verifier_config, "see configs/filter/"),
+                   ("filter.config", cfg.filter.config, "see configs/filter/"),
+                   ("filter.oracle", cfg.filter.oracle, "train one with `synth oracle train` or remove the key")]
+    needed.append(("classifier.config", cfg.classifier.config, "see configs/classifier/"))
+    for key, value, fix in needed:
+        if value is not None and not Path(value).exists():
+            raise UserError(f"{where}: {key} {value} not found; {fix}")
+
+
+def stage_key(*parts: Any) -> str:
+    """A short content hash of a stage's settings, upstream keys and referenced YAML files.
+
+    Hashing file *contents* (not names) means editing configs/finetune/X.yaml
+    retrains the generator instead of silently reusing a stale one.
+    """
+
+    def expand(obj: Any) -> Any:
+        if dataclasses.is_dataclass(obj):
+            obj = dataclasses.asdict(obj)
+        if isinstance(obj, dict):
+            return {k: expand(v) for k, v in sorted(obj.items())}
+        if isinstance(obj, (list, tuple)):
+            return [expand(v) for v in obj]
+        if isinstance(obj, str) and obj.endswith((".yaml", ".yml")) and Path(obj).is_file():
+            return {"file": obj, "sha256": hashlib.sha256(Path(obj).read_bytes()).hexdigest()}
+        return obj
+
+    blob = json.dumps(expand(list(parts)), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -1,0 +1,213 @@
+"""Run an ablation: shared stages cached by config hash, arms × seeds resumable.
+
+Layout under ``outputs/ablations/NAME/``::
+
+    data-<key>/            prepared manifest (phantom rendered first if data.source=phantom)
+    generator-<key>/       fine-tuned diffusers pipeline
+    generate-<key>/        synthetic images + manifest
+    filter-<key>/          kept.csv, rejected.csv, summary.json
+    arms/<arm>-<key>/seed-<s>/   classifier ensemble + test probabilities
+
+Every step's folder gets a ``done.json`` written last (atomically); a step
+whose marker exists is reused, so a re-run after a crash resumes where it
+stopped and an edited stage config (its hash changes) reruns only that stage
+and what depends on it. Stages resume *inside* themselves too (generate,
+finetune and the classifier are resumable), so an interrupted stage is simply
+called again.
+
+The stage work is done by :mod:`synth.ablation.stages` (looked up at call
+time, so tests replace it with cheap fakes).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from synth.ablation import stages
+from synth.ablation.config import AblationConfig, check_paths, stage_key
+from synth.ablation.report import render_report
+from synth.ablation.results import ARM_LABELS, RESULTS_FILE
+from synth.io import atomic_path, write_json_atomic
+from synth.manifest import annotated_classes, concat_manifests, image_paths, label_matrix, read_manifest
+from synth.taxonomy import frequency_groups
+
+DONE = "done.json"
+#: How each arm uses synthetic data: (which synthetic set, SyntheticMixConfig mode).
+ARM_DATA: dict[str, tuple[str | None, str]] = {
+    "real_only": (None, "none"),
+    "synthetic_unfiltered": ("unfiltered", "mix"),
+    "synthetic_filtered": ("filtered", "mix"),
+    "synthetic_pretrain": ("filtered", "pretrain_finetune"),
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One unit of cached work: where it lives and whether it already finished."""
+
+    name: str
+    folder: Path
+
+    @property
+    def done(self) -> bool:
+        return (self.folder / DONE).exists()
+
+
+def plan(cfg: AblationConfig) -> list[Step]:
+    """The steps of this ablation in execution order, with their cache folders."""
+    root = cfg.ablation_dir
+    keys = _keys(cfg)
+    steps = [Step("data", root / f"data-{keys['data']}")]
+    if cfg.needs_synthetic:
+        steps += [Step("generator", root / f"generator-{keys['generator']}"),
+                  Step("generate", root / f"generate-{keys['generate']}")]
+    if cfg.needs_filter:
+        steps.append(Step("filter", root / f"filter-{keys['filter']}"))
+    for arm in cfg.arms:
+        for seed in cfg.seeds:
+            steps.append(Step(f"{arm}/seed-{seed}", root / "arms" / f"{arm}-{keys[arm]}" / f"seed-{seed}"))
+    return steps
+
+
+def _keys(cfg: AblationConfig) -> dict[str, str]:
+    keys = {"data": stage_key("data", cfg.data)}
+    keys["generator"] = stage_key("generator", cfg.generator, keys["data"])
+    keys["generate"] = stage_key("generate", cfg.generate, keys["generator"])
+    keys["filter"] = stage_key("filter", cfg.filter, keys["generate"], keys["data"])
+    upstream = {None: [keys["data"]], "unfiltered": [keys["data"], keys["generate"]], "filtered": [keys["data"], keys["filter"]]}
+    for arm, (synthetic, mode) in ARM_DATA.items():
+        keys[arm] = stage_key("arm", arm, mode, cfg.classifier, cfg.evaluation.split, *upstream[synthetic])
+    return keys
+
+
+def run_ablation(cfg: AblationConfig, log: Callable[[str], None] = print) -> Path:
+    """Run (or resume) every step, write results.json and render the report; return the report folder."""
+    check_paths(cfg)
+    steps = {s.name: s for s in plan(cfg)}
+    data_manifest = Path(_cached(steps["data"], log, lambda out: stages.prepare_data(cfg, out)))
+    real = read_manifest(data_manifest)
+    synthetic: dict[str, pd.DataFrame] = {}
+    filter_dir = None
+    if cfg.needs_synthetic:
+        model_dir = _cached(steps["generator"], log, lambda out: stages.train_generator(cfg, data_manifest, out))
+        synth_manifest = _cached(steps["generate"], log, lambda out: stages.generate_images(cfg, Path(model_dir), out))
+        synthetic["unfiltered"] = read_manifest(synth_manifest)
+    if cfg.needs_filter:
+        filter_dir = Path(_cached(steps["filter"], log, lambda out: stages.filter_images(cfg, Path(synth_manifest), data_manifest, out)))
+        synthetic["filtered"] = read_manifest(filter_dir / "kept.csv")
+
+    classes = annotated_classes(real[real["split"] == "train"])
+    test = real[real["split"] == cfg.evaluation.split].reset_index(drop=True)
+    probs: dict[tuple[str, int], np.ndarray] = {}
+    for arm in cfg.arms:
+        which, mode = ARM_DATA[arm]
+        frames = [real] + ([synthetic[which]] if which else [])
+        train_df = concat_manifests(frames, data_manifest.parent) if which else real
+        for seed in cfg.seeds:
+            step = steps[f"{arm}/seed-{seed}"]
+            _cached(step, log, lambda out: _train_and_predict(cfg, arm, mode, seed, train_df, test, classes, out))
+            probs[arm, seed] = np.load(step.folder / "test_probs.npy")
+
+    results = build_results(cfg, real, test, classes, probs, filter_dir, synthetic)
+    write_json_atomic(cfg.report_dir / RESULTS_FILE, results)
+    render_report(cfg.report_dir)
+    return cfg.report_dir
+
+
+def _cached(step: Step, log: Callable[[str], None], work: Callable[[Path], Any]) -> str:
+    """Return a finished step's output, or do the work and mark the step done (marker last)."""
+    marker = step.folder / DONE
+    if marker.exists():
+        log(f"[cached] {step.name}: {step.folder}")
+        return json.loads(marker.read_text())["output"]
+    log(f"[run] {step.name} -> {step.folder}")
+    step.folder.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    output = str(work(step.folder))
+    write_json_atomic(marker, {"step": step.name, "output": output, "seconds": round(time.time() - start, 1),
+                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return output
+
+
+def _train_and_predict(cfg: AblationConfig, arm: str, mode: str, seed: int, train_df: pd.DataFrame,
+                       test: pd.DataFrame, classes: list[str], out: Path) -> Path:
+    model_dir = stages.train_arm(cfg, mode, seed, train_df, classes, out / "model")
+    prob, prob_classes = stages.predict(cfg, Path(model_dir), test)
+    order = [list(prob_classes).index(c) for c in classes]
+    with atomic_path(out / "test_probs.npy") as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.asarray(prob, dtype=np.float32)[:, order])
+    return model_dir
+
+
+def build_results(cfg: AblationConfig, real: pd.DataFrame, test: pd.DataFrame, classes: list[str],
+                  probs: dict[tuple[str, int], np.ndarray], filter_dir: Path | None,
+                  synthetic: dict[str, pd.DataFrame]) -> dict[str, Any]:
+    """Evaluate every arm/seed on the same test rows and assemble results.json."""
+    train = real[real["split"] == "train"]
+    y_train = label_matrix(train, classes)
+    prevalence = {c: float(np.nanmean(y_train[:, i])) for i, c in enumerate(classes)}
+    groups = frequency_groups(prevalence)
+    y_test = label_matrix(test, classes)
+    patients = test["subject_id"].astype(str).to_numpy()
+    arms = []
+    for arm in cfg.arms:
+        seeds = {}
+        for seed in cfg.seeds:
+            entry = stages.evaluate(cfg, y_test, probs[arm, seed], classes, groups, patients)
+            if arm != "real_only":
+                entry["paired"] = stages.paired(cfg, y_test, probs["real_only", seed], probs[arm, seed], classes, groups, patients)
+            seeds[str(seed)] = entry
+        arms.append({"name": arm, "label": ARM_LABELS[arm], "seeds": seeds})
+    generated = sorted(set(synthetic["unfiltered"]["target_class"])) if "unfiltered" in synthetic else []
+    results: dict[str, Any] = {
+        "name": cfg.name,
+        "question": "Does synthetic tail data help, where, and by how much?",
+        "dataset": {"name": cfg.data.source, "n_train": int(len(train)), "n_val": int((real["split"] == "val").sum()),
+                    f"n_{cfg.evaluation.split}": int(len(test)), "n_test_patients": int(len(set(patients)))},
+        "classes": classes, "groups": groups, "train_prevalence": prevalence,
+        "generated_classes": generated, "baseline": "real_only", "arms": arms,
+        "target": {"tail_gain": cfg.target.tail_gain, "max_head_drop": cfg.target.max_head_drop},
+        "provenance": stages.provenance(cfg),
+    }
+    if filter_dir is not None:
+        results["filter"] = stages.filter_summary(filter_dir)
+    if generated:
+        results["grids"] = export_grid_samples(cfg, train, synthetic, filter_dir, generated)
+    return results
+
+
+def export_grid_samples(cfg: AblationConfig, train: pd.DataFrame, synthetic: dict[str, pd.DataFrame],
+                        filter_dir: Path | None, generated: list[str]) -> dict[str, dict[str, list[str]]]:
+    """Copy a few real / kept / rejected images per class into the report folder (the report reads only these)."""
+    k = cfg.evaluation.grid_examples
+    kept = synthetic.get("filtered", synthetic["unfiltered"])
+    rejected = read_manifest(filter_dir / "rejected.csv") if filter_dir and (filter_dir / "rejected.csv").exists() else None
+    grids: dict[str, dict[str, list[str]]] = {}
+    for cls in generated:
+        sources = {"real": train[train[cls] == 1].head(k) if cls in train else train.head(0),
+                   "kept": kept[kept["target_class"] == cls].head(k),
+                   "rejected": rejected[rejected["target_class"] == cls].head(k) if rejected is not None else kept.head(0)}
+        rows = {}
+        for row, df in sources.items():
+            rel = []
+            for i, src in enumerate(image_paths(df)):
+                dst = Path("samples") / _slug(cls) / f"{row}_{i}{src.suffix}"
+                (cfg.report_dir / dst).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, cfg.report_dir / dst)
+                rel.append(str(dst))
+            rows[row] = rel
+        grids[cls] = rows
+    return grids
+
+
+def _slug(name: str) -> str:
+    return "".join(ch.lower() if ch.isalnum() else "-" for ch in name).strip("-")

@@ -1,0 +1,161 @@
+"""The ablation's stage calls: thin adapters from an :class:`AblationConfig` to each stage's library API.
+
+Each function does one stage and returns what the runner caches; the runner
+looks them up on this module at call time, so tests substitute cheap fakes.
+The other stages' modules are imported inside the functions: a missing stage
+(e.g. the classifier package not installed) fails only the ablations that
+need it, with one error line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from synth.ablation.config import AblationConfig
+from synth.errors import UserError
+
+
+def _import(module: str, stage: str):
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name and module.startswith(err.name):
+            raise UserError(f"{stage} stage unavailable: module {module} is not installed in this checkout") from None
+        raise
+
+
+# ---------------------------------------------------------------- shared stages
+
+
+def prepare_data(cfg: AblationConfig, out: Path) -> Path:
+    """Prepared manifest of the real (or phantom) data; the patient split is fixed by data.split_seed."""
+    d = cfg.data
+    prepare = _import("synth.prepare", "prepare")
+    if d.source == "manifest":
+        return Path(d.manifest).resolve()
+    if d.source == "phantom":
+        phantom = _import("synth.phantom", "phantom")
+        labels = Path(phantom.render_dataset(n=d.phantom_n, size=d.size, seed=d.phantom_seed, out=out / "phantom"))
+        fmt, images = "cxrlt", labels.parent
+    else:
+        fmt, labels, images = d.format, Path(d.labels), Path(d.images)
+    return prepare.prepare_dataset(fmt, labels, images, out / "prepared", size=d.size, seed=d.split_seed,
+                                   val=d.val, test=d.test, overwrite=True, progress=True)
+
+
+def train_generator(cfg: AblationConfig, manifest: Path, out: Path) -> Path:
+    """Fine-tune (or train from scratch) the latent-diffusion generator on the real training split."""
+    finetune = _import("synth.finetune", "finetune")
+    overrides = {**cfg.generator.overrides, "train_manifest": str(manifest), "output_dir": str(out / "pipeline")}
+    if cfg.generator.pretrained:
+        overrides["pretrained_model_name_or_path"] = cfg.generator.pretrained
+    config = finetune.load_finetune_config(cfg.generator.config, overrides)
+    return Path(finetune.run_finetune(config))
+
+
+def generate_images(cfg: AblationConfig, model_dir: Path, out: Path) -> Path:
+    from synth.generate import GenerateConfig, run
+
+    gen = GenerateConfig.from_yaml(cfg.generate.config, n=cfg.generate.n, **cfg.generate.overrides)
+    return run(model_dir, cfg.generate.classes, out, gen)
+
+
+def filter_images(cfg: AblationConfig, synthetic_manifest: Path, data_manifest: Path, out: Path) -> Path:
+    """Train the label-verifier on the real training split, then filter; returns the folder with kept.csv."""
+    filtering = _import("synth.filtering", "filter")
+    verifier_dir = filtering.train_verifier(data_manifest, out / "verifier", filtering.load_verifier_config(cfg.filter.verifier_config))
+    config = filtering.load_filter_config(cfg.filter.config, {**cfg.filter.overrides, "oracle": cfg.filter.oracle})
+    filtering.run_filter(synthetic_manifest, data_manifest, verifier_dir, out / "filtered", config)
+    return out / "filtered"
+
+
+def filter_summary(filter_dir: Path) -> dict[str, Any]:
+    """The filter's summary.json in the report's layout (see synth/ablation/results.py)."""
+    import json
+
+    summary = json.loads((Path(filter_dir) / "summary.json").read_text())
+    classes = {}
+    for cls, row in summary.get("classes", {}).items():
+        classes[cls] = {"n": row.get("n"), "kept": row.get("kept"), "rejected": row.get("rejected", {}),
+                        "fid": row.get("fid"), "kid": row.get("kid"), "fid_floor": row.get("fid_floor"),
+                        "fid_ci": row.get("fid_ci"), "oracle_fidelity": row.get("oracle_fidelity")}
+    return {"extractor": summary.get("extractor", "unknown"), "classes": classes}
+
+
+# ---------------------------------------------------------------- classifier arms
+
+
+def train_arm(cfg: AblationConfig, mode: str, seed: int, train_df: pd.DataFrame, classes: list[str], out: Path) -> Path:
+    """Train one arm's ensemble with every member seeded by ``seed`` (the synthetic rows ride in train_df)."""
+    config = _import("classifier.config", "classifier")
+    train = _import("classifier.train", "classifier")
+    ens = config.load_ensemble_config(cfg.classifier.config, cfg.classifier.overrides)
+    ens = replace(ens, members=[replace(m, seed=seed) for m in ens.members],
+                  synthetic=replace(ens.synthetic, mode=mode))
+    return Path(train.train_ensemble(ens, train_df, out))
+
+
+def predict(cfg: AblationConfig, model_dir: Path, df: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    ensemble = _import("classifier.ensemble", "classifier")
+    return ensemble.predict(model_dir, df, batch_size=cfg.classifier.batch_size)
+
+
+def evaluate(cfg: AblationConfig, y_true: np.ndarray, probs: np.ndarray, classes: list[str],
+             groups: dict[str, str], patients: np.ndarray) -> dict[str, Any]:
+    """Group mAPs with patient-bootstrap CIs and per-class metrics, in results.json's layout."""
+    metrics = _import("classifier.metrics", "classifier")
+    ev = metrics.evaluate(y_true, probs, classes, groups, patient_ids=patients,
+                          n_boot=cfg.evaluation.n_boot, seed=cfg.evaluation.bootstrap_seed)
+    return {
+        "groups": {g: {"value": ev[f"{g}_map" if g != "overall" else "map"], "ci": list(ev["ci"][f"{g}_map" if g != "overall" else "map"])}
+                   for g in ("overall", "head", "medium", "tail")},
+        "per_class": {c: {k: ev["per_class"][c].get(k) for k in ("ap", "auroc", "f1", "fnr", "n_pos")} for c in classes},
+    }
+
+
+def paired(cfg: AblationConfig, y_true: np.ndarray, prob_base: np.ndarray, prob_arm: np.ndarray, classes: list[str],
+           groups: dict[str, str], patients: np.ndarray) -> dict[str, Any]:
+    """Arm minus baseline per group, paired patient bootstrap on the same test rows."""
+    metrics = _import("classifier.metrics", "classifier")
+    pb = metrics.paired_bootstrap(y_true, prob_base, prob_arm, classes, groups, patients,
+                                  cfg.evaluation.n_boot, cfg.evaluation.bootstrap_seed)
+    out = {}
+    for g in ("overall", "head", "medium", "tail"):
+        row = pb[f"{g}_map" if g != "overall" else "map"]
+        out[g] = {"diff": row["diff"], "ci": list(row["ci"]), "p": row.get("p")}
+    return out
+
+
+# ---------------------------------------------------------------- provenance
+
+
+PACKAGES = ("cxr-synth", "torch", "torchvision", "diffusers", "transformers", "accelerate", "timm", "torchmetrics",
+            "numpy", "pandas", "scikit-learn", "pillow", "matplotlib")
+
+
+def provenance(cfg: AblationConfig) -> dict[str, Any]:
+    """What is needed to regenerate any number in the report."""
+    versions = {"python": sys.version.split()[0]}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    command = f"synth ablate --config {cfg.source_path}" if cfg.source_path else "synth demo"
+    command += f" --seeds {','.join(map(str, cfg.seeds))} --arms {','.join(cfg.arms)} --output-root {cfg.output_root}"
+    return {"commands": [command, f"synth report {cfg.name} --reports-root {Path(cfg.output_root) / 'reports'}"],
+            "config": cfg.to_dict(), "seeds": list(cfg.seeds), "versions": versions, "git_commit": commit}

@@ -1,0 +1,220 @@
+"""synth ablate: config validation, dry-run errors, cached stages and arm/seed resume (stages faked)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from synth.ablation import stages
+from synth.ablation.config import load_ablation_config
+from synth.ablation.runner import plan, run_ablation
+from synth.cli import app
+from synth.errors import UserError
+from synth.manifest import write_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["Atelectasis", "Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Rib Fracture"]
+PREVALENCE = {"Atelectasis": 0.3, "Cardiomegaly": 0.2, "Pleural Effusion": 0.05, "Pneumothorax": 0.03, "Rib Fracture": 0.005}
+
+
+def _write_config(tmp_path: Path, **changes) -> Path:
+    for name in ("finetune.yaml", "generate.yaml", "verifier.yaml", "filter.yaml", "classifier.yaml"):
+        (tmp_path / name).write_text("a: 1\n")
+    cfg = {
+        "name": "unit", "seeds": [0, 1], "output_root": str(tmp_path / "outputs"),
+        "data": {"source": "phantom", "phantom_n": 10, "size": 16},
+        "generator": {"config": str(tmp_path / "finetune.yaml")},
+        "generate": {"config": str(tmp_path / "generate.yaml"), "classes": ["Rib Fracture"], "n": 3},
+        "filter": {"verifier_config": str(tmp_path / "verifier.yaml"), "config": str(tmp_path / "filter.yaml")},
+        "classifier": {"config": str(tmp_path / "classifier.yaml")},
+        "evaluation": {"n_boot": 100, "grid_examples": 2},
+    }
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        if field:
+            cfg[section][field] = value
+        else:
+            cfg[section] = value
+    path = tmp_path / "ablation.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+# ---------------------------------------------------------------- config validation
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"bogus": 1}, "unknown key 'bogus'"),
+    ({"data__bogus": 1}, r"unknown key\(s\) \['bogus'\] in 'data'"),
+    ({"arms": ["real_only", "synthetic_magic"]}, r"unknown arm\(s\) \['synthetic_magic'\]"),
+    ({"arms": ["synthetic_filtered"]}, "must include real_only"),
+    ({"seeds": []}, "seeds must be a non-empty list"),
+    ({"seeds": [0, 0]}, "distinct integers"),
+    ({"generate__classes": ["Rib Fractur"]}, "Rib Fracture"),
+    ({"data__source": "dicom"}, "data.source 'dicom'"),
+    ({"data": {"source": "prepare", "format": "chexpert", "labels": "x", "images": "y"}}, "data.format 'chexpert'"),
+    ({"evaluation__n_boot": 10}, "too small"),
+])
+def test_config_errors_name_the_key(tmp_path: Path, change, message):
+    with pytest.raises(UserError, match=message):
+        load_ablation_config(_write_config(tmp_path, **change))
+
+
+@pytest.mark.parametrize("name", ["phantom-cpu", "nih-sample", "mimic-cxr-lt", "demo"])
+def test_shipped_configs_are_valid(name):
+    cfg = load_ablation_config(REPO / "configs" / "ablation" / f"{name}.yaml")
+    assert cfg.name == name and "real_only" in cfg.arms
+    if name != "demo":
+        assert len(cfg.seeds) >= 3 and len(cfg.arms) == 4
+
+
+def test_dry_run_missing_path_is_one_error_line(tmp_path: Path):
+    res = CliRunner().invoke(app, ["ablate", "--config", str(REPO / "configs/ablation/mimic-cxr-lt.yaml"), "--dry-run",
+                                   "--output-root", str(tmp_path)])
+    assert res.exit_code == 2
+    lines = [l for l in res.output.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "data.labels /data/cxr-lt-2024/train_labeled.csv not found" in lines[0]
+    assert not (tmp_path / "ablations").exists()
+
+
+def test_dry_run_pretrained_folder_must_hold_a_pipeline(tmp_path: Path):
+    (tmp_path / "sd").mkdir()
+    path = _write_config(tmp_path, generator__pretrained=str(tmp_path / "sd"))
+    res = CliRunner().invoke(app, ["ablate", "--config", str(path), "--dry-run"])
+    assert res.exit_code == 2 and "generator.pretrained" in res.output and "model_index.json not found" in res.output
+    (tmp_path / "sd" / "model_index.json").write_text("{}")
+    res = CliRunner().invoke(app, ["ablate", "--config", str(path), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "dry run: all paths found" in res.output and "synthetic_pretrain/seed-1" in res.output
+    assert not (tmp_path / "outputs").exists()
+
+
+# ---------------------------------------------------------------- resume with fake stages
+
+
+def _tiny_manifest(folder: Path, n: int, split_of, source="real", extra=None) -> Path:
+    rng = np.random.default_rng(len(str(folder)))
+    rows = []
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(folder / "images" / f"{i}.png")
+        row = {"dicom_id": f"{source}{i}", "subject_id": f"p{i // 2}", "study_id": f"s{i}", "ViewPosition": "PA",
+               "fpath": f"images/{i}.png", "split": split_of(i), "source": source}
+        row.update({c: float(rng.random() < max(PREVALENCE[c], 0.1)) for c in CLASSES})
+        row.update(extra(i) if extra else {})
+        rows.append(row)
+    return write_manifest(pd.DataFrame(rows), folder / "manifest.csv")
+
+
+class FakeStages:
+    """Cheap stand-ins that record every call; `fail_at` raises inside one arm/seed (a crash)."""
+
+    def __init__(self, monkeypatch):
+        self.calls: list[str] = []
+        self.fail_at: tuple[str, int] | None = None
+        for name in ("prepare_data", "train_generator", "generate_images", "filter_images", "train_arm", "predict",
+                     "evaluate", "paired"):
+            monkeypatch.setattr(stages, name, getattr(self, name))
+
+    def prepare_data(self, cfg, out):
+        self.calls.append("data")
+        return _tiny_manifest(out, 40, lambda i: ("train", "val", "test", "test")[i % 4])
+
+    def train_generator(self, cfg, manifest, out):
+        self.calls.append("generator")
+        return out
+
+    def generate_images(self, cfg, model_dir, out):
+        self.calls.append("generate")
+        return _tiny_manifest(out, 6, lambda i: "train", "synthetic", lambda i: {"target_class": "Rib Fracture", "Rib Fracture": 1.0})
+
+    def filter_images(self, cfg, synthetic_manifest, data_manifest, out):
+        self.calls.append("filter")
+        df = pd.read_csv(synthetic_manifest, dtype=str)
+        df["fpath"] = [str(Path(synthetic_manifest).parent / f) for f in df["fpath"]]
+        write_manifest(df.iloc[:4], out / "kept.csv")
+        write_manifest(df.iloc[4:].assign(reject_reason="verifier"), out / "rejected.csv")
+        (out / "summary.json").write_text(json.dumps({"extractor": "fake", "classes": {"Rib Fracture": {
+            "n": 6, "kept": 4, "rejected": {"verifier": 2}, "fid": 3.0, "kid": 0.01, "fid_floor": 2.0}}}))
+        return out
+
+    def train_arm(self, cfg, mode, seed, train_df, classes, out):
+        arm = {"none": "real_only", "pretrain_finetune": "synthetic_pretrain"}.get(mode, "mix")
+        if mode == "mix":
+            arm = "synthetic_unfiltered" if len(train_df) == 46 else "synthetic_filtered"
+        self.calls.append(f"{arm}/{seed}")
+        if self.fail_at == (arm, seed):
+            raise RuntimeError("simulated crash")
+        out.mkdir(parents=True, exist_ok=True)
+        assert (train_df["source"] == "synthetic").any() == (mode != "none")
+        return out
+
+    def predict(self, cfg, model_dir, df):
+        rng = np.random.default_rng(0)
+        return rng.random((len(df), len(CLASSES))), list(reversed(CLASSES))
+
+    def evaluate(self, cfg, y, p, classes, groups, patients):
+        assert p.shape == (20, len(classes)) and len(patients) == 20
+        return {"groups": {g: {"value": 0.5, "ci": [0.4, 0.6]} for g in ("overall", "head", "medium", "tail")},
+                "per_class": {c: {"ap": 0.5, "auroc": 0.6, "f1": 0.4, "fnr": 0.3, "n_pos": 3} for c in classes}}
+
+    def paired(self, cfg, y, pa, pb, classes, groups, patients):
+        return {g: {"diff": 0.01, "ci": [-0.01, 0.03], "p": 0.4} for g in ("overall", "head", "medium", "tail")}
+
+
+def test_crash_then_resume_recomputes_only_unfinished_work(tmp_path: Path, monkeypatch):
+    fake = FakeStages(monkeypatch)
+    cfg = load_ablation_config(_write_config(tmp_path))
+    fake.fail_at = ("synthetic_filtered", 1)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_ablation(cfg, log=lambda m: None)
+    first = list(fake.calls)
+    assert first[:4] == ["data", "generator", "generate", "filter"]
+    assert "synthetic_filtered/1" in first and "synthetic_pretrain/0" not in first
+    done = {s.name for s in plan(cfg) if s.done}
+    assert "synthetic_filtered/seed-0" in done and "synthetic_filtered/seed-1" not in done
+
+    fake.calls.clear()
+    fake.fail_at = None
+    report_dir = run_ablation(cfg, log=lambda m: None)
+    assert fake.calls == ["synthetic_filtered/1", "synthetic_pretrain/0", "synthetic_pretrain/1"]
+    assert all(s.done for s in plan(cfg))
+
+    results = json.loads((report_dir / "results.json").read_text())
+    assert [a["name"] for a in results["arms"]] == ["real_only", "synthetic_unfiltered", "synthetic_filtered", "synthetic_pretrain"]
+    assert results["generated_classes"] == ["Rib Fracture"] and results["filter"]["extractor"] == "fake"
+    assert results["grids"]["Rib Fracture"]["kept"] and len(results["grids"]["Rib Fracture"]["rejected"]) == 2
+    assert "synth ablate --config" in results["provenance"]["commands"][0]
+    assert (report_dir / "report.html").exists() and (report_dir / "report.md").exists()
+
+    fake.calls.clear()
+    run_ablation(cfg, log=lambda m: None)  # everything finished: nothing is recomputed
+    assert fake.calls == []
+
+
+def test_changed_classifier_config_retrains_arms_but_reuses_generator(tmp_path: Path, monkeypatch):
+    fake = FakeStages(monkeypatch)
+    cfg = load_ablation_config(_write_config(tmp_path, seeds=[0], arms=["real_only", "synthetic_filtered"]))
+    run_ablation(cfg, log=lambda m: None)
+    fake.calls.clear()
+    (tmp_path / "classifier.yaml").write_text("a: 2\n")  # stage keys hash the referenced YAML's content
+    run_ablation(cfg, log=lambda m: None)
+    assert fake.calls == ["real_only/0", "synthetic_filtered/0"]
+
+
+def test_test_probabilities_are_stored_in_the_manifest_class_order(tmp_path: Path, monkeypatch):
+    FakeStages(monkeypatch)
+    cfg = load_ablation_config(_write_config(tmp_path, seeds=[0], arms=["real_only"]))
+    run_ablation(cfg, log=lambda m: None)
+    step = next(s for s in plan(cfg) if s.name == "real_only/seed-0")
+    stored = np.load(step.folder / "test_probs.npy")
+    predicted = np.random.default_rng(0).random((20, len(CLASSES)))  # FakeStages.predict, classes reversed
+    np.testing.assert_allclose(stored, predicted[:, ::-1].astype(np.float32))
