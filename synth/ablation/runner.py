@@ -17,6 +17,11 @@ called again.
 
 The stage work is done by :mod:`synth.ablation.stages` (looked up at call
 time, so tests replace it with cheap fakes).
+
+Under ``accelerate launch`` every process runs this loop: the Accelerate-aware
+stages (finetune, generate, classifier training) split their work across
+processes; data preparation and the filter run on the main process only; only
+the main process writes markers, probabilities, results and the report.
 """
 
 from __future__ import annotations
@@ -88,11 +93,15 @@ def _keys(cfg: AblationConfig) -> dict[str, str]:
     return keys
 
 
-def run_ablation(cfg: AblationConfig, log: Callable[[str], None] = print) -> Path:
+def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) -> Path:
     """Run (or resume) every step, write results.json and render the report; return the report folder."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    log = log or _rich_log(state.is_main_process)
     check_paths(cfg)
     steps = {s.name: s for s in plan(cfg)}
-    data_manifest = Path(_cached(steps["data"], log, lambda out: stages.prepare_data(cfg, out)))
+    data_manifest = Path(_cached(steps["data"], log, lambda out: stages.prepare_data(cfg, out), main_only=True))
     real = read_manifest(data_manifest)
     synthetic: dict[str, pd.DataFrame] = {}
     filter_dir = None
@@ -101,7 +110,8 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] = print) -> Pat
         synth_manifest = _cached(steps["generate"], log, lambda out: stages.generate_images(cfg, Path(model_dir), out))
         synthetic["unfiltered"] = read_manifest(synth_manifest)
     if cfg.needs_filter:
-        filter_dir = Path(_cached(steps["filter"], log, lambda out: stages.filter_images(cfg, Path(synth_manifest), data_manifest, out)))
+        filter_dir = Path(_cached(steps["filter"], log, lambda out: stages.filter_images(cfg, Path(synth_manifest), data_manifest, out),
+                                  main_only=True))
         synthetic["filtered"] = read_manifest(filter_dir / "kept.csv")
 
     classes = annotated_classes(real[real["split"] == "train"])
@@ -116,25 +126,41 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] = print) -> Pat
             _cached(step, log, lambda out: _train_and_predict(cfg, arm, mode, seed, train_df, test, classes, out))
             probs[arm, seed] = np.load(step.folder / "test_probs.npy")
 
-    results = build_results(cfg, real, test, classes, probs, filter_dir, synthetic)
-    write_json_atomic(cfg.report_dir / RESULTS_FILE, results)
-    render_report(cfg.report_dir)
+    if state.is_main_process:
+        results = build_results(cfg, real, test, classes, probs, filter_dir, synthetic)
+        write_json_atomic(cfg.report_dir / RESULTS_FILE, results)
+        render_report(cfg.report_dir)
+        log(f"report written: {cfg.report_dir / 'report.html'}")
+    state.wait_for_everyone()
     return cfg.report_dir
 
 
-def _cached(step: Step, log: Callable[[str], None], work: Callable[[Path], Any]) -> str:
-    """Return a finished step's output, or do the work and mark the step done (marker last)."""
+def _cached(step: Step, log: Callable[[str], None], work: Callable[[Path], Any], main_only: bool = False) -> str:
+    """Return a finished step's output, or do the work and mark the step done (marker last, main process)."""
+    from accelerate import PartialState
+
+    state = PartialState()
     marker = step.folder / DONE
-    if marker.exists():
+    if not marker.exists():
+        log(f"[run] {step.name} -> {step.folder}")
+        step.folder.mkdir(parents=True, exist_ok=True)
+        start = time.time()
+        if state.is_main_process or not main_only:
+            output = str(work(step.folder))
+            if state.is_main_process:
+                write_json_atomic(marker, {"step": step.name, "output": output, "seconds": round(time.time() - start, 1),
+                                           "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        state.wait_for_everyone()
+    else:
         log(f"[cached] {step.name}: {step.folder}")
-        return json.loads(marker.read_text())["output"]
-    log(f"[run] {step.name} -> {step.folder}")
-    step.folder.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    output = str(work(step.folder))
-    write_json_atomic(marker, {"step": step.name, "output": output, "seconds": round(time.time() - start, 1),
-                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    return output
+    return json.loads(marker.read_text())["output"]
+
+
+def _rich_log(enabled: bool) -> Callable[[str], None]:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    return (lambda message: console.log(message)) if enabled else (lambda message: None)
 
 
 def _train_and_predict(cfg: AblationConfig, arm: str, mode: str, seed: int, train_df: pd.DataFrame,
@@ -142,6 +168,10 @@ def _train_and_predict(cfg: AblationConfig, arm: str, mode: str, seed: int, trai
     model_dir = stages.train_arm(cfg, mode, seed, train_df, classes, out / "model")
     prob, prob_classes = stages.predict(cfg, Path(model_dir), test)
     order = [list(prob_classes).index(c) for c in classes]
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return model_dir
     with atomic_path(out / "test_probs.npy") as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, np.asarray(prob, dtype=np.float32)[:, order])

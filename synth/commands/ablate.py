@@ -66,6 +66,13 @@ def demo_command(
     from synth.ablation.runner import run_ablation
 
     cfg = load_ablation_config(DEMO_CONFIG, output_root=output_root)
+    # The demo runs from any folder: its stage configs are the repository's own.
+    for section, key in (("generator", "config"), ("generate", "config"), ("filter", "verifier_config"),
+                         ("filter", "config"), ("classifier", "config")):
+        stage = getattr(cfg, section)
+        value = getattr(stage, key)
+        if value and not Path(value).is_absolute():
+            setattr(stage, key, str(REPO / value))
     _print_plan(cfg)
     report_dir = run_ablation(cfg)
     typer.echo(f"report: {report_dir / 'report.html'}")
