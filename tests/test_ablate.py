@@ -18,7 +18,9 @@ from synth.ablation.runner import plan, run_ablation
 from synth.cli import app
 from synth.errors import UserError
 from synth.manifest import write_manifest
+from synth.taxonomy import CXR_LT_CLASSES
 
+REAL_PREPARE = stages.prepare_data  # before any test swaps in the fakes
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["Atelectasis", "Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Rib Fracture"]
 PREVALENCE = {"Atelectasis": 0.3, "Cardiomegaly": 0.2, "Pleural Effusion": 0.05, "Pneumothorax": 0.03, "Rib Fracture": 0.005}
@@ -218,3 +220,30 @@ def test_test_probabilities_are_stored_in_the_manifest_class_order(tmp_path: Pat
     stored = np.load(step.folder / "test_probs.npy")
     predicted = np.random.default_rng(0).random((20, len(CLASSES)))  # FakeStages.predict, classes reversed
     np.testing.assert_allclose(stored, predicted[:, ::-1].astype(np.float32))
+
+
+def test_real_nih_sample_prepared_once_and_scored_on_its_annotated_classes(tmp_path: Path, monkeypatch, nih_sample: Path):
+    """The data step calls the real `synth prepare`; classifier stages are faked."""
+    fake = FakeStages(monkeypatch)
+    monkeypatch.setattr(stages, "prepare_data", REAL_PREPARE)
+    seen = {}
+
+    def predict(cfg, model_dir, df):
+        seen["test_rows"] = len(df)
+        return np.full((len(df), 40), 0.5), list(CXR_LT_CLASSES)
+
+    def evaluate(cfg, y, p, classes, groups, patients):
+        seen["classes"], seen["groups"] = classes, groups
+        return FakeStages.evaluate(fake, cfg, y[:20], p[:20], classes, groups, patients[:20])
+
+    monkeypatch.setattr(stages, "predict", predict)
+    monkeypatch.setattr(stages, "evaluate", evaluate)
+    path = _write_config(tmp_path, seeds=[0], arms=["real_only"],
+                         data={"source": "prepare", "format": "nih", "labels": str(nih_sample / "Data_Entry_2017_v2020.csv"),
+                               "images": str(nih_sample / "images"), "size": 32})
+    report_dir = run_ablation(load_ablation_config(path), log=lambda m: None)
+    results = json.loads((report_dir / "results.json").read_text())
+    assert len(seen["classes"]) == 15 and "Hernia" in seen["classes"] and "Rib Fracture" not in seen["classes"]
+    assert results["dataset"]["n_test"] == seen["test_rows"] > 100
+    assert set(results["groups"].values()) <= {"head", "medium", "tail"} and fake.calls == ["real_only/0"]
+
