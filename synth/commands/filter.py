@@ -1,9 +1,114 @@
-"""CLI commands of the filter stage (not implemented yet)."""
+"""CLI of the filter stage: ``synth filter``, ``synth verifier train``, ``synth oracle train``."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 
+def filter_command(
+    synthetic: Path = typer.Option(..., "--synthetic", help="Folder (or manifest.csv) written by `synth generate`."),
+    data: Path = typer.Option(..., "--data", help="Prepared real dataset (folder or manifest.csv): train/val splits are used, test never."),
+    verifier: Path = typer.Option(..., "--verifier", help="Folder from `synth verifier train`."),
+    out: Path = typer.Option(..., "--out", help="Output folder: kept.csv, rejected.csv, scores.csv, summary.csv, summary.json."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML of rules (configs/filter/default.yaml); flags override."),
+    oracle: Optional[Path] = typer.Option(None, "--oracle", help="Phantom only: oracle folder from `synth oracle train` (fidelity in the summary)."),
+    extractor: Optional[str] = typer.Option(None, "--extractor", help="'verifier' or a local encoder folder (model.safetensors + extractor.yaml)."),
+    threshold_quantile: Optional[float] = typer.Option(None, "--threshold-quantile", help="Quantile of real val positives' scores used as class threshold. [default: 0.2]"),
+    fid_reject_factor: Optional[float] = typer.Option(None, "--fid-reject-factor", help="Reject a class set when FID > factor x real-vs-real floor. [default: 3]"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of subsampling, bootstrap and calibration copies. [default: 0]"),
+) -> None:
+    """Keep synthetic images that show their label, look like real X-rays and copy no patient."""
+    from synth.filtering import load_filter_config, run_filter
+
+    cfg = load_filter_config(config, {"oracle": str(oracle) if oracle else None, "extractor": extractor,
+                                      "threshold_quantile": threshold_quantile, "fid_reject_factor": fid_reject_factor,
+                                      "seed": seed})
+    summary = run_filter(synthetic, data, verifier, out, cfg)
+    _print_summary(summary, out)
+
+
+def verifier_train_command(
+    data: Path = typer.Option(..., "--data", help="Prepared real dataset (folder or manifest.csv); only split=train, source=real rows are used."),
+    out: Path = typer.Option(..., "--out", help="Output folder (model.safetensors + verifier.json)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML (configs/filter/verifier.yaml); flags override."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="timm model name (random init). [default: convnext_atto]"),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Training resolution. [default: 128]"),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+) -> None:
+    """Train the label-verifier on the real training split (never val/test, never synthetic)."""
+    from synth.filtering import load_verifier_config, train_verifier
+
+    cfg = load_verifier_config(config, {"arch": arch, "image_size": image_size, "epochs": epochs, "max_steps": max_steps, "seed": seed})
+    typer.echo(f"verifier written to {train_verifier(data, out, cfg)}", err=True)
+
+
+def oracle_train_command(
+    data: Path = typer.Option(..., "--data", help="A large class-balanced phantom dataset (`synth phantom --balanced`, then `synth prepare`)."),
+    out: Path = typer.Option(..., "--out", help="Output folder (verifier files + oracle.json)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML (configs/filter/oracle.yaml); flags override."),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+) -> None:
+    """Train the phantom oracle (evaluation only); thresholds are F1-optimal on its val split."""
+    import json
+
+    from synth.filtering import load_verifier_config, train_oracle
+
+    cfg = load_verifier_config(config, {"epochs": epochs, "max_steps": max_steps})
+    folder = train_oracle(data, out, cfg)
+    if (folder / "oracle.json").exists():
+        _print_oracle(json.loads((folder / "oracle.json").read_text()))
+
+
+def _print_summary(summary: dict, out: Path) -> None:
+    from accelerate import PartialState
+    from rich.console import Console
+    from rich.table import Table
+
+    if not PartialState().is_main_process:
+        return
+    fmt = lambda v, p=2: "—" if v is None else f"{v:.{p}f}"  # noqa: E731
+    has_oracle = any(c.get("oracle_fidelity") is not None for c in summary["classes"].values())
+    table = Table("class", "n", "kept", "rejected (reason: n)", "threshold", "FID", "FID 95% CI", "floor", "KID",
+                  *(["oracle fidelity", "verifier P/R"] if has_oracle else []),
+                  title=f"{out} — {summary['metric_label']}")
+    for cls, c in summary["classes"].items():
+        reasons = ", ".join(f"{k}: {v}" for k, v in c["rejected"].items()) or "—"
+        ci = c.get("fid_ci")
+        row = [cls, str(c["n"]), str(c["kept"]), reasons, fmt(c["threshold"], 3), fmt(c["fid"]),
+               f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "—", fmt(c["fid_floor"]), fmt(c["kid"], 4)]
+        if has_oracle:
+            row += [fmt(c.get("oracle_fidelity")), f"{fmt(c.get('verifier_precision'))}/{fmt(c.get('verifier_recall'))}"]
+        table.add_row(*row)
+    console = Console(stderr=True)
+    console.print(table)
+    console.print(f"kept {summary['kept']} of {summary['n']}; near-copy thresholds: "
+                  + ", ".join(f"{s} {t['threshold']:.3f}{'' if t['used'] else ' (not used: copies and distinct patients overlap)'}"
+                              for s, t in summary["near_copy"].items()))
+
+
+def _print_oracle(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("class", "val AP", "threshold", "val positives", title="oracle (held-out phantom val)")
+    for cls, c in report["classes"].items():
+        table.add_row(cls, "—" if c["val_ap"] is None else f"{c['val_ap']:.3f}",
+                      "—" if c["threshold"] is None else f"{c['threshold']:.3f}", str(c["val_positives"]))
+    Console(stderr=True).print(table)
+
+
 def register(app: typer.Typer) -> None:
-    """Add this stage's commands to the synth app."""
+    """Add this stage's commands to the synth app (sub-apps share the app's error handling)."""
+    app.command("filter")(filter_command)
+    verifier = type(app)(help="Label-verifier of the filter.", no_args_is_help=True)
+    verifier.command("train")(verifier_train_command)
+    app.add_typer(verifier, name="verifier")
+    oracle = type(app)(help="Phantom oracle (evaluation only).", no_args_is_help=True)
+    oracle.command("train")(oracle_train_command)
+    app.add_typer(oracle, name="oracle")

@@ -1,0 +1,136 @@
+"""Typed configs of the filter stage, loaded from ``configs/filter/*.yaml``.
+
+Two configs because they have different lives: the verifier is trained once
+per dataset (``VerifierConfig``, also used for the phantom oracle) and then
+reused by many filter runs (``FilterConfig``) with different thresholds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+import yaml
+
+from synth.errors import UserError
+
+T = TypeVar("T")
+
+
+@dataclass
+class VerifierConfig:
+    """A small multi-label classifier, deliberately *not* the downstream ensemble.
+
+    Its own architecture, resolution and seed keep the filter from selecting
+    images that merely please the classifier it is meant to help.
+    """
+
+    arch: str = "convnext_atto"  #: any timm model name (random init; nothing is downloaded)
+    image_size: int = 128
+    epochs: int = 10
+    max_steps: int | None = None  #: stop after this many optimiser steps (tests, smoke runs)
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    hflip: bool = True  #: random horizontal flips while training
+    seed: int = 1234
+    num_workers: int = 0
+    eval_batch_size: int = 64
+
+    def validated(self) -> "VerifierConfig":
+        import timm
+
+        if not timm.is_model(self.arch):
+            raise UserError(f"verifier arch {self.arch!r} is not a timm model; e.g. convnext_atto, resnet10t, efficientnet_b0")
+        for name in ("image_size", "epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"verifier {name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UserError(f"verifier max_steps must be >= 1 or null, got {self.max_steps}")
+        return self
+
+
+@dataclass
+class FilterConfig:
+    """Decision rules of ``synth filter``; every threshold is fitted on real train/val, never test."""
+
+    # label-verifier ------------------------------------------------------------------------
+    threshold_quantile: float = 0.2  #: per-class threshold = this quantile of real VAL positives' P(class)
+    min_val_positives: int = 5  #: fewer val positives => fallback rule below
+    fallback_specificity: float = 0.95  #: fallback threshold = this quantile of real VAL negatives' P(class)
+    co_label_min_agreement: float = 0.0  #: reject when fewer than this fraction of co-labels clear their thresholds
+    # set-level realism -----------------------------------------------------------------------
+    extractor: str = "verifier"  #: "verifier" (its backbone) or a folder with model.safetensors + extractor.yaml
+    fid_reject_factor: float = 3.0  #: a class set with FID > factor x real-vs-real floor is rejected whole
+    min_fid_images: int = 10  #: below this (synthetic or half the real positives) FID is not computed
+    max_fid_images: int = 2000  #: subsample larger sets (FID cost grows with n)
+    kid_subset_size: int = 50
+    kid_subsets: int = 50
+    bootstrap: int = 100  #: resamples for the FID interval
+    ci_level: float = 0.95
+    # per-image outliers ----------------------------------------------------------------------
+    outlier_knn: int = 5  #: distance = mean distance to the k nearest real training images
+    outlier_percentile: float = 99.0  #: drop beyond this percentile of real images' own kNN distances
+    outlier_reference_max: int = 5000  #: real training images used as the outlier reference
+    # near-copy -------------------------------------------------------------------------------
+    nearcopy_pixel_size: int = 32  #: downsampled resolution of the pixel-space check
+    nearcopy_calibration_images: int = 200  #: real training images copied/perturbed for calibration
+    nearcopy_copy_quantile: float = 5.0  #: percentile of copy similarities taken as "still a copy"
+    nearcopy_distinct_quantile: float = 99.9  #: percentile of distinct-patient NN similarities ("not a copy")
+    nearcopy_noise_std: float = 0.03  #: perturbations used to make calibration copies
+    nearcopy_shift_px: int = 2
+    # misc ------------------------------------------------------------------------------------
+    batch_size: int = 64
+    seed: int = 0
+    oracle: str | None = None  #: phantom only: oracle folder from `synth oracle train`
+
+    def validated(self) -> "FilterConfig":
+        if not 0.0 <= self.threshold_quantile < 1.0:
+            raise UserError(f"threshold_quantile must be in [0, 1), got {self.threshold_quantile}")
+        if not 0.0 < self.fallback_specificity < 1.0:
+            raise UserError(f"fallback_specificity must be in (0, 1), got {self.fallback_specificity}")
+        if not 0.0 <= self.co_label_min_agreement <= 1.0:
+            raise UserError(f"co_label_min_agreement must be in [0, 1], got {self.co_label_min_agreement}")
+        if self.fid_reject_factor <= 1.0:
+            raise UserError(f"fid_reject_factor must be > 1 (a multiple of the real-vs-real floor), got {self.fid_reject_factor}")
+        if self.min_fid_images < 2:
+            raise UserError(f"min_fid_images must be >= 2, got {self.min_fid_images}")
+        for name in ("outlier_percentile", "nearcopy_copy_quantile", "nearcopy_distinct_quantile"):
+            if not 0.0 < getattr(self, name) <= 100.0:
+                raise UserError(f"{name} is a percentile in (0, 100], got {getattr(self, name)}")
+        if not 0.5 < self.ci_level < 1.0:
+            raise UserError(f"ci_level must be in (0.5, 1), got {self.ci_level}")
+        return self
+
+
+def _load(cls: type[T], path: str | Path | None, overrides: Mapping[str, Any] | None, example: str) -> T:
+    data: dict[str, Any] = {}
+    known = {f.name for f in dataclasses.fields(cls)}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise UserError(f"config file not found: {path}; see {example}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: expected a mapping of option: value")
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise UserError(f"unknown {cls.__name__} option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return cls(**data).validated()
+
+
+def load_verifier_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> VerifierConfig:
+    """Defaults <- YAML file <- overrides (None values ignored)."""
+    return _load(VerifierConfig, path, overrides, "configs/filter/verifier.yaml")
+
+
+def load_filter_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> FilterConfig:
+    """Defaults <- YAML file <- overrides (None values ignored)."""
+    return _load(FilterConfig, path, overrides, "configs/filter/default.yaml")

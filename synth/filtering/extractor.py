@@ -1,0 +1,65 @@
+"""Which CXR feature space FID/KID, outliers and near-copy search use.
+
+Default: the label-verifier's own backbone (trained on the real training
+split of the same data). Users with a better local chest X-ray encoder point
+``extractor`` at a folder holding
+
+    model.safetensors   the timm model's state dict (a classifier head, if any, is ignored)
+    extractor.yaml      arch: <timm name>, image_size: <int>, in_chans: 1 | 3,
+                        pixel_mean: <float>, pixel_std: <float>, name: <label for reports>
+
+Nothing is ever fetched from a hub; the model is built with random init and
+the local weights loaded on top.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from synth.errors import UserError
+from synth.filtering.verifier import FeatureExtractor, Verifier
+
+EXTRACTOR_FILE = "extractor.yaml"
+
+
+class _ToChannels(nn.Module):
+    """Grey -> the channel count an encoder was trained with (forward_features/forward_head pass through)."""
+
+    def __init__(self, model: nn.Module, in_chans: int) -> None:
+        super().__init__()
+        self.inner, self.in_chans = model, in_chans
+        self.num_features = model.num_features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner.forward_features(x.expand(-1, self.in_chans, -1, -1) if self.in_chans != 1 else x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.inner.forward_head(x, pre_logits=pre_logits)
+
+
+def load_extractor(spec: str, verifier: Verifier, device: str | torch.device = "cpu") -> FeatureExtractor:
+    """``"verifier"`` -> the verifier's backbone; otherwise a local encoder folder (see module doc)."""
+    if spec == "verifier":
+        return FeatureExtractor(verifier.model, verifier.image_size, verifier.pixel_mean, verifier.pixel_std, verifier.name)
+    import timm
+    from safetensors.torch import load_file
+
+    folder = Path(spec)
+    if not (folder / EXTRACTOR_FILE).exists() or not (folder / "model.safetensors").exists():
+        raise UserError(f"extractor {spec!r}: expected 'verifier' or a folder with {EXTRACTOR_FILE} and model.safetensors (see synth/filtering/extractor.py)")
+    meta = yaml.safe_load((folder / EXTRACTOR_FILE).read_text()) or {}
+    if "arch" not in meta or not timm.is_model(str(meta["arch"])):
+        raise UserError(f"{folder / EXTRACTOR_FILE}: 'arch' must name a timm model, got {meta.get('arch')!r}")
+    in_chans = int(meta.get("in_chans", 1))
+    model = timm.create_model(meta["arch"], pretrained=False, num_classes=0, in_chans=in_chans)
+    state = load_file(str(folder / "model.safetensors"))
+    missing, _unexpected_head = model.load_state_dict(state, strict=False)
+    if missing:
+        raise UserError(f"{folder / 'model.safetensors'}: weights do not fit {meta['arch']} (missing {missing[:3]}...); check 'arch' in {EXTRACTOR_FILE}")
+    wrapped = _ToChannels(model, in_chans).to(device).eval()
+    return FeatureExtractor(wrapped, int(meta.get("image_size", 224)), float(meta.get("pixel_mean", 0.5)),
+                            float(meta.get("pixel_std", 0.25)), str(meta.get("name", f"{meta['arch']} ({folder.name})")))

@@ -1,0 +1,229 @@
+"""The label-verifier: a small timm multi-label classifier trained on REAL TRAINING images only.
+
+It answers "does this synthetic image show the finding it is labelled with?"
+and its pooled backbone features are the default CXR feature space for
+FID/KID, outliers and near-copy search (Inception features are meaningless
+for radiographs and cannot be fetched offline anyway).
+
+Folder layout written by :func:`train_verifier`::
+
+    model.safetensors   the timm model (random init, then trained)
+    verifier.json       arch, image_size, classes, normalisation, config, data provenance
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from synth.datasets import ManifestDataset
+from synth.errors import UserError
+from synth.filtering.config import VerifierConfig
+from synth.io import save_safetensors_atomic, write_json_atomic
+from synth.manifest import annotated_classes, read_manifest
+
+#: Fixed input normalisation of 1-channel [0, 1] radiographs (no ImageNet statistics: random init).
+PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
+META_FILE, WEIGHTS_FILE = "verifier.json", "model.safetensors"
+
+
+def real_training_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The only rows a verifier (or oracle) may learn from: ``source == real`` and ``split == train``."""
+    rows = df[(df["source"] == "real") & (df["split"] == "train")]
+    if rows.empty:
+        raise UserError("data manifest has no real training rows (split=train, source=real); run `synth prepare` on real data")
+    assert set(rows["split"]) == {"train"} and set(rows["source"]) == {"real"}
+    return rows
+
+
+def _flip_transform(x: torch.Tensor) -> torch.Tensor:
+    return torch.flip(x, dims=[-1]) if torch.rand(()) < 0.5 else x
+
+
+def _masked_bce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Un-annotated cells (mask 0) carry no loss: an NIH image is not a negative for a class NIH never labels."""
+    loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none") * mask
+    return loss.sum() / mask.sum().clamp(min=1.0)
+
+
+def build_model(arch: str, num_classes: int) -> nn.Module:
+    import timm
+
+    return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=1)
+
+
+def train_verifier(data_manifest: str | Path | pd.DataFrame, out_dir: str | Path, cfg: VerifierConfig | None = None,
+                   classes: Sequence[str] | None = None) -> Path:
+    """Train on the real training split of ``data_manifest``; write ``out_dir``; return it.
+
+    Runs under Accelerate (DDP on many GPUs); only the main process writes.
+    Val and test rows are never read, so the per-class thresholds later fitted
+    on val are honest and test stays untouched.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    cfg = (cfg or VerifierConfig()).validated()
+    df = read_manifest(data_manifest) if not isinstance(data_manifest, pd.DataFrame) else data_manifest
+    train = real_training_rows(df)
+    classes = list(classes) if classes is not None else annotated_classes(train)
+    if not classes:
+        raise UserError("data manifest: no class is annotated in the real training split; check the label columns")
+
+    accelerator = Accelerator()
+    set_seed(cfg.seed, device_specific=True)
+    dataset = ManifestDataset(train, cfg.image_size, classes, transform=_flip_transform if cfg.hflip else None)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) > cfg.batch_size,
+                        num_workers=cfg.num_workers)
+    model = build_model(cfg.arch, len(classes))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(loader) / accelerator.num_processes)
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=0.1)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+
+    model.train()
+    step, losses = 0, []
+    while step < total:
+        for batch in loader:
+            x = (batch["pixel_values"] - PIXEL_MEAN) / PIXEL_STD
+            loss = _masked_bce(model(x), batch["labels"], batch["label_mask"])
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(accelerator.gather(loss.detach()).mean().item())
+            step += 1
+            if step >= total:
+                break
+
+    out_dir = Path(out_dir)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        state = accelerator.unwrap_model(model).state_dict()
+        save_safetensors_atomic(out_dir / WEIGHTS_FILE, state)
+        write_json_atomic(out_dir / META_FILE, {
+            "arch": cfg.arch, "image_size": cfg.image_size, "classes": classes,
+            "pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD,
+            "trained_on": {"rows": int(len(train)), "split": "train", "source": "real",
+                           "manifest": str(data_manifest) if not isinstance(data_manifest, pd.DataFrame) else df.attrs.get("root")},
+            "steps": step, "final_loss": float(np.mean(losses[-10:])) if losses else None,
+            "config": dataclasses.asdict(cfg),
+        })
+    accelerator.wait_for_everyone()
+    return out_dir
+
+
+@dataclass
+class Verifier:
+    """A trained verifier: the model plus what is needed to feed it."""
+
+    model: nn.Module
+    arch: str
+    image_size: int
+    classes: list[str]
+    pixel_mean: float = PIXEL_MEAN
+    pixel_std: float = PIXEL_STD
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch} verifier"
+
+
+def load_verifier(path: str | Path, device: str | torch.device = "cpu") -> Verifier:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / META_FILE).exists() or not (path / WEIGHTS_FILE).exists():
+        raise UserError(f"{path} is not a verifier folder (needs {META_FILE} and {WEIGHTS_FILE}); train one with `synth verifier train`")
+    meta = json.loads((path / META_FILE).read_text())
+    model = build_model(meta["arch"], len(meta["classes"]))
+    model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
+    model.to(device).eval()
+    return Verifier(model, meta["arch"], int(meta["image_size"]), list(meta["classes"]),
+                    float(meta.get("pixel_mean", PIXEL_MEAN)), float(meta.get("pixel_std", PIXEL_STD)))
+
+
+class FeatureExtractor(nn.Module):
+    """Images -> pooled backbone features, usable as torchmetrics FID/KID ``feature=``.
+
+    Accepts (N, 1 or 3, H, W) float in [0, 1] or uint8 (torchmetrics' default
+    convention); colour is averaged to grey and the image resized to the
+    backbone's training resolution.
+    """
+
+    def __init__(self, model: nn.Module, image_size: int, pixel_mean: float = PIXEL_MEAN, pixel_std: float = PIXEL_STD,
+                 name: str = "custom") -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.image_size = image_size
+        self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
+        self.num_features = int(model.num_features)
+        self.name = name
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        if x.shape[1] != 1:
+            x = x.mean(dim=1, keepdim=True)
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False)
+        return (x - self.pixel_mean) / self.pixel_std
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.model.forward_features(self.prepare(images)))
+
+    def pool(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(feature_map, pre_logits=True)
+
+
+@dataclass
+class Inference:
+    """One pass over a manifest: class probabilities, pooled features, small grey thumbnails."""
+
+    probs: np.ndarray  #: (N, C) — empty (N, 0) when the model has no verifier head
+    features: np.ndarray  #: (N, D) float32
+    pixels: np.ndarray  #: (N, s*s) float32, for the pixel-space near-copy check
+    mirror_features: np.ndarray | None = None  #: features of the mirrored images (flip-aware copy search)
+
+
+@torch.no_grad()
+def embed(extractor: FeatureExtractor, images: torch.Tensor, pixel_size: int, with_probs: bool = True,
+          mirror: bool = False) -> Inference:
+    """Scores, pooled features and thumbnails of a batch of (N, 1, H, W) images in [0, 1]."""
+    x = images.to(next(extractor.parameters()).device)
+    fmap = extractor.model.forward_features(extractor.prepare(x))
+    probs = torch.sigmoid(extractor.model.forward_head(fmap)) if with_probs else fmap.new_zeros(len(x), 0)
+    small = F.interpolate(x.float(), size=(pixel_size, pixel_size), mode="area").flatten(1)
+    mirrored = extractor(torch.flip(x, dims=[-1])).float().cpu().numpy() if mirror else None
+    return Inference(probs.float().cpu().numpy(), extractor.pool(fmap).float().cpu().numpy(), small.cpu().numpy(), mirrored)
+
+
+def run_inference(extractor: FeatureExtractor, df: pd.DataFrame, batch_size: int, pixel_size: int,
+                  with_probs: bool = True, mirror: bool = False, num_workers: int = 0) -> Inference:
+    """Read every image once; the verifier head is applied to the same pooled features."""
+    loader = DataLoader(ManifestDataset(df, extractor.image_size, classes=[]), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers)
+    parts = [embed(extractor, batch["pixel_values"], pixel_size, with_probs, mirror) for batch in loader]
+    if not parts:
+        empty = np.zeros((0, extractor.num_features), np.float32)
+        return Inference(np.zeros((0, 0), np.float32), empty, np.zeros((0, pixel_size * pixel_size), np.float32),
+                         empty if mirror else None)
+    return concat_inference(parts)
+
+
+def concat_inference(parts: Sequence[Inference]) -> Inference:
+    cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+    mirrored = cat("mirror_features") if parts[0].mirror_features is not None else None
+    return Inference(cat("probs"), cat("features"), cat("pixels"), mirrored)
