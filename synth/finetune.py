@@ -1,0 +1,226 @@
+"""Train the latent-diffusion generator: ``accelerate launch synth/finetune.py --config configs/finetune/demo.yaml``.
+
+Same flags as diffusers' ``train_text_to_image.py`` (``--learning_rate``,
+``--max_train_steps``, ``--use_ema``, ``--snr_gamma``, ``--resume_from_checkpoint latest`` ...),
+built for long-tailed multi-label chest X-rays: prompts from label sets, tail-aware sampling,
+exact resume. Two model sources:
+
+* **from scratch** (the CPU default): stage ``vae`` trains a small AutoencoderKL on the
+  training images, stage ``unet`` a small UNet2DConditionModel on its (cached) latents,
+  conditioned on the frozen MiniLM text encoder; ``--stage all`` does both.
+* **local pretrained** (``--pretrained_model_name_or_path DIR``, GPU): a Stable-Diffusion-style
+  folder; VAE frozen, UNet (and with ``--train_text_encoder`` the text encoder) trained.
+
+The output folder is a diffusers ``StableDiffusionPipeline`` plus ``synth_meta.json`` — what
+``synth generate`` consumes. Library API: :func:`load_finetune_config`, :func:`run_finetune`.
+Also runs as ``python -m synth.finetune`` and ``synth finetune``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __name__ == "__main__" and not __package__:  # run as a script: synth/ is sys.path[0] and would shadow
+    _here = os.path.dirname(os.path.abspath(__file__))  # packages (synth/datasets.py vs HF datasets): use the repo root
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+    sys.path.insert(0, os.path.dirname(_here))
+
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable, Sequence  # noqa: E402
+
+from synth.errors import UserError  # noqa: E402
+from synth.generator.config import FinetuneConfig, load_finetune_config, parse_args  # noqa: E402
+
+__all__ = ["FinetuneConfig", "load_finetune_config", "run_finetune", "plan", "main"]
+
+
+def plan(cfg: FinetuneConfig) -> tuple[list[str], list[str]]:
+    """(lines describing what would run, problems found) — checks paths without loading models."""
+    from synth.generator.models import check_pretrained_folder
+    from synth.generator.train import list_checkpoints
+    from synth.generator.vae_train import VAE_STAGE_DIR, vae_stage_complete
+    from synth.prompts import PromptTemplates
+
+    out = Path(cfg.output_dir)
+    lines, problems = [], []
+
+    def check(fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except UserError as err:
+            problems.append(str(err))
+            return None
+
+    if not cfg.train_manifest:
+        problems.append("--train_manifest is required (a manifest from `synth prepare` / `synth phantom`)")
+    else:
+        from synth.manifest import ManifestError
+
+        manifest = Path(cfg.train_manifest)
+        if not (manifest if manifest.suffix == ".csv" else manifest / "manifest.csv").exists():
+            problems.append(str(ManifestError(f"--train_manifest {manifest}: not found; run `synth prepare` (or `synth phantom`) first")))
+        lines.append(f"data      {cfg.train_manifest} (split=train, source=real), {cfg.resolution} px, sampling={cfg.sampling}")
+    templates = check(lambda: PromptTemplates.load(cfg.prompt_templates))
+    if templates is not None:
+        lines.append(f"prompts   {templates.name}: e.g. {templates.render(('Rib Fracture', 'Pleural Effusion'), 'PA')!r}, dropout {cfg.prompt_dropout}")
+    if cfg.pretrained_model_name_or_path:
+        if cfg.stage == "vae":
+            problems.append("--stage vae trains the from-scratch VAE; with --pretrained_model_name_or_path the VAE is the folder's (use --stage unet or all)")
+        check(lambda: check_pretrained_folder(cfg.pretrained_model_name_or_path))
+        lines.append(f"model     local pretrained {cfg.pretrained_model_name_or_path} (VAE frozen, UNet trained"
+                     f"{', text encoder trained at lr ' + str(cfg.text_encoder_lr or cfg.learning_rate) if cfg.train_text_encoder else ''})")
+    else:
+        if cfg.vae_model_path:
+            if not vae_stage_complete(Path(cfg.vae_model_path)):
+                problems.append(f"--vae_model_path {cfg.vae_model_path}: no trained VAE there (config.json + safetensors); run --stage vae first")
+            lines.append(f"vae       from {cfg.vae_model_path}")
+        elif cfg.stage in ("all", "vae"):
+            done = vae_stage_complete(out / VAE_STAGE_DIR)
+            lines.append(f"vae       AutoencoderKL {cfg.vae_block_out_channels} -> {cfg.latent_channels}x{cfg.resolution // 2 ** (len(cfg.vae_block_out_channels) - 1)}^2 latents, "
+                         + ("already trained (reused)" if done else f"{cfg.vae_max_train_steps} steps x {cfg.vae_batch_size}"))
+        elif not vae_stage_complete(out / VAE_STAGE_DIR):
+            problems.append(f"--stage unet needs a trained VAE: {out / VAE_STAGE_DIR} is missing; run --stage vae (or all), or pass --vae_model_path")
+        if cfg.stage != "vae":
+            lines.append(f"unet      UNet2DConditionModel {cfg.unet_block_out_channels}, cross-attention on frozen MiniLM (384-d)")
+    if cfg.stage != "vae":
+        lines.append(f"train     {cfg.max_train_steps} steps x batch {cfg.train_batch_size} x accum {cfg.gradient_accumulation_steps}, lr {cfg.learning_rate} "
+                     f"({cfg.lr_scheduler}, warmup {cfg.lr_warmup_steps}), {cfg.prediction_type}, snr_gamma={cfg.snr_gamma}, ema={cfg.use_ema}, "
+                     f"mixed_precision={cfg.mixed_precision}")
+        ckpts = list_checkpoints(out)
+        resume = cfg.resume_from_checkpoint
+        lines.append(f"ckpt      every {cfg.checkpointing_steps} steps (keep {cfg.checkpoints_total_limit or 'all'}); resume: "
+                     + (f"{resume} -> {ckpts[-1][1].name if ckpts and resume == 'latest' else resume if resume != 'latest' else 'none yet (fresh start)'}" if resume else "no"))
+    lines.append(f"output    {out}/ (diffusers pipeline + synth_meta.json, loss.csv, validation/)")
+    return lines, problems
+
+
+def run_finetune(cfg: FinetuneConfig, log: Callable[[str], None] | None = None) -> Path:
+    """Run the configured stage(s); return the final pipeline folder (the VAE folder for --stage vae)."""
+    lines, problems = plan(cfg)
+    if cfg.dry_run:
+        print("finetune plan (dry run):\n  " + "\n  ".join(lines))
+        if problems:
+            raise UserError(problems[0] if len(problems) == 1 else f"{len(problems)} problems: " + " | ".join(problems))
+        print("dry run ok: every path exists; nothing was trained")
+        return Path(cfg.output_dir)
+    if problems:
+        raise UserError(problems[0])
+    return _run(cfg, log)
+
+
+def _run(cfg: FinetuneConfig, log: Callable[[str], None] | None) -> Path:
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from synth.generator import models
+    from synth.generator.data import TrainingSet, encode_latents, load_pixels
+    from synth.generator.train import UNetTrainer, resolve_checkpoint
+    from synth.generator.vae_train import VAE_STAGE_DIR, train_vae, vae_stage_complete
+    from synth.io import write_json_atomic
+    from synth.prompts import PromptTemplates
+    from synth.text_encoder import load_minilm
+
+    _quiet_libraries()
+    mixed = cfg.mixed_precision
+    notes = []
+    if mixed != "no" and not torch.cuda.is_available():
+        notes.append(f"--mixed_precision {mixed}: no CUDA device, training in fp32 (bf16 autocast is ~6x slower on CPU)")
+        mixed = "no"
+    accelerator = Accelerator(mixed_precision=mixed)
+    say = log or (lambda msg: print(msg, flush=True))
+    log_main = (lambda msg: say(msg)) if accelerator.is_main_process else (lambda msg: None)
+    for n in notes:
+        log_main(f"note: {n}")
+    set_seed(cfg.seed + accelerator.process_index)  # per-process seeds (model init below re-seeds identically)
+    out = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "finetune_config.json", cfg.to_dict())
+    data = TrainingSet.load(cfg.train_manifest)
+    templates = PromptTemplates.load(cfg.prompt_templates)
+    log_main(f"finetune: {len(data)} real training images, {len(data.classes)} annotated classes, stage={cfg.stage}")
+
+    latent_cache = None
+    if cfg.pretrained_model_name_or_path:
+        comps = models.load_pretrained(cfg.pretrained_model_name_or_path)
+        cache = bool(cfg.cache_latents)
+        pixels = load_pixels(data, cfg.resolution, cfg.dataloader_num_workers) if cache else None
+    else:
+        pixels = load_pixels(data, cfg.resolution, cfg.dataloader_num_workers)
+        stage_dir = out / VAE_STAGE_DIR
+        if cfg.vae_model_path:
+            vae = models.load_vae(cfg.vae_model_path)
+        elif vae_stage_complete(stage_dir):
+            vae = models.load_vae(stage_dir)
+            log_main(f"vae: reusing {stage_dir}")
+        else:
+            torch.manual_seed(cfg.seed)  # same init on every process
+            vae, latent_cache = train_vae(cfg, models.build_vae(cfg), pixels, accelerator, out, log_main)
+            accelerator.free_memory()
+        if cfg.stage == "vae":
+            return stage_dir
+        tokenizer, text_encoder = load_minilm(cfg.text_max_length)
+        torch.manual_seed(cfg.seed)
+        unet = models.build_unet(cfg, text_encoder.config.hidden_size)
+        comps = models.Components(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
+                                  noise_scheduler=models.build_noise_scheduler(cfg))
+        cache = cfg.cache_latents is None or cfg.cache_latents
+    if cache and latent_cache is None:
+        comps.vae.to(accelerator.device)
+        latent_cache = encode_latents(comps.vae, pixels)
+        comps.vae.to("cpu")
+    if cache:
+        log_main(f"latents: cached posterior of {len(latent_cache[0])} images, shape {tuple(latent_cache[0].shape[1:])}")
+    trainer = UNetTrainer(cfg, accelerator, comps, data, templates, latent_cache if cache else None, log_main)
+    resume = resolve_checkpoint(out, cfg.resume_from_checkpoint)
+    if cfg.resume_from_checkpoint and resume is None:
+        log_main(f"--resume_from_checkpoint {cfg.resume_from_checkpoint}: no checkpoint in {out} yet, starting fresh")
+    trainer.train(resume)
+    meta = {
+        "train_manifest": str(data.manifest),
+        "prompt_templates": str(Path(cfg.prompt_templates).resolve()) if cfg.prompt_templates else str(_default_templates()),
+        "prompt_templates_name": templates.name,
+        "resolution": cfg.resolution,
+        "classes": data.classes,
+        "source": cfg.pretrained_model_name_or_path or "scratch",
+        "steps": trainer.global_step,
+        "prediction_type": trainer.prediction_type,
+    }
+    path = trainer.export(meta)
+    log_main(f"finetune: pipeline written to {path}")
+    accelerator.end_training()
+    return path
+
+
+def _default_templates() -> Path:
+    from synth.prompts import DEFAULT_TEMPLATES
+
+    return DEFAULT_TEMPLATES.resolve()
+
+
+def _quiet_libraries() -> None:
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Script entry: UserError -> one ``error:`` line, exit status 2."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        run_finetune(parse_args(argv))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

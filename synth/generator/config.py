@@ -1,0 +1,238 @@
+"""The generator's training settings: one typed dataclass, a YAML per recipe, CLI overrides.
+
+Flag names follow diffusers' ``train_text_to_image.py`` (``--learning_rate``,
+``--max_train_steps``, ``--resume_from_checkpoint latest`` ...) so users of that
+script feel at home; every field is settable from ``configs/finetune/*.yaml``
+and every YAML key can be overridden on the command line. Everything that can be
+checked without loading a model is checked here, so a typo fails in the first
+second rather than after the VAE stage trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from synth.errors import UserError
+
+STAGES = ("all", "vae", "unet")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+
+
+@dataclass
+class FinetuneConfig:
+    """All options of ``synth/finetune.py`` (YAML keys == CLI flags without the ``--``)."""
+
+    # ---- data
+    train_manifest: str | None = None  # prepared manifest; trains on split == train and source == real
+    resolution: int = 64
+    prompt_templates: str | None = None  # default: prompts/cxr.yaml
+    sampling: str = "repeat_factor"  # repeat_factor | class_balanced | uniform
+    repeat_threshold: float = 0.1  # LVIS t: classes rarer than this are repeated sqrt(t / f) times
+    prompt_dropout: float = 0.1  # share of prompts replaced by "" so classifier-free guidance works
+    text_max_length: int = 77  # tokenizer length of the from-scratch (MiniLM) model
+    cache_latents: bool | None = None  # encode each image once (frozen VAE); None = on when training from scratch
+    text_cache_size: int = 4096  # frozen text encoder: remember this many prompt embeddings
+    dataloader_num_workers: int = 0
+
+    # ---- model source
+    pretrained_model_name_or_path: str | None = None  # LOCAL Stable-Diffusion-style folder; None = from scratch
+    vae_model_path: str | None = None  # an already trained AutoencoderKL folder (skips the vae stage)
+    stage: str = "all"  # vae | unet | all (from scratch: the VAE is trained first, then the UNet on its latents)
+
+    # ---- from-scratch architecture
+    vae_block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])  # 3 blocks -> /4
+    vae_layers_per_block: int = 1
+    latent_channels: int = 4
+    unet_block_out_channels: list[int] = field(default_factory=lambda: [64, 128, 128])
+    unet_layers_per_block: int = 1
+    unet_attention_head_dim: int = 8
+    norm_num_groups: int = 8
+
+    # ---- VAE stage
+    vae_max_train_steps: int = 1000
+    vae_batch_size: int = 32
+    vae_learning_rate: float = 1e-3
+    vae_kl_weight: float = 1e-6
+
+    # ---- UNet stage (diffusers train_text_to_image names)
+    train_batch_size: int = 32
+    max_train_steps: int = 1000
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    learning_rate: float = 1e-4
+    scale_lr: bool = False
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    use_ema: bool = False
+    ema_decay: float = 0.9999
+    ema_power: float = 0.75  # EMA warm-up: decay ramps as 1 - (1 + step)^-power, so short runs are not stuck at init
+    snr_gamma: float | None = None  # min-SNR loss weighting (Hang et al. 2023); 5.0 is the paper's value
+    noise_offset: float = 0.0
+    prediction_type: str = "epsilon"  # epsilon | v_prediction (from scratch; pretrained: the folder's own)
+    beta_schedule: str = "scaled_linear"
+    num_train_timesteps: int = 1000
+    train_text_encoder: bool = False
+    text_encoder_lr: float | None = None  # None = learning_rate
+    mixed_precision: str = "no"  # no | fp16 | bf16 (forced to "no" on CPU)
+    enable_xformers_memory_efficient_attention: bool = False
+    seed: int = 0
+
+    # ---- output, checkpoints, validation
+    output_dir: str = "outputs/models/generator"
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = None
+    resume_from_checkpoint: str | None = None  # a checkpoint-<step> folder, or "latest"
+    validation_prompts: list[str] | None = None  # None: a few prompts of the rarest training findings
+    num_validation_images: int = 2  # per prompt
+    validation_inference_steps: int = 20
+    validation_guidance_scale: float = 3.0
+    logging_steps: int = 50
+    dry_run: bool = False
+
+    def validated(self) -> "FinetuneConfig":
+        """Check every option that can be checked without data or models; return self."""
+        _choice("stage", self.stage, STAGES)
+        _choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
+        _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        _choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
+        from synth.generator.sampling import SAMPLING_MODES
+
+        _choice("sampling", self.sampling, SAMPLING_MODES)
+        for name in ("resolution", "train_batch_size", "vae_batch_size", "gradient_accumulation_steps", "checkpointing_steps",
+                     "num_train_timesteps", "text_max_length", "validation_inference_steps"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_train_steps", "vae_max_train_steps", "lr_warmup_steps", "num_validation_images", "dataloader_num_workers"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.prompt_dropout < 1.0:
+            raise UserError(f"--prompt_dropout must be in [0, 1), got {self.prompt_dropout}")
+        if self.snr_gamma is not None and self.snr_gamma <= 0:
+            raise UserError(f"--snr_gamma must be > 0 (or unset), got {self.snr_gamma}")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise UserError(f"--checkpoints_total_limit must be >= 1 (or unset), got {self.checkpoints_total_limit}")
+        if self.pretrained_model_name_or_path is None:
+            down = 2 ** (len(self.vae_block_out_channels) - 1)
+            if self.resolution % (down * 2 ** (len(self.unet_block_out_channels) - 1)):
+                raise UserError(f"--resolution {self.resolution} must be divisible by {down * 2 ** (len(self.unet_block_out_channels) - 1)} "
+                                f"(VAE /{down} then {len(self.unet_block_out_channels) - 1} UNet downsamplings)")
+            for name in ("vae_block_out_channels", "unet_block_out_channels"):
+                bad = [c for c in getattr(self, name) if c % self.norm_num_groups]
+                if bad:
+                    raise UserError(f"--{name}: {bad} not divisible by --norm_num_groups {self.norm_num_groups}")
+        if not self.output_dir:
+            raise UserError("--output_dir is required")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _choice(name: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise UserError(f"--{name} {value!r}: choose one of {', '.join(allowed)}")
+
+
+def _fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(FinetuneConfig)}
+
+
+def load_finetune_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> FinetuneConfig:
+    """YAML (``configs/finetune/*.yaml``) + overrides (``None`` values ignored) -> validated config."""
+    data: dict[str, Any] = {}
+    known = _fields()
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise UserError(f"config file not found: {path}; see configs/finetune/ (e.g. configs/finetune/demo.yaml)")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: expected a mapping of option: value")
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise UserError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys are the flags of synth/finetune.py --help")
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise UserError(f"unknown finetune option(s) {', '.join(unknown)}; see synth/finetune.py --help")
+    data.update(overrides)
+    hints = typing.get_type_hints(FinetuneConfig)
+    coerced = {k: _coerce(k, v, hints[k]) for k, v in data.items()}
+    return FinetuneConfig(**coerced).validated()
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """YAML / CLI value -> the field's type, with a one-line error naming the option."""
+    if value is None:
+        return None
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
+    try:
+        if typing.get_origin(base) is list:
+            (item,) = typing.get_args(base)
+            if isinstance(value, str):
+                value = [value]
+            return [_coerce(name, v, item) for v in value]
+        if base is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if base is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if base is float:
+            return float(value)
+        if base is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"--{name}: cannot read {value!r} as {getattr(base, '__name__', base)}") from None
+    return value
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    """``--config YAML`` plus one flag per config field (all default to None = "not given")."""
+    parser = argparse.ArgumentParser(
+        prog="synth/finetune.py",
+        description="Train the latent-diffusion generator (from scratch on CPU, or fine-tune a local SD folder). "
+                    "Run under `accelerate launch` for multi-GPU.",
+    )
+    parser.add_argument("--config", type=str, default=None, help="YAML of options (configs/finetune/*.yaml); flags override it.")
+    hints = typing.get_type_hints(FinetuneConfig)
+    for name, f in _fields().items():
+        hint = hints[name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        is_list = "list[" in str(hint)
+        is_bool = hint is bool or str(hint) in ("bool | None", "typing.Optional[bool]")
+        kwargs: dict[str, Any] = {"default": None, "help": f"[default: {default}]"}
+        if is_list:
+            kwargs["nargs"] = "+"
+        elif is_bool:
+            kwargs.update(nargs="?", const="true", metavar="BOOL")  # `--use_ema` or `--use_ema false`
+        parser.add_argument(f"--{name}", **kwargs)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> FinetuneConfig:
+    args = vars(build_arg_parser().parse_args(argv))
+    path = args.pop("config")
+    return load_finetune_config(path, args)

@@ -1,0 +1,418 @@
+"""Stage "unet": the latent-diffusion training loop (diffusers ``train_text_to_image`` semantics).
+
+What it adds for long-tailed multi-label CXR data, and why:
+
+* **Tail-aware sampling** (:mod:`synth.generator.sampling`) so rare findings are seen often enough.
+* **Exact resume.** Every random draw of a micro-step (finding order, prompt
+  dropout, latent sample, noise, timesteps) comes from RNGs seeded by
+  ``(seed, step, rank, micro)``; the checkpoint holds the UNet, optimizer, LR
+  scheduler, Accelerate RNG states (``save_state``), the EMA weights
+  (safetensors) and the sampler position, so a resumed run continues the very
+  same loss sequence on CPU.
+* **DDP-correct.** Per-process seeds and sampler shards, losses gathered across
+  processes for logging, all writes on the main process only, checkpoint folders
+  renamed into place only once complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from synth.generator.config import FinetuneConfig
+from synth.generator.data import PromptEncoder, TrainingSet, encode_latents, pixel_dataset, step_rng, to_vae_input
+from synth.generator.models import Components, enable_xformers
+from synth.generator.sampling import ResumableWeightedSampler, image_weights
+from synth.io import atomic_path, save_safetensors_atomic, write_json_atomic
+from synth.prompts import PromptTemplates
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+TRAINER_STATE = "trainer_state.json"
+EMA_FILE = "ema_unet.safetensors"
+META_NAME = "synth_meta.json"
+
+
+def _after_step(step: int) -> None:
+    """Hook called after each completed optimizer step (tests patch it to simulate a crash)."""
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def write_rows_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def read_rows_csv(path: Path, max_step: int) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for r in rows:
+        if int(r["step"]) <= max_step:
+            out.append({k: (int(v) if k == "step" else float(v)) for k, v in r.items()})
+    return out
+
+
+def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
+    if not out_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in out_dir.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))
+             and (p / TRAINER_STATE).exists()]
+    return sorted(found)
+
+
+def resolve_checkpoint(out_dir: Path, spec: str | None) -> Path | None:
+    """``latest`` -> newest complete checkpoint in ``out_dir`` (None if there is none yet); a path -> that folder."""
+    from synth.errors import UserError
+
+    if not spec:
+        return None
+    if spec == "latest":
+        found = list_checkpoints(out_dir)
+        return found[-1][1] if found else None
+    path = Path(spec)
+    if not path.is_absolute() and not path.exists():
+        path = out_dir / spec
+    if not (path / TRAINER_STATE).exists():
+        raise UserError(f"--resume_from_checkpoint {spec}: not a complete checkpoint folder (no {TRAINER_STATE}); use 'latest' or a checkpoint-<step> folder of {out_dir}")
+    return path
+
+
+class _SamplerPosition:
+    """The sampler position of the batches actually *consumed* (a prefetching loader runs ahead)."""
+
+    def __init__(self, sampler: ResumableWeightedSampler, per_batch: int) -> None:
+        self.sampler, self.per_batch, self.start, self.batches = sampler, per_batch, sampler.position, 0
+
+    def consumed(self) -> int:
+        return self.start + self.batches * self.per_batch
+
+
+def _index_batches(sampler: ResumableWeightedSampler, batch_size: int):
+    it = iter(sampler)
+    while True:
+        yield [next(it) for _ in range(batch_size)]
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+@dataclass
+class UNetTrainer:
+    """Owns the models, optimizer and state of the UNet stage; :meth:`train` runs it to the end."""
+
+    cfg: FinetuneConfig
+    accelerator: Any
+    comps: Components
+    data: TrainingSet
+    templates: PromptTemplates
+    latent_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+    log: Callable[[str], None] = print
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        self.out = Path(cfg.output_dir)
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
+        c = self.comps
+        c.vae.requires_grad_(False).eval().to(acc.device, dtype=torch.float32 if self.latent_cache is not None else self.weight_dtype)
+        c.text_encoder.requires_grad_(cfg.train_text_encoder)
+        c.text_encoder.train(cfg.train_text_encoder)
+        if not cfg.train_text_encoder:
+            c.text_encoder.to(acc.device, dtype=self.weight_dtype)
+        c.unet.train()
+        if cfg.gradient_checkpointing:
+            c.unet.enable_gradient_checkpointing()
+            if cfg.train_text_encoder and hasattr(c.text_encoder, "gradient_checkpointing_enable"):
+                c.text_encoder.gradient_checkpointing_enable()
+        if cfg.enable_xformers_memory_efficient_attention:
+            enable_xformers(c.unet)
+        self.noise_scheduler = c.noise_scheduler
+        self.prediction_type = self.noise_scheduler.config.prediction_type
+
+        scale = cfg.gradient_accumulation_steps * cfg.train_batch_size * acc.num_processes if cfg.scale_lr else 1
+        groups = [{"params": [p for p in c.unet.parameters() if p.requires_grad], "lr": cfg.learning_rate * scale}]
+        if cfg.train_text_encoder:
+            groups.append({"params": [p for p in c.text_encoder.parameters() if p.requires_grad],
+                           "lr": (cfg.text_encoder_lr or cfg.learning_rate) * scale})
+        optimizer = torch.optim.AdamW(groups, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+        from diffusers.optimization import get_scheduler
+
+        # Accelerate steps a prepared scheduler once per process, hence the * num_processes (as diffusers does).
+        lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * acc.num_processes,
+                                     num_training_steps=max(cfg.max_train_steps, 1) * acc.num_processes)
+        if cfg.train_text_encoder:
+            self.unet, self.text_encoder, self.optimizer, self.lr_scheduler = acc.prepare(c.unet, c.text_encoder, optimizer, lr_scheduler)
+        else:
+            self.unet, self.optimizer, self.lr_scheduler = acc.prepare(c.unet, optimizer, lr_scheduler)
+            self.text_encoder = c.text_encoder
+        self.ema = None
+        if cfg.use_ema:
+            from diffusers.training_utils import EMAModel
+
+            raw = acc.unwrap_model(self.unet)
+            self.ema = EMAModel(raw.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=cfg.ema_power,
+                                model_cls=type(raw), model_config=raw.config)
+            self.ema.to(acc.device)
+        self.prompt_encoder = PromptEncoder(c.tokenizer, self.text_encoder, cfg.text_cache_size, trainable=cfg.train_text_encoder)
+        weights = image_weights(self.data.label_sets, cfg.sampling, cfg.repeat_threshold)
+        self.sampler = ResumableWeightedSampler(weights, seed=cfg.seed, rank=acc.process_index, num_replicas=acc.num_processes)
+        self.global_step = 0
+        self.validation_prompts = cfg.validation_prompts or self.data.default_validation_prompts(self.templates)
+        if self.latent_cache is None:
+            self.dataset = pixel_dataset(self.data, cfg.resolution)
+
+    # ------------------------------------------------------------------ one step
+
+    def batch_latents(self, indices: list[int], gen: torch.Generator, pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled latents of the batch: a fresh posterior sample per step (cached mean/std or on-the-fly encode)."""
+        vae = self.comps.vae
+        if self.latent_cache is not None:
+            idx = torch.as_tensor(indices)
+            mean, std = self.latent_cache[0][idx], self.latent_cache[1][idx]
+        else:
+            with torch.no_grad():
+                dist = vae.encode(to_vae_input(pixels).to(self.accelerator.device, vae.dtype)).latent_dist
+            mean, std = dist.mean.float().cpu(), dist.std.float().cpu()
+        z = mean + std * torch.randn(mean.shape, generator=gen)
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return ((z - shift) * vae.config.scaling_factor).to(self.accelerator.device, self.weight_dtype)
+
+    def loss(self, indices: list[int], step: int, micro: int, pixels: torch.Tensor | None = None) -> torch.Tensor:
+        cfg, acc = self.cfg, self.accelerator
+        rng, gen = step_rng(cfg.seed, step, acc.process_index, micro)
+        prompts = [self.data.prompt(i, self.templates, rng, cfg.prompt_dropout) for i in indices]
+        latents = self.batch_latents(indices, gen, pixels)
+        noise = torch.randn(latents.shape, generator=gen)
+        if cfg.noise_offset:
+            noise += cfg.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=gen)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
+        noise, timesteps = noise.to(latents.device, latents.dtype), timesteps.to(latents.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        target = noise if self.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        hidden = self.prompt_encoder(prompts).to(latents.device, self.weight_dtype)
+        pred = self.unet(noisy, timesteps, hidden, return_dict=False)[0]
+        if cfg.snr_gamma is None:
+            return F.mse_loss(pred.float(), target.float())
+        from diffusers.training_utils import compute_snr
+
+        snr = compute_snr(self.noise_scheduler, timesteps)
+        weights = torch.clamp(snr, max=cfg.snr_gamma)
+        weights = weights / snr if self.prediction_type == "epsilon" else weights / (snr + 1)
+        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        return (per_sample * weights).mean()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> Path:
+        cfg, acc = self.cfg, self.accelerator
+        final = self.out / f"checkpoint-{self.global_step}"
+        tmp = self.out / f".checkpoint-{self.global_step}.tmp"
+        if acc.is_main_process:
+            if cfg.checkpoints_total_limit is not None:
+                old = list_checkpoints(self.out)
+                for _, p in old[: max(0, len(old) - cfg.checkpoints_total_limit + 1)]:
+                    shutil.rmtree(p, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp), safe_serialization=True)  # every process: its own RNG state file
+        if acc.is_main_process:
+            if self.ema is not None:
+                save_safetensors_atomic(tmp / EMA_FILE, {f"p{i:05d}": t for i, t in enumerate(self.ema.shadow_params)},
+                                        metadata={"optimization_step": str(self.ema.optimization_step)})
+            write_json_atomic(tmp / TRAINER_STATE, {"global_step": self.global_step, "sampler_position": self.position.consumed(),
+                                                    "sampler_seed": self.sampler.seed, "num_processes": acc.num_processes})
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            write_rows_csv(self.out / "loss.csv", self.rows)
+        acc.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, path: Path) -> None:
+        from safetensors.torch import load_file, safe_open
+
+        from synth.errors import UserError
+
+        state = json.loads((path / TRAINER_STATE).read_text())
+        if state.get("num_processes", 1) != self.accelerator.num_processes:
+            raise UserError(f"--resume_from_checkpoint {path}: saved with {state['num_processes']} processes, resuming with "
+                            f"{self.accelerator.num_processes}; the sample stream would differ — use the same process count")
+        self.accelerator.load_state(str(path))
+        if self.ema is not None:
+            if not (path / EMA_FILE).exists():
+                raise UserError(f"--resume_from_checkpoint {path}: no {EMA_FILE} (the run was saved without --use_ema)")
+            tensors = load_file(path / EMA_FILE)
+            for i, p in enumerate(self.ema.shadow_params):
+                p.data.copy_(tensors[f"p{i:05d}"].to(p.device))
+            with safe_open(path / EMA_FILE, "pt") as f:
+                self.ema.optimization_step = int(f.metadata()["optimization_step"])
+        self.global_step = int(state["global_step"])
+        self.sampler.load_state_dict({"position": state["sampler_position"], "seed": state["sampler_seed"]})
+        self.rows = read_rows_csv(self.out / "loss.csv", self.global_step)
+
+    # ------------------------------------------------------------------ validation + export
+
+    def _ema_weights(self):
+        """Context: the UNet temporarily holds the EMA weights (validation / export use them)."""
+        import contextlib
+
+        if self.ema is None:
+            return nullcontext()
+        unet = self.accelerator.unwrap_model(self.unet)
+
+        @contextlib.contextmanager
+        def swap():
+            self.ema.store(unet.parameters())
+            self.ema.copy_to(unet.parameters())
+            try:
+                yield
+            finally:
+                self.ema.restore(unet.parameters())
+
+        return swap()
+
+    def pipeline(self):
+        from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+        acc = self.accelerator
+        return StableDiffusionPipeline(
+            vae=self.comps.vae, text_encoder=acc.unwrap_model(self.text_encoder), tokenizer=self.comps.tokenizer,
+            unet=acc.unwrap_model(self.unet), scheduler=DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+
+    @torch.no_grad()
+    def validate(self) -> Path | None:
+        """Grid PNG (rows: prompts, columns: seeds) of the current (EMA) model; main process only."""
+        cfg = self.cfg
+        if not self.accelerator.is_main_process or cfg.num_validation_images == 0 or not self.validation_prompts:
+            return None
+        from PIL import Image
+
+        from synth.io import save_image_atomic
+
+        unet = self.accelerator.unwrap_model(self.unet)
+        was_training = unet.training
+        with self._ema_weights():
+            unet.eval()
+            pipe = self.pipeline()
+            pipe.set_progress_bar_config(disable=True)
+            k = cfg.num_validation_images
+            prompts = [p for p in self.validation_prompts for _ in range(k)]
+            gens = [torch.Generator().manual_seed(cfg.seed + j) for _ in self.validation_prompts for j in range(k)]
+            images = pipe(prompt=prompts, height=cfg.resolution, width=cfg.resolution, num_inference_steps=cfg.validation_inference_steps,
+                          guidance_scale=cfg.validation_guidance_scale, generator=gens, output_type="np").images
+        unet.train(was_training)
+        gray = np.clip(np.rint(images.mean(axis=-1) * 255.0), 0, 255).astype(np.uint8)
+        r = cfg.resolution
+        grid = np.zeros((len(self.validation_prompts) * r, k * r), dtype=np.uint8)
+        for n, g in enumerate(gray):
+            row, col = divmod(n, k)
+            grid[row * r:(row + 1) * r, col * r:(col + 1) * r] = g
+        path = self.out / "validation" / f"step-{self.global_step:06d}.png"
+        save_image_atomic(path, Image.fromarray(grid, mode="L"))
+        write_json_atomic(self.out / "validation" / "prompts.json", {"rows": self.validation_prompts, "columns_seeds": [cfg.seed + j for j in range(k)]})
+        return path
+
+    def export(self, meta: dict[str, Any]) -> Path:
+        """The final diffusers pipeline (EMA weights if --use_ema) + synth_meta.json, written into output_dir."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            tmp = self.out / ".pipeline.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            with self._ema_weights():
+                self.pipeline().save_pretrained(tmp, safe_serialization=True)
+            (self.out / META_NAME).unlink(missing_ok=True)  # the metadata is the "complete" marker: written last
+            for item in sorted(tmp.iterdir(), key=lambda p: p.name == "model_index.json"):
+                dest = self.out / item.name
+                if dest.is_dir():
+                    shutil.rmtree(dest)
+                os.replace(item, dest)
+            tmp.rmdir()
+            write_json_atomic(self.out / META_NAME, meta)
+        acc.wait_for_everyone()
+        return self.out
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self, resume: Path | None = None) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        if resume is not None:
+            self.load_checkpoint(resume)
+            self.log(f"resumed from {resume} at step {self.global_step}")
+        per_batch = cfg.train_batch_size * acc.num_processes
+        self.position = _SamplerPosition(self.sampler, per_batch)
+        batches = _index_batches(self.sampler, cfg.train_batch_size)
+        loader = None
+        if self.latent_cache is None:
+            loader = iter(torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, num_workers=cfg.dataloader_num_workers))
+        t0, start_step = time.perf_counter(), self.global_step
+        while self.global_step < cfg.max_train_steps:
+            step, total = self.global_step, 0.0
+            for micro in range(cfg.gradient_accumulation_steps):
+                if loader is None:
+                    indices, pixels = next(batches), None
+                else:
+                    batch = next(loader)
+                    indices, pixels = batch["index"].tolist(), batch["pixel_values"]
+                self.position.batches += 1
+                last = micro == cfg.gradient_accumulation_steps - 1
+                ctx = nullcontext() if last else acc.no_sync(self.unet)
+                with ctx:
+                    loss = self.loss(indices, step, micro, pixels)
+                    acc.backward(loss / cfg.gradient_accumulation_steps)
+                total += loss.detach().float() / cfg.gradient_accumulation_steps
+            params = list(self.unet.parameters()) + (list(self.text_encoder.parameters()) if cfg.train_text_encoder else [])
+            acc.clip_grad_norm_(params, cfg.max_grad_norm)
+            lr = self.lr_scheduler.get_last_lr()[0]  # the rate this step used
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.step(acc.unwrap_model(self.unet).parameters())
+            self.global_step += 1
+            mean_loss = acc.gather(total[None]).mean().item() if acc.num_processes > 1 else float(total)
+            elapsed = time.perf_counter() - t0
+            self.rows.append({"step": self.global_step, "loss": mean_loss, "lr": lr,
+                              "elapsed_s": round(elapsed, 3)})
+            if acc.is_main_process and (self.global_step % cfg.logging_steps == 0 or self.global_step == cfg.max_train_steps):
+                recent = [r["loss"] for r in self.rows[-cfg.logging_steps:]]
+                rate = (self.global_step - start_step) / max(elapsed, 1e-9)
+                self.log(f"unet step {self.global_step}/{cfg.max_train_steps}  loss {np.mean(recent):.4f}  "
+                         f"lr {self.rows[-1]['lr']:.2e}  {rate:.2f} steps/s")
+            if self.global_step % cfg.checkpointing_steps == 0 or self.global_step == cfg.max_train_steps:
+                self.save_checkpoint()
+                self.validate()
+            _after_step(self.global_step)
+        if acc.is_main_process:
+            write_rows_csv(self.out / "loss.csv", self.rows)
+            losses = [r["loss"] for r in self.rows]
+            tail = losses[-max(1, len(losses) // 10):] if losses else []
+            write_json_atomic(self.out / "loss_summary.json", {
+                "steps": self.global_step, "resumed_at": start_step if resume is not None else None,
+                "final_loss_mean_last_10pct": float(np.mean(tail)) if tail else None,
+                "min_loss": float(min(losses)) if losses else None,
+                "wall_s_this_run": round(time.perf_counter() - t0, 2),
+                "steps_per_s_this_run": round((self.global_step - start_step) / max(time.perf_counter() - t0, 1e-9), 3),
+            })
