@@ -1,0 +1,156 @@
+"""Training data for the ensemble: row selection, an in-memory image cache, batch augmentation.
+
+Why a preloaded uint8 cache: on a slow CPU, decoding and resizing PNGs every
+epoch costs more than the ConvNeXt-atto step itself; decoding once per member
+resolution (threads, PIL releases the GIL) and slicing a tensor afterwards
+keeps the training loop within a few percent of the bare model step. 14,000
+images at 128 px are ~230 MB.
+
+Augmentation runs on whole batches on the training device (one
+``affine_grid``/``grid_sample`` and a few element-wise ops), not per image in
+Python, for the same reason.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from classifier.config import AugmentConfig, SyntheticMixConfig
+from classifier.models import PIXEL_MEAN, PIXEL_STD
+from synth.datasets import load_gray
+from synth.errors import UserError
+from synth.manifest import image_paths, label_matrix
+
+
+# ---------------------------------------------------------------- row selection
+
+
+def real_rows(df: pd.DataFrame, split: str) -> pd.DataFrame:
+    out = df[(df["split"] == split) & (df["source"] == "real")]
+    out.attrs.update(df.attrs)
+    return out
+
+
+def synthetic_rows(df: pd.DataFrame, cfg: SyntheticMixConfig, n_real_train: int) -> pd.DataFrame:
+    """The synthetic training rows kept by ``per_class_cap`` then ``ratio`` (deterministic in ``cfg.seed``).
+
+    Only ``split == train`` synthetic rows are candidates: a synthetic row
+    never stands in for validation or test data.
+    """
+    syn = df[(df["source"] == "synthetic") & (df["split"] == "train")]
+    if cfg.mode == "none" or syn.empty:
+        return syn.iloc[:0]
+    rng = np.random.default_rng(cfg.seed)
+    syn = syn.iloc[rng.permutation(len(syn))]
+    if cfg.per_class_cap is not None:
+        key = syn["target_class"].fillna("") if "target_class" in syn.columns else pd.Series("", index=syn.index)
+        syn = syn[key.groupby(key).cumcount().to_numpy() < cfg.per_class_cap]
+    if cfg.ratio is not None:
+        syn = syn.iloc[: int(math.floor(cfg.ratio * n_real_train))]
+    out = syn.sort_index()
+    out.attrs.update(df.attrs)
+    return out
+
+
+# ---------------------------------------------------------------- image cache
+
+
+def read_image(path: Path, size: int) -> np.ndarray:
+    """One image as a (size, size) uint8 array (the single place training reads pixels; tests spy on it)."""
+    return np.array(load_gray(path, size), dtype=np.uint8)  # a writable copy
+
+
+def load_images(df: pd.DataFrame, size: int, workers: int = 4) -> torch.Tensor:
+    """(N, 1, size, size) uint8 tensor of the rows' images, decoded once."""
+    paths = image_paths(df)
+    out = torch.empty((len(paths), 1, size, size), dtype=torch.uint8)
+    if not paths:
+        return out
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for i, arr in enumerate(pool.map(lambda p: read_image(p, size), paths, chunksize=64)):
+            out[i, 0] = torch.from_numpy(arr)
+    return out
+
+
+@dataclass
+class CachedSet:
+    """Images, labels and annotation mask of a set of rows, all in memory."""
+
+    images: torch.Tensor  #: (N, 1, H, W) uint8
+    labels: torch.Tensor  #: (N, C) float32, 0 where not annotated
+    mask: torch.Tensor  #: (N, C) float32, 1 = annotated
+    sources: list[str]
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame, classes: Sequence[str], size: int) -> "CachedSet":
+        y = label_matrix(df, classes)
+        known = ~np.isnan(y)
+        return cls(load_images(df, size), torch.from_numpy(np.where(known, y, 0.0).astype(np.float32)),
+                   torch.from_numpy(known.astype(np.float32)), list(df["source"].astype(str)))
+
+
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 1, H, W) -> normalised float."""
+    return (images.float() / 255.0 - PIXEL_MEAN) / PIXEL_STD
+
+
+# ---------------------------------------------------------------- batches
+
+
+def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int = 0, world: int = 1) -> list[torch.Tensor]:
+    """This process's index batches of one epoch: a seeded permutation, split across processes, last partial dropped.
+
+    Deterministic in (seed, epoch), so a resumed run sees exactly the batches an
+    uninterrupted one would; every process gets the same number of batches (DDP).
+    """
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    per_step = batch_size * world
+    steps = n // per_step
+    if steps == 0:  # fewer rows than one global batch: one smaller batch per process
+        steps, batch_size = 1, max(1, n // world)
+        per_step = batch_size * world
+    perm = perm[: steps * per_step].view(steps, world, batch_size)
+    return [perm[s, rank] for s in range(steps)]
+
+
+def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Small affine + brightness/contrast (+ optional hflip) on a normalised batch (B, 1, H, W)."""
+    b = x.shape[0]
+
+    def uniform(scale: float) -> torch.Tensor:
+        return (torch.rand(b, generator=generator) * 2 - 1) * scale
+
+    angle = uniform(cfg.degrees) * math.pi / 180
+    zoom = 1 + uniform(cfg.scale)
+    tx, ty = uniform(cfg.translate) * 2, uniform(cfg.translate) * 2  # grid units: the image spans [-1, 1]
+    flip = (torch.rand(b, generator=generator) < 0.5).float() * 2 - 1 if cfg.hflip else torch.full((b,), -1.0)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([-flip * cos, -sin, tx], 1), torch.stack([-flip * sin, cos, ty], 1)], 1)
+    bright = uniform(cfg.brightness) / PIXEL_STD
+    contrast = 1 + uniform(cfg.contrast)
+    theta, bright, contrast = theta.to(x.device, x.dtype), bright.to(x.device, x.dtype), contrast.to(x.device, x.dtype)
+    if cfg.degrees or cfg.scale or cfg.translate or cfg.hflip:
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (x - mean) * contrast.view(-1, 1, 1, 1) + mean + bright.view(-1, 1, 1, 1)
+
+
+def check_rows(train: pd.DataFrame, val: pd.DataFrame, where: str) -> None:
+    if train.empty:
+        raise UserError(f"{where}: no training rows (split=train); run `synth prepare` on the data first")
+    if val.empty:
+        raise UserError(f"{where}: no real validation rows (split=val); re-prepare with --val > 0 (val picks the model)")

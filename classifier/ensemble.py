@@ -1,0 +1,124 @@
+"""Load a trained ensemble folder and predict: weighted mean of member probabilities.
+
+Folder layout (written by :func:`classifier.train.train_ensemble`)::
+
+    ensemble.json              classes, member list with weights, tta_flip, val mAP
+    member-<k>/model.safetensors
+    member-<k>/member.json     arch, image_size, classes, how it was trained
+
+Members differ in input resolution (the CXR-LT recipe: 224 + 384 (+512) on
+GPU, 64 + 96 (+128) here), so each member reads the images at its own size;
+their sigmoid probabilities are averaged with the weights in ensemble.json
+(equal, or chosen on the validation split — never on test).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from classifier.data import load_images, to_input
+from classifier.models import build_model
+from synth.errors import UserError
+
+ENSEMBLE_FILE = "ensemble.json"
+MEMBER_FILE = "member.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class Member:
+    model: nn.Module
+    arch: str
+    image_size: int
+    classes: list[str]
+
+
+@torch.no_grad()
+def predict_images(model: nn.Module, images: torch.Tensor, batch_size: int = 128, tta_flip: bool = False,
+                   device: torch.device | str = "cpu", channels_last: bool = False) -> np.ndarray:
+    """Sigmoid probabilities (N, C) of a uint8 image tensor (N, 1, H, W)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        x = to_input(images[start:start + batch_size].to(device))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        p = torch.sigmoid(model(x).float())
+        if tta_flip:
+            p = (p + torch.sigmoid(model(torch.flip(x, dims=[-1])).float())) / 2
+        out.append(p.cpu())
+    model.train(was_training)
+    n_classes = getattr(model, "num_classes", 0)
+    return torch.cat(out).numpy() if out else np.zeros((0, n_classes), dtype=np.float32)
+
+
+def load_member(folder: str | Path, device: torch.device | str = "cpu") -> Member:
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / MEMBER_FILE).exists() or not (folder / WEIGHTS_FILE).exists():
+        raise UserError(f"{folder} is not a classifier member folder (needs {MEMBER_FILE} and {WEIGHTS_FILE})")
+    meta = json.loads((folder / MEMBER_FILE).read_text())
+    model = build_model(meta["arch"], len(meta["classes"]))
+    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    return Member(model.to(device).eval(), meta["arch"], int(meta["image_size"]), list(meta["classes"]))
+
+
+def read_ensemble(model_dir: str | Path) -> dict:
+    model_dir = Path(model_dir)
+    path = model_dir / ENSEMBLE_FILE
+    if not path.exists():
+        raise UserError(f"{model_dir} is not a trained classifier ensemble (no {ENSEMBLE_FILE}); train one with `synth classify train`")
+    return json.loads(path.read_text())
+
+
+def predict(model_dir: str | Path, df: pd.DataFrame, batch_size: int = 64, device: str | None = None) -> tuple[np.ndarray, list[str]]:
+    """(probabilities (N, C), classes) of the ensemble in ``model_dir`` on the rows of ``df``."""
+    model_dir = Path(model_dir)
+    spec = read_ensemble(model_dir)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    classes = list(spec["classes"])
+    total = np.zeros((len(df), len(classes)), dtype=np.float64)
+    cache: dict[int, torch.Tensor] = {}
+    for entry in spec["members"]:
+        member = load_member(model_dir / entry["dir"], device)
+        if member.classes != classes:
+            raise UserError(f"{model_dir / entry['dir']}: member classes differ from {ENSEMBLE_FILE}; retrain the ensemble")
+        if member.image_size not in cache:
+            cache[member.image_size] = load_images(df, member.image_size)
+        probs = predict_images(member.model, cache[member.image_size], batch_size, spec.get("tta_flip", False), device)
+        total += float(entry["weight"]) * probs
+    return total.astype(np.float32), classes
+
+
+def choose_weights(y_val: np.ndarray, member_probs: Sequence[np.ndarray], mode: str = "mean", step: float = 0.1) -> list[float]:
+    """Equal weights, or the point of a ``step`` simplex grid with the best val mAP (ties -> closest to equal)."""
+    from classifier.metrics import macro_ap
+
+    k = len(member_probs)
+    equal = [1.0 / k] * k
+    if mode == "mean" or k == 1:
+        return equal
+    n = int(round(1 / step))
+    best, best_key = equal, None
+    for combo in itertools.product(range(n + 1), repeat=k - 1):
+        if sum(combo) > n:
+            continue
+        w = [c / n for c in combo] + [(n - sum(combo)) / n]
+        score = macro_ap(y_val, sum(wi * p for wi, p in zip(w, member_probs)))
+        if score is None:
+            return equal
+        key = (round(score, 10), -float(np.abs(np.array(w) - 1.0 / k).sum()))
+        if best_key is None or key > best_key:
+            best, best_key = w, key
+    return best

@@ -1,0 +1,36 @@
+"""timm models for the ensemble: built by name, 1-channel input, never downloaded.
+
+Radiographs are grayscale, so the stem takes one channel (timm sums a
+pretrained RGB stem over its input channels when ``in_chans=1``). Pretrained
+weights come only from a LOCAL file through timm's
+``pretrained_cfg_overlay=dict(file=...)``; there is no hub access anywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.nn as nn
+
+from synth.errors import UserError
+
+#: Pixel normalisation after scaling uint8 to [0, 1] (radiographs: mid-grey, wide spread).
+PIXEL_MEAN = 0.5
+PIXEL_STD = 0.25
+
+
+def build_model(arch: str, num_classes: int, pretrained_file: str | None = None, drop_path_rate: float = 0.0) -> nn.Module:
+    """A timm classifier with ``num_classes`` logits and a 1-channel stem."""
+    import timm
+
+    if not timm.is_model(arch):
+        raise UserError(f"classifier arch {arch!r} is not a timm model; e.g. convnext_atto, convnext_small")
+    kwargs = {"num_classes": num_classes, "in_chans": 1}
+    if drop_path_rate:
+        kwargs["drop_path_rate"] = drop_path_rate
+    if pretrained_file:
+        path = Path(pretrained_file)
+        if not path.is_file():
+            raise UserError(f"pretrained_file {path} not found; give a local timm weights file (.safetensors/.pth) or null")
+        return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(path.resolve())}, **kwargs)
+    return timm.create_model(arch, pretrained=False, **kwargs)

@@ -1,0 +1,469 @@
+"""Train a multi-resolution ConvNeXt ensemble (the CXR-LT winners' recipe) under Accelerate.
+
+    accelerate launch classifier/train.py --config configs/classifier/nih-sample.yaml [--set train.epochs=2]
+
+Each member: timm model (1-channel), weighted ASL, AdamW with linear warm-up +
+cosine decay, EMA of the weights (timm ModelEmaV3), gradient accumulation,
+mixed precision on GPU only, images preloaded once at the member's resolution.
+
+Data discipline: the model learns from ``split == train`` rows only (real, plus
+synthetic rows as ``synthetic.mode`` says); the epoch to keep and the
+ensemble weights are chosen on REAL ``split == val`` rows; ``split == test``
+rows are dropped before any image is read.
+
+Resumable: every epoch ends with ``accelerator.save_state`` (model, optimiser,
+scheduler, EMA, RNG, progress) into ``member-<k>/ckpt-<stage>/``; a re-run with
+the same config and data continues from there, a finished member or ensemble
+is reused, and a changed config starts that member afresh. Under DDP every
+process trains on its own shard of each epoch's (seeded) permutation; the
+small validation pass runs on every process on the whole val set (no
+gathering), and only the main process writes files.
+"""
+
+from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:  # `python classifier/train.py`: import the package, not siblings
+    import sys
+    from pathlib import Path as _P
+
+    _here = _P(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if _P(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from classifier.config import EnsembleConfig, MemberConfig, load_ensemble_config
+from classifier.data import CachedSet, augment, check_rows, epoch_batches, real_rows, synthetic_rows, to_input
+from classifier.ensemble import ENSEMBLE_FILE, MEMBER_FILE, WEIGHTS_FILE, choose_weights, predict_images
+from classifier.losses import build_loss, class_weights_from_prevalence
+from classifier.metrics import macro_ap
+from classifier.models import PIXEL_MEAN, PIXEL_STD, build_model
+from synth.errors import UserError
+from synth.io import save_safetensors_atomic, write_json_atomic
+from synth.manifest import annotated_classes, label_matrix
+
+#: Test hook: called as ``hook(stage, epoch)`` after each epoch's checkpoint (tests interrupt training here).
+EPOCH_END_HOOK: Callable[[str, int], None] | None = None
+
+
+@dataclasses.dataclass
+class Progress:
+    """Training progress, saved with the accelerate checkpoint (``register_for_checkpointing``)."""
+
+    epoch: int = 0  #: epochs completed
+    step: int = 0  #: optimiser steps done
+    best_map: float = -1.0
+    best_epoch: int = 0
+    history: list = dataclasses.field(default_factory=list)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "best_map": self.best_map, "best_epoch": self.best_epoch,
+                "history": json.dumps(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.best_map, self.best_epoch = float(state["best_map"]), int(state["best_epoch"])
+        self.history = json.loads(state["history"])
+
+
+@dataclasses.dataclass
+class Stage:
+    name: str
+    data: CachedSet
+    epochs: int
+    select: str  #: "best" (val) or "last"
+
+
+def _fingerprint(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _rows_key(df: pd.DataFrame) -> str:
+    return hashlib.sha256("\n".join(df["dicom_id"].astype(str) + "|" + df["fpath"].astype(str)).encode()).hexdigest()[:16]
+
+
+def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+class _Log:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            print(f"[classifier] {message}", flush=True)
+
+
+# ---------------------------------------------------------------- one stage of one member
+
+
+def fit_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val: CachedSet, class_weights: torch.Tensor,
+              folder: Path, init: dict[str, torch.Tensor] | None, fingerprint: str, log: _Log) -> dict[str, Any]:
+    """Train one stage; return ``{"state": best-or-last weights, "history", "best_epoch", "val_map", ...}``.
+
+    ``folder`` holds the resumable checkpoint (``state/``) and the best EMA
+    weights so far (``best.safetensors``).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from safetensors.torch import load_file
+    from timm.utils import ModelEmaV3
+
+    t = ens.train
+    use_cuda = torch.cuda.is_available()
+    mixed = t.mixed_precision if use_cuda else "no"
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not use_cuda)
+    set_seed(member.seed * 1000 + {"pretrain": 1}.get(stage.name, 0), device_specific=True)
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+
+    n_classes = int(val.labels.shape[1])
+    model = build_model(member.arch, n_classes, member.pretrained_file if init is None else None, member.drop_path_rate)
+    if init is not None:
+        model.load_state_dict(init)
+    if t.channels_last and use_cuda:
+        model = model.to(memory_format=torch.channels_last)
+    batch_size = member.batch_size or t.batch_size
+    lr = member.lr or t.lr
+    per_epoch = len(epoch_batches(len(stage.data), batch_size, 0, member.seed, rank, world)) // t.grad_accum
+    if per_epoch < 1:
+        raise UserError(f"classifier: {len(stage.data)} {stage.name} rows give no optimiser step with batch {batch_size} × "
+                        f"grad_accum {t.grad_accum}; lower train.batch_size or train.grad_accum")
+    total = per_epoch * stage.epochs
+    if t.max_steps is not None:
+        total = min(total, t.max_steps)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, int(t.warmup_frac * total)))
+    loss_fn = build_loss(ens.loss.name, class_weights, **({"gamma_neg": ens.loss.gamma_neg, "gamma_pos": ens.loss.gamma_pos,
+                                                          "clip": ens.loss.clip} if ens.loss.name == "asl" else {})).to(device)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw = accelerator.unwrap_model(model)
+    ema = ModelEmaV3(raw, decay=t.ema_decay, use_warmup=True) if t.ema_decay else None
+    progress = Progress()
+    accelerator.register_for_checkpointing(scheduler, progress)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+
+    state_dir, best_file, tmp_dir = folder / "state", folder / "best.safetensors", folder / ".state.tmp"
+    fp_file = folder / "fingerprint.json"
+    if state_dir.exists() and fp_file.exists() and json.loads(fp_file.read_text()).get("fingerprint") == fingerprint:
+        accelerator.load_state(str(state_dir))
+        log(f"{stage.name}: resumed after epoch {progress.epoch} (step {progress.step})")
+    elif state_dir.exists() and accelerator.is_main_process:
+        log(f"{stage.name}: config or data changed since the checkpoint in {folder}; starting afresh")
+        shutil.rmtree(state_dir, ignore_errors=True)
+        best_file.unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(fp_file, {"fingerprint": fingerprint})
+
+    eval_model = (lambda: ema.module) if ema is not None else (lambda: raw)
+    labels_val = val.labels.numpy().copy()
+    labels_val[val.mask.numpy() == 0] = np.nan
+    gen = torch.Generator()
+    model.train()
+    while progress.epoch < stage.epochs and progress.step < total:
+        epoch = progress.epoch
+        gen.manual_seed(member.seed * 7919 + epoch * 31 + rank)
+        batches = epoch_batches(len(stage.data), batch_size, epoch, member.seed, rank, world)
+        batches = batches[: per_epoch * t.grad_accum]
+        start, losses, seen = time.perf_counter(), [], 0
+        for i in range(0, len(batches), t.grad_accum):
+            if progress.step >= total:
+                break
+            group = batches[i:i + t.grad_accum]
+            for j, idx in enumerate(group):
+                x = augment(to_input(stage.data.images[idx]).to(device, non_blocking=True), ens.augment, gen)
+                if t.channels_last and use_cuda:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y, m = stage.data.labels[idx].to(device), stage.data.mask[idx].to(device)
+                sync = contextlib.nullcontext() if j == len(group) - 1 else accelerator.no_sync(model)
+                with sync:
+                    with accelerator.autocast():
+                        loss = loss_fn(model(x), y, m)
+                    accelerator.backward(loss / len(group))
+                losses.append(loss.detach())
+                seen += int(idx.numel())
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            progress.step += 1
+            if ema is not None:
+                ema.update(raw, step=progress.step)
+        elapsed = time.perf_counter() - start
+        progress.epoch += 1
+        probs = predict_images(eval_model(), val.images, t.eval_batch_size, False, device)
+        score = macro_ap(labels_val, probs)
+        score = -1.0 if score is None else score
+        mean_loss = float(torch.stack(losses).mean()) if losses else float("nan")
+        progress.history.append({"epoch": progress.epoch, "step": progress.step, "loss": mean_loss, "val_map": score,
+                                 "images_per_s": seen * world / max(elapsed, 1e-9)})
+        improved = score > progress.best_map
+        if improved:
+            progress.best_map, progress.best_epoch = score, progress.epoch
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process and improved and stage.select == "best":
+            save_safetensors_atomic(best_file, eval_model().state_dict())
+        if t.checkpoint:
+            _save_state(accelerator, state_dir, tmp_dir)
+        log(f"{stage.name} epoch {progress.epoch}/{stage.epochs}: loss {mean_loss:.4f}, val mAP {score:.4f}, "
+            f"{seen * world / max(elapsed, 1e-9):.0f} img/s")
+        if EPOCH_END_HOOK is not None:
+            EPOCH_END_HOOK(stage.name, progress.epoch)
+
+    accelerator.wait_for_everyone()
+    if stage.select == "best" and best_file.exists():
+        state = load_file(str(best_file))
+    else:
+        state = {k: v.detach().cpu().clone() for k, v in eval_model().state_dict().items()}
+    result = {"state": state, "history": progress.history, "steps": progress.step,
+              "best_epoch": progress.best_epoch if stage.select == "best" else progress.epoch,
+              "val_map": progress.best_map if stage.select == "best" else (progress.history[-1]["val_map"] if progress.history else None)}
+    accelerator.free_memory()
+    return result
+
+
+def _save_state(accelerator, state_dir: Path, tmp_dir: Path) -> None:
+    """accelerate save_state into a temp folder, then swap it in (a crash never leaves a half checkpoint)."""
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp_dir))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        old = state_dir.with_name(state_dir.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if state_dir.exists():
+            state_dir.rename(old)
+        tmp_dir.rename(state_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+# ---------------------------------------------------------------- one member
+
+
+def train_member(ens: EnsembleConfig, k: int, member: MemberConfig, sets: dict[str, pd.DataFrame], classes: list[str],
+                 class_weights: np.ndarray, out: Path, cache: dict, log: _Log) -> dict[str, Any]:
+    """Train member ``k`` (all its stages) into ``out/member-<k>``; reuse it when already finished."""
+    from accelerate import PartialState
+    from safetensors.torch import load_file
+
+    state = PartialState()
+    folder = out / f"member-{k}"
+    section = {f: dataclasses.asdict(getattr(ens, f)) for f in ("train", "loss", "augment", "synthetic")}
+    fp = _fingerprint(dataclasses.asdict(member), section, classes, {n: _rows_key(df) for n, df in sets.items()})
+    meta_file = folder / MEMBER_FILE
+    if meta_file.exists() and (folder / WEIGHTS_FILE).exists() and json.loads(meta_file.read_text()).get("fingerprint") == fp:
+        log(f"member {k} ({member.arch}@{member.image_size}): finished earlier, reused")
+        return json.loads(meta_file.read_text())
+
+    def cached(name: str) -> CachedSet:
+        key = (name, member.image_size)
+        if key not in cache:
+            t0 = time.perf_counter()
+            cache[key] = CachedSet.from_frame(sets[name], classes, member.image_size)
+            log(f"cached {len(sets[name])} {name} images at {member.image_size} px in {time.perf_counter() - t0:.1f}s")
+        return cache[key]
+
+    mode = ens.synthetic.mode
+    has_syn = len(sets["synthetic"]) > 0
+    plan: list[tuple[str, list[str], int, str]] = []  # (stage, row sets, epochs, select)
+    if mode == "pretrain_finetune" and has_syn:
+        plan.append(("pretrain", ["synthetic"] + (["real"] if ens.synthetic.pretrain_with_real else []),
+                     ens.synthetic.pretrain_epochs, "last"))
+        plan.append(("finetune", ["real"], ens.train.epochs, ens.train.select))
+    elif mode == "mix" and has_syn:
+        plan.append(("train", ["real", "synthetic"], ens.train.epochs, ens.train.select))
+    else:
+        plan.append(("train", ["real"], ens.train.epochs, ens.train.select))
+
+    val = cached("val")
+    init, stages_meta, result = None, [], None
+    for name, parts, epochs, select in plan:
+        data = _concat([cached(p) for p in parts])
+        stage_fp = _fingerprint(fp, name)
+        done_file = folder / f"{name}.safetensors"
+        done_meta = folder / f"{name}.json"
+        if done_file.exists() and done_meta.exists() and json.loads(done_meta.read_text()).get("fingerprint") == stage_fp:
+            result = {**json.loads(done_meta.read_text()), "state": load_file(str(done_file))}
+            log(f"member {k} stage {name}: finished earlier, reused")
+        else:
+            log(f"member {k} ({member.arch}@{member.image_size}) stage {name}: {len(data)} rows "
+                f"({', '.join(f'{s}={data.sources.count(s)}' for s in sorted(set(data.sources)))}), {epochs} epochs")
+            result = fit_stage(ens, member, Stage(name, data, epochs, select), val, torch.from_numpy(class_weights),
+                               folder / f"ckpt-{name}", init, stage_fp, log)
+            if state.is_main_process:
+                save_safetensors_atomic(done_file, result["state"])
+                write_json_atomic(done_meta, {"fingerprint": stage_fp, **{k2: v for k2, v in result.items() if k2 != "state"}})
+            state.wait_for_everyone()
+        init = result["state"]
+        stages_meta.append({"name": name, "rows": len(data), "sources": {s: data.sources.count(s) for s in sorted(set(data.sources))},
+                            "epochs": epochs, "steps": result["steps"], "selected_epoch": result["best_epoch"],
+                            "val_map": result["val_map"], "history": result["history"]})
+
+    meta = {"arch": member.arch, "image_size": member.image_size, "seed": member.seed, "classes": classes,
+            "pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD, "val_map": stages_meta[-1]["val_map"],
+            "stages": stages_meta, "member": dataclasses.asdict(member), "fingerprint": fp}
+    if state.is_main_process:
+        save_safetensors_atomic(folder / WEIGHTS_FILE, init)
+        write_json_atomic(meta_file, meta)
+        for name, *_ in plan:
+            shutil.rmtree(folder / f"ckpt-{name}", ignore_errors=True)  # finished: the resume state is no longer needed
+    state.wait_for_everyone()
+    return meta
+
+
+def _concat(parts: Sequence[CachedSet]) -> CachedSet:
+    if len(parts) == 1:
+        return parts[0]
+    return CachedSet(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
+                     torch.cat([p.mask for p in parts]), [s for p in parts for s in p.sources])
+
+
+# ---------------------------------------------------------------- the ensemble
+
+
+def train_ensemble(ens: EnsembleConfig, train_df: pd.DataFrame, out: str | Path, classes: Sequence[str] | None = None,
+                   log: Callable[[str], None] | None = None) -> Path:
+    """Train every member of ``ens`` on ``train_df``'s training rows; write ``out`` (see classifier.ensemble); return it.
+
+    ``train_df`` may hold all splits (real) plus synthetic rows; test rows are
+    dropped here, before anything is read.
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
+    log = log or _Log(state.is_main_process)
+    out = Path(out)
+    ens = ens.validated()
+    df = train_df[train_df["split"] != "test"]
+    df.attrs.update(train_df.attrs)
+    real_train = real_rows(df, "train")
+    val_df = real_rows(df, "val")
+    check_rows(real_train, val_df, "classifier training data")
+    classes = list(classes) if classes is not None else annotated_classes(real_train)
+    if not classes:
+        raise UserError("classifier: no class is annotated in the real training rows; check the manifest's label columns")
+    syn = synthetic_rows(df, ens.synthetic, len(real_train))
+    sets = {"real": real_train, "val": val_df, "synthetic": syn}
+    y_train = label_matrix(real_train, classes)
+    with np.errstate(invalid="ignore"):
+        prevalence = np.nan_to_num(np.nanmean(y_train, axis=0), nan=0.0)
+    weights = class_weights_from_prevalence(prevalence, ens.loss.class_weight_power, ens.loss.max_class_weight)
+    if ens.synthetic.mode != "none" and syn.empty:
+        log(f"synthetic.mode={ens.synthetic.mode} but no synthetic training rows: training on real rows only")
+
+    ens_fp = _fingerprint(ens.to_dict() | {"data": None}, classes, {n: _rows_key(d) for n, d in sets.items()})
+    spec_file = out / ENSEMBLE_FILE
+    if spec_file.exists() and json.loads(spec_file.read_text()).get("fingerprint") == ens_fp:
+        log(f"ensemble in {out} is up to date")
+        return out
+
+    cache: dict = {}
+    metas = []
+    for k, member in enumerate(ens.members):
+        metas.append(train_member(ens, k, member, sets, classes, weights, out, cache, log))
+
+    # ensemble weights on REAL val rows
+    from classifier.ensemble import load_member
+
+    y_val = label_matrix(val_df, classes)
+    member_probs = []
+    for k, meta in enumerate(metas):
+        key = ("val", meta["image_size"])
+        images = cache[key].images if key in cache else CachedSet.from_frame(val_df, classes, meta["image_size"]).images
+        m = load_member(out / f"member-{k}", "cuda" if torch.cuda.is_available() else "cpu")
+        member_probs.append(predict_images(m.model, images, ens.train.eval_batch_size, ens.ensemble.tta_flip,
+                                           next(m.model.parameters()).device).astype(np.float64))
+    w = choose_weights(y_val, member_probs, ens.ensemble.weights)
+    val_map = macro_ap(y_val, sum(wi * p for wi, p in zip(w, member_probs)))
+    spec = {
+        "classes": classes, "tta_flip": ens.ensemble.tta_flip, "weights_mode": ens.ensemble.weights,
+        "members": [{"dir": f"member-{k}", "arch": m["arch"], "image_size": m["image_size"], "seed": m["seed"],
+                     "weight": w[k], "val_map": m["val_map"], "val_map_with_tta": macro_ap(y_val, member_probs[k])}
+                    for k, m in enumerate(metas)],
+        "val_map": val_map, "train_prevalence": dict(zip(classes, map(float, prevalence))),
+        "class_weights": dict(zip(classes, map(float, weights))),
+        "rows": {"real_train": len(real_train), "val": len(val_df), "synthetic": len(syn)},
+        "synthetic_mode": ens.synthetic.mode, "config": ens.to_dict(), "fingerprint": ens_fp,
+    }
+    if state.is_main_process:
+        write_json_atomic(spec_file, spec)
+    state.wait_for_everyone()
+    log(f"ensemble of {len(metas)} written to {out} (val mAP {val_map if val_map is None else round(val_map, 4)}, weights {w})")
+    return out
+
+
+# ---------------------------------------------------------------- script entry
+
+
+def parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    """``["train.epochs=2", "synthetic.mode=mix"]`` -> overrides (values parsed as YAML scalars)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=2")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def run_from_config(config: str | Path, overrides: dict[str, Any] | None = None, out: str | Path | None = None) -> Path:
+    """Train the ensemble a config describes, reading ``data.manifest`` (+ ``data.synthetic_manifest``)."""
+    from synth.manifest import concat_manifests, read_manifest
+
+    ens = load_ensemble_config(config, overrides or {})
+    if not ens.data.manifest:
+        raise UserError(f"{config}: data.manifest is not set; give it in the YAML or with --set data.manifest=PATH")
+    real = read_manifest(ens.data.manifest)
+    df = real
+    if ens.data.synthetic_manifest:
+        df = concat_manifests([real, read_manifest(ens.data.synthetic_manifest)], real.attrs["root"])
+    out = out or ens.data.output_dir
+    if not out:
+        raise UserError(f"{config}: no output folder; set data.output_dir or pass --out")
+    return train_ensemble(ens, df, out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Train a multi-resolution ConvNeXt ensemble (classifier/train.py).")
+    parser.add_argument("--config", required=True, help="configs/classifier/*.yaml")
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="override KEY=VALUE, e.g. train.epochs=2")
+    parser.add_argument("--out", default=None, help="output folder (default: data.output_dir)")
+    args = parser.parse_args(argv)
+    try:
+        print(run_from_config(args.config, parse_sets(args.sets), args.out))
+    except UserError as err:
+        print(f"error: {err}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
