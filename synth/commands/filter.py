@@ -88,7 +88,7 @@ def _print_summary(summary: dict, out: Path) -> None:
     console = Console(stderr=True)
     console.print(table)
     console.print(f"kept {summary['kept']} of {summary['n']}; near-copy thresholds: "
-                  + ", ".join(f"{s} {t['threshold']:.3f}{'' if t['used'] else ' (not used: copies and distinct patients overlap)'}"
+                  + ", ".join(f"{s} {t['threshold']:.3f}{'' if t['separates'] else ' (copies and distinct patients overlap: flags only what is closer than distinct patients)'}"
                               for s, t in summary["near_copy"].items()))
 
 

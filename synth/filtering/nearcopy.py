@@ -68,8 +68,10 @@ def calibrate(copy_sims: np.ndarray, distinct_sims: np.ndarray, copy_pct: float,
     copy_low = float(np.percentile(copy_sims, copy_pct))
     distinct_high = float(np.percentile(distinct_sims, distinct_pct)) if len(distinct_sims) else -1.0
     separates = copy_low > distinct_high
-    threshold = (copy_low + distinct_high) / 2 if separates else copy_low
-    return SpaceThreshold(threshold, copy_low, distinct_high, separates, used=separates)
+    # Overlap (patients that look alike, heavy perturbations): flag only what is closer to a training image than
+    # distinct real patients ever are. Exact and light copies still exceed it; ordinary variation does not.
+    threshold = (copy_low + distinct_high) / 2 if separates else distinct_high
+    return SpaceThreshold(threshold, copy_low, distinct_high, separates, used=separates or distinct_high < 1.0 - 1e-6)
 
 
 @dataclass

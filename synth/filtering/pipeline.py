@@ -202,8 +202,6 @@ def _calibrate_nearcopy(index: NearCopyIndex, extractor: FeatureExtractor, train
         "feature": calibrate(np.concatenate(copy_f), distinct_f, cfg.nearcopy_copy_quantile, cfg.nearcopy_distinct_quantile),
         "pixel": calibrate(np.concatenate(copy_p), distinct_p, cfg.nearcopy_copy_quantile, cfg.nearcopy_distinct_quantile),
     }
-    if not out["feature"].used and not out["pixel"].used:
-        out["pixel"].used = True  # neither separates: err towards flagging, at the copy end of pixel space
     return out
 
 

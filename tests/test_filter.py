@@ -1,0 +1,205 @@
+"""Acceptance tests of ``synth filter`` (issue 7) on tiny signature images.
+
+One verifier is trained per module (real train rows only, ~1 min of CPU) and
+reused. Every test asserts a decision the filter must get right: wrong-class
+images rejected, true ones kept, noise sets rejected by FID vs the real floor,
+copies of training images flagged, and nothing ever read from the test split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from filter_fixtures import CLASSES, make_real, make_synthetic, render
+from synth.filtering import VerifierConfig, load_filter_config, run_filter, train_verifier
+from synth.manifest import read_manifest
+
+#: Loose enough that only the rule under test decides (each test tightens its own rule).
+PERMISSIVE = {"fid_reject_factor": 1e6, "outlier_percentile": 100.0, "bootstrap": 5, "kid_subsets": 5,
+              "nearcopy_calibration_images": 60, "batch_size": 64}
+
+
+class ReadRecorder:
+    """Wraps ``synth.datasets.load_gray`` to record every image path a stage opens."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import synth.datasets as datasets
+
+        self.paths: list[str] = []
+        original = datasets.load_gray
+
+        def recording(path, size=None):
+            self.paths.append(str(Path(path).resolve()))
+            return original(path, size)
+
+        monkeypatch.setattr(datasets, "load_gray", recording)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("filter")
+    real = make_real(root / "real")
+    cfg = VerifierConfig(arch="resnet10t", image_size=32, epochs=1, max_steps=60, batch_size=24, lr=3e-3, seed=0,
+                         eval_batch_size=64)
+    verifier = train_verifier(real, root / "verifier", cfg)
+    return root, real, verifier
+
+
+def _filter(trained, tmp_path: Path, items, labels=None, **rules) -> tuple[pd.DataFrame, dict]:
+    _, real, verifier = trained
+    synthetic = make_synthetic(tmp_path / "synthetic", items, labels)
+    summary = run_filter(synthetic, real, verifier, tmp_path / "out", load_filter_config(None, {**PERMISSIVE, **rules}))
+    return pd.read_csv(tmp_path / "out" / "scores.csv"), summary
+
+
+def test_verifier_accepts_true_images_and_rejects_other_classes(trained, tmp_path):
+    true = [("Pneumothorax", render("Pneumothorax", 900_000 + i)) for i in range(20)]
+    wrong = [("Pneumothorax", render("Cardiomegaly", 910_000 + i)) for i in range(20)]
+    scores, summary = _filter(trained, tmp_path, true + wrong)
+
+    true_kept = scores["kept"][:20].mean()
+    wrong_rejected = scores["reasons"][20:].str.contains("verifier").mean()
+    assert true_kept >= 0.8, f"only {true_kept:.0%} of true Pneumothorax images kept"
+    assert wrong_rejected >= 0.9, f"only {wrong_rejected:.0%} of Cardiomegaly images labelled Pneumothorax rejected"
+    assert summary["classes"]["Pneumothorax"]["threshold_rule"] == "val_positive_quantile"
+    kept = read_manifest(tmp_path / "out" / "kept.csv")
+    rejected = read_manifest(tmp_path / "out" / "rejected.csv")
+    assert len(kept) + len(rejected) == 40 and set(rejected["reject_reason"]) <= {"verifier", "near_copy", "outlier"}
+
+
+def test_real_vs_real_fid_below_real_vs_noise_and_noise_set_rejected(trained, tmp_path):
+    from synth.filtering.extractor import load_extractor
+    from synth.filtering.realism import fid
+    from synth.filtering.verifier import load_verifier, run_inference
+
+    root, real_manifest, verifier_dir = trained
+    extractor = load_extractor("verifier", load_verifier(verifier_dir))
+    train = read_manifest(real_manifest).query("split == 'train'")
+    feats = run_inference(extractor, train, 64, 8, with_probs=False).features
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(len(feats))
+    half = len(feats) // 2
+    noise_items = [("Cardiomegaly", rng.uniform(0, 1, (32, 32))) for _ in range(half)]
+    noise_manifest = make_synthetic(tmp_path / "noise", noise_items)
+    noise = run_inference(extractor, read_manifest(noise_manifest), 64, 8, with_probs=False).features
+    real_vs_real = fid(feats[perm[:half]], feats[perm[half:2 * half]])
+    real_vs_noise = fid(feats[perm[:half]], noise)
+    assert real_vs_real < real_vs_noise, (real_vs_real, real_vs_noise)
+
+    scores, summary = _filter(trained, tmp_path / "run", noise_items[:30], fid_reject_factor=3.0)
+    card = summary["classes"]["Cardiomegaly"]
+    assert card["set_rejected"] and card["fid"] > 3.0 * card["fid_floor"]
+    assert (scores["reasons"].str.contains("class_set_fid")).all()
+    assert "verifier" in summary["metric_label"] and "Inception" not in summary["metric_label"]
+
+
+def test_copies_of_training_images_are_flagged(trained, tmp_path):
+    from PIL import Image
+
+    _, real_manifest, _ = trained
+    train = read_manifest(real_manifest).query("split == 'train' and Pneumothorax == 1").head(6)
+    root = Path(train.attrs["root"])
+    originals = [np.asarray(Image.open(root / f), dtype=np.float32) / 255.0 for f in train["fpath"]]
+    rng = np.random.default_rng(1)
+    copies = ([("Pneumothorax", img) for img in originals[:2]]
+              + [("Pneumothorax", np.clip(img + rng.normal(0, 0.01, img.shape), 0, 1)) for img in originals[2:4]]
+              + [("Pneumothorax", img[:, ::-1]) for img in originals[4:6]])
+    fresh = [("Pneumothorax", render("Pneumothorax", 920_000 + i)) for i in range(12)]
+    scores, summary = _filter(trained, tmp_path, copies + fresh)
+
+    flagged = scores["near_copy"].to_numpy()
+    assert flagged[:6].all(), f"copies not flagged: {np.flatnonzero(~flagged[:6])}"
+    assert flagged[6:].mean() <= 0.25, "fresh images of new patients flagged as copies"
+    assert (scores["reasons"][:6].str.split("|").str[0] == "near_copy").all()
+    assert list(scores["nn_pixel_dicom_id"][:2]) == list(train["dicom_id"][:2])
+
+
+def test_thresholds_never_fit_on_test_and_test_images_never_read(trained, tmp_path, monkeypatch):
+    root, real_manifest, verifier_dir = trained
+    items = [(cls, render(cls, 930_000 + i)) for i, cls in enumerate(CLASSES * 4)]
+    _, before = _filter(trained, tmp_path / "a", items)
+
+    # corrupt every test row: flipped labels, images replaced by noise
+    df = read_manifest(real_manifest)
+    test = df["split"] == "test"
+    corrupt = tmp_path / "corrupt"
+    (corrupt / "images").mkdir(parents=True)
+    df = df.copy()
+    df["fpath"] = [str((Path(df.attrs["root"]) / f).resolve()) for f in df["fpath"]]
+    for i in np.flatnonzero(test.to_numpy()):
+        path = corrupt / "images" / f"t{i}.png"
+        save_noise_png(path, seed=i)
+        df.loc[df.index[i], "fpath"] = str(path)
+    for cls in CLASSES:
+        df.loc[test, cls] = 1.0 - df.loc[test, cls]
+    from synth.manifest import write_manifest
+
+    write_manifest(df, corrupt / "manifest.csv")
+    test_paths = set(df.loc[test, "fpath"])
+
+    recorder = ReadRecorder(monkeypatch)
+    synthetic = make_synthetic(tmp_path / "b" / "synthetic", items)
+    after = run_filter(synthetic, corrupt / "manifest.csv", verifier_dir, tmp_path / "b" / "out",
+                       load_filter_config(None, PERMISSIVE))
+    assert not test_paths & set(recorder.paths), "filter read test images"
+    assert recorder.paths, "recorder saw no reads (the test would pass vacuously)"
+    for cls in CLASSES:
+        assert after["classes"][cls]["threshold"] == pytest.approx(before["classes"][cls]["threshold"])
+
+
+def test_verifier_trains_on_real_train_rows_only(tmp_path, monkeypatch):
+    real = read_manifest(make_real(tmp_path / "real", {"train": 4, "val": 2, "test": 2}))
+    synthetic = read_manifest(make_synthetic(tmp_path / "syn", [("Pneumothorax", render("Pneumothorax", 7))]))
+    from synth.manifest import concat_manifests
+
+    both = concat_manifests([real, synthetic], tmp_path)
+    recorder = ReadRecorder(monkeypatch)
+    out = train_verifier(both, tmp_path / "v", VerifierConfig(arch="resnet10t", image_size=16, max_steps=2, batch_size=4))
+    allowed = {str(Path(p).resolve()) for p in both.loc[(both["split"] == "train") & (both["source"] == "real"), "fpath"]}
+    assert recorder.paths and set(recorder.paths) <= allowed
+    import json
+
+    assert json.loads((out / "verifier.json").read_text())["trained_on"] == {
+        "rows": len(allowed), "split": "train", "source": "real", "manifest": str(Path(tmp_path).resolve())}
+
+
+def test_cli_bad_input_is_one_error_line(trained, tmp_path):
+    from synth.cli import app
+
+    _, real, verifier = trained
+    result = CliRunner().invoke(app, ["filter", "--synthetic", str(real), "--data", str(real), "--verifier", str(verifier),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith("error:") and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+    synthetic = make_synthetic(tmp_path / "syn", [("Pneumothorax", render("Pneumothorax", 3))])
+    result = CliRunner().invoke(app, ["filter", "--synthetic", str(synthetic), "--data", str(real), "--verifier", str(tmp_path / "nowhere"),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "not a verifier folder" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def save_noise_png(path: Path, seed: int) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (32, 32), dtype=np.uint8)).save(path)
+
+
+def test_oracle_reports_fidelity_and_verifier_agreement(trained, tmp_path):
+    from synth.filtering import train_oracle
+
+    root, real, _ = trained
+    oracle = train_oracle(real, tmp_path / "oracle", VerifierConfig(arch="resnet10t", image_size=32, max_steps=150,
+                                                                    batch_size=24, lr=3e-3, seed=5))
+    true = [("Rib Fracture", render("Rib Fracture", 940_000 + i)) for i in range(10)]
+    wrong = [("Cardiomegaly", render("Pneumothorax", 950_000 + i)) for i in range(10)]
+    _, summary = _filter(trained, tmp_path, true + wrong, oracle=str(oracle))
+    assert summary["classes"]["Rib Fracture"]["oracle_fidelity"] >= 0.8
+    assert summary["classes"]["Cardiomegaly"]["oracle_fidelity"] <= 0.2
+    assert summary["classes"]["Rib Fracture"]["verifier_recall"] >= 0.8
