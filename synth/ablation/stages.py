@@ -101,7 +101,7 @@ def train_arm(cfg: AblationConfig, mode: str, seed: int, train_df: pd.DataFrame,
     ens = config.load_ensemble_config(cfg.classifier.config, cfg.classifier.overrides)
     ens = replace(ens, members=[replace(m, seed=seed) for m in ens.members],
                   synthetic=replace(ens.synthetic, mode=mode))
-    return Path(train.train_ensemble(ens, train_df, out))
+    return Path(train.train_ensemble(ens, train_df, out, classes=classes))
 
 
 def predict(cfg: AblationConfig, model_dir: Path, df: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
