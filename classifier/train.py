@@ -404,7 +404,7 @@ def train_ensemble(ens: EnsembleConfig, train_df: pd.DataFrame, out: str | Path,
     spec = {
         "classes": classes, "tta_flip": ens.ensemble.tta_flip, "weights_mode": ens.ensemble.weights,
         "members": [{"dir": f"member-{k}", "arch": m["arch"], "image_size": m["image_size"], "seed": m["seed"],
-                     "weight": w[k], "val_map": m["val_map"], "val_map_with_tta": macro_ap(y_val, member_probs[k])}
+                     "weight": w[k], "val_map": m["val_map"], "val_map_as_ensembled": macro_ap(y_val, member_probs[k])}
                     for k, m in enumerate(metas)],
         "val_map": val_map, "train_prevalence": dict(zip(classes, map(float, prevalence))),
         "class_weights": dict(zip(classes, map(float, weights))),

@@ -1,9 +1,52 @@
-"""CLI commands of the classify stage (not implemented yet)."""
+"""CLI commands of the classifier stage: ``synth classify train`` and ``synth evaluate``."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the synth app."""
+    classify = type(app)(name="classify", help="Train the multi-resolution ConvNeXt ensemble.", no_args_is_help=True)
+
+    @classify.command("train")
+    def train(
+        config: Path = typer.Option(..., "--config", help="configs/classifier/*.yaml (names data.manifest)"),
+        sets: Optional[List[str]] = typer.Option(None, "--set", help="override KEY=VALUE, e.g. train.epochs=2 (repeatable)"),
+        out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: data.output_dir of the config)"),
+    ) -> None:
+        """Train (or resume) the ensemble; for several GPUs: accelerate launch classifier/train.py --config ..."""
+        from classifier.train import parse_sets, run_from_config
+
+        typer.echo(str(run_from_config(config, parse_sets(sets or []), out)))
+
+    app.add_typer(classify, name="classify")
+
+    @app.command("evaluate")
+    def evaluate(
+        model: Path = typer.Option(..., "--model", help="trained ensemble folder (ensemble.json)"),
+        data: Path = typer.Option(..., "--data", help="prepared manifest (all splits: groups come from its train split)"),
+        split: str = typer.Option("test", "--split", help="split to score: train / val / test"),
+        out: Path = typer.Option(..., "--out", help="folder for metrics.json, probs.csv, submission.csv"),
+        n_boot: int = typer.Option(1000, "--n-boot", help="patient-bootstrap resamples for the CIs (0 = none)"),
+        seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
+        batch_size: int = typer.Option(64, "--batch-size"),
+    ) -> None:
+        """CXR-LT metrics of an ensemble: mAP (head/medium/tail) with patient-bootstrap CIs, mAUROC, mF1, ECE, per class."""
+        from rich.console import Console
+
+        from classifier.evaluation import evaluate_model, render_table
+        from synth.errors import UserError
+
+        if split not in ("train", "val", "test"):
+            raise UserError(f"--split {split!r}: expected train, val or test")
+        if n_boot < 0:
+            raise UserError(f"--n-boot {n_boot}: expected >= 0")
+        result = evaluate_model(model, data, split, out, n_boot=n_boot, seed=seed, batch_size=batch_size)
+        console = Console()
+        for table in render_table(result):
+            console.print(table)
+        console.print(f"wrote {out / 'metrics.json'}, {out / 'probs.csv'}, {out / 'submission.csv'}")

@@ -1,0 +1,88 @@
+"""``synth evaluate``: score a trained ensemble on one split of a manifest.
+
+Writes ``metrics.json`` (the :func:`classifier.metrics.evaluate` dict plus
+provenance), ``probs.csv`` (dicom_id + per-class probabilities) and the
+CXR-LT submission CSV, and returns the metrics for the rich table.
+Head / medium / tail are computed from the manifest's TRAIN split prevalence.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from classifier.ensemble import predict
+from classifier.metrics import evaluate, write_submission
+from synth.errors import UserError
+from synth.io import atomic_path, write_json_atomic
+from synth.manifest import label_matrix, read_manifest
+from synth.taxonomy import frequency_groups
+
+SUBMISSION_FILE = "submission.csv"
+
+
+def train_groups(df: pd.DataFrame, classes: list[str]) -> tuple[dict[str, str], dict[str, float]]:
+    train = df[(df["split"] == "train") & (df["source"] == "real")]
+    if train.empty:
+        raise UserError("evaluate: the manifest has no real training rows, so head/medium/tail cannot be defined; "
+                        "pass the full prepared manifest (all splits)")
+    y = label_matrix(train, classes)
+    prevalence = {}
+    for j, c in enumerate(classes):
+        known = ~np.isnan(y[:, j])
+        if known.any():
+            prevalence[c] = float(y[known, j].mean())
+    return frequency_groups(prevalence), prevalence
+
+
+def evaluate_model(model_dir: str | Path, manifest: str | Path, split: str, out: str | Path, n_boot: int = 1000,
+                   seed: int = 0, batch_size: int = 64) -> dict[str, Any]:
+    df = read_manifest(manifest)
+    rows = df[(df["split"] == split) & (df["source"] == "real")].reset_index(drop=True)
+    rows.attrs.update(df.attrs)
+    if rows.empty:
+        raise UserError(f"{manifest}: no real rows with split={split!r}; use --split train/val/test")
+    probs, classes = predict(model_dir, rows, batch_size=batch_size)
+    groups, prevalence = train_groups(df, classes)
+    y = label_matrix(rows, classes)
+    result = evaluate(y, probs, classes, groups, patient_ids=rows["subject_id"].astype(str).to_numpy(), n_boot=n_boot, seed=seed)
+    out = Path(out)
+    missing = write_submission(out / SUBMISSION_FILE, rows["dicom_id"], probs, classes)
+    with atomic_path(out / "probs.csv") as tmp:
+        pd.DataFrame(probs, columns=classes).assign(dicom_id=rows["dicom_id"].to_numpy())[["dicom_id", *classes]].to_csv(tmp, index=False)
+    result.update({"split": split, "model": str(Path(model_dir).resolve()), "manifest": str(Path(manifest).resolve()),
+                   "groups": groups, "train_prevalence": prevalence, "bootstrap_seed": seed,
+                   "submission": {"file": SUBMISSION_FILE, "filled_with_zero": missing}})
+    write_json_atomic(out / "metrics.json", result)
+    return result
+
+
+def render_table(result: dict[str, Any]):
+    """A rich table: the summary row, then per-class AP / AUROC / F1 / FNR / ECE by group."""
+    from rich.table import Table
+
+    def f(v: Any) -> str:
+        return "—" if v is None else f"{v:.3f}"
+
+    def ci(key: str) -> str:
+        lo, hi = result["ci"].get(key, (None, None))
+        return "" if lo is None else f" [{lo:.3f}, {hi:.3f}]"
+
+    summary = Table(title=f"{result.get('split', '')}: {result['n']} images, {result['n_patients']} patients, "
+                          f"{result['n_boot']} patient-bootstrap resamples")
+    for col in ("mAP", "head mAP", "medium mAP", "tail mAP", "mAUROC", "mF1@0.5", "ECE"):
+        summary.add_column(col, justify="right")
+    summary.add_row(*(f(result[k]) + ci(k) for k in ("map", "head_map", "medium_map", "tail_map")),
+                    f(result["mauroc"]), f(result["mf1"]), f(result["ece"]))
+    per = Table(title="per class (— = no positives in this split: excluded from the means)")
+    for col, justify in (("class", "left"), ("group", "left"), ("n_pos", "right"), ("AP", "right"), ("AUROC", "right"),
+                         ("F1", "right"), ("FNR", "right"), ("ECE", "right")):
+        per.add_column(col, justify=justify)
+    order = {"head": 0, "medium": 1, "tail": 2}
+    groups = result.get("groups", {})
+    for c, m in sorted(result["per_class"].items(), key=lambda kv: (order.get(groups.get(kv[0]), 3), kv[0])):
+        per.add_row(c, groups.get(c, "?"), str(m["n_pos"]), f(m["ap"]), f(m["auroc"]), f(m["f1"]), f(m["fnr"]), f(m["ece"]))
+    return summary, per
