@@ -79,13 +79,13 @@ class Anatomy:
     dome_r: float = 0.42  #: v of the right hemidiaphragm dome (image left; higher)
     dome_l: float = 0.48
     dome_curv: float = 0.16  #: dome height above the costophrenic angle
-    heart_r: float = 0.14  #: heart extent right of the midline (image left)
-    heart_l: float = 0.30  #: heart extent left of the midline (image right)
-    heart_top: float = 0.02
-    med_w: float = 0.085  #: half width of the upper mediastinum
-    knob_x: float = 0.15
+    heart_r: float = 0.21  #: heart extent right of the midline (image left)
+    heart_l: float = 0.47  #: heart extent left of the midline (image right)
+    heart_top: float = -0.02
+    med_w: float = 0.11  #: half width of the upper mediastinum
+    knob_x: float = 0.17
     knob_y: float = -0.36
-    knob_r: float = 0.055
+    knob_r: float = 0.06
     hilum_x: float = 0.22
     hilum_y: float = -0.12
     hilum_r: float = 0.05
@@ -123,13 +123,13 @@ class Anatomy:
             apex=float(n(-0.72, 0.03)),
             dome_r=float(n(0.42, 0.04)),
             dome_curv=float(np.clip(n(0.16, 0.02), 0.1, 0.22)),
-            heart_r=float(np.clip(n(0.14, 0.015), 0.1, 0.18)),
-            heart_l=float(np.clip(n(0.29, 0.02), 0.24, 0.34)),
-            heart_top=float(n(0.02, 0.03)),
-            med_w=float(np.clip(n(0.085, 0.008), 0.065, 0.1)),
-            knob_x=float(n(0.15, 0.012)),
+            heart_r=float(np.clip(n(0.21, 0.02), 0.16, 0.26)),
+            heart_l=float(np.clip(n(0.47, 0.03), 0.4, 0.54)),
+            heart_top=float(n(-0.02, 0.03)),
+            med_w=float(np.clip(n(0.11, 0.01), 0.09, 0.13)),
+            knob_x=float(n(0.17, 0.012)),
             knob_y=float(n(-0.36, 0.03)),
-            knob_r=float(np.clip(n(0.055, 0.006), 0.04, 0.07)),
+            knob_r=float(np.clip(n(0.06, 0.006), 0.045, 0.075)),
             hilum_x=float(n(0.22, 0.015)),
             hilum_y=float(n(-0.12, 0.03)),
             hilum_r=float(np.clip(n(0.05, 0.005), 0.04, 0.06)),
@@ -198,6 +198,12 @@ class Anatomy:
         lat = 0.2 + (self.thorax - 0.2) * np.sqrt(1.0 - (1.0 - np.minimum(t * 1.6, 1.0)) ** 2)
         med = np.where(v < self.heart_top, self.med_w, 0.06)
         return lat, med
+
+    def heart_geometry(self) -> tuple[float, float, float, float]:
+        """Heart ellipse (centre u, centre v, half width, half height); its lower half hides under the domes."""
+        dome = 0.5 * (self.dome_r + self.dome_l)
+        hry = dome + 0.04 - self.heart_top
+        return 0.5 * (self.heart_l - self.heart_r), dome + 0.04, 0.5 * (self.heart_l + self.heart_r), hry
 
     def dome_v(self, a, side: int):
         """v of the diaphragm under mirrored abscissa ``a = u * side``."""
@@ -320,15 +326,13 @@ class Canvas:
         self.lungs = {side: self.A.lung_mask(u, v, side, s) for side in (-1, 1)}
         lung = np.maximum(self.lungs[-1], self.lungs[1])
         # mediastinum: heart, upper mediastinum, knob, trachea (air)
-        hc = 0.5 * (a.heart_l - a.heart_r)
-        hrx = 0.5 * (a.heart_l + a.heart_r)
-        dome = 0.5 * (a.dome_r + a.dome_l)
-        hry = 0.5 * (dome + 0.12 - a.heart_top)
-        hcy = a.heart_top + hry
+        hc, hcy, hrx, hry = a.heart_geometry()
         hd = ((u - hc) / hrx) ** 2 + ((v - hcy) / hry) ** 2
         heart = ramp((1.0 - hd) * hrx * 0.5, s)
         upper = ramp(a.med_w - np.abs(u - 0.01), s) * ramp(a.heart_top + 0.12 - v, s)
         knob = ramp(a.knob_r - np.sqrt((u - a.knob_x) ** 2 + (v - a.knob_y) ** 2), s)
+        # the knob is a bump on the mediastinal contour, never an island in the lung
+        knob = np.maximum(knob, ramp(a.knob_x - u, s) * ramp(u, s) * ramp(a.knob_r * 0.8 - np.abs(v - a.knob_y), s))
         desc = ramp(0.05 - np.abs(u - (a.knob_x - 0.04 - 0.04 * np.clip((v - a.knob_y) / 0.8, 0, 1))), s) * ramp(v - a.knob_y, s) * 0.5
         med = np.maximum(np.maximum(heart, upper), np.maximum(knob, desc))
         self.heart_mask = heart
@@ -341,7 +345,7 @@ class Canvas:
         for side in (-1, 1):
             hx = side * a.hilum_x + (0.02 if side > 0 else 0.0)
             hy = a.hilum_y - (0.03 if side > 0 else 0.0)
-            w, g = self.gauss(hx, hy, a.hilum_r, a.hilum_r * 1.6)
+            w, g = self.gauss(hx, hy, a.hilum_r * 1.3, a.hilum_r * 2.0)
             hil[w] += g
         self.hila = hil
         # vessel markings: polar texture around each hilum
@@ -352,7 +356,8 @@ class Canvas:
         th = np.arctan2(dy, dx)
         ti = ((th * (table.shape[0] / (2 * np.pi))).astype(np.int32) + a.marking_offset) % table.shape[0]
         ri = np.minimum((r * 60).astype(np.int32), table.shape[1] - 1)
-        self.markings = table[ti, ri] * np.exp(-r * 1.6) * 0.7
+        # vessels taper away from the hilum; the hilum itself is drawn by ``hila`` (no starburst)
+        self.markings = table[ti, ri] * (np.exp(-r * 1.8) * np.clip(r * 6.0, 0.0, 1.0) * 0.6)
         self.hilum_dist = r
         # bones
         self.bones = self._ribs() + self._clavicles() + self._spine() + self._shoulders()

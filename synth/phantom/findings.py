@@ -581,11 +581,8 @@ def _pleural_thickening(cv, rng, present):
 def _pneumomediastinum(cv, rng, present):
     a = cv.A
     u, v = cv.u, cv.v
-    hc = 0.5 * (a.heart_l - a.heart_r)
-    hrx = 0.5 * (a.heart_l + a.heart_r)
+    hc, hcy, hrx, hry = a.heart_geometry()
     dome = 0.5 * (a.dome_r + a.dome_l)
-    hry = 0.5 * (dome + 0.12 - a.heart_top)
-    hcy = a.heart_top + hry
     g = rng.uniform(0.03, 0.045)
     d = np.sqrt(((u - hc) / (hrx + g)) ** 2 + ((v - hcy) / (hry + g)) ** 2)
     outer = ramp((1.0 - d) * hrx * 0.5, cv.px)
