@@ -100,7 +100,8 @@ def _polygon(cv: Canvas, pts, edge=None):
     u, v = cv.u[w], cv.v[w]
     edge = edge or cv.soft
     m = np.ones(u.shape, F32)
-    orient = np.sign(np.cross(pts[1] - pts[0], pts[2] - pts[1])) or 1.0
+    x, y = pts[:, 0], pts[:, 1]
+    orient = 1.0 if float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y)) > 0 else -1.0  # shoelace sign
     for p0, p1 in zip(pts, np.roll(pts, -1, axis=0)):
         d = p1 - p0
         n = np.array([-d[1], d[0]], F32) * orient / (np.linalg.norm(d) + 1e-9)
@@ -245,10 +246,10 @@ def _edema(cv, rng, present):
     for side in (-1, 1):
         w, g = cv.gauss(side * (a.hilum_x + 0.05), a.hilum_y + 0.1, s, s * 1.3)
         _fill(cv, w, np.clip(g * rng.uniform(0.55, 0.7), 0, 1))
-        reg.append(cv.region(w, g, 0.15))
+        reg.append(cv.region(w, g, 0.04))
     upper = _lungs_any(cv) * ramp(a.hilum_y - cv.v, 0.1)
     cv.marks *= 1.0 + 0.8 * upper
-    return _union(*reg, upper > 0.3), {"sigma": float(s)}
+    return _union(*reg, upper > 0.05), {"sigma": float(s)}
 
 
 def _emphysema_pre(a: Anatomy, rng) -> dict:
@@ -342,7 +343,7 @@ def _humerus_or_spine(cv, rng):
         head = ramp(0.15 - np.sqrt(((u - side * 1.0) / 1.0) ** 2 + ((v + 0.9) / 1.07) ** 2), cv.soft)
         gap = ramp(0.016 - np.abs(d), cv.px)
         scl = ramp(0.016 - np.abs(d - 0.035), cv.px)
-        delta = head * (-0.2 * gap + 0.12 * scl)
+        delta = head * (-0.3 * gap + 0.2 * scl)
         cv.add[w] += delta
         return cv.region(w, np.abs(delta), 0.01), {"kind": "humeral neck", "side": side}
     y = rng.uniform(-0.2, 0.35)
@@ -491,7 +492,7 @@ def _lung_opacity(cv, rng, present):
     s = rng.uniform(0.08, 0.12)
     w, g = cv.gauss(cu, cvv, s, s * rng.uniform(0.8, 1.3), angle=rng.uniform(0, 3))
     _fill(cv, w, rng.uniform(0.5, 0.65) * g)
-    return cv.region(w, g, 0.15), {"side": side, "center": (cu, cvv)}
+    return cv.region(w, g, 0.04), {"side": side, "center": (cu, cvv)}
 
 
 @finding("Mass", "large (> 3 cm scale) lobulated well-defined dense opacity")
@@ -607,7 +608,7 @@ def _pneumonia(cv, rng, present):
         s = rng.uniform(0.045, 0.07)
         w, g = cv.gauss(x, y, s, s * rng.uniform(0.8, 1.2))
         _fill(cv, w, np.clip(0.85 * g, 0, 1))
-        regions.append(cv.region(w, g, 0.15))
+        regions.append(cv.region(w, g, 0.04))
     return _union(*regions), {"side": side, "center": (cu, cvv)}
 
 
@@ -663,7 +664,7 @@ def _pulmonary_hypertension(cv, rng, present):
     regions.append(cv.region(w, m))
     periph = _lungs_any(cv) * ramp(cv.hilum_dist - 0.4, 0.15)
     cv.marks *= 1.0 - 0.7 * periph
-    return _union(*regions), {}
+    return _union(*regions, periph > 0.05), {}
 
 
 @finding("Rib Fracture", "break with a step (and sometimes callus) in one lateral rib")

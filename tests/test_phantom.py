@@ -1,0 +1,194 @@
+"""The phantom benchmark: determinism, per-class signatures, CXR-LT format, long tail, hierarchy, CLI errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from synth.cli import app
+from synth.errors import UserError
+from synth.phantom import render_dataset, render_image, render_with_regions, sample_label_sets
+from synth.phantom.findings import REGISTRY, _dilate
+from synth.phantom.labels import add_label_noise, label_matrix, label_set_table, sample_balanced_label_sets
+from synth.readers import read_cxrlt
+from synth.taxonomy import CXR_LT_CLASSES, HIERARCHY, META_COLUMNS, frequency_groups
+
+#: classes whose signature is legitimately spread over much of the chest
+DIFFUSE = {"Edema", "Emphysema", "Pulmonary Hypertension", "Hydropneumothorax", "Cardiomegaly"}
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_render_image_is_deterministic_and_seed_dependent():
+    a = render_image(["Pleural Effusion", "Support Devices"], seed=3, size=48)
+    b = render_image(["Support Devices", "pleural effusion"], seed=3, size=48)
+    c = render_image(["Pleural Effusion", "Support Devices"], seed=4, size=48)
+    assert a.dtype == np.uint8 and a.shape == (48, 48)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert render_image([], 3, 48, view="AP").shape == (48, 48)
+
+
+@pytest.mark.parametrize("cls", CXR_LT_CLASSES)
+def test_each_class_changes_pixels_only_in_its_region(cls):
+    """With vs without the class on the same patient and exposure: the change lies inside its region."""
+    for seed in range(3):
+        with_ = render_with_regions([cls], seed, 48)
+        without = render_with_regions([], seed, 48)
+        if cls == "Normal":  # Normal = no finding at all
+            assert np.array_equal(with_.image, without.image)
+            continue
+        changed = np.abs(with_.image.astype(int) - without.image.astype(int)) > 3
+        region = np.zeros_like(changed)
+        for mask in with_.regions.values():
+            region |= mask
+        region = _dilate(region, 2)  # blur spreads an edge by a pixel or two
+        assert changed.sum() >= 3, f"{cls} seed {seed}: signature invisible ({changed.sum()} px changed)"
+        inside = (changed & region).sum() / changed.sum()
+        assert inside >= 0.9, f"{cls} seed {seed}: only {inside:.0%} of the change inside its region"
+        assert region.mean() <= (0.8 if cls in DIFFUSE else 0.35), f"{cls}: region covers {region.mean():.0%} of the image"
+
+
+def test_findings_do_not_move_each_other():
+    """Adding a finding leaves another finding's drawing (and the anatomy) where it was."""
+    base = render_with_regions(["Nodule"], 11, 48)
+    both = render_with_regions(["Nodule", "Support Devices"], 11, 48)
+    assert np.array_equal(base.regions["Nodule"], both.regions["Nodule"])
+    untouched = ~_dilate(both.regions["Support Devices"], 2)
+    assert np.array_equal(base.image[untouched], both.image[untouched])
+
+
+def test_render_rejects_bad_labels():
+    with pytest.raises(UserError, match="Normal"):
+        render_image(["Normal", "Mass"], 0, 32)
+    with pytest.raises(UserError, match="Did you mean"):
+        render_image(["Pneumothorx"], 0, 32)
+    assert set(REGISTRY) == set(CXR_LT_CLASSES)
+
+
+def test_hierarchy_renders_parent_when_child_drawn():
+    r = render_with_regions(["Rib Fracture"], 2, 32)
+    assert r.labels == ("Fracture", "Rib Fracture")
+    assert r.params["Fracture"] == {"drawn_by_child": True}
+
+
+def test_long_tail_at_20000_sampled_labels():
+    """CXR-LT-like split from sampled labels only (no rendering): ~9 head, ~15 medium, ~16 tail."""
+    for seed in (0, 1):
+        y = label_matrix(sample_label_sets(20000, seed))
+        prevalence = dict(zip(CXR_LT_CLASSES, y.mean(0)))
+        groups = frequency_groups(prevalence)
+        counts = {g: sum(v == g for v in groups.values()) for g in ("head", "medium", "tail")}
+        assert 8 <= counts["head"] <= 10 and 14 <= counts["tail"] <= 17, counts
+        assert y.sum(0).min() >= 5, "every class must appear"
+        rarest16 = sorted(prevalence, key=prevalence.get)[:16]
+        assert sum(prevalence[c] < 0.01 for c in rarest16) >= 15
+        for c in ("Pneumomediastinum", "Round(ed) Atelectasis", "Infarction", "Pulmonary Embolism", "Hydropneumothorax"):
+            assert prevalence[c] < 0.01, c
+    # the table itself: expected split exactly as designed
+    expected = frequency_groups(label_set_table().prevalence())
+    assert sum(v == "tail" for v in expected.values()) == 16 and sum(v == "head" for v in expected.values()) == 9
+
+
+def _check_consistent(sets):
+    for s in sets:
+        assert len(s) >= 1
+        for child, parent in HIERARCHY.items():
+            if child in s:
+                assert parent in s, s
+        if "Normal" in s:
+            assert s == ("Normal",), s
+
+
+def test_hierarchy_consistency_of_sampled_and_noisy_labels():
+    sets = sample_label_sets(5000, 0)
+    _check_consistent(sets)
+    noisy = add_label_noise(sets, 0.2, 0)
+    _check_consistent(noisy)
+    assert noisy != sets
+    _check_consistent(sample_balanced_label_sets(400, 10, 0))
+    y = label_matrix(sample_balanced_label_sets(400, 10, 0))
+    assert y.sum(0).min() >= 10
+
+
+def test_dataset_loads_as_cxrlt_and_is_worker_independent(tmp_path):
+    a = render_dataset(48, 32, 5, tmp_path / "a", workers=1)
+    b = render_dataset(48, 32, 5, tmp_path / "b", workers=2)
+    assert a == tmp_path / "a" / "labels.csv"
+    assert _digest(a.parent) == _digest(b.parent)
+    df = pd.read_csv(a)
+    assert tuple(df.columns) == (*META_COLUMNS, *CXR_LT_CLASSES)
+    assert df["dicom_id"].is_unique and df["study_id"].is_unique
+    assert df["subject_id"].nunique() < len(df)  # several studies per patient
+    assert set(df[list(CXR_LT_CLASSES)].to_numpy().ravel()) <= {0, 1}
+    _check_consistent([tuple(c for c in CXR_LT_CLASSES if row[c]) for _, row in df.iterrows()])
+    real = read_cxrlt(a, a.parent)
+    assert len(real) == 48 and all(Path(p).exists() for p in real["fpath"])
+    meta = json.loads((a.parent / "phantom.json").read_text())
+    assert meta["arguments"]["seed"] == 5 and sum(meta["positives"].values()) >= 48
+    truth = [json.loads(line) for line in (a.parent / "truth.jsonl").read_text().splitlines()]
+    assert [t["dicom_id"] for t in truth] == df["dicom_id"].tolist()
+    # same arguments: reused as is; other arguments: refused
+    assert render_dataset(48, 32, 5, tmp_path / "a") == a
+    with pytest.raises(UserError, match="already exists"):
+        render_dataset(40, 32, 5, tmp_path / "a")
+
+
+def test_synth_prepare_reads_the_phantom(tmp_path):
+    labels = render_dataset(40, 32, 1, tmp_path / "ph", workers=1)
+    result = CliRunner().invoke(app, ["prepare", "--format", "cxrlt", "--labels", str(labels), "--images", str(labels.parent),
+                                      "--out", str(tmp_path / "prep"), "--size", "32", "--workers", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "prep" / "manifest.csv").exists()
+
+
+def test_balanced_cli_every_class_at_least_k(tmp_path):
+    out = tmp_path / "bal"
+    result = CliRunner().invoke(app, ["phantom", "--balanced", "--per-class", "2", "--size", "32", "--seed", "0",
+                                      "--out", str(out), "--workers", "1", "--no-progress", "--label-noise", "0"])
+    assert result.exit_code == 0, result.output
+    df = pd.read_csv(out / "labels.csv")
+    assert len(df) == 80
+    assert df[list(CXR_LT_CLASSES)].sum().min() >= 2
+
+
+def test_label_noise_changes_csv_not_images(tmp_path):
+    clean = render_dataset(30, 32, 2, tmp_path / "clean", workers=1)
+    noisy = render_dataset(30, 32, 2, tmp_path / "noisy", workers=1, label_noise=0.3)
+    assert (clean.parent / "images").is_dir()
+    assert _digest(clean.parent / "images") == _digest(noisy.parent / "images")
+    assert not pd.read_csv(clean).equals(pd.read_csv(noisy))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--n", "0"], "--n 0"),
+    (["--n", "10", "--size", "8"], "--size 8"),
+    (["--n", "10", "--label-noise", "1.5"], "--label-noise"),
+    (["--n", "10", "--per-class", "3"], "--per-class only applies with --balanced"),
+    (["--n", "10", "--balanced", "--per-class", "3"], "too small"),
+])
+def test_cli_bad_input_is_one_error_line(tmp_path, args, needle):
+    out = tmp_path / "x"
+    result = CliRunner().invoke(app, ["phantom", "--out", str(out), "--no-progress", *args])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], result.output
+    assert not out.exists()
+    assert not list(tmp_path.glob(".x.*"))
+
+
+def test_contact_sheets(tmp_path):
+    from synth.phantom.dataset import slug, write_contact_sheets
+
+    folder = write_contact_sheets(tmp_path / "cs", 32, 0, examples=2)
+    assert (folder / "all.png").exists()
+    assert all((folder / f"{slug(c)}.png").exists() for c in CXR_LT_CLASSES)
