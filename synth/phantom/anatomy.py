@@ -415,7 +415,8 @@ class Canvas:
         disc = 1.0 - 0.45 * ramp(0.12 - np.abs(f - 0.5), 0.08)
         pedicle = 0.3 * ramp(0.018 - np.abs(np.abs(x) - a.spine_w * 0.65), self.soft) * ramp(0.2 - np.abs(f - 0.3), 0.08)
         self.spine_mask = body
-        return 0.12 * body * disc + 0.08 * pedicle + 0.05 * a.spine_crowd * body
+        crowd = a.spine_crowd * np.exp(-((v - a.spine_bend_y) / 0.3) ** 2)
+        return 0.12 * body * disc + 0.08 * pedicle + 0.3 * crowd * body
 
     def _shoulders(self):
         a, u, v = self.A, self.u, self.v

@@ -439,7 +439,7 @@ def _infiltration(cv, rng, present):
 
 
 def _kyphosis_pre(a: Anatomy, rng) -> dict:
-    a.spine_bend = float(rng.uniform(0.05, 0.08) * (1 if rng.random() < 0.5 else -1))
+    a.spine_bend = float(rng.uniform(0.06, 0.1) * (1 if rng.random() < 0.5 else -1))
     a.spine_bend_y = float(rng.uniform(-0.25, 0.15))
     a.spine_crowd = float(rng.uniform(0.35, 0.5))
     return {"bend": a.spine_bend, "at": a.spine_bend_y}
