@@ -139,6 +139,9 @@ def test_dataset_loads_as_cxrlt_and_is_worker_independent(tmp_path):
     assert [t["dicom_id"] for t in truth] == df["dicom_id"].tolist()
     # same arguments: reused as is; other arguments: refused
     assert render_dataset(48, 32, 5, tmp_path / "a") == a
+    assert _digest(a.parent) == _digest(b.parent)
+    render_dataset(48, 32, 5, tmp_path / "a", contact_sheet=True)  # adds the sheets to the existing set
+    assert (a.parent / "contact_sheets" / "all.png").exists() and (a.parent / "images").is_dir()
     with pytest.raises(UserError, match="already exists"):
         render_dataset(40, 32, 5, tmp_path / "a")
 

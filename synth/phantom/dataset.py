@@ -116,7 +116,15 @@ def render_dataset(n: int, size: int, seed: int, out: str | os.PathLike, *, bala
         meta = out / META_FILE
         if meta.exists() and (out / LABELS_FILE).exists():
             old = json.loads(meta.read_text()).get("arguments")
-            if old == args and (not contact_sheet or (out / "contact_sheets").exists()):
+            if old == args:
+                if contact_sheet and not (out / "contact_sheets").exists():
+                    tmp = Path(tempfile.mkdtemp(prefix=".contact_sheets.", suffix=".tmp", dir=out))
+                    try:
+                        write_contact_sheets(tmp, size, seed)
+                        os.replace(tmp, out / "contact_sheets")
+                    except BaseException:
+                        shutil.rmtree(tmp, ignore_errors=True)
+                        raise
                 return out / LABELS_FILE
         if not overwrite:
             raise UserError(f"--out {out} already exists (made with other arguments or not a phantom dataset); "
