@@ -138,6 +138,7 @@ def fit_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val: Cach
 
     n_classes = int(val.labels.shape[1])
     model = build_model(member.arch, n_classes, member.pretrained_file if init is None else None, member.drop_path_rate)
+    _check_input_size(model, member)
     if init is not None:
         model.load_state_dict(init)
     if t.channels_last and use_cuda:
@@ -244,6 +245,18 @@ def fit_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val: Cach
               "val_map": progress.best_map if stage.select == "best" else (progress.history[-1]["val_map"] if progress.history else None)}
     accelerator.free_memory()
     return result
+
+
+def _check_input_size(model: torch.nn.Module, member: MemberConfig) -> None:
+    """One dummy forward, so a too-small resolution fails with the option to fix, not a conv error mid-run."""
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 1, member.image_size, member.image_size))
+    except RuntimeError as err:
+        raise UserError(f"classifier member {member.arch}@{member.image_size}px: input too small for this arch "
+                        f"({str(err).splitlines()[0][:80]}); use image_size >= 32 for ConvNeXt") from None
+    finally:
+        model.train()
 
 
 def _save_state(accelerator, state_dir: Path, tmp_dir: Path) -> None:

@@ -1,0 +1,307 @@
+"""Classifier stage: metrics vs scikit-learn, ASL by hand, config, synthetic mixing, and real training runs.
+
+The training tests use the real NIH sample at 16–32 px and a few epochs so the
+whole file stays well under a minute of CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from classifier import metrics
+from classifier.config import EnsembleConfig, MemberConfig, load_ensemble_config
+from classifier.losses import AsymmetricLoss, MaskedBCE, class_weights_from_prevalence
+from synth.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def _fixed(seed: int = 0, n: int = 120, c: int = 4):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, c)) < [0.4, 0.2, 0.1, 0.05]).astype(np.float64)
+    p = np.clip(0.3 * y + rng.random((n, c)) * 0.7, 0, 1)
+    p[:20] = np.round(p[:20], 1)  # ties
+    return y, p
+
+
+def test_metrics_equal_sklearn():
+    from sklearn.metrics import average_precision_score, f1_score, recall_score, roc_auc_score
+
+    y, p = _fixed()
+    classes = ["a", "b", "c", "d"]
+    ev = metrics.evaluate(y, p, classes, {}, n_boot=0)
+    for j, c in enumerate(classes):
+        m = ev["per_class"][c]
+        assert m["ap"] == pytest.approx(average_precision_score(y[:, j], p[:, j]), abs=1e-6)
+        assert m["auroc"] == pytest.approx(roc_auc_score(y[:, j], p[:, j]), abs=1e-6)
+        assert m["f1"] == pytest.approx(f1_score(y[:, j], p[:, j] > 0.5), abs=1e-6)
+        assert m["fnr"] == pytest.approx(1 - recall_score(y[:, j], p[:, j] > 0.5), abs=1e-6)
+        assert m["n_pos"] == int(y[:, j].sum())
+    assert ev["map"] == pytest.approx(np.mean([average_precision_score(y[:, j], p[:, j]) for j in range(4)]), abs=1e-6)
+    # the bootstrap's vectorised AP is the same AP, also with duplicate rows (integer weights)
+    w = np.random.default_rng(1).integers(0, 3, size=(3, len(y))).astype(float)
+    for j in range(4):
+        fast = metrics.weighted_ap(y[:, j], p[:, j], w)
+        for b in range(3):
+            assert fast[b] == pytest.approx(average_precision_score(y[:, j], p[:, j], sample_weight=w[b]), abs=1e-9)
+
+
+def test_class_without_positives_is_reported_and_excluded():
+    y, p = _fixed()
+    y[:, 3] = 0.0  # no positives in this split
+    y[:10, 1] = np.nan  # not annotated: dropped for that class only
+    classes = ["a", "b", "c", "d"]
+    groups = {"a": "head", "b": "medium", "c": "tail", "d": "tail"}
+    ev = metrics.evaluate(y, p, classes, groups, patient_ids=np.arange(len(y)) // 2, n_boot=50, seed=0)
+    assert ev["per_class"]["d"]["n_pos"] == 0 and ev["per_class"]["d"]["ap"] is None
+    assert ev["classes_without_positives"] == ["d"]
+    aps = [ev["per_class"][c]["ap"] for c in "abc"]
+    assert ev["map"] == pytest.approx(np.mean(aps))  # not (sum + 0) / 4
+    assert ev["tail_map"] == pytest.approx(ev["per_class"]["c"]["ap"])
+    assert ev["per_class"]["b"]["n"] == len(y) - 10
+    lo, hi = ev["ci"]["map"]
+    assert lo <= ev["map"] <= hi
+
+
+def test_bootstrap_resamples_patients_and_pairs_runs():
+    patients = np.array(["p1", "p1", "p2", "p3", "p3", "p3"])
+    w = metrics.patient_weights(patients, 200, seed=0)
+    assert (w[:, 0] == w[:, 1]).all() and (w[:, 3] == w[:, 5]).all()  # a patient's images move together
+    assert np.allclose(w.sum(1)[:, None] > 0, True)
+    y, p = _fixed(n=200)
+    classes, groups = ["a", "b", "c", "d"], {"a": "head", "b": "head", "c": "medium", "d": "tail"}
+    pats = np.arange(200) // 3
+    same = metrics.paired_bootstrap(y, p, p, classes, groups, pats, n_boot=100, seed=0)
+    assert same["map"]["diff"] == 0 and same["map"]["ci"] == (0.0, 0.0)
+    better = np.clip(p + 0.3 * (y - 0.5), 0, 1)
+    pb = metrics.paired_bootstrap(y, p, better, classes, groups, pats, n_boot=200, seed=0)
+    assert pb["map"]["diff"] > 0 and pb["map"]["ci"][0] > 0 and pb["map"]["p"] < 0.05
+    assert set(pb) == {"map", "head_map", "medium_map", "tail_map"}
+
+
+def test_submission_csv_has_40_columns(tmp_path: Path):
+    from synth.taxonomy import CXR_LT_CLASSES
+
+    missing = metrics.write_submission(tmp_path / "s.csv", ["x1", "x2"], np.array([[0.1, 0.9], [0.5, 0.2]]), ["Edema", "Mass"])
+    df = pd.read_csv(tmp_path / "s.csv")
+    assert list(df.columns) == ["dicom_id", *CXR_LT_CLASSES]
+    assert df.loc[0, "Mass"] == pytest.approx(0.9) and len(missing) == 38
+
+
+# ---------------------------------------------------------------- losses
+
+
+def test_asl_matches_hand_computation_and_ignores_nan():
+    logits = torch.tensor([[0.0, 2.0, -1.0]])
+    labels = torch.tensor([[1.0, 0.0, float("nan")]])
+    loss = AsymmetricLoss(gamma_neg=4, gamma_pos=1, clip=0.05)(logits, labels)
+    # positive cell: p = 0.5 -> -(1-p)^1 log p ; negative cell: p_m = sigmoid(2) - 0.05 -> -p_m^4 log(1-p_m); NaN cell: no loss
+    p_neg = 1 / (1 + math.exp(-2.0)) - 0.05
+    expected = (-(0.5) * math.log(0.5) - p_neg ** 4 * math.log(1 - p_neg)) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # a very easy negative (p < clip) costs exactly nothing
+    assert AsymmetricLoss(clip=0.05)(torch.tensor([[-5.0]]), torch.tensor([[0.0]])).item() == 0.0
+    logits.requires_grad_(True)
+    AsymmetricLoss()(logits, labels).backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad[0, 2] == 0
+    # class weights scale each class's term
+    w = torch.tensor([2.0, 1.0, 1.0])
+    weighted = AsymmetricLoss(class_weights=w)(logits.detach(), labels)
+    assert weighted.item() == pytest.approx((-2 * 0.5 * math.log(0.5) - p_neg ** 4 * math.log(1 - p_neg)) / 2, rel=1e-5)
+    bce = MaskedBCE()(torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, float("nan")]]))
+    assert bce.item() == pytest.approx(math.log(2), rel=1e-6)
+
+
+def test_class_weights_favour_rare_classes():
+    w = class_weights_from_prevalence(np.array([0.5, 0.05, 0.005, 0.0]), power=0.5, max_weight=10)
+    assert w[0] < w[1] < w[2] <= w[3] and w.mean() == pytest.approx(1.0)
+    assert np.allclose(class_weights_from_prevalence(np.array([0.5, 0.01]), power=0), 1.0)
+
+
+# ---------------------------------------------------------------- config and data selection
+
+
+def test_config_yaml_overrides_and_unknown_keys(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("members:\n  - {arch: convnext_atto, image_size: 32}\ntrain: {epochs: 2}\n")
+    cfg = load_ensemble_config(path, {"train.epochs": 5, "synthetic": {"mode": "mix", "ratio": 0.5}})
+    assert cfg.train.epochs == 5 and cfg.synthetic.mode == "mix" and cfg.synthetic.ratio == 0.5
+    assert cfg.members[0].image_size == 32 and cfg.members[0].seed == 0
+    for bad in ("trian: {epochs: 2}\n", "train: {epoch: 2}\n", "members:\n  - {arch: not_a_model}\n",
+                "synthetic: {mode: sometimes}\n"):
+        path.write_text(bad)
+        with pytest.raises(UserError):
+            load_ensemble_config(path)
+    with pytest.raises(UserError, match="not found"):
+        load_ensemble_config(tmp_path / "missing.yaml")
+    for name in ("demo", "phantom-cpu", "nih-sample", "mimic-cxr-lt"):
+        load_ensemble_config(REPO / "configs" / "classifier" / f"{name}.yaml")
+
+
+def _synthetic_frame(n_per_class: dict[str, int]) -> pd.DataFrame:
+    rows = []
+    for cls, n in n_per_class.items():
+        rows += [{"dicom_id": f"s-{cls}-{i}", "subject_id": f"s-{cls}-{i}", "fpath": f"/x/{cls}{i}.png", "split": "train",
+                  "source": "synthetic", "target_class": cls, cls: 1.0} for i in range(n)]
+    real = [{"dicom_id": f"r{i}", "subject_id": f"r{i}", "fpath": f"r{i}.png", "split": "train", "source": "real"} for i in range(100)]
+    return pd.DataFrame(real + rows)
+
+
+def test_synthetic_mixing_honours_cap_and_ratio():
+    from classifier.config import SyntheticMixConfig
+    from classifier.data import synthetic_rows
+
+    df = _synthetic_frame({"Hernia": 30, "Mass": 10})
+    assert synthetic_rows(df, SyntheticMixConfig(mode="none"), 100).empty
+    assert len(synthetic_rows(df, SyntheticMixConfig(mode="mix"), 100)) == 40
+    capped = synthetic_rows(df, SyntheticMixConfig(mode="mix", per_class_cap=12), 100)
+    assert capped["target_class"].value_counts().to_dict() == {"Hernia": 12, "Mass": 10}
+    ratio = synthetic_rows(df, SyntheticMixConfig(mode="mix", per_class_cap=12, ratio=0.15), 100)
+    assert len(ratio) == 15 and set(ratio["source"]) == {"synthetic"}
+    again = synthetic_rows(df, SyntheticMixConfig(mode="mix", per_class_cap=12, ratio=0.15), 100)
+    assert list(again["dicom_id"]) == list(ratio["dicom_id"])  # deterministic: every arm/seed gets the same rows
+
+
+def test_epoch_batches_are_deterministic_and_sharded():
+    from classifier.data import epoch_batches
+
+    a = epoch_batches(103, 10, epoch=1, seed=0)
+    assert len(a) == 10 and all(len(b) == 10 for b in a)
+    assert all(torch.equal(x, y) for x, y in zip(a, epoch_batches(103, 10, epoch=1, seed=0)))
+    r0, r1 = epoch_batches(103, 10, 1, 0, rank=0, world=2), epoch_batches(103, 10, 1, 0, rank=1, world=2)
+    assert len(r0) == len(r1) == 5
+    assert not set(torch.cat(r0).tolist()) & set(torch.cat(r1).tolist())
+
+
+# ---------------------------------------------------------------- training on the real NIH sample
+
+
+@pytest.fixture(scope="module")
+def nih32(nih_sample: Path, tmp_path_factory) -> pd.DataFrame:
+    from synth.manifest import read_manifest
+    from synth.prepare import prepare_dataset
+
+    out = tmp_path_factory.mktemp("nih32")
+    manifest = prepare_dataset("nih", nih_sample / "Data_Entry_2017_v2020.csv", nih_sample / "images", out / "data", size=32)
+    return read_manifest(manifest)
+
+
+def _tiny(df: pd.DataFrame, n_train: int = 96, n_val: int = 40, n_test: int = 20) -> pd.DataFrame:
+    parts = [df[df["split"] == s].head(n) for s, n in (("train", n_train), ("val", n_val), ("test", n_test))]
+    out = pd.concat(parts)
+    out.attrs.update(df.attrs)
+    return out
+
+
+def _config(sizes=(32,), epochs=2, batch_size=16, **train) -> EnsembleConfig:
+    cfg = EnsembleConfig(members=[MemberConfig(image_size=s) for s in sizes])
+    return replace(cfg, train=replace(cfg.train, epochs=epochs, batch_size=batch_size, ema_decay=0.9, **train))
+
+
+def test_train_evaluate_two_resolutions_beats_prevalence(nih32: pd.DataFrame, tmp_path: Path, monkeypatch):
+    """End to end on real NIH images: train a 32+40 px ensemble, `synth evaluate` it; test rows never read in training."""
+    from typer.testing import CliRunner
+
+    import classifier.data as data
+    from classifier.train import train_ensemble
+    from synth.cli import app
+
+    read = []
+    original = data.read_image
+    monkeypatch.setattr(data, "read_image", lambda path, size: (read.append(str(path)), original(path, size))[1])
+    cfg = _config(sizes=(32, 40), epochs=2, batch_size=32, lr=3e-3)
+    cfg = replace(cfg, ensemble=replace(cfg.ensemble, weights="val"))
+    model_dir = train_ensemble(cfg, nih32, tmp_path / "model")
+    test_paths = {str(p) for p in __import__("synth.manifest", fromlist=["image_paths"]).image_paths(nih32[nih32["split"] == "test"])}
+    assert read and not set(read) & test_paths
+
+    spec = json.loads((model_dir / "ensemble.json").read_text())
+    assert [m["image_size"] for m in spec["members"]] == [32, 40] and sum(m["weight"] for m in spec["members"]) == pytest.approx(1)
+    manifest = Path(nih32.attrs["root"]) / "manifest.csv"
+    result = CliRunner().invoke(app, ["evaluate", "--model", str(model_dir), "--data", str(manifest), "--split", "test",
+                                      "--out", str(tmp_path / "eval"), "--n-boot", "100"])
+    assert result.exit_code == 0, result.output
+    ev = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert {"map", "head_map", "medium_map", "tail_map", "mauroc", "mf1", "ece", "ci", "per_class"} <= set(ev)
+    assert len(pd.read_csv(tmp_path / "eval" / "submission.csv").columns) == 41
+
+    # prevalence baseline: every image gets the training prevalence (AP = the class's positive rate)
+    test = nih32[nih32["split"] == "test"]
+    from synth.manifest import label_matrix
+
+    classes = spec["classes"]
+    y = label_matrix(test, classes)
+    prevalence = np.array([spec["train_prevalence"][c] for c in classes])
+    baseline = metrics.evaluate(y, np.tile(prevalence, (len(test), 1)), classes, {}, n_boot=0)["map"]
+    print(f"test mAP {ev['map']:.4f} vs prevalence baseline {baseline:.4f}")
+    assert ev["map"] > baseline + 0.01, (ev["map"], baseline)
+
+
+def test_resume_from_checkpoint_matches_uninterrupted(nih32: pd.DataFrame, tmp_path: Path, monkeypatch):
+    import classifier.train as train
+    from safetensors.torch import load_file
+
+    df = _tiny(nih32, n_train=48, n_val=24, n_test=8)
+    cfg = _config(sizes=(32,), epochs=2)
+    full = train.train_ensemble(cfg, df, tmp_path / "full")
+
+    class Stop(Exception):
+        pass
+
+    def stop(stage, epoch):
+        if epoch == 1:
+            raise Stop
+
+    monkeypatch.setattr(train, "EPOCH_END_HOOK", stop)
+    with pytest.raises(Stop):
+        train.train_ensemble(cfg, df, tmp_path / "resumed")
+    assert (tmp_path / "resumed" / "member-0" / "ckpt-train" / "state").is_dir()
+    assert not (tmp_path / "resumed" / "ensemble.json").exists()
+    monkeypatch.setattr(train, "EPOCH_END_HOOK", None)
+    resumed = train.train_ensemble(cfg, df, tmp_path / "resumed")
+    meta = json.loads((resumed / "member-0" / "member.json").read_text())
+    assert [h["epoch"] for h in meta["stages"][0]["history"]] == [1, 2]
+    a, b = load_file(str(full / "member-0" / "model.safetensors")), load_file(str(resumed / "member-0" / "model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    probs_a, _ = __import__("classifier.ensemble", fromlist=["predict"]).predict(full, df[df["split"] == "val"])
+    assert probs_a.shape == (int((df["split"] == "val").sum()), len(meta["classes"]))
+
+
+def test_pretrain_finetune_never_trains_final_stage_on_synthetic(nih32: pd.DataFrame, tmp_path: Path):
+    from classifier.train import train_ensemble
+    from synth.manifest import concat_manifests
+
+    df = _tiny(nih32, n_train=32, n_val=16, n_test=8)
+    syn = df[df["split"] == "train"].head(24).copy()
+    syn["source"], syn["target_class"] = "synthetic", "Hernia"
+    syn["dicom_id"] = "syn-" + syn["dicom_id"]
+    both = concat_manifests([df, syn], df.attrs["root"])
+    cfg = _config(sizes=(32,), epochs=1)
+    cfg = replace(cfg, synthetic=replace(cfg.synthetic, mode="pretrain_finetune", pretrain_epochs=1, per_class_cap=20))
+    out = train_ensemble(cfg, both, tmp_path / "pf")
+    stages = json.loads((out / "member-0" / "member.json").read_text())["stages"]
+    assert [s["name"] for s in stages] == ["pretrain", "finetune"]
+    assert stages[0]["sources"] == {"synthetic": 20}  # capped, synthetic only
+    assert stages[1]["sources"] == {"real": 32}  # the final stage: real rows only
+    mixed = train_ensemble(replace(cfg, synthetic=replace(cfg.synthetic, mode="mix", ratio=0.25)), both, tmp_path / "mix")
+    stages = json.loads((mixed / "member-0" / "member.json").read_text())["stages"]
+    assert stages[0]["sources"] == {"real": 32, "synthetic": 8}
+
+
+def test_script_entry_reports_bad_config(tmp_path: Path):
+    proc = subprocess.run([sys.executable, str(REPO / "classifier" / "train.py"), "--config", str(tmp_path / "nope.yaml")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and "classifier config not found" in proc.stdout
