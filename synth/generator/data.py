@@ -130,7 +130,8 @@ class PromptEncoder:
         self.text_encoder = text_encoder
         self.cache_size = 0 if trainable else cache_size
         self.cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self.use_mask = bool(getattr(text_encoder.config, "use_attention_mask", False))
+        config = getattr(text_encoder, "module", text_encoder).config  # DDP-wrapped when trained
+        self.use_mask = bool(getattr(config, "use_attention_mask", False))
 
     def _encode(self, prompts: Sequence[str]) -> torch.Tensor:
         tok = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,

@@ -235,6 +235,7 @@ class UNetTrainer:
                     shutil.rmtree(p, ignore_errors=True)
             shutil.rmtree(tmp, ignore_errors=True)
         acc.wait_for_everyone()
+        tmp.mkdir(parents=True, exist_ok=True)
         acc.save_state(str(tmp), safe_serialization=True)  # every process: its own RNG state file
         if acc.is_main_process:
             if self.ema is not None:

@@ -1,0 +1,117 @@
+"""Training-loop overhead of synth/finetune.py: full loop steps/s vs the bare model step.
+
+The full loop is :class:`synth.generator.train.UNetTrainer` as the script runs it (tail-aware
+sampler, prompt rendering with shuffled findings and dropout, text-embedding cache, posterior
+sampling from the latent cache, noise/timesteps, min-SNR loss, clip, AdamW, LR scheduler, EMA if
+configured, gathered loss logging). The bare step is forward + loss + backward + clip + AdamW on
+ONE fixed batch of the same shape, with every input precomputed (no data work at all).
+Blocks of the two alternate so load from other processes hits both alike; the median ratio
+is reported. Target: ratio >= 0.95.
+
+    python bench/bench_finetune.py [--config configs/finetune/demo.yaml] [--manifest M] [--steps 20 --blocks 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default=str(REPO / "configs/finetune/demo.yaml"))
+    ap.add_argument("--manifest", default=None, help="prepared manifest (default: the tiny test manifest, upsampled)")
+    ap.add_argument("--steps", type=int, default=20, help="steps per timed block")
+    ap.add_argument("--blocks", type=int, default=3)
+    args = ap.parse_args()
+
+    import torch
+    import torch.nn.functional as F
+    from accelerate import Accelerator
+
+    from synth.finetune import _quiet_libraries
+    from synth.generator import models
+    from synth.generator.config import load_finetune_config
+    from synth.generator.data import TrainingSet, encode_latents, load_pixels
+    from synth.generator.train import UNetTrainer
+    from synth.prompts import PromptTemplates
+    from synth.text_encoder import load_minilm
+
+    _quiet_libraries()
+    tmp = Path(tempfile.mkdtemp(prefix="bench_finetune_"))
+    manifest = args.manifest
+    if manifest is None:
+        from tiny_pipeline import write_tiny_manifest
+
+        manifest = str(write_tiny_manifest(tmp / "data"))
+    cfg = load_finetune_config(args.config, {"train_manifest": manifest, "output_dir": str(tmp / "out"), "num_validation_images": 0,
+                                             "checkpointing_steps": 10**9, "logging_steps": 10**9, "resume_from_checkpoint": None})
+    acc = Accelerator(mixed_precision="no")
+    data = TrainingSet.load(manifest)
+    torch.manual_seed(cfg.seed)
+    vae = models.build_vae(cfg)  # random VAE: speed does not depend on its weights
+    pixels = load_pixels(data, cfg.resolution)
+    cache = encode_latents(vae, pixels)
+    tokenizer, text_encoder = load_minilm(cfg.text_max_length)
+    unet = models.build_unet(cfg, text_encoder.config.hidden_size)
+    comps = models.Components(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, noise_scheduler=models.build_noise_scheduler(cfg))
+    trainer = UNetTrainer(cfg, acc, comps, data, PromptTemplates.load(cfg.prompt_templates), cache, log=lambda m: None)
+
+    # the bare step's fixed batch: same shapes as the loop's
+    g = torch.Generator().manual_seed(0)
+    idx = list(range(cfg.train_batch_size))
+    latents = trainer.batch_latents(idx, g)
+    noise = torch.randn(latents.shape, generator=g)
+    t = torch.randint(0, 1000, (latents.shape[0],), generator=g)
+    hidden = trainer.prompt_encoder([data.prompt(i, trainer.templates, __import__("random").Random(0), 0.0) for i in idx])
+    noisy = trainer.noise_scheduler.add_noise(latents, noise, t)
+
+    def bare(n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            pred = trainer.unet(noisy, t, hidden, return_dict=False)[0]
+            loss = F.mse_loss(pred.float(), noise.float())
+            acc.backward(loss)
+            acc.clip_grad_norm_(trainer.unet.parameters(), cfg.max_grad_norm)
+            trainer.optimizer.step()
+            trainer.optimizer.zero_grad(set_to_none=True)
+        return n / (time.perf_counter() - t0)
+
+    def full(n: int) -> float:
+        start = trainer.global_step
+        trainer.cfg.max_train_steps = start + n
+        trainer.train()
+        rows = trainer.rows[start:]
+        t_first = rows[0]["elapsed_s"]
+        return (n - 1) / (rows[-1]["elapsed_s"] - t_first)  # from the end of the first step: no loop start-up
+
+    bare(3)
+    full(3)  # warm-up: fills the prompt cache as a long run would have
+    ratios, fulls, bares = [], [], []
+    for _ in range(args.blocks):
+        f = full(args.steps + 1)
+        b = bare(args.steps)
+        fulls.append(f)
+        bares.append(b)
+        ratios.append(f / b)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"config {args.config}: {cfg.resolution} px, batch {cfg.train_batch_size}, UNet {cfg.unet_block_out_channels}, "
+          f"{sum(p.numel() for p in unet.parameters()) / 1e6:.1f} M params, ema={cfg.use_ema}, snr_gamma={cfg.snr_gamma}")
+    print(f"full loop  steps/s per block: {', '.join(f'{x:.2f}' for x in fulls)}")
+    print(f"bare step  steps/s per block: {', '.join(f'{x:.2f}' for x in bares)}")
+    ratio = statistics.median(ratios)
+    print(f"ratio full/bare (median of blocks): {ratio:.3f}  target >= 0.95: {'PASS' if ratio >= 0.95 else 'FAIL'}")
+    print(f"peak RSS: {peak_mib:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
