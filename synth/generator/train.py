@@ -357,46 +357,55 @@ class UNetTrainer:
 
     # ------------------------------------------------------------------ the loop
 
+    def start_stream(self) -> None:
+        """(Re)open the batch stream at the sampler's current position (after a resume, too)."""
+        cfg = self.cfg
+        self.position = _SamplerPosition(self.sampler, cfg.train_batch_size * self.accelerator.num_processes)
+        self._batches = _index_batches(self.sampler, cfg.train_batch_size)
+        self._loader = None
+        if self.latent_cache is None:
+            self._loader = iter(torch.utils.data.DataLoader(self.dataset, batch_sampler=self._batches, num_workers=cfg.dataloader_num_workers))
+
+    def train_step(self) -> float:
+        """One optimizer step (all micro-batches, clip, AdamW, LR, EMA, gathered loss row); returns the loss."""
+        cfg, acc = self.cfg, self.accelerator
+        step, total = self.global_step, 0.0
+        for micro in range(cfg.gradient_accumulation_steps):
+            if self._loader is None:
+                indices, pixels = next(self._batches), None
+            else:
+                batch = next(self._loader)
+                indices, pixels = batch["index"].tolist(), batch["pixel_values"]
+            self.position.batches += 1
+            last = micro == cfg.gradient_accumulation_steps - 1
+            with nullcontext() if last else acc.no_sync(self.unet):
+                loss = self.loss(indices, step, micro, pixels)
+                acc.backward(loss / cfg.gradient_accumulation_steps)
+            total += loss.detach().float() / cfg.gradient_accumulation_steps
+        params = list(self.unet.parameters()) + (list(self.text_encoder.parameters()) if cfg.train_text_encoder else [])
+        acc.clip_grad_norm_(params, cfg.max_grad_norm)
+        lr = self.lr_scheduler.get_last_lr()[0]  # the rate this step used
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.step(acc.unwrap_model(self.unet).parameters())
+        self.global_step += 1
+        mean_loss = acc.gather(total[None]).mean().item() if acc.num_processes > 1 else float(total)
+        self.rows.append({"step": self.global_step, "loss": mean_loss, "lr": lr, "elapsed_s": 0.0})
+        return mean_loss
+
     def train(self, resume: Path | None = None) -> None:
         cfg, acc = self.cfg, self.accelerator
         if resume is not None:
             self.load_checkpoint(resume)
             self.log(f"resumed from {resume} at step {self.global_step}")
-        per_batch = cfg.train_batch_size * acc.num_processes
-        self.position = _SamplerPosition(self.sampler, per_batch)
-        batches = _index_batches(self.sampler, cfg.train_batch_size)
-        loader = None
-        if self.latent_cache is None:
-            loader = iter(torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, num_workers=cfg.dataloader_num_workers))
+        self.start_stream()
         t0, start_step = time.perf_counter(), self.global_step
         while self.global_step < cfg.max_train_steps:
-            step, total = self.global_step, 0.0
-            for micro in range(cfg.gradient_accumulation_steps):
-                if loader is None:
-                    indices, pixels = next(batches), None
-                else:
-                    batch = next(loader)
-                    indices, pixels = batch["index"].tolist(), batch["pixel_values"]
-                self.position.batches += 1
-                last = micro == cfg.gradient_accumulation_steps - 1
-                ctx = nullcontext() if last else acc.no_sync(self.unet)
-                with ctx:
-                    loss = self.loss(indices, step, micro, pixels)
-                    acc.backward(loss / cfg.gradient_accumulation_steps)
-                total += loss.detach().float() / cfg.gradient_accumulation_steps
-            params = list(self.unet.parameters()) + (list(self.text_encoder.parameters()) if cfg.train_text_encoder else [])
-            acc.clip_grad_norm_(params, cfg.max_grad_norm)
-            lr = self.lr_scheduler.get_last_lr()[0]  # the rate this step used
-            self.optimizer.step()
-            self.lr_scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.ema is not None:
-                self.ema.step(acc.unwrap_model(self.unet).parameters())
-            self.global_step += 1
-            mean_loss = acc.gather(total[None]).mean().item() if acc.num_processes > 1 else float(total)
+            self.train_step()
             elapsed = time.perf_counter() - t0
-            self.rows.append({"step": self.global_step, "loss": mean_loss, "lr": lr,
-                              "elapsed_s": round(elapsed, 3)})
+            self.rows[-1]["elapsed_s"] = round(elapsed, 3)
             if acc.is_main_process and (self.global_step % cfg.logging_steps == 0 or self.global_step == cfg.max_train_steps):
                 recent = [r["loss"] for r in self.rows[-cfg.logging_steps:]]
                 rate = (self.global_step - start_step) / max(elapsed, 1e-9)
