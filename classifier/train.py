@@ -155,7 +155,8 @@ def fit_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val: Cach
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=lr, fused=True)  # fused kernels exist for CPU and CUDA: ~30 % cheaper step than the for-loop
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, int(t.warmup_frac * total)))
     loss_fn = build_loss(ens.loss.name, class_weights, **({"gamma_neg": ens.loss.gamma_neg, "gamma_pos": ens.loss.gamma_pos,
                                                           "clip": ens.loss.clip} if ens.loss.name == "asl" else {})).to(device)

@@ -305,3 +305,17 @@ def test_script_entry_reports_bad_config(tmp_path: Path):
     proc = subprocess.run([sys.executable, str(REPO / "classifier" / "train.py"), "--config", str(tmp_path / "nope.yaml")],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2 and "classifier config not found" in proc.stdout
+
+
+def test_augment_identity_and_flip():
+    from classifier.config import AugmentConfig
+    from classifier.data import augment
+
+    x, g = torch.rand(8, 1, 32, 32), torch.Generator().manual_seed(0)
+    off = AugmentConfig(degrees=0, translate=0, scale=0, brightness=0, contrast=0, hflip=False)
+    assert torch.allclose(augment(x, off, g), x, atol=1e-5)
+    y = augment(x, replace(off, hflip=True), g)
+    flipped = [torch.allclose(y[i], x[i].flip(-1), atol=1e-5) for i in range(8)]
+    assert any(flipped) and all(f or torch.allclose(y[i], x[i], atol=1e-5) for i, f in enumerate(flipped))
+    z = augment(x, AugmentConfig(), g)
+    assert z.shape == x.shape and not torch.allclose(z, x)
