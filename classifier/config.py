@@ -38,6 +38,7 @@ class MemberConfig:
     drop_path_rate: float = 0.0
     batch_size: int | None = None  #: per-process batch; None = train.batch_size
     lr: float | None = None  #: None = train.lr
+    epochs: int | None = None  #: None = train.epochs (a cheaper low-resolution member can train longer)
 
 
 @dataclass
@@ -137,6 +138,8 @@ class EnsembleConfig:
                 raise UserError(f"classifier members[{i}].arch {m.arch!r} is not a timm model; e.g. convnext_atto, convnext_small")
             if not 8 <= m.image_size <= 2048:
                 raise UserError(f"classifier members[{i}].image_size must be in [8, 2048], got {m.image_size}")
+            if m.epochs is not None and m.epochs < 1:
+                raise UserError(f"classifier members[{i}].epochs must be >= 1 or null, got {m.epochs}")
             if m.pretrained_file is not None and not Path(m.pretrained_file).is_file():
                 raise UserError(f"classifier members[{i}].pretrained_file {m.pretrained_file} not found; give a local timm weights file or null")
         t = self.train

@@ -303,21 +303,23 @@ def train_member(ens: EnsembleConfig, k: int, member: MemberConfig, sets: dict[s
             log(f"cached {len(sets[name])} {name} images at {member.image_size} px in {time.perf_counter() - t0:.1f}s")
         return cache[key]
 
-    mode = ens.synthetic.mode
+    mode, epochs = ens.synthetic.mode, member.epochs or ens.train.epochs
     has_syn = len(sets["synthetic"]) > 0
     plan: list[tuple[str, list[str], int, str]] = []  # (stage, row sets, epochs, select)
+    # pretrain_finetune: synthetic-only pretraining (RoentGen-v2), then real-only fine-tuning with a fresh
+    # optimiser/schedule/EMA; "select" of the pretraining stage is "last" (val is real, the stage is a warm start).
     if mode == "pretrain_finetune" and has_syn:
         plan.append(("pretrain", ["synthetic"] + (["real"] if ens.synthetic.pretrain_with_real else []),
                      ens.synthetic.pretrain_epochs, "last"))
-        plan.append(("finetune", ["real"], ens.train.epochs, ens.train.select))
+        plan.append(("finetune", ["real"], epochs, ens.train.select))
     elif mode == "mix" and has_syn:
-        plan.append(("train", ["real", "synthetic"], ens.train.epochs, ens.train.select))
+        plan.append(("train", ["real", "synthetic"], epochs, ens.train.select))
     else:
-        plan.append(("train", ["real"], ens.train.epochs, ens.train.select))
+        plan.append(("train", ["real"], epochs, ens.train.select))
 
     val = cached("val")
     init, stages_meta, result = None, [], None
-    for name, parts, epochs, select in plan:
+    for name, parts, n_epochs, select in plan:
         data = _concat([cached(p) for p in parts])
         stage_fp = _fingerprint(fp, name)
         done_file = folder / f"{name}.safetensors"
@@ -327,8 +329,8 @@ def train_member(ens: EnsembleConfig, k: int, member: MemberConfig, sets: dict[s
             log(f"member {k} stage {name}: finished earlier, reused")
         else:
             log(f"member {k} ({member.arch}@{member.image_size}) stage {name}: {len(data)} rows "
-                f"({', '.join(f'{s}={data.sources.count(s)}' for s in sorted(set(data.sources)))}), {epochs} epochs")
-            result = fit_stage(ens, member, Stage(name, data, epochs, select), val, torch.from_numpy(class_weights),
+                f"({', '.join(f'{s}={data.sources.count(s)}' for s in sorted(set(data.sources)))}), {n_epochs} epochs")
+            result = fit_stage(ens, member, Stage(name, data, n_epochs, select), val, torch.from_numpy(class_weights),
                                folder / f"ckpt-{name}", init, stage_fp, log)
             if state.is_main_process:
                 save_safetensors_atomic(done_file, result["state"])
@@ -336,7 +338,7 @@ def train_member(ens: EnsembleConfig, k: int, member: MemberConfig, sets: dict[s
             state.wait_for_everyone()
         init = result["state"]
         stages_meta.append({"name": name, "rows": len(data), "sources": {s: data.sources.count(s) for s in sorted(set(data.sources))},
-                            "epochs": epochs, "steps": result["steps"], "selected_epoch": result["best_epoch"],
+                            "epochs": n_epochs, "steps": result["steps"], "selected_epoch": result["best_epoch"],
                             "val_map": result["val_map"], "history": result["history"]})
 
     meta = {"arch": member.arch, "image_size": member.image_size, "seed": member.seed, "classes": classes,
