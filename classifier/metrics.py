@@ -30,7 +30,7 @@ import torch
 from synth.io import atomic_path
 from synth.taxonomy import CXR_LT_CLASSES, GROUPS
 
-F1_THRESHOLD = 0.5
+F1_THRESHOLD = 0.5  #: a class is predicted when p > 0.5 (torchmetrics convention)
 ECE_BINS = 15
 CI_LEVEL = 0.95
 
