@@ -35,6 +35,7 @@ TINY = {
     "use_ema": True,
     "snr_gamma": 5.0,
     "prompt_dropout": 0.2,
+    "prompt_orders": 2,  # bounded prompt set + prefilled text cache
     "validation_inference_steps": 2,
     "num_validation_images": 1,
     "text_max_length": 16,

@@ -39,6 +39,7 @@ class FinetuneConfig:
     sampling: str = "repeat_factor"  # repeat_factor | class_balanced | uniform
     repeat_threshold: float = 0.1  # LVIS t: classes rarer than this are repeated sqrt(t / f) times
     prompt_dropout: float = 0.1  # share of prompts replaced by "" so classifier-free guidance works
+    prompt_orders: int = 0  # >0: finding order drawn from this many fixed permutations per label set (bounded prompt set -> text cache hits)
     text_max_length: int = 77  # tokenizer length of the from-scratch (MiniLM) model
     cache_latents: bool | None = None  # encode each image once (frozen VAE); None = on when training from scratch
     text_cache_size: int = 4096  # frozen text encoder: remember this many prompt embeddings
@@ -117,7 +118,7 @@ class FinetuneConfig:
                      "num_train_timesteps", "text_max_length", "validation_inference_steps"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_train_steps", "vae_max_train_steps", "lr_warmup_steps", "num_validation_images", "dataloader_num_workers"):
+        for name in ("max_train_steps", "vae_max_train_steps", "prompt_orders", "lr_warmup_steps", "num_validation_images", "dataloader_num_workers"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.prompt_dropout < 1.0:

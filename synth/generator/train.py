@@ -175,12 +175,31 @@ class UNetTrainer:
                                 model_cls=type(raw), model_config=raw.config)
             self.ema.to(acc.device)
         self.prompt_encoder = PromptEncoder(c.tokenizer, self.text_encoder, cfg.text_cache_size, trainable=cfg.train_text_encoder)
+        if cfg.prompt_orders > 0 and not cfg.train_text_encoder:
+            self.prefill_prompt_cache()
         weights = image_weights(self.data.label_sets, cfg.sampling, cfg.repeat_threshold)
         self.sampler = ResumableWeightedSampler(weights, seed=cfg.seed, rank=acc.process_index, num_replicas=acc.num_processes)
         self.global_step = 0
         self.validation_prompts = cfg.validation_prompts or self.data.default_validation_prompts(self.templates)
         if self.latent_cache is None:
             self.dataset = pixel_dataset(self.data, cfg.resolution)
+
+    def prefill_prompt_cache(self) -> None:
+        """Encode every prompt the run can draw (bounded by --prompt_orders) once, in big batches."""
+        import random as _random
+
+        prompts = {""}
+        for i in sorted({(s, v): n for n, (s, v) in enumerate(zip(self.data.label_sets, self.data.views))}.values()):
+            for k in range(self.cfg.prompt_orders):
+                rng = _random.Random(f"{'|'.join(self.data.label_sets[i])}#{k}")
+                prompts.add(self.templates.render(self.data.label_sets[i], self.data.views[i], rng=rng))
+        if len(prompts) > self.prompt_encoder.cache_size:
+            self.log(f"text cache: {len(prompts)} distinct prompts > --text_cache_size {self.prompt_encoder.cache_size}; encoding on demand")
+            return
+        ordered = sorted(prompts)
+        for start in range(0, len(ordered), 64):
+            self.prompt_encoder(ordered[start:start + 64])
+        self.log(f"text cache: {len(ordered)} distinct prompts encoded once")
 
     # ------------------------------------------------------------------ one step
 
@@ -201,7 +220,7 @@ class UNetTrainer:
     def loss(self, indices: list[int], step: int, micro: int, pixels: torch.Tensor | None = None) -> torch.Tensor:
         cfg, acc = self.cfg, self.accelerator
         rng, gen = step_rng(cfg.seed, step, acc.process_index, micro)
-        prompts = [self.data.prompt(i, self.templates, rng, cfg.prompt_dropout) for i in indices]
+        prompts = [self.data.prompt(i, self.templates, rng, cfg.prompt_dropout, cfg.prompt_orders) for i in indices]
         latents = self.batch_latents(indices, gen, pixels)
         noise = torch.randn(latents.shape, generator=gen)
         if cfg.noise_offset:
