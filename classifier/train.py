@@ -283,10 +283,10 @@ def _save_state(accelerator, state_dir: Path, tmp_dir: Path) -> None:
 def train_member(ens: EnsembleConfig, k: int, member: MemberConfig, sets: dict[str, pd.DataFrame], classes: list[str],
                  class_weights: np.ndarray, out: Path, cache: dict, log: _Log) -> dict[str, Any]:
     """Train member ``k`` (all its stages) into ``out/member-<k>``; reuse it when already finished."""
-    from accelerate import PartialState
+    from synth.distributed import process_state
     from safetensors.torch import load_file
 
-    state = PartialState()
+    state = process_state()
     folder = out / f"member-{k}"
     section = {f: dataclasses.asdict(getattr(ens, f)) for f in ("train", "loss", "augment", "synthetic")}
     fp = _fingerprint(dataclasses.asdict(member), section, classes, {n: _rows_key(df) for n, df in sets.items()})
@@ -370,9 +370,9 @@ def train_ensemble(ens: EnsembleConfig, train_df: pd.DataFrame, out: str | Path,
     ``train_df`` may hold all splits (real) plus synthetic rows; test rows are
     dropped here, before anything is read.
     """
-    from accelerate import PartialState
+    from synth.distributed import process_state
 
-    state = PartialState()
+    state = process_state()
     log = log or _Log(state.is_main_process)
     out = Path(out)
     ens = ens.validated()

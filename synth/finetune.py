@@ -128,7 +128,7 @@ def _run(cfg: FinetuneConfig, log: Callable[[str], None] | None) -> Path:
     if mixed != "no" and not torch.cuda.is_available():
         notes.append(f"--mixed_precision {mixed}: no CUDA device, training in fp32 (bf16 autocast is ~6x slower on CPU)")
         mixed = "no"
-    accelerator = Accelerator(mixed_precision=mixed)
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
     say = log or (lambda msg: print(msg, flush=True))
     log_main = (lambda msg: say(msg)) if accelerator.is_main_process else (lambda msg: None)
     for n in notes:

@@ -507,9 +507,9 @@ def run(model_dir: str | Path, classes: Sequence[str], out_dir: str | Path, cfg:
     planned = planner.jobs(counts)  # also checks every target has training positives
 
     import torch
-    from accelerate import PartialState
+    from synth.distributed import process_state
 
-    state = PartialState()
+    state = process_state()
     device = torch.device(cfg.device) if cfg.device else state.device
     dtype = _dtype(cfg.precision, device)
     settings = run_settings(cfg, info, planner, str(dtype).removeprefix("torch."))

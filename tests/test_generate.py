@@ -203,13 +203,18 @@ def test_xformers_request_falls_back_to_sdpa_with_one_warning(tiny_model):
 
 
 def test_accelerate_two_processes_merge_one_manifest_with_the_same_images(tiny_model, rib_run, tmp_path):
-    """Sharded over 2 CPU processes: one manifest, no duplicates, pixels equal to the 1-process run."""
+    """Sharded over 2 CPU processes: one manifest, no duplicates, pixels equal to the 1-process run.
+
+    ``--multi_gpu`` on a CPU-only host gives torchrun workers with the gloo backend (MULTI_CPU, via
+    synth.distributed.process_state); ``--cpu`` would start ONE process and prove nothing.
+    """
     out = tmp_path / "mp"
-    cmd = ["accelerate", "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", "-m", "synth.generate", "--model", str(tiny_model), "--class", "Rib Fracture",
            "--n", "5", "--seed", "7", "--steps", "4", "--guidance-scale", "3.0", "--batch-size", "1", "--out", str(out), "--no-progress"]
     done = subprocess.run(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "sharded over 2 process(es)" in done.stderr
     df, single = read_manifest(out / "manifest.csv"), read_manifest(rib_run).iloc[:5]
     assert list(df["fpath"]) == list(single["fpath"]) and list(df["seed"]) == list(single["seed"])
     assert not list(out.glob("manifest.rank*.csv"))

@@ -95,9 +95,9 @@ def _keys(cfg: AblationConfig) -> dict[str, str]:
 
 def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) -> Path:
     """Run (or resume) every step, write results.json and render the report; return the report folder."""
-    from accelerate import PartialState
+    from synth.distributed import process_state
 
-    state = PartialState()
+    state = process_state()
     log = log or _rich_log(state.is_main_process)
     check_paths(cfg)
     steps = {s.name: s for s in plan(cfg)}
@@ -137,9 +137,9 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
 
 def _cached(step: Step, log: Callable[[str], None], work: Callable[[Path], Any], main_only: bool = False) -> str:
     """Return a finished step's output, or do the work and mark the step done (marker last, main process)."""
-    from accelerate import PartialState
+    from synth.distributed import process_state
 
-    state = PartialState()
+    state = process_state()
     marker = step.folder / DONE
     if not marker.exists():
         log(f"[run] {step.name} -> {step.folder}")
@@ -168,9 +168,9 @@ def _train_and_predict(cfg: AblationConfig, arm: str, mode: str, seed: int, trai
     model_dir = stages.train_arm(cfg, mode, seed, train_df, classes, out / "model")
     prob, prob_classes = stages.predict(cfg, Path(model_dir), test)
     order = [list(prob_classes).index(c) for c in classes]
-    from accelerate import PartialState
+    from synth.distributed import process_state
 
-    if not PartialState().is_main_process:
+    if not process_state().is_main_process:
         return model_dir
     with atomic_path(out / "test_probs.npy") as tmp:
         with open(tmp, "wb") as fh:

@@ -66,11 +66,11 @@ def oracle_train_command(
 
 
 def _print_summary(summary: dict, out: Path) -> None:
-    from accelerate import PartialState
+    from synth.distributed import process_state
     from rich.console import Console
     from rich.table import Table
 
-    if not PartialState().is_main_process:
+    if not process_state().is_main_process:
         return
     fmt = lambda v, p=2: "—" if v is None else f"{v:.{p}f}"  # noqa: E731
     has_oracle = any(c.get("oracle_fidelity") is not None for c in summary["classes"].values())

@@ -68,16 +68,18 @@ def _quiet_library_logs() -> None:
 
 
 def _summary(manifest: Path) -> None:
-    from accelerate import PartialState
     from rich.console import Console
     from rich.table import Table
 
+    from synth.distributed import process_state
     from synth.manifest import read_manifest
 
-    if not PartialState().is_main_process:
+    state = process_state()
+    if not state.is_main_process:
         return
     df = read_manifest(manifest)
-    table = Table("class", "images", "distinct prompts", title=str(manifest))
+    table = Table("class", "images", "distinct prompts", title=str(manifest),
+                  caption=f"sharded over {state.num_processes} process(es)")
     for target, rows in df.groupby("target_class", sort=False):
         table.add_row(str(target), str(len(rows)), str(rows["prompt"].nunique()))
     Console(stderr=True).print(table)

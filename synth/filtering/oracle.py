@@ -40,12 +40,12 @@ def f1_optimal_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def train_oracle(data_manifest: str | Path, out_dir: str | Path, cfg: VerifierConfig | None = None) -> Path:
     """Train on the balanced phantom's real train split; fit thresholds and report AP on its val split."""
-    from accelerate import PartialState
+    from synth.distributed import process_state
     from sklearn.metrics import average_precision_score
 
     df = read_manifest(data_manifest)
     out_dir = train_verifier(df, out_dir, cfg)
-    if not PartialState().is_main_process:
+    if not process_state().is_main_process:
         return out_dir
     verifier = load_verifier(out_dir)
     val = df[(df["split"] == "val") & (df["source"] == "real")]

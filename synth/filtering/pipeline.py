@@ -44,11 +44,11 @@ def run_filter(synthetic_manifest: str | Path, data_manifest: str | Path, verifi
 
     Runs on the main process only (other Accelerate processes wait and read the summary).
     """
-    from accelerate import PartialState
+    from synth.distributed import process_state
 
     cfg = config if isinstance(config, FilterConfig) else load_filter_config(config)
     out_dir = Path(out_dir)
-    state = PartialState()
+    state = process_state()
     if state.is_main_process:
         summary = _run(Path(synthetic_manifest), Path(data_manifest), Path(verifier_dir), out_dir, cfg)
     state.wait_for_everyone()

@@ -72,6 +72,8 @@ def train_verifier(data_manifest: str | Path | pd.DataFrame, out_dir: str | Path
     on val are honest and test stays untouched.
     """
     from accelerate import Accelerator
+
+    from synth.distributed import on_cpu_only_host
     from accelerate.utils import set_seed
 
     cfg = (cfg or VerifierConfig()).validated()
@@ -81,7 +83,7 @@ def train_verifier(data_manifest: str | Path | pd.DataFrame, out_dir: str | Path
     if not classes:
         raise UserError("data manifest: no class is annotated in the real training split; check the label columns")
 
-    accelerator = Accelerator()
+    accelerator = Accelerator(cpu=on_cpu_only_host())
     set_seed(cfg.seed, device_specific=True)
     dataset = ManifestDataset(train, cfg.image_size, classes, transform=_flip_transform if cfg.hflip else None)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) > cfg.batch_size,
