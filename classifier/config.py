@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
 from synth.errors import UserError
+from synth.io import read_yaml_mapping
 
 SYNTHETIC_MODES = ("none", "mix", "pretrain_finetune")
 LOSSES = ("asl", "bce")
@@ -233,12 +233,7 @@ def load_ensemble_config(path: str | Path | None = None, overrides: Mapping[str,
         where = str(path)
         if not path.is_file():
             raise UserError(f"classifier config not found: {path}; see configs/classifier/demo.yaml")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise UserError(f"{path}: not valid YAML ({err.__class__.__name__}); fix the syntax") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: expected a mapping of section: options")
+        data = read_yaml_mapping(path)
     for key, value in _nest(overrides or {}).items():
         if isinstance(value, dict) and key in _SECTIONS:
             section = data.get(key) or {}

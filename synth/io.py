@@ -68,3 +68,22 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_yaml_mapping(path: str | os.PathLike) -> dict:
+    """A YAML file that must hold a mapping; bad syntax or another shape is one ``UserError`` naming the file.
+
+    Every stage's config loader reads its file through here, so a broken config reads the same everywhere.
+    """
+    import yaml
+
+    from synth.errors import UserError
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); fix the syntax") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of option: value at the top level")
+    return data

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from synth.ablation.results import ARM_LABELS
 from synth.errors import UserError
+from synth.io import read_yaml_mapping
 from synth.readers import FORMATS
 from synth.taxonomy import resolve_class
 
@@ -140,12 +140,7 @@ def load_ablation_config(path: str | Path, seeds: list[int] | None = None, arms:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--config {path}: file not found; the shipped ones are in configs/ablation/")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping of options at the top level")
+    raw = read_yaml_mapping(path)
     raw.setdefault("name", path.stem)
     kwargs: dict[str, Any] = {}
     top = {f.name for f in dataclasses.fields(AblationConfig)} - {"source_path"}
