@@ -110,13 +110,22 @@ def patient_weights(patients: Sequence[Any], n_boot: int, seed: int) -> np.ndarr
 
 def _boot_group_maps(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], groups: Mapping[str, str],
                      weights: np.ndarray) -> dict[str, np.ndarray]:
-    """(n_boot,) arrays of map / head_map / medium_map / tail_map (NaN where a resample has no class with positives)."""
+    """(n_boot,) arrays of map / head_map / medium_map / tail_map (NaN where the split has no class with positives).
+
+    Every resample averages the same classes as the point estimate: a class whose
+    few positives all fall out of a resample keeps its full-split AP there. Letting
+    it drop out instead shifts every rare-class-heavy mean (tail classes score low,
+    so the resampled means drift upwards and the interval can miss the estimate).
+    """
     aps = np.full((weights.shape[0], len(classes)), np.nan)
     for j in range(len(classes)):
         known = ~np.isnan(y_true[:, j])
         if not (y_true[known, j] == 1).any():
             continue
-        aps[:, j] = weighted_ap(y_true[known, j], probs[known, j].astype(np.float64), weights[:, known])
+        y_j, p_j = y_true[known, j], probs[known, j].astype(np.float64)
+        full_split_ap = weighted_ap(y_j, p_j, np.ones((1, y_j.size)))[0]
+        resampled = weighted_ap(y_j, p_j, weights[:, known])
+        aps[:, j] = np.where(np.isnan(resampled), full_split_ap, resampled)
     out = {"map": _nanmean_rows(aps)}
     for g in GROUPS:
         idx = [j for j, c in enumerate(classes) if groups.get(c) == g]

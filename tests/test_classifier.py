@@ -92,6 +92,24 @@ def test_bootstrap_resamples_patients_and_pairs_runs():
     assert set(pb) == {"map", "head_map", "medium_map", "tail_map"}
 
 
+def test_bootstrap_interval_covers_estimate_when_rare_positives_drop_out():
+    """Tail classes with one positive patient vanish from ~37% of resamples; the interval must not drift away."""
+    rng = np.random.default_rng(0)
+    n, rare = 400, 8
+    y = np.zeros((n, 1 + rare))
+    y[:, 0] = rng.random(n) < 0.3
+    p = np.clip(0.6 * y + 0.4 * rng.random(y.shape), 0, 1)  # the head class is easy
+    for j in range(1, 1 + rare):  # each rare class: one positive, ranked in the middle (low AP)
+        y[rng.integers(n), j] = 1
+        p[:, j] = rng.random(n)
+    classes = ["head"] + [f"tail{j}" for j in range(rare)]
+    groups = {"head": "head", **{c: "tail" for c in classes[1:]}}
+    out = metrics.evaluate(y, p, classes, groups, patient_ids=np.arange(n), n_boot=400, seed=0)
+    for key in ("map", "tail_map"):
+        lo, hi = out["ci"][key]
+        assert lo <= out[key] <= hi, (key, out[key], (lo, hi))
+
+
 def test_submission_csv_has_40_columns(tmp_path: Path):
     from synth.taxonomy import CXR_LT_CLASSES
 
