@@ -34,11 +34,10 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from synth.cooccurrence import TrainingLabels, derive_seed
 from synth.errors import UserError
-from synth.io import save_image_atomic, write_json_atomic
+from synth.io import read_yaml_mapping, save_image_atomic, write_json_atomic
 from synth.manifest import GENERATION_COLUMNS, read_manifest, write_manifest
 from synth.prompts import PromptTemplates
 from synth.taxonomy import CXR_LT_CLASSES, GROUPS, resolve_class
@@ -90,14 +89,8 @@ class GenerateConfig:
     def from_yaml(cls, path: str | Path | None = None, **overrides: Any) -> "GenerateConfig":
         data: dict[str, Any] = {}
         if path is not None:
-            path = Path(path)
-            if not path.exists():
-                raise UserError(f"config file not found: {path}; see configs/generate/default.yaml")
-            data = yaml.safe_load(path.read_text()) or {}
-            known = {f.name for f in dataclasses.fields(cls)}
-            unknown = sorted(set(data) - known)
-            if unknown:
-                raise UserError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+            data = read_yaml_mapping(path, missing_hint="see configs/generate/default.yaml",
+                                     known={f.name for f in dataclasses.fields(cls)})
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data).validated()
 

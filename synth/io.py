@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 
 @contextlib.contextmanager
@@ -70,8 +70,10 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def read_yaml_mapping(path: str | os.PathLike) -> dict:
-    """A YAML file that must hold a mapping; bad syntax or another shape is one ``UserError`` naming the file.
+def read_yaml_mapping(path: str | os.PathLike, missing_hint: str | None = None,
+                      known: Iterable[str] | None = None, known_hint: str | None = None) -> dict:
+    """A YAML file that must hold a mapping; a missing file, bad syntax, another shape or (with ``known``)
+    an unknown key is one ``UserError`` naming the file.
 
     Every stage's config loader reads its file through here, so a broken config reads the same everywhere.
     """
@@ -80,10 +82,18 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict:
     from synth.errors import UserError
 
     path = Path(path)
+    if missing_hint is not None and not path.is_file():
+        raise UserError(f"config file not found: {path}; {missing_hint}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); fix the syntax") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of option: value at the top level")
+    if known is not None:
+        known = set(known)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"{path}: unknown key(s) {', '.join(map(str, unknown))}; "
+                            f"{known_hint or 'valid keys: ' + ', '.join(sorted(known))}")
     return data

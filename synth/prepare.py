@@ -20,11 +20,10 @@ from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
-import yaml
 from PIL import Image
 
 from synth.errors import UserError
-from synth.io import write_json_atomic
+from synth.io import read_yaml_mapping, write_json_atomic
 from synth.manifest import MANIFEST_COLUMNS, write_manifest
 from synth.readers import read_labels
 from synth.splits import SplitFractions, assert_no_patient_leakage, check_splits, patient_split
@@ -52,15 +51,8 @@ class PrepareConfig:
     def from_yaml(cls, path: str | os.PathLike | None = None, **overrides: Any) -> "PrepareConfig":
         values: dict[str, Any] = {}
         if path is not None:
-            path = Path(path)
-            if not path.is_file():
-                raise UserError(f"--config {path}: file not found")
-            loaded = yaml.safe_load(path.read_text()) or {}
-            known = {f.name for f in fields(cls)}
-            unknown = sorted(set(loaded) - known)
-            if unknown:
-                raise UserError(f"--config {path}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
-            values.update(loaded)
+            values.update(read_yaml_mapping(path, missing_hint="pass an existing --config YAML",
+                                            known={f.name for f in fields(cls)}))
         values.update({k: v for k, v in overrides.items() if v is not None})
         cfg = cls(**values)
         if not 8 <= cfg.size <= 4096:

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import yaml
 
 from synth.errors import UserError
+from synth.io import read_yaml_mapping
 from synth.taxonomy import CXR_LT_CLASSES
 
 DEFAULT_TEMPLATES = Path(__file__).resolve().parents[1] / "prompts" / "cxr.yaml"
@@ -35,9 +35,7 @@ class PromptTemplates:
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> "PromptTemplates":
         path = Path(path) if path else DEFAULT_TEMPLATES
-        if not path.exists():
-            raise UserError(f"prompt template file not found: {path}; pass --prompt_templates pointing at a YAML like prompts/cxr.yaml")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml_mapping(path, missing_hint="pass --prompt_templates pointing at a YAML like prompts/cxr.yaml")
         missing = [k for k in ("name", "findings_template", "normal_template") if k not in data]
         if missing:
             raise UserError(f"{path}: missing key(s) {', '.join(missing)}; see prompts/cxr.yaml for the format")

@@ -97,6 +97,30 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     assert target.read_text().strip() == '{\n  "a": 1.5\n}'
 
 
+def _config_loaders():
+    from classifier.config import load_ensemble_config
+    from synth.ablation.config import load_ablation_config
+    from synth.filtering.config import load_filter_config
+    from synth.generate import GenerateConfig
+    from synth.generator.config import load_finetune_config
+    from synth.prepare import PrepareConfig
+
+    return {"finetune": load_finetune_config, "generate": GenerateConfig.from_yaml, "prepare": PrepareConfig.from_yaml,
+            "filter": load_filter_config, "classifier": load_ensemble_config, "ablation": load_ablation_config,
+            "prompts": PromptTemplates.load}
+
+
+@pytest.mark.parametrize("text", ["a: [1,\n", "- 1\n- 2\n"], ids=["bad-syntax", "not-a-mapping"])
+@pytest.mark.parametrize("stage", sorted(_config_loaders()))
+def test_every_config_loader_gives_one_error_for_a_broken_yaml(tmp_path, stage, text):
+    from synth.errors import UserError
+
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match="broken.yaml: (not valid YAML|expected a mapping)"):
+        _config_loaders()[stage](path)
+
+
 def test_prompt_rendering():
     templates = PromptTemplates.load()
     assert templates.render(["Rib Fracture", "Pleural Effusion"], "PA") == "chest x-ray, PA view: pleural effusion and rib fracture"

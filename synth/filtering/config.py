@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
-import yaml
 
 from synth.errors import UserError
+from synth.io import read_yaml_mapping
 
 T = TypeVar("T")
 
@@ -109,15 +109,7 @@ def _load(cls: type[T], path: str | Path | None, overrides: Mapping[str, Any] | 
     data: dict[str, Any] = {}
     known = {f.name for f in dataclasses.fields(cls)}
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise UserError(f"config file not found: {path}; see {example}")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: expected a mapping of option: value")
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+        data = read_yaml_mapping(path, missing_hint=f"see {example}", known=known)
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - known)
     if unknown:

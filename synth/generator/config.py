@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import yaml
 
 from synth.errors import UserError
+from synth.io import read_yaml_mapping
 
 STAGES = ("all", "vae", "unet")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -158,15 +158,8 @@ def load_finetune_config(path: str | Path | None = None, overrides: Mapping[str,
     data: dict[str, Any] = {}
     known = _fields()
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise UserError(f"config file not found: {path}; see configs/finetune/ (e.g. configs/finetune/demo.yaml)")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: expected a mapping of option: value")
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise UserError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys are the flags of synth/finetune.py --help")
+        data = read_yaml_mapping(path, missing_hint="see configs/finetune/ (e.g. configs/finetune/demo.yaml)",
+                                 known=known, known_hint="valid keys are the flags of synth/finetune.py --help")
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     unknown = sorted(set(overrides) - set(known))
     if unknown:
