@@ -202,17 +202,17 @@ def _cardiomegaly(cv, rng, present):
 def _clavicle_fracture(cv, rng, present):
     side = _side(rng)
     ab = rng.uniform(0.3, 0.52)
-    dv = rng.uniform(0.035, 0.055) * (1 if rng.random() < 0.7 else -1)
+    dv = rng.uniform(0.05, 0.08) * (1 if rng.random() < 0.7 else -1)
     cu = side * (ab + 0.17)
     cvv = float(cv.clavicle_center(np.float32(ab + 0.17), side))
     w = cv.window(cu, cvv, 0.24)
     u, v = cv.u[w], cv.v[w]
     au = u * side
     shift = dv * ramp(au - ab, cv.px)
-    gap = 1.0 - ramp(0.014 - np.abs(au - ab), cv.px)
+    gap = 1.0 - ramp(0.02 - np.abs(au - ab), cv.px)
     orig = cv.clavicle_mask(u, v, side)
     new = cv.clavicle_mask(u, v, side, dv=shift) * gap
-    delta = 0.24 * (new - orig)
+    delta = 0.32 * (new - orig)
     cv.add[w] += delta
     return cv.region(w, np.abs(delta), 0.01), {"side": side, "break": float(ab), "step": float(dv)}
 
@@ -508,10 +508,10 @@ def _mass(cv, rng, present):
 @finding("Nodule", "small round well-defined soft-tissue nodule")
 def _nodule(cv, rng, present):
     cu, cvv = _lung_pos(cv, rng, _side(rng), t=(0.2, 0.8), l=(0.25, 0.85))
-    r = rng.uniform(0.035, 0.055)
+    r = rng.uniform(0.05, 0.075)
     w, m = cv.ellipse(cu, cvv, r, r, edge=cv.px)
     _fill(cv, w, m)
-    cv.add[w] += 0.03 * m
+    cv.add[w] += 0.06 * m
     return cv.region(w, m), {"center": (cu, cvv), "r": r}
 
 
@@ -540,7 +540,7 @@ def _effusion(cv, rng, present):
 def _pleural_other(cv, rng, present):
     a = cv.A
     regions = []
-    for _ in range(int(rng.integers(1, 3))):
+    for _ in range(int(rng.integers(2, 4))):
         side = _side(rng)
         if rng.random() < 0.6:
             a0 = rng.uniform(0.25, 0.55)
@@ -551,8 +551,8 @@ def _pleural_other(cv, rng, present):
             ys[-1] = ys[0] + max(ys[-1] - ys[0], 0.15)
             lat = np.array([a.lung_point(side, (y - a.apex) / (a.lung_bottom(side) - a.apex), 1.0)[0] for y in ys])
             pts = np.stack([lat - side * 0.015, ys], 1)
-        w, m = cv.polyline(pts, 0.015)
-        cv.add[w] += rng.uniform(0.3, 0.4) * m
+        w, m = cv.polyline(pts, 0.022)
+        cv.add[w] += rng.uniform(0.4, 0.55) * m
         regions.append(cv.region(w, m))
     return _union(*regions), {}
 
@@ -618,9 +618,9 @@ def _pneumoperitoneum(cv, rng, present):
     side = -1 if rng.random() < 0.7 else 1
     au = cv.u * side
     dv = a.dome_v(au, side)
-    h = rng.uniform(0.035, 0.055) * np.clip(1.0 - ((au - 0.45 * a.thorax) / (0.38 * a.thorax)) ** 2, 0, 1)
+    h = rng.uniform(0.05, 0.08) * np.clip(1.0 - ((au - 0.45 * a.thorax) / (0.38 * a.thorax)) ** 2, 0, 1)
     m = ramp(cv.v - dv - 0.025, cv.px) * ramp(dv + 0.025 + h - cv.v, cv.px) * (h > 0.005)
-    cv.extra_air += 0.3 * m
+    cv.extra_air += 0.45 * m
     return m > 0.05, {"side": side}
 
 
@@ -679,16 +679,16 @@ def _rib_fracture(cv, rng, present):
     au = u * side
     rw = cv.rib_w[w]
     sel = ramp(0.55 - np.abs(rw - (k + 0.22)), 0.1) * ramp(au - ab + 0.03, cv.px) * ramp(ab + 0.16 - au, 0.04)
-    step = rng.uniform(0.22, 0.35) * (1 if rng.random() < 0.5 else -1)
+    step = rng.uniform(0.3, 0.45) * (1 if rng.random() < 0.5 else -1)
     shifted = cv.rib_profile(rw - step * ramp(au - ab, cv.px))
     gap = 1.0 - ramp(0.012 - np.abs(au - ab), cv.px)
     rm = cv.rib_mask(u, v)
-    delta = 0.08 * sel * rm * (shifted * gap - cv.rib_profile(rw))
+    delta = 0.14 * sel * rm * (shifted * gap - cv.rib_profile(rw))
     cv.add[w] += delta
     regions = [cv.region(w, np.abs(delta), 0.005)]
-    if rng.random() < 0.4:
-        wc, c = cv.ellipse(side * ab, v_c, 0.03, 0.04)
-        cv.add[wc] += 0.07 * c
+    if rng.random() < 0.8:  # healing callus: at 64 px the step alone is ~1 px
+        wc, c = cv.ellipse(side * ab, v_c, 0.035, 0.045)
+        cv.add[wc] += 0.12 * c
         regions.append(cv.region(wc, c))
     return _union(*regions), {"side": side, "rib": k, "at": float(ab)}
 
