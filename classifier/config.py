@@ -23,6 +23,7 @@ from synth.errors import UserError
 from synth.io import read_yaml_mapping
 
 SYNTHETIC_MODES = ("none", "mix", "pretrain_finetune")
+SYNTHETIC_LABELS = ("prompt", "target")
 LOSSES = ("asl", "bce")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
@@ -100,6 +101,10 @@ class SyntheticMixConfig:
     per_class_cap: int | None = None  #: at most this many synthetic rows per target_class; null = no cap
     pretrain_epochs: int = 3
     pretrain_with_real: bool = False
+    #: "prompt": every finding named in the image's prompt is a positive, the others negatives;
+    #: "target": only the verified target class is annotated (positive), every other class unknown —
+    #: the filter checks the target finding, not the co-occurring ones, so their labels stay out of the loss.
+    labels: str = "prompt"
     seed: int = 0  #: which synthetic rows survive ratio/cap (fixed across member seeds, so arms compare the same rows)
 
 
@@ -163,6 +168,8 @@ class EnsembleConfig:
         s = self.synthetic
         if s.mode not in SYNTHETIC_MODES:
             raise UserError(f"classifier synthetic.mode must be one of {SYNTHETIC_MODES}, got {s.mode!r}")
+        if s.labels not in SYNTHETIC_LABELS:
+            raise UserError(f"classifier synthetic.labels must be one of {SYNTHETIC_LABELS}, got {s.labels!r}")
         if s.ratio is not None and s.ratio < 0:
             raise UserError(f"classifier synthetic.ratio must be >= 0 or null, got {s.ratio}")
         if s.per_class_cap is not None and s.per_class_cap < 0:

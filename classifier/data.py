@@ -29,6 +29,7 @@ from classifier.models import PIXEL_MEAN, PIXEL_STD
 from synth.datasets import load_gray
 from synth.errors import UserError
 from synth.manifest import image_paths, label_matrix
+from synth.taxonomy import CXR_LT_CLASSES, expand_parents
 
 
 # ---------------------------------------------------------------- row selection
@@ -57,7 +58,20 @@ def synthetic_rows(df: pd.DataFrame, cfg: SyntheticMixConfig, n_real_train: int)
     if cfg.ratio is not None:
         syn = syn.iloc[: int(math.floor(cfg.ratio * n_real_train))]
     out = syn.sort_index()
+    if cfg.labels == "target":
+        out = _target_only_labels(out)
     out.attrs.update(df.attrs)
+    return out
+
+
+def _target_only_labels(syn: pd.DataFrame) -> pd.DataFrame:
+    """Synthetic rows annotated with their target class (and its hierarchy parents) only; every other class unknown."""
+    if "target_class" not in syn.columns or syn["target_class"].isna().any():
+        raise UserError("synthetic.labels: target needs a target_class on every synthetic row (rows from `synth generate`)")
+    out = syn.copy()
+    out[list(CXR_LT_CLASSES)] = np.nan
+    for target, rows in out.groupby("target_class").groups.items():
+        out.loc[rows, sorted(expand_parents([target]))] = 1.0
     return out
 
 

@@ -193,6 +193,23 @@ def test_synthetic_mixing_honours_cap_and_ratio():
     assert list(again["dicom_id"]) == list(ratio["dicom_id"])  # deterministic: every arm/seed gets the same rows
 
 
+def test_synthetic_target_labels_annotate_only_the_target_and_its_parents():
+    from classifier.config import SyntheticMixConfig
+    from classifier.data import synthetic_rows
+
+    df = _synthetic_frame({"Rib Fracture": 3, "Mass": 2})
+    df["Pleural Effusion"] = np.where(df["source"] == "synthetic", 1.0, 0.0)  # a co-occurring prompt finding
+    df["Cardiomegaly"] = 0.0
+    prompt = synthetic_rows(df, SyntheticMixConfig(mode="mix"), 100)
+    assert (prompt["Pleural Effusion"] == 1).all() and (prompt["Cardiomegaly"] == 0).all()
+    target = synthetic_rows(df, SyntheticMixConfig(mode="mix", labels="target"), 100)
+    rib = target[target["target_class"] == "Rib Fracture"]
+    assert (rib["Rib Fracture"] == 1).all() and (rib["Fracture"] == 1).all() and rib["Mass"].isna().all()
+    mass = target[target["target_class"] == "Mass"]
+    assert (mass["Mass"] == 1).all() and (mass["Lung Lesion"] == 1).all() and mass["Fracture"].isna().all()
+    assert target["Pleural Effusion"].isna().all() and target["Cardiomegaly"].isna().all()  # unverified: out of the loss
+
+
 def test_epoch_batches_are_deterministic_and_sharded():
     from classifier.data import epoch_batches
 
