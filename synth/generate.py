@@ -22,6 +22,7 @@ Design constraints, and how they are met:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -387,6 +388,27 @@ def _dtype(precision: str, device: "torch.device") -> "torch.dtype":
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
+@contextlib.contextmanager
+def _quiet_loading():
+    """Hide two expected load-time warnings of the CPU-scale generator.
+
+    Its text encoder is MiniLM (a ``BertModel``), not CLIP, so diffusers warns about the type, and
+    transformers reports the unused BERT pooler as "newly initialized" — neither matters here
+    (the UNet reads the encoder's hidden states). Real errors still raise.
+    """
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    before = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(before[0])
+        transformers_logging.set_verbosity(before[1])
+
+
 def load_pipeline(model_dir: Path, scheduler: str, dtype: "torch.dtype", device: "torch.device", enable_xformers: bool = False) -> "StableDiffusionPipeline":
     """The diffusers pipeline with the requested scheduler (built from the folder's scheduler config)."""
     import diffusers
@@ -395,7 +417,8 @@ def load_pipeline(model_dir: Path, scheduler: str, dtype: "torch.dtype", device:
 
     # torch_dtype only when casting: diffusers keeps its fp32-only modules right that way, and fp32 needs no argument
     cast = {} if dtype == torch.float32 else {"torch_dtype": dtype}
-    pipe = StableDiffusionPipeline.from_pretrained(model_dir, local_files_only=True, safety_checker=None, requires_safety_checker=False, **cast)
+    with _quiet_loading():
+        pipe = StableDiffusionPipeline.from_pretrained(model_dir, local_files_only=True, safety_checker=None, requires_safety_checker=False, **cast)
     class_name, overrides = SCHEDULERS[scheduler]
     pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **overrides)
     pipe = pipe.to(device)
