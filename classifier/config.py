@@ -102,8 +102,8 @@ class SyntheticMixConfig:
     pretrain_epochs: int = 3
     pretrain_with_real: bool = False
     #: "prompt": every finding named in the image's prompt is a positive, the others negatives;
-    #: "target": only the verified target class is annotated (positive), every other class unknown —
-    #: the filter checks the target finding, not the co-occurring ones, so their labels stay out of the loss.
+    #: "target": the verified target class (and parents) positive, the prompt's co-occurring findings unknown
+    #: (the filter checks the target finding only, so their labels stay out of the loss), the rest negatives.
     labels: str = "prompt"
     seed: int = 0  #: which synthetic rows survive ratio/cap (fixed across member seeds, so arms compare the same rows)
 

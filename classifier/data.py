@@ -65,13 +65,23 @@ def synthetic_rows(df: pd.DataFrame, cfg: SyntheticMixConfig, n_real_train: int)
 
 
 def _target_only_labels(syn: pd.DataFrame) -> pd.DataFrame:
-    """Synthetic rows annotated with their target class (and its hierarchy parents) only; every other class unknown."""
+    """Synthetic rows whose co-occurring prompt findings become unknown (NaN).
+
+    The filter verified the target finding (kept as a positive, with its hierarchy parents); the
+    other findings named in the prompt were asked for but never checked, so they stay out of the
+    loss. Classes the prompt did not name stay negatives: the image was generated without them,
+    and a synthetic-only pretraining stage still needs negatives.
+    """
     if "target_class" not in syn.columns or syn["target_class"].isna().any():
         raise UserError("synthetic.labels: target needs a target_class on every synthetic row (rows from `synth generate`)")
     out = syn.copy()
-    out[list(CXR_LT_CLASSES)] = np.nan
+    classes = [c for c in CXR_LT_CLASSES if c in out.columns]
     for target, rows in out.groupby("target_class").groups.items():
-        out.loc[rows, sorted(expand_parents([target]))] = 1.0
+        verified = expand_parents([target])
+        block = out.loc[rows, classes]
+        unverified = (block == 1) & ~block.columns.isin(sorted(verified))[None, :]
+        out.loc[rows, classes] = block.mask(unverified)
+        out.loc[rows, sorted(verified)] = 1.0
     return out
 
 
