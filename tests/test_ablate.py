@@ -212,6 +212,17 @@ def test_changed_classifier_config_retrains_arms_but_reuses_generator(tmp_path: 
     assert fake.calls == ["real_only/0", "synthetic_filtered/0"]
 
 
+def test_comment_only_config_edit_reuses_every_stage(tmp_path: Path, monkeypatch):
+    fake = FakeStages(monkeypatch)
+    cfg = load_ablation_config(_write_config(tmp_path, seeds=[0], arms=["real_only", "synthetic_filtered"]))
+    run_ablation(cfg, log=lambda m: None)
+    fake.calls.clear()
+    classifier = tmp_path / "classifier.yaml"
+    classifier.write_text("# budget measured on 2 cores\n" + classifier.read_text() + "\n")
+    run_ablation(cfg, log=lambda m: None)
+    assert fake.calls == []
+
+
 def test_test_probabilities_are_stored_in_the_manifest_class_order(tmp_path: Path, monkeypatch):
     FakeStages(monkeypatch)
     cfg = load_ablation_config(_write_config(tmp_path, seeds=[0], arms=["real_only"]))

@@ -230,8 +230,11 @@ def stage_key(*parts: Any) -> str:
     """A short content hash of a stage's settings, upstream keys and referenced YAML files.
 
     Hashing file *contents* (not names) means editing configs/finetune/X.yaml
-    retrains the generator instead of silently reusing a stale one.
+    retrains the generator instead of silently reusing a stale one; hashing the
+    *parsed* YAML means a comment or layout edit does not throw away an hour of
+    cached training.
     """
+    import yaml
 
     def expand(obj: Any) -> Any:
         if dataclasses.is_dataclass(obj):
@@ -241,7 +244,10 @@ def stage_key(*parts: Any) -> str:
         if isinstance(obj, (list, tuple)):
             return [expand(v) for v in obj]
         if isinstance(obj, str) and obj.endswith((".yaml", ".yml")) and Path(obj).is_file():
-            return {"file": obj, "sha256": hashlib.sha256(Path(obj).read_bytes()).hexdigest()}
+            try:
+                return {"file": obj, "content": expand(yaml.safe_load(Path(obj).read_text()))}
+            except yaml.YAMLError:  # not ours to judge here: the stage's own loader reports it
+                return {"file": obj, "sha256": hashlib.sha256(Path(obj).read_bytes()).hexdigest()}
         return obj
 
     blob = json.dumps(expand(list(parts)), sort_keys=True, default=str)
