@@ -319,6 +319,34 @@ def test_resume_from_checkpoint_matches_uninterrupted(nih32: pd.DataFrame, tmp_p
     assert probs_a.shape == (int((df["split"] == "val").sum()), len(meta["classes"]))
 
 
+def test_two_process_launch_shards_batches_and_writes_one_ensemble(nih32: pd.DataFrame, tmp_path: Path):
+    """`accelerate launch --multi_gpu --num_processes 2` on CPU (gloo DDP): each rank takes half the batches."""
+    import os
+    import subprocess
+
+    import yaml
+
+    from synth.manifest import write_manifest
+
+    manifest = write_manifest(_tiny(nih32, n_train=128, n_val=32, n_test=8), Path(nih32.attrs["root"]) / "tiny-ddp.csv")
+    config = tmp_path / "ddp.yaml"
+    config.write_text(yaml.safe_dump({
+        "members": [{"arch": "convnext_atto", "image_size": 32}],
+        "train": {"epochs": 1, "batch_size": 16, "ema_decay": 0.9, "checkpoint": True},
+        "data": {"manifest": str(manifest), "output_dir": str(tmp_path / "model")}}))
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", str(REPO / "classifier" / "train.py"), "--config", str(config)]
+    done = subprocess.run(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    member = json.loads((tmp_path / "model" / "member-0" / "member.json").read_text())
+    # 128 rows, batch 16 per process, 2 processes: 4 optimiser steps per epoch (one process alone takes 8)
+    assert member["stages"][0]["steps"] == 4, member["stages"][0]
+    spec = json.loads((tmp_path / "model" / "ensemble.json").read_text())
+    assert [m["image_size"] for m in spec["members"]] == [32]
+    assert not list((tmp_path / "model").rglob("*.tmp*"))  # main-process-only, atomic writes
+
+
 def test_pretrain_finetune_never_trains_final_stage_on_synthetic(nih32: pd.DataFrame, tmp_path: Path):
     from classifier.train import train_ensemble
     from synth.manifest import concat_manifests
