@@ -184,23 +184,46 @@ def paired_bootstrap(y_true: np.ndarray, prob_base: np.ndarray, prob_arm: np.nda
     ``p`` is the two-sided bootstrap p-value of "no difference" (twice the
     smaller tail of the resampled differences around 0).
     """
+    return paired_bootstrap_runs(y_true, [prob_base], [prob_arm], classes, groups, patients, n_boot, seed)
+
+
+def paired_bootstrap_runs(y_true: np.ndarray, probs_base: Sequence[np.ndarray], probs_arm: Sequence[np.ndarray],
+                          classes: Sequence[str], groups: Mapping[str, str], patients: Sequence[Any],
+                          n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The run-averaged difference (e.g. over training seeds), arm k paired with base k, one bootstrap.
+
+    Each resample draws one set of patients and scores every run on it, then
+    averages the per-run differences, so the interval and ``p`` describe the
+    same seed-averaged estimate the report prints. Averaging per-seed
+    intervals instead gives no coverage guarantee, and calling a difference
+    significant by it can disagree with the per-seed p-values.
+    """
+    if len(probs_base) != len(probs_arm) or not probs_base:
+        raise ValueError(f"need matching runs: {len(probs_base)} base vs {len(probs_arm)} arm")
     y_true = np.asarray(y_true, dtype=np.float64)
-    prob_base, prob_arm = np.asarray(prob_base, dtype=np.float64), np.asarray(prob_arm, dtype=np.float64)
     classes = list(classes)
-    point_base = group_means({c: class_metrics(y_true[:, j], prob_base[:, j])["ap"] for j, c in enumerate(classes)}, groups)
-    point_arm = group_means({c: class_metrics(y_true[:, j], prob_arm[:, j])["ap"] for j, c in enumerate(classes)}, groups)
     weights = patient_weights(patients, max(n_boot, 1), seed)
-    base = _boot_group_maps(y_true, prob_base, classes, groups, weights)
-    arm = _boot_group_maps(y_true, prob_arm, classes, groups, weights)
+    points: list[dict[str, float | None]] = []
+    boots: list[dict[str, np.ndarray]] = []
+    for pb, pa in zip(probs_base, probs_arm):
+        pb, pa = np.asarray(pb, dtype=np.float64), np.asarray(pa, dtype=np.float64)
+        point_base = group_means({c: class_metrics(y_true[:, j], pb[:, j])["ap"] for j, c in enumerate(classes)}, groups)
+        point_arm = group_means({c: class_metrics(y_true[:, j], pa[:, j])["ap"] for j, c in enumerate(classes)}, groups)
+        points.append({k: None if point_base[k] is None or point_arm[k] is None else point_arm[k] - point_base[k]
+                       for k in point_base})
+        base = _boot_group_maps(y_true, pb, classes, groups, weights)
+        arm = _boot_group_maps(y_true, pa, classes, groups, weights)
+        boots.append({k: arm[k] - base[k] for k in base})
     out: dict[str, Any] = {}
-    for key in base:
-        if point_base[key] is None or point_arm[key] is None:
+    for key in boots[0]:
+        if any(pt[key] is None for pt in points):
             out[key] = {"diff": None, "ci": (None, None), "p": None}
             continue
-        d = (arm[key] - base[key])
+        d = np.mean([b[key] for b in boots], axis=0)
         d = d[~np.isnan(d)]
         p = float(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0)))) if d.size and n_boot > 0 else None
-        out[key] = {"diff": point_arm[key] - point_base[key], "ci": _ci(d) if n_boot > 0 else (None, None), "p": p}
+        out[key] = {"diff": float(np.mean([pt[key] for pt in points])),
+                    "ci": _ci(d) if n_boot > 0 else (None, None), "p": p}
     return out
 
 

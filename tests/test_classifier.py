@@ -92,6 +92,27 @@ def test_bootstrap_resamples_patients_and_pairs_runs():
     assert set(pb) == {"map", "head_map", "medium_map", "tail_map"}
 
 
+def test_paired_bootstrap_over_seeds_is_one_consistent_bootstrap():
+    """Seed-averaged Δ with one joint bootstrap: its interval and p agree, and one run equals the single-run API."""
+    y, p = _fixed(n=240)
+    classes, groups = ["a", "b", "c", "d"], {"a": "head", "b": "head", "c": "medium", "d": "tail"}
+    pats = np.arange(240) // 2
+    rng = np.random.default_rng(1)
+    bases = [np.clip(p + 0.05 * rng.standard_normal(p.shape), 0, 1) for _ in range(3)]
+    arms = [np.clip(b + g * (y - 0.5), 0, 1) for b, g in zip(bases, (0.02, 0.0, 0.25))]  # seeds disagree
+    pooled = metrics.paired_bootstrap_runs(y, bases, arms, classes, groups, pats, n_boot=300, seed=0)
+    single = [metrics.paired_bootstrap(y, b, a, classes, groups, pats, n_boot=300, seed=0) for b, a in zip(bases, arms)]
+    for key in ("map", "head_map", "medium_map", "tail_map"):
+        assert pooled[key]["diff"] == pytest.approx(np.mean([s[key]["diff"] for s in single]))
+        lo, hi = pooled[key]["ci"]
+        assert lo <= pooled[key]["diff"] <= hi
+        assert (lo > 0 or hi < 0) == (pooled[key]["p"] < 0.05), (key, pooled[key])
+    one = metrics.paired_bootstrap_runs(y, bases[:1], arms[:1], classes, groups, pats, n_boot=300, seed=0)
+    assert one == single[0]
+    with pytest.raises(ValueError, match="matching runs"):
+        metrics.paired_bootstrap_runs(y, bases, arms[:2], classes, groups, pats)
+
+
 def test_bootstrap_interval_covers_estimate_when_rare_positives_drop_out():
     """Tail classes with one positive patient vanish from ~37% of resamples; the interval must not drift away."""
     rng = np.random.default_rng(0)

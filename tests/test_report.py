@@ -112,6 +112,20 @@ def test_seed_combination_rule(report_dir: Path):
     assert est.excludes_zero and est.p == pytest.approx(0.01)
 
 
+def test_paired_verdict_uses_the_joint_seed_bootstrap(tmp_path: Path):
+    """Per-seed intervals that average above 0 must not make a significant verdict the joint bootstrap rejects."""
+    results = make_results(tmp_path / "r", tail_gain=0.08)
+    arm = arm_by_name(results, "synthetic_filtered")
+    arm["paired_over_seeds"] = {g: {"diff": 0.08 if g == "tail" else 0.0, "ci": [-0.004, 0.15], "p": 0.09}
+                                for g in ("overall", "head", "medium", "tail")}
+    (tmp_path / "r" / "results.json").write_text(json.dumps(results))
+    est = paired_estimate(arm, "tail")
+    assert est.ci == pytest.approx((-0.004, 0.15)) and est.p == pytest.approx(0.09) and not est.excludes_zero
+    assert est.n_seeds == 3 and est.std == pytest.approx(0.0)
+    md = render_report(tmp_path / "r")["md"].read_text()
+    assert "+ synthetic, filtered shows no clear effect on the tail" in md and "): NOT MET." in md
+
+
 def test_html_is_self_contained(report_dir: Path):
     html = render_report(report_dir)["html"].read_text()
     srcs = re.findall(r"""src=['"]([^'"]*)['"]""", html)

@@ -244,7 +244,7 @@ def _markdown(results: dict[str, Any], figures: dict[str, bytes]) -> str:
     out += ["## mAP per frequency group", "", _SEED_RULE, "", _md_table(*_group_table(results)), "",
             "![mAP by group](figures/group_map.png)", "",
             "## Paired differences vs real only (paired patient bootstrap on the same test set)", "",
-            _md_table(*_paired_table(results)), "",
+            _PAIRED_RULE, "", _md_table(*_paired_table(results)), "",
             "## Per-class ΔAP vs training prevalence", "", "![ΔAP vs prevalence](figures/delta_ap_vs_prevalence.png)", "",
             "## Per-class metrics (mean over seeds)", "", _md_table(*_class_table(results)), ""]
     filt = _filter_table(results)
@@ -286,6 +286,11 @@ def _md_provenance(prov: dict[str, Any]) -> list[str]:
 _SEED_RULE = (
     "Values are the mean over seeds of each seed's test-set estimate; the bracket is the mean over seeds "
     "of each seed's 95% patient-bootstrap interval; ± is the standard deviation across seeds."
+)
+_PAIRED_RULE = (
+    "Δ is the mean over seeds of (arm − real only trained with the same seed); its 95% interval and p come "
+    "from one paired patient bootstrap that scores every seed on the same resampled patients; "
+    "* = the interval excludes 0."
 )
 
 _CSS = """
@@ -331,7 +336,7 @@ def _html(results: dict[str, Any], figures: dict[str, bytes]) -> str:
     body += ["<h2>mAP per frequency group</h2>", f"<p class='note'>{e(_SEED_RULE)}</p>", _html_table(*_group_table(results)),
              _img(figures["group_map"], "mAP by frequency group"),
              "<h2>Paired differences vs real only</h2>",
-             "<p class='note'>Paired patient bootstrap on the same test set; green = 95% interval excludes 0.</p>",
+             f"<p class='note'>{e(_PAIRED_RULE)} Green = the interval excludes 0.</p>",
              _html_table(*_paired_table(results), highlight=True),
              "<h2>Per-class ΔAP vs training prevalence</h2>", _img(figures["delta_ap_vs_prevalence"], "Per-class delta AP"),
              "<h2>Per-class metrics (mean over seeds)</h2>", _html_table(*_class_table(results))]
@@ -397,7 +402,7 @@ def _fmt_diff(est: Estimate) -> str:
     """Signed difference with interval; a trailing * marks an interval that excludes 0."""
     if est.n_seeds == 0:
         return "–"
-    p = f", p≤{est.p:.3f}" if est.p is not None else ""
+    p = "" if est.p is None else ", p<0.001" if est.p < 0.001 else f", p≤{est.p:.3f}"
     return f"{est.mean:+.3f} [{est.ci[0]:+.3f}, {est.ci[1]:+.3f}]{p}" + ("*" if est.excludes_zero else "")
 
 

@@ -21,7 +21,8 @@ Layout (all numbers are floats; ``ci`` is a ``[low, high]`` 95% interval)::
               "groups": {"overall"|"head"|"medium"|"tail": {"value": .., "ci": [..]}},
               "per_class": {class: {"ap": .., "auroc": .., "f1": .., "fnr": .., "n_pos": ..}},
               "paired": {group: {"diff": .., "ci": [..], "p": ..}}   # vs baseline, same seed; not on the baseline
-          }}
+          }},
+          "paired_over_seeds": {group: {"diff": .., "ci": [..], "p": ..}}   # seed-averaged; not on the baseline
       }],
       "filter": {"extractor": "...", "classes": {class: {"n": .., "kept": .., "rejected": {reason: count},
                  "fid": .., "kid": .., "fid_floor": .., "fid_ci": [..], "oracle_fidelity": ..}}},   # optional
@@ -33,8 +34,11 @@ How seeds are combined (documented in the report too): a group's headline
 value is the mean over seeds of each seed's point estimate; its interval is
 the mean over seeds of each seed's patient-bootstrap bounds (test-set
 uncertainty of a typical seed), shown next to the seed standard deviation
-(training uncertainty). Paired differences use the same rule on each seed's
-paired bootstrap against the baseline trained with the same seed.
+(training uncertainty). A paired difference is the mean over seeds of
+(arm − baseline trained with the same seed); its interval and p come from one
+joint bootstrap that scores every seed on the same resampled patients and
+averages the differences, so "significant" means the same thing in the
+interval, the p-value and the verdict.
 """
 
 from __future__ import annotations
@@ -131,7 +135,20 @@ def group_estimate(arm: dict[str, Any], group: str) -> Estimate:
 
 
 def paired_estimate(arm: dict[str, Any], group: str) -> Estimate:
+    """The seed-averaged difference vs the baseline, its interval and p from one joint bootstrap.
+
+    results.json files written before ``paired_over_seeds`` existed fall back
+    to combining the per-seed comparisons (mean of intervals, largest p).
+    """
     entries = [e["paired"][group] for e in arm["seeds"].values() if group in e.get("paired", {})]
+    pooled = arm.get("paired_over_seeds", {}).get(group)
+    if pooled is not None:
+        diffs = [_num(e["diff"]) for e in entries]
+        spread = combine(diffs, diffs, diffs).std if entries else math.nan
+        if pooled.get("diff") is None:
+            return Estimate(math.nan, math.nan, (math.nan, math.nan), 0)
+        return Estimate(float(pooled["diff"]), spread, (_num(pooled["ci"][0]), _num(pooled["ci"][1])),
+                        len(arm["seeds"]), pooled.get("p"))
     return combine(
         [_num(e["diff"]) for e in entries],
         [_num(e["ci"][0]) for e in entries],

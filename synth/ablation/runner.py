@@ -196,7 +196,12 @@ def build_results(cfg: AblationConfig, real: pd.DataFrame, test: pd.DataFrame, c
             if arm != "real_only":
                 entry["paired"] = stages.paired(cfg, y_test, probs["real_only", seed], probs[arm, seed], classes, groups, patients)
             seeds[str(seed)] = entry
-        arms.append({"name": arm, "label": ARM_LABELS[arm], "seeds": seeds})
+        arm_entry = {"name": arm, "label": ARM_LABELS[arm], "seeds": seeds}
+        if arm != "real_only":
+            arm_entry["paired_over_seeds"] = stages.paired(
+                cfg, y_test, [probs["real_only", s] for s in cfg.seeds], [probs[arm, s] for s in cfg.seeds],
+                classes, groups, patients)
+        arms.append(arm_entry)
     generated = sorted(set(synthetic["unfiltered"]["target_class"])) if "unfiltered" in synthetic else []
     results: dict[str, Any] = {
         "name": cfg.name,
