@@ -126,6 +126,23 @@ def test_paired_verdict_uses_the_joint_seed_bootstrap(tmp_path: Path):
     assert "+ synthetic, filtered shows no clear effect on the tail" in md and "): NOT MET." in md
 
 
+def test_headline_states_tail_evidence_and_warns_when_positives_are_few(tmp_path: Path):
+    results = make_results(tmp_path / "r")
+    tail = [c for c, g in results["groups"].items() if g == "tail"]
+    for arm in results["arms"]:
+        for entry in arm["seeds"].values():
+            for c in tail:
+                entry["per_class"][c]["n_pos"] = 12
+    (tmp_path / "r" / "results.json").write_text(json.dumps(results))
+    md = render_report(tmp_path / "r")["md"].read_text()
+    assert f"Tail evidence: {len(tail)} tail class(es) scored on {12 * len(tail)} test positives (fewest 12)." in md
+    assert "indicative" not in md
+    results["arms"][0]["seeds"]["0"]["per_class"][tail[0]]["n_pos"] = 1
+    (tmp_path / "r" / "results.json").write_text(json.dumps(results))
+    md = render_report(tmp_path / "r")["md"].read_text()
+    assert "(fewest 1). 1 of them have < 10 positives" in md and "indicative, not conclusive" in md
+
+
 def test_html_is_self_contained(report_dir: Path):
     html = render_report(report_dir)["html"].read_text()
     srcs = re.findall(r"""src=['"]([^'"]*)['"]""", html)

@@ -159,6 +159,9 @@ def _headline(results: dict[str, Any]) -> list[str]:
             f"{_label(arm)} {verdict} the tail: ΔmAP {_fmt_diff(tail)} (head {_fmt_diff(head)}), "
             f"{tail.n_seeds} seed(s)."
         )
+    evidence = _tail_evidence(results)
+    if evidence:
+        lines.append(evidence)
     target = results.get("target")
     if target and any(a["name"] == "synthetic_filtered" for a in results["arms"]):
         arm = arm_by_name(results, "synthetic_filtered")
@@ -169,6 +172,26 @@ def _headline(results: dict[str, Any]) -> list[str]:
             f"-{target['max_head_drop']:.2f}): {'MET' if met else 'NOT MET'}."
         )
     return lines
+
+
+FEW_TEST_POSITIVES = 10
+
+
+def _tail_evidence(results: dict[str, Any]) -> str | None:
+    """How many test positives the tail verdicts rest on: a CI cannot say that a class with one positive is noisy."""
+    baseline = arm_by_name(results, results["baseline"])
+    first = next(iter(baseline["seeds"].values()), {})
+    n_pos = {c: int(m.get("n_pos") or 0) for c, m in first.get("per_class", {}).items() if results["groups"].get(c) == "tail"}
+    scored = {c: n for c, n in n_pos.items() if n > 0}
+    if not scored:
+        return None
+    few = sorted(c for c, n in scored.items() if n < FEW_TEST_POSITIVES)
+    line = (f"Tail evidence: {len(scored)} tail class(es) scored on {sum(scored.values())} test positives "
+            f"(fewest {min(scored.values())}).")
+    if few:
+        line += (f" {len(few)} of them have < {FEW_TEST_POSITIVES} positives, where one image moves the AP a lot: "
+                 "read the tail verdicts as indicative, not conclusive.")
+    return line
 
 
 def _group_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
