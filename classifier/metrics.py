@@ -133,6 +133,10 @@ def _boot_group_maps(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[st
     return out
 
 
+def _group_maps(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], groups: Mapping[str, str]) -> dict[str, float | None]:
+    return group_means({c: class_metrics(y_true[:, j], probs[:, j])["ap"] for j, c in enumerate(classes)}, groups)
+
+
 def _nanmean_rows(a: np.ndarray) -> np.ndarray:
     n = np.sum(~np.isnan(a), axis=1)
     s = np.nansum(a, axis=1)
@@ -207,8 +211,7 @@ def paired_bootstrap_runs(y_true: np.ndarray, probs_base: Sequence[np.ndarray], 
     boots: list[dict[str, np.ndarray]] = []
     for pb, pa in zip(probs_base, probs_arm):
         pb, pa = np.asarray(pb, dtype=np.float64), np.asarray(pa, dtype=np.float64)
-        point_base = group_means({c: class_metrics(y_true[:, j], pb[:, j])["ap"] for j, c in enumerate(classes)}, groups)
-        point_arm = group_means({c: class_metrics(y_true[:, j], pa[:, j])["ap"] for j, c in enumerate(classes)}, groups)
+        point_base, point_arm = _group_maps(y_true, pb, classes, groups), _group_maps(y_true, pa, classes, groups)
         points.append({k: None if point_base[k] is None or point_arm[k] is None else point_arm[k] - point_base[k]
                        for k in point_base})
         base = _boot_group_maps(y_true, pb, classes, groups, weights)

@@ -143,11 +143,11 @@ def paired_estimate(arm: dict[str, Any], group: str) -> Estimate:
     entries = [e["paired"][group] for e in arm["seeds"].values() if group in e.get("paired", {})]
     pooled = arm.get("paired_over_seeds", {}).get(group)
     if pooled is not None:
-        diffs = [_num(e["diff"]) for e in entries]
-        spread = combine(diffs, diffs, diffs).std if entries else math.nan
         if pooled.get("diff") is None:
             return Estimate(math.nan, math.nan, (math.nan, math.nan), 0)
-        return Estimate(float(pooled["diff"]), spread, (_num(pooled["ci"][0]), _num(pooled["ci"][1])),
+        diffs = [_num(e["diff"]) for e in entries]
+        seed_std = combine(diffs, diffs, diffs).std  # the same seed spread the fallback reports
+        return Estimate(float(pooled["diff"]), seed_std, (_num(pooled["ci"][0]), _num(pooled["ci"][1])),
                         len(arm["seeds"]), pooled.get("p"))
     return combine(
         [_num(e["diff"]) for e in entries],

@@ -194,7 +194,7 @@ def build_results(cfg: AblationConfig, real: pd.DataFrame, test: pd.DataFrame, c
         for seed in cfg.seeds:
             entry = stages.evaluate(cfg, y_test, probs[arm, seed], classes, groups, patients)
             if arm != "real_only":
-                entry["paired"] = stages.paired(cfg, y_test, probs["real_only", seed], probs[arm, seed], classes, groups, patients)
+                entry["paired"] = stages.paired(cfg, y_test, [probs["real_only", seed]], [probs[arm, seed]], classes, groups, patients)
             seeds[str(seed)] = entry
         arm_entry = {"name": arm, "label": ARM_LABELS[arm], "seeds": seeds}
         if arm != "real_only":

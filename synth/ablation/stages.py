@@ -122,18 +122,11 @@ def evaluate(cfg: AblationConfig, y_true: np.ndarray, probs: np.ndarray, classes
     }
 
 
-def paired(cfg: AblationConfig, y_true: np.ndarray, prob_base: np.ndarray | list[np.ndarray],
-           prob_arm: np.ndarray | list[np.ndarray], classes: list[str], groups: dict[str, str],
-           patients: np.ndarray) -> dict[str, Any]:
-    """Arm minus baseline per group, paired patient bootstrap on the same test rows.
-
-    Lists of probabilities (one per seed, base and arm in the same seed order)
-    give the seed-averaged difference with one joint bootstrap.
-    """
+def paired(cfg: AblationConfig, y_true: np.ndarray, probs_base: list[np.ndarray], probs_arm: list[np.ndarray],
+           classes: list[str], groups: dict[str, str], patients: np.ndarray) -> dict[str, Any]:
+    """Arm minus baseline per group, averaged over runs (one per seed, same seed order), one paired patient bootstrap."""
     metrics = _import("classifier.metrics", "classifier")
-    bases = prob_base if isinstance(prob_base, list) else [prob_base]
-    arms = prob_arm if isinstance(prob_arm, list) else [prob_arm]
-    pb = metrics.paired_bootstrap_runs(y_true, bases, arms, classes, groups, patients,
+    pb = metrics.paired_bootstrap_runs(y_true, probs_base, probs_arm, classes, groups, patients,
                                        cfg.evaluation.n_boot, cfg.evaluation.bootstrap_seed)
     out = {}
     for g in ("overall", "head", "medium", "tail"):
