@@ -23,7 +23,7 @@ from synth.errors import UserError
 from synth.io import read_yaml_mapping
 
 SYNTHETIC_MODES = ("none", "mix", "pretrain_finetune")
-SYNTHETIC_LABELS = ("prompt", "target")
+SYNTHETIC_LABELS = ("prompt", "target", "target_only")
 LOSSES = ("asl", "bce")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
@@ -103,7 +103,9 @@ class SyntheticMixConfig:
     pretrain_with_real: bool = False
     #: "prompt": every finding named in the image's prompt is a positive, the others negatives;
     #: "target": the verified target class (and parents) positive, the prompt's co-occurring findings unknown
-    #: (the filter checks the target finding only, so their labels stay out of the loss), the rest negatives.
+    #: (the filter checks the target finding only, so their labels stay out of the loss), the rest negatives;
+    #: "target_only": the target class (and parents) positive, every other class unknown — for generators that
+    #: draw look-alike findings the prompt did not ask for (a "negative" there teaches the wrong thing).
     labels: str = "prompt"
     seed: int = 0  #: which synthetic rows survive ratio/cap (fixed across member seeds, so arms compare the same rows)
 

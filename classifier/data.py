@@ -58,19 +58,22 @@ def synthetic_rows(df: pd.DataFrame, cfg: SyntheticMixConfig, n_real_train: int)
     if cfg.ratio is not None:
         syn = syn.iloc[: int(math.floor(cfg.ratio * n_real_train))]
     out = syn.sort_index()
-    if cfg.labels == "target":
-        out = _target_only_labels(out)
+    if cfg.labels in ("target", "target_only"):
+        out = _target_only_labels(out, negatives=cfg.labels == "target")
     out.attrs.update(df.attrs)
     return out
 
 
-def _target_only_labels(syn: pd.DataFrame) -> pd.DataFrame:
+def _target_only_labels(syn: pd.DataFrame, negatives: bool = True) -> pd.DataFrame:
     """Synthetic rows whose co-occurring prompt findings become unknown (NaN).
 
     The filter verified the target finding (kept as a positive, with its hierarchy parents); the
     other findings named in the prompt were asked for but never checked, so they stay out of the
-    loss. Classes the prompt did not name stay negatives: the image was generated without them,
-    and a synthetic-only pretraining stage still needs negatives.
+    loss. With ``negatives``, classes the prompt did not name stay negatives: the image was
+    generated without them, and a synthetic-only pretraining stage still needs negatives. Without,
+    they become unknown too: a generator that draws a look-alike of another finding (on the
+    phantom, pulmonary hypertension's enlarged hila look like adenopathy) would otherwise teach
+    "this appearance is not adenopathy".
     """
     if "target_class" not in syn.columns or syn["target_class"].isna().any():
         raise UserError("synthetic.labels: target needs a target_class on every synthetic row (rows from `synth generate`)")
@@ -79,7 +82,7 @@ def _target_only_labels(syn: pd.DataFrame) -> pd.DataFrame:
     for target, rows in out.groupby("target_class").groups.items():
         verified = expand_parents([target])
         block = out.loc[rows, classes]
-        unverified = (block == 1) & ~block.columns.isin(sorted(verified))[None, :]
+        unverified = ~block.columns.isin(sorted(verified))[None, :] & ((block == 1) | (not negatives))
         out.loc[rows, classes] = block.mask(unverified)
         out.loc[rows, sorted(verified)] = 1.0
     return out

@@ -20,6 +20,7 @@ take seconds rather than minutes.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -99,17 +100,73 @@ def weighted_ap(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.where(total[:, 0] > 0, ap, np.nan)
 
 
-def patient_weights(patients: Sequence[Any], n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot, N) row multiplicities: patients drawn with replacement, each image counted with its patient."""
+@dataclass(frozen=True)
+class PatientResamples:
+    """``n_boot`` draws of the test patients with replacement, kept at patient level.
+
+    ``counts[b, k]`` is how often patient ``k`` was drawn in resample ``b`` and
+    ``codes[i]`` is row ``i``'s patient. Expanding this to (n_boot, rows) weights
+    costs ~0.2 GB and most of the bootstrap's time at 20,000 test rows; the AP
+    below never needs the expansion.
+    """
+
+    codes: np.ndarray  #: (N,) patient index of each row
+    counts: np.ndarray  #: (n_boot, P) draws per patient
+
+    def row_weights(self) -> np.ndarray:
+        """(n_boot, N) row multiplicities: each image counted as often as its patient was drawn."""
+        return self.counts[:, self.codes]
+
+
+def patient_resamples(patients: Sequence[Any], n_boot: int, seed: int) -> PatientResamples:
     codes, uniques = pd.factorize(pd.Series(np.asarray(patients)).astype(str))
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(uniques), size=(n_boot, len(uniques)))
-    counts = np.stack([np.bincount(d, minlength=len(uniques)) for d in draws])
-    return counts[:, codes].astype(np.float64)
+    counts = np.stack([np.bincount(d, minlength=len(uniques)) for d in draws]).astype(np.float64)
+    return PatientResamples(codes=np.asarray(codes), counts=counts)
+
+
+def patient_weights(patients: Sequence[Any], n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, N) row multiplicities: patients drawn with replacement, each image counted with its patient."""
+    return patient_resamples(patients, n_boot, seed).row_weights()
+
+
+def resampled_ap(y: np.ndarray, p: np.ndarray, codes: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """:func:`weighted_ap` under patient resamples (``codes``, ``counts`` as in :class:`PatientResamples`).
+
+    AP only moves at score thresholds (tie groups) that hold a positive, so a
+    row's weight is only ever needed summed over the rows between two such
+    thresholds ("segments"). Those sums are ``counts @ A`` with ``A`` a sparse
+    patients × segments incidence matrix: one pass over the rows per resample
+    and no (n_boot, rows) temporaries — ~50× faster than sorting expanded
+    weights at 20,000 rows, and the same number (tested equal).
+    """
+    from scipy import sparse
+
+    pos = y == 1
+    if not pos.any():
+        return np.full(counts.shape[0], np.nan)
+    thresholds = np.unique(p[pos])[::-1]  # descending scores of the tie groups that hold a positive
+    segment = np.searchsorted(-thresholds, -p, side="left")  # first such threshold at or below the row's score
+    inside = segment < len(thresholds)  # rows scored below every positive never count
+
+    def cumulative(rows: np.ndarray) -> np.ndarray:
+        rows = rows & inside
+        incidence = sparse.csr_matrix((np.ones(int(rows.sum())), (segment[rows], codes[rows])),
+                                      shape=(len(thresholds), counts.shape[1]))
+        return np.cumsum(np.asarray(incidence @ counts.T).T, axis=1)  # (n_boot, thresholds)
+
+    tp, fp = cumulative(pos), cumulative(y == 0)
+    total = tp[:, -1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        recall = tp / total
+    d_recall = np.diff(np.concatenate([np.zeros_like(recall[:, :1]), recall], axis=1), axis=1)
+    return np.where(total[:, 0] > 0, np.sum(d_recall * precision, axis=1), np.nan)
 
 
 def _boot_group_maps(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], groups: Mapping[str, str],
-                     weights: np.ndarray) -> dict[str, np.ndarray]:
+                     resamples: PatientResamples) -> dict[str, np.ndarray]:
     """(n_boot,) arrays of map / head_map / medium_map / tail_map (NaN where the split has no class with positives).
 
     Every resample averages the same classes as the point estimate: a class whose
@@ -117,19 +174,20 @@ def _boot_group_maps(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[st
     it drop out instead shifts every rare-class-heavy mean (tail classes score low,
     so the resampled means drift upwards and the interval can miss the estimate).
     """
-    aps = np.full((weights.shape[0], len(classes)), np.nan)
+    n_boot = resamples.counts.shape[0]
+    aps = np.full((n_boot, len(classes)), np.nan)
     for j in range(len(classes)):
         known = ~np.isnan(y_true[:, j])
         if not (y_true[known, j] == 1).any():
             continue
         y_j, p_j = y_true[known, j], probs[known, j].astype(np.float64)
         full_split_ap = weighted_ap(y_j, p_j, np.ones((1, y_j.size)))[0]
-        resampled = weighted_ap(y_j, p_j, weights[:, known])
+        resampled = resampled_ap(y_j, p_j, resamples.codes[known], resamples.counts)
         aps[:, j] = np.where(np.isnan(resampled), full_split_ap, resampled)
     out = {"map": _nanmean_rows(aps)}
     for g in GROUPS:
         idx = [j for j, c in enumerate(classes) if groups.get(c) == g]
-        out[f"{g}_map"] = _nanmean_rows(aps[:, idx]) if idx else np.full(weights.shape[0], np.nan)
+        out[f"{g}_map"] = _nanmean_rows(aps[:, idx]) if idx else np.full(n_boot, np.nan)
     return out
 
 
@@ -174,7 +232,7 @@ def evaluate(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], grou
     out["n_patients"] = int(pd.Series(np.asarray(patient_ids)).nunique())
     out["ci"] = {k: (None, None) for k in ("map", *(f"{g}_map" for g in GROUPS))}
     if n_boot > 0:
-        boots = _boot_group_maps(y_true, probs, classes, groups, patient_weights(patient_ids, n_boot, seed))
+        boots = _boot_group_maps(y_true, probs, classes, groups, patient_resamples(patient_ids, n_boot, seed))
         out["ci"] = {k: _ci(v) for k, v in boots.items()}
     out["n_boot"] = int(n_boot)
     out["per_class"] = per_class
@@ -206,7 +264,7 @@ def paired_bootstrap_runs(y_true: np.ndarray, probs_base: Sequence[np.ndarray], 
         raise ValueError(f"need matching runs: {len(probs_base)} base vs {len(probs_arm)} arm")
     y_true = np.asarray(y_true, dtype=np.float64)
     classes = list(classes)
-    weights = patient_weights(patients, max(n_boot, 1), seed)
+    resamples = patient_resamples(patients, max(n_boot, 1), seed)
     points: list[dict[str, float | None]] = []
     boots: list[dict[str, np.ndarray]] = []
     for pb, pa in zip(probs_base, probs_arm):
@@ -214,19 +272,20 @@ def paired_bootstrap_runs(y_true: np.ndarray, probs_base: Sequence[np.ndarray], 
         point_base, point_arm = _group_maps(y_true, pb, classes, groups), _group_maps(y_true, pa, classes, groups)
         points.append({k: None if point_base[k] is None or point_arm[k] is None else point_arm[k] - point_base[k]
                        for k in point_base})
-        base = _boot_group_maps(y_true, pb, classes, groups, weights)
-        arm = _boot_group_maps(y_true, pa, classes, groups, weights)
+        base = _boot_group_maps(y_true, pb, classes, groups, resamples)
+        arm = _boot_group_maps(y_true, pa, classes, groups, resamples)
         boots.append({k: arm[k] - base[k] for k in base})
     out: dict[str, Any] = {}
     for key in boots[0]:
         if any(pt[key] is None for pt in points):
-            out[key] = {"diff": None, "ci": (None, None), "p": None}
+            out[key] = {"diff": None, "ci": (None, None), "p": None, "run_diffs": [pt[key] for pt in points]}
             continue
         d = np.mean([b[key] for b in boots], axis=0)
         d = d[~np.isnan(d)]
         p = float(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0)))) if d.size and n_boot > 0 else None
         out[key] = {"diff": float(np.mean([pt[key] for pt in points])),
-                    "ci": _ci(d) if n_boot > 0 else (None, None), "p": p}
+                    "ci": _ci(d) if n_boot > 0 else (None, None), "p": p,
+                    "run_diffs": [float(pt[key]) for pt in points]}
     return out
 
 

@@ -17,7 +17,7 @@ from synth.ablation.config import load_ablation_config
 from synth.ablation.runner import plan, run_ablation
 from synth.cli import app
 from synth.errors import UserError
-from synth.manifest import write_manifest
+from synth.manifest import image_paths, read_manifest, write_manifest
 from synth.taxonomy import CXR_LT_CLASSES
 
 REAL_PREPARE = stages.prepare_data  # before any test swaps in the fakes
@@ -63,6 +63,10 @@ def _write_config(tmp_path: Path, **changes) -> Path:
     ({"data__source": "dicom"}, "data.source 'dicom'"),
     ({"data": {"source": "prepare", "format": "chexpert", "labels": "x", "images": "y"}}, "data.format 'chexpert'"),
     ({"evaluation__n_boot": 10}, "too small"),
+    ({"evaluation__heldout_phantom_n": -1}, "must be >= 0"),
+    ({"evaluation__heldout_phantom_n": 5, "data": {"source": "manifest", "manifest": "m.csv"}}, "needs data.source phantom"),
+    ({"evaluation__heldout_phantom_n": 5, "evaluation__heldout_phantom_seed": 0}, "would repeat the training patients"),
+    ({"evaluation__heldout_phantom_n": 5, "evaluation__split": "val"}, "needs evaluation.split test"),
 ])
 def test_config_errors_name_the_key(tmp_path: Path, change, message):
     with pytest.raises(UserError, match=message):
@@ -169,7 +173,8 @@ class FakeStages:
                 "per_class": {c: {"ap": 0.5, "auroc": 0.6, "f1": 0.4, "fnr": 0.3, "n_pos": 3} for c in classes}}
 
     def paired(self, cfg, y, pa, pb, classes, groups, patients):
-        return {g: {"diff": 0.01, "ci": [-0.01, 0.03], "p": 0.4} for g in ("overall", "head", "medium", "tail")}
+        return {g: {"diff": 0.01, "ci": [-0.01, 0.03], "p": 0.4, "run_diffs": [0.01] * len(pa)}
+                for g in ("overall", "head", "medium", "tail")}
 
 
 def test_crash_then_resume_recomputes_only_unfinished_work(tmp_path: Path, monkeypatch):
@@ -210,6 +215,17 @@ def test_changed_classifier_config_retrains_arms_but_reuses_generator(tmp_path: 
     (tmp_path / "classifier.yaml").write_text("a: 2\n")  # stage keys hash the referenced YAML's content
     run_ablation(cfg, log=lambda m: None)
     assert fake.calls == ["real_only/0", "synthetic_filtered/0"]
+
+
+def test_synthetic_mixing_edit_retrains_only_the_arms_that_mix(tmp_path: Path, monkeypatch):
+    fake = FakeStages(monkeypatch)
+    cfg = load_ablation_config(_write_config(tmp_path, seeds=[0], arms=["real_only", "synthetic_filtered"]))
+    (tmp_path / "classifier.yaml").write_text("a: 1\nsynthetic: {labels: target}\n")
+    run_ablation(cfg, log=lambda m: None)
+    fake.calls.clear()
+    (tmp_path / "classifier.yaml").write_text("a: 1\nsynthetic: {labels: target_only}\n")
+    run_ablation(cfg, log=lambda m: None)
+    assert fake.calls == ["synthetic_filtered/0"]  # the real-only baseline never reads the synthetic section
 
 
 def test_comment_only_config_edit_reuses_every_stage(tmp_path: Path, monkeypatch):
@@ -258,3 +274,57 @@ def test_real_nih_sample_prepared_once_and_scored_on_its_annotated_classes(tmp_p
     assert results["dataset"]["n_test"] == seen["test_rows"] > 100
     assert set(results["groups"].values()) <= {"head", "medium", "tail"} and fake.calls == ["real_only/0"]
 
+
+
+def test_heldout_phantom_rows_are_scored_with_the_test_split_without_retraining(tmp_path: Path, monkeypatch):
+    """Adding held-out test patients to a finished ablation predicts them with the cached models only."""
+    fake = FakeStages(monkeypatch)
+    run_ablation(load_ablation_config(_write_config(tmp_path, seeds=[0], arms=["real_only", "synthetic_filtered"])),
+                 log=lambda m: None)
+    seen: dict[str, list] = {"predict_rows": [], "eval_rows": []}
+
+    def prepare_heldout(cfg, out):
+        fake.calls.append("heldout")
+        return _tiny_manifest(out, 8, lambda i: "test", extra=lambda i: {"subject_id": f"heldout1-{i}"})
+
+    def predict(cfg, model_dir, df):
+        seen["predict_rows"].append(len(df))
+        return FakeStages.predict(fake, cfg, model_dir, df)
+
+    def evaluate(cfg, y, p, classes, groups, patients):
+        seen["eval_rows"].append(len(p))
+        seen["patients"] = list(patients)
+        return FakeStages.evaluate(fake, cfg, y[:20], p[:20], classes, groups, patients[:20])
+
+    monkeypatch.setattr(stages, "prepare_heldout", prepare_heldout, raising=False)
+    monkeypatch.setattr(stages, "predict", predict)
+    monkeypatch.setattr(stages, "evaluate", evaluate)
+    fake.calls.clear()
+    cfg = load_ablation_config(_write_config(tmp_path, seeds=[0], arms=["real_only", "synthetic_filtered"],
+                                             evaluation__heldout_phantom_n=8))
+    report_dir = run_ablation(cfg, log=lambda m: None)
+    assert fake.calls == ["heldout"]  # no arm retrained
+    assert seen["predict_rows"] == [8, 8] and seen["eval_rows"] == [28, 28]
+    assert sum(p.startswith("heldout1-") for p in seen["patients"]) == 8
+    step = next(s for s in plan(cfg) if s.name == "real_only/seed-0")
+    held = np.load(next(step.folder.glob("heldout-*_probs.npy")))
+    np.testing.assert_allclose(held, np.random.default_rng(0).random((8, len(CLASSES)))[:, ::-1].astype(np.float32))
+    results = json.loads((report_dir / "results.json").read_text())
+    assert results["dataset"]["n_test"] == 28 and results["dataset"]["n_heldout"] == 8
+
+    fake.calls.clear()
+    seen["predict_rows"].clear()
+    run_ablation(cfg, log=lambda m: None)  # held-out probabilities are cached beside each arm's model
+    assert fake.calls == [] and seen["predict_rows"] == []
+
+
+def test_heldout_phantom_patients_are_new_and_all_in_test(tmp_path: Path):
+    path = _write_config(tmp_path, data={"source": "phantom", "phantom_n": 60, "size": 32, "phantom_seed": 0},
+                         evaluation__heldout_phantom_n=12)
+    cfg = load_ablation_config(path)
+    heldout = read_manifest(stages.prepare_heldout(cfg, tmp_path / "heldout"))
+    main = read_manifest(REAL_PREPARE(cfg, tmp_path / "data"))
+    assert len(heldout) == 12 and (heldout["split"] == "test").all()
+    assert not set(heldout["subject_id"]) & set(main["subject_id"])
+    assert not set(heldout["dicom_id"]) & set(main["dicom_id"])
+    assert all(p.is_file() for p in image_paths(heldout))

@@ -59,6 +59,20 @@ def test_metrics_equal_sklearn():
             assert fast[b] == pytest.approx(average_precision_score(y[:, j], p[:, j], sample_weight=w[b]), abs=1e-9)
 
 
+def test_patient_level_resampled_ap_equals_the_row_weighted_ap():
+    """The bootstrap's sparse patient-level AP is the row-weighted AP (ties, repeated patients, empty resamples)."""
+    rng = np.random.default_rng(3)
+    for trial in range(25):
+        n = int(rng.integers(5, 300))
+        y = (rng.random(n) < rng.uniform(0.01, 0.5)).astype(float)
+        y[0] = 1.0
+        p = np.round(rng.random(n), int(rng.integers(1, 3)))  # one or two decimals: many ties
+        resamples = metrics.patient_resamples(rng.integers(0, max(1, n // 3), n), 40, seed=trial)
+        reference = metrics.weighted_ap(y, p, resamples.row_weights())
+        np.testing.assert_allclose(metrics.resampled_ap(y, p, resamples.codes, resamples.counts), reference,
+                                   rtol=1e-12, atol=1e-12)
+
+
 def test_class_without_positives_is_reported_and_excluded():
     y, p = _fixed()
     y[:, 3] = 0.0  # no positives in this split
@@ -230,6 +244,11 @@ def test_synthetic_target_labels_drop_unverified_prompt_findings():
     assert (mass["Mass"] == 1).all() and (mass["Lung Lesion"] == 1).all()
     assert target["Pleural Effusion"].isna().all()  # named in the prompt but unverified: out of the loss
     assert (target["Cardiomegaly"] == 0).all()  # not asked for: still a negative (pretraining needs negatives)
+    only = synthetic_rows(df, SyntheticMixConfig(mode="mix", labels="target_only"), 100)
+    rib = only[only["target_class"] == "Rib Fracture"]
+    assert (rib["Rib Fracture"] == 1).all() and (rib["Fracture"] == 1).all()
+    assert only["Pleural Effusion"].isna().all() and only["Cardiomegaly"].isna().all()  # nothing else is taught
+    assert (df.loc[df["source"] == "real", "Cardiomegaly"] == 0).all()  # real rows untouched
 
 
 def test_epoch_batches_are_deterministic_and_sharded():

@@ -83,6 +83,11 @@ class EvaluationConfig:
     n_boot: int = 1000
     bootstrap_seed: int = 0
     grid_examples: int = 6  #: images per row in the report's grids
+    #: data.source=phantom: this many extra phantom images (new patients, another phantom seed, same renderer and
+    #: label-set law) are rendered for evaluation only and scored together with the test split. The trained
+    #: models never see them, so adding them to a finished ablation only predicts, it does not retrain.
+    heldout_phantom_n: int = 0
+    heldout_phantom_seed: int = 1
 
 
 @dataclass
@@ -197,6 +202,17 @@ def validate(cfg: AblationConfig, where: str = "config") -> None:
             resolve_class(name)  # unknown -> UnknownClassError (a UserError) listing the closest names
     if cfg.evaluation.split not in ("test", "val"):
         raise UserError(f"{where}: evaluation.split must be test or val, got {cfg.evaluation.split!r}")
+    ev = cfg.evaluation
+    if ev.heldout_phantom_n < 0:
+        raise UserError(f"{where}: evaluation.heldout_phantom_n {ev.heldout_phantom_n} must be >= 0")
+    if ev.heldout_phantom_n and cfg.data.source != "phantom":
+        raise UserError(f"{where}: evaluation.heldout_phantom_n needs data.source phantom (real data cannot be rendered); "
+                        "remove it or set it to 0")
+    if ev.heldout_phantom_n and ev.split != "test":
+        raise UserError(f"{where}: evaluation.heldout_phantom_n adds test patients; it needs evaluation.split test")
+    if ev.heldout_phantom_n and ev.heldout_phantom_seed == cfg.data.phantom_seed:
+        raise UserError(f"{where}: evaluation.heldout_phantom_seed {ev.heldout_phantom_seed} equals data.phantom_seed: "
+                        "the held-out images would repeat the training patients; choose another seed")
     if cfg.evaluation.n_boot < 100:
         raise UserError(f"{where}: evaluation.n_boot {cfg.evaluation.n_boot} is too small for a 95% interval (use >= 100)")
 

@@ -194,6 +194,14 @@ def _tail_evidence(results: dict[str, Any]) -> str | None:
     return line
 
 
+def _dataset_line(ds: dict[str, Any]) -> str:
+    line = "Dataset: " + ", ".join(f"{k} = {v}" for k, v in ds.items())
+    if ds.get("n_heldout"):
+        line += (f". The test rows include {ds['n_heldout']} held-out phantom images (new patients from another phantom "
+                 "seed, rendered for evaluation only; no model saw them).")
+    return line
+
+
 def _group_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["Arm", *[f"{g} mAP" for g in GROUPS], "seeds"]
     rows = []
@@ -263,7 +271,7 @@ def _markdown(results: dict[str, Any], figures: dict[str, bytes]) -> str:
     out = [f"# Ablation report: {results['name']}", "", f"_{results.get('question', 'Does synthetic tail data help, where, and by how much?')}_", ""]
     out += [f"- {line}" for line in _headline(results)] + [""]
     if ds:
-        out += ["Dataset: " + ", ".join(f"{k} = {v}" for k, v in ds.items()), ""]
+        out += [_dataset_line(ds), ""]
     out += ["## mAP per frequency group", "", _SEED_RULE, "", _md_table(*_group_table(results)), "",
             "![mAP by group](figures/group_map.png)", "",
             "## Paired differences vs real only (paired patient bootstrap on the same test set)", "",
@@ -355,7 +363,7 @@ def _html(results: dict[str, Any], figures: dict[str, bytes]) -> str:
             f"<p><em>{e(results.get('question', 'Does synthetic tail data help, where, and by how much?'))}</em></p>",
             "<ul class='headline'>" + "".join(f"<li>{e(l)}</li>" for l in _headline(results)) + "</ul>"]
     if ds:
-        body.append("<p class='note'>Dataset: " + e(", ".join(f"{k} = {v}" for k, v in ds.items())) + "</p>")
+        body.append("<p class='note'>" + e(_dataset_line(ds)) + "</p>")
     body += ["<h2>mAP per frequency group</h2>", f"<p class='note'>{e(_SEED_RULE)}</p>", _html_table(*_group_table(results)),
              _img(figures["group_map"], "mAP by frequency group"),
              "<h2>Paired differences vs real only</h2>",

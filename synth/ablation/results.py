@@ -20,7 +20,7 @@ Layout (all numbers are floats; ``ci`` is a ``[low, high]`` 95% interval)::
           "seeds": {"0": {
               "groups": {"overall"|"head"|"medium"|"tail": {"value": .., "ci": [..]}},
               "per_class": {class: {"ap": .., "auroc": .., "f1": .., "fnr": .., "n_pos": ..}},
-              "paired": {group: {"diff": .., "ci": [..], "p": ..}}   # vs baseline, same seed; not on the baseline
+              "paired": {group: {"diff": ..}}   # vs baseline, same seed; not on the baseline (older files: + ci, p)
           }},
           "paired_over_seeds": {group: {"diff": .., "ci": [..], "p": ..}}   # seed-averaged; not on the baseline
       }],

@@ -3,10 +3,11 @@
 Layout under ``outputs/ablations/NAME/``::
 
     data-<key>/            prepared manifest (phantom rendered first if data.source=phantom)
+    heldout-<key>/         evaluation.heldout_phantom_n extra test-only phantom patients (optional)
     generator-<key>/       fine-tuned diffusers pipeline
     generate-<key>/        synthetic images + manifest
     filter-<key>/          kept.csv, rejected.csv, summary.json
-    arms/<arm>-<key>/seed-<s>/   classifier ensemble + test probabilities
+    arms/<arm>-<key>/seed-<s>/   classifier ensemble + test probabilities (+ heldout-<key>_probs.npy)
 
 Every step's folder gets a ``done.json`` written last (atomically); a step
 whose marker exists is reused, so a re-run after a crash resumes where it
@@ -71,6 +72,8 @@ def plan(cfg: AblationConfig) -> list[Step]:
     root = cfg.ablation_dir
     keys = _keys(cfg)
     steps = [Step("data", root / f"data-{keys['data']}")]
+    if cfg.evaluation.heldout_phantom_n:
+        steps.append(Step("heldout", root / f"heldout-{keys['heldout']}"))
     if cfg.needs_synthetic:
         steps += [Step("generator", root / f"generator-{keys['generator']}"),
                   Step("generate", root / f"generate-{keys['generate']}")]
@@ -84,13 +87,33 @@ def plan(cfg: AblationConfig) -> list[Step]:
 
 def _keys(cfg: AblationConfig) -> dict[str, str]:
     keys = {"data": stage_key("data", cfg.data)}
+    keys["heldout"] = stage_key("heldout", cfg.evaluation.heldout_phantom_n, cfg.evaluation.heldout_phantom_seed, keys["data"])
     keys["generator"] = stage_key("generator", cfg.generator, keys["data"])
     keys["generate"] = stage_key("generate", cfg.generate, keys["generator"])
     keys["filter"] = stage_key("filter", cfg.filter, keys["generate"], keys["data"])
     upstream = {None: [keys["data"]], "unfiltered": [keys["data"], keys["generate"]], "filtered": [keys["data"], keys["filter"]]}
     for arm, (synthetic, mode) in ARM_DATA.items():
-        keys[arm] = stage_key("arm", arm, mode, cfg.classifier, cfg.evaluation.split, *upstream[synthetic])
+        classifier = cfg.classifier if synthetic else _baseline_classifier(cfg)
+        keys[arm] = stage_key("arm", arm, mode, classifier, cfg.evaluation.split, *upstream[synthetic])
     return keys
+
+
+def _baseline_classifier(cfg: AblationConfig) -> dict[str, Any]:
+    """The classifier settings the real-only arm reads: without the synthetic-mixing section.
+
+    Tuning how synthetic rows are mixed or labelled then retrains only the arms that use them,
+    not the baseline they are compared with.
+    """
+    import yaml
+
+    c = cfg.classifier
+    content: Any = None
+    if c.config and Path(c.config).is_file():
+        content = yaml.safe_load(Path(c.config).read_text())
+        if isinstance(content, dict):
+            content = {k: v for k, v in content.items() if k != "synthetic"}
+    overrides = {k: v for k, v in c.overrides.items() if k.split(".")[0] != "synthetic"}
+    return {"classifier_config": content, "overrides": overrides, "batch_size": c.batch_size}
 
 
 def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) -> Path:
@@ -116,6 +139,9 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
 
     classes = annotated_classes(real[real["split"] == "train"])
     test = real[real["split"] == cfg.evaluation.split].reset_index(drop=True)
+    heldout = None
+    if "heldout" in steps:
+        heldout = read_manifest(_cached(steps["heldout"], log, lambda out: stages.prepare_heldout(cfg, out), main_only=True))
     probs: dict[tuple[str, int], np.ndarray] = {}
     for arm in cfg.arms:
         which, mode = ARM_DATA[arm]
@@ -123,11 +149,19 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
         train_df = concat_manifests(frames, data_manifest.parent) if which else real
         for seed in cfg.seeds:
             step = steps[f"{arm}/seed-{seed}"]
-            _cached(step, log, lambda out: _train_and_predict(cfg, arm, mode, seed, train_df, test, classes, out))
+            model_dir = _cached(step, log, lambda out: _train_and_predict(cfg, arm, mode, seed, train_df, test, classes, out))
             probs[arm, seed] = np.load(step.folder / "test_probs.npy")
+            if heldout is not None:
+                held = step.folder / f"{steps['heldout'].folder.name}_probs.npy"
+                if not held.exists():
+                    log(f"[run] {arm}/seed-{seed}: predict {len(heldout)} held-out images")
+                    _predict_to(cfg, Path(model_dir), heldout, classes, held)
+                probs[arm, seed] = np.concatenate([probs[arm, seed], np.load(held)])
+    if heldout is not None:
+        test = concat_manifests([test, heldout], data_manifest.parent)
 
     if state.is_main_process:
-        results = build_results(cfg, real, test, classes, probs, filter_dir, synthetic)
+        results = build_results(cfg, real, test, classes, probs, filter_dir, synthetic, n_heldout=0 if heldout is None else len(heldout))
         write_json_atomic(cfg.report_dir / RESULTS_FILE, results)
         render_report(cfg.report_dir)
         log(f"report written: {cfg.report_dir / 'report.html'}")
@@ -166,22 +200,28 @@ def _rich_log(enabled: bool) -> Callable[[str], None]:
 def _train_and_predict(cfg: AblationConfig, arm: str, mode: str, seed: int, train_df: pd.DataFrame,
                        test: pd.DataFrame, classes: list[str], out: Path) -> Path:
     model_dir = stages.train_arm(cfg, mode, seed, train_df, classes, out / "model")
-    prob, prob_classes = stages.predict(cfg, Path(model_dir), test)
-    order = [list(prob_classes).index(c) for c in classes]
+    _predict_to(cfg, Path(model_dir), test, classes, out / "test_probs.npy")
+    return model_dir
+
+
+def _predict_to(cfg: AblationConfig, model_dir: Path, df: pd.DataFrame, classes: list[str], path: Path) -> None:
+    """Store the ensemble's probabilities of ``df`` in ``classes`` order (main process writes; all wait)."""
     from synth.distributed import process_state
 
-    if not process_state().is_main_process:
-        return model_dir
-    with atomic_path(out / "test_probs.npy") as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, np.asarray(prob, dtype=np.float32)[:, order])
-    return model_dir
+    state = process_state()
+    if state.is_main_process:
+        prob, prob_classes = stages.predict(cfg, model_dir, df)
+        order = [list(prob_classes).index(c) for c in classes]
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, np.asarray(prob, dtype=np.float32)[:, order])
+    state.wait_for_everyone()
 
 
 def build_results(cfg: AblationConfig, real: pd.DataFrame, test: pd.DataFrame, classes: list[str],
                   probs: dict[tuple[str, int], np.ndarray], filter_dir: Path | None,
-                  synthetic: dict[str, pd.DataFrame]) -> dict[str, Any]:
-    """Evaluate every arm/seed on the same test rows and assemble results.json."""
+                  synthetic: dict[str, pd.DataFrame], n_heldout: int = 0) -> dict[str, Any]:
+    """Evaluate every arm/seed on the same test rows (held-out phantom rows included) and assemble results.json."""
     train = real[real["split"] == "train"]
     y_train = label_matrix(train, classes)
     prevalence = {c: float(np.nanmean(y_train[:, i])) for i, c in enumerate(classes)}
@@ -190,24 +230,22 @@ def build_results(cfg: AblationConfig, real: pd.DataFrame, test: pd.DataFrame, c
     patients = test["subject_id"].astype(str).to_numpy()
     arms = []
     for arm in cfg.arms:
-        seeds = {}
-        for seed in cfg.seeds:
-            entry = stages.evaluate(cfg, y_test, probs[arm, seed], classes, groups, patients)
-            if arm != "real_only":
-                entry["paired"] = stages.paired(cfg, y_test, [probs["real_only", seed]], [probs[arm, seed]], classes, groups, patients)
-            seeds[str(seed)] = entry
+        seeds = {str(seed): stages.evaluate(cfg, y_test, probs[arm, seed], classes, groups, patients) for seed in cfg.seeds}
         arm_entry = {"name": arm, "label": ARM_LABELS[arm], "seeds": seeds}
         if arm != "real_only":
-            arm_entry["paired_over_seeds"] = stages.paired(
-                cfg, y_test, [probs["real_only", s] for s in cfg.seeds], [probs[arm, s] for s in cfg.seeds],
-                classes, groups, patients)
+            pooled = stages.paired(cfg, y_test, [probs["real_only", s] for s in cfg.seeds], [probs[arm, s] for s in cfg.seeds],
+                                   classes, groups, patients)
+            for i, seed in enumerate(cfg.seeds):  # each seed's own difference; the interval is the pooled one
+                seeds[str(seed)]["paired"] = {g: {"diff": row["run_diffs"][i]} for g, row in pooled.items()}
+            arm_entry["paired_over_seeds"] = {g: {k: v for k, v in row.items() if k != "run_diffs"} for g, row in pooled.items()}
         arms.append(arm_entry)
     generated = sorted(set(synthetic["unfiltered"]["target_class"])) if "unfiltered" in synthetic else []
     results: dict[str, Any] = {
         "name": cfg.name,
         "question": "Does synthetic tail data help, where, and by how much?",
         "dataset": {"name": cfg.data.source, "n_train": int(len(train)), "n_val": int((real["split"] == "val").sum()),
-                    f"n_{cfg.evaluation.split}": int(len(test)), "n_test_patients": int(len(set(patients)))},
+                    f"n_{cfg.evaluation.split}": int(len(test)), "n_test_patients": int(len(set(patients))),
+                    **({"n_heldout": n_heldout} if n_heldout else {})},
         "classes": classes, "groups": groups, "train_prevalence": prevalence,
         "generated_classes": generated, "baseline": "real_only", "arms": arms,
         "target": {"tail_gain": cfg.target.tail_gain, "max_head_drop": cfg.target.max_head_drop},
