@@ -328,3 +328,39 @@ def test_heldout_phantom_patients_are_new_and_all_in_test(tmp_path: Path):
     assert not set(heldout["subject_id"]) & set(main["subject_id"])
     assert not set(heldout["dicom_id"]) & set(main["dicom_id"])
     assert all(p.is_file() for p in image_paths(heldout))
+
+
+def test_oracle_fidelity_is_reported_and_never_retrains_filter_or_arms(tmp_path: Path, monkeypatch):
+    fake = FakeStages(monkeypatch)
+    cfg = load_ablation_config(_write_config(tmp_path, seeds=[0], arms=["real_only", "synthetic_filtered"]))
+    run_ablation(cfg, log=lambda m: None)
+
+    def train_oracle(cfg, out):
+        fake.calls.append("oracle")
+        return out
+
+    def oracle_fidelity(oracle_dir, real_train, generated, kept, out):
+        fake.calls.append("fidelity")
+        assert (real_train["split"] == "train").all() and len(generated) == 6 and len(kept) == 4
+        path = out / "fidelity.json"
+        path.write_text(json.dumps({"rule": "r", "classes": {"Rib Fracture": {
+            "oracle_val_ap": 0.9, "real": 0.8, "generated": 0.25, "kept": 0.5, "rejected": 0.0, "n_real": 3, "n_generated": 6}}}))
+        return path
+
+    monkeypatch.setattr(stages, "train_oracle", train_oracle)
+    monkeypatch.setattr(stages, "oracle_fidelity", oracle_fidelity)
+    (tmp_path / "oracle.yaml").write_text("a: 1\n")
+    cfg = load_ablation_config(_write_config(tmp_path, seeds=[0], arms=["real_only", "synthetic_filtered"],
+                                             oracle={"config": str(tmp_path / "oracle.yaml"), "phantom_n": 80}))
+    fake.calls.clear()
+    report_dir = run_ablation(cfg, log=lambda m: None)
+    assert fake.calls == ["oracle", "fidelity"]  # a judge: the filter and the arms are reused
+    results = json.loads((report_dir / "results.json").read_text())
+    assert results["fidelity"]["classes"]["Rib Fracture"]["kept"] == 0.5
+    md = (report_dir / "report.md").read_text()
+    assert "## Generator fidelity (phantom oracle)" in md and "| Rib Fracture | 0.900 | 0.800 | 0.250 | 0.500 | 0.000 | 3 | 6 |" in md
+    with pytest.raises(UserError, match="oracle needs data.source phantom"):
+        load_ablation_config(_write_config(tmp_path, data={"source": "manifest", "manifest": "m.csv"},
+                                           oracle={"config": str(tmp_path / "oracle.yaml")}))
+    with pytest.raises(UserError, match="repeats another phantom seed"):
+        load_ablation_config(_write_config(tmp_path, oracle={"config": str(tmp_path / "oracle.yaml"), "phantom_seed": 0}))

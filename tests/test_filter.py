@@ -8,6 +8,7 @@ copies of training images flagged, and nothing ever read from the test split.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -203,3 +204,17 @@ def test_oracle_reports_fidelity_and_verifier_agreement(trained, tmp_path):
     assert summary["classes"]["Rib Fracture"]["oracle_fidelity"] >= 0.8
     assert summary["classes"]["Cardiomegaly"]["oracle_fidelity"] <= 0.2
     assert summary["classes"]["Rib Fracture"]["verifier_recall"] >= 0.8
+
+    # the ablation's fidelity step (synth ablate oracle.config): the same judge, real / generated / kept / rejected
+    from synth.ablation.stages import oracle_fidelity
+
+    generated = read_manifest(make_synthetic(tmp_path / "generated", true + wrong))
+    kept = generated[generated["target_class"] == "Rib Fracture"].iloc[:6]
+    real_df = read_manifest(real)
+    fid = json.loads(oracle_fidelity(oracle, real_df[real_df["split"] == "train"], generated, kept, tmp_path / "fid")
+                     .read_text())["classes"]
+    rib, cardio = fid["Rib Fracture"], fid["Cardiomegaly"]
+    assert rib["generated"] >= 0.8 and cardio["generated"] <= 0.2 and cardio["kept"] is None  # none of them kept
+    assert rib["real"] >= 0.8 and cardio["real"] >= 0.8  # the judge detects the real positives of both classes
+    assert rib["kept"] * 6 + rib["rejected"] * 4 == pytest.approx(rib["generated"] * 10)
+    assert rib["n_generated"] == 10 and rib["n_real"] == int((real_df[real_df["split"] == "train"]["Rib Fracture"] == 1).sum())

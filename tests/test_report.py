@@ -124,6 +124,7 @@ def test_paired_verdict_uses_the_joint_seed_bootstrap(tmp_path: Path):
     assert est.n_seeds == 3 and est.std == pytest.approx(0.0)
     md = render_report(tmp_path / "r")["md"].read_text()
     assert "+ synthetic, filtered shows no clear effect on the tail" in md and "): NOT MET." in md
+    assert "+0.080 [-0.004, +0.150], p=0.090" in md  # the pooled p is exact; older files' largest per-seed p prints p≤
 
 
 def test_headline_states_tail_evidence_and_warns_when_positives_are_few(tmp_path: Path):

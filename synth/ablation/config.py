@@ -71,6 +71,21 @@ class FilterStage:
 
 
 @dataclass
+class OracleStage:
+    """Phantom only: an evaluation-only judge the ablation trains itself, for per-class fidelity in the report.
+
+    It is trained on a class-balanced phantom set rendered from its own seed (never the training data) and
+    only scores images: which generated images really show the finding they were asked for. Nothing it
+    says reaches the filter or the classifiers.
+    """
+
+    config: str | None = None  #: configs/filter/oracle*.yaml (verifier keys); null = no oracle
+    phantom_n: int = 20000  #: balanced phantom images rendered for it (split train/val/test by patient)
+    per_class: int | None = None  #: each class present in >= this many of them (null: phantom_n / 40)
+    phantom_seed: int = 2
+
+
+@dataclass
 class ClassifierStage:
     config: str | None = None  #: configs/classifier/*.yaml (an EnsembleConfig)
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -109,6 +124,7 @@ class AblationConfig:
     generate: GenerateStage = field(default_factory=GenerateStage)
     filter: FilterStage = field(default_factory=FilterStage)
     classifier: ClassifierStage = field(default_factory=ClassifierStage)
+    oracle: OracleStage = field(default_factory=OracleStage)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     target: Target = field(default_factory=Target)
     source_path: str | None = None  #: the YAML this came from (provenance; not hashed)
@@ -136,7 +152,7 @@ class AblationConfig:
 
 
 _SECTIONS = {"data": DataConfig, "generator": GeneratorStage, "generate": GenerateStage, "filter": FilterStage,
-             "classifier": ClassifierStage, "evaluation": EvaluationConfig, "target": Target}
+             "classifier": ClassifierStage, "oracle": OracleStage, "evaluation": EvaluationConfig, "target": Target}
 
 
 def load_ablation_config(path: str | Path, seeds: list[int] | None = None, arms: list[str] | None = None,
@@ -213,6 +229,11 @@ def validate(cfg: AblationConfig, where: str = "config") -> None:
     if ev.heldout_phantom_n and ev.heldout_phantom_seed == cfg.data.phantom_seed:
         raise UserError(f"{where}: evaluation.heldout_phantom_seed {ev.heldout_phantom_seed} equals data.phantom_seed: "
                         "the held-out images would repeat the training patients; choose another seed")
+    if cfg.oracle.config and cfg.data.source != "phantom":
+        raise UserError(f"{where}: oracle needs data.source phantom (only the phantom knows the truth); remove oracle.config")
+    if cfg.oracle.config and cfg.oracle.phantom_seed in (cfg.data.phantom_seed, ev.heldout_phantom_seed if ev.heldout_phantom_n else None):
+        raise UserError(f"{where}: oracle.phantom_seed {cfg.oracle.phantom_seed} repeats another phantom seed of this "
+                        "ablation; the oracle must be trained on its own patients")
     if cfg.evaluation.n_boot < 100:
         raise UserError(f"{where}: evaluation.n_boot {cfg.evaluation.n_boot} is too small for a 95% interval (use >= 100)")
 
@@ -237,6 +258,8 @@ def check_paths(cfg: AblationConfig) -> None:
                    ("filter.config", cfg.filter.config, "see configs/filter/"),
                    ("filter.oracle", cfg.filter.oracle, "train one with `synth oracle train` or remove the key")]
     needed.append(("classifier.config", cfg.classifier.config, "see configs/classifier/"))
+    if cfg.needs_synthetic:
+        needed.append(("oracle.config", cfg.oracle.config, "see configs/filter/oracle-64px.yaml or remove the key"))
     for key, value, fix in needed:
         if value is not None and not Path(value).exists():
             raise UserError(f"{where}: {key} {value} not found; {fix}")

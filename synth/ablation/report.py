@@ -259,6 +259,26 @@ def _filter_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]] 
     return header, rows
 
 
+_FIDELITY_RULE = ("Fidelity = share of images in which the phantom oracle (an evaluation-only judge trained on a separate "
+                  "class-balanced phantom set; nothing it says reaches the filter or the classifiers) detects the class the "
+                  "image was generated for, at its F1-optimal validation threshold. 'real' is the same rate on the class's "
+                  "real training positives: the judge's own sensitivity. A class with oracle val AP < 0.5 cannot be judged.")
+
+
+def _fidelity_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+    fid = results.get("fidelity")
+    if not fid or not fid.get("classes"):
+        return None
+    header = ["Class", "oracle val AP", "real", "generated", "kept", "rejected", "n real", "n generated"]
+    rows = []
+    for cls, c in fid["classes"].items():
+        judged = c.get("oracle_val_ap") is not None and c["oracle_val_ap"] >= 0.5
+        rows.append([cls + ("" if judged else " (not judgeable)"), _fmt(c.get("oracle_val_ap")),
+                     *[_fmt(c.get(k)) for k in ("real", "generated", "kept", "rejected")],
+                     str(c.get("n_real", "")), str(c.get("n_generated", ""))])
+    return header, rows
+
+
 def _provenance(results: dict[str, Any]) -> dict[str, Any]:
     return results.get("provenance", {})
 
@@ -281,6 +301,9 @@ def _markdown(results: dict[str, Any], figures: dict[str, bytes]) -> str:
     filt = _filter_table(results)
     if filt:
         out += ["## Filter summary", "", f"FID/KID on {results['filter'].get('extractor', 'unknown')} features.", "", _md_table(*filt), ""]
+    fidelity = _fidelity_table(results)
+    if fidelity:
+        out += ["## Generator fidelity (phantom oracle)", "", _FIDELITY_RULE, "", _md_table(*fidelity), ""]
     grids = [n for n in figures if n.startswith("grid_")]
     if grids:
         out += ["## Image grids (rows: real, kept synthetic, rejected synthetic)", ""]
@@ -375,6 +398,9 @@ def _html(results: dict[str, Any], figures: dict[str, bytes]) -> str:
     if filt:
         body += ["<h2>Filter summary</h2>", f"<p class='note'>FID/KID on {e(results['filter'].get('extractor', 'unknown'))} features; "
                  "the floor is real-vs-real FID at the same sample size.</p>", _html_table(*filt)]
+    fidelity = _fidelity_table(results)
+    if fidelity:
+        body += ["<h2>Generator fidelity (phantom oracle)</h2>", f"<p class='note'>{e(_FIDELITY_RULE)}</p>", _html_table(*fidelity)]
     if results.get("grids"):
         body.append("<h2>Image grids</h2><p class='note'>Rows: real examples, kept synthetic, rejected synthetic.</p>")
         for cls in results["grids"]:
@@ -433,7 +459,7 @@ def _fmt_diff(est: Estimate) -> str:
     """Signed difference with interval; a trailing * marks an interval that excludes 0."""
     if est.n_seeds == 0:
         return "–"
-    p = "" if est.p is None else ", p<0.001" if est.p < 0.001 else f", p≤{est.p:.3f}"
+    p = "" if est.p is None else ", p<0.001" if est.p < 0.001 else f", p{'≤' if est.p_is_bound else '='}{est.p:.3f}"
     return f"{est.mean:+.3f} [{est.ci[0]:+.3f}, {est.ci[1]:+.3f}]{p}" + ("*" if est.excludes_zero else "")
 
 

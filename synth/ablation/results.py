@@ -26,6 +26,8 @@ Layout (all numbers are floats; ``ci`` is a ``[low, high]`` 95% interval)::
       }],
       "filter": {"extractor": "...", "classes": {class: {"n": .., "kept": .., "rejected": {reason: count},
                  "fid": .., "kid": .., "fid_floor": .., "fid_ci": [..], "oracle_fidelity": ..}}},   # optional
+      "fidelity": {"rule": "...", "classes": {class: {"oracle_val_ap": .., "real": .., "generated": .., "kept": ..,
+                   "rejected": .., "n_real": .., "n_generated": ..}}},   # optional: phantom oracle (ablation oracle.config)
       "grids": {class: {"real": [path], "kept": [path], "rejected": [path]}},   # paths relative to results.json
       "provenance": {"commands": [...], "config": {...}, "seeds": [...], "versions": {...}, "git_commit": ...}
     }
@@ -43,6 +45,7 @@ interval, the p-value and the verdict.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -71,6 +74,7 @@ class Estimate:
     ci: tuple[float, float]
     n_seeds: int
     p: float | None = None
+    p_is_bound: bool = False  #: p is the largest per-seed p (older results.json), an upper bound, not the pooled p
 
     @property
     def excludes_zero(self) -> bool:
@@ -149,12 +153,13 @@ def paired_estimate(arm: dict[str, Any], group: str) -> Estimate:
         seed_std = combine(diffs, diffs, diffs).std  # the same seed spread the fallback reports
         return Estimate(float(pooled["diff"]), seed_std, (_num(pooled["ci"][0]), _num(pooled["ci"][1])),
                         len(arm["seeds"]), pooled.get("p"))
-    return combine(
+    old = combine(
         [_num(e["diff"]) for e in entries],
         [_num(e["ci"][0]) for e in entries],
         [_num(e["ci"][1]) for e in entries],
         [e.get("p") for e in entries],
     )
+    return dataclasses.replace(old, p_is_bound=True)
 
 
 def per_class_mean(arm: dict[str, Any], cls: str, metric: str) -> float:

@@ -7,6 +7,8 @@ Layout under ``outputs/ablations/NAME/``::
     generator-<key>/       fine-tuned diffusers pipeline
     generate-<key>/        synthetic images + manifest
     filter-<key>/          kept.csv, rejected.csv, summary.json
+    oracle-<key>/          phantom only: balanced phantom set + the evaluation-only oracle trained on it
+    fidelity-<key>/        fidelity.json: oracle detection rate per generated class (real / generated / kept / rejected)
     arms/<arm>-<key>/seed-<s>/   classifier ensemble + test probabilities (+ heldout-<key>_probs.npy)
 
 Every step's folder gets a ``done.json`` written last (atomically); a step
@@ -79,6 +81,8 @@ def plan(cfg: AblationConfig) -> list[Step]:
                   Step("generate", root / f"generate-{keys['generate']}")]
     if cfg.needs_filter:
         steps.append(Step("filter", root / f"filter-{keys['filter']}"))
+    if cfg.needs_synthetic and cfg.oracle.config:
+        steps += [Step("oracle", root / f"oracle-{keys['oracle']}"), Step("fidelity", root / f"fidelity-{keys['fidelity']}")]
     for arm in cfg.arms:
         for seed in cfg.seeds:
             steps.append(Step(f"{arm}/seed-{seed}", root / "arms" / f"{arm}-{keys[arm]}" / f"seed-{seed}"))
@@ -91,6 +95,8 @@ def _keys(cfg: AblationConfig) -> dict[str, str]:
     keys["generator"] = stage_key("generator", cfg.generator, keys["data"])
     keys["generate"] = stage_key("generate", cfg.generate, keys["generator"])
     keys["filter"] = stage_key("filter", cfg.filter, keys["generate"], keys["data"])
+    keys["oracle"] = stage_key("oracle", cfg.oracle, cfg.data.size)
+    keys["fidelity"] = stage_key("fidelity", keys["oracle"], keys["generate"], keys["filter"] if cfg.needs_filter else None)
     upstream = {None: [keys["data"]], "unfiltered": [keys["data"], keys["generate"]], "filtered": [keys["data"], keys["filter"]]}
     for arm, (synthetic, mode) in ARM_DATA.items():
         classifier = cfg.classifier if synthetic else _baseline_classifier(cfg)
@@ -136,6 +142,11 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
         filter_dir = Path(_cached(steps["filter"], log, lambda out: stages.filter_images(cfg, Path(synth_manifest), data_manifest, out),
                                   main_only=True))
         synthetic["filtered"] = read_manifest(filter_dir / "kept.csv")
+    fidelity = None
+    if "oracle" in steps:
+        oracle_dir = Path(_cached(steps["oracle"], log, lambda out: stages.train_oracle(cfg, out), main_only=True))
+        fidelity = Path(_cached(steps["fidelity"], log, lambda out: stages.oracle_fidelity(
+            oracle_dir, real[real["split"] == "train"], synthetic["unfiltered"], synthetic.get("filtered"), out), main_only=True))
 
     classes = annotated_classes(real[real["split"] == "train"])
     test = real[real["split"] == cfg.evaluation.split].reset_index(drop=True)
@@ -162,6 +173,8 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
 
     if state.is_main_process:
         results = build_results(cfg, real, test, classes, probs, filter_dir, synthetic, n_heldout=0 if heldout is None else len(heldout))
+        if fidelity is not None:
+            results["fidelity"] = json.loads(fidelity.read_text())
         write_json_atomic(cfg.report_dir / RESULTS_FILE, results)
         render_report(cfg.report_dir)
         log(f"report written: {cfg.report_dir / 'report.html'}")

@@ -116,6 +116,62 @@ def filter_summary(filter_dir: Path) -> dict[str, Any]:
     return {"extractor": summary.get("extractor", "unknown"), "classes": classes}
 
 
+# ---------------------------------------------------------------- phantom oracle (evaluation only)
+
+
+def train_oracle(cfg: AblationConfig, out: Path) -> Path:
+    """Render a class-balanced phantom set from the oracle's own seed and train the judge on it."""
+    o, d = cfg.oracle, cfg.data
+    phantom = _import("synth.phantom", "phantom")
+    prepare = _import("synth.prepare", "prepare")
+    filtering = _import("synth.filtering", "filter")
+    labels = Path(phantom.render_dataset(n=o.phantom_n, size=d.size, seed=o.phantom_seed, out=out / "phantom",
+                                         balanced=True, per_class=o.per_class, progress=True))
+    manifest = prepare.prepare_dataset("cxrlt", labels, labels.parent, out / "prepared", size=d.size, seed=o.phantom_seed,
+                                       overwrite=True, progress=True)
+    return Path(filtering.train_oracle(manifest, out / "oracle", filtering.load_verifier_config(o.config)))
+
+
+def oracle_fidelity(oracle_dir: Path, real_train: pd.DataFrame, generated: pd.DataFrame, kept: pd.DataFrame | None,
+                    out: Path) -> Path:
+    """Per generated class: how often the oracle detects the target finding in real / generated / kept / rejected images.
+
+    "Real" (the class's real training positives) is the judge's own sensitivity: a class whose
+    real images it rarely detects cannot be judged, and the report says so.
+    """
+    import json
+
+    from synth.filtering.oracle import load_oracle, predict as oracle_predict
+    from synth.io import write_json_atomic
+
+    oracle, thresholds = load_oracle(oracle_dir)
+    val_ap = {c: v.get("val_ap") for c, v in json.loads((Path(oracle_dir) / "oracle.json").read_text())["classes"].items()}
+    index = {c: j for j, c in enumerate(oracle.classes)}
+    kept_ids = set(kept["dicom_id"]) if kept is not None else None
+    classes: dict[str, Any] = {}
+    for cls in sorted(set(generated["target_class"])):
+        gen = generated[generated["target_class"] == cls]
+        real = real_train[real_train[cls] == 1] if cls in real_train else real_train.head(0)
+        entry: dict[str, Any] = {"oracle_val_ap": val_ap.get(cls), "threshold": thresholds.get(cls),
+                                 "n_real": int(len(real)), "n_generated": int(len(gen))}
+        if cls not in thresholds:
+            classes[cls] = entry
+            continue
+        t, j = thresholds[cls], index[cls]
+        hit_gen = oracle_predict(oracle, gen, 64)[:, j] >= t
+        entry["real"] = float(np.mean(oracle_predict(oracle, real, 64)[:, j] >= t)) if len(real) else None
+        entry["generated"] = float(hit_gen.mean()) if len(gen) else None
+        if kept_ids is not None:
+            is_kept = gen["dicom_id"].isin(kept_ids).to_numpy()
+            entry["kept"] = float(hit_gen[is_kept].mean()) if is_kept.any() else None
+            entry["rejected"] = float(hit_gen[~is_kept].mean()) if (~is_kept).any() else None
+        classes[cls] = entry
+    path = out / "fidelity.json"
+    write_json_atomic(path, {"oracle": str(oracle_dir), "rule": "detected = oracle P(target) >= its F1-optimal val threshold",
+                             "classes": classes})
+    return path
+
+
 # ---------------------------------------------------------------- classifier arms
 
 
