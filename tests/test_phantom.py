@@ -144,6 +144,10 @@ def test_dataset_loads_as_cxrlt_and_is_worker_independent(tmp_path):
     assert (a.parent / "contact_sheets" / "all.png").exists() and (a.parent / "images").is_dir()
     with pytest.raises(UserError, match="already exists"):
         render_dataset(40, 32, 5, tmp_path / "a")
+    meta["arguments"]["renderer"] -= 1  # a folder from an older renderer is not this renderer's output
+    (a.parent / "phantom.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="already exists"):
+        render_dataset(48, 32, 5, tmp_path / "a")
 
 
 def test_synth_prepare_reads_the_phantom(tmp_path):

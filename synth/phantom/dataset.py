@@ -34,7 +34,7 @@ from synth.errors import UserError
 from synth.io import write_json_atomic, write_text_atomic
 from synth.phantom.labels import (RESHAPE, add_label_noise, label_matrix, sample_balanced_label_sets,
                                   sample_label_sets)
-from synth.phantom.render import render_with_regions
+from synth.phantom.render import RENDERER_VERSION, render_with_regions
 from synth.taxonomy import CXR_LT_CLASSES, META_COLUMNS, frequency_groups
 
 LABELS_FILE = "labels.csv"
@@ -111,7 +111,7 @@ def render_dataset(n: int, size: int, seed: int, out: str | os.PathLike, *, bala
     _check(n, size, seed, per_class, label_noise, workers)
     out = Path(out)
     args = {"n": n, "size": size, "seed": seed, "balanced": balanced, "per_class": per_class if balanced else None,
-            "label_noise": label_noise}
+            "label_noise": label_noise, "renderer": RENDERER_VERSION}
     if out.exists():
         meta = out / META_FILE
         if meta.exists() and (out / LABELS_FILE).exists():
@@ -127,7 +127,8 @@ def render_dataset(n: int, size: int, seed: int, out: str | os.PathLike, *, bala
                         raise
                 return out / LABELS_FILE
         if not overwrite:
-            raise UserError(f"--out {out} already exists (made with other arguments or not a phantom dataset); "
+            raise UserError(f"--out {out} already exists (made with other arguments, another renderer version, or not a phantom "
+                            "dataset); "
                             "choose a new folder or pass --overwrite")
     if balanced:
         k = per_class if per_class is not None else n // len(CXR_LT_CLASSES)

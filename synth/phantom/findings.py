@@ -180,8 +180,8 @@ def _aortic_calc(cv, rng, present):
     th = np.linspace(t0, t1, 9)
     r = a.knob_r * 0.9
     pts = np.stack([a.knob_x + r * np.cos(th), a.knob_y + r * np.sin(th)], 1)
-    w, m = cv.polyline(pts, 0.014)
-    cv.add[w] += rng.uniform(0.35, 0.5) * m
+    w, m = cv.polyline(pts, 0.02)
+    cv.add[w] += rng.uniform(0.5, 0.65) * m
     return cv.region(w, m), {"arc": [float(t0), float(t1)]}
 
 
@@ -202,17 +202,17 @@ def _cardiomegaly(cv, rng, present):
 def _clavicle_fracture(cv, rng, present):
     side = _side(rng)
     ab = rng.uniform(0.3, 0.52)
-    dv = rng.uniform(0.05, 0.08) * (1 if rng.random() < 0.7 else -1)
+    dv = rng.uniform(0.08, 0.12) * (1 if rng.random() < 0.7 else -1)
     cu = side * (ab + 0.17)
     cvv = float(cv.clavicle_center(np.float32(ab + 0.17), side))
     w = cv.window(cu, cvv, 0.24)
     u, v = cv.u[w], cv.v[w]
     au = u * side
     shift = dv * ramp(au - ab, cv.px)
-    gap = 1.0 - ramp(0.02 - np.abs(au - ab), cv.px)
+    gap = 1.0 - ramp(0.03 - np.abs(au - ab), cv.px)
     orig = cv.clavicle_mask(u, v, side)
     new = cv.clavicle_mask(u, v, side, dv=shift) * gap
-    delta = 0.32 * (new - orig)
+    delta = 0.45 * (new - orig)
     cv.add[w] += delta
     return cv.region(w, np.abs(delta), 0.01), {"side": side, "break": float(ab), "step": float(dv)}
 
@@ -343,12 +343,12 @@ def _humerus_or_spine(cv, rng):
         head = ramp(0.15 - np.sqrt(((u - side * 1.0) / 1.0) ** 2 + ((v + 0.9) / 1.07) ** 2), cv.soft)
         gap = ramp(0.016 - np.abs(d), cv.px)
         scl = ramp(0.016 - np.abs(d - 0.035), cv.px)
-        delta = head * (-0.3 * gap + 0.2 * scl)
+        delta = head * (-0.45 * gap + 0.3 * scl)
         cv.add[w] += delta
         return cv.region(w, np.abs(delta), 0.01), {"kind": "humeral neck", "side": side}
     y = rng.uniform(-0.2, 0.35)
     w, m = cv.ellipse(float(cv.spine_x(np.float32(y))), y, a.spine_w + 0.02, 0.035)
-    cv.add[w] += 0.14 * m
+    cv.add[w] += 0.22 * m
     return cv.region(w, m), {"kind": "vertebral compression", "level": y}
 
 
@@ -364,9 +364,9 @@ def _granuloma(cv, rng, present):
     regions = []
     for _ in range(1 + int(rng.integers(0, 3))):
         cu, cvv = _lung_pos(cv, rng, _side(rng), t=(0.15, 0.8), l=(0.2, 0.9))
-        r = rng.uniform(0.024, 0.034)
+        r = rng.uniform(0.032, 0.045)
         w, m = cv.ellipse(cu, cvv, r, r, edge=cv.px * 0.7)
-        cv.add[w] += rng.uniform(0.4, 0.55) * m
+        cv.add[w] += rng.uniform(0.55, 0.7) * m
         regions.append(cv.region(w, m))
     return _union(*regions), {}
 
@@ -511,7 +511,7 @@ def _nodule(cv, rng, present):
     r = rng.uniform(0.05, 0.075)
     w, m = cv.ellipse(cu, cvv, r, r, edge=cv.px)
     _fill(cv, w, m)
-    cv.add[w] += 0.06 * m
+    cv.add[w] += 0.12 * m
     return cv.region(w, m), {"center": (cu, cvv), "r": r}
 
 
@@ -551,8 +551,8 @@ def _pleural_other(cv, rng, present):
             ys[-1] = ys[0] + max(ys[-1] - ys[0], 0.15)
             lat = np.array([a.lung_point(side, (y - a.apex) / (a.lung_bottom(side) - a.apex), 1.0)[0] for y in ys])
             pts = np.stack([lat - side * 0.015, ys], 1)
-        w, m = cv.polyline(pts, 0.022)
-        cv.add[w] += rng.uniform(0.4, 0.55) * m
+        w, m = cv.polyline(pts, 0.03)
+        cv.add[w] += rng.uniform(0.55, 0.7) * m
         regions.append(cv.region(w, m))
     return _union(*regions), {}
 
@@ -687,8 +687,8 @@ def _rib_fracture(cv, rng, present):
     cv.add[w] += delta
     regions = [cv.region(w, np.abs(delta), 0.005)]
     if rng.random() < 0.8:  # healing callus: at 64 px the step alone is ~1 px
-        wc, c = cv.ellipse(side * ab, v_c, 0.035, 0.045)
-        cv.add[wc] += 0.12 * c
+        wc, c = cv.ellipse(side * ab, v_c, 0.045, 0.055)
+        cv.add[wc] += 0.18 * c
         regions.append(cv.region(wc, c))
     return _union(*regions), {"side": side, "rib": k, "at": float(ab)}
 
@@ -723,7 +723,7 @@ def _subcutaneous_emphysema(cv, rng, present):
         au = cv.u * side
         zone = ramp(au - a.thorax - 0.03, cv.px) * ramp(a.body_w - 0.03 - au, cv.px) * ramp(cv.v - v0, 0.05) * ramp(v1 - cv.v, 0.05)
         streak = ramp(np.cos((cv.v + 0.6 * au * au) * (2 * math.pi / per) + rng.uniform(0, 6.3)) - 0.3, 0.4)
-        cv.extra_air += 0.25 * zone * streak
+        cv.extra_air += 0.4 * zone * streak
         regions.append(zone > 0.05)
     return _union(*regions), {"sides": sides}
 

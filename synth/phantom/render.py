@@ -22,6 +22,11 @@ from synth.phantom.findings import REGISTRY
 from synth.taxonomy import CXR_LT_CLASSES, expand_parents, resolve_class
 
 VIEWS = ("PA", "AP")
+#: Bumped whenever a change makes the renderer draw different pixels for the same seed; a rendered folder
+#: records it, so a folder made by another renderer is never mistaken for this one's output.
+#: 2: stronger small signatures (clavicle / rib / other fracture, granuloma, nodule, pleural plaques,
+#:    subcutaneous emphysema, aortic calcification) after a balanced model could not learn them at 64 px.
+RENDERER_VERSION = 2
 _INDEX = {c: i for i, c in enumerate(CXR_LT_CLASSES)}
 
 
