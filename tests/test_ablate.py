@@ -359,6 +359,8 @@ def test_oracle_fidelity_is_reported_and_never_retrains_filter_or_arms(tmp_path:
     assert results["fidelity"]["classes"]["Rib Fracture"]["kept"] == 0.5
     md = (report_dir / "report.md").read_text()
     assert "## Generator fidelity (phantom oracle)" in md and "| Rib Fracture | 0.900 | 0.800 | 0.250 | 0.500 | 0.000 | 3 | 6 |" in md
+    assert ("- Generator fidelity (phantom oracle, 1 judgeable class(es)): the prompted finding is detected in 25% of "
+            "generated and 50% of kept images on average, vs 80% of real training positives.") in md
     with pytest.raises(UserError, match="oracle needs data.source phantom"):
         load_ablation_config(_write_config(tmp_path, data={"source": "manifest", "manifest": "m.csv"},
                                            oracle={"config": str(tmp_path / "oracle.yaml")}))

@@ -159,9 +159,9 @@ def _headline(results: dict[str, Any]) -> list[str]:
             f"{_label(arm)} {verdict} the tail: ΔmAP {_fmt_diff(tail)} (head {_fmt_diff(head)}), "
             f"{tail.n_seeds} seed(s)."
         )
-    evidence = _tail_evidence(results)
-    if evidence:
-        lines.append(evidence)
+    for extra in (_tail_evidence(results), _fidelity_summary(results)):
+        if extra:
+            lines.append(extra)
     target = results.get("target")
     if target and any(a["name"] == "synthetic_filtered" for a in results["arms"]):
         arm = arm_by_name(results, "synthetic_filtered")
@@ -175,6 +175,24 @@ def _headline(results: dict[str, Any]) -> list[str]:
 
 
 FEW_TEST_POSITIVES = 10
+JUDGEABLE_ORACLE_AP = 0.5  #: below this oracle val AP a class's fidelity is not reported as evidence
+
+
+def _fidelity_summary(results: dict[str, Any]) -> str | None:
+    """Whether the generator drew what it was asked for: the first thing to check when synthetic data does not help."""
+    classes = (results.get("fidelity") or {}).get("classes", {})
+    judged = {c: v for c, v in classes.items()
+              if (v.get("oracle_val_ap") or 0) >= JUDGEABLE_ORACLE_AP and v.get("generated") is not None}
+    if not judged:
+        return None
+
+    def mean(key: str) -> str:
+        vals = [v[key] for v in judged.values() if v.get(key) is not None]
+        return f"{100 * sum(vals) / len(vals):.0f}%" if vals else "–"
+
+    return (f"Generator fidelity (phantom oracle, {len(judged)} judgeable class(es)): the prompted finding is detected "
+            f"in {mean('generated')} of generated and {mean('kept')} of kept images on average, vs {mean('real')} of "
+            "real training positives.")
 
 
 def _tail_evidence(results: dict[str, Any]) -> str | None:
@@ -272,7 +290,7 @@ def _fidelity_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]
     header = ["Class", "oracle val AP", "real", "generated", "kept", "rejected", "n real", "n generated"]
     rows = []
     for cls, c in fid["classes"].items():
-        judged = c.get("oracle_val_ap") is not None and c["oracle_val_ap"] >= 0.5
+        judged = c.get("oracle_val_ap") is not None and c["oracle_val_ap"] >= JUDGEABLE_ORACLE_AP
         rows.append([cls + ("" if judged else " (not judgeable)"), _fmt(c.get("oracle_val_ap")),
                      *[_fmt(c.get(k)) for k in ("real", "generated", "kept", "rejected")],
                      str(c.get("n_real", "")), str(c.get("n_generated", ""))])
