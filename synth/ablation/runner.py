@@ -164,6 +164,7 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
             probs[arm, seed] = np.load(step.folder / "test_probs.npy")
             if heldout is not None:
                 held = step.folder / f"{steps['heldout'].folder.name}_probs.npy"
+                state.wait_for_everyone()  # every process checks before the main one may write: all agree
                 if not held.exists():
                     log(f"[run] {arm}/seed-{seed}: predict {len(heldout)} held-out images")
                     _predict_to(cfg, Path(model_dir), heldout, classes, held)
