@@ -74,6 +74,8 @@ class FilterConfig:
     outlier_knn: int = 5  #: distance = mean distance to the k nearest real training images
     outlier_percentile: float = 99.0  #: drop beyond this percentile of real images' own kNN distances
     outlier_reference_max: int = 5000  #: real training images used as the outlier reference
+    #: per target class, raise the limit to the farthest real positive of that class (rare findings are atypical)
+    outlier_class_aware: bool = True
     # near-copy -------------------------------------------------------------------------------
     nearcopy_pixel_size: int = 32  #: downsampled resolution of the pixel-space check
     nearcopy_calibration_images: int = 200  #: real training images copied/perturbed for calibration

@@ -97,7 +97,10 @@ def _run(synthetic_manifest: Path, data_manifest: Path, verifier_dir: Path, out_
     # ---- per-image outliers ----------------------------------------------------------------------
     outliers = fit_outlier_model(real.features, cfg.outlier_knn, cfg.outlier_percentile, cfg.outlier_reference_max, rng)
     scores["outlier_distance"] = outliers.distances(syn.features)
-    scores["outlier_limit"] = outliers.limit
+    train_y = label_matrix(train, list(pd.unique(target)))
+    class_limits = {cls: outliers.class_limit(real.features[train_y[:, j] == 1.0]) if cfg.outlier_class_aware else outliers.limit
+                    for j, cls in enumerate(pd.unique(target))}
+    scores["outlier_limit"] = target.map(class_limits).to_numpy(float)
 
     # ---- near-copy -------------------------------------------------------------------------------
     index = NearCopyIndex.build(real.features, real.pixels, px)
@@ -134,7 +137,7 @@ def _run(synthetic_manifest: Path, data_manifest: Path, verifier_dir: Path, out_
         "no_threshold": scores["threshold_rule"].eq("none").to_numpy(),
         "verifier": ~scores["verifier_pass"].to_numpy(bool) & scores["threshold_rule"].ne("none").to_numpy(),
         "co_labels": (scores["co_label_agreement"].fillna(1.0) < cfg.co_label_min_agreement).to_numpy(),
-        "outlier": (scores["outlier_distance"] > outliers.limit).to_numpy(),
+        "outlier": (scores["outlier_distance"] > scores["outlier_limit"]).to_numpy(),
     }
     scores["reasons"] = ["|".join(r for r in REASONS if flags[r][i]) for i in range(len(synth))]
     scores["kept"] = scores["reasons"] == ""
@@ -148,6 +151,7 @@ def _run(synthetic_manifest: Path, data_manifest: Path, verifier_dir: Path, out_
 
     summary = _summary(target, scores, flags, thresholds, realism, set_rejected, calibration, outliers.limit, oracle,
                        extractor.name, verifier_dir, cfg)
+    summary["outlier_class_limits"] = {str(c): float(v) for c, v in class_limits.items()}
     _write(out_dir, synth, scores, summary)
     return summary
 
@@ -244,7 +248,8 @@ def _summary(target, scores, flags, thresholds, realism, set_rejected, calibrati
             "class_set_fid": f"FID(synthetic, real train positives) > {cfg.fid_reject_factor} x FID(real, real), both at "
                              "the same set size m; sets with m < min_fid_images are not judged",
             "outlier": f"mean distance to the {cfg.outlier_knn} nearest real training images (standardised features) "
-                       f"> {cfg.outlier_percentile}th percentile of real images' own distances",
+                       f"> {cfg.outlier_percentile}th percentile of real images' own distances"
+                       + (", raised per class to its farthest real training positive" if cfg.outlier_class_aware else ""),
             "near_copy": "nearest real training image: feature cosine / flip-aware pixel correlation above a threshold "
                          "calibrated between perturbed copies and distinct-patient neighbours",
             "reason_order": list(REASONS),
