@@ -220,18 +220,16 @@ def test_oracle_reports_fidelity_and_verifier_agreement(trained, tmp_path):
     assert rib["n_generated"] == 10 and rib["n_real"] == int((real_df[real_df["split"] == "train"]["Rib Fracture"] == 1).sum())
 
 
-def test_outlier_limit_is_raised_to_a_rare_class_s_own_real_positives():
-    """A rare finding's real images lie beyond the bulk: generated ones as far as they are stay, farther ones go."""
-    from synth.filtering.realism import fit_outlier_model
+def test_outliers_are_flagged_and_rejected_only_when_asked(trained, tmp_path):
+    """An outlier limit below most real images makes every image an outlier: flagged either way, dropped only on request."""
+    true = [("Pneumothorax", render("Pneumothorax", 920_000 + i)) for i in range(12)]
+    flagged, summary = _filter(trained, tmp_path / "flag", true, outlier_percentile=1.0)
+    assert flagged["flags"].str.contains("outlier").mean() >= 0.9
+    assert not flagged["reasons"].str.contains("outlier").any()
+    assert summary["classes"]["Pneumothorax"]["flagged"]["outlier"] >= 11
+    assert "outlier" not in summary["classes"]["Pneumothorax"]["rejected"]
 
-    rng = np.random.default_rng(0)
-    bulk = rng.normal(0, 1, (400, 8))
-    rare = rng.normal(0, 1, (4, 8)) * 4.0 + 8.0  # four real positives, far from the bulk and from each other
-    model = fit_outlier_model(np.concatenate([bulk, rare]), k=3, percentile=99.0, max_reference=1000, rng=rng)
-    like_rare = rare[:1] + 0.05  # a generated image that resembles one of them
-    far = np.full((1, 8), 40.0)
-    d_like, d_far = model.distances(like_rare)[0], model.distances(far)[0]
-    assert d_like > model.limit  # the global rule calls an image of the rare finding an outlier
-    limit = model.class_limit(rare)
-    assert d_like <= limit < d_far  # the class-aware rule keeps it and still rejects what is far from everything
-    assert model.class_limit(bulk[:0]) == model.limit  # no real positive: the global limit
+    rejected, summary = _filter(trained, tmp_path / "reject", true, outlier_percentile=1.0, outlier_rejects=True)
+    assert rejected["reasons"].str.contains("outlier").mean() >= 0.9
+    assert rejected["kept"].mean() <= 0.1
+

@@ -8,7 +8,9 @@ Order of the reasons (an image gets the first that applies as its
 3. ``no_threshold``   its target class cannot be verified (not in the verifier / not annotated in val);
 4. ``verifier``       P(target) below the class threshold fitted on real val;
 5. ``co_labels``      too few co-occurring labels confirmed (only if co_label_min_agreement > 0);
-6. ``outlier``        feature distance to real images beyond the real images' own range.
+6. ``outlier``        feature distance to real images beyond the real images' own range
+                      (rejects only with ``outlier_rejects``; otherwise flagged in ``scores.csv``
+                      ``flags`` and the summary's ``flagged`` counts).
 """
 
 from __future__ import annotations
@@ -97,10 +99,7 @@ def _run(synthetic_manifest: Path, data_manifest: Path, verifier_dir: Path, out_
     # ---- per-image outliers ----------------------------------------------------------------------
     outliers = fit_outlier_model(real.features, cfg.outlier_knn, cfg.outlier_percentile, cfg.outlier_reference_max, rng)
     scores["outlier_distance"] = outliers.distances(syn.features)
-    train_y = label_matrix(train, list(pd.unique(target)))
-    class_limits = {cls: outliers.class_limit(real.features[train_y[:, j] == 1.0]) if cfg.outlier_class_aware else outliers.limit
-                    for j, cls in enumerate(pd.unique(target))}
-    scores["outlier_limit"] = target.map(class_limits).to_numpy(float)
+    scores["outlier_limit"] = outliers.limit
 
     # ---- near-copy -------------------------------------------------------------------------------
     index = NearCopyIndex.build(real.features, real.pixels, px)
@@ -137,9 +136,11 @@ def _run(synthetic_manifest: Path, data_manifest: Path, verifier_dir: Path, out_
         "no_threshold": scores["threshold_rule"].eq("none").to_numpy(),
         "verifier": ~scores["verifier_pass"].to_numpy(bool) & scores["threshold_rule"].ne("none").to_numpy(),
         "co_labels": (scores["co_label_agreement"].fillna(1.0) < cfg.co_label_min_agreement).to_numpy(),
-        "outlier": (scores["outlier_distance"] > scores["outlier_limit"]).to_numpy(),
+        "outlier": (scores["outlier_distance"] > outliers.limit).to_numpy(),
     }
-    scores["reasons"] = ["|".join(r for r in REASONS if flags[r][i]) for i in range(len(synth))]
+    rejecting = [r for r in REASONS if r != "outlier" or cfg.outlier_rejects]
+    scores["flags"] = ["|".join(r for r in REASONS if flags[r][i]) for i in range(len(synth))]
+    scores["reasons"] = ["|".join(r for r in rejecting if flags[r][i]) for i in range(len(synth))]
     scores["kept"] = scores["reasons"] == ""
 
     oracle = None
@@ -151,7 +152,6 @@ def _run(synthetic_manifest: Path, data_manifest: Path, verifier_dir: Path, out_
 
     summary = _summary(target, scores, flags, thresholds, realism, set_rejected, calibration, outliers.limit, oracle,
                        extractor.name, verifier_dir, cfg)
-    summary["outlier_class_limits"] = {str(c): float(v) for c, v in class_limits.items()}
     _write(out_dir, synth, scores, summary)
     return summary
 
@@ -249,7 +249,7 @@ def _summary(target, scores, flags, thresholds, realism, set_rejected, calibrati
                              "the same set size m; sets with m < min_fid_images are not judged",
             "outlier": f"mean distance to the {cfg.outlier_knn} nearest real training images (standardised features) "
                        f"> {cfg.outlier_percentile}th percentile of real images' own distances"
-                       + (", raised per class to its farthest real training positive" if cfg.outlier_class_aware else ""),
+                       + ("" if cfg.outlier_rejects else " (flagged, not rejected: outlier_rejects is false)"),
             "near_copy": "nearest real training image: feature cosine / flip-aware pixel correlation above a threshold "
                          "calibrated between perturbed copies and distinct-patient neighbours",
             "reason_order": list(REASONS),

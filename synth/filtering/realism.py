@@ -114,25 +114,6 @@ class OutlierModel:
     def distances(self, features: np.ndarray) -> np.ndarray:
         return _knn_mean_distance(self._standardise(features), self.reference, self.k, exclude_self=False)
 
-    def class_limit(self, positives: np.ndarray) -> float:
-        """The limit for images of one class: at least as far as that class's own real positives lie.
-
-        A rare finding is atypical by definition: on the phantom, real Hydropneumothorax images lie
-        beyond the 99th percentile of all real images, and the global limit rejected 110/200 generated
-        ones — mostly those that showed the finding (oracle: 87 % of the rejected vs 75 % of the kept).
-        A generated image is an outlier only if it is farther from the real data than any real
-        positive of its class is (each positive measured without itself).
-        """
-        if len(positives) == 0:
-            return self.limit
-        x = self._standardise(positives)
-        d = torch.cdist(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(self.reference, dtype=torch.float32))
-        d[d < 1e-6] = float("inf")  # the positive itself, where it is part of the reference
-        k = min(self.k, max(1, d.shape[1] - 1))
-        own = d.topk(k, dim=1, largest=False).values.mean(1)
-        own = own[torch.isfinite(own)]
-        return max(self.limit, float(own.max())) if len(own) else self.limit
-
     def _standardise(self, x: np.ndarray) -> np.ndarray:
         return (x - self.mean) / self.std
 
