@@ -206,3 +206,14 @@ def test_html_renders_in_headless_chromium_without_broken_images(report_dir: Pat
     bad = tmp_path / "bad.html"
     bad.write_text(html.replace("data:image/png;base64,", "data:image/png;base64,AAAA", 1))
     assert _render_check(_chromium_dom(bad, tmp_path)) == (5, 1)
+
+
+def test_filter_table_shows_rules_that_flag_without_rejecting():
+    """Outliers kept under outlier_rejects: false must still be counted in the report, apart from rejections."""
+    from synth.ablation.report import _filter_table
+
+    results = {"filter": {"classes": {"Pneumothorax": {
+        "n": 10, "kept": 8, "rejected": {"verifier": 2}, "flagged": {"verifier": 2, "outlier": 3, "near_copy": 0}}}}}
+    header, rows = _filter_table(results)
+    assert "flagged: outlier" in header and "flagged: verifier" not in header and "flagged: near_copy" not in header
+    assert rows[0][header.index("flagged: outlier")] == "3" and rows[0][header.index("rejected: verifier")] == "2"

@@ -260,8 +260,11 @@ def _filter_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]] 
     if not filt or not filt.get("classes"):
         return None
     reasons = sorted({r for c in filt["classes"].values() for r in c.get("rejected", {})})
+    # rules that only report (e.g. outliers when outlier_rejects is false): counted, the images kept
+    flag_only = sorted({r for c in filt["classes"].values() for r, n in c.get("flagged", {}).items() if n} - set(reasons))
     has_oracle = any(c.get("oracle_fidelity") is not None for c in filt["classes"].values())
-    header = ["Class", "generated", "kept", *[f"rejected: {r}" for r in reasons], "FID", "FID floor", "FID / floor", "KID"]
+    header = ["Class", "generated", "kept", *[f"rejected: {r}" for r in reasons], *[f"flagged: {r}" for r in flag_only],
+              "FID", "FID floor", "FID / floor", "KID"]
     if has_oracle:
         header.append("oracle fidelity")
     rows = []
@@ -270,6 +273,7 @@ def _filter_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]] 
         ratio = fid / floor if fid is not None and floor else math.nan
         fid_txt = _fmt(fid, 2) + (f" [{_fmt(c['fid_ci'][0], 2)}, {_fmt(c['fid_ci'][1], 2)}]" if c.get("fid_ci") else "")
         row = [cls, str(c.get("n", "")), str(c.get("kept", "")), *[str(c.get("rejected", {}).get(r, 0)) for r in reasons],
+               *[str(c.get("flagged", {}).get(r, 0)) for r in flag_only],
                fid_txt, _fmt(floor, 2), _fmt(ratio, 2), _fmt(c.get("kid"), 4)]
         if has_oracle:
             row.append(_fmt(c.get("oracle_fidelity")))

@@ -24,7 +24,7 @@ Layout (all numbers are floats; ``ci`` is a ``[low, high]`` 95% interval)::
           }},
           "paired_over_seeds": {group: {"diff": .., "ci": [..], "p": ..}}   # seed-averaged; not on the baseline
       }],
-      "filter": {"extractor": "...", "classes": {class: {"n": .., "kept": .., "rejected": {reason: count},
+      "filter": {"extractor": "...", "classes": {class: {"n": .., "kept": .., "rejected": {reason: count}, "flagged": {reason: count},
                  "fid": .., "kid": .., "fid_floor": .., "fid_ci": [..], "oracle_fidelity": ..}}},   # optional
       "fidelity": {"rule": "...", "classes": {class: {"oracle_val_ap": .., "real": .., "generated": .., "kept": ..,
                    "rejected": .., "n_real": .., "n_generated": ..}}},   # optional: phantom oracle (ablation oracle.config)
