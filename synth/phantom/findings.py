@@ -202,17 +202,17 @@ def _cardiomegaly(cv, rng, present):
 def _clavicle_fracture(cv, rng, present):
     side = _side(rng)
     ab = rng.uniform(0.3, 0.52)
-    dv = rng.uniform(0.08, 0.12) * (1 if rng.random() < 0.7 else -1)
+    dv = rng.uniform(0.12, 0.17) * (1 if rng.random() < 0.7 else -1)
     cu = side * (ab + 0.17)
     cvv = float(cv.clavicle_center(np.float32(ab + 0.17), side))
     w = cv.window(cu, cvv, 0.24)
     u, v = cv.u[w], cv.v[w]
     au = u * side
     shift = dv * ramp(au - ab, cv.px)
-    gap = 1.0 - ramp(0.03 - np.abs(au - ab), cv.px)
+    gap = 1.0 - ramp(0.045 - np.abs(au - ab), cv.px)
     orig = cv.clavicle_mask(u, v, side)
     new = cv.clavicle_mask(u, v, side, dv=shift) * gap
-    delta = 0.45 * (new - orig)
+    delta = 0.6 * (new - orig)
     cv.add[w] += delta
     return cv.region(w, np.abs(delta), 0.01), {"side": side, "break": float(ab), "step": float(dv)}
 
@@ -333,7 +333,7 @@ def _fissure(cv, rng, present):
 
 def _humerus_or_spine(cv, rng):
     a = cv.A
-    if rng.random() < 0.6:
+    if rng.random() < 0.4:  # the humeral neck sits at the film corner, often half cut off
         side = _side(rng)
         cu, cvv = side * 0.96, -0.84
         w = cv.window(cu, cvv, 0.2)
@@ -341,14 +341,14 @@ def _humerus_or_spine(cv, rng):
         ang = rng.uniform(-0.5, 0.5)
         d = (u - cu) * math.sin(ang) + (v - cvv - 0.04) * math.cos(ang)
         head = ramp(0.15 - np.sqrt(((u - side * 1.0) / 1.0) ** 2 + ((v + 0.9) / 1.07) ** 2), cv.soft)
-        gap = ramp(0.016 - np.abs(d), cv.px)
-        scl = ramp(0.016 - np.abs(d - 0.035), cv.px)
-        delta = head * (-0.45 * gap + 0.3 * scl)
+        gap = ramp(0.024 - np.abs(d), cv.px)
+        scl = ramp(0.024 - np.abs(d - 0.05), cv.px)
+        delta = head * (-0.6 * gap + 0.4 * scl)
         cv.add[w] += delta
         return cv.region(w, np.abs(delta), 0.01), {"kind": "humeral neck", "side": side}
     y = rng.uniform(-0.2, 0.35)
-    w, m = cv.ellipse(float(cv.spine_x(np.float32(y))), y, a.spine_w + 0.02, 0.035)
-    cv.add[w] += 0.22 * m
+    w, m = cv.ellipse(float(cv.spine_x(np.float32(y))), y, a.spine_w + 0.03, 0.05)
+    cv.add[w] += 0.3 * m
     return cv.region(w, m), {"kind": "vertebral compression", "level": y}
 
 
@@ -364,7 +364,7 @@ def _granuloma(cv, rng, present):
     regions = []
     for _ in range(1 + int(rng.integers(0, 3))):
         cu, cvv = _lung_pos(cv, rng, _side(rng), t=(0.15, 0.8), l=(0.2, 0.9))
-        r = rng.uniform(0.032, 0.045)
+        r = rng.uniform(0.04, 0.055)
         w, m = cv.ellipse(cu, cvv, r, r, edge=cv.px * 0.7)
         cv.add[w] += rng.uniform(0.55, 0.7) * m
         regions.append(cv.region(w, m))
@@ -508,10 +508,10 @@ def _mass(cv, rng, present):
 @finding("Nodule", "small round well-defined soft-tissue nodule")
 def _nodule(cv, rng, present):
     cu, cvv = _lung_pos(cv, rng, _side(rng), t=(0.2, 0.8), l=(0.25, 0.85))
-    r = rng.uniform(0.05, 0.075)
+    r = rng.uniform(0.06, 0.085)
     w, m = cv.ellipse(cu, cvv, r, r, edge=cv.px)
     _fill(cv, w, m)
-    cv.add[w] += 0.12 * m
+    cv.add[w] += 0.18 * m
     return cv.region(w, m), {"center": (cu, cvv), "r": r}
 
 
@@ -551,8 +551,8 @@ def _pleural_other(cv, rng, present):
             ys[-1] = ys[0] + max(ys[-1] - ys[0], 0.15)
             lat = np.array([a.lung_point(side, (y - a.apex) / (a.lung_bottom(side) - a.apex), 1.0)[0] for y in ys])
             pts = np.stack([lat - side * 0.015, ys], 1)
-        w, m = cv.polyline(pts, 0.03)
-        cv.add[w] += rng.uniform(0.55, 0.7) * m
+        w, m = cv.polyline(pts, 0.04)
+        cv.add[w] += rng.uniform(0.6, 0.75) * m
         regions.append(cv.region(w, m))
     return _union(*regions), {}
 
@@ -683,12 +683,12 @@ def _rib_fracture(cv, rng, present):
     shifted = cv.rib_profile(rw - step * ramp(au - ab, cv.px))
     gap = 1.0 - ramp(0.012 - np.abs(au - ab), cv.px)
     rm = cv.rib_mask(u, v)
-    delta = 0.14 * sel * rm * (shifted * gap - cv.rib_profile(rw))
+    delta = 0.2 * sel * rm * (shifted * gap - cv.rib_profile(rw))
     cv.add[w] += delta
     regions = [cv.region(w, np.abs(delta), 0.005)]
-    if rng.random() < 0.8:  # healing callus: at 64 px the step alone is ~1 px
-        wc, c = cv.ellipse(side * ab, v_c, 0.045, 0.055)
-        cv.add[wc] += 0.18 * c
+    if rng.random() < 0.85:  # healing callus: at 64 px the step alone is ~1 px
+        wc, c = cv.ellipse(side * ab, v_c, 0.06, 0.07)
+        cv.add[wc] += 0.24 * c
         regions.append(cv.region(wc, c))
     return _union(*regions), {"side": side, "rib": k, "at": float(ab)}
 
