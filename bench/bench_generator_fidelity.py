@@ -22,6 +22,7 @@ import json
 import time
 from pathlib import Path
 
+from synth.ablation.report import is_judgeable
 from synth.ablation.stages import oracle_fidelity
 from synth.generate import GenerateConfig, run
 from synth.manifest import read_manifest
@@ -59,7 +60,7 @@ def main() -> None:
         first = table[args.guidance[0]][cls]
         cells = " ".join(f"{_pct(table[g][cls].get('generated')):>7s}" for g in args.guidance)
         print(f"{cls:28s} {_num(first.get('oracle_val_ap')):>9s} {_pct(first.get('real')):>6s} {cells}")
-    judged = [c for c in classes if (table[args.guidance[0]][c].get("oracle_val_ap") or 0) >= 0.5]
+    judged = [c for c in classes if is_judgeable(table[args.guidance[0]][c])]
     for g in args.guidance:
         rates = [table[g][c]["generated"] for c in judged if table[g][c].get("generated") is not None]
         print(f"guidance {g:g}: mean fidelity over {len(rates)} judgeable classes = {sum(rates) / max(len(rates), 1):.3f}")

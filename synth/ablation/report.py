@@ -178,11 +178,15 @@ FEW_TEST_POSITIVES = 10
 JUDGEABLE_ORACLE_AP = 0.5  #: below this oracle val AP a class's fidelity is not reported as evidence
 
 
+def is_judgeable(fidelity_row: dict[str, Any]) -> bool:
+    """Whether the oracle is good enough on this class for its fidelity to count."""
+    return (fidelity_row.get("oracle_val_ap") or 0) >= JUDGEABLE_ORACLE_AP
+
+
 def _fidelity_summary(results: dict[str, Any]) -> str | None:
     """Whether the generator drew what it was asked for: the first thing to check when synthetic data does not help."""
     classes = (results.get("fidelity") or {}).get("classes", {})
-    judged = {c: v for c, v in classes.items()
-              if (v.get("oracle_val_ap") or 0) >= JUDGEABLE_ORACLE_AP and v.get("generated") is not None}
+    judged = {c: v for c, v in classes.items() if is_judgeable(v) and v.get("generated") is not None}
     if not judged:
         return None
 
@@ -294,7 +298,7 @@ def _fidelity_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]
     header = ["Class", "oracle val AP", "real", "generated", "kept", "rejected", "n real", "n generated"]
     rows = []
     for cls, c in fid["classes"].items():
-        judged = c.get("oracle_val_ap") is not None and c["oracle_val_ap"] >= JUDGEABLE_ORACLE_AP
+        judged = is_judgeable(c)
         rows.append([cls + ("" if judged else " (not judgeable)"), _fmt(c.get("oracle_val_ap")),
                      *[_fmt(c.get(k)) for k in ("real", "generated", "kept", "rejected")],
                      str(c.get("n_real", "")), str(c.get("n_generated", ""))])
