@@ -326,14 +326,15 @@ def _fissure(cv, rng, present):
         x1, y1 = a.lung_point(1, 0.95, 0.2)
         pts = _bezier((x0, y0), ((x0 + x1) / 2 + 0.05, (y0 + y1) / 2), (x1, y1))
         kind = "major"
-    w, m = cv.polyline(pts, 0.013)
+    w, m = cv.polyline(pts, 0.02)
     _fill(cv, w, m)
+    cv.add[w] += 0.08 * m
     return cv.region(w, m), {"kind": kind}
 
 
 def _humerus_or_spine(cv, rng):
     a = cv.A
-    if rng.random() < 0.4:  # the humeral neck sits at the film corner, often half cut off
+    if rng.random() < 0.15:  # the humeral neck sits at the film corner, often half cut off
         side = _side(rng)
         cu, cvv = side * 0.96, -0.84
         w = cv.window(cu, cvv, 0.2)
@@ -346,10 +347,16 @@ def _humerus_or_spine(cv, rng):
         delta = head * (-0.6 * gap + 0.4 * scl)
         cv.add[w] += delta
         return cv.region(w, np.abs(delta), 0.01), {"kind": "humeral neck", "side": side}
-    y = rng.uniform(-0.2, 0.35)
-    w, m = cv.ellipse(float(cv.spine_x(np.float32(y))), y, a.spine_w + 0.03, 0.05)
-    cv.add[w] += 0.3 * m
-    return cv.region(w, m), {"kind": "vertebral compression", "level": y}
+    # vertebral compression: a flattened, sclerotic body with a paraspinal haematoma
+    # bulging the paraspinal lines on both sides (the sign that shows at 64 px)
+    y = rng.uniform(-0.45, 0.2)
+    x = float(cv.spine_x(np.float32(y)))
+    w, m = cv.ellipse(x, y, a.spine_w + 0.02, 0.045)
+    cv.add[w] += 0.45 * m
+    wb, b = cv.ellipse(x, y, a.spine_w + rng.uniform(0.08, 0.11), rng.uniform(0.1, 0.14))
+    _fill(cv, wb, b)
+    cv.add[wb] += 0.12 * b
+    return _union(cv.region(w, m), cv.region(wb, b)), {"kind": "vertebral compression", "level": y}
 
 
 @finding("Fracture", "other fracture (no rib/clavicle child): humeral neck fracture line or a sclerotic compressed vertebra")
@@ -359,14 +366,23 @@ def _fracture(cv, rng, present):
     return _humerus_or_spine(cv, rng)
 
 
-@finding("Granuloma", "1-3 small very dense (calcified) sharply marginated nodules")
+@finding("Granuloma", "1-3 tiny calcified (white, pinpoint) nodules, sometimes with a calcified hilar node (Ranke complex)")
 def _granuloma(cv, rng, present):
+    # Calcified, so far denser and smaller than a soft-tissue nodule: at 64 px a saturated
+    # 1-2 px point rather than a grey disc. That contrast, not size alone, is what a reader
+    # (and a 64 px classifier) uses to tell the two apart.
+    a = cv.A
     regions = []
     for _ in range(1 + int(rng.integers(0, 3))):
         cu, cvv = _lung_pos(cv, rng, _side(rng), t=(0.15, 0.8), l=(0.2, 0.9))
-        r = rng.uniform(0.04, 0.055)
-        w, m = cv.ellipse(cu, cvv, r, r, edge=cv.px * 0.7)
-        cv.add[w] += rng.uniform(0.55, 0.7) * m
+        r = rng.uniform(0.028, 0.04)
+        w, m = cv.ellipse(cu, cvv, r, r, edge=cv.px * 0.5)
+        cv.add[w] += rng.uniform(1.1, 1.4) * m
+        regions.append(cv.region(w, m))
+    if rng.random() < 0.3:
+        side = _side(rng)
+        w, m = cv.ellipse(side * (a.hilum_x + 0.03), a.hilum_y + rng.uniform(-0.04, 0.04), 0.035, 0.03, edge=cv.px * 0.5)
+        cv.add[w] += rng.uniform(0.9, 1.1) * m
         regions.append(cv.region(w, m))
     return _union(*regions), {}
 
@@ -475,13 +491,15 @@ def _lobar_atelectasis(cv, rng, present):
 def _lung_lesion(cv, rng, present):
     if present & {"Nodule", "Mass"}:
         return _empty(cv), {"drawn_by_child": True}
-    cu, cvv = _lung_pos(cv, rng, _side(rng), t=(0.2, 0.7))
-    r = rng.uniform(0.065, 0.09)
+    # Larger than a nodule with a cavity wide enough (>= 2 px at 64 px) to read as a ring:
+    # a small cavity blurs into a solid disc and the lesion becomes a mislabelled nodule.
+    cu, cvv = _lung_pos(cv, rng, _side(rng), t=(0.2, 0.7), l=(0.3, 0.75))
+    r = rng.uniform(0.095, 0.125)
     w, m = cv.ellipse(cu, cvv, r, r * rng.uniform(0.85, 1.15), wobble=0.12, phase=rng.uniform(0, 6.3))
-    w2, c = cv.ellipse(cu + rng.uniform(-0.01, 0.01), cvv - 0.01, r * 0.5, r * 0.45)
+    w2, c = cv.ellipse(cu + rng.uniform(-0.01, 0.01), cvv - 0.01, r * 0.6, r * 0.55)
     _fill(cv, w, m)
     cv.fill[w2] -= c * 0.95
-    cv.extra_air[w2] += 0.05 * c
+    cv.extra_air[w2] += 0.1 * c
     return cv.region(w, m), {"center": (cu, cvv), "r": r}
 
 
@@ -505,13 +523,14 @@ def _mass(cv, rng, present):
     return cv.region(w, m), {"center": (cu, cvv), "r": r}
 
 
-@finding("Nodule", "small round well-defined soft-tissue nodule")
+@finding("Nodule", "one round well-defined soft-tissue (grey, not calcified) nodule of 1.5-3 cm")
 def _nodule(cv, rng, present):
-    cu, cvv = _lung_pos(cv, rng, _side(rng), t=(0.2, 0.8), l=(0.25, 0.85))
-    r = rng.uniform(0.06, 0.085)
+    # Soft-tissue density: it replaces lung air but adds little bone-like density, so it is
+    # a grey disc, larger than a granuloma's pinpoint and smaller than a mass (r >= 0.1).
+    cu, cvv = _lung_pos(cv, rng, _side(rng), t=(0.2, 0.8), l=(0.25, 0.7))
+    r = rng.uniform(0.07, 0.095)
     w, m = cv.ellipse(cu, cvv, r, r, edge=cv.px)
-    _fill(cv, w, m)
-    cv.add[w] += 0.18 * m
+    _fill(cv, w, rng.uniform(0.55, 0.7) * m)  # a sphere is thinner than the mediastinum: partial fill
     return cv.region(w, m), {"center": (cu, cvv), "r": r}
 
 
@@ -667,12 +686,9 @@ def _pulmonary_hypertension(cv, rng, present):
     return _union(*regions, periph > 0.05), {}
 
 
-@finding("Rib Fracture", "break with a step (and sometimes callus) in one lateral rib")
-def _rib_fracture(cv, rng, present):
+def _one_rib_fracture(cv, rng, side: int, k: int, ab: float):
+    """A step in posterior rib ``k`` at |u| = ``ab`` and a fusiform callus along the rib."""
     a = cv.A
-    side = _side(rng)
-    k = int(rng.integers(2, 8))
-    ab = rng.uniform(0.45, a.thorax - 0.1)
     v_c = a.rib_v0 + a.rib_curv * ab * ab + (k + 0.22) * a.rib_sp
     w = cv.window(side * (ab + 0.08), v_c + 0.02, 0.16)
     u, v = cv.u[w], cv.v[w]
@@ -682,15 +698,29 @@ def _rib_fracture(cv, rng, present):
     step = rng.uniform(0.3, 0.45) * (1 if rng.random() < 0.5 else -1)
     shifted = cv.rib_profile(rw - step * ramp(au - ab, cv.px))
     gap = 1.0 - ramp(0.012 - np.abs(au - ab), cv.px)
-    rm = cv.rib_mask(u, v)
-    delta = 0.2 * sel * rm * (shifted * gap - cv.rib_profile(rw))
+    delta = 0.25 * sel * cv.rib_mask(u, v) * (shifted * gap - cv.rib_profile(rw))
     cv.add[w] += delta
     regions = [cv.region(w, np.abs(delta), 0.005)]
-    if rng.random() < 0.85:  # healing callus: at 64 px the step alone is ~1 px
-        wc, c = cv.ellipse(side * ab, v_c, 0.06, 0.07)
-        cv.add[wc] += 0.24 * c
-        regions.append(cv.region(wc, c))
-    return _union(*regions), {"side": side, "rib": k, "at": float(ab)}
+    # the callus follows the rib (slope dv/du = 2 curv |u| side), so it reads as a bony
+    # thickening of the rib, not as a round lung nodule
+    angle = math.atan(2.0 * a.rib_curv * ab * side)
+    wc, c = cv.ellipse(side * ab, v_c, 0.075, 0.035, angle=angle)
+    cv.add[wc] += rng.uniform(0.3, 0.4) * c
+    regions.append(cv.region(wc, c))
+    return _union(*regions)
+
+
+@finding("Rib Fracture", "lateral rib fractures (usually 2-3 consecutive ribs in a line), each a step with a fusiform callus")
+def _rib_fracture(cv, rng, present):
+    # Rib fractures from one blow come in runs down the lateral chest wall; the run of
+    # aligned calluses is what separates them from scattered lung nodules at 64 px.
+    a = cv.A
+    side = _side(rng)
+    n = 1 + int(rng.choice(3, p=[0.25, 0.4, 0.35]))
+    k0 = int(rng.integers(2, 9 - n))
+    ab = rng.uniform(0.5, a.thorax - 0.1)
+    regions = [_one_rib_fracture(cv, rng, side, k0 + i, float(ab + rng.uniform(-0.03, 0.03))) for i in range(n)]
+    return _union(*regions), {"side": side, "ribs": list(range(k0, k0 + n)), "at": float(ab)}
 
 
 @finding("Round(ed) Atelectasis", "round peripheral opacity on thickened pleura with a comet tail of vessels")

@@ -28,7 +28,11 @@ VIEWS = ("PA", "AP")
 #:    subcutaneous emphysema, aortic calcification) after a balanced model could not learn them at 64 px.
 #: 3: larger / brighter fracture steps and calluses, nodules, granulomas and plaques: renderer 2's balanced
 #:    model still scored Clavicle Fracture 0.14, Nodule 0.30, Rib Fracture 0.33, Fracture 0.36 at 64 px.
-RENDERER_VERSION = 3
+#: 4: the small round things made distinct, since renderer 3's balanced model confused them with each
+#:    other: grey soft-tissue nodule vs white pinpoint granulomas vs a ring-shaped cavitating lesion;
+#:    rib fractures in runs of consecutive ribs with calluses along the rib; vertebral compression with
+#:    a paraspinal bulge; thicker fissure.
+RENDERER_VERSION = 4
 _INDEX = {c: i for i, c in enumerate(CXR_LT_CLASSES)}
 
 
