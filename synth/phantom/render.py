@@ -32,7 +32,8 @@ VIEWS = ("PA", "AP")
 #:    other: grey soft-tissue nodule vs white pinpoint granulomas vs a ring-shaped cavitating lesion;
 #:    rib fractures in runs of consecutive ribs with calluses along the rib; vertebral compression with
 #:    a paraspinal bulge; thicker fissure.
-RENDERER_VERSION = 4
+#: 5: nodules only where the lung is aerated (6 % of renderer 4's sat invisibly behind the heart).
+RENDERER_VERSION = 5
 _INDEX = {c: i for i, c in enumerate(CXR_LT_CLASSES)}
 
 
