@@ -10,7 +10,7 @@ difference of a class is exactly its own signature.
 
 Signature sizes are relative to the thorax and never thinner than ~1 px at
 64 px; several tail signatures are subtle on purpose (azygos fissure, Westermark
-oligaemia, a rib step), as they are on real films.
+oligaemia, pneumomediastinum), as they are on real films.
 
 Parents of the hierarchy (Fracture, Atelectasis, Lung Lesion) draw their own
 "other" variant only when none of their children is present (a rib fracture
