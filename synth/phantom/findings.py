@@ -536,7 +536,7 @@ def _nodule(cv, rng, present):
             break
     r = rng.uniform(0.07, 0.095)
     w, m = cv.ellipse(cu, cvv, r, r, edge=cv.px)
-    _fill(cv, w, rng.uniform(0.55, 0.7) * m)  # a sphere is thinner than the mediastinum: partial fill
+    _fill(cv, w, rng.uniform(0.7, 0.85) * m)  # a sphere is thinner than the mediastinum: partial fill
     return cv.region(w, m), {"center": (cu, cvv), "r": r}
 
 

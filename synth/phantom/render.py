@@ -33,7 +33,8 @@ VIEWS = ("PA", "AP")
 #:    rib fractures in runs of consecutive ribs with calluses along the rib; vertebral compression with
 #:    a paraspinal bulge; thicker fissure.
 #: 5: nodules only where the lung is aerated (6 % of renderer 4's sat invisibly behind the heart).
-RENDERER_VERSION = 5
+#: 6: denser nodules (fill 0.55-0.7 -> 0.7-0.85): renderer 5's balanced model scored Nodule 0.55.
+RENDERER_VERSION = 6
 _INDEX = {c: i for i, c in enumerate(CXR_LT_CLASSES)}
 
 
