@@ -1,7 +1,8 @@
 """Sanity of the phantom's difficulty: does the long tail hurt, and is every signature learnable?
 
-    python bench/bench_phantom_difficulty.py                       # the full protocol (hours on 2 CPU cores)
+    python bench/bench_phantom_difficulty.py                       # the full protocol (~25 min on 2 CPU cores)
     python bench/bench_phantom_difficulty.py --n 2000 --epochs 5   # a reduced run
+    python bench/bench_phantom_difficulty.py --per-class --confusions 5   # + what the 5 weakest are mistaken for
 
 Trains a ConvNeXt-atto (timm, random init, 1 input channel, 40 outputs, BCE)
 twice with the same budget (``--n`` images, ``--epochs``) at ``--size`` px:
@@ -84,6 +85,20 @@ def per_class_ap(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
             if 0 < y[:, j].sum() < len(y)}
 
 
+def confusions(y: np.ndarray, p: np.ndarray, sets, cls: str, top: int = 60, shown: int = 5) -> str:
+    """Labels over-represented among ``cls``'s ``top`` highest-scoring negatives (ratio to their share
+    among all negatives): which other signatures the model mistakes for this one."""
+    from collections import Counter
+
+    j = CXR_LT_CLASSES.index(cls)
+    neg = np.where(y[:, j] == 0)[0]
+    hard = neg[np.argsort(-p[neg, j])[:top]]
+    in_hard = Counter(c for i in hard for c in sets[i])
+    in_neg = Counter(c for i in neg for c in sets[i])
+    ratio = sorted(((in_hard[c] / len(hard)) / (in_neg[c] / len(neg)), c) for c in in_hard if in_hard[c] >= 5)
+    return ", ".join(f"{c} {r:.1f}x" for r, c in ratio[::-1][:shown])
+
+
 def group_map(ap: dict[str, float], groups: dict[str, str]) -> dict[str, float]:
     out = {}
     for g in ("head", "medium", "tail"):
@@ -104,6 +119,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per-class", action="store_true", help="print every class's AP")
+    parser.add_argument("--confusions", type=int, default=0, metavar="K",
+                        help="for the K weakest classes of the balanced model, print what its top false positives contain")
     args = parser.parse_args()
 
     import torch
@@ -127,8 +144,11 @@ def main() -> None:
     results = {}
     for name, x, y in (("natural", x_nat, y_nat), ("balanced", x_bal, y_bal)):
         model = train(x, y, args.epochs, args.batch_size, args.lr, args.seed, name)
+        p_tb = predict(model, x_tb)
         results[name] = {"natural test": per_class_ap(y_tn, predict(model, x_tn)),
-                         "balanced test": per_class_ap(y_tb, predict(model, x_tb))}
+                         "balanced test": per_class_ap(y_tb, p_tb)}
+        if name == "balanced":
+            p_bal = p_tb
 
     print(f"\nConvNeXt-atto, {args.n} training images x {args.epochs} epochs at {args.size} px "
           f"(test: {args.n_test} natural + {args.n_test} balanced); mAP per group (groups from natural train prevalence)")
@@ -145,6 +165,11 @@ def main() -> None:
             a = results["natural"]["natural test"].get(c, float("nan"))
             b = results["balanced"]["balanced test"].get(c, float("nan"))
             print(f"  {c:28s} {groups[c]:6s} {a:6.3f} | {b:6.3f}")
+    if args.confusions:
+        ap = results["balanced"]["balanced test"]
+        print("\nweakest classes of the balanced model: labels over-represented among its 60 top-scoring negatives")
+        for c in sorted(ap, key=ap.get)[:args.confusions]:
+            print(f"  {c:28s} {ap[c]:.3f}  {confusions(y_tb, p_bal, test_bal_sets, c)}")
     print(f"total {time.perf_counter() - t0:.0f}s")
 
 
