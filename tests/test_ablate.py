@@ -239,6 +239,20 @@ def test_comment_only_config_edit_reuses_every_stage(tmp_path: Path, monkeypatch
     assert fake.calls == []
 
 
+def test_changed_phantom_renderer_rerenders_and_retrains_everything(tmp_path: Path, monkeypatch):
+    """Cached stages were built on the old renderer's images: none of them may be reused."""
+    import synth.phantom.render as render
+
+    fake = FakeStages(monkeypatch)
+    cfg = load_ablation_config(_write_config(tmp_path, seeds=[0], arms=["real_only", "synthetic_filtered"]))
+    run_ablation(cfg, log=lambda m: None)
+    fake.calls.clear()
+    monkeypatch.setattr(render, "RENDERER_VERSION", render.RENDERER_VERSION + 1)
+    run_ablation(cfg, log=lambda m: None)
+    assert fake.calls[:4] == ["data", "generator", "generate", "filter"]
+    assert {"real_only/0", "synthetic_filtered/0"} <= set(fake.calls)
+
+
 def test_test_probabilities_are_stored_in_the_manifest_class_order(tmp_path: Path, monkeypatch):
     FakeStages(monkeypatch)
     cfg = load_ablation_config(_write_config(tmp_path, seeds=[0], arms=["real_only"]))

@@ -90,12 +90,17 @@ def plan(cfg: AblationConfig) -> list[Step]:
 
 
 def _keys(cfg: AblationConfig) -> dict[str, str]:
-    keys = {"data": stage_key("data", cfg.data)}
+    # A phantom folder records its renderer; the stages built on rendered images must too, or a
+    # changed renderer would silently reuse images drawn by the old one.
+    from synth.phantom.render import RENDERER_VERSION
+
+    renderer = {"phantom_renderer": RENDERER_VERSION}
+    keys = {"data": stage_key("data", cfg.data, renderer) if cfg.data.source == "phantom" else stage_key("data", cfg.data)}
     keys["heldout"] = stage_key("heldout", cfg.evaluation.heldout_phantom_n, cfg.evaluation.heldout_phantom_seed, keys["data"])
     keys["generator"] = stage_key("generator", cfg.generator, keys["data"])
     keys["generate"] = stage_key("generate", cfg.generate, keys["generator"])
     keys["filter"] = stage_key("filter", cfg.filter, keys["generate"], keys["data"])
-    keys["oracle"] = stage_key("oracle", cfg.oracle, cfg.data.size)
+    keys["oracle"] = stage_key("oracle", cfg.oracle, cfg.data.size, renderer)
     keys["fidelity"] = stage_key("fidelity", keys["oracle"], keys["generate"], keys["filter"] if cfg.needs_filter else None)
     upstream = {None: [keys["data"]], "unfiltered": [keys["data"], keys["generate"]], "filtered": [keys["data"], keys["filter"]]}
     for arm, (synthetic, mode) in ARM_DATA.items():
