@@ -1,13 +1,28 @@
-"""The one way stages ask Accelerate which process they are.
+"""The one way stages ask Accelerate which process they are and how to compute.
 
 On a CPU-only host Accelerate treats ``torchrun``/``mpirun`` workers as one
 process each unless the state is created with ``cpu=True`` (then it uses the
-gloo backend, ``DistributedType.MULTI_CPU``). Every stage goes through this
-helper so the first, process-wide state is created the same way everywhere;
+gloo backend, ``DistributedType.MULTI_CPU``). Every stage goes through these
+helpers so the first, process-wide state is created the same way everywhere;
 on GPU hosts it is the plain default.
+
+``make_accelerator`` is the single place where a stage gets an ``Accelerator``
+and its precision. Accelerate keeps its state in process-wide singletons, so a
+stage that asks for bf16 after another stage made an fp32 one in the same
+process (``synth ablate`` runs finetune, verifier and classifier in one
+process) would otherwise either raise or silently inherit the other stage's
+precision -- and a resumed ablation (some stages cached) would then compute in
+a different precision from a fresh one. Here each call resets the precision
+part of the state and keeps the process group.
 """
 
 from __future__ import annotations
+
+import os
+
+#: Test-only opt-in: keep bf16 autocast on a CPU-only host so the mixed-precision
+#: branches a GPU runs (casts, autocast, validation, export) also run in CI.
+CPU_AUTOCAST_ENV = "SYNTH_CPU_AUTOCAST"
 
 
 def on_cpu_only_host() -> bool:
@@ -21,3 +36,41 @@ def process_state():
     from accelerate import PartialState
 
     return PartialState(cpu=on_cpu_only_host())
+
+
+def cpu_autocast_enabled() -> bool:
+    return os.environ.get(CPU_AUTOCAST_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def resolve_precision(requested: str) -> tuple[str, str | None]:
+    """The precision a stage will really use here, and a note when it differs from the request.
+
+    On a CPU-only host bf16/fp16 fall back to fp32 (bf16 autocast is ~6x slower there and
+    fp16 autocast is not what a GPU run does), unless ``SYNTH_CPU_AUTOCAST=1`` keeps bf16.
+    """
+    requested = (requested or "no").lower()
+    if requested == "no" or not on_cpu_only_host():
+        return requested, None
+    if cpu_autocast_enabled():
+        if requested == "fp16":
+            return "bf16", f"--mixed_precision fp16 on CPU with {CPU_AUTOCAST_ENV}=1: using bf16 autocast"
+        return requested, None
+    return "no", f"--mixed_precision {requested}: no CUDA device, training in fp32 (bf16 autocast is ~6x slower on CPU)"
+
+
+def make_accelerator(mixed_precision: str = "no", **kwargs):
+    """An ``Accelerator`` with ``mixed_precision`` resolved by :func:`resolve_precision`.
+
+    Any earlier stage's precision in this process is forgotten (the process group is kept), so a
+    stage computes the same whether it runs alone, in a fresh ablation or in a resumed one.
+    Returns ``(accelerator, note)``; ``note`` is ``None`` unless the precision was changed.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    precision, note = resolve_precision(mixed_precision)
+    if AcceleratorState._shared_state:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    accelerator = Accelerator(mixed_precision=precision, cpu=on_cpu_only_host(), **kwargs)
+    return accelerator, note
