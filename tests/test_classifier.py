@@ -90,6 +90,24 @@ def test_class_without_positives_is_reported_and_excluded():
     assert lo <= ev["map"] <= hi
 
 
+def test_macro_ap_for_model_selection_skips_classes_without_positives_and_unannotated_rows():
+    """``macro_ap`` (best epoch, ensemble weights, val_map) follows the same rules as ``evaluate``'s ``map``.
+
+    A class with no positive in val has no AP (not 0), and NaN cells are dropped
+    for that class only (not read as negatives).
+    """
+    from sklearn.metrics import average_precision_score
+
+    y, p = _fixed(seed=2, n=150)
+    y[:, 3] = 0.0  # no positives in val
+    y[:30, 1] = np.nan  # not annotated for class b
+    p[:30, 1] = 1.0  # ...and scored highest: read as negatives they would pull b's AP down
+    expected = np.mean([average_precision_score(y[~np.isnan(y[:, j]), j], p[~np.isnan(y[:, j]), j]) for j in range(3)])
+    assert metrics.macro_ap(y, p) == pytest.approx(expected, abs=1e-9)
+    assert metrics.macro_ap(y, p) == pytest.approx(metrics.evaluate(y, p, list("abcd"), {}, n_boot=0)["map"], abs=1e-6)  # torchmetrics: float32
+    assert metrics.macro_ap(np.zeros((5, 2)), np.random.default_rng(0).random((5, 2))) is None  # nothing to score
+
+
 def test_bootstrap_resamples_patients_and_pairs_runs():
     patients = np.array(["p1", "p1", "p2", "p3", "p3", "p3"])
     w = metrics.patient_weights(patients, 200, seed=0)
