@@ -15,6 +15,7 @@ prepared dataset folder can be moved as a unit.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -73,6 +74,73 @@ def label_sets(df: pd.DataFrame, classes: Sequence[str] | None = None) -> list[t
     return [tuple(c for c, v in zip(classes, row) if v == 1.0) for row in y]
 
 
+#: What a ``-1`` (CheXpert-style "uncertain") label cell becomes: ``error`` refuses the file, ``ignore``
+#: makes it not annotated (empty), ``zero`` / ``one`` a negative / positive.
+UNCERTAIN_POLICIES: tuple[str, ...] = ("error", "ignore", "zero", "one")
+_UNCERTAIN_VALUE = {"ignore": np.nan, "zero": 0.0, "one": 1.0}
+
+_INTEGER_FLOAT = re.compile(r"^([+-]?\d+)\.0*$")
+
+
+def parse_label_column(values: pd.Series, column: str, where: str, uncertain: str = "error",
+                       first_row: int = 2) -> pd.Series:
+    """One label column as float64 1 / 0 / NaN (empty = not annotated).
+
+    Why strict: ``pd.to_numeric(errors="coerce")`` turns ``TRUE``, ``uncertain`` or ``1 (probable)`` into NaN,
+    i.e. silently "not annotated" — a file of True/False labels would prepare with no annotated class. Any
+    non-empty cell other than 1/0 (``1.0``/``0.0`` included) is one error naming column, row and value; ``-1``
+    follows ``uncertain`` (:data:`UNCERTAIN_POLICIES`). ``first_row`` is the file row of the first value
+    (2 = after a CSV header), so the message points at the line a user opens.
+    """
+    if uncertain not in UNCERTAIN_POLICIES:
+        raise UserError(f"--uncertain {uncertain!r}: expected one of {', '.join(UNCERTAIN_POLICIES)}")
+    if pd.api.types.is_float_dtype(values.dtype) or pd.api.types.is_integer_dtype(values.dtype):
+        text = None
+        blank = values.isna().to_numpy()
+        numbers = values.astype("float64")
+    else:  # strings, booleans, mixed objects
+        text = values.astype("string").str.strip()
+        blank = (values.isna() | (text == "")).fillna(True).to_numpy(dtype=bool)
+        numbers = pd.to_numeric(text.where(~blank, None).astype("object"), errors="coerce").astype("float64")
+    arr = numbers.to_numpy(dtype=np.float64, copy=True)
+    bad = ~blank & ~np.isin(arr, (0.0, 1.0, -1.0))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise UserError(f"{where}: column {column!r} row {i + first_row} has {values.iloc[i]!r} "
+                        f"({int(bad.sum())} such cell(s)); labels must be 1, 0 or empty (-1 = uncertain, see --uncertain)")
+    minus = arr == -1.0
+    if minus.any():
+        if uncertain == "error":
+            i = int(np.flatnonzero(minus)[0])
+            raise UserError(f"{where}: column {column!r} row {i + first_row} has -1 (uncertain; {int(minus.sum())} such cell(s)); "
+                            "pass --uncertain ignore (not annotated), zero or one to decide what it means")
+        arr[minus] = _UNCERTAIN_VALUE[uncertain]
+    arr[blank] = np.nan
+    return pd.Series(arr, index=values.index, name=column, dtype="float64")
+
+
+def normalise_ids(values: pd.Series) -> pd.Series:
+    """Identifiers as clean strings: ``10000032``, ``10000032.0`` and `` 10000032 `` are one patient.
+
+    Why: a spreadsheet or pandas round-trip writes integer ids as floats, and the patient split groups by
+    the string — one person would otherwise be two patients and could land in train and test.
+    Blank cells become ``""`` (callers refuse them where an id is required).
+    """
+    text = values.astype("string").str.strip().fillna("")
+    return text.str.replace(_INTEGER_FLOAT, r"\1", regex=True).astype(object)
+
+
+def require_values(df: pd.DataFrame, columns: Sequence[str], where: str, first_row: int = 2) -> None:
+    """A blank required cell (``subject_id``, ``fpath``, ...) is one error naming column and row."""
+    for c in columns:
+        text = df[c].astype("string").str.strip().fillna("")
+        blank = (text == "") | text.str.lower().isin(["nan", "none"])
+        if blank.any():
+            i = int(np.flatnonzero(blank.to_numpy())[0])
+            raise UserError(f"{where}: column {c!r} row {i + first_row} is empty ({int(blank.sum())} such row(s)); "
+                            f"every image needs a {c}: fill it in or remove those rows")
+
+
 def validate_manifest(df: pd.DataFrame, where: str = "manifest") -> pd.DataFrame:
     """Check the columns and values every stage relies on; return a normalised copy."""
     missing = [c for c in ("dicom_id", "subject_id", "fpath", "split", "source") if c not in df.columns]
@@ -83,19 +151,20 @@ def validate_manifest(df: pd.DataFrame, where: str = "manifest") -> pd.DataFrame
         if c not in df.columns:
             df[c] = np.nan if c in CXR_LT_CLASSES else ""
     for c in CXR_LT_CLASSES:
-        values = pd.to_numeric(df[c], errors="coerce")
-        bad = ~(values.isna() | values.isin([0.0, 1.0]))
-        if bad.any():
-            raise ManifestError(f"{where}: column {c!r} has values other than 0/1/empty (row {int(np.flatnonzero(bad)[0])}); fix the labels")
-        df[c] = values.astype("float64")
+        try:
+            df[c] = parse_label_column(df[c], c, where)
+        except UserError as err:
+            raise ManifestError(f"{err}; fix the labels") from None
     bad_split = ~df["split"].isin(SPLITS)
     if bad_split.any():
         raise ManifestError(f"{where}: split must be one of {SPLITS}, got {df['split'][bad_split].iloc[0]!r}")
     bad_source = ~df["source"].isin(SOURCES)
     if bad_source.any():
         raise ManifestError(f"{where}: source must be one of {SOURCES}, got {df['source'][bad_source].iloc[0]!r}")
-    for c in ("dicom_id", "subject_id", "study_id", "fpath"):
+    for c in ("dicom_id", "fpath"):
         df[c] = df[c].astype(str)
+    for c in ("subject_id", "study_id"):
+        df[c] = normalise_ids(df[c])
     extra = [c for c in df.columns if c not in MANIFEST_COLUMNS]
     return df[list(MANIFEST_COLUMNS) + extra]
 

@@ -16,19 +16,23 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from synth.errors import UserError
-from synth.io import read_yaml_mapping, write_json_atomic
-from synth.manifest import MANIFEST_COLUMNS, write_manifest
+from synth.io import atomic_path, current_umask, read_yaml_mapping, write_json_atomic
+from synth.manifest import MANIFEST_COLUMNS, UNCERTAIN_POLICIES, annotated_classes, write_manifest
 from synth.readers import read_labels
-from synth.splits import SplitFractions, assert_no_patient_leakage, check_splits, patient_split
+from synth.splits import (SplitFractions, assert_no_patient_leakage, check_given_split, check_splits, normalise_given_split,
+                          patient_split, split_warnings)
 from synth.stats import compute_stats, write_stats
 from synth.taxonomy import GroupThresholds
+
+#: ``--split`` values: ``auto`` uses the user's split when there is one, else a patient-level split.
+SPLIT_MODES: tuple[str, ...] = ("auto", "train", "val", "test")
 
 #: Read errors that mean "this file is not a usable image" (not a bug of ours).
 IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -46,6 +50,11 @@ class PrepareConfig:
     workers: int = 0  #: 0 = one per CPU core (at most 16); 1 = no pool
     head_threshold: float = 0.10
     tail_threshold: float = 0.01
+    #: ``auto``: honour a ``split`` column (or per-split label files) if given, else split by patient;
+    #: ``train`` / ``val`` / ``test``: every row in that split (``test`` for an external, test-only set)
+    split: str = "auto"
+    #: a ``-1`` (uncertain) label cell: ``error`` | ``ignore`` (not annotated) | ``zero`` | ``one``
+    uncertain: str = "error"
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike | None = None, **overrides: Any) -> "PrepareConfig":
@@ -59,6 +68,12 @@ class PrepareConfig:
             raise UserError(f"--size {cfg.size}: expected a pixel size between 8 and 4096")
         if cfg.workers < 0:
             raise UserError(f"--workers {cfg.workers}: expected 0 (auto) or a positive number")
+        cfg.split = str(cfg.split).strip().lower()
+        if cfg.split not in SPLIT_MODES:
+            raise UserError(f"--split {cfg.split!r}: expected one of {', '.join(SPLIT_MODES)}")
+        cfg.uncertain = str(cfg.uncertain).strip().lower()
+        if cfg.uncertain not in UNCERTAIN_POLICIES:
+            raise UserError(f"--uncertain {cfg.uncertain!r}: expected one of {', '.join(UNCERTAIN_POLICIES)}")
         return cfg
 
     @property
@@ -81,21 +96,32 @@ def prepare_dataset(
     overwrite: bool = False,
     thresholds: GroupThresholds = GroupThresholds(),
     progress: bool = False,
+    split: str = "auto",
+    uncertain: str = "error",
+    split_files: Mapping[str, Path] | None = None,
 ) -> Path:
     """Build ``out/{manifest.csv, stats.json, images/, prepare.json[, skipped.csv]}``; return the manifest path."""
     cfg = PrepareConfig.from_yaml(
         None, size=size, seed=seed, val=val, test=test, skip_bad_images=skip_bad_images, workers=workers,
-        head_threshold=thresholds.head, tail_threshold=thresholds.tail,
+        head_threshold=thresholds.head, tail_threshold=thresholds.tail, split=split, uncertain=uncertain,
     )
-    return run(fmt, Path(labels), Path(images), Path(out), cfg, overwrite=overwrite, progress=progress)
+    return run(fmt, Path(labels), Path(images), Path(out), cfg, overwrite=overwrite, progress=progress, split_files=split_files)
 
 
-def run(fmt: str, labels: Path, images: Path, out: Path, cfg: PrepareConfig, overwrite: bool = False, progress: bool = False) -> Path:
+def run(fmt: str, labels: Path, images: Path, out: Path, cfg: PrepareConfig, overwrite: bool = False, progress: bool = False,
+        split_files: Mapping[str, Path] | None = None) -> Path:
+    """Prepare ``labels`` (plus, with ``split_files``, one label file per split: ``{"val": ..., "test": ...}``,
+    ``labels`` then being the train file) into ``out``.
+
+    A split the user gives (a ``split`` column, per-split files or ``cfg.split``) is kept as given and
+    only checked (patient-level, values); without one, patients are split by :func:`patient_split`.
+    """
     _check_out(out, overwrite)
-    fractions = SplitFractions(val=cfg.val, test=cfg.test)
+    _remove_stale_temporaries(out)
     if not images.is_dir():
         raise UserError(f"--images {images}: folder not found")
-    df = read_labels(fmt, labels, images)
+    where = str(labels)
+    df, split_source = _read_with_splits(fmt, labels, images, cfg, dict(split_files or {}))
     df["cache_name"] = _cache_names(df, labels)
 
     skipped: list[dict[str, str]] = []
@@ -110,12 +136,12 @@ def run(fmt: str, labels: Path, images: Path, out: Path, cfg: PrepareConfig, ove
         skipped += [{"dicom_id": d, "fpath": f, "reason": "not found"} for d, f in zip(df["dicom_id"][~present], df["source_fpath"][~present])]
         df = df[present].reset_index(drop=True)
 
-    df["split"] = patient_split(df, fractions, seed=cfg.seed)
-    assert_no_patient_leakage(df)
-    no_positives = check_splits(df, where=str(labels))
+    if split_source == "patient_split":
+        df["split"] = patient_split(df, SplitFractions(val=cfg.val, test=cfg.test), seed=cfg.seed)
+    split_report = _check_split(df, split_source, where)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
     try:
         (tmp / "images").mkdir()
         failures = _cache_images(df, tmp / "images", cfg, progress)
@@ -131,8 +157,7 @@ def run(fmt: str, labels: Path, images: Path, out: Path, cfg: PrepareConfig, ove
                 {"dicom_id": df["dicom_id"][i], "fpath": df["source_fpath"][i], "reason": failures[i]} for i in sorted(failures)
             ]
             df = df[~bad].reset_index(drop=True)
-            assert_no_patient_leakage(df)
-            no_positives = check_splits(df, where=str(labels))
+            split_report = _check_split(df, split_source, where)
 
         df["fpath"] = "images/" + df["cache_name"]
         df = df.drop(columns=["cache_name"])
@@ -142,17 +167,104 @@ def run(fmt: str, labels: Path, images: Path, out: Path, cfg: PrepareConfig, ove
         write_stats(stats, tmp / "stats.json")
         if skipped:
             skipped_path = tmp / "skipped.csv"
-            pd.DataFrame(skipped, columns=["dicom_id", "fpath", "reason"]).to_csv(skipped_path, index=False)
+            with atomic_path(skipped_path) as part:
+                pd.DataFrame(skipped, columns=["dicom_id", "fpath", "reason"]).to_csv(part, index=False)
         write_json_atomic(
             tmp / "prepare.json",
             {"format": fmt, "labels": str(labels.resolve()), "images": str(images.resolve()), "config": asdict(cfg),
-             "rows": len(manifest), "skipped": len(skipped), "classes_without_positives": no_positives},
+             "split_files": {s: str(Path(f).resolve()) for s, f in (split_files or {}).items()},
+             "rows": len(manifest), "skipped": len(skipped), **split_report},
         )
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700: the lab must be able to read the dataset
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out / "manifest.csv"
+
+
+def _read_with_splits(fmt: str, labels: Path, images: Path, cfg: PrepareConfig,
+                      split_files: dict[str, Path]) -> tuple[pd.DataFrame, str]:
+    """Read every label file and attach the user's split; return (rows, where the split comes from).
+
+    The split source is ``column`` (a ``split`` column), ``files`` (``--val-labels`` / ``--test-labels``),
+    ``--split <name>`` or ``patient_split`` (none given: ``run`` splits by patient). A file's ``split``
+    column that contradicts the split its option assigns is an error, never silently overridden.
+    """
+    unknown = sorted(set(split_files) - {"train", "val", "test"})
+    if unknown:
+        raise UserError(f"split files for {unknown}: expected train, val or test")
+    if split_files and cfg.split != "auto":
+        raise UserError(f"--split {cfg.split} puts every row of --labels in one split; it cannot be combined with "
+                        "--val-labels / --test-labels (drop one of them)")
+    sources: list[tuple[str | None, Path, str]] = [(None, Path(labels), "--labels")]
+    sources += [(s, Path(f), f"--{s}-labels") for s, f in split_files.items()]
+    frames = []
+    for assigned, path, flag in sources:
+        if split_files and assigned is None:
+            assigned = "train"
+        if cfg.split != "auto":
+            assigned, flag = cfg.split, f"--split {cfg.split}"
+        part = read_labels(fmt, path, images, uncertain=cfg.uncertain)
+        if "split" in part.columns:
+            given = normalise_given_split(part["split"], str(path))
+            if assigned is not None and (given != assigned).any():
+                i = int(np.flatnonzero((given != assigned).to_numpy())[0])
+                raise UserError(f"{path}: row {i + 2} has split {part['split'].iloc[i]!r} but {flag} puts every row of this "
+                                f"file in {assigned}; drop the file's split column or {flag}")
+            part["split"] = given
+        elif assigned is not None:
+            part["split"] = assigned
+        frames.append(part)
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    dup = df["dicom_id"].duplicated()
+    if dup.any():
+        raise UserError(f"dicom_id {df['dicom_id'][dup].iloc[0]!r} appears in more than one label file; every image must appear once")
+    if "split" not in df.columns:
+        return df, "patient_split"
+    if df["split"].isna().any():  # defensive: every source above sets a split or none
+        raise UserError(f"{labels}: some rows have no split; give every row a split")
+    if cfg.split != "auto":
+        return df, f"--split {cfg.split}"
+    return df, ("files" if split_files else "column")
+
+
+def _check_split(df: pd.DataFrame, split_source: str, where: str) -> dict[str, Any]:
+    """The split checks of ``prepare.json``: ours must be complete; a given one must be patient-level."""
+    if split_source == "patient_split":
+        assert_no_patient_leakage(df)
+        no_positives = check_splits(df, where=where)
+        return {"split_source": split_source, "classes_without_positives": no_positives,
+                "empty_splits": [], "classes_without_train_positives": []}
+    check_given_split(df, where)
+    no_positives = [c for c in annotated_classes(df) if not (df[c] == 1).any()]
+    return {"split_source": split_source, "classes_without_positives": no_positives, **split_warnings(df)}
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Remove ``.<out>.<pid>.*.tmp`` / ``.old`` folders of a ``prepare`` that was killed (its pid is gone).
+
+    Why the pid: a second ``prepare`` writing the same ``--out`` right now must keep its folder.
+    """
+    if not out.parent.is_dir():
+        return
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(\d+)\.[^.]+\.(tmp|old)$")
+    for path in out.parent.iterdir():
+        match = pattern.match(path.name)
+        if match and path.is_dir() and not _alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -167,7 +279,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 def _replace_dir(tmp: Path, out: Path) -> None:
     if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".old", dir=out.parent))
         os.replace(out, old / out.name)
         os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
 from synth.errors import UserError
+from synth.manifest import normalise_ids, parse_label_column, require_values
 from synth.taxonomy import CXR_LT_CLASSES, META_COLUMNS
 
 FORMATS: tuple[str, ...] = ("cxrlt", "nih")
@@ -48,20 +49,24 @@ NIH_TO_CXRLT: Mapping[str, str] = {
 NIH_COLUMNS: tuple[str, ...] = ("Image Index", "Finding Labels", "Patient ID", "View Position")
 
 
-def read_labels(fmt: str, labels: str | os.PathLike, image_root: str | os.PathLike | None = None) -> pd.DataFrame:
-    """Dispatch on ``fmt`` (``cxrlt`` | ``nih``)."""
-    readers: dict[str, Callable[..., pd.DataFrame]] = {"cxrlt": read_cxrlt, "nih": read_nih}
+def read_labels(fmt: str, labels: str | os.PathLike, image_root: str | os.PathLike | None = None,
+                uncertain: str = "error") -> pd.DataFrame:
+    """Dispatch on ``fmt`` (``cxrlt`` | ``nih``); ``uncertain`` is what a CXR-LT ``-1`` cell means."""
     key = fmt.strip().lower()
-    if key not in readers:
-        raise UserError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    return readers[key](labels, image_root)
+    if key == "cxrlt":
+        return read_cxrlt(labels, image_root, uncertain=uncertain)
+    if key == "nih":
+        return read_nih(labels, image_root)
+    raise UserError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
 
 
-def read_cxrlt(labels: str | os.PathLike, image_root: str | os.PathLike | None = None) -> pd.DataFrame:
+def read_cxrlt(labels: str | os.PathLike, image_root: str | os.PathLike | None = None, uncertain: str = "error") -> pd.DataFrame:
     """A CXR-LT challenge CSV (``train_labeled.csv`` layout); ``fpath`` relative to ``image_root``.
 
     All 40 label columns are required (the challenge file always has them);
-    extra columns are carried along untouched.
+    extra columns (a given ``split`` among them) are carried along untouched.
+    Label cells must be 1 / 0 / empty; ``-1`` follows ``uncertain`` (see
+    :func:`synth.manifest.parse_label_column`).
     """
     labels = Path(labels)
     df = _read_csv(labels)
@@ -73,14 +78,12 @@ def read_cxrlt(labels: str | os.PathLike, image_root: str | os.PathLike | None =
             "(see `synth classes`), or use --format nih"
         )
     for c in CXR_LT_CLASSES:
-        values = pd.to_numeric(df[c], errors="coerce")
-        bad = ~(values.isna() | values.isin([0.0, 1.0]))
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise UserError(f"{labels}: column {c!r} row {row + 2} has {df[c].iloc[row]!r}; labels must be 1, 0 or empty")
-        df[c] = values.astype("float64")
-    for c in ("dicom_id", "subject_id", "study_id", "fpath"):
-        df[c] = df[c].astype(str)
+        df[c] = parse_label_column(df[c], c, str(labels), uncertain=uncertain)
+    require_values(df, ("dicom_id", "subject_id", "fpath"), str(labels))
+    for c in ("dicom_id", "fpath"):
+        df[c] = df[c].astype(str).str.strip()
+    for c in ("subject_id", "study_id"):
+        df[c] = normalise_ids(df[c])
     df["ViewPosition"] = df["ViewPosition"].fillna("").astype(str)
     df["source_fpath"] = df["fpath"]
     if image_root is not None:
@@ -103,16 +106,19 @@ def read_nih(labels: str | os.PathLike, image_root: str | os.PathLike | None = N
             f"{labels}: missing column(s) {', '.join(repr(c) for c in missing)}; "
             "expected NIH Data_Entry_2017_v2020.csv columns (or use --format cxrlt)"
         )
-    findings = raw["Finding Labels"].fillna("").astype(str).str.split("|")
-    unknown = sorted({f.strip() for fs in findings for f in fs} - set(NIH_TO_CXRLT) - {""})
+    # "Effusion | Mass" (hand-edited files) parses like "Effusion|Mass"
+    findings = raw["Finding Labels"].fillna("").astype(str).str.split("|").map(lambda fs: {f.strip() for f in fs} - {""})
+    unknown = sorted(set().union(*findings) - set(NIH_TO_CXRLT)) if len(findings) else []
     if unknown:
         raise UserError(f"{labels}: column 'Finding Labels' has unknown NIH finding(s) {unknown}; expected {sorted(NIH_TO_CXRLT)}")
-    names = raw["Image Index"].astype(str)
+    require_values(raw, ("Image Index", "Patient ID"), str(labels))
+    names = raw["Image Index"].astype(str).str.strip()
+    patients = normalise_ids(raw["Patient ID"])
     df = pd.DataFrame(
         {
             "dicom_id": names.str.rsplit(".", n=1).str[0],
-            "subject_id": raw["Patient ID"].astype(str),
-            "study_id": raw["Patient ID"].astype(str) + "_" + _followup(raw),
+            "subject_id": patients,
+            "study_id": patients + "_" + _followup(raw),
             "ViewPosition": raw["View Position"].fillna("").astype(str),
             "fpath": names,
         }
@@ -121,6 +127,8 @@ def read_nih(labels: str | os.PathLike, image_root: str | os.PathLike | None = N
         df[c] = np.nan
     for nih, cxrlt in NIH_TO_CXRLT.items():
         df[cxrlt] = findings.map(lambda fs, nih=nih: 1.0 if nih in fs else 0.0).astype("float64")
+    if "split" in raw.columns:  # a given split travels like in a CXR-LT file
+        df["split"] = raw["split"]
     df["source_fpath"] = names
     if image_root is not None:
         found = _index_images(Path(image_root))

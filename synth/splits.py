@@ -118,3 +118,49 @@ def check_splits(df: pd.DataFrame, where: str) -> list[str]:
                 "try another --seed or smaller --val/--test fractions"
             )
     return without_positives
+
+
+#: Spellings of a given split (case-insensitive), as CXR-LT and other releases name them.
+SPLIT_ALIASES: dict[str, str] = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validate": "val", "validation": "val", "dev": "val", "development": "val",
+    "test": "test", "testing": "test",
+}
+
+
+def normalise_given_split(values: pd.Series, where: str, first_row: int = 2) -> pd.Series:
+    """A user's ``split`` column as train / val / test, or one error naming the row and value.
+
+    Why strict: a blank or misspelled cell can only be guessed, and guessing sends a test image to train.
+    """
+    text = values.astype("string").str.strip().str.lower().fillna("")
+    mapped = text.map(SPLIT_ALIASES)
+    bad = mapped.isna().to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise UserError(f"{where}: column 'split' row {i + first_row} has {values.iloc[i]!r} ({int(bad.sum())} such row(s)); "
+                        "expected train, validate/val or test — fill it in, or drop the column to let `synth prepare` split by patient")
+    return mapped.astype(object).rename("split")
+
+
+def check_given_split(df: pd.DataFrame, where: str) -> None:
+    """A given split must be patient-level: a patient in two splits is one error naming the patient and the fix."""
+    per_patient = df.groupby(df["subject_id"].astype(str))["split"].agg(lambda s: sorted(set(s)))
+    leaked = per_patient[per_patient.map(len) > 1]
+    if not leaked.empty:
+        patient, splits = leaked.index[0], leaked.iloc[0]
+        counts = df[df["subject_id"].astype(str) == patient]["split"].value_counts()
+        where_is = ", ".join(f"{s} ({int(counts[s])} image(s))" for s in splits)
+        raise UserError(f"{where}: patient {patient!r} is in more than one given split: {where_is}; "
+                        f"{len(leaked)} patient(s) cross splits. Put all of a patient's images in one split "
+                        "(CXR-LT splits are patient-level), or drop the split column to let `synth prepare` split by patient")
+
+
+def split_warnings(df: pd.DataFrame) -> dict[str, list[str]]:
+    """What a given split lacks, reported rather than refused (the split is the user's, not ours to fix):
+    ``empty_splits`` and ``classes_without_train_positives`` (positive somewhere, but never in train)."""
+    sizes = df["split"].value_counts()
+    train = df[df["split"] == "train"]
+    no_train = [c for c in annotated_classes(df) if (df[c] == 1).any() and not (train[c] == 1).any()]
+    return {"empty_splits": [s for s in SPLITS if sizes.get(s, 0) == 0],
+            "classes_without_train_positives": no_train if len(train) else []}

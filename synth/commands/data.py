@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -27,7 +28,11 @@ def classes() -> None:
 
 def prepare(
     fmt: str = typer.Option(..., "--format", help="Label file format: cxrlt (challenge train_labeled.csv) | nih (Data_Entry_2017_v2020.csv)."),
-    labels: Path = typer.Option(..., "--labels", help="Label CSV (.csv or .csv.gz)."),
+    labels: Path = typer.Option(..., "--labels", help="Label CSV (.csv or .csv.gz). A 'split' column (train / validate|val / test) is kept as given; with --val-labels/--test-labels this is the train file."),
+    val_labels: Optional[Path] = typer.Option(None, "--val-labels", help="Label CSV of the given validation split (e.g. CXR-LT development_labeled.csv); every row goes to val."),
+    test_labels: Optional[Path] = typer.Option(None, "--test-labels", help="Label CSV of the given test split; every row goes to test."),
+    split: Optional[str] = typer.Option(None, "--split", help="auto: keep a given split, else split by patient | test (or train/val): every row in that split, e.g. an external test-only set. [default: auto]"),
+    uncertain: Optional[str] = typer.Option(None, "--uncertain", help="What a -1 (uncertain) label means: error | ignore (not annotated) | zero | one. [default: error]"),
     images: Path = typer.Option(..., "--images", help="Image root: MIMIC-CXR-JPG root (cxrlt, fpath relative to it) or the NIH image folder (searched recursively)."),
     out: Path = typer.Option(..., "--out", help="Output folder, e.g. outputs/data/NAME: manifest.csv, stats.json, images/."),
     size: Optional[int] = typer.Option(None, "--size", help="Cache resolution in pixels (square grayscale PNG). [default: 256]"),
@@ -40,12 +45,14 @@ def prepare(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML of defaults (configs/data/prepare.yaml); flags override."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
 ) -> None:
-    """Read a CXR-LT or NIH label file, split by patient, cache resized grayscale images, write stats."""
+    """Read a CXR-LT or NIH label file, keep its given split (or split by patient), cache resized grayscale images, write stats."""
     from synth.prepare import PrepareConfig, run
     from synth.stats import load_stats
 
-    cfg = PrepareConfig.from_yaml(config, size=size, seed=seed, val=val, test=test, skip_bad_images=skip_bad_images or None, workers=workers)
-    manifest = run(fmt, labels, images, out, cfg, overwrite=overwrite, progress=not no_progress)
+    cfg = PrepareConfig.from_yaml(config, size=size, seed=seed, val=val, test=test, skip_bad_images=skip_bad_images or None,
+                                  workers=workers, split=split, uncertain=uncertain)
+    split_files = {name: f for name, f in (("val", val_labels), ("test", test_labels)) if f is not None}
+    manifest = run(fmt, labels, images, out, cfg, overwrite=overwrite, progress=not no_progress, split_files=split_files)
     _summary(load_stats(manifest.parent), manifest)
 
 
@@ -69,6 +76,17 @@ def _summary(stats: dict, manifest: Path) -> None:
     empty = [c for c in stats["classes"] if stats["positives"]["all"][c] == 0]
     if empty:
         console.print(f"[yellow]warning: annotated but no positive image: {', '.join(empty)}[/yellow]")
+    provenance = manifest.parent / "prepare.json"
+    if provenance.is_file():
+        info = json.loads(provenance.read_text())
+        source = info.get("split_source", "patient_split")
+        console.print("split: " + {"patient_split": "by patient (no split given)", "column": "as given by the split column",
+                                   "files": "as given by the label files"}.get(source, f"as given ({source})"))
+        if info.get("empty_splits"):
+            console.print(f"[yellow]warning: the given split has no {' / '.join(info['empty_splits'])} rows[/yellow]")
+        if info.get("classes_without_train_positives"):
+            console.print(f"[yellow]warning: positive outside train only (a model cannot learn them from this split): "
+                          f"{', '.join(info['classes_without_train_positives'])}[/yellow]")
     skipped = manifest.parent / "skipped.csv"
     if skipped.exists():
         console.print(f"[yellow]skipped images listed in {skipped}[/yellow]")
