@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from scipy.stats import chisquare
@@ -184,12 +185,27 @@ def test_kill_9_mid_batch_then_resume_gives_exactly_n(tiny_model, tmp_path):
     assert len(pngs) == 3 and list((out / "images").rglob("*.tmp"))  # one full batch, one torn write
     assert len(read_manifest(out / "manifest.csv")) == 3  # the manifest matched the disk at the crash
 
-    manifest = gen.generate(tiny_model, ["Rib Fracture", "Pneumothorax"], 4, out, batch_size=3, steps=2, progress=False)
+    # resumed with another batch size (not a pinned setting): batches differ from the uninterrupted run's
+    manifest = gen.generate(tiny_model, ["Rib Fracture", "Pneumothorax"], 4, out, batch_size=2, steps=2, progress=False)
     df = read_manifest(manifest)
     files = sorted(p.relative_to(out).as_posix() for p in (out / "images").rglob("*.png"))
     assert len(df) == 8 and df["fpath"].is_unique and sorted(df["fpath"]) == files
     assert df["target_class"].value_counts().to_dict() == {"Rib Fracture": 4, "Pneumothorax": 4}
     assert not list(out.rglob("*.tmp")) and not list(out.glob("manifest.rank*.csv"))
+
+    # the interrupted + resumed run is the uninterrupted run: same rows (seeds, prompts, labels) and pixels
+    whole = tmp_path / "whole"
+    reference = read_manifest(gen.generate(tiny_model, ["Rib Fracture", "Pneumothorax"], 4, whole, batch_size=3, steps=2,
+                                           progress=False))
+    key = ["fpath", "dicom_id", "seed", "prompt", "ViewPosition", *_labels(tiny_model).classes]
+    resumed_rows = df.sort_values("fpath")[key].reset_index(drop=True)
+    reference_rows = reference.sort_values("fpath")[key].reset_index(drop=True)
+    pd.testing.assert_frame_equal(resumed_rows, reference_rows)
+    assert reference["seed"].is_unique
+    for fpath in reference["fpath"]:
+        with Image.open(out / fpath) as a, Image.open(whole / fpath) as b:
+            assert np.asarray(b).std() > 0, fpath  # a real image, not a constant that would match anything
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=fpath)
 
 
 def test_xformers_request_falls_back_to_sdpa_with_one_warning(tiny_model):
