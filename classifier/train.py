@@ -11,8 +11,13 @@ synthetic rows as ``synthetic.mode`` says); the epoch to keep and the
 ensemble weights are chosen on REAL ``split == val`` rows; ``split == test``
 rows are dropped before any image is read.
 
-Resumable: every epoch ends with ``accelerator.save_state`` (model, optimiser,
-scheduler, EMA, RNG, progress) into ``member-<k>/ckpt-<stage>/``; a re-run with
+Resumable: every epoch ends with ``accelerator.save_state`` (model and optimiser as
+safetensors / weights-only tensors, RNG) plus the project's own state -- scheduler and
+progress as JSON, EMA as safetensors -- into ``member-<k>/ckpt-<stage>/``. Nothing is
+registered with ``register_for_checkpointing``: Accelerate pickles such objects to
+``custom_checkpoint_*.pkl`` and unpickles them with ``weights_only=False`` on resume,
+so a crafted file in a checkpoint folder would run code; a checkpoint holding such a
+file is never resumed (it is discarded with a log line). A re-run with
 the same config and data continues from there, a finished member or ensemble
 is reused, and a changed config starts that member afresh. Under DDP every
 process trains on its own shard of each epoch's (seeded) permutation; the
@@ -47,7 +52,7 @@ import torch
 
 from classifier.config import EnsembleConfig, MemberConfig, load_ensemble_config
 from classifier.data import CachedSet, augment, check_rows, epoch_batches, real_rows, synthetic_rows, to_input
-from classifier.ensemble import ENSEMBLE_FILE, MEMBER_FILE, WEIGHTS_FILE, choose_weights, predict_images
+from classifier.ensemble import ENSEMBLE_FILE, MEMBER_FILE, WEIGHTS_FILE, choose_weights, group_record, predict_images
 from classifier.losses import build_loss, class_weights_from_prevalence
 from classifier.metrics import macro_ap
 from classifier.models import PIXEL_MEAN, PIXEL_STD, build_model
@@ -58,10 +63,15 @@ from synth.manifest import annotated_classes, label_matrix
 #: Test hook: called as ``hook(stage, epoch)`` after each epoch's checkpoint (tests interrupt training here).
 EPOCH_END_HOOK: Callable[[str, int], None] | None = None
 
+#: Version of the resumable checkpoint layout; a checkpoint of another version starts the stage afresh.
+#: 2: progress + scheduler in ``progress.json``, EMA in ``ema.safetensors`` (1 pickled them).
+CHECKPOINT_FORMAT = 2
+PROGRESS_FILE, EMA_FILE = "progress.json", "ema.safetensors"
+
 
 @dataclasses.dataclass
 class Progress:
-    """Training progress, saved with the accelerate checkpoint (``register_for_checkpointing``)."""
+    """Training progress, saved as JSON beside the accelerate checkpoint (never pickled)."""
 
     epoch: int = 0  #: epochs completed
     step: int = 0  #: optimiser steps done
@@ -124,15 +134,19 @@ def fit_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val: Cach
     ``folder`` holds the resumable checkpoint (``state/``) and the best EMA
     weights so far (``best.safetensors``).
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from safetensors.torch import load_file
     from timm.utils import ModelEmaV3
 
+    from synth.distributed import make_accelerator
+
     t = ens.train
-    use_cuda = torch.cuda.is_available()
-    mixed = t.mixed_precision if use_cuda else "no"
-    accelerator = Accelerator(mixed_precision=mixed, cpu=not use_cuda)
+    # the one place a stage's precision is decided: the same here whether the classifier runs alone, after a
+    # fresh generator/verifier in `synth ablate`, or in a resumed ablation whose earlier stages were cached
+    accelerator, note = make_accelerator(t.mixed_precision)
+    if note:
+        log(note)
+    use_cuda = accelerator.device.type == "cuda"
     set_seed(member.seed * 1000 + {"pretrain": 1}.get(stage.name, 0), device_specific=True)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
 
@@ -164,23 +178,27 @@ def fit_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val: Cach
     raw = accelerator.unwrap_model(model)
     ema = ModelEmaV3(raw, decay=t.ema_decay, use_warmup=True) if t.ema_decay else None
     progress = Progress()
-    accelerator.register_for_checkpointing(scheduler, progress)
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
 
     state_dir, best_file, tmp_dir = folder / "state", folder / "best.safetensors", folder / ".state.tmp"
     fp_file = folder / "fingerprint.json"
-    if state_dir.exists() and fp_file.exists() and json.loads(fp_file.read_text()).get("fingerprint") == fingerprint:
+    stamp = {"fingerprint": fingerprint, "format": CHECKPOINT_FORMAT}
+    same = fp_file.exists() and {k: json.loads(fp_file.read_text()).get(k) for k in stamp} == stamp
+    unsafe = sorted(p.name for p in state_dir.glob("*.pkl") if p.name.startswith("custom_checkpoint_"))
+    if state_dir.exists() and same and not unsafe and (state_dir / PROGRESS_FILE).exists():
         accelerator.load_state(str(state_dir))
+        _load_own_state(state_dir, scheduler, progress, ema)
         log(f"{stage.name}: resumed after epoch {progress.epoch} (step {progress.step})")
-    elif state_dir.exists() and accelerator.is_main_process:
-        log(f"{stage.name}: config or data changed since the checkpoint in {folder}; starting afresh")
-        shutil.rmtree(state_dir, ignore_errors=True)
-        best_file.unlink(missing_ok=True)
+    elif state_dir.exists():
+        if accelerator.is_main_process:
+            why = (f"it holds pickled {', '.join(unsafe)}, which is never unpickled" if unsafe else
+                   "config, data or checkpoint format changed since it was written" if not same else f"it has no {PROGRESS_FILE}")
+            log(f"{stage.name}: not resuming the checkpoint in {folder} ({why}); starting afresh")
+            shutil.rmtree(state_dir, ignore_errors=True)
+            best_file.unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(fp_file, {"fingerprint": fingerprint})
+        write_json_atomic(fp_file, stamp)
 
     eval_model = (lambda: ema.module) if ema is not None else (lambda: raw)
     labels_val = val.labels.numpy().copy()
@@ -230,7 +248,7 @@ def fit_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val: Cach
         if accelerator.is_main_process and improved and stage.select == "best":
             save_safetensors_atomic(best_file, eval_model().state_dict())
         if t.checkpoint:
-            _save_state(accelerator, state_dir, tmp_dir)
+            _save_state(accelerator, state_dir, tmp_dir, lambda d: _save_own_state(d, scheduler, progress, ema))
         log(f"{stage.name} epoch {progress.epoch}/{stage.epochs}: loss {mean_loss:.4f}, val mAP {score:.4f}, "
             f"{seen * world / max(elapsed, 1e-9):.0f} img/s")
         if EPOCH_END_HOOK is not None:
@@ -243,7 +261,8 @@ def fit_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val: Cach
         state = {k: v.detach().cpu().clone() for k, v in eval_model().state_dict().items()}
     result = {"state": state, "history": progress.history, "steps": progress.step,
               "best_epoch": progress.best_epoch if stage.select == "best" else progress.epoch,
-              "val_map": progress.best_map if stage.select == "best" else (progress.history[-1]["val_map"] if progress.history else None)}
+              "val_map": progress.best_map if stage.select == "best" else (progress.history[-1]["val_map"] if progress.history else None),
+              "mixed_precision": accelerator.mixed_precision}
     if use_cuda:  # release the prepared model/optimiser and the CUDA cache before the next member; on CPU
         accelerator.free_memory()  # the locals simply go out of scope (its gc.collect() cost ~0.2 s per stage)
     return result
@@ -261,14 +280,32 @@ def _check_input_size(model: torch.nn.Module, member: MemberConfig) -> None:
         model.train()
 
 
-def _save_state(accelerator, state_dir: Path, tmp_dir: Path) -> None:
-    """accelerate save_state into a temp folder, then swap it in (a crash never leaves a half checkpoint)."""
+def _save_own_state(folder: Path, scheduler, progress: Progress, ema) -> None:
+    """Scheduler and progress as JSON, EMA weights as safetensors: what Accelerate would have pickled."""
+    write_json_atomic(folder / PROGRESS_FILE, {"progress": progress.state_dict(), "scheduler": scheduler.state_dict()})
+    if ema is not None:
+        save_safetensors_atomic(folder / EMA_FILE, ema.state_dict())
+
+
+def _load_own_state(folder: Path, scheduler, progress: Progress, ema) -> None:
+    from safetensors.torch import load_file
+
+    saved = json.loads((folder / PROGRESS_FILE).read_text())
+    progress.load_state_dict(saved["progress"])
+    scheduler.load_state_dict(saved["scheduler"])
+    if ema is not None:
+        ema.load_state_dict(load_file(str(folder / EMA_FILE)))
+
+
+def _save_state(accelerator, state_dir: Path, tmp_dir: Path, save_own: Callable[[Path], None]) -> None:
+    """accelerate save_state (+ ``save_own``) into a temp folder, then swap it in (a crash never leaves a half checkpoint)."""
     if accelerator.is_main_process:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp_dir))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        save_own(tmp_dir)
         old = state_dir.with_name(state_dir.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if state_dir.exists():
@@ -340,6 +377,7 @@ def train_member(ens: EnsembleConfig, k: int, member: MemberConfig, sets: dict[s
         init = result["state"]
         stages_meta.append({"name": name, "rows": len(data), "sources": {s: data.sources.count(s) for s in sorted(set(data.sources))},
                             "epochs": n_epochs, "steps": result["steps"], "selected_epoch": result["best_epoch"],
+                            "mixed_precision": result.get("mixed_precision"),
                             "val_map": result["val_map"], "history": result["history"]})
 
     meta = {"arch": member.arch, "image_size": member.image_size, "seed": member.seed, "classes": classes,
@@ -365,11 +403,13 @@ def _concat(parts: Sequence[CachedSet]) -> CachedSet:
 
 
 def train_ensemble(ens: EnsembleConfig, train_df: pd.DataFrame, out: str | Path, classes: Sequence[str] | None = None,
-                   log: Callable[[str], None] | None = None) -> Path:
+                   log: Callable[[str], None] | None = None, row_repeats: dict[str, int] | None = None) -> Path:
     """Train every member of ``ens`` on ``train_df``'s training rows; write ``out`` (see classifier.ensemble); return it.
 
     ``train_df`` may hold all splits (real) plus synthetic rows; test rows are
-    dropped here, before anything is read.
+    dropped here, before anything is read. ``row_repeats`` (dicom_id -> times per epoch, default 1)
+    repeats real training rows (the ablation's ``real_resampled`` arm); class weights stay those
+    of the real prevalence, so only how often a row is presented changes.
     """
     from synth.distributed import process_state
 
@@ -386,7 +426,8 @@ def train_ensemble(ens: EnsembleConfig, train_df: pd.DataFrame, out: str | Path,
     if not classes:
         raise UserError("classifier: no class is annotated in the real training rows; check the manifest's label columns")
     syn = synthetic_rows(df, ens.synthetic, len(real_train))
-    sets = {"real": real_train, "val": val_df, "synthetic": syn}
+    sets = {"real": real_train if not row_repeats else real_train.iloc[np.repeat(np.arange(len(real_train)),
+        real_train["dicom_id"].astype(str).map(row_repeats).fillna(1).astype(int).to_numpy())], "val": val_df, "synthetic": syn}
     y_train = label_matrix(real_train, classes)
     with np.errstate(invalid="ignore"):
         prevalence = np.nan_to_num(np.nanmean(y_train, axis=0), nan=0.0)
@@ -424,6 +465,7 @@ def train_ensemble(ens: EnsembleConfig, train_df: pd.DataFrame, out: str | Path,
                      "weight": w[k], "val_map": m["val_map"], "val_map_as_ensembled": macro_ap(y_val, member_probs[k])}
                     for k, m in enumerate(metas)],
         "val_map": val_map, "train_prevalence": dict(zip(classes, map(float, prevalence))),
+        **group_record(dict(zip(classes, map(float, prevalence)))),  # groups travel with the model (test-only evaluate)
         "class_weights": dict(zip(classes, map(float, weights))),
         "rows": {"real_train": len(real_train), "val": len(val_df), "synthetic": len(syn)},
         "synthetic_mode": ens.synthetic.mode, "config": ens.to_dict(), "fingerprint": ens_fp,

@@ -71,10 +71,10 @@ def train_verifier(data_manifest: str | Path | pd.DataFrame, out_dir: str | Path
     Val and test rows are never read, so the per-class thresholds later fitted
     on val are honest and test stays untouched.
     """
-    from accelerate import Accelerator
-
-    from synth.distributed import on_cpu_only_host
     from accelerate.utils import set_seed
+    from diffusers.optimization import get_scheduler
+
+    from synth.distributed import make_accelerator
 
     cfg = (cfg or VerifierConfig()).validated()
     df = read_manifest(data_manifest) if not isinstance(data_manifest, pd.DataFrame) else data_manifest
@@ -83,7 +83,8 @@ def train_verifier(data_manifest: str | Path | pd.DataFrame, out_dir: str | Path
     if not classes:
         raise UserError("data manifest: no class is annotated in the real training split; check the label columns")
 
-    accelerator = Accelerator(cpu=on_cpu_only_host())
+    # always fp32, whatever an earlier stage of this process (the generator in `synth ablate`) asked for
+    accelerator, _ = make_accelerator("no")
     set_seed(cfg.seed, device_specific=True)
     dataset = ManifestDataset(train, cfg.image_size, classes, transform=_flip_transform if cfg.hflip else None)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) > cfg.batch_size,
@@ -92,7 +93,10 @@ def train_verifier(data_manifest: str | Path | pd.DataFrame, out_dir: str | Path
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(loader) / accelerator.num_processes)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=0.1)
+    # linear warm-up over 10 % of the steps, then cosine to 0 (diffusers' schedule, as the classifier and generator use;
+    # OneCycleLR divided by zero for 10 steps). The prepared scheduler steps once per process per optimiser step.
+    n_proc = accelerator.num_processes
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=int(0.1 * total) * n_proc, num_training_steps=total * n_proc)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
     model.train()
@@ -121,6 +125,7 @@ def train_verifier(data_manifest: str | Path | pd.DataFrame, out_dir: str | Path
             "trained_on": {"rows": int(len(train)), "split": "train", "source": "real",
                            "manifest": str(data_manifest) if not isinstance(data_manifest, pd.DataFrame) else df.attrs.get("root")},
             "steps": step, "final_loss": float(np.mean(losses[-10:])) if losses else None,
+            "mixed_precision": accelerator.mixed_precision,
             "config": dataclasses.asdict(cfg),
         })
     accelerator.wait_for_everyone()
