@@ -29,6 +29,7 @@ PREVALENCE = {"Atelectasis": 0.3, "Cardiomegaly": 0.2, "Pleural Effusion": 0.05,
 def _write_config(tmp_path: Path, **changes) -> Path:
     for name in ("finetune.yaml", "generate.yaml", "verifier.yaml", "filter.yaml", "classifier.yaml"):
         (tmp_path / name).write_text("a: 1\n")
+    (tmp_path / "generate.yaml").write_text("seed: 0\n")  # read for real: real_resampled derives its threshold from it
     cfg = {
         "name": "unit", "seeds": [0, 1], "output_root": str(tmp_path / "outputs"),
         "data": {"source": "phantom", "phantom_n": 10, "size": 16},
@@ -76,9 +77,9 @@ def test_config_errors_name_the_key(tmp_path: Path, change, message):
 @pytest.mark.parametrize("name", ["phantom-cpu", "nih-sample", "mimic-cxr-lt", "demo"])
 def test_shipped_configs_are_valid(name):
     cfg = load_ablation_config(REPO / "configs" / "ablation" / f"{name}.yaml")
-    assert cfg.name == name and "real_only" in cfg.arms
+    assert cfg.name == name and "real_only" in cfg.arms and "real_resampled" in cfg.arms
     if name != "demo":
-        assert len(cfg.seeds) >= 3 and len(cfg.arms) == 4
+        assert len(cfg.seeds) >= 3 and len(cfg.arms) == 5
 
 
 def test_dry_run_missing_path_is_one_error_line(tmp_path: Path):
@@ -152,8 +153,8 @@ class FakeStages:
             "n": 6, "kept": 4, "rejected": {"verifier": 2}, "fid": 3.0, "kid": 0.01, "fid_floor": 2.0}}}))
         return out
 
-    def train_arm(self, cfg, mode, seed, train_df, classes, out):
-        arm = {"none": "real_only", "pretrain_finetune": "synthetic_pretrain"}.get(mode, "mix")
+    def train_arm(self, cfg, mode, seed, train_df, classes, out, row_repeats=None):
+        arm = {"none": "real_resampled" if row_repeats else "real_only", "pretrain_finetune": "synthetic_pretrain"}.get(mode, "mix")
         if mode == "mix":
             arm = "synthetic_unfiltered" if len(train_df) == 46 else "synthetic_filtered"
         self.calls.append(f"{arm}/{seed}")
@@ -196,11 +197,20 @@ def test_crash_then_resume_recomputes_only_unfinished_work(tmp_path: Path, monke
     assert all(s.done for s in plan(cfg))
 
     results = json.loads((report_dir / "results.json").read_text())
-    assert [a["name"] for a in results["arms"]] == ["real_only", "synthetic_unfiltered", "synthetic_filtered", "synthetic_pretrain"]
+    assert [a["name"] for a in results["arms"]] == ["real_only", "real_resampled", "synthetic_unfiltered",
+                                                    "synthetic_filtered", "synthetic_pretrain"]
     assert results["generated_classes"] == ["Rib Fracture"] and results["filter"]["extractor"] == "fake"
     assert results["grids"]["Rib Fracture"]["kept"] and len(results["grids"]["Rib Fracture"]["rejected"]) == 2
     assert "synth ablate --config" in results["provenance"]["commands"][0]
-    assert (report_dir / "report.html").exists() and (report_dir / "report.md").exists()
+    # resumed = uninterrupted: a fresh run from an empty output root writes the same numbers
+    import shutil
+
+    shutil.rmtree(cfg.output_root)
+    again = json.loads((run_ablation(cfg, log=lambda m: None) / "results.json").read_text())
+    assert json.dumps(again["arms"], sort_keys=True) == json.dumps(results["arms"], sort_keys=True)
+    md = (report_dir / "report.md").read_text()
+    for arm in results["arms"]:
+        assert f"| {arm['label']} | 0.500 ± 0.000 [0.400, 0.600] |" in md  # the group table, from the (fake) numbers
 
     fake.calls.clear()
     run_ablation(cfg, log=lambda m: None)  # everything finished: nothing is recomputed

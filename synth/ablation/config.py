@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 
-from synth.ablation.results import ARM_LABELS
+from synth.ablation.arms import ARMS as ARM_REGISTRY, BASELINE, SyntheticSet
 from synth.errors import UserError
 from synth.io import read_yaml_mapping
 from synth.readers import FORMATS
 from synth.taxonomy import resolve_class
 
-ARMS: tuple[str, ...] = tuple(ARM_LABELS)
+ARMS: tuple[str, ...] = tuple(ARM_REGISTRY)
 DATA_SOURCES: tuple[str, ...] = ("phantom", "prepare", "manifest")
 CLASS_GROUPS: tuple[str, ...] = ("tail", "medium", "head")
 
@@ -139,11 +139,11 @@ class AblationConfig:
 
     @property
     def needs_synthetic(self) -> bool:
-        return any(a != "real_only" for a in self.arms)
+        return any(ARM_REGISTRY[a].uses_synthetic for a in self.arms if a in ARM_REGISTRY)
 
     @property
     def needs_filter(self) -> bool:
-        return any(a in ("synthetic_filtered", "synthetic_pretrain") for a in self.arms)
+        return any(ARM_REGISTRY[a].synthetic == SyntheticSet.FILTERED for a in self.arms if a in ARM_REGISTRY)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -203,8 +203,8 @@ def validate(cfg: AblationConfig, where: str = "config") -> None:
     bad = [a for a in cfg.arms if a not in ARMS]
     if bad or not cfg.arms:
         raise UserError(f"{where}: unknown arm(s) {bad}; valid arms: {', '.join(ARMS)}")
-    if "real_only" not in cfg.arms:
-        raise UserError(f"{where}: arms must include real_only (every other arm is compared with it)")
+    if BASELINE not in cfg.arms:
+        raise UserError(f"{where}: arms must include {BASELINE} (every other arm is compared with it)")
     if cfg.data.source not in DATA_SOURCES:
         raise UserError(f"{where}: data.source {cfg.data.source!r}; choose one of {', '.join(DATA_SOURCES)}")
     if cfg.data.source == "manifest" and not cfg.data.manifest:

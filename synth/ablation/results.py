@@ -52,16 +52,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from synth.ablation.arms import ARMS
 from synth.errors import UserError
 
 GROUPS: tuple[str, ...] = ("overall", "head", "medium", "tail")
 PER_CLASS_METRICS: tuple[str, ...] = ("ap", "auroc", "f1", "fnr")
-ARM_LABELS: dict[str, str] = {
-    "real_only": "Real only",
-    "synthetic_unfiltered": "+ synthetic, unfiltered",
-    "synthetic_filtered": "+ synthetic, filtered",
-    "synthetic_pretrain": "Synthetic pretrain → real fine-tune",
-}
+ARM_LABELS: dict[str, str] = {a.name: a.label for a in ARMS.values()}
 RESULTS_FILE = "results.json"
 
 

@@ -40,21 +40,16 @@ import numpy as np
 import pandas as pd
 
 from synth.ablation import stages
+from synth.ablation.arms import ARMS, BASELINE, RESAMPLED_BASELINE, Arm, SyntheticSet
 from synth.ablation.config import AblationConfig, check_paths, stage_key
 from synth.ablation.report import render_report
-from synth.ablation.results import ARM_LABELS, RESULTS_FILE
+from synth.ablation.results import RESULTS_FILE
+from synth.errors import UserError
 from synth.io import atomic_path, write_json_atomic
 from synth.manifest import annotated_classes, concat_manifests, image_paths, label_matrix, read_manifest
 from synth.taxonomy import frequency_groups
 
 DONE = "done.json"
-#: How each arm uses synthetic data: (which synthetic set, SyntheticMixConfig mode).
-ARM_DATA: dict[str, tuple[str | None, str]] = {
-    "real_only": (None, "none"),
-    "synthetic_unfiltered": ("unfiltered", "mix"),
-    "synthetic_filtered": ("filtered", "mix"),
-    "synthetic_pretrain": ("filtered", "pretrain_finetune"),
-}
 
 
 @dataclass(frozen=True)
@@ -102,10 +97,14 @@ def _keys(cfg: AblationConfig) -> dict[str, str]:
     keys["filter"] = stage_key("filter", cfg.filter, keys["generate"], keys["data"])
     keys["oracle"] = stage_key("oracle", cfg.oracle, cfg.data.size, renderer)
     keys["fidelity"] = stage_key("fidelity", keys["oracle"], keys["generate"], keys["filter"] if cfg.needs_filter else None)
-    upstream = {None: [keys["data"]], "unfiltered": [keys["data"], keys["generate"]], "filtered": [keys["data"], keys["filter"]]}
-    for arm, (synthetic, mode) in ARM_DATA.items():
-        classifier = cfg.classifier if synthetic else _baseline_classifier(cfg)
-        keys[arm] = stage_key("arm", arm, mode, classifier, cfg.evaluation.split, *upstream[synthetic])
+    upstream = {None: [keys["data"]], SyntheticSet.UNFILTERED: [keys["data"], keys["generate"]],
+                SyntheticSet.FILTERED: [keys["data"], keys["filter"]]}
+    for name, arm in ARMS.items():
+        classifier = cfg.classifier if arm.uses_synthetic else _baseline_classifier(cfg)
+        # the resampled arm's repeats follow from the data and what the generate stage is asked for (see resampling.py)
+        resample = [cfg.generate.classes, cfg.generate.n, cfg.generate.config, cfg.generate.overrides.get("target_count")] \
+            if arm.resample else []
+        keys[name] = stage_key("arm", name, arm.mode, classifier, cfg.evaluation.split, *upstream[arm.synthetic], *resample)
     return keys
 
 
@@ -134,53 +133,72 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
     state = process_state()
     log = log or _rich_log(state.is_main_process)
     check_paths(cfg)
+    started = time.time()
+    timer = _Timings()
     steps = {s.name: s for s in plan(cfg)}
-    data_manifest = Path(_cached(steps["data"], log, lambda out: stages.prepare_data(cfg, out), main_only=True))
+    data_manifest = Path(_cached(steps["data"], log, lambda out: stages.prepare_data(cfg, out), main_only=True, timer=timer))
     real = read_manifest(data_manifest)
     synthetic: dict[str, pd.DataFrame] = {}
     filter_dir = None
     if cfg.needs_synthetic:
-        model_dir = _cached(steps["generator"], log, lambda out: stages.train_generator(cfg, data_manifest, out))
-        synth_manifest = _cached(steps["generate"], log, lambda out: stages.generate_images(cfg, Path(model_dir), out))
-        synthetic["unfiltered"] = read_manifest(synth_manifest)
+        model_dir = _cached(steps["generator"], log, lambda out: stages.train_generator(cfg, data_manifest, out), timer=timer)
+        synth_manifest = _cached(steps["generate"], log, lambda out: stages.generate_images(cfg, Path(model_dir), out), timer=timer)
+        synthetic[SyntheticSet.UNFILTERED] = read_manifest(synth_manifest)
     if cfg.needs_filter:
         filter_dir = Path(_cached(steps["filter"], log, lambda out: stages.filter_images(cfg, Path(synth_manifest), data_manifest, out),
-                                  main_only=True))
-        synthetic["filtered"] = read_manifest(filter_dir / "kept.csv")
+                                  main_only=True, timer=timer))
+        synthetic[SyntheticSet.FILTERED] = read_manifest(filter_dir / "kept.csv")
     fidelity = None
     if "oracle" in steps:
-        oracle_dir = Path(_cached(steps["oracle"], log, lambda out: stages.train_oracle(cfg, out), main_only=True))
+        oracle_dir = Path(_cached(steps["oracle"], log, lambda out: stages.train_oracle(cfg, out), main_only=True, timer=timer))
         fidelity = Path(_cached(steps["fidelity"], log, lambda out: stages.oracle_fidelity(
-            oracle_dir, real[real["split"] == "train"], synthetic["unfiltered"], synthetic.get("filtered"), out), main_only=True))
+            oracle_dir, real[real["split"] == "train"], synthetic[SyntheticSet.UNFILTERED], synthetic.get(SyntheticSet.FILTERED), out),
+            main_only=True, timer=timer))
 
     classes = annotated_classes(real[real["split"] == "train"])
     test = real[real["split"] == cfg.evaluation.split].reset_index(drop=True)
     heldout = None
     if "heldout" in steps:
-        heldout = read_manifest(_cached(steps["heldout"], log, lambda out: stages.prepare_heldout(cfg, out), main_only=True))
+        heldout = read_manifest(_cached(steps["heldout"], log, lambda out: stages.prepare_heldout(cfg, out), main_only=True,
+                                        timer=timer))
+    resampling = stages.resample_plan(cfg, real, classes) if RESAMPLED_BASELINE in cfg.arms else None
     probs: dict[tuple[str, int], np.ndarray] = {}
-    for arm in cfg.arms:
-        which, mode = ARM_DATA[arm]
-        frames = [real] + ([synthetic[which]] if which else [])
-        train_df = concat_manifests(frames, data_manifest.parent) if which else real
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    for name in cfg.arms:
+        arm = ARMS[name]
+        offered = synthetic[arm.synthetic] if arm.uses_synthetic else None
+        if offered is not None and len(offered) == 0:
+            raise UserError(f"arm {name}: the {arm.synthetic.value} synthetic set has 0 images, so this arm would train on "
+                            "real rows only; check the generate/filter summaries or drop the arm with --arms")
+        train_df = concat_manifests([real, offered], data_manifest.parent) if offered is not None else real
+        repeats = resampling.repeats if arm.resample else None
         for seed in cfg.seeds:
-            step = steps[f"{arm}/seed-{seed}"]
-            model_dir = _cached(step, log, lambda out: _train_and_predict(cfg, arm, mode, seed, train_df, test, classes, out))
-            probs[arm, seed] = np.load(step.folder / "test_probs.npy")
+            step = steps[f"{name}/seed-{seed}"]
+            model_dir = _cached(step, log, lambda out: _train_and_predict(cfg, arm, seed, train_df, test, classes, out, repeats),
+                                timer=timer)
+            probs[name, seed] = np.load(step.folder / "test_probs.npy")
+            rows[name, seed] = {"synthetic_offered": 0 if offered is None else int(len(offered)),
+                                **(stages.training_rows(Path(model_dir)) or {})}
             if heldout is not None:
                 held = step.folder / f"{steps['heldout'].folder.name}_probs.npy"
                 state.wait_for_everyone()  # every process checks before the main one may write: all agree
                 if not held.exists():
-                    log(f"[run] {arm}/seed-{seed}: predict {len(heldout)} held-out images")
+                    log(f"[run] {name}/seed-{seed}: predict {len(heldout)} held-out images")
+                    t0 = time.time()
                     _predict_to(cfg, Path(model_dir), heldout, classes, held)
-                probs[arm, seed] = np.concatenate([probs[arm, seed], np.load(held)])
+                    timer.add(f"{name}/seed-{seed}: held-out predict", time.time() - t0, cached=False)
+                probs[name, seed] = np.concatenate([probs[name, seed], np.load(held)])
     if heldout is not None:
         test = concat_manifests([test, heldout], data_manifest.parent)
 
     if state.is_main_process:
-        results = build_results(cfg, real, test, classes, probs, filter_dir, synthetic, n_heldout=0 if heldout is None else len(heldout))
+        t0 = time.time()
+        results = build_results(cfg, real, test, classes, probs, filter_dir, synthetic,
+                                n_heldout=0 if heldout is None else len(heldout), rows=rows, resampling=resampling)
         if fidelity is not None:
             results["fidelity"] = json.loads(fidelity.read_text())
+        timer.add("evaluate (bootstrap) + results", time.time() - t0, cached=False)
+        results["timings"] = timer.summary(time.time() - started)
         write_json_atomic(cfg.report_dir / RESULTS_FILE, results)
         render_report(cfg.report_dir)
         log(f"report written: {cfg.report_dir / 'report.html'}")
@@ -188,13 +206,33 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
     return cfg.report_dir
 
 
-def _cached(step: Step, log: Callable[[str], None], work: Callable[[Path], Any], main_only: bool = False) -> str:
+class _Timings:
+    """Wall seconds per step: measured now, or read from a cached step's done.json (how long it took when it ran)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, step: str, seconds: float | None, cached: bool) -> None:
+        self.rows.append({"step": step, "seconds": None if seconds is None else round(float(seconds), 1), "cached": cached})
+
+    def summary(self, wall_this_run: float) -> dict[str, Any]:
+        ran = [r["seconds"] for r in self.rows if not r["cached"] and r["seconds"] is not None]
+        every = [r["seconds"] for r in self.rows if r["seconds"] is not None]
+        return {"steps": self.rows, "this_run_seconds": round(wall_this_run, 1), "ran_seconds": round(sum(ran), 1),
+                "all_steps_seconds": round(sum(every), 1),
+                "rule": "seconds = wall time of the step when it ran (a cached step shows its original time); "
+                        "this_run_seconds = wall time of this invocation, cached steps included at ~0"}
+
+
+def _cached(step: Step, log: Callable[[str], None], work: Callable[[Path], Any], main_only: bool = False,
+            timer: _Timings | None = None) -> str:
     """Return a finished step's output, or do the work and mark the step done (marker last, main process)."""
     from synth.distributed import process_state
 
     state = process_state()
     marker = step.folder / DONE
-    if not marker.exists():
+    cached = marker.exists()
+    if not cached:
         log(f"[run] {step.name} -> {step.folder}")
         step.folder.mkdir(parents=True, exist_ok=True)
         start = time.time()
@@ -206,7 +244,10 @@ def _cached(step: Step, log: Callable[[str], None], work: Callable[[Path], Any],
         state.wait_for_everyone()
     else:
         log(f"[cached] {step.name}: {step.folder}")
-    return json.loads(marker.read_text())["output"]
+    done = json.loads(marker.read_text())
+    if timer is not None:
+        timer.add(step.name, done.get("seconds"), cached)
+    return done["output"]
 
 
 def _rich_log(enabled: bool) -> Callable[[str], None]:
@@ -216,9 +257,17 @@ def _rich_log(enabled: bool) -> Callable[[str], None]:
     return (lambda message: console.log(message)) if enabled else (lambda message: None)
 
 
-def _train_and_predict(cfg: AblationConfig, arm: str, mode: str, seed: int, train_df: pd.DataFrame,
-                       test: pd.DataFrame, classes: list[str], out: Path) -> Path:
-    model_dir = stages.train_arm(cfg, mode, seed, train_df, classes, out / "model")
+def _train_and_predict(cfg: AblationConfig, arm: Arm, seed: int, train_df: pd.DataFrame, test: pd.DataFrame,
+                       classes: list[str], out: Path, row_repeats: dict[str, int] | None = None) -> Path:
+    if row_repeats:
+        model_dir = stages.train_arm(cfg, arm.mode, seed, train_df, classes, out / "model", row_repeats=row_repeats)
+    else:
+        model_dir = stages.train_arm(cfg, arm.mode, seed, train_df, classes, out / "model")
+    used = stages.training_rows(Path(model_dir))
+    if arm.uses_synthetic and used is not None and not used.get("synthetic"):
+        raise UserError(f"arm {arm.name}/seed-{seed}: the classifier trained without synthetic rows (mode {arm.mode!r}, "
+                        f"{int((train_df['source'] == 'synthetic').sum())} offered); its numbers would be a second real-only "
+                        "arm. Check classifier synthetic.ratio / per_class_cap and the arm's mode")
     _predict_to(cfg, Path(model_dir), test, classes, out / "test_probs.npy")
     return model_dir
 
@@ -239,8 +288,14 @@ def _predict_to(cfg: AblationConfig, model_dir: Path, df: pd.DataFrame, classes:
 
 def build_results(cfg: AblationConfig, real: pd.DataFrame, test: pd.DataFrame, classes: list[str],
                   probs: dict[tuple[str, int], np.ndarray], filter_dir: Path | None,
-                  synthetic: dict[str, pd.DataFrame], n_heldout: int = 0) -> dict[str, Any]:
-    """Evaluate every arm/seed on the same test rows (held-out phantom rows included) and assemble results.json."""
+                  synthetic: dict[str, pd.DataFrame], n_heldout: int = 0,
+                  rows: dict[tuple[str, int], dict[str, Any]] | None = None, resampling: Any = None) -> dict[str, Any]:
+    """Evaluate every arm/seed on the same test rows (held-out phantom rows included) and assemble results.json.
+
+    Every arm but the baseline is paired with ``real_only`` (``paired_over_seeds``, per class in
+    ``per_class_paired``, the significantly harmed classes in ``harmed``); when ``real_resampled`` ran,
+    every synthetic arm is also paired with it (``paired_vs_resampled``), the verdict's reference.
+    """
     train = real[real["split"] == "train"]
     y_train = label_matrix(train, classes)
     prevalence = {c: float(np.nanmean(y_train[:, i])) for i, c in enumerate(classes)}
@@ -248,17 +303,30 @@ def build_results(cfg: AblationConfig, real: pd.DataFrame, test: pd.DataFrame, c
     y_test = label_matrix(test, classes)
     patients = test["subject_id"].astype(str).to_numpy()
     arms = []
-    for arm in cfg.arms:
-        seeds = {str(seed): stages.evaluate(cfg, y_test, probs[arm, seed], classes, groups, patients) for seed in cfg.seeds}
-        arm_entry = {"name": arm, "label": ARM_LABELS[arm], "seeds": seeds}
-        if arm != "real_only":
-            pooled = stages.paired(cfg, y_test, [probs["real_only", s] for s in cfg.seeds], [probs[arm, s] for s in cfg.seeds],
-                                   classes, groups, patients)
+    for name in cfg.arms:
+        arm = ARMS[name]
+        seeds = {str(seed): stages.evaluate(cfg, y_test, probs[name, seed], classes, groups, patients) for seed in cfg.seeds}
+        for seed in cfg.seeds:
+            if rows is not None and (name, seed) in rows:
+                seeds[str(seed)]["train_rows"] = rows[name, seed]
+        arm_entry: dict[str, Any] = {"name": name, "label": arm.label, "seeds": seeds}
+        if name != BASELINE:
+            base = [probs[BASELINE, s] for s in cfg.seeds]
+            mine = [probs[name, s] for s in cfg.seeds]
+            pooled = stages.paired(cfg, y_test, base, mine, classes, groups, patients)
             for i, seed in enumerate(cfg.seeds):  # each seed's own difference; the interval is the pooled one
                 seeds[str(seed)]["paired"] = {g: {"diff": row["run_diffs"][i]} for g, row in pooled.items()}
             arm_entry["paired_over_seeds"] = {g: {k: v for k, v in row.items() if k != "run_diffs"} for g, row in pooled.items()}
+            per_class = stages.paired_per_class(cfg, y_test, base, mine, classes, patients)
+            arm_entry["per_class_paired"] = per_class
+            arm_entry["harmed"] = sorted(c for c, v in per_class.items() if v["ci"][1] is not None and v["ci"][1] < 0)
+            if arm.uses_synthetic and RESAMPLED_BASELINE in cfg.arms:
+                vs = stages.paired(cfg, y_test, [probs[RESAMPLED_BASELINE, s] for s in cfg.seeds], mine, classes, groups, patients)
+                arm_entry["paired_vs_resampled"] = {g: {k: v for k, v in row.items()} for g, row in vs.items()}
+        if arm.resample and resampling is not None:
+            arm_entry["resampling"] = resampling.summary()
         arms.append(arm_entry)
-    generated = sorted(set(synthetic["unfiltered"]["target_class"])) if "unfiltered" in synthetic else []
+    generated = sorted(set(synthetic[SyntheticSet.UNFILTERED]["target_class"])) if SyntheticSet.UNFILTERED in synthetic else []
     results: dict[str, Any] = {
         "name": cfg.name,
         "question": "Does synthetic tail data help, where, and by how much?",
@@ -266,7 +334,8 @@ def build_results(cfg: AblationConfig, real: pd.DataFrame, test: pd.DataFrame, c
                     f"n_{cfg.evaluation.split}": int(len(test)), "n_test_patients": int(len(set(patients))),
                     **({"n_heldout": n_heldout} if n_heldout else {})},
         "classes": classes, "groups": groups, "train_prevalence": prevalence,
-        "generated_classes": generated, "baseline": "real_only", "arms": arms,
+        "generated_classes": generated, "baseline": BASELINE,
+        "verdict_baseline": RESAMPLED_BASELINE if RESAMPLED_BASELINE in cfg.arms else BASELINE, "arms": arms,
         "target": {"tail_gain": cfg.target.tail_gain, "max_head_drop": cfg.target.max_head_drop},
         "provenance": stages.provenance(cfg),
     }

@@ -176,14 +176,61 @@ def oracle_fidelity(oracle_dir: Path, real_train: pd.DataFrame, generated: pd.Da
 # ---------------------------------------------------------------- classifier arms
 
 
-def train_arm(cfg: AblationConfig, mode: str, seed: int, train_df: pd.DataFrame, classes: list[str], out: Path) -> Path:
-    """Train one arm's ensemble with every member seeded by ``seed`` (the synthetic rows ride in train_df)."""
+def train_arm(cfg: AblationConfig, mode: str, seed: int, train_df: pd.DataFrame, classes: list[str], out: Path,
+              row_repeats: dict[str, int] | None = None) -> Path:
+    """Train one arm's ensemble with every member seeded by ``seed`` (the synthetic rows ride in train_df).
+
+    ``row_repeats`` (dicom_id -> times per epoch) is the ``real_resampled`` arm's repeat-factor plan.
+    """
     config = _import("classifier.config", "classifier")
     train = _import("classifier.train", "classifier")
     ens = config.load_ensemble_config(cfg.classifier.config, cfg.classifier.overrides)
     ens = replace(ens, members=[replace(m, seed=seed) for m in ens.members],
                   synthetic=replace(ens.synthetic, mode=mode))
+    if row_repeats:
+        return Path(train.train_ensemble(ens, train_df, out, classes=classes, row_repeats=row_repeats))
     return Path(train.train_ensemble(ens, train_df, out, classes=classes))
+
+
+def training_rows(model_dir: Path) -> dict[str, int] | None:
+    """The rows the trained ensemble actually used (its ensemble.json), or None when the folder has none."""
+    import json
+
+    spec = Path(model_dir) / "ensemble.json"
+    if not spec.is_file():
+        return None
+    rows = json.loads(spec.read_text()).get("rows", {})
+    return {k: int(v) for k, v in rows.items()}
+
+
+def mixing_counts(cfg: AblationConfig, real: pd.DataFrame) -> dict[str, int]:
+    """Images the generate stage makes per class (from the config and the real training split only).
+
+    The same rule as ``synth generate``: ``generate.classes`` resolved on the training split's
+    prevalence, ``n`` per class or (``n: auto``) what tops the class up to ``target_count``.
+    """
+    import warnings
+
+    from synth.cooccurrence import TrainingLabels
+    from synth.generate import GenerateConfig, resolve_targets
+
+    labels = TrainingLabels(real[real["source"] == "real"], source="the ablation's training split")
+    gen = GenerateConfig.from_yaml(cfg.generate.config, n=cfg.generate.n, **cfg.generate.overrides)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # generate warns about skipped classes itself
+        targets = resolve_targets(cfg.generate.classes, labels)
+    if gen.n == "auto":
+        positives = labels.positives()
+        return {c: max(0, int(gen.target_count) - positives[c]) for c in targets}
+    return {c: int(gen.n) for c in targets}
+
+
+def resample_plan(cfg: AblationConfig, real: pd.DataFrame, classes: list[str]):
+    """The ``real_resampled`` arm's repeat-factor plan (see synth/ablation/resampling.py for how t is derived)."""
+    from synth.ablation.resampling import plan_resampling
+
+    train = real[(real["split"] == "train") & (real["source"] == "real")]
+    return plan_resampling(train, classes, mixing_counts(cfg, real))
 
 
 def predict(cfg: AblationConfig, model_dir: Path, df: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
@@ -217,6 +264,38 @@ def paired(cfg: AblationConfig, y_true: np.ndarray, probs_base: list[np.ndarray]
     for g in ("overall", "head", "medium", "tail"):
         row = pb[f"{g}_map" if g != "overall" else "map"]
         out[g] = {"diff": row["diff"], "ci": list(row["ci"]), "p": row.get("p"), "run_diffs": list(row["run_diffs"])}
+    return out
+
+
+def paired_per_class(cfg: AblationConfig, y_true: np.ndarray, probs_base: list[np.ndarray], probs_arm: list[np.ndarray],
+                     classes: list[str], patients: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Per class: arm minus baseline AP, averaged over seeds, with one paired patient-bootstrap interval.
+
+    The same resampling rule (and seed) as :func:`paired`: every seed is scored on the same resampled
+    patients and the differences averaged, so a class is "significantly harmed" when the interval of
+    the seed-averaged difference lies below 0. Rows with an unknown label are left out of that class.
+    """
+    metrics = _import("classifier.metrics", "classifier")
+    ev = cfg.evaluation
+    resamples = metrics.patient_resamples(patients, max(ev.n_boot, 1), ev.bootstrap_seed)
+    y_true = np.asarray(y_true, dtype=np.float64)
+    out: dict[str, dict[str, Any]] = {}
+    for j, cls in enumerate(classes):
+        known = ~np.isnan(y_true[:, j])
+        y = y_true[known, j]
+        if not (y == 1).any():
+            out[cls] = {"diff": None, "ci": [None, None], "run_diffs": []}
+            continue
+        codes = resamples.codes[known]
+        points, boots = [], []
+        for pb, pa in zip(probs_base, probs_arm):
+            pb, pa = np.asarray(pb, dtype=np.float64)[known, j], np.asarray(pa, dtype=np.float64)[known, j]
+            points.append(metrics.class_metrics(y, pa)["ap"] - metrics.class_metrics(y, pb)["ap"])
+            boots.append(metrics.resampled_ap(y, pa, codes, resamples.counts) - metrics.resampled_ap(y, pb, codes, resamples.counts))
+        d = np.mean(boots, axis=0)
+        d = d[~np.isnan(d)]
+        ci = [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))] if d.size else [None, None]
+        out[cls] = {"diff": float(np.mean(points)), "ci": ci, "run_diffs": [float(x) for x in points]}
     return out
 
 

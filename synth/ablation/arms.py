@@ -1,0 +1,65 @@
+"""The ablation's arms: one registry, so the runner, the config check and the report agree on what an arm is.
+
+An arm is a recipe for one classifier's training rows. Everything else (architecture,
+augmentation, loss, seeds, evaluation rows) is shared by every arm, so a difference between
+two arms is the difference of their rows:
+
+- ``real_only``: the real training rows as they are (the baseline every arm is paired with).
+- ``real_resampled``: the same real rows, tail-positive images repeated by LVIS repeat-factor
+  sampling (:mod:`synth.ablation.resampling`) so a tail class's positives are presented about as
+  often per epoch as in the synthetic mixing arm. It answers "is the synthetic gain only
+  'tail images seen more often'?": the headline verdict of a synthetic arm is against it.
+- ``synthetic_unfiltered`` / ``synthetic_filtered``: real rows plus every generated / every kept
+  synthetic row, mixed (``SyntheticMixConfig.mode = mix``).
+- ``synthetic_pretrain``: synthetic-only pretraining on the kept rows, then real-only fine-tuning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class SyntheticSet(str, Enum):
+    """Which generated rows an arm adds to the real ones."""
+
+    UNFILTERED = "unfiltered"  #: every generated image
+    FILTERED = "filtered"  #: the filter's kept.csv
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    label: str  #: shown in the report
+    short: str  #: column prefix in the report's per-class table
+    synthetic: SyntheticSet | None = None  #: None = real rows only
+    mode: str = "none"  #: classifier SyntheticMixConfig.mode (none / mix / pretrain_finetune)
+    resample: bool = False  #: real tail-positive rows repeated (repeat-factor sampling)
+
+    @property
+    def uses_synthetic(self) -> bool:
+        return self.synthetic is not None
+
+
+REAL_ONLY = Arm("real_only", "Real only", "real")
+REAL_RESAMPLED = Arm("real_resampled", "Real, tail re-sampled", "resampled", resample=True)
+SYNTHETIC_UNFILTERED = Arm("synthetic_unfiltered", "+ synthetic, unfiltered", "unfilt.", SyntheticSet.UNFILTERED, "mix")
+SYNTHETIC_FILTERED = Arm("synthetic_filtered", "+ synthetic, filtered", "filt.", SyntheticSet.FILTERED, "mix")
+SYNTHETIC_PRETRAIN = Arm("synthetic_pretrain", "Synthetic pretrain → real fine-tune", "pretrain", SyntheticSet.FILTERED,
+                         "pretrain_finetune")
+
+#: Every arm, in the order the report lists them.
+ARMS: dict[str, Arm] = {a.name: a for a in (REAL_ONLY, REAL_RESAMPLED, SYNTHETIC_UNFILTERED, SYNTHETIC_FILTERED,
+                                            SYNTHETIC_PRETRAIN)}
+#: The arm every other arm is paired with (must be in every ablation).
+BASELINE = REAL_ONLY.name
+#: The stronger real-data baseline: the headline verdict of a synthetic arm is against it when it ran.
+RESAMPLED_BASELINE = REAL_RESAMPLED.name
+
+
+def arm(name: str) -> Arm:
+    """The registered arm called ``name`` (KeyError names the valid ones)."""
+    try:
+        return ARMS[name]
+    except KeyError:
+        raise KeyError(f"unknown arm {name!r}; valid arms: {', '.join(ARMS)}") from None
