@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,6 +28,7 @@ import torch.nn as nn
 from classifier.data import load_images, to_input
 from classifier.models import build_model
 from synth.errors import UserError
+from synth.taxonomy import GroupThresholds, frequency_groups
 
 ENSEMBLE_FILE = "ensemble.json"
 MEMBER_FILE = "member.json"
@@ -82,23 +83,59 @@ def read_ensemble(model_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def predict(model_dir: str | Path, df: pd.DataFrame, batch_size: int = 64, device: str | None = None) -> tuple[np.ndarray, list[str]]:
-    """(probabilities (N, C), classes) of the ensemble in ``model_dir`` on the rows of ``df``."""
+def predict(model_dir: str | Path, df: pd.DataFrame, batch_size: int = 64, device: str | None = None,
+            chunk_rows: int = 4096, on_rows: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[str]]:
+    """(probabilities (N, C), classes) of the ensemble in ``model_dir`` on the rows of ``df``.
+
+    Rows are decoded ``chunk_rows`` at a time (each member's resolution once per chunk), so an unlabeled
+    test set of any size fits in memory; ``on_rows(n)`` is called after each chunk (a progress bar).
+    """
     model_dir = Path(model_dir)
     spec = read_ensemble(model_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     classes = list(spec["classes"])
-    total = np.zeros((len(df), len(classes)), dtype=np.float64)
-    cache: dict[int, torch.Tensor] = {}
+    members = []
     for entry in spec["members"]:
         member = load_member(model_dir / entry["dir"], device)
         if member.classes != classes:
             raise UserError(f"{model_dir / entry['dir']}: member classes differ from {ENSEMBLE_FILE}; retrain the ensemble")
-        if member.image_size not in cache:
-            cache[member.image_size] = load_images(df, member.image_size)
-        probs = predict_images(member.model, cache[member.image_size], batch_size, spec.get("tta_flip", False), device)
-        total += float(entry["weight"]) * probs
+        members.append((float(entry["weight"]), member))
+    total = np.zeros((len(df), len(classes)), dtype=np.float64)
+    for start in range(0, len(df), max(1, chunk_rows)):
+        part = df.iloc[start:start + chunk_rows]
+        part.attrs.update(df.attrs)
+        cache: dict[int, torch.Tensor] = {}
+        for weight, member in members:
+            if member.image_size not in cache:
+                cache[member.image_size] = load_images(part, member.image_size)
+            probs = predict_images(member.model, cache[member.image_size], batch_size, spec.get("tta_flip", False), device)
+            total[start:start + len(part)] += weight * probs
+        if on_rows is not None:
+            on_rows(len(part))
     return total.astype(np.float32), classes
+
+
+def group_record(train_prevalence: Mapping[str, float], thresholds: GroupThresholds = GroupThresholds()) -> dict:
+    """What ``ensemble.json`` stores so a model can be scored on a test-only set: its classes' head / medium /
+    tail groups and the thresholds that made them (from the training prevalence it also stores)."""
+    return {"groups": frequency_groups(train_prevalence, thresholds), "group_thresholds": asdict(thresholds)}
+
+
+def model_groups(spec: Mapping) -> tuple[dict[str, str], dict[str, float]] | None:
+    """(groups, training prevalence) stored with an ensemble, or None for one that stores neither.
+
+    Why from the model: head / medium / tail are defined by what the model was TRAINED on; an external
+    or challenge test set has no training rows to define them. Ensembles saved before ``groups`` was
+    stored still carry ``train_prevalence``, from which the default CXR-LT groups are derived.
+    """
+    prevalence = spec.get("train_prevalence")
+    if not prevalence:
+        return None
+    prevalence = {c: float(v) for c, v in prevalence.items()}
+    if spec.get("groups"):
+        return dict(spec["groups"]), prevalence
+    thresholds = GroupThresholds(**spec.get("group_thresholds", {}))
+    return frequency_groups(prevalence, thresholds), prevalence
 
 
 def choose_weights(y_val: np.ndarray, member_probs: Sequence[np.ndarray], mode: str = "mean", step: float = 0.1) -> list[float]:

@@ -3,7 +3,15 @@
 Writes ``metrics.json`` (the :func:`classifier.metrics.evaluate` dict plus
 provenance), ``probs.csv`` (dicom_id + per-class probabilities) and the
 CXR-LT submission CSV, and returns the metrics for the rich table.
-Head / medium / tail are computed from the manifest's TRAIN split prevalence.
+
+Head / medium / tail and the training prevalence come from the MODEL
+(``ensemble.json`` stores them when it is trained), so a test-only manifest —
+an external site, a challenge test set — is scored like the model's own test
+split. An ensemble saved without them falls back to the manifest's real train
+rows; with neither, evaluation is refused with the fix.
+
+:func:`predict_submission` is the unlabeled path (``synth predict``): the same
+ensemble prediction and the same submission writer, no labels needed.
 """
 
 from __future__ import annotations
@@ -14,21 +22,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from classifier.ensemble import predict
+from classifier.ensemble import model_groups, predict, read_ensemble
 from classifier.metrics import evaluate, write_submission
 from synth.errors import UserError
 from synth.io import atomic_path, write_json_atomic
 from synth.manifest import label_matrix, read_manifest
-from synth.taxonomy import frequency_groups
+from synth.taxonomy import CXR_LT_CLASSES, frequency_groups
 
 SUBMISSION_FILE = "submission.csv"
 
 
 def train_groups(df: pd.DataFrame, classes: list[str]) -> tuple[dict[str, str], dict[str, float]]:
+    """Groups and prevalence from the manifest's real train rows (ensembles that store none)."""
     train = df[(df["split"] == "train") & (df["source"] == "real")]
     if train.empty:
-        raise UserError("evaluate: the manifest has no real training rows, so head/medium/tail cannot be defined; "
-                        "pass the full prepared manifest (all splits)")
+        raise UserError("evaluate: the ensemble stores no training prevalence (saved by an older version) and the manifest "
+                        "has no real training rows, so head/medium/tail cannot be defined; pass --data the manifest the "
+                        "model was trained on (all splits), or retrain the ensemble so it stores its groups")
     y = label_matrix(train, classes)
     prevalence = {}
     for j, c in enumerate(classes):
@@ -44,9 +54,17 @@ def evaluate_model(model_dir: str | Path, manifest: str | Path, split: str, out:
     rows = df[(df["split"] == split) & (df["source"] == "real")].reset_index(drop=True)
     rows.attrs.update(df.attrs)
     if rows.empty:
-        raise UserError(f"{manifest}: no real rows with split={split!r}; use --split train/val/test")
+        present = sorted(set(df.loc[df["source"] == "real", "split"]))
+        raise UserError(f"{manifest}: no real rows with split={split!r} (it has {', '.join(present) or 'none'}); "
+                        f"use --split {present[0] if present else 'test'}")
+    stored = model_groups(read_ensemble(model_dir))
     probs, classes = predict(model_dir, rows, batch_size=batch_size)
-    groups, prevalence = train_groups(df, classes)
+    if stored is not None:
+        groups, prevalence = stored
+        groups_from = "model"
+    else:
+        groups, prevalence = train_groups(df, classes)
+        groups_from = "manifest train split"
     y = label_matrix(rows, classes)
     result = evaluate(y, probs, classes, groups, patient_ids=rows["subject_id"].astype(str).to_numpy(), n_boot=n_boot, seed=seed)
     out = Path(out)
@@ -54,10 +72,31 @@ def evaluate_model(model_dir: str | Path, manifest: str | Path, split: str, out:
     with atomic_path(out / "probs.csv") as tmp:
         pd.DataFrame(probs, columns=classes).assign(dicom_id=rows["dicom_id"].to_numpy())[["dicom_id", *classes]].to_csv(tmp, index=False)
     result.update({"split": split, "model": str(Path(model_dir).resolve()), "manifest": str(Path(manifest).resolve()),
-                   "groups": groups, "train_prevalence": prevalence, "bootstrap_seed": seed,
+                   "groups": groups, "groups_from": groups_from, "train_prevalence": prevalence, "bootstrap_seed": seed,
                    "submission": {"file": SUBMISSION_FILE, "filled_with_zero": missing}})
     write_json_atomic(out / "metrics.json", result)
     return result
+
+
+def predict_submission(model_dir: str | Path, rows: pd.DataFrame, out_file: str | Path, batch_size: int = 64,
+                       progress: bool = True) -> tuple[Path, list[str]]:
+    """Predict ``rows`` (``dicom_id`` + ``fpath``; no labels needed) and write the CXR-LT submission CSV
+    (``dicom_id`` + the model's class columns in taxonomy order) atomically; return (path, classes).
+
+    Only the model's classes are written (a submission of the 40 with zeros for classes it never learnt
+    would look like a confident negative).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    read_ensemble(model_dir)  # a wrong --model fails before any image is read
+    columns = (TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=not progress) as bar:
+        task = bar.add_task("predict", total=len(rows))
+        probs, classes = predict(model_dir, rows, batch_size=batch_size, chunk_rows=max(batch_size, 1024),
+                                 on_rows=lambda n: bar.advance(task, n))
+    ordered = [c for c in CXR_LT_CLASSES if c in classes]
+    write_submission(out_file, rows["dicom_id"], probs, classes, columns=ordered)
+    return Path(out_file), ordered
 
 
 def render_table(result: dict[str, Any]):

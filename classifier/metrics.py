@@ -290,8 +290,9 @@ def paired_bootstrap_runs(y_true: np.ndarray, probs_base: Sequence[np.ndarray], 
 
 
 def write_submission(path: str | Path, dicom_ids: Sequence[str], probs: np.ndarray, classes: Sequence[str],
-                     fill: float = 0.0) -> list[str]:
-    """CXR-LT submission CSV: ``dicom_id`` + the 40 class probability columns in challenge order.
+                     fill: float = 0.0, columns: Sequence[str] | None = None) -> list[str]:
+    """CXR-LT submission CSV: ``dicom_id`` + the 40 class probability columns in challenge order
+    (or ``columns``, e.g. only the model's classes).
 
     Classes the model does not predict (e.g. the 25 NIH does not label) get
     ``fill``; their names are returned so the caller can report them.
@@ -300,7 +301,7 @@ def write_submission(path: str | Path, dicom_ids: Sequence[str], probs: np.ndarr
     index = {c: j for j, c in enumerate(classes)}
     table = {"dicom_id": list(map(str, dicom_ids))}
     missing = []
-    for c in CXR_LT_CLASSES:
+    for c in (CXR_LT_CLASSES if columns is None else columns):
         if c in index:
             table[c] = probs[:, index[c]]
         else:

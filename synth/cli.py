@@ -48,7 +48,7 @@ app = _SynthTyper(
 )
 
 #: Stage modules under synth.commands, in pipeline order.
-COMMAND_MODULES: tuple[str, ...] = ("data", "phantom", "finetune", "classify", "generate", "filter", "ablate")
+COMMAND_MODULES: tuple[str, ...] = ("data", "phantom", "finetune", "classify", "predict", "generate", "filter", "ablate")
 
 
 

@@ -1,0 +1,171 @@
+"""Issue 20: test-only evaluation with the model's groups, and ``synth predict`` on unlabeled images.
+
+The ensembles here are random-init ConvNeXt-atto members written by hand in the layout
+``classify train`` writes (ensemble.json + member-k/{member.json, model.safetensors}): what is
+tested is the plumbing (groups, rows, columns, files), not accuracy, and it takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from classifier.ensemble import group_record, model_groups, predict
+from classifier.models import build_model
+from synth.io import save_safetensors_atomic, write_json_atomic
+from synth.manifest import read_manifest
+from synth.prepare import prepare_dataset
+from synth.taxonomy import CXR_LT_CLASSES
+from test_data import assert_one_error_line, invoke, make_cxrlt
+from typer.testing import CliRunner
+
+from synth.cli import app
+
+#: deliberately not in taxonomy order: the submission must reorder them
+CLASSES = ["Support Devices", "Fracture", "Rib Fracture", "Normal"]
+PREVALENCE = {"Support Devices": 0.5, "Fracture": 0.05, "Rib Fracture": 0.005, "Normal": 0.4}
+
+
+def make_ensemble(folder: Path, sizes=(32, 40), store_groups: bool = True, store_prevalence: bool = True) -> Path:
+    members = []
+    for k, size in enumerate(sizes):
+        torch.manual_seed(k)
+        model = build_model("convnext_atto", len(CLASSES))
+        member = folder / f"member-{k}"
+        save_safetensors_atomic(member / "model.safetensors", model.state_dict())
+        write_json_atomic(member / "member.json", {"arch": "convnext_atto", "image_size": size, "classes": CLASSES})
+        members.append({"dir": f"member-{k}", "arch": "convnext_atto", "image_size": size, "weight": 1 / len(sizes)})
+    spec = {"classes": CLASSES, "tta_flip": False, "members": members}
+    if store_prevalence:
+        spec["train_prevalence"] = PREVALENCE
+    if store_groups:
+        spec.update(group_record(PREVALENCE))
+    write_json_atomic(folder / "ensemble.json", spec)
+    return folder
+
+
+@pytest.fixture()
+def test_only(tmp_path: Path) -> Path:
+    """An external, test-only prepared set (no train rows at all)."""
+    csv = make_cxrlt(tmp_path, patients=6, per_patient=2)
+    result = invoke("prepare", "--format", "cxrlt", "--labels", csv, "--images", tmp_path / "mimic", "--out",
+                    tmp_path / "external", "--size", "32", "--split", "test")
+    assert result.exit_code == 0, result.output
+    return tmp_path / "external" / "manifest.csv"
+
+
+# ---------------------------------------------------------------- evaluate on a test-only set
+
+
+def evaluate(*args) -> object:
+    return CliRunner().invoke(app, ["evaluate", *map(str, args)])
+
+
+def test_evaluate_test_only_set_takes_groups_from_the_model(test_only, tmp_path):
+    model = make_ensemble(tmp_path / "model")
+    out = tmp_path / "eval"
+    result = evaluate("--model", model, "--data", test_only, "--split", "test", "--out", out, "--n-boot", "0")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["groups"] == {"Support Devices": "head", "Fracture": "medium", "Rib Fracture": "tail", "Normal": "head"}
+    assert metrics["groups_from"] == "model" and metrics["train_prevalence"] == PREVALENCE
+    assert metrics["n"] == len(read_manifest(test_only))
+
+
+def test_evaluate_ensemble_saved_before_groups_derives_them_from_its_prevalence(test_only, tmp_path):
+    model = make_ensemble(tmp_path / "model", store_groups=False)
+    out = tmp_path / "eval"
+    result = evaluate("--model", model, "--data", test_only, "--out", out, "--n-boot", "0")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "metrics.json").read_text())["groups"]["Rib Fracture"] == "tail"
+
+
+def test_evaluate_ensemble_without_prevalence_on_test_only_set_is_one_clear_error(test_only, tmp_path):
+    model = make_ensemble(tmp_path / "model", store_groups=False, store_prevalence=False)
+    result = evaluate("--model", model, "--data", test_only, "--out", tmp_path / "eval", "--n-boot", "0")
+    assert_one_error_line(result, "no real training rows", "retrain")
+
+
+def test_model_groups_prefers_stored_groups():
+    spec = {"train_prevalence": PREVALENCE, "groups": {c: "tail" for c in CLASSES}}
+    assert model_groups(spec)[0] == {c: "tail" for c in CLASSES}
+    assert model_groups({"classes": CLASSES}) is None
+
+
+# ---------------------------------------------------------------- synth predict
+
+
+def _raw_images(folder: Path, n: int = 7) -> list[Path]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        pixels = rng.integers(0, 255, (50 + i, 44), dtype=np.uint8)
+        path = folder / f"sub{i % 2}" / f"img{i}.{'jpg' if i % 3 == 0 else 'png'}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if i % 3 == 1:
+            Image.fromarray(np.stack([pixels] * 3, -1)).save(path)  # RGB
+        elif i % 3 == 2:
+            Image.fromarray(pixels.astype(np.uint16) * 200).save(path)  # 16-bit
+        else:
+            Image.fromarray(pixels).save(path, quality=95)
+        paths.append(path)
+    return paths
+
+
+def test_predict_images_folder_writes_submission_in_taxonomy_order(tmp_path):
+    model = make_ensemble(tmp_path / "model")
+    paths = _raw_images(tmp_path / "unlabeled")
+    out = tmp_path / "sub" / "submission.csv"
+    result = invoke("predict", "--model", model, "--images", tmp_path / "unlabeled", "--out", out, "--size", "48")
+    assert result.exit_code == 0, result.output
+    sub = pd.read_csv(out, dtype={"dicom_id": str})
+    assert list(sub.columns) == ["dicom_id"] + [c for c in CXR_LT_CLASSES if c in CLASSES]
+    assert sorted(sub["dicom_id"]) == sorted(p.stem for p in paths)
+    assert sub[CLASSES].apply(lambda col: col.between(0, 1)).all().all()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["submission.csv"], "temporary cache left behind"
+
+    # the same images through `synth prepare` give the same probabilities: one decoding, one inference path
+    csv = tmp_path / "labels.csv"
+    rows = [{"dicom_id": p.stem, "subject_id": str(i), "study_id": str(i), "ViewPosition": "PA",
+             "fpath": str(p.relative_to(tmp_path / "unlabeled")), **{c: "" for c in CXR_LT_CLASSES}} for i, p in enumerate(paths)]
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    manifest = prepare_dataset("cxrlt", csv, tmp_path / "unlabeled", tmp_path / "prepared", size=48, split="test", workers=1)
+    probs, classes = predict(model, read_manifest(manifest))
+    expected = pd.DataFrame(probs, columns=classes).assign(dicom_id=read_manifest(manifest)["dicom_id"]).set_index("dicom_id")
+    np.testing.assert_allclose(sub.set_index("dicom_id").loc[expected.index, CLASSES].to_numpy(), expected[CLASSES].to_numpy(),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_predict_prepared_manifest_split_and_plain_csv(test_only, tmp_path):
+    model = make_ensemble(tmp_path / "model")
+    out = tmp_path / "a.csv"
+    result = invoke("predict", "--model", model, "--manifest", test_only, "--split", "test", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(out, dtype=str)["dicom_id"].tolist() == read_manifest(test_only)["dicom_id"].tolist()
+    assert_one_error_line(invoke("predict", "--model", model, "--manifest", test_only, "--out", out), "already exists", "--overwrite")
+
+    # a challenge-style list (dicom_id + fpath relative to the image root), no labels
+    listing = tmp_path / "development.csv"
+    src = pd.read_csv(tmp_path / "train_labeled.csv", dtype=str)[["dicom_id", "subject_id", "fpath"]]
+    src.to_csv(listing, index=False)
+    out_b = tmp_path / "b.csv"
+    result = invoke("predict", "--model", model, "--manifest", listing, "--images", tmp_path / "mimic", "--out", out_b, "--size", "32")
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(out_b, dtype=str)["dicom_id"].tolist() == src["dicom_id"].tolist()
+
+
+def test_predict_bad_input_is_one_error_line(tmp_path):
+    model = make_ensemble(tmp_path / "model", sizes=(32,))
+    listing = tmp_path / "list.csv"
+    pd.DataFrame({"dicom_id": ["a"], "fpath": ["missing.png"]}).to_csv(listing, index=False)
+    out = tmp_path / "s.csv"
+    assert_one_error_line(invoke("predict", "--model", model, "--manifest", listing, "--out", out), "image not found", "--images")
+    assert_one_error_line(invoke("predict", "--model", tmp_path, "--images", tmp_path, "--out", out), "ensemble.json")
+    assert_one_error_line(invoke("predict", "--model", model, "--out", out), "--manifest", "--images")
+    assert not out.exists()
