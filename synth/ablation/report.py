@@ -25,10 +25,13 @@ from synth.ablation.results import (
     Estimate,
     arm_by_name,
     group_estimate,
+    harmed_classes,
     load_results,
     paired_estimate,
+    paired_vs_resampled,
     per_class_mean,
 )
+from synth.ablation.arms import ARMS
 from synth.errors import UserError
 from synth.io import write_text_atomic, atomic_path
 
@@ -153,25 +156,51 @@ def _headline(results: dict[str, Any]) -> list[str]:
     for arm in results["arms"]:
         if arm["name"] == results["baseline"]:
             continue
-        tail, head = paired_estimate(arm, "tail"), paired_estimate(arm, "head")
+        tail, head = _verdict_tail(results, arm), paired_estimate(arm, "head")
         verdict = "helps" if tail.excludes_zero and tail.mean > 0 else "hurts" if tail.excludes_zero else "shows no clear effect on"
-        lines.append(
-            f"{_label(arm)} {verdict} the tail: ΔmAP {_fmt_diff(tail)} (head {_fmt_diff(head)}), "
-            f"{tail.n_seeds} seed(s)."
-        )
+        against = _verdict_against(results, arm)
+        if against:
+            line = (f"{_label(arm)} {verdict} the tail vs {against}: ΔmAP {_fmt_diff(tail)} (vs real only "
+                    f"{_fmt_diff(paired_estimate(arm, 'tail'))}; head vs real only {_fmt_diff(head)}), {tail.n_seeds} seed(s).")
+        else:
+            line = f"{_label(arm)} {verdict} the tail: ΔmAP {_fmt_diff(tail)} (head {_fmt_diff(head)}), {tail.n_seeds} seed(s)."
+        harmed = harmed_classes(arm)
+        if harmed is not None:
+            line += (f" Do no harm: {len(harmed)} class(es) significantly below real only"
+                     + (f" ({', '.join(harmed)})." if harmed else "."))
+        lines.append(line)
     for extra in (_tail_evidence(results), _fidelity_summary(results)):
         if extra:
             lines.append(extra)
     target = results.get("target")
     if target and any(a["name"] == "synthetic_filtered" for a in results["arms"]):
         arm = arm_by_name(results, "synthetic_filtered")
-        tail, head = paired_estimate(arm, "tail"), paired_estimate(arm, "head")
-        met = tail.mean >= target["tail_gain"] and tail.ci[0] > 0 and head.mean >= -target["max_head_drop"]
+        tail, head = _verdict_tail(results, arm), paired_estimate(arm, "head")
+        against = _verdict_against(results, arm)
+        harmed_tail = harmed_classes(arm, results["groups"], "tail")
+        met = tail.mean >= target["tail_gain"] and tail.ci[0] > 0 and head.mean >= -target["max_head_drop"] \
+            and not harmed_tail
         lines.append(
-            f"Target (filtered arm: tail ΔmAP ≥ +{target['tail_gain']:.2f} with its interval above 0, head ΔmAP ≥ "
-            f"-{target['max_head_drop']:.2f}): {'MET' if met else 'NOT MET'}."
+            f"Target (filtered arm: tail ΔmAP{' vs ' + against if against else ''} ≥ +{target['tail_gain']:.2f} with its "
+            f"interval above 0, head ΔmAP ≥ -{target['max_head_drop']:.2f}"
+            f"{', no tail class significantly below real only' if harmed_tail is not None else ''}): "
+            f"{'MET' if met else 'NOT MET'}."
         )
     return lines
+
+
+def _verdict_against(results: dict[str, Any], arm: dict[str, Any]) -> str | None:
+    """The label of the stronger baseline a synthetic arm's verdict is against (None: real only)."""
+    ref = results.get("verdict_baseline", results["baseline"])
+    if ref == results["baseline"] or paired_vs_resampled(arm, "tail") is None:
+        return None
+    return ARM_LABELS.get(ref, ref).lower()
+
+
+def _verdict_tail(results: dict[str, Any], arm: dict[str, Any]) -> Estimate:
+    """Tail ΔmAP the verdict rests on: vs real_resampled when it ran (the headline), else vs real_only."""
+    vs = paired_vs_resampled(arm, "tail") if _verdict_against(results, arm) else None
+    return vs if vs is not None else paired_estimate(arm, "tail")
 
 
 FEW_TEST_POSITIVES = 10
@@ -240,6 +269,37 @@ def _paired_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         if arm["name"] != results["baseline"]:
             rows.append([_label(arm), *[_fmt_diff(paired_estimate(arm, g)) for g in GROUPS]])
     return header, rows
+
+
+def _paired_resampled_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+    rows = []
+    for arm in results["arms"]:
+        if paired_vs_resampled(arm, "tail") is not None:
+            rows.append([_label(arm), *[_fmt_diff(paired_vs_resampled(arm, g)) for g in GROUPS]])
+    return (["Arm", *[f"Δ {g}" for g in GROUPS]], rows) if rows else None
+
+
+def _resampling_table(results: dict[str, Any]) -> tuple[str, tuple[list[str], list[list[str]]]] | None:
+    arm = next((a for a in results["arms"] if a.get("resampling")), None)
+    if arm is None:
+        return None
+    r = arm["resampling"]
+    note = (f"{_label(arm)}: real rows only, repeat factors {r.get('rule', '')}; t = {r['threshold']:.4g}, "
+            f"{r.get('n_presented')} rows per epoch from {r.get('n_rows')} ({r.get('n_rows_repeated')} repeated).")
+    header = ["Class", "real train positives", "r(c)", "presented per epoch (resampled)", "presented per epoch (mixing arm)"]
+    rows = [[c, str(v["n_pos"]), _fmt(v["r_class"], 2), str(v["presented"]), str(v["mixing_arm"])]
+            for c, v in r.get("per_class", {}).items()]
+    return note, (header, rows)
+
+
+def _timings_table(results: dict[str, Any]) -> tuple[str, tuple[list[str], list[list[str]]]] | None:
+    t = results.get("timings")
+    if not t or not t.get("steps"):
+        return None
+    note = (f"This run: {t.get('this_run_seconds', 0):.0f} s wall; all steps as measured when they ran: "
+            f"{t.get('all_steps_seconds', 0):.0f} s. {t.get('rule', '')}")
+    rows = [[r["step"], _fmt(r.get("seconds"), 1), "cached" if r.get("cached") else "ran"] for r in t["steps"]]
+    return note, (["Step", "seconds", "this run"], rows)
 
 
 def _class_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -321,8 +381,14 @@ def _markdown(results: dict[str, Any], figures: dict[str, bytes]) -> str:
     out += ["## mAP per frequency group", "", _SEED_RULE, "", _md_table(*_group_table(results)), "",
             "![mAP by group](figures/group_map.png)", "",
             "## Paired differences vs real only (paired patient bootstrap on the same test set)", "",
-            _PAIRED_RULE, "", _md_table(*_paired_table(results)), "",
-            "## Per-class ΔAP vs training prevalence", "", "![ΔAP vs prevalence](figures/delta_ap_vs_prevalence.png)", "",
+            _PAIRED_RULE, "", _md_table(*_paired_table(results)), ""]
+    resampled = _paired_resampled_table(results)
+    if resampled:
+        out += ["## Paired differences vs real, tail re-sampled (the verdict's reference)", "", _md_table(*resampled), ""]
+    resampling = _resampling_table(results)
+    if resampling:
+        out += ["## Re-sampling baseline", "", resampling[0], "", _md_table(*resampling[1]), ""]
+    out += ["## Per-class ΔAP vs training prevalence", "", "![ΔAP vs prevalence](figures/delta_ap_vs_prevalence.png)", "",
             "## Per-class metrics (mean over seeds)", "", _md_table(*_class_table(results)), ""]
     filt = _filter_table(results)
     if filt:
@@ -335,6 +401,9 @@ def _markdown(results: dict[str, Any], figures: dict[str, bytes]) -> str:
         out += ["## Image grids (rows: real, kept synthetic, rejected synthetic)", ""]
         for cls in results.get("grids", {}):
             out += [f"### {cls}", "", f"![{cls}](figures/grid_{_slug(cls)}.png)", ""]
+    timings = _timings_table(results)
+    if timings:
+        out += ["## Stage wall times", "", timings[0], "", _md_table(*timings[1]), ""]
     out += ["## Reproduce", ""] + _md_provenance(_provenance(results))
     return "\n".join(out) + "\n"
 
@@ -417,8 +486,15 @@ def _html(results: dict[str, Any], figures: dict[str, bytes]) -> str:
              _img(figures["group_map"], "mAP by frequency group"),
              "<h2>Paired differences vs real only</h2>",
              f"<p class='note'>{e(_PAIRED_RULE)} Green = the interval excludes 0.</p>",
-             _html_table(*_paired_table(results), highlight=True),
-             "<h2>Per-class ΔAP vs training prevalence</h2>", _img(figures["delta_ap_vs_prevalence"], "Per-class delta AP"),
+             _html_table(*_paired_table(results), highlight=True)]
+    resampled = _paired_resampled_table(results)
+    if resampled:
+        body += ["<h2>Paired differences vs real, tail re-sampled (the verdict's reference)</h2>",
+                 _html_table(*resampled, highlight=True)]
+    resampling = _resampling_table(results)
+    if resampling:
+        body += ["<h2>Re-sampling baseline</h2>", f"<p class='note'>{e(resampling[0])}</p>", _html_table(*resampling[1])]
+    body += ["<h2>Per-class ΔAP vs training prevalence</h2>", _img(figures["delta_ap_vs_prevalence"], "Per-class delta AP"),
              "<h2>Per-class metrics (mean over seeds)</h2>", _html_table(*_class_table(results))]
     filt = _filter_table(results)
     if filt:
@@ -431,6 +507,9 @@ def _html(results: dict[str, Any], figures: dict[str, bytes]) -> str:
         body.append("<h2>Image grids</h2><p class='note'>Rows: real examples, kept synthetic, rejected synthetic.</p>")
         for cls in results["grids"]:
             body += [f"<h3>{e(cls)}</h3>", _img(figures[f"grid_{_slug(cls)}"], f"{cls} grid")]
+    timings = _timings_table(results)
+    if timings:
+        body += ["<h2>Stage wall times</h2>", f"<p class='note'>{e(timings[0])}</p>", _html_table(*timings[1])]
     body += ["<h2>Reproduce</h2>", _html_provenance(_provenance(results))]
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>Ablation report: {e(results['name'])}</title><style>{_CSS}</style></head><body>\n"
@@ -465,8 +544,7 @@ def _label(arm: dict[str, Any]) -> str:
 
 
 def _short(arm: dict[str, Any]) -> str:
-    return {"real_only": "real", "synthetic_unfiltered": "unfilt.", "synthetic_filtered": "filt.",
-            "synthetic_pretrain": "pretrain"}.get(arm["name"], arm["name"])
+    return ARMS[arm["name"]].short if arm["name"] in ARMS else arm["name"]
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

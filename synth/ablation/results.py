@@ -20,10 +20,18 @@ Layout (all numbers are floats; ``ci`` is a ``[low, high]`` 95% interval)::
           "seeds": {"0": {
               "groups": {"overall"|"head"|"medium"|"tail": {"value": .., "ci": [..]}},
               "per_class": {class: {"ap": .., "auroc": .., "f1": .., "fnr": .., "n_pos": ..}},
-              "paired": {group: {"diff": ..}}   # vs baseline, same seed; not on the baseline (older files: + ci, p)
+              "paired": {group: {"diff": ..}},  # vs baseline, same seed; not on the baseline (older files: + ci, p)
+              "train_rows": {"synthetic_offered": .., "real_train": .., "val": .., "synthetic": ..}  # what the arm trained on
           }},
-          "paired_over_seeds": {group: {"diff": .., "ci": [..], "p": ..}}   # seed-averaged; not on the baseline
+          "paired_over_seeds": {group: {"diff": .., "ci": [..], "p": ..}},  # seed-averaged; not on the baseline
+          "paired_vs_resampled": {group: {"diff": .., "ci": [..], "p": .., "run_diffs": [..]}},  # synthetic arms, when
+                                             # real_resampled ran: the verdict's reference ("verdict_baseline")
+          "per_class_paired": {class: {"diff": .., "ci": [..], "run_diffs": [..]}},   # vs real_only, same bootstrap
+          "harmed": [class, ...],            # classes whose per_class_paired interval lies below 0 ("do no harm")
+          "resampling": {...}                # real_resampled only: threshold t, per-class presentations (resampling.py)
       }],
+      "verdict_baseline": "real_resampled" | "real_only",
+      "timings": {"steps": [{"step": .., "seconds": .., "cached": ..}], "this_run_seconds": .., ...},
       "filter": {"extractor": "...", "classes": {class: {"n": .., "kept": .., "rejected": {reason: count}, "flagged": {reason: count},
                  "fid": .., "kid": .., "fid_floor": .., "fid_ci": [..], "oracle_fidelity": ..}}},   # optional
       "fidelity": {"rule": "...", "classes": {class: {"oracle_val_ap": .., "real": .., "generated": .., "kept": ..,
@@ -156,6 +164,25 @@ def paired_estimate(arm: dict[str, Any], group: str) -> Estimate:
         [e.get("p") for e in entries],
     )
     return dataclasses.replace(old, p_is_bound=True)
+
+
+def paired_vs_resampled(arm: dict[str, Any], group: str) -> Estimate | None:
+    """The seed-averaged difference vs ``real_resampled`` (one joint bootstrap), or None when that arm did not run."""
+    row = arm.get("paired_vs_resampled", {}).get(group)
+    if row is None:
+        return None
+    if row.get("diff") is None:
+        return Estimate(math.nan, math.nan, (math.nan, math.nan), 0)
+    diffs = [_num(d) for d in row.get("run_diffs", [])]
+    seed_std = combine(diffs, diffs, diffs).std if diffs else math.nan
+    return Estimate(float(row["diff"]), seed_std, (_num(row["ci"][0]), _num(row["ci"][1])), len(arm["seeds"]), row.get("p"))
+
+
+def harmed_classes(arm: dict[str, Any], groups: dict[str, str] | None = None, group: str | None = None) -> list[str] | None:
+    """Classes whose AP is significantly below real_only (paired interval below 0); None for older results.json."""
+    if "harmed" not in arm:
+        return None
+    return [c for c in arm["harmed"] if group is None or (groups or {}).get(c) == group]
 
 
 def per_class_mean(arm: dict[str, Any], cls: str, metric: str) -> float:

@@ -29,7 +29,7 @@ def ablate_command(
     output_root: Optional[str] = typer.Option(None, "--output-root", help="Root of ablations/ and reports/. [default: outputs]"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check every path and print the plan; run nothing."),
 ) -> None:
-    """Run real-only vs +synthetic (unfiltered, filtered, pretrain) over seeds; resumable; writes the report."""
+    """Run real-only, real re-sampled and +synthetic (unfiltered, filtered, pretrain) over seeds; resumable; writes the report."""
     from synth.ablation.config import check_paths, load_ablation_config
 
     cfg = load_ablation_config(config, seeds=_int_list(seeds, "--seeds"),
@@ -42,6 +42,7 @@ def ablate_command(
     from synth.ablation.runner import run_ablation
 
     report_dir = run_ablation(cfg)
+    _print_timings(report_dir)
     typer.echo(f"report: {report_dir / 'report.html'}")
 
 
@@ -75,7 +76,27 @@ def demo_command(
             setattr(stage, key, str(REPO / value))
     _print_plan(cfg)
     report_dir = run_ablation(cfg)
+    _print_timings(report_dir)
     typer.echo(f"report: {report_dir / 'report.html'}")
+
+
+def _print_timings(report_dir: Path) -> None:
+    """Per-stage wall times of the run (results.json ``timings``): where the time went, cached steps marked."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    timings = json.loads((report_dir / "results.json").read_text()).get("timings") or {}
+    table = Table(title=f"stage wall times (this run {timings.get('this_run_seconds', 0):.0f} s; "
+                        f"all steps when they ran {timings.get('all_steps_seconds', 0):.0f} s)")
+    table.add_column("step")
+    table.add_column("seconds", justify="right")
+    table.add_column("this run")
+    for row in timings.get("steps", []):
+        seconds = row.get("seconds")
+        table.add_row(row["step"], "–" if seconds is None else f"{seconds:.1f}", "cached" if row.get("cached") else "ran")
+    Console(stderr=True).print(table)
 
 
 def _print_plan(cfg) -> None:
