@@ -84,13 +84,25 @@ def plan(cfg: FinetuneConfig) -> tuple[list[str], list[str]]:
         if cfg.stage != "vae":
             lines.append(f"unet      UNet2DConditionModel {cfg.unet_block_out_channels}, cross-attention on frozen MiniLM (384-d)")
     if cfg.stage != "vae":
+        prediction = cfg.prediction_type
+        if cfg.pretrained_model_name_or_path:  # training uses the folder's scheduler, not the config's key
+            prediction = f"{_folder_prediction_type(cfg.pretrained_model_name_or_path) or '?'} (from the folder's scheduler)"
         lines.append(f"train     {cfg.max_train_steps} steps x batch {cfg.train_batch_size} x accum {cfg.gradient_accumulation_steps}, lr {cfg.learning_rate} "
-                     f"({cfg.lr_scheduler}, warmup {cfg.lr_warmup_steps}), {cfg.prediction_type}, snr_gamma={cfg.snr_gamma}, ema={cfg.use_ema}, "
+                     f"({cfg.lr_scheduler}, warmup {cfg.lr_warmup_steps}), {prediction}, snr_gamma={cfg.snr_gamma}, ema={cfg.use_ema}, "
                      f"mixed_precision={cfg.mixed_precision}")
         ckpts = list_checkpoints(out)
-        resume = cfg.resume_from_checkpoint
-        lines.append(f"ckpt      every {cfg.checkpointing_steps} steps (keep {cfg.checkpoints_total_limit or 'all'}); resume: "
-                     + (f"{resume} -> {ckpts[-1][1].name if ckpts and resume == 'latest' else resume if resume != 'latest' else 'none yet (fresh start)'}" if resume else "no"))
+        if _starts_over(cfg):
+            start = f"start over at step 0 (--resume_from_checkpoint none{'; removes ' + str(len(ckpts)) + ' old checkpoint(s)' if ckpts else ''})"
+        elif cfg.resume_from_checkpoint in (None, "latest"):
+            start = f"resume from {ckpts[-1][1].name}" if ckpts else "fresh (no checkpoint yet; a re-run resumes from the latest)"
+        else:
+            start = f"resume from {cfg.resume_from_checkpoint}"
+        lines.append(f"ckpt      every {cfg.checkpointing_steps} steps (keep {cfg.checkpoints_total_limit or 'all'}); {start}")
+        if cfg.report_to != "none":
+            lines.append(f"log       {cfg.report_to} event files in {out / 'logs'}")
+    problem = _check_tracker(cfg)
+    if problem:
+        problems.append(problem)
     lines.append(f"output    {out}/ (diffusers pipeline + synth_meta.json, loss.csv, validation/)")
     return lines, problems
 
@@ -110,34 +122,33 @@ def run_finetune(cfg: FinetuneConfig, log: Callable[[str], None] | None = None) 
 
 
 def _run(cfg: FinetuneConfig, log: Callable[[str], None] | None) -> Path:
+    import shutil
+
     import torch
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    from synth.distributed import make_accelerator
     from synth.generator import models
     from synth.generator.data import TrainingSet, encode_latents, load_pixels
-    from synth.generator.train import UNetTrainer, resolve_checkpoint
+    from synth.generator.train import META_NAME, UNetTrainer, list_checkpoints, resolve_checkpoint
     from synth.generator.vae_train import VAE_STAGE_DIR, train_vae, vae_stage_complete
     from synth.io import write_json_atomic
     from synth.prompts import PromptTemplates
     from synth.text_encoder import load_minilm
 
     _quiet_libraries()
-    mixed = cfg.mixed_precision
-    notes = []
-    if mixed != "no" and not torch.cuda.is_available():
-        notes.append(f"--mixed_precision {mixed}: no CUDA device, training in fp32 (bf16 autocast is ~6x slower on CPU)")
-        mixed = "no"
-    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    out = Path(cfg.output_dir)
+    accelerator, note = make_accelerator(cfg.mixed_precision, **_tracker_kwargs(cfg, out))
     say = log or (lambda msg: print(msg, flush=True))
     log_main = (lambda msg: say(msg)) if accelerator.is_main_process else (lambda msg: None)
-    for n in notes:
-        log_main(f"note: {n}")
+    if note:
+        log_main(f"note: {note}")
     set_seed(cfg.seed + accelerator.process_index)  # per-process seeds (model init below re-seeds identically)
-    out = Path(cfg.output_dir)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "finetune_config.json", cfg.to_dict())
+    if cfg.report_to != "none":
+        accelerator.init_trackers("synth-finetune", config=_flat_config(cfg))
     data = TrainingSet.load(cfg.train_manifest)
     templates = PromptTemplates.load(cfg.prompt_templates)
     log_main(f"finetune: {len(data)} real training images, {len(data.classes)} annotated classes, stage={cfg.stage}")
@@ -175,7 +186,17 @@ def _run(cfg: FinetuneConfig, log: Callable[[str], None] | None) -> Path:
         log_main(f"latents: cached posterior of {len(latent_cache[0])} images, shape {tuple(latent_cache[0].shape[1:])}")
     trainer = UNetTrainer(cfg, accelerator, comps, data, templates, latent_cache if cache else None, log_main)
     resume = resolve_checkpoint(out, cfg.resume_from_checkpoint)
-    if cfg.resume_from_checkpoint and resume is None:
+    if _starts_over(cfg):
+        old = list_checkpoints(out)
+        if old and accelerator.is_main_process:
+            log_main(f"--resume_from_checkpoint none: starting over at step 0, removing {len(old)} old checkpoint(s) of {out}")
+            for _, p in old:
+                shutil.rmtree(p)
+            (out / META_NAME).unlink(missing_ok=True)  # the old export is no longer this run's result
+        accelerator.wait_for_everyone()
+    elif resume is not None:
+        log_main(f"resuming from {resume} (a re-run continues the run in --output_dir; --resume_from_checkpoint none starts over)")
+    elif cfg.resume_from_checkpoint not in (None, "latest"):
         log_main(f"--resume_from_checkpoint {cfg.resume_from_checkpoint}: no checkpoint in {out} yet, starting fresh")
     trainer.train(resume)
     meta = {
@@ -187,11 +208,53 @@ def _run(cfg: FinetuneConfig, log: Callable[[str], None] | None) -> Path:
         "source": cfg.pretrained_model_name_or_path or "scratch",
         "steps": trainer.global_step,
         "prediction_type": trainer.prediction_type,
+        "mixed_precision": accelerator.mixed_precision,  # what training computed in; the exported weights are fp32
     }
     path = trainer.export(meta)
     log_main(f"finetune: pipeline written to {path}")
-    accelerator.end_training()
+    # Not accelerator.end_training(): it also destroys the process group, which `synth ablate` (and any caller
+    # under `accelerate launch`) still needs for the next stage's barriers. Trackers are closed here.
+    for tracker in accelerator.trackers:
+        tracker.finish()
     return path
+
+
+def _starts_over(cfg: FinetuneConfig) -> bool:
+    return (cfg.resume_from_checkpoint or "").strip().lower() == "none"
+
+
+def _tracker_kwargs(cfg: FinetuneConfig, out: Path) -> dict[str, Any]:
+    """Accelerator arguments for ``--report_to`` (event files under ``output_dir/logs``)."""
+    if cfg.report_to == "none":
+        return {}
+    from accelerate.utils import ProjectConfiguration
+
+    return {"log_with": cfg.report_to, "project_config": ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs"))}
+
+
+def _check_tracker(cfg: FinetuneConfig) -> str | None:
+    """A problem line when ``--report_to`` names a tracker whose package is not installed."""
+    if cfg.report_to == "tensorboard":
+        from accelerate.utils import is_tensorboard_available
+
+        if not is_tensorboard_available():
+            return "--report_to tensorboard: the tensorboard package is not installed; pip install 'cxr-synth[tensorboard]' (or drop --report_to)"
+    return None
+
+
+def _flat_config(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Hyper-parameters as tracker-friendly scalars (lists joined, None as "")."""
+    return {k: (",".join(map(str, v)) if isinstance(v, list) else "" if v is None else v) for k, v in cfg.to_dict().items()}
+
+
+def _folder_prediction_type(folder: str) -> str | None:
+    """``prediction_type`` of a pretrained folder's scheduler (what training will use), None if unreadable."""
+    import json
+
+    try:
+        return json.loads((Path(folder) / "scheduler" / "scheduler_config.json").read_text()).get("prediction_type", "epsilon")
+    except (OSError, ValueError):
+        return None
 
 
 def _default_templates() -> Path:

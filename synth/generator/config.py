@@ -26,6 +26,7 @@ STAGES = ("all", "vae", "unet")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+REPORT_TO = ("none", "tensorboard")
 
 
 @dataclass
@@ -89,7 +90,7 @@ class FinetuneConfig:
     num_train_timesteps: int = 1000
     train_text_encoder: bool = False
     text_encoder_lr: float | None = None  # None = learning_rate
-    mixed_precision: str = "no"  # no | fp16 | bf16 (forced to "no" on CPU)
+    mixed_precision: str = "no"  # no | fp16 | bf16 (fp32 on a CPU-only host unless SYNTH_CPU_AUTOCAST=1, see synth.distributed)
     enable_xformers_memory_efficient_attention: bool = False
     seed: int = 0
 
@@ -97,12 +98,15 @@ class FinetuneConfig:
     output_dir: str = "outputs/models/generator"
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = None
-    resume_from_checkpoint: str | None = None  # a checkpoint-<step> folder, or "latest"
+    # unset or "latest": resume from the newest checkpoint in output_dir if there is one (a plain re-run continues);
+    # "none": start over at step 0 (removes output_dir's old checkpoints); or a checkpoint-<step> folder
+    resume_from_checkpoint: str | None = None
     validation_prompts: list[str] | None = None  # None: a few prompts of the rarest training findings
     num_validation_images: int = 2  # per prompt
     validation_inference_steps: int = 20
     validation_guidance_scale: float = 3.0
     logging_steps: int = 50
+    report_to: str = "none"  # none | tensorboard (Accelerate tracker, event files in output_dir/logs; pip install 'cxr-synth[tensorboard]')
     dry_run: bool = False
 
     def validated(self) -> "FinetuneConfig":
@@ -111,6 +115,7 @@ class FinetuneConfig:
         _choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
+        _choice("report_to", self.report_to, REPORT_TO)
         from synth.generator.sampling import SAMPLING_MODES
 
         _choice("sampling", self.sampling, SAMPLING_MODES)

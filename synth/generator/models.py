@@ -61,7 +61,14 @@ def check_pretrained_folder(path: str | Path) -> Path:
 
 
 def load_pretrained(path: str | Path) -> Components:
-    """Load every part of a local folder; the text encoder's class comes from its model_index.json."""
+    """Load every part of a local folder in fp32; the text encoder's class comes from its model_index.json.
+
+    fp32 whatever the files hold: folders are often saved in fp16 (``save_pretrained`` after
+    ``torch_dtype=torch.float16``) and transformers >= 5 loads a model in its saved dtype by default;
+    training fp16 weights with AdamW (eps 1e-8 underflows) gives a NaN loss within steps. Mixed
+    precision is autocast over these fp32 masters.
+    """
+    import torch
     import transformers
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
@@ -71,9 +78,9 @@ def load_pretrained(path: str | Path) -> Components:
     text_cls = getattr(transformers, class_name, transformers.AutoModel) if library == "transformers" else transformers.AutoModel
     kw = {"local_files_only": True}
     return Components(
-        vae=AutoencoderKL.from_pretrained(path, subfolder="vae", **kw),
-        unet=UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw),
-        text_encoder=text_cls.from_pretrained(path, subfolder="text_encoder", **kw),
+        vae=AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32, **kw),
+        unet=UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=torch.float32, **kw),
+        text_encoder=text_cls.from_pretrained(path, subfolder="text_encoder", dtype=torch.float32, **kw),
         tokenizer=transformers.AutoTokenizer.from_pretrained(path, subfolder="tokenizer", **kw),
         noise_scheduler=DDPMScheduler.from_pretrained(path, subfolder="scheduler", **kw),
     )
@@ -138,7 +145,7 @@ def load_vae(path: str | Path):
     path = Path(path)
     if not (path / "config.json").exists():
         raise UserError(f"--vae_model_path {path}: no trained VAE there (config.json missing); run the vae stage first (--stage vae)")
-    return AutoencoderKL.from_pretrained(path, local_files_only=True)
+    return AutoencoderKL.from_pretrained(path, local_files_only=True, torch_dtype=__import__("torch").float32)
 
 
 def enable_xformers(unet) -> None:

@@ -16,6 +16,7 @@ What it adds for long-tailed multi-label CXR data, and why:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from synth.errors import UserError
 from synth.generator.config import FinetuneConfig
 from synth.generator.data import PromptEncoder, TrainingSet, encode_latents, pixel_dataset, step_rng, to_vae_input
 from synth.generator.models import Components, enable_xformers
@@ -43,6 +45,10 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
 EMA_FILE = "ema_unet.safetensors"
 META_NAME = "synth_meta.json"
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN / inf: the run stops at once with one ``error:`` line (a UserError)."""
 
 
 def _after_step(step: int) -> None:
@@ -82,12 +88,13 @@ def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
 
 
 def resolve_checkpoint(out_dir: Path, spec: str | None) -> Path | None:
-    """``latest`` -> newest complete checkpoint in ``out_dir`` (None if there is none yet); a path -> that folder."""
+    """Where a run starts: unset / ``latest`` -> newest complete checkpoint in ``out_dir`` (None if there is
+    none yet), so a plain re-run of the same command resumes; ``none`` -> None (start over); a path -> that folder."""
     from synth.errors import UserError
 
-    if not spec:
+    if spec is not None and spec.strip().lower() == "none":
         return None
-    if spec == "latest":
+    if not spec or spec == "latest":
         found = list_checkpoints(out_dir)
         return found[-1][1] if found else None
     path = Path(spec)
@@ -133,13 +140,17 @@ class UNetTrainer:
     def __post_init__(self) -> None:
         cfg, acc = self.cfg, self.accelerator
         self.out = Path(cfg.output_dir)
+        # Mixed precision = autocast over fp32 weights, for the frozen parts too: casting the frozen VAE / text
+        # encoder to bf16 (diffusers' weight_dtype) saves ~0.5 GB but rounds the pretrained weights that the
+        # export then saves, and feeds fp32 latents into a bf16 VAE at validation ("Input type (float) and bias
+        # type (BFloat16)"). Every module stays fp32 here; the exported pipeline is therefore fp32.
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
         c = self.comps
-        c.vae.requires_grad_(False).eval().to(acc.device, dtype=torch.float32 if self.latent_cache is not None else self.weight_dtype)
+        c.vae.requires_grad_(False).eval().to(acc.device, dtype=torch.float32)
         c.text_encoder.requires_grad_(cfg.train_text_encoder)
         c.text_encoder.train(cfg.train_text_encoder)
-        if not cfg.train_text_encoder:
-            c.text_encoder.to(acc.device, dtype=self.weight_dtype)
+        c.text_encoder.to(acc.device, dtype=torch.float32)
+        c.unet.to(dtype=torch.float32)
         c.unet.train()
         if cfg.gradient_checkpointing:
             c.unet.enable_gradient_checkpointing()
@@ -210,12 +221,13 @@ class UNetTrainer:
             idx = torch.as_tensor(indices)
             mean, std = self.latent_cache[0][idx], self.latent_cache[1][idx]
         else:
-            with torch.no_grad():
+            with torch.no_grad(), self.accelerator.autocast():
                 dist = vae.encode(to_vae_input(pixels).to(self.accelerator.device, vae.dtype)).latent_dist
             mean, std = dist.mean.float().cpu(), dist.std.float().cpu()
         z = mean + std * torch.randn(mean.shape, generator=gen)
         shift = getattr(vae.config, "shift_factor", None) or 0.0
-        return ((z - shift) * vae.config.scaling_factor).to(self.accelerator.device, self.weight_dtype)
+        # fp32 latents, noise and target: the prepared UNet runs under autocast; the loss is taken in fp32
+        return ((z - shift) * vae.config.scaling_factor).to(self.accelerator.device, torch.float32)
 
     def loss(self, indices: list[int], step: int, micro: int, pixels: torch.Tensor | None = None) -> torch.Tensor:
         cfg, acc = self.cfg, self.accelerator
@@ -229,7 +241,9 @@ class UNetTrainer:
         noise, timesteps = noise.to(latents.device, latents.dtype), timesteps.to(latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         target = noise if self.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        hidden = self.prompt_encoder(prompts).to(latents.device, self.weight_dtype)
+        with self.accelerator.autocast():  # a frozen text encoder is not prepared: autocast it here
+            hidden = self.prompt_encoder(prompts)
+        hidden = hidden.to(latents.device, torch.float32)
         pred = self.unet(noisy, timesteps, hidden, return_dict=False)[0]
         if cfg.snr_gamma is None:
             return F.mse_loss(pred.float(), target.float())
@@ -248,10 +262,6 @@ class UNetTrainer:
         final = self.out / f"checkpoint-{self.global_step}"
         tmp = self.out / f".checkpoint-{self.global_step}.tmp"
         if acc.is_main_process:
-            if cfg.checkpoints_total_limit is not None:
-                old = list_checkpoints(self.out)
-                for _, p in old[: max(0, len(old) - cfg.checkpoints_total_limit + 1)]:
-                    shutil.rmtree(p, ignore_errors=True)
             shutil.rmtree(tmp, ignore_errors=True)
         acc.wait_for_everyone()
         tmp.mkdir(parents=True, exist_ok=True)
@@ -265,6 +275,11 @@ class UNetTrainer:
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
             write_rows_csv(self.out / "loss.csv", self.rows)
+            # prune only now: a kill during the save above leaves the previous checkpoints untouched
+            if cfg.checkpoints_total_limit is not None:
+                done = list_checkpoints(self.out)
+                for _, p in done[: max(0, len(done) - cfg.checkpoints_total_limit)]:
+                    shutil.rmtree(p, ignore_errors=True)
         acc.wait_for_everyone()
         return final
 
@@ -340,8 +355,9 @@ class UNetTrainer:
             k = cfg.num_validation_images
             prompts = [p for p in self.validation_prompts for _ in range(k)]
             gens = [torch.Generator().manual_seed(cfg.seed + j) for _ in self.validation_prompts for j in range(k)]
-            images = pipe(prompt=prompts, height=cfg.resolution, width=cfg.resolution, num_inference_steps=cfg.validation_inference_steps,
-                          guidance_scale=cfg.validation_guidance_scale, generator=gens, output_type="np").images
+            with self.accelerator.autocast():
+                images = pipe(prompt=prompts, height=cfg.resolution, width=cfg.resolution, num_inference_steps=cfg.validation_inference_steps,
+                              guidance_scale=cfg.validation_guidance_scale, generator=gens, output_type="np").images
         unet.train(was_training)
         gray = np.clip(np.rint(images.mean(axis=-1) * 255.0), 0, 255).astype(np.uint8)
         r = cfg.resolution
@@ -362,7 +378,10 @@ class UNetTrainer:
             tmp = self.out / ".pipeline.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             with self._ema_weights():
-                self.pipeline().save_pretrained(tmp, safe_serialization=True)
+                pipe = self.pipeline()
+                for name in ("vae", "text_encoder", "unet"):  # no-op for fp32 masters; upcasts e.g. an fp16 --vae_model_path
+                    getattr(pipe, name).to(torch.float32)
+                pipe.save_pretrained(tmp, safe_serialization=True)
             (self.out / META_NAME).unlink(missing_ok=True)  # the metadata is the "complete" marker: written last
             for item in sorted(tmp.iterdir(), key=lambda p: p.name == "model_index.json"):
                 dest = self.out / item.name
@@ -397,10 +416,16 @@ class UNetTrainer:
                 indices, pixels = batch["index"].tolist(), batch["pixel_values"]
             self.position.batches += 1
             last = micro == cfg.gradient_accumulation_steps - 1
-            with nullcontext() if last else acc.no_sync(self.unet):
+            with contextlib.ExitStack() as no_sync:
+                if not last:
+                    for model in [self.unet] + ([self.text_encoder] if cfg.train_text_encoder else []):
+                        no_sync.enter_context(acc.no_sync(model))
                 loss = self.loss(indices, step, micro, pixels)
                 acc.backward(loss / cfg.gradient_accumulation_steps)
             total += loss.detach().float() / cfg.gradient_accumulation_steps
+        mean_loss = acc.gather(total[None]).mean().item() if acc.num_processes > 1 else float(total)
+        if not math.isfinite(mean_loss):  # every process sees the gathered value: all stop together
+            raise NonFiniteLoss(self.non_finite_message(mean_loss))
         params = list(self.unet.parameters()) + (list(self.text_encoder.parameters()) if cfg.train_text_encoder else [])
         acc.clip_grad_norm_(params, cfg.max_grad_norm)
         lr = self.lr_scheduler.get_last_lr()[0]  # the rate this step used
@@ -410,9 +435,21 @@ class UNetTrainer:
         if self.ema is not None:
             self.ema.step(acc.unwrap_model(self.unet).parameters())
         self.global_step += 1
-        mean_loss = acc.gather(total[None]).mean().item() if acc.num_processes > 1 else float(total)
         self.rows.append({"step": self.global_step, "loss": mean_loss, "lr": lr, "elapsed_s": 0.0})
         return mean_loss
+
+    def non_finite_message(self, value: float) -> str:
+        """Step, likely cause and the flag to change, for a loss that is NaN or inf."""
+        cfg, acc = self.cfg, self.accelerator
+        found = list_checkpoints(self.out)
+        kept = f"the last good checkpoint {found[-1][1]} is intact" if found else "no checkpoint was written yet"
+        if acc.mixed_precision == "fp16":
+            cause = "fp16 overflow; train with --mixed_precision bf16 (or no)"
+        else:
+            lrs = f"--learning_rate {cfg.learning_rate}" + (f" / --text_encoder_lr {cfg.text_encoder_lr or cfg.learning_rate}" if cfg.train_text_encoder else "")
+            cause = f"the optimisation diverged; lower {lrs} (or raise --lr_warmup_steps {cfg.lr_warmup_steps})"
+        return (f"step {self.global_step + 1}: the training loss is {value} (not finite); stopped before updating the weights, "
+                f"{kept} (a re-run resumes there). Likely cause: {cause}")
 
     def train(self, resume: Path | None = None) -> None:
         cfg, acc = self.cfg, self.accelerator
@@ -430,6 +467,8 @@ class UNetTrainer:
                 rate = (self.global_step - start_step) / max(elapsed, 1e-9)
                 self.log(f"unet step {self.global_step}/{cfg.max_train_steps}  loss {np.mean(recent):.4f}  "
                          f"lr {self.rows[-1]['lr']:.2e}  {rate:.2f} steps/s")
+            if acc.trackers and (self.global_step % cfg.logging_steps == 0 or self.global_step == cfg.max_train_steps):
+                acc.log({"train/loss": self.rows[-1]["loss"], "train/lr": self.rows[-1]["lr"]}, step=self.global_step)
             if self.global_step % cfg.checkpointing_steps == 0 or self.global_step == cfg.max_train_steps:
                 self.save_checkpoint()
                 self.validate()
