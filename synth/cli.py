@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 
 import typer
 
-from synth.errors import UserError
+from synth.errors import UserError, describe_os_error
 
 class _SynthTyper(typer.Typer):
-    """A Typer whose commands turn ``UserError`` into one ``error:`` line and exit 2.
+    """A Typer whose commands turn ``UserError`` into one ``error:`` line and exit 2, and a permission or
+    disk error (``OSError``) into one ``error:`` line with the fix and exit 1 — the CLI's one error handler.
 
     Done per command (not only in ``main``) so ``typer.testing.CliRunner`` and
     sub-apps added by stages behave exactly like the installed ``synth`` script.
@@ -32,6 +34,11 @@ class _SynthTyper(typer.Typer):
                 except UserError as err:
                     typer.echo(f"error: {err}", err=True)
                     raise typer.Exit(2) from None
+                except OSError as err:
+                    if os.environ.get("SYNTH_TRACEBACK"):
+                        raise
+                    typer.echo(f"error: {describe_os_error(err)}", err=True)
+                    raise typer.Exit(1) from None
 
             register(wrapper)
             return fn
@@ -68,6 +75,11 @@ def main() -> None:
     except UserError as err:
         typer.echo(f"error: {err}", err=True)
         raise SystemExit(2) from None
+    except OSError as err:
+        if os.environ.get("SYNTH_TRACEBACK"):
+            raise
+        typer.echo(f"error: {describe_os_error(err)}", err=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -2,11 +2,35 @@
 
 Anything raised as ``UserError`` is bad input the user can fix: the CLI prints
 its message as one ``error:`` line and exits with status 2 (no traceback).
-Everything else is a bug and keeps its traceback.
+A permission or disk error (``OSError`` from the file system: read-only folder,
+disk or quota full, ...) is the machine, not a bug: :func:`describe_os_error`
+turns it into one line with the fix, exit status 1. Everything else is a bug and
+keeps its traceback (``SYNTH_TRACEBACK=1`` keeps it for OSError too).
 """
 
 from __future__ import annotations
 
+import errno
+
 
 class UserError(Exception):
     """Bad input; the message must name the file/column/option and the fix."""
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for a file-system error: what failed on which path, and what to do about it."""
+    where = err.filename if err.filename is not None else ""
+    if err.filename2 is not None:
+        where = f"{where} -> {err.filename2}"
+    what = err.strerror or type(err).__name__
+    if err.errno in (errno.EACCES, errno.EPERM) or isinstance(err, PermissionError):
+        fix = "check the permissions of that path (or its folder), or choose another --out"
+    elif err.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free disk space (or quota) there, or choose an --out on another disk; rerun to resume"
+    elif err.errno == errno.EROFS:
+        fix = "that file system is read-only; choose another --out"
+    elif err.errno == errno.ENOENT:
+        fix = "check that the path exists"
+    else:
+        fix = "check the path and the disk, then rerun"
+    return f"{what}{': ' + str(where) if where else ''}; {fix}"

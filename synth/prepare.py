@@ -306,7 +306,11 @@ def to_gray8(im: Image.Image) -> Image.Image:
 
 
 def cache_image(task: tuple[str, str, int]) -> str | None:
-    """Decode, grayscale, resize and save one image; the error text instead of raising (pool worker)."""
+    """Decode, grayscale, resize and save one image; the error text instead of raising (pool worker).
+
+    Only *reading* errors are returned (a bad source image, skippable); a failed *write* (permission, disk
+    full) raises: skipping every image because the disk is full would be a silent disaster.
+    """
     src, dst, size = task
     try:
         with Image.open(src) as im:
@@ -314,9 +318,9 @@ def cache_image(task: tuple[str, str, int]) -> str | None:
             gray = to_gray8(im)
         if gray.size != (size, size):
             gray = gray.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
-        gray.save(dst, format="PNG")
     except IMAGE_ERRORS as err:
         return f"{type(err).__name__}: {err}".replace("\n", " ")
+    gray.save(dst, format="PNG")
     return None
 
 

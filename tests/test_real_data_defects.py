@@ -216,3 +216,47 @@ def test_defect9_rerun_removes_a_killed_prepares_temporary_folder(cxrlt, tmp_pat
     assert not stale.exists()
     assert other.exists()
     assert not list(tmp_path.glob(".out.*"))
+
+
+# ---------------------------------------------------------------- defect 8
+
+
+def _assert_one_os_error_line(result, *needles: str) -> None:
+    assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_defect8_disk_full_is_one_error_line_and_leaves_nothing(cxrlt, tmp_path, monkeypatch):
+    import errno
+
+    import synth.prepare
+
+    csv, images = cxrlt
+
+    def full(df, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(synth.prepare, "write_manifest", full)
+    out = tmp_path / "out"
+    _assert_one_os_error_line(invoke(*_prepare_args(csv, images, out)), "No space left on device", "manifest.csv", "free disk space")
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_defect8_permission_and_not_a_folder_errors_are_one_line(cxrlt, tmp_path, monkeypatch):
+    import errno
+
+    import synth.prepare
+
+    csv, images = cxrlt
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    _assert_one_os_error_line(invoke(*_prepare_args(csv, images, blocker / "out")), str(blocker))
+
+    def denied(tmp, out):
+        raise PermissionError(errno.EACCES, "Permission denied", str(out))
+
+    monkeypatch.setattr(synth.prepare, "_replace_dir", denied)
+    _assert_one_os_error_line(invoke(*_prepare_args(csv, images, tmp_path / "out")), "Permission denied", "permissions")
