@@ -28,7 +28,7 @@ PREVALENCE = {"Atelectasis": 0.3, "Cardiomegaly": 0.2, "Pleural Effusion": 0.05,
 
 def _write_config(tmp_path: Path, **changes) -> Path:
     for name in ("finetune.yaml", "generate.yaml", "verifier.yaml", "filter.yaml", "classifier.yaml"):
-        (tmp_path / name).write_text("a: 1\n")
+        (tmp_path / name).write_text("{}\n")  # valid (default) stage configs: `synth ablate` loads each before any work
     (tmp_path / "generate.yaml").write_text("seed: 0\n")  # read for real: real_resampled derives its threshold from it
     cfg = {
         "name": "unit", "seeds": [0, 1], "output_root": str(tmp_path / "outputs"),
@@ -222,7 +222,7 @@ def test_changed_classifier_config_retrains_arms_but_reuses_generator(tmp_path: 
     cfg = load_ablation_config(_write_config(tmp_path, seeds=[0], arms=["real_only", "synthetic_filtered"]))
     run_ablation(cfg, log=lambda m: None)
     fake.calls.clear()
-    (tmp_path / "classifier.yaml").write_text("a: 2\n")  # stage keys hash the referenced YAML's content
+    (tmp_path / "classifier.yaml").write_text("train: {epochs: 2}\n")  # stage keys hash the referenced YAML's content
     run_ablation(cfg, log=lambda m: None)
     assert fake.calls == ["real_only/0", "synthetic_filtered/0"]
 
@@ -230,10 +230,10 @@ def test_changed_classifier_config_retrains_arms_but_reuses_generator(tmp_path: 
 def test_synthetic_mixing_edit_retrains_only_the_arms_that_mix(tmp_path: Path, monkeypatch):
     fake = FakeStages(monkeypatch)
     cfg = load_ablation_config(_write_config(tmp_path, seeds=[0], arms=["real_only", "synthetic_filtered"]))
-    (tmp_path / "classifier.yaml").write_text("a: 1\nsynthetic: {labels: target}\n")
+    (tmp_path / "classifier.yaml").write_text("synthetic: {labels: target}\n")
     run_ablation(cfg, log=lambda m: None)
     fake.calls.clear()
-    (tmp_path / "classifier.yaml").write_text("a: 1\nsynthetic: {labels: target_only}\n")
+    (tmp_path / "classifier.yaml").write_text("synthetic: {labels: target_only}\n")
     run_ablation(cfg, log=lambda m: None)
     assert fake.calls == ["synthetic_filtered/0"]  # the real-only baseline never reads the synthetic section
 
@@ -373,7 +373,7 @@ def test_oracle_fidelity_is_reported_and_never_retrains_filter_or_arms(tmp_path:
 
     monkeypatch.setattr(stages, "train_oracle", train_oracle)
     monkeypatch.setattr(stages, "oracle_fidelity", oracle_fidelity)
-    (tmp_path / "oracle.yaml").write_text("a: 1\n")
+    (tmp_path / "oracle.yaml").write_text("epochs: 1\n")
     cfg = load_ablation_config(_write_config(tmp_path, seeds=[0], arms=["real_only", "synthetic_filtered"],
                                              oracle={"config": str(tmp_path / "oracle.yaml"), "phantom_n": 80}))
     fake.calls.clear()

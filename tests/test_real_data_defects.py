@@ -260,3 +260,71 @@ def test_defect8_permission_and_not_a_folder_errors_are_one_line(cxrlt, tmp_path
 
     monkeypatch.setattr(synth.prepare, "_replace_dir", denied)
     _assert_one_os_error_line(invoke(*_prepare_args(csv, images, tmp_path / "out")), "Permission denied", "permissions")
+
+
+# ---------------------------------------------------------------- defect 4
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _ablation_yaml(tmp_path: Path, edit) -> Path:
+    """configs/ablation/demo.yaml with absolute stage paths, changed by ``edit(cfg)``."""
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "configs" / "ablation" / "demo.yaml").read_text())
+    for section, key in (("generator", "config"), ("generate", "config"), ("filter", "verifier_config"),
+                         ("filter", "config"), ("classifier", "config")):
+        cfg[section][key] = str(REPO / cfg[section][key])
+    cfg["output_root"] = str(tmp_path / "outputs")
+    edit(cfg)
+    path = tmp_path / "ablation.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _classifier_typo(tmp_path: Path):
+    def edit(cfg):
+        text = (REPO / "configs" / "classifier" / "demo.yaml").read_text()
+        typo = tmp_path / "classifier.yaml"
+        typo.write_text(text + "\nepochz: 3\n")
+        cfg["classifier"]["config"] = str(typo)
+    return edit
+
+
+@pytest.mark.parametrize("case, needles", [
+    ("classifier_typo", ("classifier stage", "epochz")),
+    ("n_twenty", ("generate stage", "twenty")),
+    ("scheduler", ("generate stage", "dpm+")),
+    ("n_boot_string", ("evaluation.n_boot", "'200'")),
+    ("classifier_override", ("classifier stage", "epochz")),
+])
+def test_defect4_ablate_dry_run_loads_every_stage_config(tmp_path, case, needles):
+    from typer.testing import CliRunner
+
+    from synth.cli import app
+
+    edits = {
+        "classifier_typo": _classifier_typo(tmp_path),
+        "n_twenty": lambda cfg: cfg["generate"].update(n="twenty"),
+        "scheduler": lambda cfg: cfg["generate"]["overrides"].update(scheduler="dpm+"),
+        "n_boot_string": lambda cfg: cfg["evaluation"].update(n_boot="200"),
+        "classifier_override": lambda cfg: cfg["classifier"].update(overrides={"train.epochz": 3}),
+    }
+    config = _ablation_yaml(tmp_path, edits[case])
+    result = CliRunner().invoke(app, ["ablate", "--config", str(config), "--dry-run"])
+    assert_one_error_line(result, *needles)
+
+
+def test_defect4_ablate_refuses_before_any_work(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import synth.ablation.stages as stages
+    from synth.cli import app
+
+    def no_work(*a, **kw):
+        raise AssertionError("a stage started before the configs were checked")
+
+    monkeypatch.setattr(stages, "prepare_data", no_work)
+    config = _ablation_yaml(tmp_path, lambda cfg: cfg["generate"]["overrides"].update(scheduler="dpm+"))
+    assert_one_error_line(CliRunner().invoke(app, ["ablate", "--config", str(config)]), "dpm+")
+    assert not (tmp_path / "outputs").exists()

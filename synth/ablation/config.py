@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,7 +194,35 @@ def _section(path: Path, name: str, cls: type, value: Any):
     unknown = sorted(set(value) - known)
     if unknown:
         raise UserError(f"{path}: unknown key(s) {unknown} in {name!r}; valid keys: {', '.join(sorted(known))}")
+    hints = typing.get_type_hints(cls)
+    for key, v in value.items():
+        _check_type(path, f"{name}.{key}", v, hints[key])
     return cls(**value)
+
+
+def _check_type(path: Path, key: str, value: Any, hint: Any) -> None:
+    """A YAML value of the wrong type (``n_boot: "200"``, ``size: 64px``) is one error naming the key, not a
+    TypeError hours later. Only the ablation's own scalar fields; stage configs are checked by their loaders."""
+    allowed = [a for a in typing.get_args(hint)] if typing.get_origin(hint) in (typing.Union, types.UnionType) else [hint]
+    if value is None and type(None) in allowed:
+        return
+    ok = False
+    for a in allowed:
+        origin = typing.get_origin(a) or a
+        if origin is int:
+            ok = ok or (isinstance(value, int) and not isinstance(value, bool))
+        elif origin is float:
+            ok = ok or (isinstance(value, (int, float)) and not isinstance(value, bool))
+        elif origin is bool:
+            ok = ok or isinstance(value, bool)
+        elif origin in (str, list, dict):
+            ok = ok or isinstance(value, origin)
+        else:
+            ok = True
+    if not ok:
+        names = " or ".join("null" if a is type(None) else getattr(typing.get_origin(a) or a, "__name__", str(a)) for a in allowed)
+        raise UserError(f"{path}: {key} is {value!r} ({type(value).__name__}); expected {names}"
+                        f"{' (write it without quotes)' if isinstance(value, str) else ''}")
 
 
 def validate(cfg: AblationConfig, where: str = "config") -> None:
@@ -263,6 +293,67 @@ def check_paths(cfg: AblationConfig) -> None:
     for key, value, fix in needed:
         if value is not None and not Path(value).exists():
             raise UserError(f"{where}: {key} {value} not found; {fix}")
+    check_stage_configs(cfg)
+
+
+def check_stage_configs(cfg: AblationConfig) -> None:
+    """Load every stage config the enabled stages will load, with the ablation's overrides, the way they load it.
+
+    Why here: each stage reads its YAML only when it starts, so a typo in the classifier YAML, ``generate.n:
+    twenty`` or ``scheduler: dpm+`` used to surface after the generator had trained for hours. This runs in
+    ``check_paths`` (``synth ablate`` and ``--dry-run``) before any work; the first bad value is one error line.
+    """
+    where = cfg.source_path or "config"
+
+    def generator() -> None:
+        from synth.generator.config import load_finetune_config
+
+        overrides = {**cfg.generator.overrides, "train_manifest": "<the ablation's data manifest>", "output_dir": "<stage folder>"}
+        if cfg.generator.pretrained:
+            overrides["pretrained_model_name_or_path"] = cfg.generator.pretrained
+        load_finetune_config(cfg.generator.config, overrides)
+
+    def generate() -> None:
+        from synth.generate import GenerateConfig
+
+        GenerateConfig.from_yaml(cfg.generate.config, n=cfg.generate.n, **cfg.generate.overrides)
+
+    def verifier() -> None:
+        from synth.filtering.config import load_verifier_config
+
+        load_verifier_config(cfg.filter.verifier_config)
+
+    def filter_() -> None:
+        from synth.filtering.config import load_filter_config
+
+        load_filter_config(cfg.filter.config, {**cfg.filter.overrides, "oracle": cfg.filter.oracle})
+
+    def oracle() -> None:
+        from synth.filtering.config import load_verifier_config
+
+        load_verifier_config(cfg.oracle.config)
+
+    def classifier() -> None:
+        from classifier.config import load_ensemble_config
+
+        load_ensemble_config(cfg.classifier.config, cfg.classifier.overrides)
+
+    checks: list[tuple[str, str | None, Any]] = []
+    if cfg.needs_synthetic:
+        checks += [("generator", cfg.generator.config, generator), ("generate", cfg.generate.config, generate)]
+    if cfg.needs_filter:
+        checks += [("filter.verifier_config", cfg.filter.verifier_config, verifier), ("filter", cfg.filter.config, filter_)]
+    if cfg.needs_synthetic and cfg.oracle.config:
+        checks.append(("oracle", cfg.oracle.config, oracle))
+    checks.append(("classifier", cfg.classifier.config, classifier))
+    for stage, path, load in checks:
+        label = f"{where}: {stage} stage" + (f" ({path})" if path else "") + " with its overrides"
+        try:
+            load()
+        except UserError as err:
+            raise UserError(f"{label}: {err}") from None
+        except (TypeError, ValueError) as err:  # a value of the wrong type a loader did not check itself
+            raise UserError(f"{label}: {err}; fix that value's type in the YAML or the overrides") from None
 
 
 def stage_key(*parts: Any) -> str:
