@@ -21,6 +21,22 @@ from synth.generator.config import FinetuneConfig
 from synth.generator.data import encode_latents, measured_scaling_factor, step_rng, to_vae_input
 
 VAE_STAGE_DIR = "vae_stage"
+#: Report progress at least this often (seconds), whatever --logging_steps says: the VAE stage of a CPU
+#: recipe runs for tens of minutes and used to print nothing until step logging_steps.
+PROGRESS_EVERY_S = 30.0
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def progress_line(stage: str, step: int, total: int, elapsed: float, extra: str = "") -> str:
+    """``vae step 120/3000  <extra>  1m05s elapsed, ETA 26m00s`` (rate from the steps done so far)."""
+    eta = elapsed / max(step, 1) * (total - step)
+    return f"{stage} step {step}/{total}  {extra}  {_duration(elapsed)} elapsed, ETA {_duration(eta)}".replace("    ", "  ")
 
 
 class _VAEStep(torch.nn.Module):
@@ -51,6 +67,9 @@ def train_vae(cfg: FinetuneConfig, vae, pixels: torch.Tensor, accelerator, out_d
     step_module.train()
     n, bs = len(pixels), cfg.vae_batch_size
     rows, t0 = [], time.perf_counter()
+    last_report = t0
+    if accelerator.is_main_process:
+        log(f"vae: training {cfg.vae_max_train_steps} steps x batch {bs} on {n} images ({cfg.resolution} px)")
     for step in range(cfg.vae_max_train_steps):
         _, gen = step_rng(cfg.seed, step, accelerator.process_index, micro=1_000_000)  # distinct from the UNet stage
         idx = torch.randint(n, (bs,), generator=gen)
@@ -65,10 +84,15 @@ def train_vae(cfg: FinetuneConfig, vae, pixels: torch.Tensor, accelerator, out_d
         optimizer.zero_grad(set_to_none=True)
         rec = accelerator.gather(rec_loss.detach()[None]).mean().item()
         rows.append({"step": step + 1, "rec_loss": rec, "kl": float(kl.detach()), "elapsed_s": round(time.perf_counter() - t0, 3)})
-        if accelerator.is_main_process and ((step + 1) % cfg.logging_steps == 0 or step + 1 == cfg.vae_max_train_steps):
-            log(f"vae step {step + 1}/{cfg.vae_max_train_steps}  rec_loss {rec:.5f}  kl {float(kl.detach()):.1f}  {time.perf_counter() - t0:.0f}s")
+        now = time.perf_counter()
+        if accelerator.is_main_process and (step == 0 or (step + 1) % cfg.logging_steps == 0 or step + 1 == cfg.vae_max_train_steps
+                                            or now - last_report >= PROGRESS_EVERY_S):
+            last_report = now
+            log(progress_line("vae", step + 1, cfg.vae_max_train_steps, now - t0, f"rec_loss {rec:.5f}  kl {float(kl.detach()):.1f}"))
     vae = accelerator.unwrap_model(step_module).vae
     vae.eval()
+    if accelerator.is_main_process:
+        log(f"vae: encoding {n} images to measure the latent scale")
     mean, std = encode_latents(vae, pixels)
     scaling = measured_scaling_factor(mean, std, cfg.seed)
     vae.register_to_config(scaling_factor=scaling)
