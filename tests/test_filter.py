@@ -63,9 +63,16 @@ def test_verifier_accepts_true_images_and_rejects_other_classes(trained, tmp_pat
     wrong = [("Pneumothorax", render("Cardiomegaly", 910_000 + i)) for i in range(20)]
     scores, summary = _filter(trained, tmp_path, true + wrong)
 
+    # Measured over verifier seeds 0-7 (this fixture, and with 40 val positives): every true image scores above every
+    # wrong one (>= 0.96 vs <= 0.004) and 100 % of wrong ones are rejected. The share of true images kept is 1 minus
+    # where the threshold (0.2 quantile of only 12 val positives) falls among near-saturated scores: 0.40-0.95 over
+    # those seeds — noise, not a property, so it is bounded loosely here; the threshold rule itself is tested exactly
+    # (split-dependent scores, several seeds) by test_thresholds_are_fitted_on_real_val_rows_not_train_or_test.
+    p_true, p_wrong = scores["p_target"][:20].to_numpy(), scores["p_target"][20:].to_numpy()
+    assert p_true.min() > p_wrong.max() + 0.5, f"verifier does not separate: true >= {p_true.min():.3f}, wrong <= {p_wrong.max():.3f}"
     true_kept = scores["kept"][:20].mean()
     wrong_rejected = scores["reasons"][20:].str.contains("verifier").mean()
-    assert true_kept >= 0.8, f"only {true_kept:.0%} of true Pneumothorax images kept"
+    assert true_kept >= 0.25, f"only {true_kept:.0%} of true Pneumothorax images kept"
     assert wrong_rejected >= 0.9, f"only {wrong_rejected:.0%} of Cardiomegaly images labelled Pneumothorax rejected"
     assert summary["classes"]["Pneumothorax"]["threshold_rule"] == "val_positive_quantile"
     kept = read_manifest(tmp_path / "out" / "kept.csv")
@@ -151,6 +158,72 @@ def test_thresholds_never_fit_on_test_and_test_images_never_read(trained, tmp_pa
     assert recorder.paths, "recorder saw no reads (the test would pass vacuously)"
     for cls in CLASSES:
         assert after["classes"][cls]["threshold"] == pytest.approx(before["classes"][cls]["threshold"])
+
+
+def _split_dependent_scores(df: pd.DataFrame, classes: list[str], seed: int) -> np.ndarray:
+    """Verifier scores that tell the splits apart: a threshold fitted on any rows but real val lands far from val's.
+
+    Val positives score 0.45-0.65, val negatives 0.05-0.30; train rows are fitted (positives 0.97-0.99, negatives
+    0.00-0.02, as a verifier's own training rows are); test rows score 0.99 everywhere; synthetic rows 0.70 for
+    their target. Fitted on val, the threshold sits below 0.70 (all synthetic kept); fitted on train or test it sits
+    above 0.95 (all rejected) — no verifier training, no margin to flake.
+    """
+    rng = np.random.default_rng(seed)
+    out = np.zeros((len(df), len(classes)), np.float32)
+    for i, (_, row) in enumerate(df.iterrows()):
+        for j, cls in enumerate(classes):
+            positive = row.get(cls) == 1.0
+            if row["source"] == "synthetic":
+                out[i, j] = 0.70 if row.get("target_class") == cls else 0.10
+            elif row["split"] == "val":
+                out[i, j] = rng.uniform(0.45, 0.65) if positive else rng.uniform(0.05, 0.30)
+            elif row["split"] == "train":
+                out[i, j] = rng.uniform(0.97, 0.99) if positive else rng.uniform(0.0, 0.02)
+            else:
+                out[i, j] = 0.99
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_thresholds_are_fitted_on_real_val_rows_not_train_or_test(trained, tmp_path, monkeypatch, seed):
+    """The rule itself: every threshold equals the configured quantile of the REAL VAL rows' scores."""
+    import dataclasses
+
+    import synth.filtering.pipeline as pipeline
+    from synth.filtering.verifier import load_verifier
+
+    _, real_manifest, verifier_dir = trained
+    classes = list(load_verifier(verifier_dir).classes)
+    original = pipeline.run_inference
+    scored: list[pd.DataFrame] = []
+
+    def split_dependent(extractor, df, *args, **kwargs):
+        out = original(extractor, df, *args, **kwargs)
+        if out.probs.size:  # a pass of the verifier head: replace its scores by the split-dependent ones
+            scored.append(df)
+            out = dataclasses.replace(out, probs=_split_dependent_scores(df, classes, seed))
+        return out
+
+    monkeypatch.setattr(pipeline, "run_inference", split_dependent)
+    items = [(cls, render(cls, 960_000 + i)) for i, cls in enumerate(CLASSES * 3)]
+    # min_val_positives 5: Pneumothorax / Cardiomegaly use the positive quantile; 13 > 12 val positives: the
+    # negative-specificity fallback (a tail class) — both rules must read val rows only.
+    for rules, rule in (({"threshold_quantile": 0.2}, "val_positive_quantile"),
+                        ({"min_val_positives": 13, "fallback_specificity": 0.9}, "val_negative_specificity")):
+        scored.clear()
+        scores, summary = _filter(trained, tmp_path / rule, items, **rules)
+        real = pd.concat([df for df in scored if (df["source"] == "real").any()])
+        val = real[real["split"] == "val"]
+        assert len(val) and set(real["split"]) == {"val"}, "verifier scores were computed for non-val real rows"
+        val_scores = _split_dependent_scores(val, classes, seed)
+        for j, cls in enumerate(classes):
+            y = val[cls].to_numpy()
+            expected = (np.quantile(val_scores[y == 1.0, j], 0.2) if rule == "val_positive_quantile"
+                        else np.quantile(val_scores[y == 0.0, j], 0.9))
+            got = summary["classes"][cls]
+            assert got["threshold_rule"] == rule and got["threshold"] == pytest.approx(expected, abs=1e-6), (cls, got)
+            assert got["threshold"] < 0.70  # train-fitted: >= 0.97 (positives) / ~0.02 (negatives, rejects nothing)
+        assert scores["verifier_pass"].all() and not scores["reasons"].fillna("").str.contains("verifier").any()
 
 
 def test_verifier_trains_on_real_train_rows_only(tmp_path, monkeypatch):
