@@ -130,9 +130,23 @@ def test_prompt_rendering():
     assert len(orders) > 1  # shuffled at train time
 
 
-def test_cli_unknown_class_is_one_error_line():
+def test_cli_classes_lists_every_class_name():
     proc = subprocess.run([sys.executable, "-m", "synth", "classes"], capture_output=True, text=True)
-    assert proc.returncode == 0 and "Round(ed) Atelectasis" in proc.stdout
+    assert proc.returncode == 0, proc.stderr
+    missing = [c for c in (*CXR_LT_CLASSES, *ZERO_SHOT_CLASSES) if c not in proc.stdout]
+    assert not missing, missing
+
+
+def test_cli_unknown_class_is_one_error_line(tmp_path):
+    """The installed entry point (``python -m synth``), a misspelt class: exit 2, ONE line naming the fix, nothing written."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "synth", "generate", "--model", str(tmp_path / "no-model"),
+                           "--class", "Rib Fractur", "--n", "2", "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: unknown class 'Rib Fractur'") and "Did you mean: 'Rib Fracture'" in lines[0]
+    assert "Traceback" not in proc.stderr and not out.exists()
 
 
 def test_user_error_becomes_one_line_and_exit_2():
@@ -153,4 +167,5 @@ def test_user_error_becomes_one_line_and_exit_2():
 
     result = CliRunner().invoke(app, ["boom"])
     assert result.exit_code == 2
-    assert "error: bad thing; do X instead" in result.output
+    assert [ln for ln in result.output.splitlines() if ln.strip()] == ["error: bad thing; do X instead"]
+    assert CliRunner().invoke(app, ["ok"]).exit_code == 0
