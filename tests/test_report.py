@@ -86,6 +86,13 @@ def test_markdown_has_tables_headline_and_provenance(report_dir: Path):
     paths = render_report(report_dir)
     md = paths["md"].read_text()
     assert "| Arm | overall mAP | head mAP | medium mAP | tail mAP | seeds |" in md
+    # the group table's numbers: mean over the 3 seeds (values + 0.002 * seed), seed std, mean interval
+    assert "| Real only | 0.402 ± 0.002 [0.372, 0.432] | 0.602 ± 0.002 [0.572, 0.632] | 0.352 ± 0.002 [0.322, 0.382] " \
+           "| 0.152 ± 0.002 [0.122, 0.182] | 3 |" in md
+    assert "| + synthetic, filtered | 0.422 ± 0.002 [0.392, 0.452] | 0.622 ± 0.002 [0.592, 0.652] " \
+           "| 0.372 ± 0.002 [0.342, 0.402] | 0.232 ± 0.002 [0.202, 0.262] | 3 |" in md
+    # the paired table's row (older per-seed layout: mean of the per-seed intervals, largest p)
+    assert re.search(r"\| \+ synthetic, filtered \| \+0\.020 .*\| \+0\.080 \[\+0\.060, \+0\.100\], p≤0\.010\* \|", md)
     # filtered arm: tail diff 0.08 with CI [0.06, 0.10] -> significant, marked with *
     assert "+ synthetic, filtered helps the tail: ΔmAP +0.080 [+0.060, +0.100]" in md
     assert "+0.080 [+0.060, +0.100], p≤0.010*" in md
@@ -217,3 +224,51 @@ def test_filter_table_shows_rules_that_flag_without_rejecting():
     header, rows = _filter_table(results)
     assert "flagged: outlier" in header and "flagged: verifier" not in header and "flagged: near_copy" not in header
     assert rows[0][header.index("flagged: outlier")] == "3" and rows[0][header.index("rejected: verifier")] == "2"
+
+
+def _with_resampled(results: dict, harmed: list[str]) -> dict:
+    """Add a real_resampled arm, the filtered arm's comparison with it and its do-no-harm list."""
+    import copy
+
+    resampled = copy.deepcopy(arm_by_name(results, "synthetic_unfiltered"))
+    resampled.update(name="real_resampled", label="Real, tail re-sampled", harmed=[],
+                     resampling={"threshold": 0.2, "rule": "r", "n_rows": 1000, "n_presented": 1100, "n_rows_repeated": 30,
+                                 "per_class": {"Hernia": {"n_pos": 5, "r_class": 4.0, "presented": 20, "mixing_arm": 45}}})
+    results["arms"].insert(1, resampled)
+    results["verdict_baseline"] = "real_resampled"
+    for arm in results["arms"]:
+        if arm["name"].startswith("synthetic"):
+            arm["harmed"] = []
+            arm["paired_vs_resampled"] = {g: {"diff": 0.01, "ci": [-0.01, 0.03], "p": 0.3, "run_diffs": [0.01, 0.01, 0.01]}
+                                          for g in ("overall", "head", "medium", "tail")}
+    arm_by_name(results, "synthetic_filtered")["harmed"] = harmed
+    arm_by_name(results, "synthetic_filtered")["paired_vs_resampled"]["tail"] = {
+        "diff": 0.05, "ci": [0.03, 0.07], "p": 0.001, "run_diffs": [0.04, 0.05, 0.06]}
+    results["timings"] = {"steps": [{"step": "generator", "seconds": 3000.0, "cached": True},
+                                    {"step": "real_only/seed-0", "seconds": 200.5, "cached": False}],
+                          "this_run_seconds": 230.0, "all_steps_seconds": 3200.5, "rule": "r"}
+    return results
+
+
+def test_verdict_is_against_the_resampled_baseline_and_names_harmed_classes(tmp_path: Path):
+    results = make_results(tmp_path / "r")
+    tail = sorted(c for c, g in results["groups"].items() if g == "tail")
+    _with_resampled(results, harmed=[tail[0]])
+    (tmp_path / "r" / "results.json").write_text(json.dumps(results))
+    md = render_report(tmp_path / "r")["md"].read_text()
+    # vs real_resampled +0.050 (the headline), vs real only +0.080 alongside
+    assert ("- + synthetic, filtered helps the tail vs real, tail re-sampled: ΔmAP +0.050 [+0.030, +0.070], p=0.001* "
+            "(vs real only +0.080 [+0.060, +0.100], p≤0.010*;") in md
+    assert "- + synthetic, unfiltered shows no clear effect on the tail vs real, tail re-sampled: ΔmAP +0.010" in md
+    assert f"Do no harm: 1 class(es) significantly below real only ({tail[0]})." in md
+    assert "Do no harm: 0 class(es) significantly below real only." in md
+    # +0.050 clears the 0.05 gain, but a tail class is harmed: not met
+    assert "no tail class significantly below real only): NOT MET." in md
+    assert "## Paired differences vs real, tail re-sampled (the verdict's reference)" in md
+    assert "| Hernia | 5 | 4.00 | 20 | 45 |" in md
+    assert "## Stage wall times" in md and "| generator | 3000.0 | cached |" in md and "| real_only/seed-0 | 200.5 | ran |" in md
+
+    _with_resampled(make_results(tmp_path / "ok"), harmed=[])
+    results = _with_resampled(make_results(tmp_path / "ok"), harmed=[])
+    (tmp_path / "ok" / "results.json").write_text(json.dumps(results))
+    assert "no tail class significantly below real only): MET." in render_report(tmp_path / "ok")["md"].read_text()
