@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -332,6 +333,23 @@ def finished_images(out_dir: Path) -> dict[tuple[str, int], Path]:
     return done
 
 
+def _note_kept(out_dir: Path, done: dict[tuple[str, int], Path], counts: dict[str, int]) -> None:
+    """Say what an existing ``--out`` keeps beyond this run's request (nothing is deleted, and the manifest
+    lists every image in the folder): other classes' images and more images of a class than ``--n`` asks."""
+    per_class: dict[str, int] = {}
+    for c, _ in done:
+        per_class[c] = per_class.get(c, 0) + 1
+    other = {c: k for c, k in sorted(per_class.items()) if c not in counts}
+    beyond = {c: k for c, k in per_class.items() if c in counts and k > counts[c]}
+    if other:
+        listed = ", ".join(f"{c} {k}" for c, k in other.items())
+        print(f"note: --out {out_dir} already holds {sum(other.values())} image(s) of classes this run does not ask for "
+              f"({listed}); they are kept and stay in its manifest.csv. Use another --out for a separate set.", file=sys.stderr)
+    for c, k in beyond.items():
+        print(f"note: --out {out_dir} already holds {k} {c} image(s), {counts[c]} asked: all {k} are kept "
+              "(a smaller --n deletes nothing)", file=sys.stderr)
+
+
 def _shard_path(out_dir: Path, rank: int) -> Path:
     return out_dir / f"manifest.rank{rank}.csv"
 
@@ -415,8 +433,9 @@ def load_pipeline(model_dir: Path, scheduler: str, dtype: "torch.dtype", device:
     import torch
     from diffusers import StableDiffusionPipeline
 
-    # torch_dtype only when casting: diffusers keeps its fp32-only modules right that way, and fp32 needs no argument
-    cast = {} if dtype == torch.float32 else {"torch_dtype": dtype}
+    # torch_dtype always, fp32 too: transformers >= 5 otherwise loads the text encoder in its saved dtype
+    # (a bf16-saved pipeline gave a bf16 text encoder beside an fp32 UNet); diffusers keeps its fp32-only modules right
+    cast = {"torch_dtype": dtype}
     with _quiet_loading():
         pipe = StableDiffusionPipeline.from_pretrained(model_dir, local_files_only=True, safety_checker=None, requires_safety_checker=False, **cast)
     class_name, overrides = SCHEDULERS[scheduler]
@@ -538,7 +557,11 @@ def run(model_dir: str | Path, classes: Sequence[str], out_dir: str | Path, cfg:
         write_json_atomic(out_dir / RUN_SETTINGS_NAME, settings)
         for shard in out_dir.glob("manifest.rank*.csv"):  # left by a killed run; the files on disk are the truth
             shard.unlink()
+        for stray in out_dir.glob(".*.tmp"):  # a manifest / settings write a kill interrupted (issue 20, defect 9)
+            if stray.is_file():
+                stray.unlink(missing_ok=True)
         done = finished_images(out_dir)
+        _note_kept(out_dir, done, counts)
         base = planner.frame([planner.job(c, i) for (c, i) in sorted(done) if c in labels.classes], info.fingerprint)
         _write_merged_manifest(out_dir, [base], targets)
     state.wait_for_everyone()

@@ -99,11 +99,18 @@ def closest_classes(name: str, n: int = 3, candidates: Iterable[str] = ALL_CLASS
 def resolve_class(name: str, allowed: Iterable[str] = ALL_CLASSES) -> str:
     """Canonical spelling of ``name`` (matched case-insensitively), or raise.
 
-    The error lists the closest valid names so a typo is fixed in one go.
+    The error lists the closest valid names so a typo is fixed in one go; a zero-shot class where only
+    trained classes are allowed says so instead.
     """
     allowed = tuple(allowed)
     key = " ".join(name.split()).lower()
     canonical = _BY_LOWER.get(key)
+    if canonical in ZERO_SHOT_CLASSES and canonical not in allowed:
+        # a real class name, not a typo: "did you mean Granuloma" would send the user the wrong way
+        raise UnknownClassError(
+            f"{canonical!r} is a CXR-LT zero-shot class (task 3: it has no training labels), so it cannot be "
+            f"generated or trained on yet; choose one of the {len(CXR_LT_CLASSES)} trained classes (see `synth classes`)"
+        )
     if canonical is None or canonical not in allowed:
         close = closest_classes(name, candidates=allowed)
         hint = f" Did you mean: {', '.join(repr(c) for c in close)}?" if close else ""

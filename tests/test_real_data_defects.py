@@ -328,3 +328,58 @@ def test_defect4_ablate_refuses_before_any_work(tmp_path, monkeypatch):
     config = _ablation_yaml(tmp_path, lambda cfg: cfg["generate"]["overrides"].update(scheduler="dpm+"))
     assert_one_error_line(CliRunner().invoke(app, ["ablate", "--config", str(config)]), "dpm+")
     assert not (tmp_path / "outputs").exists()
+
+
+# ---------------------------------------------------------------- defects 9-11 (generate)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from tiny_pipeline import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny"))
+
+
+GEN_FAST = dict(steps=2, guidance_scale=3.0, batch_size=2, progress=False)
+
+
+def test_defect9_rerun_of_killed_generate_leaves_no_tmp(tiny_model, tmp_path):
+    import synth.generate as gen
+
+    out = tmp_path / "gen"
+    gen.generate(tiny_model, ["Rib Fracture"], 2, out, **GEN_FAST)
+    (out / ".manifest.csv.k1ll3d.tmp").write_text("half a manifest")  # kill -9 during a manifest write
+    (out / ".run_settings.json.k1ll3d.tmp").write_text("{")
+    (out / "images" / "rib-fracture" / ".rib-fracture_000002.png.k1ll3d.tmp").write_bytes(b"torn")
+    gen.generate(tiny_model, ["Rib Fracture"], 3, out, **GEN_FAST)
+    assert not list(out.rglob("*.tmp"))
+    assert len(read_manifest(out / "manifest.csv")) == 3
+
+
+def test_defect10_generate_into_a_folder_with_other_classes_says_what_it_keeps(tiny_model, tmp_path, capfd):
+    import synth.generate as gen
+
+    out = tmp_path / "gen"
+    gen.generate(tiny_model, ["Rib Fracture"], 2, out, **GEN_FAST)
+    capfd.readouterr()
+    gen.generate(tiny_model, ["Pneumothorax"], 1, out, **GEN_FAST)
+    err = capfd.readouterr().err
+    assert "Rib Fracture 2" in err and "kept" in err, err
+    df = read_manifest(out / "manifest.csv")
+    assert df["target_class"].value_counts().to_dict() == {"Rib Fracture": 2, "Pneumothorax": 1}
+    gen.generate(tiny_model, ["Rib Fracture"], 1, out, **GEN_FAST)
+    err = capfd.readouterr().err
+    assert "2 Rib Fracture image(s), 1 asked" in err and "Pneumothorax 1" in err, err
+
+
+@pytest.mark.parametrize("name", ["Bulla", "cardiomyopathy", "Hilum", "Osteopenia", "scoliosis"])
+def test_defect11_zero_shot_class_is_named_as_such(tiny_model, tmp_path, name):
+    from typer.testing import CliRunner
+
+    from synth.cli import app
+
+    out = tmp_path / "gen"
+    result = CliRunner().invoke(app, ["generate", "--model", str(tiny_model), "--class", name, "--n", "5", "--out", str(out)])
+    assert_one_error_line(result, "zero-shot", "synth classes")
+    assert "Did you mean" not in result.output
+    assert not out.exists()
