@@ -112,7 +112,11 @@ def test_bootstrap_resamples_patients_and_pairs_runs():
     patients = np.array(["p1", "p1", "p2", "p3", "p3", "p3"])
     w = metrics.patient_weights(patients, 200, seed=0)
     assert (w[:, 0] == w[:, 1]).all() and (w[:, 3] == w[:, 5]).all()  # a patient's images move together
-    assert np.allclose(w.sum(1)[:, None] > 0, True)
+    r = metrics.patient_resamples(patients, 200, seed=0)
+    assert (r.counts.sum(1) == 3).all()  # each resample draws as many PATIENTS as the split has (not rows)
+    assert (r.counts == 0).any() and (r.counts >= 2).any()  # with replacement
+    np.testing.assert_array_equal(w, r.counts[:, [0, 0, 1, 2, 2, 2]])  # an image weighs what its patient was drawn
+    assert len({tuple(row) for row in w}) > 5  # resamples differ
     y, p = _fixed(n=200)
     classes, groups = ["a", "b", "c", "d"], {"a": "head", "b": "head", "c": "medium", "d": "tail"}
     pats = np.arange(200) // 3
