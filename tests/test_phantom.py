@@ -167,7 +167,23 @@ def test_synth_prepare_reads_the_phantom(tmp_path):
     result = CliRunner().invoke(app, ["prepare", "--format", "cxrlt", "--labels", str(labels), "--images", str(labels.parent),
                                       "--out", str(tmp_path / "prep"), "--size", "32", "--workers", "1", "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "prep" / "manifest.csv").exists()
+    from PIL import Image
+
+    from synth.manifest import image_paths, read_manifest
+
+    manifest = read_manifest(tmp_path / "prep" / "manifest.csv")
+    source = pd.read_csv(labels).set_index("dicom_id")
+    assert sorted(manifest["dicom_id"]) == sorted(source.index)  # every phantom image, nothing else
+    prepared = manifest.set_index("dicom_id")
+    # labels and patients carried over exactly; split by patient
+    for c in CXR_LT_CLASSES:
+        assert (prepared[c].astype(float) == source.loc[prepared.index, c].astype(float)).all(), c
+    assert (prepared["subject_id"].astype(str) == source.loc[prepared.index, "subject_id"].astype(str)).all()
+    assert manifest.groupby("subject_id")["split"].nunique().max() == 1
+    assert set(manifest["split"]) == {"train", "val", "test"} and set(manifest["source"]) == {"real"}
+    for path in image_paths(manifest)[:5]:
+        with Image.open(path) as im:
+            assert im.size == (32, 32) and im.mode == "L"
 
 
 def test_balanced_cli_every_class_at_least_k(tmp_path):
@@ -208,6 +224,25 @@ def test_cli_bad_input_is_one_error_line(tmp_path, args, needle):
 def test_contact_sheets(tmp_path):
     from synth.phantom.dataset import slug, write_contact_sheets
 
+    from PIL import Image
+
     folder = write_contact_sheets(tmp_path / "cs", 32, 0, examples=2)
-    assert (folder / "all.png").exists()
-    assert all((folder / f"{slug(c)}.png").exists() for c in CXR_LT_CLASSES)
+    with Image.open(folder / "all.png") as im:
+        assert im.size == (8 * 32, 5 * (32 + 12))  # 40 labelled tiles, 8 per row
+    for c in CXR_LT_CLASSES:
+        with Image.open(folder / f"{slug(c)}.png") as im:
+            sheet = np.asarray(im).astype(np.int16)
+        assert sheet.shape == (3 * 32, 2 * 32), c  # with / without / difference, 2 patients
+        with_, without, diff = sheet[:32], sheet[32:64], sheet[64:]
+        np.testing.assert_array_equal(diff, np.clip(np.abs(with_ - without) * 4, 0, 255), err_msg=c)
+        if c == "Normal":
+            assert not diff.any()
+        else:  # row 1 shows the class, row 2 the same patients without it
+            assert diff.any(), f"{c}: no visible difference on the sheet"
+            assert np.array_equal(without[:, :32], render_image([], int(_sheet_seed(c, 0)), 32).astype(np.int16)), c
+
+
+def _sheet_seed(cls: str, example: int) -> int:
+    from synth.phantom.dataset import _seed
+
+    return _seed(0, 7, CXR_LT_CLASSES.index(cls), example)
