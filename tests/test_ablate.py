@@ -390,3 +390,38 @@ def test_oracle_fidelity_is_reported_and_never_retrains_filter_or_arms(tmp_path:
                                            oracle={"config": str(tmp_path / "oracle.yaml")}))
     with pytest.raises(UserError, match="repeats another phantom seed"):
         load_ablation_config(_write_config(tmp_path, oracle={"config": str(tmp_path / "oracle.yaml"), "phantom_seed": 0}))
+
+
+def test_train_arm_hands_the_arm_mode_and_repeats_to_the_classifier(tmp_path: Path, monkeypatch):
+    """The fast twin of the end-to-end check: a dropped ``mode`` would train every synthetic arm on real rows only."""
+    import classifier.train as train_mod
+
+    seen = []
+    monkeypatch.setattr(train_mod, "train_ensemble", lambda ens, df, out, classes=None, row_repeats=None:
+                        seen.append((ens.synthetic.mode, [m.seed for m in ens.members], row_repeats)) or out)
+    cfg = load_ablation_config(REPO / "configs" / "ablation" / "demo.yaml")
+    for mode in ("none", "mix", "pretrain_finetune"):
+        stages.train_arm(cfg, mode, 7, pd.DataFrame(), CLASSES, tmp_path)
+    stages.train_arm(cfg, "none", 3, pd.DataFrame(), CLASSES, tmp_path, row_repeats={"d1": 4})
+    assert seen == [("none", [7, 7], None), ("mix", [7, 7], None), ("pretrain_finetune", [7, 7], None),
+                    ("none", [3, 3], {"d1": 4})]
+
+
+def test_evaluate_adapter_reports_each_group_its_own_map():
+    """results.json's group values come from stages.evaluate: each group is the mean AP of its own classes."""
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((120, len(CLASSES))) < [0.5, 0.4, 0.2, 0.1, 0.05]).astype(float)
+    p = np.clip(y * rng.uniform(0.0, 0.6, y.shape) + rng.random(y.shape) * 0.6, 0, 1)
+    groups = {"Atelectasis": "head", "Cardiomegaly": "head", "Pleural Effusion": "medium", "Pneumothorax": "tail",
+              "Rib Fracture": "tail"}
+    cfg = load_ablation_config(REPO / "configs" / "ablation" / "demo.yaml")
+    out = stages.evaluate(cfg, y, p, CLASSES, groups, np.arange(120).astype(str))
+    ap = {c: average_precision_score(y[:, j], p[:, j]) for j, c in enumerate(CLASSES)}
+    for g in ("head", "medium", "tail"):
+        want = np.mean([v for c, v in ap.items() if groups[c] == g])
+        assert out["groups"][g]["value"] == pytest.approx(want)
+        assert out["groups"][g]["ci"][0] <= want <= out["groups"][g]["ci"][1]
+    assert out["groups"]["overall"]["value"] == pytest.approx(np.mean(list(ap.values())))
+    assert len({round(out["groups"][g]["value"], 6) for g in ("overall", "head", "medium", "tail")}) == 4
