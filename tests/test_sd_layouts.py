@@ -173,3 +173,20 @@ def test_kill_9_then_plain_rerun_equals_uninterrupted(recipe_run, manifest, tmp_
     assert _losses(out) == _losses(ref)
     a, b = load_file(ref / "unet" / "diffusion_pytorch_model.safetensors"), load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_generate_fp32_reads_a_pipeline_saved_in_bf16(manifest, tmp_path):
+    """Pipelines exported in bf16 by older versions: transformers >= 5 would load the text encoder in bf16 beside
+    an fp32 UNet unless every component is given the dtype (``synth generate --precision fp32``)."""
+    from synth.generate import generate
+    from synth.io import write_json_atomic
+    from synth.prompts import DEFAULT_TEMPLATES, PromptTemplates
+    from tiny_pipeline import ANNOTATED
+
+    model = build_sd_folder(tmp_path / "bf16", "sd21-base", dtype=torch.bfloat16)
+    write_json_atomic(model / "synth_meta.json", {
+        "train_manifest": str(manifest.resolve()), "prompt_templates": str(DEFAULT_TEMPLATES.resolve()),
+        "prompt_templates_name": PromptTemplates.load(DEFAULT_TEMPLATES).name, "resolution": RESOLUTION, "classes": list(ANNOTATED),
+    })
+    out = generate(model, ["Rib Fracture"], 1, tmp_path / "gen", steps=2, batch_size=1, precision="fp32", progress=False)
+    assert out.exists()
