@@ -383,3 +383,31 @@ def test_defect11_zero_shot_class_is_named_as_such(tiny_model, tmp_path, name):
     assert_one_error_line(result, "zero-shot", "synth classes")
     assert "Did you mean" not in result.output
     assert not out.exists()
+
+
+# ---------------------------------------------------------------- defect 12 (filter)
+
+
+@pytest.mark.parametrize("which", ["synthetic", "real"])
+def test_defect12_filter_missing_image_fails_before_work_with_a_real_hint(tmp_path, monkeypatch, which):
+    from typer.testing import CliRunner
+
+    import synth.filtering.pipeline as pipeline
+    from filter_fixtures import make_real, make_synthetic, render
+    from synth.cli import app
+
+    def no_work(*a, **kw):
+        raise AssertionError("the verifier was loaded before the images were checked")
+
+    monkeypatch.setattr(pipeline, "load_verifier", no_work)
+    real = make_real(tmp_path / "real", per_class={"train": 3, "val": 2})
+    synthetic = make_synthetic(tmp_path / "syn", [("Rib Fracture", render("Rib Fracture", seed=i)) for i in range(3)])
+    folder = (tmp_path / "syn") if which == "synthetic" else (tmp_path / "real")
+    victim = sorted((folder / "images").glob("*.png"))[1]
+    victim.unlink()
+    hint = "synth generate" if which == "synthetic" else "synth prepare"
+    result = CliRunner().invoke(app, ["filter", "--synthetic", str(synthetic), "--data", str(real), "--verifier",
+                                      str(tmp_path / "verifier"), "--out", str(tmp_path / "out")])
+    assert_one_error_line(result, "image not found", victim.name, hint)
+    assert "--skip-bad-images" not in result.output  # an option `synth filter` does not have
+    assert not (tmp_path / "out").exists()

@@ -70,6 +70,14 @@ def _targets(synth: pd.DataFrame, where: str) -> pd.Series:
         raise UserError(f"{where}: target_class: {err}") from None
 
 
+def _require_images(df: pd.DataFrame, root: str, manifest: Path, fix: str) -> None:
+    """A missing image file is one error naming it, the count and a fix that exists, before any work."""
+    paths = image_paths(df, root)
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise UserError(f"image not found: {missing[0]} ({len(missing)} of {len(paths)} images of {manifest} missing); {fix}")
+
+
 def _run(synthetic_manifest: Path, data_manifest: Path, verifier_dir: Path, out_dir: Path, cfg: FilterConfig) -> dict:
     synth, data = read_manifest(synthetic_manifest), read_manifest(data_manifest)
     if synth.empty:
@@ -77,6 +85,10 @@ def _run(synthetic_manifest: Path, data_manifest: Path, verifier_dir: Path, out_
     target = _targets(synth, str(synthetic_manifest)).reset_index(drop=True)
     train = real_training_rows(data).reset_index(drop=True)
     val = data[(data["split"] == "val") & (data["source"] == "real")]
+    # every image is read below, some only after minutes of inference: a missing one fails here, first
+    _require_images(synth, synth.attrs["root"], synthetic_manifest,
+                    "rerun the `synth generate` command that wrote it (same --out: it re-creates missing images and rewrites the manifest)")
+    _require_images(pd.concat([train, val]), data.attrs["root"], data_manifest, "re-create that dataset with `synth prepare ... --overwrite`")
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
 
