@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -66,7 +67,8 @@ def demo_command(
     from synth.ablation.config import load_ablation_config
     from synth.ablation.runner import run_ablation
 
-    cfg = load_ablation_config(DEMO_CONFIG, output_root=output_root)
+    # SYNTH_DEMO_CONFIG names another demo YAML: the tests run this very command on a tiny one
+    cfg = load_ablation_config(os.environ.get("SYNTH_DEMO_CONFIG") or DEMO_CONFIG, output_root=output_root)
     # The demo runs from any folder: its stage configs are the repository's own.
     for section, key in (("generator", "config"), ("generate", "config"), ("filter", "verifier_config"),
                          ("filter", "config"), ("classifier", "config")):
