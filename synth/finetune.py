@@ -129,7 +129,8 @@ def _run(cfg: FinetuneConfig, log: Callable[[str], None] | None) -> Path:
 
     from synth.distributed import make_accelerator
     from synth.generator import models
-    from synth.generator.data import TrainingSet, encode_latents, load_pixels
+    from synth.generator.data import TrainingSet, load_pixels
+    from synth.generator.latent_cache import latent_cache_for
     from synth.generator.train import META_NAME, UNetTrainer, list_checkpoints, resolve_checkpoint
     from synth.generator.vae_train import VAE_STAGE_DIR, train_vae, vae_stage_complete
     from synth.io import write_json_atomic
@@ -156,8 +157,6 @@ def _run(cfg: FinetuneConfig, log: Callable[[str], None] | None) -> Path:
     latent_cache = None
     if cfg.pretrained_model_name_or_path:
         comps = models.load_pretrained(cfg.pretrained_model_name_or_path)
-        cache = bool(cfg.cache_latents)
-        pixels = load_pixels(data, cfg.resolution, cfg.dataloader_num_workers) if cache else None
     else:
         pixels = load_pixels(data, cfg.resolution, cfg.dataloader_num_workers)
         stage_dir = out / VAE_STAGE_DIR
@@ -177,14 +176,13 @@ def _run(cfg: FinetuneConfig, log: Callable[[str], None] | None) -> Path:
         unet = models.build_unet(cfg, text_encoder.config.hidden_size)
         comps = models.Components(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
                                   noise_scheduler=models.build_noise_scheduler(cfg))
-        cache = cfg.cache_latents is None or cfg.cache_latents
-    if cache and latent_cache is None:
-        comps.vae.to(accelerator.device)
-        latent_cache = encode_latents(comps.vae, pixels)
-        comps.vae.to("cpu")
-    if cache:
-        log_main(f"latents: cached posterior of {len(latent_cache[0])} images, shape {tuple(latent_cache[0].shape[1:])}")
-    trainer = UNetTrainer(cfg, accelerator, comps, data, templates, latent_cache if cache else None, log_main)
+    # latents: the VAE posterior of every image, once (synth/generator/latent_cache.py); reused across runs
+    if cfg.cache_latents == "false":
+        latent_cache = None
+    else:  # a VAE trained just now: train_vae already encoded every image, stored instead of re-encoded
+        latent_cache = latent_cache_for(cfg, comps.vae, data, accelerator, log_main, computed=latent_cache)
+    log_main(f"latents: {latent_cache.describe()}" if latent_cache is not None else "latents: encoded on the fly every step")
+    trainer = UNetTrainer(cfg, accelerator, comps, data, templates, latent_cache, log_main)
     resume = resolve_checkpoint(out, cfg.resume_from_checkpoint)
     if _starts_over(cfg):
         old = list_checkpoints(out)

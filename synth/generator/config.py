@@ -25,6 +25,7 @@ from synth.io import read_yaml_mapping
 STAGES = ("all", "vae", "unet")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+CACHE_LATENTS = ("auto", "true", "false")
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 REPORT_TO = ("none", "tensorboard")
 
@@ -42,7 +43,9 @@ class FinetuneConfig:
     prompt_dropout: float = 0.1  # share of prompts replaced by "" so classifier-free guidance works
     prompt_orders: int = 0  # >0: finding order drawn from this many fixed permutations per label set (bounded prompt set -> text cache hits)
     text_max_length: int = 77  # tokenizer length of the from-scratch (MiniLM) model
-    cache_latents: bool | None = None  # encode each image once (frozen VAE); None = on when training from scratch
+    cache_latents: str = "auto"  # auto | true | false: encode each image once (frozen VAE), see synth/generator/latent_cache.py
+    latent_cache_max_ram_gb: float = 16.0  # per process: a larger latent cache stays memory-mapped on disk
+    latent_cache_dir: str | None = None  # None: latent_cache/ beside the manifest (output_dir/latent_cache if not writable)
     text_cache_size: int = 4096  # frozen text encoder: remember this many prompt embeddings
     dataloader_num_workers: int = 0
 
@@ -116,6 +119,9 @@ class FinetuneConfig:
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
         _choice("report_to", self.report_to, REPORT_TO)
+        self.cache_latents = _cache_mode(self.cache_latents)
+        if self.latent_cache_max_ram_gb < 0:
+            raise UserError(f"--latent_cache_max_ram_gb must be >= 0 (0 = always memory-mapped), got {self.latent_cache_max_ram_gb}")
         from synth.generator.sampling import SAMPLING_MODES
 
         _choice("sampling", self.sampling, SAMPLING_MODES)
@@ -147,6 +153,14 @@ class FinetuneConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _cache_mode(value: Any) -> str:
+    """``cache_latents`` as one of auto | true | false (YAML booleans and yes/no/1/0 accepted)."""
+    text = str(value).strip().lower() if value is not None else "auto"
+    mode = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false", "none": "auto"}.get(text, text)
+    _choice("cache_latents", mode, CACHE_LATENTS)
+    return mode
 
 
 def _choice(name: str, value: Any, allowed: Sequence[str]) -> None:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from synth.errors import UserError
 from synth.generator.config import FinetuneConfig
 from synth.generator.data import PromptEncoder, TrainingSet, encode_latents, pixel_dataset, step_rng, to_vae_input
+from synth.generator.latent_cache import take_latents
 from synth.generator.models import Components, enable_xformers
 from synth.generator.sampling import ResumableWeightedSampler, image_weights
 from synth.io import atomic_path, save_safetensors_atomic, write_json_atomic
@@ -133,7 +134,7 @@ class UNetTrainer:
     comps: Components
     data: TrainingSet
     templates: PromptTemplates
-    latent_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+    latent_cache: Any = None  # synth.generator.latent_cache.LatentCache (RAM or memory-mapped) or a (mean, std) tuple
     log: Callable[[str], None] = print
     rows: list[dict[str, Any]] = field(default_factory=list)
 
@@ -218,8 +219,7 @@ class UNetTrainer:
         """Scaled latents of the batch: a fresh posterior sample per step (cached mean/std or on-the-fly encode)."""
         vae = self.comps.vae
         if self.latent_cache is not None:
-            idx = torch.as_tensor(indices)
-            mean, std = self.latent_cache[0][idx], self.latent_cache[1][idx]
+            mean, std = take_latents(self.latent_cache, indices)
         else:
             with torch.no_grad(), self.accelerator.autocast():
                 dist = vae.encode(to_vae_input(pixels).to(self.accelerator.device, vae.dtype)).latent_dist
