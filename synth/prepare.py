@@ -238,7 +238,10 @@ def _check_split(df: pd.DataFrame, split_source: str, where: str) -> dict[str, A
                 "empty_splits": [], "classes_without_train_positives": []}
     check_given_split(df, where)
     no_positives = [c for c in annotated_classes(df) if not (df[c] == 1).any()]
-    return {"split_source": split_source, "classes_without_positives": no_positives, **split_warnings(df)}
+    warnings = split_warnings(df)
+    if split_source.startswith("--split"):  # one split asked for: the others are empty by request
+        warnings = {key: [] for key in warnings}
+    return {"split_source": split_source, "classes_without_positives": no_positives, **warnings}
 
 
 def _remove_stale_temporaries(out: Path) -> None:

@@ -118,6 +118,16 @@ def _raw_images(folder: Path, n: int = 7) -> list[Path]:
     return paths
 
 
+def test_predict_relative_out_path(tmp_path, monkeypatch):
+    model = make_ensemble(tmp_path / "model", sizes=(32,))
+    _raw_images(tmp_path / "unlabeled", n=2)
+    monkeypatch.chdir(tmp_path)
+    result = invoke("predict", "--model", "model", "--images", "unlabeled", "--out", "sub.csv", "--size", "32")
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(tmp_path / "sub.csv")) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "sub.csv", "unlabeled"]
+
+
 def test_predict_images_folder_writes_submission_in_taxonomy_order(tmp_path):
     model = make_ensemble(tmp_path / "model")
     paths = _raw_images(tmp_path / "unlabeled")

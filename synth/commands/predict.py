@@ -148,7 +148,7 @@ def _cache_raw(rows: pd.DataFrame, out: Path, size: int, workers: int, progress:
 
     cfg = PrepareConfig.from_yaml(None, size=size, workers=workers)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)).resolve()  # rows get absolute paths
     folder = tmp / "images"
     folder.mkdir()
     try:
