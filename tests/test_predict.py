@@ -179,3 +179,52 @@ def test_predict_bad_input_is_one_error_line(tmp_path):
     assert_one_error_line(invoke("predict", "--model", tmp_path, "--images", tmp_path, "--out", out), "ensemble.json")
     assert_one_error_line(invoke("predict", "--model", model, "--out", out), "--manifest", "--images")
     assert not out.exists()
+
+
+# ---------------------------------------------------------------- the CXR-LT workflow on real NIH images
+
+
+@pytest.mark.shared_data
+def test_nih_given_split_train_then_external_test_only_evaluate_and_predict(nih_sample: Path, tmp_path: Path):
+    """Given split in, model trained (stores its groups), a held-out site scored test-only, unlabeled images predicted."""
+    from dataclasses import replace
+
+    from classifier.config import EnsembleConfig, MemberConfig
+    from classifier.train import train_ensemble
+
+    raw = pd.read_csv(nih_sample / "Data_Entry_2017_v2020.csv", dtype=str)
+    patient = raw["Patient ID"].astype(int)
+    site_a = raw[patient % 10 < 6].copy()
+    site_a["split"] = np.where(patient[site_a.index] % 10 < 4, "train", "Validate")  # a user's spelling
+    site_b = raw[patient % 10 >= 6]  # the external site: never seen in training
+    site_a.to_csv(tmp_path / "site_a.csv", index=False)
+    site_b.to_csv(tmp_path / "site_b.csv", index=False)
+    images = nih_sample / "images"
+    a = prepare_dataset("nih", tmp_path / "site_a.csv", images, tmp_path / "a", size=32, workers=1)
+    b = prepare_dataset("nih", tmp_path / "site_b.csv", images, tmp_path / "b", size=32, workers=1, split="test")
+    a_df = read_manifest(a)
+    assert set(a_df["split"]) == {"train", "val"}  # kept as given: no test rows invented
+    assert set(read_manifest(b)["split"]) == {"test"}
+
+    cfg = EnsembleConfig(members=[MemberConfig(image_size=32)])
+    cfg = replace(cfg, train=replace(cfg.train, epochs=1, batch_size=32, ema_decay=0.9))
+    model = train_ensemble(cfg, a_df, tmp_path / "model")
+    spec = json.loads((model / "ensemble.json").read_text())
+    assert spec["groups"] and set(spec["groups"]) == set(spec["classes"]) and spec["group_thresholds"]["head"] == 0.10
+
+    out = tmp_path / "eval"
+    result = evaluate("--model", model, "--data", b, "--split", "test", "--out", out, "--n-boot", "0")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["groups_from"] == "model" and metrics["groups"] == spec["groups"]
+    assert metrics["n"] == len(site_b)
+
+    sub = tmp_path / "sub.csv"
+    listing = tmp_path / "unlabeled.csv"
+    site_b[["Image Index"]].rename(columns={"Image Index": "fpath"}).assign(
+        dicom_id=site_b["Image Index"].str.rsplit(".", n=1).str[0]).to_csv(listing, index=False)
+    result = invoke("predict", "--model", model, "--manifest", listing, "--images", images, "--out", sub, "--size", "32")
+    assert result.exit_code == 0, result.output
+    got = pd.read_csv(sub, dtype={"dicom_id": str}).set_index("dicom_id")
+    want = pd.read_csv(out / "probs.csv", dtype={"dicom_id": str}).set_index("dicom_id")
+    np.testing.assert_allclose(got.loc[want.index, list(want.columns)].to_numpy(), want.to_numpy(), atol=2e-6)
