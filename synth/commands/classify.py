@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate(
         model: Path = typer.Option(..., "--model", help="trained ensemble folder (ensemble.json)"),
-        data: Path = typer.Option(..., "--data", help="prepared manifest (all splits: groups come from its train split)"),
+        data: Path = typer.Option(..., "--data", help="prepared manifest: the model's own, or a test-only set (synth prepare --split test); head/medium/tail come from the model"),
         split: str = typer.Option("test", "--split", help="split to score: train / val / test"),
         out: Path = typer.Option(..., "--out", help="folder for metrics.json, probs.csv, submission.csv"),
         n_boot: int = typer.Option(1000, "--n-boot", help="patient-bootstrap resamples for the CIs (0 = none)"),
