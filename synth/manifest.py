@@ -83,7 +83,7 @@ _INTEGER_FLOAT = re.compile(r"^([+-]?\d+)\.0*$")
 
 
 def parse_label_column(values: pd.Series, column: str, where: str, uncertain: str = "error",
-                       first_row: int = 2) -> pd.Series:
+                       first_row: int = 2, uncertain_fix: str = "pass --uncertain ignore (not annotated), zero or one to decide what it means") -> pd.Series:
     """One label column as float64 1 / 0 / NaN (empty = not annotated).
 
     Why strict: ``pd.to_numeric(errors="coerce")`` turns ``TRUE``, ``uncertain`` or ``1 (probable)`` into NaN,
@@ -107,13 +107,13 @@ def parse_label_column(values: pd.Series, column: str, where: str, uncertain: st
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise UserError(f"{where}: column {column!r} row {i + first_row} has {values.iloc[i]!r} "
-                        f"({int(bad.sum())} such cell(s)); labels must be 1, 0 or empty (-1 = uncertain, see --uncertain)")
+                        f"({int(bad.sum())} such cell(s)); labels must be 1, 0 or empty (or -1 = uncertain)")
     minus = arr == -1.0
     if minus.any():
         if uncertain == "error":
             i = int(np.flatnonzero(minus)[0])
             raise UserError(f"{where}: column {column!r} row {i + first_row} has -1 (uncertain; {int(minus.sum())} such cell(s)); "
-                            "pass --uncertain ignore (not annotated), zero or one to decide what it means")
+                            f"{uncertain_fix}")
         arr[minus] = _UNCERTAIN_VALUE[uncertain]
     arr[blank] = np.nan
     return pd.Series(arr, index=values.index, name=column, dtype="float64")
@@ -152,9 +152,10 @@ def validate_manifest(df: pd.DataFrame, where: str = "manifest") -> pd.DataFrame
             df[c] = np.nan if c in CXR_LT_CLASSES else ""
     for c in CXR_LT_CLASSES:
         try:
-            df[c] = parse_label_column(df[c], c, where)
+            df[c] = parse_label_column(df[c], c, where, uncertain_fix="re-create the manifest with `synth prepare --uncertain "
+                                                                       "ignore|zero|one`, which decides what -1 means")
         except UserError as err:
-            raise ManifestError(f"{err}; fix the labels") from None
+            raise ManifestError(str(err)) from None
     bad_split = ~df["split"].isin(SPLITS)
     if bad_split.any():
         raise ManifestError(f"{where}: split must be one of {SPLITS}, got {df['split'][bad_split].iloc[0]!r}")

@@ -99,3 +99,12 @@ def main() -> None:
     except UserError as err:
         typer.echo(f"error: {err}", err=True)
         raise SystemExit(2) from None
+    except OSError as err:  # permission / disk: one line, as in the synth CLI (synth/cli.py)
+        import os
+
+        from synth.errors import describe_os_error
+
+        if os.environ.get("SYNTH_TRACEBACK"):
+            raise
+        typer.echo(f"error: {describe_os_error(err)}", err=True)
+        raise SystemExit(1) from None
