@@ -59,6 +59,9 @@ class TrainConfig:
     checkpoint: bool = True  #: accelerate save_state after every epoch (resume on re-run)
     eval_batch_size: int = 128
     channels_last: bool = False  #: GPU speed-up for ConvNeXt; off on CPU
+    #: where the decoded uint8 images (one file per set and resolution) go; null = image-cache/ beside the manifest
+    #: (shared by an ablation's arms), or in the output folder when that is read-only. Not part of any fingerprint.
+    image_cache_dir: str | None = None
 
 
 @dataclass

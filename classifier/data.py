@@ -1,10 +1,18 @@
-"""Training data for the ensemble: row selection, an in-memory image cache, batch augmentation.
+"""Training data for the ensemble: row selection, a uint8 image cache on disk, batch augmentation.
 
-Why a preloaded uint8 cache: on a slow CPU, decoding and resizing PNGs every
+Why a decoded uint8 cache: on a slow CPU, decoding and resizing PNGs every
 epoch costs more than the ConvNeXt-atto step itself; decoding once per member
-resolution (threads, PIL releases the GIL) and slicing a tensor afterwards
-keeps the training loop within a few percent of the bare model step. 14,000
-images at 128 px are ~230 MB.
+resolution (threads, PIL releases the GIL) and reading raw rows afterwards
+keeps the training loop within a few percent of the bare model step.
+
+Why on disk, not in RAM: at MIMIC scale (~181k training images) one resolution
+is 9 GB at 224 px and 27 GB at 384 px, and under DDP every process held its own
+copy (plus another for the mixing arms). Now each set (real train, val,
+synthetic) has ONE read-only file per resolution (:class:`ImageStore`), written
+once by the main process and shared by every process through the OS page cache;
+a batch is read row by row with ``os.pread`` (no mmap, so a process's RSS holds
+only its batches), and a training set is an :class:`ImageView` -- row indices
+into stores -- so mixing arms and repeated rows copy no pixels.
 
 Augmentation runs on whole batches on the training device (one
 ``affine_grid``/``grid_sample`` and a few element-wise ops), not per image in
@@ -13,11 +21,13 @@ Python, for the same reason.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -108,11 +118,164 @@ def load_images(df: pd.DataFrame, size: int, workers: int = 4) -> torch.Tensor:
     return out
 
 
+#: Version of the on-disk cache layout (part of every cache file's key).
+CACHE_VERSION = 1
+#: Images decoded per chunk while a cache file is written (bounded RAM while building).
+_BUILD_CHUNK = 2048
+
+
+class ImageStore:
+    """A read-only file of N uint8 images of one resolution, row-major (N, 1, S, S); read with ``os.pread``.
+
+    The file descriptor is opened lazily per process id, so the store can be used in forked DataLoader
+    workers. Reading never maps the file, so pages the OS caches are shared, not counted in the RSS.
+    """
+
+    def __init__(self, path: Path, n: int, size: int) -> None:
+        self.path, self.n, self.size = Path(path), int(n), int(size)
+        self.row_bytes = self.size * self.size
+        self._fd: int | None = None
+        self._pid = -1
+        expected = self.n * self.row_bytes
+        if self.path.stat().st_size != expected:
+            raise UserError(f"image cache {self.path} has {self.path.stat().st_size} bytes, expected {expected}; delete it to rebuild")
+
+    def _file(self) -> int:
+        if self._fd is None or self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        return self._fd
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), 1, S, S) uint8 of the given row numbers (consecutive rows are read in one call)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), 1, self.size, self.size), dtype=np.uint8)
+        if not len(rows):
+            return out
+        flat = out.reshape(len(rows), -1)
+        order = np.argsort(rows, kind="stable")
+        srt = rows[order]
+        breaks = np.flatnonzero(np.diff(srt) != 1) + 1
+        fd = self._file()
+        for run in np.split(np.arange(len(srt)), breaks):
+            first, count = int(srt[run[0]]), len(run)
+            buf = os.pread(fd, count * self.row_bytes, first * self.row_bytes)
+            flat[order[run]] = np.frombuffer(buf, dtype=np.uint8).reshape(count, -1)
+        return out
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "n": self.n, "size": self.size}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], state["n"], state["size"])
+
+
+class ImageView:
+    """Rows of one or more :class:`ImageStore` s: indexable like an (N, 1, S, S) uint8 tensor, holding no pixels."""
+
+    def __init__(self, stores: Sequence[ImageStore], store_of_row: np.ndarray, row_in_store: np.ndarray) -> None:
+        sizes = {s.size for s in stores}
+        if len(sizes) > 1:
+            raise ValueError(f"an image view mixes resolutions {sorted(sizes)}")
+        self.stores = list(stores)
+        self.store_of_row = np.asarray(store_of_row, dtype=np.int32)
+        self.row_in_store = np.asarray(row_in_store, dtype=np.int64)
+        self.size = next(iter(sizes)) if sizes else 0
+
+    @classmethod
+    def of(cls, store: ImageStore, rows: np.ndarray) -> "ImageView":
+        return cls([store], np.zeros(len(rows), np.int32), rows)
+
+    @classmethod
+    def concat(cls, views: Sequence["ImageView"]) -> "ImageView":
+        stores: list[ImageStore] = []
+        parts = []
+        for v in views:
+            offset = len(stores)
+            stores.extend(v.stores)
+            parts.append(v.store_of_row + offset)
+        return cls(stores, np.concatenate(parts), np.concatenate([v.row_in_store for v in views]))
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.row_in_store), 1, self.size, self.size)
+
+    def __len__(self) -> int:
+        return len(self.row_in_store)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        idx = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index, dtype=np.int64).reshape(-1)
+        which, rows = self.store_of_row[idx], self.row_in_store[idx]
+        out = np.empty((len(idx), 1, self.size, self.size), dtype=np.uint8)
+        for k in np.unique(which):
+            sel = which == k
+            out[sel] = self.stores[int(k)].read(rows[sel])
+        return torch.from_numpy(out)
+
+
+def cache_key(paths: Sequence[Path], size: int) -> str:
+    """Key of a cache file: resolution, layout version and every image's path, byte size and mtime.
+
+    An image rewritten in place (``synth prepare --overwrite``) changes its mtime, so a stale cache is
+    never reused.
+    """
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}".encode())
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"\n{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:20]
+
+
+def build_store(paths: Sequence[Path], size: int, cache_dir: Path, is_main: bool, barrier: Callable[[], None],
+                workers: int = 8, log: Callable[[str], None] | None = None) -> ImageStore:
+    """The cache file of ``paths`` at ``size`` px: reused when it exists, else decoded once by the main process.
+
+    The file is written in chunks to a temp name and renamed (atomic); the other processes wait at
+    ``barrier`` and then open the same file read-only.
+    """
+    from synth.io import atomic_path
+
+    paths = [Path(p) for p in paths]
+    missing = next((p for p in paths if not p.is_file()), None)
+    if missing is not None:
+        raise UserError(f"image not found: {missing}; re-run `synth prepare` (or fix the manifest's fpath)")
+    path = Path(cache_dir) / f"{size}px-{cache_key(paths, size)}.u8"
+    if is_main and not path.exists():
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for start in range(0, len(paths), _BUILD_CHUNK):
+                chunk = paths[start:start + _BUILD_CHUNK]
+                block = np.stack(list(pool.map(lambda p: read_image(p, size), chunk))) if chunk else None
+                if block is not None:
+                    fh.write(np.ascontiguousarray(block, dtype=np.uint8).tobytes())
+        if log:
+            log(f"image cache: {len(paths)} images at {size} px -> {path} ({len(paths) * size * size / 2**30:.2f} GiB on disk)")
+    barrier()
+    return ImageStore(path, len(paths), size)
+
+
+def view_of_frame(df: pd.DataFrame, size: int, cache_dir: Path, is_main: bool, barrier: Callable[[], None],
+                  log: Callable[[str], None] | None = None) -> ImageView:
+    """An :class:`ImageView` of ``df``'s rows; repeated rows (same file) are stored once."""
+    paths = [p.resolve() for p in image_paths(df)]
+    unique, rows = np.unique(np.array([str(p) for p in paths], dtype=object), return_inverse=True) if paths else ([], np.zeros(0, np.int64))
+    store = build_store([Path(u) for u in unique], size, cache_dir, is_main, barrier, log=log)
+    return ImageView.of(store, rows)
+
+
+def prefetch(images, batches: Sequence[torch.Tensor], ahead: int = 2) -> Iterator[torch.Tensor]:
+    """``images[idx]`` for each batch, read ``ahead`` batches in advance on a thread (pread releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = [pool.submit(images.__getitem__, b) for b in batches[:ahead]]
+        for i in range(len(batches)):
+            if i + ahead < len(batches):
+                pending.append(pool.submit(images.__getitem__, batches[i + ahead]))
+            yield pending.pop(0).result()
+
+
 @dataclass
 class CachedSet:
-    """Images, labels and annotation mask of a set of rows, all in memory."""
+    """Images (a tensor in RAM, or an :class:`ImageView` of cache files), labels and annotation mask of a set of rows."""
 
-    images: torch.Tensor  #: (N, 1, H, W) uint8
+    images: "torch.Tensor | ImageView"  #: (N, 1, H, W) uint8 when indexed
     labels: torch.Tensor  #: (N, C) float32, 0 where not annotated
     mask: torch.Tensor  #: (N, C) float32, 1 = annotated
     sources: list[str]
@@ -121,10 +284,11 @@ class CachedSet:
         return int(self.images.shape[0])
 
     @classmethod
-    def from_frame(cls, df: pd.DataFrame, classes: Sequence[str], size: int) -> "CachedSet":
+    def from_frame(cls, df: pd.DataFrame, classes: Sequence[str], size: int, images=None) -> "CachedSet":
+        """Labels and mask of ``df``; ``images`` (e.g. an :class:`ImageView`) or, by default, all decoded into RAM."""
         y = label_matrix(df, classes)
         known = ~np.isnan(y)
-        return cls(load_images(df, size), torch.from_numpy(np.where(known, y, 0.0).astype(np.float32)),
+        return cls(load_images(df, size) if images is None else images, torch.from_numpy(np.where(known, y, 0.0).astype(np.float32)),
                    torch.from_numpy(known.astype(np.float32)), list(df["source"].astype(str)))
 
 

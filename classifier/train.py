@@ -41,6 +41,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -51,7 +52,8 @@ import pandas as pd
 import torch
 
 from classifier.config import EnsembleConfig, MemberConfig, load_ensemble_config
-from classifier.data import CachedSet, augment, check_rows, epoch_batches, real_rows, synthetic_rows, to_input
+from classifier.data import (CachedSet, ImageView, augment, check_rows, epoch_batches, prefetch, real_rows, synthetic_rows,
+                             to_input, view_of_frame)
 from classifier.ensemble import ENSEMBLE_FILE, MEMBER_FILE, WEIGHTS_FILE, choose_weights, group_record, predict_images
 from classifier.losses import build_loss, class_weights_from_prevalence
 from classifier.metrics import macro_ap
@@ -211,12 +213,13 @@ def fit_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val: Cach
         batches = epoch_batches(len(stage.data), batch_size, epoch, member.seed, rank, world)
         batches = batches[: per_epoch * t.grad_accum]
         start, losses, seen = time.perf_counter(), [], 0
+        pixels = prefetch(stage.data.images, batches)  # the next batches are read from the cache while this one trains
         for i in range(0, len(batches), t.grad_accum):
             if progress.step >= total:
                 break
             group = batches[i:i + t.grad_accum]
             for j, idx in enumerate(group):
-                x = augment(to_input(stage.data.images[idx]).to(device, non_blocking=True), ens.augment, gen)
+                x = augment(to_input(next(pixels)).to(device, non_blocking=True), ens.augment, gen)
                 if t.channels_last and use_cuda:
                     x = x.contiguous(memory_format=torch.channels_last)
                 y, m = stage.data.labels[idx].to(device), stage.data.mask[idx].to(device)
@@ -233,6 +236,7 @@ def fit_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val: Cach
             progress.step += 1
             if ema is not None:
                 ema.update(raw, step=progress.step)
+        pixels.close()
         elapsed = time.perf_counter() - start
         progress.epoch += 1
         probs = predict_images(eval_model(), val.images, t.eval_batch_size, False, device)
@@ -319,14 +323,14 @@ def _save_state(accelerator, state_dir: Path, tmp_dir: Path, save_own: Callable[
 
 
 def train_member(ens: EnsembleConfig, k: int, member: MemberConfig, sets: dict[str, pd.DataFrame], classes: list[str],
-                 class_weights: np.ndarray, out: Path, cache: dict, log: _Log) -> dict[str, Any]:
+                 class_weights: np.ndarray, out: Path, cache: dict, log: _Log, cache_dir: Path | None = None) -> dict[str, Any]:
     """Train member ``k`` (all its stages) into ``out/member-<k>``; reuse it when already finished."""
     from synth.distributed import process_state
     from safetensors.torch import load_file
 
     state = process_state()
     folder = out / f"member-{k}"
-    section = {f: dataclasses.asdict(getattr(ens, f)) for f in ("train", "loss", "augment", "synthetic")}
+    section = {f: _results_only(dataclasses.asdict(getattr(ens, f))) for f in ("train", "loss", "augment", "synthetic")}
     fp = _fingerprint(dataclasses.asdict(member), section, classes, {n: _rows_key(df) for n, df in sets.items()})
     meta_file = folder / MEMBER_FILE
     if meta_file.exists() and (folder / WEIGHTS_FILE).exists() and json.loads(meta_file.read_text()).get("fingerprint") == fp:
@@ -337,8 +341,8 @@ def train_member(ens: EnsembleConfig, k: int, member: MemberConfig, sets: dict[s
         key = (name, member.image_size)
         if key not in cache:
             t0 = time.perf_counter()
-            cache[key] = CachedSet.from_frame(sets[name], classes, member.image_size)
-            log(f"cached {len(sets[name])} {name} images at {member.image_size} px in {time.perf_counter() - t0:.1f}s")
+            cache[key] = _cached_set(sets[name], classes, member.image_size, cache_dir, log)
+            log(f"{name}: {len(sets[name])} images at {member.image_size} px from the image cache ({time.perf_counter() - t0:.1f}s)")
         return cache[key]
 
     mode, epochs = ens.synthetic.mode, member.epochs or ens.train.epochs
@@ -393,10 +397,50 @@ def train_member(ens: EnsembleConfig, k: int, member: MemberConfig, sets: dict[s
 
 
 def _concat(parts: Sequence[CachedSet]) -> CachedSet:
+    """One set of several (real + synthetic): row indices into the same cache files, no pixel copied."""
     if len(parts) == 1:
         return parts[0]
-    return CachedSet(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
-                     torch.cat([p.mask for p in parts]), [s for p in parts for s in p.sources])
+    if all(isinstance(p.images, ImageView) for p in parts):
+        images = ImageView.concat([p.images for p in parts])
+    else:
+        images = torch.cat([p.images if isinstance(p.images, torch.Tensor) else p.images[:] for p in parts])
+    return CachedSet(images, torch.cat([p.labels for p in parts]), torch.cat([p.mask for p in parts]),
+                     [s for p in parts for s in p.sources])
+
+
+#: TrainConfig keys that change where or how fast, never what is learned: left out of the fingerprints,
+#: so setting them does not retrain finished members.
+_NOT_RESULTS = ("image_cache_dir", "report_to")
+
+
+def _results_only(section: dict) -> dict:
+    return {k: v for k, v in section.items() if k not in _NOT_RESULTS}
+
+
+def _image_cache_dir(ens: EnsembleConfig, df: pd.DataFrame, out: Path) -> Path:
+    """``train.image_cache_dir``, else ``image-cache/`` beside the manifest (shared by the ablation's arms), else in ``out``."""
+    if ens.train.image_cache_dir:
+        return Path(ens.train.image_cache_dir)
+    root = Path(df.attrs.get("root") or out)
+    for candidate in (root / "image-cache", out / "image-cache"):
+        try:
+            candidate.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(candidate, os.W_OK):
+            return candidate
+    raise UserError(f"classifier: cannot write the image cache in {root / 'image-cache'} or {out / 'image-cache'}; "
+                    "set train.image_cache_dir to a writable folder")
+
+
+def _cached_set(df: pd.DataFrame, classes: Sequence[str], size: int, cache_dir: Path, log: Callable[[str], None]) -> CachedSet:
+    """Labels in RAM, images as a view of this set's cache file at ``size`` (built once, by the main process)."""
+    from synth.distributed import process_state, running_alone
+
+    state = process_state()
+    barrier = (lambda: None) if running_alone() else state.wait_for_everyone
+    view = view_of_frame(df, size, cache_dir, state.is_main_process, barrier, log=log)
+    return CachedSet.from_frame(df, classes, size, images=view)
 
 
 # ---------------------------------------------------------------- the ensemble
@@ -435,16 +479,19 @@ def train_ensemble(ens: EnsembleConfig, train_df: pd.DataFrame, out: str | Path,
     if ens.synthetic.mode != "none" and syn.empty:
         log(f"synthetic.mode={ens.synthetic.mode} but no synthetic training rows: training on real rows only")
 
-    ens_fp = _fingerprint(ens.to_dict() | {"data": None}, classes, {n: _rows_key(d) for n, d in sets.items()})
+    config = ens.to_dict()
+    config["train"] = _results_only(config["train"])
+    ens_fp = _fingerprint(config | {"data": None}, classes, {n: _rows_key(d) for n, d in sets.items()})
     spec_file = out / ENSEMBLE_FILE
     if spec_file.exists() and json.loads(spec_file.read_text()).get("fingerprint") == ens_fp:
         log(f"ensemble in {out} is up to date")
         return out
 
     cache: dict = {}
+    cache_dir = _image_cache_dir(ens, df, out)
     metas = []
     for k, member in enumerate(ens.members):
-        metas.append(train_member(ens, k, member, sets, classes, weights, out, cache, log))
+        metas.append(train_member(ens, k, member, sets, classes, weights, out, cache, log, cache_dir))
 
     # ensemble weights on REAL val rows
     from classifier.ensemble import load_member
@@ -453,7 +500,7 @@ def train_ensemble(ens: EnsembleConfig, train_df: pd.DataFrame, out: str | Path,
     member_probs = []
     for k, meta in enumerate(metas):
         key = ("val", meta["image_size"])
-        images = cache[key].images if key in cache else CachedSet.from_frame(val_df, classes, meta["image_size"]).images
+        images = cache[key].images if key in cache else _cached_set(val_df, classes, meta["image_size"], cache_dir, log).images
         m = load_member(out / f"member-{k}", "cuda" if torch.cuda.is_available() else "cpu")
         member_probs.append(predict_images(m.model, images, ens.train.eval_batch_size, ens.ensemble.tta_flip,
                                            next(m.model.parameters()).device).astype(np.float64))
