@@ -18,6 +18,7 @@ part of the state and keeps the process group.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 #: Test-only opt-in: keep bf16 autocast on a CPU-only host so the mixed-precision
@@ -74,3 +75,26 @@ def make_accelerator(mixed_precision: str = "no", **kwargs):
     GradientState._reset_state()
     accelerator = Accelerator(mixed_precision=precision, cpu=on_cpu_only_host(), **kwargs)
     return accelerator, note
+
+
+_ALONE = 0  #: depth of main_process_only() sections this process is in
+
+
+@contextlib.contextmanager
+def main_process_only(active: bool = True):
+    """Mark work the main process does while the other processes wait at a barrier (``synth ablate``'s main-only steps).
+
+    Inside, :func:`running_alone` is true, so a stage trains without DDP or any other collective: a
+    collective there would wait forever for processes that are parked at the barrier.
+    """
+    global _ALONE
+    _ALONE += int(active)
+    try:
+        yield
+    finally:
+        _ALONE -= int(active)
+
+
+def running_alone() -> bool:
+    """True when no other process takes part in what this process does now (one process, or a main-only section)."""
+    return _ALONE > 0 or process_state().num_processes == 1

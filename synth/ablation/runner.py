@@ -145,8 +145,9 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
         synth_manifest = _cached(steps["generate"], log, lambda out: stages.generate_images(cfg, Path(model_dir), out), timer=timer)
         synthetic[SyntheticSet.UNFILTERED] = read_manifest(synth_manifest)
     if cfg.needs_filter:
+        # every process: the verifier trains under DDP and run_filter has its own barrier (main filters, the others wait)
         filter_dir = Path(_cached(steps["filter"], log, lambda out: stages.filter_images(cfg, Path(synth_manifest), data_manifest, out),
-                                  main_only=True, timer=timer))
+                                  timer=timer))
         synthetic[SyntheticSet.FILTERED] = read_manifest(filter_dir / "kept.csv")
     fidelity = None
     if "oracle" in steps:
@@ -227,7 +228,7 @@ class _Timings:
 def _cached(step: Step, log: Callable[[str], None], work: Callable[[Path], Any], main_only: bool = False,
             timer: _Timings | None = None) -> str:
     """Return a finished step's output, or do the work and mark the step done (marker last, main process)."""
-    from synth.distributed import process_state
+    from synth.distributed import main_process_only, process_state
 
     state = process_state()
     marker = step.folder / DONE
@@ -237,7 +238,8 @@ def _cached(step: Step, log: Callable[[str], None], work: Callable[[Path], Any],
         step.folder.mkdir(parents=True, exist_ok=True)
         start = time.time()
         if state.is_main_process or not main_only:
-            output = str(work(step.folder))
+            with main_process_only(main_only):  # the others wait at the barrier below: no collective may run inside
+                output = str(work(step.folder))
             if state.is_main_process:
                 write_json_atomic(marker, {"step": step.name, "output": output, "seconds": round(time.time() - start, 1),
                                            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})

@@ -67,14 +67,16 @@ def train_verifier(data_manifest: str | Path | pd.DataFrame, out_dir: str | Path
                    classes: Sequence[str] | None = None) -> Path:
     """Train on the real training split of ``data_manifest``; write ``out_dir``; return it.
 
-    Runs under Accelerate (DDP on many GPUs); only the main process writes.
+    Runs under Accelerate (DDP on many GPUs); only the main process writes. Called by the main
+    process alone while the others wait at a barrier (``synth ablate``'s oracle step,
+    :func:`synth.distributed.main_process_only`), it trains without DDP or any collective.
     Val and test rows are never read, so the per-class thresholds later fitted
     on val are honest and test stays untouched.
     """
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
 
-    from synth.distributed import make_accelerator
+    from synth.distributed import make_accelerator, running_alone
 
     cfg = (cfg or VerifierConfig()).validated()
     df = read_manifest(data_manifest) if not isinstance(data_manifest, pd.DataFrame) else data_manifest
@@ -85,37 +87,44 @@ def train_verifier(data_manifest: str | Path | pd.DataFrame, out_dir: str | Path
 
     # always fp32, whatever an earlier stage of this process (the generator in `synth ablate`) asked for
     accelerator, _ = make_accelerator("no")
+    alone = running_alone()
+    n_proc = 1 if alone else accelerator.num_processes
     set_seed(cfg.seed, device_specific=True)
     dataset = ManifestDataset(train, cfg.image_size, classes, transform=_flip_transform if cfg.hflip else None)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) > cfg.batch_size,
-                        num_workers=cfg.num_workers)
+                        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,  # workers decode while the GPU steps
+                        pin_memory=accelerator.device.type == "cuda")
     model = build_model(cfg.arch, len(classes))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(loader) / accelerator.num_processes)
+    steps_per_epoch = math.ceil(len(loader) / n_proc)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     # linear warm-up over 10 % of the steps, then cosine to 0 (diffusers' schedule, as the classifier and generator use;
     # OneCycleLR divided by zero for 10 steps). The prepared scheduler steps once per process per optimiser step.
-    n_proc = accelerator.num_processes
     scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=int(0.1 * total) * n_proc, num_training_steps=total * n_proc)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if alone:
+        model = model.to(accelerator.device)
+    else:
+        model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
     model.train()
     step, losses = 0, []
     while step < total:
         for batch in loader:
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()} if alone else batch
             x = (batch["pixel_values"] - PIXEL_MEAN) / PIXEL_STD
             loss = _masked_bce(model(x), batch["labels"], batch["label_mask"])
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(accelerator.gather(loss.detach()).mean().item())
+            losses.append((loss.detach() if alone else accelerator.gather(loss.detach())).mean().item())
             step += 1
             if step >= total:
                 break
 
     out_dir = Path(out_dir)
-    accelerator.wait_for_everyone()
+    barrier = (lambda: None) if alone else accelerator.wait_for_everyone
+    barrier()
     if accelerator.is_main_process:
         state = accelerator.unwrap_model(model).state_dict()
         save_safetensors_atomic(out_dir / WEIGHTS_FILE, state)
@@ -128,7 +137,7 @@ def train_verifier(data_manifest: str | Path | pd.DataFrame, out_dir: str | Path
             "mixed_precision": accelerator.mixed_precision,
             "config": dataclasses.asdict(cfg),
         })
-    accelerator.wait_for_everyone()
+    barrier()
     return out_dir
 
 
