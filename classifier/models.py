@@ -3,11 +3,14 @@
 Radiographs are grayscale, so the stem takes one channel (timm sums a
 pretrained RGB stem over its input channels when ``in_chans=1``). Pretrained
 weights come only from a LOCAL file through timm's
-``pretrained_cfg_overlay=dict(file=...)``; there is no hub access anywhere.
+``pretrained_cfg_overlay=dict(file=...)`` (safetensors, or a state dict read with
+``weights_only=True``: nothing is unpickled); there is no hub access anywhere.
+The classifier head is always new (``num_classes`` differs from ImageNet's 1000).
 """
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch.nn as nn
@@ -32,5 +35,10 @@ def build_model(arch: str, num_classes: int, pretrained_file: str | None = None,
         path = Path(pretrained_file)
         if not path.is_file():
             raise UserError(f"pretrained_file {path} not found; give a local timm weights file (.safetensors/.pth) or null")
-        return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(path.resolve())}, **kwargs)
+        try:  # timm reads .safetensors with safetensors and anything else with torch.load(weights_only=True)
+            return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(path.resolve())}, **kwargs)
+        except (RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as err:
+            first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            raise UserError(f"pretrained_file {path} cannot be loaded into {arch} ({first}); give the {arch} ImageNet weights "
+                            "as .safetensors (e.g. timm's model.safetensors) or a plain state-dict file") from None
     return timm.create_model(arch, pretrained=False, **kwargs)
