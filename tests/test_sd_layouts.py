@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "finetune" / "mimic-sd21.yaml"
 
 #: The recipe's flags as shipped (text encoder trained, EMA, snr_gamma, gradient checkpointing, accumulation,
-#: checkpoint limit, bf16, xformers, cache_latents false), shrunk to seconds: 32 px, 4 steps.
+#: checkpoint limit, bf16, xformers, cache_latents auto), shrunk to seconds: 32 px, 4 steps.
 TINY = {
     "resolution": RESOLUTION, "train_batch_size": 2, "max_train_steps": 4, "checkpointing_steps": 2,
     "checkpoints_total_limit": 1, "lr_warmup_steps": 1, "dataloader_num_workers": 0, "num_validation_images": 1,
@@ -84,7 +84,7 @@ def recipe_run(request, manifest, tmp_path_factory):
 def test_recipe_flags_are_the_shipped_ones():
     cfg = finetune.load_finetune_config(RECIPE)
     assert (cfg.train_text_encoder, cfg.use_ema, cfg.snr_gamma, cfg.gradient_checkpointing, cfg.mixed_precision,
-            cfg.cache_latents in (False, "false"), cfg.gradient_accumulation_steps > 1, cfg.checkpoints_total_limit) == \
+            cfg.cache_latents == "auto", cfg.gradient_accumulation_steps > 1, cfg.checkpoints_total_limit) == \
         (True, True, 5.0, True, "bf16", True, True, 3)
 
 
