@@ -26,6 +26,7 @@ SYNTHETIC_MODES = ("none", "mix", "pretrain_finetune")
 SYNTHETIC_LABELS = ("prompt", "target", "target_only")
 LOSSES = ("asl", "bce")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+REPORT_TO = ("none", "tensorboard")
 
 
 @dataclass
@@ -62,6 +63,9 @@ class TrainConfig:
     #: where the decoded uint8 images (one file per set and resolution) go; null = image-cache/ beside the manifest
     #: (shared by an ablation's arms), or in the output folder when that is read-only. Not part of any fingerprint.
     image_cache_dir: str | None = None
+    #: "tensorboard": per-epoch loss, val mAP, lr and images/s through Accelerate's trackers, event files in
+    #: <output>/logs/member-<k>-<stage>/ (diffusers' --report_to). Not part of any fingerprint.
+    report_to: str = "none"
 
 
 @dataclass
@@ -162,6 +166,14 @@ class EnsembleConfig:
             raise UserError(f"classifier train.select must be 'best' or 'last', got {t.select!r}")
         if t.mixed_precision not in MIXED_PRECISION:
             raise UserError(f"classifier train.mixed_precision must be one of {MIXED_PRECISION}, got {t.mixed_precision!r}")
+        if t.report_to not in REPORT_TO:
+            raise UserError(f"classifier train.report_to must be one of {REPORT_TO}, got {t.report_to!r}")
+        if t.report_to == "tensorboard":
+            from accelerate.utils import is_tensorboard_available
+
+            if not is_tensorboard_available():
+                raise UserError("--report_to tensorboard: the tensorboard package is not installed; "
+                                "pip install tensorboard (or drop --report_to)")
         if t.ema_decay is not None and not 0.0 < t.ema_decay < 1.0:
             raise UserError(f"classifier train.ema_decay must be in (0, 1) or null, got {t.ema_decay}")
         if not 0.0 <= t.warmup_frac < 1.0:

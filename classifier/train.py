@@ -145,9 +145,12 @@ def fit_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val: Cach
     t = ens.train
     # the one place a stage's precision is decided: the same here whether the classifier runs alone, after a
     # fresh generator/verifier in `synth ablate`, or in a resumed ablation whose earlier stages were cached
-    accelerator, note = make_accelerator(t.mixed_precision)
+    accelerator, note = make_accelerator(t.mixed_precision, **_tracker_kwargs(t.report_to, folder.parent.parent))
     if note:
         log(note)
+    if t.report_to != "none":
+        accelerator.init_trackers(f"{folder.parent.name}-{stage.name}", config=_flat(dataclasses.asdict(member) | {
+            "stage": stage.name, "epochs": stage.epochs, "rows": len(stage.data), "mixed_precision": accelerator.mixed_precision}))
     use_cuda = accelerator.device.type == "cuda"
     set_seed(member.seed * 1000 + {"pretrain": 1}.get(stage.name, 0), device_specific=True)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
@@ -253,11 +256,16 @@ def fit_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val: Cach
             save_safetensors_atomic(best_file, eval_model().state_dict())
         if t.checkpoint:
             _save_state(accelerator, state_dir, tmp_dir, lambda d: _save_own_state(d, scheduler, progress, ema))
+        if t.report_to != "none":
+            accelerator.log({"train/loss": mean_loss, "val/map": score, "train/lr": scheduler.get_last_lr()[0],
+                             "train/images_per_s": progress.history[-1]["images_per_s"]}, step=progress.step)
         log(f"{stage.name} epoch {progress.epoch}/{stage.epochs}: loss {mean_loss:.4f}, val mAP {score:.4f}, "
             f"{seen * world / max(elapsed, 1e-9):.0f} img/s")
         if EPOCH_END_HOOK is not None:
             EPOCH_END_HOOK(stage.name, progress.epoch)
 
+    for tracker in accelerator.trackers:  # not end_training(): that would also destroy the process group
+        tracker.finish()
     accelerator.wait_for_everyone()
     if stage.select == "best" and best_file.exists():
         state = load_file(str(best_file))
@@ -270,6 +278,20 @@ def fit_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val: Cach
     if use_cuda:  # release the prepared model/optimiser and the CUDA cache before the next member; on CPU
         accelerator.free_memory()  # the locals simply go out of scope (its gc.collect() cost ~0.2 s per stage)
     return result
+
+
+def _tracker_kwargs(report_to: str, out: Path) -> dict[str, Any]:
+    """Accelerator arguments for ``report_to`` (event files under ``<output>/logs``), as synth/finetune.py does."""
+    if report_to == "none":
+        return {}
+    from accelerate.utils import ProjectConfiguration
+
+    return {"log_with": report_to, "project_config": ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs"))}
+
+
+def _flat(values: dict) -> dict:
+    """Hyper-parameters as tracker-friendly scalars (None as "")."""
+    return {k: "" if v is None else v for k, v in values.items()}
 
 
 def _check_input_size(model: torch.nn.Module, member: MemberConfig) -> None:
@@ -562,9 +584,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="configs/classifier/*.yaml")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="override KEY=VALUE, e.g. train.epochs=2")
     parser.add_argument("--out", default=None, help="output folder (default: data.output_dir)")
+    parser.add_argument("--report_to", default=None, choices=["none", "tensorboard"],
+                        help="log per-epoch metrics through Accelerate's trackers (= --set train.report_to=...)")
     args = parser.parse_args(argv)
     try:
-        print(run_from_config(args.config, parse_sets(args.sets), args.out))
+        overrides = parse_sets(args.sets)
+        if args.report_to:
+            overrides["train.report_to"] = args.report_to
+        print(run_from_config(args.config, overrides, args.out))
     except UserError as err:
         print(f"error: {err}")
         return 2
