@@ -1,0 +1,136 @@
+"""Rules the science depends on, each tested where a one-line slip would otherwise pass the suite.
+
+Found by mutation: a product line was changed by hand and the relevant test files were run; where
+everything still passed, a test below now fails. The data here make the right and the wrong rows
+disagree decisively (train prevalence vs all-split prevalence, real vs synthetic rows), so a slip
+cannot hide behind a random split where the two happen to be close.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from filter_fixtures import render, save
+from synth.manifest import write_manifest
+from synth.taxonomy import CXR_LT_CLASSES
+
+#: (split, source, {class: positives}, rows). Train prevalence: Cardiomegaly 40 % head, Pneumothorax 5 % medium,
+#: Rib Fracture 0.5 % tail. Over all rows Pneumothorax is 30/280 = 10.7 % (head) and Rib Fracture 61/280 = 22 %
+#: (head); counting the synthetic rows in, Rib Fracture would be 31/230 = 13 % in train (head).
+SPEC = (
+    ("train", "real", {"Cardiomegaly": 80, "Pneumothorax": 10, "Rib Fracture": 1}, 200),
+    ("val", "real", {"Cardiomegaly": 10, "Pneumothorax": 20, "Rib Fracture": 20}, 40),
+    ("test", "real", {"Cardiomegaly": 10, "Pneumothorax": 0, "Rib Fracture": 40}, 40),
+    ("train", "synthetic", {"Rib Fracture": 30}, 30),
+)
+CLASSES = ["Cardiomegaly", "Pneumothorax", "Rib Fracture"]
+EXPECTED_GROUPS = {"Cardiomegaly": "head", "Pneumothorax": "medium", "Rib Fracture": "tail"}
+
+
+def _manifest(root: Path) -> Path:
+    rows, k = [], 0
+    for split, source, positives, n in SPEC:
+        for cls in CLASSES:
+            assert positives.get(cls, 0) <= n
+        for i in range(n):
+            k += 1
+            fpath = f"images/{k:04d}.png"
+            labels = {c: float(i < positives.get(c, 0)) for c in CLASSES}
+            save(render(next((c for c in CLASSES if labels[c]), None), k), root / fpath)
+            row = {"dicom_id": f"i{k:04d}", "subject_id": f"p{k:04d}", "study_id": f"s{k:04d}", "ViewPosition": "PA",
+                   "fpath": fpath, "split": split, "source": source}
+            row.update({c: labels.get(c, np.nan) for c in CXR_LT_CLASSES})
+            if source == "synthetic":
+                row.update({"target_class": "Rib Fracture", "prompt": "chest x-ray, rib fracture", "seed": k})
+            rows.append(row)
+    return write_manifest(pd.DataFrame(rows), root / "manifest.csv")
+
+
+@pytest.fixture(scope="module")
+def skewed(tmp_path_factory) -> pd.DataFrame:
+    from synth.manifest import read_manifest
+
+    return read_manifest(_manifest(tmp_path_factory.mktemp("skewed")))
+
+
+def test_the_skewed_manifest_tells_train_from_all_splits(skewed):
+    """The data below only prove something because wrong rows would give other groups."""
+    from synth.taxonomy import frequency_groups
+
+    real = skewed[skewed["source"] == "real"]
+    everything = frequency_groups({c: float((real[c] == 1).mean()) for c in CLASSES})
+    assert everything["Pneumothorax"] == everything["Rib Fracture"] == "head"
+    train = skewed[skewed["split"] == "train"]
+    with_synthetic = frequency_groups({c: float((train[c] == 1).mean()) for c in CLASSES})
+    assert with_synthetic["Rib Fracture"] == "head"
+
+
+def test_stats_groups_come_from_the_train_split_only(skewed):
+    from synth.stats import compute_stats
+
+    real = skewed[skewed["source"] == "real"]
+    stats = compute_stats(real)
+    assert {c: stats["groups"][c] for c in CLASSES} == EXPECTED_GROUPS
+    assert stats["prevalence"]["train"]["Rib Fracture"] == pytest.approx(1 / 200)
+
+
+def test_evaluate_fallback_groups_come_from_real_train_rows_only(skewed):
+    from classifier.evaluation import train_groups
+
+    groups, prevalence = train_groups(skewed, CLASSES)
+    assert groups == EXPECTED_GROUPS
+    assert prevalence["Rib Fracture"] == pytest.approx(1 / 200)  # not 31 / 230 with the synthetic rows
+
+
+def test_generator_training_labels_are_the_train_split(skewed):
+    from synth.cooccurrence import TrainingLabels
+
+    labels = TrainingLabels(skewed[skewed["source"] == "real"])
+    assert {c: labels.groups()[c] for c in CLASSES} == EXPECTED_GROUPS
+    assert labels.positives()["Rib Fracture"] == 1
+
+
+def test_classifier_stores_real_train_prevalence_and_selects_on_val(skewed, tmp_path, monkeypatch):
+    """A +synthetic ensemble: groups, class weights and model selection come from REAL rows of the right split.
+
+    Synthetic Rib Fracture rows ride along in training (mode mix) but must not move the stored training
+    prevalence (and so the head / medium / tail every report uses); model selection and the ensemble's
+    val_map are computed on the real val rows, and no test row is ever read.
+    """
+    import classifier.data as data
+    import classifier.train as train
+    from classifier.config import EnsembleConfig, MemberConfig
+    from classifier.metrics import macro_ap
+
+    cfg = EnsembleConfig(members=[MemberConfig(image_size=32)])
+    cfg = replace(cfg, train=replace(cfg.train, epochs=1, batch_size=64, ema_decay=0.9, eval_batch_size=256),
+                  synthetic=replace(cfg.synthetic, mode="mix"))
+    read: list[str] = []
+    original = data.read_image
+    monkeypatch.setattr(data, "read_image", lambda path, size: (read.append(str(Path(path).resolve())), original(path, size))[1])
+    scored: list[np.ndarray] = []
+    monkeypatch.setattr(train, "macro_ap", lambda y, p: (scored.append(np.asarray(y)), macro_ap(y, p))[1])
+    out = train.train_ensemble(cfg, skewed, tmp_path / "model")
+
+    spec = json.loads((out / "ensemble.json").read_text())
+    assert spec["rows"] == {"real_train": 200, "val": 40, "synthetic": 30}
+    assert spec["train_prevalence"]["Rib Fracture"] == pytest.approx(1 / 200)
+    assert spec["train_prevalence"]["Pneumothorax"] == pytest.approx(10 / 200)
+    from classifier.ensemble import model_groups
+
+    groups, _ = model_groups(spec)
+    assert {c: groups[c] for c in CLASSES} == EXPECTED_GROUPS
+
+    root = Path(skewed.attrs["root"])
+    test_paths = {str((root / f).resolve()) for f in skewed.loc[skewed["split"] == "test", "fpath"]}
+    assert read and not set(read) & test_paths, "classifier training read test images"
+    # every score used for model selection / ensembling is over the 40 real val rows (Rib Fracture: 20 positives)
+    val_y = skewed.loc[(skewed["split"] == "val") & (skewed["source"] == "real"), spec["classes"]].to_numpy(float)
+    assert scored and all(y.shape == val_y.shape and np.array_equal(np.nan_to_num(y, nan=-1), np.nan_to_num(val_y, nan=-1))
+                          for y in scored)
