@@ -151,6 +151,21 @@ def test_label_sets_follow_training_cooccurrence(tiny_model):
     assert max(flat_draws.values()) / min(flat_draws.values()) < 1.2  # T -> inf: uniform over real sets
 
 
+def test_image_seeds_are_unique_and_follow_the_run_seed(tiny_model):
+    """Every (class, index) has its own seed, and --seed changes every one of them (and the label draws)."""
+    labels = _labels(tiny_model)
+    counts = {"Rib Fracture": 50, "Pneumothorax": 50}
+    runs = {seed: gen.Planner(labels, PromptTemplates.load(), gen.GenerateConfig(seed=seed).validated()).jobs(counts)
+            for seed in (0, 1)}
+    for jobs in runs.values():
+        assert len({j.seed for j in jobs}) == 100 and len({j.dicom_id for j in jobs}) == 100
+    assert not {j.seed for j in runs[0]} & {j.seed for j in runs[1]}
+    pneumothorax = [[j.findings for j in runs[s] if j.target_class == "Pneumothorax"] for s in (0, 1)]
+    assert pneumothorax[0] != pneumothorax[1]  # label sets are drawn from the run seed too
+    again = gen.Planner(labels, PromptTemplates.load(), gen.GenerateConfig(seed=0).validated()).jobs(counts)
+    assert again == runs[0]
+
+
 def test_rerun_with_other_settings_is_refused(tiny_model, tmp_path):
     out = tmp_path / "out"
     gen.generate(tiny_model, ["Rib Fracture"], 1, out, batch_size=1, **FAST)

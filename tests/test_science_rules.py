@@ -134,3 +134,78 @@ def test_classifier_stores_real_train_prevalence_and_selects_on_val(skewed, tmp_
     val_y = skewed.loc[(skewed["split"] == "val") & (skewed["source"] == "real"), spec["classes"]].to_numpy(float)
     assert scored and all(y.shape == val_y.shape and np.array_equal(np.nan_to_num(y, nan=-1), np.nan_to_num(val_y, nan=-1))
                           for y in scored)
+
+
+# ---------------------------------------------------------------- seeds and model selection
+
+
+@pytest.fixture(scope="module")
+def small_real(tmp_path_factory) -> pd.DataFrame:
+    from filter_fixtures import make_real
+    from synth.manifest import read_manifest
+
+    return read_manifest(make_real(tmp_path_factory.mktemp("small"), {"train": 8, "val": 4, "test": 1}))
+
+
+def _tiny_ensemble(seed: int, epochs: int = 1):
+    from classifier.config import EnsembleConfig, MemberConfig
+
+    cfg = EnsembleConfig(members=[MemberConfig(image_size=32, seed=seed)])
+    return replace(cfg, train=replace(cfg.train, epochs=epochs, batch_size=8, ema_decay=0.9, eval_batch_size=64))
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "member-0" / "model.safetensors"))
+
+
+def test_classifier_seed_decides_the_model(small_real, tmp_path):
+    """Same seed: the same weights (an arm's seeds are reproducible); another seed: other weights (seeds are real
+    replicates, not copies — the ablation's seed spread would be 0 if the member seed were ignored)."""
+    import torch
+
+    from classifier.train import train_ensemble
+
+    a = _weights(train_ensemble(_tiny_ensemble(0), small_real, tmp_path / "a"))
+    again = _weights(train_ensemble(_tiny_ensemble(0), small_real, tmp_path / "again"))
+    other = _weights(train_ensemble(_tiny_ensemble(1), small_real, tmp_path / "other"))
+    assert all(torch.equal(a[k], again[k]) for k in a)
+    assert not all(torch.equal(a[k], other[k]) for k in a)
+
+
+def test_best_epoch_is_the_one_with_the_highest_val_map(small_real, tmp_path, monkeypatch):
+    """select: best keeps the epoch whose val mAP is highest (scripted here: 0.2, 0.9, 0.5 -> epoch 2), weights included."""
+    import torch
+
+    import classifier.train as train
+    from classifier.metrics import macro_ap
+
+    scripted = iter([0.2, 0.9, 0.5])
+    per_epoch: list[float] = []
+    best_saves: list[tuple[int, dict]] = []
+
+    def scripted_map(y, p):
+        if len(per_epoch) >= 3:  # after the stage: the ensemble's own val mAP
+            return macro_ap(y, p)
+        per_epoch.append(next(scripted))
+        return per_epoch[-1]
+
+    original_save = train.save_safetensors_atomic
+
+    def recording_save(path, state, *args, **kwargs):
+        if Path(path).name == "best.safetensors":
+            best_saves.append((len(per_epoch), {k: v.detach().clone() for k, v in state.items()}))
+        return original_save(path, state, *args, **kwargs)
+
+    monkeypatch.setattr(train, "macro_ap", scripted_map)
+    monkeypatch.setattr(train, "save_safetensors_atomic", recording_save)
+    cfg = _tiny_ensemble(0, epochs=3)
+    cfg = replace(cfg, train=replace(cfg.train, select="best"))
+    out = train.train_ensemble(cfg, small_real, tmp_path / "best")
+    stage = json.loads((out / "member-0" / "member.json").read_text())["stages"][-1]
+    assert [h["val_map"] for h in stage["history"]] == [0.2, 0.9, 0.5]
+    assert stage["selected_epoch"] == 2 and stage["val_map"] == pytest.approx(0.9)
+    assert [epoch for epoch, _ in best_saves] == [1, 2]  # saved on improvement only
+    final, best = _weights(out), best_saves[-1][1]
+    assert all(torch.equal(final[k], best[k]) for k in best)
