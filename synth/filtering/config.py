@@ -85,6 +85,18 @@ class FilterConfig:
     nearcopy_distinct_quantile: float = 99.9  #: percentile of distinct-patient NN similarities ("not a copy")
     nearcopy_noise_std: float = 0.03  #: perturbations used to make calibration copies
     nearcopy_shift_px: int = 2
+    # per-class transfer gate (synth/filtering/transfer.py): real train+val rows only ------------
+    transfer_gate: bool = False  #: configs/filter/default.yaml turns it on; off here so a bare FilterConfig tests one rule
+    transfer_min_auroc: float = 0.5  #: a class passes when its probe AUROC interval's lower bound is above this (chance)
+    transfer_min_real_positives: int = 3  #: fewer real train+val positives: the class is not judged
+    transfer_min_synthetic: int = 5  #: fewer generated positives or negatives: the class is not judged
+    transfer_unjudged: str = "keep"  #: keep | reject: what happens to a class the gate cannot judge
+    transfer_bootstrap: int = 200  #: patient resamples for the AUROC interval
+    transfer_probe_c: float = 1.0  #: inverse L2 strength of the logistic probe
+    #: features the probe sees: "extractor" (the filter's FID/outlier features: the verifier's by default) or a folder
+    #: like ``extractor``'s. The verifier's features were fitted to these labels, which lets a set showing "none of the
+    #: other generated findings" pass (see transfer.py); a generic encoder does not have that shortcut
+    transfer_extractor: str = "extractor"
     # misc ------------------------------------------------------------------------------------
     batch_size: int = 64
     seed: int = 0
@@ -106,6 +118,12 @@ class FilterConfig:
                 raise UserError(f"{name} is a percentile in (0, 100], got {getattr(self, name)}")
         if not 0.5 < self.ci_level < 1.0:
             raise UserError(f"ci_level must be in (0.5, 1), got {self.ci_level}")
+        if self.transfer_unjudged not in ("keep", "reject"):
+            raise UserError(f"transfer_unjudged must be keep or reject, got {self.transfer_unjudged!r}")
+        if not 0.0 <= self.transfer_min_auroc < 1.0:
+            raise UserError(f"transfer_min_auroc must be in [0, 1), got {self.transfer_min_auroc}")
+        if self.transfer_bootstrap < 20 or self.transfer_probe_c <= 0 or self.transfer_min_synthetic < 1:
+            raise UserError("transfer_bootstrap must be >= 20, transfer_probe_c > 0 and transfer_min_synthetic >= 1")
         return self
 
 

@@ -5,6 +5,9 @@ Order of the reasons (an image gets the first that applies as its
 
 1. ``near_copy``      nearest real training image too similar (privacy leak);
 2. ``class_set_fid``  its class's whole synthetic set has FID > k x real-vs-real floor;
+   ``no_transfer``    its class's whole set fails the transfer gate: a probe trained on the generated
+                      images only does not rank REAL train+val positives of the class above chance
+                      (``transfer_gate``, see synth/filtering/transfer.py);
 3. ``no_threshold``   its target class cannot be verified (not in the verifier / not annotated in val);
 4. ``verifier``       P(target) below the class threshold fitted on real val;
 5. ``co_labels``      too few co-occurring labels confirmed (only if co_label_min_agreement > 0);
@@ -37,7 +40,7 @@ from synth.io import atomic_path, write_json_atomic
 from synth.manifest import image_paths, label_matrix, read_manifest, write_manifest
 from synth.taxonomy import UnknownClassError, resolve_class
 
-REASONS: tuple[str, ...] = ("near_copy", "class_set_fid", "no_threshold", "verifier", "co_labels", "outlier")
+REASONS: tuple[str, ...] = ("near_copy", "class_set_fid", "no_transfer", "no_threshold", "verifier", "co_labels", "outlier")
 
 
 def run_filter(synthetic_manifest: str | Path, data_manifest: str | Path, verifier_dir: str | Path, out_dir: str | Path,
@@ -100,7 +103,8 @@ def _run(synthetic_manifest: Path, data_manifest: Path, verifier_dir: Path, out_
     # ---- one pass per image set ------------------------------------------------------------------
     syn_scores = run_inference(verifier_fx, synth, bs, px, with_probs=True, mirror=cfg.extractor == "verifier")
     syn = syn_scores if cfg.extractor == "verifier" else run_inference(extractor, synth, bs, px, with_probs=False, mirror=True)
-    val_probs = run_inference(verifier_fx, val, bs, px).probs
+    val_inference = run_inference(verifier_fx, val, bs, px)
+    val_probs = val_inference.probs
     real = run_inference(extractor, train, bs, px, with_probs=False)
 
     # ---- label verifier --------------------------------------------------------------------------
@@ -139,12 +143,28 @@ def _run(synthetic_manifest: Path, data_manifest: Path, verifier_dir: Path, out_
                                    min_images=cfg.min_fid_images, kid_subset_size=cfg.kid_subset_size,
                                    kid_subsets=cfg.kid_subsets, bootstrap=cfg.bootstrap, ci_level=cfg.ci_level, rng=rng)
     set_rejected = {c: r is not None and r.fid > cfg.fid_reject_factor * r.fid_floor for c, r in realism.items()}
+
+    # ---- per-class transfer gate (generated images fit a probe; REAL train + val rows judge it) ----------------
+    transfer = {}
+    if cfg.transfer_gate:
+        if cfg.transfer_extractor in ("extractor", cfg.extractor):
+            gate_syn, gate_train = syn.features, real.features
+            gate_val = val_inference.features if cfg.extractor == "verifier" else \
+                run_inference(extractor, val, bs, px, with_probs=False).features
+        else:
+            gate_fx = load_extractor(cfg.transfer_extractor, verifier)
+            gate_syn, gate_train, gate_val = (run_inference(gate_fx, df, bs, px, with_probs=False).features
+                                              for df in (synth, train, val))
+        transfer = _transfer(synth, target, gate_syn, pd.concat([train, val]), np.concatenate([gate_train, gate_val]), cfg)
+    no_transfer = {c: c in transfer and not transfer[c].passed for c in pd.unique(target)}
+    scores["transfer_auroc"] = target.map(lambda c: transfer[c].auroc if c in transfer else None).to_numpy(dtype=float)
     scores["class_fid_ratio"] = target.map(lambda c: realism[c].ratio if realism[c] is not None else np.nan).to_numpy()
 
     # ---- decisions -------------------------------------------------------------------------------
     flags = {
         "near_copy": near,
         "class_set_fid": target.map(set_rejected).to_numpy(bool),
+        "no_transfer": target.map(no_transfer).to_numpy(bool),
         "no_threshold": scores["threshold_rule"].eq("none").to_numpy(),
         "verifier": ~scores["verifier_pass"].to_numpy(bool) & scores["threshold_rule"].ne("none").to_numpy(),
         "co_labels": (scores["co_label_agreement"].fillna(1.0) < cfg.co_label_min_agreement).to_numpy(),
@@ -163,9 +183,34 @@ def _run(synthetic_manifest: Path, data_manifest: Path, verifier_dir: Path, out_
         scores["oracle_detects"] = detected
 
     summary = _summary(target, scores, flags, thresholds, realism, set_rejected, calibration, outliers.limit, oracle,
-                       extractor.name, verifier_dir, cfg)
+                       extractor.name, verifier_dir, cfg, transfer)
     _write(out_dir, synth, scores, summary)
     return summary
+
+
+def _transfer(synth: pd.DataFrame, target: pd.Series, syn_features: np.ndarray, real: pd.DataFrame,
+              real_features: np.ndarray, cfg: FilterConfig) -> dict:
+    """The transfer gate per generated class; ``real`` holds real train + val rows only (never test)."""
+    from synth.filtering.transfer import transfer_gate
+
+    if (real["split"] == "test").any():
+        raise AssertionError("transfer gate: test rows reached the gate")
+    targets = target.to_numpy()
+    generated = [c for c in pd.unique(target) if c in real.columns]
+    real_y = label_matrix(real, generated)
+    out = {}
+    for cls in pd.unique(target):
+        syn_labels = label_matrix(synth, [cls])[:, 0] if cls in synth.columns else np.full(len(synth), np.nan)
+        real_labels = real_y[:, generated.index(cls)] if cls in generated else np.full(len(real), np.nan)
+        others = [j for j, c in enumerate(generated) if c != cls]
+        exclude = (real_y[:, others] == 1.0).any(axis=1) if others else np.zeros(len(real), bool)
+        out[cls] = transfer_gate(cls, syn_features, targets, syn_labels, real_features, real_labels,
+                                 real["subject_id"].astype(str).to_numpy(), real_exclude=exclude,
+                                 min_auroc=cfg.transfer_min_auroc,
+                                 min_real_positives=cfg.transfer_min_real_positives, min_synthetic=cfg.transfer_min_synthetic,
+                                 unjudged=cfg.transfer_unjudged, n_boot=cfg.transfer_bootstrap, ci_level=cfg.ci_level,
+                                 probe_c=cfg.transfer_probe_c, seed=cfg.seed)
+    return out
 
 
 def _verifier_scores(synth: pd.DataFrame, target: pd.Series, probs: np.ndarray, classes: list[str], thresholds: dict) -> pd.DataFrame:
@@ -222,7 +267,7 @@ def _calibrate_nearcopy(index: NearCopyIndex, extractor: FeatureExtractor, train
 
 
 def _summary(target, scores, flags, thresholds, realism, set_rejected, calibration, outlier_limit, oracle, extractor_name,
-             verifier_dir, cfg) -> dict:
+             verifier_dir, cfg, transfer=None) -> dict:
     classes = {}
     primary = scores["reasons"].str.split("|").str[0]
     for cls in pd.unique(target):
@@ -240,6 +285,7 @@ def _summary(target, scores, flags, thresholds, realism, set_rejected, calibrati
             "fid_ratio": r.ratio if r else None, "kid": r.kid if r else None, "kid_std": r.kid_std if r else None,
             "kid_floor": r.kid_floor if r else None, "fid_set_size": r.m if r else None,
             "set_rejected": bool(set_rejected[cls]), "extractor": extractor_name,
+            "transfer": transfer[cls].as_dict() if transfer and cls in transfer else None,
         }
         if oracle is not None:
             entry.update(oracle.get(cls, {}))
@@ -264,6 +310,12 @@ def _summary(target, scores, flags, thresholds, realism, set_rejected, calibrati
                        + ("" if cfg.outlier_rejects else " (flagged, not rejected: outlier_rejects is false)"),
             "near_copy": "nearest real training image: feature cosine / flip-aware pixel correlation above a threshold "
                          "calibrated between perturbed copies and distinct-patient neighbours",
+            "no_transfer": (f"a logistic probe on {extractor_name if cfg.transfer_extractor in ('extractor', cfg.extractor) else cfg.transfer_extractor} features, fitted on the generated images only (the "
+                            "class's vs other classes' without its label), ranks REAL train+val rows of the class with a "
+                            f"patient-bootstrap AUROC interval whose lower bound is <= {cfg.transfer_min_auroc}; classes with "
+                            f"< {cfg.transfer_min_real_positives} real positives or < {cfg.transfer_min_synthetic} generated "
+                            f"positives/negatives are not judged ({cfg.transfer_unjudged})")
+                           if cfg.transfer_gate else "off (transfer_gate: false)",
             "reason_order": list(REASONS),
         },
         "verifier": str(verifier_dir),
@@ -279,6 +331,12 @@ def _finite(d: dict) -> dict:
 def _write(out_dir: Path, synth: pd.DataFrame, scores: pd.DataFrame, summary: dict) -> None:
     out = synth.reset_index(drop=True).copy()
     out["fpath"] = [str(p.resolve()) for p in image_paths(synth)]
+    if summary["config"].get("transfer_gate"):  # the class's gate score beside each image (kept.csv and rejected.csv)
+        gate = {c: e.get("transfer") or {} for c, e in summary["classes"].items()}
+        cls = scores["target_class"]
+        out["transfer_auroc"] = scores["transfer_auroc"].to_numpy()
+        out["transfer_ci_low"] = cls.map(lambda c: (gate[c].get("ci") or [None, None])[0]).to_numpy(dtype=float)
+        out["transfer_ci_high"] = cls.map(lambda c: (gate[c].get("ci") or [None, None])[1]).to_numpy(dtype=float)
     scores.insert(1, "fpath", out["fpath"])
     kept = scores["kept"].to_numpy()
     write_manifest(out[kept], out_dir / "kept.csv")
