@@ -39,11 +39,13 @@ TINY = {
     "checkpoints_total_limit": 1, "lr_warmup_steps": 1, "dataloader_num_workers": 0, "num_validation_images": 1,
     "validation_inference_steps": 2, "logging_steps": 1, "learning_rate": 1e-3, "text_encoder_lr": 1e-3,
 }
-CASES = {  # id -> (layout, saved dtype)
-    "sd21-base": ("sd21-base", None),
-    "sd21-v": ("sd21-v", None),
-    "sd1-roentgen": ("sd1-roentgen", None),
-    "sd21-base-fp16": ("sd21-base", torch.float16),
+CASES = {  # id -> (layout, saved dtype, overrides beyond the recipe)
+    "sd21-base": ("sd21-base", None, {}),
+    "sd21-v": ("sd21-v", None, {}),
+    "sd1-roentgen": ("sd1-roentgen", None, {}),
+    # fp16-saved source + latents encoded on the fly in bf16 (the recipe before the latent cache: its
+    # validation crashed at the first checkpoint, "Input type (float) and bias type (BFloat16)")
+    "sd21-base-fp16-nocache": ("sd21-base", torch.float16, {"cache_latents": "false"}),
 }
 
 
@@ -68,15 +70,18 @@ def manifest(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module", params=list(CASES))
 def recipe_run(request, manifest, tmp_path_factory):
     """(case id, source folder, output folder, warnings) of one uninterrupted recipe run in bf16."""
-    layout, dtype = CASES[request.param]
+    layout, dtype, extra = CASES[request.param]
     root = tmp_path_factory.mktemp(request.param)
     src = build_sd_folder(root / "src", layout, dtype=dtype)
     out = root / "out"
     mp = pytest.MonkeyPatch()
     mp.setenv(CPU_AUTOCAST_ENV, "1")
+    lines: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert finetune.run_finetune(_load(_overrides(src, manifest, out))) == out
+        assert finetune.run_finetune(_load(_overrides(src, manifest, out, **extra)), log=lines.append) == out
+    if extra.get("cache_latents") == "false":
+        assert "latents: encoded on the fly every step" in lines, lines
     mp.undo()
     yield request.param, src, out, [str(w.message) for w in caught]
 
@@ -132,7 +137,7 @@ class _Crash(Exception):
 def test_interrupted_run_resumes_on_a_plain_rerun_identically(recipe_run, manifest, tmp_path, monkeypatch):
     case, src, ref, _ = recipe_run
     out = tmp_path / "out"
-    overrides = _overrides(src, manifest, out, num_validation_images=0, resume_from_checkpoint=None)
+    overrides = _overrides(src, manifest, out, **CASES[case][2], num_validation_images=0, resume_from_checkpoint=None)
     monkeypatch.setenv(CPU_AUTOCAST_ENV, "1")
 
     def crash_after_3(step: int) -> None:
@@ -159,7 +164,8 @@ def test_kill_9_then_plain_rerun_equals_uninterrupted(recipe_run, manifest, tmp_
     if case != "sd21-v":
         pytest.skip("kill -9 runs once (sd21-v); the other layouts use the in-process interruption above")
     out = tmp_path / "out"
-    args = ["--config", str(RECIPE)] + [f"--{k}={v}" for k, v in _overrides(src, manifest, out, num_validation_images=0).items()]
+    overrides = _overrides(src, manifest, out, **CASES[case][2], num_validation_images=0)
+    args = ["--config", str(RECIPE)] + [f"--{k}={v}" for k, v in overrides.items()]
     killer = ("import os, signal, sys; from synth.generator import train; "
               "train._after_step = lambda s: os.kill(os.getpid(), signal.SIGKILL) if s == 3 else None; "
               "from synth.finetune import main; sys.exit(main(sys.argv[1:]))")
