@@ -9,7 +9,8 @@
 # exports an fp32 pipeline from a tiny random-weight SD-2.1-base-layout folder (tests/sd_folders.py) at 256 px;
 # (2) xformers used, or exactly one fallback warning; (3) kill -9 after step 4, a plain re-run resumes and ends
 # with the uninterrupted run's losses (exact on CPU; GPU kernels are not bit-deterministic, so within 2 %);
-# (4) a source folder saved in fp16 trains with finite losses and exports fp32; (5) synth generate at fp16 /
+# (4) a source folder saved in fp16 trains (latents encoded on the fly, cache_latents false) with finite losses
+# and exports fp32; (5) synth generate at fp16 /
 # bf16 / fp32; (6) 2-process NCCL finetune when >= 2 GPUs; (7) an ablation re-run with every stage cached
 # (tiny demo-like ablation run twice; skipped when less than 4 minutes of the budget are left).
 # Work goes to $WORK (default: a fresh temp folder). Exit status = number of FAILs.
@@ -132,7 +133,7 @@ fi
 # ---------------------------------------------------------------- 4: source folder saved in fp16
 FP16="$WORK/from-fp16"
 python synth/finetune.py "${RECIPE[@]}" --pretrained_model_name_or_path "$WORK/sd21-base-fp16" --output_dir "$FP16" \
-  --max_train_steps 4 >"$WORK/fp16.log" 2>&1
+  --max_train_steps 4 --cache_latents false >"$WORK/fp16.log" 2>&1  # on-the-fly bf16 VAE encode, validation decode
 rc=$?
 verdict=$([[ $rc == 0 ]] && check_export "$FP16" 2>>"$WORK/fp16.log" || echo "exit $rc: $(grep -E '^error:' "$WORK/fp16.log" | tail -1)")
 [[ $verdict == ok ]] && result "fp16 source folder" PASS "finite losses, fp32 export" || result "fp16 source folder" FAIL "$verdict"
