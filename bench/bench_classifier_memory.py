@@ -40,7 +40,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from classifier.config import EnsembleConfig, MemberConfig, load_ensemble_config  # noqa: E402
+from classifier.config import EnsembleConfig, MemberConfig  # noqa: E402
 from classifier.data import CachedSet, ImageStore, ImageView, augment, epoch_batches, prefetch, to_input  # noqa: E402
 from synth.taxonomy import CXR_LT_CLASSES  # noqa: E402
 
@@ -99,8 +99,10 @@ def _worker(rank: int, folder: str, rows: int, n_val: int, n_syn: int, sizes: li
 
 
 def memory(args) -> None:
-    ens = load_ensemble_config(args.config)
-    sizes = args.sizes or sorted({m.image_size for m in ens.members})
+    import yaml
+
+    members = yaml.safe_load(Path(args.config).read_text())["members"]  # resolutions only (no pretrained file needed)
+    sizes = args.sizes or sorted({int(m["image_size"]) for m in members})
     n_val, n_syn = int(args.rows * 0.13), args.synthetic
     need = sum((args.rows + n_val + n_syn) * s * s for s in sizes)
     print(f"memory: {args.rows:,} train + {n_val:,} val + {n_syn:,} synthetic rows at {sizes} px, {args.processes} process(es)")
