@@ -209,3 +209,35 @@ def test_best_epoch_is_the_one_with_the_highest_val_map(small_real, tmp_path, mo
     assert [epoch for epoch, _ in best_saves] == [1, 2]  # saved on improvement only
     final, best = _weights(out), best_saves[-1][1]
     assert all(torch.equal(final[k], best[k]) for k in best)
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def test_evaluate_bootstraps_patients_of_the_evaluated_split(tmp_path):
+    """`synth evaluate`'s intervals resample PATIENTS (here 2 test images each), as metrics.evaluate with the subject
+    ids gives, and score the requested split's rows only."""
+    from filter_fixtures import make_real
+    from classifier import metrics
+    from classifier.ensemble import predict
+    from classifier.evaluation import evaluate_model
+    from classifier.train import train_ensemble
+    from synth.manifest import label_matrix, read_manifest
+
+    df = read_manifest(make_real(tmp_path / "real", {"train": 8, "val": 4, "test": 10}))
+    test = df["split"] == "test"
+    df.loc[test, "subject_id"] = [f"t{i // 2}" for i in range(int(test.sum()))]  # two images per test patient
+    manifest = write_manifest(df, tmp_path / "real" / "paired.csv")
+    model = train_ensemble(_tiny_ensemble(0), df, tmp_path / "model")
+
+    result = evaluate_model(model, manifest, "test", tmp_path / "eval", n_boot=200, seed=3)
+    rows = df[test].reset_index(drop=True)
+    probs, classes = predict(model, rows)
+    y = label_matrix(rows, classes)
+    groups = result["groups"]
+    by_patient = metrics.evaluate(y, probs, classes, groups, patient_ids=rows["subject_id"].to_numpy(), n_boot=200, seed=3)
+    by_row = metrics.evaluate(y, probs, classes, groups, patient_ids=None, n_boot=200, seed=3)
+    assert result["n"] == 30 and result["n_patients"] == 15
+    assert result["map"] == pytest.approx(by_patient["map"])
+    assert result["ci"]["map"] == pytest.approx(by_patient["ci"]["map"])
+    assert by_patient["ci"]["map"] != pytest.approx(by_row["ci"]["map"])  # the test can tell the two apart
