@@ -275,3 +275,22 @@ def test_verdict_is_against_the_resampled_baseline_and_names_harmed_classes(tmp_
     results = _with_resampled(make_results(tmp_path / "ok"), harmed=[])
     (tmp_path / "ok" / "results.json").write_text(json.dumps(results))
     assert "no tail class significantly below real only): MET." in render_report(tmp_path / "ok")["md"].read_text()
+
+
+def test_filter_table_and_gate_vs_fidelity_with_spearman(tmp_path: Path):
+    """The transfer gate's score per class in the filter table, and beside the oracle's fidelity with Spearman's rho."""
+    results = make_results(tmp_path / "r")
+    tail = sorted(c for c, g in results["groups"].items() if g == "tail")[:4]
+    aurocs, fidelity = [0.9, 0.7, 0.55, 0.45], [0.8, 0.3, 0.5, 0.05]  # ranks 1,2,3,4 vs 1,3,2,4: rho = 1 - 6*2/60 = 0.8
+    results["filter"]["classes"] = {c: {"n": 40, "kept": 40 if a > 0.5 else 0, "rejected": {} if a > 0.5 else {"no_transfer": 40},
+                                        "transfer": {"judged": True, "passed": a > 0.5, "auroc": a, "ci": [a - 0.05, a + 0.05]}}
+                                    for c, a in zip(tail, aurocs)}
+    results["filter"]["classes"]["Normal"] = {"n": 5, "kept": 5, "rejected": {}, "transfer": {"judged": False, "passed": True,
+                                                                                            "auroc": None, "ci": [None, None]}}
+    results["fidelity"] = {"classes": {c: {"oracle_val_ap": 0.9, "real": 0.8, "generated": f} for c, f in zip(tail, fidelity)}}
+    (tmp_path / "r" / "results.json").write_text(json.dumps(results))
+    md = render_report(tmp_path / "r")["md"].read_text()
+    assert "| transfer gate AUROC [95% CI] |" in md and "rejected: no_transfer" in md
+    assert f"| {tail[3]} | 40 | 0 | 40 |" in md and "0.450 [0.400, 0.500] dropped" in md and "not judged (kept)" in md
+    assert "Gate (real data only) vs oracle fidelity on 4 judgeable tail class(es): Spearman ρ = +0.80." in md
+    assert f"| {tail[0]} | 0.900 [0.850, 0.950] | 0.800 | kept |" in md

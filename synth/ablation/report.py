@@ -327,8 +327,11 @@ def _filter_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]] 
     # rules that only report (e.g. outliers when outlier_rejects is false): counted, the images kept
     flag_only = sorted({r for c in filt["classes"].values() for r, n in c.get("flagged", {}).items() if n} - set(reasons))
     has_oracle = any(c.get("oracle_fidelity") is not None for c in filt["classes"].values())
+    has_gate = any(c.get("transfer") for c in filt["classes"].values())
     header = ["Class", "generated", "kept", *[f"rejected: {r}" for r in reasons], *[f"flagged: {r}" for r in flag_only],
               "FID", "FID floor", "FID / floor", "KID"]
+    if has_gate:
+        header.append("transfer gate AUROC [95% CI]")
     if has_oracle:
         header.append("oracle fidelity")
     rows = []
@@ -339,10 +342,48 @@ def _filter_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]] 
         row = [cls, str(c.get("n", "")), str(c.get("kept", "")), *[str(c.get("rejected", {}).get(r, 0)) for r in reasons],
                *[str(c.get("flagged", {}).get(r, 0)) for r in flag_only],
                fid_txt, _fmt(floor, 2), _fmt(ratio, 2), _fmt(c.get("kid"), 4)]
+        if has_gate:
+            row.append(_gate_cell(c.get("transfer")))
         if has_oracle:
             row.append(_fmt(c.get("oracle_fidelity")))
         rows.append(row)
     return header, rows
+
+
+def _gate_cell(gate: dict[str, Any] | None) -> str:
+    if not gate:
+        return "–"
+    if not gate.get("judged"):
+        return "not judged (" + ("kept" if gate.get("passed") else "dropped") + ")"
+    ci = gate.get("ci") or [None, None]
+    return f"{_fmt(gate.get('auroc'))} [{_fmt(ci[0])}, {_fmt(ci[1])}]" + ("" if gate.get("passed") else " dropped")
+
+
+def _gate_vs_fidelity(results: dict[str, Any]) -> tuple[str, tuple[list[str], list[list[str]]]] | None:
+    """Per judgeable tail class: the real-data-only transfer gate's score beside the phantom oracle's fidelity."""
+    filt = (results.get("filter") or {}).get("classes", {})
+    fid = (results.get("fidelity") or {}).get("classes", {})
+    rows, pairs = [], []
+    for cls, f in fid.items():
+        gate = (filt.get(cls) or {}).get("transfer") or {}
+        if results["groups"].get(cls) != "tail" or not is_judgeable(f) or f.get("generated") is None or not gate.get("judged"):
+            continue
+        pairs.append((gate["auroc"], f["generated"]))
+        rows.append([cls, _gate_cell(gate), _fmt(f["generated"]), "kept" if gate.get("passed") else "dropped"])
+    if not rows:
+        return None
+    rho = _spearman([p[0] for p in pairs], [p[1] for p in pairs]) if len(pairs) >= 3 else None
+    note = (f"Gate (real data only) vs oracle fidelity on {len(rows)} judgeable tail class(es): Spearman ρ = "
+            + (f"{rho:+.2f}" if rho is not None else "– (fewer than 3 classes)")
+            + ". The oracle only judges here; it never feeds the gate.")
+    return note, (["Class", "transfer gate AUROC [95% CI]", "oracle fidelity (generated)", "gate decision"], rows)
+
+
+def _spearman(x: list[float], y: list[float]) -> float | None:
+    from scipy.stats import spearmanr
+
+    rho = spearmanr(x, y).statistic
+    return None if rho is None or math.isnan(rho) else float(rho)
 
 
 _FIDELITY_RULE = ("Fidelity = share of images in which the phantom oracle (an evaluation-only judge trained on a separate "
@@ -396,6 +437,9 @@ def _markdown(results: dict[str, Any], figures: dict[str, bytes]) -> str:
     fidelity = _fidelity_table(results)
     if fidelity:
         out += ["## Generator fidelity (phantom oracle)", "", _FIDELITY_RULE, "", _md_table(*fidelity), ""]
+    gate = _gate_vs_fidelity(results)
+    if gate:
+        out += ["## Transfer gate vs oracle fidelity", "", gate[0], "", _md_table(*gate[1]), ""]
     grids = [n for n in figures if n.startswith("grid_")]
     if grids:
         out += ["## Image grids (rows: real, kept synthetic, rejected synthetic)", ""]
@@ -503,6 +547,9 @@ def _html(results: dict[str, Any], figures: dict[str, bytes]) -> str:
     fidelity = _fidelity_table(results)
     if fidelity:
         body += ["<h2>Generator fidelity (phantom oracle)</h2>", f"<p class='note'>{e(_FIDELITY_RULE)}</p>", _html_table(*fidelity)]
+    gate = _gate_vs_fidelity(results)
+    if gate:
+        body += ["<h2>Transfer gate vs oracle fidelity</h2>", f"<p class='note'>{e(gate[0])}</p>", _html_table(*gate[1])]
     if results.get("grids"):
         body.append("<h2>Image grids</h2><p class='note'>Rows: real examples, kept synthetic, rejected synthetic.</p>")
         for cls in results["grids"]:

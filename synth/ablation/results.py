@@ -33,7 +33,8 @@ Layout (all numbers are floats; ``ci`` is a ``[low, high]`` 95% interval)::
       "verdict_baseline": "real_resampled" | "real_only",
       "timings": {"steps": [{"step": .., "seconds": .., "cached": ..}], "this_run_seconds": .., ...},
       "filter": {"extractor": "...", "classes": {class: {"n": .., "kept": .., "rejected": {reason: count}, "flagged": {reason: count},
-                 "fid": .., "kid": .., "fid_floor": .., "fid_ci": [..], "oracle_fidelity": ..}}},   # optional
+                 "fid": .., "kid": .., "fid_floor": .., "fid_ci": [..], "oracle_fidelity": ..,
+                 "transfer": {"judged": .., "passed": .., "auroc": .., "ci": [..], "n_real_pos": .., "reason": ..}}}},  # optional
       "fidelity": {"rule": "...", "classes": {class: {"oracle_val_ap": .., "real": .., "generated": .., "kept": ..,
                    "rejected": .., "n_real": .., "n_generated": ..}}},   # optional: phantom oracle (ablation oracle.config)
       "grids": {class: {"real": [path], "kept": [path], "rejected": [path]}},   # paths relative to results.json

@@ -113,7 +113,7 @@ def filter_summary(filter_dir: Path) -> dict[str, Any]:
         classes[cls] = {"n": row.get("n"), "kept": row.get("kept"), "rejected": row.get("rejected", {}),
                         "flagged": row.get("flagged", {}), "fid": row.get("fid"), "kid": row.get("kid"),
                         "fid_floor": row.get("fid_floor"), "fid_ci": row.get("fid_ci"),
-                        "oracle_fidelity": row.get("oracle_fidelity")}
+                        "oracle_fidelity": row.get("oracle_fidelity"), "transfer": row.get("transfer")}
     return {"extractor": summary.get("extractor", "unknown"), "classes": classes}
 
 
