@@ -105,6 +105,10 @@ def test_every_synthetic_arm_trained_on_its_synthetic_rows(ablation):
     resampling = next(a for a in results["arms"] if a["name"] == "real_resampled")["resampling"]
     assert resampling["n_presented"] > resampling["n_rows"] == results["dataset"]["n_train"]
     assert set(resampling["per_class"]) == set(GENERATED)
+    # the filter's transfer gate ran (configs/filter/default.yaml) and says why it could not judge 4 images per class
+    for cls in GENERATED:
+        gate = results["filter"]["classes"][cls]["transfer"]
+        assert gate["judged"] is False and gate["passed"] is True and "generated positives" in gate["reason"]
 
 
 def test_results_equal_an_independent_recomputation_from_the_saved_predictions(ablation):
