@@ -82,6 +82,7 @@ class GenerateConfig:
     negative_prompt: str | None = None  # None: the prompt templates' negative prompt
     precision: str = "auto"  # auto = fp16 on CUDA, fp32 on CPU
     enable_xformers: bool = False
+    compile: bool = False  # CUDA only: channels_last + torch.compile(unet); a warning elsewhere
     device: str | None = None  # None: the Accelerate process's device
     train_manifest: str | None = None  # for pipelines without synth_meta.json (or to override it)
     prompt_templates: str | None = None
@@ -460,16 +461,66 @@ def initial_latents(pipe: "StableDiffusionPipeline", jobs: Sequence[ImageJob], r
     return generators, latents.to(pipe.device, pipe.unet.dtype)
 
 
-def render(pipe: "StableDiffusionPipeline", jobs: Sequence[ImageJob], resolution: int, steps: int, guidance_scale: float) -> list["Image.Image"]:
+class PromptEmbeddings:
+    """Text-encoder states per prompt string, computed once per distinct prompt and kept (LRU).
+
+    Why: a run's prompts come from a few hundred label sets and every image shares one negative
+    prompt, yet ``StableDiffusionPipeline.__call__`` encodes 2 x batch prompts per batch. Passing
+    ``prompt_embeds`` / ``negative_prompt_embeds`` from here skips that work; the pipeline then runs
+    exactly its own batched classifier-free guidance. Each prompt is encoded alone (``encode_prompt``,
+    padded to the tokenizer's max length as the pipeline does), so an image's conditioning never
+    depends on which batch it was in, and :func:`regenerate` of one image uses the same numbers.
+    """
+
+    def __init__(self, pipe: "StableDiffusionPipeline", max_size: int = 8192) -> None:
+        from collections import OrderedDict
+
+        self.pipe, self.max_size, self.cache = pipe, max_size, OrderedDict()
+        self.encoded = 0
+
+    def __call__(self, prompts: Sequence[str]) -> "torch.Tensor":
+        import torch
+
+        for p in prompts:
+            if p in self.cache:
+                self.cache.move_to_end(p)
+                continue
+            with torch.inference_mode():
+                self.cache[p] = self.pipe.encode_prompt(p, self.pipe.device, 1, False)[0]
+            self.encoded += 1
+        out = torch.cat([self.cache[p] for p in prompts])
+        while len(self.cache) > self.max_size:
+            self.cache.popitem(last=False)
+        return out
+
+
+def speed_up_cuda(pipe: "StableDiffusionPipeline") -> None:
+    """``--compile`` on CUDA: channels_last UNet + VAE and ``torch.compile`` of the UNet (first batch compiles;
+    pays on long runs). Never required; on other devices a warning and nothing else."""
+    import torch
+
+    if pipe.device.type != "cuda":
+        warnings.warn(f"--compile: only used on CUDA (device {pipe.device}); sampling uncompiled", stacklevel=2)
+        return
+    pipe.unet.to(memory_format=torch.channels_last)
+    pipe.vae.to(memory_format=torch.channels_last)
+    pipe.unet = torch.compile(pipe.unet, mode="max-autotune-no-cudagraphs", fullgraph=False)
+
+
+def render(pipe: "StableDiffusionPipeline", jobs: Sequence[ImageJob], resolution: int, steps: int, guidance_scale: float,
+           embeddings: PromptEmbeddings | None = None) -> list["Image.Image"]:
     """Sample a batch and return 8-bit grayscale images (the 3 output channels averaged)."""
     import torch
     from PIL import Image
 
     generators, latents = initial_latents(pipe, jobs, resolution)
+    embeddings = embeddings or PromptEmbeddings(pipe)
+    text = {"prompt_embeds": embeddings([j.prompt for j in jobs])}
+    if guidance_scale > 1.0:  # the pipeline's own test for classifier-free guidance
+        text["negative_prompt_embeds"] = embeddings([j.negative_prompt or "" for j in jobs])
     with torch.inference_mode():
         out = pipe(
-            prompt=[j.prompt for j in jobs],
-            negative_prompt=[j.negative_prompt for j in jobs],
+            **text,
             height=resolution,
             width=resolution,
             num_inference_steps=steps,
@@ -574,11 +625,14 @@ def run(model_dir: str | Path, classes: Sequence[str], out_dir: str | Path, cfg:
     if mine:
         pipe = load_pipeline(info.model_dir, cfg.scheduler, dtype, device, cfg.enable_xformers)
         resolution = pipeline_resolution(pipe, info)
+        if cfg.compile:
+            speed_up_cuda(pipe)
+        embeddings = PromptEmbeddings(pipe)
         progress, task = _progress(cfg.progress and state.is_main_process, len(mine))
         finished, start = 0, time.perf_counter()
         with progress:
             for batch in _batches(mine, cfg.batch_size):
-                for job, image in zip(batch, render(pipe, batch, resolution, cfg.steps, cfg.guidance_scale)):
+                for job, image in zip(batch, render(pipe, batch, resolution, cfg.steps, cfg.guidance_scale, embeddings)):
                     save_image_atomic(out_dir / job.fpath, image)
                 sync.add(batch)
                 finished += len(batch)
