@@ -19,18 +19,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny_ablation(tmp_path: Path) -> Path:
+def tiny_ablation(tmp_path: Path, cache_latents: str = "auto") -> Path:
     """The smallest config that still runs every stage of `synth ablate` (phantom at 32 px)."""
     finetune = yaml.safe_load((REPO / "configs/finetune/demo.yaml").read_text())
     finetune.update(resolution=32, vae_block_out_channels=[8, 16], vae_max_train_steps=2, vae_batch_size=4,
                     unet_block_out_channels=[16, 32], unet_attention_head_dim=8, norm_num_groups=8, train_batch_size=4,
                     max_train_steps=2, lr_warmup_steps=1, checkpointing_steps=2, validation_inference_steps=2,
-                    num_validation_images=1, logging_steps=1)
+                    num_validation_images=1, logging_steps=1, cache_latents=cache_latents)
     verifier = {"arch": "resnet10t", "image_size": 32, "epochs": 1, "max_steps": 2, "batch_size": 8, "num_workers": 0}
     classifier = {"members": [{"arch": "convnext_atto", "image_size": 32}],
                   "train": {"epochs": 1, "max_steps": 2, "batch_size": 8, "ema_decay": 0.9},
@@ -56,14 +57,16 @@ def tiny_ablation(tmp_path: Path) -> Path:
     return path
 
 
-def test_synth_ablate_every_stage_under_two_processes(tmp_path: Path):
-    config = tiny_ablation(tmp_path)
+@pytest.mark.parametrize("cache_latents", ["false", "auto"])  # the mimic recipe's setting, and the default
+def test_synth_ablate_every_stage_under_two_processes(tmp_path: Path, cache_latents: str):
+    config = tiny_ablation(tmp_path, cache_latents)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "synth", "ablate", "--config", str(config),
            "--output-root", str(tmp_path / "out")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420, cwd=REPO)
-    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-4000:])
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if "error" in line.lower()][:8]
+    assert done.returncode == 0, "\n".join(errors) or done.stderr[-4000:]
     results = json.loads((tmp_path / "out" / "reports" / "tiny-2proc" / "results.json").read_text())
     assert [a["name"] for a in results["arms"]] == ["real_only", "synthetic_unfiltered", "synthetic_filtered", "synthetic_pretrain"]
     assert "fidelity" in results and "filter" in results
