@@ -226,6 +226,30 @@ def test_thresholds_are_fitted_on_real_val_rows_not_train_or_test(trained, tmp_p
         assert scores["verifier_pass"].all() and not scores["reasons"].fillna("").str.contains("verifier").any()
 
 
+def test_class_not_annotated_in_val_has_no_threshold_and_is_rejected(trained, tmp_path):
+    """No real val label for a class = nothing to fit its threshold on: its images are rejected (no_threshold),
+    never waved through with a default threshold; the other classes are unaffected."""
+    from synth.manifest import write_manifest
+
+    _, real_manifest, verifier_dir = trained
+    df = read_manifest(real_manifest).copy()
+    df["fpath"] = [str((Path(df.attrs["root"]) / f).resolve()) for f in df["fpath"]]
+    df.loc[df["split"] == "val", "Rib Fracture"] = np.nan  # not annotated in val (annotated in train and test)
+    data = write_manifest(df, tmp_path / "data" / "manifest.csv")
+    items = [(cls, render(cls, 970_000 + i)) for i, cls in enumerate(CLASSES * 4)]
+    synthetic = make_synthetic(tmp_path / "synthetic", items)
+    summary = run_filter(synthetic, data, verifier_dir, tmp_path / "out", load_filter_config(None, PERMISSIVE))
+    scores = pd.read_csv(tmp_path / "out" / "scores.csv")
+    rib = scores["target_class"] == "Rib Fracture"
+    assert summary["classes"]["Rib Fracture"]["threshold_rule"] == "none"
+    assert summary["classes"]["Rib Fracture"]["threshold"] is None
+    assert not scores.loc[rib, "kept"].any()
+    assert scores.loc[rib, "reasons"].str.split("|").apply(lambda reasons: "no_threshold" in reasons).all()
+    for cls in ("Pneumothorax", "Cardiomegaly"):
+        assert summary["classes"][cls]["threshold_rule"] == "val_positive_quantile"
+        assert not scores.loc[scores["target_class"] == cls, "reasons"].fillna("").str.contains("no_threshold").any()
+
+
 def test_verifier_trains_on_real_train_rows_only(tmp_path, monkeypatch):
     real = read_manifest(make_real(tmp_path / "real", {"train": 4, "val": 2, "test": 2}))
     synthetic = read_manifest(make_synthetic(tmp_path / "syn", [("Pneumothorax", render("Pneumothorax", 7))]))
