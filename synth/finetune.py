@@ -61,6 +61,14 @@ def plan(cfg: FinetuneConfig) -> tuple[list[str], list[str]]:
         if not (manifest if manifest.suffix == ".csv" else manifest / "manifest.csv").exists():
             problems.append(str(ManifestError(f"--train_manifest {manifest}: not found; run `synth prepare` (or `synth phantom`) first")))
         lines.append(f"data      {cfg.train_manifest} (split=train, source=real), {cfg.resolution} px, sampling={cfg.sampling}")
+        if cfg.cache_latents == "false":
+            lines.append("latents   encoded by the VAE every step (--cache_latents false)")
+        else:
+            from synth.generator.latent_cache import default_cache_root
+
+            where = cfg.latent_cache_dir or default_cache_root(manifest if manifest.suffix == ".csv" else manifest / "manifest.csv", cfg.output_dir)
+            lines.append(f"latents   VAE posteriors cached once under {where}/ (reused while VAE, resolution and images are unchanged); "
+                         f"in RAM up to {cfg.latent_cache_max_ram_gb:g} GB per process, else memory-mapped")
     templates = check(lambda: PromptTemplates.load(cfg.prompt_templates))
     if templates is not None:
         lines.append(f"prompts   {templates.name}: e.g. {templates.render(('Rib Fracture', 'Pleural Effusion'), 'PA')!r}, dropout {cfg.prompt_dropout}")
