@@ -83,6 +83,7 @@ def ablation(tmp_path_factory) -> tuple[Path, dict]:
     config = _config(tmp)
     res = CliRunner().invoke(app, ["ablate", "--config", str(config)])
     assert res.exit_code == 0, res.output
+    assert "stage wall times" in res.output and "synthetic_pretrain/seed-1" in res.output  # the per-stage summary
     cfg = load_ablation_config(config)
     return config, json.loads((cfg.report_dir / "results.json").read_text())
 
