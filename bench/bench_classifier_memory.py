@@ -18,7 +18,8 @@ Part 2 (speed, ``--speed``): classifier.train.fit_stage at 64 px on ``--speed-ro
 rows, interleaved rounds, images in RAM (old) vs from the cache file (new); the median per-round
 ratio new/old of images/s (target >= 0.9).
 
-    python bench/bench_classifier_memory.py                        # the full 200,000-row check (39.5 GB of disk)
+    python bench/bench_classifier_memory.py                        # the full 200,000-row check (~45 GB of disk)
+    python bench/bench_classifier_memory.py --sparse               # the same rows, sparse zero files (no disk)
     python bench/bench_classifier_memory.py --rows 20000 --processes 2 --speed
 """
 
@@ -58,9 +59,13 @@ def _manifest(n: int, seed: int = 0) -> pd.DataFrame:
     return df
 
 
-def _write_store(folder: Path, n: int, size: int, seed: int) -> ImageStore:
-    """A cache file of n random images (chunks of 2,048, as build_store writes them)."""
+def _write_store(folder: Path, n: int, size: int, seed: int, sparse: bool = False) -> ImageStore:
+    """A cache file of n random images (chunks of 2,048, as build_store writes them); ``sparse``: all-zero, no disk used."""
     path = folder / f"{size}px-bench{seed}.u8"
+    if sparse:
+        with open(path, "wb") as fh:
+            fh.truncate(n * size * size)
+        return ImageStore(path, n, size)
     rng = np.random.default_rng(seed)
     with open(path, "wb") as fh:
         for start in range(0, n, 2048):
@@ -111,10 +116,11 @@ def memory(args) -> None:
           f"plus the mixing arm's torch.cat copy at {max(sizes)} px)")
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         t0 = time.perf_counter()
-        print(f"  writing {need / GiB:.1f} GiB of synthetic cache files to {tmp} ...", flush=True)
+        print(f"  writing {need / GiB:.1f} GiB of synthetic cache files to {tmp}{' (sparse: zeros, no disk)' if args.sparse else ''} ...",
+              flush=True)
         for size in sizes:
             for k, n in enumerate((args.rows, n_val, n_syn)):
-                _write_store(Path(tmp), n, size, k)
+                _write_store(Path(tmp), n, size, k, args.sparse)
         print(f"  written in {time.perf_counter() - t0:.0f} s", flush=True)
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
@@ -191,6 +197,8 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--tmp", default=None, help="folder for the synthetic cache files (needs the disk)")
+    parser.add_argument("--sparse", action="store_true",
+                        help="sparse all-zero cache files: the full 200,000 rows without the disk (RSS is what is measured)")
     parser.add_argument("--speed", action="store_true", help="also measure throughput vs the in-RAM loop at 64 px")
     parser.add_argument("--speed-rows", type=int, default=2048)
     parser.add_argument("--rounds", type=int, default=3)
