@@ -82,8 +82,9 @@ class TrainingLabels:
         return {c: int((self.train[c] == 1.0).sum()) for c in self.classes}
 
     def prevalence(self) -> dict[str, float]:
-        n = len(self.train)
-        return {c: k / n for c, k in self.positives().items()}
+        """Positive share of the train rows that ANNOTATE each class (an empty cell is not a negative), as stats.json."""
+        annotated = self.train.reindex(columns=self.classes).notna().sum()
+        return {c: k / int(annotated[c]) for c, k in self.positives().items()}
 
     def groups(self) -> dict[str, str]:
         """head / medium / tail per annotated class, from train-split prevalence only."""

@@ -23,14 +23,23 @@ from synth.taxonomy import CXR_LT_CLASSES
 #: (split, source, {class: positives}, rows). Train prevalence: Cardiomegaly 40 % head, Pneumothorax 5 % medium,
 #: Rib Fracture 0.5 % tail. Over all rows Pneumothorax is 30/280 = 10.7 % (head) and Rib Fracture 61/280 = 22 %
 #: (head); counting the synthetic rows in, Rib Fracture would be 31/230 = 13 % in train (head).
+#: Hernia is annotated in every other row only (as NIH leaves 25 classes empty): 15 of the 100 annotated train rows
+#: are positive, 15 % (head); read as negatives, the 100 empty cells would make it 7.5 % (medium).
 SPEC = (
-    ("train", "real", {"Cardiomegaly": 80, "Pneumothorax": 10, "Rib Fracture": 1}, 200),
-    ("val", "real", {"Cardiomegaly": 10, "Pneumothorax": 20, "Rib Fracture": 20}, 40),
-    ("test", "real", {"Cardiomegaly": 10, "Pneumothorax": 0, "Rib Fracture": 40}, 40),
+    ("train", "real", {"Cardiomegaly": 80, "Pneumothorax": 10, "Rib Fracture": 1, "Hernia": 15}, 200),
+    ("val", "real", {"Cardiomegaly": 10, "Pneumothorax": 20, "Rib Fracture": 20, "Hernia": 5}, 40),
+    ("test", "real", {"Cardiomegaly": 10, "Pneumothorax": 0, "Rib Fracture": 40, "Hernia": 5}, 40),
     ("train", "synthetic", {"Rib Fracture": 30}, 30),
 )
-CLASSES = ["Cardiomegaly", "Pneumothorax", "Rib Fracture"]
-EXPECTED_GROUPS = {"Cardiomegaly": "head", "Pneumothorax": "medium", "Rib Fracture": "tail"}
+CLASSES = ["Cardiomegaly", "Pneumothorax", "Rib Fracture", "Hernia"]
+PARTIAL = "Hernia"  #: annotated in even rows only
+EXPECTED_GROUPS = {"Cardiomegaly": "head", "Pneumothorax": "medium", "Rib Fracture": "tail", "Hernia": "head"}
+
+
+def _label(cls: str, i: int, positives: dict[str, int]) -> float:
+    if cls == PARTIAL:
+        return np.nan if i % 2 else float(i // 2 < positives.get(cls, 0))
+    return float(i < positives.get(cls, 0))
 
 
 def _manifest(root: Path) -> Path:
@@ -41,8 +50,8 @@ def _manifest(root: Path) -> Path:
         for i in range(n):
             k += 1
             fpath = f"images/{k:04d}.png"
-            labels = {c: float(i < positives.get(c, 0)) for c in CLASSES}
-            save(render(next((c for c in CLASSES if labels[c]), None), k), root / fpath)
+            labels = {c: _label(c, i, positives) for c in CLASSES}
+            save(render(next((c for c in CLASSES if labels[c] == 1.0), None), k), root / fpath)
             row = {"dicom_id": f"i{k:04d}", "subject_id": f"p{k:04d}", "study_id": f"s{k:04d}", "ViewPosition": "PA",
                    "fpath": fpath, "split": split, "source": source}
             row.update({c: labels.get(c, np.nan) for c in CXR_LT_CLASSES})
@@ -69,6 +78,19 @@ def test_the_skewed_manifest_tells_train_from_all_splits(skewed):
     train = skewed[skewed["split"] == "train"]
     with_synthetic = frequency_groups({c: float((train[c] == 1).mean()) for c in CLASSES})
     assert with_synthetic["Rib Fracture"] == "head"
+    real_train = train[train["source"] == "real"]
+    assert real_train[PARTIAL].isna().sum() == 100 and (real_train[PARTIAL] == 1).sum() == 15
+    empty_as_negative = frequency_groups({PARTIAL: float((real_train[PARTIAL] == 1).mean())})
+    assert empty_as_negative[PARTIAL] == "medium"
+
+
+def test_label_matrix_keeps_unannotated_cells_empty(skewed):
+    from synth.manifest import label_matrix
+
+    y = label_matrix(skewed, CLASSES)
+    j = CLASSES.index(PARTIAL)
+    assert np.isnan(y[:, j]).sum() == skewed[PARTIAL].isna().sum() > 0
+    assert not np.isnan(y[:, :j]).any()
 
 
 def test_stats_groups_come_from_the_train_split_only(skewed):
@@ -78,6 +100,7 @@ def test_stats_groups_come_from_the_train_split_only(skewed):
     stats = compute_stats(real)
     assert {c: stats["groups"][c] for c in CLASSES} == EXPECTED_GROUPS
     assert stats["prevalence"]["train"]["Rib Fracture"] == pytest.approx(1 / 200)
+    assert stats["prevalence"]["train"][PARTIAL] == pytest.approx(15 / 100)  # over annotated rows only
 
 
 def test_evaluate_fallback_groups_come_from_real_train_rows_only(skewed):
@@ -122,6 +145,7 @@ def test_classifier_stores_real_train_prevalence_and_selects_on_val(skewed, tmp_
     assert spec["rows"] == {"real_train": 200, "val": 40, "synthetic": 30}
     assert spec["train_prevalence"]["Rib Fracture"] == pytest.approx(1 / 200)
     assert spec["train_prevalence"]["Pneumothorax"] == pytest.approx(10 / 200)
+    assert spec["train_prevalence"][PARTIAL] == pytest.approx(15 / 100)  # empty cells are not negatives
     from classifier.ensemble import model_groups
 
     groups, _ = model_groups(spec)
