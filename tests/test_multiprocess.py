@@ -1,7 +1,7 @@
 """Issue 17 item 4: `synth ablate` through EVERY stage under 2 processes (gloo on CPU), as on 8 GPUs.
 
 What this covers: one `accelerate launch --multi_gpu --num_processes 2` run of `python -m synth ablate`
-on a tiny phantom config -- data, generator (VAE + UNet, a few steps), generate, verifier + filter,
+on a tiny phantom config -- data, held-out phantom rows, generator (VAE + UNet, a few steps), generate, verifier + filter,
 oracle + fidelity, all four classifier arms, report -- so every barrier, every main-process-only step
 and every Accelerator made in between must work with a live process group (the generator used to
 destroy it with ``end_training()``; stages used to leak precision into each other). It says nothing
@@ -50,7 +50,7 @@ def tiny_ablation(tmp_path: Path, cache_latents: str = "auto") -> Path:
                    "overrides": {"nearcopy_calibration_images": 20, "bootstrap": 5, "kid_subsets": 2}},
         "classifier": {"config": str(tmp_path / "classifier.yaml"), "batch_size": 16},
         "oracle": {"config": str(tmp_path / "oracle.yaml"), "phantom_n": 240, "phantom_seed": 2},
-        "evaluation": {"n_boot": 100, "grid_examples": 1},
+        "evaluation": {"n_boot": 100, "grid_examples": 1, "heldout_phantom_n": 40, "heldout_phantom_seed": 1},
     }
     path = tmp_path / "ablation.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -69,7 +69,7 @@ def test_synth_ablate_every_stage_under_two_processes(tmp_path: Path, cache_late
     assert done.returncode == 0, "\n".join(errors) or done.stderr[-4000:]
     results = json.loads((tmp_path / "out" / "reports" / "tiny-2proc" / "results.json").read_text())
     assert [a["name"] for a in results["arms"]] == ["real_only", "synthetic_unfiltered", "synthetic_filtered", "synthetic_pretrain"]
-    assert "fidelity" in results and "filter" in results
+    assert "fidelity" in results and "filter" in results and results["dataset"]["n_heldout"] == 40
     ablation = tmp_path / "out" / "ablations" / "tiny-2proc"
     assert len(list(ablation.rglob("ensemble.json"))) == 4
     assert not list((tmp_path / "out").rglob("*.tmp"))
