@@ -40,9 +40,15 @@ backgrounds passed with AUROC 1.0 in verifier space, because the verifier places
 images farthest from the other two findings, i.e. furthest along "none of the other generated
 findings". With a generic encoder (a random-init resnet10t in the test) the same set scored 0.0 and
 was dropped, faithful sets kept (0.83-1.0). A set drawn as another class was dropped in both spaces.
-So the verifier-space gate errs towards keeping; point ``transfer_extractor`` at a generic CXR
-encoder folder where one exists. Which is better on the phantom (Spearman with the oracle) has not
-been measured yet.
+On the phantom the shortcut did not show: ``bench/bench_transfer_gate.py`` (3,000 phantom images at
+64 px, the demo verifier, 40 rendered images per set, 6 tail classes with 5-23 real train+val
+positives) dropped all 6 blank sets (rendered without the finding) in verifier features, and kept
+3 of 6 faithful sets (rendered with it): the three dropped faithful sets are the classes with 5, 6
+and 9 real positives, whose intervals are too wide to clear 0.5 (e.g. Azygos Lobe 0.743 [0.492,
+0.964]). The random-init encoder did no better (faithful 3/6 kept, blank 5/6 dropped). So with few
+real positives the rule "interval must clear chance" costs faithful sets; ``transfer_min_real_positives``
+(default 3) moves classes into "not judged" instead. Agreement with the oracle on generated images
+(Spearman) has not been measured.
 
 What it does not see: whether the finding is drawn well enough to help the classifier (a faint
 finding can transfer and still be too weak), and co-occurring findings (only the target class is
