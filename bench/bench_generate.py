@@ -64,8 +64,8 @@ def main() -> None:
     load_s = time.perf_counter() - t
     resolution = gen.pipeline_resolution(pipe, info)
 
-    def bare() -> float:
-        start = time.perf_counter()
+    def bare() -> tuple[float, float]:
+        start, cpu = time.perf_counter(), time.process_time()
         for first in range(0, len(jobs), args.batch_size):
             batch = jobs[first : first + args.batch_size]
             generators = [torch.Generator("cpu").manual_seed(j.seed) for j in batch]
@@ -73,32 +73,36 @@ def main() -> None:
                 pipe(prompt=[j.prompt for j in batch], negative_prompt=[j.negative_prompt for j in batch],
                      height=resolution, width=resolution, num_inference_steps=args.steps,
                      guidance_scale=cfg.guidance_scale, generator=generators, output_type="pil")
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
-    def synth(out: Path) -> float:
+    def synth(out: Path) -> tuple[float, float]:
         shutil.rmtree(out, ignore_errors=True)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         gen.run(model, ["Pneumothorax"], out, cfg)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
     bare()  # warm-up (allocator, oneDNN kernels)
     real_load = gen.load_pipeline
     gen.load_pipeline = lambda *a, **k: pipe  # time sampling + bookkeeping, not the (reported) load
     try:
-        bare_s, synth_s = [], []
+        bare_s, synth_s, bare_cpu, synth_cpu = [], [], [], []
         for r in range(args.repeats):
-            bare_s.append(bare())
-            synth_s.append(synth(args.root / f"out{r}"))
+            for w, c, f in ((bare_s, bare_cpu, bare), (synth_s, synth_cpu, lambda: synth(args.root / f"out{r}"))):
+                wall, cpu = f()
+                w.append(wall)
+                c.append(cpu)
     finally:
         gen.load_pipeline = real_load
     b, s = statistics.median(bare_s), statistics.median(synth_s)
+    bc, sc = statistics.median(bare_cpu), statistics.median(synth_cpu)
     print(f"model: UNet (64,128,256), latents 16x16 -> {resolution} px, MiniLM text encoder; {args.n} images, "
           f"batch {args.batch_size}, {args.steps} steps dpm++, fp32 CPU, {torch.get_num_threads()} threads")
     print(f"pipeline load: {load_s:.2f} s (not in the figures below)")
     print(f"bare diffusers : {args.n / b:.2f} img/s  (median of {args.repeats}: {[round(x, 2) for x in bare_s]} s)")
     print(f"synth generate : {args.n / s:.2f} img/s  (median of {args.repeats}: {[round(x, 2) for x in synth_s]} s)")
-    print(f"ratio synth/bare: {b / s:.3f} (target >= 1.0: {'PASS' if b / s >= 1.0 else 'FAIL'}); "
-          f"per-repeat ratios {[round(x / y, 3) for x, y in zip(bare_s, synth_s)]}")
+    print(f"ratio synth/bare: {b / s:.3f} wall clock (per repeat {[round(x / y, 3) for x, y in zip(bare_s, synth_s)]}), "
+          f"{bc / sc:.3f} CPU time (per repeat {[round(x / y, 3) for x, y in zip(bare_cpu, synth_cpu)]}; with 1 thread the CPU "
+          f"time is the work done, whatever other jobs do to the wall clock); target >= 1.0: {'PASS' if min(b / s, bc / sc) >= 1.0 else 'FAIL'}")
     if args.json:
         import json
         import platform
@@ -115,6 +119,7 @@ def main() -> None:
             "model": f"UNet (64,128,256), 16x16 latents -> {resolution} px, MiniLM", "n": args.n, "batch_size": args.batch_size,
             "steps": args.steps, "scheduler": cfg.scheduler, "guidance_scale": cfg.guidance_scale,
             "bare_s": bare_s, "synth_s": synth_s, "ratio_median": b / s,
+            "bare_cpu_s": bare_cpu, "synth_cpu_s": synth_cpu, "ratio_cpu_median": bc / sc,
         }, indent=2) + "\n")
 
 
