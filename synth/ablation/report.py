@@ -31,7 +31,7 @@ from synth.ablation.results import (
     paired_vs_resampled,
     per_class_mean,
 )
-from synth.ablation.arms import ARMS
+from synth.ablation.arms import ARMS, SYNTHETIC_FILTERED
 from synth.errors import UserError
 from synth.io import write_text_atomic, atomic_path
 
@@ -173,8 +173,8 @@ def _headline(results: dict[str, Any]) -> list[str]:
         if extra:
             lines.append(extra)
     target = results.get("target")
-    if target and any(a["name"] == "synthetic_filtered" for a in results["arms"]):
-        arm = arm_by_name(results, "synthetic_filtered")
+    if target and any(a["name"] == SYNTHETIC_FILTERED.name for a in results["arms"]):
+        arm = arm_by_name(results, SYNTHETIC_FILTERED.name)
         tail, head = _verdict_tail(results, arm), paired_estimate(arm, "head")
         against = _verdict_against(results, arm)
         harmed_tail = harmed_classes(arm, results["groups"], "tail")
