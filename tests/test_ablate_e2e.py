@@ -106,6 +106,10 @@ def test_every_synthetic_arm_trained_on_its_synthetic_rows(ablation):
     resampling = next(a for a in results["arms"] if a["name"] == "real_resampled")["resampling"]
     assert resampling["n_presented"] > resampling["n_rows"] == results["dataset"]["n_train"]
     assert set(resampling["per_class"]) == set(GENERATED)
+    for seed in SEEDS:  # the classifier really trained on the repeated rows, the baseline on the plain ones
+        for arm, rows in (("real_resampled", resampling["n_presented"]), ("real_only", resampling["n_rows"])):
+            member = json.loads((steps[f"{arm}/seed-{seed}"] / "model" / "member-0" / "member.json").read_text())
+            assert member["stages"][0]["rows"] == rows, (arm, seed)
     # the filter's transfer gate ran (configs/filter/default.yaml) and says why it could not judge 4 images per class
     for cls in GENERATED:
         gate = results["filter"]["classes"][cls]["transfer"]
