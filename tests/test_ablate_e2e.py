@@ -167,3 +167,8 @@ def test_report_group_table_prints_the_mean_over_all_seeds(ablation):
                                                                "synthetic_filtered/seed-1"}
     assert re.search(r"- \+ synthetic, filtered .* the tail vs real, tail re-sampled: ΔmAP", md)
     assert "Do no harm:" in md
+    for arm in results["arms"][1:]:  # harm is called only on classes with enough test positives, and only below 0
+        for cls in arm["harmed"]:
+            row = arm["per_class_paired"][cls]
+            assert row["n_pos"] >= 5 and row["ci"][1] < 0
+        assert all(0 < arm["per_class_paired"][c]["n_pos"] < 5 for c in arm["harm_not_judged"])

@@ -167,7 +167,9 @@ def _headline(results: dict[str, Any]) -> list[str]:
         harmed = harmed_classes(arm)
         if harmed is not None:
             line += (f" Do no harm: {len(harmed)} class(es) significantly below real only"
-                     + (f" ({', '.join(harmed)})." if harmed else "."))
+                     + (f" ({', '.join(harmed)})" if harmed else ""))
+            few = arm.get("harm_not_judged") or []
+            line += f"; {len(few)} class(es) with < 5 test positives not judged." if few else "."
         lines.append(line)
     for extra in (_tail_evidence(results), _fidelity_summary(results)):
         if extra:

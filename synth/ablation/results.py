@@ -27,7 +27,9 @@ Layout (all numbers are floats; ``ci`` is a ``[low, high]`` 95% interval)::
           "paired_vs_resampled": {group: {"diff": .., "ci": [..], "p": .., "run_diffs": [..]}},  # synthetic arms, when
                                              # real_resampled ran: the verdict's reference ("verdict_baseline")
           "per_class_paired": {class: {"diff": .., "ci": [..], "run_diffs": [..]}},   # vs real_only, same bootstrap
-          "harmed": [class, ...],            # classes whose per_class_paired interval lies below 0 ("do no harm")
+          "harmed": [class, ...],            # classes whose per_class_paired interval lies below 0 ("do no harm"),
+                                             # among those with >= 5 test positives (stages.HARM_MIN_TEST_POSITIVES)
+          "harm_not_judged": [class, ...],   # classes with 1-4 test positives: too few to call harm
           "resampling": {...}                # real_resampled only: threshold t, per-class presentations (resampling.py)
       }],
       "verdict_baseline": "real_resampled" | "real_only",

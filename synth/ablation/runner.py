@@ -321,7 +321,9 @@ def build_results(cfg: AblationConfig, real: pd.DataFrame, test: pd.DataFrame, c
             arm_entry["paired_over_seeds"] = {g: {k: v for k, v in row.items() if k != "run_diffs"} for g, row in pooled.items()}
             per_class = stages.paired_per_class(cfg, y_test, base, mine, classes, patients)
             arm_entry["per_class_paired"] = per_class
-            arm_entry["harmed"] = sorted(c for c, v in per_class.items() if v["ci"][1] is not None and v["ci"][1] < 0)
+            judged = {c: v for c, v in per_class.items() if v["n_pos"] >= stages.HARM_MIN_TEST_POSITIVES}
+            arm_entry["harmed"] = sorted(c for c, v in judged.items() if v["ci"][1] is not None and v["ci"][1] < 0)
+            arm_entry["harm_not_judged"] = sorted(c for c, v in per_class.items() if 0 < v["n_pos"] < stages.HARM_MIN_TEST_POSITIVES)
             if arm.uses_synthetic and RESAMPLED_BASELINE in cfg.arms:
                 vs = stages.paired(cfg, y_test, [probs[RESAMPLED_BASELINE, s] for s in cfg.seeds], mine, classes, groups, patients)
                 arm_entry["paired_vs_resampled"] = {g: {k: v for k, v in row.items()} for g, row in vs.items()}

@@ -267,6 +267,11 @@ def paired(cfg: AblationConfig, y_true: np.ndarray, probs_base: list[np.ndarray]
     return out
 
 
+#: "Do no harm" judges a class only with at least this many test positives: with fewer, a patient resample
+#: either holds the one or two positives or not, and the interval of an AP difference is too coarse to call.
+HARM_MIN_TEST_POSITIVES = 5
+
+
 def paired_per_class(cfg: AblationConfig, y_true: np.ndarray, probs_base: list[np.ndarray], probs_arm: list[np.ndarray],
                      classes: list[str], patients: np.ndarray) -> dict[str, dict[str, Any]]:
     """Per class: arm minus baseline AP, averaged over seeds, with one paired patient-bootstrap interval.
@@ -284,7 +289,7 @@ def paired_per_class(cfg: AblationConfig, y_true: np.ndarray, probs_base: list[n
         known = ~np.isnan(y_true[:, j])
         y = y_true[known, j]
         if not (y == 1).any():
-            out[cls] = {"diff": None, "ci": [None, None], "run_diffs": []}
+            out[cls] = {"diff": None, "ci": [None, None], "run_diffs": [], "n_pos": 0}
             continue
         codes = resamples.codes[known]
         points, boots = [], []
@@ -295,7 +300,7 @@ def paired_per_class(cfg: AblationConfig, y_true: np.ndarray, probs_base: list[n
         d = np.mean(boots, axis=0)
         d = d[~np.isnan(d)]
         ci = [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))] if d.size else [None, None]
-        out[cls] = {"diff": float(np.mean(points)), "ci": ci, "run_diffs": [float(x) for x in points]}
+        out[cls] = {"diff": float(np.mean(points)), "ci": ci, "run_diffs": [float(x) for x in points], "n_pos": int((y == 1).sum())}
     return out
 
 
