@@ -108,6 +108,38 @@ def test_macro_ap_for_model_selection_skips_classes_without_positives_and_unanno
     assert metrics.macro_ap(np.zeros((5, 2)), np.random.default_rng(0).random((5, 2))) is None  # nothing to score
 
 
+def _independent_boot_aps(y: np.ndarray, p: np.ndarray, patients: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """scikit-learn AP of one class under the same patient resamples (row weight = times its patient was drawn)."""
+    from sklearn.metrics import average_precision_score
+
+    w = metrics.patient_resamples(patients, n_boot, seed).row_weights()
+    assert all((w[b] * y).sum() > 0 for b in range(n_boot))  # every resample holds a positive (no fallback involved)
+    return np.array([average_precision_score(y, p, sample_weight=w[b]) for b in range(n_boot)])
+
+
+def test_interval_and_p_value_follow_their_definitions():
+    """95 % interval = the 2.5 / 97.5 percentiles of the patient-resampled mAP; paired p = twice the smaller share of
+    resampled differences on either side of 0 — both recomputed here independently with scikit-learn's AP."""
+    rng = np.random.default_rng(4)
+    n = 160
+    y = (rng.random(n) < 0.3).astype(float)
+    base = np.clip(0.25 * y + 0.75 * rng.random(n), 0, 1)
+    arm = np.clip(base + 0.01 * (y - 0.5) + 0.05 * rng.standard_normal(n), 0, 1)  # a small, uncertain gain (p ~0.16)
+    patients = np.arange(n) // 2
+    n_boot, seed = 300, 4
+    boot_base = _independent_boot_aps(y, base, patients, n_boot, seed)
+    ev = metrics.evaluate(y[:, None], base[:, None], ["a"], {"a": "head"}, patient_ids=patients, n_boot=n_boot, seed=seed)
+    assert ev["ci"]["map"] == pytest.approx(tuple(np.percentile(boot_base, [2.5, 97.5])), abs=1e-9)
+
+    diffs = _independent_boot_aps(y, arm, patients, n_boot, seed) - boot_base
+    expected_p = min(1.0, 2 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)))
+    assert 0.02 < expected_p < 0.9  # the data make p informative: neither 0 nor 1
+    pb = metrics.paired_bootstrap(y[:, None], base[:, None], arm[:, None], ["a"], {"a": "head"}, patients,
+                                  n_boot=n_boot, seed=seed)
+    assert pb["map"]["p"] == pytest.approx(expected_p, abs=1e-9)
+    assert pb["map"]["ci"] == pytest.approx(tuple(np.percentile(diffs, [2.5, 97.5])), abs=1e-9)
+
+
 def test_bootstrap_resamples_patients_and_pairs_runs():
     patients = np.array(["p1", "p1", "p2", "p3", "p3", "p3"])
     w = metrics.patient_weights(patients, 200, seed=0)
