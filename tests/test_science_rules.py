@@ -265,3 +265,13 @@ def test_evaluate_bootstraps_patients_of_the_evaluated_split(tmp_path):
     assert result["map"] == pytest.approx(by_patient["map"])
     assert result["ci"]["map"] == pytest.approx(by_patient["ci"]["map"])
     assert by_patient["ci"]["map"] != pytest.approx(by_row["ci"]["map"])  # the test can tell the two apart
+
+
+def test_generator_trains_on_real_train_rows_only(skewed):
+    """The generator learns from real training rows: never val / test patients, never earlier synthetic images."""
+    from synth.generator.data import TrainingSet
+
+    training = TrainingSet.load(Path(skewed.attrs["root"]) / "manifest.csv")
+    allowed = skewed[(skewed["split"] == "train") & (skewed["source"] == "real")]
+    assert len(training) == 200 and set(training.df["dicom_id"]) == set(allowed["dicom_id"])
+    assert sum("Rib Fracture" in s for s in training.label_sets) == 1  # not the 30 synthetic ones
