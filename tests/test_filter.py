@@ -261,6 +261,21 @@ def test_same_inputs_and_seed_give_the_same_decisions(trained, tmp_path):
     assert summary_a["classes"]["Pneumothorax"]["fid_ci"] is not None  # the bootstrap did run
 
 
+def test_verifier_seed_decides_the_model(tmp_path):
+    """Same seed, same verifier (a rerun of the filter stage keeps its thresholds); another seed, another one."""
+    import torch
+    from safetensors.torch import load_file
+
+    real = make_real(tmp_path / "real", {"train": 4, "val": 2, "test": 1})
+    weights = {}
+    for name, seed in (("a", 0), ("again", 0), ("other", 1)):
+        out = train_verifier(real, tmp_path / name, VerifierConfig(arch="resnet10t", image_size=16, max_steps=3,
+                                                                   batch_size=4, seed=seed))
+        weights[name] = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(weights["a"][k], weights["again"][k]) for k in weights["a"])
+    assert not all(torch.equal(weights["a"][k], weights["other"][k]) for k in weights["a"])
+
+
 def test_verifier_trains_on_real_train_rows_only(tmp_path, monkeypatch):
     real = read_manifest(make_real(tmp_path / "real", {"train": 4, "val": 2, "test": 2}))
     synthetic = read_manifest(make_synthetic(tmp_path / "syn", [("Pneumothorax", render("Pneumothorax", 7))]))
