@@ -137,6 +137,10 @@ def _wrap(times_file: str, script: str, argv: list[str]) -> None:
 
     import torch
 
+    if os.environ.get("BENCH_FUSED_ADAMW") == "1":  # --experiment-fused-adamw: what torch's fused AdamW would change
+        import functools
+
+        torch.optim.AdamW.__init__ = functools.partialmethod(torch.optim.AdamW.__init__, fused=True)
     stamps: list[float] = []
     cpu: list[float] = []
     from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -162,6 +166,8 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=8, help="VAE + UNet = SD-2.1-base's at 1/WIDTH of its channels (0: the tiny test folder's own)")
     ap.add_argument("--threads", type=int, default=1, help="OMP/MKL threads of every run")
     ap.add_argument("--text-encoder", action="store_true", help="also time the project with --train_text_encoder (the reference cannot)")
+    ap.add_argument("--experiment-fused-adamw", action="store_true",
+                    help="experiment: also time the project with torch's fused AdamW patched in (not what synth/finetune.py does today)")
     ap.add_argument("--json", type=Path, default=None, help="write the figures and their provenance here")
     ap.add_argument("--keep", action="store_true", help="keep the temp folder")
     args = ap.parse_args()
@@ -197,6 +203,8 @@ def main() -> None:
     arms = {"reference": lambda s, o: reference(s, o), "project": lambda s, o: project(s, o, False)}
     if args.text_encoder:
         arms["project+text_encoder"] = lambda s, o: project(s, o, True)
+    if args.experiment_fused_adamw:
+        arms["project+fused_adamw"] = lambda s, o: project(s, o, False)
     results: dict[str, list[dict[str, float]]] = {a: [] for a in arms}
     for name, make in arms.items():  # warm-up: the reference's datasets cache, the project's latent cache (one-time costs)
         w, _, _, _ = run(make(1, tmp / f"warmup-{name}"), env, tmp / f"warmup-{name}.log")
@@ -206,7 +214,8 @@ def main() -> None:
         for name, make in (arms.items() if r % 2 == 0 else reversed(list(arms.items()))):
             n += 1
             out = tmp / f"run{n:03d}-{name}"
-            wall, rss, rate, cpu_rate = run(make(args.steps, out), env, tmp / f"run{n:03d}.log", skip=args.skip)
+            arm_env = {**env, "BENCH_FUSED_ADAMW": "1"} if name == "project+fused_adamw" else env
+            wall, rss, rate, cpu_rate = run(make(args.steps, out), arm_env, tmp / f"run{n:03d}.log", skip=args.skip)
             shutil.rmtree(out, ignore_errors=True)
             results[name].append({"steps_per_s": rate, "steps_per_cpu_s": cpu_rate, "wall_s": wall, "peak_rss_mib": rss})
             print(f"round {r + 1} {name:22s} steady {rate:6.2f} steps/s ({cpu_rate:6.2f} per CPU-s)   wall {wall:6.1f} s ({args.steps} steps, start-up and save included)   "
