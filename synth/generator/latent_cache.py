@@ -173,6 +173,19 @@ class _Ctx:
         if self.acc is not None:
             self.acc.wait_for_everyone()
 
+    def main_key(self, key: str, log: Callable[[str], None]) -> str:
+        """The main process's cache key on every process: one folder for all, whatever last-bit differences
+        a rank's VAE copy has (its latents come from the main process's arrays, so all ranks train on the same)."""
+        if self.acc is None or self.world == 1:
+            return key
+        from accelerate.utils import broadcast_object_list
+
+        shared = broadcast_object_list([key], from_process=0)[0]
+        if shared != key:
+            print(f"note: latent cache: the VAE of process {self.rank} differs from process 0's (key {key} vs {shared}); "
+                  "using process 0's latents", flush=True)
+        return shared
+
 
 def build_latent_cache(
     vae,
@@ -197,7 +210,7 @@ def build_latent_cache(
     n = len(dataset)
     if n != len(paths):
         raise ValueError(f"dataset has {n} rows, paths {len(paths)}")
-    key = cache_key(vae_fingerprint(vae), resolution, image_set_fingerprint(paths))
+    key = ctx.main_key(cache_key(vae_fingerprint(vae), resolution, image_set_fingerprint(paths)), log)
     final = Path(root) / key
     if (final / META).exists():
         log(f"latents: reusing cache {final}")
@@ -309,7 +322,7 @@ def store_latent_cache(vae, paths: Sequence[str | os.PathLike], resolution: int,
     under the same key :func:`build_latent_cache` would use, then open them like any cache: a later run
     with ``--vae_model_path`` reuses them, and both runs train from the same arrays."""
     ctx = _Ctx(accelerator)
-    key = cache_key(vae_fingerprint(vae), resolution, image_set_fingerprint(paths))
+    key = ctx.main_key(cache_key(vae_fingerprint(vae), resolution, image_set_fingerprint(paths)), log)
     final = Path(root) / key
     if ctx.main and not (final / META).exists():
         work = Path(root) / f".{key}.partial"
