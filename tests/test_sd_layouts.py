@@ -169,7 +169,10 @@ def test_kill_9_then_plain_rerun_equals_uninterrupted(recipe_run, manifest, tmp_
     killer = ("import os, signal, sys; from synth.generator import train; "
               "train._after_step = lambda s: os.kill(os.getpid(), signal.SIGKILL) if s == 3 else None; "
               "from synth.finetune import main; sys.exit(main(sys.argv[1:]))")
-    env = {**os.environ, CPU_AUTOCAST_ENV: "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # Same thread count as the in-process reference run: CPU kernels reduce in a thread-dependent
+    # order, so "bit for bit" only holds between runs with equal threads.
+    threads = str(torch.get_num_threads())
+    env = {**os.environ, CPU_AUTOCAST_ENV: "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     proc = subprocess.run([sys.executable, "-c", killer, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"] and not (out / "synth_meta.json").exists()
