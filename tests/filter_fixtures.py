@@ -54,13 +54,16 @@ def _row(dicom_id: str, subject: str, fpath: str, cls: str | None, split: str, s
     return row
 
 
-def make_real(root: Path, per_class: dict[str, int] | None = None, seed: int = 0) -> Path:
-    """Real manifest: per class and split the given counts (default train 40 / val 12 / test 12), one image per patient."""
+def make_real(root: Path, per_class: dict[str, int] | None = None, seed: int = 0,
+              normals: dict[str, int] | None = None) -> Path:
+    """Real manifest: per class and split the given counts (default train 40 / val 12 / test 12), one image per patient,
+    plus ``normals[split]`` patients without any of the classes (real data has plenty of those)."""
     per_class = per_class or {"train": 40, "val": 12, "test": 12}
+    normals = normals or {}
     rows, k = [], 0
     for split, n in per_class.items():
-        for cls in CLASSES:
-            for _ in range(n):
+        for cls in [*CLASSES, None]:
+            for _ in range(n if cls else normals.get(split, 0)):
                 k += 1
                 fpath = f"images/r{k:05d}.png"
                 save(render(cls, seed * 100_000 + k), root / fpath)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from filter_fixtures import CLASSES, _row, make_synthetic, render, save
+from filter_fixtures import CLASSES, make_real, make_synthetic, render, save
 from synth.filtering import VerifierConfig, load_filter_config, run_filter, train_verifier
 from synth.filtering.transfer import transfer_gate
 from synth.manifest import read_manifest, write_manifest
@@ -95,16 +95,7 @@ PERMISSIVE = {"fid_reject_factor": 1e6, "outlier_percentile": 100.0, "bootstrap"
 
 def _make_real(root: Path, seed: int = 0) -> Path:
     """The filter fixtures' three classes plus normal patients (real data has plenty of images without them)."""
-    rows, k = [], 0
-    for split, n, normals in (("train", 30, 60), ("val", 10, 20), ("test", 10, 20)):
-        for cls in [*CLASSES, *[None] * (normals // 10)]:
-            for _ in range(n if cls else 10):
-                k += 1
-                fpath = f"images/r{k:05d}.png"
-                save(render(cls, seed * 100_000 + k), root / fpath)
-                rows.append(_row(f"r{k:05d}", f"p{k:05d}", fpath, cls, split, "real"))
-    write_manifest(pd.DataFrame(rows), root / "manifest.csv")
-    return root / "manifest.csv"
+    return make_real(root, {"train": 30, "val": 10, "test": 10}, seed, normals={"train": 60, "val": 20, "test": 20})
 
 
 @pytest.fixture(scope="module")
