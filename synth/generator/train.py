@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from synth.distributed import adamw
 from synth.errors import UserError
 from synth.generator.config import FinetuneConfig
 from synth.generator.data import PromptEncoder, TrainingSet, encode_latents, pixel_dataset, step_rng, to_vae_input
@@ -167,7 +168,7 @@ class UNetTrainer:
         if cfg.train_text_encoder:
             groups.append({"params": [p for p in c.text_encoder.parameters() if p.requires_grad],
                            "lr": (cfg.text_encoder_lr or cfg.learning_rate) * scale})
-        optimizer = torch.optim.AdamW(groups, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+        optimizer = adamw(groups, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
         from diffusers.optimization import get_scheduler
 
         # Accelerate steps a prepared scheduler once per process, hence the * num_processes (as diffusers does).

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from synth.distributed import adamw
 from synth.generator.config import FinetuneConfig
 from synth.generator.data import encode_latents, measured_scaling_factor, step_rng, to_vae_input
 
@@ -62,7 +63,7 @@ def train_vae(cfg: FinetuneConfig, vae, pixels: torch.Tensor, accelerator, out_d
 
     latent = cfg.resolution // 2 ** (len(cfg.vae_block_out_channels) - 1)
     step_module = _VAEStep(vae)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_learning_rate, weight_decay=0.0)
+    optimizer = adamw(vae.parameters(), lr=cfg.vae_learning_rate, weight_decay=0.0)
     step_module, optimizer = accelerator.prepare(step_module, optimizer)
     step_module.train()
     n, bs = len(pixels), cfg.vae_batch_size
