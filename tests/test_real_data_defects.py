@@ -411,3 +411,17 @@ def test_defect12_filter_missing_image_fails_before_work_with_a_real_hint(tmp_pa
     assert_one_error_line(result, "image not found", victim.name, hint)
     assert "--skip-bad-images" not in result.output  # an option `synth filter` does not have
     assert not (tmp_path / "out").exists()
+
+
+def test_defect6_phantom_dataset_is_readable_by_the_lab(tmp_path):
+    """synth phantom renders into a mkdtemp folder (0700) and renames it: the lab must still read it."""
+    from synth.phantom import render_dataset
+
+    old = os.umask(0o022)
+    try:
+        render_dataset(8, 32, 0, tmp_path / "ph", workers=1)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "ph").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "ph" / "images").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "ph" / "labels.csv").stat().st_mode) == 0o644

@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from synth.errors import UserError
-from synth.io import write_json_atomic, write_text_atomic
+from synth.io import current_umask, write_json_atomic, write_text_atomic
 from synth.phantom.labels import (RESHAPE, add_label_noise, label_matrix, sample_balanced_label_sets,
                                   sample_label_sets)
 from synth.phantom.render import RENDERER_VERSION, render_with_regions
@@ -119,6 +119,7 @@ def render_dataset(n: int, size: int, seed: int, out: str | os.PathLike, *, bala
             if old == args:
                 if contact_sheet and not (out / "contact_sheets").exists():
                     tmp = Path(tempfile.mkdtemp(prefix=".contact_sheets.", suffix=".tmp", dir=out))
+                    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700: the lab must be able to read it
                     try:
                         write_contact_sheets(tmp, size, seed)
                         os.replace(tmp, out / "contact_sheets")
@@ -148,6 +149,7 @@ def render_dataset(n: int, size: int, seed: int, out: str | os.PathLike, *, bala
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700: the lab must be able to read the dataset
     try:
         (tmp / "images").mkdir()
         chunk = max(16, min(256, n // (4 * max(1, workers or os.cpu_count() or 1)) or 16))
