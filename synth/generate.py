@@ -434,9 +434,11 @@ def load_pipeline(model_dir: Path, scheduler: str, dtype: "torch.dtype", device:
     import torch
     from diffusers import StableDiffusionPipeline
 
-    # torch_dtype always, fp32 too: transformers >= 5 otherwise loads the text encoder in its saved dtype
+    # a dtype always, fp32 too: transformers >= 5 otherwise loads the text encoder in its saved dtype
     # (a bf16-saved pipeline gave a bf16 text encoder beside an fp32 UNet); diffusers keeps its fp32-only modules right
-    cast = {"torch_dtype": dtype}
+    from synth.generator.models import diffusers_dtype
+
+    cast = diffusers_dtype(dtype)
     with _quiet_loading():
         pipe = StableDiffusionPipeline.from_pretrained(model_dir, local_files_only=True, safety_checker=None, requires_safety_checker=False, **cast)
     class_name, overrides = SCHEDULERS[scheduler]

@@ -39,6 +39,16 @@ class Components:
     noise_scheduler: Any
 
 
+def diffusers_dtype(dtype) -> dict:
+    """The load-dtype keyword this diffusers takes: ``dtype`` (newer; ``torch_dtype`` there warns on every
+    load) or ``torch_dtype`` (the versions before it, which the project's ``diffusers>=0.30`` still allows)."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401  (exists where `dtype` is accepted)
+    except ImportError:
+        return {"torch_dtype": dtype}
+    return {"dtype": dtype}
+
+
 def check_pretrained_folder(path: str | Path) -> Path:
     """A local SD-style folder with every part, or one UserError naming what is missing."""
     path = Path(path)
@@ -78,8 +88,8 @@ def load_pretrained(path: str | Path) -> Components:
     text_cls = getattr(transformers, class_name, transformers.AutoModel) if library == "transformers" else transformers.AutoModel
     kw = {"local_files_only": True}
     return Components(
-        vae=AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32, **kw),
-        unet=UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=torch.float32, **kw),
+        vae=AutoencoderKL.from_pretrained(path, subfolder="vae", **diffusers_dtype(torch.float32), **kw),
+        unet=UNet2DConditionModel.from_pretrained(path, subfolder="unet", **diffusers_dtype(torch.float32), **kw),
         text_encoder=text_cls.from_pretrained(path, subfolder="text_encoder", dtype=torch.float32, **kw),
         tokenizer=transformers.AutoTokenizer.from_pretrained(path, subfolder="tokenizer", **kw),
         noise_scheduler=DDPMScheduler.from_pretrained(path, subfolder="scheduler", **kw),
@@ -145,7 +155,7 @@ def load_vae(path: str | Path):
     path = Path(path)
     if not (path / "config.json").exists():
         raise UserError(f"--vae_model_path {path}: no trained VAE there (config.json missing); run the vae stage first (--stage vae)")
-    return AutoencoderKL.from_pretrained(path, local_files_only=True, torch_dtype=__import__("torch").float32)
+    return AutoencoderKL.from_pretrained(path, local_files_only=True, **diffusers_dtype(__import__("torch").float32))
 
 
 def enable_xformers(unet) -> None:

@@ -156,8 +156,11 @@ class UNetTrainer:
         c.unet.train()
         if cfg.gradient_checkpointing:
             c.unet.enable_gradient_checkpointing()
-            if cfg.train_text_encoder and hasattr(c.text_encoder, "gradient_checkpointing_enable"):
-                c.text_encoder.gradient_checkpointing_enable()
+            if cfg.train_text_encoder:  # transformers >= 5 renamed it (the old name warns on every run)
+                enable = (getattr(c.text_encoder, "activation_checkpointing_enable", None)
+                          or getattr(c.text_encoder, "gradient_checkpointing_enable", None))
+                if enable is not None:
+                    enable()
         if cfg.enable_xformers_memory_efficient_attention:
             enable_xformers(c.unet)
         self.noise_scheduler = c.noise_scheduler
