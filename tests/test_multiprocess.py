@@ -67,6 +67,9 @@ def test_synth_ablate_every_stage_under_two_processes(tmp_path: Path, cache_late
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420, cwd=REPO)
     errors = [line for line in (done.stdout + done.stderr).splitlines() if "error" in line.lower()][:8]
     assert done.returncode == 0, "\n".join(errors) or done.stderr[-4000:]
+    # DDP keeps one VAE: every rank must hash it to the same latent-cache key (the main process's VAE, once saved,
+    # carried "_class_name" in its config and hashed differently)
+    assert "differs from process 0" not in done.stdout + done.stderr
     results = json.loads((tmp_path / "out" / "reports" / "tiny-2proc" / "results.json").read_text())
     assert [a["name"] for a in results["arms"]] == ["real_only", "synthetic_unfiltered", "synthetic_filtered", "synthetic_pretrain"]
     assert "fidelity" in results and "filter" in results and results["dataset"]["n_heldout"] == 40

@@ -69,8 +69,10 @@ def vae_fingerprint(vae) -> str:
     loaded from a copied folder; ~1 s for SD's 84 M-parameter VAE.
     """
     h = hashlib.blake2b(digest_size=16)
-    skip = {"scaling_factor", "shift_factor", "_name_or_path", "_diffusers_version", "_use_default_values"}
-    config = {k: v for k, v in dict(vae.config).items() if k not in skip}
+    # Private "_" entries are bookkeeping, not architecture: save_pretrained adds "_class_name" to the saved
+    # VAE's in-memory config, so the main process (which saves the VAE stage) hashed differently from the others.
+    skip = {"scaling_factor", "shift_factor"}
+    config = {k: v for k, v in dict(vae.config).items() if k not in skip and not k.startswith("_")}
     h.update(json.dumps(config, sort_keys=True, default=str).encode())
     for name, t in sorted(vae.state_dict().items()):
         t = t.detach().to("cpu").contiguous()
