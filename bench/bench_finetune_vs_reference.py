@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -236,18 +235,12 @@ def main() -> None:
     print(f"target project >= 1.25x reference (text encoder frozen): {'PASS' if min(ratio, cpu_ratio) >= 1.25 else 'FAIL'} "
           f"({ratio:.2f}x wall clock, {cpu_ratio:.2f}x CPU time)")
     if args.json:
-        import diffusers
-        import torch
-        import transformers
 
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "synth", "bench"], cwd=REPO, capture_output=True, text=True).stdout.strip())
+        from synth.provenance import environment
+
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
-            "bench": "bench/bench_finetune_vs_reference.py", "argv": sys.argv[1:], "git_commit": commit, "worktree_dirty": dirty,
-            "when_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": platform.platform(), "cpus": os.cpu_count(),
-            "versions": {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-                         "transformers": transformers.__version__},
+            "bench": "bench/bench_finetune_vs_reference.py", "argv": sys.argv[1:], "provenance": environment(),
             "reference": str(args.reference), "project_config": str(RECIPE.relative_to(REPO)), "common_flags": common,
             "summary": summary, "ratio_project_vs_reference": ratio, "ratio_project_vs_reference_cpu_time": cpu_ratio,
             "ratio_text_encoder_vs_reference": summary.get("project+text_encoder", {}).get("steps_per_s", float("nan")) / ref,

@@ -105,17 +105,14 @@ def main() -> None:
           f"time is the work done, whatever other jobs do to the wall clock); target >= 1.0: {'PASS' if min(b / s, bc / sc) >= 1.0 else 'FAIL'}")
     if args.json:
         import json
-        import platform
-        import subprocess
 
-        import diffusers
 
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        from synth.provenance import environment
+
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
-            "bench": "bench/bench_generate.py", "argv": sys.argv[1:], "git_commit": commit,
-            "when_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": platform.platform(),
-            "threads": torch.get_num_threads(), "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
+            "bench": "bench/bench_generate.py", "argv": sys.argv[1:], "provenance": environment(),
+            "threads": torch.get_num_threads(),
             "model": f"UNet (64,128,256), 16x16 latents -> {resolution} px, MiniLM", "n": args.n, "batch_size": args.batch_size,
             "steps": args.steps, "scheduler": cfg.scheduler, "guidance_scale": cfg.guidance_scale,
             "bare_s": bare_s, "synth_s": synth_s, "ratio_median": b / s,

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import pandas as pd
 
 from synth.ablation.config import AblationConfig
 from synth.errors import UserError
+from synth.provenance import git_commit, package_versions
 
 
 def _import(module: str, stage: str):
@@ -307,23 +306,9 @@ def paired_per_class(cfg: AblationConfig, y_true: np.ndarray, probs_base: list[n
 # ---------------------------------------------------------------- provenance
 
 
-PACKAGES = ("cxr-synth", "torch", "torchvision", "diffusers", "transformers", "accelerate", "timm", "torchmetrics",
-            "numpy", "pandas", "scikit-learn", "pillow", "matplotlib")
-
-
 def provenance(cfg: AblationConfig) -> dict[str, Any]:
     """What is needed to regenerate any number in the report."""
-    versions = {"python": sys.version.split()[0]}
-    for pkg in PACKAGES:
-        try:
-            versions[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
+    versions, commit = package_versions(), git_commit()
     command = f"synth ablate --config {cfg.source_path}" if cfg.source_path else "synth demo"
     command += f" --seeds {','.join(map(str, cfg.seeds))} --arms {','.join(cfg.arms)} --output-root {cfg.output_root}"
     return {"commands": [command, f"synth report {cfg.name} --reports-root {Path(cfg.output_root) / 'reports'}"],
