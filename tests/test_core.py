@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -169,3 +170,23 @@ def test_user_error_becomes_one_line_and_exit_2():
     assert result.exit_code == 2
     assert [ln for ln in result.output.splitlines() if ln.strip()] == ["error: bad thing; do X instead"]
     assert CliRunner().invoke(app, ["ok"]).exit_code == 0
+
+
+def test_threads_option_sets_this_process_and_its_children(monkeypatch):
+    """synth --threads N: torch uses N threads here, and processes it starts inherit N through the environment."""
+    import torch
+    from typer.testing import CliRunner
+
+    from synth.cli import app
+
+    before = torch.get_num_threads()
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    try:
+        done = CliRunner().invoke(app, ["--threads", "1", "classes"])
+        assert done.exit_code == 0, done.output
+        assert torch.get_num_threads() == 1
+        assert os.environ["OMP_NUM_THREADS"] == "1" and os.environ["MKL_NUM_THREADS"] == "1"
+        assert CliRunner().invoke(app, ["--threads", "0", "classes"]).exit_code == 2  # at least one thread
+    finally:
+        torch.set_num_threads(before)
