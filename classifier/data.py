@@ -218,10 +218,9 @@ def cache_key(paths: Sequence[Path], size: int) -> str:
     An image rewritten in place (``synth prepare --overwrite``) changes its mtime, so a stale cache is
     never reused.
     """
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}".encode())
-    for p in paths:
-        st = os.stat(p)
-        h.update(f"\n{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+    from synth.io import image_set_fingerprint
+
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{image_set_fingerprint(paths)}".encode())
     return h.hexdigest()[:20]
 
 

@@ -8,6 +8,7 @@ half-written manifest, checkpoint or image that a later stage would trust.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -116,3 +117,22 @@ def read_yaml_mapping(path: str | os.PathLike, missing_hint: str | None = None,
             raise UserError(f"{path}: unknown key(s) {', '.join(map(str, unknown))}; "
                             f"{known_hint or 'valid keys: ' + ', '.join(sorted(known))}")
     return data
+
+
+def image_set_fingerprint(paths: Iterable[str | os.PathLike]) -> str:
+    """Hash of the ordered image paths with each file's size and mtime: rows added, removed, reordered or
+    re-rendered (``synth prepare --overwrite`` rewrites in place, changing the mtime) give a new key.
+    Every cache built from images (the classifier's pixels, the generator's latents) is keyed by it."""
+    h = hashlib.blake2b(digest_size=16)
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def make_readable_tempdir(parent: str | os.PathLike, prefix: str, suffix: str = ".tmp") -> Path:
+    """A temp folder in ``parent`` (to be renamed into place) with the umask's mode instead of mkdtemp's 0700,
+    so the dataset it becomes is readable by the lab."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
+    os.chmod(tmp, 0o777 & ~current_umask())
+    return tmp

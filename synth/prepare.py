@@ -23,7 +23,7 @@ import pandas as pd
 from PIL import Image
 
 from synth.errors import UserError
-from synth.io import atomic_path, current_umask, read_yaml_mapping, write_json_atomic
+from synth.io import atomic_path, make_readable_tempdir, read_yaml_mapping, write_json_atomic
 from synth.manifest import MANIFEST_COLUMNS, UNCERTAIN_POLICIES, annotated_classes, write_manifest
 from synth.readers import read_labels
 from synth.splits import (SplitFractions, assert_no_patient_leakage, check_given_split, check_splits, normalise_given_split,
@@ -141,7 +141,7 @@ def run(fmt: str, labels: Path, images: Path, out: Path, cfg: PrepareConfig, ove
     split_report = _check_split(df, split_source, where)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
+    tmp = make_readable_tempdir(out.parent, f".{out.name}.{os.getpid()}.")
     try:
         (tmp / "images").mkdir()
         failures = _cache_images(df, tmp / "images", cfg, progress)
@@ -175,7 +175,6 @@ def run(fmt: str, labels: Path, images: Path, out: Path, cfg: PrepareConfig, ove
              "split_files": {s: str(Path(f).resolve()) for s, f in (split_files or {}).items()},
              "rows": len(manifest), "skipped": len(skipped), **split_report},
         )
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700: the lab must be able to read the dataset
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from synth.errors import UserError
+from synth.io import image_set_fingerprint
 
 CACHE_FORMAT = 1
 META = "meta.json"
@@ -78,16 +79,6 @@ def vae_fingerprint(vae) -> str:
         t = t.detach().to("cpu").contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def image_set_fingerprint(paths: Sequence[str | os.PathLike]) -> str:
-    """Hash of the ordered image paths with each file's size and mtime: rows added, removed,
-    reordered or re-rendered give a new key (row ``i`` of the cache is image ``i``)."""
-    h = hashlib.blake2b(digest_size=16)
-    for p in paths:
-        st = os.stat(p)
-        h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from synth.errors import UserError
-from synth.io import current_umask, write_json_atomic, write_text_atomic
+from synth.io import make_readable_tempdir, write_json_atomic, write_text_atomic
 from synth.phantom.labels import (RESHAPE, add_label_noise, label_matrix, sample_balanced_label_sets,
                                   sample_label_sets)
 from synth.phantom.render import RENDERER_VERSION, render_with_regions
@@ -118,8 +117,7 @@ def render_dataset(n: int, size: int, seed: int, out: str | os.PathLike, *, bala
             old = json.loads(meta.read_text()).get("arguments")
             if old == args:
                 if contact_sheet and not (out / "contact_sheets").exists():
-                    tmp = Path(tempfile.mkdtemp(prefix=".contact_sheets.", suffix=".tmp", dir=out))
-                    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700: the lab must be able to read it
+                    tmp = make_readable_tempdir(out, ".contact_sheets.")
                     try:
                         write_contact_sheets(tmp, size, seed)
                         os.replace(tmp, out / "contact_sheets")
@@ -148,8 +146,7 @@ def render_dataset(n: int, size: int, seed: int, out: str | os.PathLike, *, bala
     patient_seeds = tuple(_seed(seed, 5, int(p)) for p in patient)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700: the lab must be able to read the dataset
+    tmp = make_readable_tempdir(out.parent, f".{out.name}.")
     try:
         (tmp / "images").mkdir()
         chunk = max(16, min(256, n // (4 * max(1, workers or os.cpu_count() or 1)) or 16))
