@@ -13,7 +13,7 @@ import os
 
 import typer
 
-from synth.errors import UserError, describe_os_error
+from synth.errors import one_line_errors
 
 class _SynthTyper(typer.Typer):
     """A Typer whose commands turn ``UserError`` into one ``error:`` line and exit 2, and a permission or
@@ -29,16 +29,8 @@ class _SynthTyper(typer.Typer):
         def decorator(fn):
             @functools.wraps(fn)
             def wrapper(*a, **kw):
-                try:
+                with one_line_errors(typer.Exit):
                     return fn(*a, **kw)
-                except UserError as err:
-                    typer.echo(f"error: {err}", err=True)
-                    raise typer.Exit(2) from None
-                except OSError as err:
-                    if os.environ.get("SYNTH_TRACEBACK"):
-                        raise
-                    typer.echo(f"error: {describe_os_error(err)}", err=True)
-                    raise typer.Exit(1) from None
 
             register(wrapper)
             return fn
@@ -88,18 +80,9 @@ for _name in COMMAND_MODULES:
 
 
 def main() -> None:
-    """Entry point: bad input becomes one ``error:`` line and exit status 2."""
-    try:
+    """Entry point: bad input becomes one ``error:`` line and exit status 2 (a disk/permission error: exit 1)."""
+    with one_line_errors():
         app()
-    except UserError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise SystemExit(2) from None
-    except OSError as err:
-        if os.environ.get("SYNTH_TRACEBACK"):
-            raise
-        typer.echo(f"error: {describe_os_error(err)}", err=True)
-        raise SystemExit(1) from None
-
 
 if __name__ == "__main__":
     main()

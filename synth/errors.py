@@ -10,7 +10,11 @@ keeps its traceback (``SYNTH_TRACEBACK=1`` keeps it for OSError too).
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
+import sys
+from typing import Iterator
 
 
 class UserError(Exception):
@@ -34,3 +38,21 @@ def describe_os_error(err: OSError) -> str:
     else:
         fix = "check the path and the disk, then rerun"
     return f"{what}{': ' + str(where) if where else ''}; {fix}"
+
+
+@contextlib.contextmanager
+def one_line_errors(exit_with: type[BaseException] = SystemExit) -> Iterator[None]:
+    """The one error handler of every entry point (``synth`` commands, ``python -m synth.generate``,
+    ``synth/finetune.py``): ``UserError`` -> one ``error:`` line on stderr and exit 2; ``OSError`` ->
+    one line naming the path and the fix, exit 1 (``SYNTH_TRACEBACK=1`` keeps its traceback).
+    ``exit_with`` is ``typer.Exit`` inside a Typer command, ``SystemExit`` elsewhere."""
+    try:
+        yield
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        raise exit_with(2) from None
+    except OSError as err:
+        if os.environ.get("SYNTH_TRACEBACK"):
+            raise
+        print(f"error: {describe_os_error(err)}", file=sys.stderr, flush=True)
+        raise exit_with(1) from None

@@ -29,7 +29,7 @@ if __name__ == "__main__" and not __package__:  # run as a script: synth/ is sys
 from pathlib import Path  # noqa: E402
 from typing import Any, Callable, Sequence  # noqa: E402
 
-from synth.errors import UserError  # noqa: E402
+from synth.errors import UserError, one_line_errors  # noqa: E402
 from synth.generator.config import FinetuneConfig, load_finetune_config, parse_args  # noqa: E402
 
 __all__ = ["FinetuneConfig", "load_finetune_config", "run_finetune", "plan", "main"]
@@ -280,14 +280,11 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Script entry: UserError -> one ``error:`` line, exit status 2."""
+    """Script entry: UserError -> one ``error:`` line, exit status 2; a disk/permission error -> one line, exit 1."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    try:
+    with one_line_errors():  # raises SystemExit(2) / SystemExit(1) after its one error line
         run_finetune(parse_args(argv))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     return 0
 
 

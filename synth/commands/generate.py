@@ -94,17 +94,7 @@ def main() -> None:
     """``python -m synth.generate`` / ``accelerate launch -m synth.generate``: the command alone."""
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(generate_command)
-    try:
+    from synth.errors import one_line_errors
+
+    with one_line_errors():
         app()
-    except UserError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise SystemExit(2) from None
-    except OSError as err:  # permission / disk: one line, as in the synth CLI (synth/cli.py)
-        import os
-
-        from synth.errors import describe_os_error
-
-        if os.environ.get("SYNTH_TRACEBACK"):
-            raise
-        typer.echo(f"error: {describe_os_error(err)}", err=True)
-        raise SystemExit(1) from None
