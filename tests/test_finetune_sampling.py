@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from synth.generator.sampling import ResumableWeightedSampler, image_weights
+from synth.generator.row_sampling import ResumableWeightedSampler, image_weights
 
 
 def _sets():

@@ -4,7 +4,7 @@ Why this arm exists: every synthetic mixing arm adds hundreds of tail-positive r
 so part of its tail gain may be "tail images seen more often", which re-sampling the real data
 gives for free (the non-generative CXR-LT 2024 teams got their tail mAP that way). The arm
 repeats real tail-positive images, LVIS style (Gupta et al. 2019), with the repeat-factor code
-the generator already uses (:func:`synth.generator.sampling.image_weights`):
+the generator already uses (:func:`synth.generator.row_sampling.image_weights`):
 
     r(c) = max(1, sqrt(t / f(c)))       f(c): fraction of real training images positive for c
     r(image) = max over its positive classes among the generated ones (1 for an image without any)
@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from synth.errors import UserError
-from synth.generator.sampling import image_weights
+from synth.generator.row_sampling import image_weights
 
 NO_FINDING = "<none>"  #: image_weights' class for an image without positive findings
 

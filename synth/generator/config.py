@@ -122,7 +122,7 @@ class FinetuneConfig:
         self.cache_latents = _cache_mode(self.cache_latents)
         if self.latent_cache_max_ram_gb < 0:
             raise UserError(f"--latent_cache_max_ram_gb must be >= 0 (0 = always memory-mapped), got {self.latent_cache_max_ram_gb}")
-        from synth.generator.sampling import SAMPLING_MODES
+        from synth.generator.row_sampling import SAMPLING_MODES
 
         _choice("sampling", self.sampling, SAMPLING_MODES)
         for name in ("resolution", "train_batch_size", "vae_batch_size", "gradient_accumulation_steps", "checkpointing_steps",

@@ -2,7 +2,7 @@
 
 What it adds for long-tailed multi-label CXR data, and why:
 
-* **Tail-aware sampling** (:mod:`synth.generator.sampling`) so rare findings are seen often enough.
+* **Tail-aware sampling** (:mod:`synth.generator.row_sampling`) so rare findings are seen often enough.
 * **Exact resume.** Every random draw of a micro-step (finding order, prompt
   dropout, latent sample, noise, timesteps) comes from RNGs seeded by
   ``(seed, step, rank, micro)``; the checkpoint holds the UNet, optimizer, LR
@@ -39,7 +39,7 @@ from synth.generator.config import FinetuneConfig
 from synth.generator.data import PromptEncoder, TrainingSet, encode_latents, pixel_dataset, step_rng, to_vae_input
 from synth.generator.latent_cache import take_latents
 from synth.generator.models import Components, enable_xformers
-from synth.generator.sampling import ResumableWeightedSampler, image_weights
+from synth.generator.row_sampling import ResumableWeightedSampler, image_weights
 from synth.io import atomic_path, save_safetensors_atomic, write_json_atomic
 from synth.prompts import PromptTemplates
 
