@@ -63,7 +63,7 @@ def build_inputs(root: Path, n: int, size: int, seed: int, width: int = 0) -> tu
     templates = PromptTemplates.load(None)
     folder = root / "imagefolder" / "train"
     folder.mkdir(parents=True)
-    paths = __import__("synth.datasets", fromlist=["ManifestDataset"]).ManifestDataset(data.df, classes=data.classes).paths
+    paths = __import__("synth.image_datasets", fromlist=["ManifestDataset"]).ManifestDataset(data.df, classes=data.classes).paths
     with open(folder / "metadata.jsonl", "w") as f:
         for i, (p, labelset, view) in enumerate(zip(paths, label_sets(data.df, data.classes), data.views)):
             name = f"{i:05d}.png"

@@ -22,7 +22,7 @@ import pandas as pd
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from synth.datasets import ManifestDataset
+from synth.image_datasets import ManifestDataset
 from synth.manifest import read_manifest
 from synth.prepare import prepare_dataset
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from classifier.config import AugmentConfig, SyntheticMixConfig
 from classifier.models import PIXEL_MEAN, PIXEL_STD
-from synth.datasets import load_gray
+from synth.image_datasets import load_gray
 from synth.errors import UserError
 from synth.manifest import image_paths, label_matrix
 from synth.taxonomy import CXR_LT_CLASSES, expand_parents

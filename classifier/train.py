@@ -27,13 +27,11 @@ gathering), and only the main process writes files.
 
 from __future__ import annotations
 
-if __name__ == "__main__" and not __package__:  # `python classifier/train.py`: import the package, not siblings
+if __name__ == "__main__" and not __package__:  # `python classifier/train.py` from a checkout that pip did not install
     import sys
     from pathlib import Path as _P
 
-    _here = _P(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if _P(p or ".").resolve() != _here]
-    sys.path.insert(0, str(_here.parent))
+    sys.path.insert(0, str(_P(__file__).resolve().parents[1]))
 
 import argparse
 import contextlib

@@ -21,10 +21,8 @@ from __future__ import annotations
 import os
 import sys
 
-if __name__ == "__main__" and not __package__:  # run as a script: synth/ is sys.path[0] and would shadow
-    _here = os.path.dirname(os.path.abspath(__file__))  # packages (synth/datasets.py vs HF datasets): use the repo root
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
-    sys.path.insert(0, os.path.dirname(_here))
+if __name__ == "__main__" and not __package__:  # `python synth/finetune.py` from a checkout that pip did not install
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # (synth/ shadows no package)
 
 from pathlib import Path  # noqa: E402
 from typing import Any, Callable, Sequence  # noqa: E402

@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from synth.cli import app
-from synth.datasets import ManifestDataset
+from synth.image_datasets import ManifestDataset
 from synth.manifest import read_manifest
 from synth.prepare import prepare_dataset
 from synth.readers import NIH_TO_CXRLT, read_cxrlt, read_nih

@@ -26,19 +26,19 @@ PERMISSIVE = {"fid_reject_factor": 1e6, "outlier_percentile": 100.0, "bootstrap"
 
 
 class ReadRecorder:
-    """Wraps ``synth.datasets.load_gray`` to record every image path a stage opens."""
+    """Wraps ``synth.image_datasets.load_gray`` to record every image path a stage opens."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        import synth.datasets as datasets
+        import synth.image_datasets as image_datasets
 
         self.paths: list[str] = []
-        original = datasets.load_gray
+        original = image_datasets.load_gray
 
         def recording(path, size=None):
             self.paths.append(str(Path(path).resolve()))
             return original(path, size)
 
-        monkeypatch.setattr(datasets, "load_gray", recording)
+        monkeypatch.setattr(image_datasets, "load_gray", recording)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from synth.datasets import ManifestDataset
+from synth.image_datasets import ManifestDataset
 from synth.errors import UserError
 from synth.filtering.config import FilterConfig, load_filter_config
 from synth.filtering.extractor import load_extractor

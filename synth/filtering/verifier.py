@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from synth.datasets import ManifestDataset
+from synth.image_datasets import ManifestDataset
 from synth.errors import UserError
 from synth.filtering.config import VerifierConfig
 from synth.io import save_safetensors_atomic, write_json_atomic

@@ -92,7 +92,7 @@ def to_vae_input(x: torch.Tensor) -> torch.Tensor:
 
 
 def pixel_dataset(data: TrainingSet, resolution: int):
-    from synth.datasets import ManifestDataset
+    from synth.image_datasets import ManifestDataset
 
     return ManifestDataset(data.df, image_size=resolution, classes=data.classes)
 
