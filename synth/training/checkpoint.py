@@ -1,0 +1,98 @@
+"""ONE atomic checkpoint save, ONE pruning rule, ONE resume, and EMA weights as safetensors.
+
+Why not Accelerate's own conveniences:
+
+* ``ProjectConfiguration(total_limit=)`` prunes *before* it writes the new checkpoint (``save_state`` deletes
+  the oldest folders first), so a kill during the save can leave no complete checkpoint at all. Here the new
+  folder is renamed into place complete and only then are old ones pruned (:func:`prune_oldest`).
+* ``accelerator.register_for_checkpointing`` saves a registered object with ``torch.save`` to
+  ``custom_checkpoint_<i>.pkl`` and loads it back with ``weights_only=False``, i.e. it unpickles whatever a
+  checkpoint folder holds. The project's rule is that nothing is unpickled on load, so the extra state of a
+  loop (EMA weights, progress, sampler position) is written by the loop's ``write_own`` callback as
+  safetensors / JSON beside Accelerate's files, and :func:`pickled_custom_state` lets a loop refuse a folder
+  that holds such pickles.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable, Iterable
+
+#: File-name pattern of the objects ``register_for_checkpointing`` pickles into a checkpoint folder.
+CUSTOM_STATE_GLOB = "custom_checkpoint_*.pkl"
+
+
+def save_state_atomically(accelerator, final: Path, write_own: Callable[[Path], None] | None = None,
+                          tmp: Path | None = None) -> Path:
+    """``accelerator.save_state`` (safetensors) + ``write_own(folder)`` into a temp folder, then rename it to ``final``.
+
+    Every process calls it (each saves its own RNG state); only the main process runs ``write_own`` and the
+    rename. A kill at any point leaves either the previous ``final`` or the new one, never a half-written folder:
+    the old ``final`` (if any) is moved aside, the complete temp folder renamed in, and only then the old one
+    deleted. ``tmp`` defaults to ``.<final name>.tmp`` beside ``final``; a stale one from a killed save is removed.
+    """
+    final = Path(final)
+    tmp = Path(tmp) if tmp is not None else final.with_name(f".{final.name}.tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    tmp.mkdir(parents=True, exist_ok=True)
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if write_own is not None:
+            write_own(tmp)
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def prune_oldest(folders_oldest_first: Iterable[Path], keep: int | None) -> list[Path]:
+    """Delete all but the newest ``keep`` folders (``None`` keeps all); call it only after the newest is complete."""
+    folders = list(folders_oldest_first)
+    if keep is None:
+        return []
+    doomed = folders[: max(0, len(folders) - keep)]
+    for folder in doomed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return doomed
+
+
+def pickled_custom_state(folder: Path) -> list[str]:
+    """Names of ``register_for_checkpointing`` pickles in ``folder``: a folder holding any is never resumed."""
+    return sorted(p.name for p in Path(folder).glob(CUSTOM_STATE_GLOB))
+
+
+def load_state(accelerator, folder: Path, read_own: Callable[[Path], None] | None = None) -> None:
+    """Resume: ``accelerator.load_state(folder)`` (model, optimiser, RNG; weights-only loads), then ``read_own(folder)``.
+
+    Nothing is registered for checkpointing, so Accelerate unpickles no ``custom_checkpoint_*.pkl`` here.
+    """
+    accelerator.load_state(str(folder))
+    if read_own is not None:
+        read_own(Path(folder))
+
+
+def save_ema_shadow(path: Path, ema) -> None:
+    """A diffusers ``EMAModel``'s shadow weights (keys ``p00000``, ...) and step count, as one safetensors file."""
+    from synth.io import save_safetensors_atomic
+
+    save_safetensors_atomic(path, {f"p{i:05d}": t for i, t in enumerate(ema.shadow_params)},
+                            metadata={"optimization_step": str(ema.optimization_step)})
+
+
+def load_ema_shadow(path: Path, ema) -> None:
+    """Inverse of :func:`save_ema_shadow`: copy the saved shadow weights and step count into ``ema`` in place."""
+    from safetensors.torch import load_file, safe_open
+
+    tensors = load_file(str(path))
+    for i, p in enumerate(ema.shadow_params):
+        p.data.copy_(tensors[f"p{i:05d}"].to(p.device))
+    with safe_open(str(path), "pt") as f:
+        ema.optimization_step = int(f.metadata()["optimization_step"])
