@@ -42,7 +42,7 @@ from synth.errors import UserError
 from synth.io import read_yaml_mapping, save_image_atomic, write_json_atomic
 from synth.manifest import GENERATION_COLUMNS, read_manifest, write_manifest
 from synth.prompts import PromptTemplates
-from synth.taxonomy import CXR_LT_CLASSES, GROUPS, resolve_class
+from synth.taxonomy import CXR_LT_CLASSES, GROUPS, class_slug, resolve_class
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -173,10 +173,6 @@ def model_fingerprint(model_dir: Path) -> str:
 
 
 # --------------------------------------------------------------------------- planning (no torch)
-
-
-def class_slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 _CLASS_BY_SLUG = {class_slug(c): c for c in CXR_LT_CLASSES}

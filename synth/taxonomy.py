@@ -10,6 +10,7 @@ defines them that way and anything else leaks the evaluation split.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -149,3 +150,22 @@ def expand_parents(labels: Iterable[str]) -> set[str]:
         if child in out:
             out.add(parent)
     return out
+
+
+def class_slug(name: str) -> str:
+    """A class name as a file / folder name: lower case, each run of other characters one ``-``.
+
+    Names the generated images (``images/<slug>/<slug>_000000.png``, ``synth-<slug>-<seed>`` dicom ids; resume finds
+    finished images by it) and the phantom's contact sheets: ``"Round(ed) Atelectasis"`` -> ``round-ed-atelectasis``.
+    """
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def report_class_slug(name: str) -> str:
+    """A class name as the ablation report names its files: one ``-`` per other character, not per run.
+
+    A second rule because report folders already hold files named by it (``figures/grid_<slug>.png``,
+    ``samples/<slug>/``, and the Markdown that links them); among the 45 class names it differs from
+    :func:`class_slug` only for ``"Round(ed) Atelectasis"`` -> ``round-ed--atelectasis``.
+    """
+    return "".join(ch.lower() if ch.isalnum() else "-" for ch in name).strip("-")

@@ -222,7 +222,8 @@ def test_cli_bad_input_is_one_error_line(tmp_path, args, needle):
 
 
 def test_contact_sheets(tmp_path):
-    from synth.phantom.dataset import slug, write_contact_sheets
+    from synth.phantom.dataset import write_contact_sheets
+    from synth.taxonomy import class_slug as slug
 
     from PIL import Image
 

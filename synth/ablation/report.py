@@ -34,6 +34,7 @@ from synth.ablation.results import (
 from synth.ablation.arms import ARMS, SYNTHETIC_FILTERED
 from synth.errors import UserError
 from synth.io import write_text_atomic, atomic_path
+from synth.taxonomy import report_class_slug
 
 GROUP_COLOURS = {"head": "#1f77b4", "medium": "#ff7f0e", "tail": "#d62728"}
 GRID_TILE = 96
@@ -63,7 +64,7 @@ def _figures(results: dict[str, Any], report_dir: Path) -> dict[str, bytes]:
     matplotlib.use("Agg")
     figures = {"group_map": _group_map_plot(results), "delta_ap_vs_prevalence": _delta_ap_plot(results)}
     for cls, rows in results.get("grids", {}).items():
-        figures[f"grid_{_slug(cls)}"] = _grid(cls, rows, report_dir)
+        figures[f"grid_{report_class_slug(cls)}"] = _grid(cls, rows, report_dir)
     return figures
 
 
@@ -446,7 +447,7 @@ def _markdown(results: dict[str, Any], figures: dict[str, bytes]) -> str:
     if grids:
         out += ["## Image grids (rows: real, kept synthetic, rejected synthetic)", ""]
         for cls in results.get("grids", {}):
-            out += [f"### {cls}", "", f"![{cls}](figures/grid_{_slug(cls)}.png)", ""]
+            out += [f"### {cls}", "", f"![{cls}](figures/grid_{report_class_slug(cls)}.png)", ""]
     timings = _timings_table(results)
     if timings:
         out += ["## Stage wall times", "", timings[0], "", _md_table(*timings[1]), ""]
@@ -555,7 +556,7 @@ def _html(results: dict[str, Any], figures: dict[str, bytes]) -> str:
     if results.get("grids"):
         body.append("<h2>Image grids</h2><p class='note'>Rows: real examples, kept synthetic, rejected synthetic.</p>")
         for cls in results["grids"]:
-            body += [f"<h3>{e(cls)}</h3>", _img(figures[f"grid_{_slug(cls)}"], f"{cls} grid")]
+            body += [f"<h3>{e(cls)}</h3>", _img(figures[f"grid_{report_class_slug(cls)}"], f"{cls} grid")]
     timings = _timings_table(results)
     if timings:
         body += ["<h2>Stage wall times</h2>", f"<p class='note'>{e(timings[0])}</p>", _html_table(*timings[1])]
@@ -614,7 +615,3 @@ def _fmt_diff(est: Estimate) -> str:
         return "–"
     p = "" if est.p is None else ", p<0.001" if est.p < 0.001 else f", p{'≤' if est.p_is_bound else '='}{est.p:.3f}"
     return f"{est.mean:+.3f} [{est.ci[0]:+.3f}, {est.ci[1]:+.3f}]{p}" + ("*" if est.excludes_zero else "")
-
-
-def _slug(name: str) -> str:
-    return "".join(ch.lower() if ch.isalnum() else "-" for ch in name).strip("-")

@@ -47,7 +47,7 @@ from synth.ablation.results import RESULTS_FILE
 from synth.errors import UserError
 from synth.io import atomic_path, write_json_atomic
 from synth.manifest import annotated_classes, concat_manifests, image_paths, label_matrix, read_manifest
-from synth.taxonomy import frequency_groups
+from synth.taxonomy import frequency_groups, report_class_slug
 
 DONE = "done.json"
 
@@ -365,14 +365,10 @@ def export_grid_samples(cfg: AblationConfig, train: pd.DataFrame, synthetic: dic
         for row, df in sources.items():
             rel = []
             for i, src in enumerate(image_paths(df)):
-                dst = Path("samples") / _slug(cls) / f"{row}_{i}{src.suffix}"
+                dst = Path("samples") / report_class_slug(cls) / f"{row}_{i}{src.suffix}"
                 (cfg.report_dir / dst).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, cfg.report_dir / dst)
                 rel.append(str(dst))
             rows[row] = rel
         grids[cls] = rows
     return grids
-
-
-def _slug(name: str) -> str:
-    return "".join(ch.lower() if ch.isalnum() else "-" for ch in name).strip("-")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from synth.io import make_readable_tempdir, write_json_atomic, write_text_atomic
 from synth.phantom.labels import (RESHAPE, add_label_noise, label_matrix, sample_balanced_label_sets,
                                   sample_label_sets)
 from synth.phantom.render import RENDERER_VERSION, render_with_regions
-from synth.taxonomy import CXR_LT_CLASSES, META_COLUMNS, frequency_groups
+from synth.taxonomy import CXR_LT_CLASSES, META_COLUMNS, class_slug, frequency_groups
 
 LABELS_FILE = "labels.csv"
 META_FILE = "phantom.json"
@@ -264,10 +263,6 @@ def _version() -> str:
         return __version__
 
 
-def slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
 def write_contact_sheets(folder: str | os.PathLike, size: int, seed: int, examples: int = 6) -> Path:
     """Per class: row 1 the class alone on ``examples`` patients, row 2 the same patients without it,
     row 3 |difference| x4 (where the signature is); plus ``all.png`` with one labelled tile per class."""
@@ -286,7 +281,7 @@ def write_contact_sheets(folder: str | os.PathLike, size: int, seed: int, exampl
             rows[1].append(without)
             rows[2].append(np.clip(np.abs(with_.astype(np.int16) - without.astype(np.int16)) * 4, 0, 255).astype(np.uint8))
         sheet = np.concatenate([np.concatenate(r, 1) for r in rows], 0)
-        Image.fromarray(sheet).save(folder / f"{slug(c)}.png")
+        Image.fromarray(sheet).save(folder / f"{class_slug(c)}.png")
         tiles.append(rows[0][0])
     cols, label_h = 8, 12
     tile_h = size + label_h
