@@ -33,15 +33,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from synth.distributed import adamw
 from synth.errors import UserError
 from synth.generator.config import FinetuneConfig
 from synth.generator.data import PromptEncoder, TrainingSet, encode_latents, pixel_dataset, step_rng, to_vae_input
 from synth.generator.latent_cache import take_latents
 from synth.generator.models import Components, enable_xformers
 from synth.generator.row_sampling import ResumableWeightedSampler, image_weights
-from synth.io import atomic_path, save_safetensors_atomic, write_json_atomic
+from synth.io import atomic_path, write_json_atomic
 from synth.prompts import PromptTemplates
+from synth.training import (adamw, load_ema_shadow, load_state, lr_scheduler, prune_oldest, save_ema_shadow,
+                            save_state_atomically)
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
@@ -172,15 +173,12 @@ class UNetTrainer:
             groups.append({"params": [p for p in c.text_encoder.parameters() if p.requires_grad],
                            "lr": (cfg.text_encoder_lr or cfg.learning_rate) * scale})
         optimizer = adamw(groups, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
-        from diffusers.optimization import get_scheduler
-
-        # Accelerate steps a prepared scheduler once per process, hence the * num_processes (as diffusers does).
-        lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * acc.num_processes,
-                                     num_training_steps=max(cfg.max_train_steps, 1) * acc.num_processes)
+        # prepared below, so stepped once per process per optimiser step (lr_scheduler accounts for it)
+        schedule = lr_scheduler(optimizer, cfg.lr_warmup_steps, max(cfg.max_train_steps, 1), cfg.lr_scheduler, acc.num_processes)
         if cfg.train_text_encoder:
-            self.unet, self.text_encoder, self.optimizer, self.lr_scheduler = acc.prepare(c.unet, c.text_encoder, optimizer, lr_scheduler)
+            self.unet, self.text_encoder, self.optimizer, self.lr_scheduler = acc.prepare(c.unet, c.text_encoder, optimizer, schedule)
         else:
-            self.unet, self.optimizer, self.lr_scheduler = acc.prepare(c.unet, optimizer, lr_scheduler)
+            self.unet, self.optimizer, self.lr_scheduler = acc.prepare(c.unet, optimizer, schedule)
             self.text_encoder = c.text_encoder
         self.ema = None
         if cfg.use_ema:
@@ -263,51 +261,36 @@ class UNetTrainer:
 
     def save_checkpoint(self) -> Path:
         cfg, acc = self.cfg, self.accelerator
-        final = self.out / f"checkpoint-{self.global_step}"
-        tmp = self.out / f".checkpoint-{self.global_step}.tmp"
+        final = save_state_atomically(acc, self.out / f"checkpoint-{self.global_step}", self._write_own_state)
         if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-        acc.wait_for_everyone()
-        tmp.mkdir(parents=True, exist_ok=True)
-        acc.save_state(str(tmp), safe_serialization=True)  # every process: its own RNG state file
-        if acc.is_main_process:
-            if self.ema is not None:
-                save_safetensors_atomic(tmp / EMA_FILE, {f"p{i:05d}": t for i, t in enumerate(self.ema.shadow_params)},
-                                        metadata={"optimization_step": str(self.ema.optimization_step)})
-            write_json_atomic(tmp / TRAINER_STATE, {"global_step": self.global_step, "sampler_position": self.position.consumed(),
-                                                    "sampler_seed": self.sampler.seed, "num_processes": acc.num_processes})
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
             write_rows_csv(self.out / "loss.csv", self.rows)
             # prune only now: a kill during the save above leaves the previous checkpoints untouched
-            if cfg.checkpoints_total_limit is not None:
-                done = list_checkpoints(self.out)
-                for _, p in done[: max(0, len(done) - cfg.checkpoints_total_limit)]:
-                    shutil.rmtree(p, ignore_errors=True)
+            prune_oldest([p for _, p in list_checkpoints(self.out)], cfg.checkpoints_total_limit)
         acc.wait_for_everyone()
         return final
 
+    def _write_own_state(self, folder: Path) -> None:
+        """What Accelerate's ``save_state`` does not hold: EMA weights (safetensors), step and sampler position (JSON)."""
+        if self.ema is not None:
+            save_ema_shadow(folder / EMA_FILE, self.ema)
+        write_json_atomic(folder / TRAINER_STATE, {"global_step": self.global_step, "sampler_position": self.position.consumed(),
+                                                   "sampler_seed": self.sampler.seed, "num_processes": self.accelerator.num_processes})
+
     def load_checkpoint(self, path: Path) -> None:
-        from safetensors.torch import load_file, safe_open
-
-        from synth.errors import UserError
-
         state = json.loads((path / TRAINER_STATE).read_text())
         if state.get("num_processes", 1) != self.accelerator.num_processes:
             raise UserError(f"--resume_from_checkpoint {path}: saved with {state['num_processes']} processes, resuming with "
                             f"{self.accelerator.num_processes}; the sample stream would differ — use the same process count")
-        self.accelerator.load_state(str(path))
-        if self.ema is not None:
-            if not (path / EMA_FILE).exists():
-                raise UserError(f"--resume_from_checkpoint {path}: no {EMA_FILE} (the run was saved without --use_ema)")
-            tensors = load_file(path / EMA_FILE)
-            for i, p in enumerate(self.ema.shadow_params):
-                p.data.copy_(tensors[f"p{i:05d}"].to(p.device))
-            with safe_open(path / EMA_FILE, "pt") as f:
-                self.ema.optimization_step = int(f.metadata()["optimization_step"])
+        if self.ema is not None and not (path / EMA_FILE).exists():
+            raise UserError(f"--resume_from_checkpoint {path}: no {EMA_FILE} (the run was saved without --use_ema)")
+        load_state(self.accelerator, path, self._read_own_state)
         self.global_step = int(state["global_step"])
         self.sampler.load_state_dict({"position": state["sampler_position"], "seed": state["sampler_seed"]})
         self.rows = read_rows_csv(self.out / "loss.csv", self.global_step)
+
+    def _read_own_state(self, folder: Path) -> None:
+        if self.ema is not None:
+            load_ema_shadow(folder / EMA_FILE, self.ema)
 
     # ------------------------------------------------------------------ validation + export
 
