@@ -204,3 +204,59 @@ def arm_by_name(results: dict[str, Any], name: str) -> dict[str, Any]:
 
 def _num(value: Any) -> float:
     return math.nan if value is None else float(value)
+
+
+JUDGEABLE_ORACLE_AP = 0.5  #: below this oracle val AP a class's fidelity is not reported as evidence
+GATE_MIN_SPEARMAN = 0.6  #: the gate's score must rank classes as the oracle's fidelity does (issue #18's bar)
+GATE_MUST_DROP_BELOW = 0.10  #: a class set whose images carry the finding this rarely must be dropped
+GATE_MUST_KEEP_FROM = 0.50  #: a class set this faithful must be kept
+
+
+def is_judgeable(fidelity_row: dict[str, Any]) -> bool:
+    """Whether the oracle is good enough on this class for its fidelity to count."""
+    return (fidelity_row.get("oracle_val_ap") or 0) >= JUDGEABLE_ORACLE_AP
+
+
+@dataclass(frozen=True)
+class GateAgreement:
+    """How the real-data-only transfer gate's decisions compare with the phantom oracle's fidelity.
+
+    The oracle never feeds the gate; this is the check that the gate would have decided as the oracle
+    would, on the judgeable tail classes (the only place a user without an oracle has to trust it).
+    """
+
+    rows: list[tuple[str, float, float, bool]]  # (class, gate AUROC, oracle fidelity of generated images, kept)
+    spearman: float | None  # None with fewer than 3 classes
+    unfaithful_kept: list[str]  # fidelity < GATE_MUST_DROP_BELOW but kept
+    faithful_dropped: list[str]  # fidelity >= GATE_MUST_KEEP_FROM but dropped
+
+    @property
+    def met(self) -> bool:
+        return (self.spearman is not None and self.spearman >= GATE_MIN_SPEARMAN
+                and not self.unfaithful_kept and not self.faithful_dropped)
+
+
+def gate_agreement(results: dict[str, Any]) -> GateAgreement | None:
+    """Gate vs oracle on judgeable tail classes the gate judged; None when either is missing."""
+    filt = (results.get("filter") or {}).get("classes", {})
+    fid = (results.get("fidelity") or {}).get("classes", {})
+    rows = []
+    for cls, f in fid.items():
+        gate = (filt.get(cls) or {}).get("transfer") or {}
+        if results["groups"].get(cls) != "tail" or not is_judgeable(f) or f.get("generated") is None or not gate.get("judged"):
+            continue
+        rows.append((cls, float(gate["auroc"]), float(f["generated"]), bool(gate.get("passed"))))
+    if not rows:
+        return None
+    rho = None
+    if len(rows) >= 3:
+        from scipy.stats import spearmanr
+
+        stat = spearmanr([r[1] for r in rows], [r[2] for r in rows]).statistic
+        rho = None if stat is None or math.isnan(stat) else float(stat)
+    return GateAgreement(
+        rows=rows,
+        spearman=rho,
+        unfaithful_kept=[r[0] for r in rows if r[2] < GATE_MUST_DROP_BELOW and r[3]],
+        faithful_dropped=[r[0] for r in rows if r[2] >= GATE_MUST_KEEP_FROM and not r[3]],
+    )
