@@ -1,0 +1,190 @@
+"""The README's phantom-cpu figures, generated from the committed result of one fresh run.
+
+    # after `synth ablate --config configs/ablation/phantom-cpu.yaml` finished in a fresh output root:
+    python bench/phantom_cpu_table.py export outputs/reports/phantom-cpu   # -> bench/results/phantom-cpu.{json,md}
+    python bench/phantom_cpu_table.py readme                              # rewrites README's marked block
+    python bench/phantom_cpu_table.py readme --check                      # exit 1 if README is out of date
+
+``export`` keeps the run's ``results.json`` whole except the image grids (its ``provenance`` already
+names the commit, config, versions and commands; ``timings`` the wall time of every stage) and its
+``report.md`` without the image links (the figures are not committed). ``readme`` renders only from
+``bench/results/phantom-cpu.json``, so the README cannot quote a number that file does not hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from synth.ablation.results import (  # noqa: E402
+    GATE_MIN_SPEARMAN,
+    GATE_MUST_DROP_BELOW,
+    GATE_MUST_KEEP_FROM,
+    arm_by_name,
+    gate_agreement,
+    group_estimate,
+    harmed_classes,
+    is_judgeable,
+    paired_estimate,
+    paired_vs_resampled,
+)
+from synth.io import write_json_atomic  # noqa: E402
+
+RESULT_JSON = REPO / "bench/results/phantom-cpu.json"
+RESULT_MD = REPO / "bench/results/phantom-cpu.md"
+BEGIN, END = "<!-- phantom-cpu:begin (bench/phantom_cpu_table.py) -->", "<!-- phantom-cpu:end -->"
+
+
+def export(report_dir: Path) -> None:
+    results = json.loads((report_dir / "results.json").read_text())
+    results.pop("grids", None)
+    write_json_atomic(RESULT_JSON, results)
+    md = (report_dir / "report.md").read_text()
+    md = "\n".join(line for line in md.splitlines() if not re.search(r"!\[[^\]]*\]\(", line))
+    RESULT_MD.write_text(md + "\n")
+    print(f"wrote {RESULT_JSON.relative_to(REPO)} and {RESULT_MD.relative_to(REPO)}")
+
+
+def _seeds(results: dict) -> str:
+    n = len(results["arms"][0]["seeds"])
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
+def _d(est) -> str:
+    if est is None:
+        return "–"
+    return f"{est.mean:+.3f} [{est.ci[0]:+.3f}, {est.ci[1]:+.3f}]"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+def render(results: dict) -> str:
+    """The Markdown block: arms table, target verdict, fidelity, gate vs oracle, stage times, provenance."""
+    prov = results.get("provenance", {})
+    lines = [
+        f"One fresh run of `configs/ablation/phantom-cpu.yaml` at commit `{prov.get('git_commit', '?')[:10]}` "
+        f"({_seeds(results)}; test = {results['dataset'].get('n_test', '?')} rows). "
+        "Source: `bench/results/phantom-cpu.json` (report: `bench/results/phantom-cpu.md`); regenerate this block "
+        "with `python bench/phantom_cpu_table.py readme`.",
+        "",
+        "| Arm | head mAP | medium mAP | tail mAP | tail Δ vs real only | tail Δ vs real re-sampled | head Δ vs real only "
+        "| tail classes harmed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for arm in results["arms"]:
+        base = arm["name"] == results["baseline"]
+        harmed = harmed_classes(arm, results["groups"], "tail")
+        lines.append(
+            f"| {arm.get('label', arm['name'])} | {group_estimate(arm, 'head').mean:.3f} | "
+            f"{group_estimate(arm, 'medium').mean:.3f} | {group_estimate(arm, 'tail').mean:.3f} | "
+            f"{'–' if base else _d(paired_estimate(arm, 'tail'))} | {_d(paired_vs_resampled(arm, 'tail'))} | "
+            f"{'–' if base else _d(paired_estimate(arm, 'head'))} | "
+            f"{'–' if base or harmed is None else (', '.join(harmed) or 'none')} |"
+        )
+    lines += ["", _target_line(results), ""]
+    lines += _fidelity_lines(results)
+    lines += _timing_lines(results)
+    return "\n".join(lines)
+
+
+def _target_line(results: dict) -> str:
+    target = results.get("target") or {}
+    arm = arm_by_name(results, "synthetic_filtered")
+    vs = paired_vs_resampled(arm, "tail") or paired_estimate(arm, "tail")
+    head = paired_estimate(arm, "head")
+    harmed = harmed_classes(arm, results["groups"], "tail") or []
+    gain, drop = target.get("tail_gain", 0.03), target.get("max_head_drop", 0.01)
+    checks = [
+        (f"tail Δ vs real re-sampled ≥ +{gain:.2f}", vs.mean >= gain),
+        ("its interval above 0", vs.ci[0] > 0),
+        (f"head Δ vs real only ≥ −{drop:.2f}", head.mean >= -drop),
+        ("no tail class significantly below real only", not harmed),
+    ]
+    met = all(ok for _, ok in checks)
+    detail = "; ".join(f"{name}: {'yes' if ok else 'no'}" for name, ok in checks)
+    return f"**Target (filtered arm): {'MET' if met else 'NOT MET'}** — {detail}."
+
+
+def _fidelity_lines(results: dict) -> list[str]:
+    fid = (results.get("fidelity") or {}).get("classes", {})
+    judged = {c: v for c, v in fid.items() if results["groups"].get(c) == "tail" and is_judgeable(v)
+              and v.get("generated") is not None}
+    lines = []
+    if judged:
+        mean = sum(v["generated"] for v in judged.values()) / len(judged)
+        real = [v["real"] for v in judged.values() if v.get("real") is not None]
+        lines.append(f"Generator fidelity on the {len(judged)} judgeable tail classes (phantom oracle, evaluation only): "
+                     f"**{100 * mean:.0f} %** of generated images show the prompted finding (real training positives: "
+                     f"{100 * sum(real) / max(len(real), 1):.0f} %).")
+    gate = gate_agreement(results)
+    if gate is not None:
+        rho = "–" if gate.spearman is None else f"{gate.spearman:+.2f}"
+        lines.append(
+            f"Transfer gate (real data only) vs oracle fidelity on {len(gate.rows)} classes: Spearman ρ = {rho} "
+            f"(bar ≥ {GATE_MIN_SPEARMAN}); fidelity < {GATE_MUST_DROP_BELOW:.0%} but kept: "
+            f"{', '.join(gate.unfaithful_kept) or 'none'}; fidelity ≥ {GATE_MUST_KEEP_FROM:.0%} but dropped: "
+            f"{', '.join(gate.faithful_dropped) or 'none'} — **{'MET' if gate.met else 'NOT MET'}**.")
+    return lines + [""] if lines else []
+
+
+def _timing_lines(results: dict) -> list[str]:
+    timings = results.get("timings") or {}
+    steps = timings.get("steps") or []
+    if not steps:
+        return []
+    groups: dict[str, float] = {}
+    for s in steps:
+        key = s["step"].split("/")[0]
+        groups[key] = groups.get(key, 0.0) + (s.get("seconds") or 0.0)
+    wall = timings.get("this_run_seconds")
+    cells = ", ".join(f"{k} {_minutes(v)}" for k, v in groups.items())
+    return [f"Wall time on 2 CPU cores: **{_minutes(wall)}** in all" if wall else "Stage wall times:",
+            f"({cells}).", ""]
+
+
+def update_readme(check: bool) -> int:
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        print(f"README.md has no {BEGIN} ... {END} block", file=sys.stderr)
+        return 1
+    block = render(json.loads(RESULT_JSON.read_text()))
+    new = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: f"{BEGIN}\n{block}\n{END}", text, flags=re.S)
+    if check:
+        if new != text:
+            print("README.md's phantom-cpu block is out of date: run python bench/phantom_cpu_table.py readme")
+            return 1
+        return 0
+    readme.write_text(new)
+    print("README.md phantom-cpu block updated")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    ex = sub.add_parser("export", help="copy a finished run's results.json / report.md into bench/results")
+    ex.add_argument("report_dir", type=Path)
+    rd = sub.add_parser("readme", help="render README's phantom-cpu block from bench/results/phantom-cpu.json")
+    rd.add_argument("--check", action="store_true")
+    sub.add_parser("show", help="print the block")
+    args = ap.parse_args()
+    if args.cmd == "export":
+        export(args.report_dir)
+        return 0
+    if args.cmd == "show":
+        print(render(json.loads(RESULT_JSON.read_text())))
+        return 0
+    return update_readme(args.check)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
