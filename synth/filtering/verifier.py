@@ -9,6 +9,13 @@ Folder layout written by :func:`train_verifier`::
 
     model.safetensors   the timm model (random init, then trained)
     verifier.json       arch, image_size, classes, normalisation, config, data provenance
+
+It is a :mod:`classifier` model: the same timm builder (1-channel stem, random init here), the same masked
+BCE (un-annotated cells carry no loss) and pixel statistics, and the toolkit's accelerator and schedule
+(:mod:`synth.training`). What stays its own is the data path and the loop: it streams decoded images
+through a shuffled ``DataLoader`` with a random flip, while the classifier trains from its preloaded image
+cache in its own seeded batch order; moving the verifier onto the classifier's loader would change which
+images each step sees, hence every trained verifier and the filter's decisions.
 """
 
 from __future__ import annotations
@@ -27,14 +34,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from classifier.losses import MaskedBCE
+from classifier.models import PIXEL_MEAN, PIXEL_STD, build_model
 from synth.image_datasets import ManifestDataset
 from synth.errors import UserError
 from synth.filtering.config import VerifierConfig
 from synth.io import save_safetensors_atomic, write_json_atomic
 from synth.manifest import annotated_classes, read_manifest
 
-#: Fixed input normalisation of 1-channel [0, 1] radiographs (no ImageNet statistics: random init).
-PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
 META_FILE, WEIGHTS_FILE = "verifier.json", "model.safetensors"
 
 
@@ -51,18 +58,6 @@ def _flip_transform(x: torch.Tensor) -> torch.Tensor:
     return torch.flip(x, dims=[-1]) if torch.rand(()) < 0.5 else x
 
 
-def _masked_bce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Un-annotated cells (mask 0) carry no loss: an NIH image is not a negative for a class NIH never labels."""
-    loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none") * mask
-    return loss.sum() / mask.sum().clamp(min=1.0)
-
-
-def build_model(arch: str, num_classes: int) -> nn.Module:
-    import timm
-
-    return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=1)
-
-
 def train_verifier(data_manifest: str | Path | pd.DataFrame, out_dir: str | Path, cfg: VerifierConfig | None = None,
                    classes: Sequence[str] | None = None) -> Path:
     """Train on the real training split of ``data_manifest``; write ``out_dir``; return it.
@@ -74,9 +69,8 @@ def train_verifier(data_manifest: str | Path | pd.DataFrame, out_dir: str | Path
     on val are honest and test stays untouched.
     """
     from accelerate.utils import set_seed
-    from diffusers.optimization import get_scheduler
 
-    from synth.distributed import make_accelerator, running_alone
+    from synth.training import lr_scheduler, make_accelerator, running_alone
 
     cfg = (cfg or VerifierConfig()).validated()
     df = read_manifest(data_manifest) if not isinstance(data_manifest, pd.DataFrame) else data_manifest
@@ -100,7 +94,8 @@ def train_verifier(data_manifest: str | Path | pd.DataFrame, out_dir: str | Path
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     # linear warm-up over 10 % of the steps, then cosine to 0 (diffusers' schedule, as the classifier and generator use;
     # OneCycleLR divided by zero for 10 steps). The prepared scheduler steps once per process per optimiser step.
-    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=int(0.1 * total) * n_proc, num_training_steps=total * n_proc)
+    scheduler = lr_scheduler(optimizer, int(0.1 * total), total, "cosine", n_proc)
+    loss_fn = MaskedBCE()  # un-annotated cells carry no loss: an NIH image is not a negative for a class NIH never labels
     if alone:
         model = model.to(accelerator.device)
     else:
@@ -112,7 +107,7 @@ def train_verifier(data_manifest: str | Path | pd.DataFrame, out_dir: str | Path
         for batch in loader:
             batch = {k: v.to(accelerator.device) for k, v in batch.items()} if alone else batch
             x = (batch["pixel_values"] - PIXEL_MEAN) / PIXEL_STD
-            loss = _masked_bce(model(x), batch["labels"], batch["label_mask"])
+            loss = loss_fn(model(x), batch["labels"], batch["label_mask"])
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()
