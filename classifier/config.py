@@ -9,6 +9,7 @@ silently fall back to a default and change an ablation arm).
 Overrides (from the CLI ``--set train.epochs=2`` or the ablation config's
 ``classifier.overrides``) are a mapping of dotted keys (``train.epochs``) or
 nested mappings (``{"train": {"epochs": 2}}``); ``members`` is replaced whole.
+Loading, overrides and type checks are :func:`synth.config.load_config`'s.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 
+from synth.config import from_mapping, load_config
 from synth.errors import UserError
-from synth.io import read_yaml_mapping
 
 SYNTHETIC_MODES = ("none", "mix", "pretrain_finetune")
 SYNTHETIC_LABELS = ("prompt", "target", "target_only")
@@ -201,69 +202,14 @@ class EnsembleConfig:
         return dataclasses.asdict(self)
 
 
-_SECTIONS: dict[str, type] = {"train": TrainConfig, "loss": LossConfig, "augment": AugmentConfig,
-                              "synthetic": SyntheticMixConfig, "ensemble": EnsembleOptions, "data": DataConfig}
-
-
-def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
-    if not isinstance(values, Mapping):
-        raise UserError(f"{where}: expected a mapping of option: value, got {type(values).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
-    return cls(**values)
-
-
-def _nest(overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"train.epochs": 2}`` -> ``{"train": {"epochs": 2}}`` (nested mappings pass through)."""
-    out: dict[str, Any] = {}
-    for key, value in overrides.items():
-        parts = str(key).split(".")
-        node = out
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise UserError(f"classifier override {key!r}: {p} is not a section")
-        if isinstance(value, Mapping) and isinstance(node.get(parts[-1]), dict):
-            node[parts[-1]].update(value)
-        else:
-            node[parts[-1]] = dict(value) if isinstance(value, Mapping) else value
-    return out
-
-
 def ensemble_from_dict(data: Mapping[str, Any], where: str = "classifier config") -> EnsembleConfig:
-    unknown = sorted(set(data) - {"members", *_SECTIONS})
-    if unknown:
-        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: members, {', '.join(_SECTIONS)}")
-    kwargs: dict[str, Any] = {}
-    if "members" in data:
-        members = data["members"]
-        if not isinstance(members, list):
-            raise UserError(f"{where}: members must be a list of {{arch, image_size, seed}} mappings")
-        kwargs["members"] = [_build(MemberConfig, m or {}, f"{where}: members[{i}]") for i, m in enumerate(members)]
-    for name, cls in _SECTIONS.items():
-        if name in data and data[name] is not None:
-            kwargs[name] = _build(cls, data[name], f"{where}: {name}")
-    return EnsembleConfig(**kwargs).validated()
+    """A parsed YAML mapping -> validated config (unknown keys and wrong types: one error naming the key)."""
+    return from_mapping(EnsembleConfig, data, where=where).validated()
 
 
 def load_ensemble_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> EnsembleConfig:
     """Defaults <- YAML file <- overrides; raise UserError naming the file/key on bad input."""
-    data: dict[str, Any] = {}
-    where = "classifier config"
-    if path is not None:
-        path = Path(path)
-        where = str(path)
-        if not path.is_file():
-            raise UserError(f"classifier config not found: {path}; see configs/classifier/demo.yaml")
-        data = read_yaml_mapping(path)
-    for key, value in _nest(overrides or {}).items():
-        if isinstance(value, dict) and key in _SECTIONS:
-            section = data.get(key) or {}
-            if not isinstance(section, dict):
-                raise UserError(f"{where}: {key} must be a mapping")
-            data[key] = {**section, **value}
-        else:
-            data[key] = value
-    return ensemble_from_dict(data, where)
+    if path is not None and not Path(path).is_file():
+        raise UserError(f"classifier config not found: {path}; see configs/classifier/demo.yaml")
+    where = str(path) if path is not None else "classifier config"
+    return load_config(EnsembleConfig, path, overrides, where=where, drop_none=False).validated()

@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from synth.config import load_config
 from synth.errors import UserError
-from synth.io import atomic_path, make_readable_tempdir, read_yaml_mapping, write_json_atomic
+from synth.io import atomic_path, make_readable_tempdir, write_json_atomic
 from synth.manifest import MANIFEST_COLUMNS, UNCERTAIN_POLICIES, annotated_classes, write_manifest
 from synth.readers import read_labels
 from synth.splits import (SplitFractions, assert_no_patient_leakage, check_given_split, check_splits, normalise_given_split,
@@ -58,12 +59,8 @@ class PrepareConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike | None = None, **overrides: Any) -> "PrepareConfig":
-        values: dict[str, Any] = {}
-        if path is not None:
-            values.update(read_yaml_mapping(path, missing_hint="pass an existing --config YAML",
-                                            known={f.name for f in fields(cls)}))
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        cfg = cls(**values)
+        """Defaults <- YAML <- overrides (flags: None = not given; ``--set`` texts typed), via :func:`synth.config.load_config`."""
+        cfg = load_config(cls, path, overrides, missing_hint="pass an existing --config YAML")
         if not 8 <= cfg.size <= 4096:
             raise UserError(f"--size {cfg.size}: expected a pixel size between 8 and 4096")
         if cfg.workers < 0:

@@ -14,16 +14,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
-import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 
 from synth.ablation.arms import ARMS as ARM_REGISTRY, BASELINE, SyntheticSet
+from synth.config import UnknownKeyError, load_config
 from synth.errors import UserError
-from synth.io import read_yaml_mapping
 from synth.readers import FORMATS
 from synth.taxonomy import resolve_class
 
@@ -153,76 +152,47 @@ class AblationConfig:
         return d
 
 
-_SECTIONS = {"data": DataConfig, "generator": GeneratorStage, "generate": GenerateStage, "filter": FilterStage,
-             "classifier": ClassifierStage, "oracle": OracleStage, "evaluation": EvaluationConfig, "target": Target}
-
-
 def load_ablation_config(path: str | Path, seeds: list[int] | None = None, arms: list[str] | None = None,
-                         output_root: str | None = None) -> AblationConfig:
-    """Read, apply CLI overrides, validate the values (not yet the paths: see :func:`check_paths`)."""
+                         output_root: str | None = None, sets: Mapping[str, Any] | None = None) -> AblationConfig:
+    """Read, apply ``--set`` overrides then the CLI flags, validate the values (not yet the paths: see
+    :func:`check_paths`). Loading and type checks are :func:`synth.config.load_config`'s; each ``overrides:`` map is
+    checked against its stage's config here, so a typo in one is an error before any work."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--config {path}: file not found; the shipped ones are in configs/ablation/")
-    raw = read_yaml_mapping(path)
-    raw.setdefault("name", path.stem)
-    kwargs: dict[str, Any] = {}
-    top = {f.name for f in dataclasses.fields(AblationConfig)} - {"source_path"}
-    for key, value in raw.items():
-        if key not in top:
-            raise UserError(f"{path}: unknown key {key!r}; valid keys: {', '.join(sorted(top))}")
-        if key in _SECTIONS:
-            kwargs[key] = _section(path, key, _SECTIONS[key], value)
-        else:
-            kwargs[key] = value
-    cfg = AblationConfig(**kwargs, source_path=str(path))
+    try:
+        cfg = load_config(AblationConfig, path, sets, base={"name": path.stem}, internal=("source_path",))
+    except UnknownKeyError as err:
+        if err.section and not err.override:  # the wording this loader has always used for a section's key
+            raise UserError(f"{path}: unknown key(s) [{err.name!r}] in {err.section!r}; {str(err).split('; ', 1)[1]}") from None
+        raise
+    cfg.source_path = str(path)
     if seeds is not None:
         cfg.seeds = list(seeds)
     if arms is not None:
         cfg.arms = list(arms)
     if output_root is not None:
         cfg.output_root = output_root
+    check_overrides(cfg, where=str(path))
     validate(cfg, where=str(path))
     return cfg
 
 
-def _section(path: Path, name: str, cls: type, value: Any):
-    if value is None:
-        return cls()
-    if not isinstance(value, dict):
-        raise UserError(f"{path}: {name!r} must be a mapping of options")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise UserError(f"{path}: unknown key(s) {unknown} in {name!r}; valid keys: {', '.join(sorted(known))}")
-    hints = typing.get_type_hints(cls)
-    for key, v in value.items():
-        _check_type(path, f"{name}.{key}", v, hints[key])
-    return cls(**value)
+def check_overrides(cfg: AblationConfig, where: str) -> None:
+    """Every ``overrides:`` map against its stage's config: keys and value types (values: see check_stage_configs).
 
+    The maps stay as written in ``cfg`` (the stage cache keys hash them); the stages type them when they load.
+    """
+    from classifier.config import EnsembleConfig
+    from synth.filtering.config import FilterConfig
+    from synth.generate import GenerateConfig
+    from synth.generator.config import FINETUNE_STYLE, FinetuneConfig
 
-def _check_type(path: Path, key: str, value: Any, hint: Any) -> None:
-    """A YAML value of the wrong type (``n_boot: "200"``, ``size: 64px``) is one error naming the key, not a
-    TypeError hours later. Only the ablation's own scalar fields; stage configs are checked by their loaders."""
-    allowed = [a for a in typing.get_args(hint)] if typing.get_origin(hint) in (typing.Union, types.UnionType) else [hint]
-    if value is None and type(None) in allowed:
-        return
-    ok = False
-    for a in allowed:
-        origin = typing.get_origin(a) or a
-        if origin is int:
-            ok = ok or (isinstance(value, int) and not isinstance(value, bool))
-        elif origin is float:
-            ok = ok or (isinstance(value, (int, float)) and not isinstance(value, bool))
-        elif origin is bool:
-            ok = ok or isinstance(value, bool)
-        elif origin in (str, list, dict):
-            ok = ok or isinstance(value, origin)
-        else:
-            ok = True
-    if not ok:
-        names = " or ".join("null" if a is type(None) else getattr(typing.get_origin(a) or a, "__name__", str(a)) for a in allowed)
-        raise UserError(f"{path}: {key} is {value!r} ({type(value).__name__}); expected {names}"
-                        f"{' (write it without quotes)' if isinstance(value, str) else ''}")
+    for section, cls in (("generator", FinetuneConfig), ("generate", GenerateConfig), ("filter", FilterConfig),
+                         ("classifier", EnsembleConfig)):
+        style = FINETUNE_STYLE if cls is FinetuneConfig else {}
+        load_config(cls, None, getattr(cfg, section).overrides, where=f"{where}: {section}.overrides",
+                    drop_none=cls is not EnsembleConfig, **style)
 
 
 def validate(cfg: AblationConfig, where: str = "config") -> None:

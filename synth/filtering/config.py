@@ -7,16 +7,13 @@ reused by many filter runs (``FilterConfig``) with different thresholds.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Mapping
 
 
+from synth.config import load_config
 from synth.errors import UserError
-from synth.io import read_yaml_mapping
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -127,24 +124,11 @@ class FilterConfig:
         return self
 
 
-def _load(cls: type[T], path: str | Path | None, overrides: Mapping[str, Any] | None, example: str) -> T:
-    data: dict[str, Any] = {}
-    known = {f.name for f in dataclasses.fields(cls)}
-    if path is not None:
-        data = read_yaml_mapping(path, missing_hint=f"see {example}", known=known)
-    overrides = dict(overrides or {})
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise UserError(f"unknown {cls.__name__} option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return cls(**data).validated()
-
-
 def load_verifier_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> VerifierConfig:
-    """Defaults <- YAML file <- overrides (None values ignored)."""
-    return _load(VerifierConfig, path, overrides, "configs/filter/verifier.yaml")
+    """Defaults <- YAML file <- overrides (None values ignored; ``--set`` texts typed), via :func:`synth.config.load_config`."""
+    return load_config(VerifierConfig, path, overrides, missing_hint="see configs/filter/verifier.yaml").validated()
 
 
 def load_filter_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> FilterConfig:
-    """Defaults <- YAML file <- overrides (None values ignored)."""
-    return _load(FilterConfig, path, overrides, "configs/filter/default.yaml")
+    """Defaults <- YAML file <- overrides (None values ignored; ``--set`` texts typed), via :func:`synth.config.load_config`."""
+    return load_config(FilterConfig, path, overrides, missing_hint="see configs/filter/default.yaml").validated()

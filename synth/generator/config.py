@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 
+from synth.config import SET_HELP, Style, coerce, load_config, parse_sets
 from synth.errors import UserError
-from synth.io import read_yaml_mapping
 
 STAGES = ("all", "vae", "unet")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -172,54 +171,23 @@ def _fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(FinetuneConfig)}
 
 
+#: finetune's keys are also its flags, so its messages name them as flags; its float fields have always held floats
+#: (``latent_cache_max_ram_gb: 16`` is 16.0 in finetune_config.json).
+FINETUNE_STYLE: dict[str, Any] = {"key_prefix": "--", "valid_hint": "valid keys are the flags of synth/finetune.py --help",
+                                "int_to_float": True}
+
+
 def load_finetune_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> FinetuneConfig:
-    """YAML (``configs/finetune/*.yaml``) + overrides (``None`` values ignored) -> validated config."""
-    data: dict[str, Any] = {}
-    known = _fields()
-    if path is not None:
-        data = read_yaml_mapping(path, missing_hint="see configs/finetune/ (e.g. configs/finetune/demo.yaml)",
-                                 known=known, known_hint="valid keys are the flags of synth/finetune.py --help")
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    unknown = sorted(set(overrides) - set(known))
-    if unknown:
-        raise UserError(f"unknown finetune option(s) {', '.join(unknown)}; see synth/finetune.py --help")
-    data.update(overrides)
-    hints = typing.get_type_hints(FinetuneConfig)
-    coerced = {k: _coerce(k, v, hints[k]) for k, v in data.items()}
-    return FinetuneConfig(**coerced).validated()
+    """YAML (``configs/finetune/*.yaml``) + overrides (``None`` values ignored) -> validated config.
+
+    Loading, overrides (flags and ``--set KEY=VALUE``) and type conversion are :func:`synth.config.load_config`'s."""
+    return load_config(FinetuneConfig, path, overrides, where=str(path) if path is not None else "",
+                       missing_hint="see configs/finetune/ (e.g. configs/finetune/demo.yaml)", **FINETUNE_STYLE).validated()
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
     """YAML / CLI value -> the field's type, with a one-line error naming the option."""
-    if value is None:
-        return None
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    base = args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
-    try:
-        if typing.get_origin(base) is list:
-            (item,) = typing.get_args(base)
-            if isinstance(value, str):
-                value = [value]
-            return [_coerce(name, v, item) for v in value]
-        if base is bool:
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        if base is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if base is float:
-            return float(value)
-        if base is str:
-            return str(value)
-    except (TypeError, ValueError):
-        raise UserError(f"--{name}: cannot read {value!r} as {getattr(base, '__name__', base)}") from None
-    return value
+    return coerce(value, hint, [name], Style("", **FINETUNE_STYLE))
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -230,6 +198,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                     "Run under `accelerate launch` for multi-GPU.",
     )
     parser.add_argument("--config", type=str, default=None, help="YAML of options (configs/finetune/*.yaml); flags override it.")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help=SET_HELP + " Same as the flag of that name (--set max_train_steps=10 = --max_train_steps 10).")
     hints = typing.get_type_hints(FinetuneConfig)
     for name, f in _fields().items():
         hint = hints[name]
@@ -248,4 +218,5 @@ def build_arg_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None) -> FinetuneConfig:
     args = vars(build_arg_parser().parse_args(argv))
     path = args.pop("config")
-    return load_finetune_config(path, args)
+    sets = parse_sets(args.pop("sets"))
+    return load_finetune_config(path, {**sets, **{k: v for k, v in args.items() if v is not None}})

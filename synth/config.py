@@ -1,0 +1,339 @@
+"""One typed config loader for every stage: YAML file -> dataclass, dotted overrides, one error per bad key or value.
+
+Every stage keeps its settings in a dataclass (nested dataclasses allowed: the classifier's ``train:`` section, the
+ablation's ``data:`` section, ...) and loads it through :func:`load_config`:
+
+* **defaults <- YAML <- overrides.** Overrides are a mapping of dotted keys (``train.epochs``) or nested mappings
+  (``{"train": {"epochs": 2}}``, merged into the YAML's section). They come from the stage's own flags, from
+  ``--set KEY=VALUE`` (the same option on every ``synth`` command that takes ``--config``) and from the ``overrides:``
+  maps of an ablation YAML, so all three spell a setting the same way.
+* **One type rule.** Each value is checked and converted against its field's annotation, wherever it came from: a
+  ``--set`` value is read with YAML's scalar rules (``2``, ``0.1``, ``true``, ``[48,64]``, ``null``) except that a
+  ``str`` field keeps the text as typed (``--set train.mixed_precision=no`` is ``"no"``, not YAML's ``False``). YAML
+  ints are accepted where a float is expected and kept as ints (the classifier and ablation caches hash the JSON of
+  these values, so converting them would change cache keys).
+* **One error.** An unknown key (YAML or override) or a value of the wrong type is one :class:`UserError` naming the
+  key, a close match and the valid keys, raised before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from synth.errors import UserError
+from synth.io import read_yaml_mapping
+
+T = TypeVar("T")
+
+#: The help text of every ``--set`` option.
+SET_HELP = "Override one setting of the config: KEY=VALUE, dotted for sections (e.g. train.epochs=2); repeatable."
+
+
+class UnknownKeyError(UserError):
+    """An unknown key: ``section`` (dotted, "" at the top level), the bad ``name`` in it, and whether it came from an
+    override. A subclass only so a stage whose tests pin an older wording can keep it."""
+
+    def __init__(self, message: str, *, section: str, name: str, override: bool) -> None:
+        super().__init__(message)
+        self.section, self.name, self.override = section, name, override
+
+
+class RawText(str):
+    """A ``--set`` value as typed on the command line: read by YAML rules against the field's type at load time."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Style:
+    """How one stage's messages name things: ``where`` (the file or stage) and a prefix for keys (``--`` for
+    flag-style configs such as finetune, whose keys are also its command-line flags)."""
+
+    where: str
+    key_prefix: str = ""
+    valid_hint: str | None = None
+    int_to_float: bool = False
+
+    def at(self, key: str) -> str:
+        return f"{self.where}: {self.key_prefix}{key}" if self.where else f"{self.key_prefix}{key}"
+
+
+def parse_sets(items: Iterable[str] | None) -> dict[str, RawText]:
+    """``["train.epochs=2", "synthetic.mode=mix"]`` -> ``{"train.epochs": "2", ...}`` (typed when the config loads)."""
+    out: dict[str, RawText] = {}
+    for item in items or ():
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=2")
+        out[key.strip()] = RawText(value.strip())
+    return out
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None, *,
+                where: str | None = None, missing_hint: str | None = None, drop_none: bool = True,
+                key_prefix: str = "", valid_hint: str | None = None, int_to_float: bool = False,
+                internal: Sequence[str] = (), base: Mapping[str, Any] | None = None) -> T:
+    """Defaults <- ``base`` <- YAML file ``path`` <- ``overrides`` -> an instance of the dataclass ``cls`` (not yet
+    ``validated()``).
+
+    ``drop_none``: an override whose value is ``None`` means "flag not given" and is skipped (a ``--set KEY=null``
+    still sets null). ``internal``: top-level fields set by code, never by a YAML or an override. ``base``: defaults
+    the caller derives (an ablation's name from its file name).
+    """
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        data.update(read_yaml_mapping(path, missing_hint=missing_hint))
+    style = Style(where if where is not None else (str(path) if path is not None else cls.__name__), key_prefix,
+                   valid_hint, int_to_float)
+    data = merge_overrides(cls, data, overrides or {}, style, drop_none=drop_none, internal=internal)
+    return build(cls, data, style, internal=internal)
+
+
+def from_mapping(cls: type[T], data: Any, *, where: str, int_to_float: bool = False) -> T:
+    """An already parsed mapping (a YAML file's content) -> ``cls``, with :func:`load_config`'s checks for a file."""
+    return build(cls, data, Style(where, int_to_float=int_to_float))
+
+
+def merge_overrides(cls: type, data: Mapping[str, Any], overrides: Mapping[str, Any], style: Style, *,
+                    drop_none: bool = True, internal: Sequence[str] = ()) -> dict[str, Any]:
+    """``data`` with each dotted override written into its section; an unknown key is one error naming it."""
+    data = _copy_tree(data)
+    for key, value in overrides.items():
+        if value is None and drop_none:
+            continue
+        _put(cls, data, str(key), value, style, internal)
+    return data
+
+
+def _put(cls: type, data: dict[str, Any], key: str, value: Any, style: Style, internal: Sequence[str]) -> None:
+    parts = key.split(".")
+    node, owner = data, cls
+    for i, part in enumerate(parts):
+        known = _field_types(owner, internal if owner is cls else ())
+        if part not in known:
+            _unknown(style, parts, i, list(known), override=True, root=cls)
+        hint = _strip_optional(known[part])
+        last = i == len(parts) - 1
+        if last and isinstance(value, Mapping) and _is_dataclass(hint) and isinstance(node.get(part), Mapping):
+            node[part] = _merge_mappings(node[part], value)
+            return
+        if last:
+            node[part] = value
+            return
+        if _is_dataclass(hint):
+            child = node.get(part)
+            node[part] = child = dict(child) if isinstance(child, Mapping) else {}
+            node, owner = child, hint
+            continue
+        if hint is Any or typing.get_origin(hint) is dict or hint is dict:
+            child = node.get(part)
+            node[part] = child = dict(child) if isinstance(child, Mapping) else {}
+            child[".".join(parts[i + 1:])] = _plain(value)  # a free-form map (an ablation's ``overrides:``) takes the rest
+            return
+        raise UserError(f"{style.at(key)}: {'.'.join(parts[: i + 1])} is a single value, not a section; "
+                        f"set it as {style.key_prefix}{'.'.join(parts[: i + 1])}=VALUE")
+
+
+def build(cls: type[T], data: Any, style: Style, *, path: Sequence[str] = (), internal: Sequence[str] = ()) -> T:
+    """A mapping -> ``cls`` with every value checked against its field's type (nested dataclasses recursively)."""
+    section = ".".join(path)
+    if not isinstance(data, Mapping):
+        what = f"{section} must be" if section else "expected"
+        raise UserError(f"{style.where}: {what} a mapping of option: value, got {type(data).__name__}")
+    known = _field_types(cls, internal if not path else ())
+    for key in data:
+        if key not in known:
+            _unknown(style, [*path, str(key)], len(path), list(known), override=False, root=cls)
+    kwargs = {key: coerce(value, known[key], [*path, key], style) for key, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a field without default (e.g. an ablation's name) not given
+        raise UserError(f"{style.where}: {section + ': ' if section else ''}{err}") from None
+
+
+def coerce(value: Any, hint: Any, path: Sequence[str], style: Style) -> Any:
+    """One value -> the field's type (the one type rule of the module docstring), or one error naming the key."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return _coerce_union(value, typing.get_args(hint), path, style)
+    if isinstance(value, RawText) and hint is not str:
+        value = _plain(value)
+    if hint is Any:
+        return value
+    if value is None:
+        if _is_dataclass(hint):
+            return hint()
+        raise UserError(f"{style.at('.'.join(path))} is null; expected {_type_name(hint)}")
+    if _is_dataclass(hint):
+        return build(hint, value, style, path=path)
+    if origin is list or hint is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        if isinstance(value, str):
+            value = [value]  # one list item may be written without brackets (``--validation_prompts "a prompt"``)
+        if not isinstance(value, (list, tuple)):
+            _bad_type(value, hint, path, style)
+        return [coerce(v, item, [*path[:-1], f"{path[-1]}[{i}]"], style) for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        if not isinstance(value, Mapping):
+            _bad_type(value, hint, path, style)
+        return dict(value)
+    if hint in (bool, int, float, str):
+        return _scalar(value, hint, path, style)
+    return value
+
+
+def _coerce_union(value: Any, args: Sequence[Any], path: Sequence[str], style: Style) -> Any:
+    options = [a for a in args if a is not type(None)]
+    parsed = _plain(value) if isinstance(value, RawText) else value
+    if parsed is None and len(options) < len(args):
+        return None
+    if isinstance(value, RawText) and str in options and not any(_fits(parsed, a) for a in options if a is not str):
+        return str(value)  # text as typed: ``--set negative_prompt=no`` is "no"
+    for option in sorted(options, key=lambda a: not _fits(parsed, a)):  # an exact fit first, then conversions
+        try:
+            return coerce(parsed, option, path, style)
+        except UserError:
+            continue
+    _bad_type(parsed, args, path, style)
+
+
+def _scalar(value: Any, hint: type, path: Sequence[str], style: Style) -> Any:
+    try:
+        if hint is str:
+            if isinstance(value, (list, tuple, dict)):
+                raise TypeError(value)
+            return str(value)
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise TypeError(value)
+        if hint is int:
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError(value)
+                return int(value)
+            return int(value)
+        if isinstance(value, int) and not style.int_to_float:
+            return value
+        return float(value)
+    except (TypeError, ValueError):
+        _bad_type(value, hint, path, style)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` already is of type ``hint`` (no conversion needed)."""
+    origin = typing.get_origin(hint) or hint
+    if origin is bool:
+        return isinstance(value, bool)
+    if origin is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(origin, type):
+        return isinstance(value, origin)
+    return False
+
+
+def _bad_type(value: Any, hint: Any, path: Sequence[str], style: Style) -> typing.NoReturn:
+    """One error naming the key, the value and the type it should have had."""
+    raise UserError(f"{style.at('.'.join(path))}: cannot read {value!r} as {_type_name(hint)}")
+
+
+def _type_name(hint: Any) -> str:
+    """``int``, ``list[int]``, ``float or null`` (a tuple of hints: the members of a union)."""
+    if isinstance(hint, tuple) or typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in (hint if isinstance(hint, tuple) else typing.get_args(hint)))
+    if hint is type(None):
+        return "null"
+    origin = typing.get_origin(hint)
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in typing.get_args(hint))}]"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _unknown(style: Style, parts: Sequence[str], i: int, valid: list[str], *, override: bool, root: type) -> typing.NoReturn:
+    """One error: the unknown key ``parts`` (``parts[i]`` is the bad one), the closest valid key (in its section,
+    else anywhere) and the valid keys of that section."""
+    key, section = ".".join(parts), ".".join(parts[:i])
+    close = difflib.get_close_matches(parts[i], valid, n=1, cutoff=0.6)
+    suggestion = ".".join([*parts[:i], close[0], *parts[i + 1:]]) if close else None
+    if suggestion is None:
+        leaves = _leaf_paths(root)
+        close = difflib.get_close_matches(key, leaves, n=1, cutoff=0.6) or [p for p in leaves if p.split(".")[-1] == parts[-1]]
+        suggestion = close[0] if close else None
+    prefix = style.key_prefix if override else ""  # a flag-style config names its flags as flags, its YAML keys as keys
+    did_you_mean = f" (did you mean {prefix + suggestion!r}?)" if suggestion else ""
+    listing = style.valid_hint or f"valid keys{' in ' + section if section else ''}: {', '.join(sorted(valid))}"
+    where = f"{style.where}: " if style.where else ""
+    raise UnknownKeyError(f"{where}unknown {'override key' if override else 'key'} {prefix + key!r}{did_you_mean}; {listing}",
+                          section=section, name=parts[i], override=override)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _field_types(cls: type, internal: Sequence[str] = ()) -> dict[str, Any]:
+    hints = _hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name not in internal}
+
+
+def _leaf_paths(cls: type, prefix: str = "", depth: int = 0) -> list[str]:
+    out = []
+    for name, hint in _field_types(cls).items():
+        inner = _strip_optional(hint)
+        if _is_dataclass(inner) and depth < 3:
+            out += _leaf_paths(inner, f"{prefix}{name}.", depth + 1)
+        else:
+            out.append(prefix + name)
+    return out
+
+
+def _strip_optional(hint: Any) -> Any:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else hint
+    return hint
+
+
+def _is_dataclass(hint: Any) -> bool:
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
+
+
+def _plain(value: Any) -> Any:
+    """A ``--set`` text read by YAML's scalar rules (``2`` -> 2, ``[48,64]`` -> [48, 64], ``null`` -> None)."""
+    if not isinstance(value, RawText):
+        return value
+    import yaml
+
+    try:
+        return yaml.safe_load(str(value)) if str(value) else None
+    except yaml.YAMLError:
+        return str(value)
+
+
+def _merge_mappings(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge_mappings(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _copy_tree(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _copy_tree(v) if isinstance(v, Mapping) else v for k, v in data.items()}
