@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO / "tests"))
 import torch  # noqa: E402
 
 import synth.generate as gen  # noqa: E402
+import synth.inference.orchestration as orchestration  # noqa: E402
 from tiny_pipeline import build_tiny_pipeline  # noqa: E402
 
 
@@ -82,8 +83,8 @@ def main() -> None:
         return time.perf_counter() - start, time.process_time() - cpu
 
     bare()  # warm-up (allocator, oneDNN kernels)
-    real_load = gen.load_pipeline
-    gen.load_pipeline = lambda *a, **k: pipe  # time sampling + bookkeeping, not the (reported) load
+    real_load = orchestration.load_pipeline
+    orchestration.load_pipeline = lambda *a, **k: pipe  # time sampling + bookkeeping, not the (reported) load
     try:
         bare_s, synth_s, bare_cpu, synth_cpu = [], [], [], []
         for r in range(args.repeats):
@@ -92,7 +93,7 @@ def main() -> None:
                 w.append(wall)
                 c.append(cpu)
     finally:
-        gen.load_pipeline = real_load
+        orchestration.load_pipeline = real_load
     b, s = statistics.median(bare_s), statistics.median(synth_s)
     bc, sc = statistics.median(bare_cpu), statistics.median(synth_cpu)
     print(f"model: UNet (64,128,256), latents 16x16 -> {resolution} px, MiniLM text encoder; {args.n} images, "

@@ -17,6 +17,7 @@ from scipy.stats import chisquare
 from typer.testing import CliRunner
 
 import synth.generate as gen
+import synth.inference.orchestration as orchestration
 from synth.cli import app
 from synth.cooccurrence import TrainingLabels
 from synth.errors import UserError
@@ -56,8 +57,8 @@ def test_unknown_class_exits_2_with_suggestions_before_loading(tiny_model, tmp_p
     def must_not_run(*args, **kwargs):
         raise AssertionError("model touched before the class names were checked")
 
-    monkeypatch.setattr(gen, "load_generator_info", must_not_run)
-    monkeypatch.setattr(gen, "load_pipeline", must_not_run)
+    monkeypatch.setattr(orchestration, "load_generator_info", must_not_run)
+    monkeypatch.setattr(orchestration, "load_pipeline", must_not_run)
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["generate", "--model", str(tiny_model), "--class", "Rib Fracture",
                                       "--class", "rib fractur", "--n", "2", "--out", str(out)])
@@ -176,6 +177,7 @@ def test_rerun_with_other_settings_is_refused(tiny_model, tmp_path):
 _CRASHING_RUN = """
 import os, signal, sys
 import synth.generate as gen
+import synth.inference.orchestration as orchestration
 from synth.io import save_image_atomic
 saved = 0
 def save_then_die(path, image, **kw):
@@ -185,7 +187,7 @@ def save_then_die(path, image, **kw):
         (path.parent / f".{path.name}.half.tmp").write_bytes(b"\\x89PNG")
         os.kill(os.getpid(), signal.SIGKILL)
     save_image_atomic(path, image, **kw)
-gen.save_image_atomic = save_then_die
+orchestration.save_image_atomic = save_then_die
 gen.generate(sys.argv[1], ["Rib Fracture", "Pneumothorax"], 4, sys.argv[2], batch_size=3, steps=2, progress=False)
 """
 

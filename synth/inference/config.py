@@ -1,0 +1,81 @@
+"""``synth generate``'s settings: :class:`GenerateConfig` and the scheduler and precision names it accepts.
+
+No torch here: a bad option fails before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from synth.errors import UserError
+from synth.io import read_yaml_mapping
+
+#: ``--scheduler`` name -> (diffusers class, config overrides); built from the pipeline's own scheduler config.
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}),
+    "dpm++-karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+}
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
+
+
+@dataclass
+class GenerateConfig:
+    """Sampling settings (``configs/generate/*.yaml``; CLI flags override)."""
+
+    n: int | str = 100  # images per class, or "auto": top up to target_count positives
+    target_count: int | None = None
+    seed: int = 0
+    batch_size: int = 8
+    steps: int = 25
+    guidance_scale: float = 4.0
+    scheduler: str = "dpm++"
+    temperature: float = 1.0
+    negative_prompt: str | None = None  # None: the prompt templates' negative prompt
+    precision: str = "auto"  # auto = fp16 on CUDA, fp32 on CPU
+    enable_xformers: bool = False
+    compile: bool = False  # CUDA only: channels_last + torch.compile(unet); a warning elsewhere
+    device: str | None = None  # None: the Accelerate process's device
+    train_manifest: str | None = None  # for pipelines without synth_meta.json (or to override it)
+    prompt_templates: str | None = None
+    progress: bool = True
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None = None, **overrides: Any) -> "GenerateConfig":
+        data: dict[str, Any] = {}
+        if path is not None:
+            data = read_yaml_mapping(path, missing_hint="see configs/generate/default.yaml",
+                                     known={f.name for f in dataclasses.fields(cls)})
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data).validated()
+
+    def validated(self) -> "GenerateConfig":
+        """Check every option that can be checked without the model; return self."""
+        if isinstance(self.n, str):
+            if self.n.strip().lower() == "auto":
+                self.n = "auto"
+            elif self.n.strip().isdigit():
+                self.n = int(self.n)
+            else:
+                raise UserError(f"--n must be a number or 'auto', got {self.n!r}")
+        if self.n == "auto" and (self.target_count is None or self.target_count < 1):
+            raise UserError("--n auto needs --target-count (positives in train + generated to reach per class)")
+        if isinstance(self.n, int) and self.n < 0:
+            raise UserError(f"--n must be >= 0, got {self.n}")
+        if self.scheduler not in SCHEDULERS:
+            raise UserError(f"unknown --scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"unknown --precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.batch_size < 1 or self.steps < 1:
+            raise UserError("--batch-size and --steps must be >= 1")
+        if self.temperature <= 0:
+            raise UserError(f"--temperature must be > 0, got {self.temperature}")
+        return self
