@@ -74,6 +74,12 @@ def parse_sets(items: Iterable[str] | None) -> dict[str, RawText]:
     return out
 
 
+def command_overrides(sets: Iterable[str] | None, flags: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A command's overrides: its ``--set KEY=VALUE`` items, then its specific flags (aliases such as ``--batch-size``;
+    ``None`` = not given), so a flag given explicitly wins over a ``--set`` of the same key."""
+    return {**parse_sets(sets), **{k: v for k, v in (flags or {}).items() if v is not None}}
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None, *,
                 where: str | None = None, missing_hint: str | None = None, drop_none: bool = True,
                 key_prefix: str = "", valid_hint: str | None = None, int_to_float: bool = False,

@@ -58,7 +58,7 @@ class PrepareConfig:
     uncertain: str = "error"
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike | None = None, **overrides: Any) -> "PrepareConfig":
+    def from_yaml(cls, path: str | os.PathLike | None = None, /, **overrides: Any) -> "PrepareConfig":
         """Defaults <- YAML <- overrides (flags: None = not given; ``--set`` texts typed), via :func:`synth.config.load_config`."""
         cfg = load_config(cls, path, overrides, missing_hint="pass an existing --config YAML")
         if not 8 <= cfg.size <= 4096:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
+from synth.config import SET_HELP, parse_sets
 from synth.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,13 +29,16 @@ def ablate_command(
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Override the seeds, comma-separated (e.g. 0,1,2)."),
     arms: Optional[str] = typer.Option(None, "--arms", help="Override the arms, comma-separated (real_only must be one)."),
     output_root: Optional[str] = typer.Option(None, "--output-root", help="Root of ablations/ and reports/. [default: outputs]"),
+    sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + " E.g. --set evaluation.n_boot=200 or "
+                                             "--set generator.overrides.max_train_steps=100."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check every path and print the plan; run nothing."),
 ) -> None:
     """Run real-only, real re-sampled and +synthetic (unfiltered, filtered, pretrain) over seeds; resumable; writes the report."""
     from synth.ablation.config import check_paths, load_ablation_config
 
     cfg = load_ablation_config(config, seeds=_int_list(seeds, "--seeds"),
-                               arms=[a.strip() for a in arms.split(",")] if arms else None, output_root=output_root)
+                               arms=[a.strip() for a in arms.split(",")] if arms else None, output_root=output_root,
+                               sets=parse_sets(sets))
     check_paths(cfg)
     _print_plan(cfg)
     if dry_run:

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from synth.config import SET_HELP, command_overrides
+
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the synth app."""
@@ -15,18 +17,15 @@ def register(app: typer.Typer) -> None:
     @classify.command("train")
     def train(
         config: Path = typer.Option(..., "--config", help="configs/classifier/*.yaml (names data.manifest)"),
-        sets: Optional[List[str]] = typer.Option(None, "--set", help="override KEY=VALUE, e.g. train.epochs=2 (repeatable)"),
+        sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
         out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: data.output_dir of the config)"),
         report_to: Optional[str] = typer.Option(None, "--report_to", "--report-to",
                                                 help="tensorboard: per-epoch metrics as event files in OUT/logs (= --set train.report_to=...)"),
     ) -> None:
         """Train (or resume) the ensemble; for several GPUs: accelerate launch classifier/train.py --config ..."""
-        from classifier.train import parse_sets, run_from_config
+        from classifier.train import run_from_config
 
-        overrides = parse_sets(sets or [])
-        if report_to is not None:
-            overrides["train.report_to"] = report_to
-        typer.echo(str(run_from_config(config, overrides, out)))
+        typer.echo(str(run_from_config(config, command_overrides(sets, {"train.report_to": report_to}), out)))
 
     app.add_typer(classify, name="classify")
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from synth.config import SET_HELP, command_overrides
 from synth.taxonomy import CXR_LT_CLASSES, HIERARCHY, ZERO_SHOT_CLASSES
 
 
@@ -43,14 +44,16 @@ def prepare(
     workers: Optional[int] = typer.Option(None, "--workers", help="Decode processes; 0 = one per CPU core. [default: 0]"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out dataset."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML of defaults (configs/data/prepare.yaml); flags override."),
+    sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + " E.g. --set head_threshold=0.2."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
 ) -> None:
     """Read a CXR-LT or NIH label file, keep its given split (or split by patient), cache resized grayscale images, write stats."""
     from synth.prepare import PrepareConfig, run
     from synth.stats import load_stats
 
-    cfg = PrepareConfig.from_yaml(config, size=size, seed=seed, val=val, test=test, skip_bad_images=skip_bad_images or None,
-                                  workers=workers, split=split, uncertain=uncertain)
+    flags = {"size": size, "seed": seed, "val": val, "test": test, "skip_bad_images": skip_bad_images or None,
+             "workers": workers, "split": split, "uncertain": uncertain}
+    cfg = PrepareConfig.from_yaml(config, **command_overrides(sets, flags))
     split_files = {name: f for name, f in (("val", val_labels), ("test", test_labels)) if f is not None}
     manifest = run(fmt, labels, images, out, cfg, overwrite=overwrite, progress=not no_progress, split_files=split_files)
     _summary(load_stats(manifest.parent), manifest)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
+
+from synth.config import SET_HELP, command_overrides
 
 
 def filter_command(
@@ -14,6 +16,7 @@ def filter_command(
     verifier: Path = typer.Option(..., "--verifier", help="Folder from `synth verifier train`."),
     out: Path = typer.Option(..., "--out", help="Output folder: kept.csv, rejected.csv, scores.csv, summary.csv, summary.json."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML of rules (configs/filter/default.yaml); flags override."),
+    sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + " E.g. --set outlier_rejects=true."),
     oracle: Optional[Path] = typer.Option(None, "--oracle", help="Phantom only: oracle folder from `synth oracle train` (fidelity in the summary)."),
     extractor: Optional[str] = typer.Option(None, "--extractor", help="'verifier' or a local encoder folder (model.safetensors + extractor.yaml)."),
     threshold_quantile: Optional[float] = typer.Option(None, "--threshold-quantile", help="Quantile of real val positives' scores used as class threshold. [default: 0.2]"),
@@ -23,9 +26,9 @@ def filter_command(
     """Keep synthetic images that show their label, look like real X-rays and copy no patient."""
     from synth.filtering import load_filter_config, run_filter
 
-    cfg = load_filter_config(config, {"oracle": str(oracle) if oracle else None, "extractor": extractor,
-                                      "threshold_quantile": threshold_quantile, "fid_reject_factor": fid_reject_factor,
-                                      "seed": seed})
+    cfg = load_filter_config(config, command_overrides(sets, {
+        "oracle": str(oracle) if oracle else None, "extractor": extractor, "threshold_quantile": threshold_quantile,
+        "fid_reject_factor": fid_reject_factor, "seed": seed}))
     summary = run_filter(synthetic, data, verifier, out, cfg)
     _print_summary(summary, out)
 
@@ -34,6 +37,7 @@ def verifier_train_command(
     data: Path = typer.Option(..., "--data", help="Prepared real dataset (folder or manifest.csv); only split=train, source=real rows are used."),
     out: Path = typer.Option(..., "--out", help="Output folder (model.safetensors + verifier.json)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML (configs/filter/verifier.yaml); flags override."),
+    sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + " E.g. --set lr=0.002."),
     arch: Optional[str] = typer.Option(None, "--arch", help="timm model name (random init). [default: convnext_atto]"),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Training resolution. [default: 128]"),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
@@ -43,7 +47,8 @@ def verifier_train_command(
     """Train the label-verifier on the real training split (never val/test, never synthetic)."""
     from synth.filtering import load_verifier_config, train_verifier
 
-    cfg = load_verifier_config(config, {"arch": arch, "image_size": image_size, "epochs": epochs, "max_steps": max_steps, "seed": seed})
+    flags = {"arch": arch, "image_size": image_size, "epochs": epochs, "max_steps": max_steps, "seed": seed}
+    cfg = load_verifier_config(config, command_overrides(sets, flags))
     typer.echo(f"verifier written to {train_verifier(data, out, cfg)}", err=True)
 
 
@@ -51,6 +56,7 @@ def oracle_train_command(
     data: Path = typer.Option(..., "--data", help="A large class-balanced phantom dataset (`synth phantom --balanced`, then `synth prepare`)."),
     out: Path = typer.Option(..., "--out", help="Output folder (verifier files + oracle.json)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML (configs/filter/oracle.yaml); flags override."),
+    sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + " E.g. --set image_size=64."),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
 ) -> None:
@@ -59,7 +65,7 @@ def oracle_train_command(
 
     from synth.filtering import load_verifier_config, train_oracle
 
-    cfg = load_verifier_config(config, {"epochs": epochs, "max_steps": max_steps})
+    cfg = load_verifier_config(config, command_overrides(sets, {"epochs": epochs, "max_steps": max_steps}))
     folder = train_oracle(data, out, cfg)
     if (folder / "oracle.json").exists():
         _print_oracle(json.loads((folder / "oracle.json").read_text()))

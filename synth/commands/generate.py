@@ -11,6 +11,7 @@ from typing import List, Optional
 
 import typer
 
+from synth.config import SET_HELP, command_overrides
 from synth.errors import UserError
 
 
@@ -22,6 +23,7 @@ def generate_command(
     n: Optional[str] = typer.Option(None, "--n", help="Images per class, or 'auto' to top up to --target-count. [default: 100]"),
     target_count: Optional[int] = typer.Option(None, "--target-count", help="With --n auto: positives in train + generated per class."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML of defaults (configs/generate/default.yaml); flags override."),
+    sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + " E.g. --set guidance_scale=5."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Run seed; each image's seed is derived from (seed, class, index). [default: 0]"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass (does not change the images). [default: 8]"),
     steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps. [default: 25]"),
@@ -43,14 +45,15 @@ def generate_command(
         if g.strip().lower() not in ("tail", "medium", "head"):
             raise UserError(f"--classes {g!r}: expected tail, medium or head (use --class for a single class)")
     names = validate_class_names([*class_, *groups])  # unknown names fail here, before any model I/O
-    cfg = GenerateConfig.from_yaml(
-        config, n=n, target_count=target_count, seed=seed, batch_size=batch_size, steps=steps,
+    flags = dict(
+        n=n, target_count=target_count, seed=seed, batch_size=batch_size, steps=steps,
         guidance_scale=guidance_scale, scheduler=scheduler, temperature=temperature,
         negative_prompt=negative_prompt, precision=precision, device=device,
         enable_xformers=enable_xformers or None, progress=False if no_progress else None,
         train_manifest=str(train_manifest) if train_manifest else None,
         prompt_templates=str(prompt_templates) if prompt_templates else None,
     )
+    cfg = GenerateConfig.from_yaml(config, **command_overrides(sets, flags))
     _quiet_library_logs()
     manifest = run(model, names, out, cfg)
     _summary(manifest)

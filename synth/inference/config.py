@@ -5,13 +5,12 @@ No torch here: a bad option fails before anything heavy is imported.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from synth.config import load_config
 from synth.errors import UserError
-from synth.io import read_yaml_mapping
 
 #: ``--scheduler`` name -> (diffusers class, config overrides); built from the pipeline's own scheduler config.
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -49,13 +48,10 @@ class GenerateConfig:
     progress: bool = True
 
     @classmethod
-    def from_yaml(cls, path: str | Path | None = None, **overrides: Any) -> "GenerateConfig":
-        data: dict[str, Any] = {}
-        if path is not None:
-            data = read_yaml_mapping(path, missing_hint="see configs/generate/default.yaml",
-                                     known={f.name for f in dataclasses.fields(cls)})
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**data).validated()
+    def from_yaml(cls, path: str | Path | None = None, /, **overrides: Any) -> "GenerateConfig":
+        """Defaults <- YAML <- overrides (flags: None = not given; ``--set`` texts typed), via
+        :func:`synth.config.load_config`."""
+        return load_config(cls, path, overrides, missing_hint="see configs/generate/default.yaml").validated()
 
     def validated(self) -> "GenerateConfig":
         """Check every option that can be checked without the model; return self."""
