@@ -90,12 +90,12 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def read_yaml_mapping(path: str | os.PathLike, missing_hint: str | None = None,
-                      known: Iterable[str] | None = None, known_hint: str | None = None) -> dict:
-    """A YAML file that must hold a mapping; a missing file, bad syntax, another shape or (with ``known``)
-    an unknown key is one ``UserError`` naming the file.
+def read_yaml_mapping(path: str | os.PathLike, missing_hint: str | None = None) -> dict:
+    """A YAML file that must hold a mapping; a missing file, bad syntax or another shape is one ``UserError``
+    naming the file.
 
-    Every stage's config loader reads its file through here, so a broken config reads the same everywhere.
+    Every stage's config loader reads its file through here (via :func:`synth.config.load_config`, which also
+    checks the keys), so a broken config reads the same everywhere.
     """
     import yaml
 
@@ -110,12 +110,6 @@ def read_yaml_mapping(path: str | os.PathLike, missing_hint: str | None = None,
         raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); fix the syntax") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of option: value at the top level")
-    if known is not None:
-        known = set(known)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"{path}: unknown key(s) {', '.join(map(str, unknown))}; "
-                            f"{known_hint or 'valid keys: ' + ', '.join(sorted(known))}")
     return data
 
 
