@@ -34,7 +34,6 @@ if __name__ == "__main__" and not __package__:  # `python classifier/train.py` f
     sys.path.insert(0, str(_P(__file__).resolve().parents[1]))
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -129,12 +128,13 @@ def fit_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val: Cach
     from safetensors.torch import load_file
     from timm.utils import ModelEmaV3
 
-    from synth.distributed import make_accelerator
+    from synth.training import make_accelerator
 
     t = ens.train
     # the one place a stage's precision is decided: the same here whether the classifier runs alone, after a
     # fresh generator/verifier in `synth ablate`, or in a resumed ablation whose earlier stages were cached
-    accelerator, note = make_accelerator(t.mixed_precision, **_tracker_kwargs(t.report_to, folder.parent.parent))
+    accelerator, note = make_accelerator(t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
+                                         **_tracker_kwargs(t.report_to, folder.parent.parent))
     if note:
         log(note)
     if t.report_to != "none":
@@ -209,16 +209,15 @@ def fit_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val: Cach
             if progress.step >= total:
                 break
             group = batches[i:i + t.grad_accum]
-            for j, idx in enumerate(group):
+            for idx in group:
                 x = augment(to_input(next(pixels)).to(device, non_blocking=True), ens.augment, gen)
                 if t.channels_last and use_cuda:
                     x = x.contiguous(memory_format=torch.channels_last)
                 y, m = stage.data.labels[idx].to(device), stage.data.mask[idx].to(device)
-                sync = contextlib.nullcontext() if j == len(group) - 1 else accelerator.no_sync(model)
-                with sync:
+                with accelerator.accumulate(model):  # all-reduces on the group's last batch only; backward divides by grad_accum
                     with accelerator.autocast():
                         loss = loss_fn(model(x), y, m)
-                    accelerator.backward(loss / len(group))
+                    accelerator.backward(loss)
                 losses.append(loss.detach())
                 seen += int(idx.numel())
             optimizer.step()
