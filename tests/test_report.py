@@ -220,7 +220,7 @@ def test_html_renders_in_headless_chromium_without_broken_images(report_dir: Pat
 
 def test_filter_table_shows_rules_that_flag_without_rejecting():
     """Outliers kept under outlier_rejects: false must still be counted in the report, apart from rejections."""
-    from synth.ablation.report import _filter_table
+    from synth.ablation.report.tables import filter_table as _filter_table
 
     results = {"filter": {"classes": {"Pneumothorax": {
         "n": 10, "kept": 8, "rejected": {"verifier": 2}, "flagged": {"verifier": 2, "outlier": 3, "near_copy": 0}}}}}

@@ -1,0 +1,37 @@
+"""How the report writes arms and numbers: labels, estimates with intervals, signed differences."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from synth.ablation.arms import ARMS
+from synth.ablation.results import ARM_LABELS, Estimate
+
+
+def arm_label(arm: dict[str, Any]) -> str:
+    return arm.get("label") or ARM_LABELS.get(arm["name"], arm["name"])
+
+
+def arm_short(arm: dict[str, Any]) -> str:
+    return ARMS[arm["name"]].short if arm["name"] in ARMS else arm["name"]
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def fmt_est(est: Estimate) -> str:
+    if est.n_seeds == 0:
+        return "–"
+    return f"{est.mean:.3f} ± {est.std:.3f} [{est.ci[0]:.3f}, {est.ci[1]:.3f}]"
+
+
+def fmt_diff(est: Estimate) -> str:
+    """Signed difference with interval; a trailing * marks an interval that excludes 0."""
+    if est.n_seeds == 0:
+        return "–"
+    p = "" if est.p is None else ", p<0.001" if est.p < 0.001 else f", p{'≤' if est.p_is_bound else '='}{est.p:.3f}"
+    return f"{est.mean:+.3f} [{est.ci[0]:+.3f}, {est.ci[1]:+.3f}]{p}" + ("*" if est.excludes_zero else "")

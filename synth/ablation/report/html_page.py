@@ -1,0 +1,123 @@
+"""``report.html``: one self-contained page (figures as base64 data URIs, inline CSS, no external references).
+
+A tiny inline script records in the DOM how many images failed to decode (``#render-check[data-broken]``),
+which the report test reads back from headless Chromium.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from typing import Any
+
+from synth.ablation.report.markdown_page import md_provenance
+from synth.ablation.report.tables import (FIDELITY_RULE, PAIRED_RULE, SEED_RULE, class_table, fidelity_table,
+                                          filter_table, gate_vs_fidelity, group_table, paired_resampled_table,
+                                          paired_table, provenance, resampling_table, timings_table)
+from synth.ablation.report.verdicts import QUESTION, dataset_line, headline
+from synth.taxonomy import report_class_slug
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
+table{border-collapse:collapse;margin:.5rem 0 1.5rem;font-size:.85rem}
+th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}
+th:first-child,td:first-child{text-align:left}
+th{background:#f3f3f3}
+.scroll{overflow-x:auto}
+.sig{font-weight:600;color:#0a7d32}
+.headline li{margin:.3rem 0}
+img{max-width:100%}
+img.broken{outline:3px solid red}
+pre{background:#f7f7f7;padding:.6rem;overflow-x:auto;font-size:.8rem}
+.note{color:#555;font-size:.85rem}
+"""
+
+
+# Marks images that failed to decode, so a headless browser can report them from the DOM.
+_CHECK_SCRIPT = """
+<div id="render-check" data-images="?" data-broken="?"></div>
+<script>
+(function(){
+  var imgs=document.images, broken=0;
+  for(var i=0;i<imgs.length;i++){
+    if(!imgs[i].complete||imgs[i].naturalWidth===0){broken++;imgs[i].className+=' broken';}
+  }
+  var el=document.getElementById('render-check');
+  el.setAttribute('data-images', String(imgs.length));
+  el.setAttribute('data-broken', String(broken));
+})();
+</script>
+"""
+
+
+def html_report(results: dict[str, Any], figures: dict[str, bytes]) -> str:
+    e = html.escape
+    ds = results.get("dataset", {})
+    body = [f"<h1>Ablation report: {e(results['name'])}</h1>",
+            f"<p><em>{e(results.get('question', QUESTION))}</em></p>",
+            "<ul class='headline'>" + "".join(f"<li>{e(line)}</li>" for line in headline(results)) + "</ul>"]
+    if ds:
+        body.append("<p class='note'>" + e(dataset_line(ds)) + "</p>")
+    body += ["<h2>mAP per frequency group</h2>", f"<p class='note'>{e(SEED_RULE)}</p>",
+             _html_table(*group_table(results)),
+             _img(figures["group_map"], "mAP by frequency group"),
+             "<h2>Paired differences vs real only</h2>",
+             f"<p class='note'>{e(PAIRED_RULE)} Green = the interval excludes 0.</p>",
+             _html_table(*paired_table(results), highlight=True)]
+    resampled = paired_resampled_table(results)
+    if resampled:
+        body += ["<h2>Paired differences vs real, tail re-sampled (the verdict's reference)</h2>",
+                 _html_table(*resampled, highlight=True)]
+    resampling = resampling_table(results)
+    if resampling:
+        body += ["<h2>Re-sampling baseline</h2>", f"<p class='note'>{e(resampling[0])}</p>",
+                 _html_table(*resampling[1])]
+    body += ["<h2>Per-class ΔAP vs training prevalence</h2>",
+             _img(figures["delta_ap_vs_prevalence"], "Per-class delta AP"),
+             "<h2>Per-class metrics (mean over seeds)</h2>", _html_table(*class_table(results))]
+    filt = filter_table(results)
+    if filt:
+        extractor = results["filter"].get("extractor", "unknown")
+        body += ["<h2>Filter summary</h2>", f"<p class='note'>FID/KID on {e(extractor)} features; "
+                 "the floor is real-vs-real FID at the same sample size.</p>", _html_table(*filt)]
+    fidelity = fidelity_table(results)
+    if fidelity:
+        body += ["<h2>Generator fidelity (phantom oracle)</h2>", f"<p class='note'>{e(FIDELITY_RULE)}</p>",
+                 _html_table(*fidelity)]
+    gate = gate_vs_fidelity(results)
+    if gate:
+        body += ["<h2>Transfer gate vs oracle fidelity</h2>", f"<p class='note'>{e(gate[0])}</p>",
+                 _html_table(*gate[1])]
+    if results.get("grids"):
+        body.append("<h2>Image grids</h2><p class='note'>Rows: real examples, kept synthetic, rejected synthetic.</p>")
+        for cls in results["grids"]:
+            body += [f"<h3>{e(cls)}</h3>", _img(figures[f"grid_{report_class_slug(cls)}"], f"{cls} grid")]
+    timings = timings_table(results)
+    if timings:
+        body += ["<h2>Stage wall times</h2>", f"<p class='note'>{e(timings[0])}</p>", _html_table(*timings[1])]
+    body += ["<h2>Reproduce</h2>", _html_provenance(provenance(results))]
+    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+            f"<title>Ablation report: {e(results['name'])}</title><style>{_CSS}</style></head><body>\n"
+            + "\n".join(body) + _CHECK_SCRIPT + "</body></html>\n")
+
+
+def _html_table(header: list[str], rows: list[list[str]], highlight: bool = False) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in header)
+    out = [f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>"]
+    for row in rows:
+        cells = []
+        for i, cell in enumerate(row):
+            cls = " class='sig'" if highlight and i > 0 and cell.endswith("*") else ""
+            cells.append(f"<td{cls}>{e(cell)}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    return "".join(out) + "</tbody></table></div>"
+
+
+def _html_provenance(prov: dict[str, Any]) -> str:
+    text = "\n".join(md_provenance(prov)).replace("```bash\n", "").replace("```json\n", "").replace("```", "")
+    return "<pre>" + html.escape(text) + "</pre>"
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f"<p><img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'></p>"

@@ -1,0 +1,185 @@
+"""The report's tables as (header, rows) of strings, shared by the Markdown and the HTML page, and the notes that
+say how their numbers were computed."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from synth.ablation.report.formatting import arm_label, arm_short, fmt, fmt_diff, fmt_est
+from synth.ablation.results import (GROUPS, PER_CLASS_METRICS, group_estimate, is_judgeable, paired_estimate,
+                                    paired_vs_resampled, per_class_mean)
+
+SEED_RULE = (
+    "Values are the mean over seeds of each seed's test-set estimate; the bracket is the mean over seeds "
+    "of each seed's 95% patient-bootstrap interval; ± is the standard deviation across seeds."
+)
+
+
+PAIRED_RULE = (
+    "Δ is the mean over seeds of (arm − real only trained with the same seed); its 95% interval and p come "
+    "from one paired patient bootstrap that scores every seed on the same resampled patients; "
+    "* = the interval excludes 0."
+)
+
+
+def group_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["Arm", *[f"{g} mAP" for g in GROUPS], "seeds"]
+    rows = []
+    for arm in results["arms"]:
+        est = [group_estimate(arm, g) for g in GROUPS]
+        rows.append([arm_label(arm), *[fmt_est(e) for e in est], str(len(arm["seeds"]))])
+    return header, rows
+
+
+def paired_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["Arm", *[f"Δ {g}" for g in GROUPS]]
+    rows = []
+    for arm in results["arms"]:
+        if arm["name"] != results["baseline"]:
+            rows.append([arm_label(arm), *[fmt_diff(paired_estimate(arm, g)) for g in GROUPS]])
+    return header, rows
+
+
+def paired_resampled_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+    rows = []
+    for arm in results["arms"]:
+        if paired_vs_resampled(arm, "tail") is not None:
+            rows.append([arm_label(arm), *[fmt_diff(paired_vs_resampled(arm, g)) for g in GROUPS]])
+    return (["Arm", *[f"Δ {g}" for g in GROUPS]], rows) if rows else None
+
+
+def resampling_table(results: dict[str, Any]) -> tuple[str, tuple[list[str], list[list[str]]]] | None:
+    arm = next((a for a in results["arms"] if a.get("resampling")), None)
+    if arm is None:
+        return None
+    r = arm["resampling"]
+    note = (f"{arm_label(arm)}: real rows only, repeat factors {r.get('rule', '')}; t = {r['threshold']:.4g}, "
+            f"{r.get('n_presented')} rows per epoch from {r.get('n_rows')} ({r.get('n_rows_repeated')} repeated).")
+    header = ["Class", "real train positives", "r(c)", "presented per epoch (resampled)",
+              "presented per epoch (mixing arm)"]
+    rows = [[c, str(v["n_pos"]), fmt(v["r_class"], 2), str(v["presented"]), str(v["mixing_arm"])]
+            for c, v in r.get("per_class", {}).items()]
+    return note, (header, rows)
+
+
+def timings_table(results: dict[str, Any]) -> tuple[str, tuple[list[str], list[list[str]]]] | None:
+    t = results.get("timings")
+    if not t or not t.get("steps"):
+        return None
+    note = (f"This run: {t.get('this_run_seconds', 0):.0f} s wall; all steps as measured when they ran: "
+            f"{t.get('all_steps_seconds', 0):.0f} s. {t.get('rule', '')}")
+    rows = [[r["step"], fmt(r.get("seconds"), 1), "cached" if r.get("cached") else "ran"] for r in t["steps"]]
+    return note, (["Step", "seconds", "this run"], rows)
+
+
+def class_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    arms = results["arms"]
+    header = ["Class", "group", "train prev.", "test pos."]
+    for arm in arms:
+        header += [f"{arm_short(arm)} {m.upper()}" for m in PER_CLASS_METRICS]
+    rows = []
+    first = arms[0]
+    for cls in sorted(results["classes"], key=lambda c: -results["train_prevalence"].get(c, 0)):
+        n_pos = per_class_mean(first, cls, "n_pos")
+        row = [cls, results["groups"].get(cls, ""), f"{results['train_prevalence'].get(cls, math.nan):.4f}",
+               "" if math.isnan(n_pos) else str(int(n_pos))]
+        for arm in arms:
+            row += [fmt(per_class_mean(arm, cls, m)) for m in PER_CLASS_METRICS]
+        rows.append(row)
+    return header, rows
+
+
+def filter_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+    filt = results.get("filter")
+    if not filt or not filt.get("classes"):
+        return None
+    reasons = sorted({r for c in filt["classes"].values() for r in c.get("rejected", {})})
+    # rules that only report (e.g. outliers when outlier_rejects is false): counted, the images kept
+    flagged = {r for c in filt["classes"].values() for r, n in c.get("flagged", {}).items() if n}
+    flag_only = sorted(flagged - set(reasons))
+    has_oracle = any(c.get("oracle_fidelity") is not None for c in filt["classes"].values())
+    has_gate = any(c.get("transfer") for c in filt["classes"].values())
+    header = ["Class", "generated", "kept", *[f"rejected: {r}" for r in reasons],
+              *[f"flagged: {r}" for r in flag_only], "FID", "FID floor", "FID / floor", "KID"]
+    if has_gate:
+        header.append("transfer gate AUROC [95% CI]")
+    if has_oracle:
+        header.append("oracle fidelity")
+    rows = []
+    for cls, c in filt["classes"].items():
+        fid, floor = c.get("fid"), c.get("fid_floor")
+        ratio = fid / floor if fid is not None and floor else math.nan
+        fid_txt = fmt(fid, 2) + (f" [{fmt(c['fid_ci'][0], 2)}, {fmt(c['fid_ci'][1], 2)}]" if c.get("fid_ci") else "")
+        row = [cls, str(c.get("n", "")), str(c.get("kept", "")),
+               *[str(c.get("rejected", {}).get(r, 0)) for r in reasons],
+               *[str(c.get("flagged", {}).get(r, 0)) for r in flag_only],
+               fid_txt, fmt(floor, 2), fmt(ratio, 2), fmt(c.get("kid"), 4)]
+        if has_gate:
+            row.append(_gate_cell(c.get("transfer")))
+        if has_oracle:
+            row.append(fmt(c.get("oracle_fidelity")))
+        rows.append(row)
+    return header, rows
+
+
+def _gate_cell(gate: dict[str, Any] | None) -> str:
+    if not gate:
+        return "–"
+    if not gate.get("judged"):
+        return "not judged (" + ("kept" if gate.get("passed") else "dropped") + ")"
+    ci = gate.get("ci") or [None, None]
+    return f"{fmt(gate.get('auroc'))} [{fmt(ci[0])}, {fmt(ci[1])}]" + ("" if gate.get("passed") else " dropped")
+
+
+def gate_vs_fidelity(results: dict[str, Any]) -> tuple[str, tuple[list[str], list[list[str]]]] | None:
+    """Per judgeable tail class: the real-data-only transfer gate's score beside the phantom oracle's fidelity."""
+    filt = (results.get("filter") or {}).get("classes", {})
+    fid = (results.get("fidelity") or {}).get("classes", {})
+    rows, pairs = [], []
+    for cls, f in fid.items():
+        gate = (filt.get(cls) or {}).get("transfer") or {}
+        judged = is_judgeable(f) and f.get("generated") is not None and gate.get("judged")
+        if results["groups"].get(cls) != "tail" or not judged:
+            continue
+        pairs.append((gate["auroc"], f["generated"]))
+        rows.append([cls, _gate_cell(gate), fmt(f["generated"]), "kept" if gate.get("passed") else "dropped"])
+    if not rows:
+        return None
+    rho = _spearman([p[0] for p in pairs], [p[1] for p in pairs]) if len(pairs) >= 3 else None
+    note = (f"Gate (real data only) vs oracle fidelity on {len(rows)} judgeable tail class(es): Spearman ρ = "
+            + (f"{rho:+.2f}" if rho is not None else "– (fewer than 3 classes)")
+            + ". The oracle only judges here; it never feeds the gate.")
+    return note, (["Class", "transfer gate AUROC [95% CI]", "oracle fidelity (generated)", "gate decision"], rows)
+
+
+def _spearman(x: list[float], y: list[float]) -> float | None:
+    from scipy.stats import spearmanr
+
+    rho = spearmanr(x, y).statistic
+    return None if rho is None or math.isnan(rho) else float(rho)
+
+
+FIDELITY_RULE = ("Fidelity = share of images in which the phantom oracle (an evaluation-only judge trained on a "
+                 "separate class-balanced phantom set; nothing it says reaches the filter or the classifiers) detects "
+                 "the class the image was generated for, at its F1-optimal validation threshold. 'real' is the same "
+                 "rate on the class's real training positives: the judge's own sensitivity. A class with oracle val "
+                 "AP < 0.5 cannot be judged.")
+
+
+def fidelity_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+    fid = results.get("fidelity")
+    if not fid or not fid.get("classes"):
+        return None
+    header = ["Class", "oracle val AP", "real", "generated", "kept", "rejected", "n real", "n generated"]
+    rows = []
+    for cls, c in fid["classes"].items():
+        judged = is_judgeable(c)
+        rows.append([cls + ("" if judged else " (not judgeable)"), fmt(c.get("oracle_val_ap")),
+                     *[fmt(c.get(k)) for k in ("real", "generated", "kept", "rejected")],
+                     str(c.get("n_real", "")), str(c.get("n_generated", ""))])
+    return header, rows
+
+
+def provenance(results: dict[str, Any]) -> dict[str, Any]:
+    return results.get("provenance", {})

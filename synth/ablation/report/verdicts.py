@@ -1,0 +1,116 @@
+"""The report's answer in sentences: one verdict per arm, how much evidence the tail has, whether the generator
+drew what it was asked for, and whether the issue's target is met."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from synth.ablation.arms import SYNTHETIC_FILTERED
+from synth.ablation.report.formatting import arm_label, fmt_diff
+from synth.ablation.results import (ARM_LABELS, Estimate, arm_by_name, harmed_classes, is_judgeable, paired_estimate,
+                                    paired_vs_resampled)
+
+#: the report's subtitle unless results.json names its own question
+QUESTION = "Does synthetic tail data help, where, and by how much?"
+FEW_TEST_POSITIVES = 10
+
+
+def headline(results: dict[str, Any]) -> list[str]:
+    """One sentence per non-baseline arm on the tail group: the product's answer."""
+    lines = []
+    for arm in results["arms"]:
+        if arm["name"] == results["baseline"]:
+            continue
+        tail, head = _verdict_tail(results, arm), paired_estimate(arm, "head")
+        verdict = ("helps" if tail.excludes_zero and tail.mean > 0 else "hurts" if tail.excludes_zero
+                   else "shows no clear effect on")
+        against = _verdict_against(results, arm)
+        if against:
+            line = (f"{arm_label(arm)} {verdict} the tail vs {against}: ΔmAP {fmt_diff(tail)} (vs real only "
+                    f"{fmt_diff(paired_estimate(arm, 'tail'))}; head vs real only {fmt_diff(head)}), "
+                    f"{tail.n_seeds} seed(s).")
+        else:
+            line = (f"{arm_label(arm)} {verdict} the tail: ΔmAP {fmt_diff(tail)} (head {fmt_diff(head)}), "
+                    f"{tail.n_seeds} seed(s).")
+        harmed = harmed_classes(arm)
+        if harmed is not None:
+            line += (f" Do no harm: {len(harmed)} class(es) significantly below real only"
+                     + (f" ({', '.join(harmed)})" if harmed else ""))
+            few = arm.get("harm_not_judged") or []
+            line += f"; {len(few)} class(es) with < 5 test positives not judged." if few else "."
+        lines.append(line)
+    for extra in (_tail_evidence(results), _fidelity_summary(results)):
+        if extra:
+            lines.append(extra)
+    target = results.get("target")
+    if target and any(a["name"] == SYNTHETIC_FILTERED.name for a in results["arms"]):
+        arm = arm_by_name(results, SYNTHETIC_FILTERED.name)
+        tail, head = _verdict_tail(results, arm), paired_estimate(arm, "head")
+        against = _verdict_against(results, arm)
+        harmed_tail = harmed_classes(arm, results["groups"], "tail")
+        met = tail.mean >= target["tail_gain"] and tail.ci[0] > 0 and head.mean >= -target["max_head_drop"] \
+            and not harmed_tail
+        lines.append(
+            f"Target (filtered arm: tail ΔmAP{' vs ' + against if against else ''} "
+            f"≥ +{target['tail_gain']:.2f} with its "
+            f"interval above 0, head ΔmAP ≥ -{target['max_head_drop']:.2f}"
+            f"{', no tail class significantly below real only' if harmed_tail is not None else ''}): "
+            f"{'MET' if met else 'NOT MET'}."
+        )
+    return lines
+
+
+def _verdict_against(results: dict[str, Any], arm: dict[str, Any]) -> str | None:
+    """The label of the stronger baseline a synthetic arm's verdict is against (None: real only)."""
+    ref = results.get("verdict_baseline", results["baseline"])
+    if ref == results["baseline"] or paired_vs_resampled(arm, "tail") is None:
+        return None
+    return ARM_LABELS.get(ref, ref).lower()
+
+
+def _verdict_tail(results: dict[str, Any], arm: dict[str, Any]) -> Estimate:
+    """Tail ΔmAP the verdict rests on: vs real_resampled when it ran (the headline), else vs real_only."""
+    vs = paired_vs_resampled(arm, "tail") if _verdict_against(results, arm) else None
+    return vs if vs is not None else paired_estimate(arm, "tail")
+
+
+def _fidelity_summary(results: dict[str, Any]) -> str | None:
+    """Whether the generator drew what it was asked for: the first thing to check when synthetic data does not help."""
+    classes = (results.get("fidelity") or {}).get("classes", {})
+    judged = {c: v for c, v in classes.items() if is_judgeable(v) and v.get("generated") is not None}
+    if not judged:
+        return None
+
+    def mean(key: str) -> str:
+        vals = [v[key] for v in judged.values() if v.get(key) is not None]
+        return f"{100 * sum(vals) / len(vals):.0f}%" if vals else "–"
+
+    return (f"Generator fidelity (phantom oracle, {len(judged)} judgeable class(es)): the prompted finding is "
+            f"detected in {mean('generated')} of generated and {mean('kept')} of kept images on average, "
+            f"vs {mean('real')} of real training positives.")
+
+
+def _tail_evidence(results: dict[str, Any]) -> str | None:
+    """How many test positives the tail verdicts rest on: a CI cannot say that a class with one positive is noisy."""
+    baseline = arm_by_name(results, results["baseline"])
+    first = next(iter(baseline["seeds"].values()), {})
+    n_pos = {c: int(m.get("n_pos") or 0) for c, m in first.get("per_class", {}).items()
+             if results["groups"].get(c) == "tail"}
+    scored = {c: n for c, n in n_pos.items() if n > 0}
+    if not scored:
+        return None
+    few = sorted(c for c, n in scored.items() if n < FEW_TEST_POSITIVES)
+    line = (f"Tail evidence: {len(scored)} tail class(es) scored on {sum(scored.values())} test positives "
+            f"(fewest {min(scored.values())}).")
+    if few:
+        line += (f" {len(few)} of them have < {FEW_TEST_POSITIVES} positives, where one image moves the AP a lot: "
+                 "read the tail verdicts as indicative, not conclusive.")
+    return line
+
+
+def dataset_line(ds: dict[str, Any]) -> str:
+    line = "Dataset: " + ", ".join(f"{k} = {v}" for k, v in ds.items())
+    if ds.get("n_heldout"):
+        line += (f". The test rows include {ds['n_heldout']} held-out phantom images (new patients from another "
+                 "phantom seed, rendered for evaluation only; no model saw them).")
+    return line
