@@ -37,7 +37,13 @@ def class_weights_from_prevalence(prevalence: np.ndarray, power: float = 0.5, ma
 
 
 class AsymmetricLoss(nn.Module):
-    """Weighted ASL on logits; mean over annotated cells."""
+    """Weighted ASL on logits; mean over annotated cells.
+
+    Not timm's ``AsymmetricLossMultiLabel`` (same focusing terms, clip margin and eps clamp, per-class
+    ``weight``) because that loss has no mask: every cell counts, so an un-annotated (NaN / masked) label would
+    have to be filled in as a negative or positive, and its reductions run over all cells, not over the
+    annotated ones. Masking is the reason this class exists; the rest follows Ridnik et al. as timm does.
+    """
 
     def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 1.0, clip: float = 0.05,
                  class_weights: torch.Tensor | None = None) -> None:

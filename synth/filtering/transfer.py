@@ -100,7 +100,13 @@ def probe_scores(syn_x: np.ndarray, syn_y: np.ndarray, real_x: np.ndarray, c: fl
 
 def patient_bootstrap_auroc(y: np.ndarray, scores: np.ndarray, patients: np.ndarray, n_boot: int, ci_level: float,
                             seed: int) -> tuple[float, tuple[float | None, float | None]]:
-    """AUROC and its percentile interval over patient resamples (a patient's images move together)."""
+    """AUROC and its percentile interval over patient resamples (a patient's images move together).
+
+    Not ``scipy.stats.bootstrap``: it resamples observations independently (here the unit is the patient,
+    whose images must move together), it would fail or give NaN on a resample with one class only (skipped
+    here, as AUROC is undefined), and its default BCa interval differs from the percentile interval the
+    gate's thresholds were judged with.
+    """
     from sklearn.metrics import roc_auc_score
 
     auroc = float(roc_auc_score(y, scores))
