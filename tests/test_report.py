@@ -293,4 +293,5 @@ def test_filter_table_and_gate_vs_fidelity_with_spearman(tmp_path: Path):
     assert "| transfer gate AUROC [95% CI] |" in md and "rejected: no_transfer" in md
     assert f"| {tail[3]} | 40 | 0 | 40 |" in md and "0.450 [0.400, 0.500] dropped" in md and "not judged (kept)" in md
     assert "Gate (real data only) vs oracle fidelity on 4 judgeable tail class(es): Spearman ρ = +0.80." in md
+    assert "dropped (dropped: none): MET." in md  # issue #18's bar: rho >= 0.6, the 5 % set dropped, the 80 % set kept
     assert f"| {tail[0]} | 0.900 [0.850, 0.950] | 0.800 | kept |" in md

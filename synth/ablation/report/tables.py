@@ -7,7 +7,8 @@ import math
 from typing import Any
 
 from synth.ablation.report.formatting import arm_label, arm_short, fmt, fmt_diff, fmt_est
-from synth.ablation.results import (GROUPS, PER_CLASS_METRICS, group_estimate, is_judgeable, paired_estimate,
+from synth.ablation.results import (GATE_MIN_SPEARMAN, GATE_MUST_DROP_BELOW, GATE_MUST_KEEP_FROM, GROUPS,
+                                    PER_CLASS_METRICS, gate_agreement, group_estimate, is_judgeable, paired_estimate,
                                     paired_vs_resampled, per_class_mean)
 
 SEED_RULE = (
@@ -133,31 +134,23 @@ def _gate_cell(gate: dict[str, Any] | None) -> str:
 
 
 def gate_vs_fidelity(results: dict[str, Any]) -> tuple[str, tuple[list[str], list[list[str]]]] | None:
-    """Per judgeable tail class: the real-data-only transfer gate's score beside the phantom oracle's fidelity."""
-    filt = (results.get("filter") or {}).get("classes", {})
-    fid = (results.get("fidelity") or {}).get("classes", {})
-    rows, pairs = [], []
-    for cls, f in fid.items():
-        gate = (filt.get(cls) or {}).get("transfer") or {}
-        judged = is_judgeable(f) and f.get("generated") is not None and gate.get("judged")
-        if results["groups"].get(cls) != "tail" or not judged:
-            continue
-        pairs.append((gate["auroc"], f["generated"]))
-        rows.append([cls, _gate_cell(gate), fmt(f["generated"]), "kept" if gate.get("passed") else "dropped"])
-    if not rows:
+    """Per judgeable tail class: the real-data-only transfer gate's score beside the phantom oracle's fidelity,
+    and whether the gate meets issue #18's bar (``synth.ablation.results.gate_agreement``)."""
+    agreement = gate_agreement(results)
+    if agreement is None:
         return None
-    rho = _spearman([p[0] for p in pairs], [p[1] for p in pairs]) if len(pairs) >= 3 else None
+    filt = (results.get("filter") or {}).get("classes", {})
+    rows = [[cls, _gate_cell((filt.get(cls) or {}).get("transfer")), fmt(fidelity), "kept" if kept else "dropped"]
+            for cls, _, fidelity, kept in agreement.rows]
+    rho = agreement.spearman
     note = (f"Gate (real data only) vs oracle fidelity on {len(rows)} judgeable tail class(es): Spearman ρ = "
             + (f"{rho:+.2f}" if rho is not None else "– (fewer than 3 classes)")
+            + f". Bar: ρ ≥ {GATE_MIN_SPEARMAN}, every set with fidelity < {GATE_MUST_DROP_BELOW:.0%} dropped "
+            + f"(kept: {', '.join(agreement.unfaithful_kept) or 'none'}), none with fidelity ≥ {GATE_MUST_KEEP_FROM:.0%} "
+            + f"dropped (dropped: {', '.join(agreement.faithful_dropped) or 'none'}): "
+            + ("MET" if agreement.met else "NOT MET")
             + ". The oracle only judges here; it never feeds the gate.")
     return note, (["Class", "transfer gate AUROC [95% CI]", "oracle fidelity (generated)", "gate decision"], rows)
-
-
-def _spearman(x: list[float], y: list[float]) -> float | None:
-    from scipy.stats import spearmanr
-
-    rho = spearmanr(x, y).statistic
-    return None if rho is None or math.isnan(rho) else float(rho)
 
 
 FIDELITY_RULE = ("Fidelity = share of images in which the phantom oracle (an evaluation-only judge trained on a "
