@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -106,12 +106,14 @@ def prepare_dataset(
 
 
 def run(fmt: str, labels: Path, images: Path, out: Path, cfg: PrepareConfig, overwrite: bool = False, progress: bool = False,
-        split_files: Mapping[str, Path] | None = None) -> Path:
+        split_files: Mapping[str, Path] | None = None, split_flags: Sequence[str] = ()) -> Path:
     """Prepare ``labels`` (plus, with ``split_files``, one label file per split: ``{"val": ..., "test": ...}``,
     ``labels`` then being the train file) into ``out``.
 
     A split the user gives (a ``split`` column, per-split files or ``cfg.split``) is kept as given and
     only checked (patient-level, values); without one, patients are split by :func:`patient_split`.
+    ``split_flags`` names the patient-split options the user set on the command line (``--seed``, ``--val``,
+    ``--test``): with a given split they would be silently ignored, so they are an error instead.
     """
     _check_out(out, overwrite)
     _remove_stale_temporaries(out)
@@ -119,6 +121,10 @@ def run(fmt: str, labels: Path, images: Path, out: Path, cfg: PrepareConfig, ove
         raise UserError(f"--images {images}: folder not found")
     where = str(labels)
     df, split_source = _read_with_splits(fmt, labels, images, cfg, dict(split_files or {}))
+    if split_flags and split_source != "patient_split":
+        given = {"column": "by the file's split column", "files": "by --val-labels / --test-labels"}.get(split_source, split_source)
+        raise UserError(f"{' / '.join(split_flags)} only shape a patient split, but the split is given {given}: "
+                        f"drop {' / '.join(split_flags)}, or remove the given split to split by patient")
     df["cache_name"] = _cache_names(df, labels)
 
     skipped: list[dict[str, str]] = []

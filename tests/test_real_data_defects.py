@@ -108,6 +108,18 @@ def test_split_option_contradicting_the_split_column_is_an_error(cxrlt, tmp_path
     assert_one_error_line(invoke(*_prepare_args(csv, images, tmp_path / "out", "--split", "test")), "--split test", "split column")
 
 
+@pytest.mark.parametrize("flags", [("--val", "0.3"), ("--seed", "5", "--test", "0.4")])
+def test_patient_split_flags_with_a_given_split_are_an_error(cxrlt, tmp_path, flags):
+    """--val / --test / --seed shape our patient split only; with a given split they were silently ignored."""
+    csv, images = cxrlt
+    _with_split(csv, {0: "train", 1: "train", 2: "val", 3: "test"})
+    out = tmp_path / "out"
+    named = " / ".join(f for f in flags if f.startswith("--"))
+    assert_one_error_line(invoke(*_prepare_args(csv, images, out, *flags)), named, "split column")
+    assert not out.exists()
+    assert invoke(*_prepare_args(csv, images, out)).exit_code == 0  # without them the given split is used
+
+
 # ---------------------------------------------------------------- uncertain labels
 
 

@@ -55,7 +55,9 @@ def prepare(
              "workers": workers, "split": split, "uncertain": uncertain}
     cfg = PrepareConfig.from_yaml(config, **command_overrides(sets, flags))
     split_files = {name: f for name, f in (("val", val_labels), ("test", test_labels)) if f is not None}
-    manifest = run(fmt, labels, images, out, cfg, overwrite=overwrite, progress=not no_progress, split_files=split_files)
+    split_flags = [f"--{name}" for name, value in (("seed", seed), ("val", val), ("test", test)) if value is not None]
+    manifest = run(fmt, labels, images, out, cfg, overwrite=overwrite, progress=not no_progress, split_files=split_files,
+                   split_flags=split_flags)
     _summary(load_stats(manifest.parent), manifest)
 
 
