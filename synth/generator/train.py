@@ -16,7 +16,6 @@ What it adds for long-tailed multi-label CXR data, and why:
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
@@ -180,6 +179,9 @@ class UNetTrainer:
         else:
             self.unet, self.optimizer, self.lr_scheduler = acc.prepare(c.unet, optimizer, schedule)
             self.text_encoder = c.text_encoder
+        self.trained_models = [self.unet] + ([self.text_encoder] if cfg.train_text_encoder else [])
+        # set here, not when the accelerator is made: the VAE stage before this one must not divide its loss by it
+        acc.gradient_accumulation_steps = cfg.gradient_accumulation_steps
         self.ema = None
         if cfg.use_ema:
             from diffusers.training_utils import EMAModel
@@ -402,13 +404,9 @@ class UNetTrainer:
                 batch = next(self._loader)
                 indices, pixels = batch["index"].tolist(), batch["pixel_values"]
             self.position.batches += 1
-            last = micro == cfg.gradient_accumulation_steps - 1
-            with contextlib.ExitStack() as no_sync:
-                if not last:
-                    for model in [self.unet] + ([self.text_encoder] if cfg.train_text_encoder else []):
-                        no_sync.enter_context(acc.no_sync(model))
+            with acc.accumulate(*self.trained_models):  # DDP all-reduces on the last micro-batch only
                 loss = self.loss(indices, step, micro, pixels)
-                acc.backward(loss / cfg.gradient_accumulation_steps)
+                acc.backward(loss)  # divided by gradient_accumulation_steps inside
             total += loss.detach().float() / cfg.gradient_accumulation_steps
         mean_loss = acc.gather(total[None]).mean().item() if acc.num_processes > 1 else float(total)
         if not math.isfinite(mean_loss):  # every process sees the gathered value: all stop together

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from synth.distributed import adamw
+from synth.training import adamw
 from synth.generator.config import FinetuneConfig
 from synth.generator.data import encode_latents, measured_scaling_factor, step_rng, to_vae_input
 
