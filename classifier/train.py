@@ -160,11 +160,7 @@ def fit_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val: Cach
     total = per_epoch * stage.epochs
     if t.max_steps is not None:
         total = min(total, t.max_steps)
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=lr, fused=True)  # fused kernels exist for CPU and CUDA: ~30 % cheaper step than the for-loop
+    optimizer = _adamw(model, lr, t.weight_decay)
     scheduler = first_step_warmup_cosine(optimizer, int(t.warmup_frac * total), total)
     loss_fn = build_loss(ens.loss.name, class_weights, **({"gamma_neg": ens.loss.gamma_neg, "gamma_pos": ens.loss.gamma_pos,
                                                           "clip": ens.loss.clip} if ens.loss.name == "asl" else {})).to(device)
@@ -174,25 +170,11 @@ def fit_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val: Cach
     progress = Progress()
 
     state_dir, best_file = folder / "state", folder / "best.safetensors"
-    fp_file = folder / "fingerprint.json"
-    stamp = {"fingerprint": fingerprint, "format": CHECKPOINT_FORMAT}
-    same = fp_file.exists() and {k: json.loads(fp_file.read_text()).get(k) for k in stamp} == stamp
-    unsafe = pickled_custom_state(state_dir)
-    if state_dir.exists() and same and not unsafe and (state_dir / PROGRESS_FILE).exists():
-        load_state(accelerator, state_dir, lambda d: _load_own_state(d, scheduler, progress, ema))
-        log(f"{stage.name}: resumed after epoch {progress.epoch} (step {progress.step})")
-    elif state_dir.exists():
-        if accelerator.is_main_process:
-            why = (f"it holds pickled {', '.join(unsafe)}, which is never unpickled" if unsafe else
-                   "config, data or checkpoint format changed since it was written" if not same else f"it has no {PROGRESS_FILE}")
-            log(f"{stage.name}: not resuming the checkpoint in {folder} ({why}); starting afresh")
-            shutil.rmtree(state_dir, ignore_errors=True)
-            best_file.unlink(missing_ok=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(fp_file, stamp)
+    _resume_or_start_afresh(accelerator, folder, fingerprint, stage.name,
+                            lambda d: _load_own_state(d, scheduler, progress, ema),
+                            lambda: f"resumed after epoch {progress.epoch} (step {progress.step})", log)
 
+    loop = _Loop(accelerator, model, raw, optimizer, scheduler, loss_fn, ema, t.channels_last and use_cuda)
     eval_model = (lambda: ema.module) if ema is not None else (lambda: raw)
     labels_val = val.labels.numpy().copy()
     labels_val[val.mask.numpy() == 0] = np.nan
@@ -203,30 +185,8 @@ def fit_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val: Cach
         gen.manual_seed(member.seed * 7919 + epoch * 31 + rank)
         batches = epoch_batches(len(stage.data), batch_size, epoch, member.seed, rank, world)
         batches = batches[: per_epoch * t.grad_accum]
-        start, losses, seen = time.perf_counter(), [], 0
-        pixels = prefetch(stage.data.images, batches)  # the next batches are read from the cache while this one trains
-        for i in range(0, len(batches), t.grad_accum):
-            if progress.step >= total:
-                break
-            group = batches[i:i + t.grad_accum]
-            for idx in group:
-                x = augment(to_input(next(pixels)).to(device, non_blocking=True), ens.augment, gen)
-                if t.channels_last and use_cuda:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                y, m = stage.data.labels[idx].to(device), stage.data.mask[idx].to(device)
-                with accelerator.accumulate(model):  # all-reduces on the group's last batch only; backward divides by grad_accum
-                    with accelerator.autocast():
-                        loss = loss_fn(model(x), y, m)
-                    accelerator.backward(loss)
-                losses.append(loss.detach())
-                seen += int(idx.numel())
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            progress.step += 1
-            if ema is not None:
-                ema.update(raw, step=progress.step)
-        pixels.close()
+        start = time.perf_counter()
+        losses, seen = _epoch_steps(loop, stage.data, batches, t.grad_accum, total, progress, ens.augment, gen)
         elapsed = time.perf_counter() - start
         progress.epoch += 1
         probs = predict_images(eval_model(), val.images, t.eval_batch_size, False, device)
@@ -265,6 +225,87 @@ def fit_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val: Cach
     if use_cuda:  # release the prepared model/optimiser and the CUDA cache before the next member; on CPU
         accelerator.free_memory()  # the locals simply go out of scope (its gc.collect() cost ~0.2 s per stage)
     return result
+
+
+@dataclasses.dataclass
+class _Loop:
+    """The prepared pieces the optimiser steps of one stage use."""
+
+    accelerator: Any
+    model: torch.nn.Module  #: as prepared (DDP-wrapped under several processes)
+    raw: torch.nn.Module  #: unwrapped, what the EMA follows
+    optimizer: Any
+    scheduler: Any
+    loss_fn: torch.nn.Module
+    ema: Any
+    channels_last: bool
+
+
+def _epoch_steps(loop: _Loop, data: CachedSet, batches: list, grad_accum: int, total: int, progress: Progress,
+                 augment_cfg: Any, gen: torch.Generator) -> tuple[list[torch.Tensor], int]:
+    """One epoch's optimiser steps (``grad_accum`` batches each, up to step ``total``); returns (losses, images)."""
+    acc, device = loop.accelerator, loop.accelerator.device
+    losses, seen = [], 0
+    pixels = prefetch(data.images, batches)  # the next batches are read from the cache while this one trains
+    for i in range(0, len(batches), grad_accum):
+        if progress.step >= total:
+            break
+        for idx in batches[i:i + grad_accum]:
+            x = augment(to_input(next(pixels)).to(device, non_blocking=True), augment_cfg, gen)
+            if loop.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y, m = data.labels[idx].to(device), data.mask[idx].to(device)
+            with acc.accumulate(loop.model):  # all-reduce on the group's last batch only; backward divides the loss
+                with acc.autocast():
+                    loss = loop.loss_fn(loop.model(x), y, m)
+                acc.backward(loss)
+            losses.append(loss.detach())
+            seen += int(idx.numel())
+        loop.optimizer.step()
+        loop.scheduler.step()
+        loop.optimizer.zero_grad(set_to_none=True)
+        progress.step += 1
+        if loop.ema is not None:
+            loop.ema.update(loop.raw, step=progress.step)
+    pixels.close()
+    return losses, seen
+
+
+def _adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on the weights only (no decay on biases and norm parameters)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, fused=True)  # fused kernels exist for CPU and CUDA: ~30 % cheaper step
+
+
+def _resume_or_start_afresh(accelerator, folder: Path, fingerprint: str, stage: str, read_own: Callable[[Path], None],
+                            resumed: Callable[[], str], log: _Log) -> None:
+    """Resume ``folder/state`` when it was written by this config, data and format and holds no pickle; else clear it.
+
+    A folder that cannot be resumed is deleted with ``best.safetensors`` (one log line says why), and the
+    fingerprint of this run is stamped into ``folder`` for the next resume.
+    """
+    state_dir, best_file, fp_file = folder / "state", folder / "best.safetensors", folder / "fingerprint.json"
+    stamp = {"fingerprint": fingerprint, "format": CHECKPOINT_FORMAT}
+    same = fp_file.exists() and {k: json.loads(fp_file.read_text()).get(k) for k in stamp} == stamp
+    unsafe = pickled_custom_state(state_dir)
+    if state_dir.exists() and same and not unsafe and (state_dir / PROGRESS_FILE).exists():
+        load_state(accelerator, state_dir, read_own)
+        log(f"{stage}: {resumed()}")
+    elif state_dir.exists():
+        if accelerator.is_main_process:
+            why = (f"it holds pickled {', '.join(unsafe)}, which is never unpickled" if unsafe else
+                   "config, data or checkpoint format changed since it was written" if not same else
+                   f"it has no {PROGRESS_FILE}")
+            log(f"{stage}: not resuming the checkpoint in {folder} ({why}); starting afresh")
+            shutil.rmtree(state_dir, ignore_errors=True)
+            best_file.unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(fp_file, stamp)
 
 
 def _tracker_kwargs(report_to: str, out: Path) -> dict[str, Any]:

@@ -49,7 +49,7 @@ def test_a_kill_during_the_save_keeps_the_previous_folder(tmp_path, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         save_state_atomically(accelerator, final, killed)
     assert (final / "own.json").read_text() == "1"  # the previous checkpoint is intact
-    save_state_atomically(accelerator, final, lambda d: (d / "own.json").write_text("2"))  # stale temp folder is replaced
+    save_state_atomically(accelerator, final, lambda d: (d / "own.json").write_text("2"))  # stale temp folder replaced
     assert (final / "own.json").read_text() == "2" and not list(tmp_path.glob(".state*"))
     assert not (tmp_path / "state.old").exists()
 

@@ -95,7 +95,7 @@ def train_verifier(data_manifest: str | Path | pd.DataFrame, out_dir: str | Path
     # linear warm-up over 10 % of the steps, then cosine to 0 (diffusers' schedule, as the classifier and generator use;
     # OneCycleLR divided by zero for 10 steps). The prepared scheduler steps once per process per optimiser step.
     scheduler = lr_scheduler(optimizer, int(0.1 * total), total, "cosine", n_proc)
-    loss_fn = MaskedBCE()  # un-annotated cells carry no loss: an NIH image is not a negative for a class NIH never labels
+    loss_fn = MaskedBCE()  # un-annotated cells carry no loss: an NIH image is no negative for a class NIH never labels
     if alone:
         model = model.to(accelerator.device)
     else:

@@ -173,9 +173,11 @@ class UNetTrainer:
                            "lr": (cfg.text_encoder_lr or cfg.learning_rate) * scale})
         optimizer = adamw(groups, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
         # prepared below, so stepped once per process per optimiser step (lr_scheduler accounts for it)
-        schedule = lr_scheduler(optimizer, cfg.lr_warmup_steps, max(cfg.max_train_steps, 1), cfg.lr_scheduler, acc.num_processes)
+        schedule = lr_scheduler(optimizer, cfg.lr_warmup_steps, max(cfg.max_train_steps, 1), cfg.lr_scheduler,
+                                acc.num_processes)
         if cfg.train_text_encoder:
-            self.unet, self.text_encoder, self.optimizer, self.lr_scheduler = acc.prepare(c.unet, c.text_encoder, optimizer, schedule)
+            prepared = acc.prepare(c.unet, c.text_encoder, optimizer, schedule)
+            self.unet, self.text_encoder, self.optimizer, self.lr_scheduler = prepared
         else:
             self.unet, self.optimizer, self.lr_scheduler = acc.prepare(c.unet, optimizer, schedule)
             self.text_encoder = c.text_encoder
@@ -272,11 +274,12 @@ class UNetTrainer:
         return final
 
     def _write_own_state(self, folder: Path) -> None:
-        """What Accelerate's ``save_state`` does not hold: EMA weights (safetensors), step and sampler position (JSON)."""
+        """What Accelerate's ``save_state`` does not hold: EMA weights (safetensors), step, sampler position (JSON)."""
         if self.ema is not None:
             save_ema_shadow(folder / EMA_FILE, self.ema)
-        write_json_atomic(folder / TRAINER_STATE, {"global_step": self.global_step, "sampler_position": self.position.consumed(),
-                                                   "sampler_seed": self.sampler.seed, "num_processes": self.accelerator.num_processes})
+        write_json_atomic(folder / TRAINER_STATE, {
+            "global_step": self.global_step, "sampler_position": self.position.consumed(),
+            "sampler_seed": self.sampler.seed, "num_processes": self.accelerator.num_processes})
 
     def load_checkpoint(self, path: Path) -> None:
         state = json.loads((path / TRAINER_STATE).read_text())

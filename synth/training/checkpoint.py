@@ -25,7 +25,7 @@ CUSTOM_STATE_GLOB = "custom_checkpoint_*.pkl"
 
 def save_state_atomically(accelerator, final: Path, write_own: Callable[[Path], None] | None = None,
                           tmp: Path | None = None) -> Path:
-    """``accelerator.save_state`` (safetensors) + ``write_own(folder)`` into a temp folder, then rename it to ``final``.
+    """``accelerator.save_state`` + ``write_own(folder)`` into a temp folder, then rename it to ``final``.
 
     Every process calls it (each saves its own RNG state); only the main process runs ``write_own`` and the
     rename. A kill at any point leaves either the previous ``final`` or the new one, never a half-written folder:
@@ -70,7 +70,7 @@ def pickled_custom_state(folder: Path) -> list[str]:
 
 
 def load_state(accelerator, folder: Path, read_own: Callable[[Path], None] | None = None) -> None:
-    """Resume: ``accelerator.load_state(folder)`` (model, optimiser, RNG; weights-only loads), then ``read_own(folder)``.
+    """Resume: ``accelerator.load_state(folder)`` (model, optimiser, RNG), then ``read_own(folder)``.
 
     Nothing is registered for checkpointing, so Accelerate unpickles no ``custom_checkpoint_*.pkl`` here.
     """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def lr_scheduler(optimizer, warmup_steps: int, total_steps: int, name: str = "cosine", num_processes: int = 1):
-    """``diffusers.optimization.get_scheduler(name)`` over ``total_steps`` optimiser steps, ``warmup_steps`` of warm-up.
+    """diffusers' ``get_scheduler(name)`` over ``total_steps`` optimiser steps, the first ``warmup_steps`` warm-up.
 
     A scheduler passed through ``accelerator.prepare`` is stepped ``num_processes`` times per optimiser step
     (Accelerate assumes the per-process batches add up), so both lengths are multiplied by ``num_processes``, as
