@@ -114,3 +114,22 @@ def test_first_step_warmup_cosine_starts_its_ramp_at_one_step():
     assert rates[:4] == [0.25, 0.5, 0.75, 1.0]
     assert rates[4] == 1.0 and rates[8] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
     assert scheduler.state_dict()["lr_lambdas"] == [None]  # nothing but numbers: saved as JSON, never pickled
+
+
+def test_accumulate_gives_the_gradients_of_the_manual_loss_division():
+    """What generator and classifier switched to: ``accumulate`` + ``backward(loss)`` == ``backward(loss / steps)``."""
+    grads = []
+    for use_accumulate in (False, True):
+        torch.manual_seed(0)
+        accelerator, _ = make_accelerator("no", gradient_accumulation_steps=3 if use_accumulate else 1)
+        model = accelerator.prepare(torch.nn.Linear(3, 2))
+        for micro in range(3):
+            loss = model(torch.full((2, 3), float(micro + 1))).pow(2).mean()
+            if use_accumulate:
+                with accelerator.accumulate(model):
+                    accelerator.backward(loss)
+                assert accelerator.sync_gradients == (micro == 2)
+            else:
+                accelerator.backward(loss / 3)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
