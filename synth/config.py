@@ -7,11 +7,13 @@ ablation's ``data:`` section, ...) and loads it through :func:`load_config`:
   (``{"train": {"epochs": 2}}``, merged into the YAML's section). They come from the stage's own flags, from
   ``--set KEY=VALUE`` (the same option on every ``synth`` command that takes ``--config``) and from the ``overrides:``
   maps of an ablation YAML, so all three spell a setting the same way.
-* **One type rule.** Each value is checked and converted against its field's annotation, wherever it came from: a
-  ``--set`` value is read with YAML's scalar rules (``2``, ``0.1``, ``true``, ``[48,64]``, ``null``) except that a
-  ``str`` field keeps the text as typed (``--set train.mixed_precision=no`` is ``"no"``, not YAML's ``False``). YAML
-  ints are accepted where a float is expected and kept as ints (the classifier and ablation caches hash the JSON of
-  these values, so converting them would change cache keys).
+* **One type rule.** Each value is checked and converted against its field's annotation, wherever it came from. A
+  value typed on a command line (``--set``, finetune's flags) is read with YAML's scalar rules (``2``, ``0.1``,
+  ``true``, ``[48,64]``, ``null``), except that a ``str`` field keeps the text as typed (``--set
+  train.mixed_precision=no`` is ``"no"``, not YAML's ``False``). In a YAML file a quoted number is text and an int or
+  bool field refuses it (``n_boot: "200"`` is a mistake worth one error); a float field reads text (PyYAML reads
+  ``1e-4`` as text). YAML ints are accepted where a float is expected and kept as ints (the classifier and ablation
+  caches hash the JSON of these values, so converting them would change cache keys).
 * **One error.** An unknown key (YAML or override) or a value of the wrong type is one :class:`UserError` naming the
   key, a close match and the valid keys, raised before any work starts.
 """
@@ -72,6 +74,15 @@ def parse_sets(items: Iterable[str] | None) -> dict[str, RawText]:
             raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=2")
         out[key.strip()] = RawText(value.strip())
     return out
+
+
+def as_typed_text(value: Any) -> Any:
+    """An argparse value (text, or a list of texts for ``nargs``) marked as typed on a command line."""
+    if isinstance(value, str):
+        return RawText(value)
+    if isinstance(value, list):
+        return [as_typed_text(v) for v in value]
+    return value
 
 
 def command_overrides(sets: Iterable[str] | None, flags: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -162,11 +173,16 @@ def build(cls: type[T], data: Any, style: Style, *, path: Sequence[str] = (), in
         raise UserError(f"{style.where}: {section + ': ' if section else ''}{err}") from None
 
 
-def coerce(value: Any, hint: Any, path: Sequence[str], style: Style) -> Any:
-    """One value -> the field's type (the one type rule of the module docstring), or one error naming the key."""
+def coerce(value: Any, hint: Any, path: Sequence[str], style: Style, cli: bool = False) -> Any:
+    """One value -> the field's type (the one type rule of the module docstring), or one error naming the key.
+
+    ``cli``: the value was typed on a command line (a :class:`RawText`, or an item of one), so text may become a
+    number or a boolean; in a YAML file a quoted number is text, and a number field refuses it.
+    """
+    cli = cli or isinstance(value, RawText)
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        return _coerce_union(value, typing.get_args(hint), path, style)
+        return _coerce_union(value, typing.get_args(hint), path, style, cli)
     if isinstance(value, RawText) and hint is not str:
         value = _plain(value)
     if hint is Any:
@@ -183,17 +199,17 @@ def coerce(value: Any, hint: Any, path: Sequence[str], style: Style) -> Any:
             value = [value]  # one list item may be written without brackets (``--validation_prompts "a prompt"``)
         if not isinstance(value, (list, tuple)):
             _bad_type(value, hint, path, style)
-        return [coerce(v, item, [*path[:-1], f"{path[-1]}[{i}]"], style) for i, v in enumerate(value)]
+        return [coerce(v, item, [*path[:-1], f"{path[-1]}[{i}]"], style, cli) for i, v in enumerate(value)]
     if origin is dict or hint is dict:
         if not isinstance(value, Mapping):
             _bad_type(value, hint, path, style)
         return dict(value)
     if hint in (bool, int, float, str):
-        return _scalar(value, hint, path, style)
+        return _scalar(value, hint, path, style, cli)
     return value
 
 
-def _coerce_union(value: Any, args: Sequence[Any], path: Sequence[str], style: Style) -> Any:
+def _coerce_union(value: Any, args: Sequence[Any], path: Sequence[str], style: Style, cli: bool) -> Any:
     options = [a for a in args if a is not type(None)]
     parsed = _plain(value) if isinstance(value, RawText) else value
     if parsed is None and len(options) < len(args):
@@ -202,13 +218,15 @@ def _coerce_union(value: Any, args: Sequence[Any], path: Sequence[str], style: S
         return str(value)  # text as typed: ``--set negative_prompt=no`` is "no"
     for option in sorted(options, key=lambda a: not _fits(parsed, a)):  # an exact fit first, then conversions
         try:
-            return coerce(parsed, option, path, style)
+            return coerce(parsed, option, path, style, cli)
         except UserError:
             continue
     _bad_type(parsed, args, path, style)
 
 
-def _scalar(value: Any, hint: type, path: Sequence[str], style: Style) -> Any:
+def _scalar(value: Any, hint: type, path: Sequence[str], style: Style, cli: bool) -> Any:
+    if isinstance(value, str) and not cli and hint in (bool, int):
+        _bad_type(value, hint, path, style, quoted=True)
     try:
         if hint is str:
             if isinstance(value, (list, tuple, dict)):
@@ -252,9 +270,10 @@ def _fits(value: Any, hint: Any) -> bool:
     return False
 
 
-def _bad_type(value: Any, hint: Any, path: Sequence[str], style: Style) -> typing.NoReturn:
+def _bad_type(value: Any, hint: Any, path: Sequence[str], style: Style, quoted: bool = False) -> typing.NoReturn:
     """One error naming the key, the value and the type it should have had."""
-    raise UserError(f"{style.at('.'.join(path))}: cannot read {value!r} as {_type_name(hint)}")
+    hint_text = " (text in a YAML file: write a number or true/false without quotes)" if quoted else ""
+    raise UserError(f"{style.at('.'.join(path))}: cannot read {value!r} as {_type_name(hint)}{hint_text}")
 
 
 def _type_name(hint: Any) -> str:

@@ -86,6 +86,9 @@ def test_set_values_follow_yaml_scalar_rules_then_the_field_type(tmp_path: Path)
     assert cfg.train.mixed_precision == "no"  # a str field keeps the text (YAML would read `no` as false)
     assert cfg.augment.hflip is True and [m.image_size for m in cfg.members] == [48, 64]
     assert cfg.synthetic.ratio == 1 and cfg.loss.gamma_neg == 4.0  # untouched sections keep their defaults
+    path.write_text("train: {epochs: '2'}\n")  # in a YAML file a quoted number is text: refused, not guessed
+    with pytest.raises(UserError, match="train.epochs: cannot read '2' as int .*without quotes"):
+        load_ensemble_config(path)
     assert parse_sets(["a.b= x "]) == {"a.b": "x"} and isinstance(parse_sets(["a=1"])["a"], RawText)
     with pytest.raises(UserError, match="expected KEY=VALUE"):
         parse_sets(["train.epochs"])
@@ -174,10 +177,10 @@ def _ablation(tmp_path: Path, **sections) -> Path:
 
 
 @pytest.mark.parametrize("section, overrides, message", [
-    ("generator", {"max_train_step": 10}, "generator.overrides: unknown override key '--max_train_step'"),
-    ("generate", {"stepz": 3}, "generate.overrides: unknown override key 'stepz'"),
-    ("filter", {"threshold_quantile": "high"}, "filter.overrides: threshold_quantile: cannot read 'high'"),
-    ("classifier", {"train.epoch": 1}, "classifier.overrides: unknown override key 'train.epoch'"),
+    ("generator", {"max_train_step": 10}, "generator stage overrides: unknown override key '--max_train_step'"),
+    ("generate", {"stepz": 3}, "generate stage overrides: unknown override key 'stepz'"),
+    ("filter", {"threshold_quantile": "high"}, "filter stage overrides: threshold_quantile: cannot read 'high'"),
+    ("classifier", {"train.epoch": 1}, "classifier stage overrides: unknown override key 'train.epoch'"),
 ])
 def test_ablation_overrides_typo_fails_dry_run_before_any_work(tmp_path: Path, section, overrides, message):
     path = _ablation(tmp_path, **{section: {"overrides": overrides}})

@@ -191,7 +191,7 @@ def check_overrides(cfg: AblationConfig, where: str) -> None:
     for section, cls in (("generator", FinetuneConfig), ("generate", GenerateConfig), ("filter", FilterConfig),
                          ("classifier", EnsembleConfig)):
         style = FINETUNE_STYLE if cls is FinetuneConfig else {}
-        load_config(cls, None, getattr(cfg, section).overrides, where=f"{where}: {section}.overrides",
+        load_config(cls, None, getattr(cfg, section).overrides, where=f"{where}: {section} stage overrides",
                     drop_none=cls is not EnsembleConfig, **style)
 
 

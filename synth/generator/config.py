@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 
-from synth.config import SET_HELP, Style, coerce, load_config, parse_sets
+from synth.config import SET_HELP, Style, as_typed_text, coerce, command_overrides, load_config
 from synth.errors import UserError
 
 STAGES = ("all", "vae", "unet")
@@ -217,6 +217,6 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None = None) -> FinetuneConfig:
     args = vars(build_arg_parser().parse_args(argv))
-    path = args.pop("config")
-    sets = parse_sets(args.pop("sets"))
-    return load_finetune_config(path, {**sets, **{k: v for k, v in args.items() if v is not None}})
+    path, sets = args.pop("config"), args.pop("sets")
+    flags = {k: as_typed_text(v) for k, v in args.items()}  # typed on a command line: read like a --set value
+    return load_finetune_config(path, command_overrides(sets, flags))
