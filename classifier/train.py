@@ -54,6 +54,7 @@ from classifier.ensemble import ENSEMBLE_FILE, MEMBER_FILE, WEIGHTS_FILE, choose
 from classifier.losses import build_loss, class_weights_from_prevalence
 from classifier.metrics import macro_ap
 from classifier.models import PIXEL_MEAN, PIXEL_STD, build_model
+from synth.config import SET_HELP, command_overrides
 from synth.errors import UserError
 from synth.io import save_safetensors_atomic, write_json_atomic
 from synth.manifest import annotated_classes, label_matrix
@@ -559,19 +560,6 @@ def train_ensemble(ens: EnsembleConfig, train_df: pd.DataFrame, out: str | Path,
 # ---------------------------------------------------------------- script entry
 
 
-def parse_sets(items: Sequence[str]) -> dict[str, Any]:
-    """``["train.epochs=2", "synthetic.mode=mix"]`` -> overrides (values parsed as YAML scalars)."""
-    import yaml
-
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=2")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
 def run_from_config(config: str | Path, overrides: dict[str, Any] | None = None, out: str | Path | None = None) -> Path:
     """Train the ensemble a config describes, reading ``data.manifest`` (+ ``data.synthetic_manifest``)."""
     from synth.manifest import concat_manifests, read_manifest
@@ -592,16 +580,13 @@ def run_from_config(config: str | Path, overrides: dict[str, Any] | None = None,
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train a multi-resolution ConvNeXt ensemble (classifier/train.py).")
     parser.add_argument("--config", required=True, help="configs/classifier/*.yaml")
-    parser.add_argument("--set", dest="sets", action="append", default=[], help="override KEY=VALUE, e.g. train.epochs=2")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     parser.add_argument("--out", default=None, help="output folder (default: data.output_dir)")
     parser.add_argument("--report_to", default=None, choices=["none", "tensorboard"],
                         help="log per-epoch metrics through Accelerate's trackers (= --set train.report_to=...)")
     args = parser.parse_args(argv)
     try:
-        overrides = parse_sets(args.sets)
-        if args.report_to:
-            overrides["train.report_to"] = args.report_to
-        print(run_from_config(args.config, overrides, args.out))
+        print(run_from_config(args.config, command_overrides(args.sets, {"train.report_to": args.report_to}), args.out))
     except UserError as err:
         print(f"error: {err}")
         return 2
