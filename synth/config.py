@@ -136,6 +136,8 @@ def _put(cls: type, data: dict[str, Any], key: str, value: Any, style: Style, in
             _unknown(style, parts, i, list(known), override=True, root=cls)
         hint = _strip_optional(known[part])
         last = i == len(parts) - 1
+        if last and _is_dataclass(hint):
+            value = _plain(value)  # ``--set "train={epochs: 2}"`` merges into the section like a mapping override
         if last and isinstance(value, Mapping) and _is_dataclass(hint) and isinstance(node.get(part), Mapping):
             node[part] = _merge_mappings(node[part], value)
             return

@@ -86,6 +86,8 @@ def test_set_values_follow_yaml_scalar_rules_then_the_field_type(tmp_path: Path)
     assert cfg.train.mixed_precision == "no"  # a str field keeps the text (YAML would read `no` as false)
     assert cfg.augment.hflip is True and [m.image_size for m in cfg.members] == [48, 64]
     assert cfg.synthetic.ratio == 1 and cfg.loss.gamma_neg == 4.0  # untouched sections keep their defaults
+    merged = load_ensemble_config(path, parse_sets(["train={lr: 0.5}"]))  # a whole section merges into the YAML's
+    assert (merged.train.lr, merged.train.epochs) == (0.5, 2)
     path.write_text("train: {epochs: '2'}\n")  # in a YAML file a quoted number is text: refused, not guessed
     with pytest.raises(UserError, match="train.epochs: cannot read '2' as int .*without quotes"):
         load_ensemble_config(path)
