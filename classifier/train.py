@@ -126,7 +126,6 @@ def fit_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val: Cach
     weights so far (``best.safetensors``).
     """
     from accelerate.utils import set_seed
-    from safetensors.torch import load_file
     from timm.utils import ModelEmaV3
 
     from synth.training import make_accelerator
@@ -145,13 +144,7 @@ def fit_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val: Cach
     set_seed(member.seed * 1000 + {"pretrain": 1}.get(stage.name, 0), device_specific=True)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
 
-    n_classes = int(val.labels.shape[1])
-    model = build_model(member.arch, n_classes, member.pretrained_file if init is None else None, member.drop_path_rate)
-    _check_input_size(model, member)
-    if init is not None:
-        model.load_state_dict(init)
-    if t.channels_last and use_cuda:
-        model = model.to(memory_format=torch.channels_last)
+    model = _stage_model(member, int(val.labels.shape[1]), init, t.channels_last and use_cuda)
     batch_size = member.batch_size or t.batch_size
     lr = member.lr or t.lr
     per_epoch = len(epoch_batches(len(stage.data), batch_size, 0, member.seed, rank, world)) // t.grad_accum
@@ -191,14 +184,8 @@ def fit_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val: Cach
         elapsed = time.perf_counter() - start
         progress.epoch += 1
         probs = predict_images(eval_model(), val.images, t.eval_batch_size, False, device)
-        score = macro_ap(labels_val, probs)
-        score = -1.0 if score is None else score
-        mean_loss = float(torch.stack(losses).mean()) if losses else float("nan")
-        progress.history.append({"epoch": progress.epoch, "step": progress.step, "loss": mean_loss, "val_map": score,
-                                 "images_per_s": seen * world / max(elapsed, 1e-9)})
-        improved = score > progress.best_map
-        if improved:
-            progress.best_map, progress.best_epoch = score, progress.epoch
+        images_per_s = seen * world / max(elapsed, 1e-9)
+        score, mean_loss, improved = _record_epoch(progress, macro_ap(labels_val, probs), losses, images_per_s)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process and improved and stage.select == "best":
             save_safetensors_atomic(best_file, eval_model().state_dict())
@@ -208,24 +195,59 @@ def fit_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val: Cach
             accelerator.log({"train/loss": mean_loss, "val/map": score, "train/lr": scheduler.get_last_lr()[0],
                              "train/images_per_s": progress.history[-1]["images_per_s"]}, step=progress.step)
         log(f"{stage.name} epoch {progress.epoch}/{stage.epochs}: loss {mean_loss:.4f}, val mAP {score:.4f}, "
-            f"{seen * world / max(elapsed, 1e-9):.0f} img/s")
+            f"{images_per_s:.0f} img/s")
         if EPOCH_END_HOOK is not None:
             EPOCH_END_HOOK(stage.name, progress.epoch)
 
     for tracker in accelerator.trackers:  # not end_training(): that would also destroy the process group
         tracker.finish()
     accelerator.wait_for_everyone()
-    if stage.select == "best" and best_file.exists():
-        state = load_file(str(best_file))
-    else:
-        state = {k: v.detach().cpu().clone() for k, v in eval_model().state_dict().items()}
-    result = {"state": state, "history": progress.history, "steps": progress.step,
-              "best_epoch": progress.best_epoch if stage.select == "best" else progress.epoch,
-              "val_map": progress.best_map if stage.select == "best" else (progress.history[-1]["val_map"] if progress.history else None),
-              "mixed_precision": accelerator.mixed_precision}
+    result = _stage_result(stage, progress, best_file, eval_model(), accelerator.mixed_precision)
     if use_cuda:  # release the prepared model/optimiser and the CUDA cache before the next member; on CPU
         accelerator.free_memory()  # the locals simply go out of scope (its gc.collect() cost ~0.2 s per stage)
     return result
+
+
+def _stage_model(member: MemberConfig, n_classes: int, init: dict[str, torch.Tensor] | None,
+                 channels_last: bool) -> torch.nn.Module:
+    """The member's timm model: ``init``'s weights (the previous stage) or its pretrained file / random init."""
+    pretrained = member.pretrained_file if init is None else None  # a later stage starts from the earlier one
+    model = build_model(member.arch, n_classes, pretrained, member.drop_path_rate)
+    _check_input_size(model, member)
+    if init is not None:
+        model.load_state_dict(init)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _record_epoch(progress: Progress, val_map: float | None, losses: list[torch.Tensor],
+                  images_per_s: float) -> tuple[float, float, bool]:
+    """Append the epoch to ``progress.history`` (val mAP -1 when undefined); returns (val mAP, mean loss, improved)."""
+    score = -1.0 if val_map is None else val_map
+    mean_loss = float(torch.stack(losses).mean()) if losses else float("nan")
+    progress.history.append({"epoch": progress.epoch, "step": progress.step, "loss": mean_loss, "val_map": score,
+                             "images_per_s": images_per_s})
+    improved = score > progress.best_map
+    if improved:
+        progress.best_map, progress.best_epoch = score, progress.epoch
+    return score, mean_loss, improved
+
+
+def _stage_result(stage: Stage, progress: Progress, best_file: Path, final_model: torch.nn.Module,
+                  mixed_precision: str) -> dict[str, Any]:
+    """What :func:`fit_stage` returns: the selected weights (best val epoch, or the last) and the stage's record."""
+    from safetensors.torch import load_file
+
+    best = stage.select == "best"
+    if best and best_file.exists():
+        state = load_file(str(best_file))
+    else:
+        state = {k: v.detach().cpu().clone() for k, v in final_model.state_dict().items()}
+    last_map = progress.history[-1]["val_map"] if progress.history else None
+    return {"state": state, "history": progress.history, "steps": progress.step,
+            "best_epoch": progress.best_epoch if best else progress.epoch,
+            "val_map": progress.best_map if best else last_map, "mixed_precision": mixed_precision}
 
 
 @dataclasses.dataclass
