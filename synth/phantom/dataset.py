@@ -110,33 +110,9 @@ def render_dataset(n: int, size: int, seed: int, out: str | os.PathLike, *, bala
     out = Path(out)
     args = {"n": n, "size": size, "seed": seed, "balanced": balanced, "per_class": per_class if balanced else None,
             "label_noise": label_noise, "renderer": RENDERER_VERSION}
-    if out.exists():
-        meta = out / META_FILE
-        if meta.exists() and (out / LABELS_FILE).exists():
-            old = json.loads(meta.read_text()).get("arguments")
-            if old == args:
-                if contact_sheet and not (out / "contact_sheets").exists():
-                    tmp = make_readable_tempdir(out, ".contact_sheets.")
-                    try:
-                        write_contact_sheets(tmp, size, seed)
-                        os.replace(tmp, out / "contact_sheets")
-                    except BaseException:
-                        shutil.rmtree(tmp, ignore_errors=True)
-                        raise
-                return out / LABELS_FILE
-        if not overwrite:
-            raise UserError(f"--out {out} already exists (made with other arguments, another renderer version, or not a phantom "
-                            "dataset); "
-                            "choose a new folder or pass --overwrite")
-    if balanced:
-        k = per_class if per_class is not None else n // len(CXR_LT_CLASSES)
-        if k < 1:
-            raise UserError(f"--n {n} is too small for --balanced: needs at least {len(CXR_LT_CLASSES)} images (one per class)")
-        true_sets = sample_balanced_label_sets(n, k, seed)
-    elif per_class is not None:
-        raise UserError("--per-class only applies with --balanced")
-    else:
-        true_sets = sample_label_sets(n, seed)
+    if out.exists() and _reused(out, args, overwrite, contact_sheet, size, seed):
+        return out / LABELS_FILE
+    true_sets = _true_label_sets(n, seed, balanced, per_class)
     noisy = add_label_noise(true_sets, label_noise, seed)
 
     patient = _patients(n, seed)
@@ -154,22 +130,7 @@ def render_dataset(n: int, size: int, seed: int, out: str | os.PathLike, *, bala
         truth = _run_jobs(jobs, workers, progress, n)
         _write_labels(tmp / LABELS_FILE, names, patient, truth, noisy, seed)
         write_text_atomic(tmp / TRUTH_FILE, "".join(json.dumps(r, default=_jsonable, sort_keys=True) + "\n" for r in truth))
-        y_true, y = label_matrix(true_sets), label_matrix(noisy)
-        prevalence = dict(zip(CXR_LT_CLASSES, y.mean(0).tolist()))
-        write_json_atomic(tmp / META_FILE, {
-            "arguments": args,
-            "version": _version(),
-            "images": n,
-            "patients": int(patient.max()) + 1,
-            "labels_file": LABELS_FILE,
-            "truth_file": TRUTH_FILE,
-            "label_source": "PadChest study label sets mapped to CXR-LT (synth/resources/padchest-cxrlt-labelsets.csv)",
-            "reshape": RESHAPE.__dict__,
-            "positives": dict(zip(CXR_LT_CLASSES, y.sum(0).tolist())),
-            "positives_true": dict(zip(CXR_LT_CLASSES, y_true.sum(0).tolist())),
-            "groups": frequency_groups(prevalence),
-            "views": {v: sum(r["view"] == v for r in truth) for v in ("PA", "AP")},
-        })
+        write_json_atomic(tmp / META_FILE, _metadata(args, n, patient, truth, true_sets, noisy))
         if contact_sheet:
             write_contact_sheets(tmp / "contact_sheets", size, seed)
         if out.exists():
@@ -179,6 +140,63 @@ def render_dataset(n: int, size: int, seed: int, out: str | os.PathLike, *, bala
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out / LABELS_FILE
+
+
+def _reused(out: Path, args: dict, overwrite: bool, contact_sheet: bool, size: int, seed: int) -> bool:
+    """Whether the existing ``out`` is this very dataset (contact sheets added if now asked for).
+
+    Another dataset there is an error unless ``overwrite`` (then False: it is rendered anew).
+    """
+    meta = out / META_FILE
+    if meta.exists() and (out / LABELS_FILE).exists():
+        old = json.loads(meta.read_text()).get("arguments")
+        if old == args:
+            if contact_sheet and not (out / "contact_sheets").exists():
+                tmp = make_readable_tempdir(out, ".contact_sheets.")
+                try:
+                    write_contact_sheets(tmp, size, seed)
+                    os.replace(tmp, out / "contact_sheets")
+                except BaseException:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise
+            return True
+    if not overwrite:
+        raise UserError(f"--out {out} already exists (made with other arguments, another renderer version, or not a phantom "
+                        "dataset); "
+                        "choose a new folder or pass --overwrite")
+    return False
+
+
+def _true_label_sets(n: int, seed: int, balanced: bool, per_class: int | None) -> list[tuple[str, ...]]:
+    """The images' true label sets: PadChest-like prevalence, or ``balanced`` (``per_class`` images per class)."""
+    if balanced:
+        k = per_class if per_class is not None else n // len(CXR_LT_CLASSES)
+        if k < 1:
+            raise UserError(f"--n {n} is too small for --balanced: needs at least {len(CXR_LT_CLASSES)} images (one per class)")
+        return sample_balanced_label_sets(n, k, seed)
+    if per_class is not None:
+        raise UserError("--per-class only applies with --balanced")
+    return sample_label_sets(n, seed)
+
+
+def _metadata(args: dict, n: int, patient: np.ndarray, truth: list[dict], true_sets, noisy) -> dict:
+    """``phantom.json``: the arguments (the reuse key), counts, positives (noisy and true), groups and views."""
+    y_true, y = label_matrix(true_sets), label_matrix(noisy)
+    prevalence = dict(zip(CXR_LT_CLASSES, y.mean(0).tolist()))
+    return {
+        "arguments": args,
+        "version": _version(),
+        "images": n,
+        "patients": int(patient.max()) + 1,
+        "labels_file": LABELS_FILE,
+        "truth_file": TRUTH_FILE,
+        "label_source": "PadChest study label sets mapped to CXR-LT (synth/resources/padchest-cxrlt-labelsets.csv)",
+        "reshape": RESHAPE.__dict__,
+        "positives": dict(zip(CXR_LT_CLASSES, y.sum(0).tolist())),
+        "positives_true": dict(zip(CXR_LT_CLASSES, y_true.sum(0).tolist())),
+        "groups": frequency_groups(prevalence),
+        "views": {v: sum(r["view"] == v for r in truth) for v in ("PA", "AP")},
+    }
 
 
 def _run_jobs(jobs: Sequence[_Job], workers: int | None, progress: bool, n: int) -> list[dict]:

@@ -25,7 +25,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from synth.phantom.anatomy import F32, Anatomy, Canvas, ramp
+from synth.phantom.anatomy import F32, Anatomy, ramp
+from synth.phantom.canvas import Canvas
 from synth.taxonomy import CXR_LT_CLASSES
 
 Region = np.ndarray

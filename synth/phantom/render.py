@@ -17,7 +17,8 @@ from typing import Iterable
 import numpy as np
 
 from synth.errors import UserError
-from synth.phantom.anatomy import Anatomy, Canvas
+from synth.phantom.anatomy import Anatomy
+from synth.phantom.canvas import Canvas
 from synth.phantom.findings import REGISTRY
 from synth.taxonomy import CXR_LT_CLASSES, expand_parents, resolve_class
 
