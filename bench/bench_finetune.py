@@ -34,11 +34,27 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=3)
     args = ap.parse_args()
 
+    from synth.finetune import _quiet_libraries
+
+    _quiet_libraries()
+    cfg, acc, trainer = _trainer(args.config, args.manifest)
+    bare, full = _step_timers(cfg, acc, trainer)
+    trainer.start_stream()
+    for _ in range(3):  # warm-up (allocator, prompt cache as in a long run)
+        full(), bare()
+    # single steps interleaved: whatever load other processes put on the CPU hits both alike
+    fulls, bares = [], []
+    for _ in range(args.steps * args.blocks):
+        fulls.append(full())
+        bares.append(bare())
+    _report(args.config, cfg, trainer.comps.unet, fulls, bares)
+
+
+def _trainer(config: str, manifest: str | None):
+    """The UNetTrainer as synth/finetune.py builds it (random VAE, latents cached), on ``manifest`` or a tiny one."""
     import torch
-    import torch.nn.functional as F
     from accelerate import Accelerator
 
-    from synth.finetune import _quiet_libraries
     from synth.generator import models
     from synth.generator.config import load_finetune_config
     from synth.generator.data import TrainingSet, encode_latents, load_pixels
@@ -46,15 +62,13 @@ def main() -> None:
     from synth.prompts import PromptTemplates
     from synth.text_encoder import load_minilm
 
-    _quiet_libraries()
     tmp = Path(tempfile.mkdtemp(prefix="bench_finetune_"))
-    manifest = args.manifest
     if manifest is None:
         from tiny_pipeline import write_tiny_manifest
 
         manifest = str(write_tiny_manifest(tmp / "data"))
-    cfg = load_finetune_config(args.config, {"train_manifest": manifest, "output_dir": str(tmp / "out"), "num_validation_images": 0,
-                                             "checkpointing_steps": 10**9, "logging_steps": 10**9, "resume_from_checkpoint": None})
+    cfg = load_finetune_config(config, {"train_manifest": manifest, "output_dir": str(tmp / "out"), "num_validation_images": 0,
+                                        "checkpointing_steps": 10**9, "logging_steps": 10**9, "resume_from_checkpoint": None})
     acc = Accelerator(mixed_precision="no")
     data = TrainingSet.load(manifest)
     torch.manual_seed(cfg.seed)
@@ -64,7 +78,13 @@ def main() -> None:
     tokenizer, text_encoder = load_minilm(cfg.text_max_length)
     unet = models.build_unet(cfg, text_encoder.config.hidden_size)
     comps = models.Components(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, noise_scheduler=models.build_noise_scheduler(cfg))
-    trainer = UNetTrainer(cfg, acc, comps, data, PromptTemplates.load(cfg.prompt_templates), cache, log=lambda m: None)
+    return cfg, acc, UNetTrainer(cfg, acc, comps, data, PromptTemplates.load(cfg.prompt_templates), cache, log=lambda m: None)
+
+
+def _step_timers(cfg, acc, trainer):
+    """(bare, full): each runs one step and returns its seconds; bare works on one fixed, precomputed batch."""
+    import torch
+    import torch.nn.functional as F
 
     # the bare step's fixed batch: same shapes as the loop's
     g = torch.Generator().manual_seed(0)
@@ -72,7 +92,7 @@ def main() -> None:
     latents = trainer.batch_latents(idx, g)
     noise = torch.randn(latents.shape, generator=g)
     t = torch.randint(0, 1000, (latents.shape[0],), generator=g)
-    hidden = trainer.prompt_encoder([data.prompt(i, trainer.templates, __import__("random").Random(0), 0.0) for i in idx])
+    hidden = trainer.prompt_encoder([trainer.data.prompt(i, trainer.templates, __import__("random").Random(0), 0.0) for i in idx])
     noisy = trainer.noise_scheduler.add_noise(latents, noise, t)
 
     def bare() -> float:
@@ -91,18 +111,14 @@ def main() -> None:
         trainer.train_step()  # exactly the body of UNetTrainer.train between checkpoints
         return time.perf_counter() - t0
 
-    trainer.start_stream()
-    for _ in range(3):  # warm-up (allocator, prompt cache as in a long run)
-        full(), bare()
-    # single steps interleaved: whatever load other processes put on the CPU hits both alike
-    fulls, bares = [], []
-    for _ in range(args.steps * args.blocks):
-        fulls.append(full())
-        bares.append(bare())
+    return bare, full
+
+
+def _report(config: str, cfg, unet, fulls: list[float], bares: list[float]) -> None:
     ratio = statistics.median(bares) / statistics.median(fulls)
     ratio_sum = sum(bares) / sum(fulls)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"config {args.config}: {cfg.resolution} px, batch {cfg.train_batch_size}, UNet {cfg.unet_block_out_channels}, "
+    print(f"config {config}: {cfg.resolution} px, batch {cfg.train_batch_size}, UNet {cfg.unet_block_out_channels}, "
           f"{sum(p.numel() for p in unet.parameters()) / 1e6:.1f} M params, ema={cfg.use_ema}, snr_gamma={cfg.snr_gamma}")
     print(f"{len(fulls)} interleaved steps each; median s/step  full {statistics.median(fulls):.3f}  bare {statistics.median(bares):.3f}; "
           f"min  full {min(fulls):.3f}  bare {min(bares):.3f}")

@@ -153,6 +153,24 @@ def _wrap(times_file: str, script: str, argv: list[str]) -> None:
 def main() -> None:
     if len(sys.argv) > 3 and sys.argv[1] == "--_wrap":
         return _wrap(sys.argv[2], sys.argv[3], sys.argv[4:])
+    args = _parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench_ft_vs_ref_"))
+    sd, manifest, imagefolder = build_inputs(tmp, args.images, args.size, seed=0, width=args.width)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp / "hf"), "PYTHONPATH": str(REPO),
+           "TQDM_DISABLE": "1"}
+    common = {"resolution": args.size, "train_batch_size": args.batch, "learning_rate": 5e-5, "lr_scheduler": "constant_with_warmup",
+              "lr_warmup_steps": 0, "snr_gamma": 5.0, "seed": 0, "dataloader_num_workers": 0, "gradient_accumulation_steps": 1}
+    arms = _arms(args, common, sd, manifest, imagefolder)
+    results = _time_arms(args, arms, env, tmp)
+    _summarise(args, common, results)
+    if not args.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        print(f"kept {tmp}")
+
+
+def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE, help="diffusers' examples/text_to_image/train_text_to_image.py")
     ap.add_argument("--reference-python", default=sys.executable, help="a Python with `datasets` installed (default: this one)")
@@ -177,13 +195,11 @@ def main() -> None:
         raise SystemExit(f"error: {args.reference_python} has no `datasets` package (the reference needs it); "
                          "python -m venv --system-site-packages V && V/bin/pip install datasets, then --reference-python V/bin/python")
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench_ft_vs_ref_"))
-    sd, manifest, imagefolder = build_inputs(tmp, args.images, args.size, seed=0, width=args.width)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp / "hf"), "PYTHONPATH": str(REPO),
-           "TQDM_DISABLE": "1"}
-    common = {"resolution": args.size, "train_batch_size": args.batch, "learning_rate": 5e-5, "lr_scheduler": "constant_with_warmup",
-              "lr_warmup_steps": 0, "snr_gamma": 5.0, "seed": 0, "dataloader_num_workers": 0, "gradient_accumulation_steps": 1}
+    return args
+
+
+def _arms(args: argparse.Namespace, common: dict, sd: Path, manifest: Path, imagefolder: Path) -> dict:
+    """Arm name -> ``(steps, out) -> command line``: the reference script, the project (and its options)."""
 
     def reference(steps: int, out: Path) -> list[str]:
         flags = [f"--{k}={v}" for k, v in common.items()]
@@ -204,6 +220,11 @@ def main() -> None:
         arms["project+text_encoder"] = lambda s, o: project(s, o, True)
     if args.experiment_fused_adamw:
         arms["project+fused_adamw"] = lambda s, o: project(s, o, False)
+    return arms
+
+
+def _time_arms(args: argparse.Namespace, arms: dict, env: dict, tmp: Path) -> dict[str, list[dict[str, float]]]:
+    """One warm-up run per arm, then ``--rounds`` timed runs of each, the arm order reversed every other round."""
     results: dict[str, list[dict[str, float]]] = {a: [] for a in arms}
     for name, make in arms.items():  # warm-up: the reference's datasets cache, the project's latent cache (one-time costs)
         w, _, _, _ = run(make(1, tmp / f"warmup-{name}"), env, tmp / f"warmup-{name}.log")
@@ -219,7 +240,11 @@ def main() -> None:
             results[name].append({"steps_per_s": rate, "steps_per_cpu_s": cpu_rate, "wall_s": wall, "peak_rss_mib": rss})
             print(f"round {r + 1} {name:22s} steady {rate:6.2f} steps/s ({cpu_rate:6.2f} per CPU-s)   wall {wall:6.1f} s ({args.steps} steps, start-up and save included)   "
                   f"peak RSS {rss:6.0f} MiB", flush=True)
+    return results
 
+
+def _summarise(args: argparse.Namespace, common: dict, results: dict[str, list[dict[str, float]]]) -> None:
+    """Print the medians and the ratio against the reference; with ``--json``, write them and their provenance."""
     summary = {}
     for name, rows in results.items():
         summary[name] = {k: statistics.median(row[k] for row in rows) for k in rows[0]}
@@ -248,10 +273,6 @@ def main() -> None:
             "rounds": results,
         }, indent=2) + "\n")
         print(f"wrote {args.json}")
-    if not args.keep:
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        print(f"kept {tmp}")
 
 
 if __name__ == "__main__":
