@@ -36,7 +36,7 @@ __all__ = ["FinetuneConfig", "load_finetune_config", "run_finetune", "plan", "ma
 def plan(cfg: FinetuneConfig) -> tuple[list[str], list[str]]:
     """(lines describing what would run, problems found) — checks paths without loading models."""
     from synth.generator.models import check_pretrained_folder
-    from synth.generator.train import list_checkpoints
+    from synth.generator.checkpoints import list_checkpoints
     from synth.generator.vae_train import VAE_STAGE_DIR, vae_stage_complete
     from synth.prompts import PromptTemplates
 
@@ -128,8 +128,6 @@ def run_finetune(cfg: FinetuneConfig, log: Callable[[str], None] | None = None) 
 
 
 def _run(cfg: FinetuneConfig, log: Callable[[str], None] | None) -> Path:
-    import shutil
-
     import torch
     from accelerate.utils import set_seed
 
@@ -137,7 +135,7 @@ def _run(cfg: FinetuneConfig, log: Callable[[str], None] | None) -> Path:
     from synth.generator import models
     from synth.generator.data import TrainingSet, load_pixels
     from synth.generator.latent_cache import latent_cache_for
-    from synth.generator.train import META_NAME, UNetTrainer, list_checkpoints, resolve_checkpoint
+    from synth.generator.train import UNetTrainer
     from synth.generator.vae_train import VAE_STAGE_DIR, train_vae, vae_stage_complete
     from synth.io import write_json_atomic
     from synth.prompts import PromptTemplates
@@ -189,6 +187,22 @@ def _run(cfg: FinetuneConfig, log: Callable[[str], None] | None) -> Path:
         latent_cache = latent_cache_for(cfg, comps.vae, data, accelerator, log_main, computed=latent_cache)
     log_main(f"latents: {latent_cache.describe()}" if latent_cache is not None else "latents: encoded on the fly every step")
     trainer = UNetTrainer(cfg, accelerator, comps, data, templates, latent_cache, log_main)
+    trainer.train(_resume_point(cfg, out, accelerator, log_main))
+    path = trainer.export(_export_meta(cfg, data, templates, trainer, accelerator.mixed_precision))
+    log_main(f"finetune: pipeline written to {path}")
+    # Not accelerator.end_training(): it also destroys the process group, which `synth ablate` (and any caller
+    # under `accelerate launch`) still needs for the next stage's barriers. Trackers are closed here.
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    return path
+
+
+def _resume_point(cfg: FinetuneConfig, out: Path, accelerator, log_main: Callable[[str], None]) -> Path | None:
+    """The checkpoint the UNet stage resumes from (None: step 0); ``--resume_from_checkpoint none`` clears the old run."""
+    import shutil
+
+    from synth.generator.checkpoints import META_NAME, list_checkpoints, resolve_checkpoint
+
     resume = resolve_checkpoint(out, cfg.resume_from_checkpoint)
     if _starts_over(cfg):
         old = list_checkpoints(out)
@@ -202,8 +216,12 @@ def _run(cfg: FinetuneConfig, log: Callable[[str], None] | None) -> Path:
         log_main(f"resuming from {resume} (a re-run continues the run in --output_dir; --resume_from_checkpoint none starts over)")
     elif cfg.resume_from_checkpoint not in (None, "latest"):
         log_main(f"--resume_from_checkpoint {cfg.resume_from_checkpoint}: no checkpoint in {out} yet, starting fresh")
-    trainer.train(resume)
-    meta = {
+    return resume
+
+
+def _export_meta(cfg: FinetuneConfig, data, templates, trainer, mixed_precision: str) -> dict[str, Any]:
+    """``synth_meta.json`` of the exported pipeline: what it was trained on, how, and for how many steps."""
+    return {
         "train_manifest": str(data.manifest),
         "prompt_templates": str(Path(cfg.prompt_templates).resolve()) if cfg.prompt_templates else str(_default_templates()),
         "prompt_templates_name": templates.name,
@@ -212,15 +230,8 @@ def _run(cfg: FinetuneConfig, log: Callable[[str], None] | None) -> Path:
         "source": cfg.pretrained_model_name_or_path or "scratch",
         "steps": trainer.global_step,
         "prediction_type": trainer.prediction_type,
-        "mixed_precision": accelerator.mixed_precision,  # what training computed in; the exported weights are fp32
+        "mixed_precision": mixed_precision,  # what training computed in; the exported weights are fp32
     }
-    path = trainer.export(meta)
-    log_main(f"finetune: pipeline written to {path}")
-    # Not accelerator.end_training(): it also destroys the process group, which `synth ablate` (and any caller
-    # under `accelerate launch`) still needs for the next stage's barriers. Trackers are closed here.
-    for tracker in accelerator.trackers:
-        tracker.finish()
-    return path
 
 
 def _starts_over(cfg: FinetuneConfig) -> bool:

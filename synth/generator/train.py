@@ -16,14 +16,9 @@ What it adds for long-tailed multi-label CXR data, and why:
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import os
-import re
-import shutil
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -33,20 +28,19 @@ import torch
 import torch.nn.functional as F
 
 from synth.errors import UserError
+from synth.generator.checkpoints import TRAINER_STATE, list_checkpoints, read_rows_csv, write_rows_csv
 from synth.generator.config import FinetuneConfig
-from synth.generator.data import PromptEncoder, TrainingSet, encode_latents, pixel_dataset, step_rng, to_vae_input
+from synth.generator.data import PromptEncoder, TrainingSet, pixel_dataset, step_rng, to_vae_input
+from synth.generator.export import export_pipeline, save_validation_grid, training_pipeline
 from synth.generator.latent_cache import take_latents
 from synth.generator.models import Components, enable_xformers
 from synth.generator.row_sampling import ResumableWeightedSampler, image_weights
-from synth.io import atomic_path, write_json_atomic
+from synth.io import write_json_atomic
 from synth.prompts import PromptTemplates
 from synth.training import (adamw, load_ema_shadow, load_state, lr_scheduler, prune_oldest, save_ema_shadow,
                             save_state_atomically)
 
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-TRAINER_STATE = "trainer_state.json"
 EMA_FILE = "ema_unet.safetensors"
-META_NAME = "synth_meta.json"
 
 
 class NonFiniteLoss(UserError):
@@ -55,56 +49,6 @@ class NonFiniteLoss(UserError):
 
 def _after_step(step: int) -> None:
     """Hook called after each completed optimizer step (tests patch it to simulate a crash)."""
-
-
-# ----------------------------------------------------------------------------- small helpers
-
-
-def write_rows_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-
-
-def read_rows_csv(path: Path, max_step: int) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    out = []
-    for r in rows:
-        if int(r["step"]) <= max_step:
-            out.append({k: (int(v) if k == "step" else float(v)) for k, v in r.items()})
-    return out
-
-
-def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
-    if not out_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in out_dir.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))
-             and (p / TRAINER_STATE).exists()]
-    return sorted(found)
-
-
-def resolve_checkpoint(out_dir: Path, spec: str | None) -> Path | None:
-    """Where a run starts: unset / ``latest`` -> newest complete checkpoint in ``out_dir`` (None if there is
-    none yet), so a plain re-run of the same command resumes; ``none`` -> None (start over); a path -> that folder."""
-    from synth.errors import UserError
-
-    if spec is not None and spec.strip().lower() == "none":
-        return None
-    if not spec or spec == "latest":
-        found = list_checkpoints(out_dir)
-        return found[-1][1] if found else None
-    path = Path(spec)
-    if not path.is_absolute() and not path.exists():
-        path = out_dir / spec
-    if not (path / TRAINER_STATE).exists():
-        raise UserError(f"--resume_from_checkpoint {spec}: not a complete checkpoint folder (no {TRAINER_STATE}); use 'latest' or a checkpoint-<step> folder of {out_dir}")
-    return path
 
 
 class _SamplerPosition:
@@ -299,91 +243,17 @@ class UNetTrainer:
 
     # ------------------------------------------------------------------ validation + export
 
-    def _ema_weights(self):
-        """Context: the UNet temporarily holds the EMA weights (validation / export use them)."""
-        import contextlib
-
-        if self.ema is None:
-            return nullcontext()
-        unet = self.accelerator.unwrap_model(self.unet)
-
-        @contextlib.contextmanager
-        def swap():
-            self.ema.store(unet.parameters())
-            self.ema.copy_to(unet.parameters())
-            try:
-                yield
-            finally:
-                self.ema.restore(unet.parameters())
-
-        return swap()
-
     def pipeline(self):
-        from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+        """A diffusers pipeline over the trained (unwrapped) models, for validation and export."""
+        return training_pipeline(self)
 
-        acc = self.accelerator
-        return StableDiffusionPipeline(
-            vae=self.comps.vae, text_encoder=acc.unwrap_model(self.text_encoder), tokenizer=self.comps.tokenizer,
-            unet=acc.unwrap_model(self.unet), scheduler=DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config),
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )
-
-    @torch.no_grad()
     def validate(self) -> Path | None:
         """Grid PNG (rows: prompts, columns: seeds) of the current (EMA) model; main process only."""
-        cfg = self.cfg
-        if not self.accelerator.is_main_process or cfg.num_validation_images == 0 or not self.validation_prompts:
-            return None
-        from PIL import Image
-
-        from synth.io import save_image_atomic
-
-        unet = self.accelerator.unwrap_model(self.unet)
-        was_training = unet.training
-        with self._ema_weights():
-            unet.eval()
-            pipe = self.pipeline()
-            pipe.set_progress_bar_config(disable=True)
-            k = cfg.num_validation_images
-            prompts = [p for p in self.validation_prompts for _ in range(k)]
-            gens = [torch.Generator().manual_seed(cfg.seed + j) for _ in self.validation_prompts for j in range(k)]
-            with self.accelerator.autocast():
-                images = pipe(prompt=prompts, height=cfg.resolution, width=cfg.resolution, num_inference_steps=cfg.validation_inference_steps,
-                              guidance_scale=cfg.validation_guidance_scale, generator=gens, output_type="np").images
-        unet.train(was_training)
-        gray = np.clip(np.rint(images.mean(axis=-1) * 255.0), 0, 255).astype(np.uint8)
-        r = cfg.resolution
-        grid = np.zeros((len(self.validation_prompts) * r, k * r), dtype=np.uint8)
-        for n, g in enumerate(gray):
-            row, col = divmod(n, k)
-            grid[row * r:(row + 1) * r, col * r:(col + 1) * r] = g
-        path = self.out / "validation" / f"step-{self.global_step:06d}.png"
-        save_image_atomic(path, Image.fromarray(grid, mode="L"))
-        write_json_atomic(self.out / "validation" / "prompts.json", {"rows": self.validation_prompts, "columns_seeds": [cfg.seed + j for j in range(k)]})
-        return path
+        return save_validation_grid(self)
 
     def export(self, meta: dict[str, Any]) -> Path:
         """The final diffusers pipeline (EMA weights if --use_ema) + synth_meta.json, written into output_dir."""
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            tmp = self.out / ".pipeline.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            with self._ema_weights():
-                pipe = self.pipeline()
-                for name in ("vae", "text_encoder", "unet"):  # no-op for fp32 masters; upcasts e.g. an fp16 --vae_model_path
-                    getattr(pipe, name).to(torch.float32)
-                pipe.save_pretrained(tmp, safe_serialization=True)
-            (self.out / META_NAME).unlink(missing_ok=True)  # the metadata is the "complete" marker: written last
-            for item in sorted(tmp.iterdir(), key=lambda p: p.name == "model_index.json"):
-                dest = self.out / item.name
-                if dest.is_dir():
-                    shutil.rmtree(dest)
-                os.replace(item, dest)
-            tmp.rmdir()
-            write_json_atomic(self.out / META_NAME, meta)
-        acc.wait_for_everyone()
-        return self.out
+        return export_pipeline(self, meta)
 
     # ------------------------------------------------------------------ the loop
 
