@@ -18,7 +18,7 @@ import itertools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,9 @@ from classifier.data import load_images, to_input
 from classifier.models import build_model
 from synth.errors import UserError
 from synth.taxonomy import GroupThresholds, frequency_groups
+
+if TYPE_CHECKING:
+    from classifier.config import EnsembleConfig
 
 ENSEMBLE_FILE = "ensemble.json"
 MEMBER_FILE = "member.json"
@@ -119,6 +122,20 @@ def group_record(train_prevalence: Mapping[str, float], thresholds: GroupThresho
     """What ``ensemble.json`` stores so a model can be scored on a test-only set: its classes' head / medium /
     tail groups and the thresholds that made them (from the training prevalence it also stores)."""
     return {"groups": frequency_groups(train_prevalence, thresholds), "group_thresholds": asdict(thresholds)}
+
+
+def ensemble_spec(ens: EnsembleConfig, classes: list[str], members: list[dict], val_map: float | None,
+                   prevalence: np.ndarray, weights: np.ndarray, rows: dict[str, int], ens_fp: str) -> dict[str, Any]:
+    """``ensemble.json`` as :func:`classifier.train.train_ensemble` writes it (the layout in this module's docstring)."""
+    return {
+        "classes": classes, "tta_flip": ens.ensemble.tta_flip, "weights_mode": ens.ensemble.weights,
+        "members": members,
+        "val_map": val_map, "train_prevalence": dict(zip(classes, map(float, prevalence))),
+        **group_record(dict(zip(classes, map(float, prevalence)))),  # groups travel with the model (test-only evaluate)
+        "class_weights": dict(zip(classes, map(float, weights))),
+        "rows": rows,
+        "synthetic_mode": ens.synthetic.mode, "config": ens.to_dict(), "fingerprint": ens_fp,
+    }
 
 
 def model_groups(spec: Mapping) -> tuple[dict[str, str], dict[str, float]] | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from synth.errors import UserError
@@ -42,3 +43,15 @@ def build_model(arch: str, num_classes: int, pretrained_file: str | None = None,
             raise UserError(f"pretrained_file {path} cannot be loaded into {arch} ({first}); give the {arch} ImageNet weights "
                             "as .safetensors (e.g. timm's model.safetensors) or a plain state-dict file") from None
     return timm.create_model(arch, pretrained=False, **kwargs)
+
+
+def check_input_size(model: nn.Module, arch: str, image_size: int) -> None:
+    """One dummy forward, so a too-small resolution fails with the option to fix, not a conv error mid-run."""
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 1, image_size, image_size))
+    except RuntimeError as err:
+        raise UserError(f"classifier member {arch}@{image_size}px: input too small for this arch "
+                        f"({str(err).splitlines()[0][:80]}); use image_size >= 32 for ConvNeXt") from None
+    finally:
+        model.train()

@@ -394,6 +394,7 @@ def test_train_evaluate_two_resolutions_beats_prevalence(nih32: pd.DataFrame, tm
 
 
 def test_resume_from_checkpoint_matches_uninterrupted(nih32: pd.DataFrame, tmp_path: Path, monkeypatch):
+    import classifier.stage as stage
     import classifier.train as train
     from safetensors.torch import load_file
 
@@ -408,12 +409,12 @@ def test_resume_from_checkpoint_matches_uninterrupted(nih32: pd.DataFrame, tmp_p
         if epoch == 1:
             raise Stop
 
-    monkeypatch.setattr(train, "EPOCH_END_HOOK", stop)
+    monkeypatch.setattr(stage, "EPOCH_END_HOOK", stop)
     with pytest.raises(Stop):
         train.train_ensemble(cfg, df, tmp_path / "resumed")
     assert (tmp_path / "resumed" / "member-0" / "ckpt-train" / "state").is_dir()
     assert not (tmp_path / "resumed" / "ensemble.json").exists()
-    monkeypatch.setattr(train, "EPOCH_END_HOOK", None)
+    monkeypatch.setattr(stage, "EPOCH_END_HOOK", None)
     resumed = train.train_ensemble(cfg, df, tmp_path / "resumed")
     meta = json.loads((resumed / "member-0" / "member.json").read_text())
     assert [h["epoch"] for h in meta["stages"][0]["history"]] == [1, 2]

@@ -50,16 +50,17 @@ class _Stop(Exception):
 
 
 def _interrupt_after_epoch_1(monkeypatch, tiny, out: Path) -> Path:
+    import classifier.stage as stage
     import classifier.train as train
 
     def stop(stage, epoch):
         if epoch == 1:
             raise _Stop
 
-    monkeypatch.setattr(train, "EPOCH_END_HOOK", stop)
+    monkeypatch.setattr(stage, "EPOCH_END_HOOK", stop)
     with pytest.raises(_Stop):
         train.train_ensemble(_config(), tiny, out)
-    monkeypatch.setattr(train, "EPOCH_END_HOOK", None)
+    monkeypatch.setattr(stage, "EPOCH_END_HOOK", None)
     state = out / "member-0" / "ckpt-train" / "state"
     assert state.is_dir()
     return state

@@ -51,7 +51,7 @@ def test_view_reads_exactly_the_decoded_images(tiny, tmp_path):
 def test_repeated_and_mixed_rows_copy_no_pixels(tiny, tmp_path):
     """Repeated rows (real_resampled) are stored once; a mixing arm is a view of the same files."""
     from classifier.data import CachedSet
-    from classifier.train import _concat
+    from classifier.training_sets import concat_sets as _concat
 
     train = tiny[tiny["split"] == "train"]
     repeated = train.iloc[np.repeat(np.arange(len(train)), 3)]
@@ -67,7 +67,8 @@ def test_training_from_the_cache_file_equals_training_in_ram(tiny, tmp_path):
     """Same batches, same augmentation, same model: only where the pixels come from changed."""
     from classifier.config import EnsembleConfig, MemberConfig
     from classifier.data import CachedSet
-    from classifier.train import Stage, _Log, fit_stage
+    from classifier.stage import ConsoleLog as _Log
+    from classifier.stage import Stage, fit_stage
 
     classes = ["Pneumothorax", "Cardiomegaly", "Rib Fracture"]
     train, val = tiny[tiny["split"] == "train"], tiny[tiny["split"] == "val"]

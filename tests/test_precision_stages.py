@@ -65,9 +65,9 @@ def _spy(monkeypatch, module, stage: str, seen: list) -> None:
 
 
 def _spy_classifier(monkeypatch, seen: list):
-    import classifier.train as train
+    import classifier.stage as stage  # builds the model of every classifier stage
 
-    _spy(monkeypatch, train, "classifier", seen)
+    _spy(monkeypatch, stage, "classifier", seen)
 
 
 def _spy_verifier(monkeypatch, seen: list):

@@ -127,6 +127,7 @@ def test_classifier_stores_real_train_prevalence_and_selects_on_val(skewed, tmp_
     val_map are computed on the real val rows, and no test row is ever read.
     """
     import classifier.data as data
+    import classifier.stage as stage
     import classifier.train as train
     from classifier.config import EnsembleConfig, MemberConfig
     from classifier.metrics import macro_ap
@@ -138,7 +139,13 @@ def test_classifier_stores_real_train_prevalence_and_selects_on_val(skewed, tmp_
     original = data.read_image
     monkeypatch.setattr(data, "read_image", lambda path, size: (read.append(str(Path(path).resolve())), original(path, size))[1])
     scored: list[np.ndarray] = []
-    monkeypatch.setattr(train, "macro_ap", lambda y, p: (scored.append(np.asarray(y)), macro_ap(y, p))[1])
+
+    def recording_map(y, p):
+        scored.append(np.asarray(y))
+        return macro_ap(y, p)
+
+    monkeypatch.setattr(stage, "macro_ap", recording_map)  # per-epoch model selection
+    monkeypatch.setattr(train, "macro_ap", recording_map)  # ensemble weights
     out = train.train_ensemble(cfg, skewed, tmp_path / "model")
 
     spec = json.loads((out / "ensemble.json").read_text())
@@ -202,6 +209,7 @@ def test_best_epoch_is_the_one_with_the_highest_val_map(small_real, tmp_path, mo
     """select: best keeps the epoch whose val mAP is highest (scripted here: 0.2, 0.9, 0.5 -> epoch 2), weights included."""
     import torch
 
+    import classifier.stage as stage
     import classifier.train as train
     from classifier.metrics import macro_ap
 
@@ -215,15 +223,16 @@ def test_best_epoch_is_the_one_with_the_highest_val_map(small_real, tmp_path, mo
         per_epoch.append(next(scripted))
         return per_epoch[-1]
 
-    original_save = train.save_safetensors_atomic
+    original_save = stage.save_safetensors_atomic
 
     def recording_save(path, state, *args, **kwargs):
         if Path(path).name == "best.safetensors":
             best_saves.append((len(per_epoch), {k: v.detach().clone() for k, v in state.items()}))
         return original_save(path, state, *args, **kwargs)
 
-    monkeypatch.setattr(train, "macro_ap", scripted_map)
-    monkeypatch.setattr(train, "save_safetensors_atomic", recording_save)
+    monkeypatch.setattr(stage, "macro_ap", scripted_map)  # per-epoch val mAP
+    monkeypatch.setattr(train, "macro_ap", scripted_map)  # the ensemble's
+    monkeypatch.setattr(stage, "save_safetensors_atomic", recording_save)
     cfg = _tiny_ensemble(0, epochs=3)
     cfg = replace(cfg, train=replace(cfg.train, select="best"))
     out = train.train_ensemble(cfg, small_real, tmp_path / "best")
