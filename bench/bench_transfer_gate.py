@@ -75,23 +75,14 @@ def main() -> None:
     args = ap.parse_args()
 
     from synth.filtering import load_filter_config, load_verifier_config, run_filter, train_verifier
-    from synth.manifest import annotated_classes, label_matrix, read_manifest
     from synth.phantom import render_dataset
     from synth.prepare import prepare_dataset
-    from synth.taxonomy import frequency_groups
 
     out = Path(args.out)
     t0 = time.time()
     labels = Path(render_dataset(n=args.n, size=args.size, seed=0, out=out / "phantom"))
     manifest = prepare_dataset("cxrlt", labels, labels.parent, out / "prepared", size=args.size, seed=0, overwrite=True)
-    data = read_manifest(manifest)
-    train = data[data["split"] == "train"]
-    classes = annotated_classes(train)
-    y = label_matrix(train, classes)
-    groups = frequency_groups({c: float(np.nanmean(y[:, j])) for j, c in enumerate(classes)})
-    trval = data[data["split"].isin(["train", "val"])]
-    pos = {c: int((trval[c] == 1).sum()) for c in classes if groups[c] == "tail" and c != "Normal"}
-    tail = sorted((c for c, k in pos.items() if k >= 3), key=lambda c: -pos[c])[: args.classes]
+    tail, pos = _tail_classes(manifest, args.classes)
     print(f"phantom {args.n} at {args.size} px: tail classes judged {tail} (real train+val positives "
           f"{[pos[c] for c in tail]}); {time.time() - t0:.0f} s")
     t0 = time.time()
@@ -115,6 +106,26 @@ def main() -> None:
                 table.append({"set": kind, "space": space, "class": cls, "auroc": g["auroc"], "ci": g["ci"],
                               "kept": g["passed"], "judged": g["judged"]})
             print(f"filter {kind} / {space}: {time.time() - t0:.0f} s")
+    _print_table(table, spaces, tail)
+    (out / "result.json").write_text(json.dumps(table, indent=1))
+
+
+def _tail_classes(manifest: Path, at_most: int) -> tuple[list[str], dict[str, int]]:
+    """Tail classes (not Normal) with >= 3 real train+val positives, most positives first; and those counts."""
+    from synth.manifest import annotated_classes, label_matrix, read_manifest
+    from synth.taxonomy import frequency_groups
+
+    data = read_manifest(manifest)
+    train = data[data["split"] == "train"]
+    classes = annotated_classes(train)
+    y = label_matrix(train, classes)
+    groups = frequency_groups({c: float(np.nanmean(y[:, j])) for j, c in enumerate(classes)})
+    trval = data[data["split"].isin(["train", "val"])]
+    pos = {c: int((trval[c] == 1).sum()) for c in classes if groups[c] == "tail" and c != "Normal"}
+    return sorted((c for c, k in pos.items() if k >= 3), key=lambda c: -pos[c])[:at_most], pos
+
+
+def _print_table(table: list[dict], spaces: dict[str, str], tail: list[str]) -> None:
     print()
     print(f"{'set':9s} {'space':9s} {'class':26s} {'AUROC':>6s}  interval        decision")
     for r in table:
@@ -126,7 +137,6 @@ def main() -> None:
         good = sum(r["kept"] for r in table if r["space"] == space and r["set"] == "faithful")
         bad = sum(not r["kept"] for r in table if r["space"] == space and r["set"] == "blank")
         print(f"{space}: faithful sets kept {good}/{len(tail)}, blank sets dropped {bad}/{len(tail)}")
-    (out / "result.json").write_text(json.dumps(table, indent=1))
 
 
 if __name__ == "__main__":
