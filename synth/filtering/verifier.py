@@ -101,6 +101,37 @@ def train_verifier(data_manifest: str | Path | pd.DataFrame, out_dir: str | Path
     else:
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
+    step, losses = _fit(accelerator, model, optimizer, scheduler, loader, loss_fn, total, alone)
+
+    out_dir = Path(out_dir)
+    barrier = (lambda: None) if alone else accelerator.wait_for_everyone
+    barrier()
+    if accelerator.is_main_process:
+        state = accelerator.unwrap_model(model).state_dict()
+        save_safetensors_atomic(out_dir / WEIGHTS_FILE, state)
+        manifest = str(data_manifest) if not isinstance(data_manifest, pd.DataFrame) else df.attrs.get("root")
+        write_json_atomic(out_dir / META_FILE, _verifier_meta(cfg, classes, len(train), manifest, step, losses,
+                                                              accelerator.mixed_precision))
+    barrier()
+    return out_dir
+
+
+def _verifier_meta(cfg: VerifierConfig, classes: list[str], rows: int, manifest: str | None, step: int,
+                   losses: list[float], mixed_precision: str) -> dict:
+    """The verifier folder's metadata: model, pixel statistics, what it was trained on, steps and final loss."""
+    return {
+        "arch": cfg.arch, "image_size": cfg.image_size, "classes": classes,
+        "pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD,
+        "trained_on": {"rows": int(rows), "split": "train", "source": "real", "manifest": manifest},
+        "steps": step, "final_loss": float(np.mean(losses[-10:])) if losses else None,
+        "mixed_precision": mixed_precision,
+        "config": dataclasses.asdict(cfg),
+    }
+
+
+def _fit(accelerator, model: nn.Module, optimizer, scheduler, loader: DataLoader, loss_fn: nn.Module, total: int,
+         alone: bool) -> tuple[int, list[float]]:
+    """``total`` optimiser steps over the (re-iterated) loader; returns (steps, the loss of each step, gathered)."""
     model.train()
     step, losses = 0, []
     while step < total:
@@ -116,24 +147,7 @@ def train_verifier(data_manifest: str | Path | pd.DataFrame, out_dir: str | Path
             step += 1
             if step >= total:
                 break
-
-    out_dir = Path(out_dir)
-    barrier = (lambda: None) if alone else accelerator.wait_for_everyone
-    barrier()
-    if accelerator.is_main_process:
-        state = accelerator.unwrap_model(model).state_dict()
-        save_safetensors_atomic(out_dir / WEIGHTS_FILE, state)
-        write_json_atomic(out_dir / META_FILE, {
-            "arch": cfg.arch, "image_size": cfg.image_size, "classes": classes,
-            "pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD,
-            "trained_on": {"rows": int(len(train)), "split": "train", "source": "real",
-                           "manifest": str(data_manifest) if not isinstance(data_manifest, pd.DataFrame) else df.attrs.get("root")},
-            "steps": step, "final_loss": float(np.mean(losses[-10:])) if losses else None,
-            "mixed_precision": accelerator.mixed_precision,
-            "config": dataclasses.asdict(cfg),
-        })
-    barrier()
-    return out_dir
+    return step, losses
 
 
 @dataclass
