@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from synth.errors import UserError
+from synth.generator.latent_encoding import ProcessGroup, encode_chunks
 from synth.io import image_set_fingerprint
 
 CACHE_FORMAT = 1
@@ -152,34 +153,6 @@ def open_cache(folder: Path, max_ram_gb: float) -> LatentCache:
     return LatentCache(mean, std, "disk", folder)
 
 
-class _Ctx:
-    """The few process-group calls the build needs (an Accelerator, or a single process)."""
-
-    def __init__(self, accelerator=None) -> None:
-        self.acc = accelerator
-        self.rank = accelerator.process_index if accelerator is not None else 0
-        self.world = accelerator.num_processes if accelerator is not None else 1
-        self.main = accelerator.is_main_process if accelerator is not None else True
-        self.device = accelerator.device if accelerator is not None else torch.device("cpu")
-
-    def barrier(self) -> None:
-        if self.acc is not None:
-            self.acc.wait_for_everyone()
-
-    def main_key(self, key: str, log: Callable[[str], None]) -> str:
-        """The main process's cache key on every process: one folder for all, whatever last-bit differences
-        a rank's VAE copy has (its latents come from the main process's arrays, so all ranks train on the same)."""
-        if self.acc is None or self.world == 1:
-            return key
-        from accelerate.utils import broadcast_object_list
-
-        shared = broadcast_object_list([key], from_process=0)[0]
-        if shared != key:
-            print(f"note: latent cache: the VAE of process {self.rank} differs from process 0's (key {key} vs {shared}); "
-                  "using process 0's latents", flush=True)
-        return shared
-
-
 def build_latent_cache(
     vae,
     dataset: torch.utils.data.Dataset,
@@ -199,7 +172,7 @@ def build_latent_cache(
     """
     from synth.generator.data import to_vae_input
 
-    ctx = _Ctx(accelerator)
+    ctx = ProcessGroup(accelerator)
     n = len(dataset)
     if n != len(paths):
         raise ValueError(f"dataset has {n} rows, paths {len(paths)}")
@@ -213,19 +186,7 @@ def build_latent_cache(
     shape = (n, int(vae.config.latent_channels), resolution // down, resolution // down)
     work = Path(root) / f".{key}.partial"
     if ctx.main:
-        try:
-            (work / "done").mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise UserError(f"latent cache: cannot write {work} ({err}); set --latent_cache_dir to a writable folder "
-                            f"or --cache_latents false") from None
-        for name in ("mean", "std"):
-            f = work / f"{name}.npy"
-            if not f.exists() or np.load(f, mmap_mode="r").shape != shape:
-                with_tmp = work / f".{name}.npy.tmp"
-                np.lib.format.open_memmap(with_tmp, mode="w+", dtype=np.float32, shape=shape).flush()
-                os.replace(with_tmp, f)
-                for marker in (work / "done").iterdir():  # rows of a re-created array are gone
-                    marker.unlink()
+        _open_work_folder(work, shape)
     ctx.barrier()
     bs = encode_batch_size(resolution)
     n_chunks = math.ceil(n / bs)
@@ -236,77 +197,47 @@ def build_latent_cache(
             f"{len(done)} already done, {ctx.world} process(es))")
     if mine:
         with torch.random.fork_rng(devices=[]):  # the DataLoader draws a seed: leave the training's global RNG untouched
-            _encode_chunks(vae, dataset, work, shape, mine, bs, ctx, num_workers, progress and ctx.main, to_vae_input)
+            encode_chunks(vae, dataset, work, shape, mine, bs, ctx, num_workers, progress and ctx.main, to_vae_input)
     ctx.barrier()
     if ctx.main:
-        done = {int(p.name) for p in (work / "done").iterdir() if p.name.isdigit()}
-        missing = sorted(set(range(n_chunks)) - done)
-        if missing:
-            raise UserError(f"latent cache {work}: chunks {missing[:5]}... were not encoded; re-run to resume")
-        (work / META).write_text(json.dumps({"format": CACHE_FORMAT, "shape": list(shape), "dtype": "float32",
-                                             "resolution": resolution, "images": n, "encode_batch": bs}, indent=2))
-        shutil.rmtree(work / "done")
-        if (final / META).exists():  # another run finished the same key first: theirs is complete, keep it
-            shutil.rmtree(work)
-        else:
-            shutil.rmtree(final, ignore_errors=True)  # an incomplete folder of that name (no meta.json) is never read
-            os.replace(work, final)
+        meta = {"format": CACHE_FORMAT, "shape": list(shape), "dtype": "float32", "resolution": resolution, "images": n,
+                "encode_batch": bs}
+        _complete(work, final, n_chunks, meta)
         log(f"latents: cache complete at {final}")
     ctx.barrier()
     return open_cache(final, max_ram_gb)
 
 
-@torch.no_grad()
-def _encode_chunks(vae, dataset, work: Path, shape, chunks: list[int], bs: int, ctx: _Ctx, num_workers: int,
-                   show: bool, to_vae_input) -> None:
-    """Encode ``chunks`` (lists of ``bs`` consecutive rows) into the work folder's memory-mapped arrays."""
-    n = shape[0]
-    mean = np.load(work / "mean.npy", mmap_mode="r+")
-    std = np.load(work / "std.npy", mmap_mode="r+")
-    batches = [list(range(c * bs, min(n, (c + 1) * bs))) for c in chunks]
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers)
-    was_training, device = vae.training, ctx.device
-    first = next(vae.parameters())
-    orig_device, orig_dtype = first.device, first.dtype
-    _move(vae.eval(), device, torch.float32)
-    bar = _progress(show, len(batches))
+def _open_work_folder(work: Path, shape: tuple[int, ...]) -> None:
+    """``<work>/mean.npy`` and ``std.npy`` of ``shape`` (kept if already so: a resumed build) and ``done/``."""
     try:
-        for c, rows, batch in zip(chunks, batches, loader):
-            dist = vae.encode(to_vae_input(batch["pixel_values"]).to(device, torch.float32)).latent_dist
-            lo, hi = rows[0], rows[-1] + 1
-            mean[lo:hi] = dist.mean.float().cpu().numpy()
-            std[lo:hi] = dist.std.float().cpu().numpy()
-            mean.flush()
-            std.flush()
-            (work / "done" / f"{c:08d}").touch()  # only after the rows are on disk
-            if bar is not None:
-                bar[0].advance(bar[1])
-    finally:
-        if bar is not None:
-            bar[0].stop()
-        _move(vae, orig_device, orig_dtype).train(was_training)
-        del mean, std
+        (work / "done").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"latent cache: cannot write {work} ({err}); set --latent_cache_dir to a writable folder "
+                        f"or --cache_latents false") from None
+    for name in ("mean", "std"):
+        f = work / f"{name}.npy"
+        if not f.exists() or np.load(f, mmap_mode="r").shape != shape:
+            with_tmp = work / f".{name}.npy.tmp"
+            np.lib.format.open_memmap(with_tmp, mode="w+", dtype=np.float32, shape=shape).flush()
+            os.replace(with_tmp, f)
+            for marker in (work / "done").iterdir():  # rows of a re-created array are gone
+                marker.unlink()
 
 
-def _move(module, device, dtype):
-    """``module.to`` only for what differs (diffusers warns on every dtype cast, even a no-op one)."""
-    p = next(module.parameters())
-    if p.device != torch.device(device):
-        module.to(device)
-    if p.dtype != dtype:
-        module.to(dtype=dtype)
-    return module
-
-
-def _progress(show: bool, total: int):
-    if not show:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("encoding latents"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"),
-                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=False)
-    bar.start()
-    return bar, bar.add_task("encode", total=total)
+def _complete(work: Path, final: Path, n_chunks: int, meta: dict) -> None:
+    """Every chunk encoded: write ``meta.json`` and rename the work folder into place (unless another run did)."""
+    done = {int(p.name) for p in (work / "done").iterdir() if p.name.isdigit()}
+    missing = sorted(set(range(n_chunks)) - done)
+    if missing:
+        raise UserError(f"latent cache {work}: chunks {missing[:5]}... were not encoded; re-run to resume")
+    (work / META).write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(work / "done")
+    if (final / META).exists():  # another run finished the same key first: theirs is complete, keep it
+        shutil.rmtree(work)
+    else:
+        shutil.rmtree(final, ignore_errors=True)  # an incomplete folder of that name (no meta.json) is never read
+        os.replace(work, final)
 
 
 def store_latent_cache(vae, paths: Sequence[str | os.PathLike], resolution: int, root: Path, mean: torch.Tensor, std: torch.Tensor,
@@ -314,7 +245,7 @@ def store_latent_cache(vae, paths: Sequence[str | os.PathLike], resolution: int,
     """Publish posteriors computed elsewhere (the from-scratch VAE stage encodes every image when it ends)
     under the same key :func:`build_latent_cache` would use, then open them like any cache: a later run
     with ``--vae_model_path`` reuses them, and both runs train from the same arrays."""
-    ctx = _Ctx(accelerator)
+    ctx = ProcessGroup(accelerator)
     key = ctx.main_key(cache_key(vae_fingerprint(vae), resolution, image_set_fingerprint(paths)), log)
     final = Path(root) / key
     if ctx.main and not (final / META).exists():
