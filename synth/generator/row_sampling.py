@@ -70,3 +70,20 @@ class ResumableWeightedSampler(Sampler[int]):
     def load_state_dict(self, state: dict) -> None:
         self.position = int(state["position"])
         self.seed = int(state["seed"])
+
+
+class SamplerPosition:
+    """The sampler position of the batches actually *consumed* (a prefetching loader runs ahead)."""
+
+    def __init__(self, sampler: ResumableWeightedSampler, per_batch: int) -> None:
+        self.sampler, self.per_batch, self.start, self.batches = sampler, per_batch, sampler.position, 0
+
+    def consumed(self) -> int:
+        return self.start + self.batches * self.per_batch
+
+
+def index_batches(sampler: ResumableWeightedSampler, batch_size: int):
+    """Endless batches of ``batch_size`` row indices drawn from ``sampler``."""
+    it = iter(sampler)
+    while True:
+        yield [next(it) for _ in range(batch_size)]

@@ -34,7 +34,7 @@ from synth.generator.data import PromptEncoder, TrainingSet, pixel_dataset, step
 from synth.generator.export import export_pipeline, save_validation_grid, training_pipeline
 from synth.generator.latent_cache import take_latents
 from synth.generator.models import Components, enable_xformers
-from synth.generator.row_sampling import ResumableWeightedSampler, image_weights
+from synth.generator.row_sampling import ResumableWeightedSampler, SamplerPosition, image_weights, index_batches
 from synth.io import write_json_atomic
 from synth.prompts import PromptTemplates
 from synth.training import (adamw, load_ema_shadow, load_state, lr_scheduler, prune_oldest, save_ema_shadow,
@@ -49,22 +49,6 @@ class NonFiniteLoss(UserError):
 
 def _after_step(step: int) -> None:
     """Hook called after each completed optimizer step (tests patch it to simulate a crash)."""
-
-
-class _SamplerPosition:
-    """The sampler position of the batches actually *consumed* (a prefetching loader runs ahead)."""
-
-    def __init__(self, sampler: ResumableWeightedSampler, per_batch: int) -> None:
-        self.sampler, self.per_batch, self.start, self.batches = sampler, per_batch, sampler.position, 0
-
-    def consumed(self) -> int:
-        return self.start + self.batches * self.per_batch
-
-
-def _index_batches(sampler: ResumableWeightedSampler, batch_size: int):
-    it = iter(sampler)
-    while True:
-        yield [next(it) for _ in range(batch_size)]
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -260,8 +244,8 @@ class UNetTrainer:
     def start_stream(self) -> None:
         """(Re)open the batch stream at the sampler's current position (after a resume, too)."""
         cfg = self.cfg
-        self.position = _SamplerPosition(self.sampler, cfg.train_batch_size * self.accelerator.num_processes)
-        self._batches = _index_batches(self.sampler, cfg.train_batch_size)
+        self.position = SamplerPosition(self.sampler, cfg.train_batch_size * self.accelerator.num_processes)
+        self._batches = index_batches(self.sampler, cfg.train_batch_size)
         self._loader = None
         if self.latent_cache is None:
             self._loader = iter(torch.utils.data.DataLoader(self.dataset, batch_sampler=self._batches, num_workers=cfg.dataloader_num_workers))
