@@ -359,3 +359,17 @@ def test_outliers_are_flagged_and_rejected_only_when_asked(trained, tmp_path):
     assert rejected["reasons"].str.contains("outlier").mean() >= 0.9
     assert rejected["kept"].mean() <= 0.1
 
+
+
+def test_kid_does_not_warn_per_class():
+    """torchmetrics warns that KID buffers its features; synth filter computes KID once per class, so a run printed
+    the same two-line warning for every generated class (16 times in phantom-cpu)."""
+    import warnings
+
+    from synth.filtering.realism import kid
+
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kid(rng.random((20, 8)), rng.random((20, 8)), subset_size=10, subsets=3)
+    assert not [w for w in caught if "buffer" in str(w.message)]

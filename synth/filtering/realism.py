@@ -15,6 +15,7 @@ bootstrap only repeats the cheap statistics.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,7 +49,9 @@ def kid(real: np.ndarray, fake: np.ndarray, subset_size: int, subsets: int, seed
     from torchmetrics.image.kid import KernelInceptionDistance
 
     size = min(subset_size, len(real), len(fake))
-    metric = KernelInceptionDistance(feature=PrecomputedFeatures(real.shape[1]), subset_size=size, subsets=subsets)
+    with warnings.catch_warnings():  # "will save all extracted features in buffer": the features are ours, a few MB
+        warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
+        metric = KernelInceptionDistance(feature=PrecomputedFeatures(real.shape[1]), subset_size=size, subsets=subsets)
     metric.update(torch.as_tensor(real, dtype=torch.float64), real=True)
     metric.update(torch.as_tensor(fake, dtype=torch.float64), real=False)
     with torch.random.fork_rng():
