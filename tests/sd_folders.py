@@ -99,25 +99,13 @@ def _tiny_safety_checker(hidden: int):
     return StableDiffusionSafetyChecker(config)
 
 
-def build_sd_folder(root: Path, layout: str = "sd21-base", dtype=None, seed: int = 0) -> Path:
-    """Write a tiny random-weight pipeline folder in ``layout`` under ``root``; return ``root``.
+def _tiny_models(vocab_size: int, act: str, sd2: bool, layout: str):
+    """(text encoder, UNet, VAE) of the tiny pipeline, random init from the current torch seed, in that order."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    ``dtype=torch.float16`` saves every weight in fp16 (the "saved after torch_dtype=float16" case).
-    """
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    if layout not in _SPEC:
-        raise ValueError(f"layout {layout!r}: one of {LAYOUTS}")
-    scheduler_name, prediction, act, pad, with_checker, sd2 = _SPEC[layout]
-    root = Path(root)
-    tok_dir = root / ".tokenizer-src"
-    write_clip_tokenizer(tok_dir, pad)
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
-    torch.manual_seed(seed)
     text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(json.loads((tok_dir / "vocab.json").read_text())), hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
+        vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
         num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77, hidden_act=act, projection_dim=HIDDEN,
         bos_token_id=0, eos_token_id=2, pad_token_id=1,
     ))
@@ -132,6 +120,27 @@ def build_sd_folder(root: Path, layout: str = "sd21-base", dtype=None, seed: int
         up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=4, sample_size=RESOLUTION,
         scaling_factor=0.18215,
     )
+    return text_encoder, unet, vae
+
+
+def build_sd_folder(root: Path, layout: str = "sd21-base", dtype=None, seed: int = 0) -> Path:
+    """Write a tiny random-weight pipeline folder in ``layout`` under ``root``; return ``root``.
+
+    ``dtype=torch.float16`` saves every weight in fp16 (the "saved after torch_dtype=float16" case).
+    """
+    import torch
+    from diffusers import DDIMScheduler, PNDMScheduler, StableDiffusionPipeline
+    from transformers import CLIPImageProcessor, CLIPTokenizer
+
+    if layout not in _SPEC:
+        raise ValueError(f"layout {layout!r}: one of {LAYOUTS}")
+    scheduler_name, prediction, act, pad, with_checker, sd2 = _SPEC[layout]
+    root = Path(root)
+    tok_dir = root / ".tokenizer-src"
+    write_clip_tokenizer(tok_dir, pad)
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    torch.manual_seed(seed)
+    text_encoder, unet, vae = _tiny_models(len(json.loads((tok_dir / "vocab.json").read_text())), act, sd2, layout)
     common = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
               "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": prediction}
     scheduler = (PNDMScheduler(skip_prk_steps=True, **common) if scheduler_name == "PNDMScheduler"
