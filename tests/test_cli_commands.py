@@ -109,12 +109,8 @@ def test_finetune_command(tmp_path: Path):
     assert help_text.exit_code == 0 and "--max_train_steps" in help_text.output
 
 
-def test_demo_command_runs_the_whole_pipeline(tmp_path: Path, monkeypatch):
-    """The real ``synth demo`` path on a tiny demo YAML (SYNTH_DEMO_CONFIG), from a folder outside the repository.
-
-    Stage configs named relative to the repository (as configs/ablation/demo.yaml names them) must be found from
-    any working directory; the report must be written under --output-root.
-    """
+def _tiny_demo_config(tmp_path: Path) -> Path:
+    """configs/ablation/demo.yaml shrunk to seconds (300 phantom images at 32 px, 1-step stages), written to tmp_path."""
     classifier = _write(tmp_path / "classifier.yaml", {
         "members": [{"arch": "convnext_atto", "image_size": 32}],
         "train": {"epochs": 1, "batch_size": 32, "lr": 0.002, "ema_decay": 0.9, "eval_batch_size": 256},
@@ -141,6 +137,16 @@ def test_demo_command_runs_the_whole_pipeline(tmp_path: Path, monkeypatch):
     # the repository-relative stage configs of the shipped demo stay relative: the command must resolve them
     assert not Path(demo["generator"]["config"]).is_absolute() and not Path(demo["filter"]["config"]).is_absolute()
     config = _write(tmp_path / "tiny-demo.yaml", demo)
+    return config
+
+
+def test_demo_command_runs_the_whole_pipeline(tmp_path: Path, monkeypatch):
+    """The real ``synth demo`` path on a tiny demo YAML (SYNTH_DEMO_CONFIG), from a folder outside the repository.
+
+    Stage configs named relative to the repository (as configs/ablation/demo.yaml names them) must be found from
+    any working directory; the report must be written under --output-root.
+    """
+    config = _tiny_demo_config(tmp_path)
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
