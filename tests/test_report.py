@@ -48,18 +48,7 @@ def make_results(report_dir: Path, seeds=(0, 1, 2), tail_gain: float = 0.08) -> 
                 entry["paired"] = {g: {"diff": v, "ci": [v - 0.02, v + 0.02], "p": 0.01 if v > 0.02 else 0.5} for g, v in d.items()}
             seed_entries[str(s)] = entry
         arms.append({"name": name, "seeds": seed_entries})
-    grids = {}
-    for cls in generated:
-        rows = {}
-        for row in ("real", "kept", "rejected"):
-            paths = []
-            for i in range(3):
-                rel = Path("samples") / cls.replace(" ", "_") / f"{row}_{i}.png"
-                (report_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(report_dir / rel)
-                paths.append(str(rel))
-            rows[row] = paths
-        grids[cls] = rows
+    grids = _fake_grids(report_dir, generated, rng)
     results = {
         "name": "unit", "classes": classes, "groups": groups, "train_prevalence": prevalence,
         "generated_classes": generated, "baseline": "real_only", "arms": arms,
@@ -74,6 +63,23 @@ def make_results(report_dir: Path, seeds=(0, 1, 2), tail_gain: float = 0.08) -> 
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "results.json").write_text(json.dumps(results))
     return results
+
+
+def _fake_grids(report_dir: Path, generated: list[str], rng: np.random.Generator) -> dict[str, dict[str, list[str]]]:
+    """Three random 32 px images per row (real / kept / rejected) and generated class, written under report_dir."""
+    grids = {}
+    for cls in generated:
+        rows = {}
+        for row in ("real", "kept", "rejected"):
+            paths = []
+            for i in range(3):
+                rel = Path("samples") / cls.replace(" ", "_") / f"{row}_{i}.png"
+                (report_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(report_dir / rel)
+                paths.append(str(rel))
+            rows[row] = paths
+        grids[cls] = rows
+    return grids
 
 
 @pytest.fixture
