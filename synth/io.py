@@ -26,11 +26,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         # mkstemp creates 0600; a plain open() would give 0666 minus the umask (0644 usually), and the
         # lab's other accounts must be able to read datasets, manifests, images and weights
-        try:
-            os.fchmod(fd, 0o666 & ~current_umask())
-        finally:
-            os.close(fd)
+        os.close(fd)
         yield tmp_path
+        # after the writer, not before: some writers (safetensors' save_file) replace the file with a new 0600 one
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
