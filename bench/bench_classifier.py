@@ -41,14 +41,19 @@ from synth.manifest import annotated_classes, label_matrix, read_manifest  # noq
 from synth.prepare import prepare_dataset  # noqa: E402
 
 
-def bare(cfg: EnsembleConfig, member: MemberConfig, data: CachedSet, weights: torch.Tensor, epochs: int) -> tuple[float, float]:
+def bare(
+    cfg: EnsembleConfig, member: MemberConfig, data: CachedSet, weights: torch.Tensor, epochs: int
+) -> tuple[float, float]:
     """(wall, CPU) seconds per image of the bare step over the same epoch batches (inputs normalised outside the timer)."""
     torch.manual_seed(member.seed)
     model = build_model(member.arch, int(data.labels.shape[1]))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=True)
     loss_fn = AsymmetricLoss(class_weights=weights)
-    batches = [(to_input(data.images[idx]), data.labels[idx], data.mask[idx])
-               for e in range(epochs) for idx in epoch_batches(len(data), cfg.train.batch_size, e, member.seed)]
+    batches = [
+        (to_input(data.images[idx]), data.labels[idx], data.mask[idx])
+        for e in range(epochs)
+        for idx in epoch_batches(len(data), cfg.train.batch_size, e, member.seed)
+    ]
     model.train()
     start, cpu = time.perf_counter(), time.process_time()
     for x, y, m in batches:
@@ -60,13 +65,25 @@ def bare(cfg: EnsembleConfig, member: MemberConfig, data: CachedSet, weights: to
     return (time.perf_counter() - start) / n, (time.process_time() - cpu) / n
 
 
-def full(cfg: EnsembleConfig, member: MemberConfig, data: CachedSet, val: CachedSet, weights: torch.Tensor,
-         folder: Path) -> tuple[float, float]:
+def full(
+    cfg: EnsembleConfig, member: MemberConfig, data: CachedSet, val: CachedSet, weights: torch.Tensor, folder: Path
+) -> tuple[float, float]:
     """(wall, CPU) seconds per image of the whole fit_stage (model build, val mAP, checkpoint included)."""
     start, cpu = time.perf_counter(), time.process_time()
-    fit_stage(cfg, member, Stage("train", data, cfg.train.epochs, "best"), val, weights, folder, None,
-              fingerprint=str(time.time()), log=_Log(False))
-    n = sum(len(b) for e in range(cfg.train.epochs) for b in epoch_batches(len(data), cfg.train.batch_size, e, member.seed))
+    fit_stage(
+        cfg,
+        member,
+        Stage("train", data, cfg.train.epochs, "best"),
+        val,
+        weights,
+        folder,
+        None,
+        fingerprint=str(time.time()),
+        log=_Log(False),
+    )
+    n = sum(
+        len(b) for e in range(cfg.train.epochs) for b in epoch_batches(len(data), cfg.train.batch_size, e, member.seed)
+    )
     return (time.perf_counter() - start) / n, (time.process_time() - cpu) / n
 
 
@@ -82,7 +99,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        manifest = prepare_dataset("nih", args.data / "Data_Entry_2017_v2020.csv", args.data / "images", tmp / "data", size=args.size)
+        manifest = prepare_dataset(
+            "nih", args.data / "Data_Entry_2017_v2020.csv", args.data / "images", tmp / "data", size=args.size
+        )
         df = read_manifest(manifest)
         train = real_rows(df, "train")
         classes = annotated_classes(train)
@@ -103,18 +122,27 @@ def main() -> None:
         for r in range(args.rounds):
             b, f = bare(cfg, member, data, weights, 1), full(cfg, member, data, val, weights, tmp / f"ckpt{r}")
             rows.append((b, f))
-            print(f"round {r}: bare {1 / b[0]:6.1f} img/s (cpu {1 / b[1]:6.1f}), full {1 / f[0]:6.1f} img/s (cpu {1 / f[1]:6.1f}), "
-                  f"ratio wall {b[0] / f[0]:.3f}, cpu {b[1] / f[1]:.3f}", flush=True)
+            print(
+                f"round {r}: bare {1 / b[0]:6.1f} img/s (cpu {1 / b[1]:6.1f}), full {1 / f[0]:6.1f} img/s (cpu {1 / f[1]:6.1f}), "
+                f"ratio wall {b[0] / f[0]:.3f}, cpu {b[1] / f[1]:.3f}",
+                flush=True,
+            )
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     wall = float(np.median([b[0] / f[0] for b, f in rows]))
     cpu = float(np.median([b[1] / f[1] for b, f in rows]))
-    print(f"classifier training, {args.arch} @ {args.size}px, batch {args.batch_size}, {args.n} rows, val {len(val)} rows, "
-          f"{torch.get_num_threads()} threads, device cpu")
-    print(f"image cache     : {len(data)} images decoded in {cache_s:.1f}s ({data.images.numel() / 2**20:.1f} MiB uint8)")
+    print(
+        f"classifier training, {args.arch} @ {args.size}px, batch {args.batch_size}, {args.n} rows, val {len(val)} rows, "
+        f"{torch.get_num_threads()} threads, device cpu"
+    )
+    print(
+        f"image cache     : {len(data)} images decoded in {cache_s:.1f}s ({data.images.numel() / 2**20:.1f} MiB uint8)"
+    )
     print(f"bare model step : {np.median([1 / b[0] for b, _ in rows]):8.1f} img/s wall (median of {args.rounds})")
-    print(f"full loop       : {np.median([1 / f[0] for _, f in rows]):8.1f} img/s wall (augmentation, EMA, Accelerate, "
-          f"val mAP + save_state per epoch, model build)")
+    print(
+        f"full loop       : {np.median([1 / f[0] for _, f in rows]):8.1f} img/s wall (augmentation, EMA, Accelerate, "
+        f"val mAP + save_state per epoch, model build)"
+    )
     print(f"ratio full/bare : {wall:8.3f} wall, {cpu:.3f} CPU time  (target >= 0.9)")
     print(f"peak RSS        : {rss_mb:8.0f} MiB")
     if torch.cuda.is_available():

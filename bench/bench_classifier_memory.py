@@ -45,7 +45,7 @@ from classifier.config import EnsembleConfig, MemberConfig  # noqa: E402
 from classifier.data import CachedSet, ImageStore, ImageView, augment, epoch_batches, prefetch, to_input  # noqa: E402
 from synth.taxonomy import CXR_LT_CLASSES  # noqa: E402
 
-GiB = 2 ** 30
+GiB = 2**30
 
 
 def _manifest(n: int, seed: int = 0) -> pd.DataFrame:
@@ -84,14 +84,18 @@ def _worker(rank: int, folder: str, rows: int, n_val: int, n_syn: int, sizes: li
 
     folder_p = Path(folder)
     df = _manifest(rows + n_val + n_syn)
-    train, val, syn = df.iloc[:rows], df.iloc[rows:rows + n_val], df.iloc[rows + n_val:]
+    train, val, syn = df.iloc[:rows], df.iloc[rows : rows + n_val], df.iloc[rows + n_val :]
     classes = list(CXR_LT_CLASSES)
     gen = torch.Generator().manual_seed(rank)
     for size in sizes:
-        stores = {name: ImageStore(folder_p / f"{size}px-bench{k}.u8", n, size)
-                  for k, (name, n) in enumerate((("train", rows), ("val", n_val), ("syn", n_syn)))}
-        sets = {name: CachedSet.from_frame(part, classes, size, images=ImageView.of(stores[name], np.arange(len(part))))
-                for name, part in (("train", train), ("val", val), ("syn", syn))}
+        stores = {
+            name: ImageStore(folder_p / f"{size}px-bench{k}.u8", n, size)
+            for k, (name, n) in enumerate((("train", rows), ("val", n_val), ("syn", n_syn)))
+        }
+        sets = {
+            name: CachedSet.from_frame(part, classes, size, images=ImageView.of(stores[name], np.arange(len(part))))
+            for name, part in (("train", train), ("val", val), ("syn", syn))
+        }
         mixed = _concat([sets["train"], sets["syn"]])  # the mixing arm
         idx = epoch_batches(len(mixed), 64, 0, 0, rank, 2)[:batches]
         start = time.perf_counter()
@@ -110,22 +114,30 @@ def memory(args) -> None:
     sizes = args.sizes or sorted({int(m["image_size"]) for m in members})
     n_val, n_syn = int(args.rows * 0.13), args.synthetic
     need = sum((args.rows + n_val + n_syn) * s * s for s in sizes)
-    print(f"memory: {args.rows:,} train + {n_val:,} val + {n_syn:,} synthetic rows at {sizes} px, {args.processes} process(es)")
+    print(
+        f"memory: {args.rows:,} train + {n_val:,} val + {n_syn:,} synthetic rows at {sizes} px, {args.processes} process(es)"
+    )
     old = (args.rows + n_val + n_syn) * sum(s * s for s in sizes) + (args.rows + n_syn) * max(sizes) ** 2
-    print(f"  old in-RAM cache per process: {old / GiB:.1f} GiB (every resolution of train + val + synthetic, "
-          f"plus the mixing arm's torch.cat copy at {max(sizes)} px)")
+    print(
+        f"  old in-RAM cache per process: {old / GiB:.1f} GiB (every resolution of train + val + synthetic, "
+        f"plus the mixing arm's torch.cat copy at {max(sizes)} px)"
+    )
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         t0 = time.perf_counter()
-        print(f"  writing {need / GiB:.1f} GiB of synthetic cache files to {tmp}{' (sparse: zeros, no disk)' if args.sparse else ''} ...",
-              flush=True)
+        print(
+            f"  writing {need / GiB:.1f} GiB of synthetic cache files to {tmp}{' (sparse: zeros, no disk)' if args.sparse else ''} ...",
+            flush=True,
+        )
         for size in sizes:
             for k, n in enumerate((args.rows, n_val, n_syn)):
                 _write_store(Path(tmp), n, size, k, args.sparse)
         print(f"  written in {time.perf_counter() - t0:.0f} s", flush=True)
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
-        procs = [ctx.Process(target=_worker, args=(r, tmp, args.rows, n_val, n_syn, sizes, args.batches, queue))
-                 for r in range(args.processes)]
+        procs = [
+            ctx.Process(target=_worker, args=(r, tmp, args.rows, n_val, n_syn, sizes, args.batches, queue))
+            for r in range(args.processes)
+        ]
         for p in procs:
             p.start()
         results, done = [], 0
@@ -160,9 +172,19 @@ def speed(args) -> None:
 
         for i in range(n + 128):
             labels = [c for c in classes if rng.random() < 0.3]
-            Image.fromarray(np.asarray(render_image(labels, seed=i, size=size), dtype=np.uint8)).save(root / "images" / f"{i}.png")
-            rows.append({"dicom_id": str(i), "subject_id": str(i), "fpath": f"images/{i}.png", "split": "train" if i < n else "val",
-                         "source": "real", **{c: float(c in labels) for c in CXR_LT_CLASSES}})
+            Image.fromarray(np.asarray(render_image(labels, seed=i, size=size), dtype=np.uint8)).save(
+                root / "images" / f"{i}.png"
+            )
+            rows.append(
+                {
+                    "dicom_id": str(i),
+                    "subject_id": str(i),
+                    "fpath": f"images/{i}.png",
+                    "split": "train" if i < n else "val",
+                    "source": "real",
+                    **{c: float(c in labels) for c in CXR_LT_CLASSES},
+                }
+            )
         df = pd.DataFrame(rows)
         df.attrs["root"] = str(root)
         train, val = df[df["split"] == "train"], df[df["split"] == "val"]
@@ -177,28 +199,52 @@ def speed(args) -> None:
         for r in range(args.rounds):
             rates = {}
             for name, data in (("old", in_ram), ("new", on_disk)):
-                res = fit_stage(ens, ens.members[0], Stage("train", data, 1, "last"), val_set, weights, root / f"{name}{r}", None,
-                                f"{name}{r}", _Log(False))
+                res = fit_stage(
+                    ens,
+                    ens.members[0],
+                    Stage("train", data, 1, "last"),
+                    val_set,
+                    weights,
+                    root / f"{name}{r}",
+                    None,
+                    f"{name}{r}",
+                    _Log(False),
+                )
                 rates[name] = res["history"][-1]["images_per_s"]
             ratios.append(rates["new"] / rates["old"])
-            print(f"  speed round {r + 1}: old (in RAM) {rates['old']:.0f} img/s, new (cache file) {rates['new']:.0f} img/s, "
-                  f"ratio {ratios[-1]:.3f}", flush=True)
+            print(
+                f"  speed round {r + 1}: old (in RAM) {rates['old']:.0f} img/s, new (cache file) {rates['new']:.0f} img/s, "
+                f"ratio {ratios[-1]:.3f}",
+                flush=True,
+            )
     med = float(np.median(ratios))
-    print(f"speed: {n} rows at 64 px, convnext_atto, batch 64: median ratio new/old {med:.3f} (target >= 0.9): "
-          f"{'PASS' if med >= 0.9 else 'FAIL'}")
+    print(
+        f"speed: {n} rows at 64 px, convnext_atto, batch 64: median ratio new/old {med:.3f} (target >= 0.9): "
+        f"{'PASS' if med >= 0.9 else 'FAIL'}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "configs/classifier/mimic-cxr-lt.yaml"))
-    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=None, help="override the config's resolutions")
+    parser.add_argument(
+        "--sizes",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=None,
+        help="override the config's resolutions",
+    )
     parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--synthetic", type=int, default=3_000, help="synthetic rows of a mixing arm (~100 per rare class)")
+    parser.add_argument(
+        "--synthetic", type=int, default=3_000, help="synthetic rows of a mixing arm (~100 per rare class)"
+    )
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--tmp", default=None, help="folder for the synthetic cache files (needs the disk)")
-    parser.add_argument("--sparse", action="store_true",
-                        help="sparse all-zero cache files: the full 200,000 rows without the disk (RSS is what is measured)")
+    parser.add_argument(
+        "--sparse",
+        action="store_true",
+        help="sparse all-zero cache files: the full 200,000 rows without the disk (RSS is what is measured)",
+    )
     parser.add_argument("--speed", action="store_true", help="also measure throughput vs the in-RAM loop at 64 px")
     parser.add_argument("--speed-rows", type=int, default=2048)
     parser.add_argument("--rounds", type=int, default=3)

@@ -20,7 +20,9 @@ from pathlib import Path
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output-root", type=Path, default=None, help="Fresh folder for the demo outputs (default: a temp dir).")
+    parser.add_argument(
+        "--output-root", type=Path, default=None, help="Fresh folder for the demo outputs (default: a temp dir)."
+    )
     parser.add_argument("--budget-min", type=float, default=12.0, help="Compute budget of the demo in minutes.")
     args = parser.parse_args()
     root = args.output_root or Path(tempfile.mkdtemp(prefix="synth-demo-bench-"))
@@ -35,8 +37,10 @@ def main() -> int:
         print(f"synth demo failed (exit {proc.returncode}) after {wall:.0f} s")
         return proc.returncode
 
-    print(f"\nsynth demo wall time: {wall:.0f} s ({wall / 60:.1f} min); budget {args.budget_min:.0f} min; "
-          f"ratio {wall / 60 / args.budget_min:.2f} ({'within' if wall / 60 <= args.budget_min else 'OVER'} budget)")
+    print(
+        f"\nsynth demo wall time: {wall:.0f} s ({wall / 60:.1f} min); budget {args.budget_min:.0f} min; "
+        f"ratio {wall / 60 / args.budget_min:.2f} ({'within' if wall / 60 <= args.budget_min else 'OVER'} budget)"
+    )
     for marker in sorted((root / "ablations").rglob("done.json"), key=lambda p: p.stat().st_mtime):
         info = json.loads(marker.read_text())
         print(f"  {info['step']:<28} {info['seconds']:>7.1f} s")

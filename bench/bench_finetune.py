@@ -67,8 +67,17 @@ def _trainer(config: str, manifest: str | None):
         from tiny_pipeline import write_tiny_manifest
 
         manifest = str(write_tiny_manifest(tmp / "data"))
-    cfg = load_finetune_config(config, {"train_manifest": manifest, "output_dir": str(tmp / "out"), "num_validation_images": 0,
-                                        "checkpointing_steps": 10**9, "logging_steps": 10**9, "resume_from_checkpoint": None})
+    cfg = load_finetune_config(
+        config,
+        {
+            "train_manifest": manifest,
+            "output_dir": str(tmp / "out"),
+            "num_validation_images": 0,
+            "checkpointing_steps": 10**9,
+            "logging_steps": 10**9,
+            "resume_from_checkpoint": None,
+        },
+    )
     acc = Accelerator(mixed_precision="no")
     data = TrainingSet.load(manifest)
     torch.manual_seed(cfg.seed)
@@ -77,8 +86,18 @@ def _trainer(config: str, manifest: str | None):
     cache = encode_latents(vae, pixels)
     tokenizer, text_encoder = load_minilm(cfg.text_max_length)
     unet = models.build_unet(cfg, text_encoder.config.hidden_size)
-    comps = models.Components(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, noise_scheduler=models.build_noise_scheduler(cfg))
-    return cfg, acc, UNetTrainer(cfg, acc, comps, data, PromptTemplates.load(cfg.prompt_templates), cache, log=lambda m: None)
+    comps = models.Components(
+        vae=vae,
+        unet=unet,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        noise_scheduler=models.build_noise_scheduler(cfg),
+    )
+    return (
+        cfg,
+        acc,
+        UNetTrainer(cfg, acc, comps, data, PromptTemplates.load(cfg.prompt_templates), cache, log=lambda m: None),
+    )
 
 
 def _step_timers(cfg, acc, trainer):
@@ -92,7 +111,9 @@ def _step_timers(cfg, acc, trainer):
     latents = trainer.batch_latents(idx, g)
     noise = torch.randn(latents.shape, generator=g)
     t = torch.randint(0, 1000, (latents.shape[0],), generator=g)
-    hidden = trainer.prompt_encoder([trainer.data.prompt(i, trainer.templates, __import__("random").Random(0), 0.0) for i in idx])
+    hidden = trainer.prompt_encoder(
+        [trainer.data.prompt(i, trainer.templates, __import__("random").Random(0), 0.0) for i in idx]
+    )
     noisy = trainer.noise_scheduler.add_noise(latents, noise, t)
 
     def bare() -> float:
@@ -118,13 +139,21 @@ def _report(config: str, cfg, unet, fulls: list[float], bares: list[float]) -> N
     ratio = statistics.median(bares) / statistics.median(fulls)
     ratio_sum = sum(bares) / sum(fulls)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"config {config}: {cfg.resolution} px, batch {cfg.train_batch_size}, UNet {cfg.unet_block_out_channels}, "
-          f"{sum(p.numel() for p in unet.parameters()) / 1e6:.1f} M params, ema={cfg.use_ema}, snr_gamma={cfg.snr_gamma}")
-    print(f"{len(fulls)} interleaved steps each; median s/step  full {statistics.median(fulls):.3f}  bare {statistics.median(bares):.3f}; "
-          f"min  full {min(fulls):.3f}  bare {min(bares):.3f}")
-    print(f"steps/s (median)  full loop {1 / statistics.median(fulls):.2f}  bare step {1 / statistics.median(bares):.2f}")
-    print(f"ratio full/bare steps/s: median-based {ratio:.3f}, total-time-based {ratio_sum:.3f}, min-based {min(bares) / min(fulls):.3f}  "
-          f"target >= 0.95: {'PASS' if ratio >= 0.95 else 'FAIL'}")
+    print(
+        f"config {config}: {cfg.resolution} px, batch {cfg.train_batch_size}, UNet {cfg.unet_block_out_channels}, "
+        f"{sum(p.numel() for p in unet.parameters()) / 1e6:.1f} M params, ema={cfg.use_ema}, snr_gamma={cfg.snr_gamma}"
+    )
+    print(
+        f"{len(fulls)} interleaved steps each; median s/step  full {statistics.median(fulls):.3f}  bare {statistics.median(bares):.3f}; "
+        f"min  full {min(fulls):.3f}  bare {min(bares):.3f}"
+    )
+    print(
+        f"steps/s (median)  full loop {1 / statistics.median(fulls):.2f}  bare step {1 / statistics.median(bares):.2f}"
+    )
+    print(
+        f"ratio full/bare steps/s: median-based {ratio:.3f}, total-time-based {ratio_sum:.3f}, min-based {min(bares) / min(fulls):.3f}  "
+        f"target >= 0.95: {'PASS' if ratio >= 0.95 else 'FAIL'}"
+    )
     print(f"peak RSS: {peak_mib:.0f} MiB")
 
 

@@ -20,14 +20,31 @@ from torch.utils.flop_counter import FlopCounterMode
 
 def sd21_models(width: int, size: int, hidden: int) -> tuple[AutoencoderKL, UNet2DConditionModel]:
     ch = [c // width for c in (128, 256, 512, 512)]
-    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=ch, down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
-                        norm_num_groups=min(32, ch[0] // 2), sample_size=size)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=ch,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        norm_num_groups=min(32, ch[0] // 2),
+        sample_size=size,
+    )
     uch = [c // width for c in (320, 640, 1280, 1280)]
-    unet = UNet2DConditionModel(sample_size=size // 8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=uch,
-                                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, norm_num_groups=min(32, uch[0] // 2),
-                                cross_attention_dim=hidden, attention_head_dim=[5, 10, 20, 20], use_linear_projection=True)
+    unet = UNet2DConditionModel(
+        sample_size=size // 8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=uch,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        norm_num_groups=min(32, uch[0] // 2),
+        cross_attention_dim=hidden,
+        attention_head_dim=[5, 10, 20, 20],
+        use_linear_projection=True,
+    )
     return vae, unet
 
 
@@ -46,12 +63,17 @@ def flops(width: int, size: int, hidden: int) -> dict[str, float]:
 
 
 def main() -> None:
-    for name, (width, size, hidden) in {"SD 2.1-base, 512 px": (1, 512, 1024), "bench copy (1/8 width), 64 px": (8, 64, 32)}.items():
+    for name, (width, size, hidden) in {
+        "SD 2.1-base, 512 px": (1, 512, 1024),
+        "bench copy (1/8 width), 64 px": (8, 64, 32),
+    }.items():
         f = flops(width, size, hidden)
         plain, ckpt = f["unet_step"], f["unet_step"] + f["unet_fwd"]
-        print(f"{name}: VAE encode {f['encode'] / 1e9:.1f} GFLOP/image, UNet step {plain / 1e9:.1f} (+{f['unet_fwd'] / 1e9:.1f} recomputed "
-              f"with gradient checkpointing); cached-latent step cheaper by {1 + f['encode'] / plain:.2f}x "
-              f"({1 + f['encode'] / ckpt:.2f}x with gradient checkpointing)")
+        print(
+            f"{name}: VAE encode {f['encode'] / 1e9:.1f} GFLOP/image, UNet step {plain / 1e9:.1f} (+{f['unet_fwd'] / 1e9:.1f} recomputed "
+            f"with gradient checkpointing); cached-latent step cheaper by {1 + f['encode'] / plain:.2f}x "
+            f"({1 + f['encode'] / ckpt:.2f}x with gradient checkpointing)"
+        )
 
 
 if __name__ == "__main__":

@@ -63,7 +63,11 @@ def build_inputs(root: Path, n: int, size: int, seed: int, width: int = 0) -> tu
     templates = PromptTemplates.load(None)
     folder = root / "imagefolder" / "train"
     folder.mkdir(parents=True)
-    paths = __import__("synth.image_datasets", fromlist=["ManifestDataset"]).ManifestDataset(data.df, classes=data.classes).paths
+    paths = (
+        __import__("synth.image_datasets", fromlist=["ManifestDataset"])
+        .ManifestDataset(data.df, classes=data.classes)
+        .paths
+    )
     with open(folder / "metadata.jsonl", "w") as f:
         for i, (p, labelset, view) in enumerate(zip(paths, label_sets(data.df, data.classes), data.views)):
             name = f"{i:05d}.png"
@@ -90,14 +94,31 @@ def _sd21_proportions(sd: Path, width: int, size: int) -> None:
 
     ch = [c // width for c in (128, 256, 512, 512)]
     torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=ch, down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
-                        norm_num_groups=min(32, ch[0] // 2), sample_size=size, scaling_factor=0.18215)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=ch,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        norm_num_groups=min(32, ch[0] // 2),
+        sample_size=size,
+        scaling_factor=0.18215,
+    )
     uch = [c // width for c in (320, 640, 1280, 1280)]
     unet = UNet2DConditionModel(
-        sample_size=size // 8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=uch,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",), up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        norm_num_groups=min(32, uch[0] // 2), cross_attention_dim=HIDDEN, attention_head_dim=[5, 10, 20, 20], use_linear_projection=True,
+        sample_size=size // 8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=uch,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        norm_num_groups=min(32, uch[0] // 2),
+        cross_attention_dim=HIDDEN,
+        attention_head_dim=[5, 10, 20, 20],
+        use_linear_projection=True,
     )
     for sub, model in (("vae", vae), ("unet", unet)):
         shutil.rmtree(sd / sub)
@@ -122,7 +143,9 @@ def run(cmd: list[str], env: dict[str, str], log: Path, skip: int = 0) -> tuple[
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise SystemExit(f"error: {' '.join(cmd[:3])} ... failed (exit {proc.returncode}); see {log}:\n" + log.read_text()[-3000:])
+        raise SystemExit(
+            f"error: {' '.join(cmd[:3])} ... failed (exit {proc.returncode}); see {log}:\n" + log.read_text()[-3000:]
+        )
     rate = _rate(json.loads(times.read_text()), skip)
     cpu_rate = _rate(json.loads(Path(str(times) + ".cpu").read_text()), skip)
     return wall, usage.ru_maxrss / 1024, rate, cpu_rate
@@ -145,7 +168,12 @@ def _wrap(times_file: str, script: str, argv: list[str]) -> None:
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     register_optimizer_step_post_hook(lambda *a: (stamps.append(time.perf_counter()), cpu.append(time.process_time())))
-    atexit.register(lambda: (Path(times_file).write_text(json.dumps(stamps)), Path(times_file + ".cpu").write_text(json.dumps(cpu))))
+    atexit.register(
+        lambda: (
+            Path(times_file).write_text(json.dumps(stamps)),
+            Path(times_file + ".cpu").write_text(json.dumps(cpu)),
+        )
+    )
     sys.argv = [script, *argv]
     runpy.run_path(script, run_name="__main__")
 
@@ -156,11 +184,28 @@ def main() -> None:
     args = _parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_ft_vs_ref_"))
     sd, manifest, imagefolder = build_inputs(tmp, args.images, args.size, seed=0, width=args.width)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp / "hf"), "PYTHONPATH": str(REPO),
-           "TQDM_DISABLE": "1"}
-    common = {"resolution": args.size, "train_batch_size": args.batch, "learning_rate": 5e-5, "lr_scheduler": "constant_with_warmup",
-              "lr_warmup_steps": 0, "snr_gamma": 5.0, "seed": 0, "dataloader_num_workers": 0, "gradient_accumulation_steps": 1}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "MKL_NUM_THREADS": str(args.threads),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HOME": str(tmp / "hf"),
+        "PYTHONPATH": str(REPO),
+        "TQDM_DISABLE": "1",
+    }
+    common = {
+        "resolution": args.size,
+        "train_batch_size": args.batch,
+        "learning_rate": 5e-5,
+        "lr_scheduler": "constant_with_warmup",
+        "lr_warmup_steps": 0,
+        "snr_gamma": 5.0,
+        "seed": 0,
+        "dataloader_num_workers": 0,
+        "gradient_accumulation_steps": 1,
+    }
     arms = _arms(args, common, sd, manifest, imagefolder)
     results = _time_arms(args, arms, env, tmp)
     _summarise(args, common, results)
@@ -172,28 +217,51 @@ def main() -> None:
 
 def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE, help="diffusers' examples/text_to_image/train_text_to_image.py")
-    ap.add_argument("--reference-python", default=sys.executable, help="a Python with `datasets` installed (default: this one)")
+    ap.add_argument(
+        "--reference",
+        type=Path,
+        default=DEFAULT_REFERENCE,
+        help="diffusers' examples/text_to_image/train_text_to_image.py",
+    )
+    ap.add_argument(
+        "--reference-python", default=sys.executable, help="a Python with `datasets` installed (default: this one)"
+    )
     ap.add_argument("--images", type=int, default=352)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=60, help="training steps per run")
     ap.add_argument("--skip", type=int, default=5, help="steps left out of the steady-state rate (warm-up)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--width", type=int, default=8, help="VAE + UNet = SD-2.1-base's at 1/WIDTH of its channels (0: the tiny test folder's own)")
+    ap.add_argument(
+        "--width",
+        type=int,
+        default=8,
+        help="VAE + UNet = SD-2.1-base's at 1/WIDTH of its channels (0: the tiny test folder's own)",
+    )
     ap.add_argument("--threads", type=int, default=1, help="OMP/MKL threads of every run")
-    ap.add_argument("--text-encoder", action="store_true", help="also time the project with --train_text_encoder (the reference cannot)")
-    ap.add_argument("--experiment-fused-adamw", action="store_true",
-                    help="experiment: also time the project with torch's fused AdamW patched in (not what synth/finetune.py does today)")
+    ap.add_argument(
+        "--text-encoder",
+        action="store_true",
+        help="also time the project with --train_text_encoder (the reference cannot)",
+    )
+    ap.add_argument(
+        "--experiment-fused-adamw",
+        action="store_true",
+        help="experiment: also time the project with torch's fused AdamW patched in (not what synth/finetune.py does today)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write the figures and their provenance here")
     ap.add_argument("--keep", action="store_true", help="keep the temp folder")
     args = ap.parse_args()
     if not args.reference.is_file():
-        raise SystemExit(f"error: --reference {args.reference}: not found; pass the path of diffusers' train_text_to_image.py")
+        raise SystemExit(
+            f"error: --reference {args.reference}: not found; pass the path of diffusers' train_text_to_image.py"
+        )
     probe = subprocess.run([args.reference_python, "-c", "import datasets"], capture_output=True)
     if probe.returncode != 0:
-        raise SystemExit(f"error: {args.reference_python} has no `datasets` package (the reference needs it); "
-                         "python -m venv --system-site-packages V && V/bin/pip install datasets, then --reference-python V/bin/python")
+        raise SystemExit(
+            f"error: {args.reference_python} has no `datasets` package (the reference needs it); "
+            "python -m venv --system-site-packages V && V/bin/pip install datasets, then --reference-python V/bin/python"
+        )
 
     return args
 
@@ -203,17 +271,43 @@ def _arms(args: argparse.Namespace, common: dict, sd: Path, manifest: Path, imag
 
     def reference(steps: int, out: Path) -> list[str]:
         flags = [f"--{k}={v}" for k, v in common.items()]
-        return [args.reference_python, str(args.reference), f"--pretrained_model_name_or_path={sd}", f"--train_data_dir={imagefolder}",
-                f"--max_train_steps={steps}", f"--output_dir={out}", "--checkpointing_steps=1000000", "--use_ema", "--gradient_checkpointing",
-                "--mixed_precision=no", "--report_to=tensorboard", *flags]
+        return [
+            args.reference_python,
+            str(args.reference),
+            f"--pretrained_model_name_or_path={sd}",
+            f"--train_data_dir={imagefolder}",
+            f"--max_train_steps={steps}",
+            f"--output_dir={out}",
+            "--checkpointing_steps=1000000",
+            "--use_ema",
+            "--gradient_checkpointing",
+            "--mixed_precision=no",
+            "--report_to=tensorboard",
+            *flags,
+        ]
 
     def project(steps: int, out: Path, text_encoder: bool) -> list[str]:
         flags = [f"--{k}={v}" for k, v in common.items()]
-        return [sys.executable, "synth/finetune.py", "--config", str(RECIPE), f"--pretrained_model_name_or_path={sd}",
-                f"--train_manifest={manifest}", f"--output_dir={out}", f"--max_train_steps={steps}", "--mixed_precision=no",
-                "--enable_xformers_memory_efficient_attention=false", "--num_validation_images=0", "--checkpointing_steps=1000000",
-                "--resume_from_checkpoint=none", "--logging_steps=1000000", f"--train_text_encoder={'true' if text_encoder else 'false'}",
-                "--use_ema=true", "--gradient_checkpointing=true", *flags]
+        return [
+            sys.executable,
+            "synth/finetune.py",
+            "--config",
+            str(RECIPE),
+            f"--pretrained_model_name_or_path={sd}",
+            f"--train_manifest={manifest}",
+            f"--output_dir={out}",
+            f"--max_train_steps={steps}",
+            "--mixed_precision=no",
+            "--enable_xformers_memory_efficient_attention=false",
+            "--num_validation_images=0",
+            "--checkpointing_steps=1000000",
+            "--resume_from_checkpoint=none",
+            "--logging_steps=1000000",
+            f"--train_text_encoder={'true' if text_encoder else 'false'}",
+            "--use_ema=true",
+            "--gradient_checkpointing=true",
+            *flags,
+        ]
 
     arms = {"reference": lambda s, o: reference(s, o), "project": lambda s, o: project(s, o, False)}
     if args.text_encoder:
@@ -226,20 +320,28 @@ def _arms(args: argparse.Namespace, common: dict, sd: Path, manifest: Path, imag
 def _time_arms(args: argparse.Namespace, arms: dict, env: dict, tmp: Path) -> dict[str, list[dict[str, float]]]:
     """One warm-up run per arm, then ``--rounds`` timed runs of each, the arm order reversed every other round."""
     results: dict[str, list[dict[str, float]]] = {a: [] for a in arms}
-    for name, make in arms.items():  # warm-up: the reference's datasets cache, the project's latent cache (one-time costs)
+    for (
+        name,
+        make,
+    ) in arms.items():  # warm-up: the reference's datasets cache, the project's latent cache (one-time costs)
         w, _, _, _ = run(make(1, tmp / f"warmup-{name}"), env, tmp / f"warmup-{name}.log")
         print(f"warm-up {name:22s} 1 step, {w:5.1f} s (one-time caches built)", flush=True)
     n = 0
     for r in range(args.rounds):
-        for name, make in (arms.items() if r % 2 == 0 else reversed(list(arms.items()))):
+        for name, make in arms.items() if r % 2 == 0 else reversed(list(arms.items())):
             n += 1
             out = tmp / f"run{n:03d}-{name}"
             arm_env = {**env, "BENCH_FUSED_ADAMW": "1"} if name == "project+fused_adamw" else env
             wall, rss, rate, cpu_rate = run(make(args.steps, out), arm_env, tmp / f"run{n:03d}.log", skip=args.skip)
             shutil.rmtree(out, ignore_errors=True)
-            results[name].append({"steps_per_s": rate, "steps_per_cpu_s": cpu_rate, "wall_s": wall, "peak_rss_mib": rss})
-            print(f"round {r + 1} {name:22s} steady {rate:6.2f} steps/s ({cpu_rate:6.2f} per CPU-s)   wall {wall:6.1f} s ({args.steps} steps, start-up and save included)   "
-                  f"peak RSS {rss:6.0f} MiB", flush=True)
+            results[name].append(
+                {"steps_per_s": rate, "steps_per_cpu_s": cpu_rate, "wall_s": wall, "peak_rss_mib": rss}
+            )
+            print(
+                f"round {r + 1} {name:22s} steady {rate:6.2f} steps/s ({cpu_rate:6.2f} per CPU-s)   wall {wall:6.1f} s ({args.steps} steps, start-up and save included)   "
+                f"peak RSS {rss:6.0f} MiB",
+                flush=True,
+            )
     return results
 
 
@@ -249,29 +351,52 @@ def _summarise(args: argparse.Namespace, common: dict, results: dict[str, list[d
     for name, rows in results.items():
         summary[name] = {k: statistics.median(row[k] for row in rows) for k in rows[0]}
     ref, ref_cpu = summary["reference"]["steps_per_s"], summary["reference"]["steps_per_cpu_s"]
-    print(f"\n{args.images} phantom images at {args.size} px, batch {args.batch}, {args.threads} thread(s), {args.rounds} interleaved rounds, "
-          f"steady state over steps {args.skip + 1}-{args.steps} (medians):")
+    print(
+        f"\n{args.images} phantom images at {args.size} px, batch {args.batch}, {args.threads} thread(s), {args.rounds} interleaved rounds, "
+        f"steady state over steps {args.skip + 1}-{args.steps} (medians):"
+    )
     for name, s in summary.items():
-        print(f"  {name:22s} {s['steps_per_s']:6.2f} steps/s  = {s['steps_per_s'] / ref:5.2f}x reference   "
-              f"per CPU-second {s['steps_per_cpu_s']:6.2f} = {s['steps_per_cpu_s'] / ref_cpu:5.2f}x   wall {s['wall_s']:6.1f} s   "
-              f"peak RSS {s['peak_rss_mib']:6.0f} MiB")
+        print(
+            f"  {name:22s} {s['steps_per_s']:6.2f} steps/s  = {s['steps_per_s'] / ref:5.2f}x reference   "
+            f"per CPU-second {s['steps_per_cpu_s']:6.2f} = {s['steps_per_cpu_s'] / ref_cpu:5.2f}x   wall {s['wall_s']:6.1f} s   "
+            f"peak RSS {s['peak_rss_mib']:6.0f} MiB"
+        )
     ratio = summary["project"]["steps_per_s"] / ref
     cpu_ratio = summary["project"]["steps_per_cpu_s"] / ref_cpu
-    print(f"target project >= 1.25x reference (text encoder frozen): {'PASS' if min(ratio, cpu_ratio) >= 1.25 else 'FAIL'} "
-          f"({ratio:.2f}x wall clock, {cpu_ratio:.2f}x CPU time)")
+    print(
+        f"target project >= 1.25x reference (text encoder frozen): {'PASS' if min(ratio, cpu_ratio) >= 1.25 else 'FAIL'} "
+        f"({ratio:.2f}x wall clock, {cpu_ratio:.2f}x CPU time)"
+    )
     if args.json:
-
         from synth.provenance import environment
 
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "bench": "bench/bench_finetune_vs_reference.py", "argv": sys.argv[1:], "provenance": environment(),
-            "reference": str(args.reference), "project_config": str(RECIPE.relative_to(REPO)), "common_flags": common,
-            "summary": summary, "ratio_project_vs_reference": ratio, "ratio_project_vs_reference_cpu_time": cpu_ratio,
-            "ratio_text_encoder_vs_reference": summary.get("project+text_encoder", {}).get("steps_per_s", float("nan")) / ref,
-            "ratio_text_encoder_vs_reference_cpu_time": summary.get("project+text_encoder", {}).get("steps_per_cpu_s", float("nan")) / ref_cpu,
-            "rounds": results,
-        }, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "bench": "bench/bench_finetune_vs_reference.py",
+                    "argv": sys.argv[1:],
+                    "provenance": environment(),
+                    "reference": str(args.reference),
+                    "project_config": str(RECIPE.relative_to(REPO)),
+                    "common_flags": common,
+                    "summary": summary,
+                    "ratio_project_vs_reference": ratio,
+                    "ratio_project_vs_reference_cpu_time": cpu_ratio,
+                    "ratio_text_encoder_vs_reference": summary.get("project+text_encoder", {}).get(
+                        "steps_per_s", float("nan")
+                    )
+                    / ref,
+                    "ratio_text_encoder_vs_reference_cpu_time": summary.get("project+text_encoder", {}).get(
+                        "steps_per_cpu_s", float("nan")
+                    )
+                    / ref_cpu,
+                    "rounds": results,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         print(f"wrote {args.json}")
 
 

@@ -71,9 +71,16 @@ def main() -> None:
             batch = jobs[first : first + args.batch_size]
             generators = [torch.Generator("cpu").manual_seed(j.seed) for j in batch]
             with torch.inference_mode():
-                pipe(prompt=[j.prompt for j in batch], negative_prompt=[j.negative_prompt for j in batch],
-                     height=resolution, width=resolution, num_inference_steps=args.steps,
-                     guidance_scale=cfg.guidance_scale, generator=generators, output_type="pil")
+                pipe(
+                    prompt=[j.prompt for j in batch],
+                    negative_prompt=[j.negative_prompt for j in batch],
+                    height=resolution,
+                    width=resolution,
+                    num_inference_steps=args.steps,
+                    guidance_scale=cfg.guidance_scale,
+                    generator=generators,
+                    output_type="pil",
+                )
         return time.perf_counter() - start, time.process_time() - cpu
 
     def synth(out: Path) -> tuple[float, float]:
@@ -97,33 +104,61 @@ def main() -> None:
     _report(args, cfg, resolution, load_s, bare_s, synth_s, bare_cpu, synth_cpu)
 
 
-def _report(args: argparse.Namespace, cfg, resolution: int, load_s: float, bare_s: list[float], synth_s: list[float],
-            bare_cpu: list[float], synth_cpu: list[float]) -> None:
+def _report(
+    args: argparse.Namespace,
+    cfg,
+    resolution: int,
+    load_s: float,
+    bare_s: list[float],
+    synth_s: list[float],
+    bare_cpu: list[float],
+    synth_cpu: list[float],
+) -> None:
     """Print the medians and the synth/bare ratios (wall clock and CPU time); with ``--json``, write them too."""
     b, s = statistics.median(bare_s), statistics.median(synth_s)
     bc, sc = statistics.median(bare_cpu), statistics.median(synth_cpu)
-    print(f"model: UNet (64,128,256), latents 16x16 -> {resolution} px, MiniLM text encoder; {args.n} images, "
-          f"batch {args.batch_size}, {args.steps} steps dpm++, fp32 CPU, {torch.get_num_threads()} threads")
+    print(
+        f"model: UNet (64,128,256), latents 16x16 -> {resolution} px, MiniLM text encoder; {args.n} images, "
+        f"batch {args.batch_size}, {args.steps} steps dpm++, fp32 CPU, {torch.get_num_threads()} threads"
+    )
     print(f"pipeline load: {load_s:.2f} s (not in the figures below)")
     print(f"bare diffusers : {args.n / b:.2f} img/s  (median of {args.repeats}: {[round(x, 2) for x in bare_s]} s)")
     print(f"synth generate : {args.n / s:.2f} img/s  (median of {args.repeats}: {[round(x, 2) for x in synth_s]} s)")
-    print(f"ratio synth/bare: {b / s:.3f} wall clock (per repeat {[round(x / y, 3) for x, y in zip(bare_s, synth_s)]}), "
-          f"{bc / sc:.3f} CPU time (per repeat {[round(x / y, 3) for x, y in zip(bare_cpu, synth_cpu)]}; with 1 thread the CPU "
-          f"time is the work done, whatever other jobs do to the wall clock); target >= 1.0: {'PASS' if min(b / s, bc / sc) >= 1.0 else 'FAIL'}")
+    print(
+        f"ratio synth/bare: {b / s:.3f} wall clock (per repeat {[round(x / y, 3) for x, y in zip(bare_s, synth_s)]}), "
+        f"{bc / sc:.3f} CPU time (per repeat {[round(x / y, 3) for x, y in zip(bare_cpu, synth_cpu)]}; with 1 thread the CPU "
+        f"time is the work done, whatever other jobs do to the wall clock); target >= 1.0: {'PASS' if min(b / s, bc / sc) >= 1.0 else 'FAIL'}"
+    )
     if args.json:
         import json
 
         from synth.provenance import environment
 
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "bench": "bench/bench_generate.py", "argv": sys.argv[1:], "provenance": environment(),
-            "threads": torch.get_num_threads(),
-            "model": f"UNet (64,128,256), 16x16 latents -> {resolution} px, MiniLM", "n": args.n, "batch_size": args.batch_size,
-            "steps": args.steps, "scheduler": cfg.scheduler, "guidance_scale": cfg.guidance_scale,
-            "bare_s": bare_s, "synth_s": synth_s, "ratio_median": b / s,
-            "bare_cpu_s": bare_cpu, "synth_cpu_s": synth_cpu, "ratio_cpu_median": bc / sc,
-        }, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "bench": "bench/bench_generate.py",
+                    "argv": sys.argv[1:],
+                    "provenance": environment(),
+                    "threads": torch.get_num_threads(),
+                    "model": f"UNet (64,128,256), 16x16 latents -> {resolution} px, MiniLM",
+                    "n": args.n,
+                    "batch_size": args.batch_size,
+                    "steps": args.steps,
+                    "scheduler": cfg.scheduler,
+                    "guidance_scale": cfg.guidance_scale,
+                    "bare_s": bare_s,
+                    "synth_s": synth_s,
+                    "ratio_median": b / s,
+                    "bare_cpu_s": bare_cpu,
+                    "synth_cpu_s": synth_cpu,
+                    "ratio_cpu_median": bc / sc,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

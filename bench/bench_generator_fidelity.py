@@ -51,11 +51,17 @@ def main() -> None:
         name = f"g={g:g} steps={steps}"
         folder = args.out / f"guidance-{g:g}-steps-{steps}"
         start = time.time()
-        manifest = run(args.model, args.classes, folder,
-                       GenerateConfig(n=args.n, guidance_scale=g, steps=steps, batch_size=16, progress=False))
+        manifest = run(
+            args.model,
+            args.classes,
+            folder,
+            GenerateConfig(n=args.n, guidance_scale=g, steps=steps, batch_size=16, progress=False),
+        )
         seconds[name] = time.time() - start
         generated = read_manifest(manifest)
-        table[name] = json.loads(oracle_fidelity(args.oracle, real_train, generated, None, folder).read_text())["classes"]
+        table[name] = json.loads(oracle_fidelity(args.oracle, real_train, generated, None, folder).read_text())[
+            "classes"
+        ]
         print(f"{name}: {len(generated)} images in {seconds[name]:.0f} s", flush=True)
 
     names = list(table)
@@ -69,17 +75,30 @@ def main() -> None:
     summary = {}
     for n in names:
         rates = [table[n][c]["generated"] for c in judged if table[n][c].get("generated") is not None]
-        summary[n] = {"mean_fidelity": sum(rates) / max(len(rates), 1), "n_judgeable": len(rates),
-                      "generate_seconds": round(seconds[n], 1)}
-        print(f"{n}: mean fidelity over {len(rates)} judgeable classes = {summary[n]['mean_fidelity']:.3f} "
-              f"({seconds[n]:.0f} s to generate)")
+        summary[n] = {
+            "mean_fidelity": sum(rates) / max(len(rates), 1),
+            "n_judgeable": len(rates),
+            "generate_seconds": round(seconds[n], 1),
+        }
+        print(
+            f"{n}: mean fidelity over {len(rates)} judgeable classes = {summary[n]['mean_fidelity']:.3f} "
+            f"({seconds[n]:.0f} s to generate)"
+        )
     if args.json:
         from synth.io import write_json_atomic
         from synth.provenance import environment
 
-        write_json_atomic(args.json, {"summary": summary, "per_class": table, "n_per_class": args.n,
-                                      "model": str(args.model), "command": " ".join(sys.argv),
-                                      "provenance": environment()})
+        write_json_atomic(
+            args.json,
+            {
+                "summary": summary,
+                "per_class": table,
+                "n_per_class": args.n,
+                "model": str(args.model),
+                "command": " ".join(sys.argv),
+                "provenance": environment(),
+            },
+        )
 
 
 def _pct(v) -> str:

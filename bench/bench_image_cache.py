@@ -75,7 +75,9 @@ def main() -> None:
     parser.add_argument("--source-size", type=int, default=2048, help="side of the re-encoded JPEG sources")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
-    parser.add_argument("--prepare-workers", type=int, default=0, help="synth prepare decode processes (0 = all cores)")
+    parser.add_argument(
+        "--prepare-workers", type=int, default=0, help="synth prepare decode processes (0 = all cores)"
+    )
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
 

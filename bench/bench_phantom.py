@@ -58,9 +58,13 @@ def main() -> None:
     print(f"phantom render speed at {args.size} px, n={args.n}")
     print(f"  render_image only (1 process):        {render_only:8.1f} images/s")
     print(f"  render_dataset, 1 worker (with PNGs): {rates[1]:8.1f} images/s")
-    print(f"  render_dataset, 2 workers:            {rates[2]:8.1f} images/s  (x{rates[2] / rates[1]:.2f} vs 1 worker)")
-    print(f"  target >= 100 images/s: {'met' if max(rates.values()) >= 100 else 'NOT met'} "
-          f"(best {max(rates.values()):.1f}); 1 vs 2 workers byte-identical: {digests[1] == digests[2]}")
+    print(
+        f"  render_dataset, 2 workers:            {rates[2]:8.1f} images/s  (x{rates[2] / rates[1]:.2f} vs 1 worker)"
+    )
+    print(
+        f"  target >= 100 images/s: {'met' if max(rates.values()) >= 100 else 'NOT met'} "
+        f"(best {max(rates.values()):.1f}); 1 vs 2 workers byte-identical: {digests[1] == digests[2]}"
+    )
 
 
 if __name__ == "__main__":

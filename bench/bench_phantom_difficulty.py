@@ -52,17 +52,27 @@ def train(x: np.ndarray, y: np.ndarray, epochs: int, batch: int, lr: float, seed
         perm = torch.randperm(len(xt), generator=g)
         total = 0.0
         for i in range(0, len(xt), batch):
-            idx = perm[i:i + batch]
+            idx = perm[i : i + batch]
             xb = xt[idx]
             if torch.rand(1, generator=g).item() < 0.5:  # tiny augmentation: 1-2 px shifts
-                xb = torch.roll(xb, shifts=(int(torch.randint(-2, 3, (1,), generator=g)), int(torch.randint(-2, 3, (1,), generator=g))), dims=(2, 3))
+                xb = torch.roll(
+                    xb,
+                    shifts=(
+                        int(torch.randint(-2, 3, (1,), generator=g)),
+                        int(torch.randint(-2, 3, (1,), generator=g)),
+                    ),
+                    dims=(2, 3),
+                )
             loss = torch.nn.functional.binary_cross_entropy_with_logits(model(xb), yt[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
             total += loss.item() * len(idx)
-        print(f"  [{log}] epoch {ep + 1}/{epochs} loss {total / len(xt):.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+        print(
+            f"  [{log}] epoch {ep + 1}/{epochs} loss {total / len(xt):.4f} ({time.perf_counter() - t0:.0f}s)",
+            flush=True,
+        )
     return model
 
 
@@ -73,7 +83,7 @@ def predict(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
     out = []
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            xb = torch.from_numpy(x[i:i + batch]).float().div_(255.0).sub_(0.5).div_(0.25).unsqueeze(1)
+            xb = torch.from_numpy(x[i : i + batch]).float().div_(255.0).sub_(0.5).div_(0.25).unsqueeze(1)
             out.append(torch.sigmoid(model(xb)).numpy())
     return np.concatenate(out)
 
@@ -81,8 +91,11 @@ def predict(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
 def per_class_ap(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     from sklearn.metrics import average_precision_score
 
-    return {c: float(average_precision_score(y[:, j], p[:, j])) for j, c in enumerate(CXR_LT_CLASSES)
-            if 0 < y[:, j].sum() < len(y)}
+    return {
+        c: float(average_precision_score(y[:, j], p[:, j]))
+        for j, c in enumerate(CXR_LT_CLASSES)
+        if 0 < y[:, j].sum() < len(y)
+    }
 
 
 def confusions(y: np.ndarray, p: np.ndarray, sets, cls: str, top: int = 60, shown: int = 5) -> str:
@@ -119,8 +132,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per-class", action="store_true", help="print every class's AP")
-    parser.add_argument("--confusions", type=int, default=0, metavar="K",
-                        help="for the K weakest classes of the balanced model, print what its top false positives contain")
+    parser.add_argument(
+        "--confusions",
+        type=int,
+        default=0,
+        metavar="K",
+        help="for the K weakest classes of the balanced model, print what its top false positives contain",
+    )
     args = parser.parse_args()
 
     import torch
@@ -135,30 +153,42 @@ def main() -> None:
     x_nat, x_bal = render(nat_sets, 0, args.size), render(bal_sets, 10_000_000, args.size)
     x_tn, x_tb = render(test_nat_sets, 20_000_000, args.size), render(test_bal_sets, 30_000_000, args.size)
     y_nat, y_bal, y_tn, y_tb = (label_matrix(s) for s in (nat_sets, bal_sets, test_nat_sets, test_bal_sets))
-    print(f"rendered {len(x_nat) + len(x_bal) + len(x_tn) + len(x_tb)} images at {args.size} px in {time.perf_counter() - t0:.0f}s")
+    print(
+        f"rendered {len(x_nat) + len(x_bal) + len(x_tn) + len(x_tb)} images at {args.size} px in {time.perf_counter() - t0:.0f}s"
+    )
     groups = frequency_groups(dict(zip(CXR_LT_CLASSES, y_nat.mean(0))))
     counts = {g: sum(v == g for v in groups.values()) for g in ("head", "medium", "tail")}
-    print(f"natural training groups: {counts}; tail positives in training: "
-          f"{int(sum(y_nat[:, j].sum() for j, c in enumerate(CXR_LT_CLASSES) if groups[c] == 'tail'))}")
+    print(
+        f"natural training groups: {counts}; tail positives in training: "
+        f"{int(sum(y_nat[:, j].sum() for j, c in enumerate(CXR_LT_CLASSES) if groups[c] == 'tail'))}"
+    )
 
     results = {}
     for name, x, y in (("natural", x_nat, y_nat), ("balanced", x_bal, y_bal)):
         model = train(x, y, args.epochs, args.batch_size, args.lr, args.seed, name)
         p_tb = predict(model, x_tb)
-        results[name] = {"natural test": per_class_ap(y_tn, predict(model, x_tn)),
-                         "balanced test": per_class_ap(y_tb, p_tb)}
+        results[name] = {
+            "natural test": per_class_ap(y_tn, predict(model, x_tn)),
+            "balanced test": per_class_ap(y_tb, p_tb),
+        }
         if name == "balanced":
             p_bal = p_tb
 
-    print(f"\nConvNeXt-atto, {args.n} training images x {args.epochs} epochs at {args.size} px "
-          f"(test: {args.n_test} natural + {args.n_test} balanced); mAP per group (groups from natural train prevalence)")
-    print(f"{'trained on':10s} {'evaluated on':14s} {'head':>6s} {'medium':>7s} {'tail':>6s} {'all':>6s} {'min AP':>18s}")
+    print(
+        f"\nConvNeXt-atto, {args.n} training images x {args.epochs} epochs at {args.size} px "
+        f"(test: {args.n_test} natural + {args.n_test} balanced); mAP per group (groups from natural train prevalence)"
+    )
+    print(
+        f"{'trained on':10s} {'evaluated on':14s} {'head':>6s} {'medium':>7s} {'tail':>6s} {'all':>6s} {'min AP':>18s}"
+    )
     for name, evals in results.items():
         for test, ap in evals.items():
             m = group_map(ap, groups)
             worst = min(ap, key=ap.get)
-            print(f"{name:10s} {test:14s} {m['head']:6.3f} {m['medium']:7.3f} {m['tail']:6.3f} {m['all']:6.3f} "
-                  f"{worst[:12]:>12s} {ap[worst]:.2f}")
+            print(
+                f"{name:10s} {test:14s} {m['head']:6.3f} {m['medium']:7.3f} {m['tail']:6.3f} {m['all']:6.3f} "
+                f"{worst[:12]:>12s} {ap[worst]:.2f}"
+            )
     if args.per_class:
         print("\nper-class AP (natural model on natural test | balanced model on balanced test)")
         for c in CXR_LT_CLASSES:
@@ -168,7 +198,7 @@ def main() -> None:
     if args.confusions:
         ap = results["balanced"]["balanced test"]
         print("\nweakest classes of the balanced model: labels over-represented among its 60 top-scoring negatives")
-        for c in sorted(ap, key=ap.get)[:args.confusions]:
+        for c in sorted(ap, key=ap.get)[: args.confusions]:
             print(f"  {c:28s} {ap[c]:.3f}  {confusions(y_tb, p_bal, test_bal_sets, c)}")
     print(f"total {time.perf_counter() - t0:.0f}s")
 

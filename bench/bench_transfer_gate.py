@@ -40,9 +40,18 @@ def _synthetic(root: Path, classes: list[str], per_set: int, blank: bool, size: 
             fpath = f"images/{'blank' if blank else 'faithful'}-{j}-{i}.png"
             (root / fpath).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(render_image([] if blank else [cls], seed=seed, size=size)).save(root / fpath)
-            row = {"dicom_id": f"syn-{j}-{i}", "subject_id": "synthetic", "study_id": f"syn-{j}-{i}", "ViewPosition": "PA",
-                   "fpath": fpath, "split": "train", "source": "synthetic", "target_class": cls,
-                   "prompt": f"chest x-ray: {cls.lower()}", "seed": seed}
+            row = {
+                "dicom_id": f"syn-{j}-{i}",
+                "subject_id": "synthetic",
+                "study_id": f"syn-{j}-{i}",
+                "ViewPosition": "PA",
+                "fpath": fpath,
+                "split": "train",
+                "source": "synthetic",
+                "target_class": cls,
+                "prompt": f"chest x-ray: {cls.lower()}",
+                "seed": seed,
+            }
             row.update({c: float(c == cls) for c in CXR_LT_CLASSES})
             rows.append(row)
     return write_manifest(pd.DataFrame(rows), root / "manifest.csv")
@@ -56,10 +65,22 @@ def _generic_encoder(root: Path, size: int) -> Path:
 
     root.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    save_file(timm.create_model("resnet10t", pretrained=False, num_classes=0, in_chans=1).state_dict(),
-              str(root / "model.safetensors"))
-    (root / "extractor.yaml").write_text(yaml.safe_dump({"arch": "resnet10t", "image_size": size, "in_chans": 1,
-                                                         "pixel_mean": 0.5, "pixel_std": 0.25, "name": "random resnet10t"}))
+    save_file(
+        timm.create_model("resnet10t", pretrained=False, num_classes=0, in_chans=1).state_dict(),
+        str(root / "model.safetensors"),
+    )
+    (root / "extractor.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "arch": "resnet10t",
+                "image_size": size,
+                "in_chans": 1,
+                "pixel_mean": 0.5,
+                "pixel_std": 0.25,
+                "name": "random resnet10t",
+            }
+        )
+    )
     return root
 
 
@@ -68,7 +89,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=3000, help="phantom images (train/val/test split by patient)")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--per-set", type=int, default=40)
-    ap.add_argument("--classes", type=int, default=6, help="at most this many tail classes (most real positives first)")
+    ap.add_argument(
+        "--classes", type=int, default=6, help="at most this many tail classes (most real positives first)"
+    )
     ap.add_argument("--verifier-config", default="configs/filter/verifier-demo.yaml")
     ap.add_argument("--generic", action="store_true", help="also judge in a random-init encoder's features")
     ap.add_argument("--out", default="outputs/bench/transfer_gate")
@@ -81,30 +104,55 @@ def main() -> None:
     out = Path(args.out)
     t0 = time.time()
     labels = Path(render_dataset(n=args.n, size=args.size, seed=0, out=out / "phantom"))
-    manifest = prepare_dataset("cxrlt", labels, labels.parent, out / "prepared", size=args.size, seed=0, overwrite=True)
+    manifest = prepare_dataset(
+        "cxrlt", labels, labels.parent, out / "prepared", size=args.size, seed=0, overwrite=True
+    )
     tail, pos = _tail_classes(manifest, args.classes)
-    print(f"phantom {args.n} at {args.size} px: tail classes judged {tail} (real train+val positives "
-          f"{[pos[c] for c in tail]}); {time.time() - t0:.0f} s")
+    print(
+        f"phantom {args.n} at {args.size} px: tail classes judged {tail} (real train+val positives "
+        f"{[pos[c] for c in tail]}); {time.time() - t0:.0f} s"
+    )
     t0 = time.time()
     verifier = train_verifier(manifest, out / "verifier", load_verifier_config(args.verifier_config))
     print(f"verifier trained in {time.time() - t0:.0f} s")
     spaces = {"verifier": "extractor"}
     if args.generic:
         spaces["generic"] = str(_generic_encoder(out / "generic", args.size))
-    permissive = {"fid_reject_factor": 1e6, "outlier_percentile": 100.0, "bootstrap": 5, "kid_subsets": 5,
-                  "nearcopy_calibration_images": 40, "fallback_specificity": 0.01, "threshold_quantile": 0.0,
-                  "transfer_gate": True}
+    permissive = {
+        "fid_reject_factor": 1e6,
+        "outlier_percentile": 100.0,
+        "bootstrap": 5,
+        "kid_subsets": 5,
+        "nearcopy_calibration_images": 40,
+        "fallback_specificity": 0.01,
+        "threshold_quantile": 0.0,
+        "transfer_gate": True,
+    }
     table = []
     for kind in ("faithful", "blank"):
         synthetic = _synthetic(out / kind, tail, args.per_set, kind == "blank", args.size)
         for space, extractor in spaces.items():
             t0 = time.time()
-            summary = run_filter(synthetic, manifest, verifier, out / f"filter-{kind}-{space}",
-                                 load_filter_config(None, {**permissive, "transfer_extractor": extractor}))
+            summary = run_filter(
+                synthetic,
+                manifest,
+                verifier,
+                out / f"filter-{kind}-{space}",
+                load_filter_config(None, {**permissive, "transfer_extractor": extractor}),
+            )
             for cls in tail:
                 g = summary["classes"][cls]["transfer"]
-                table.append({"set": kind, "space": space, "class": cls, "auroc": g["auroc"], "ci": g["ci"],
-                              "kept": g["passed"], "judged": g["judged"]})
+                table.append(
+                    {
+                        "set": kind,
+                        "space": space,
+                        "class": cls,
+                        "auroc": g["auroc"],
+                        "ci": g["ci"],
+                        "kept": g["passed"],
+                        "judged": g["judged"],
+                    }
+                )
             print(f"filter {kind} / {space}: {time.time() - t0:.0f} s")
     _print_table(table, spaces, tail)
     (out / "result.json").write_text(json.dumps(table, indent=1))
@@ -131,8 +179,10 @@ def _print_table(table: list[dict], spaces: dict[str, str], tail: list[str]) -> 
     for r in table:
         ci = r["ci"] if r["ci"][0] is not None else [float("nan")] * 2
         auroc = float("nan") if r["auroc"] is None else r["auroc"]
-        print(f"{r['set']:9s} {r['space']:9s} {r['class']:26s} {auroc:6.3f}  [{ci[0]:.3f}, {ci[1]:.3f}]  "
-              f"{'kept' if r['kept'] else 'DROPPED'}{'' if r['judged'] else ' (not judged)'}")
+        print(
+            f"{r['set']:9s} {r['space']:9s} {r['class']:26s} {auroc:6.3f}  [{ci[0]:.3f}, {ci[1]:.3f}]  "
+            f"{'kept' if r['kept'] else 'DROPPED'}{'' if r['judged'] else ' (not judged)'}"
+        )
     for space in spaces:
         good = sum(r["kept"] for r in table if r["space"] == space and r["set"] == "faithful")
         bad = sum(not r["kept"] for r in table if r["space"] == space and r["set"] == "blank")

@@ -115,15 +115,20 @@ def _target_line(results: dict) -> str:
 
 def _fidelity_lines(results: dict) -> list[str]:
     fid = (results.get("fidelity") or {}).get("classes", {})
-    judged = {c: v for c, v in fid.items() if results["groups"].get(c) == "tail" and is_judgeable(v)
-              and v.get("generated") is not None}
+    judged = {
+        c: v
+        for c, v in fid.items()
+        if results["groups"].get(c) == "tail" and is_judgeable(v) and v.get("generated") is not None
+    }
     lines = []
     if judged:
         mean = sum(v["generated"] for v in judged.values()) / len(judged)
         real = [v["real"] for v in judged.values() if v.get("real") is not None]
-        lines.append(f"Generator fidelity on the {len(judged)} judgeable tail classes (phantom oracle, evaluation only): "
-                     f"**{100 * mean:.0f} %** of generated images show the prompted finding (real training positives: "
-                     f"{100 * sum(real) / max(len(real), 1):.0f} %).")
+        lines.append(
+            f"Generator fidelity on the {len(judged)} judgeable tail classes (phantom oracle, evaluation only): "
+            f"**{100 * mean:.0f} %** of generated images show the prompted finding (real training positives: "
+            f"{100 * sum(real) / max(len(real), 1):.0f} %)."
+        )
     gate = gate_agreement(results)
     if gate is not None:
         rho = "–" if gate.spearman is None else f"{gate.spearman:+.2f}"
@@ -131,7 +136,8 @@ def _fidelity_lines(results: dict) -> list[str]:
             f"Transfer gate (real data only) vs oracle fidelity on {len(gate.rows)} classes: Spearman ρ = {rho} "
             f"(bar ≥ {GATE_MIN_SPEARMAN}); fidelity < {GATE_MUST_DROP_BELOW:.0%} but kept: "
             f"{', '.join(gate.unfaithful_kept) or 'none'}; fidelity ≥ {GATE_MUST_KEEP_FROM:.0%} but dropped: "
-            f"{', '.join(gate.faithful_dropped) or 'none'} — **{'MET' if gate.met else 'NOT MET'}**.")
+            f"{', '.join(gate.faithful_dropped) or 'none'} — **{'MET' if gate.met else 'NOT MET'}**."
+        )
     return lines + [""] if lines else []
 
 
@@ -146,8 +152,11 @@ def _timing_lines(results: dict) -> list[str]:
         groups[key] = groups.get(key, 0.0) + (s.get("seconds") or 0.0)
     wall = timings.get("this_run_seconds")
     cells = ", ".join(f"{k} {_minutes(v)}" for k, v in groups.items())
-    return [f"Wall time on 2 CPU cores: **{_minutes(wall)}** in all" if wall else "Stage wall times:",
-            f"({cells}).", ""]
+    return [
+        f"Wall time on 2 CPU cores: **{_minutes(wall)}** in all" if wall else "Stage wall times:",
+        f"({cells}).",
+        "",
+    ]
 
 
 def update_readme(check: bool) -> int:

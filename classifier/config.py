@@ -150,13 +150,17 @@ class EnsembleConfig:
             raise UserError("classifier config: members is empty; list at least one {arch, image_size}")
         for i, m in enumerate(self.members):
             if not timm.is_model(m.arch):
-                raise UserError(f"classifier members[{i}].arch {m.arch!r} is not a timm model; e.g. convnext_atto, convnext_small")
+                raise UserError(
+                    f"classifier members[{i}].arch {m.arch!r} is not a timm model; e.g. convnext_atto, convnext_small"
+                )
             if not 8 <= m.image_size <= 2048:
                 raise UserError(f"classifier members[{i}].image_size must be in [8, 2048], got {m.image_size}")
             if m.epochs is not None and m.epochs < 1:
                 raise UserError(f"classifier members[{i}].epochs must be >= 1 or null, got {m.epochs}")
             if m.pretrained_file is not None and not Path(m.pretrained_file).is_file():
-                raise UserError(f"classifier members[{i}].pretrained_file {m.pretrained_file} not found; give a local timm weights file or null")
+                raise UserError(
+                    f"classifier members[{i}].pretrained_file {m.pretrained_file} not found; give a local timm weights file or null"
+                )
         t = self.train
         for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size"):
             if getattr(t, name) < 1:
@@ -166,15 +170,19 @@ class EnsembleConfig:
         if t.select not in ("best", "last"):
             raise UserError(f"classifier train.select must be 'best' or 'last', got {t.select!r}")
         if t.mixed_precision not in MIXED_PRECISION:
-            raise UserError(f"classifier train.mixed_precision must be one of {MIXED_PRECISION}, got {t.mixed_precision!r}")
+            raise UserError(
+                f"classifier train.mixed_precision must be one of {MIXED_PRECISION}, got {t.mixed_precision!r}"
+            )
         if t.report_to not in REPORT_TO:
             raise UserError(f"classifier train.report_to must be one of {REPORT_TO}, got {t.report_to!r}")
         if t.report_to == "tensorboard":
             from accelerate.utils import is_tensorboard_available
 
             if not is_tensorboard_available():
-                raise UserError("--report_to tensorboard: the tensorboard package is not installed; "
-                                "pip install tensorboard (or drop --report_to)")
+                raise UserError(
+                    "--report_to tensorboard: the tensorboard package is not installed; "
+                    "pip install tensorboard (or drop --report_to)"
+                )
         if t.ema_decay is not None and not 0.0 < t.ema_decay < 1.0:
             raise UserError(f"classifier train.ema_decay must be in (0, 1) or null, got {t.ema_decay}")
         if not 0.0 <= t.warmup_frac < 1.0:

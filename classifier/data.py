@@ -86,7 +86,9 @@ def _target_only_labels(syn: pd.DataFrame, negatives: bool = True) -> pd.DataFra
     "this appearance is not adenopathy".
     """
     if "target_class" not in syn.columns or syn["target_class"].isna().any():
-        raise UserError("synthetic.labels: target needs a target_class on every synthetic row (rows from `synth generate`)")
+        raise UserError(
+            "synthetic.labels: target needs a target_class on every synthetic row (rows from `synth generate`)"
+        )
     out = syn.copy()
     classes = [c for c in CXR_LT_CLASSES if c in out.columns]
     for target, rows in out.groupby("target_class").groups.items():
@@ -138,7 +140,9 @@ class ImageStore:
         self._pid = -1
         expected = self.n * self.row_bytes
         if self.path.stat().st_size != expected:
-            raise UserError(f"image cache {self.path} has {self.path.stat().st_size} bytes, expected {expected}; delete it to rebuild")
+            raise UserError(
+                f"image cache {self.path} has {self.path.stat().st_size} bytes, expected {expected}; delete it to rebuild"
+            )
 
     def _file(self) -> int:
         if self._fd is None or self._pid != os.getpid():
@@ -203,7 +207,9 @@ class ImageView:
         return len(self.row_in_store)
 
     def __getitem__(self, index) -> torch.Tensor:
-        idx = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index, dtype=np.int64).reshape(-1)
+        idx = (
+            np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index, dtype=np.int64).reshape(-1)
+        )
         which, rows = self.store_of_row[idx], self.row_in_store[idx]
         out = np.empty((len(idx), 1, self.size, self.size), dtype=np.uint8)
         for k in np.unique(which):
@@ -224,8 +230,15 @@ def cache_key(paths: Sequence[Path], size: int) -> str:
     return h.hexdigest()[:20]
 
 
-def build_store(paths: Sequence[Path], size: int, cache_dir: Path, is_main: bool, barrier: Callable[[], None],
-                workers: int = 8, log: Callable[[str], None] | None = None) -> ImageStore:
+def build_store(
+    paths: Sequence[Path],
+    size: int,
+    cache_dir: Path,
+    is_main: bool,
+    barrier: Callable[[], None],
+    workers: int = 8,
+    log: Callable[[str], None] | None = None,
+) -> ImageStore:
     """The cache file of ``paths`` at ``size`` px: reused when it exists, else decoded once by the main process.
 
     The file is written in chunks to a temp name and renamed (atomic); the other processes wait at
@@ -241,21 +254,33 @@ def build_store(paths: Sequence[Path], size: int, cache_dir: Path, is_main: bool
     if is_main and not path.exists():
         with atomic_path(path) as tmp, open(tmp, "wb") as fh, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             for start in range(0, len(paths), _BUILD_CHUNK):
-                chunk = paths[start:start + _BUILD_CHUNK]
+                chunk = paths[start : start + _BUILD_CHUNK]
                 block = np.stack(list(pool.map(lambda p: read_image(p, size), chunk))) if chunk else None
                 if block is not None:
                     fh.write(np.ascontiguousarray(block, dtype=np.uint8).tobytes())
         if log:
-            log(f"image cache: {len(paths)} images at {size} px -> {path} ({len(paths) * size * size / 2**30:.2f} GiB on disk)")
+            log(
+                f"image cache: {len(paths)} images at {size} px -> {path} ({len(paths) * size * size / 2**30:.2f} GiB on disk)"
+            )
     barrier()
     return ImageStore(path, len(paths), size)
 
 
-def view_of_frame(df: pd.DataFrame, size: int, cache_dir: Path, is_main: bool, barrier: Callable[[], None],
-                  log: Callable[[str], None] | None = None) -> ImageView:
+def view_of_frame(
+    df: pd.DataFrame,
+    size: int,
+    cache_dir: Path,
+    is_main: bool,
+    barrier: Callable[[], None],
+    log: Callable[[str], None] | None = None,
+) -> ImageView:
     """An :class:`ImageView` of ``df``'s rows; repeated rows (same file) are stored once."""
     paths = [p.resolve() for p in image_paths(df)]
-    unique, rows = np.unique(np.array([str(p) for p in paths], dtype=object), return_inverse=True) if paths else ([], np.zeros(0, np.int64))
+    unique, rows = (
+        np.unique(np.array([str(p) for p in paths], dtype=object), return_inverse=True)
+        if paths
+        else ([], np.zeros(0, np.int64))
+    )
     store = build_store([Path(u) for u in unique], size, cache_dir, is_main, barrier, log=log)
     return ImageView.of(store, rows)
 
@@ -287,8 +312,12 @@ class CachedSet:
         """Labels and mask of ``df``; ``images`` (e.g. an :class:`ImageView`) or, by default, all decoded into RAM."""
         y = label_matrix(df, classes)
         known = ~np.isnan(y)
-        return cls(load_images(df, size) if images is None else images, torch.from_numpy(np.where(known, y, 0.0).astype(np.float32)),
-                   torch.from_numpy(known.astype(np.float32)), list(df["source"].astype(str)))
+        return cls(
+            load_images(df, size) if images is None else images,
+            torch.from_numpy(np.where(known, y, 0.0).astype(np.float32)),
+            torch.from_numpy(known.astype(np.float32)),
+            list(df["source"].astype(str)),
+        )
 
 
 def to_input(images: torch.Tensor) -> torch.Tensor:
@@ -364,4 +393,6 @@ def check_rows(train: pd.DataFrame, val: pd.DataFrame, where: str) -> None:
     if train.empty:
         raise UserError(f"{where}: no training rows (split=train); run `synth prepare` on the data first")
     if val.empty:
-        raise UserError(f"{where}: no real validation rows (split=val); re-prepare with --val > 0 (val picks the model)")
+        raise UserError(
+            f"{where}: no real validation rows (split=val); re-prepare with --val > 0 (val picks the model)"
+        )

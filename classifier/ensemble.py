@@ -47,14 +47,20 @@ class Member:
 
 
 @torch.no_grad()
-def predict_images(model: nn.Module, images: torch.Tensor, batch_size: int = 128, tta_flip: bool = False,
-                   device: torch.device | str = "cpu", channels_last: bool = False) -> np.ndarray:
+def predict_images(
+    model: nn.Module,
+    images: torch.Tensor,
+    batch_size: int = 128,
+    tta_flip: bool = False,
+    device: torch.device | str = "cpu",
+    channels_last: bool = False,
+) -> np.ndarray:
     """Sigmoid probabilities (N, C) of a uint8 image tensor (N, 1, H, W)."""
     was_training = model.training
     model.eval()
     out = []
     for start in range(0, images.shape[0], batch_size):
-        x = to_input(images[start:start + batch_size].to(device))
+        x = to_input(images[start : start + batch_size].to(device))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         p = torch.sigmoid(model(x).float())
@@ -82,12 +88,20 @@ def read_ensemble(model_dir: str | Path) -> dict:
     model_dir = Path(model_dir)
     path = model_dir / ENSEMBLE_FILE
     if not path.exists():
-        raise UserError(f"{model_dir} is not a trained classifier ensemble (no {ENSEMBLE_FILE}); train one with `synth classify train`")
+        raise UserError(
+            f"{model_dir} is not a trained classifier ensemble (no {ENSEMBLE_FILE}); train one with `synth classify train`"
+        )
     return json.loads(path.read_text())
 
 
-def predict(model_dir: str | Path, df: pd.DataFrame, batch_size: int = 64, device: str | None = None,
-            chunk_rows: int = 4096, on_rows: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[str]]:
+def predict(
+    model_dir: str | Path,
+    df: pd.DataFrame,
+    batch_size: int = 64,
+    device: str | None = None,
+    chunk_rows: int = 4096,
+    on_rows: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, list[str]]:
     """(probabilities (N, C), classes) of the ensemble in ``model_dir`` on the rows of ``df``.
 
     Rows are decoded ``chunk_rows`` at a time (each member's resolution once per chunk), so an unlabeled
@@ -101,18 +115,22 @@ def predict(model_dir: str | Path, df: pd.DataFrame, batch_size: int = 64, devic
     for entry in spec["members"]:
         member = load_member(model_dir / entry["dir"], device)
         if member.classes != classes:
-            raise UserError(f"{model_dir / entry['dir']}: member classes differ from {ENSEMBLE_FILE}; retrain the ensemble")
+            raise UserError(
+                f"{model_dir / entry['dir']}: member classes differ from {ENSEMBLE_FILE}; retrain the ensemble"
+            )
         members.append((float(entry["weight"]), member))
     total = np.zeros((len(df), len(classes)), dtype=np.float64)
     for start in range(0, len(df), max(1, chunk_rows)):
-        part = df.iloc[start:start + chunk_rows]
+        part = df.iloc[start : start + chunk_rows]
         part.attrs.update(df.attrs)
         cache: dict[int, torch.Tensor] = {}
         for weight, member in members:
             if member.image_size not in cache:
                 cache[member.image_size] = load_images(part, member.image_size)
-            probs = predict_images(member.model, cache[member.image_size], batch_size, spec.get("tta_flip", False), device)
-            total[start:start + len(part)] += weight * probs
+            probs = predict_images(
+                member.model, cache[member.image_size], batch_size, spec.get("tta_flip", False), device
+            )
+            total[start : start + len(part)] += weight * probs
         if on_rows is not None:
             on_rows(len(part))
     return total.astype(np.float32), classes
@@ -124,17 +142,32 @@ def group_record(train_prevalence: Mapping[str, float], thresholds: GroupThresho
     return {"groups": frequency_groups(train_prevalence, thresholds), "group_thresholds": asdict(thresholds)}
 
 
-def ensemble_spec(ens: EnsembleConfig, classes: list[str], members: list[dict], val_map: float | None,
-                   prevalence: np.ndarray, weights: np.ndarray, rows: dict[str, int], ens_fp: str) -> dict[str, Any]:
+def ensemble_spec(
+    ens: EnsembleConfig,
+    classes: list[str],
+    members: list[dict],
+    val_map: float | None,
+    prevalence: np.ndarray,
+    weights: np.ndarray,
+    rows: dict[str, int],
+    ens_fp: str,
+) -> dict[str, Any]:
     """``ensemble.json`` as :func:`classifier.train.train_ensemble` writes it (the layout in this module's docstring)."""
     return {
-        "classes": classes, "tta_flip": ens.ensemble.tta_flip, "weights_mode": ens.ensemble.weights,
+        "classes": classes,
+        "tta_flip": ens.ensemble.tta_flip,
+        "weights_mode": ens.ensemble.weights,
         "members": members,
-        "val_map": val_map, "train_prevalence": dict(zip(classes, map(float, prevalence))),
-        **group_record(dict(zip(classes, map(float, prevalence)))),  # groups travel with the model (test-only evaluate)
+        "val_map": val_map,
+        "train_prevalence": dict(zip(classes, map(float, prevalence))),
+        **group_record(
+            dict(zip(classes, map(float, prevalence)))
+        ),  # groups travel with the model (test-only evaluate)
         "class_weights": dict(zip(classes, map(float, weights))),
         "rows": rows,
-        "synthetic_mode": ens.synthetic.mode, "config": ens.to_dict(), "fingerprint": ens_fp,
+        "synthetic_mode": ens.synthetic.mode,
+        "config": ens.to_dict(),
+        "fingerprint": ens_fp,
     }
 
 
@@ -155,7 +188,9 @@ def model_groups(spec: Mapping) -> tuple[dict[str, str], dict[str, float]] | Non
     return frequency_groups(prevalence, thresholds), prevalence
 
 
-def choose_weights(y_val: np.ndarray, member_probs: Sequence[np.ndarray], mode: str = "mean", step: float = 0.1) -> list[float]:
+def choose_weights(
+    y_val: np.ndarray, member_probs: Sequence[np.ndarray], mode: str = "mean", step: float = 0.1
+) -> list[float]:
     """Equal weights, or the point of a ``step`` simplex grid with the best val mAP (ties -> closest to equal)."""
     from classifier.metrics import macro_ap
 

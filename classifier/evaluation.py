@@ -36,9 +36,11 @@ def train_groups(df: pd.DataFrame, classes: list[str]) -> tuple[dict[str, str], 
     """Groups and prevalence from the manifest's real train rows (ensembles that store none)."""
     train = df[(df["split"] == "train") & (df["source"] == "real")]
     if train.empty:
-        raise UserError("evaluate: the ensemble stores no training prevalence (saved by an older version) and the manifest "
-                        "has no real training rows, so head/medium/tail cannot be defined; pass --data the manifest the "
-                        "model was trained on (all splits), or retrain the ensemble so it stores its groups")
+        raise UserError(
+            "evaluate: the ensemble stores no training prevalence (saved by an older version) and the manifest "
+            "has no real training rows, so head/medium/tail cannot be defined; pass --data the manifest the "
+            "model was trained on (all splits), or retrain the ensemble so it stores its groups"
+        )
     y = label_matrix(train, classes)
     prevalence = {}
     for j, c in enumerate(classes):
@@ -48,15 +50,24 @@ def train_groups(df: pd.DataFrame, classes: list[str]) -> tuple[dict[str, str], 
     return frequency_groups(prevalence), prevalence
 
 
-def evaluate_model(model_dir: str | Path, manifest: str | Path, split: str, out: str | Path, n_boot: int = 1000,
-                   seed: int = 0, batch_size: int = 64) -> dict[str, Any]:
+def evaluate_model(
+    model_dir: str | Path,
+    manifest: str | Path,
+    split: str,
+    out: str | Path,
+    n_boot: int = 1000,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> dict[str, Any]:
     df = read_manifest(manifest)
     rows = df[(df["split"] == split) & (df["source"] == "real")].reset_index(drop=True)
     rows.attrs.update(df.attrs)
     if rows.empty:
         present = sorted(set(df.loc[df["source"] == "real", "split"]))
-        raise UserError(f"{manifest}: no real rows with split={split!r} (it has {', '.join(present) or 'none'}); "
-                        f"use --split {present[0] if present else 'test'}")
+        raise UserError(
+            f"{manifest}: no real rows with split={split!r} (it has {', '.join(present) or 'none'}); "
+            f"use --split {present[0] if present else 'test'}"
+        )
     stored = model_groups(read_ensemble(model_dir))
     probs, classes = predict(model_dir, rows, batch_size=batch_size)
     if stored is not None:
@@ -66,20 +77,34 @@ def evaluate_model(model_dir: str | Path, manifest: str | Path, split: str, out:
         groups, prevalence = train_groups(df, classes)
         groups_from = "manifest train split"
     y = label_matrix(rows, classes)
-    result = evaluate(y, probs, classes, groups, patient_ids=rows["subject_id"].astype(str).to_numpy(), n_boot=n_boot, seed=seed)
+    result = evaluate(
+        y, probs, classes, groups, patient_ids=rows["subject_id"].astype(str).to_numpy(), n_boot=n_boot, seed=seed
+    )
     out = Path(out)
     missing = write_submission(out / SUBMISSION_FILE, rows["dicom_id"], probs, classes)
     with atomic_path(out / "probs.csv") as tmp:
-        pd.DataFrame(probs, columns=classes).assign(dicom_id=rows["dicom_id"].to_numpy())[["dicom_id", *classes]].to_csv(tmp, index=False)
-    result.update({"split": split, "model": str(Path(model_dir).resolve()), "manifest": str(Path(manifest).resolve()),
-                   "groups": groups, "groups_from": groups_from, "train_prevalence": prevalence, "bootstrap_seed": seed,
-                   "submission": {"file": SUBMISSION_FILE, "filled_with_zero": missing}})
+        pd.DataFrame(probs, columns=classes).assign(dicom_id=rows["dicom_id"].to_numpy())[
+            ["dicom_id", *classes]
+        ].to_csv(tmp, index=False)
+    result.update(
+        {
+            "split": split,
+            "model": str(Path(model_dir).resolve()),
+            "manifest": str(Path(manifest).resolve()),
+            "groups": groups,
+            "groups_from": groups_from,
+            "train_prevalence": prevalence,
+            "bootstrap_seed": seed,
+            "submission": {"file": SUBMISSION_FILE, "filled_with_zero": missing},
+        }
+    )
     write_json_atomic(out / "metrics.json", result)
     return result
 
 
-def predict_submission(model_dir: str | Path, rows: pd.DataFrame, out_file: str | Path, batch_size: int = 64,
-                       progress: bool = True) -> tuple[Path, list[str]]:
+def predict_submission(
+    model_dir: str | Path, rows: pd.DataFrame, out_file: str | Path, batch_size: int = 64, progress: bool = True
+) -> tuple[Path, list[str]]:
     """Predict ``rows`` (``dicom_id`` + ``fpath``; no labels needed) and write the CXR-LT submission CSV
     (``dicom_id`` + the model's class columns in taxonomy order) atomically; return (path, classes).
 
@@ -92,8 +117,13 @@ def predict_submission(model_dir: str | Path, rows: pd.DataFrame, out_file: str 
     columns = (TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("predict", total=len(rows))
-        probs, classes = predict(model_dir, rows, batch_size=batch_size, chunk_rows=max(batch_size, 1024),
-                                 on_rows=lambda n: bar.advance(task, n))
+        probs, classes = predict(
+            model_dir,
+            rows,
+            batch_size=batch_size,
+            chunk_rows=max(batch_size, 1024),
+            on_rows=lambda n: bar.advance(task, n),
+        )
     ordered = [c for c in CXR_LT_CLASSES if c in classes]
     write_submission(out_file, rows["dicom_id"], probs, classes, columns=ordered)
     return Path(out_file), ordered
@@ -110,18 +140,34 @@ def render_table(result: dict[str, Any]):
         lo, hi = result["ci"].get(key, (None, None))
         return "" if lo is None else f" [{lo:.3f}, {hi:.3f}]"
 
-    summary = Table(title=f"{result.get('split', '')}: {result['n']} images, {result['n_patients']} patients, "
-                          f"{result['n_boot']} patient-bootstrap resamples")
+    summary = Table(
+        title=f"{result.get('split', '')}: {result['n']} images, {result['n_patients']} patients, "
+        f"{result['n_boot']} patient-bootstrap resamples"
+    )
     for col in ("mAP", "head mAP", "medium mAP", "tail mAP", "mAUROC", "mF1@0.5", "ECE"):
         summary.add_column(col, justify="right")
-    summary.add_row(*(f(result[k]) + ci(k) for k in ("map", "head_map", "medium_map", "tail_map")),
-                    f(result["mauroc"]), f(result["mf1"]), f(result["ece"]))
+    summary.add_row(
+        *(f(result[k]) + ci(k) for k in ("map", "head_map", "medium_map", "tail_map")),
+        f(result["mauroc"]),
+        f(result["mf1"]),
+        f(result["ece"]),
+    )
     per = Table(title="per class (— = no positives in this split: excluded from the means)")
-    for col, justify in (("class", "left"), ("group", "left"), ("n_pos", "right"), ("AP", "right"), ("AUROC", "right"),
-                         ("F1", "right"), ("FNR", "right"), ("ECE", "right")):
+    for col, justify in (
+        ("class", "left"),
+        ("group", "left"),
+        ("n_pos", "right"),
+        ("AP", "right"),
+        ("AUROC", "right"),
+        ("F1", "right"),
+        ("FNR", "right"),
+        ("ECE", "right"),
+    ):
         per.add_column(col, justify=justify)
     order = {"head": 0, "medium": 1, "tail": 2}
     groups = result.get("groups", {})
     for c, m in sorted(result["per_class"].items(), key=lambda kv: (order.get(groups.get(kv[0]), 3), kv[0])):
-        per.add_row(c, groups.get(c, "?"), str(m["n_pos"]), f(m["ap"]), f(m["auroc"]), f(m["f1"]), f(m["fnr"]), f(m["ece"]))
+        per.add_row(
+            c, groups.get(c, "?"), str(m["n_pos"]), f(m["ap"]), f(m["auroc"]), f(m["f1"]), f(m["fnr"]), f(m["ece"])
+        )
     return summary, per

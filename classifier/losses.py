@@ -45,11 +45,18 @@ class AsymmetricLoss(nn.Module):
     annotated ones. Masking is the reason this class exists; the rest follows Ridnik et al. as timm does.
     """
 
-    def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 1.0, clip: float = 0.05,
-                 class_weights: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        gamma_neg: float = 4.0,
+        gamma_pos: float = 1.0,
+        clip: float = 0.05,
+        class_weights: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.gamma_neg, self.gamma_pos, self.clip = gamma_neg, gamma_pos, clip
-        self.register_buffer("class_weights", class_weights if class_weights is not None else torch.ones(0), persistent=False)
+        self.register_buffer(
+            "class_weights", class_weights if class_weights is not None else torch.ones(0), persistent=False
+        )
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         labels, mask = _clean(labels, mask)
@@ -66,7 +73,9 @@ class MaskedBCE(nn.Module):
 
     def __init__(self, class_weights: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.register_buffer("class_weights", class_weights if class_weights is not None else torch.ones(0), persistent=False)
+        self.register_buffer(
+            "class_weights", class_weights if class_weights is not None else torch.ones(0), persistent=False
+        )
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         labels, mask = _clean(labels, mask)

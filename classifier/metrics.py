@@ -152,8 +152,9 @@ def resampled_ap(y: np.ndarray, p: np.ndarray, codes: np.ndarray, counts: np.nda
 
     def cumulative(rows: np.ndarray) -> np.ndarray:
         rows = rows & inside
-        incidence = sparse.csr_matrix((np.ones(int(rows.sum())), (segment[rows], codes[rows])),
-                                      shape=(len(thresholds), counts.shape[1]))
+        incidence = sparse.csr_matrix(
+            (np.ones(int(rows.sum())), (segment[rows], codes[rows])), shape=(len(thresholds), counts.shape[1])
+        )
         return np.cumsum(np.asarray(incidence @ counts.T).T, axis=1)  # (n_boot, thresholds)
 
     tp, fp = cumulative(pos), cumulative(y == 0)
@@ -165,8 +166,13 @@ def resampled_ap(y: np.ndarray, p: np.ndarray, codes: np.ndarray, counts: np.nda
     return np.where(total[:, 0] > 0, np.sum(d_recall * precision, axis=1), np.nan)
 
 
-def _boot_group_maps(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], groups: Mapping[str, str],
-                     resamples: PatientResamples) -> dict[str, np.ndarray]:
+def _boot_group_maps(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    groups: Mapping[str, str],
+    resamples: PatientResamples,
+) -> dict[str, np.ndarray]:
     """(n_boot,) arrays of map / head_map / medium_map / tail_map (NaN where the split has no class with positives).
 
     Every resample averages the same classes as the point estimate: a class whose
@@ -191,7 +197,9 @@ def _boot_group_maps(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[st
     return out
 
 
-def _group_maps(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], groups: Mapping[str, str]) -> dict[str, float | None]:
+def _group_maps(
+    y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], groups: Mapping[str, str]
+) -> dict[str, float | None]:
     return group_means({c: class_metrics(y_true[:, j], probs[:, j])["ap"] for j, c in enumerate(classes)}, groups)
 
 
@@ -212,8 +220,15 @@ def _ci(samples: np.ndarray, level: float = CI_LEVEL) -> tuple[float | None, flo
 # ---------------------------------------------------------------- public API
 
 
-def evaluate(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], groups: Mapping[str, str],
-             patient_ids: Sequence[Any] | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+def evaluate(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    groups: Mapping[str, str],
+    patient_ids: Sequence[Any] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """The CXR-LT table of one run: macro/group mAP with patient-bootstrap CIs, mAUROC, mF1, ECE, per class."""
     y_true = np.asarray(y_true, dtype=np.float64)
     probs = np.asarray(probs, dtype=np.float64)
@@ -239,8 +254,16 @@ def evaluate(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], grou
     return out
 
 
-def paired_bootstrap(y_true: np.ndarray, prob_base: np.ndarray, prob_arm: np.ndarray, classes: Sequence[str],
-                     groups: Mapping[str, str], patients: Sequence[Any], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+def paired_bootstrap(
+    y_true: np.ndarray,
+    prob_base: np.ndarray,
+    prob_arm: np.ndarray,
+    classes: Sequence[str],
+    groups: Mapping[str, str],
+    patients: Sequence[Any],
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Arm − base for map / head_map / medium_map / tail_map on the SAME resampled patients.
 
     ``p`` is the two-sided bootstrap p-value of "no difference" (twice the
@@ -249,9 +272,16 @@ def paired_bootstrap(y_true: np.ndarray, prob_base: np.ndarray, prob_arm: np.nda
     return paired_bootstrap_runs(y_true, [prob_base], [prob_arm], classes, groups, patients, n_boot, seed)
 
 
-def paired_bootstrap_runs(y_true: np.ndarray, probs_base: Sequence[np.ndarray], probs_arm: Sequence[np.ndarray],
-                          classes: Sequence[str], groups: Mapping[str, str], patients: Sequence[Any],
-                          n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+def paired_bootstrap_runs(
+    y_true: np.ndarray,
+    probs_base: Sequence[np.ndarray],
+    probs_arm: Sequence[np.ndarray],
+    classes: Sequence[str],
+    groups: Mapping[str, str],
+    patients: Sequence[Any],
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """The run-averaged difference (e.g. over training seeds), arm k paired with base k, one bootstrap.
 
     Each resample draws one set of patients and scores every run on it, then
@@ -270,8 +300,12 @@ def paired_bootstrap_runs(y_true: np.ndarray, probs_base: Sequence[np.ndarray], 
     for pb, pa in zip(probs_base, probs_arm):
         pb, pa = np.asarray(pb, dtype=np.float64), np.asarray(pa, dtype=np.float64)
         point_base, point_arm = _group_maps(y_true, pb, classes, groups), _group_maps(y_true, pa, classes, groups)
-        points.append({k: None if point_base[k] is None or point_arm[k] is None else point_arm[k] - point_base[k]
-                       for k in point_base})
+        points.append(
+            {
+                k: None if point_base[k] is None or point_arm[k] is None else point_arm[k] - point_base[k]
+                for k in point_base
+            }
+        )
         base = _boot_group_maps(y_true, pb, classes, groups, resamples)
         arm = _boot_group_maps(y_true, pa, classes, groups, resamples)
         boots.append({k: arm[k] - base[k] for k in base})
@@ -283,14 +317,23 @@ def paired_bootstrap_runs(y_true: np.ndarray, probs_base: Sequence[np.ndarray], 
         d = np.mean([b[key] for b in boots], axis=0)
         d = d[~np.isnan(d)]
         p = float(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0)))) if d.size and n_boot > 0 else None
-        out[key] = {"diff": float(np.mean([pt[key] for pt in points])),
-                    "ci": _ci(d) if n_boot > 0 else (None, None), "p": p,
-                    "run_diffs": [float(pt[key]) for pt in points]}
+        out[key] = {
+            "diff": float(np.mean([pt[key] for pt in points])),
+            "ci": _ci(d) if n_boot > 0 else (None, None),
+            "p": p,
+            "run_diffs": [float(pt[key]) for pt in points],
+        }
     return out
 
 
-def write_submission(path: str | Path, dicom_ids: Sequence[str], probs: np.ndarray, classes: Sequence[str],
-                     fill: float = 0.0, columns: Sequence[str] | None = None) -> list[str]:
+def write_submission(
+    path: str | Path,
+    dicom_ids: Sequence[str],
+    probs: np.ndarray,
+    classes: Sequence[str],
+    fill: float = 0.0,
+    columns: Sequence[str] | None = None,
+) -> list[str]:
     """CXR-LT submission CSV: ``dicom_id`` + the 40 class probability columns in challenge order
     (or ``columns``, e.g. only the model's classes).
 
@@ -301,7 +344,7 @@ def write_submission(path: str | Path, dicom_ids: Sequence[str], probs: np.ndarr
     index = {c: j for j, c in enumerate(classes)}
     table = {"dicom_id": list(map(str, dicom_ids))}
     missing = []
-    for c in (CXR_LT_CLASSES if columns is None else columns):
+    for c in CXR_LT_CLASSES if columns is None else columns:
         if c in index:
             table[c] = probs[:, index[c]]
         else:

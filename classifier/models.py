@@ -23,7 +23,9 @@ PIXEL_MEAN = 0.5
 PIXEL_STD = 0.25
 
 
-def build_model(arch: str, num_classes: int, pretrained_file: str | None = None, drop_path_rate: float = 0.0) -> nn.Module:
+def build_model(
+    arch: str, num_classes: int, pretrained_file: str | None = None, drop_path_rate: float = 0.0
+) -> nn.Module:
     """A timm classifier with ``num_classes`` logits and a 1-channel stem."""
     import timm
 
@@ -35,13 +37,19 @@ def build_model(arch: str, num_classes: int, pretrained_file: str | None = None,
     if pretrained_file:
         path = Path(pretrained_file)
         if not path.is_file():
-            raise UserError(f"pretrained_file {path} not found; give a local timm weights file (.safetensors/.pth) or null")
+            raise UserError(
+                f"pretrained_file {path} not found; give a local timm weights file (.safetensors/.pth) or null"
+            )
         try:  # timm reads .safetensors with safetensors and anything else with torch.load(weights_only=True)
-            return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(path.resolve())}, **kwargs)
+            return timm.create_model(
+                arch, pretrained=True, pretrained_cfg_overlay={"file": str(path.resolve())}, **kwargs
+            )
         except (RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as err:
             first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-            raise UserError(f"pretrained_file {path} cannot be loaded into {arch} ({first}); give the {arch} ImageNet weights "
-                            "as .safetensors (e.g. timm's model.safetensors) or a plain state-dict file") from None
+            raise UserError(
+                f"pretrained_file {path} cannot be loaded into {arch} ({first}); give the {arch} ImageNet weights "
+                "as .safetensors (e.g. timm's model.safetensors) or a plain state-dict file"
+            ) from None
     return timm.create_model(arch, pretrained=False, **kwargs)
 
 
@@ -51,7 +59,9 @@ def check_input_size(model: nn.Module, arch: str, image_size: int) -> None:
         with torch.no_grad():
             model.eval()(torch.zeros(1, 1, image_size, image_size))
     except RuntimeError as err:
-        raise UserError(f"classifier member {arch}@{image_size}px: input too small for this arch "
-                        f"({str(err).splitlines()[0][:80]}); use image_size >= 32 for ConvNeXt") from None
+        raise UserError(
+            f"classifier member {arch}@{image_size}px: input too small for this arch "
+            f"({str(err).splitlines()[0][:80]}); use image_size >= 32 for ConvNeXt"
+        ) from None
     finally:
         model.train()

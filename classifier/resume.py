@@ -37,8 +37,13 @@ class Progress:
     history: list = dataclasses.field(default_factory=list)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "step": self.step, "best_map": self.best_map, "best_epoch": self.best_epoch,
-                "history": json.dumps(self.history)}
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_map": self.best_map,
+            "best_epoch": self.best_epoch,
+            "history": json.dumps(self.history),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
@@ -46,13 +51,21 @@ class Progress:
         self.history = json.loads(state["history"])
 
 
-def record_epoch(progress: Progress, val_map: float | None, losses: list[torch.Tensor],
-                  images_per_s: float) -> tuple[float, float, bool]:
+def record_epoch(
+    progress: Progress, val_map: float | None, losses: list[torch.Tensor], images_per_s: float
+) -> tuple[float, float, bool]:
     """Append the epoch to ``progress.history`` (val mAP -1 when undefined); returns (val mAP, mean loss, improved)."""
     score = -1.0 if val_map is None else val_map
     mean_loss = float(torch.stack(losses).mean()) if losses else float("nan")
-    progress.history.append({"epoch": progress.epoch, "step": progress.step, "loss": mean_loss, "val_map": score,
-                             "images_per_s": images_per_s})
+    progress.history.append(
+        {
+            "epoch": progress.epoch,
+            "step": progress.step,
+            "loss": mean_loss,
+            "val_map": score,
+            "images_per_s": images_per_s,
+        }
+    )
     improved = score > progress.best_map
     if improved:
         progress.best_map, progress.best_epoch = score, progress.epoch
@@ -65,7 +78,9 @@ def fingerprint_of(*parts: Any) -> str:
 
 
 def rows_key(df: pd.DataFrame) -> str:
-    return hashlib.sha256("\n".join(df["dicom_id"].astype(str) + "|" + df["fpath"].astype(str)).encode()).hexdigest()[:16]
+    return hashlib.sha256("\n".join(df["dicom_id"].astype(str) + "|" + df["fpath"].astype(str)).encode()).hexdigest()[
+        :16
+    ]
 
 
 #: TrainConfig keys that change where or how fast, never what is learned: left out of the fingerprints,
@@ -77,9 +92,15 @@ def results_only(section: dict) -> dict:
     return {k: v for k, v in section.items() if k not in NOT_RESULTS}
 
 
-
-def resume_or_start_afresh(accelerator, folder: Path, fingerprint: str, stage: str, read_own: Callable[[Path], None],
-                            resumed: Callable[[], str], log: Callable[[str], None]) -> None:
+def resume_or_start_afresh(
+    accelerator,
+    folder: Path,
+    fingerprint: str,
+    stage: str,
+    read_own: Callable[[Path], None],
+    resumed: Callable[[], str],
+    log: Callable[[str], None],
+) -> None:
     """Resume ``folder/state`` when it was written by this config, data and format and holds no pickle; else clear it.
 
     A folder that cannot be resumed is deleted with ``best.safetensors`` (one log line says why), and the
@@ -94,9 +115,13 @@ def resume_or_start_afresh(accelerator, folder: Path, fingerprint: str, stage: s
         log(f"{stage}: {resumed()}")
     elif state_dir.exists():
         if accelerator.is_main_process:
-            why = (f"it holds pickled {', '.join(unsafe)}, which is never unpickled" if unsafe else
-                   "config, data or checkpoint format changed since it was written" if not same else
-                   f"it has no {PROGRESS_FILE}")
+            why = (
+                f"it holds pickled {', '.join(unsafe)}, which is never unpickled"
+                if unsafe
+                else "config, data or checkpoint format changed since it was written"
+                if not same
+                else f"it has no {PROGRESS_FILE}"
+            )
             log(f"{stage}: not resuming the checkpoint in {folder} ({why}); starting afresh")
             shutil.rmtree(state_dir, ignore_errors=True)
             best_file.unlink(missing_ok=True)
@@ -104,7 +129,6 @@ def resume_or_start_afresh(accelerator, folder: Path, fingerprint: str, stage: s
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(fp_file, stamp)
-
 
 
 def save_own_state(folder: Path, scheduler, progress: Progress, ema) -> None:

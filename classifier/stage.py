@@ -29,6 +29,7 @@ from synth.training import first_step_warmup_cosine, flat_hparams, save_state_at
 #: Test hook: called as ``hook(stage, epoch)`` after each epoch's checkpoint (tests interrupt training here).
 EPOCH_END_HOOK: Callable[[str, int], None] | None = None
 
+
 @dataclasses.dataclass
 class Stage:
     name: str
@@ -48,16 +49,26 @@ class ConsoleLog:
             print(f"[classifier] {message}", flush=True)
 
 
-def fit_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val: CachedSet, class_weights: torch.Tensor,
-              folder: Path, init: dict[str, torch.Tensor] | None, fingerprint: str, log: ConsoleLog) -> dict[str, Any]:
+def fit_stage(
+    ens: EnsembleConfig,
+    member: MemberConfig,
+    stage: Stage,
+    val: CachedSet,
+    class_weights: torch.Tensor,
+    folder: Path,
+    init: dict[str, torch.Tensor] | None,
+    fingerprint: str,
+    log: ConsoleLog,
+) -> dict[str, Any]:
     """Train one stage; return ``{"state": best-or-last weights, "history", "best_epoch", "val_map", ...}``.
 
     ``folder`` holds the resumable checkpoint (``state/``) and the best EMA
     weights so far (``best.safetensors``).
     """
     t = ens.train
-    loop, progress, batch_size, per_epoch, total = _prepared_stage(ens, member, stage, val, class_weights, folder, init,
-                                                                   fingerprint, log)
+    loop, progress, batch_size, per_epoch, total = _prepared_stage(
+        ens, member, stage, val, class_weights, folder, init, fingerprint, log
+    )
     accelerator, model, raw, scheduler, ema = loop.accelerator, loop.model, loop.raw, loop.scheduler, loop.ema
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     use_cuda = device.type == "cuda"
@@ -85,10 +96,19 @@ def fit_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val: Cach
         if t.checkpoint:
             save_state_atomically(accelerator, state_dir, lambda d: save_own_state(d, scheduler, progress, ema))
         if t.report_to != "none":
-            accelerator.log({"train/loss": mean_loss, "val/map": score, "train/lr": scheduler.get_last_lr()[0],
-                             "train/images_per_s": images_per_s}, step=progress.step)
-        log(f"{stage.name} epoch {progress.epoch}/{stage.epochs}: loss {mean_loss:.4f}, val mAP {score:.4f}, "
-            f"{images_per_s:.0f} img/s")
+            accelerator.log(
+                {
+                    "train/loss": mean_loss,
+                    "val/map": score,
+                    "train/lr": scheduler.get_last_lr()[0],
+                    "train/images_per_s": images_per_s,
+                },
+                step=progress.step,
+            )
+        log(
+            f"{stage.name} epoch {progress.epoch}/{stage.epochs}: loss {mean_loss:.4f}, val mAP {score:.4f}, "
+            f"{images_per_s:.0f} img/s"
+        )
         if EPOCH_END_HOOK is not None:
             EPOCH_END_HOOK(stage.name, progress.epoch)
 
@@ -101,9 +121,17 @@ def fit_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val: Cach
     return result
 
 
-def _prepared_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val: CachedSet, class_weights: torch.Tensor,
-                    folder: Path, init: dict[str, torch.Tensor] | None, fingerprint: str,
-                    log: ConsoleLog) -> tuple[StageLoop, Progress, int, int, int]:
+def _prepared_stage(
+    ens: EnsembleConfig,
+    member: MemberConfig,
+    stage: Stage,
+    val: CachedSet,
+    class_weights: torch.Tensor,
+    folder: Path,
+    init: dict[str, torch.Tensor] | None,
+    fingerprint: str,
+    log: ConsoleLog,
+) -> tuple[StageLoop, Progress, int, int, int]:
     """Seeded model, AdamW, schedule, loss and EMA, prepared by the stage's Accelerator and resumed from ``folder``
     when its checkpoint belongs to this run; returns (loop, progress, batch size, steps per epoch, total steps)."""
     from accelerate.utils import set_seed
@@ -114,7 +142,9 @@ def _prepared_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val
     use_cuda = accelerator.device.type == "cuda"
     set_seed(member.seed * 1000 + {"pretrain": 1}.get(stage.name, 0), device_specific=True)
     model = _stage_model(member, int(val.labels.shape[1]), init, t.channels_last and use_cuda)
-    batch_size, per_epoch, total = _step_budget(ens, member, stage, accelerator.process_index, accelerator.num_processes)
+    batch_size, per_epoch, total = _step_budget(
+        ens, member, stage, accelerator.process_index, accelerator.num_processes
+    )
     optimizer = adamw_decaying_weights_only(model, member.lr or t.lr, t.weight_decay)
     scheduler = first_step_warmup_cosine(optimizer, int(t.warmup_frac * total), total)
     loss_fn = _stage_loss(ens, class_weights).to(accelerator.device)
@@ -122,21 +152,31 @@ def _prepared_stage(ens: EnsembleConfig, member: MemberConfig, stage: Stage, val
     raw = accelerator.unwrap_model(model)
     ema = ModelEmaV3(raw, decay=t.ema_decay, use_warmup=True) if t.ema_decay else None
     progress = Progress()
-    resume_or_start_afresh(accelerator, folder, fingerprint, stage.name,
-                           lambda d: load_own_state(d, scheduler, progress, ema),
-                           lambda: f"resumed after epoch {progress.epoch} (step {progress.step})", log)
+    resume_or_start_afresh(
+        accelerator,
+        folder,
+        fingerprint,
+        stage.name,
+        lambda d: load_own_state(d, scheduler, progress, ema),
+        lambda: f"resumed after epoch {progress.epoch} (step {progress.step})",
+        log,
+    )
     loop = StageLoop(accelerator, model, raw, optimizer, scheduler, loss_fn, ema, t.channels_last and use_cuda)
     return loop, progress, batch_size, per_epoch, total
 
 
-def _step_budget(ens: EnsembleConfig, member: MemberConfig, stage: Stage, rank: int, world: int) -> tuple[int, int, int]:
+def _step_budget(
+    ens: EnsembleConfig, member: MemberConfig, stage: Stage, rank: int, world: int
+) -> tuple[int, int, int]:
     """(batch size, optimiser steps per epoch on this process, total steps of the stage: epochs or train.max_steps)."""
     t = ens.train
     batch_size = member.batch_size or t.batch_size
     per_epoch = len(epoch_batches(len(stage.data), batch_size, 0, member.seed, rank, world)) // t.grad_accum
     if per_epoch < 1:
-        raise UserError(f"classifier: {len(stage.data)} {stage.name} rows give no optimiser step with batch {batch_size} × "
-                        f"grad_accum {t.grad_accum}; lower train.batch_size or train.grad_accum")
+        raise UserError(
+            f"classifier: {len(stage.data)} {stage.name} rows give no optimiser step with batch {batch_size} × "
+            f"grad_accum {t.grad_accum}; lower train.batch_size or train.grad_accum"
+        )
     total = per_epoch * stage.epochs
     if t.max_steps is not None:
         total = min(total, t.max_steps)
@@ -157,18 +197,32 @@ def _stage_accelerator(ens: EnsembleConfig, member: MemberConfig, stage: Stage, 
     t = ens.train
     # the one place a stage's precision is decided: the same here whether the classifier runs alone, after a
     # fresh generator/verifier in `synth ablate`, or in a resumed ablation whose earlier stages were cached
-    accelerator, note = make_accelerator(t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
-                                         **tracker_kwargs(t.report_to, folder.parent.parent))
+    accelerator, note = make_accelerator(
+        t.mixed_precision,
+        gradient_accumulation_steps=t.grad_accum,
+        **tracker_kwargs(t.report_to, folder.parent.parent),
+    )
     if note:
         log(note)
     if t.report_to != "none":
-        accelerator.init_trackers(f"{folder.parent.name}-{stage.name}", config=flat_hparams(dataclasses.asdict(member) | {
-            "stage": stage.name, "epochs": stage.epochs, "rows": len(stage.data), "mixed_precision": accelerator.mixed_precision}))
+        accelerator.init_trackers(
+            f"{folder.parent.name}-{stage.name}",
+            config=flat_hparams(
+                dataclasses.asdict(member)
+                | {
+                    "stage": stage.name,
+                    "epochs": stage.epochs,
+                    "rows": len(stage.data),
+                    "mixed_precision": accelerator.mixed_precision,
+                }
+            ),
+        )
     return accelerator
 
 
-def _stage_model(member: MemberConfig, n_classes: int, init: dict[str, torch.Tensor] | None,
-                 channels_last: bool) -> torch.nn.Module:
+def _stage_model(
+    member: MemberConfig, n_classes: int, init: dict[str, torch.Tensor] | None, channels_last: bool
+) -> torch.nn.Module:
     """The member's timm model: ``init``'s weights (the previous stage) or its pretrained file / random init."""
     pretrained = member.pretrained_file if init is None else None  # a later stage starts from the earlier one
     model = build_model(member.arch, n_classes, pretrained, member.drop_path_rate)
@@ -180,8 +234,9 @@ def _stage_model(member: MemberConfig, n_classes: int, init: dict[str, torch.Ten
     return model
 
 
-def _stage_result(stage: Stage, progress: Progress, best_file: Path, final_model: torch.nn.Module,
-                  mixed_precision: str) -> dict[str, Any]:
+def _stage_result(
+    stage: Stage, progress: Progress, best_file: Path, final_model: torch.nn.Module, mixed_precision: str
+) -> dict[str, Any]:
     """What :func:`fit_stage` returns: the selected weights (best val epoch, or the last) and the stage's record."""
     from safetensors.torch import load_file
 
@@ -191,6 +246,11 @@ def _stage_result(stage: Stage, progress: Progress, best_file: Path, final_model
     else:
         state = {k: v.detach().cpu().clone() for k, v in final_model.state_dict().items()}
     last_map = progress.history[-1]["val_map"] if progress.history else None
-    return {"state": state, "history": progress.history, "steps": progress.step,
-            "best_epoch": progress.best_epoch if best else progress.epoch,
-            "val_map": progress.best_map if best else last_map, "mixed_precision": mixed_precision}
+    return {
+        "state": state,
+        "history": progress.history,
+        "steps": progress.step,
+        "best_epoch": progress.best_epoch if best else progress.epoch,
+        "val_map": progress.best_map if best else last_map,
+        "mixed_precision": mixed_precision,
+    }

@@ -10,6 +10,7 @@ import torch
 from classifier.data import CachedSet, augment, prefetch, to_input
 from classifier.resume import Progress
 
+
 @dataclasses.dataclass
 class StageLoop:
     """The prepared pieces the optimiser steps of one stage use."""
@@ -24,8 +25,16 @@ class StageLoop:
     channels_last: bool
 
 
-def epoch_steps(loop: StageLoop, data: CachedSet, batches: list, grad_accum: int, total: int, progress: Progress,
-                 augment_cfg: Any, gen: torch.Generator) -> tuple[list[torch.Tensor], int]:
+def epoch_steps(
+    loop: StageLoop,
+    data: CachedSet,
+    batches: list,
+    grad_accum: int,
+    total: int,
+    progress: Progress,
+    augment_cfg: Any,
+    gen: torch.Generator,
+) -> tuple[list[torch.Tensor], int]:
     """One epoch's optimiser steps (``grad_accum`` batches each, up to step ``total``); returns (losses, images)."""
     acc, device = loop.accelerator, loop.accelerator.device
     losses, seen = [], 0
@@ -33,7 +42,7 @@ def epoch_steps(loop: StageLoop, data: CachedSet, batches: list, grad_accum: int
     for i in range(0, len(batches), grad_accum):
         if progress.step >= total:
             break
-        for idx in batches[i:i + grad_accum]:
+        for idx in batches[i : i + grad_accum]:
             x = augment(to_input(next(pixels)).to(device, non_blocking=True), augment_cfg, gen)
             if loop.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

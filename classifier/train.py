@@ -63,8 +63,18 @@ from synth.manifest import annotated_classes, label_matrix
 # ---------------------------------------------------------------- one member
 
 
-def train_member(ens: EnsembleConfig, k: int, member: MemberConfig, sets: dict[str, pd.DataFrame], classes: list[str],
-                 class_weights: np.ndarray, out: Path, cache: dict, log: ConsoleLog, cache_dir: Path | None = None) -> dict[str, Any]:
+def train_member(
+    ens: EnsembleConfig,
+    k: int,
+    member: MemberConfig,
+    sets: dict[str, pd.DataFrame],
+    classes: list[str],
+    class_weights: np.ndarray,
+    out: Path,
+    cache: dict,
+    log: ConsoleLog,
+    cache_dir: Path | None = None,
+) -> dict[str, Any]:
     """Train member ``k`` (all its stages) into ``out/member-<k>``; reuse it when already finished."""
     from synth.distributed import process_state
 
@@ -73,7 +83,11 @@ def train_member(ens: EnsembleConfig, k: int, member: MemberConfig, sets: dict[s
     section = {f: results_only(dataclasses.asdict(getattr(ens, f))) for f in ("train", "loss", "augment", "synthetic")}
     fp = fingerprint_of(dataclasses.asdict(member), section, classes, {n: rows_key(df) for n, df in sets.items()})
     meta_file = folder / MEMBER_FILE
-    if meta_file.exists() and (folder / WEIGHTS_FILE).exists() and json.loads(meta_file.read_text()).get("fingerprint") == fp:
+    if (
+        meta_file.exists()
+        and (folder / WEIGHTS_FILE).exists()
+        and json.loads(meta_file.read_text()).get("fingerprint") == fp
+    ):
         log(f"member {k} ({member.arch}@{member.image_size}): finished earlier, reused")
         return json.loads(meta_file.read_text())
 
@@ -82,7 +96,9 @@ def train_member(ens: EnsembleConfig, k: int, member: MemberConfig, sets: dict[s
         if key not in cache:
             t0 = time.perf_counter()
             cache[key] = cached_set(sets[name], classes, member.image_size, cache_dir, log)
-            log(f"{name}: {len(sets[name])} images at {member.image_size} px from the image cache ({time.perf_counter() - t0:.1f}s)")
+            log(
+                f"{name}: {len(sets[name])} images at {member.image_size} px from the image cache ({time.perf_counter() - t0:.1f}s)"
+            )
         return cache[key]
 
     plan = _stage_plan(ens, member, has_synthetic=len(sets["synthetic"]) > 0)
@@ -91,42 +107,81 @@ def train_member(ens: EnsembleConfig, k: int, member: MemberConfig, sets: dict[s
     for name, parts, n_epochs, select in plan:
         data = concat_sets([cached(p) for p in parts])
         stage = Stage(name, data, n_epochs, select)
-        result = _fit_or_reuse_stage(ens, k, member, stage, val, class_weights, folder, init, fingerprint_of(fp, name), log)
+        result = _fit_or_reuse_stage(
+            ens, k, member, stage, val, class_weights, folder, init, fingerprint_of(fp, name), log
+        )
         init = result["state"]
-        stages_meta.append({"name": name, "rows": len(data), "sources": {s: data.sources.count(s) for s in sorted(set(data.sources))},
-                            "epochs": n_epochs, "steps": result["steps"], "selected_epoch": result["best_epoch"],
-                            "mixed_precision": result.get("mixed_precision"),
-                            "val_map": result["val_map"], "history": result["history"]})
+        stages_meta.append(
+            {
+                "name": name,
+                "rows": len(data),
+                "sources": {s: data.sources.count(s) for s in sorted(set(data.sources))},
+                "epochs": n_epochs,
+                "steps": result["steps"],
+                "selected_epoch": result["best_epoch"],
+                "mixed_precision": result.get("mixed_precision"),
+                "val_map": result["val_map"],
+                "history": result["history"],
+            }
+        )
 
-    meta = {"arch": member.arch, "image_size": member.image_size, "seed": member.seed, "classes": classes,
-            "pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD, "val_map": stages_meta[-1]["val_map"],
-            "stages": stages_meta, "member": dataclasses.asdict(member), "fingerprint": fp}
+    meta = {
+        "arch": member.arch,
+        "image_size": member.image_size,
+        "seed": member.seed,
+        "classes": classes,
+        "pixel_mean": PIXEL_MEAN,
+        "pixel_std": PIXEL_STD,
+        "val_map": stages_meta[-1]["val_map"],
+        "stages": stages_meta,
+        "member": dataclasses.asdict(member),
+        "fingerprint": fp,
+    }
     if state.is_main_process:
         save_safetensors_atomic(folder / WEIGHTS_FILE, init)
         write_json_atomic(meta_file, meta)
         for name, *_ in plan:
-            shutil.rmtree(folder / f"ckpt-{name}", ignore_errors=True)  # finished: the resume state is no longer needed
+            shutil.rmtree(
+                folder / f"ckpt-{name}", ignore_errors=True
+            )  # finished: the resume state is no longer needed
     state.wait_for_everyone()
     return meta
 
 
-def _stage_plan(ens: EnsembleConfig, member: MemberConfig, has_synthetic: bool) -> list[tuple[str, list[str], int, str]]:
+def _stage_plan(
+    ens: EnsembleConfig, member: MemberConfig, has_synthetic: bool
+) -> list[tuple[str, list[str], int, str]]:
     """The member's stages as (stage, row sets, epochs, select), by ``synthetic.mode``."""
     mode, epochs = ens.synthetic.mode, member.epochs or ens.train.epochs
     # pretrain_finetune: synthetic-only pretraining (RoentGen-v2), then real-only fine-tuning with a fresh
     # optimiser/schedule/EMA; "select" of the pretraining stage is "last" (val is real, the stage is a warm start).
     if mode == "pretrain_finetune" and has_synthetic:
-        return [("pretrain", ["synthetic"] + (["real"] if ens.synthetic.pretrain_with_real else []),
-                 ens.synthetic.pretrain_epochs, "last"),
-                ("finetune", ["real"], epochs, ens.train.select)]
+        return [
+            (
+                "pretrain",
+                ["synthetic"] + (["real"] if ens.synthetic.pretrain_with_real else []),
+                ens.synthetic.pretrain_epochs,
+                "last",
+            ),
+            ("finetune", ["real"], epochs, ens.train.select),
+        ]
     if mode == "mix" and has_synthetic:
         return [("train", ["real", "synthetic"], epochs, ens.train.select)]
     return [("train", ["real"], epochs, ens.train.select)]
 
 
-def _fit_or_reuse_stage(ens: EnsembleConfig, k: int, member: MemberConfig, stage: Stage, val: CachedSet,
-                        class_weights: np.ndarray, folder: Path, init: dict[str, torch.Tensor] | None, stage_fp: str,
-                        log: ConsoleLog) -> dict[str, Any]:
+def _fit_or_reuse_stage(
+    ens: EnsembleConfig,
+    k: int,
+    member: MemberConfig,
+    stage: Stage,
+    val: CachedSet,
+    class_weights: np.ndarray,
+    folder: Path,
+    init: dict[str, torch.Tensor] | None,
+    stage_fp: str,
+    log: ConsoleLog,
+) -> dict[str, Any]:
     """A stage finished earlier with this fingerprint (``<stage>.safetensors`` + ``.json``), or :func:`fit_stage`."""
     from safetensors.torch import load_file
 
@@ -140,9 +195,13 @@ def _fit_or_reuse_stage(ens: EnsembleConfig, k: int, member: MemberConfig, stage
         result = {**json.loads(done_meta.read_text()), "state": load_file(str(done_file))}
         log(f"member {k} stage {name}: finished earlier, reused")
         return result
-    log(f"member {k} ({member.arch}@{member.image_size}) stage {name}: {len(data)} rows "
-        f"({', '.join(f'{s}={data.sources.count(s)}' for s in sorted(set(data.sources)))}), {stage.epochs} epochs")
-    result = fit_stage(ens, member, stage, val, torch.from_numpy(class_weights), folder / f"ckpt-{name}", init, stage_fp, log)
+    log(
+        f"member {k} ({member.arch}@{member.image_size}) stage {name}: {len(data)} rows "
+        f"({', '.join(f'{s}={data.sources.count(s)}' for s in sorted(set(data.sources)))}), {stage.epochs} epochs"
+    )
+    result = fit_stage(
+        ens, member, stage, val, torch.from_numpy(class_weights), folder / f"ckpt-{name}", init, stage_fp, log
+    )
     if state.is_main_process:
         save_safetensors_atomic(done_file, result["state"])
         write_json_atomic(done_meta, {"fingerprint": stage_fp, **{k2: v for k2, v in result.items() if k2 != "state"}})
@@ -153,8 +212,14 @@ def _fit_or_reuse_stage(ens: EnsembleConfig, k: int, member: MemberConfig, stage
 # ---------------------------------------------------------------- the ensemble
 
 
-def train_ensemble(ens: EnsembleConfig, train_df: pd.DataFrame, out: str | Path, classes: Sequence[str] | None = None,
-                   log: Callable[[str], None] | None = None, row_repeats: dict[str, int] | None = None) -> Path:
+def train_ensemble(
+    ens: EnsembleConfig,
+    train_df: pd.DataFrame,
+    out: str | Path,
+    classes: Sequence[str] | None = None,
+    log: Callable[[str], None] | None = None,
+    row_repeats: dict[str, int] | None = None,
+) -> Path:
     """Train every member of ``ens`` on ``train_df``'s training rows; write ``out`` (see classifier.ensemble); return it.
 
     ``train_df`` may hold all splits (real) plus synthetic rows; test rows are
@@ -195,19 +260,31 @@ def train_ensemble(ens: EnsembleConfig, train_df: pd.DataFrame, out: str | Path,
     member_probs = _members_val_probs(ens, metas, val_df, classes, out, cache, cache_dir, log)
     w = choose_weights(y_val, member_probs, ens.ensemble.weights)
     val_map = macro_ap(y_val, sum(wi * p for wi, p in zip(w, member_probs)))
-    members = [{"dir": f"member-{k}", "arch": m["arch"], "image_size": m["image_size"], "seed": m["seed"],
-                "weight": w[k], "val_map": m["val_map"], "val_map_as_ensembled": macro_ap(y_val, member_probs[k])}
-               for k, m in enumerate(metas)]
+    members = [
+        {
+            "dir": f"member-{k}",
+            "arch": m["arch"],
+            "image_size": m["image_size"],
+            "seed": m["seed"],
+            "weight": w[k],
+            "val_map": m["val_map"],
+            "val_map_as_ensembled": macro_ap(y_val, member_probs[k]),
+        }
+        for k, m in enumerate(metas)
+    ]
     rows = {"real_train": len(real_train), "val": len(val_df), "synthetic": len(syn)}
     if state.is_main_process:
         write_json_atomic(spec_file, ensemble_spec(ens, classes, members, val_map, prevalence, weights, rows, ens_fp))
     state.wait_for_everyone()
-    log(f"ensemble of {len(metas)} written to {out} (val mAP {val_map if val_map is None else round(val_map, 4)}, weights {w})")
+    log(
+        f"ensemble of {len(metas)} written to {out} (val mAP {val_map if val_map is None else round(val_map, 4)}, weights {w})"
+    )
     return out
 
 
-def _row_sets(ens: EnsembleConfig, df: pd.DataFrame, classes: Sequence[str] | None,
-              row_repeats: dict[str, int] | None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], list[str]]:
+def _row_sets(
+    ens: EnsembleConfig, df: pd.DataFrame, classes: Sequence[str] | None, row_repeats: dict[str, int] | None
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], list[str]]:
     """The real training rows, the ``{"real" (repeated), "val", "synthetic"}`` row sets of ``df`` (no test rows) and
     the classes (given, or those annotated in the real training rows)."""
     real_train = real_rows(df, "train")
@@ -215,41 +292,73 @@ def _row_sets(ens: EnsembleConfig, df: pd.DataFrame, classes: Sequence[str] | No
     check_rows(real_train, val_df, "classifier training data")
     classes = list(classes) if classes is not None else annotated_classes(real_train)
     if not classes:
-        raise UserError("classifier: no class is annotated in the real training rows; check the manifest's label columns")
+        raise UserError(
+            "classifier: no class is annotated in the real training rows; check the manifest's label columns"
+        )
     syn = synthetic_rows(df, ens.synthetic, len(real_train))
-    sets = {"real": real_train if not row_repeats else real_train.iloc[np.repeat(np.arange(len(real_train)),
-        real_train["dicom_id"].astype(str).map(row_repeats).fillna(1).astype(int).to_numpy())], "val": val_df, "synthetic": syn}
+    sets = {
+        "real": real_train
+        if not row_repeats
+        else real_train.iloc[
+            np.repeat(
+                np.arange(len(real_train)),
+                real_train["dicom_id"].astype(str).map(row_repeats).fillna(1).astype(int).to_numpy(),
+            )
+        ],
+        "val": val_df,
+        "synthetic": syn,
+    }
     return real_train, sets, classes
 
 
-def _prevalence_and_class_weights(ens: EnsembleConfig, real_train: pd.DataFrame,
-                                  classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _prevalence_and_class_weights(
+    ens: EnsembleConfig, real_train: pd.DataFrame, classes: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-class prevalence of the REAL training rows (empty cells are not negatives) and the loss's class weights."""
     y_train = label_matrix(real_train, classes)
     with np.errstate(invalid="ignore"):
         prevalence = np.nan_to_num(np.nanmean(y_train, axis=0), nan=0.0)
-    return prevalence, class_weights_from_prevalence(prevalence, ens.loss.class_weight_power, ens.loss.max_class_weight)
+    return prevalence, class_weights_from_prevalence(
+        prevalence, ens.loss.class_weight_power, ens.loss.max_class_weight
+    )
 
 
-def _members_val_probs(ens: EnsembleConfig, metas: list[dict], val_df: pd.DataFrame, classes: list[str], out: Path,
-                       cache: dict, cache_dir: Path, log: Callable[[str], None]) -> list[np.ndarray]:
+def _members_val_probs(
+    ens: EnsembleConfig,
+    metas: list[dict],
+    val_df: pd.DataFrame,
+    classes: list[str],
+    out: Path,
+    cache: dict,
+    cache_dir: Path,
+    log: Callable[[str], None],
+) -> list[np.ndarray]:
     """Each finished member's val probabilities (float64, TTA as configured), read back from its folder."""
     from classifier.ensemble import load_member
 
     member_probs = []
     for k, meta in enumerate(metas):
         key = ("val", meta["image_size"])
-        images = cache[key].images if key in cache else cached_set(val_df, classes, meta["image_size"], cache_dir, log).images
+        images = (
+            cache[key].images
+            if key in cache
+            else cached_set(val_df, classes, meta["image_size"], cache_dir, log).images
+        )
         m = load_member(out / f"member-{k}", "cuda" if torch.cuda.is_available() else "cpu")
-        member_probs.append(predict_images(m.model, images, ens.train.eval_batch_size, ens.ensemble.tta_flip,
-                                           next(m.model.parameters()).device).astype(np.float64))
+        member_probs.append(
+            predict_images(
+                m.model, images, ens.train.eval_batch_size, ens.ensemble.tta_flip, next(m.model.parameters()).device
+            ).astype(np.float64)
+        )
     return member_probs
 
 
 # ---------------------------------------------------------------- script entry
 
 
-def run_from_config(config: str | Path, overrides: dict[str, Any] | None = None, out: str | Path | None = None) -> Path:
+def run_from_config(
+    config: str | Path, overrides: dict[str, Any] | None = None, out: str | Path | None = None
+) -> Path:
     """Train the ensemble a config describes, reading ``data.manifest`` (+ ``data.synthetic_manifest``)."""
     from synth.manifest import concat_manifests, read_manifest
 
@@ -271,11 +380,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="configs/classifier/*.yaml")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     parser.add_argument("--out", default=None, help="output folder (default: data.output_dir)")
-    parser.add_argument("--report_to", default=None, choices=["none", "tensorboard"],
-                        help="log per-epoch metrics through Accelerate's trackers (= --set train.report_to=...)")
+    parser.add_argument(
+        "--report_to",
+        default=None,
+        choices=["none", "tensorboard"],
+        help="log per-epoch metrics through Accelerate's trackers (= --set train.report_to=...)",
+    )
     args = parser.parse_args(argv)
     try:
-        print(run_from_config(args.config, command_overrides(args.sets, {"train.report_to": args.report_to}), args.out))
+        print(
+            run_from_config(args.config, command_overrides(args.sets, {"train.report_to": args.report_to}), args.out)
+        )
     except UserError as err:
         print(f"error: {err}")
         return 2

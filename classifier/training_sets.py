@@ -13,6 +13,7 @@ from classifier.config import EnsembleConfig
 from classifier.data import CachedSet, ImageView, view_of_frame
 from synth.errors import UserError
 
+
 def concat_sets(parts: Sequence[CachedSet]) -> CachedSet:
     """One set of several (real + synthetic): row indices into the same cache files, no pixel copied."""
     if len(parts) == 1:
@@ -21,9 +22,12 @@ def concat_sets(parts: Sequence[CachedSet]) -> CachedSet:
         images = ImageView.concat([p.images for p in parts])
     else:
         images = torch.cat([p.images if isinstance(p.images, torch.Tensor) else p.images[:] for p in parts])
-    return CachedSet(images, torch.cat([p.labels for p in parts]), torch.cat([p.mask for p in parts]),
-                     [s for p in parts for s in p.sources])
-
+    return CachedSet(
+        images,
+        torch.cat([p.labels for p in parts]),
+        torch.cat([p.mask for p in parts]),
+        [s for p in parts for s in p.sources],
+    )
 
 
 def image_cache_dir(ens: EnsembleConfig, df: pd.DataFrame, out: Path) -> Path:
@@ -38,11 +42,15 @@ def image_cache_dir(ens: EnsembleConfig, df: pd.DataFrame, out: Path) -> Path:
             continue
         if os.access(candidate, os.W_OK):
             return candidate
-    raise UserError(f"classifier: cannot write the image cache in {root / 'image-cache'} or {out / 'image-cache'}; "
-                    "set train.image_cache_dir to a writable folder")
+    raise UserError(
+        f"classifier: cannot write the image cache in {root / 'image-cache'} or {out / 'image-cache'}; "
+        "set train.image_cache_dir to a writable folder"
+    )
 
 
-def cached_set(df: pd.DataFrame, classes: Sequence[str], size: int, cache_dir: Path, log: Callable[[str], None]) -> CachedSet:
+def cached_set(
+    df: pd.DataFrame, classes: Sequence[str], size: int, cache_dir: Path, log: Callable[[str], None]
+) -> CachedSet:
     """Labels in RAM, images as a view of this set's cache file at ``size`` (built once, by the main process)."""
     from synth.distributed import process_state, running_alone
 

@@ -15,6 +15,7 @@ import typer
 
 from synth.errors import one_line_errors
 
+
 class _SynthTyper(typer.Typer):
     """A Typer whose commands turn ``UserError`` into one ``error:`` line and exit 2, and a permission or
     disk error (``OSError``) into one ``error:`` line with the fix and exit 1 — the CLI's one error handler.
@@ -47,14 +48,28 @@ app = _SynthTyper(
 )
 
 #: Stage modules under synth.commands, in pipeline order.
-COMMAND_MODULES: tuple[str, ...] = ("data", "phantom", "finetune", "classify", "predict", "generate", "filter", "ablate")
+COMMAND_MODULES: tuple[str, ...] = (
+    "data",
+    "phantom",
+    "finetune",
+    "classify",
+    "predict",
+    "generate",
+    "filter",
+    "ablate",
+)
 
 
 @app.callback()
 def _root(
-    threads: int = typer.Option(None, "--threads", min=1, help="CPU threads per process (torch intra-op, OpenMP/MKL, "
-                                "inherited by child processes). Default: OMP_NUM_THREADS, else every core. On a shared "
-                                "machine give each job its share: N jobs on C cores -> --threads C/N."),
+    threads: int = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="CPU threads per process (torch intra-op, OpenMP/MKL, "
+        "inherited by child processes). Default: OMP_NUM_THREADS, else every core. On a shared "
+        "machine give each job its share: N jobs on C cores -> --threads C/N.",
+    ),
 ) -> None:
     """Synthetic tail-class augmentation for long-tailed chest X-ray classification (CXR-LT)."""
     if threads is not None:
@@ -83,6 +98,7 @@ def main() -> None:
     """Entry point: bad input becomes one ``error:`` line and exit status 2 (a disk/permission error: exit 1)."""
     with one_line_errors():
         app()
+
 
 if __name__ == "__main__":
     main()

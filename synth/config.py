@@ -91,10 +91,20 @@ def command_overrides(sets: Iterable[str] | None, flags: Mapping[str, Any] | Non
     return {**parse_sets(sets), **{k: v for k, v in (flags or {}).items() if v is not None}}
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None, *,
-                where: str | None = None, missing_hint: str | None = None, drop_none: bool = True,
-                key_prefix: str = "", valid_hint: str | None = None, int_to_float: bool = False,
-                internal: Sequence[str] = (), base: Mapping[str, Any] | None = None) -> T:
+def load_config(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    where: str | None = None,
+    missing_hint: str | None = None,
+    drop_none: bool = True,
+    key_prefix: str = "",
+    valid_hint: str | None = None,
+    int_to_float: bool = False,
+    internal: Sequence[str] = (),
+    base: Mapping[str, Any] | None = None,
+) -> T:
     """Defaults <- ``base`` <- YAML file ``path`` <- ``overrides`` -> an instance of the dataclass ``cls`` (not yet
     ``validated()``).
 
@@ -105,8 +115,12 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Mapping
     data: dict[str, Any] = dict(base or {})
     if path is not None:
         data.update(read_yaml_mapping(path, missing_hint=missing_hint))
-    style = Style(where if where is not None else (str(path) if path is not None else cls.__name__), key_prefix,
-                   valid_hint, int_to_float)
+    style = Style(
+        where if where is not None else (str(path) if path is not None else cls.__name__),
+        key_prefix,
+        valid_hint,
+        int_to_float,
+    )
     data = merge_overrides(cls, data, overrides or {}, style, drop_none=drop_none, internal=internal)
     return build(cls, data, style, internal=internal)
 
@@ -116,8 +130,15 @@ def from_mapping(cls: type[T], data: Any, *, where: str, int_to_float: bool = Fa
     return build(cls, data, Style(where, int_to_float=int_to_float))
 
 
-def merge_overrides(cls: type, data: Mapping[str, Any], overrides: Mapping[str, Any], style: Style, *,
-                    drop_none: bool = True, internal: Sequence[str] = ()) -> dict[str, Any]:
+def merge_overrides(
+    cls: type,
+    data: Mapping[str, Any],
+    overrides: Mapping[str, Any],
+    style: Style,
+    *,
+    drop_none: bool = True,
+    internal: Sequence[str] = (),
+) -> dict[str, Any]:
     """``data`` with each dotted override written into its section; an unknown key is one error naming it."""
     data = _copy_tree(data)
     for key, value in overrides.items():
@@ -152,10 +173,14 @@ def _put(cls: type, data: dict[str, Any], key: str, value: Any, style: Style, in
         if hint is Any or typing.get_origin(hint) is dict or hint is dict:
             child = node.get(part)
             node[part] = child = dict(child) if isinstance(child, Mapping) else {}
-            child[".".join(parts[i + 1:])] = _plain(value)  # a free-form map (an ablation's ``overrides:``) takes the rest
+            child[".".join(parts[i + 1 :])] = _plain(
+                value
+            )  # a free-form map (an ablation's ``overrides:``) takes the rest
             return
-        raise UserError(f"{style.at(key)}: {'.'.join(parts[: i + 1])} is a single value, not a section; "
-                        f"set it as {style.key_prefix}{'.'.join(parts[: i + 1])}=VALUE")
+        raise UserError(
+            f"{style.at(key)}: {'.'.join(parts[: i + 1])} is a single value, not a section; "
+            f"set it as {style.key_prefix}{'.'.join(parts[: i + 1])}=VALUE"
+        )
 
 
 def build(cls: type[T], data: Any, style: Style, *, path: Sequence[str] = (), internal: Sequence[str] = ()) -> T:
@@ -290,22 +315,32 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
-def _unknown(style: Style, parts: Sequence[str], i: int, valid: list[str], *, override: bool, root: type) -> typing.NoReturn:
+def _unknown(
+    style: Style, parts: Sequence[str], i: int, valid: list[str], *, override: bool, root: type
+) -> typing.NoReturn:
     """One error: the unknown key ``parts`` (``parts[i]`` is the bad one), the closest valid key (in its section,
     else anywhere) and the valid keys of that section."""
     key, section = ".".join(parts), ".".join(parts[:i])
     close = difflib.get_close_matches(parts[i], valid, n=1, cutoff=0.6)
-    suggestion = ".".join([*parts[:i], close[0], *parts[i + 1:]]) if close else None
+    suggestion = ".".join([*parts[:i], close[0], *parts[i + 1 :]]) if close else None
     if suggestion is None:
         leaves = _leaf_paths(root)
-        close = difflib.get_close_matches(key, leaves, n=1, cutoff=0.6) or [p for p in leaves if p.split(".")[-1] == parts[-1]]
+        close = difflib.get_close_matches(key, leaves, n=1, cutoff=0.6) or [
+            p for p in leaves if p.split(".")[-1] == parts[-1]
+        ]
         suggestion = close[0] if close else None
-    prefix = style.key_prefix if override else ""  # a flag-style config names its flags as flags, its YAML keys as keys
+    prefix = (
+        style.key_prefix if override else ""
+    )  # a flag-style config names its flags as flags, its YAML keys as keys
     did_you_mean = f" (did you mean {prefix + suggestion!r}?)" if suggestion else ""
     listing = style.valid_hint or f"valid keys{' in ' + section if section else ''}: {', '.join(sorted(valid))}"
     where = f"{style.where}: " if style.where else ""
-    raise UnknownKeyError(f"{where}unknown {'override key' if override else 'key'} {prefix + key!r}{did_you_mean}; {listing}",
-                          section=section, name=parts[i], override=override)
+    raise UnknownKeyError(
+        f"{where}unknown {'override key' if override else 'key'} {prefix + key!r}{did_you_mean}; {listing}",
+        section=section,
+        name=parts[i],
+        override=override,
+    )
 
 
 @functools.cache

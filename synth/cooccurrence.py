@@ -94,14 +94,18 @@ class TrainingLabels:
         if temperature <= 0:
             raise UserError(f"--temperature must be > 0, got {temperature}")
         if target not in self.classes:
-            raise UserError(f"class {target!r} is not annotated in {self.source}; generate only classes the model was trained on: {', '.join(self.classes)}")
+            raise UserError(
+                f"class {target!r} is not annotated in {self.source}; generate only classes the model was trained on: {', '.join(self.classes)}"
+            )
         views_by_set: dict[tuple[str, ...], list[str]] = {}
         view_column = self.train["ViewPosition"].fillna("").astype(str).tolist()
         for findings, view in zip(self._sets, view_column):
             if target in findings:
                 views_by_set.setdefault(findings, []).append(view)
         if not views_by_set:
-            raise UserError(f"class {target!r} has no positive image in the train split of {self.source}; its co-occurring findings cannot be sampled (drop it or add positives)")
+            raise UserError(
+                f"class {target!r} has no positive image in the train split of {self.source}; its co-occurring findings cannot be sampled (drop it or add positives)"
+            )
         sets = tuple(sorted(views_by_set, key=lambda s: (-len(views_by_set[s]), s)))
         return CooccurrenceSampler(
             target=target,

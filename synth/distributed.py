@@ -56,7 +56,10 @@ def resolve_precision(requested: str) -> tuple[str, str | None]:
         if requested == "fp16":
             return "bf16", f"--mixed_precision fp16 on CPU with {CPU_AUTOCAST_ENV}=1: using bf16 autocast"
         return requested, None
-    return "no", f"--mixed_precision {requested}: no CUDA device, training in fp32 (bf16 autocast is ~6x slower on CPU)"
+    return (
+        "no",
+        f"--mixed_precision {requested}: no CUDA device, training in fp32 (bf16 autocast is ~6x slower on CPU)",
+    )
 
 
 def make_accelerator(mixed_precision: str = "no", **kwargs):

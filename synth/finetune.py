@@ -49,7 +49,9 @@ def plan(cfg: FinetuneConfig) -> tuple[list[str], list[str]]:
 
     templates = check(lambda: PromptTemplates.load(cfg.prompt_templates))
     if templates is not None:
-        lines.append(f"prompts   {templates.name}: e.g. {templates.render(('Rib Fracture', 'Pleural Effusion'), 'PA')!r}, dropout {cfg.prompt_dropout}")
+        lines.append(
+            f"prompts   {templates.name}: e.g. {templates.render(('Rib Fracture', 'Pleural Effusion'), 'PA')!r}, dropout {cfg.prompt_dropout}"
+        )
     lines += _plan_models(cfg, out, problems, check)
     if cfg.stage != "vae":
         lines += _plan_training(cfg, out)
@@ -70,20 +72,34 @@ def _plan_data(cfg: FinetuneConfig) -> tuple[list[str], list[str]]:
 
     manifest = Path(cfg.train_manifest)
     if not (manifest if manifest.suffix == ".csv" else manifest / "manifest.csv").exists():
-        problems.append(str(ManifestError(f"--train_manifest {manifest}: not found; run `synth prepare` (or `synth phantom`) first")))
-    lines.append(f"data      {cfg.train_manifest} (split=train, source=real), {cfg.resolution} px, sampling={cfg.sampling}")
+        problems.append(
+            str(
+                ManifestError(
+                    f"--train_manifest {manifest}: not found; run `synth prepare` (or `synth phantom`) first"
+                )
+            )
+        )
+    lines.append(
+        f"data      {cfg.train_manifest} (split=train, source=real), {cfg.resolution} px, sampling={cfg.sampling}"
+    )
     if cfg.cache_latents == "false":
         lines.append("latents   encoded by the VAE every step (--cache_latents false)")
     else:
         from synth.generator.latent_cache import default_cache_root
 
-        where = cfg.latent_cache_dir or default_cache_root(manifest if manifest.suffix == ".csv" else manifest / "manifest.csv", cfg.output_dir)
-        lines.append(f"latents   VAE posteriors cached once under {where}/ (reused while VAE, resolution and images are unchanged); "
-                     f"in RAM up to {cfg.latent_cache_max_ram_gb:g} GB per process, else memory-mapped")
+        where = cfg.latent_cache_dir or default_cache_root(
+            manifest if manifest.suffix == ".csv" else manifest / "manifest.csv", cfg.output_dir
+        )
+        lines.append(
+            f"latents   VAE posteriors cached once under {where}/ (reused while VAE, resolution and images are unchanged); "
+            f"in RAM up to {cfg.latent_cache_max_ram_gb:g} GB per process, else memory-mapped"
+        )
     return lines, problems
 
 
-def _plan_models(cfg: FinetuneConfig, out: Path, problems: list[str], check: Callable[[Callable[[], Any]], Any]) -> list[str]:
+def _plan_models(
+    cfg: FinetuneConfig, out: Path, problems: list[str], check: Callable[[Callable[[], Any]], Any]
+) -> list[str]:
     """The plan's model lines (pretrained folder, or the VAE and UNet built from scratch); problems are appended."""
     from synth.generator.models import check_pretrained_folder
     from synth.generator.vae_train import VAE_STAGE_DIR, vae_stage_complete
@@ -91,23 +107,35 @@ def _plan_models(cfg: FinetuneConfig, out: Path, problems: list[str], check: Cal
     lines = []
     if cfg.pretrained_model_name_or_path:
         if cfg.stage == "vae":
-            problems.append("--stage vae trains the from-scratch VAE; with --pretrained_model_name_or_path the VAE is the folder's (use --stage unet or all)")
+            problems.append(
+                "--stage vae trains the from-scratch VAE; with --pretrained_model_name_or_path the VAE is the folder's (use --stage unet or all)"
+            )
         check(lambda: check_pretrained_folder(cfg.pretrained_model_name_or_path))
-        lines.append(f"model     local pretrained {cfg.pretrained_model_name_or_path} (VAE frozen, UNet trained"
-                     f"{', text encoder trained at lr ' + str(cfg.text_encoder_lr or cfg.learning_rate) if cfg.train_text_encoder else ''})")
+        lines.append(
+            f"model     local pretrained {cfg.pretrained_model_name_or_path} (VAE frozen, UNet trained"
+            f"{', text encoder trained at lr ' + str(cfg.text_encoder_lr or cfg.learning_rate) if cfg.train_text_encoder else ''})"
+        )
         return lines
     if cfg.vae_model_path:
         if not vae_stage_complete(Path(cfg.vae_model_path)):
-            problems.append(f"--vae_model_path {cfg.vae_model_path}: no trained VAE there (config.json + safetensors); run --stage vae first")
+            problems.append(
+                f"--vae_model_path {cfg.vae_model_path}: no trained VAE there (config.json + safetensors); run --stage vae first"
+            )
         lines.append(f"vae       from {cfg.vae_model_path}")
     elif cfg.stage in ("all", "vae"):
         done = vae_stage_complete(out / VAE_STAGE_DIR)
-        lines.append(f"vae       AutoencoderKL {cfg.vae_block_out_channels} -> {cfg.latent_channels}x{cfg.resolution // 2 ** (len(cfg.vae_block_out_channels) - 1)}^2 latents, "
-                     + ("already trained (reused)" if done else f"{cfg.vae_max_train_steps} steps x {cfg.vae_batch_size}"))
+        lines.append(
+            f"vae       AutoencoderKL {cfg.vae_block_out_channels} -> {cfg.latent_channels}x{cfg.resolution // 2 ** (len(cfg.vae_block_out_channels) - 1)}^2 latents, "
+            + ("already trained (reused)" if done else f"{cfg.vae_max_train_steps} steps x {cfg.vae_batch_size}")
+        )
     elif not vae_stage_complete(out / VAE_STAGE_DIR):
-        problems.append(f"--stage unet needs a trained VAE: {out / VAE_STAGE_DIR} is missing; run --stage vae (or all), or pass --vae_model_path")
+        problems.append(
+            f"--stage unet needs a trained VAE: {out / VAE_STAGE_DIR} is missing; run --stage vae (or all), or pass --vae_model_path"
+        )
     if cfg.stage != "vae":
-        lines.append(f"unet      UNet2DConditionModel {cfg.unet_block_out_channels}, cross-attention on frozen MiniLM (384-d)")
+        lines.append(
+            f"unet      UNet2DConditionModel {cfg.unet_block_out_channels}, cross-attention on frozen MiniLM (384-d)"
+        )
     return lines
 
 
@@ -118,18 +146,28 @@ def _plan_training(cfg: FinetuneConfig, out: Path) -> list[str]:
     lines = []
     prediction = cfg.prediction_type
     if cfg.pretrained_model_name_or_path:  # training uses the folder's scheduler, not the config's key
-        prediction = f"{_folder_prediction_type(cfg.pretrained_model_name_or_path) or '?'} (from the folder's scheduler)"
-    lines.append(f"train     {cfg.max_train_steps} steps x batch {cfg.train_batch_size} x accum {cfg.gradient_accumulation_steps}, lr {cfg.learning_rate} "
-                 f"({cfg.lr_scheduler}, warmup {cfg.lr_warmup_steps}), {prediction}, snr_gamma={cfg.snr_gamma}, ema={cfg.use_ema}, "
-                 f"mixed_precision={cfg.mixed_precision}")
+        prediction = (
+            f"{_folder_prediction_type(cfg.pretrained_model_name_or_path) or '?'} (from the folder's scheduler)"
+        )
+    lines.append(
+        f"train     {cfg.max_train_steps} steps x batch {cfg.train_batch_size} x accum {cfg.gradient_accumulation_steps}, lr {cfg.learning_rate} "
+        f"({cfg.lr_scheduler}, warmup {cfg.lr_warmup_steps}), {prediction}, snr_gamma={cfg.snr_gamma}, ema={cfg.use_ema}, "
+        f"mixed_precision={cfg.mixed_precision}"
+    )
     ckpts = list_checkpoints(out)
     if _starts_over(cfg):
         start = f"start over at step 0 (--resume_from_checkpoint none{'; removes ' + str(len(ckpts)) + ' old checkpoint(s)' if ckpts else ''})"
     elif cfg.resume_from_checkpoint in (None, "latest"):
-        start = f"resume from {ckpts[-1][1].name}" if ckpts else "fresh (no checkpoint yet; a re-run resumes from the latest)"
+        start = (
+            f"resume from {ckpts[-1][1].name}"
+            if ckpts
+            else "fresh (no checkpoint yet; a re-run resumes from the latest)"
+        )
     else:
         start = f"resume from {cfg.resume_from_checkpoint}"
-    lines.append(f"ckpt      every {cfg.checkpointing_steps} steps (keep {cfg.checkpoints_total_limit or 'all'}); {start}")
+    lines.append(
+        f"ckpt      every {cfg.checkpointing_steps} steps (keep {cfg.checkpoints_total_limit or 'all'}); {start}"
+    )
     if cfg.report_to != "none":
         lines.append(f"log       {cfg.report_to} event files in {out / 'logs'}")
     return lines
@@ -141,7 +179,9 @@ def run_finetune(cfg: FinetuneConfig, log: Callable[[str], None] | None = None) 
     if cfg.dry_run:
         print("finetune plan (dry run):\n  " + "\n  ".join(lines))
         if problems:
-            raise UserError(problems[0] if len(problems) == 1 else f"{len(problems)} problems: " + " | ".join(problems))
+            raise UserError(
+                problems[0] if len(problems) == 1 else f"{len(problems)} problems: " + " | ".join(problems)
+            )
         print("dry run ok: every path exists; nothing was trained")
         return Path(cfg.output_dir)
     if problems:
@@ -200,14 +240,21 @@ def _run(cfg: FinetuneConfig, log: Callable[[str], None] | None) -> Path:
         tokenizer, text_encoder = load_minilm(cfg.text_max_length)
         torch.manual_seed(cfg.seed)
         unet = models.build_unet(cfg, text_encoder.config.hidden_size)
-        comps = models.Components(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
-                                  noise_scheduler=models.build_noise_scheduler(cfg))
+        comps = models.Components(
+            vae=vae,
+            unet=unet,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            noise_scheduler=models.build_noise_scheduler(cfg),
+        )
     # latents: the VAE posterior of every image, once (synth/generator/latent_cache.py); reused across runs
     if cfg.cache_latents == "false":
         latent_cache = None
     else:  # a VAE trained just now: train_vae already encoded every image, stored instead of re-encoded
         latent_cache = latent_cache_for(cfg, comps.vae, data, accelerator, log_main, computed=latent_cache)
-    log_main(f"latents: {latent_cache.describe()}" if latent_cache is not None else "latents: encoded on the fly every step")
+    log_main(
+        f"latents: {latent_cache.describe()}" if latent_cache is not None else "latents: encoded on the fly every step"
+    )
     trainer = UNetTrainer(cfg, accelerator, comps, data, templates, latent_cache, log_main)
     trainer.train(_resume_point(cfg, out, accelerator, log_main))
     path = trainer.export(_export_meta(cfg, data, templates, trainer, accelerator.mixed_precision))
@@ -229,13 +276,17 @@ def _resume_point(cfg: FinetuneConfig, out: Path, accelerator, log_main: Callabl
     if _starts_over(cfg):
         old = list_checkpoints(out)
         if old and accelerator.is_main_process:
-            log_main(f"--resume_from_checkpoint none: starting over at step 0, removing {len(old)} old checkpoint(s) of {out}")
+            log_main(
+                f"--resume_from_checkpoint none: starting over at step 0, removing {len(old)} old checkpoint(s) of {out}"
+            )
             for _, p in old:
                 shutil.rmtree(p)
             (out / META_NAME).unlink(missing_ok=True)  # the old export is no longer this run's result
         accelerator.wait_for_everyone()
     elif resume is not None:
-        log_main(f"resuming from {resume} (a re-run continues the run in --output_dir; --resume_from_checkpoint none starts over)")
+        log_main(
+            f"resuming from {resume} (a re-run continues the run in --output_dir; --resume_from_checkpoint none starts over)"
+        )
     elif cfg.resume_from_checkpoint not in (None, "latest"):
         log_main(f"--resume_from_checkpoint {cfg.resume_from_checkpoint}: no checkpoint in {out} yet, starting fresh")
     return resume
@@ -245,7 +296,9 @@ def _export_meta(cfg: FinetuneConfig, data, templates, trainer, mixed_precision:
     """``synth_meta.json`` of the exported pipeline: what it was trained on, how, and for how many steps."""
     return {
         "train_manifest": str(data.manifest),
-        "prompt_templates": str(Path(cfg.prompt_templates).resolve()) if cfg.prompt_templates else str(_default_templates()),
+        "prompt_templates": str(Path(cfg.prompt_templates).resolve())
+        if cfg.prompt_templates
+        else str(_default_templates()),
         "prompt_templates_name": templates.name,
         "resolution": cfg.resolution,
         "classes": data.classes,
@@ -266,7 +319,10 @@ def _tracker_kwargs(cfg: FinetuneConfig, out: Path) -> dict[str, Any]:
         return {}
     from accelerate.utils import ProjectConfiguration
 
-    return {"log_with": cfg.report_to, "project_config": ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs"))}
+    return {
+        "log_with": cfg.report_to,
+        "project_config": ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+    }
 
 
 def _check_tracker(cfg: FinetuneConfig) -> str | None:
@@ -281,7 +337,9 @@ def _check_tracker(cfg: FinetuneConfig) -> str | None:
 
 def _flat_config(cfg: FinetuneConfig) -> dict[str, Any]:
     """Hyper-parameters as tracker-friendly scalars (lists joined, None as "")."""
-    return {k: (",".join(map(str, v)) if isinstance(v, list) else "" if v is None else v) for k, v in cfg.to_dict().items()}
+    return {
+        k: (",".join(map(str, v)) if isinstance(v, list) else "" if v is None else v) for k, v in cfg.to_dict().items()
+    }
 
 
 def _folder_prediction_type(folder: str) -> str | None:
@@ -289,7 +347,9 @@ def _folder_prediction_type(folder: str) -> str | None:
     import json
 
     try:
-        return json.loads((Path(folder) / "scheduler" / "scheduler_config.json").read_text()).get("prediction_type", "epsilon")
+        return json.loads((Path(folder) / "scheduler" / "scheduler_config.json").read_text()).get(
+            "prediction_type", "epsilon"
+        )
     except (OSError, ValueError):
         return None
 

@@ -28,7 +28,9 @@ def load_gray(path, size: int | None = None) -> Image.Image:
                 im = im.resize((size, size), Image.BICUBIC)
             return im
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot read image {path}: {err}; re-run `synth prepare` (or pass --skip-bad-images)") from err
+        raise UserError(
+            f"cannot read image {path}: {err}; re-run `synth prepare` (or pass --skip-bad-images)"
+        ) from err
 
 
 class ManifestDataset(Dataset):

@@ -62,7 +62,9 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 2) -> Non
 def save_image_atomic(path: str | os.PathLike, image: "Image.Image", **save_kwargs: Any) -> None:  # noqa: F821
     """Save a PIL image atomically (format from the final suffix, not the temp one)."""
     path = Path(path)
-    fmt = save_kwargs.pop("format", None) or {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}.get(path.suffix.lower(), "PNG")
+    fmt = save_kwargs.pop("format", None) or {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}.get(
+        path.suffix.lower(), "PNG"
+    )
     with atomic_path(path) as tmp:
         image.save(tmp, format=fmt, **save_kwargs)
 

@@ -82,8 +82,14 @@ _UNCERTAIN_VALUE = {"ignore": np.nan, "zero": 0.0, "one": 1.0}
 _INTEGER_FLOAT = re.compile(r"^([+-]?\d+)\.0*$")
 
 
-def parse_label_column(values: pd.Series, column: str, where: str, uncertain: str = "error",
-                       first_row: int = 2, uncertain_fix: str = "pass --uncertain ignore (not annotated), zero or one to decide what it means") -> pd.Series:
+def parse_label_column(
+    values: pd.Series,
+    column: str,
+    where: str,
+    uncertain: str = "error",
+    first_row: int = 2,
+    uncertain_fix: str = "pass --uncertain ignore (not annotated), zero or one to decide what it means",
+) -> pd.Series:
     """One label column as float64 1 / 0 / NaN (empty = not annotated).
 
     Why strict: ``pd.to_numeric(errors="coerce")`` turns ``TRUE``, ``uncertain`` or ``1 (probable)`` into NaN,
@@ -106,14 +112,18 @@ def parse_label_column(values: pd.Series, column: str, where: str, uncertain: st
     bad = ~blank & ~np.isin(arr, (0.0, 1.0, -1.0))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise UserError(f"{where}: column {column!r} row {i + first_row} has {values.iloc[i]!r} "
-                        f"({int(bad.sum())} such cell(s)); labels must be 1, 0 or empty (or -1 = uncertain)")
+        raise UserError(
+            f"{where}: column {column!r} row {i + first_row} has {values.iloc[i]!r} "
+            f"({int(bad.sum())} such cell(s)); labels must be 1, 0 or empty (or -1 = uncertain)"
+        )
     minus = arr == -1.0
     if minus.any():
         if uncertain == "error":
             i = int(np.flatnonzero(minus)[0])
-            raise UserError(f"{where}: column {column!r} row {i + first_row} has -1 (uncertain; {int(minus.sum())} such cell(s)); "
-                            f"{uncertain_fix}")
+            raise UserError(
+                f"{where}: column {column!r} row {i + first_row} has -1 (uncertain; {int(minus.sum())} such cell(s)); "
+                f"{uncertain_fix}"
+            )
         arr[minus] = _UNCERTAIN_VALUE[uncertain]
     arr[blank] = np.nan
     return pd.Series(arr, index=values.index, name=column, dtype="float64")
@@ -137,8 +147,10 @@ def require_values(df: pd.DataFrame, columns: Sequence[str], where: str, first_r
         blank = (text == "") | text.str.lower().isin(["nan", "none"])
         if blank.any():
             i = int(np.flatnonzero(blank.to_numpy())[0])
-            raise UserError(f"{where}: column {c!r} row {i + first_row} is empty ({int(blank.sum())} such row(s)); "
-                            f"every image needs a {c}: fill it in or remove those rows")
+            raise UserError(
+                f"{where}: column {c!r} row {i + first_row} is empty ({int(blank.sum())} such row(s)); "
+                f"every image needs a {c}: fill it in or remove those rows"
+            )
 
 
 def validate_manifest(df: pd.DataFrame, where: str = "manifest") -> pd.DataFrame:
@@ -152,8 +164,13 @@ def validate_manifest(df: pd.DataFrame, where: str = "manifest") -> pd.DataFrame
             df[c] = np.nan if c in CXR_LT_CLASSES else ""
     for c in CXR_LT_CLASSES:
         try:
-            df[c] = parse_label_column(df[c], c, where, uncertain_fix="re-create the manifest with `synth prepare --uncertain "
-                                                                       "ignore|zero|one`, which decides what -1 means")
+            df[c] = parse_label_column(
+                df[c],
+                c,
+                where,
+                uncertain_fix="re-create the manifest with `synth prepare --uncertain "
+                "ignore|zero|one`, which decides what -1 means",
+            )
         except UserError as err:
             raise ManifestError(str(err)) from None
     bad_split = ~df["split"].isin(SPLITS)
@@ -177,7 +194,9 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
         path = path / "manifest.csv"
     if not path.exists():
         raise ManifestError(f"manifest not found: {path}; run `synth prepare` (or `synth phantom`) first")
-    df = pd.read_csv(path, dtype={"dicom_id": str, "subject_id": str, "study_id": str, "fpath": str}, keep_default_na=True)
+    df = pd.read_csv(
+        path, dtype={"dicom_id": str, "subject_id": str, "study_id": str, "fpath": str}, keep_default_na=True
+    )
     df = validate_manifest(df, where=str(path))
     df.attrs["root"] = str(path.parent.resolve())
     return df

@@ -27,8 +27,15 @@ from synth.errors import UserError
 from synth.io import atomic_path, make_readable_tempdir, write_json_atomic
 from synth.manifest import MANIFEST_COLUMNS, UNCERTAIN_POLICIES, annotated_classes, write_manifest
 from synth.readers import read_labels
-from synth.splits import (SplitFractions, assert_no_patient_leakage, check_given_split, check_splits, normalise_given_split,
-                          patient_split, split_warnings)
+from synth.splits import (
+    SplitFractions,
+    assert_no_patient_leakage,
+    check_given_split,
+    check_splits,
+    normalise_given_split,
+    patient_split,
+    split_warnings,
+)
 from synth.stats import compute_stats, write_stats
 from synth.taxonomy import GroupThresholds
 
@@ -99,14 +106,41 @@ def prepare_dataset(
 ) -> Path:
     """Build ``out/{manifest.csv, stats.json, images/, prepare.json[, skipped.csv]}``; return the manifest path."""
     cfg = PrepareConfig.from_yaml(
-        None, size=size, seed=seed, val=val, test=test, skip_bad_images=skip_bad_images, workers=workers,
-        head_threshold=thresholds.head, tail_threshold=thresholds.tail, split=split, uncertain=uncertain,
+        None,
+        size=size,
+        seed=seed,
+        val=val,
+        test=test,
+        skip_bad_images=skip_bad_images,
+        workers=workers,
+        head_threshold=thresholds.head,
+        tail_threshold=thresholds.tail,
+        split=split,
+        uncertain=uncertain,
     )
-    return run(fmt, Path(labels), Path(images), Path(out), cfg, overwrite=overwrite, progress=progress, split_files=split_files)
+    return run(
+        fmt,
+        Path(labels),
+        Path(images),
+        Path(out),
+        cfg,
+        overwrite=overwrite,
+        progress=progress,
+        split_files=split_files,
+    )
 
 
-def run(fmt: str, labels: Path, images: Path, out: Path, cfg: PrepareConfig, overwrite: bool = False, progress: bool = False,
-        split_files: Mapping[str, Path] | None = None, split_flags: Sequence[str] = ()) -> Path:
+def run(
+    fmt: str,
+    labels: Path,
+    images: Path,
+    out: Path,
+    cfg: PrepareConfig,
+    overwrite: bool = False,
+    progress: bool = False,
+    split_files: Mapping[str, Path] | None = None,
+    split_flags: Sequence[str] = (),
+) -> Path:
     """Prepare ``labels`` (plus, with ``split_files``, one label file per split: ``{"val": ..., "test": ...}``,
     ``labels`` then being the train file) into ``out``.
 
@@ -122,9 +156,13 @@ def run(fmt: str, labels: Path, images: Path, out: Path, cfg: PrepareConfig, ove
     where = str(labels)
     df, split_source = _read_with_splits(fmt, labels, images, cfg, dict(split_files or {}))
     if split_flags and split_source != "patient_split":
-        given = {"column": "by the file's split column", "files": "by --val-labels / --test-labels"}.get(split_source, split_source)
-        raise UserError(f"{' / '.join(split_flags)} only shape a patient split, but the split is given {given}: "
-                        f"drop {' / '.join(split_flags)}, or remove the given split to split by patient")
+        given = {"column": "by the file's split column", "files": "by --val-labels / --test-labels"}.get(
+            split_source, split_source
+        )
+        raise UserError(
+            f"{' / '.join(split_flags)} only shape a patient split, but the split is given {given}: "
+            f"drop {' / '.join(split_flags)}, or remove the given split to split by patient"
+        )
     df["cache_name"] = _cache_names(df, labels)
 
     skipped: list[dict[str, str]] = []
@@ -136,7 +174,10 @@ def run(fmt: str, labels: Path, images: Path, out: Path, cfg: PrepareConfig, ove
                 f"image not found: {first} ({int((~present).sum())} of {len(df)} missing); "
                 "check --images (fpath is relative to it) or pass --skip-bad-images"
             )
-        skipped += [{"dicom_id": d, "fpath": f, "reason": "not found"} for d, f in zip(df["dicom_id"][~present], df["source_fpath"][~present])]
+        skipped += [
+            {"dicom_id": d, "fpath": f, "reason": "not found"}
+            for d, f in zip(df["dicom_id"][~present], df["source_fpath"][~present])
+        ]
         df = df[present].reset_index(drop=True)
 
     if split_source == "patient_split":
@@ -157,7 +198,8 @@ def run(fmt: str, labels: Path, images: Path, out: Path, cfg: PrepareConfig, ove
                 )
             bad = df.index.isin(list(failures))
             skipped += [
-                {"dicom_id": df["dicom_id"][i], "fpath": df["source_fpath"][i], "reason": failures[i]} for i in sorted(failures)
+                {"dicom_id": df["dicom_id"][i], "fpath": df["source_fpath"][i], "reason": failures[i]}
+                for i in sorted(failures)
             ]
             df = df[~bad].reset_index(drop=True)
             split_report = _check_split(df, split_source, where)
@@ -174,9 +216,16 @@ def run(fmt: str, labels: Path, images: Path, out: Path, cfg: PrepareConfig, ove
                 pd.DataFrame(skipped, columns=["dicom_id", "fpath", "reason"]).to_csv(part, index=False)
         write_json_atomic(
             tmp / "prepare.json",
-            {"format": fmt, "labels": str(labels.resolve()), "images": str(images.resolve()), "config": asdict(cfg),
-             "split_files": {s: str(Path(f).resolve()) for s, f in (split_files or {}).items()},
-             "rows": len(manifest), "skipped": len(skipped), **split_report},
+            {
+                "format": fmt,
+                "labels": str(labels.resolve()),
+                "images": str(images.resolve()),
+                "config": asdict(cfg),
+                "split_files": {s: str(Path(f).resolve()) for s, f in (split_files or {}).items()},
+                "rows": len(manifest),
+                "skipped": len(skipped),
+                **split_report,
+            },
         )
         _replace_dir(tmp, out)
     except BaseException:
@@ -185,8 +234,9 @@ def run(fmt: str, labels: Path, images: Path, out: Path, cfg: PrepareConfig, ove
     return out / "manifest.csv"
 
 
-def _read_with_splits(fmt: str, labels: Path, images: Path, cfg: PrepareConfig,
-                      split_files: dict[str, Path]) -> tuple[pd.DataFrame, str]:
+def _read_with_splits(
+    fmt: str, labels: Path, images: Path, cfg: PrepareConfig, split_files: dict[str, Path]
+) -> tuple[pd.DataFrame, str]:
     """Read every label file and attach the user's split; return (rows, where the split comes from).
 
     The split source is ``column`` (a ``split`` column), ``files`` (``--val-labels`` / ``--test-labels``),
@@ -197,8 +247,10 @@ def _read_with_splits(fmt: str, labels: Path, images: Path, cfg: PrepareConfig,
     if unknown:
         raise UserError(f"split files for {unknown}: expected train, val or test")
     if split_files and cfg.split != "auto":
-        raise UserError(f"--split {cfg.split} puts every row of --labels in one split; it cannot be combined with "
-                        "--val-labels / --test-labels (drop one of them)")
+        raise UserError(
+            f"--split {cfg.split} puts every row of --labels in one split; it cannot be combined with "
+            "--val-labels / --test-labels (drop one of them)"
+        )
     sources: list[tuple[str | None, Path, str]] = [(None, Path(labels), "--labels")]
     sources += [(s, Path(f), f"--{s}-labels") for s, f in split_files.items()]
     frames = []
@@ -212,8 +264,10 @@ def _read_with_splits(fmt: str, labels: Path, images: Path, cfg: PrepareConfig,
             given = normalise_given_split(part["split"], str(path))
             if assigned is not None and (given != assigned).any():
                 i = int(np.flatnonzero((given != assigned).to_numpy())[0])
-                raise UserError(f"{path}: row {i + 2} has split {part['split'].iloc[i]!r} but {flag} puts every row of this "
-                                f"file in {assigned}; drop the file's split column or {flag}")
+                raise UserError(
+                    f"{path}: row {i + 2} has split {part['split'].iloc[i]!r} but {flag} puts every row of this "
+                    f"file in {assigned}; drop the file's split column or {flag}"
+                )
             part["split"] = given
         elif assigned is not None:
             part["split"] = assigned
@@ -221,7 +275,9 @@ def _read_with_splits(fmt: str, labels: Path, images: Path, cfg: PrepareConfig,
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     dup = df["dicom_id"].duplicated()
     if dup.any():
-        raise UserError(f"dicom_id {df['dicom_id'][dup].iloc[0]!r} appears in more than one label file; every image must appear once")
+        raise UserError(
+            f"dicom_id {df['dicom_id'][dup].iloc[0]!r} appears in more than one label file; every image must appear once"
+        )
     if "split" not in df.columns:
         return df, "patient_split"
     if df["split"].isna().any():  # defensive: every source above sets a split or none
@@ -236,8 +292,12 @@ def _check_split(df: pd.DataFrame, split_source: str, where: str) -> dict[str, A
     if split_source == "patient_split":
         assert_no_patient_leakage(df)
         no_positives = check_splits(df, where=where)
-        return {"split_source": split_source, "classes_without_positives": no_positives,
-                "empty_splits": [], "classes_without_train_positives": []}
+        return {
+            "split_source": split_source,
+            "classes_without_positives": no_positives,
+            "empty_splits": [],
+            "classes_without_train_positives": [],
+        }
     check_given_split(df, where)
     no_positives = [c for c in annotated_classes(df) if not (df[c] == 1).any()]
     warnings = split_warnings(df)
@@ -279,7 +339,9 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise UserError(f"--out {out} already exists; pass --overwrite to replace it or choose another --out")
     if not out.is_dir() or not ((out / "manifest.csv").is_file() or not any(out.iterdir())):
         # never delete a folder we did not write (e.g. --out pointing at the raw images)
-        raise UserError(f"--out {out} exists and is not a `synth prepare` output (no manifest.csv); choose another --out")
+        raise UserError(
+            f"--out {out} exists and is not a `synth prepare` output (no manifest.csv); choose another --out"
+        )
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
@@ -296,7 +358,9 @@ def _cache_names(df: pd.DataFrame, labels: Path) -> pd.Series:
     names = df["dicom_id"].map(lambda d: re.sub(r"[^A-Za-z0-9._-]", "_", d) + ".png")
     dup = names.duplicated()
     if dup.any():
-        raise UserError(f"{labels}: image ids {df['dicom_id'][dup].iloc[0]!r} and another map to the same cache file; make dicom_id unique")
+        raise UserError(
+            f"{labels}: image ids {df['dicom_id'][dup].iloc[0]!r} and another map to the same cache file; make dicom_id unique"
+        )
     return names
 
 

@@ -16,8 +16,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("cxr-synth", "torch", "torchvision", "diffusers", "transformers", "accelerate", "timm", "torchmetrics",
-            "numpy", "pandas", "scikit-learn", "pillow", "matplotlib")
+PACKAGES = (
+    "cxr-synth",
+    "torch",
+    "torchvision",
+    "diffusers",
+    "transformers",
+    "accelerate",
+    "timm",
+    "torchmetrics",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "pillow",
+    "matplotlib",
+)
 _REPO = Path(__file__).resolve().parents[1]
 
 
@@ -46,6 +59,11 @@ def git_commit() -> str | None:
 def environment() -> dict[str, Any]:
     """Commit, uncommitted code edits (``synth``, ``classifier``, ``bench``, ``configs``), versions, machine, time."""
     status = _git("status", "--porcelain", "--", "synth", "classifier", "bench", "configs")
-    return {"git_commit": git_commit(), "worktree_dirty": bool(status) if status is not None else None,
-            "when_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": platform.platform(),
-            "cpus": os.cpu_count(), "versions": package_versions()}
+    return {
+        "git_commit": git_commit(),
+        "worktree_dirty": bool(status) if status is not None else None,
+        "when_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "versions": package_versions(),
+    }

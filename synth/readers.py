@@ -49,8 +49,9 @@ NIH_TO_CXRLT: Mapping[str, str] = {
 NIH_COLUMNS: tuple[str, ...] = ("Image Index", "Finding Labels", "Patient ID", "View Position")
 
 
-def read_labels(fmt: str, labels: str | os.PathLike, image_root: str | os.PathLike | None = None,
-                uncertain: str = "error") -> pd.DataFrame:
+def read_labels(
+    fmt: str, labels: str | os.PathLike, image_root: str | os.PathLike | None = None, uncertain: str = "error"
+) -> pd.DataFrame:
     """Dispatch on ``fmt`` (``cxrlt`` | ``nih``); ``uncertain`` is what a CXR-LT ``-1`` cell means."""
     key = fmt.strip().lower()
     if key == "cxrlt":
@@ -60,7 +61,9 @@ def read_labels(fmt: str, labels: str | os.PathLike, image_root: str | os.PathLi
     raise UserError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
 
 
-def read_cxrlt(labels: str | os.PathLike, image_root: str | os.PathLike | None = None, uncertain: str = "error") -> pd.DataFrame:
+def read_cxrlt(
+    labels: str | os.PathLike, image_root: str | os.PathLike | None = None, uncertain: str = "error"
+) -> pd.DataFrame:
     """A CXR-LT challenge CSV (``train_labeled.csv`` layout); ``fpath`` relative to ``image_root``.
 
     All 40 label columns are required (the challenge file always has them);
@@ -107,10 +110,14 @@ def read_nih(labels: str | os.PathLike, image_root: str | os.PathLike | None = N
             "expected NIH Data_Entry_2017_v2020.csv columns (or use --format cxrlt)"
         )
     # "Effusion | Mass" (hand-edited files) parses like "Effusion|Mass"
-    findings = raw["Finding Labels"].fillna("").astype(str).str.split("|").map(lambda fs: {f.strip() for f in fs} - {""})
+    findings = (
+        raw["Finding Labels"].fillna("").astype(str).str.split("|").map(lambda fs: {f.strip() for f in fs} - {""})
+    )
     unknown = sorted(set().union(*findings) - set(NIH_TO_CXRLT)) if len(findings) else []
     if unknown:
-        raise UserError(f"{labels}: column 'Finding Labels' has unknown NIH finding(s) {unknown}; expected {sorted(NIH_TO_CXRLT)}")
+        raise UserError(
+            f"{labels}: column 'Finding Labels' has unknown NIH finding(s) {unknown}; expected {sorted(NIH_TO_CXRLT)}"
+        )
     require_values(raw, ("Image Index", "Patient ID"), str(labels))
     names = raw["Image Index"].astype(str).str.strip()
     patients = normalise_ids(raw["Patient ID"])
@@ -153,7 +160,9 @@ def _read_csv(path: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=True, compression="infer")
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as err:
-        raise UserError(f"--labels {path}: cannot parse as CSV ({err}); expected a .csv or .csv.gz label file") from err
+        raise UserError(
+            f"--labels {path}: cannot parse as CSV ({err}); expected a .csv or .csv.gz label file"
+        ) from err
 
 
 def _followup(raw: pd.DataFrame) -> pd.Series:

@@ -122,9 +122,16 @@ def check_splits(df: pd.DataFrame, where: str) -> list[str]:
 
 #: Spellings of a given split (case-insensitive), as CXR-LT and other releases name them.
 SPLIT_ALIASES: dict[str, str] = {
-    "train": "train", "training": "train",
-    "val": "val", "valid": "val", "validate": "val", "validation": "val", "dev": "val", "development": "val",
-    "test": "test", "testing": "test",
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validate": "val",
+    "validation": "val",
+    "dev": "val",
+    "development": "val",
+    "test": "test",
+    "testing": "test",
 }
 
 
@@ -138,8 +145,10 @@ def normalise_given_split(values: pd.Series, where: str, first_row: int = 2) -> 
     bad = mapped.isna().to_numpy()
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise UserError(f"{where}: column 'split' row {i + first_row} has {values.iloc[i]!r} ({int(bad.sum())} such row(s)); "
-                        "expected train, validate/val or test — fill it in, or drop the column to let `synth prepare` split by patient")
+        raise UserError(
+            f"{where}: column 'split' row {i + first_row} has {values.iloc[i]!r} ({int(bad.sum())} such row(s)); "
+            "expected train, validate/val or test — fill it in, or drop the column to let `synth prepare` split by patient"
+        )
     return mapped.astype(object).rename("split")
 
 
@@ -151,9 +160,11 @@ def check_given_split(df: pd.DataFrame, where: str) -> None:
         patient, splits = leaked.index[0], leaked.iloc[0]
         counts = df[df["subject_id"].astype(str) == patient]["split"].value_counts()
         where_is = ", ".join(f"{s} ({int(counts[s])} image(s))" for s in splits)
-        raise UserError(f"{where}: patient {patient!r} is in more than one given split: {where_is}; "
-                        f"{len(leaked)} patient(s) cross splits. Put all of a patient's images in one split "
-                        "(CXR-LT splits are patient-level), or drop the split column to let `synth prepare` split by patient")
+        raise UserError(
+            f"{where}: patient {patient!r} is in more than one given split: {where_is}; "
+            f"{len(leaked)} patient(s) cross splits. Put all of a patient's images in one split "
+            "(CXR-LT splits are patient-level), or drop the split column to let `synth prepare` split by patient"
+        )
 
 
 def split_warnings(df: pd.DataFrame) -> dict[str, list[str]]:
@@ -162,5 +173,7 @@ def split_warnings(df: pd.DataFrame) -> dict[str, list[str]]:
     sizes = df["split"].value_counts()
     train = df[df["split"] == "train"]
     no_train = [c for c in annotated_classes(df) if (df[c] == 1).any() and not (train[c] == 1).any()]
-    return {"empty_splits": [s for s in SPLITS if sizes.get(s, 0) == 0],
-            "classes_without_train_positives": no_train if len(train) else []}
+    return {
+        "empty_splits": [s for s in SPLITS if sizes.get(s, 0) == 0],
+        "classes_without_train_positives": no_train if len(train) else [],
+    }

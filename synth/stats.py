@@ -105,5 +105,7 @@ def load_stats(path: str | os.PathLike) -> dict[str, Any]:
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: not valid JSON ({err}); re-run `synth prepare`") from err
     if stats.get("version") != STATS_VERSION:
-        raise UserError(f"{path}: stats version {stats.get('version')!r}, expected {STATS_VERSION}; re-run `synth prepare`")
+        raise UserError(
+            f"{path}: stats version {stats.get('version')!r}, expected {STATS_VERSION}; re-run `synth prepare`"
+        )
     return stats

@@ -127,7 +127,9 @@ class GroupThresholds:
     tail: float = 0.01
 
 
-def frequency_groups(train_prevalence: Mapping[str, float], thresholds: GroupThresholds = GroupThresholds()) -> dict[str, str]:
+def frequency_groups(
+    train_prevalence: Mapping[str, float], thresholds: GroupThresholds = GroupThresholds()
+) -> dict[str, str]:
     """Map each class to head / medium / tail from *training-split* prevalence.
 
     Classes absent from the mapping (e.g. not annotated in NIH) are left out.

@@ -38,7 +38,7 @@ def render(cls: str | None, seed: int, size: int = SIZE) -> np.ndarray:
     elif cls == "Cardiomegaly":  # large dark blob, lower centre
         img[((yy - 0.68) / 0.22) ** 2 + ((xx - 0.5) / 0.3) ** 2 < 1.0] -= 0.3
     elif cls == "Rib Fracture":  # bright vertical line, right
-        img[:, int(0.7 * size): int(0.7 * size) + 2] += 0.45
+        img[:, int(0.7 * size) : int(0.7 * size) + 2] += 0.45
     return np.clip(img + rng.normal(scale=0.01, size=img.shape), 0, 1)
 
 
@@ -48,14 +48,22 @@ def save(img: np.ndarray, path: Path) -> None:
 
 
 def _row(dicom_id: str, subject: str, fpath: str, cls: str | None, split: str, source: str) -> dict:
-    row = {"dicom_id": dicom_id, "subject_id": subject, "study_id": dicom_id, "ViewPosition": "PA", "fpath": fpath,
-           "split": split, "source": source}
+    row = {
+        "dicom_id": dicom_id,
+        "subject_id": subject,
+        "study_id": dicom_id,
+        "ViewPosition": "PA",
+        "fpath": fpath,
+        "split": split,
+        "source": source,
+    }
     row.update({c: float(c == cls) for c in CLASSES})
     return row
 
 
-def make_real(root: Path, per_class: dict[str, int] | None = None, seed: int = 0,
-              normals: dict[str, int] | None = None) -> Path:
+def make_real(
+    root: Path, per_class: dict[str, int] | None = None, seed: int = 0, normals: dict[str, int] | None = None
+) -> Path:
     """Real manifest: per class and split the given counts (default train 40 / val 12 / test 12), one image per patient,
     plus ``normals[split]`` patients without any of the classes (real data has plenty of those)."""
     per_class = per_class or {"train": 40, "val": 12, "test": 12}

@@ -37,8 +37,29 @@ _SPEC: dict[str, tuple[str, str, str, str, bool, bool]] = {
 }
 
 #: Words whose byte-pair merges the tiny vocabulary knows (the rest falls back to single bytes).
-_WORDS = ("chest", "x-ray", "pa", "ap", "view", "rib", "fracture", "pleural", "effusion", "pneumothorax", "normal",
-          "and", "cardiomegaly", "atelectasis", "edema", "mass", "subcutaneous", "emphysema", "lateral", "no", "finding")
+_WORDS = (
+    "chest",
+    "x-ray",
+    "pa",
+    "ap",
+    "view",
+    "rib",
+    "fracture",
+    "pleural",
+    "effusion",
+    "pneumothorax",
+    "normal",
+    "and",
+    "cardiomegaly",
+    "atelectasis",
+    "edema",
+    "mass",
+    "subcutaneous",
+    "emphysema",
+    "lateral",
+    "no",
+    "finding",
+)
 
 
 def prediction_type(layout: str) -> str:
@@ -47,7 +68,9 @@ def prediction_type(layout: str) -> str:
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible byte -> printable-unicode map (the alphabet of a byte-level BPE)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -78,12 +101,26 @@ def write_clip_tokenizer(folder: Path, pad_token: str, model_max_length: int = 7
         vocab[special] = len(vocab)
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": pad_token, "unk_token": "<|endoftext|>"}
+    special = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "pad_token": pad_token,
+        "unk_token": "<|endoftext|>",
+    }
     (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "add_prefix_space": False, "do_lower_case": True, "errors": "replace", "model_max_length": model_max_length,
-        "tokenizer_class": "CLIPTokenizer", **special,
-    }, indent=2))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "add_prefix_space": False,
+                "do_lower_case": True,
+                "errors": "replace",
+                "model_max_length": model_max_length,
+                "tokenizer_class": "CLIPTokenizer",
+                **special,
+            },
+            indent=2,
+        )
+    )
 
 
 def _tiny_safety_checker(hidden: int):
@@ -91,9 +128,20 @@ def _tiny_safety_checker(hidden: int):
     from transformers import CLIPConfig
 
     config = CLIPConfig(
-        text_config={"hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": 1, "num_attention_heads": 2},
-        vision_config={"hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "image_size": 224, "patch_size": 32},
+        text_config={
+            "hidden_size": hidden,
+            "intermediate_size": 2 * hidden,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+        },
+        vision_config={
+            "hidden_size": hidden,
+            "intermediate_size": 2 * hidden,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 224,
+            "patch_size": 32,
+        },
         projection_dim=hidden,
     )
     return StableDiffusionSafetyChecker(config)
@@ -104,20 +152,44 @@ def _tiny_models(vocab_size: int, act: str, sd2: bool, layout: str):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
-        num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77, hidden_act=act, projection_dim=HIDDEN,
-        bos_token_id=0, eos_token_id=2, pad_token_id=1,
-    ))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=HIDDEN,
+            intermediate_size=2 * HIDDEN,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            hidden_act=act,
+            projection_dim=HIDDEN,
+            bos_token_id=0,
+            eos_token_id=2,
+            pad_token_id=1,
+        )
+    )
     unet = UNet2DConditionModel(
-        sample_size=RESOLUTION // 8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        norm_num_groups=8, cross_attention_dim=HIDDEN, attention_head_dim=(2, 4) if sd2 else 4,
-        use_linear_projection=sd2, upcast_attention=layout == "sd21-v",
+        sample_size=RESOLUTION // 8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        norm_num_groups=8,
+        cross_attention_dim=HIDDEN,
+        attention_head_dim=(2, 4) if sd2 else 4,
+        use_linear_projection=sd2,
+        upcast_attention=layout == "sd21-v",
     )
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, block_out_channels=(8, 8, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=4, sample_size=RESOLUTION,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=RESOLUTION,
         scaling_factor=0.18215,
     )
     return text_encoder, unet, vae
@@ -141,14 +213,29 @@ def build_sd_folder(root: Path, layout: str = "sd21-base", dtype=None, seed: int
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
     torch.manual_seed(seed)
     text_encoder, unet, vae = _tiny_models(len(json.loads((tok_dir / "vocab.json").read_text())), act, sd2, layout)
-    common = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
-              "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": prediction}
-    scheduler = (PNDMScheduler(skip_prk_steps=True, **common) if scheduler_name == "PNDMScheduler"
-                 else DDIMScheduler(clip_sample=False, **common))
+    common = {
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "num_train_timesteps": 1000,
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+        "prediction_type": prediction,
+    }
+    scheduler = (
+        PNDMScheduler(skip_prk_steps=True, **common)
+        if scheduler_name == "PNDMScheduler"
+        else DDIMScheduler(clip_sample=False, **common)
+    )
     feature_extractor = CLIPImageProcessor(crop_size={"height": 224, "width": 224}, size={"shortest_edge": 224})
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=_tiny_safety_checker(HIDDEN) if with_checker else None, feature_extractor=feature_extractor,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=_tiny_safety_checker(HIDDEN) if with_checker else None,
+        feature_extractor=feature_extractor,
         requires_safety_checker=with_checker,
     )
     if dtype is not None:

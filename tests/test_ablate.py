@@ -23,15 +23,25 @@ from synth.taxonomy import CXR_LT_CLASSES
 REAL_PREPARE = stages.prepare_data  # before any test swaps in the fakes
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["Atelectasis", "Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Rib Fracture"]
-PREVALENCE = {"Atelectasis": 0.3, "Cardiomegaly": 0.2, "Pleural Effusion": 0.05, "Pneumothorax": 0.03, "Rib Fracture": 0.005}
+PREVALENCE = {
+    "Atelectasis": 0.3,
+    "Cardiomegaly": 0.2,
+    "Pleural Effusion": 0.05,
+    "Pneumothorax": 0.03,
+    "Rib Fracture": 0.005,
+}
 
 
 def _write_config(tmp_path: Path, **changes) -> Path:
     for name in ("finetune.yaml", "generate.yaml", "verifier.yaml", "filter.yaml", "classifier.yaml"):
-        (tmp_path / name).write_text("{}\n")  # valid (default) stage configs: `synth ablate` loads each before any work
+        (tmp_path / name).write_text(
+            "{}\n"
+        )  # valid (default) stage configs: `synth ablate` loads each before any work
     (tmp_path / "generate.yaml").write_text("seed: 0\n")  # read for real: real_resampled derives its threshold from it
     cfg = {
-        "name": "unit", "seeds": [0, 1], "output_root": str(tmp_path / "outputs"),
+        "name": "unit",
+        "seeds": [0, 1],
+        "output_root": str(tmp_path / "outputs"),
         "data": {"source": "phantom", "phantom_n": 10, "size": 16},
         "generator": {"config": str(tmp_path / "finetune.yaml")},
         "generate": {"config": str(tmp_path / "generate.yaml"), "classes": ["Rib Fracture"], "n": 3},
@@ -53,22 +63,34 @@ def _write_config(tmp_path: Path, **changes) -> Path:
 # ---------------------------------------------------------------- config validation
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"bogus": 1}, "unknown key 'bogus'"),
-    ({"data__bogus": 1}, r"unknown key\(s\) \['bogus'\] in 'data'"),
-    ({"arms": ["real_only", "synthetic_magic"]}, r"unknown arm\(s\) \['synthetic_magic'\]"),
-    ({"arms": ["synthetic_filtered"]}, "must include real_only"),
-    ({"seeds": []}, "seeds must be a non-empty list"),
-    ({"seeds": [0, 0]}, "distinct integers"),
-    ({"generate__classes": ["Rib Fractur"]}, "Rib Fracture"),
-    ({"data__source": "dicom"}, "data.source 'dicom'"),
-    ({"data": {"source": "prepare", "format": "chexpert", "labels": "x", "images": "y"}}, "data.format 'chexpert'"),
-    ({"evaluation__n_boot": 10}, "too small"),
-    ({"evaluation__heldout_phantom_n": -1}, "must be >= 0"),
-    ({"evaluation__heldout_phantom_n": 5, "data": {"source": "manifest", "manifest": "m.csv"}}, "needs data.source phantom"),
-    ({"evaluation__heldout_phantom_n": 5, "evaluation__heldout_phantom_seed": 0}, "would repeat the training patients"),
-    ({"evaluation__heldout_phantom_n": 5, "evaluation__split": "val"}, "needs evaluation.split test"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"bogus": 1}, "unknown key 'bogus'"),
+        ({"data__bogus": 1}, r"unknown key\(s\) \['bogus'\] in 'data'"),
+        ({"arms": ["real_only", "synthetic_magic"]}, r"unknown arm\(s\) \['synthetic_magic'\]"),
+        ({"arms": ["synthetic_filtered"]}, "must include real_only"),
+        ({"seeds": []}, "seeds must be a non-empty list"),
+        ({"seeds": [0, 0]}, "distinct integers"),
+        ({"generate__classes": ["Rib Fractur"]}, "Rib Fracture"),
+        ({"data__source": "dicom"}, "data.source 'dicom'"),
+        (
+            {"data": {"source": "prepare", "format": "chexpert", "labels": "x", "images": "y"}},
+            "data.format 'chexpert'",
+        ),
+        ({"evaluation__n_boot": 10}, "too small"),
+        ({"evaluation__heldout_phantom_n": -1}, "must be >= 0"),
+        (
+            {"evaluation__heldout_phantom_n": 5, "data": {"source": "manifest", "manifest": "m.csv"}},
+            "needs data.source phantom",
+        ),
+        (
+            {"evaluation__heldout_phantom_n": 5, "evaluation__heldout_phantom_seed": 0},
+            "would repeat the training patients",
+        ),
+        ({"evaluation__heldout_phantom_n": 5, "evaluation__split": "val"}, "needs evaluation.split test"),
+    ],
+)
 def test_config_errors_name_the_key(tmp_path: Path, change, message):
     with pytest.raises(UserError, match=message):
         load_ablation_config(_write_config(tmp_path, **change))
@@ -83,8 +105,17 @@ def test_shipped_configs_are_valid(name):
 
 
 def test_dry_run_missing_path_is_one_error_line(tmp_path: Path):
-    res = CliRunner().invoke(app, ["ablate", "--config", str(REPO / "configs/ablation/mimic-cxr-lt.yaml"), "--dry-run",
-                                   "--output-root", str(tmp_path)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "ablate",
+            "--config",
+            str(REPO / "configs/ablation/mimic-cxr-lt.yaml"),
+            "--dry-run",
+            "--output-root",
+            str(tmp_path),
+        ],
+    )
     assert res.exit_code == 2
     lines = [l for l in res.output.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ")
@@ -113,8 +144,15 @@ def _tiny_manifest(folder: Path, n: int, split_of, source="real", extra=None) ->
     (folder / "images").mkdir(parents=True, exist_ok=True)
     for i in range(n):
         Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(folder / "images" / f"{i}.png")
-        row = {"dicom_id": f"{source}{i}", "subject_id": f"p{i // 2}", "study_id": f"s{i}", "ViewPosition": "PA",
-               "fpath": f"images/{i}.png", "split": split_of(i), "source": source}
+        row = {
+            "dicom_id": f"{source}{i}",
+            "subject_id": f"p{i // 2}",
+            "study_id": f"s{i}",
+            "ViewPosition": "PA",
+            "fpath": f"images/{i}.png",
+            "split": split_of(i),
+            "source": source,
+        }
         row.update({c: float(rng.random() < max(PREVALENCE[c], 0.1)) for c in CLASSES})
         row.update(extra(i) if extra else {})
         rows.append(row)
@@ -127,8 +165,16 @@ class FakeStages:
     def __init__(self, monkeypatch):
         self.calls: list[str] = []
         self.fail_at: tuple[str, int] | None = None
-        for name in ("prepare_data", "train_generator", "generate_images", "filter_images", "train_arm", "predict",
-                     "evaluate", "paired"):
+        for name in (
+            "prepare_data",
+            "train_generator",
+            "generate_images",
+            "filter_images",
+            "train_arm",
+            "predict",
+            "evaluate",
+            "paired",
+        ):
             monkeypatch.setattr(stages, name, getattr(self, name))
 
     def prepare_data(self, cfg, out):
@@ -141,7 +187,9 @@ class FakeStages:
 
     def generate_images(self, cfg, model_dir, out):
         self.calls.append("generate")
-        return _tiny_manifest(out, 6, lambda i: "train", "synthetic", lambda i: {"target_class": "Rib Fracture", "Rib Fracture": 1.0})
+        return _tiny_manifest(
+            out, 6, lambda i: "train", "synthetic", lambda i: {"target_class": "Rib Fracture", "Rib Fracture": 1.0}
+        )
 
     def filter_images(self, cfg, synthetic_manifest, data_manifest, out):
         self.calls.append("filter")
@@ -149,12 +197,30 @@ class FakeStages:
         df["fpath"] = [str(Path(synthetic_manifest).parent / f) for f in df["fpath"]]
         write_manifest(df.iloc[:4], out / "kept.csv")
         write_manifest(df.iloc[4:].assign(reject_reason="verifier"), out / "rejected.csv")
-        (out / "summary.json").write_text(json.dumps({"extractor": "fake", "classes": {"Rib Fracture": {
-            "n": 6, "kept": 4, "rejected": {"verifier": 2}, "fid": 3.0, "kid": 0.01, "fid_floor": 2.0}}}))
+        (out / "summary.json").write_text(
+            json.dumps(
+                {
+                    "extractor": "fake",
+                    "classes": {
+                        "Rib Fracture": {
+                            "n": 6,
+                            "kept": 4,
+                            "rejected": {"verifier": 2},
+                            "fid": 3.0,
+                            "kid": 0.01,
+                            "fid_floor": 2.0,
+                        }
+                    },
+                }
+            )
+        )
         return out
 
     def train_arm(self, cfg, mode, seed, train_df, classes, out, row_repeats=None):
-        arm = {"none": "real_resampled" if row_repeats else "real_only", "pretrain_finetune": "synthetic_pretrain"}.get(mode, "mix")
+        arm = {
+            "none": "real_resampled" if row_repeats else "real_only",
+            "pretrain_finetune": "synthetic_pretrain",
+        }.get(mode, "mix")
         if mode == "mix":
             arm = "synthetic_unfiltered" if len(train_df) == 46 else "synthetic_filtered"
         self.calls.append(f"{arm}/{seed}")
@@ -170,12 +236,16 @@ class FakeStages:
 
     def evaluate(self, cfg, y, p, classes, groups, patients):
         assert p.shape == (20, len(classes)) and len(patients) == 20
-        return {"groups": {g: {"value": 0.5, "ci": [0.4, 0.6]} for g in ("overall", "head", "medium", "tail")},
-                "per_class": {c: {"ap": 0.5, "auroc": 0.6, "f1": 0.4, "fnr": 0.3, "n_pos": 3} for c in classes}}
+        return {
+            "groups": {g: {"value": 0.5, "ci": [0.4, 0.6]} for g in ("overall", "head", "medium", "tail")},
+            "per_class": {c: {"ap": 0.5, "auroc": 0.6, "f1": 0.4, "fnr": 0.3, "n_pos": 3} for c in classes},
+        }
 
     def paired(self, cfg, y, pa, pb, classes, groups, patients):
-        return {g: {"diff": 0.01, "ci": [-0.01, 0.03], "p": 0.4, "run_diffs": [0.01] * len(pa)}
-                for g in ("overall", "head", "medium", "tail")}
+        return {
+            g: {"diff": 0.01, "ci": [-0.01, 0.03], "p": 0.4, "run_diffs": [0.01] * len(pa)}
+            for g in ("overall", "head", "medium", "tail")
+        }
 
 
 def test_crash_then_resume_recomputes_only_unfinished_work(tmp_path: Path, monkeypatch):
@@ -197,8 +267,13 @@ def test_crash_then_resume_recomputes_only_unfinished_work(tmp_path: Path, monke
     assert all(s.done for s in plan(cfg))
 
     results = json.loads((report_dir / "results.json").read_text())
-    assert [a["name"] for a in results["arms"]] == ["real_only", "real_resampled", "synthetic_unfiltered",
-                                                    "synthetic_filtered", "synthetic_pretrain"]
+    assert [a["name"] for a in results["arms"]] == [
+        "real_only",
+        "real_resampled",
+        "synthetic_unfiltered",
+        "synthetic_filtered",
+        "synthetic_pretrain",
+    ]
     assert results["generated_classes"] == ["Rib Fracture"] and results["filter"]["extractor"] == "fake"
     assert results["grids"]["Rib Fracture"]["kept"] and len(results["grids"]["Rib Fracture"]["rejected"]) == 2
     assert "synth ablate --config" in results["provenance"]["commands"][0]
@@ -273,7 +348,9 @@ def test_test_probabilities_are_stored_in_the_manifest_class_order(tmp_path: Pat
     np.testing.assert_allclose(stored, predicted[:, ::-1].astype(np.float32))
 
 
-def test_real_nih_sample_prepared_once_and_scored_on_its_annotated_classes(tmp_path: Path, monkeypatch, nih_sample: Path):
+def test_real_nih_sample_prepared_once_and_scored_on_its_annotated_classes(
+    tmp_path: Path, monkeypatch, nih_sample: Path
+):
     """The data step calls the real `synth prepare`; classifier stages are faked."""
     fake = FakeStages(monkeypatch)
     monkeypatch.setattr(stages, "prepare_data", REAL_PREPARE)
@@ -289,9 +366,18 @@ def test_real_nih_sample_prepared_once_and_scored_on_its_annotated_classes(tmp_p
 
     monkeypatch.setattr(stages, "predict", predict)
     monkeypatch.setattr(stages, "evaluate", evaluate)
-    path = _write_config(tmp_path, seeds=[0], arms=["real_only"],
-                         data={"source": "prepare", "format": "nih", "labels": str(nih_sample / "Data_Entry_2017_v2020.csv"),
-                               "images": str(nih_sample / "images"), "size": 32})
+    path = _write_config(
+        tmp_path,
+        seeds=[0],
+        arms=["real_only"],
+        data={
+            "source": "prepare",
+            "format": "nih",
+            "labels": str(nih_sample / "Data_Entry_2017_v2020.csv"),
+            "images": str(nih_sample / "images"),
+            "size": 32,
+        },
+    )
     report_dir = run_ablation(load_ablation_config(path), log=lambda m: None)
     results = json.loads((report_dir / "results.json").read_text())
     assert len(seen["classes"]) == 15 and "Hernia" in seen["classes"] and "Rib Fracture" not in seen["classes"]
@@ -299,12 +385,13 @@ def test_real_nih_sample_prepared_once_and_scored_on_its_annotated_classes(tmp_p
     assert set(results["groups"].values()) <= {"head", "medium", "tail"} and fake.calls == ["real_only/0"]
 
 
-
 def test_heldout_phantom_rows_are_scored_with_the_test_split_without_retraining(tmp_path: Path, monkeypatch):
     """Adding held-out test patients to a finished ablation predicts them with the cached models only."""
     fake = FakeStages(monkeypatch)
-    run_ablation(load_ablation_config(_write_config(tmp_path, seeds=[0], arms=["real_only", "synthetic_filtered"])),
-                 log=lambda m: None)
+    run_ablation(
+        load_ablation_config(_write_config(tmp_path, seeds=[0], arms=["real_only", "synthetic_filtered"])),
+        log=lambda m: None,
+    )
     seen: dict[str, list] = {"predict_rows": [], "eval_rows": []}
 
     def prepare_heldout(cfg, out):
@@ -324,8 +411,9 @@ def test_heldout_phantom_rows_are_scored_with_the_test_split_without_retraining(
     monkeypatch.setattr(stages, "predict", predict)
     monkeypatch.setattr(stages, "evaluate", evaluate)
     fake.calls.clear()
-    cfg = load_ablation_config(_write_config(tmp_path, seeds=[0], arms=["real_only", "synthetic_filtered"],
-                                             evaluation__heldout_phantom_n=8))
+    cfg = load_ablation_config(
+        _write_config(tmp_path, seeds=[0], arms=["real_only", "synthetic_filtered"], evaluation__heldout_phantom_n=8)
+    )
     report_dir = run_ablation(cfg, log=lambda m: None)
     assert fake.calls == ["heldout"]  # no arm retrained
     assert seen["predict_rows"] == [8, 8] and seen["eval_rows"] == [28, 28]
@@ -343,8 +431,11 @@ def test_heldout_phantom_rows_are_scored_with_the_test_split_without_retraining(
 
 
 def test_heldout_phantom_patients_are_new_and_all_in_test(tmp_path: Path):
-    path = _write_config(tmp_path, data={"source": "phantom", "phantom_n": 60, "size": 32, "phantom_seed": 0},
-                         evaluation__heldout_phantom_n=12)
+    path = _write_config(
+        tmp_path,
+        data={"source": "phantom", "phantom_n": 60, "size": 32, "phantom_seed": 0},
+        evaluation__heldout_phantom_n=12,
+    )
     cfg = load_ablation_config(path)
     heldout = read_manifest(stages.prepare_heldout(cfg, tmp_path / "heldout"))
     main = read_manifest(REAL_PREPARE(cfg, tmp_path / "data"))
@@ -367,29 +458,63 @@ def test_oracle_fidelity_is_reported_and_never_retrains_filter_or_arms(tmp_path:
         fake.calls.append("fidelity")
         assert (real_train["split"] == "train").all() and len(generated) == 6 and len(kept) == 4
         path = out / "fidelity.json"
-        path.write_text(json.dumps({"rule": "r", "classes": {"Rib Fracture": {
-            "oracle_val_ap": 0.9, "real": 0.8, "generated": 0.25, "kept": 0.5, "rejected": 0.0, "n_real": 3, "n_generated": 6}}}))
+        path.write_text(
+            json.dumps(
+                {
+                    "rule": "r",
+                    "classes": {
+                        "Rib Fracture": {
+                            "oracle_val_ap": 0.9,
+                            "real": 0.8,
+                            "generated": 0.25,
+                            "kept": 0.5,
+                            "rejected": 0.0,
+                            "n_real": 3,
+                            "n_generated": 6,
+                        }
+                    },
+                }
+            )
+        )
         return path
 
     monkeypatch.setattr(stages, "train_oracle", train_oracle)
     monkeypatch.setattr(stages, "oracle_fidelity", oracle_fidelity)
     (tmp_path / "oracle.yaml").write_text("epochs: 1\n")
-    cfg = load_ablation_config(_write_config(tmp_path, seeds=[0], arms=["real_only", "synthetic_filtered"],
-                                             oracle={"config": str(tmp_path / "oracle.yaml"), "phantom_n": 80}))
+    cfg = load_ablation_config(
+        _write_config(
+            tmp_path,
+            seeds=[0],
+            arms=["real_only", "synthetic_filtered"],
+            oracle={"config": str(tmp_path / "oracle.yaml"), "phantom_n": 80},
+        )
+    )
     fake.calls.clear()
     report_dir = run_ablation(cfg, log=lambda m: None)
     assert fake.calls == ["oracle", "fidelity"]  # a judge: the filter and the arms are reused
     results = json.loads((report_dir / "results.json").read_text())
     assert results["fidelity"]["classes"]["Rib Fracture"]["kept"] == 0.5
     md = (report_dir / "report.md").read_text()
-    assert "## Generator fidelity (phantom oracle)" in md and "| Rib Fracture | 0.900 | 0.800 | 0.250 | 0.500 | 0.000 | 3 | 6 |" in md
-    assert ("- Generator fidelity (phantom oracle, 1 judgeable class(es)): the prompted finding is detected in 25% of "
-            "generated and 50% of kept images on average, vs 80% of real training positives.") in md
+    assert (
+        "## Generator fidelity (phantom oracle)" in md
+        and "| Rib Fracture | 0.900 | 0.800 | 0.250 | 0.500 | 0.000 | 3 | 6 |" in md
+    )
+    assert (
+        "- Generator fidelity (phantom oracle, 1 judgeable class(es)): the prompted finding is detected in 25% of "
+        "generated and 50% of kept images on average, vs 80% of real training positives."
+    ) in md
     with pytest.raises(UserError, match="oracle needs data.source phantom"):
-        load_ablation_config(_write_config(tmp_path, data={"source": "manifest", "manifest": "m.csv"},
-                                           oracle={"config": str(tmp_path / "oracle.yaml")}))
+        load_ablation_config(
+            _write_config(
+                tmp_path,
+                data={"source": "manifest", "manifest": "m.csv"},
+                oracle={"config": str(tmp_path / "oracle.yaml")},
+            )
+        )
     with pytest.raises(UserError, match="repeats another phantom seed"):
-        load_ablation_config(_write_config(tmp_path, oracle={"config": str(tmp_path / "oracle.yaml"), "phantom_seed": 0}))
+        load_ablation_config(
+            _write_config(tmp_path, oracle={"config": str(tmp_path / "oracle.yaml"), "phantom_seed": 0})
+        )
 
 
 def test_train_arm_hands_the_arm_mode_and_repeats_to_the_classifier(tmp_path: Path, monkeypatch):
@@ -397,14 +522,23 @@ def test_train_arm_hands_the_arm_mode_and_repeats_to_the_classifier(tmp_path: Pa
     import classifier.train as train_mod
 
     seen = []
-    monkeypatch.setattr(train_mod, "train_ensemble", lambda ens, df, out, classes=None, row_repeats=None:
-                        seen.append((ens.synthetic.mode, [m.seed for m in ens.members], row_repeats)) or out)
+    monkeypatch.setattr(
+        train_mod,
+        "train_ensemble",
+        lambda ens, df, out, classes=None, row_repeats=None: (
+            seen.append((ens.synthetic.mode, [m.seed for m in ens.members], row_repeats)) or out
+        ),
+    )
     cfg = load_ablation_config(REPO / "configs" / "ablation" / "demo.yaml")
     for mode in ("none", "mix", "pretrain_finetune"):
         stages.train_arm(cfg, mode, 7, pd.DataFrame(), CLASSES, tmp_path)
     stages.train_arm(cfg, "none", 3, pd.DataFrame(), CLASSES, tmp_path, row_repeats={"d1": 4})
-    assert seen == [("none", [7, 7], None), ("mix", [7, 7], None), ("pretrain_finetune", [7, 7], None),
-                    ("none", [3, 3], {"d1": 4})]
+    assert seen == [
+        ("none", [7, 7], None),
+        ("mix", [7, 7], None),
+        ("pretrain_finetune", [7, 7], None),
+        ("none", [3, 3], {"d1": 4}),
+    ]
 
 
 def test_evaluate_adapter_reports_each_group_its_own_map():
@@ -414,8 +548,13 @@ def test_evaluate_adapter_reports_each_group_its_own_map():
     rng = np.random.default_rng(0)
     y = (rng.random((120, len(CLASSES))) < [0.5, 0.4, 0.2, 0.1, 0.05]).astype(float)
     p = np.clip(y * rng.uniform(0.0, 0.6, y.shape) + rng.random(y.shape) * 0.6, 0, 1)
-    groups = {"Atelectasis": "head", "Cardiomegaly": "head", "Pleural Effusion": "medium", "Pneumothorax": "tail",
-              "Rib Fracture": "tail"}
+    groups = {
+        "Atelectasis": "head",
+        "Cardiomegaly": "head",
+        "Pleural Effusion": "medium",
+        "Pneumothorax": "tail",
+        "Rib Fracture": "tail",
+    }
     cfg = load_ablation_config(REPO / "configs" / "ablation" / "demo.yaml")
     out = stages.evaluate(cfg, y, p, CLASSES, groups, np.arange(120).astype(str))
     ap = {c: average_precision_score(y[:, j], p[:, j]) for j, c in enumerate(CLASSES)}

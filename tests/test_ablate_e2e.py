@@ -44,27 +44,76 @@ def _write(path: Path, data: dict) -> str:
 
 
 def _config(tmp: Path) -> Path:
-    classifier = _write(tmp / "classifier.yaml", {
-        "members": [{"arch": "convnext_atto", "image_size": 32}],
-        "train": {"epochs": 1, "batch_size": 32, "lr": 0.002, "ema_decay": 0.9, "select": "best", "eval_batch_size": 256},
-        "synthetic": {"mode": "none", "pretrain_epochs": 1, "labels": "target"},
-        "ensemble": {"weights": "mean", "tta_flip": False},
-    })
-    verifier = _write(tmp / "verifier.yaml", {"arch": "convnext_atto", "image_size": 32, "epochs": 1, "batch_size": 32,
-                                              "lr": 0.002, "seed": 0, "num_workers": 0, "eval_batch_size": 256})
+    classifier = _write(
+        tmp / "classifier.yaml",
+        {
+            "members": [{"arch": "convnext_atto", "image_size": 32}],
+            "train": {
+                "epochs": 1,
+                "batch_size": 32,
+                "lr": 0.002,
+                "ema_decay": 0.9,
+                "select": "best",
+                "eval_batch_size": 256,
+            },
+            "synthetic": {"mode": "none", "pretrain_epochs": 1, "labels": "target"},
+            "ensemble": {"weights": "mean", "tta_flip": False},
+        },
+    )
+    verifier = _write(
+        tmp / "verifier.yaml",
+        {
+            "arch": "convnext_atto",
+            "image_size": 32,
+            "epochs": 1,
+            "batch_size": 32,
+            "lr": 0.002,
+            "seed": 0,
+            "num_workers": 0,
+            "eval_batch_size": 256,
+        },
+    )
     cfg = {
-        "name": "e2e", "seeds": list(SEEDS), "arms": list(ARMS), "output_root": str(tmp / "outputs"),
+        "name": "e2e",
+        "seeds": list(SEEDS),
+        "arms": list(ARMS),
+        "output_root": str(tmp / "outputs"),
         "data": {"source": "phantom", "phantom_n": 400, "phantom_seed": 0, "size": 32, "val": 0.15, "test": 0.2},
-        "generator": {"config": str(REPO / "configs/finetune/demo.yaml"), "overrides": {
-            "resolution": 32, "vae_block_out_channels": [8, 16], "vae_max_train_steps": 2, "vae_batch_size": 8,
-            "unet_block_out_channels": [8, 16], "unet_attention_head_dim": 4, "norm_num_groups": 4,
-            "max_train_steps": 2, "train_batch_size": 8, "lr_warmup_steps": 0, "checkpointing_steps": 100,
-            "num_validation_images": 1, "validation_inference_steps": 2, "cache_latents": "false"}},
-        "generate": {"config": str(REPO / "configs/generate/default.yaml"), "classes": GENERATED, "n": N_PER_CLASS,
-                     "overrides": {"batch_size": 8, "steps": 2, "progress": False}},
-        "filter": {"verifier_config": verifier, "config": str(REPO / "configs/filter/default.yaml"),
-                   "overrides": {"fallback_specificity": 0.05, "bootstrap": 10, "kid_subsets": 5,
-                                 "nearcopy_calibration_images": 20}},
+        "generator": {
+            "config": str(REPO / "configs/finetune/demo.yaml"),
+            "overrides": {
+                "resolution": 32,
+                "vae_block_out_channels": [8, 16],
+                "vae_max_train_steps": 2,
+                "vae_batch_size": 8,
+                "unet_block_out_channels": [8, 16],
+                "unet_attention_head_dim": 4,
+                "norm_num_groups": 4,
+                "max_train_steps": 2,
+                "train_batch_size": 8,
+                "lr_warmup_steps": 0,
+                "checkpointing_steps": 100,
+                "num_validation_images": 1,
+                "validation_inference_steps": 2,
+                "cache_latents": "false",
+            },
+        },
+        "generate": {
+            "config": str(REPO / "configs/generate/default.yaml"),
+            "classes": GENERATED,
+            "n": N_PER_CLASS,
+            "overrides": {"batch_size": 8, "steps": 2, "progress": False},
+        },
+        "filter": {
+            "verifier_config": verifier,
+            "config": str(REPO / "configs/filter/default.yaml"),
+            "overrides": {
+                "fallback_specificity": 0.05,
+                "bootstrap": 10,
+                "kid_subsets": 5,
+                "nearcopy_calibration_images": 20,
+            },
+        },
         "classifier": {"config": classifier, "batch_size": 256},
         "evaluation": {"n_boot": 100, "grid_examples": 2},
     }
@@ -96,8 +145,13 @@ def test_every_synthetic_arm_trained_on_its_synthetic_rows(ablation):
     kept = read_manifest(steps["filter"] / "filtered" / "kept.csv")
     assert len(generated) == N_PER_CLASS * len(GENERATED) and sorted(set(generated["target_class"])) == GENERATED
     assert len(kept) > 0
-    expected = {"real_only": 0, "real_resampled": 0, "synthetic_unfiltered": len(generated),
-                "synthetic_filtered": len(kept), "synthetic_pretrain": len(kept)}
+    expected = {
+        "real_only": 0,
+        "real_resampled": 0,
+        "synthetic_unfiltered": len(generated),
+        "synthetic_filtered": len(kept),
+        "synthetic_pretrain": len(kept),
+    }
     for arm in results["arms"]:
         for seed, entry in arm["seeds"].items():
             rows = entry["train_rows"]
@@ -138,14 +192,20 @@ def test_results_equal_an_independent_recomputation_from_the_saved_predictions(a
             out[g] = float(np.mean(vals)) if vals else math.nan
         return out
 
-    recomputed = {(arm, s): group_maps(np.load(steps[f"{arm}/seed-{s}"] / "test_probs.npy")) for arm in ARMS for s in SEEDS}
+    recomputed = {
+        (arm, s): group_maps(np.load(steps[f"{arm}/seed-{s}"] / "test_probs.npy")) for arm in ARMS for s in SEEDS
+    }
     distinct = set()
     for arm in results["arms"]:
         for s in SEEDS:
             for g in GROUPS:
                 value = arm["seeds"][str(s)]["groups"][g]["value"]
                 want = recomputed[arm["name"], s][g]
-                assert (value is None and math.isnan(want)) or value == pytest.approx(want, abs=1e-6), (arm["name"], s, g)
+                assert (value is None and math.isnan(want)) or value == pytest.approx(want, abs=1e-6), (
+                    arm["name"],
+                    s,
+                    g,
+                )
                 distinct.add(round(want, 6))
         if arm["name"] != "real_only":
             for g in ("overall", "tail"):
@@ -159,12 +219,21 @@ def test_report_group_table_prints_the_mean_over_all_seeds(ablation):
     md = (load_ablation_config(config).report_dir / "report.md").read_text()
     for arm in results["arms"]:
         entries = [arm["seeds"][str(s)]["groups"] for s in SEEDS]
-        cells = [_fmt_est([e[g]["value"] for e in entries], [e[g]["ci"][0] for e in entries], [e[g]["ci"][1] for e in entries])
-                 for g in GROUPS]
+        cells = [
+            _fmt_est(
+                [e[g]["value"] for e in entries], [e[g]["ci"][0] for e in entries], [e[g]["ci"][1] for e in entries]
+            )
+            for g in GROUPS
+        ]
         assert f"| {arm['label']} | " + " | ".join(cells) + f" | {len(SEEDS)} |" in md
     assert "## Stage wall times" in md and results["timings"]["steps"]
-    assert {r["step"] for r in results["timings"]["steps"]} >= {"data", "generator", "generate", "filter",
-                                                               "synthetic_filtered/seed-1"}
+    assert {r["step"] for r in results["timings"]["steps"]} >= {
+        "data",
+        "generator",
+        "generate",
+        "filter",
+        "synthetic_filtered/seed-1",
+    }
     assert re.search(r"- \+ synthetic, filtered .* the tail vs real, tail re-sampled: ΔmAP", md)
     assert "Do no harm:" in md
     for arm in results["arms"][1:]:  # harm is called only on classes with enough test positives, and only below 0

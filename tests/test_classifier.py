@@ -69,8 +69,9 @@ def test_patient_level_resampled_ap_equals_the_row_weighted_ap():
         p = np.round(rng.random(n), int(rng.integers(1, 3)))  # one or two decimals: many ties
         resamples = metrics.patient_resamples(rng.integers(0, max(1, n // 3), n), 40, seed=trial)
         reference = metrics.weighted_ap(y, p, resamples.row_weights())
-        np.testing.assert_allclose(metrics.resampled_ap(y, p, resamples.codes, resamples.counts), reference,
-                                   rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(
+            metrics.resampled_ap(y, p, resamples.codes, resamples.counts), reference, rtol=1e-12, atol=1e-12
+        )
 
 
 def test_class_without_positives_is_reported_and_excluded():
@@ -104,7 +105,9 @@ def test_macro_ap_for_model_selection_skips_classes_without_positives_and_unanno
     p[:30, 1] = 1.0  # ...and scored highest: read as negatives they would pull b's AP down
     expected = np.mean([average_precision_score(y[~np.isnan(y[:, j]), j], p[~np.isnan(y[:, j]), j]) for j in range(3)])
     assert metrics.macro_ap(y, p) == pytest.approx(expected, abs=1e-9)
-    assert metrics.macro_ap(y, p) == pytest.approx(metrics.evaluate(y, p, list("abcd"), {}, n_boot=0)["map"], abs=1e-6)  # torchmetrics: float32
+    assert metrics.macro_ap(y, p) == pytest.approx(
+        metrics.evaluate(y, p, list("abcd"), {}, n_boot=0)["map"], abs=1e-6
+    )  # torchmetrics: float32
     assert metrics.macro_ap(np.zeros((5, 2)), np.random.default_rng(0).random((5, 2))) is None  # nothing to score
 
 
@@ -128,14 +131,17 @@ def test_interval_and_p_value_follow_their_definitions():
     patients = np.arange(n) // 2
     n_boot, seed = 300, 4
     boot_base = _independent_boot_aps(y, base, patients, n_boot, seed)
-    ev = metrics.evaluate(y[:, None], base[:, None], ["a"], {"a": "head"}, patient_ids=patients, n_boot=n_boot, seed=seed)
+    ev = metrics.evaluate(
+        y[:, None], base[:, None], ["a"], {"a": "head"}, patient_ids=patients, n_boot=n_boot, seed=seed
+    )
     assert ev["ci"]["map"] == pytest.approx(tuple(np.percentile(boot_base, [2.5, 97.5])), abs=1e-9)
 
     diffs = _independent_boot_aps(y, arm, patients, n_boot, seed) - boot_base
     expected_p = min(1.0, 2 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)))
     assert 0.02 < expected_p < 0.9  # the data make p informative: neither 0 nor 1
-    pb = metrics.paired_bootstrap(y[:, None], base[:, None], arm[:, None], ["a"], {"a": "head"}, patients,
-                                  n_boot=n_boot, seed=seed)
+    pb = metrics.paired_bootstrap(
+        y[:, None], base[:, None], arm[:, None], ["a"], {"a": "head"}, patients, n_boot=n_boot, seed=seed
+    )
     assert pb["map"]["p"] == pytest.approx(expected_p, abs=1e-9)
     assert pb["map"]["ci"] == pytest.approx(tuple(np.percentile(diffs, [2.5, 97.5])), abs=1e-9)
 
@@ -169,7 +175,9 @@ def test_paired_bootstrap_over_seeds_is_one_consistent_bootstrap():
     bases = [np.clip(p + 0.05 * rng.standard_normal(p.shape), 0, 1) for _ in range(3)]
     arms = [np.clip(b + g * (y - 0.5), 0, 1) for b, g in zip(bases, (0.02, 0.0, 0.25))]  # seeds disagree
     pooled = metrics.paired_bootstrap_runs(y, bases, arms, classes, groups, pats, n_boot=300, seed=0)
-    single = [metrics.paired_bootstrap(y, b, a, classes, groups, pats, n_boot=300, seed=0) for b, a in zip(bases, arms)]
+    single = [
+        metrics.paired_bootstrap(y, b, a, classes, groups, pats, n_boot=300, seed=0) for b, a in zip(bases, arms)
+    ]
     for key in ("map", "head_map", "medium_map", "tail_map"):
         assert pooled[key]["diff"] == pytest.approx(np.mean([s[key]["diff"] for s in single]))
         lo, hi = pooled[key]["ci"]
@@ -202,7 +210,9 @@ def test_bootstrap_interval_covers_estimate_when_rare_positives_drop_out():
 def test_submission_csv_has_40_columns(tmp_path: Path):
     from synth.taxonomy import CXR_LT_CLASSES
 
-    missing = metrics.write_submission(tmp_path / "s.csv", ["x1", "x2"], np.array([[0.1, 0.9], [0.5, 0.2]]), ["Edema", "Mass"])
+    missing = metrics.write_submission(
+        tmp_path / "s.csv", ["x1", "x2"], np.array([[0.1, 0.9], [0.5, 0.2]]), ["Edema", "Mass"]
+    )
     df = pd.read_csv(tmp_path / "s.csv")
     assert list(df.columns) == ["dicom_id", *CXR_LT_CLASSES]
     assert df.loc[0, "Mass"] == pytest.approx(0.9) and len(missing) == 38
@@ -217,7 +227,7 @@ def test_asl_matches_hand_computation_and_ignores_nan():
     loss = AsymmetricLoss(gamma_neg=4, gamma_pos=1, clip=0.05)(logits, labels)
     # positive cell: p = 0.5 -> -(1-p)^1 log p ; negative cell: p_m = sigmoid(2) - 0.05 -> -p_m^4 log(1-p_m); NaN cell: no loss
     p_neg = 1 / (1 + math.exp(-2.0)) - 0.05
-    expected = (-(0.5) * math.log(0.5) - p_neg ** 4 * math.log(1 - p_neg)) / 2
+    expected = (-(0.5) * math.log(0.5) - p_neg**4 * math.log(1 - p_neg)) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     # a very easy negative (p < clip) costs exactly nothing
     assert AsymmetricLoss(clip=0.05)(torch.tensor([[-5.0]]), torch.tensor([[0.0]])).item() == 0.0
@@ -227,7 +237,7 @@ def test_asl_matches_hand_computation_and_ignores_nan():
     # class weights scale each class's term
     w = torch.tensor([2.0, 1.0, 1.0])
     weighted = AsymmetricLoss(class_weights=w)(logits.detach(), labels)
-    assert weighted.item() == pytest.approx((-2 * 0.5 * math.log(0.5) - p_neg ** 4 * math.log(1 - p_neg)) / 2, rel=1e-5)
+    assert weighted.item() == pytest.approx((-2 * 0.5 * math.log(0.5) - p_neg**4 * math.log(1 - p_neg)) / 2, rel=1e-5)
     bce = MaskedBCE()(torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, float("nan")]]))
     assert bce.item() == pytest.approx(math.log(2), rel=1e-6)
 
@@ -247,8 +257,12 @@ def test_config_yaml_overrides_and_unknown_keys(tmp_path: Path):
     cfg = load_ensemble_config(path, {"train.epochs": 5, "synthetic": {"mode": "mix", "ratio": 0.5}})
     assert cfg.train.epochs == 5 and cfg.synthetic.mode == "mix" and cfg.synthetic.ratio == 0.5
     assert cfg.members[0].image_size == 32 and cfg.members[0].seed == 0
-    for bad in ("trian: {epochs: 2}\n", "train: {epoch: 2}\n", "members:\n  - {arch: not_a_model}\n",
-                "synthetic: {mode: sometimes}\n"):
+    for bad in (
+        "trian: {epochs: 2}\n",
+        "train: {epoch: 2}\n",
+        "members:\n  - {arch: not_a_model}\n",
+        "synthetic: {mode: sometimes}\n",
+    ):
         path.write_text(bad)
         with pytest.raises(UserError):
             load_ensemble_config(path)
@@ -271,9 +285,22 @@ def test_config_yaml_overrides_and_unknown_keys(tmp_path: Path):
 def _synthetic_frame(n_per_class: dict[str, int]) -> pd.DataFrame:
     rows = []
     for cls, n in n_per_class.items():
-        rows += [{"dicom_id": f"s-{cls}-{i}", "subject_id": f"s-{cls}-{i}", "fpath": f"/x/{cls}{i}.png", "split": "train",
-                  "source": "synthetic", "target_class": cls, cls: 1.0} for i in range(n)]
-    real = [{"dicom_id": f"r{i}", "subject_id": f"r{i}", "fpath": f"r{i}.png", "split": "train", "source": "real"} for i in range(100)]
+        rows += [
+            {
+                "dicom_id": f"s-{cls}-{i}",
+                "subject_id": f"s-{cls}-{i}",
+                "fpath": f"/x/{cls}{i}.png",
+                "split": "train",
+                "source": "synthetic",
+                "target_class": cls,
+                cls: 1.0,
+            }
+            for i in range(n)
+        ]
+    real = [
+        {"dicom_id": f"r{i}", "subject_id": f"r{i}", "fpath": f"r{i}.png", "split": "train", "source": "real"}
+        for i in range(100)
+    ]
     return pd.DataFrame(real + rows)
 
 
@@ -335,7 +362,9 @@ def nih32(nih_sample: Path, tmp_path_factory) -> pd.DataFrame:
     from synth.prepare import prepare_dataset
 
     out = tmp_path_factory.mktemp("nih32")
-    manifest = prepare_dataset("nih", nih_sample / "Data_Entry_2017_v2020.csv", nih_sample / "images", out / "data", size=32)
+    manifest = prepare_dataset(
+        "nih", nih_sample / "Data_Entry_2017_v2020.csv", nih_sample / "images", out / "data", size=32
+    )
     return read_manifest(manifest)
 
 
@@ -368,14 +397,33 @@ def test_train_evaluate_two_resolutions_beats_prevalence(nih32: pd.DataFrame, tm
     df = nih32.drop(train.index[320:])  # 320 of the 642 training rows keep the test quick; val/test untouched
     df.attrs.update(nih32.attrs)
     model_dir = train_ensemble(cfg, df, tmp_path / "model")
-    test_paths = {str(p) for p in __import__("synth.manifest", fromlist=["image_paths"]).image_paths(nih32[nih32["split"] == "test"])}
+    test_paths = {
+        str(p)
+        for p in __import__("synth.manifest", fromlist=["image_paths"]).image_paths(nih32[nih32["split"] == "test"])
+    }
     assert read and not set(read) & test_paths
 
     spec = json.loads((model_dir / "ensemble.json").read_text())
-    assert [m["image_size"] for m in spec["members"]] == [32, 40] and sum(m["weight"] for m in spec["members"]) == pytest.approx(1)
+    assert [m["image_size"] for m in spec["members"]] == [32, 40] and sum(
+        m["weight"] for m in spec["members"]
+    ) == pytest.approx(1)
     manifest = Path(nih32.attrs["root"]) / "manifest.csv"
-    result = CliRunner().invoke(app, ["evaluate", "--model", str(model_dir), "--data", str(manifest), "--split", "test",
-                                      "--out", str(tmp_path / "eval"), "--n-boot", "100"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(manifest),
+            "--split",
+            "test",
+            "--out",
+            str(tmp_path / "eval"),
+            "--n-boot",
+            "100",
+        ],
+    )
     assert result.exit_code == 0, result.output
     ev = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert {"map", "head_map", "medium_map", "tail_map", "mauroc", "mf1", "ece", "ci", "per_class"} <= set(ev)
@@ -418,7 +466,10 @@ def test_resume_from_checkpoint_matches_uninterrupted(nih32: pd.DataFrame, tmp_p
     resumed = train.train_ensemble(cfg, df, tmp_path / "resumed")
     meta = json.loads((resumed / "member-0" / "member.json").read_text())
     assert [h["epoch"] for h in meta["stages"][0]["history"]] == [1, 2]
-    a, b = load_file(str(full / "member-0" / "model.safetensors")), load_file(str(resumed / "member-0" / "model.safetensors"))
+    a, b = (
+        load_file(str(full / "member-0" / "model.safetensors")),
+        load_file(str(resumed / "member-0" / "model.safetensors")),
+    )
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     probs_a, _ = __import__("classifier.ensemble", fromlist=["predict"]).predict(full, df[df["split"] == "val"])
     assert probs_a.shape == (int((df["split"] == "val").sum()), len(meta["classes"]))
@@ -433,16 +484,43 @@ def test_two_process_launch_shards_batches_and_writes_one_ensemble(nih32: pd.Dat
 
     from synth.manifest import write_manifest
 
-    manifest = write_manifest(_tiny(nih32, n_train=128, n_val=32, n_test=8), Path(nih32.attrs["root"]) / "tiny-ddp.csv")
+    manifest = write_manifest(
+        _tiny(nih32, n_train=128, n_val=32, n_test=8), Path(nih32.attrs["root"]) / "tiny-ddp.csv"
+    )
     config = tmp_path / "ddp.yaml"
-    config.write_text(yaml.safe_dump({
-        "members": [{"arch": "convnext_atto", "image_size": 32}],
-        "train": {"epochs": 1, "batch_size": 16, "ema_decay": 0.9, "checkpoint": True},
-        "data": {"manifest": str(manifest), "output_dir": str(tmp_path / "model")}}))
-    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", str(REPO / "classifier" / "train.py"), "--config", str(config)]
-    done = subprocess.run(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=300, cwd=REPO)
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "members": [{"arch": "convnext_atto", "image_size": 32}],
+                "train": {"epochs": 1, "batch_size": 16, "ema_decay": 0.9, "checkpoint": True},
+                "data": {"manifest": str(manifest), "output_dir": str(tmp_path / "model")},
+            }
+        )
+    )
+    cmd = [
+        "accelerate",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(REPO / "classifier" / "train.py"),
+        "--config",
+        str(config),
+    ]
+    done = subprocess.run(
+        cmd,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     member = json.loads((tmp_path / "model" / "member-0" / "member.json").read_text())
     # 128 rows, batch 16 per process, 2 processes: 4 optimiser steps per epoch (one process alone takes 8)
@@ -468,14 +546,21 @@ def test_pretrain_finetune_never_trains_final_stage_on_synthetic(nih32: pd.DataF
     assert [s["name"] for s in stages] == ["pretrain", "finetune"]
     assert stages[0]["sources"] == {"synthetic": 20}  # capped, synthetic only
     assert stages[1]["sources"] == {"real": 32}  # the final stage: real rows only
-    mixed = train_ensemble(replace(cfg, synthetic=replace(cfg.synthetic, mode="mix", ratio=0.25)), both, tmp_path / "mix")
+    mixed = train_ensemble(
+        replace(cfg, synthetic=replace(cfg.synthetic, mode="mix", ratio=0.25)), both, tmp_path / "mix"
+    )
     stages = json.loads((mixed / "member-0" / "member.json").read_text())["stages"]
     assert stages[0]["sources"] == {"real": 32, "synthetic": 8}
 
 
 def test_script_entry_reports_bad_config(tmp_path: Path):
-    proc = subprocess.run([sys.executable, str(REPO / "classifier" / "train.py"), "--config", str(tmp_path / "nope.yaml")],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "classifier" / "train.py"), "--config", str(tmp_path / "nope.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2 and "classifier config not found" in proc.stdout
 
 

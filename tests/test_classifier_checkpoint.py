@@ -95,7 +95,10 @@ def test_resume_from_json_and_safetensors_state_matches_uninterrupted(tiny, tmp_
     resumed = train_ensemble(_config(), tiny, tmp_path / "resumed")
     meta = json.loads((resumed / "member-0" / "member.json").read_text())
     assert [h["epoch"] for h in meta["stages"][0]["history"]] == [1, 2]
-    a, b = load_file(str(full / "member-0" / "model.safetensors")), load_file(str(resumed / "member-0" / "model.safetensors"))
+    a, b = (
+        load_file(str(full / "member-0" / "model.safetensors")),
+        load_file(str(resumed / "member-0" / "model.safetensors")),
+    )
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 

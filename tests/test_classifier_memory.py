@@ -76,10 +76,23 @@ def test_training_from_the_cache_file_equals_training_in_ram(tiny, tmp_path):
     ens = replace(ens, train=replace(ens.train, epochs=2, batch_size=8, ema_decay=0.9, checkpoint=False))
     val_set = CachedSet.from_frame(val, classes, 32)
     results = []
-    for name, data in (("ram", CachedSet.from_frame(train, classes, 32)),
-                       ("file", CachedSet.from_frame(train, classes, 32, images=_view(train, 32, tmp_path / "cache")))):
-        results.append(fit_stage(ens, ens.members[0], Stage("train", data, 2, "last"), val_set, torch.ones(len(classes)),
-                                 tmp_path / name, None, name, _Log(False)))
+    for name, data in (
+        ("ram", CachedSet.from_frame(train, classes, 32)),
+        ("file", CachedSet.from_frame(train, classes, 32, images=_view(train, 32, tmp_path / "cache"))),
+    ):
+        results.append(
+            fit_stage(
+                ens,
+                ens.members[0],
+                Stage("train", data, 2, "last"),
+                val_set,
+                torch.ones(len(classes)),
+                tmp_path / name,
+                None,
+                name,
+                _Log(False),
+            )
+        )
     a, b = results[0]["state"], results[1]["state"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -90,7 +103,9 @@ def test_train_ensemble_uses_a_shared_cache_folder_and_rebuilds_after_an_image_c
     from synth.manifest import image_paths
 
     cfg = EnsembleConfig(members=[MemberConfig(image_size=32)])
-    cfg = replace(cfg, train=replace(cfg.train, epochs=1, max_steps=1, batch_size=8, image_cache_dir=str(tmp_path / "cache")))
+    cfg = replace(
+        cfg, train=replace(cfg.train, epochs=1, max_steps=1, batch_size=8, image_cache_dir=str(tmp_path / "cache"))
+    )
     train_ensemble(cfg, tiny, tmp_path / "a")
     files = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert len(files) == 2 and all(f.startswith("32px-") for f in files)  # real train + val, one resolution

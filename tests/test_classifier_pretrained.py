@@ -54,8 +54,9 @@ def test_pretrained_file_weights_arrive_adapted_to_one_channel(tmp_path, no_hub,
     assert torch.equal(got["stages.2.blocks.1.conv_dw.weight"], ref["stages.2.blocks.1.conv_dw.weight"])
     assert got["head.fc.weight"].shape == (5, ref["head.fc.weight"].shape[1])  # new head for our classes
     scratch = build_model("convnext_atto", 5, None)
-    assert not torch.equal(dict(scratch.named_parameters())["stages.2.blocks.1.conv_dw.weight"],
-                           ref["stages.2.blocks.1.conv_dw.weight"])
+    assert not torch.equal(
+        dict(scratch.named_parameters())["stages.2.blocks.1.conv_dw.weight"], ref["stages.2.blocks.1.conv_dw.weight"]
+    )
 
 
 def test_pretrained_file_errors_are_one_line(tmp_path, no_hub):
@@ -63,7 +64,9 @@ def test_pretrained_file_errors_are_one_line(tmp_path, no_hub):
     from classifier.models import build_model
 
     with pytest.raises(UserError, match="pretrained_file .*missing.safetensors not found"):
-        ensemble_from_dict({"members": [{"arch": "convnext_atto", "pretrained_file": str(tmp_path / "missing.safetensors")}]})
+        ensemble_from_dict(
+            {"members": [{"arch": "convnext_atto", "pretrained_file": str(tmp_path / "missing.safetensors")}]}
+        )
     _, other = _imagenet_like(tmp_path, arch="convnext_femto")
     with pytest.raises(UserError, match="cannot be loaded into convnext_atto"):
         build_model("convnext_atto", 5, str(other))
@@ -94,9 +97,13 @@ def test_mimic_config_starts_from_local_imagenet_weights_at_224_and_384(tmp_path
     assert all(m["pretrained_file"] and m["pretrained_file"].endswith(".safetensors") for m in raw["members"])
     from classifier.config import load_ensemble_config
 
-    with pytest.raises(UserError, match="pretrained_file .* not found"):  # the placeholder: one error line, no download
+    with pytest.raises(
+        UserError, match="pretrained_file .* not found"
+    ):  # the placeholder: one error line, no download
         load_ensemble_config(REPO / "configs/classifier/mimic-cxr-lt.yaml")
     _, weights = _imagenet_like(tmp_path, arch="convnext_small")
-    cfg = load_ensemble_config(REPO / "configs/classifier/mimic-cxr-lt.yaml",
-                               {"members": [{**m, "pretrained_file": str(weights)} for m in raw["members"]]})
+    cfg = load_ensemble_config(
+        REPO / "configs/classifier/mimic-cxr-lt.yaml",
+        {"members": [{**m, "pretrained_file": str(weights)} for m in raw["members"]]},
+    )
     assert all(m.pretrained_file == str(weights) for m in cfg.members)

@@ -19,11 +19,19 @@ def test_report_to_tensorboard_writes_event_files_with_the_epoch_metrics(tmp_pat
 
     manifest = make_real(tmp_path / "data", {"train": 8, "val": 4, "test": 1})
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({"members": [{"arch": "convnext_atto", "image_size": 32}],
-                                      "train": {"epochs": 2, "batch_size": 8, "ema_decay": 0.9},
-                                      "data": {"manifest": str(manifest)}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "members": [{"arch": "convnext_atto", "image_size": 32}],
+                "train": {"epochs": 2, "batch_size": 8, "ema_decay": 0.9},
+                "data": {"manifest": str(manifest)},
+            }
+        )
+    )
     out = tmp_path / "model"
-    res = CliRunner().invoke(app, ["classify", "train", "--config", str(config), "--out", str(out), "--report_to", "tensorboard"])
+    res = CliRunner().invoke(
+        app, ["classify", "train", "--config", str(config), "--out", str(out), "--report_to", "tensorboard"]
+    )
     assert res.exit_code == 0, res.output
     events = list((out / "logs").rglob("events.out.tfevents.*"))
     assert events and events[0].parent.name == "member-0-train", events

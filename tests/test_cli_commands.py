@@ -43,16 +43,39 @@ def tiny_real(tmp_path_factory) -> Path:
 
 
 def _verifier_yaml(tmp: Path) -> Path:
-    return _write(tmp / "verifier.yaml", {"arch": "resnet10t", "image_size": 16, "epochs": 1, "batch_size": 8,
-                                          "lr": 0.002, "seed": 0, "num_workers": 0, "eval_batch_size": 64})
+    return _write(
+        tmp / "verifier.yaml",
+        {
+            "arch": "resnet10t",
+            "image_size": 16,
+            "epochs": 1,
+            "batch_size": 8,
+            "lr": 0.002,
+            "seed": 0,
+            "num_workers": 0,
+            "eval_batch_size": 64,
+        },
+    )
 
 
 def test_verifier_train_command(tiny_real: Path, tmp_path: Path):
     from synth.filtering.verifier import load_verifier
 
     out = tmp_path / "verifier"
-    _invoke("verifier", "train", "--data", tiny_real, "--out", out, "--config", _verifier_yaml(tmp_path),
-            "--max-steps", 2, "--seed", 3)
+    _invoke(
+        "verifier",
+        "train",
+        "--data",
+        tiny_real,
+        "--out",
+        out,
+        "--config",
+        _verifier_yaml(tmp_path),
+        "--max-steps",
+        2,
+        "--seed",
+        3,
+    )
     meta = json.loads((out / "verifier.json").read_text())
     assert meta["trained_on"]["rows"] == 8 * len(CLASSES) and meta["trained_on"]["split"] == "train"
     assert meta["steps"] == 2 and meta["config"]["seed"] == 3 and meta["config"]["image_size"] == 16  # flags over YAML
@@ -61,8 +84,9 @@ def test_verifier_train_command(tiny_real: Path, tmp_path: Path):
 
 def test_oracle_train_command(tiny_real: Path, tmp_path: Path):
     out = tmp_path / "oracle"
-    result = _invoke("oracle", "train", "--data", tiny_real, "--out", out, "--config", _verifier_yaml(tmp_path),
-                     "--max-steps", 2)
+    result = _invoke(
+        "oracle", "train", "--data", tiny_real, "--out", out, "--config", _verifier_yaml(tmp_path), "--max-steps", 2
+    )
     oracle = json.loads((out / "oracle.json").read_text())
     assert set(oracle["classes"]) == set(CLASSES)
     for cls, entry in oracle["classes"].items():
@@ -73,10 +97,14 @@ def test_oracle_train_command(tiny_real: Path, tmp_path: Path):
 
 
 def test_classify_train_command(tiny_real: Path, tmp_path: Path):
-    config = _write(tmp_path / "classifier.yaml", {
-        "members": [{"arch": "convnext_atto", "image_size": 32}],
-        "train": {"epochs": 3, "batch_size": 8, "lr": 0.002, "ema_decay": 0.9, "eval_batch_size": 64},
-        "data": {"manifest": str(tiny_real), "output_dir": str(tmp_path / "from-config")}})
+    config = _write(
+        tmp_path / "classifier.yaml",
+        {
+            "members": [{"arch": "convnext_atto", "image_size": 32}],
+            "train": {"epochs": 3, "batch_size": 8, "lr": 0.002, "ema_decay": 0.9, "eval_batch_size": 64},
+            "data": {"manifest": str(tiny_real), "output_dir": str(tmp_path / "from-config")},
+        },
+    )
     out = tmp_path / "model"
     result = _invoke("classify", "train", "--config", config, "--set", "train.epochs=1", "--out", out)
     assert result.output.strip().splitlines()[-1] == str(out)  # --out wins over data.output_dir
@@ -97,12 +125,45 @@ def test_finetune_command(tmp_path: Path):
 
     manifest = write_tiny_manifest(tmp_path / "data")
     out = tmp_path / "generator"
-    _invoke("finetune", "--config", REPO / "configs/finetune/demo.yaml", "--train_manifest", manifest,
-            "--output_dir", out, "--resolution", 16, "--vae_block_out_channels", 8, 16, "--vae_max_train_steps", 1,
-            "--vae_batch_size", 4, "--unet_block_out_channels", 8, 16, "--unet_attention_head_dim", 4,
-            "--norm_num_groups", 4, "--max_train_steps", 1, "--train_batch_size", 4, "--lr_warmup_steps", 0,
-            "--checkpointing_steps", 100, "--num_validation_images", 1, "--validation_inference_steps", 1,
-            "--cache_latents", "false")
+    _invoke(
+        "finetune",
+        "--config",
+        REPO / "configs/finetune/demo.yaml",
+        "--train_manifest",
+        manifest,
+        "--output_dir",
+        out,
+        "--resolution",
+        16,
+        "--vae_block_out_channels",
+        8,
+        16,
+        "--vae_max_train_steps",
+        1,
+        "--vae_batch_size",
+        4,
+        "--unet_block_out_channels",
+        8,
+        16,
+        "--unet_attention_head_dim",
+        4,
+        "--norm_num_groups",
+        4,
+        "--max_train_steps",
+        1,
+        "--train_batch_size",
+        4,
+        "--lr_warmup_steps",
+        0,
+        "--checkpointing_steps",
+        100,
+        "--num_validation_images",
+        1,
+        "--validation_inference_steps",
+        1,
+        "--cache_latents",
+        "false",
+    )
     assert (out / "model_index.json").exists() and (out / "synth_meta.json").exists()
     assert len(pd.read_csv(out / "loss.csv")) >= 1
     help_text = CliRunner().invoke(app, ["finetune", "--help"])
@@ -111,27 +172,69 @@ def test_finetune_command(tmp_path: Path):
 
 def _tiny_demo_config(tmp_path: Path) -> Path:
     """configs/ablation/demo.yaml shrunk to seconds (300 phantom images at 32 px, 1-step stages), written to tmp_path."""
-    classifier = _write(tmp_path / "classifier.yaml", {
-        "members": [{"arch": "convnext_atto", "image_size": 32}],
-        "train": {"epochs": 1, "batch_size": 32, "lr": 0.002, "ema_decay": 0.9, "eval_batch_size": 256},
-        "synthetic": {"mode": "none", "pretrain_epochs": 1, "labels": "target"},
-        "ensemble": {"weights": "mean", "tta_flip": False}})
-    verifier = _write(tmp_path / "verifier.yaml", {"arch": "convnext_atto", "image_size": 32, "epochs": 1,
-                                                   "batch_size": 32, "lr": 0.002, "seed": 0, "num_workers": 0,
-                                                   "eval_batch_size": 256})
+    classifier = _write(
+        tmp_path / "classifier.yaml",
+        {
+            "members": [{"arch": "convnext_atto", "image_size": 32}],
+            "train": {"epochs": 1, "batch_size": 32, "lr": 0.002, "ema_decay": 0.9, "eval_batch_size": 256},
+            "synthetic": {"mode": "none", "pretrain_epochs": 1, "labels": "target"},
+            "ensemble": {"weights": "mean", "tta_flip": False},
+        },
+    )
+    verifier = _write(
+        tmp_path / "verifier.yaml",
+        {
+            "arch": "convnext_atto",
+            "image_size": 32,
+            "epochs": 1,
+            "batch_size": 32,
+            "lr": 0.002,
+            "seed": 0,
+            "num_workers": 0,
+            "eval_batch_size": 256,
+        },
+    )
     demo = yaml.safe_load((REPO / "configs/ablation/demo.yaml").read_text())
-    demo.update({"name": "tiny-demo", "seeds": [0], "arms": ["real_only", "synthetic_filtered"],
-                 "data": {**demo["data"], "phantom_n": 300, "size": 32}})
+    demo.update(
+        {
+            "name": "tiny-demo",
+            "seeds": [0],
+            "arms": ["real_only", "synthetic_filtered"],
+            "data": {**demo["data"], "phantom_n": 300, "size": 32},
+        }
+    )
     demo["generator"]["overrides"] = {
-        "resolution": 32, "vae_block_out_channels": [8, 16], "vae_max_train_steps": 1, "vae_batch_size": 8,
-        "unet_block_out_channels": [8, 16], "unet_attention_head_dim": 4, "norm_num_groups": 4,
-        "max_train_steps": 1, "train_batch_size": 8, "lr_warmup_steps": 0, "checkpointing_steps": 100,
-        "num_validation_images": 1, "validation_inference_steps": 1, "cache_latents": "false"}
-    demo["generate"].update({"classes": ["Hernia"], "n": 3, "overrides": {"batch_size": 8, "steps": 1, "progress": False}})
-    demo["filter"].update({"verifier_config": str(verifier),
-                           # lenient on purpose (1-step generator): every class on the 1 % negative-specificity rule
-                           "overrides": {"min_val_positives": 100000, "fallback_specificity": 0.01, "bootstrap": 5,
-                                         "kid_subsets": 5, "nearcopy_calibration_images": 10}})
+        "resolution": 32,
+        "vae_block_out_channels": [8, 16],
+        "vae_max_train_steps": 1,
+        "vae_batch_size": 8,
+        "unet_block_out_channels": [8, 16],
+        "unet_attention_head_dim": 4,
+        "norm_num_groups": 4,
+        "max_train_steps": 1,
+        "train_batch_size": 8,
+        "lr_warmup_steps": 0,
+        "checkpointing_steps": 100,
+        "num_validation_images": 1,
+        "validation_inference_steps": 1,
+        "cache_latents": "false",
+    }
+    demo["generate"].update(
+        {"classes": ["Hernia"], "n": 3, "overrides": {"batch_size": 8, "steps": 1, "progress": False}}
+    )
+    demo["filter"].update(
+        {
+            "verifier_config": str(verifier),
+            # lenient on purpose (1-step generator): every class on the 1 % negative-specificity rule
+            "overrides": {
+                "min_val_positives": 100000,
+                "fallback_specificity": 0.01,
+                "bootstrap": 5,
+                "kid_subsets": 5,
+                "nearcopy_calibration_images": 10,
+            },
+        }
+    )
     demo["classifier"] = {"config": str(classifier), "batch_size": 256}
     demo["evaluation"] = {"n_boot": 100, "grid_examples": 1}
     # the repository-relative stage configs of the shipped demo stay relative: the command must resolve them
@@ -183,7 +286,9 @@ def test_every_command_is_exercised_by_some_test():
     missing = []
     for name in names:
         words = name.split()
-        as_list = ", ".join(f'"{w}"' for w in words)  # invoke(app, ["verifier", "train", ...]) or _invoke("verifier", "train", ...)
+        as_list = ", ".join(
+            f'"{w}"' for w in words
+        )  # invoke(app, ["verifier", "train", ...]) or _invoke("verifier", "train", ...)
         if as_list not in sources:
             missing.append(name)
     assert not missing, f"commands no test invokes: {missing}"

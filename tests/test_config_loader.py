@@ -24,9 +24,15 @@ def _loaders():
     from synth.generator.config import load_finetune_config
     from synth.prepare import PrepareConfig
 
-    return {"finetune": load_finetune_config, "classifier": load_ensemble_config, "filter": load_filter_config,
-            "verifier": load_verifier_config, "generate": GenerateConfig.from_yaml, "prepare": PrepareConfig.from_yaml,
-            "ablation": load_ablation_config}
+    return {
+        "finetune": load_finetune_config,
+        "classifier": load_ensemble_config,
+        "filter": load_filter_config,
+        "verifier": load_verifier_config,
+        "generate": GenerateConfig.from_yaml,
+        "prepare": PrepareConfig.from_yaml,
+        "ablation": load_ablation_config,
+    }
 
 
 def _loader_for(path: Path):
@@ -42,7 +48,12 @@ SHIPPED = sorted(p for p in (REPO / "configs").rglob("*.yaml"))
 EXPECTED = {
     "finetune/demo.yaml": {"resolution": 64, "max_train_steps": 500, "checkpoints_total_limit": 1},
     "finetune/mimic-sd21.yaml": {"resolution": 512, "max_train_steps": 30000, "latent_cache_max_ram_gb": 16.0},
-    "filter/default.yaml": {"threshold_quantile": 0.2, "transfer_gate": True, "outlier_rejects": False, "oracle": None},
+    "filter/default.yaml": {
+        "threshold_quantile": 0.2,
+        "transfer_gate": True,
+        "outlier_rejects": False,
+        "oracle": None,
+    },
     "filter/verifier.yaml": {"image_size": 128, "lr": 0.001, "num_workers": 8},
     "data/prepare.yaml": {"size": 256, "head_threshold": 0.1, "split": "auto", "uncertain": "error"},
     "generate/default.yaml": {"n": 100, "target_count": 1000, "scheduler": "dpm++", "guidance_scale": 4.0},
@@ -79,9 +90,20 @@ def test_set_values_follow_yaml_scalar_rules_then_the_field_type(tmp_path: Path)
 
     path = tmp_path / "c.yaml"
     path.write_text("members:\n  - {arch: convnext_atto, image_size: 32}\ntrain: {epochs: 2, mixed_precision: 'no'}\n")
-    cfg = load_ensemble_config(path, parse_sets(["train.epochs=4", "train.lr=0.1", "train.ema_decay=null",
-                                                 "train.mixed_precision=no", "augment.hflip=true",
-                                                 "members=[{image_size: 48}, {image_size: 64}]", "synthetic.ratio=1"]))
+    cfg = load_ensemble_config(
+        path,
+        parse_sets(
+            [
+                "train.epochs=4",
+                "train.lr=0.1",
+                "train.ema_decay=null",
+                "train.mixed_precision=no",
+                "augment.hflip=true",
+                "members=[{image_size: 48}, {image_size: 64}]",
+                "synthetic.ratio=1",
+            ]
+        ),
+    )
     assert cfg.train.epochs == 4 and cfg.train.lr == 0.1 and cfg.train.ema_decay is None
     assert cfg.train.mixed_precision == "no"  # a str field keeps the text (YAML would read `no` as false)
     assert cfg.augment.hflip is True and [m.image_size for m in cfg.members] == [48, 64]
@@ -96,15 +118,20 @@ def test_set_values_follow_yaml_scalar_rules_then_the_field_type(tmp_path: Path)
         parse_sets(["train.epochs"])
 
 
-@pytest.mark.parametrize("stage, yaml_text, sets, message", [
-    ("finetune", "max_train_step: 5\n", ["max_train_step=5"], "max_train_steps"),
-    ("classifier", "train: {epoch: 2}\n", ["train.epoch=2"], "train.epochs"),
-    ("filter", "threshold_quantil: 0.3\n", ["threshold_quantil=0.3"], "threshold_quantile"),
-    ("verifier", "image_sise: 64\n", ["image_sise=64"], "image_size"),
-    ("generate", "stepz: 3\n", ["stepz=3"], "steps"),
-    ("prepare", "sise: 64\n", ["sise=64"], "size"),
-])
-def test_unknown_key_in_yaml_and_in_set_is_one_error_with_a_suggestion(tmp_path: Path, stage, yaml_text, sets, message):
+@pytest.mark.parametrize(
+    "stage, yaml_text, sets, message",
+    [
+        ("finetune", "max_train_step: 5\n", ["max_train_step=5"], "max_train_steps"),
+        ("classifier", "train: {epoch: 2}\n", ["train.epoch=2"], "train.epochs"),
+        ("filter", "threshold_quantil: 0.3\n", ["threshold_quantil=0.3"], "threshold_quantile"),
+        ("verifier", "image_sise: 64\n", ["image_sise=64"], "image_size"),
+        ("generate", "stepz: 3\n", ["stepz=3"], "steps"),
+        ("prepare", "sise: 64\n", ["sise=64"], "size"),
+    ],
+)
+def test_unknown_key_in_yaml_and_in_set_is_one_error_with_a_suggestion(
+    tmp_path: Path, stage, yaml_text, sets, message
+):
     load = _loaders()[stage]
     path = tmp_path / "c.yaml"
     path.write_text(yaml_text)
@@ -117,14 +144,17 @@ def test_unknown_key_in_yaml_and_in_set_is_one_error_with_a_suggestion(tmp_path:
     assert message in str(err.value) and "did you mean" in str(err.value)
 
 
-@pytest.mark.parametrize("stage, yaml_text, sets", [
-    ("finetune", "max_train_steps: many\n", ["max_train_steps=many"]),
-    ("classifier", "train: {epochs: two}\n", ["train.epochs=two"]),
-    ("filter", "threshold_quantile: [0.3]\n", ["threshold_quantile=[0.3]"]),
-    ("verifier", "image_size: 64px\n", ["image_size=64px"]),
-    ("generate", "steps: 2.5\n", ["steps=2.5"]),
-    ("prepare", "size: big\n", ["size=big"]),
-])
+@pytest.mark.parametrize(
+    "stage, yaml_text, sets",
+    [
+        ("finetune", "max_train_steps: many\n", ["max_train_steps=many"]),
+        ("classifier", "train: {epochs: two}\n", ["train.epochs=two"]),
+        ("filter", "threshold_quantile: [0.3]\n", ["threshold_quantile=[0.3]"]),
+        ("verifier", "image_size: 64px\n", ["image_size=64px"]),
+        ("generate", "steps: 2.5\n", ["steps=2.5"]),
+        ("prepare", "size: big\n", ["size=big"]),
+    ],
+)
 def test_bad_type_in_yaml_and_in_set_is_one_error_naming_the_key(tmp_path: Path, stage, yaml_text, sets):
     load = _loaders()[stage]
     key = sets[0].split("=")[0]
@@ -165,12 +195,17 @@ def _ablation(tmp_path: Path, **sections) -> Path:
     for name in ("finetune.yaml", "verifier.yaml", "filter.yaml", "classifier.yaml"):
         (tmp_path / name).write_text("{}\n")
     (tmp_path / "generate.yaml").write_text("seed: 0\n")
-    cfg = {"name": "unit", "seeds": [0], "output_root": str(tmp_path / "outputs"),
-           "data": {"source": "phantom", "phantom_n": 10, "size": 16},
-           "generator": {"config": str(tmp_path / "finetune.yaml")},
-           "generate": {"config": str(tmp_path / "generate.yaml"), "classes": ["Rib Fracture"], "n": 3},
-           "filter": {"verifier_config": str(tmp_path / "verifier.yaml"), "config": str(tmp_path / "filter.yaml")},
-           "classifier": {"config": str(tmp_path / "classifier.yaml")}, "evaluation": {"n_boot": 100}}
+    cfg = {
+        "name": "unit",
+        "seeds": [0],
+        "output_root": str(tmp_path / "outputs"),
+        "data": {"source": "phantom", "phantom_n": 10, "size": 16},
+        "generator": {"config": str(tmp_path / "finetune.yaml")},
+        "generate": {"config": str(tmp_path / "generate.yaml"), "classes": ["Rib Fracture"], "n": 3},
+        "filter": {"verifier_config": str(tmp_path / "verifier.yaml"), "config": str(tmp_path / "filter.yaml")},
+        "classifier": {"config": str(tmp_path / "classifier.yaml")},
+        "evaluation": {"n_boot": 100},
+    }
     for key, value in sections.items():
         cfg[key].update(value)
     path = tmp_path / "ablation.yaml"
@@ -178,17 +213,22 @@ def _ablation(tmp_path: Path, **sections) -> Path:
     return path
 
 
-@pytest.mark.parametrize("section, overrides, message", [
-    ("generator", {"max_train_step": 10}, "generator stage overrides: unknown override key '--max_train_step'"),
-    ("generate", {"stepz": 3}, "generate stage overrides: unknown override key 'stepz'"),
-    ("filter", {"threshold_quantile": "high"}, "filter stage overrides: threshold_quantile: cannot read 'high'"),
-    ("classifier", {"train.epoch": 1}, "classifier stage overrides: unknown override key 'train.epoch'"),
-])
+@pytest.mark.parametrize(
+    "section, overrides, message",
+    [
+        ("generator", {"max_train_step": 10}, "generator stage overrides: unknown override key '--max_train_step'"),
+        ("generate", {"stepz": 3}, "generate stage overrides: unknown override key 'stepz'"),
+        ("filter", {"threshold_quantile": "high"}, "filter stage overrides: threshold_quantile: cannot read 'high'"),
+        ("classifier", {"train.epoch": 1}, "classifier stage overrides: unknown override key 'train.epoch'"),
+    ],
+)
 def test_ablation_overrides_typo_fails_dry_run_before_any_work(tmp_path: Path, section, overrides, message):
     path = _ablation(tmp_path, **{section: {"overrides": overrides}})
     res = CliRunner().invoke(app, ["ablate", "--config", str(path), "--dry-run", "--arms", "real_only"])
     lines = [line for line in res.output.splitlines() if line.strip()]
-    assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.output
+    assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (
+        res.output
+    )
     assert not (tmp_path / "outputs").exists()
 
 
@@ -196,23 +236,35 @@ def test_ablate_set_overrides_the_yaml_and_reaches_overrides_maps(tmp_path: Path
     from synth.ablation.config import load_ablation_config
 
     path = _ablation(tmp_path)
-    cfg = load_ablation_config(path, sets=parse_sets(["evaluation.n_boot=200", "generator.overrides.max_train_steps=7",
-                                                      "classifier.overrides.train.epochs=1", "data.val=0.2"]))
+    cfg = load_ablation_config(
+        path,
+        sets=parse_sets(
+            [
+                "evaluation.n_boot=200",
+                "generator.overrides.max_train_steps=7",
+                "classifier.overrides.train.epochs=1",
+                "data.val=0.2",
+            ]
+        ),
+    )
     assert cfg.evaluation.n_boot == 200 and cfg.data.val == 0.2
     assert cfg.generator.overrides == {"max_train_steps": 7} and cfg.classifier.overrides == {"train.epochs": 1}
     res = CliRunner().invoke(app, ["ablate", "--config", str(path), "--dry-run", "--set", "evaluation.n_bot=200"])
     assert res.exit_code == 2 and "did you mean 'evaluation.n_boot'" in res.output
 
 
-@pytest.mark.parametrize("argv", [
-    ["filter", "--synthetic", "s", "--data", "d", "--verifier", "v", "--out", "o"],
-    ["verifier", "train", "--data", "d", "--out", "o"],
-    ["oracle", "train", "--data", "d", "--out", "o"],
-    ["classify", "train", "--config", str(REPO / "configs/classifier/demo.yaml"), "--out", "o"],
-    ["prepare", "--format", "nih", "--labels", "l.csv", "--images", "i", "--out", "o"],
-    ["finetune", "--config", str(REPO / "configs/finetune/demo.yaml")],
-    ["generate", "--model", "m", "--class", "Rib Fracture", "--out", "o"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["filter", "--synthetic", "s", "--data", "d", "--verifier", "v", "--out", "o"],
+        ["verifier", "train", "--data", "d", "--out", "o"],
+        ["oracle", "train", "--data", "d", "--out", "o"],
+        ["classify", "train", "--config", str(REPO / "configs/classifier/demo.yaml"), "--out", "o"],
+        ["prepare", "--format", "nih", "--labels", "l.csv", "--images", "i", "--out", "o"],
+        ["finetune", "--config", str(REPO / "configs/finetune/demo.yaml")],
+        ["generate", "--model", "m", "--class", "Rib Fracture", "--out", "o"],
+    ],
+)
 def test_every_config_command_takes_set_and_refuses_an_unknown_key(tmp_path: Path, monkeypatch, argv):
     monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(app, [*argv, "--set", "bogus_key=1"])

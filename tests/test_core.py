@@ -57,8 +57,15 @@ def test_expand_parents():
 def _tiny_manifest() -> pd.DataFrame:
     rows = []
     for i in range(4):
-        row = {"dicom_id": f"d{i}", "subject_id": f"p{i}", "study_id": f"s{i}", "ViewPosition": "PA",
-               "fpath": f"images/{i}.png", "split": "train", "source": "real"}
+        row = {
+            "dicom_id": f"d{i}",
+            "subject_id": f"p{i}",
+            "study_id": f"s{i}",
+            "ViewPosition": "PA",
+            "fpath": f"images/{i}.png",
+            "split": "train",
+            "source": "real",
+        }
         row.update({c: np.nan for c in CXR_LT_CLASSES})
         row.update({"Pneumothorax": float(i % 2), "Normal": float(i % 2 == 0)})
         rows.append(row)
@@ -106,9 +113,15 @@ def _config_loaders():
     from synth.generator.config import load_finetune_config
     from synth.prepare import PrepareConfig
 
-    return {"finetune": load_finetune_config, "generate": GenerateConfig.from_yaml, "prepare": PrepareConfig.from_yaml,
-            "filter": load_filter_config, "classifier": load_ensemble_config, "ablation": load_ablation_config,
-            "prompts": PromptTemplates.load}
+    return {
+        "finetune": load_finetune_config,
+        "generate": GenerateConfig.from_yaml,
+        "prepare": PrepareConfig.from_yaml,
+        "filter": load_filter_config,
+        "classifier": load_ensemble_config,
+        "ablation": load_ablation_config,
+        "prompts": PromptTemplates.load,
+    }
 
 
 @pytest.mark.parametrize("text", ["a: [1,\n", "- 1\n- 2\n"], ids=["bad-syntax", "not-a-mapping"])
@@ -124,7 +137,10 @@ def test_every_config_loader_gives_one_error_for_a_broken_yaml(tmp_path, stage, 
 
 def test_prompt_rendering():
     templates = PromptTemplates.load()
-    assert templates.render(["Rib Fracture", "Pleural Effusion"], "PA") == "chest x-ray, PA view: pleural effusion and rib fracture"
+    assert (
+        templates.render(["Rib Fracture", "Pleural Effusion"], "PA")
+        == "chest x-ray, PA view: pleural effusion and rib fracture"
+    )
     assert templates.render(["Normal"], "AP").startswith("chest x-ray, AP view: normal")
     assert templates.render([], None) == "chest x-ray, frontal view"
     orders = {templates.render(["Edema", "Mass", "Nodule"], "PA", rng=random.Random(s)) for s in range(20)}
@@ -141,8 +157,24 @@ def test_cli_classes_lists_every_class_name():
 def test_cli_unknown_class_is_one_error_line(tmp_path):
     """The installed entry point (``python -m synth``), a misspelt class: exit 2, ONE line naming the fix, nothing written."""
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "synth", "generate", "--model", str(tmp_path / "no-model"),
-                           "--class", "Rib Fractur", "--n", "2", "--out", str(out)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "synth",
+            "generate",
+            "--model",
+            str(tmp_path / "no-model"),
+            "--class",
+            "Rib Fractur",
+            "--n",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
     assert len(lines) == 1, lines

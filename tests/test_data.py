@@ -59,8 +59,17 @@ def make_cxrlt(root: Path, patients: int = 12, per_patient: int = 3, seed: int =
             labels["Support Devices"] = 1 if (p + k) % 2 == 0 else 0
             labels["Rib Fracture"] = labels["Fracture"] = 1 if p % 4 == 0 else 0
             labels["Normal"] = 1 - max(labels["Support Devices"], labels["Fracture"])
-            rows.append({"dicom_id": dicom, "subject_id": str(10000 + p), "study_id": f"5{p}{k}", "ViewPosition": "PA",
-                         "fpath": rel, "extra_column": "kept", **labels})
+            rows.append(
+                {
+                    "dicom_id": dicom,
+                    "subject_id": str(10000 + p),
+                    "study_id": f"5{p}{k}",
+                    "ViewPosition": "PA",
+                    "fpath": rel,
+                    "extra_column": "kept",
+                    **labels,
+                }
+            )
     df = pd.DataFrame(rows)
     df.loc[0, "Tuberculosis"] = np.nan  # an empty cell = not annotated
     csv = root / "train_labeled.csv"
@@ -142,7 +151,9 @@ def test_missing_image_names_the_path(cxrlt, tmp_path):
     next(images.rglob("d0030.jpg")).unlink()
     out = tmp_path / "out"
     assert_one_error_line(
-        invoke("prepare", "--format", "cxrlt", "--labels", csv, "--images", images, "--out", out), "image not found", "d0030.jpg"
+        invoke("prepare", "--format", "cxrlt", "--labels", csv, "--images", images, "--out", out),
+        "image not found",
+        "d0030.jpg",
     )
     assert not out.exists()
 
@@ -162,7 +173,21 @@ def test_class_without_train_positive_is_an_error(cxrlt, tmp_path):
     df.loc[df["subject_id"] == 10005, "Hernia"] = 1  # one patient; stratification sends it to the largest split
     df.to_csv(csv, index=False)
     out = tmp_path / "out"
-    result = invoke("prepare", "--format", "cxrlt", "--labels", csv, "--images", images, "--out", out, "--val", "0.1", "--test", "0.6")
+    result = invoke(
+        "prepare",
+        "--format",
+        "cxrlt",
+        "--labels",
+        csv,
+        "--images",
+        images,
+        "--out",
+        out,
+        "--val",
+        "0.1",
+        "--test",
+        "0.6",
+    )
     assert_one_error_line(result, "'Hernia'", "train", "--seed")
     assert not out.exists()
 
@@ -187,7 +212,9 @@ def test_existing_out_needs_overwrite_and_foreign_folders_are_never_replaced(cxr
 def test_unknown_format_and_unknown_class(cxrlt, tmp_path):
     csv, images = cxrlt
     assert_one_error_line(
-        invoke("prepare", "--format", "mimic", "--labels", csv, "--images", images, "--out", tmp_path / "o"), "--format", "cxrlt"
+        invoke("prepare", "--format", "mimic", "--labels", csv, "--images", images, "--out", tmp_path / "o"),
+        "--format",
+        "cxrlt",
     )
     with pytest.raises(UnknownClassError, match="Rib Fracture"):
         resolve_class("rib fractures")
@@ -232,8 +259,21 @@ def test_stats_counts_conditionals_and_label_sets():
 
 def test_nih_sample_through_synth_prepare(nih_sample, tmp_path):
     out = tmp_path / "nih"
-    result = invoke("prepare", "--format", "nih", "--labels", nih_sample / "Data_Entry_2017_v2020.csv",
-                    "--images", nih_sample / "images", "--out", out, "--size", "32", "--workers", "2")
+    result = invoke(
+        "prepare",
+        "--format",
+        "nih",
+        "--labels",
+        nih_sample / "Data_Entry_2017_v2020.csv",
+        "--images",
+        nih_sample / "images",
+        "--out",
+        out,
+        "--size",
+        "32",
+        "--workers",
+        "2",
+    )
     assert result.exit_code == 0, result.output
     assert "train" in result.output and "tail" in result.output
     df = read_manifest(out)
@@ -283,4 +323,3 @@ def test_leakage_check_fires():
     df = pd.DataFrame({"subject_id": ["1", "1", "2"], "split": ["train", "test", "val"]})
     with pytest.raises(AssertionError, match="'1'"):
         assert_no_patient_leakage(df)
-

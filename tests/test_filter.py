@@ -21,8 +21,14 @@ from synth.filtering import VerifierConfig, load_filter_config, run_filter, trai
 from synth.manifest import read_manifest
 
 #: Loose enough that only the rule under test decides (each test tightens its own rule).
-PERMISSIVE = {"fid_reject_factor": 1e6, "outlier_percentile": 100.0, "bootstrap": 5, "kid_subsets": 5,
-              "nearcopy_calibration_images": 60, "batch_size": 64}
+PERMISSIVE = {
+    "fid_reject_factor": 1e6,
+    "outlier_percentile": 100.0,
+    "bootstrap": 5,
+    "kid_subsets": 5,
+    "nearcopy_calibration_images": 60,
+    "batch_size": 64,
+}
 
 
 class ReadRecorder:
@@ -45,8 +51,9 @@ class ReadRecorder:
 def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("filter")
     real = make_real(root / "real")
-    cfg = VerifierConfig(arch="resnet10t", image_size=32, epochs=1, max_steps=60, batch_size=24, lr=3e-3, seed=0,
-                         eval_batch_size=64)
+    cfg = VerifierConfig(
+        arch="resnet10t", image_size=32, epochs=1, max_steps=60, batch_size=24, lr=3e-3, seed=0, eval_batch_size=64
+    )
     verifier = train_verifier(real, root / "verifier", cfg)
     return root, real, verifier
 
@@ -54,7 +61,9 @@ def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
 def _filter(trained, tmp_path: Path, items, labels=None, **rules) -> tuple[pd.DataFrame, dict]:
     _, real, verifier = trained
     synthetic = make_synthetic(tmp_path / "synthetic", items, labels)
-    summary = run_filter(synthetic, real, verifier, tmp_path / "out", load_filter_config(None, {**PERMISSIVE, **rules}))
+    summary = run_filter(
+        synthetic, real, verifier, tmp_path / "out", load_filter_config(None, {**PERMISSIVE, **rules})
+    )
     return pd.read_csv(tmp_path / "out" / "scores.csv"), summary
 
 
@@ -69,7 +78,9 @@ def test_verifier_accepts_true_images_and_rejects_other_classes(trained, tmp_pat
     # those seeds — noise, not a property, so it is bounded loosely here; the threshold rule itself is tested exactly
     # (split-dependent scores, several seeds) by test_thresholds_are_fitted_on_real_val_rows_not_train_or_test.
     p_true, p_wrong = scores["p_target"][:20].to_numpy(), scores["p_target"][20:].to_numpy()
-    assert p_true.min() > p_wrong.max() + 0.5, f"verifier does not separate: true >= {p_true.min():.3f}, wrong <= {p_wrong.max():.3f}"
+    assert p_true.min() > p_wrong.max() + 0.5, (
+        f"verifier does not separate: true >= {p_true.min():.3f}, wrong <= {p_wrong.max():.3f}"
+    )
     true_kept = scores["kept"][:20].mean()
     wrong_rejected = scores["reasons"][20:].str.contains("verifier").mean()
     assert true_kept >= 0.25, f"only {true_kept:.0%} of true Pneumothorax images kept"
@@ -95,7 +106,7 @@ def test_real_vs_real_fid_below_real_vs_noise_and_noise_set_rejected(trained, tm
     noise_items = [("Cardiomegaly", rng.uniform(0, 1, (32, 32))) for _ in range(half)]
     noise_manifest = make_synthetic(tmp_path / "noise", noise_items)
     noise = run_inference(extractor, read_manifest(noise_manifest), 64, 8, with_probs=False).features
-    real_vs_real = fid(feats[perm[:half]], feats[perm[half:2 * half]])
+    real_vs_real = fid(feats[perm[:half]], feats[perm[half : 2 * half]])
     real_vs_noise = fid(feats[perm[:half]], noise)
     assert real_vs_real < real_vs_noise, (real_vs_real, real_vs_noise)
 
@@ -114,9 +125,11 @@ def test_copies_of_training_images_are_flagged(trained, tmp_path):
     root = Path(train.attrs["root"])
     originals = [np.asarray(Image.open(root / f), dtype=np.float32) / 255.0 for f in train["fpath"]]
     rng = np.random.default_rng(1)
-    copies = ([("Pneumothorax", img) for img in originals[:2]]
-              + [("Pneumothorax", np.clip(img + rng.normal(0, 0.01, img.shape), 0, 1)) for img in originals[2:4]]
-              + [("Pneumothorax", img[:, ::-1]) for img in originals[4:6]])
+    copies = (
+        [("Pneumothorax", img) for img in originals[:2]]
+        + [("Pneumothorax", np.clip(img + rng.normal(0, 0.01, img.shape), 0, 1)) for img in originals[2:4]]
+        + [("Pneumothorax", img[:, ::-1]) for img in originals[4:6]]
+    )
     fresh = [("Pneumothorax", render("Pneumothorax", 920_000 + i)) for i in range(12)]
     scores, summary = _filter(trained, tmp_path, copies + fresh)
 
@@ -152,8 +165,9 @@ def test_thresholds_never_fit_on_test_and_test_images_never_read(trained, tmp_pa
 
     recorder = ReadRecorder(monkeypatch)
     synthetic = make_synthetic(tmp_path / "b" / "synthetic", items)
-    after = run_filter(synthetic, corrupt / "manifest.csv", verifier_dir, tmp_path / "b" / "out",
-                       load_filter_config(None, PERMISSIVE))
+    after = run_filter(
+        synthetic, corrupt / "manifest.csv", verifier_dir, tmp_path / "b" / "out", load_filter_config(None, PERMISSIVE)
+    )
     assert not test_paths & set(recorder.paths), "filter read test images"
     assert recorder.paths, "recorder saw no reads (the test would pass vacuously)"
     for cls in CLASSES:
@@ -208,8 +222,10 @@ def test_thresholds_are_fitted_on_real_val_rows_not_train_or_test(trained, tmp_p
     items = [(cls, render(cls, 960_000 + i)) for i, cls in enumerate(CLASSES * 3)]
     # min_val_positives 5: Pneumothorax / Cardiomegaly use the positive quantile; 13 > 12 val positives: the
     # negative-specificity fallback (a tail class) — both rules must read val rows only.
-    for rules, rule in (({"threshold_quantile": 0.2}, "val_positive_quantile"),
-                        ({"min_val_positives": 13, "fallback_specificity": 0.9}, "val_negative_specificity")):
+    for rules, rule in (
+        ({"threshold_quantile": 0.2}, "val_positive_quantile"),
+        ({"min_val_positives": 13, "fallback_specificity": 0.9}, "val_negative_specificity"),
+    ):
         scored.clear()
         scores, summary = _filter(trained, tmp_path / rule, items, **rules)
         real = pd.concat([df for df in scored if (df["source"] == "real").any()])
@@ -218,8 +234,11 @@ def test_thresholds_are_fitted_on_real_val_rows_not_train_or_test(trained, tmp_p
         val_scores = _split_dependent_scores(val, classes, seed)
         for j, cls in enumerate(classes):
             y = val[cls].to_numpy()
-            expected = (np.quantile(val_scores[y == 1.0, j], 0.2) if rule == "val_positive_quantile"
-                        else np.quantile(val_scores[y == 0.0, j], 0.9))
+            expected = (
+                np.quantile(val_scores[y == 1.0, j], 0.2)
+                if rule == "val_positive_quantile"
+                else np.quantile(val_scores[y == 0.0, j], 0.9)
+            )
             got = summary["classes"][cls]
             assert got["threshold_rule"] == rule and got["threshold"] == pytest.approx(expected, abs=1e-6), (cls, got)
             assert got["threshold"] < 0.70  # train-fitted: >= 0.97 (positives) / ~0.02 (negatives, rejects nothing)
@@ -269,8 +288,11 @@ def test_verifier_seed_decides_the_model(tmp_path):
     real = make_real(tmp_path / "real", {"train": 4, "val": 2, "test": 1})
     weights = {}
     for name, seed in (("a", 0), ("again", 0), ("other", 1)):
-        out = train_verifier(real, tmp_path / name, VerifierConfig(arch="resnet10t", image_size=16, max_steps=3,
-                                                                   batch_size=4, seed=seed))
+        out = train_verifier(
+            real,
+            tmp_path / name,
+            VerifierConfig(arch="resnet10t", image_size=16, max_steps=3, batch_size=4, seed=seed),
+        )
         weights[name] = load_file(str(out / "model.safetensors"))
     assert all(torch.equal(weights["a"][k], weights["again"][k]) for k in weights["a"])
     assert not all(torch.equal(weights["a"][k], weights["other"][k]) for k in weights["a"])
@@ -283,28 +305,60 @@ def test_verifier_trains_on_real_train_rows_only(tmp_path, monkeypatch):
 
     both = concat_manifests([real, synthetic], tmp_path)
     recorder = ReadRecorder(monkeypatch)
-    out = train_verifier(both, tmp_path / "v", VerifierConfig(arch="resnet10t", image_size=16, max_steps=2, batch_size=4))
-    allowed = {str(Path(p).resolve()) for p in both.loc[(both["split"] == "train") & (both["source"] == "real"), "fpath"]}
+    out = train_verifier(
+        both, tmp_path / "v", VerifierConfig(arch="resnet10t", image_size=16, max_steps=2, batch_size=4)
+    )
+    allowed = {
+        str(Path(p).resolve()) for p in both.loc[(both["split"] == "train") & (both["source"] == "real"), "fpath"]
+    }
     assert recorder.paths and set(recorder.paths) <= allowed
     import json
 
     assert json.loads((out / "verifier.json").read_text())["trained_on"] == {
-        "rows": len(allowed), "split": "train", "source": "real", "manifest": str(Path(tmp_path).resolve())}
+        "rows": len(allowed),
+        "split": "train",
+        "source": "real",
+        "manifest": str(Path(tmp_path).resolve()),
+    }
 
 
 def test_cli_bad_input_is_one_error_line(trained, tmp_path):
     from synth.cli import app
 
     _, real, verifier = trained
-    result = CliRunner().invoke(app, ["filter", "--synthetic", str(real), "--data", str(real), "--verifier", str(verifier),
-                                      "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "filter",
+            "--synthetic",
+            str(real),
+            "--data",
+            str(real),
+            "--verifier",
+            str(verifier),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert result.exit_code == 2
     assert result.output.strip().startswith("error:") and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
     synthetic = make_synthetic(tmp_path / "syn", [("Pneumothorax", render("Pneumothorax", 3))])
-    result = CliRunner().invoke(app, ["filter", "--synthetic", str(synthetic), "--data", str(real), "--verifier", str(tmp_path / "nowhere"),
-                                      "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "filter",
+            "--synthetic",
+            str(synthetic),
+            "--data",
+            str(real),
+            "--verifier",
+            str(tmp_path / "nowhere"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert result.exit_code == 2 and "not a verifier folder" in result.output
     assert not (tmp_path / "out").exists()
 
@@ -319,8 +373,11 @@ def test_oracle_reports_fidelity_and_verifier_agreement(trained, tmp_path):
     from synth.filtering import train_oracle
 
     root, real, _ = trained
-    oracle = train_oracle(real, tmp_path / "oracle", VerifierConfig(arch="resnet10t", image_size=32, max_steps=150,
-                                                                    batch_size=24, lr=3e-3, seed=5))
+    oracle = train_oracle(
+        real,
+        tmp_path / "oracle",
+        VerifierConfig(arch="resnet10t", image_size=32, max_steps=150, batch_size=24, lr=3e-3, seed=5),
+    )
     true = [("Rib Fracture", render("Rib Fracture", 940_000 + i)) for i in range(10)]
     wrong = [("Cardiomegaly", render("Pneumothorax", 950_000 + i)) for i in range(10)]
     _, summary = _filter(trained, tmp_path, true + wrong, oracle=str(oracle))
@@ -337,13 +394,16 @@ def test_oracle_reports_fidelity_and_verifier_agreement(trained, tmp_path):
     generated = read_manifest(make_synthetic(tmp_path / "generated", true + wrong))
     kept = generated[generated["target_class"] == "Rib Fracture"].iloc[:6]
     real_df = read_manifest(real)
-    fid = json.loads(oracle_fidelity(oracle, real_df[real_df["split"] == "train"], generated, kept, tmp_path / "fid")
-                     .read_text())["classes"]
+    fid = json.loads(
+        oracle_fidelity(oracle, real_df[real_df["split"] == "train"], generated, kept, tmp_path / "fid").read_text()
+    )["classes"]
     rib, cardio = fid["Rib Fracture"], fid["Cardiomegaly"]
     assert rib["generated"] >= 0.6 and cardio["generated"] <= 0.2 and cardio["kept"] is None  # none of them kept
     assert rib["real"] >= 0.8 and cardio["real"] >= 0.8  # the judge detects the real positives of both classes
     assert rib["kept"] * 6 + rib["rejected"] * 4 == pytest.approx(rib["generated"] * 10)
-    assert rib["n_generated"] == 10 and rib["n_real"] == int((real_df[real_df["split"] == "train"]["Rib Fracture"] == 1).sum())
+    assert rib["n_generated"] == 10 and rib["n_real"] == int(
+        (real_df[real_df["split"] == "train"]["Rib Fracture"] == 1).sum()
+    )
 
 
 def test_outliers_are_flagged_and_rejected_only_when_asked(trained, tmp_path):
@@ -358,7 +418,6 @@ def test_outliers_are_flagged_and_rejected_only_when_asked(trained, tmp_path):
     rejected, summary = _filter(trained, tmp_path / "reject", true, outlier_percentile=1.0, outlier_rejects=True)
     assert rejected["reasons"].str.contains("outlier").mean() >= 0.9
     assert rejected["kept"].mean() <= 0.1
-
 
 
 def test_kid_does_not_warn_per_class():

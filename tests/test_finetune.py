@@ -71,14 +71,22 @@ def test_scratch_run_writes_a_generate_ready_pipeline(scratch_run, tiny_data):
     assert len(_losses(out)) == 6
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
     assert sorted(p.name for p in (out / "validation").glob("*.png")) == ["step-000003.png", "step-000006.png"]
-    assert not list(out.rglob("*.bin")) or all(p.parent.name.startswith("checkpoint-") for p in out.rglob("*.bin"))  # pipeline: safetensors only
+    assert not list(out.rglob("*.bin")) or all(
+        p.parent.name.startswith("checkpoint-") for p in out.rglob("*.bin")
+    )  # pipeline: safetensors only
     info = load_generator_info(out)
     assert info.train_manifest == tiny_data.resolve() and info.resolution == 16 and info.templates.name == "cxr-v1"
     pipe = DiffusionPipeline.from_pretrained(out, local_files_only=True)
     assert pipe.vae.config.scaling_factor != 1.0  # measured 1 / latent std, not the library default
     assert pipe.scheduler.config.prediction_type == "epsilon"
-    image = pipe("chest x-ray, PA view: rib fracture", num_inference_steps=2, height=16, width=16,
-                 generator=torch.Generator().manual_seed(0), output_type="np").images
+    image = pipe(
+        "chest x-ray, PA view: rib fracture",
+        num_inference_steps=2,
+        height=16,
+        width=16,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
     assert image.shape == (1, 16, 16, 3) and torch.isfinite(torch.from_numpy(image)).all()
 
 
@@ -88,8 +96,14 @@ class _Crash(Exception):
 
 def test_crash_and_resume_reproduces_the_uninterrupted_run(scratch_run, tiny_data, tmp_path, monkeypatch):
     out = tmp_path / "pipe"
-    overrides = {**TINY, "train_manifest": str(tiny_data), "output_dir": str(out), "num_validation_images": 0,
-                 "vae_model_path": str(scratch_run / "vae_stage"), "resume_from_checkpoint": "latest"}
+    overrides = {
+        **TINY,
+        "train_manifest": str(tiny_data),
+        "output_dir": str(out),
+        "num_validation_images": 0,
+        "vae_model_path": str(scratch_run / "vae_stage"),
+        "resume_from_checkpoint": "latest",
+    }
 
     def crash_after_4(step: int) -> None:
         if step == 4:
@@ -122,12 +136,23 @@ def test_fine_tune_a_local_pretrained_folder_with_text_encoder(tmp_path, monkeyp
     src = build_tiny_pipeline(tmp_path / "src")
     te_before = load_file(src / "text_encoder" / "model.safetensors")
     out = tmp_path / "ft"
-    cfg = finetune.load_finetune_config(None, {
-        "pretrained_model_name_or_path": str(src), "train_manifest": str(tmp_path / "src" / "data" / "manifest.csv"),
-        "output_dir": str(out), "resolution": 16, "train_batch_size": 2, "max_train_steps": 2, "checkpointing_steps": 2,
-        "train_text_encoder": True, "text_encoder_lr": 1e-3, "learning_rate": 1e-3, "num_validation_images": 0,
-        "mixed_precision": "bf16",
-    })
+    cfg = finetune.load_finetune_config(
+        None,
+        {
+            "pretrained_model_name_or_path": str(src),
+            "train_manifest": str(tmp_path / "src" / "data" / "manifest.csv"),
+            "output_dir": str(out),
+            "resolution": 16,
+            "train_batch_size": 2,
+            "max_train_steps": 2,
+            "checkpointing_steps": 2,
+            "train_text_encoder": True,
+            "text_encoder_lr": 1e-3,
+            "learning_rate": 1e-3,
+            "num_validation_images": 0,
+            "mixed_precision": "bf16",
+        },
+    )
     lines: list[str] = []
     finetune.run_finetune(cfg, log=lines.append)
     notes = [line for line in lines if line.startswith("note: --mixed_precision bf16")]
@@ -150,11 +175,24 @@ def test_bf16_keeps_frozen_parts_unrounded(tmp_path, monkeypatch):
     monkeypatch.setenv(CPU_AUTOCAST_ENV, "1")
     src = build_tiny_pipeline(tmp_path / "src")
     out = tmp_path / "ft"
-    finetune.run_finetune(finetune.load_finetune_config(None, {
-        "pretrained_model_name_or_path": str(src), "train_manifest": str(tmp_path / "src" / "data" / "manifest.csv"),
-        "output_dir": str(out), "resolution": 16, "train_batch_size": 2, "max_train_steps": 2, "checkpointing_steps": 2,
-        "num_validation_images": 1, "validation_inference_steps": 2, "cache_latents": False, "mixed_precision": "bf16",
-    }))
+    finetune.run_finetune(
+        finetune.load_finetune_config(
+            None,
+            {
+                "pretrained_model_name_or_path": str(src),
+                "train_manifest": str(tmp_path / "src" / "data" / "manifest.csv"),
+                "output_dir": str(out),
+                "resolution": 16,
+                "train_batch_size": 2,
+                "max_train_steps": 2,
+                "checkpointing_steps": 2,
+                "num_validation_images": 1,
+                "validation_inference_steps": 2,
+                "cache_latents": False,
+                "mixed_precision": "bf16",
+            },
+        )
+    )
     for part in ("text_encoder/model", "vae/diffusion_pytorch_model"):
         before, after = load_file(src / f"{part}.safetensors"), load_file(out / f"{part}.safetensors")
         assert all(torch.equal(before[k], after[k]) for k in before), part
@@ -164,7 +202,9 @@ def test_bf16_keeps_frozen_parts_unrounded(tmp_path, monkeypatch):
 def test_missing_or_incomplete_pretrained_folder_is_one_clear_error(tmp_path, tiny_data):
     base = {"train_manifest": str(tiny_data), "output_dir": str(tmp_path / "out")}
     with pytest.raises(UserError, match="folder not found"):
-        finetune.run_finetune(finetune.load_finetune_config(None, {**base, "pretrained_model_name_or_path": str(tmp_path / "nope")}))
+        finetune.run_finetune(
+            finetune.load_finetune_config(None, {**base, "pretrained_model_name_or_path": str(tmp_path / "nope")})
+        )
     src = build_tiny_pipeline(tmp_path / "src")
     shutil.rmtree(src / "unet")
     with pytest.raises(UserError, match=r"missing unet/") as err:
@@ -178,9 +218,27 @@ def test_cli_flags_override_yaml_keys(tmp_path):
 
     yaml_path = tmp_path / "c.yaml"
     yaml_path.write_text("max_train_steps: 5\nuse_ema: false\nlearning_rate: 0.001\nvalidation_prompts: [a]\n")
-    cfg = parse_args(["--config", str(yaml_path), "--max_train_steps", "7", "--use_ema", "--validation_prompts", "x", "y",
-                      "--snr_gamma", "5"])
-    assert (cfg.max_train_steps, cfg.use_ema, cfg.learning_rate, cfg.validation_prompts, cfg.snr_gamma) == (7, True, 0.001, ["x", "y"], 5.0)
+    cfg = parse_args(
+        [
+            "--config",
+            str(yaml_path),
+            "--max_train_steps",
+            "7",
+            "--use_ema",
+            "--validation_prompts",
+            "x",
+            "y",
+            "--snr_gamma",
+            "5",
+        ]
+    )
+    assert (cfg.max_train_steps, cfg.use_ema, cfg.learning_rate, cfg.validation_prompts, cfg.snr_gamma) == (
+        7,
+        True,
+        0.001,
+        ["x", "y"],
+        5.0,
+    )
     assert parse_args(["--config", str(yaml_path), "--use_ema", "false"]).use_ema is False
     yaml_path.write_text("max_train_step: 5\n")
     with pytest.raises(UserError, match="unknown key"):
@@ -213,8 +271,13 @@ def test_shipped_configs_load(name):
 
 def test_script_entry_dry_run_names_the_missing_local_model():
     """`python synth/finetune.py` as a script (synth/ on sys.path[0]) imports the package and fails in one line."""
-    proc = subprocess.run([sys.executable, "synth/finetune.py", "--config", "configs/finetune/mimic-sd21.yaml", "--dry_run"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "synth/finetune.py", "--config", "configs/finetune/mimic-sd21.yaml", "--dry_run"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "finetune plan (dry run)" in proc.stdout
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -223,15 +286,29 @@ def test_script_entry_dry_run_names_the_missing_local_model():
 
 def _pretrained_overrides(tmp_path: Path, **extra) -> dict:
     src = build_tiny_pipeline(tmp_path / "src")
-    return {"pretrained_model_name_or_path": str(src), "train_manifest": str(tmp_path / "src" / "data" / "manifest.csv"),
-            "output_dir": str(tmp_path / "ft"), "resolution": 16, "train_batch_size": 2, "max_train_steps": 2,
-            "checkpointing_steps": 2, "num_validation_images": 0, **extra}
+    return {
+        "pretrained_model_name_or_path": str(src),
+        "train_manifest": str(tmp_path / "src" / "data" / "manifest.csv"),
+        "output_dir": str(tmp_path / "ft"),
+        "resolution": 16,
+        "train_batch_size": 2,
+        "max_train_steps": 2,
+        "checkpointing_steps": 2,
+        "num_validation_images": 0,
+        **extra,
+    }
 
 
 def test_non_finite_loss_stops_at_once_and_keeps_the_last_checkpoint(scratch_run, tiny_data, tmp_path, monkeypatch):
     out = tmp_path / "pipe"
-    overrides = {**TINY, "train_manifest": str(tiny_data), "output_dir": str(out), "num_validation_images": 0,
-                 "vae_model_path": str(scratch_run / "vae_stage"), "checkpoints_total_limit": 1}
+    overrides = {
+        **TINY,
+        "train_manifest": str(tiny_data),
+        "output_dir": str(out),
+        "num_validation_images": 0,
+        "vae_model_path": str(scratch_run / "vae_stage"),
+        "checkpoints_total_limit": 1,
+    }
     real_loss = train_mod.UNetTrainer.loss
 
     def nan_at_step_5(self, indices, step, micro, pixels=None):
@@ -302,9 +379,15 @@ def test_resume_from_checkpoint_none_starts_over(tmp_path):
     cfg = finetune.load_finetune_config(None, {**overrides, "resume_from_checkpoint": "none", "dry_run": True})
     finetune.run_finetune(cfg)
     plan_lines, _ = finetune.plan(cfg)
-    assert any("start over at step 0" in line and "removes 1 old checkpoint" in line for line in plan_lines), plan_lines
-    finetune.run_finetune(finetune.load_finetune_config(None, {**overrides, "resume_from_checkpoint": "none"}), log=lines.append)
-    assert any("starting over at step 0" in line for line in lines) and not any(line.startswith("resuming") for line in lines)
+    assert any("start over at step 0" in line and "removes 1 old checkpoint" in line for line in plan_lines), (
+        plan_lines
+    )
+    finetune.run_finetune(
+        finetune.load_finetune_config(None, {**overrides, "resume_from_checkpoint": "none"}), log=lines.append
+    )
+    assert any("starting over at step 0" in line for line in lines) and not any(
+        line.startswith("resuming") for line in lines
+    )
     assert _losses(out) == first  # trained again from step 0 (same seed: same losses), not resumed at step 2
     plan_lines, _ = finetune.plan(finetune.load_finetune_config(None, overrides))
     assert any("resume from checkpoint-2" in line for line in plan_lines), plan_lines
@@ -314,8 +397,16 @@ def test_plan_prints_the_source_folders_prediction_type(tmp_path, tiny_data):
     from sd_folders import build_sd_folder
 
     src = build_sd_folder(tmp_path / "sd21v", "sd21-v")
-    cfg = finetune.load_finetune_config(None, {"pretrained_model_name_or_path": str(src), "train_manifest": str(tiny_data),
-                                               "output_dir": str(tmp_path / "out"), "prediction_type": "epsilon", "resolution": 32})
+    cfg = finetune.load_finetune_config(
+        None,
+        {
+            "pretrained_model_name_or_path": str(src),
+            "train_manifest": str(tiny_data),
+            "output_dir": str(tmp_path / "out"),
+            "prediction_type": "epsilon",
+            "resolution": 32,
+        },
+    )
     lines, problems = finetune.plan(cfg)
     train_line = next(line for line in lines if line.startswith("train"))
     assert "v_prediction" in train_line and "epsilon" not in train_line and not problems
@@ -338,8 +429,10 @@ def test_report_to_tensorboard_without_the_package_is_one_clear_error(tmp_path, 
     import accelerate.utils
 
     monkeypatch.setattr(accelerate.utils, "is_tensorboard_available", lambda: False)
-    cfg = finetune.load_finetune_config(None, {**TINY, "train_manifest": str(tiny_data), "output_dir": str(tmp_path / "out"),
-                                               "report_to": "tensorboard"})
+    cfg = finetune.load_finetune_config(
+        None,
+        {**TINY, "train_manifest": str(tiny_data), "output_dir": str(tmp_path / "out"), "report_to": "tensorboard"},
+    )
     with pytest.raises(UserError, match=r"pip install 'cxr-synth\[tensorboard\]'"):
         finetune.run_finetune(cfg)
     assert not (tmp_path / "out").exists()
@@ -349,8 +442,16 @@ def test_report_to_tensorboard_without_the_package_is_one_clear_error(tmp_path, 
 
 def test_vae_stage_reports_progress_with_an_eta(tiny_data, tmp_path):
     lines: list[str] = []
-    cfg = finetune.load_finetune_config(None, {**TINY, "train_manifest": str(tiny_data), "output_dir": str(tmp_path / "out"),
-                                               "stage": "vae", "logging_steps": 100})
+    cfg = finetune.load_finetune_config(
+        None,
+        {
+            **TINY,
+            "train_manifest": str(tiny_data),
+            "output_dir": str(tmp_path / "out"),
+            "stage": "vae",
+            "logging_steps": 100,
+        },
+    )
     finetune.run_finetune(cfg, log=lines.append)
     progress = [line for line in lines if line.startswith("vae step")]
     assert [line.split()[2] for line in progress] == ["1/4", "4/4"]  # the first step already, not only every 100

@@ -13,15 +13,30 @@ def _results(rows):
 
 
 def test_agreeing_gate_meets_the_bar():
-    g = gate_agreement(_results([("A", "tail", 0.9, 0.05, 0.52, False), ("B", "tail", 0.9, 0.3, 0.7, True),
-                                 ("C", "tail", 0.9, 0.8, 0.9, True)]))
+    g = gate_agreement(
+        _results(
+            [
+                ("A", "tail", 0.9, 0.05, 0.52, False),
+                ("B", "tail", 0.9, 0.3, 0.7, True),
+                ("C", "tail", 0.9, 0.8, 0.9, True),
+            ]
+        )
+    )
     assert g.spearman == 1.0 and g.met and not g.unfaithful_kept and not g.faithful_dropped
 
 
 def test_disagreements_are_named_and_unjudgeable_classes_left_out():
-    g = gate_agreement(_results([("A", "tail", 0.9, 0.05, 0.8, True), ("B", "tail", 0.9, 0.6, 0.55, False),
-                                 ("C", "tail", 0.9, 0.3, 0.7, True), ("D", "tail", 0.2, 0.9, 0.5, False),
-                                 ("E", "head", 0.9, 0.9, 0.5, False)]))
+    g = gate_agreement(
+        _results(
+            [
+                ("A", "tail", 0.9, 0.05, 0.8, True),
+                ("B", "tail", 0.9, 0.6, 0.55, False),
+                ("C", "tail", 0.9, 0.3, 0.7, True),
+                ("D", "tail", 0.2, 0.9, 0.5, False),
+                ("E", "head", 0.9, 0.9, 0.5, False),
+            ]
+        )
+    )
     assert [r[0] for r in g.rows] == ["A", "B", "C"]
     assert g.unfaithful_kept == ["A"] and g.faithful_dropped == ["B"] and not g.met
     assert g.spearman < 0

@@ -60,8 +60,22 @@ def test_unknown_class_exits_2_with_suggestions_before_loading(tiny_model, tmp_p
     monkeypatch.setattr(orchestration, "load_generator_info", must_not_run)
     monkeypatch.setattr(orchestration, "load_pipeline", must_not_run)
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["generate", "--model", str(tiny_model), "--class", "Rib Fracture",
-                                      "--class", "rib fractur", "--n", "2", "--out", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "generate",
+            "--model",
+            str(tiny_model),
+            "--class",
+            "Rib Fracture",
+            "--class",
+            "rib fractur",
+            "--n",
+            "2",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert "'Rib Fracture'" in result.output and "rib fractur" in result.output
     assert not out.exists()
@@ -156,8 +170,10 @@ def test_image_seeds_are_unique_and_follow_the_run_seed(tiny_model):
     """Every (class, index) has its own seed, and --seed changes every one of them (and the label draws)."""
     labels = _labels(tiny_model)
     counts = {"Rib Fracture": 50, "Pneumothorax": 50}
-    runs = {seed: gen.Planner(labels, PromptTemplates.load(), gen.GenerateConfig(seed=seed).validated()).jobs(counts)
-            for seed in (0, 1)}
+    runs = {
+        seed: gen.Planner(labels, PromptTemplates.load(), gen.GenerateConfig(seed=seed).validated()).jobs(counts)
+        for seed in (0, 1)
+    }
     for jobs in runs.values():
         assert len({j.seed for j in jobs}) == 100 and len({j.dicom_id for j in jobs}) == 100
     assert not {j.seed for j in runs[0]} & {j.seed for j in runs[1]}
@@ -195,15 +211,22 @@ gen.generate(sys.argv[1], ["Rib Fracture", "Pneumothorax"], 4, sys.argv[2], batc
 def test_kill_9_mid_batch_then_resume_gives_exactly_n(tiny_model, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    crashed = subprocess.run([sys.executable, "-c", textwrap.dedent(_CRASHING_RUN), str(tiny_model), str(out)],
-                             env=env, capture_output=True, text=True, timeout=120)
+    crashed = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_CRASHING_RUN), str(tiny_model), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert crashed.returncode == -9, crashed.stderr[-2000:]
     pngs = sorted((out / "images").rglob("*.png"))
     assert len(pngs) == 3 and list((out / "images").rglob("*.tmp"))  # one full batch, one torn write
     assert len(read_manifest(out / "manifest.csv")) == 3  # the manifest matched the disk at the crash
 
     # resumed with another batch size (not a pinned setting): batches differ from the uninterrupted run's
-    manifest = gen.generate(tiny_model, ["Rib Fracture", "Pneumothorax"], 4, out, batch_size=2, steps=2, progress=False)
+    manifest = gen.generate(
+        tiny_model, ["Rib Fracture", "Pneumothorax"], 4, out, batch_size=2, steps=2, progress=False
+    )
     df = read_manifest(manifest)
     files = sorted(p.relative_to(out).as_posix() for p in (out / "images").rglob("*.png"))
     assert len(df) == 8 and df["fpath"].is_unique and sorted(df["fpath"]) == files
@@ -212,8 +235,9 @@ def test_kill_9_mid_batch_then_resume_gives_exactly_n(tiny_model, tmp_path):
 
     # the interrupted + resumed run is the uninterrupted run: same rows (seeds, prompts, labels) and pixels
     whole = tmp_path / "whole"
-    reference = read_manifest(gen.generate(tiny_model, ["Rib Fracture", "Pneumothorax"], 4, whole, batch_size=3, steps=2,
-                                           progress=False))
+    reference = read_manifest(
+        gen.generate(tiny_model, ["Rib Fracture", "Pneumothorax"], 4, whole, batch_size=3, steps=2, progress=False)
+    )
     key = ["fpath", "dicom_id", "seed", "prompt", "ViewPosition", *_labels(tiny_model).classes]
     resumed_rows = df.sort_values("fpath")[key].reset_index(drop=True)
     reference_rows = reference.sort_values("fpath")[key].reset_index(drop=True)
@@ -242,9 +266,38 @@ def test_accelerate_two_processes_merge_one_manifest_with_the_same_images(tiny_m
     synth.distributed.process_state); ``--cpu`` would start ONE process and prove nothing.
     """
     out = tmp_path / "mp"
-    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "synth.generate", "--model", str(tiny_model), "--class", "Rib Fracture",
-           "--n", "5", "--seed", "7", "--steps", "4", "--guidance-scale", "3.0", "--batch-size", "1", "--out", str(out), "--no-progress"]
+    cmd = [
+        "accelerate",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "synth.generate",
+        "--model",
+        str(tiny_model),
+        "--class",
+        "Rib Fracture",
+        "--n",
+        "5",
+        "--seed",
+        "7",
+        "--steps",
+        "4",
+        "--guidance-scale",
+        "3.0",
+        "--batch-size",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     done = subprocess.run(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "sharded over 2 process(es)" in done.stderr
@@ -252,11 +305,15 @@ def test_accelerate_two_processes_merge_one_manifest_with_the_same_images(tiny_m
     assert list(df["fpath"]) == list(single["fpath"]) and list(df["seed"]) == list(single["seed"])
     assert not list(out.glob("manifest.rank*.csv"))
     for fpath in df["fpath"]:
-        np.testing.assert_array_equal(np.asarray(Image.open(out / fpath)), np.asarray(Image.open(rib_run.parent / fpath)))
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(out / fpath)), np.asarray(Image.open(rib_run.parent / fpath))
+        )
 
 
 def test_config_yaml_defaults_and_flag_overrides(tmp_path):
-    cfg = gen.GenerateConfig.from_yaml(Path(__file__).resolve().parents[1] / "configs/generate/default.yaml", steps=3, n="auto")
+    cfg = gen.GenerateConfig.from_yaml(
+        Path(__file__).resolve().parents[1] / "configs/generate/default.yaml", steps=3, n="auto"
+    )
     assert (cfg.steps, cfg.n, cfg.target_count, cfg.scheduler) == (3, "auto", 1000, "dpm++")
     bad = tmp_path / "bad.yaml"
     bad.write_text("stepz: 3\n")

@@ -19,7 +19,10 @@ def pipe(tmp_path_factory):
 
 
 def _jobs(prompts: list[str]) -> list[gen.ImageJob]:
-    return [gen.ImageJob("Pneumothorax", i, 1000 + i, ("Pneumothorax",), "PA", p, "blurry, text") for i, p in enumerate(prompts)]
+    return [
+        gen.ImageJob("Pneumothorax", i, 1000 + i, ("Pneumothorax",), "PA", p, "blurry, text")
+        for i, p in enumerate(prompts)
+    ]
 
 
 class _CountingEncoder(torch.nn.Module):
@@ -50,13 +53,26 @@ def test_each_distinct_prompt_is_encoded_once_across_batches(pipe, monkeypatch):
 
 
 def test_images_match_a_plain_pipeline_call(pipe):
-    prompts = ["chest x-ray, PA view: pneumothorax", "chest x-ray, AP view: pleural effusion", "chest x-ray, PA view: normal"]
+    prompts = [
+        "chest x-ray, PA view: pneumothorax",
+        "chest x-ray, AP view: pleural effusion",
+        "chest x-ray, PA view: normal",
+    ]
     jobs = _jobs(prompts)
     ours = np.stack([np.asarray(im, dtype=np.int16) for im in gen.render(pipe, jobs, 16, 3, 4.0)])
     generators, latents = gen.initial_latents(pipe, jobs, 16)
     with torch.inference_mode():
-        plain = pipe(prompt=prompts, negative_prompt=[j.negative_prompt for j in jobs], height=16, width=16, num_inference_steps=3,
-                     guidance_scale=4.0, generator=generators, latents=latents, output_type="np").images
+        plain = pipe(
+            prompt=prompts,
+            negative_prompt=[j.negative_prompt for j in jobs],
+            height=16,
+            width=16,
+            num_inference_steps=3,
+            guidance_scale=4.0,
+            generator=generators,
+            latents=latents,
+            output_type="np",
+        ).images
     plain = np.clip(np.rint(plain.mean(axis=-1) * 255.0), 0, 255).astype(np.int16)
     assert np.abs(ours - plain).max() <= 1  # same conditioning up to float rounding of a batch-of-1 encode
     assert ours.std() > 0

@@ -27,8 +27,16 @@ def _vae(seed: int = 0):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    return AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4, sample_size=RES)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=RES,
+    )
 
 
 class _Counting:
@@ -55,7 +63,9 @@ def manifest(tmp_path_factory) -> Path:
 def _build(vae, manifest: Path, root: Path, res: int = RES, max_ram_gb: float = 1.0, **kw) -> lc.LatentCache:
     data = TrainingSet.load(manifest)
     ds = pixel_dataset(data, res)
-    return lc.build_latent_cache(vae, ds, ds.paths, res, root, max_ram_gb=max_ram_gb, log=lambda m: None, progress=False, **kw)
+    return lc.build_latent_cache(
+        vae, ds, ds.paths, res, root, max_ram_gb=max_ram_gb, log=lambda m: None, progress=False, **kw
+    )
 
 
 def test_cache_equals_in_memory_encode_and_is_reused_across_runs(manifest, tmp_path):
@@ -167,15 +177,37 @@ def test_two_processes_each_encode_their_own_chunks(manifest, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` on CPU (gloo): the encode is split, the cache is the 1-process one."""
     script = tmp_path / "two.py"
     script.write_text(_TWO_PROC)
-    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", str(script), str(manifest), str(tmp_path / "cache"), str(Path(__file__).parent)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [
+        "accelerate",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(script),
+        str(manifest),
+        str(tmp_path / "cache"),
+        str(Path(__file__).parent),
+    ]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     import json
     import re
 
-    reports = sorted((json.loads(m) for m in re.findall(r"\{[^{}]*\}", done.stdout)), key=lambda r: r["rank"])  # lines may interleave
+    reports = sorted(
+        (json.loads(m) for m in re.findall(r"\{[^{}]*\}", done.stdout)), key=lambda r: r["rank"]
+    )  # lines may interleave
     n = len(TrainingSet.load(manifest))
     assert [r["world"] for r in reports] == [2, 2]
     assert sum(r["images"] for r in reports) == n and all(0 < r["images"] < n for r in reports)
@@ -197,16 +229,31 @@ def test_finetune_from_a_pretrained_folder_caches_by_default_and_disk_trains_lik
 
     src = build_tiny_pipeline(tmp_path / "src")
     manifest = tmp_path / "src" / "data" / "manifest.csv"
-    base = {"pretrained_model_name_or_path": str(src), "train_manifest": str(manifest), "resolution": 16, "train_batch_size": 4,
-            "max_train_steps": 4, "checkpointing_steps": 100, "num_validation_images": 0, "learning_rate": 1e-3, "snr_gamma": 5.0}
+    base = {
+        "pretrained_model_name_or_path": str(src),
+        "train_manifest": str(manifest),
+        "resolution": 16,
+        "train_batch_size": 4,
+        "max_train_steps": 4,
+        "checkpointing_steps": 100,
+        "num_validation_images": 0,
+        "learning_rate": 1e-3,
+        "snr_gamma": 5.0,
+    }
     finetune.run_finetune(finetune.load_finetune_config(None, {**base, "output_dir": str(tmp_path / "ram")}))
     first = capsys.readouterr().out
     caches = list((manifest.parent / "latent_cache").iterdir())
     assert len(caches) == 1 and (caches[0] / lc.META).exists(), first
     assert "read into RAM" in first
-    finetune.run_finetune(finetune.load_finetune_config(None, {**base, "output_dir": str(tmp_path / "disk"), "latent_cache_max_ram_gb": 0}))
+    finetune.run_finetune(
+        finetune.load_finetune_config(
+            None, {**base, "output_dir": str(tmp_path / "disk"), "latent_cache_max_ram_gb": 0}
+        )
+    )
     second = capsys.readouterr().out
     assert "reusing cache" in second and "memory-mapped" in second and "encoding" not in second
     assert _losses(tmp_path / "disk") == _losses(tmp_path / "ram")
-    finetune.run_finetune(finetune.load_finetune_config(None, {**base, "output_dir": str(tmp_path / "off"), "cache_latents": False}))
+    finetune.run_finetune(
+        finetune.load_finetune_config(None, {**base, "output_dir": str(tmp_path / "off"), "cache_latents": False})
+    )
     assert "encoded on the fly" in capsys.readouterr().out

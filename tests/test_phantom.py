@@ -24,8 +24,11 @@ DIFFUSE = {"Edema", "Emphysema", "Pulmonary Hypertension", "Hydropneumothorax", 
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_render_image_is_deterministic_and_seed_dependent():
@@ -55,7 +58,9 @@ def test_each_class_changes_pixels_only_in_its_region(cls):
         assert changed.sum() >= 3, f"{cls} seed {seed}: signature invisible ({changed.sum()} px changed)"
         inside = (changed & region).sum() / changed.sum()
         assert inside >= 0.9, f"{cls} seed {seed}: only {inside:.0%} of the change inside its region"
-        assert region.mean() <= (0.8 if cls in DIFFUSE else 0.35), f"{cls}: region covers {region.mean():.0%} of the image"
+        assert region.mean() <= (0.8 if cls in DIFFUSE else 0.35), (
+            f"{cls}: region covers {region.mean():.0%} of the image"
+        )
 
 
 def test_a_nodule_is_visible_wherever_it_is_drawn():
@@ -104,7 +109,13 @@ def test_long_tail_at_20000_sampled_labels():
         assert y.sum(0).min() >= 5, "every class must appear"
         rarest16 = sorted(prevalence, key=prevalence.get)[:16]
         assert sum(prevalence[c] < 0.01 for c in rarest16) >= 15
-        for c in ("Pneumomediastinum", "Round(ed) Atelectasis", "Infarction", "Pulmonary Embolism", "Hydropneumothorax"):
+        for c in (
+            "Pneumomediastinum",
+            "Round(ed) Atelectasis",
+            "Infarction",
+            "Pulmonary Embolism",
+            "Hydropneumothorax",
+        ):
             assert prevalence[c] < 0.01, c
     # the table itself: expected split exactly as designed
     expected = frequency_groups(label_set_table().prevalence())
@@ -164,8 +175,25 @@ def test_dataset_loads_as_cxrlt_and_is_worker_independent(tmp_path):
 
 def test_synth_prepare_reads_the_phantom(tmp_path):
     labels = render_dataset(40, 32, 1, tmp_path / "ph", workers=1)
-    result = CliRunner().invoke(app, ["prepare", "--format", "cxrlt", "--labels", str(labels), "--images", str(labels.parent),
-                                      "--out", str(tmp_path / "prep"), "--size", "32", "--workers", "1", "--no-progress"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "prepare",
+            "--format",
+            "cxrlt",
+            "--labels",
+            str(labels),
+            "--images",
+            str(labels.parent),
+            "--out",
+            str(tmp_path / "prep"),
+            "--size",
+            "32",
+            "--workers",
+            "1",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     from PIL import Image
 
@@ -188,8 +216,26 @@ def test_synth_prepare_reads_the_phantom(tmp_path):
 
 def test_balanced_cli_every_class_at_least_k(tmp_path):
     out = tmp_path / "bal"
-    result = CliRunner().invoke(app, ["phantom", "--balanced", "--per-class", "2", "--size", "32", "--seed", "0",
-                                      "--out", str(out), "--workers", "1", "--no-progress", "--label-noise", "0"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "phantom",
+            "--balanced",
+            "--per-class",
+            "2",
+            "--size",
+            "32",
+            "--seed",
+            "0",
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+            "--no-progress",
+            "--label-noise",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     df = pd.read_csv(out / "labels.csv")
     assert len(df) == 80
@@ -204,13 +250,16 @@ def test_label_noise_changes_csv_not_images(tmp_path):
     assert not pd.read_csv(clean).equals(pd.read_csv(noisy))
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--n", "0"], "--n 0"),
-    (["--n", "10", "--size", "8"], "--size 8"),
-    (["--n", "10", "--label-noise", "1.5"], "--label-noise"),
-    (["--n", "10", "--per-class", "3"], "--per-class only applies with --balanced"),
-    (["--n", "10", "--balanced", "--per-class", "3"], "too small"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--n", "0"], "--n 0"),
+        (["--n", "10", "--size", "8"], "--size 8"),
+        (["--n", "10", "--label-noise", "1.5"], "--label-noise"),
+        (["--n", "10", "--per-class", "3"], "--per-class only applies with --balanced"),
+        (["--n", "10", "--balanced", "--per-class", "3"], "too small"),
+    ],
+)
 def test_cli_bad_input_is_one_error_line(tmp_path, args, needle):
     out = tmp_path / "x"
     result = CliRunner().invoke(app, ["phantom", "--out", str(out), "--no-progress", *args])

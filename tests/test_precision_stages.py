@@ -94,21 +94,39 @@ def test_verifier_then_classifier_order_keeps_each_stage_precision(autocast_on_c
     base = EnsembleConfig(members=[MemberConfig(image_size=32)])
 
     def classifier(precision: str, out: str) -> str:
-        cfg = replace(base, train=replace(base.train, epochs=1, max_steps=1, batch_size=8, mixed_precision=precision, checkpoint=False))
+        cfg = replace(
+            base,
+            train=replace(
+                base.train, epochs=1, max_steps=1, batch_size=8, mixed_precision=precision, checkpoint=False
+            ),
+        )
         model = train_ensemble(cfg, tiny, tmp_path / out)
         return json.loads((model / "member-0" / "member.json").read_text())["stages"][0]["mixed_precision"]
 
     def verifier(out: str) -> str:
-        return json.loads((train_verifier(tiny, tmp_path / out, vcfg) / "verifier.json").read_text())["mixed_precision"]
+        return json.loads((train_verifier(tiny, tmp_path / out, vcfg) / "verifier.json").read_text())[
+            "mixed_precision"
+        ]
 
-    recorded = [verifier("v1"), classifier("bf16", "c1"), verifier("v2"), classifier("no", "c2"), classifier("bf16", "c3")]
+    recorded = [
+        verifier("v1"),
+        classifier("bf16", "c1"),
+        verifier("v2"),
+        classifier("no", "c2"),
+        classifier("bf16", "c3"),
+    ]
     assert recorded == ["no", "bf16", "no", "no", "bf16"]
     stages = []
     for stage, dtype in seen:  # one entry per stage run (each ran one step; several forwards for the verifier's batch)
         if not stages or stages[-1][0] != stage or stage == "classifier":
             stages.append((stage, dtype))
-    assert stages == [("verifier", torch.float32), ("classifier", torch.bfloat16), ("verifier", torch.float32),
-                      ("classifier", torch.float32), ("classifier", torch.bfloat16)]
+    assert stages == [
+        ("verifier", torch.float32),
+        ("classifier", torch.bfloat16),
+        ("verifier", torch.float32),
+        ("classifier", torch.float32),
+        ("classifier", torch.bfloat16),
+    ]
 
 
 def test_verifier_after_a_bf16_stage_is_fp32(autocast_on_cpu, tiny, tmp_path, monkeypatch):
@@ -129,5 +147,9 @@ def test_verifier_short_runs_train_with_warmup_cosine(tiny, tmp_path):
     from synth.filtering.verifier import train_verifier
 
     for steps in (1, 10):
-        out = train_verifier(tiny, tmp_path / f"v{steps}", VerifierConfig(arch="resnet10t", image_size=16, max_steps=steps, batch_size=8))
+        out = train_verifier(
+            tiny,
+            tmp_path / f"v{steps}",
+            VerifierConfig(arch="resnet10t", image_size=16, max_steps=steps, batch_size=8),
+        )
         assert json.loads((Path(out) / "verifier.json").read_text())["steps"] == steps

@@ -54,8 +54,21 @@ def make_ensemble(folder: Path, sizes=(32, 40), store_groups: bool = True, store
 def test_only(tmp_path: Path) -> Path:
     """An external, test-only prepared set (no train rows at all)."""
     csv = make_cxrlt(tmp_path, patients=6, per_patient=2)
-    result = invoke("prepare", "--format", "cxrlt", "--labels", csv, "--images", tmp_path / "mimic", "--out",
-                    tmp_path / "external", "--size", "32", "--split", "test")
+    result = invoke(
+        "prepare",
+        "--format",
+        "cxrlt",
+        "--labels",
+        csv,
+        "--images",
+        tmp_path / "mimic",
+        "--out",
+        tmp_path / "external",
+        "--size",
+        "32",
+        "--split",
+        "test",
+    )
     assert result.exit_code == 0, result.output
     return tmp_path / "external" / "manifest.csv"
 
@@ -73,7 +86,12 @@ def test_evaluate_test_only_set_takes_groups_from_the_model(test_only, tmp_path)
     result = evaluate("--model", model, "--data", test_only, "--split", "test", "--out", out, "--n-boot", "0")
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["groups"] == {"Support Devices": "head", "Fracture": "medium", "Rib Fracture": "tail", "Normal": "head"}
+    assert metrics["groups"] == {
+        "Support Devices": "head",
+        "Fracture": "medium",
+        "Rib Fracture": "tail",
+        "Normal": "head",
+    }
     assert metrics["groups_from"] == "model" and metrics["train_prevalence"] == PREVALENCE
     assert metrics["n"] == len(read_manifest(test_only))
 
@@ -142,14 +160,31 @@ def test_predict_images_folder_writes_submission_in_taxonomy_order(tmp_path):
 
     # the same images through `synth prepare` give the same probabilities: one decoding, one inference path
     csv = tmp_path / "labels.csv"
-    rows = [{"dicom_id": p.stem, "subject_id": str(i), "study_id": str(i), "ViewPosition": "PA",
-             "fpath": str(p.relative_to(tmp_path / "unlabeled")), **{c: "" for c in CXR_LT_CLASSES}} for i, p in enumerate(paths)]
+    rows = [
+        {
+            "dicom_id": p.stem,
+            "subject_id": str(i),
+            "study_id": str(i),
+            "ViewPosition": "PA",
+            "fpath": str(p.relative_to(tmp_path / "unlabeled")),
+            **{c: "" for c in CXR_LT_CLASSES},
+        }
+        for i, p in enumerate(paths)
+    ]
     pd.DataFrame(rows).to_csv(csv, index=False)
-    manifest = prepare_dataset("cxrlt", csv, tmp_path / "unlabeled", tmp_path / "prepared", size=48, split="test", workers=1)
+    manifest = prepare_dataset(
+        "cxrlt", csv, tmp_path / "unlabeled", tmp_path / "prepared", size=48, split="test", workers=1
+    )
     probs, classes = predict(model, read_manifest(manifest))
-    expected = pd.DataFrame(probs, columns=classes).assign(dicom_id=read_manifest(manifest)["dicom_id"]).set_index("dicom_id")
-    np.testing.assert_allclose(sub.set_index("dicom_id").loc[expected.index, CLASSES].to_numpy(), expected[CLASSES].to_numpy(),
-                               rtol=1e-4, atol=1e-5)
+    expected = (
+        pd.DataFrame(probs, columns=classes).assign(dicom_id=read_manifest(manifest)["dicom_id"]).set_index("dicom_id")
+    )
+    np.testing.assert_allclose(
+        sub.set_index("dicom_id").loc[expected.index, CLASSES].to_numpy(),
+        expected[CLASSES].to_numpy(),
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 def test_predict_prepared_manifest_split_and_plain_csv(test_only, tmp_path):
@@ -158,14 +193,28 @@ def test_predict_prepared_manifest_split_and_plain_csv(test_only, tmp_path):
     result = invoke("predict", "--model", model, "--manifest", test_only, "--split", "test", "--out", out)
     assert result.exit_code == 0, result.output
     assert pd.read_csv(out, dtype=str)["dicom_id"].tolist() == read_manifest(test_only)["dicom_id"].tolist()
-    assert_one_error_line(invoke("predict", "--model", model, "--manifest", test_only, "--out", out), "already exists", "--overwrite")
+    assert_one_error_line(
+        invoke("predict", "--model", model, "--manifest", test_only, "--out", out), "already exists", "--overwrite"
+    )
 
     # a challenge-style list (dicom_id + fpath relative to the image root), no labels
     listing = tmp_path / "development.csv"
     src = pd.read_csv(tmp_path / "train_labeled.csv", dtype=str)[["dicom_id", "subject_id", "fpath"]]
     src.to_csv(listing, index=False)
     out_b = tmp_path / "b.csv"
-    result = invoke("predict", "--model", model, "--manifest", listing, "--images", tmp_path / "mimic", "--out", out_b, "--size", "32")
+    result = invoke(
+        "predict",
+        "--model",
+        model,
+        "--manifest",
+        listing,
+        "--images",
+        tmp_path / "mimic",
+        "--out",
+        out_b,
+        "--size",
+        "32",
+    )
     assert result.exit_code == 0, result.output
     assert pd.read_csv(out_b, dtype=str)["dicom_id"].tolist() == src["dicom_id"].tolist()
 
@@ -175,7 +224,9 @@ def test_predict_bad_input_is_one_error_line(tmp_path):
     listing = tmp_path / "list.csv"
     pd.DataFrame({"dicom_id": ["a"], "fpath": ["missing.png"]}).to_csv(listing, index=False)
     out = tmp_path / "s.csv"
-    assert_one_error_line(invoke("predict", "--model", model, "--manifest", listing, "--out", out), "image not found", "--images")
+    assert_one_error_line(
+        invoke("predict", "--model", model, "--manifest", listing, "--out", out), "image not found", "--images"
+    )
     assert_one_error_line(invoke("predict", "--model", tmp_path, "--images", tmp_path, "--out", out), "ensemble.json")
     assert_one_error_line(invoke("predict", "--model", model, "--out", out), "--manifest", "--images")
     assert not out.exists()
@@ -222,8 +273,11 @@ def test_nih_given_split_train_then_external_test_only_evaluate_and_predict(nih_
     sub = tmp_path / "sub.csv"
     listing = tmp_path / "unlabeled.csv"
     site_b[["Image Index"]].rename(columns={"Image Index": "fpath"}).assign(
-        dicom_id=site_b["Image Index"].str.rsplit(".", n=1).str[0]).to_csv(listing, index=False)
-    result = invoke("predict", "--model", model, "--manifest", listing, "--images", images, "--out", sub, "--size", "32")
+        dicom_id=site_b["Image Index"].str.rsplit(".", n=1).str[0]
+    ).to_csv(listing, index=False)
+    result = invoke(
+        "predict", "--model", model, "--manifest", listing, "--images", images, "--out", sub, "--size", "32"
+    )
     assert result.exit_code == 0, result.output
     got = pd.read_csv(sub, dtype={"dicom_id": str}).set_index("dicom_id")
     want = pd.read_csv(out / "probs.csv", dtype={"dicom_id": str}).set_index("dicom_id")

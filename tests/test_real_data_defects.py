@@ -27,7 +27,20 @@ def cxrlt(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _prepare_args(csv: Path, images: Path, out: Path, *extra: str) -> tuple[str, ...]:
-    return ("prepare", "--format", "cxrlt", "--labels", str(csv), "--images", str(images), "--out", str(out), "--size", "16", *extra)
+    return (
+        "prepare",
+        "--format",
+        "cxrlt",
+        "--labels",
+        str(csv),
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+        "--size",
+        "16",
+        *extra,
+    )
 
 
 def _with_split(csv: Path, by_patient: dict[int, str]) -> pd.DataFrame:
@@ -55,7 +68,9 @@ def test_split_column_is_kept_as_given(cxrlt, tmp_path):
 def test_given_split_with_a_patient_in_two_splits_names_the_patient(cxrlt, tmp_path):
     csv, images = cxrlt
     df = _with_split(csv, {0: "train", 1: "train", 2: "val", 3: "test"})
-    df.loc[(df["subject_id"] == "10003").to_numpy().nonzero()[0][0], "split"] = "train"  # one of 10003's images in train
+    df.loc[(df["subject_id"] == "10003").to_numpy().nonzero()[0][0], "split"] = (
+        "train"  # one of 10003's images in train
+    )
     df.to_csv(csv, index=False)
     out = tmp_path / "out"
     assert_one_error_line(invoke(*_prepare_args(csv, images, out)), "'10003'", "test", "train", "one split")
@@ -79,8 +94,11 @@ def test_one_label_file_per_split(cxrlt, tmp_path):
         files[name] = tmp_path / f"{name}.csv"
         df[keep].to_csv(files[name], index=False)
     out = tmp_path / "out"
-    result = invoke(*_prepare_args(files["train"], images, out, "--val-labels", str(files["val"]),
-                                   "--test-labels", str(files["test"])))
+    result = invoke(
+        *_prepare_args(
+            files["train"], images, out, "--val-labels", str(files["val"]), "--test-labels", str(files["test"])
+        )
+    )
     assert result.exit_code == 0, result.output
     got = read_manifest(out).set_index("dicom_id")["split"]
     for name, path in files.items():
@@ -105,7 +123,9 @@ def test_test_only_external_set_prepares_without_train_positives(cxrlt, tmp_path
 def test_split_option_contradicting_the_split_column_is_an_error(cxrlt, tmp_path):
     csv, images = cxrlt
     _with_split(csv, {0: "train", 1: "train", 2: "val", 3: "test"})
-    assert_one_error_line(invoke(*_prepare_args(csv, images, tmp_path / "out", "--split", "test")), "--split test", "split column")
+    assert_one_error_line(
+        invoke(*_prepare_args(csv, images, tmp_path / "out", "--split", "test")), "--split test", "split column"
+    )
 
 
 @pytest.mark.parametrize("flags", [("--val", "0.3"), ("--seed", "5", "--test", "0.4")])
@@ -193,10 +213,14 @@ def test_defect2_blank_required_cell_is_one_error(cxrlt, tmp_path, column):
 def test_defect3_nih_findings_with_spaces_around_the_bar(tmp_path):
     rows = [("a.png", "Effusion | Mass", "1"), ("b.png", "Effusion|Mass", "2"), ("c.png", "No Finding", "3")]
     csv = tmp_path / "Data_Entry.csv"
-    pd.DataFrame(rows, columns=["Image Index", "Finding Labels", "Patient ID"]).assign(**{"View Position": "PA"}).to_csv(csv, index=False)
+    pd.DataFrame(rows, columns=["Image Index", "Finding Labels", "Patient ID"]).assign(
+        **{"View Position": "PA"}
+    ).to_csv(csv, index=False)
     df = read_nih(csv).set_index("dicom_id")
     assert df.loc["a", ["Pleural Effusion", "Mass"]].tolist() == [1.0, 1.0]
-    np.testing.assert_array_equal(df.loc["a", list(CXR_LT_CLASSES)].to_numpy(float), df.loc["b", list(CXR_LT_CLASSES)].to_numpy(float))
+    np.testing.assert_array_equal(
+        df.loc["a", list(CXR_LT_CLASSES)].to_numpy(float), df.loc["b", list(CXR_LT_CLASSES)].to_numpy(float)
+    )
 
 
 # ---------------------------------------------------------------- defects 6, 9
@@ -218,7 +242,7 @@ def test_defect6_prepared_dataset_is_readable_by_the_lab(cxrlt, tmp_path):
 
 def test_defect9_rerun_removes_a_killed_prepares_temporary_folder(cxrlt, tmp_path):
     csv, images = cxrlt
-    dead_pid = 2 ** 22 + 12345  # above pid_max of a default Linux: never a live process
+    dead_pid = 2**22 + 12345  # above pid_max of a default Linux: never a live process
     stale = tmp_path / f".out.{dead_pid}.abc123.tmp"
     (stale / "images").mkdir(parents=True)
     (stale / "images" / "x.png").write_bytes(b"partial")
@@ -253,7 +277,9 @@ def test_defect8_disk_full_is_one_error_line_and_leaves_nothing(cxrlt, tmp_path,
 
     monkeypatch.setattr(synth.prepare, "write_manifest", full)
     out = tmp_path / "out"
-    _assert_one_os_error_line(invoke(*_prepare_args(csv, images, out)), "No space left on device", "manifest.csv", "free disk space")
+    _assert_one_os_error_line(
+        invoke(*_prepare_args(csv, images, out)), "No space left on device", "manifest.csv", "free disk space"
+    )
     assert not out.exists() and not list(tmp_path.glob(".out.*"))
 
 
@@ -271,7 +297,9 @@ def test_defect8_permission_and_not_a_folder_errors_are_one_line(cxrlt, tmp_path
         raise PermissionError(errno.EACCES, "Permission denied", str(out))
 
     monkeypatch.setattr(synth.prepare, "_replace_dir", denied)
-    _assert_one_os_error_line(invoke(*_prepare_args(csv, images, tmp_path / "out")), "Permission denied", "permissions")
+    _assert_one_os_error_line(
+        invoke(*_prepare_args(csv, images, tmp_path / "out")), "Permission denied", "permissions"
+    )
 
 
 # ---------------------------------------------------------------- defect 4
@@ -284,8 +312,13 @@ def _ablation_yaml(tmp_path: Path, edit) -> Path:
     import yaml
 
     cfg = yaml.safe_load((REPO / "configs" / "ablation" / "demo.yaml").read_text())
-    for section, key in (("generator", "config"), ("generate", "config"), ("filter", "verifier_config"),
-                         ("filter", "config"), ("classifier", "config")):
+    for section, key in (
+        ("generator", "config"),
+        ("generate", "config"),
+        ("filter", "verifier_config"),
+        ("filter", "config"),
+        ("classifier", "config"),
+    ):
         cfg[section][key] = str(REPO / cfg[section][key])
     cfg["output_root"] = str(tmp_path / "outputs")
     edit(cfg)
@@ -300,16 +333,20 @@ def _classifier_typo(tmp_path: Path):
         typo = tmp_path / "classifier.yaml"
         typo.write_text(text + "\nepochz: 3\n")
         cfg["classifier"]["config"] = str(typo)
+
     return edit
 
 
-@pytest.mark.parametrize("case, needles", [
-    ("classifier_typo", ("classifier stage", "epochz")),
-    ("n_twenty", ("generate stage", "twenty")),
-    ("scheduler", ("generate stage", "dpm+")),
-    ("n_boot_string", ("evaluation.n_boot", "'200'")),
-    ("classifier_override", ("classifier stage", "epochz")),
-])
+@pytest.mark.parametrize(
+    "case, needles",
+    [
+        ("classifier_typo", ("classifier stage", "epochz")),
+        ("n_twenty", ("generate stage", "twenty")),
+        ("scheduler", ("generate stage", "dpm+")),
+        ("n_boot_string", ("evaluation.n_boot", "'200'")),
+        ("classifier_override", ("classifier stage", "epochz")),
+    ],
+)
 def test_defect4_ablate_dry_run_loads_every_stage_config(tmp_path, case, needles):
     from typer.testing import CliRunner
 
@@ -391,7 +428,9 @@ def test_defect11_zero_shot_class_is_named_as_such(tiny_model, tmp_path, name):
     from synth.cli import app
 
     out = tmp_path / "gen"
-    result = CliRunner().invoke(app, ["generate", "--model", str(tiny_model), "--class", name, "--n", "5", "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["generate", "--model", str(tiny_model), "--class", name, "--n", "5", "--out", str(out)]
+    )
     assert_one_error_line(result, "zero-shot", "synth classes")
     assert "Did you mean" not in result.output
     assert not out.exists()
@@ -418,8 +457,20 @@ def test_defect12_filter_missing_image_fails_before_work_with_a_real_hint(tmp_pa
     victim = sorted((folder / "images").glob("*.png"))[1]
     victim.unlink()
     hint = "synth generate" if which == "synthetic" else "synth prepare"
-    result = CliRunner().invoke(app, ["filter", "--synthetic", str(synthetic), "--data", str(real), "--verifier",
-                                      str(tmp_path / "verifier"), "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "filter",
+            "--synthetic",
+            str(synthetic),
+            "--data",
+            str(real),
+            "--verifier",
+            str(tmp_path / "verifier"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert_one_error_line(result, "image not found", victim.name, hint)
     assert "--skip-bad-images" not in result.output  # an option `synth filter` does not have
     assert not (tmp_path / "out").exists()

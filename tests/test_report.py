@@ -32,33 +32,71 @@ def make_results(report_dir: Path, seeds=(0, 1, 2), tail_gain: float = 0.08) -> 
     generated = [c for c in classes if groups[c] == "tail"][:3]
     arms = []
     for a, name in enumerate(ARMS):
-        gain = {"real_only": 0.0, "synthetic_unfiltered": 0.01, "synthetic_filtered": tail_gain, "synthetic_pretrain": 0.05}[name]
+        gain = {
+            "real_only": 0.0,
+            "synthetic_unfiltered": 0.01,
+            "synthetic_filtered": tail_gain,
+            "synthetic_pretrain": 0.05,
+        }[name]
         seed_entries = {}
         for s in seeds:
             base = {"overall": 0.40, "head": 0.60, "medium": 0.35, "tail": 0.15}
             value = {g: v + (gain if g == "tail" else gain / 4) + 0.002 * s for g, v in base.items()}
             entry = {
                 "groups": {g: {"value": v, "ci": [v - 0.03, v + 0.03]} for g, v in value.items()},
-                "per_class": {c: {"ap": float(rng.uniform(0.05, 0.9)), "auroc": float(rng.uniform(0.5, 0.99)),
-                                  "f1": float(rng.uniform(0, 0.8)), "fnr": float(rng.uniform(0, 1)), "n_pos": int(rng.integers(1, 50))}
-                              for c in classes},
+                "per_class": {
+                    c: {
+                        "ap": float(rng.uniform(0.05, 0.9)),
+                        "auroc": float(rng.uniform(0.5, 0.99)),
+                        "f1": float(rng.uniform(0, 0.8)),
+                        "fnr": float(rng.uniform(0, 1)),
+                        "n_pos": int(rng.integers(1, 50)),
+                    }
+                    for c in classes
+                },
             }
             if name != "real_only":
                 d = {g: value[g] - (base[g] + 0.002 * s) for g in base}
-                entry["paired"] = {g: {"diff": v, "ci": [v - 0.02, v + 0.02], "p": 0.01 if v > 0.02 else 0.5} for g, v in d.items()}
+                entry["paired"] = {
+                    g: {"diff": v, "ci": [v - 0.02, v + 0.02], "p": 0.01 if v > 0.02 else 0.5} for g, v in d.items()
+                }
             seed_entries[str(s)] = entry
         arms.append({"name": name, "seeds": seed_entries})
     grids = _fake_grids(report_dir, generated, rng)
     results = {
-        "name": "unit", "classes": classes, "groups": groups, "train_prevalence": prevalence,
-        "generated_classes": generated, "baseline": "real_only", "arms": arms,
+        "name": "unit",
+        "classes": classes,
+        "groups": groups,
+        "train_prevalence": prevalence,
+        "generated_classes": generated,
+        "baseline": "real_only",
+        "arms": arms,
         "dataset": {"name": "fixture", "n_train": 1000, "n_val": 100, "n_test": 300, "n_test_patients": 250},
-        "filter": {"extractor": "verifier convnext_atto", "classes": {
-            c: {"n": 40, "kept": 31, "rejected": {"verifier": 6, "near_copy": 1, "outlier": 2},
-                "fid": 12.5, "kid": 0.004, "fid_floor": 8.0, "fid_ci": [10.0, 15.0], "oracle_fidelity": 0.8} for c in generated}},
-        "grids": grids, "target": {"tail_gain": 0.05, "max_head_drop": 0.01},
-        "provenance": {"commands": ["synth ablate --config configs/ablation/unit.yaml"], "seeds": list(seeds),
-                       "versions": {"torch": "x"}, "config": {"name": "unit"}, "git_commit": "abc123"},
+        "filter": {
+            "extractor": "verifier convnext_atto",
+            "classes": {
+                c: {
+                    "n": 40,
+                    "kept": 31,
+                    "rejected": {"verifier": 6, "near_copy": 1, "outlier": 2},
+                    "fid": 12.5,
+                    "kid": 0.004,
+                    "fid_floor": 8.0,
+                    "fid_ci": [10.0, 15.0],
+                    "oracle_fidelity": 0.8,
+                }
+                for c in generated
+            },
+        },
+        "grids": grids,
+        "target": {"tail_gain": 0.05, "max_head_drop": 0.01},
+        "provenance": {
+            "commands": ["synth ablate --config configs/ablation/unit.yaml"],
+            "seeds": list(seeds),
+            "versions": {"torch": "x"},
+            "config": {"name": "unit"},
+            "git_commit": "abc123",
+        },
     }
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "results.json").write_text(json.dumps(results))
@@ -94,10 +132,14 @@ def test_markdown_has_tables_headline_and_provenance(report_dir: Path):
     md = paths["md"].read_text()
     assert "| Arm | overall mAP | head mAP | medium mAP | tail mAP | seeds |" in md
     # the group table's numbers: mean over the 3 seeds (values + 0.002 * seed), seed std, mean interval
-    assert "| Real only | 0.402 ± 0.002 [0.372, 0.432] | 0.602 ± 0.002 [0.572, 0.632] | 0.352 ± 0.002 [0.322, 0.382] " \
-           "| 0.152 ± 0.002 [0.122, 0.182] | 3 |" in md
-    assert "| + synthetic, filtered | 0.422 ± 0.002 [0.392, 0.452] | 0.622 ± 0.002 [0.592, 0.652] " \
-           "| 0.372 ± 0.002 [0.342, 0.402] | 0.232 ± 0.002 [0.202, 0.262] | 3 |" in md
+    assert (
+        "| Real only | 0.402 ± 0.002 [0.372, 0.432] | 0.602 ± 0.002 [0.572, 0.632] | 0.352 ± 0.002 [0.322, 0.382] "
+        "| 0.152 ± 0.002 [0.122, 0.182] | 3 |" in md
+    )
+    assert (
+        "| + synthetic, filtered | 0.422 ± 0.002 [0.392, 0.452] | 0.622 ± 0.002 [0.592, 0.652] "
+        "| 0.372 ± 0.002 [0.342, 0.402] | 0.232 ± 0.002 [0.202, 0.262] | 3 |" in md
+    )
     # the paired table's row (older per-seed layout: mean of the per-seed intervals, largest p)
     assert re.search(r"\| \+ synthetic, filtered \| \+0\.020 .*\| \+0\.080 \[\+0\.060, \+0\.100\], p≤0\.010\* \|", md)
     # filtered arm: tail diff 0.08 with CI [0.06, 0.10] -> significant, marked with *
@@ -130,8 +172,10 @@ def test_paired_verdict_uses_the_joint_seed_bootstrap(tmp_path: Path):
     """Per-seed intervals that average above 0 must not make a significant verdict the joint bootstrap rejects."""
     results = make_results(tmp_path / "r", tail_gain=0.08)
     arm = arm_by_name(results, "synthetic_filtered")
-    arm["paired_over_seeds"] = {g: {"diff": 0.08 if g == "tail" else 0.0, "ci": [-0.004, 0.15], "p": 0.09}
-                                for g in ("overall", "head", "medium", "tail")}
+    arm["paired_over_seeds"] = {
+        g: {"diff": 0.08 if g == "tail" else 0.0, "ci": [-0.004, 0.15], "p": 0.09}
+        for g in ("overall", "head", "medium", "tail")
+    }
     (tmp_path / "r" / "results.json").write_text(json.dumps(results))
     est = paired_estimate(arm, "tail")
     assert est.ci == pytest.approx((-0.004, 0.15)) and est.p == pytest.approx(0.09) and not est.excludes_zero
@@ -194,14 +238,29 @@ def _chromium_dom(html_path: Path, tmp_path: Path) -> str:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
         if os.environ.get("SYNTH_REQUIRE_CHROMIUM") == "1":  # set by .ci/run: the render check must not vanish from CI
-            pytest.fail("chromium not installed but SYNTH_REQUIRE_CHROMIUM=1: install it (apt-get install -y chromium)")
+            pytest.fail(
+                "chromium not installed but SYNTH_REQUIRE_CHROMIUM=1: install it (apt-get install -y chromium)"
+            )
         pytest.skip("chromium not installed (apt-get install -y chromium); .ci/run installs it")
     out = subprocess.run(
-        [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-         f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=5000", "--dump-dom",
-         html_path.resolve().as_uri()],
-        capture_output=True, text=True, timeout=60,
+        [
+            exe,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            html_path.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
@@ -228,8 +287,18 @@ def test_filter_table_shows_rules_that_flag_without_rejecting():
     """Outliers kept under outlier_rejects: false must still be counted in the report, apart from rejections."""
     from synth.ablation.report.tables import filter_table as _filter_table
 
-    results = {"filter": {"classes": {"Pneumothorax": {
-        "n": 10, "kept": 8, "rejected": {"verifier": 2}, "flagged": {"verifier": 2, "outlier": 3, "near_copy": 0}}}}}
+    results = {
+        "filter": {
+            "classes": {
+                "Pneumothorax": {
+                    "n": 10,
+                    "kept": 8,
+                    "rejected": {"verifier": 2},
+                    "flagged": {"verifier": 2, "outlier": 3, "near_copy": 0},
+                }
+            }
+        }
+    }
     header, rows = _filter_table(results)
     assert "flagged: outlier" in header and "flagged: verifier" not in header and "flagged: near_copy" not in header
     assert rows[0][header.index("flagged: outlier")] == "3" and rows[0][header.index("rejected: verifier")] == "2"
@@ -240,22 +309,44 @@ def _with_resampled(results: dict, harmed: list[str]) -> dict:
     import copy
 
     resampled = copy.deepcopy(arm_by_name(results, "synthetic_unfiltered"))
-    resampled.update(name="real_resampled", label="Real, tail re-sampled", harmed=[],
-                     resampling={"threshold": 0.2, "rule": "r", "n_rows": 1000, "n_presented": 1100, "n_rows_repeated": 30,
-                                 "per_class": {"Hernia": {"n_pos": 5, "r_class": 4.0, "presented": 20, "mixing_arm": 45}}})
+    resampled.update(
+        name="real_resampled",
+        label="Real, tail re-sampled",
+        harmed=[],
+        resampling={
+            "threshold": 0.2,
+            "rule": "r",
+            "n_rows": 1000,
+            "n_presented": 1100,
+            "n_rows_repeated": 30,
+            "per_class": {"Hernia": {"n_pos": 5, "r_class": 4.0, "presented": 20, "mixing_arm": 45}},
+        },
+    )
     results["arms"].insert(1, resampled)
     results["verdict_baseline"] = "real_resampled"
     for arm in results["arms"]:
         if arm["name"].startswith("synthetic"):
             arm["harmed"] = []
-            arm["paired_vs_resampled"] = {g: {"diff": 0.01, "ci": [-0.01, 0.03], "p": 0.3, "run_diffs": [0.01, 0.01, 0.01]}
-                                          for g in ("overall", "head", "medium", "tail")}
+            arm["paired_vs_resampled"] = {
+                g: {"diff": 0.01, "ci": [-0.01, 0.03], "p": 0.3, "run_diffs": [0.01, 0.01, 0.01]}
+                for g in ("overall", "head", "medium", "tail")
+            }
     arm_by_name(results, "synthetic_filtered")["harmed"] = harmed
     arm_by_name(results, "synthetic_filtered")["paired_vs_resampled"]["tail"] = {
-        "diff": 0.05, "ci": [0.03, 0.07], "p": 0.001, "run_diffs": [0.04, 0.05, 0.06]}
-    results["timings"] = {"steps": [{"step": "generator", "seconds": 3000.0, "cached": True},
-                                    {"step": "real_only/seed-0", "seconds": 200.5, "cached": False}],
-                          "this_run_seconds": 230.0, "all_steps_seconds": 3200.5, "rule": "r"}
+        "diff": 0.05,
+        "ci": [0.03, 0.07],
+        "p": 0.001,
+        "run_diffs": [0.04, 0.05, 0.06],
+    }
+    results["timings"] = {
+        "steps": [
+            {"step": "generator", "seconds": 3000.0, "cached": True},
+            {"step": "real_only/seed-0", "seconds": 200.5, "cached": False},
+        ],
+        "this_run_seconds": 230.0,
+        "all_steps_seconds": 3200.5,
+        "rule": "r",
+    }
     return results
 
 
@@ -266,8 +357,10 @@ def test_verdict_is_against_the_resampled_baseline_and_names_harmed_classes(tmp_
     (tmp_path / "r" / "results.json").write_text(json.dumps(results))
     md = render_report(tmp_path / "r")["md"].read_text()
     # vs real_resampled +0.050 (the headline), vs real only +0.080 alongside
-    assert ("- + synthetic, filtered helps the tail vs real, tail re-sampled: ΔmAP +0.050 [+0.030, +0.070], p=0.001* "
-            "(vs real only +0.080 [+0.060, +0.100], p≤0.010*;") in md
+    assert (
+        "- + synthetic, filtered helps the tail vs real, tail re-sampled: ΔmAP +0.050 [+0.030, +0.070], p=0.001* "
+        "(vs real only +0.080 [+0.060, +0.100], p≤0.010*;"
+    ) in md
     assert "- + synthetic, unfiltered shows no clear effect on the tail vs real, tail re-sampled: ΔmAP +0.010" in md
     assert f"Do no harm: 1 class(es) significantly below real only ({tail[0]})." in md
     assert "Do no harm: 0 class(es) significantly below real only." in md
@@ -275,7 +368,11 @@ def test_verdict_is_against_the_resampled_baseline_and_names_harmed_classes(tmp_
     assert "no tail class significantly below real only): NOT MET." in md
     assert "## Paired differences vs real, tail re-sampled (the verdict's reference)" in md
     assert "| Hernia | 5 | 4.00 | 20 | 45 |" in md
-    assert "## Stage wall times" in md and "| generator | 3000.0 | cached |" in md and "| real_only/seed-0 | 200.5 | ran |" in md
+    assert (
+        "## Stage wall times" in md
+        and "| generator | 3000.0 | cached |" in md
+        and "| real_only/seed-0 | 200.5 | ran |" in md
+    )
 
     _with_resampled(make_results(tmp_path / "ok"), harmed=[])
     results = _with_resampled(make_results(tmp_path / "ok"), harmed=[])
@@ -287,13 +384,28 @@ def test_filter_table_and_gate_vs_fidelity_with_spearman(tmp_path: Path):
     """The transfer gate's score per class in the filter table, and beside the oracle's fidelity with Spearman's rho."""
     results = make_results(tmp_path / "r")
     tail = sorted(c for c, g in results["groups"].items() if g == "tail")[:4]
-    aurocs, fidelity = [0.9, 0.7, 0.55, 0.45], [0.8, 0.3, 0.5, 0.05]  # ranks 1,2,3,4 vs 1,3,2,4: rho = 1 - 6*2/60 = 0.8
-    results["filter"]["classes"] = {c: {"n": 40, "kept": 40 if a > 0.5 else 0, "rejected": {} if a > 0.5 else {"no_transfer": 40},
-                                        "transfer": {"judged": True, "passed": a > 0.5, "auroc": a, "ci": [a - 0.05, a + 0.05]}}
-                                    for c, a in zip(tail, aurocs)}
-    results["filter"]["classes"]["Normal"] = {"n": 5, "kept": 5, "rejected": {}, "transfer": {"judged": False, "passed": True,
-                                                                                            "auroc": None, "ci": [None, None]}}
-    results["fidelity"] = {"classes": {c: {"oracle_val_ap": 0.9, "real": 0.8, "generated": f} for c, f in zip(tail, fidelity)}}
+    aurocs, fidelity = (
+        [0.9, 0.7, 0.55, 0.45],
+        [0.8, 0.3, 0.5, 0.05],
+    )  # ranks 1,2,3,4 vs 1,3,2,4: rho = 1 - 6*2/60 = 0.8
+    results["filter"]["classes"] = {
+        c: {
+            "n": 40,
+            "kept": 40 if a > 0.5 else 0,
+            "rejected": {} if a > 0.5 else {"no_transfer": 40},
+            "transfer": {"judged": True, "passed": a > 0.5, "auroc": a, "ci": [a - 0.05, a + 0.05]},
+        }
+        for c, a in zip(tail, aurocs)
+    }
+    results["filter"]["classes"]["Normal"] = {
+        "n": 5,
+        "kept": 5,
+        "rejected": {},
+        "transfer": {"judged": False, "passed": True, "auroc": None, "ci": [None, None]},
+    }
+    results["fidelity"] = {
+        "classes": {c: {"oracle_val_ap": 0.9, "real": 0.8, "generated": f} for c, f in zip(tail, fidelity)}
+    }
     (tmp_path / "r" / "results.json").write_text(json.dumps(results))
     md = render_report(tmp_path / "r")["md"].read_text()
     assert "| transfer gate AUROC [95% CI] |" in md and "rejected: no_transfer" in md

@@ -20,7 +20,9 @@ def _train(extra: list[tuple[tuple[str, ...], int]] | None = None) -> pd.DataFra
     for labels, count in spec:
         for _ in range(count):
             i = len(rows)
-            rows.append({"dicom_id": f"d{i}", "split": "train", "source": "real", **{c: float(c in labels) for c in CLASSES}})
+            rows.append(
+                {"dicom_id": f"d{i}", "split": "train", "source": "real", **{c: float(c in labels) for c in CLASSES}}
+            )
     return pd.DataFrame(rows)
 
 
@@ -57,7 +59,9 @@ def test_image_repeat_is_the_max_over_its_positive_classes():
 
 def test_stochastic_rounding_presents_r_on_average():
     rng = np.random.default_rng(0)
-    rows = [{"dicom_id": f"d{i}", "split": "train", "source": "real", "A": float(rng.random() < 0.03)} for i in range(4000)]
+    rows = [
+        {"dicom_id": f"d{i}", "split": "train", "source": "real", "A": float(rng.random() < 0.03)} for i in range(4000)
+    ]
     train = pd.DataFrame(rows)
     plan = plan_resampling(train, ["A"], {"A": 100}, threshold=0.5)
     pos = train.loc[train["A"] == 1, "dicom_id"]

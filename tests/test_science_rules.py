@@ -52,8 +52,15 @@ def _manifest(root: Path) -> Path:
             fpath = f"images/{k:04d}.png"
             labels = {c: _label(c, i, positives) for c in CLASSES}
             save(render(next((c for c in CLASSES if labels[c] == 1.0), None), k), root / fpath)
-            row = {"dicom_id": f"i{k:04d}", "subject_id": f"p{k:04d}", "study_id": f"s{k:04d}", "ViewPosition": "PA",
-                   "fpath": fpath, "split": split, "source": source}
+            row = {
+                "dicom_id": f"i{k:04d}",
+                "subject_id": f"p{k:04d}",
+                "study_id": f"s{k:04d}",
+                "ViewPosition": "PA",
+                "fpath": fpath,
+                "split": split,
+                "source": source,
+            }
             row.update({c: labels.get(c, np.nan) for c in CXR_LT_CLASSES})
             if source == "synthetic":
                 row.update({"target_class": "Rib Fracture", "prompt": "chest x-ray, rib fracture", "seed": k})
@@ -133,11 +140,16 @@ def test_classifier_stores_real_train_prevalence_and_selects_on_val(skewed, tmp_
     from classifier.metrics import macro_ap
 
     cfg = EnsembleConfig(members=[MemberConfig(image_size=32)])
-    cfg = replace(cfg, train=replace(cfg.train, epochs=1, batch_size=64, ema_decay=0.9, eval_batch_size=256),
-                  synthetic=replace(cfg.synthetic, mode="mix"))
+    cfg = replace(
+        cfg,
+        train=replace(cfg.train, epochs=1, batch_size=64, ema_decay=0.9, eval_batch_size=256),
+        synthetic=replace(cfg.synthetic, mode="mix"),
+    )
     read: list[str] = []
     original = data.read_image
-    monkeypatch.setattr(data, "read_image", lambda path, size: (read.append(str(Path(path).resolve())), original(path, size))[1])
+    monkeypatch.setattr(
+        data, "read_image", lambda path, size: (read.append(str(Path(path).resolve())), original(path, size))[1]
+    )
     scored: list[np.ndarray] = []
 
     def recording_map(y, p):
@@ -163,8 +175,10 @@ def test_classifier_stores_real_train_prevalence_and_selects_on_val(skewed, tmp_
     assert read and not set(read) & test_paths, "classifier training read test images"
     # every score used for model selection / ensembling is over the 40 real val rows (Rib Fracture: 20 positives)
     val_y = skewed.loc[(skewed["split"] == "val") & (skewed["source"] == "real"), spec["classes"]].to_numpy(float)
-    assert scored and all(y.shape == val_y.shape and np.array_equal(np.nan_to_num(y, nan=-1), np.nan_to_num(val_y, nan=-1))
-                          for y in scored)
+    assert scored and all(
+        y.shape == val_y.shape and np.array_equal(np.nan_to_num(y, nan=-1), np.nan_to_num(val_y, nan=-1))
+        for y in scored
+    )
 
 
 # ---------------------------------------------------------------- seeds and model selection
@@ -268,7 +282,9 @@ def test_evaluate_bootstraps_patients_of_the_evaluated_split(tmp_path):
     probs, classes = predict(model, rows)
     y = label_matrix(rows, classes)
     groups = result["groups"]
-    by_patient = metrics.evaluate(y, probs, classes, groups, patient_ids=rows["subject_id"].to_numpy(), n_boot=200, seed=3)
+    by_patient = metrics.evaluate(
+        y, probs, classes, groups, patient_ids=rows["subject_id"].to_numpy(), n_boot=200, seed=3
+    )
     by_row = metrics.evaluate(y, probs, classes, groups, patient_ids=None, n_boot=200, seed=3)
     assert result["n"] == 30 and result["n_patients"] == 15
     assert result["map"] == pytest.approx(by_patient["map"])

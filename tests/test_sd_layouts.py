@@ -35,9 +35,18 @@ RECIPE = REPO / "configs" / "finetune" / "mimic-sd21.yaml"
 #: The recipe's flags as shipped (text encoder trained, EMA, snr_gamma, gradient checkpointing, accumulation,
 #: checkpoint limit, bf16, xformers, cache_latents auto), shrunk to seconds: 32 px, 4 steps.
 TINY = {
-    "resolution": RESOLUTION, "train_batch_size": 2, "max_train_steps": 4, "checkpointing_steps": 2,
-    "checkpoints_total_limit": 1, "lr_warmup_steps": 1, "dataloader_num_workers": 0, "num_validation_images": 1,
-    "validation_inference_steps": 2, "logging_steps": 1, "learning_rate": 1e-3, "text_encoder_lr": 1e-3,
+    "resolution": RESOLUTION,
+    "train_batch_size": 2,
+    "max_train_steps": 4,
+    "checkpointing_steps": 2,
+    "checkpoints_total_limit": 1,
+    "lr_warmup_steps": 1,
+    "dataloader_num_workers": 0,
+    "num_validation_images": 1,
+    "validation_inference_steps": 2,
+    "logging_steps": 1,
+    "learning_rate": 1e-3,
+    "text_encoder_lr": 1e-3,
 }
 CASES = {  # id -> (layout, saved dtype, overrides beyond the recipe)
     "sd21-base": ("sd21-base", None, {}),
@@ -55,7 +64,13 @@ def _losses(out: Path) -> list[float]:
 
 
 def _overrides(src: Path, manifest: Path, out: Path, **extra) -> dict:
-    return {"pretrained_model_name_or_path": str(src), "train_manifest": str(manifest), "output_dir": str(out), **TINY, **extra}
+    return {
+        "pretrained_model_name_or_path": str(src),
+        "train_manifest": str(manifest),
+        "output_dir": str(out),
+        **TINY,
+        **extra,
+    }
 
 
 def _load(overrides: dict) -> finetune.FinetuneConfig:
@@ -88,9 +103,16 @@ def recipe_run(request, manifest, tmp_path_factory):
 
 def test_recipe_flags_are_the_shipped_ones():
     cfg = finetune.load_finetune_config(RECIPE)
-    assert (cfg.train_text_encoder, cfg.use_ema, cfg.snr_gamma, cfg.gradient_checkpointing, cfg.mixed_precision,
-            cfg.cache_latents == "auto", cfg.gradient_accumulation_steps > 1, cfg.checkpoints_total_limit) == \
-        (True, True, 5.0, True, "bf16", True, True, 3)
+    assert (
+        cfg.train_text_encoder,
+        cfg.use_ema,
+        cfg.snr_gamma,
+        cfg.gradient_checkpointing,
+        cfg.mixed_precision,
+        cfg.cache_latents == "auto",
+        cfg.gradient_accumulation_steps > 1,
+        cfg.checkpoints_total_limit,
+    ) == (True, True, 5.0, True, "bf16", True, True, 3)
 
 
 def test_recipe_trains_in_bf16_validates_and_exports_fp32(recipe_run):
@@ -102,13 +124,23 @@ def test_recipe_trains_in_bf16_validates_and_exports_fp32(recipe_run):
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
     assert sorted(p.name for p in (out / "validation").glob("step-*.png")) == ["step-000002.png", "step-000004.png"]
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-4"]  # checkpoints_total_limit 1
-    for part, name in (("vae", "diffusion_pytorch_model"), ("unet", "diffusion_pytorch_model"), ("text_encoder", "model")):
+    for part, name in (
+        ("vae", "diffusion_pytorch_model"),
+        ("unet", "diffusion_pytorch_model"),
+        ("text_encoder", "model"),
+    ):
         tensors = load_file(out / part / f"{name}.safetensors")
         assert {t.dtype for t in tensors.values()} == {torch.float32}, part
     # the frozen VAE is exported exactly as loaded (fp32 of the source), never rounded through bf16
-    vae_src, vae_out = load_file(src / "vae" / "diffusion_pytorch_model.safetensors"), load_file(out / "vae" / "diffusion_pytorch_model.safetensors")
+    vae_src, vae_out = (
+        load_file(src / "vae" / "diffusion_pytorch_model.safetensors"),
+        load_file(out / "vae" / "diffusion_pytorch_model.safetensors"),
+    )
     assert all(torch.equal(vae_src[k].float(), vae_out[k]) for k in vae_src)
-    te_src, te_out = load_file(src / "text_encoder" / "model.safetensors"), load_file(out / "text_encoder" / "model.safetensors")
+    te_src, te_out = (
+        load_file(src / "text_encoder" / "model.safetensors"),
+        load_file(out / "text_encoder" / "model.safetensors"),
+    )
     assert any(not torch.equal(te_src[k].float(), te_out[k]) for k in te_src)  # the text encoder was trained
     xformers = [m for m in caught if "xformers" in m]
     assert len(xformers) == 1, xformers  # CPU: exactly one fallback warning
@@ -124,7 +156,9 @@ def test_export_loads_and_generates_at_fp32_and_bf16(recipe_run, tmp_path):
     assert {p.dtype for m in (pipe.vae, pipe.unet, pipe.text_encoder) for p in m.parameters()} == {torch.float32}
     assert pipe.scheduler.config.prediction_type == prediction_type(CASES[case][0])
     for precision in ("fp32", "bf16"):
-        manifest = generate(out, ["Rib Fracture"], 1, tmp_path / precision, steps=2, batch_size=1, precision=precision, progress=False)
+        manifest = generate(
+            out, ["Rib Fracture"], 1, tmp_path / precision, steps=2, batch_size=1, precision=precision, progress=False
+        )
         with open(manifest, newline="") as f:
             rows = list(csv.DictReader(f))
         assert len(rows) == 1 and (tmp_path / precision / rows[0]["fpath"]).exists()
@@ -152,34 +186,48 @@ def test_interrupted_run_resumes_on_a_plain_rerun_identically(recipe_run, manife
     finetune.run_finetune(_load(overrides), log=lines.append)  # the same command again: no resume flag
     assert any(line.startswith("resuming from") and "checkpoint-2" in line for line in lines), lines
     assert _losses(out) == _losses(ref)
-    a, b = load_file(ref / "unet" / "diffusion_pytorch_model.safetensors"), load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    a, b = (
+        load_file(ref / "unet" / "diffusion_pytorch_model.safetensors"),
+        load_file(out / "unet" / "diffusion_pytorch_model.safetensors"),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)  # EMA, optimizer, scheduler and text encoder restored too
     a, b = load_file(ref / "text_encoder" / "model.safetensors"), load_file(out / "text_encoder" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("recipe_run", ["sd21-v"], indirect=True)  # one layout is enough; the others are interrupted in-process
+@pytest.mark.parametrize(
+    "recipe_run", ["sd21-v"], indirect=True
+)  # one layout is enough; the others are interrupted in-process
 def test_kill_9_then_plain_rerun_equals_uninterrupted(recipe_run, manifest, tmp_path):
     """A real SIGKILL (no cleanup runs) after step 3, in a separate process."""
     case, src, ref, _ = recipe_run
     out = tmp_path / "out"
     overrides = _overrides(src, manifest, out, **CASES[case][2], num_validation_images=0)
     args = ["--config", str(RECIPE)] + [f"--{k}={v}" for k, v in overrides.items()]
-    killer = ("import os, signal, sys; from synth.generator import train; "
-              "train._after_step = lambda s: os.kill(os.getpid(), signal.SIGKILL) if s == 3 else None; "
-              "from synth.finetune import main; sys.exit(main(sys.argv[1:]))")
+    killer = (
+        "import os, signal, sys; from synth.generator import train; "
+        "train._after_step = lambda s: os.kill(os.getpid(), signal.SIGKILL) if s == 3 else None; "
+        "from synth.finetune import main; sys.exit(main(sys.argv[1:]))"
+    )
     # Same thread count as the in-process reference run: CPU kernels reduce in a thread-dependent
     # order, so "bit for bit" only holds between runs with equal threads.
     threads = str(torch.get_num_threads())
     env = {**os.environ, CPU_AUTOCAST_ENV: "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    proc = subprocess.run([sys.executable, "-c", killer, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", killer, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"] and not (out / "synth_meta.json").exists()
-    proc = subprocess.run([sys.executable, "synth/finetune.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "synth/finetune.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "resuming from" in proc.stdout
     assert _losses(out) == _losses(ref)
-    a, b = load_file(ref / "unet" / "diffusion_pytorch_model.safetensors"), load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    a, b = (
+        load_file(ref / "unet" / "diffusion_pytorch_model.safetensors"),
+        load_file(out / "unet" / "diffusion_pytorch_model.safetensors"),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -192,9 +240,17 @@ def test_generate_fp32_reads_a_pipeline_saved_in_bf16(manifest, tmp_path):
     from tiny_pipeline import ANNOTATED
 
     model = build_sd_folder(tmp_path / "bf16", "sd21-base", dtype=torch.bfloat16)
-    write_json_atomic(model / "synth_meta.json", {
-        "train_manifest": str(manifest.resolve()), "prompt_templates": str(DEFAULT_TEMPLATES.resolve()),
-        "prompt_templates_name": PromptTemplates.load(DEFAULT_TEMPLATES).name, "resolution": RESOLUTION, "classes": list(ANNOTATED),
-    })
-    out = generate(model, ["Rib Fracture"], 1, tmp_path / "gen", steps=2, batch_size=1, precision="fp32", progress=False)
+    write_json_atomic(
+        model / "synth_meta.json",
+        {
+            "train_manifest": str(manifest.resolve()),
+            "prompt_templates": str(DEFAULT_TEMPLATES.resolve()),
+            "prompt_templates_name": PromptTemplates.load(DEFAULT_TEMPLATES).name,
+            "resolution": RESOLUTION,
+            "classes": list(ANNOTATED),
+        },
+    )
+    out = generate(
+        model, ["Rib Fracture"], 1, tmp_path / "gen", steps=2, batch_size=1, precision="fp32", progress=False
+    )
     assert out.exists()

@@ -7,8 +7,17 @@ import math
 import pytest
 import torch
 
-from synth.training import (first_step_warmup_cosine, load_ema_shadow, load_state, lr_scheduler, make_accelerator,
-                            pickled_custom_state, prune_oldest, save_ema_shadow, save_state_atomically)
+from synth.training import (
+    first_step_warmup_cosine,
+    load_ema_shadow,
+    load_state,
+    lr_scheduler,
+    make_accelerator,
+    pickled_custom_state,
+    prune_oldest,
+    save_ema_shadow,
+    save_state_atomically,
+)
 
 
 def _prepared(seed: int = 0):

@@ -55,8 +55,19 @@ def _judge(sets: dict[str, str | None], seed: int = 0, **kwargs):
     for cls in sets:
         others = [c for c in sets if c != cls]
         exclude = (real_y[others] == 1.0).any(axis=1).to_numpy()
-        out[cls] = transfer_gate(cls, syn_x, target, (target == cls).astype(float), real_x, real_y[cls].to_numpy(),
-                                 patients, real_exclude=exclude, n_boot=100, seed=seed, **kwargs)
+        out[cls] = transfer_gate(
+            cls,
+            syn_x,
+            target,
+            (target == cls).astype(float),
+            real_x,
+            real_y[cls].to_numpy(),
+            patients,
+            real_exclude=exclude,
+            n_boot=100,
+            seed=seed,
+            **kwargs,
+        )
     return out
 
 
@@ -76,7 +87,15 @@ def test_too_few_real_positives_follow_the_unjudged_policy():
     real_x, real_y = _real(rng)
     real_y.loc[real_y.index[real_y["B"] == 1][2:], "B"] = np.nan  # only 2 known positives of B left
     syn_x, target = _synthetic(rng, {"A": "A", "B": None})
-    args = ("B", syn_x, target, (target == "B").astype(float), real_x, real_y["B"].to_numpy(), np.arange(len(real_x)).astype(str))
+    args = (
+        "B",
+        syn_x,
+        target,
+        (target == "B").astype(float),
+        real_x,
+        real_y["B"].to_numpy(),
+        np.arange(len(real_x)).astype(str),
+    )
     kept = transfer_gate(*args, min_real_positives=3, unjudged="keep")
     dropped = transfer_gate(*args, min_real_positives=3, unjudged="reject")
     assert not kept.judged and kept.passed and "2 real train+val positives" in kept.reason
@@ -88,9 +107,18 @@ def test_too_few_real_positives_follow_the_unjudged_policy():
 # ---------------------------------------------------------------- the gate inside `synth filter` (real images)
 
 #: Permissive on every other rule so only the gate decides.
-PERMISSIVE = {"fid_reject_factor": 1e6, "outlier_percentile": 100.0, "bootstrap": 5, "kid_subsets": 5,
-              "nearcopy_calibration_images": 40, "batch_size": 64, "fallback_specificity": 0.01, "threshold_quantile": 0.0,
-              "transfer_gate": True, "transfer_bootstrap": 100}
+PERMISSIVE = {
+    "fid_reject_factor": 1e6,
+    "outlier_percentile": 100.0,
+    "bootstrap": 5,
+    "kid_subsets": 5,
+    "nearcopy_calibration_images": 40,
+    "batch_size": 64,
+    "fallback_specificity": 0.01,
+    "threshold_quantile": 0.0,
+    "transfer_gate": True,
+    "transfer_bootstrap": 100,
+}
 
 
 def _make_real(root: Path, seed: int = 0) -> Path:
@@ -108,29 +136,52 @@ def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
 
     root = tmp_path_factory.mktemp("gate")
     real = _make_real(root / "real")
-    cfg = VerifierConfig(arch="resnet10t", image_size=32, epochs=1, max_steps=60, batch_size=24, lr=3e-3, seed=0,
-                         eval_batch_size=64)
+    cfg = VerifierConfig(
+        arch="resnet10t", image_size=32, epochs=1, max_steps=60, batch_size=24, lr=3e-3, seed=0, eval_batch_size=64
+    )
     generic = root / "generic"
     generic.mkdir()
     torch.manual_seed(0)
-    save_file(timm.create_model("resnet10t", pretrained=False, num_classes=0, in_chans=1).state_dict(),
-              str(generic / "model.safetensors"))
-    (generic / "extractor.yaml").write_text(yaml.safe_dump({"arch": "resnet10t", "image_size": 32, "in_chans": 1,
-                                                            "pixel_mean": 0.5, "pixel_std": 0.25, "name": "generic"}))
+    save_file(
+        timm.create_model("resnet10t", pretrained=False, num_classes=0, in_chans=1).state_dict(),
+        str(generic / "model.safetensors"),
+    )
+    (generic / "extractor.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "arch": "resnet10t",
+                "image_size": 32,
+                "in_chans": 1,
+                "pixel_mean": 0.5,
+                "pixel_std": 0.25,
+                "name": "generic",
+            }
+        )
+    )
     return real, train_verifier(real, root / "verifier", cfg), generic
 
 
 def _sets(spec: dict[str, str | None], n: int = 20) -> list[tuple[str, np.ndarray]]:
-    return [(target, render(drawn, 700_000 + 1000 * j + i)) for j, (target, drawn) in enumerate(spec.items()) for i in range(n)]
+    return [
+        (target, render(drawn, 700_000 + 1000 * j + i))
+        for j, (target, drawn) in enumerate(spec.items())
+        for i in range(n)
+    ]
 
 
 def test_filter_drops_the_noise_set_with_reason_no_transfer(trained, tmp_path):
     """On generic features (in the verifier's label-fitted ones this set passes: see synth/filtering/transfer.py)."""
     real, verifier, generic = trained
-    synthetic = make_synthetic(tmp_path / "syn", _sets({"Pneumothorax": "Pneumothorax", "Cardiomegaly": "Cardiomegaly",
-                                                        "Rib Fracture": None}))
-    summary = run_filter(synthetic, real, verifier, tmp_path / "out",
-                         load_filter_config(None, {**PERMISSIVE, "transfer_extractor": str(generic)}))
+    synthetic = make_synthetic(
+        tmp_path / "syn", _sets({"Pneumothorax": "Pneumothorax", "Cardiomegaly": "Cardiomegaly", "Rib Fracture": None})
+    )
+    summary = run_filter(
+        synthetic,
+        real,
+        verifier,
+        tmp_path / "out",
+        load_filter_config(None, {**PERMISSIVE, "transfer_extractor": str(generic)}),
+    )
     gate = {c: summary["classes"][c]["transfer"] for c in CLASSES}
     assert gate["Pneumothorax"]["passed"] and gate["Cardiomegaly"]["passed"], gate
     assert gate["Rib Fracture"]["judged"] and not gate["Rib Fracture"]["passed"], gate
@@ -149,7 +200,9 @@ def test_filter_drops_the_noise_set_with_reason_no_transfer(trained, tmp_path):
 @pytest.mark.parametrize("space", ["verifier", "generic"])
 def test_filter_drops_a_set_drawn_as_another_class(trained, tmp_path, space):
     real, verifier, generic = trained
-    synthetic = make_synthetic(tmp_path / "syn", _sets({"Pneumothorax": "Pneumothorax", "Rib Fracture": "Cardiomegaly"}))
+    synthetic = make_synthetic(
+        tmp_path / "syn", _sets({"Pneumothorax": "Pneumothorax", "Rib Fracture": "Cardiomegaly"})
+    )
     rules = {**PERMISSIVE, **({"transfer_extractor": str(generic)} if space == "generic" else {})}
     summary = run_filter(synthetic, real, verifier, tmp_path / "out", load_filter_config(None, rules))
     assert summary["classes"]["Pneumothorax"]["transfer"]["passed"]
@@ -162,8 +215,9 @@ def test_filter_drops_a_set_drawn_as_another_class(trained, tmp_path, space):
 def test_gate_never_reads_test_rows(trained, tmp_path):
     """Flipping every test label and replacing every test image with noise changes no gate number."""
     real, verifier, generic = trained
-    synthetic = make_synthetic(tmp_path / "syn", _sets({"Pneumothorax": "Pneumothorax", "Cardiomegaly": "Cardiomegaly",
-                                                        "Rib Fracture": None}))
+    synthetic = make_synthetic(
+        tmp_path / "syn", _sets({"Pneumothorax": "Pneumothorax", "Cardiomegaly": "Cardiomegaly", "Rib Fracture": None})
+    )
     rules = {**PERMISSIVE, "transfer_extractor": str(generic)}
     before = run_filter(synthetic, real, verifier, tmp_path / "a", load_filter_config(None, rules))
     df = read_manifest(real)

@@ -65,9 +65,18 @@ def write_tiny_manifest(root: Path) -> Path:
             for _ in range(count):
                 i = len(rows)
                 fpath = f"images/{i:04d}.png"
-                Image.fromarray(rng.integers(0, 256, (RESOLUTION, RESOLUTION), dtype=np.uint8), mode="L").save(root / fpath)
-                row = {"dicom_id": f"d{i:04d}", "subject_id": f"p{i:04d}", "study_id": f"s{i:04d}",
-                       "ViewPosition": view, "fpath": fpath, "split": split, "source": "real"}
+                Image.fromarray(rng.integers(0, 256, (RESOLUTION, RESOLUTION), dtype=np.uint8), mode="L").save(
+                    root / fpath
+                )
+                row = {
+                    "dicom_id": f"d{i:04d}",
+                    "subject_id": f"p{i:04d}",
+                    "study_id": f"s{i:04d}",
+                    "ViewPosition": view,
+                    "fpath": fpath,
+                    "split": split,
+                    "source": "real",
+                }
                 row.update({c: (float(c in findings) if c in ANNOTATED else np.nan) for c in CXR_LT_CLASSES})
                 rows.append(row)
     return write_manifest(pd.DataFrame(rows), root / "manifest.csv")
@@ -122,16 +131,25 @@ def build_tiny_pipeline(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1
     )
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     model_dir = root / "model"
     pipe.save_pretrained(model_dir, safe_serialization=True)
-    write_json_atomic(model_dir / "synth_meta.json", {
-        "train_manifest": str(manifest.resolve()),
-        "prompt_templates": str(Path(templates).resolve()),
-        "prompt_templates_name": PromptTemplates.load(templates).name,
-        "resolution": resolution,
-        "classes": list(ANNOTATED),
-    })
+    write_json_atomic(
+        model_dir / "synth_meta.json",
+        {
+            "train_manifest": str(manifest.resolve()),
+            "prompt_templates": str(Path(templates).resolve()),
+            "prompt_templates_name": PromptTemplates.load(templates).name,
+            "resolution": resolution,
+            "classes": list(ANNOTATED),
+        },
+    )
     return model_dir

@@ -43,14 +43,18 @@ class Arm:
 
 REAL_ONLY = Arm("real_only", "Real only", "real")
 REAL_RESAMPLED = Arm("real_resampled", "Real, tail re-sampled", "resampled", resample=True)
-SYNTHETIC_UNFILTERED = Arm("synthetic_unfiltered", "+ synthetic, unfiltered", "unfilt.", SyntheticSet.UNFILTERED, "mix")
+SYNTHETIC_UNFILTERED = Arm(
+    "synthetic_unfiltered", "+ synthetic, unfiltered", "unfilt.", SyntheticSet.UNFILTERED, "mix"
+)
 SYNTHETIC_FILTERED = Arm("synthetic_filtered", "+ synthetic, filtered", "filt.", SyntheticSet.FILTERED, "mix")
-SYNTHETIC_PRETRAIN = Arm("synthetic_pretrain", "Synthetic pretrain → real fine-tune", "pretrain", SyntheticSet.FILTERED,
-                         "pretrain_finetune")
+SYNTHETIC_PRETRAIN = Arm(
+    "synthetic_pretrain", "Synthetic pretrain → real fine-tune", "pretrain", SyntheticSet.FILTERED, "pretrain_finetune"
+)
 
 #: Every arm, in the order the report lists them.
-ARMS: dict[str, Arm] = {a.name: a for a in (REAL_ONLY, REAL_RESAMPLED, SYNTHETIC_UNFILTERED, SYNTHETIC_FILTERED,
-                                            SYNTHETIC_PRETRAIN)}
+ARMS: dict[str, Arm] = {
+    a.name: a for a in (REAL_ONLY, REAL_RESAMPLED, SYNTHETIC_UNFILTERED, SYNTHETIC_FILTERED, SYNTHETIC_PRETRAIN)
+}
 #: The arm every other arm is paired with (must be in every ablation).
 BASELINE = REAL_ONLY.name
 #: The stronger real-data baseline: the headline verdict of a synthetic arm is against it when it ran.

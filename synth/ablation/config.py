@@ -35,7 +35,9 @@ CLASS_GROUPS: tuple[str, ...] = ("tail", "medium", "head")
 class DataConfig:
     """Where the real (or phantom) images come from; always ends as one prepared manifest."""
 
-    source: str = "phantom"  #: phantom (render + prepare) | prepare (a CXR-LT/NIH label file) | manifest (already prepared)
+    source: str = (
+        "phantom"  #: phantom (render + prepare) | prepare (a CXR-LT/NIH label file) | manifest (already prepared)
+    )
     manifest: str | None = None  #: source=manifest: a manifest.csv written by `synth prepare`
     format: str | None = None  #: source=prepare: the reader name of `synth prepare` (cxrlt, nih, ...)
     labels: str | None = None  #: source=prepare: label file
@@ -51,7 +53,9 @@ class DataConfig:
 @dataclass
 class GeneratorStage:
     config: str | None = None  #: configs/finetune/*.yaml (owned by the finetune stage)
-    pretrained: str | None = None  #: local diffusers folder to start from (e.g. SD-2.1-base); checked for model_index.json
+    pretrained: str | None = (
+        None  #: local diffusers folder to start from (e.g. SD-2.1-base); checked for model_index.json
+    )
     overrides: dict[str, Any] = field(default_factory=dict)  #: fields of the finetune config to override
 
 
@@ -152,8 +156,13 @@ class AblationConfig:
         return d
 
 
-def load_ablation_config(path: str | Path, seeds: list[int] | None = None, arms: list[str] | None = None,
-                         output_root: str | None = None, sets: Mapping[str, Any] | None = None) -> AblationConfig:
+def load_ablation_config(
+    path: str | Path,
+    seeds: list[int] | None = None,
+    arms: list[str] | None = None,
+    output_root: str | None = None,
+    sets: Mapping[str, Any] | None = None,
+) -> AblationConfig:
     """Read, apply ``--set`` overrides then the CLI flags, validate the values (not yet the paths: see
     :func:`check_paths`). Loading and type checks are :func:`synth.config.load_config`'s; each ``overrides:`` map is
     checked against its stage's config here, so a typo in one is an error before any work."""
@@ -164,7 +173,9 @@ def load_ablation_config(path: str | Path, seeds: list[int] | None = None, arms:
         cfg = load_config(AblationConfig, path, sets, base={"name": path.stem}, internal=("source_path",))
     except UnknownKeyError as err:
         if err.section and not err.override:  # the wording this loader has always used for a section's key
-            raise UserError(f"{path}: unknown key(s) [{err.name!r}] in {err.section!r}; {str(err).split('; ', 1)[1]}") from None
+            raise UserError(
+                f"{path}: unknown key(s) [{err.name!r}] in {err.section!r}; {str(err).split('; ', 1)[1]}"
+            ) from None
         raise
     cfg.source_path = str(path)
     if seeds is not None:
@@ -188,11 +199,21 @@ def check_overrides(cfg: AblationConfig, where: str) -> None:
     from synth.generate import GenerateConfig
     from synth.generator.config import FINETUNE_STYLE, FinetuneConfig
 
-    for section, cls in (("generator", FinetuneConfig), ("generate", GenerateConfig), ("filter", FilterConfig),
-                         ("classifier", EnsembleConfig)):
+    for section, cls in (
+        ("generator", FinetuneConfig),
+        ("generate", GenerateConfig),
+        ("filter", FilterConfig),
+        ("classifier", EnsembleConfig),
+    ):
         style = FINETUNE_STYLE if cls is FinetuneConfig else {}
-        load_config(cls, None, getattr(cfg, section).overrides, where=f"{where}: {section} stage overrides",
-                    drop_none=cls is not EnsembleConfig, **style)
+        load_config(
+            cls,
+            None,
+            getattr(cfg, section).overrides,
+            where=f"{where}: {section} stage overrides",
+            drop_none=cls is not EnsembleConfig,
+            **style,
+        )
 
 
 def validate(cfg: AblationConfig, where: str = "config") -> None:
@@ -222,20 +243,33 @@ def validate(cfg: AblationConfig, where: str = "config") -> None:
     if ev.heldout_phantom_n < 0:
         raise UserError(f"{where}: evaluation.heldout_phantom_n {ev.heldout_phantom_n} must be >= 0")
     if ev.heldout_phantom_n and cfg.data.source != "phantom":
-        raise UserError(f"{where}: evaluation.heldout_phantom_n needs data.source phantom (real data cannot be rendered); "
-                        "remove it or set it to 0")
+        raise UserError(
+            f"{where}: evaluation.heldout_phantom_n needs data.source phantom (real data cannot be rendered); "
+            "remove it or set it to 0"
+        )
     if ev.heldout_phantom_n and ev.split != "test":
         raise UserError(f"{where}: evaluation.heldout_phantom_n adds test patients; it needs evaluation.split test")
     if ev.heldout_phantom_n and ev.heldout_phantom_seed == cfg.data.phantom_seed:
-        raise UserError(f"{where}: evaluation.heldout_phantom_seed {ev.heldout_phantom_seed} equals data.phantom_seed: "
-                        "the held-out images would repeat the training patients; choose another seed")
+        raise UserError(
+            f"{where}: evaluation.heldout_phantom_seed {ev.heldout_phantom_seed} equals data.phantom_seed: "
+            "the held-out images would repeat the training patients; choose another seed"
+        )
     if cfg.oracle.config and cfg.data.source != "phantom":
-        raise UserError(f"{where}: oracle needs data.source phantom (only the phantom knows the truth); remove oracle.config")
-    if cfg.oracle.config and cfg.oracle.phantom_seed in (cfg.data.phantom_seed, ev.heldout_phantom_seed if ev.heldout_phantom_n else None):
-        raise UserError(f"{where}: oracle.phantom_seed {cfg.oracle.phantom_seed} repeats another phantom seed of this "
-                        "ablation; the oracle must be trained on its own patients")
+        raise UserError(
+            f"{where}: oracle needs data.source phantom (only the phantom knows the truth); remove oracle.config"
+        )
+    if cfg.oracle.config and cfg.oracle.phantom_seed in (
+        cfg.data.phantom_seed,
+        ev.heldout_phantom_seed if ev.heldout_phantom_n else None,
+    ):
+        raise UserError(
+            f"{where}: oracle.phantom_seed {cfg.oracle.phantom_seed} repeats another phantom seed of this "
+            "ablation; the oracle must be trained on its own patients"
+        )
     if cfg.evaluation.n_boot < 100:
-        raise UserError(f"{where}: evaluation.n_boot {cfg.evaluation.n_boot} is too small for a 95% interval (use >= 100)")
+        raise UserError(
+            f"{where}: evaluation.n_boot {cfg.evaluation.n_boot} is too small for a 95% interval (use >= 100)"
+        )
 
 
 def check_paths(cfg: AblationConfig) -> None:
@@ -245,18 +279,29 @@ def check_paths(cfg: AblationConfig) -> None:
     if cfg.data.source == "manifest":
         needed.append(("data.manifest", cfg.data.manifest, "run `synth prepare` first or fix the path"))
     if cfg.data.source == "prepare":
-        needed += [("data.labels", cfg.data.labels, "point it at the label CSV"),
-                   ("data.images", cfg.data.images, "point it at the image folder")]
+        needed += [
+            ("data.labels", cfg.data.labels, "point it at the label CSV"),
+            ("data.images", cfg.data.images, "point it at the image folder"),
+        ]
     if cfg.needs_synthetic:
-        needed += [("generator.config", cfg.generator.config, "see configs/finetune/"),
-                   ("generate.config", cfg.generate.config, "see configs/generate/")]
+        needed += [
+            ("generator.config", cfg.generator.config, "see configs/finetune/"),
+            ("generate.config", cfg.generate.config, "see configs/generate/"),
+        ]
         if cfg.generator.pretrained:
-            needed.append(("generator.pretrained", str(Path(cfg.generator.pretrained) / "model_index.json"),
-                           "download the diffusers folder (e.g. stabilityai/stable-diffusion-2-1-base) there, or fix the path"))
+            needed.append(
+                (
+                    "generator.pretrained",
+                    str(Path(cfg.generator.pretrained) / "model_index.json"),
+                    "download the diffusers folder (e.g. stabilityai/stable-diffusion-2-1-base) there, or fix the path",
+                )
+            )
     if cfg.needs_filter:
-        needed += [("filter.verifier_config", cfg.filter.verifier_config, "see configs/filter/"),
-                   ("filter.config", cfg.filter.config, "see configs/filter/"),
-                   ("filter.oracle", cfg.filter.oracle, "train one with `synth oracle train` or remove the key")]
+        needed += [
+            ("filter.verifier_config", cfg.filter.verifier_config, "see configs/filter/"),
+            ("filter.config", cfg.filter.config, "see configs/filter/"),
+            ("filter.oracle", cfg.filter.oracle, "train one with `synth oracle train` or remove the key"),
+        ]
     needed.append(("classifier.config", cfg.classifier.config, "see configs/classifier/"))
     if cfg.needs_synthetic:
         needed.append(("oracle.config", cfg.oracle.config, "see configs/filter/oracle-64px.yaml or remove the key"))
@@ -278,7 +323,11 @@ def check_stage_configs(cfg: AblationConfig) -> None:
     def generator() -> None:
         from synth.generator.config import load_finetune_config
 
-        overrides = {**cfg.generator.overrides, "train_manifest": "<the ablation's data manifest>", "output_dir": "<stage folder>"}
+        overrides = {
+            **cfg.generator.overrides,
+            "train_manifest": "<the ablation's data manifest>",
+            "output_dir": "<stage folder>",
+        }
         if cfg.generator.pretrained:
             overrides["pretrained_model_name_or_path"] = cfg.generator.pretrained
         load_finetune_config(cfg.generator.config, overrides)
@@ -312,7 +361,10 @@ def check_stage_configs(cfg: AblationConfig) -> None:
     if cfg.needs_synthetic:
         checks += [("generator", cfg.generator.config, generator), ("generate", cfg.generate.config, generate)]
     if cfg.needs_filter:
-        checks += [("filter.verifier_config", cfg.filter.verifier_config, verifier), ("filter", cfg.filter.config, filter_)]
+        checks += [
+            ("filter.verifier_config", cfg.filter.verifier_config, verifier),
+            ("filter", cfg.filter.config, filter_),
+        ]
     if cfg.needs_synthetic and cfg.oracle.config:
         checks.append(("oracle", cfg.oracle.config, oracle))
     checks.append(("classifier", cfg.classifier.config, classifier))

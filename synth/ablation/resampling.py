@@ -84,13 +84,20 @@ def derive_threshold(real_train: pd.DataFrame, generated: Mapping[str, int]) -> 
             continue
         per_class.append((n_pos / n) * ((n_pos + n_gen) / n_pos) ** 2)
     if not per_class:
-        raise UserError("real_resampled: no generated class has a real training positive to repeat; "
-                        "check generate.classes or drop the arm")
+        raise UserError(
+            "real_resampled: no generated class has a real training positive to repeat; "
+            "check generate.classes or drop the arm"
+        )
     return float(np.median(per_class))
 
 
-def plan_resampling(real_train: pd.DataFrame, classes: Sequence[str], generated: Mapping[str, int],
-                    threshold: float | None = None, seed: int = 0) -> ResamplePlan:
+def plan_resampling(
+    real_train: pd.DataFrame,
+    classes: Sequence[str],
+    generated: Mapping[str, int],
+    threshold: float | None = None,
+    seed: int = 0,
+) -> ResamplePlan:
     """Repeat factors of the real training rows (``split == train``, real) for the mixing-matched threshold."""
     if not (real_train["split"] == "train").all() or not (real_train["source"] == "real").all():
         raise ValueError("plan_resampling takes the real training rows only")
@@ -111,11 +118,25 @@ def plan_resampling(real_train: pd.DataFrame, classes: Sequence[str], generated:
         n_pos = int(pos.sum())
         if n_pos == 0:
             continue
-        per_class[cls] = {"n_pos": n_pos, "f": n_pos / n, "r_class": max(1.0, math.sqrt(t / (n_pos / n))),
-                          "presented_expected": float(r[pos].sum()), "presented": int(reps[pos].sum()),
-                          "mixing_arm": n_pos + int(n_gen)}
-    rule = ("r(c) = max(1, sqrt(t / f(c))) for the generated classes, r(image) = max over its positive generated "
-            "classes (1 without any), stochastic rounding; "
-            "t = median over generated classes of f(c) * ((n_pos(c) + n_gen(c)) / n_pos(c))^2")
-    return ResamplePlan(threshold=t, rule=rule, rounding_seed=seed, n_rows=n, n_presented=int(reps.sum()),
-                        per_class=per_class, repeats={i: int(k) for i, k in zip(ids, reps) if k != 1})
+        per_class[cls] = {
+            "n_pos": n_pos,
+            "f": n_pos / n,
+            "r_class": max(1.0, math.sqrt(t / (n_pos / n))),
+            "presented_expected": float(r[pos].sum()),
+            "presented": int(reps[pos].sum()),
+            "mixing_arm": n_pos + int(n_gen),
+        }
+    rule = (
+        "r(c) = max(1, sqrt(t / f(c))) for the generated classes, r(image) = max over its positive generated "
+        "classes (1 without any), stochastic rounding; "
+        "t = median over generated classes of f(c) * ((n_pos(c) + n_gen(c)) / n_pos(c))^2"
+    )
+    return ResamplePlan(
+        threshold=t,
+        rule=rule,
+        rounding_seed=seed,
+        n_rows=n,
+        n_presented=int(reps.sum()),
+        per_class=per_class,
+        repeats={i: int(k) for i, k in zip(ids, reps) if k != 1},
+    )

@@ -119,7 +119,9 @@ def validate_results(results: dict[str, Any], where: str | Path = RESULTS_FILE) 
             if missing:
                 raise UserError(f"{where}: arm {arm['name']!r} seed {seed} lacks group metrics {missing}")
             if arm["name"] != results["baseline"] and "paired" not in entry:
-                raise UserError(f"{where}: arm {arm['name']!r} seed {seed} lacks its paired comparison with the baseline")
+                raise UserError(
+                    f"{where}: arm {arm['name']!r} seed {seed} lacks its paired comparison with the baseline"
+                )
 
 
 def combine(values: list[float], lows: list[float], highs: list[float], ps: list[float] | None = None) -> Estimate:
@@ -158,8 +160,13 @@ def paired_estimate(arm: dict[str, Any], group: str) -> Estimate:
             return Estimate(math.nan, math.nan, (math.nan, math.nan), 0)
         diffs = [_num(e["diff"]) for e in entries]
         seed_std = combine(diffs, diffs, diffs).std  # the same seed spread the fallback reports
-        return Estimate(float(pooled["diff"]), seed_std, (_num(pooled["ci"][0]), _num(pooled["ci"][1])),
-                        len(arm["seeds"]), pooled.get("p"))
+        return Estimate(
+            float(pooled["diff"]),
+            seed_std,
+            (_num(pooled["ci"][0]), _num(pooled["ci"][1])),
+            len(arm["seeds"]),
+            pooled.get("p"),
+        )
     old = combine(
         [_num(e["diff"]) for e in entries],
         [_num(e["ci"][0]) for e in entries],
@@ -178,10 +185,14 @@ def paired_vs_resampled(arm: dict[str, Any], group: str) -> Estimate | None:
         return Estimate(math.nan, math.nan, (math.nan, math.nan), 0)
     diffs = [_num(d) for d in row.get("run_diffs", [])]
     seed_std = combine(diffs, diffs, diffs).std if diffs else math.nan
-    return Estimate(float(row["diff"]), seed_std, (_num(row["ci"][0]), _num(row["ci"][1])), len(arm["seeds"]), row.get("p"))
+    return Estimate(
+        float(row["diff"]), seed_std, (_num(row["ci"][0]), _num(row["ci"][1])), len(arm["seeds"]), row.get("p")
+    )
 
 
-def harmed_classes(arm: dict[str, Any], groups: dict[str, str] | None = None, group: str | None = None) -> list[str] | None:
+def harmed_classes(
+    arm: dict[str, Any], groups: dict[str, str] | None = None, group: str | None = None
+) -> list[str] | None:
     """Classes whose AP is significantly below real_only (paired interval below 0); None for older results.json."""
     if "harmed" not in arm:
         return None
@@ -232,8 +243,12 @@ class GateAgreement:
 
     @property
     def met(self) -> bool:
-        return (self.spearman is not None and self.spearman >= GATE_MIN_SPEARMAN
-                and not self.unfaithful_kept and not self.faithful_dropped)
+        return (
+            self.spearman is not None
+            and self.spearman >= GATE_MIN_SPEARMAN
+            and not self.unfaithful_kept
+            and not self.faithful_dropped
+        )
 
 
 def gate_agreement(results: dict[str, Any]) -> GateAgreement | None:
@@ -243,7 +258,12 @@ def gate_agreement(results: dict[str, Any]) -> GateAgreement | None:
     rows = []
     for cls, f in fid.items():
         gate = (filt.get(cls) or {}).get("transfer") or {}
-        if results["groups"].get(cls) != "tail" or not is_judgeable(f) or f.get("generated") is None or not gate.get("judged"):
+        if (
+            results["groups"].get(cls) != "tail"
+            or not is_judgeable(f)
+            or f.get("generated") is None
+            or not gate.get("judged")
+        ):
             continue
         rows.append((cls, float(gate["auroc"]), float(f["generated"]), bool(gate.get("passed"))))
     if not rows:

@@ -47,8 +47,18 @@ def prepare_data(cfg: AblationConfig, out: Path) -> Path:
         fmt, images = "cxrlt", labels.parent
     else:
         fmt, labels, images = d.format, Path(d.labels), Path(d.images)
-    return prepare.prepare_dataset(fmt, labels, images, out / "prepared", size=d.size, seed=d.split_seed,
-                                   val=d.val, test=d.test, overwrite=True, progress=True)
+    return prepare.prepare_dataset(
+        fmt,
+        labels,
+        images,
+        out / "prepared",
+        size=d.size,
+        seed=d.split_seed,
+        val=d.val,
+        test=d.test,
+        overwrite=True,
+        progress=True,
+    )
 
 
 def prepare_heldout(cfg: AblationConfig, out: Path) -> Path:
@@ -66,8 +76,11 @@ def prepare_heldout(cfg: AblationConfig, out: Path) -> Path:
 
     ev, d = cfg.evaluation, cfg.data
     phantom = _import("synth.phantom", "phantom")
-    labels = Path(phantom.render_dataset(n=ev.heldout_phantom_n, size=d.size, seed=ev.heldout_phantom_seed,
-                                         out=out / "phantom", progress=True))
+    labels = Path(
+        phantom.render_dataset(
+            n=ev.heldout_phantom_n, size=d.size, seed=ev.heldout_phantom_seed, out=out / "phantom", progress=True
+        )
+    )
     df = read_labels("cxrlt", labels)  # rendered at data.size already: the images need no prepared cache
     tag = f"heldout{ev.heldout_phantom_seed}-"
     df["subject_id"] = tag + df["subject_id"]
@@ -96,7 +109,9 @@ def generate_images(cfg: AblationConfig, model_dir: Path, out: Path) -> Path:
 def filter_images(cfg: AblationConfig, synthetic_manifest: Path, data_manifest: Path, out: Path) -> Path:
     """Train the label-verifier on the real training split, then filter; returns the folder with kept.csv."""
     filtering = _import("synth.filtering", "filter")
-    verifier_dir = filtering.train_verifier(data_manifest, out / "verifier", filtering.load_verifier_config(cfg.filter.verifier_config))
+    verifier_dir = filtering.train_verifier(
+        data_manifest, out / "verifier", filtering.load_verifier_config(cfg.filter.verifier_config)
+    )
     config = filtering.load_filter_config(cfg.filter.config, {**cfg.filter.overrides, "oracle": cfg.filter.oracle})
     filtering.run_filter(synthetic_manifest, data_manifest, verifier_dir, out / "filtered", config)
     return out / "filtered"
@@ -109,10 +124,18 @@ def filter_summary(filter_dir: Path) -> dict[str, Any]:
     summary = json.loads((Path(filter_dir) / "summary.json").read_text())
     classes = {}
     for cls, row in summary.get("classes", {}).items():
-        classes[cls] = {"n": row.get("n"), "kept": row.get("kept"), "rejected": row.get("rejected", {}),
-                        "flagged": row.get("flagged", {}), "fid": row.get("fid"), "kid": row.get("kid"),
-                        "fid_floor": row.get("fid_floor"), "fid_ci": row.get("fid_ci"),
-                        "oracle_fidelity": row.get("oracle_fidelity"), "transfer": row.get("transfer")}
+        classes[cls] = {
+            "n": row.get("n"),
+            "kept": row.get("kept"),
+            "rejected": row.get("rejected", {}),
+            "flagged": row.get("flagged", {}),
+            "fid": row.get("fid"),
+            "kid": row.get("kid"),
+            "fid_floor": row.get("fid_floor"),
+            "fid_ci": row.get("fid_ci"),
+            "oracle_fidelity": row.get("oracle_fidelity"),
+            "transfer": row.get("transfer"),
+        }
     return {"extractor": summary.get("extractor", "unknown"), "classes": classes}
 
 
@@ -125,15 +148,33 @@ def train_oracle(cfg: AblationConfig, out: Path) -> Path:
     phantom = _import("synth.phantom", "phantom")
     prepare = _import("synth.prepare", "prepare")
     filtering = _import("synth.filtering", "filter")
-    labels = Path(phantom.render_dataset(n=o.phantom_n, size=d.size, seed=o.phantom_seed, out=out / "phantom",
-                                         balanced=True, per_class=o.per_class, progress=True))
-    manifest = prepare.prepare_dataset("cxrlt", labels, labels.parent, out / "prepared", size=d.size, seed=o.phantom_seed,
-                                       overwrite=True, progress=True)
+    labels = Path(
+        phantom.render_dataset(
+            n=o.phantom_n,
+            size=d.size,
+            seed=o.phantom_seed,
+            out=out / "phantom",
+            balanced=True,
+            per_class=o.per_class,
+            progress=True,
+        )
+    )
+    manifest = prepare.prepare_dataset(
+        "cxrlt",
+        labels,
+        labels.parent,
+        out / "prepared",
+        size=d.size,
+        seed=o.phantom_seed,
+        overwrite=True,
+        progress=True,
+    )
     return Path(filtering.train_oracle(manifest, out / "oracle", filtering.load_verifier_config(o.config)))
 
 
-def oracle_fidelity(oracle_dir: Path, real_train: pd.DataFrame, generated: pd.DataFrame, kept: pd.DataFrame | None,
-                    out: Path) -> Path:
+def oracle_fidelity(
+    oracle_dir: Path, real_train: pd.DataFrame, generated: pd.DataFrame, kept: pd.DataFrame | None, out: Path
+) -> Path:
     """Per generated class: how often the oracle detects the target finding in real / generated / kept / rejected images.
 
     "Real" (the class's real training positives) is the judge's own sensitivity: a class whose
@@ -145,15 +186,21 @@ def oracle_fidelity(oracle_dir: Path, real_train: pd.DataFrame, generated: pd.Da
     from synth.io import write_json_atomic
 
     oracle, thresholds = load_oracle(oracle_dir)
-    val_ap = {c: v.get("val_ap") for c, v in json.loads((Path(oracle_dir) / "oracle.json").read_text())["classes"].items()}
+    val_ap = {
+        c: v.get("val_ap") for c, v in json.loads((Path(oracle_dir) / "oracle.json").read_text())["classes"].items()
+    }
     index = {c: j for j, c in enumerate(oracle.classes)}
     kept_ids = set(kept["dicom_id"]) if kept is not None else None
     classes: dict[str, Any] = {}
     for cls in sorted(set(generated["target_class"])):
         gen = generated[generated["target_class"] == cls]
         real = real_train[real_train[cls] == 1] if cls in real_train else real_train.head(0)
-        entry: dict[str, Any] = {"oracle_val_ap": val_ap.get(cls), "threshold": thresholds.get(cls),
-                                 "n_real": int(len(real)), "n_generated": int(len(gen))}
+        entry: dict[str, Any] = {
+            "oracle_val_ap": val_ap.get(cls),
+            "threshold": thresholds.get(cls),
+            "n_real": int(len(real)),
+            "n_generated": int(len(gen)),
+        }
         if cls not in thresholds:
             classes[cls] = entry
             continue
@@ -167,16 +214,29 @@ def oracle_fidelity(oracle_dir: Path, real_train: pd.DataFrame, generated: pd.Da
             entry["rejected"] = float(hit_gen[~is_kept].mean()) if (~is_kept).any() else None
         classes[cls] = entry
     path = out / "fidelity.json"
-    write_json_atomic(path, {"oracle": str(oracle_dir), "rule": "detected = oracle P(target) >= its F1-optimal val threshold",
-                             "classes": classes})
+    write_json_atomic(
+        path,
+        {
+            "oracle": str(oracle_dir),
+            "rule": "detected = oracle P(target) >= its F1-optimal val threshold",
+            "classes": classes,
+        },
+    )
     return path
 
 
 # ---------------------------------------------------------------- classifier arms
 
 
-def train_arm(cfg: AblationConfig, mode: str, seed: int, train_df: pd.DataFrame, classes: list[str], out: Path,
-              row_repeats: dict[str, int] | None = None) -> Path:
+def train_arm(
+    cfg: AblationConfig,
+    mode: str,
+    seed: int,
+    train_df: pd.DataFrame,
+    classes: list[str],
+    out: Path,
+    row_repeats: dict[str, int] | None = None,
+) -> Path:
     """Train one arm's ensemble with every member seeded by ``seed`` (the synthetic rows ride in train_df).
 
     ``row_repeats`` (dicom_id -> times per epoch) is the ``real_resampled`` arm's repeat-factor plan.
@@ -184,8 +244,9 @@ def train_arm(cfg: AblationConfig, mode: str, seed: int, train_df: pd.DataFrame,
     config = _import("classifier.config", "classifier")
     train = _import("classifier.train", "classifier")
     ens = config.load_ensemble_config(cfg.classifier.config, cfg.classifier.overrides)
-    ens = replace(ens, members=[replace(m, seed=seed) for m in ens.members],
-                  synthetic=replace(ens.synthetic, mode=mode))
+    ens = replace(
+        ens, members=[replace(m, seed=seed) for m in ens.members], synthetic=replace(ens.synthetic, mode=mode)
+    )
     if row_repeats:
         return Path(train.train_ensemble(ens, train_df, out, classes=classes, row_repeats=row_repeats))
     return Path(train.train_ensemble(ens, train_df, out, classes=classes))
@@ -237,28 +298,56 @@ def predict(cfg: AblationConfig, model_dir: Path, df: pd.DataFrame) -> tuple[np.
     return ensemble.predict(model_dir, df, batch_size=cfg.classifier.batch_size)
 
 
-def evaluate(cfg: AblationConfig, y_true: np.ndarray, probs: np.ndarray, classes: list[str],
-             groups: dict[str, str], patients: np.ndarray) -> dict[str, Any]:
+def evaluate(
+    cfg: AblationConfig,
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    groups: dict[str, str],
+    patients: np.ndarray,
+) -> dict[str, Any]:
     """Group mAPs with patient-bootstrap CIs and per-class metrics, in results.json's layout."""
     metrics = _import("classifier.metrics", "classifier")
-    ev = metrics.evaluate(y_true, probs, classes, groups, patient_ids=patients,
-                          n_boot=cfg.evaluation.n_boot, seed=cfg.evaluation.bootstrap_seed)
+    ev = metrics.evaluate(
+        y_true,
+        probs,
+        classes,
+        groups,
+        patient_ids=patients,
+        n_boot=cfg.evaluation.n_boot,
+        seed=cfg.evaluation.bootstrap_seed,
+    )
     return {
-        "groups": {g: {"value": ev[f"{g}_map" if g != "overall" else "map"], "ci": list(ev["ci"][f"{g}_map" if g != "overall" else "map"])}
-                   for g in ("overall", "head", "medium", "tail")},
-        "per_class": {c: {k: ev["per_class"][c].get(k) for k in ("ap", "auroc", "f1", "fnr", "n_pos")} for c in classes},
+        "groups": {
+            g: {
+                "value": ev[f"{g}_map" if g != "overall" else "map"],
+                "ci": list(ev["ci"][f"{g}_map" if g != "overall" else "map"]),
+            }
+            for g in ("overall", "head", "medium", "tail")
+        },
+        "per_class": {
+            c: {k: ev["per_class"][c].get(k) for k in ("ap", "auroc", "f1", "fnr", "n_pos")} for c in classes
+        },
     }
 
 
-def paired(cfg: AblationConfig, y_true: np.ndarray, probs_base: list[np.ndarray], probs_arm: list[np.ndarray],
-           classes: list[str], groups: dict[str, str], patients: np.ndarray) -> dict[str, Any]:
+def paired(
+    cfg: AblationConfig,
+    y_true: np.ndarray,
+    probs_base: list[np.ndarray],
+    probs_arm: list[np.ndarray],
+    classes: list[str],
+    groups: dict[str, str],
+    patients: np.ndarray,
+) -> dict[str, Any]:
     """Arm minus baseline per group, averaged over runs (one per seed, same seed order), one paired patient bootstrap.
 
     ``run_diffs`` keeps each run's own point difference (the seed spread), so no per-seed bootstrap is needed.
     """
     metrics = _import("classifier.metrics", "classifier")
-    pb = metrics.paired_bootstrap_runs(y_true, probs_base, probs_arm, classes, groups, patients,
-                                       cfg.evaluation.n_boot, cfg.evaluation.bootstrap_seed)
+    pb = metrics.paired_bootstrap_runs(
+        y_true, probs_base, probs_arm, classes, groups, patients, cfg.evaluation.n_boot, cfg.evaluation.bootstrap_seed
+    )
     out = {}
     for g in ("overall", "head", "medium", "tail"):
         row = pb[f"{g}_map" if g != "overall" else "map"]
@@ -271,8 +360,14 @@ def paired(cfg: AblationConfig, y_true: np.ndarray, probs_base: list[np.ndarray]
 HARM_MIN_TEST_POSITIVES = 5
 
 
-def paired_per_class(cfg: AblationConfig, y_true: np.ndarray, probs_base: list[np.ndarray], probs_arm: list[np.ndarray],
-                     classes: list[str], patients: np.ndarray) -> dict[str, dict[str, Any]]:
+def paired_per_class(
+    cfg: AblationConfig,
+    y_true: np.ndarray,
+    probs_base: list[np.ndarray],
+    probs_arm: list[np.ndarray],
+    classes: list[str],
+    patients: np.ndarray,
+) -> dict[str, dict[str, Any]]:
     """Per class: arm minus baseline AP, averaged over seeds, with one paired patient-bootstrap interval.
 
     The same resampling rule (and seed) as :func:`paired`: every seed is scored on the same resampled
@@ -295,11 +390,19 @@ def paired_per_class(cfg: AblationConfig, y_true: np.ndarray, probs_base: list[n
         for pb, pa in zip(probs_base, probs_arm):
             pb, pa = np.asarray(pb, dtype=np.float64)[known, j], np.asarray(pa, dtype=np.float64)[known, j]
             points.append(metrics.class_metrics(y, pa)["ap"] - metrics.class_metrics(y, pb)["ap"])
-            boots.append(metrics.resampled_ap(y, pa, codes, resamples.counts) - metrics.resampled_ap(y, pb, codes, resamples.counts))
+            boots.append(
+                metrics.resampled_ap(y, pa, codes, resamples.counts)
+                - metrics.resampled_ap(y, pb, codes, resamples.counts)
+            )
         d = np.mean(boots, axis=0)
         d = d[~np.isnan(d)]
         ci = [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))] if d.size else [None, None]
-        out[cls] = {"diff": float(np.mean(points)), "ci": ci, "run_diffs": [float(x) for x in points], "n_pos": int((y == 1).sum())}
+        out[cls] = {
+            "diff": float(np.mean(points)),
+            "ci": ci,
+            "run_diffs": [float(x) for x in points],
+            "n_pos": int((y == 1).sum()),
+        }
     return out
 
 
@@ -311,5 +414,10 @@ def provenance(cfg: AblationConfig) -> dict[str, Any]:
     versions, commit = package_versions(), git_commit()
     command = f"synth ablate --config {cfg.source_path}" if cfg.source_path else "synth demo"
     command += f" --seeds {','.join(map(str, cfg.seeds))} --arms {','.join(cfg.arms)} --output-root {cfg.output_root}"
-    return {"commands": [command, f"synth report {cfg.name} --reports-root {Path(cfg.output_root) / 'reports'}"],
-            "config": cfg.to_dict(), "seeds": list(cfg.seeds), "versions": versions, "git_commit": commit}
+    return {
+        "commands": [command, f"synth report {cfg.name} --reports-root {Path(cfg.output_root) / 'reports'}"],
+        "config": cfg.to_dict(),
+        "seeds": list(cfg.seeds),
+        "versions": versions,
+        "git_commit": commit,
+    }

@@ -27,18 +27,29 @@ def _int_list(text: Optional[str], option: str) -> Optional[list[int]]:
 def ablate_command(
     config: Path = typer.Option(..., "--config", help="Ablation YAML, e.g. configs/ablation/phantom-cpu.yaml."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Override the seeds, comma-separated (e.g. 0,1,2)."),
-    arms: Optional[str] = typer.Option(None, "--arms", help="Override the arms, comma-separated (real_only must be one)."),
-    output_root: Optional[str] = typer.Option(None, "--output-root", help="Root of ablations/ and reports/. [default: outputs]"),
-    sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + " E.g. --set evaluation.n_boot=200 or "
-                                             "--set generator.overrides.max_train_steps=100."),
+    arms: Optional[str] = typer.Option(
+        None, "--arms", help="Override the arms, comma-separated (real_only must be one)."
+    ),
+    output_root: Optional[str] = typer.Option(
+        None, "--output-root", help="Root of ablations/ and reports/. [default: outputs]"
+    ),
+    sets: Optional[List[str]] = typer.Option(
+        None,
+        "--set",
+        help=SET_HELP + " E.g. --set evaluation.n_boot=200 or --set generator.overrides.max_train_steps=100.",
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check every path and print the plan; run nothing."),
 ) -> None:
     """Run real-only, real re-sampled and +synthetic (unfiltered, filtered, pretrain) over seeds; resumable; writes the report."""
     from synth.ablation.config import check_paths, load_ablation_config
 
-    cfg = load_ablation_config(config, seeds=_int_list(seeds, "--seeds"),
-                               arms=[a.strip() for a in arms.split(",")] if arms else None, output_root=output_root,
-                               sets=parse_sets(sets))
+    cfg = load_ablation_config(
+        config,
+        seeds=_int_list(seeds, "--seeds"),
+        arms=[a.strip() for a in arms.split(",")] if arms else None,
+        output_root=output_root,
+        sets=parse_sets(sets),
+    )
     check_paths(cfg)
     _print_plan(cfg)
     if dry_run:
@@ -74,8 +85,13 @@ def demo_command(
     # SYNTH_DEMO_CONFIG names another demo YAML: the tests run this very command on a tiny one
     cfg = load_ablation_config(os.environ.get("SYNTH_DEMO_CONFIG") or DEMO_CONFIG, output_root=output_root)
     # The demo runs from any folder: its stage configs are the repository's own.
-    for section, key in (("generator", "config"), ("generate", "config"), ("filter", "verifier_config"),
-                         ("filter", "config"), ("classifier", "config")):
+    for section, key in (
+        ("generator", "config"),
+        ("generate", "config"),
+        ("filter", "verifier_config"),
+        ("filter", "config"),
+        ("classifier", "config"),
+    ):
         stage = getattr(cfg, section)
         value = getattr(stage, key)
         if value and not Path(value).is_absolute():
@@ -94,14 +110,18 @@ def _print_timings(report_dir: Path) -> None:
     from rich.table import Table
 
     timings = json.loads((report_dir / "results.json").read_text()).get("timings") or {}
-    table = Table(title=f"stage wall times (this run {timings.get('this_run_seconds', 0):.0f} s; "
-                        f"all steps when they ran {timings.get('all_steps_seconds', 0):.0f} s)")
+    table = Table(
+        title=f"stage wall times (this run {timings.get('this_run_seconds', 0):.0f} s; "
+        f"all steps when they ran {timings.get('all_steps_seconds', 0):.0f} s)"
+    )
     table.add_column("step")
     table.add_column("seconds", justify="right")
     table.add_column("this run")
     for row in timings.get("steps", []):
         seconds = row.get("seconds")
-        table.add_row(row["step"], "–" if seconds is None else f"{seconds:.1f}", "cached" if row.get("cached") else "ran")
+        table.add_row(
+            row["step"], "–" if seconds is None else f"{seconds:.1f}", "cached" if row.get("cached") else "ran"
+        )
     Console(stderr=True).print(table)
 
 

@@ -18,9 +18,15 @@ def register(app: typer.Typer) -> None:
     def train(
         config: Path = typer.Option(..., "--config", help="configs/classifier/*.yaml (names data.manifest)"),
         sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
-        out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: data.output_dir of the config)"),
-        report_to: Optional[str] = typer.Option(None, "--report_to", "--report-to",
-                                                help="tensorboard: per-epoch metrics as event files in OUT/logs (= --set train.report_to=...)"),
+        out: Optional[Path] = typer.Option(
+            None, "--out", help="output folder (default: data.output_dir of the config)"
+        ),
+        report_to: Optional[str] = typer.Option(
+            None,
+            "--report_to",
+            "--report-to",
+            help="tensorboard: per-epoch metrics as event files in OUT/logs (= --set train.report_to=...)",
+        ),
     ) -> None:
         """Train (or resume) the ensemble; for several GPUs: accelerate launch classifier/train.py --config ..."""
         from classifier.train import run_from_config
@@ -32,7 +38,11 @@ def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate(
         model: Path = typer.Option(..., "--model", help="trained ensemble folder (ensemble.json)"),
-        data: Path = typer.Option(..., "--data", help="prepared manifest: the model's own, or a test-only set (synth prepare --split test); head/medium/tail come from the model"),
+        data: Path = typer.Option(
+            ...,
+            "--data",
+            help="prepared manifest: the model's own, or a test-only set (synth prepare --split test); head/medium/tail come from the model",
+        ),
         split: str = typer.Option("test", "--split", help="split to score: train / val / test"),
         out: Path = typer.Option(..., "--out", help="folder for metrics.json, probs.csv, submission.csv"),
         n_boot: int = typer.Option(1000, "--n-boot", help="patient-bootstrap resamples for the CIs (0 = none)"),

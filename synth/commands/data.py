@@ -28,22 +28,60 @@ def classes() -> None:
 
 
 def prepare(
-    fmt: str = typer.Option(..., "--format", help="Label file format: cxrlt (challenge train_labeled.csv) | nih (Data_Entry_2017_v2020.csv)."),
-    labels: Path = typer.Option(..., "--labels", help="Label CSV (.csv or .csv.gz). A 'split' column (train / validate|val / test) is kept as given; with --val-labels/--test-labels this is the train file."),
-    val_labels: Optional[Path] = typer.Option(None, "--val-labels", help="Label CSV of the given validation split (e.g. CXR-LT development_labeled.csv); every row goes to val."),
-    test_labels: Optional[Path] = typer.Option(None, "--test-labels", help="Label CSV of the given test split; every row goes to test."),
-    split: Optional[str] = typer.Option(None, "--split", help="auto: keep a given split, else split by patient | test (or train/val): every row in that split, e.g. an external test-only set. [default: auto]"),
-    uncertain: Optional[str] = typer.Option(None, "--uncertain", help="What a -1 (uncertain) label means: error | ignore (not annotated) | zero | one. [default: error]"),
-    images: Path = typer.Option(..., "--images", help="Image root: MIMIC-CXR-JPG root (cxrlt, fpath relative to it) or the NIH image folder (searched recursively)."),
-    out: Path = typer.Option(..., "--out", help="Output folder, e.g. outputs/data/NAME: manifest.csv, stats.json, images/."),
-    size: Optional[int] = typer.Option(None, "--size", help="Cache resolution in pixels (square grayscale PNG). [default: 256]"),
+    fmt: str = typer.Option(
+        ...,
+        "--format",
+        help="Label file format: cxrlt (challenge train_labeled.csv) | nih (Data_Entry_2017_v2020.csv).",
+    ),
+    labels: Path = typer.Option(
+        ...,
+        "--labels",
+        help="Label CSV (.csv or .csv.gz). A 'split' column (train / validate|val / test) is kept as given; with --val-labels/--test-labels this is the train file.",
+    ),
+    val_labels: Optional[Path] = typer.Option(
+        None,
+        "--val-labels",
+        help="Label CSV of the given validation split (e.g. CXR-LT development_labeled.csv); every row goes to val.",
+    ),
+    test_labels: Optional[Path] = typer.Option(
+        None, "--test-labels", help="Label CSV of the given test split; every row goes to test."
+    ),
+    split: Optional[str] = typer.Option(
+        None,
+        "--split",
+        help="auto: keep a given split, else split by patient | test (or train/val): every row in that split, e.g. an external test-only set. [default: auto]",
+    ),
+    uncertain: Optional[str] = typer.Option(
+        None,
+        "--uncertain",
+        help="What a -1 (uncertain) label means: error | ignore (not annotated) | zero | one. [default: error]",
+    ),
+    images: Path = typer.Option(
+        ...,
+        "--images",
+        help="Image root: MIMIC-CXR-JPG root (cxrlt, fpath relative to it) or the NIH image folder (searched recursively).",
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="Output folder, e.g. outputs/data/NAME: manifest.csv, stats.json, images/."
+    ),
+    size: Optional[int] = typer.Option(
+        None, "--size", help="Cache resolution in pixels (square grayscale PNG). [default: 256]"
+    ),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the patient-level split. [default: 0]"),
     val: Optional[float] = typer.Option(None, "--val", help="Fraction of images in val. [default: 0.1]"),
     test: Optional[float] = typer.Option(None, "--test", help="Fraction of images in test. [default: 0.2]"),
-    skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="Leave out missing/unreadable images (listed in skipped.csv) instead of failing."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Decode processes; 0 = one per CPU core. [default: 0]"),
+    skip_bad_images: bool = typer.Option(
+        False,
+        "--skip-bad-images",
+        help="Leave out missing/unreadable images (listed in skipped.csv) instead of failing.",
+    ),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help="Decode processes; 0 = one per CPU core. [default: 0]"
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out dataset."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML of defaults (configs/data/prepare.yaml); flags override."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="YAML of defaults (configs/data/prepare.yaml); flags override."
+    ),
     sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + " E.g. --set head_threshold=0.2."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
 ) -> None:
@@ -51,13 +89,30 @@ def prepare(
     from synth.prepare import PrepareConfig, run
     from synth.stats import load_stats
 
-    flags = {"size": size, "seed": seed, "val": val, "test": test, "skip_bad_images": skip_bad_images or None,
-             "workers": workers, "split": split, "uncertain": uncertain}
+    flags = {
+        "size": size,
+        "seed": seed,
+        "val": val,
+        "test": test,
+        "skip_bad_images": skip_bad_images or None,
+        "workers": workers,
+        "split": split,
+        "uncertain": uncertain,
+    }
     cfg = PrepareConfig.from_yaml(config, **command_overrides(sets, flags))
     split_files = {name: f for name, f in (("val", val_labels), ("test", test_labels)) if f is not None}
     split_flags = [f"--{name}" for name, value in (("seed", seed), ("val", val), ("test", test)) if value is not None]
-    manifest = run(fmt, labels, images, out, cfg, overwrite=overwrite, progress=not no_progress, split_files=split_files,
-                   split_flags=split_flags)
+    manifest = run(
+        fmt,
+        labels,
+        images,
+        out,
+        cfg,
+        overwrite=overwrite,
+        progress=not no_progress,
+        split_files=split_files,
+        split_flags=split_flags,
+    )
     _summary(load_stats(manifest.parent), manifest)
 
 
@@ -69,7 +124,12 @@ def _summary(stats: dict, manifest: Path) -> None:
     for split in ("train", "val", "test", "all"):
         positives = stats["positives"][split]
         per_group = {g: sum(n for c, n in positives.items() if groups.get(c) == g) for g in ("head", "medium", "tail")}
-        table.add_row(split, str(stats["images"][split]), str(stats["patients"][split]), *(str(per_group[g]) for g in ("head", "medium", "tail")))
+        table.add_row(
+            split,
+            str(stats["images"][split]),
+            str(stats["patients"][split]),
+            *(str(per_group[g]) for g in ("head", "medium", "tail")),
+        )
     console = Console()
     console.print(table)
     counts = stats["group_counts"]
@@ -85,13 +145,21 @@ def _summary(stats: dict, manifest: Path) -> None:
     if provenance.is_file():
         info = json.loads(provenance.read_text())
         source = info.get("split_source", "patient_split")
-        console.print("split: " + {"patient_split": "by patient (no split given)", "column": "as given by the split column",
-                                   "files": "as given by the label files"}.get(source, f"as given ({source})"))
+        console.print(
+            "split: "
+            + {
+                "patient_split": "by patient (no split given)",
+                "column": "as given by the split column",
+                "files": "as given by the label files",
+            }.get(source, f"as given ({source})")
+        )
         if info.get("empty_splits"):
             console.print(f"[yellow]warning: the given split has no {' / '.join(info['empty_splits'])} rows[/yellow]")
         if info.get("classes_without_train_positives"):
-            console.print(f"[yellow]warning: positive outside train only (a model cannot learn them from this split): "
-                          f"{', '.join(info['classes_without_train_positives'])}[/yellow]")
+            console.print(
+                f"[yellow]warning: positive outside train only (a model cannot learn them from this split): "
+                f"{', '.join(info['classes_without_train_positives'])}[/yellow]"
+            )
     skipped = manifest.parent / "skipped.csv"
     if skipped.exists():
         console.print(f"[yellow]skipped images listed in {skipped}[/yellow]")

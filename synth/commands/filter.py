@@ -12,31 +12,65 @@ from synth.config import SET_HELP, command_overrides
 
 def filter_command(
     synthetic: Path = typer.Option(..., "--synthetic", help="Folder (or manifest.csv) written by `synth generate`."),
-    data: Path = typer.Option(..., "--data", help="Prepared real dataset (folder or manifest.csv): train/val splits are used, test never."),
+    data: Path = typer.Option(
+        ..., "--data", help="Prepared real dataset (folder or manifest.csv): train/val splits are used, test never."
+    ),
     verifier: Path = typer.Option(..., "--verifier", help="Folder from `synth verifier train`."),
-    out: Path = typer.Option(..., "--out", help="Output folder: kept.csv, rejected.csv, scores.csv, summary.csv, summary.json."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML of rules (configs/filter/default.yaml); flags override."),
+    out: Path = typer.Option(
+        ..., "--out", help="Output folder: kept.csv, rejected.csv, scores.csv, summary.csv, summary.json."
+    ),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="YAML of rules (configs/filter/default.yaml); flags override."
+    ),
     sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + " E.g. --set outlier_rejects=true."),
-    oracle: Optional[Path] = typer.Option(None, "--oracle", help="Phantom only: oracle folder from `synth oracle train` (fidelity in the summary)."),
-    extractor: Optional[str] = typer.Option(None, "--extractor", help="'verifier' or a local encoder folder (model.safetensors + extractor.yaml)."),
-    threshold_quantile: Optional[float] = typer.Option(None, "--threshold-quantile", help="Quantile of real val positives' scores used as class threshold. [default: 0.2]"),
-    fid_reject_factor: Optional[float] = typer.Option(None, "--fid-reject-factor", help="Reject a class set when FID > factor x real-vs-real floor. [default: 3]"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of subsampling, bootstrap and calibration copies. [default: 0]"),
+    oracle: Optional[Path] = typer.Option(
+        None, "--oracle", help="Phantom only: oracle folder from `synth oracle train` (fidelity in the summary)."
+    ),
+    extractor: Optional[str] = typer.Option(
+        None, "--extractor", help="'verifier' or a local encoder folder (model.safetensors + extractor.yaml)."
+    ),
+    threshold_quantile: Optional[float] = typer.Option(
+        None,
+        "--threshold-quantile",
+        help="Quantile of real val positives' scores used as class threshold. [default: 0.2]",
+    ),
+    fid_reject_factor: Optional[float] = typer.Option(
+        None, "--fid-reject-factor", help="Reject a class set when FID > factor x real-vs-real floor. [default: 3]"
+    ),
+    seed: Optional[int] = typer.Option(
+        None, "--seed", help="Seed of subsampling, bootstrap and calibration copies. [default: 0]"
+    ),
 ) -> None:
     """Keep synthetic images that show their label, look like real X-rays and copy no patient."""
     from synth.filtering import load_filter_config, run_filter
 
-    cfg = load_filter_config(config, command_overrides(sets, {
-        "oracle": str(oracle) if oracle else None, "extractor": extractor, "threshold_quantile": threshold_quantile,
-        "fid_reject_factor": fid_reject_factor, "seed": seed}))
+    cfg = load_filter_config(
+        config,
+        command_overrides(
+            sets,
+            {
+                "oracle": str(oracle) if oracle else None,
+                "extractor": extractor,
+                "threshold_quantile": threshold_quantile,
+                "fid_reject_factor": fid_reject_factor,
+                "seed": seed,
+            },
+        ),
+    )
     summary = run_filter(synthetic, data, verifier, out, cfg)
     _print_summary(summary, out)
 
 
 def verifier_train_command(
-    data: Path = typer.Option(..., "--data", help="Prepared real dataset (folder or manifest.csv); only split=train, source=real rows are used."),
+    data: Path = typer.Option(
+        ...,
+        "--data",
+        help="Prepared real dataset (folder or manifest.csv); only split=train, source=real rows are used.",
+    ),
     out: Path = typer.Option(..., "--out", help="Output folder (model.safetensors + verifier.json)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML (configs/filter/verifier.yaml); flags override."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="YAML (configs/filter/verifier.yaml); flags override."
+    ),
     sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + " E.g. --set lr=0.002."),
     arch: Optional[str] = typer.Option(None, "--arch", help="timm model name (random init). [default: convnext_atto]"),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Training resolution. [default: 128]"),
@@ -53,7 +87,11 @@ def verifier_train_command(
 
 
 def oracle_train_command(
-    data: Path = typer.Option(..., "--data", help="A large class-balanced phantom dataset (`synth phantom --balanced`, then `synth prepare`)."),
+    data: Path = typer.Option(
+        ...,
+        "--data",
+        help="A large class-balanced phantom dataset (`synth phantom --balanced`, then `synth prepare`).",
+    ),
     out: Path = typer.Option(..., "--out", help="Output folder (verifier files + oracle.json)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML (configs/filter/oracle.yaml); flags override."),
     sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + " E.g. --set image_size=64."),
@@ -80,22 +118,48 @@ def _print_summary(summary: dict, out: Path) -> None:
         return
     fmt = lambda v, p=2: "—" if v is None else f"{v:.{p}f}"  # noqa: E731
     has_oracle = any(c.get("oracle_fidelity") is not None for c in summary["classes"].values())
-    table = Table("class", "n", "kept", "rejected (reason: n)", "threshold", "FID", "FID 95% CI", "floor", "KID",
-                  *(["oracle fidelity", "verifier P/R"] if has_oracle else []),
-                  title=f"{out} — {summary['metric_label']}")
+    table = Table(
+        "class",
+        "n",
+        "kept",
+        "rejected (reason: n)",
+        "threshold",
+        "FID",
+        "FID 95% CI",
+        "floor",
+        "KID",
+        *(["oracle fidelity", "verifier P/R"] if has_oracle else []),
+        title=f"{out} — {summary['metric_label']}",
+    )
     for cls, c in summary["classes"].items():
         reasons = ", ".join(f"{k}: {v}" for k, v in c["rejected"].items()) or "—"
         ci = c.get("fid_ci")
-        row = [cls, str(c["n"]), str(c["kept"]), reasons, fmt(c["threshold"], 3), fmt(c["fid"]),
-               f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "—", fmt(c["fid_floor"]), fmt(c["kid"], 4)]
+        row = [
+            cls,
+            str(c["n"]),
+            str(c["kept"]),
+            reasons,
+            fmt(c["threshold"], 3),
+            fmt(c["fid"]),
+            f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "—",
+            fmt(c["fid_floor"]),
+            fmt(c["kid"], 4),
+        ]
         if has_oracle:
-            row += [fmt(c.get("oracle_fidelity")), f"{fmt(c.get('verifier_precision'))}/{fmt(c.get('verifier_recall'))}"]
+            row += [
+                fmt(c.get("oracle_fidelity")),
+                f"{fmt(c.get('verifier_precision'))}/{fmt(c.get('verifier_recall'))}",
+            ]
         table.add_row(*row)
     console = Console(stderr=True)
     console.print(table)
-    console.print(f"kept {summary['kept']} of {summary['n']}; near-copy thresholds: "
-                  + ", ".join(f"{s} {t['threshold']:.3f}{'' if t['separates'] else ' (copies and distinct patients overlap: flags only what is closer than distinct patients)'}"
-                              for s, t in summary["near_copy"].items()))
+    console.print(
+        f"kept {summary['kept']} of {summary['n']}; near-copy thresholds: "
+        + ", ".join(
+            f"{s} {t['threshold']:.3f}{'' if t['separates'] else ' (copies and distinct patients overlap: flags only what is closer than distinct patients)'}"
+            for s, t in summary["near_copy"].items()
+        )
+    )
 
 
 def _print_oracle(report: dict) -> None:
@@ -104,8 +168,12 @@ def _print_oracle(report: dict) -> None:
 
     table = Table("class", "val AP", "threshold", "val positives", title="oracle (held-out phantom val)")
     for cls, c in report["classes"].items():
-        table.add_row(cls, "—" if c["val_ap"] is None else f"{c['val_ap']:.3f}",
-                      "—" if c["threshold"] is None else f"{c['threshold']:.3f}", str(c["val_positives"]))
+        table.add_row(
+            cls,
+            "—" if c["val_ap"] is None else f"{c['val_ap']:.3f}",
+            "—" if c["threshold"] is None else f"{c['threshold']:.3f}",
+            str(c["val_positives"]),
+        )
     Console(stderr=True).print(table)
 
 

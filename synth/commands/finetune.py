@@ -27,4 +27,7 @@ def finetune_command(ctx: typer.Context) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the synth app."""
-    app.command("finetune", context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})(finetune_command)
+    app.command(
+        "finetune",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    )(finetune_command)

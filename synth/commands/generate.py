@@ -16,26 +16,62 @@ from synth.errors import UserError
 
 
 def generate_command(
-    model: Path = typer.Option(..., "--model", help="Generator folder written by `synth finetune` (diffusers StableDiffusionPipeline)."),
-    class_: List[str] = typer.Option([], "--class", help="Target class (any case; repeatable), e.g. \"Rib Fracture\"."),
-    groups: List[str] = typer.Option([], "--classes", help="Frequency group of the TRAINING data: tail | medium | head (repeatable)."),
-    out: Path = typer.Option(..., "--out", help="Output folder: images/<class>/*.png + manifest.csv. Rerun to resume."),
-    n: Optional[str] = typer.Option(None, "--n", help="Images per class, or 'auto' to top up to --target-count. [default: 100]"),
-    target_count: Optional[int] = typer.Option(None, "--target-count", help="With --n auto: positives in train + generated per class."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML of defaults (configs/generate/default.yaml); flags override."),
+    model: Path = typer.Option(
+        ..., "--model", help="Generator folder written by `synth finetune` (diffusers StableDiffusionPipeline)."
+    ),
+    class_: List[str] = typer.Option([], "--class", help='Target class (any case; repeatable), e.g. "Rib Fracture".'),
+    groups: List[str] = typer.Option(
+        [], "--classes", help="Frequency group of the TRAINING data: tail | medium | head (repeatable)."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="Output folder: images/<class>/*.png + manifest.csv. Rerun to resume."
+    ),
+    n: Optional[str] = typer.Option(
+        None, "--n", help="Images per class, or 'auto' to top up to --target-count. [default: 100]"
+    ),
+    target_count: Optional[int] = typer.Option(
+        None, "--target-count", help="With --n auto: positives in train + generated per class."
+    ),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="YAML of defaults (configs/generate/default.yaml); flags override."
+    ),
     sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + " E.g. --set guidance_scale=5."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Run seed; each image's seed is derived from (seed, class, index). [default: 0]"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass (does not change the images). [default: 8]"),
+    seed: Optional[int] = typer.Option(
+        None, "--seed", help="Run seed; each image's seed is derived from (seed, class, index). [default: 0]"
+    ),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", help="Images per forward pass (does not change the images). [default: 8]"
+    ),
     steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps. [default: 25]"),
-    guidance_scale: Optional[float] = typer.Option(None, "--guidance-scale", help="Classifier-free guidance scale. [default: 4.0]"),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dpm++ | dpm++-karras | unipc | ddim | euler | euler-a | pndm | ddpm. [default: dpm++]"),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Label-set sampling temperature: p ∝ count^(1/T); >1 flattens. [default: 1.0]"),
-    negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="Override the prompt templates' negative prompt."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16."),
-    device: Optional[str] = typer.Option(None, "--device", help="Torch device; default: the Accelerate process's device."),
-    enable_xformers: bool = typer.Option(False, "--enable-xformers", help="xformers attention on GPU (falls back to PyTorch SDPA with a warning)."),
-    train_manifest: Optional[Path] = typer.Option(None, "--train-manifest", help="Training manifest (needed for a pipeline without synth_meta.json)."),
-    prompt_templates: Optional[Path] = typer.Option(None, "--prompt-templates", help="Prompt templates YAML (must match the training ones by name)."),
+    guidance_scale: Optional[float] = typer.Option(
+        None, "--guidance-scale", help="Classifier-free guidance scale. [default: 4.0]"
+    ),
+    scheduler: Optional[str] = typer.Option(
+        None,
+        "--scheduler",
+        help="dpm++ | dpm++-karras | unipc | ddim | euler | euler-a | pndm | ddpm. [default: dpm++]",
+    ),
+    temperature: Optional[float] = typer.Option(
+        None, "--temperature", help="Label-set sampling temperature: p ∝ count^(1/T); >1 flattens. [default: 1.0]"
+    ),
+    negative_prompt: Optional[str] = typer.Option(
+        None, "--negative-prompt", help="Override the prompt templates' negative prompt."
+    ),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", help="auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16."
+    ),
+    device: Optional[str] = typer.Option(
+        None, "--device", help="Torch device; default: the Accelerate process's device."
+    ),
+    enable_xformers: bool = typer.Option(
+        False, "--enable-xformers", help="xformers attention on GPU (falls back to PyTorch SDPA with a warning)."
+    ),
+    train_manifest: Optional[Path] = typer.Option(
+        None, "--train-manifest", help="Training manifest (needed for a pipeline without synth_meta.json)."
+    ),
+    prompt_templates: Optional[Path] = typer.Option(
+        None, "--prompt-templates", help="Prompt templates YAML (must match the training ones by name)."
+    ),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
 ) -> None:
     """Generate synthetic X-rays of target classes, prompts drawn from real label co-occurrence."""
@@ -46,10 +82,19 @@ def generate_command(
             raise UserError(f"--classes {g!r}: expected tail, medium or head (use --class for a single class)")
     names = validate_class_names([*class_, *groups])  # unknown names fail here, before any model I/O
     flags = dict(
-        n=n, target_count=target_count, seed=seed, batch_size=batch_size, steps=steps,
-        guidance_scale=guidance_scale, scheduler=scheduler, temperature=temperature,
-        negative_prompt=negative_prompt, precision=precision, device=device,
-        enable_xformers=enable_xformers or None, progress=False if no_progress else None,
+        n=n,
+        target_count=target_count,
+        seed=seed,
+        batch_size=batch_size,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        scheduler=scheduler,
+        temperature=temperature,
+        negative_prompt=negative_prompt,
+        precision=precision,
+        device=device,
+        enable_xformers=enable_xformers or None,
+        progress=False if no_progress else None,
         train_manifest=str(train_manifest) if train_manifest else None,
         prompt_templates=str(prompt_templates) if prompt_templates else None,
     )
@@ -81,8 +126,13 @@ def _summary(manifest: Path) -> None:
     if not state.is_main_process:
         return
     df = read_manifest(manifest)
-    table = Table("class", "images", "distinct prompts", title=str(manifest),
-                  caption=f"sharded over {state.num_processes} process(es)")
+    table = Table(
+        "class",
+        "images",
+        "distinct prompts",
+        title=str(manifest),
+        caption=f"sharded over {state.num_processes} process(es)",
+    )
     for target, rows in df.groupby("target_class", sort=False):
         table.add_row(str(target), str(len(rows)), str(rows["prompt"].nunique()))
     Console(stderr=True).print(table)

@@ -9,15 +9,33 @@ import typer
 
 
 def phantom(
-    out: Path = typer.Option(..., "--out", help="Output folder, e.g. outputs/data/phantom (labels.csv, images/, phantom.json, truth.jsonl)."),
-    n: Optional[int] = typer.Option(None, "--n", help="Number of images. [default: 20000; with --balanced --per-class K: 40*K]"),
+    out: Path = typer.Option(
+        ..., "--out", help="Output folder, e.g. outputs/data/phantom (labels.csv, images/, phantom.json, truth.jsonl)."
+    ),
+    n: Optional[int] = typer.Option(
+        None, "--n", help="Number of images. [default: 20000; with --balanced --per-class K: 40*K]"
+    ),
     size: int = typer.Option(128, "--size", help="Image size in pixels (square, 8-bit grey)."),
     seed: int = typer.Option(0, "--seed", help="Seed: same seed and arguments give byte-identical images and CSV."),
-    balanced: bool = typer.Option(False, "--balanced", help="Class-balanced set (image i targets class i mod 40) for the oracle judge only."),
-    per_class: Optional[int] = typer.Option(None, "--per-class", help="With --balanced: every class present in at least K images."),
-    label_noise: float = typer.Option(0.0, "--label-noise", help="Report-mining-like label noise: each positive missed / a spurious label added with this probability."),
-    contact_sheet: bool = typer.Option(False, "--contact-sheet", help="Also write contact_sheets/<class>.png (with / without / difference) and all.png."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Render processes; 0 = one per CPU core. Output does not depend on it. [default: 0]"),
+    balanced: bool = typer.Option(
+        False, "--balanced", help="Class-balanced set (image i targets class i mod 40) for the oracle judge only."
+    ),
+    per_class: Optional[int] = typer.Option(
+        None, "--per-class", help="With --balanced: every class present in at least K images."
+    ),
+    label_noise: float = typer.Option(
+        0.0,
+        "--label-noise",
+        help="Report-mining-like label noise: each positive missed / a spurious label added with this probability.",
+    ),
+    contact_sheet: bool = typer.Option(
+        False,
+        "--contact-sheet",
+        help="Also write contact_sheets/<class>.png (with / without / difference) and all.png.",
+    ),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help="Render processes; 0 = one per CPU core. Output does not depend on it. [default: 0]"
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out made with other arguments."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
 ) -> None:
@@ -32,8 +50,19 @@ def phantom(
 
     if n is None:
         n = len(CXR_LT_CLASSES) * per_class if (balanced and per_class) else 20000
-    labels = render_dataset(n, size, seed, out, balanced=balanced, per_class=per_class, label_noise=label_noise,
-                            contact_sheet=contact_sheet, workers=workers, progress=not no_progress, overwrite=overwrite)
+    labels = render_dataset(
+        n,
+        size,
+        seed,
+        out,
+        balanced=balanced,
+        per_class=per_class,
+        label_noise=label_noise,
+        contact_sheet=contact_sheet,
+        workers=workers,
+        progress=not no_progress,
+        overwrite=overwrite,
+    )
     meta = json.loads((labels.parent / META_FILE).read_text())
     groups = meta["groups"]
     table = Table(title=f"phantom {labels.parent}")
@@ -41,11 +70,20 @@ def phantom(
         table.add_column(col, justify="right")
     counts = {g: sum(1 for v in groups.values() if v == g) for g in ("head", "medium", "tail")}
     rarest = min(meta["positives"].items(), key=lambda kv: kv[1])
-    table.add_row(str(meta["images"]), str(meta["patients"]), f"{meta['views']['PA']} / {meta['views']['AP']}",
-                  str(counts["head"]), str(counts["medium"]), str(counts["tail"]), f"{rarest[0]} ({rarest[1]})")
+    table.add_row(
+        str(meta["images"]),
+        str(meta["patients"]),
+        f"{meta['views']['PA']} / {meta['views']['AP']}",
+        str(counts["head"]),
+        str(counts["medium"]),
+        str(counts["tail"]),
+        f"{rarest[0]} ({rarest[1]})",
+    )
     console = Console()
     console.print(table)
-    console.print(f"labels: {labels}  (next: synth prepare --format cxrlt --labels {labels} --images {labels.parent} --out ...)")
+    console.print(
+        f"labels: {labels}  (next: synth prepare --format cxrlt --labels {labels} --images {labels.parent} --out ...)"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -33,9 +33,17 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 def predict(
     model: Path = typer.Option(..., "--model", help="trained ensemble folder (ensemble.json)"),
     out: Path = typer.Option(..., "--out", help="submission CSV to write: dicom_id + the model's class columns"),
-    manifest: Optional[Path] = typer.Option(None, "--manifest", help="prepared manifest, or a CSV with dicom_id + fpath"),
-    images: Optional[Path] = typer.Option(None, "--images", help="folder of images (searched recursively); with a plain --manifest CSV: the root its fpath is relative to"),
-    split: Optional[str] = typer.Option(None, "--split", help="prepared manifest only: predict just this split (train/val/test) [default: all rows]"),
+    manifest: Optional[Path] = typer.Option(
+        None, "--manifest", help="prepared manifest, or a CSV with dicom_id + fpath"
+    ),
+    images: Optional[Path] = typer.Option(
+        None,
+        "--images",
+        help="folder of images (searched recursively); with a plain --manifest CSV: the root its fpath is relative to",
+    ),
+    split: Optional[str] = typer.Option(
+        None, "--split", help="prepared manifest only: predict just this split (train/val/test) [default: all rows]"
+    ),
     size: int = typer.Option(256, "--size", help="raw images: the --size the training data was prepared at"),
     batch_size: int = typer.Option(64, "--batch-size"),
     workers: int = typer.Option(0, "--workers", help="raw images: decode processes; 0 = one per CPU core"),
@@ -104,7 +112,9 @@ def _rows(manifest: Path | None, images: Path | None, split: str | None) -> tupl
         return df, False
     missing = [c for c in ("dicom_id", "fpath") if c not in head.columns]
     if missing:
-        raise UserError(f"{manifest}: missing column(s) {', '.join(missing)}; a list of images to predict needs dicom_id and fpath")
+        raise UserError(
+            f"{manifest}: missing column(s) {', '.join(missing)}; a list of images to predict needs dicom_id and fpath"
+        )
     if split is not None:
         raise UserError("--split selects rows of a prepared manifest; this CSV has no split column")
     if head.empty:
@@ -113,13 +123,19 @@ def _rows(manifest: Path | None, images: Path | None, split: str | None) -> tupl
     root = images if images is not None else manifest.parent
     if images is not None and not images.is_dir():
         raise UserError(f"--images {images}: folder not found")
-    df = pd.DataFrame({"dicom_id": head["dicom_id"].astype(str).str.strip(),
-                       "fpath": [str(p if (p := Path(f.strip())).is_absolute() else root / p) for f in head["fpath"].astype(str)]})
+    df = pd.DataFrame(
+        {
+            "dicom_id": head["dicom_id"].astype(str).str.strip(),
+            "fpath": [str(p if (p := Path(f.strip())).is_absolute() else root / p) for f in head["fpath"].astype(str)],
+        }
+    )
     _unique(df, str(manifest))
     absent = [f for f in df["fpath"] if not Path(f).is_file()]
     if absent:
-        raise UserError(f"image not found: {absent[0]} ({len(absent)} of {len(df)} missing); fpath is relative to "
-                        f"{'--images' if images is not None else 'the CSV folder'} — pass --images ROOT")
+        raise UserError(
+            f"image not found: {absent[0]} ({len(absent)} of {len(df)} missing); fpath is relative to "
+            f"{'--images' if images is not None else 'the CSV folder'} — pass --images ROOT"
+        )
     return df, True
 
 
@@ -129,13 +145,17 @@ def _read_csv(path: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path, dtype=str, compression="infer")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, EOFError) as err:
-        raise UserError(f"--manifest {path}: cannot parse as CSV ({err}); give a manifest.csv or a CSV with dicom_id, fpath") from None
+        raise UserError(
+            f"--manifest {path}: cannot parse as CSV ({err}); give a manifest.csv or a CSV with dicom_id, fpath"
+        ) from None
 
 
 def _unique(df: pd.DataFrame, where: str) -> None:
     dup = df["dicom_id"].duplicated()
     if dup.any():
-        raise UserError(f"{where}: image id {df['dicom_id'][dup].iloc[0]!r} appears twice; every image must appear once")
+        raise UserError(
+            f"{where}: image id {df['dicom_id'][dup].iloc[0]!r} appears twice; every image must appear once"
+        )
 
 
 def _cache_names(rows: pd.DataFrame) -> list[str]:
@@ -148,18 +168,24 @@ def _cache_raw(rows: pd.DataFrame, out: Path, size: int, workers: int, progress:
 
     cfg = PrepareConfig.from_yaml(None, size=size, workers=workers)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)).resolve()  # rows get absolute paths
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    ).resolve()  # rows get absolute paths
     folder = tmp / "images"
     folder.mkdir()
     try:
-        failures = _cache_images(rows.assign(cache_name=_cache_names(rows)).reset_index(drop=True), folder, cfg, progress)
+        failures = _cache_images(
+            rows.assign(cache_name=_cache_names(rows)).reset_index(drop=True), folder, cfg, progress
+        )
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if failures:
         i, err = next(iter(failures.items()))
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"cannot read image {rows['fpath'].iloc[i]}: {err} ({len(failures)} unreadable); replace or remove it")
+        raise UserError(
+            f"cannot read image {rows['fpath'].iloc[i]}: {err} ({len(failures)} unreadable); replace or remove it"
+        )
     return folder
 
 

@@ -40,7 +40,9 @@ class VerifierConfig:
         import timm
 
         if not timm.is_model(self.arch):
-            raise UserError(f"verifier arch {self.arch!r} is not a timm model; e.g. convnext_atto, resnet10t, efficientnet_b0")
+            raise UserError(
+                f"verifier arch {self.arch!r} is not a timm model; e.g. convnext_atto, resnet10t, efficientnet_b0"
+            )
         for name in ("image_size", "epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"verifier {name} must be >= 1, got {getattr(self, name)}")
@@ -83,8 +85,12 @@ class FilterConfig:
     nearcopy_noise_std: float = 0.03  #: perturbations used to make calibration copies
     nearcopy_shift_px: int = 2
     # per-class transfer gate (synth/filtering/transfer.py): real train+val rows only ------------
-    transfer_gate: bool = False  #: configs/filter/default.yaml turns it on; off here so a bare FilterConfig tests one rule
-    transfer_min_auroc: float = 0.5  #: a class passes when its probe AUROC interval's lower bound is above this (chance)
+    transfer_gate: bool = (
+        False  #: configs/filter/default.yaml turns it on; off here so a bare FilterConfig tests one rule
+    )
+    transfer_min_auroc: float = (
+        0.5  #: a class passes when its probe AUROC interval's lower bound is above this (chance)
+    )
     transfer_min_real_positives: int = 3  #: fewer real train+val positives: the class is not judged
     transfer_min_synthetic: int = 5  #: fewer generated positives or negatives: the class is not judged
     transfer_unjudged: str = "keep"  #: keep | reject: what happens to a class the gate cannot judge
@@ -107,7 +113,9 @@ class FilterConfig:
         if not 0.0 <= self.co_label_min_agreement <= 1.0:
             raise UserError(f"co_label_min_agreement must be in [0, 1], got {self.co_label_min_agreement}")
         if self.fid_reject_factor <= 1.0:
-            raise UserError(f"fid_reject_factor must be > 1 (a multiple of the real-vs-real floor), got {self.fid_reject_factor}")
+            raise UserError(
+                f"fid_reject_factor must be > 1 (a multiple of the real-vs-real floor), got {self.fid_reject_factor}"
+            )
         if self.min_fid_images < 2:
             raise UserError(f"min_fid_images must be >= 2, got {self.min_fid_images}")
         for name in ("outlier_percentile", "nearcopy_copy_quantile", "nearcopy_distinct_quantile"):

@@ -44,13 +44,17 @@ class _ToChannels(nn.Module):
 def load_extractor(spec: str, verifier: Verifier, device: str | torch.device = "cpu") -> FeatureExtractor:
     """``"verifier"`` -> the verifier's backbone; otherwise a local encoder folder (see module doc)."""
     if spec == "verifier":
-        return FeatureExtractor(verifier.model, verifier.image_size, verifier.pixel_mean, verifier.pixel_std, verifier.name)
+        return FeatureExtractor(
+            verifier.model, verifier.image_size, verifier.pixel_mean, verifier.pixel_std, verifier.name
+        )
     import timm
     from safetensors.torch import load_file
 
     folder = Path(spec)
     if not (folder / EXTRACTOR_FILE).exists() or not (folder / "model.safetensors").exists():
-        raise UserError(f"extractor {spec!r}: expected 'verifier' or a folder with {EXTRACTOR_FILE} and model.safetensors (see synth/filtering/extractor.py)")
+        raise UserError(
+            f"extractor {spec!r}: expected 'verifier' or a folder with {EXTRACTOR_FILE} and model.safetensors (see synth/filtering/extractor.py)"
+        )
     meta = yaml.safe_load((folder / EXTRACTOR_FILE).read_text()) or {}
     if "arch" not in meta or not timm.is_model(str(meta["arch"])):
         raise UserError(f"{folder / EXTRACTOR_FILE}: 'arch' must name a timm model, got {meta.get('arch')!r}")
@@ -59,7 +63,14 @@ def load_extractor(spec: str, verifier: Verifier, device: str | torch.device = "
     state = load_file(str(folder / "model.safetensors"))
     missing, _unexpected_head = model.load_state_dict(state, strict=False)
     if missing:
-        raise UserError(f"{folder / 'model.safetensors'}: weights do not fit {meta['arch']} (missing {missing[:3]}...); check 'arch' in {EXTRACTOR_FILE}")
+        raise UserError(
+            f"{folder / 'model.safetensors'}: weights do not fit {meta['arch']} (missing {missing[:3]}...); check 'arch' in {EXTRACTOR_FILE}"
+        )
     wrapped = _ToChannels(model, in_chans).to(device).eval()
-    return FeatureExtractor(wrapped, int(meta.get("image_size", 224)), float(meta.get("pixel_mean", 0.5)),
-                            float(meta.get("pixel_std", 0.25)), str(meta.get("name", f"{meta['arch']} ({folder.name})")))
+    return FeatureExtractor(
+        wrapped,
+        int(meta.get("image_size", 224)),
+        float(meta.get("pixel_mean", 0.5)),
+        float(meta.get("pixel_std", 0.25)),
+        str(meta.get("name", f"{meta['arch']} ({folder.name})")),
+    )

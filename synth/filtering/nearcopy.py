@@ -38,14 +38,16 @@ def mirror_thumbnails(pixels: np.ndarray, size: int) -> np.ndarray:
     return pixels.reshape(-1, size, size)[:, :, ::-1].reshape(len(pixels), -1).copy()
 
 
-def nearest(query: torch.Tensor, ref: torch.Tensor, exclude: np.ndarray | None = None, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def nearest(
+    query: torch.Tensor, ref: torch.Tensor, exclude: np.ndarray | None = None, chunk: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
     """Max dot product of each (unit) query row over (unit) ref rows and its index; ``exclude`` (Nq, Nr) bool masks pairs."""
     best = torch.full((len(query),), -float("inf"))
     idx = torch.zeros(len(query), dtype=torch.long)
     for start in range(0, len(ref), chunk):
-        sim = query @ ref[start:start + chunk].T
+        sim = query @ ref[start : start + chunk].T
         if exclude is not None:
-            sim[torch.as_tensor(exclude[:, start:start + chunk])] = -float("inf")
+            sim[torch.as_tensor(exclude[:, start : start + chunk])] = -float("inf")
         val, arg = sim.max(dim=1)
         better = val > best
         best[better], idx[better] = val[better], arg[better] + start
@@ -64,7 +66,9 @@ class SpaceThreshold:
         return asdict(self)
 
 
-def calibrate(copy_sims: np.ndarray, distinct_sims: np.ndarray, copy_pct: float, distinct_pct: float) -> SpaceThreshold:
+def calibrate(
+    copy_sims: np.ndarray, distinct_sims: np.ndarray, copy_pct: float, distinct_pct: float
+) -> SpaceThreshold:
     copy_low = float(np.percentile(copy_sims, copy_pct))
     distinct_high = float(np.percentile(distinct_sims, distinct_pct)) if len(distinct_sims) else -1.0
     separates = copy_low > distinct_high
@@ -86,20 +90,30 @@ class NearCopyIndex:
     def build(cls, features: np.ndarray, pixels: np.ndarray, pixel_size: int) -> "NearCopyIndex":
         return cls(unit_rows(features, center=False), unit_rows(pixels, center=True), pixel_size)
 
-    def feature_similarity(self, features: np.ndarray, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def feature_similarity(
+        self, features: np.ndarray, exclude: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         return nearest(unit_rows(features, center=False), self.features, exclude)
 
     def pixel_similarity(self, pixels: np.ndarray, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Flip-aware: a mirrored copy is still a copy."""
         direct, i_direct = nearest(unit_rows(pixels, center=True), self.pixels, exclude)
-        mirrored, i_mirror = nearest(unit_rows(mirror_thumbnails(pixels, self.pixel_size), center=True), self.pixels, exclude)
+        mirrored, i_mirror = nearest(
+            unit_rows(mirror_thumbnails(pixels, self.pixel_size), center=True), self.pixels, exclude
+        )
         return np.maximum(direct, mirrored), np.where(mirrored > direct, i_mirror, i_direct)
 
 
-def perturbed_copies(images: torch.Tensor, noise_std: float, shift_px: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def perturbed_copies(
+    images: torch.Tensor, noise_std: float, shift_px: int, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
     """Lightly changed copies of (N, 1, H, W) images in [0, 1]: what a memorising generator could emit."""
     noisy = (images + noise_std * torch.randn(images.shape, generator=generator)).clamp(0, 1)
     s = max(shift_px, 1)
     shifted = F.pad(images, (s, 0, s, 0), mode="replicate")[..., : images.shape[-2], : images.shape[-1]]
-    return {"noise": noisy, "mirror": torch.flip(images, dims=[-1]), "shift": shifted,
-            "noise+mirror": torch.flip(noisy, dims=[-1])}
+    return {
+        "noise": noisy,
+        "mirror": torch.flip(images, dims=[-1]),
+        "shift": shifted,
+        "noise+mirror": torch.flip(noisy, dims=[-1]),
+    }

@@ -50,7 +50,9 @@ def train_oracle(data_manifest: str | Path, out_dir: str | Path, cfg: VerifierCo
     verifier = load_verifier(out_dir)
     val = df[(df["split"] == "val") & (df["source"] == "real")]
     if val.empty:
-        raise UserError(f"{data_manifest}: the oracle needs a held-out val split to choose its thresholds; re-create the phantom set with a val split")
+        raise UserError(
+            f"{data_manifest}: the oracle needs a held-out val split to choose its thresholds; re-create the phantom set with a val split"
+        )
     probs = predict(verifier, val, (cfg or VerifierConfig()).eval_batch_size)
     y = label_matrix(val, verifier.classes)
     classes = {}
@@ -60,9 +62,14 @@ def train_oracle(data_manifest: str | Path, out_dir: str | Path, cfg: VerifierCo
         if pos == 0 or pos == known.sum():
             classes[cls] = {"threshold": None, "val_ap": None, "val_positives": pos}
             continue
-        classes[cls] = {"threshold": f1_optimal_threshold(probs[known, j], y[known, j]),
-                        "val_ap": float(average_precision_score(y[known, j], probs[known, j])), "val_positives": pos}
-    write_json_atomic(out_dir / ORACLE_FILE, {"classes": classes, "threshold_rule": "F1-optimal on the real val split"})
+        classes[cls] = {
+            "threshold": f1_optimal_threshold(probs[known, j], y[known, j]),
+            "val_ap": float(average_precision_score(y[known, j], probs[known, j])),
+            "val_positives": pos,
+        }
+    write_json_atomic(
+        out_dir / ORACLE_FILE, {"classes": classes, "threshold_rule": "F1-optimal on the real val split"}
+    )
     return out_dir
 
 
@@ -75,13 +82,17 @@ def load_oracle(path: str | Path) -> tuple[Verifier, dict[str, float]]:
     path = Path(path)
     if not (path / ORACLE_FILE).exists():
         raise UserError(f"{path} is not an oracle folder (no {ORACLE_FILE}); train one with `synth oracle train`")
-    thresholds = {c: v["threshold"] for c, v in json.loads((path / ORACLE_FILE).read_text())["classes"].items()
-                  if v.get("threshold") is not None}
+    thresholds = {
+        c: v["threshold"]
+        for c, v in json.loads((path / ORACLE_FILE).read_text())["classes"].items()
+        if v.get("threshold") is not None
+    }
     return load_verifier(path), thresholds
 
 
-def oracle_report(oracle_dir: str | Path, synthetic: pd.DataFrame, target: pd.Series, verifier_accept: np.ndarray,
-                  batch_size: int) -> tuple[dict[str, dict], np.ndarray]:
+def oracle_report(
+    oracle_dir: str | Path, synthetic: pd.DataFrame, target: pd.Series, verifier_accept: np.ndarray, batch_size: int
+) -> tuple[dict[str, dict], np.ndarray]:
     """Per class: oracle fidelity and the verifier's precision/recall vs the oracle; plus per-image detections."""
     oracle, thresholds = load_oracle(oracle_dir)
     probs = predict(oracle, synthetic, batch_size)

@@ -14,11 +14,32 @@ import pandas as pd
 from synth.io import atomic_path, write_json_atomic
 from synth.manifest import image_paths, write_manifest
 
-REASONS: tuple[str, ...] = ("near_copy", "class_set_fid", "no_transfer", "no_threshold", "verifier", "co_labels", "outlier")
+REASONS: tuple[str, ...] = (
+    "near_copy",
+    "class_set_fid",
+    "no_transfer",
+    "no_threshold",
+    "verifier",
+    "co_labels",
+    "outlier",
+)
 
 
-def filter_summary(target, scores, flags, thresholds, realism, set_rejected, calibration, outlier_limit, oracle, extractor_name,
-             verifier_dir, cfg, transfer=None) -> dict:
+def filter_summary(
+    target,
+    scores,
+    flags,
+    thresholds,
+    realism,
+    set_rejected,
+    calibration,
+    outlier_limit,
+    oracle,
+    extractor_name,
+    verifier_dir,
+    cfg,
+    transfer=None,
+) -> dict:
     classes = {}
     primary = scores["reasons"].str.split("|").str[0]
     for cls in pd.unique(target):
@@ -26,16 +47,26 @@ def filter_summary(target, scores, flags, thresholds, realism, set_rejected, cal
         r = realism[cls]
         th = thresholds.get(cls)
         entry = {
-            "n": int(rows.sum()), "kept": int(scores["kept"][rows].sum()),
-            "rejected": {reason: int((primary[rows] == reason).sum()) for reason in REASONS if (primary[rows] == reason).any()},
+            "n": int(rows.sum()),
+            "kept": int(scores["kept"][rows].sum()),
+            "rejected": {
+                reason: int((primary[rows] == reason).sum()) for reason in REASONS if (primary[rows] == reason).any()
+            },
             "flagged": {reason: int(flags[reason][rows].sum()) for reason in REASONS},
-            "threshold": th.value if th else None, "threshold_rule": th.rule if th else "none",
+            "threshold": th.value if th else None,
+            "threshold_rule": th.rule if th else "none",
             "n_val_pos": th.n_val_pos if th else 0,
-            "fid": r.fid if r else None, "fid_ci": list(r.fid_ci) if r else None,
-            "fid_floor": r.fid_floor if r else None, "fid_floor_ci": list(r.fid_floor_ci) if r else None,
-            "fid_ratio": r.ratio if r else None, "kid": r.kid if r else None, "kid_std": r.kid_std if r else None,
-            "kid_floor": r.kid_floor if r else None, "fid_set_size": r.m if r else None,
-            "set_rejected": bool(set_rejected[cls]), "extractor": extractor_name,
+            "fid": r.fid if r else None,
+            "fid_ci": list(r.fid_ci) if r else None,
+            "fid_floor": r.fid_floor if r else None,
+            "fid_floor_ci": list(r.fid_floor_ci) if r else None,
+            "fid_ratio": r.ratio if r else None,
+            "kid": r.kid if r else None,
+            "kid_std": r.kid_std if r else None,
+            "kid_floor": r.kid_floor if r else None,
+            "fid_set_size": r.m if r else None,
+            "set_rejected": bool(set_rejected[cls]),
+            "extractor": extractor_name,
             "transfer": transfer[cls].as_dict() if transfer and cls in transfer else None,
         }
         if oracle is not None:
@@ -46,7 +77,8 @@ def filter_summary(target, scores, flags, thresholds, realism, set_rejected, cal
     return {
         "extractor": extractor_name,
         "metric_label": f"FID/KID on {extractor_name} features",
-        "n": int(len(scores)), "kept": int(scores["kept"].sum()),
+        "n": int(len(scores)),
+        "kept": int(scores["kept"].sum()),
         "classes": classes,
         "near_copy": {space: _finite(t.as_dict()) for space, t in calibration.items()},
         "outlier_limit": outlier_limit,
@@ -60,21 +92,24 @@ def _rules_in_words(cfg, extractor_name: str) -> dict[str, str | list[str]]:
     """Each reason's rule with this run's numbers, for ``summary.json`` (what a reader of the report sees)."""
     return {
         "threshold": f"per class: {cfg.threshold_quantile} quantile of real VAL positives' P(class) when >= "
-                     f"{cfg.min_val_positives} val positives, else the {cfg.fallback_specificity} quantile of real VAL "
-                     "negatives' P(class); never train or test rows",
+        f"{cfg.min_val_positives} val positives, else the {cfg.fallback_specificity} quantile of real VAL "
+        "negatives' P(class); never train or test rows",
         "class_set_fid": f"FID(synthetic, real train positives) > {cfg.fid_reject_factor} x FID(real, real), both at "
-                         "the same set size m; sets with m < min_fid_images are not judged",
+        "the same set size m; sets with m < min_fid_images are not judged",
         "outlier": f"mean distance to the {cfg.outlier_knn} nearest real training images (standardised features) "
-                   f"> {cfg.outlier_percentile}th percentile of real images' own distances"
-                   + ("" if cfg.outlier_rejects else " (flagged, not rejected: outlier_rejects is false)"),
+        f"> {cfg.outlier_percentile}th percentile of real images' own distances"
+        + ("" if cfg.outlier_rejects else " (flagged, not rejected: outlier_rejects is false)"),
         "near_copy": "nearest real training image: feature cosine / flip-aware pixel correlation above a threshold "
-                     "calibrated between perturbed copies and distinct-patient neighbours",
-        "no_transfer": (f"a logistic probe on {extractor_name if cfg.transfer_extractor in ('extractor', cfg.extractor) else cfg.transfer_extractor} features, fitted on the generated images only (the "
-                        "class's vs other classes' without its label), ranks REAL train+val rows of the class with a "
-                        f"patient-bootstrap AUROC interval whose lower bound is <= {cfg.transfer_min_auroc}; classes with "
-                        f"< {cfg.transfer_min_real_positives} real positives or < {cfg.transfer_min_synthetic} generated "
-                        f"positives/negatives are not judged ({cfg.transfer_unjudged})")
-                       if cfg.transfer_gate else "off (transfer_gate: false)",
+        "calibrated between perturbed copies and distinct-patient neighbours",
+        "no_transfer": (
+            f"a logistic probe on {extractor_name if cfg.transfer_extractor in ('extractor', cfg.extractor) else cfg.transfer_extractor} features, fitted on the generated images only (the "
+            "class's vs other classes' without its label), ranks REAL train+val rows of the class with a "
+            f"patient-bootstrap AUROC interval whose lower bound is <= {cfg.transfer_min_auroc}; classes with "
+            f"< {cfg.transfer_min_real_positives} real positives or < {cfg.transfer_min_synthetic} generated "
+            f"positives/negatives are not judged ({cfg.transfer_unjudged})"
+        )
+        if cfg.transfer_gate
+        else "off (transfer_gate: false)",
         "reason_order": list(REASONS),
     }
 
@@ -102,8 +137,10 @@ def write_outputs(out_dir: Path, synth: pd.DataFrame, scores: pd.DataFrame, summ
     write_manifest(rejected, out_dir / "rejected.csv")
     with atomic_path(out_dir / "scores.csv") as tmp:
         scores.to_csv(tmp, index=False)
-    rows = [{"class": c, **{k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in e.items()}}
-            for c, e in summary["classes"].items()]
+    rows = [
+        {"class": c, **{k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in e.items()}}
+        for c, e in summary["classes"].items()
+    ]
     with atomic_path(out_dir / "summary.csv") as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
     write_json_atomic(out_dir / "summary.json", summary)

@@ -38,9 +38,13 @@ from synth.manifest import image_paths, label_matrix, read_manifest
 from synth.taxonomy import UnknownClassError, resolve_class
 
 
-
-def run_filter(synthetic_manifest: str | Path, data_manifest: str | Path, verifier_dir: str | Path, out_dir: str | Path,
-               config: FilterConfig | str | Path | None = None) -> dict[str, Any]:
+def run_filter(
+    synthetic_manifest: str | Path,
+    data_manifest: str | Path,
+    verifier_dir: str | Path,
+    out_dir: str | Path,
+    config: FilterConfig | str | Path | None = None,
+) -> dict[str, Any]:
     """Filter a synthetic manifest; write kept/rejected/scores/summary to ``out_dir``; return the summary.
 
     Runs on the main process only (other Accelerate processes wait and read the summary).
@@ -62,7 +66,9 @@ def _targets(synth: pd.DataFrame, where: str) -> pd.Series:
     if "target_class" not in synth.columns:
         raise UserError(f"{where}: no target_class column; filter a manifest written by `synth generate`")
     if (synth["source"] != "synthetic").any():
-        raise UserError(f"{where}: has rows with source != synthetic; pass the generated manifest as --synthetic and the real one as --data")
+        raise UserError(
+            f"{where}: has rows with source != synthetic; pass the generated manifest as --synthetic and the real one as --data"
+        )
     try:
         return synth["target_class"].map(lambda c: resolve_class(str(c))).rename("target_class")
     except UnknownClassError as err:
@@ -74,7 +80,9 @@ def _require_images(df: pd.DataFrame, root: str, manifest: Path, fix: str) -> No
     paths = image_paths(df, root)
     missing = [p for p in paths if not p.is_file()]
     if missing:
-        raise UserError(f"image not found: {missing[0]} ({len(missing)} of {len(paths)} images of {manifest} missing); {fix}")
+        raise UserError(
+            f"image not found: {missing[0]} ({len(missing)} of {len(paths)} images of {manifest} missing); {fix}"
+        )
 
 
 def _run(synthetic_manifest: Path, data_manifest: Path, verifier_dir: Path, out_dir: Path, cfg: FilterConfig) -> dict:
@@ -83,24 +91,38 @@ def _run(synthetic_manifest: Path, data_manifest: Path, verifier_dir: Path, out_
     torch.manual_seed(cfg.seed)
 
     verifier = load_verifier(verifier_dir)
-    verifier_fx = FeatureExtractor(verifier.model, verifier.image_size, verifier.pixel_mean, verifier.pixel_std, verifier.name)
+    verifier_fx = FeatureExtractor(
+        verifier.model, verifier.image_size, verifier.pixel_mean, verifier.pixel_std, verifier.name
+    )
     extractor = load_extractor(cfg.extractor, verifier)
     px, bs = cfg.nearcopy_pixel_size, cfg.batch_size
 
     # ---- one pass per image set ------------------------------------------------------------------
     syn_scores = run_inference(verifier_fx, synth, bs, px, with_probs=True, mirror=cfg.extractor == "verifier")
-    syn = syn_scores if cfg.extractor == "verifier" else run_inference(extractor, synth, bs, px, with_probs=False, mirror=True)
+    syn = (
+        syn_scores
+        if cfg.extractor == "verifier"
+        else run_inference(extractor, synth, bs, px, with_probs=False, mirror=True)
+    )
     val_inference = run_inference(verifier_fx, val, bs, px)
     val_probs = val_inference.probs
     real = run_inference(extractor, train, bs, px, with_probs=False)
 
     # ---- label verifier --------------------------------------------------------------------------
-    thresholds = fit_thresholds(val_probs.reshape(len(val), len(verifier.classes)), val, verifier.classes,
-                                cfg.threshold_quantile, cfg.min_val_positives, cfg.fallback_specificity)
+    thresholds = fit_thresholds(
+        val_probs.reshape(len(val), len(verifier.classes)),
+        val,
+        verifier.classes,
+        cfg.threshold_quantile,
+        cfg.min_val_positives,
+        cfg.fallback_specificity,
+    )
     scores = _verifier_scores(synth, target, syn_scores.probs, verifier.classes, thresholds)
 
     # ---- per-image outliers ----------------------------------------------------------------------
-    outliers = fit_outlier_model(real.features, cfg.outlier_knn, cfg.outlier_percentile, cfg.outlier_reference_max, rng)
+    outliers = fit_outlier_model(
+        real.features, cfg.outlier_knn, cfg.outlier_percentile, cfg.outlier_reference_max, rng
+    )
     scores["outlier_distance"] = outliers.distances(syn.features)
     scores["outlier_limit"] = outliers.limit
 
@@ -130,14 +152,28 @@ def _run(synthetic_manifest: Path, data_manifest: Path, verifier_dir: Path, out_
         oracle, detected = oracle_report(cfg.oracle, synth, target, scores["verifier_pass"].to_numpy(bool), bs)
         scores["oracle_detects"] = detected
 
-    summary = filter_summary(target, scores, flags, thresholds, realism, set_rejected, calibration, outliers.limit, oracle,
-                       extractor.name, verifier_dir, cfg, transfer)
+    summary = filter_summary(
+        target,
+        scores,
+        flags,
+        thresholds,
+        realism,
+        set_rejected,
+        calibration,
+        outliers.limit,
+        oracle,
+        extractor.name,
+        verifier_dir,
+        cfg,
+        transfer,
+    )
     write_outputs(out_dir, synth, scores, summary)
     return summary
 
 
-def _read_inputs(synthetic_manifest: Path, data_manifest: Path) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame,
-                                                                          pd.DataFrame]:
+def _read_inputs(
+    synthetic_manifest: Path, data_manifest: Path
+) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame, pd.DataFrame]:
     """(generated rows, their target classes, real training rows, real val rows); every image file checked first."""
     synth, data = read_manifest(synthetic_manifest), read_manifest(data_manifest)
     if synth.empty:
@@ -146,14 +182,30 @@ def _read_inputs(synthetic_manifest: Path, data_manifest: Path) -> tuple[pd.Data
     train = real_training_rows(data).reset_index(drop=True)
     val = data[(data["split"] == "val") & (data["source"] == "real")]
     # every image is read below, some only after minutes of inference: a missing one fails here, first
-    _require_images(synth, synth.attrs["root"], synthetic_manifest,
-                    "rerun the `synth generate` command that wrote it (same --out: it re-creates missing images and rewrites the manifest)")
-    _require_images(pd.concat([train, val]), data.attrs["root"], data_manifest, "re-create that dataset with `synth prepare ... --overwrite`")
+    _require_images(
+        synth,
+        synth.attrs["root"],
+        synthetic_manifest,
+        "rerun the `synth generate` command that wrote it (same --out: it re-creates missing images and rewrites the manifest)",
+    )
+    _require_images(
+        pd.concat([train, val]),
+        data.attrs["root"],
+        data_manifest,
+        "re-create that dataset with `synth prepare ... --overwrite`",
+    )
     return synth, target, train, val
 
 
-def _decide(scores: pd.DataFrame, target: pd.Series, near: np.ndarray, set_rejected: dict, no_transfer: dict,
-            outlier_limit: float, cfg: FilterConfig) -> dict[str, np.ndarray]:
+def _decide(
+    scores: pd.DataFrame,
+    target: pd.Series,
+    near: np.ndarray,
+    set_rejected: dict,
+    no_transfer: dict,
+    outlier_limit: float,
+    cfg: FilterConfig,
+) -> dict[str, np.ndarray]:
     """Every reason's flag per image; ``scores`` gets ``flags``, ``reasons`` (the rejecting ones, in order) and ``kept``."""
     flags = {
         "near_copy": near,
@@ -171,36 +223,70 @@ def _decide(scores: pd.DataFrame, target: pd.Series, near: np.ndarray, set_rejec
     return flags
 
 
-def _set_realism(target: pd.Series, train: pd.DataFrame, syn: Inference, real: Inference, cfg: FilterConfig,
-                 rng: np.random.Generator) -> dict[str, Any]:
+def _set_realism(
+    target: pd.Series,
+    train: pd.DataFrame,
+    syn: Inference,
+    real: Inference,
+    cfg: FilterConfig,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
     """FID / KID of each target class's generated set against the real training images of that class."""
     real_y = label_matrix(train, list(pd.unique(target)))
     realism: dict[str, Any] = {}
     for j, cls in enumerate(pd.unique(target)):
         rows = (target == cls).to_numpy()
-        realism[cls] = set_realism(syn.features[rows], real.features[real_y[:, j] == 1.0], max_images=cfg.max_fid_images,
-                                   min_images=cfg.min_fid_images, kid_subset_size=cfg.kid_subset_size,
-                                   kid_subsets=cfg.kid_subsets, bootstrap=cfg.bootstrap, ci_level=cfg.ci_level, rng=rng)
+        realism[cls] = set_realism(
+            syn.features[rows],
+            real.features[real_y[:, j] == 1.0],
+            max_images=cfg.max_fid_images,
+            min_images=cfg.min_fid_images,
+            kid_subset_size=cfg.kid_subset_size,
+            kid_subsets=cfg.kid_subsets,
+            bootstrap=cfg.bootstrap,
+            ci_level=cfg.ci_level,
+            rng=rng,
+        )
     return realism
 
 
-def _transfer_gate(synth: pd.DataFrame, target: pd.Series, train: pd.DataFrame, val: pd.DataFrame, syn: Inference,
-                   real: Inference, val_inference: Inference, extractor, verifier, cfg: FilterConfig) -> dict:
+def _transfer_gate(
+    synth: pd.DataFrame,
+    target: pd.Series,
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    syn: Inference,
+    real: Inference,
+    val_inference: Inference,
+    extractor,
+    verifier,
+    cfg: FilterConfig,
+) -> dict:
     """The transfer gate's features (the filter's own extractor's, or ``transfer_extractor``'s) and its verdicts."""
     bs, px = cfg.batch_size, cfg.nearcopy_pixel_size
     if cfg.transfer_extractor in ("extractor", cfg.extractor):
         gate_syn, gate_train = syn.features, real.features
-        gate_val = val_inference.features if cfg.extractor == "verifier" else \
-            run_inference(extractor, val, bs, px, with_probs=False).features
+        gate_val = (
+            val_inference.features
+            if cfg.extractor == "verifier"
+            else run_inference(extractor, val, bs, px, with_probs=False).features
+        )
     else:
         gate_fx = load_extractor(cfg.transfer_extractor, verifier)
-        gate_syn, gate_train, gate_val = (run_inference(gate_fx, df, bs, px, with_probs=False).features
-                                          for df in (synth, train, val))
+        gate_syn, gate_train, gate_val = (
+            run_inference(gate_fx, df, bs, px, with_probs=False).features for df in (synth, train, val)
+        )
     return _transfer(synth, target, gate_syn, pd.concat([train, val]), np.concatenate([gate_train, gate_val]), cfg)
 
 
-def _transfer(synth: pd.DataFrame, target: pd.Series, syn_features: np.ndarray, real: pd.DataFrame,
-              real_features: np.ndarray, cfg: FilterConfig) -> dict:
+def _transfer(
+    synth: pd.DataFrame,
+    target: pd.Series,
+    syn_features: np.ndarray,
+    real: pd.DataFrame,
+    real_features: np.ndarray,
+    cfg: FilterConfig,
+) -> dict:
     """The transfer gate per generated class; ``real`` holds real train + val rows only (never test)."""
     from synth.filtering.transfer import transfer_gate
 
@@ -215,16 +301,30 @@ def _transfer(synth: pd.DataFrame, target: pd.Series, syn_features: np.ndarray, 
         real_labels = real_y[:, generated.index(cls)] if cls in generated else np.full(len(real), np.nan)
         others = [j for j, c in enumerate(generated) if c != cls]
         exclude = (real_y[:, others] == 1.0).any(axis=1) if others else np.zeros(len(real), bool)
-        out[cls] = transfer_gate(cls, syn_features, targets, syn_labels, real_features, real_labels,
-                                 real["subject_id"].astype(str).to_numpy(), real_exclude=exclude,
-                                 min_auroc=cfg.transfer_min_auroc,
-                                 min_real_positives=cfg.transfer_min_real_positives, min_synthetic=cfg.transfer_min_synthetic,
-                                 unjudged=cfg.transfer_unjudged, n_boot=cfg.transfer_bootstrap, ci_level=cfg.ci_level,
-                                 probe_c=cfg.transfer_probe_c, seed=cfg.seed)
+        out[cls] = transfer_gate(
+            cls,
+            syn_features,
+            targets,
+            syn_labels,
+            real_features,
+            real_labels,
+            real["subject_id"].astype(str).to_numpy(),
+            real_exclude=exclude,
+            min_auroc=cfg.transfer_min_auroc,
+            min_real_positives=cfg.transfer_min_real_positives,
+            min_synthetic=cfg.transfer_min_synthetic,
+            unjudged=cfg.transfer_unjudged,
+            n_boot=cfg.transfer_bootstrap,
+            ci_level=cfg.ci_level,
+            probe_c=cfg.transfer_probe_c,
+            seed=cfg.seed,
+        )
     return out
 
 
-def _verifier_scores(synth: pd.DataFrame, target: pd.Series, probs: np.ndarray, classes: list[str], thresholds: dict) -> pd.DataFrame:
+def _verifier_scores(
+    synth: pd.DataFrame, target: pd.Series, probs: np.ndarray, classes: list[str], thresholds: dict
+) -> pd.DataFrame:
     col = {c: j for j, c in enumerate(classes)}
     y = label_matrix(synth, classes)
     rows = []
@@ -233,11 +333,19 @@ def _verifier_scores(synth: pd.DataFrame, target: pd.Series, probs: np.ndarray, 
         p = float(probs[i, col[cls]]) if cls in col else np.nan
         co = [c for c in classes if c != cls and y[i, col[c]] == 1.0 and np.isfinite(thresholds[c].value)]
         co_p = [float(probs[i, col[c]]) for c in co]
-        rows.append({
-            "dicom_id": synth["dicom_id"].iloc[i], "target_class": cls, "p_target": p,
-            "threshold": th.value if th else np.nan, "threshold_rule": th.rule if th else "none",
-            "verifier_pass": bool(th is not None and np.isfinite(th.value) and p >= th.value),
-            "co_labels": "|".join(co), "co_label_mean_p": float(np.mean(co_p)) if co else np.nan,
-            "co_label_agreement": float(np.mean([q >= thresholds[c].value for c, q in zip(co, co_p)])) if co else np.nan,
-        })
+        rows.append(
+            {
+                "dicom_id": synth["dicom_id"].iloc[i],
+                "target_class": cls,
+                "p_target": p,
+                "threshold": th.value if th else np.nan,
+                "threshold_rule": th.rule if th else "none",
+                "verifier_pass": bool(th is not None and np.isfinite(th.value) and p >= th.value),
+                "co_labels": "|".join(co),
+                "co_label_mean_p": float(np.mean(co_p)) if co else np.nan,
+                "co_label_agreement": float(np.mean([q >= thresholds[c].value for c, q in zip(co, co_p)]))
+                if co
+                else np.nan,
+            }
+        )
     return pd.DataFrame(rows)

@@ -78,14 +78,24 @@ class SetRealism:
         return self.fid / self.fid_floor if self.fid_floor > 0 else float("inf")
 
 
-def set_realism(synthetic: np.ndarray, real: np.ndarray, *, max_images: int, min_images: int, kid_subset_size: int,
-                kid_subsets: int, bootstrap: int, ci_level: float, rng: np.random.Generator) -> SetRealism | None:
+def set_realism(
+    synthetic: np.ndarray,
+    real: np.ndarray,
+    *,
+    max_images: int,
+    min_images: int,
+    kid_subset_size: int,
+    kid_subsets: int,
+    bootstrap: int,
+    ci_level: float,
+    rng: np.random.Generator,
+) -> SetRealism | None:
     """Compare at equal size m = min(#synthetic, #real // 2, max_images); None when m < ``min_images``."""
     m = min(len(synthetic), len(real) // 2, max_images)
     if m < min_images:
         return None
     perm = rng.permutation(len(real))
-    ref_a, ref_b = real[perm[:m]], real[perm[m:2 * m]]
+    ref_a, ref_b = real[perm[:m]], real[perm[m : 2 * m]]
     syn = synthetic[rng.choice(len(synthetic), size=m, replace=False)]
     lo, hi = (1 - ci_level) / 2, 1 - (1 - ci_level) / 2
 
@@ -98,9 +108,14 @@ def set_realism(synthetic: np.ndarray, real: np.ndarray, *, max_images: int, min
     seed = int(rng.integers(2**31))
     kid_mean, kid_std = kid(ref_b, syn, kid_subset_size, kid_subsets, seed)
     return SetRealism(
-        m=m, fid=fid(ref_b, syn), fid_ci=interval(ref_b, syn),
-        fid_floor=fid(ref_a, ref_b), fid_floor_ci=interval(ref_a, ref_b),
-        kid=kid_mean, kid_std=kid_std, kid_floor=kid(ref_a, ref_b, kid_subset_size, kid_subsets, seed)[0],
+        m=m,
+        fid=fid(ref_b, syn),
+        fid_ci=interval(ref_b, syn),
+        fid_floor=fid(ref_a, ref_b),
+        fid_floor_ci=interval(ref_a, ref_b),
+        kid=kid_mean,
+        kid_std=kid_std,
+        kid_floor=kid(ref_a, ref_b, kid_subset_size, kid_subsets, seed)[0],
     )
 
 
@@ -121,8 +136,9 @@ class OutlierModel:
         return (x - self.mean) / self.std
 
 
-def fit_outlier_model(real_features: np.ndarray, k: int, percentile: float, max_reference: int,
-                      rng: np.random.Generator) -> OutlierModel:
+def fit_outlier_model(
+    real_features: np.ndarray, k: int, percentile: float, max_reference: int, rng: np.random.Generator
+) -> OutlierModel:
     """Limit = ``percentile`` of each reference image's distance to its k nearest OTHER reference images."""
     if len(real_features) > max_reference:
         real_features = real_features[rng.choice(len(real_features), size=max_reference, replace=False)]
@@ -137,7 +153,7 @@ def _knn_mean_distance(x: np.ndarray, ref: np.ndarray, k: int, exclude_self: boo
     refs = torch.as_tensor(ref, dtype=torch.float32)
     out = []
     for start in range(0, len(x), chunk):
-        d = torch.cdist(torch.as_tensor(x[start:start + chunk], dtype=torch.float32), refs)
+        d = torch.cdist(torch.as_tensor(x[start : start + chunk], dtype=torch.float32), refs)
         if exclude_self:
             d[torch.arange(d.shape[0]), torch.arange(start, start + d.shape[0])] = float("inf")
         out.append(d.topk(k, dim=1, largest=False).values.mean(1))

@@ -34,8 +34,14 @@ class ClassThreshold:
     n_val_neg: int
 
 
-def fit_thresholds(val_probs: np.ndarray, val_df: pd.DataFrame, classes: list[str], quantile: float,
-                   min_positives: int, fallback_specificity: float) -> dict[str, ClassThreshold]:
+def fit_thresholds(
+    val_probs: np.ndarray,
+    val_df: pd.DataFrame,
+    classes: list[str],
+    quantile: float,
+    min_positives: int,
+    fallback_specificity: float,
+) -> dict[str, ClassThreshold]:
     """``val_probs`` (N, C) verifier scores of ``val_df`` (real val rows only) in ``classes`` order."""
     if len(val_df) and not ((val_df["split"] == "val").all() and (val_df["source"] == "real").all()):
         raise ValueError("thresholds must be fitted on real validation rows only")
@@ -47,7 +53,9 @@ def fit_thresholds(val_probs: np.ndarray, val_df: pd.DataFrame, classes: list[st
         if len(pos) >= min_positives:
             out[cls] = ClassThreshold(float(np.quantile(pos, quantile)), "val_positive_quantile", len(pos), len(neg))
         elif len(neg) > 0:
-            out[cls] = ClassThreshold(float(np.quantile(neg, fallback_specificity)), "val_negative_specificity", len(pos), len(neg))
+            out[cls] = ClassThreshold(
+                float(np.quantile(neg, fallback_specificity)), "val_negative_specificity", len(pos), len(neg)
+            )
         else:
             out[cls] = ClassThreshold(float("nan"), "none", len(pos), len(neg))
     return out

@@ -86,20 +86,24 @@ class TransferResult:
         return d
 
 
-def probe_scores(syn_x: np.ndarray, syn_y: np.ndarray, real_x: np.ndarray, c: float = 1.0, seed: int = 0) -> np.ndarray:
+def probe_scores(
+    syn_x: np.ndarray, syn_y: np.ndarray, real_x: np.ndarray, c: float = 1.0, seed: int = 0
+) -> np.ndarray:
     """Fit the logistic probe on synthetic features/labels; return its decision scores on the real features."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=2000,
-                                                               random_state=seed))
+    probe = make_pipeline(
+        StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=2000, random_state=seed)
+    )
     probe.fit(np.asarray(syn_x, dtype=np.float64), np.asarray(syn_y, dtype=int))
     return probe.decision_function(np.asarray(real_x, dtype=np.float64))
 
 
-def patient_bootstrap_auroc(y: np.ndarray, scores: np.ndarray, patients: np.ndarray, n_boot: int, ci_level: float,
-                            seed: int) -> tuple[float, tuple[float | None, float | None]]:
+def patient_bootstrap_auroc(
+    y: np.ndarray, scores: np.ndarray, patients: np.ndarray, n_boot: int, ci_level: float, seed: int
+) -> tuple[float, tuple[float | None, float | None]]:
     """AUROC and its percentile interval over patient resamples (a patient's images move together).
 
     Not ``scipy.stats.bootstrap``: it resamples observations independently (here the unit is the patient,
@@ -126,11 +130,25 @@ def patient_bootstrap_auroc(y: np.ndarray, scores: np.ndarray, patients: np.ndar
     return auroc, (float(lo), float(hi))
 
 
-def transfer_gate(cls: str, syn_features: np.ndarray, target: np.ndarray, syn_labels: np.ndarray,
-                  real_features: np.ndarray, real_labels: np.ndarray, real_patients: np.ndarray, *,
-                  real_exclude: np.ndarray | None = None, min_auroc: float = 0.5,
-                  min_real_positives: int = 3, min_synthetic: int = 5, unjudged: str = "keep", n_boot: int = 200,
-                  ci_level: float = 0.95, probe_c: float = 1.0, seed: int = 0) -> TransferResult:
+def transfer_gate(
+    cls: str,
+    syn_features: np.ndarray,
+    target: np.ndarray,
+    syn_labels: np.ndarray,
+    real_features: np.ndarray,
+    real_labels: np.ndarray,
+    real_patients: np.ndarray,
+    *,
+    real_exclude: np.ndarray | None = None,
+    min_auroc: float = 0.5,
+    min_real_positives: int = 3,
+    min_synthetic: int = 5,
+    unjudged: str = "keep",
+    n_boot: int = 200,
+    ci_level: float = 0.95,
+    probe_c: float = 1.0,
+    seed: int = 0,
+) -> TransferResult:
     """Judge class ``cls``'s synthetic set.
 
     ``target``: each synthetic row's target class; ``syn_labels``: each synthetic row's label for
@@ -146,22 +164,38 @@ def transfer_gate(cls: str, syn_features: np.ndarray, target: np.ndarray, syn_la
     if real_exclude is not None:
         known &= ~(np.asarray(real_exclude, bool) & (real_labels != 1.0))
     y_real = real_labels[known]
-    result = TransferResult(judged=False, passed=unjudged == "keep", n_real_pos=int((y_real == 1).sum()),
-                            n_real_neg=int((y_real == 0).sum()), n_synthetic_pos=int(pos.sum()),
-                            n_synthetic_neg=int(neg.sum()))
+    result = TransferResult(
+        judged=False,
+        passed=unjudged == "keep",
+        n_real_pos=int((y_real == 1).sum()),
+        n_real_neg=int((y_real == 0).sum()),
+        n_synthetic_pos=int(pos.sum()),
+        n_synthetic_neg=int(neg.sum()),
+    )
     if result.n_real_pos < min_real_positives or result.n_real_neg < 1:
         result.reason = f"not judged: {result.n_real_pos} real train+val positives (< {min_real_positives})"
         return result
     if result.n_synthetic_pos < min_synthetic or result.n_synthetic_neg < min_synthetic:
-        result.reason = (f"not judged: {result.n_synthetic_pos} generated positives / {result.n_synthetic_neg} generated "
-                         f"negatives (< {min_synthetic}; negatives are other classes' images without this label)")
+        result.reason = (
+            f"not judged: {result.n_synthetic_pos} generated positives / {result.n_synthetic_neg} generated "
+            f"negatives (< {min_synthetic}; negatives are other classes' images without this label)"
+        )
         return result
     x = np.concatenate([syn_features[pos], syn_features[neg]])
     y = np.concatenate([np.ones(int(pos.sum())), np.zeros(int(neg.sum()))])
     scores = probe_scores(x, y, real_features[known], probe_c, seed)
-    auroc, ci = patient_bootstrap_auroc(y_real.astype(int), scores, np.asarray(real_patients)[known], n_boot, ci_level, seed)
+    auroc, ci = patient_bootstrap_auroc(
+        y_real.astype(int), scores, np.asarray(real_patients)[known], n_boot, ci_level, seed
+    )
     passed = ci[0] is not None and ci[0] > min_auroc
-    return TransferResult(judged=True, passed=passed, auroc=auroc, ci=ci, n_real_pos=result.n_real_pos,
-                          n_real_neg=result.n_real_neg, n_synthetic_pos=result.n_synthetic_pos,
-                          n_synthetic_neg=result.n_synthetic_neg,
-                          reason="" if passed else f"probe AUROC interval does not clear {min_auroc}")
+    return TransferResult(
+        judged=True,
+        passed=passed,
+        auroc=auroc,
+        ci=ci,
+        n_real_pos=result.n_real_pos,
+        n_real_neg=result.n_real_neg,
+        n_synthetic_pos=result.n_synthetic_pos,
+        n_synthetic_neg=result.n_synthetic_neg,
+        reason="" if passed else f"probe AUROC interval does not clear {min_auroc}",
+    )

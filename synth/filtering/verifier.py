@@ -49,7 +49,9 @@ def real_training_rows(df: pd.DataFrame) -> pd.DataFrame:
     """The only rows a verifier (or oracle) may learn from: ``source == real`` and ``split == train``."""
     rows = df[(df["source"] == "real") & (df["split"] == "train")]
     if rows.empty:
-        raise UserError("data manifest has no real training rows (split=train, source=real); run `synth prepare` on real data")
+        raise UserError(
+            "data manifest has no real training rows (split=train, source=real); run `synth prepare` on real data"
+        )
     assert set(rows["split"]) == {"train"} and set(rows["source"]) == {"real"}
     return rows
 
@@ -58,8 +60,12 @@ def _flip_transform(x: torch.Tensor) -> torch.Tensor:
     return torch.flip(x, dims=[-1]) if torch.rand(()) < 0.5 else x
 
 
-def train_verifier(data_manifest: str | Path | pd.DataFrame, out_dir: str | Path, cfg: VerifierConfig | None = None,
-                   classes: Sequence[str] | None = None) -> Path:
+def train_verifier(
+    data_manifest: str | Path | pd.DataFrame,
+    out_dir: str | Path,
+    cfg: VerifierConfig | None = None,
+    classes: Sequence[str] | None = None,
+) -> Path:
     """Train on the real training split of ``data_manifest``; write ``out_dir``; return it.
 
     Runs under Accelerate (DDP on many GPUs); only the main process writes. Called by the main
@@ -85,9 +91,15 @@ def train_verifier(data_manifest: str | Path | pd.DataFrame, out_dir: str | Path
     n_proc = 1 if alone else accelerator.num_processes
     set_seed(cfg.seed, device_specific=True)
     dataset = ManifestDataset(train, cfg.image_size, classes, transform=_flip_transform if cfg.hflip else None)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) > cfg.batch_size,
-                        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,  # workers decode while the GPU steps
-                        pin_memory=accelerator.device.type == "cuda")
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=len(dataset) > cfg.batch_size,
+        num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0,  # workers decode while the GPU steps
+        pin_memory=accelerator.device.type == "cuda",
+    )
     model = build_model(cfg.arch, len(classes))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(loader) / n_proc)
@@ -110,27 +122,48 @@ def train_verifier(data_manifest: str | Path | pd.DataFrame, out_dir: str | Path
         state = accelerator.unwrap_model(model).state_dict()
         save_safetensors_atomic(out_dir / WEIGHTS_FILE, state)
         manifest = str(data_manifest) if not isinstance(data_manifest, pd.DataFrame) else df.attrs.get("root")
-        write_json_atomic(out_dir / META_FILE, _verifier_meta(cfg, classes, len(train), manifest, step, losses,
-                                                              accelerator.mixed_precision))
+        write_json_atomic(
+            out_dir / META_FILE,
+            _verifier_meta(cfg, classes, len(train), manifest, step, losses, accelerator.mixed_precision),
+        )
     barrier()
     return out_dir
 
 
-def _verifier_meta(cfg: VerifierConfig, classes: list[str], rows: int, manifest: str | None, step: int,
-                   losses: list[float], mixed_precision: str) -> dict:
+def _verifier_meta(
+    cfg: VerifierConfig,
+    classes: list[str],
+    rows: int,
+    manifest: str | None,
+    step: int,
+    losses: list[float],
+    mixed_precision: str,
+) -> dict:
     """The verifier folder's metadata: model, pixel statistics, what it was trained on, steps and final loss."""
     return {
-        "arch": cfg.arch, "image_size": cfg.image_size, "classes": classes,
-        "pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD,
+        "arch": cfg.arch,
+        "image_size": cfg.image_size,
+        "classes": classes,
+        "pixel_mean": PIXEL_MEAN,
+        "pixel_std": PIXEL_STD,
         "trained_on": {"rows": int(rows), "split": "train", "source": "real", "manifest": manifest},
-        "steps": step, "final_loss": float(np.mean(losses[-10:])) if losses else None,
+        "steps": step,
+        "final_loss": float(np.mean(losses[-10:])) if losses else None,
         "mixed_precision": mixed_precision,
         "config": dataclasses.asdict(cfg),
     }
 
 
-def _fit(accelerator, model: nn.Module, optimizer, scheduler, loader: DataLoader, loss_fn: nn.Module, total: int,
-         alone: bool) -> tuple[int, list[float]]:
+def _fit(
+    accelerator,
+    model: nn.Module,
+    optimizer,
+    scheduler,
+    loader: DataLoader,
+    loss_fn: nn.Module,
+    total: int,
+    alone: bool,
+) -> tuple[int, list[float]]:
     """``total`` optimiser steps over the (re-iterated) loader; returns (steps, the loss of each step, gathered)."""
     model.train()
     step, losses = 0, []
@@ -171,13 +204,21 @@ def load_verifier(path: str | Path, device: str | torch.device = "cpu") -> Verif
 
     path = Path(path)
     if not (path / META_FILE).exists() or not (path / WEIGHTS_FILE).exists():
-        raise UserError(f"{path} is not a verifier folder (needs {META_FILE} and {WEIGHTS_FILE}); train one with `synth verifier train`")
+        raise UserError(
+            f"{path} is not a verifier folder (needs {META_FILE} and {WEIGHTS_FILE}); train one with `synth verifier train`"
+        )
     meta = json.loads((path / META_FILE).read_text())
     model = build_model(meta["arch"], len(meta["classes"]))
     model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
     model.to(device).eval()
-    return Verifier(model, meta["arch"], int(meta["image_size"]), list(meta["classes"]),
-                    float(meta.get("pixel_mean", PIXEL_MEAN)), float(meta.get("pixel_std", PIXEL_STD)))
+    return Verifier(
+        model,
+        meta["arch"],
+        int(meta["image_size"]),
+        list(meta["classes"]),
+        float(meta.get("pixel_mean", PIXEL_MEAN)),
+        float(meta.get("pixel_std", PIXEL_STD)),
+    )
 
 
 class FeatureExtractor(nn.Module):
@@ -188,8 +229,14 @@ class FeatureExtractor(nn.Module):
     backbone's training resolution.
     """
 
-    def __init__(self, model: nn.Module, image_size: int, pixel_mean: float = PIXEL_MEAN, pixel_std: float = PIXEL_STD,
-                 name: str = "custom") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        image_size: int,
+        pixel_mean: float = PIXEL_MEAN,
+        pixel_std: float = PIXEL_STD,
+        name: str = "custom",
+    ) -> None:
         super().__init__()
         self.model = model.eval()
         self.image_size = image_size
@@ -202,7 +249,9 @@ class FeatureExtractor(nn.Module):
         if x.shape[1] != 1:
             x = x.mean(dim=1, keepdim=True)
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False)
+            x = F.interpolate(
+                x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False
+            )
         return (x - self.pixel_mean) / self.pixel_std
 
     @torch.no_grad()
@@ -224,27 +273,45 @@ class Inference:
 
 
 @torch.no_grad()
-def embed(extractor: FeatureExtractor, images: torch.Tensor, pixel_size: int, with_probs: bool = True,
-          mirror: bool = False) -> Inference:
+def embed(
+    extractor: FeatureExtractor, images: torch.Tensor, pixel_size: int, with_probs: bool = True, mirror: bool = False
+) -> Inference:
     """Scores, pooled features and thumbnails of a batch of (N, 1, H, W) images in [0, 1]."""
     x = images.to(next(extractor.parameters()).device)
     fmap = extractor.model.forward_features(extractor.prepare(x))
     probs = torch.sigmoid(extractor.model.forward_head(fmap)) if with_probs else fmap.new_zeros(len(x), 0)
     small = F.interpolate(x.float(), size=(pixel_size, pixel_size), mode="area").flatten(1)
     mirrored = extractor(torch.flip(x, dims=[-1])).float().cpu().numpy() if mirror else None
-    return Inference(probs.float().cpu().numpy(), extractor.pool(fmap).float().cpu().numpy(), small.cpu().numpy(), mirrored)
+    return Inference(
+        probs.float().cpu().numpy(), extractor.pool(fmap).float().cpu().numpy(), small.cpu().numpy(), mirrored
+    )
 
 
-def run_inference(extractor: FeatureExtractor, df: pd.DataFrame, batch_size: int, pixel_size: int,
-                  with_probs: bool = True, mirror: bool = False, num_workers: int = 0) -> Inference:
+def run_inference(
+    extractor: FeatureExtractor,
+    df: pd.DataFrame,
+    batch_size: int,
+    pixel_size: int,
+    with_probs: bool = True,
+    mirror: bool = False,
+    num_workers: int = 0,
+) -> Inference:
     """Read every image once; the verifier head is applied to the same pooled features."""
-    loader = DataLoader(ManifestDataset(df, extractor.image_size, classes=[]), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers)
+    loader = DataLoader(
+        ManifestDataset(df, extractor.image_size, classes=[]),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+    )
     parts = [embed(extractor, batch["pixel_values"], pixel_size, with_probs, mirror) for batch in loader]
     if not parts:
         empty = np.zeros((0, extractor.num_features), np.float32)
-        return Inference(np.zeros((0, 0), np.float32), empty, np.zeros((0, pixel_size * pixel_size), np.float32),
-                         empty if mirror else None)
+        return Inference(
+            np.zeros((0, 0), np.float32),
+            empty,
+            np.zeros((0, pixel_size * pixel_size), np.float32),
+            empty if mirror else None,
+        )
     return concat_inference(parts)
 
 

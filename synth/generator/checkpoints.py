@@ -42,8 +42,11 @@ def read_rows_csv(path: Path, max_step: int) -> list[dict[str, Any]]:
 def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
     if not out_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in out_dir.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))
-             and (p / TRAINER_STATE).exists()]
+    found = [
+        (int(m.group(1)), p)
+        for p in out_dir.iterdir()
+        if p.is_dir() and (m := CHECKPOINT_RE.match(p.name)) and (p / TRAINER_STATE).exists()
+    ]
     return sorted(found)
 
 
@@ -61,5 +64,7 @@ def resolve_checkpoint(out_dir: Path, spec: str | None) -> Path | None:
     if not path.is_absolute() and not path.exists():
         path = out_dir / spec
     if not (path / TRAINER_STATE).exists():
-        raise UserError(f"--resume_from_checkpoint {spec}: not a complete checkpoint folder (no {TRAINER_STATE}); use 'latest' or a checkpoint-<step> folder of {out_dir}")
+        raise UserError(
+            f"--resume_from_checkpoint {spec}: not a complete checkpoint folder (no {TRAINER_STATE}); use 'latest' or a checkpoint-<step> folder of {out_dir}"
+        )
     return path

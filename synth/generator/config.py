@@ -42,9 +42,13 @@ class FinetuneConfig:
     prompt_dropout: float = 0.1  # share of prompts replaced by "" so classifier-free guidance works
     prompt_orders: int = 0  # >0: finding order drawn from this many fixed permutations per label set (bounded prompt set -> text cache hits)
     text_max_length: int = 77  # tokenizer length of the from-scratch (MiniLM) model
-    cache_latents: str = "auto"  # auto | true | false: encode each image once (frozen VAE), see synth/generator/latent_cache.py
+    cache_latents: str = (
+        "auto"  # auto | true | false: encode each image once (frozen VAE), see synth/generator/latent_cache.py
+    )
     latent_cache_max_ram_gb: float = 16.0  # per process: a larger latent cache stays memory-mapped on disk
-    latent_cache_dir: str | None = None  # None: latent_cache/ beside the manifest (output_dir/latent_cache if not writable)
+    latent_cache_dir: str | None = (
+        None  # None: latent_cache/ beside the manifest (output_dir/latent_cache if not writable)
+    )
     text_cache_size: int = 4096  # frozen text encoder: remember this many prompt embeddings
     dataloader_num_workers: int = 0
 
@@ -92,7 +96,9 @@ class FinetuneConfig:
     num_train_timesteps: int = 1000
     train_text_encoder: bool = False
     text_encoder_lr: float | None = None  # None = learning_rate
-    mixed_precision: str = "no"  # no | fp16 | bf16 (fp32 on a CPU-only host unless SYNTH_CPU_AUTOCAST=1, see synth.distributed)
+    mixed_precision: str = (
+        "no"  # no | fp16 | bf16 (fp32 on a CPU-only host unless SYNTH_CPU_AUTOCAST=1, see synth.distributed)
+    )
     enable_xformers_memory_efficient_attention: bool = False
     seed: int = 0
 
@@ -120,15 +126,32 @@ class FinetuneConfig:
         _choice("report_to", self.report_to, REPORT_TO)
         self.cache_latents = _cache_mode(self.cache_latents)
         if self.latent_cache_max_ram_gb < 0:
-            raise UserError(f"--latent_cache_max_ram_gb must be >= 0 (0 = always memory-mapped), got {self.latent_cache_max_ram_gb}")
+            raise UserError(
+                f"--latent_cache_max_ram_gb must be >= 0 (0 = always memory-mapped), got {self.latent_cache_max_ram_gb}"
+            )
         from synth.generator.row_sampling import SAMPLING_MODES
 
         _choice("sampling", self.sampling, SAMPLING_MODES)
-        for name in ("resolution", "train_batch_size", "vae_batch_size", "gradient_accumulation_steps", "checkpointing_steps",
-                     "num_train_timesteps", "text_max_length", "validation_inference_steps"):
+        for name in (
+            "resolution",
+            "train_batch_size",
+            "vae_batch_size",
+            "gradient_accumulation_steps",
+            "checkpointing_steps",
+            "num_train_timesteps",
+            "text_max_length",
+            "validation_inference_steps",
+        ):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_train_steps", "vae_max_train_steps", "prompt_orders", "lr_warmup_steps", "num_validation_images", "dataloader_num_workers"):
+        for name in (
+            "max_train_steps",
+            "vae_max_train_steps",
+            "prompt_orders",
+            "lr_warmup_steps",
+            "num_validation_images",
+            "dataloader_num_workers",
+        ):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.prompt_dropout < 1.0:
@@ -140,8 +163,10 @@ class FinetuneConfig:
         if self.pretrained_model_name_or_path is None:
             down = 2 ** (len(self.vae_block_out_channels) - 1)
             if self.resolution % (down * 2 ** (len(self.unet_block_out_channels) - 1)):
-                raise UserError(f"--resolution {self.resolution} must be divisible by {down * 2 ** (len(self.unet_block_out_channels) - 1)} "
-                                f"(VAE /{down} then {len(self.unet_block_out_channels) - 1} UNet downsamplings)")
+                raise UserError(
+                    f"--resolution {self.resolution} must be divisible by {down * 2 ** (len(self.unet_block_out_channels) - 1)} "
+                    f"(VAE /{down} then {len(self.unet_block_out_channels) - 1} UNet downsamplings)"
+                )
             for name in ("vae_block_out_channels", "unet_block_out_channels"):
                 bad = [c for c in getattr(self, name) if c % self.norm_num_groups]
                 if bad:
@@ -157,7 +182,9 @@ class FinetuneConfig:
 def _cache_mode(value: Any) -> str:
     """``cache_latents`` as one of auto | true | false (YAML booleans and yes/no/1/0 accepted)."""
     text = str(value).strip().lower() if value is not None else "auto"
-    mode = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false", "none": "auto"}.get(text, text)
+    mode = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false", "none": "auto"}.get(
+        text, text
+    )
     _choice("cache_latents", mode, CACHE_LATENTS)
     return mode
 
@@ -173,16 +200,25 @@ def _fields() -> dict[str, dataclasses.Field]:
 
 #: finetune's keys are also its flags, so its messages name them as flags; its float fields have always held floats
 #: (``latent_cache_max_ram_gb: 16`` is 16.0 in finetune_config.json).
-FINETUNE_STYLE: dict[str, Any] = {"key_prefix": "--", "valid_hint": "valid keys are the flags of synth/finetune.py --help",
-                                "int_to_float": True}
+FINETUNE_STYLE: dict[str, Any] = {
+    "key_prefix": "--",
+    "valid_hint": "valid keys are the flags of synth/finetune.py --help",
+    "int_to_float": True,
+}
 
 
 def load_finetune_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> FinetuneConfig:
     """YAML (``configs/finetune/*.yaml``) + overrides (``None`` values ignored) -> validated config.
 
     Loading, overrides (flags and ``--set KEY=VALUE``) and type conversion are :func:`synth.config.load_config`'s."""
-    return load_config(FinetuneConfig, path, overrides, where=str(path) if path is not None else "",
-                       missing_hint="see configs/finetune/ (e.g. configs/finetune/demo.yaml)", **FINETUNE_STYLE).validated()
+    return load_config(
+        FinetuneConfig,
+        path,
+        overrides,
+        where=str(path) if path is not None else "",
+        missing_hint="see configs/finetune/ (e.g. configs/finetune/demo.yaml)",
+        **FINETUNE_STYLE,
+    ).validated()
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
@@ -195,11 +231,19 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="synth/finetune.py",
         description="Train the latent-diffusion generator (from scratch on CPU, or fine-tune a local SD folder). "
-                    "Run under `accelerate launch` for multi-GPU.",
+        "Run under `accelerate launch` for multi-GPU.",
     )
-    parser.add_argument("--config", type=str, default=None, help="YAML of options (configs/finetune/*.yaml); flags override it.")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help=SET_HELP + " Same as the flag of that name (--set max_train_steps=10 = --max_train_steps 10).")
+    parser.add_argument(
+        "--config", type=str, default=None, help="YAML of options (configs/finetune/*.yaml); flags override it."
+    )
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=SET_HELP + " Same as the flag of that name (--set max_train_steps=10 = --max_train_steps 10).",
+    )
     hints = typing.get_type_hints(FinetuneConfig)
     for name, f in _fields().items():
         hint = hints[name]

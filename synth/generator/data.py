@@ -50,8 +50,13 @@ class TrainingSet:
 
         classes = annotated_classes(df)
         views = [str(v) if isinstance(v, str) else "" for v in df["ViewPosition"]]
-        return cls(df=df, manifest=manifest.resolve() if manifest.is_file() else (manifest / "manifest.csv").resolve(),
-                   classes=classes, label_sets=label_sets(df, classes), views=views)
+        return cls(
+            df=df,
+            manifest=manifest.resolve() if manifest.is_file() else (manifest / "manifest.csv").resolve(),
+            classes=classes,
+            label_sets=label_sets(df, classes),
+            views=views,
+        )
 
     def __len__(self) -> int:
         return len(self.df)
@@ -68,7 +73,9 @@ class TrainingSet:
             return ""
         if orders > 0:
             k = rng.randrange(orders)
-            rng = random.Random(f"{'|'.join(self.label_sets[i])}#{k}")  # str seeds hash with sha512: stable across runs
+            rng = random.Random(
+                f"{'|'.join(self.label_sets[i])}#{k}"
+            )  # str seeds hash with sha512: stable across runs
         return templates.render(self.label_sets[i], self.views[i], rng=rng)
 
     def rarest_classes(self, k: int = 4) -> list[str]:
@@ -112,7 +119,7 @@ def encode_latents(vae, pixels: torch.Tensor, batch_size: int = 128) -> tuple[to
     dtype = next(vae.parameters()).dtype
     means, stds = [], []
     for start in range(0, len(pixels), batch_size):
-        x = to_vae_input(pixels[start:start + batch_size]).to(device, dtype)
+        x = to_vae_input(pixels[start : start + batch_size]).to(device, dtype)
         dist = vae.encode(x).latent_dist
         means.append(dist.mean.float().cpu())
         stds.append(dist.std.float().cpu())
@@ -143,8 +150,13 @@ class PromptEncoder:
         self.use_mask = bool(getattr(config, "use_attention_mask", False))
 
     def _encode(self, prompts: Sequence[str]) -> torch.Tensor:
-        tok = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt")
+        tok = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
         device = next(self.text_encoder.parameters()).device
         mask = tok.attention_mask.to(device) if self.use_mask else None
         return self.text_encoder(tok.input_ids.to(device), attention_mask=mask)[0]

@@ -45,9 +45,14 @@ def training_pipeline(trainer):
 
     acc = trainer.accelerator
     return StableDiffusionPipeline(
-        vae=trainer.comps.vae, text_encoder=acc.unwrap_model(trainer.text_encoder), tokenizer=trainer.comps.tokenizer,
-        unet=acc.unwrap_model(trainer.unet), scheduler=DPMSolverMultistepScheduler.from_config(trainer.noise_scheduler.config),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=trainer.comps.vae,
+        text_encoder=acc.unwrap_model(trainer.text_encoder),
+        tokenizer=trainer.comps.tokenizer,
+        unet=acc.unwrap_model(trainer.unet),
+        scheduler=DPMSolverMultistepScheduler.from_config(trainer.noise_scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
 
 
@@ -71,18 +76,28 @@ def save_validation_grid(trainer) -> Path | None:
         prompts = [p for p in trainer.validation_prompts for _ in range(k)]
         gens = [torch.Generator().manual_seed(cfg.seed + j) for _ in trainer.validation_prompts for j in range(k)]
         with trainer.accelerator.autocast():
-            images = pipe(prompt=prompts, height=cfg.resolution, width=cfg.resolution, num_inference_steps=cfg.validation_inference_steps,
-                          guidance_scale=cfg.validation_guidance_scale, generator=gens, output_type="np").images
+            images = pipe(
+                prompt=prompts,
+                height=cfg.resolution,
+                width=cfg.resolution,
+                num_inference_steps=cfg.validation_inference_steps,
+                guidance_scale=cfg.validation_guidance_scale,
+                generator=gens,
+                output_type="np",
+            ).images
     unet.train(was_training)
     gray = np.clip(np.rint(images.mean(axis=-1) * 255.0), 0, 255).astype(np.uint8)
     r = cfg.resolution
     grid = np.zeros((len(trainer.validation_prompts) * r, k * r), dtype=np.uint8)
     for n, g in enumerate(gray):
         row, col = divmod(n, k)
-        grid[row * r:(row + 1) * r, col * r:(col + 1) * r] = g
+        grid[row * r : (row + 1) * r, col * r : (col + 1) * r] = g
     path = trainer.out / "validation" / f"step-{trainer.global_step:06d}.png"
     save_image_atomic(path, Image.fromarray(grid, mode="L"))
-    write_json_atomic(trainer.out / "validation" / "prompts.json", {"rows": trainer.validation_prompts, "columns_seeds": [cfg.seed + j for j in range(k)]})
+    write_json_atomic(
+        trainer.out / "validation" / "prompts.json",
+        {"rows": trainer.validation_prompts, "columns_seeds": [cfg.seed + j for j in range(k)]},
+    )
     return path
 
 
@@ -95,7 +110,11 @@ def export_pipeline(trainer, meta: dict[str, Any]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         with ema_weights(trainer):
             pipe = training_pipeline(trainer)
-            for name in ("vae", "text_encoder", "unet"):  # no-op for fp32 masters; upcasts e.g. an fp16 --vae_model_path
+            for name in (
+                "vae",
+                "text_encoder",
+                "unet",
+            ):  # no-op for fp32 masters; upcasts e.g. an fp16 --vae_model_path
                 getattr(pipe, name).to(torch.float32)
             pipe.save_pretrained(tmp, safe_serialization=True)
         (trainer.out / META_NAME).unlink(missing_ok=True)  # the metadata is the "complete" marker: written last

@@ -52,7 +52,7 @@ from synth.io import image_set_fingerprint
 CACHE_FORMAT = 1
 META = "meta.json"
 #: Encode-batch budget in pixels: 128 images at 64 px, 64 at 256 px, 16 at 512 px (SD VAE in fp32 fits a 24 GB GPU).
-_ENCODE_PIXELS = 2 ** 22
+_ENCODE_PIXELS = 2**22
 
 
 def encode_batch_size(resolution: int) -> int:
@@ -84,8 +84,16 @@ def vae_fingerprint(vae) -> str:
 
 
 def cache_key(vae_fp: str, resolution: int, images_fp: str, encode_dtype: str = "float32") -> str:
-    blob = json.dumps({"format": CACHE_FORMAT, "vae": vae_fp, "resolution": resolution, "images": images_fp,
-                       "encode_dtype": encode_dtype}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "format": CACHE_FORMAT,
+            "vae": vae_fp,
+            "resolution": resolution,
+            "images": images_fp,
+            "encode_dtype": encode_dtype,
+        },
+        sort_keys=True,
+    )
     return hashlib.blake2b(blob.encode(), digest_size=12).hexdigest()
 
 
@@ -126,14 +134,22 @@ class LatentCache:
             idx = torch.as_tensor(list(indices))
             return self.mean[idx], self.std[idx]
         idx = np.asarray(indices, dtype=np.int64)
-        return torch.from_numpy(np.ascontiguousarray(self.mean[idx])), torch.from_numpy(np.ascontiguousarray(self.std[idx]))
+        return torch.from_numpy(np.ascontiguousarray(self.mean[idx])), torch.from_numpy(
+            np.ascontiguousarray(self.std[idx])
+        )
 
     def describe(self) -> str:
-        where = {"memory": "in RAM", "ram": f"read into RAM from {self.path}", "disk": f"memory-mapped from {self.path}"}[self.location]
+        where = {
+            "memory": "in RAM",
+            "ram": f"read into RAM from {self.path}",
+            "disk": f"memory-mapped from {self.path}",
+        }[self.location]
         return f"cached posterior of {len(self)} images, shape {self.latent_shape}, {self.nbytes / 2**30:.2f} GiB, {where}"
 
 
-def take_latents(cache: "LatentCache | tuple[torch.Tensor, torch.Tensor]", indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def take_latents(
+    cache: "LatentCache | tuple[torch.Tensor, torch.Tensor]", indices: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, std) rows of ``indices`` from a :class:`LatentCache` or a plain ``(mean, std)`` tuple."""
     if isinstance(cache, LatentCache):
         return cache.take(indices)
@@ -147,7 +163,9 @@ def open_cache(folder: Path, max_ram_gb: float) -> LatentCache:
     mean = np.load(folder / "mean.npy", mmap_mode="r")
     std = np.load(folder / "std.npy", mmap_mode="r")
     if mean.shape != tuple(meta["shape"]) or std.shape != mean.shape:
-        raise UserError(f"latent cache {folder}: arrays {mean.shape}/{std.shape} do not match meta.json {meta['shape']}; delete the folder to rebuild it")
+        raise UserError(
+            f"latent cache {folder}: arrays {mean.shape}/{std.shape} do not match meta.json {meta['shape']}; delete the folder to rebuild it"
+        )
     if 2 * mean.nbytes <= max_ram_gb * 2**30:
         return LatentCache(torch.from_numpy(np.array(mean)), torch.from_numpy(np.array(std)), "ram", folder)
     return LatentCache(mean, std, "disk", folder)
@@ -193,15 +211,25 @@ def build_latent_cache(
     done = {int(p.name) for p in (work / "done").iterdir() if p.name.isdigit()}
     mine = [c for c in range(ctx.rank, n_chunks, ctx.world) if c not in done]
     if ctx.main:
-        log(f"latents: encoding {n} images at {resolution} px into {work} ({n_chunks} chunks of {bs}, "
-            f"{len(done)} already done, {ctx.world} process(es))")
+        log(
+            f"latents: encoding {n} images at {resolution} px into {work} ({n_chunks} chunks of {bs}, "
+            f"{len(done)} already done, {ctx.world} process(es))"
+        )
     if mine:
-        with torch.random.fork_rng(devices=[]):  # the DataLoader draws a seed: leave the training's global RNG untouched
+        with torch.random.fork_rng(
+            devices=[]
+        ):  # the DataLoader draws a seed: leave the training's global RNG untouched
             encode_chunks(vae, dataset, work, shape, mine, bs, ctx, num_workers, progress and ctx.main, to_vae_input)
     ctx.barrier()
     if ctx.main:
-        meta = {"format": CACHE_FORMAT, "shape": list(shape), "dtype": "float32", "resolution": resolution, "images": n,
-                "encode_batch": bs}
+        meta = {
+            "format": CACHE_FORMAT,
+            "shape": list(shape),
+            "dtype": "float32",
+            "resolution": resolution,
+            "images": n,
+            "encode_batch": bs,
+        }
         _complete(work, final, n_chunks, meta)
         log(f"latents: cache complete at {final}")
     ctx.barrier()
@@ -213,8 +241,10 @@ def _open_work_folder(work: Path, shape: tuple[int, ...]) -> None:
     try:
         (work / "done").mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserError(f"latent cache: cannot write {work} ({err}); set --latent_cache_dir to a writable folder "
-                        f"or --cache_latents false") from None
+        raise UserError(
+            f"latent cache: cannot write {work} ({err}); set --latent_cache_dir to a writable folder "
+            f"or --cache_latents false"
+        ) from None
     for name in ("mean", "std"):
         f = work / f"{name}.npy"
         if not f.exists() or np.load(f, mmap_mode="r").shape != shape:
@@ -240,8 +270,17 @@ def _complete(work: Path, final: Path, n_chunks: int, meta: dict) -> None:
         os.replace(work, final)
 
 
-def store_latent_cache(vae, paths: Sequence[str | os.PathLike], resolution: int, root: Path, mean: torch.Tensor, std: torch.Tensor,
-                       max_ram_gb: float = 16.0, accelerator=None, log: Callable[[str], None] = print) -> LatentCache:
+def store_latent_cache(
+    vae,
+    paths: Sequence[str | os.PathLike],
+    resolution: int,
+    root: Path,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    max_ram_gb: float = 16.0,
+    accelerator=None,
+    log: Callable[[str], None] = print,
+) -> LatentCache:
     """Publish posteriors computed elsewhere (the from-scratch VAE stage encodes every image when it ends)
     under the same key :func:`build_latent_cache` would use, then open them like any cache: a later run
     with ``--vae_model_path`` reuses them, and both runs train from the same arrays."""
@@ -254,8 +293,19 @@ def store_latent_cache(vae, paths: Sequence[str | os.PathLike], resolution: int,
         work.mkdir(parents=True)
         for name, arr in (("mean", mean), ("std", std)):
             np.save(work / f"{name}.npy", arr.detach().float().cpu().numpy())
-        (work / META).write_text(json.dumps({"format": CACHE_FORMAT, "shape": list(mean.shape), "dtype": "float32",
-                                             "resolution": resolution, "images": len(mean), "encode_batch": None}, indent=2))
+        (work / META).write_text(
+            json.dumps(
+                {
+                    "format": CACHE_FORMAT,
+                    "shape": list(mean.shape),
+                    "dtype": "float32",
+                    "resolution": resolution,
+                    "images": len(mean),
+                    "encode_batch": None,
+                },
+                indent=2,
+            )
+        )
         shutil.rmtree(final, ignore_errors=True)
         os.replace(work, final)
         log(f"latents: stored the VAE stage's posteriors at {final}")
@@ -267,8 +317,14 @@ def _root(cfg, data) -> Path:
     return Path(cfg.latent_cache_dir) if cfg.latent_cache_dir else default_cache_root(data.manifest, cfg.output_dir)
 
 
-def latent_cache_for(cfg, vae, data, accelerator=None, log: Callable[[str], None] = print,
-                     computed: tuple[torch.Tensor, torch.Tensor] | None = None) -> LatentCache | None:
+def latent_cache_for(
+    cfg,
+    vae,
+    data,
+    accelerator=None,
+    log: Callable[[str], None] = print,
+    computed: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> LatentCache | None:
     """The training run's cache as ``cfg.cache_latents`` asks (``auto``/``true``), or None (encode on the fly).
 
     ``computed``: posteriors the caller already has (the VAE stage's), stored instead of re-encoded.
@@ -283,9 +339,20 @@ def latent_cache_for(cfg, vae, data, accelerator=None, log: Callable[[str], None
     dataset = pixel_dataset(data, cfg.resolution)
     try:
         if computed is not None:
-            return store_latent_cache(vae, dataset.paths, cfg.resolution, root, *computed, cfg.latent_cache_max_ram_gb, accelerator, log)
-        return build_latent_cache(vae, dataset, dataset.paths, cfg.resolution, root, cfg.latent_cache_max_ram_gb,
-                                  accelerator, cfg.dataloader_num_workers, log)
+            return store_latent_cache(
+                vae, dataset.paths, cfg.resolution, root, *computed, cfg.latent_cache_max_ram_gb, accelerator, log
+            )
+        return build_latent_cache(
+            vae,
+            dataset,
+            dataset.paths,
+            cfg.resolution,
+            root,
+            cfg.latent_cache_max_ram_gb,
+            accelerator,
+            cfg.dataloader_num_workers,
+            log,
+        )
     except UserError as err:
         if cfg.cache_latents == "true":
             raise

@@ -34,14 +34,27 @@ class ProcessGroup:
 
         shared = broadcast_object_list([key], from_process=0)[0]
         if shared != key:
-            print(f"note: latent cache: the VAE of process {self.rank} differs from process 0's (key {key} vs {shared}); "
-                  "using process 0's latents", flush=True)
+            print(
+                f"note: latent cache: the VAE of process {self.rank} differs from process 0's (key {key} vs {shared}); "
+                "using process 0's latents",
+                flush=True,
+            )
         return shared
 
 
 @torch.no_grad()
-def encode_chunks(vae, dataset, work: Path, shape, chunks: list[int], bs: int, ctx: ProcessGroup, num_workers: int,
-                   show: bool, to_vae_input) -> None:
+def encode_chunks(
+    vae,
+    dataset,
+    work: Path,
+    shape,
+    chunks: list[int],
+    bs: int,
+    ctx: ProcessGroup,
+    num_workers: int,
+    show: bool,
+    to_vae_input,
+) -> None:
     """Encode ``chunks`` (lists of ``bs`` consecutive rows) into the work folder's memory-mapped arrays."""
     n = shape[0]
     mean = np.load(work / "mean.npy", mmap_mode="r+")
@@ -84,9 +97,24 @@ def _move(module, device, dtype):
 def _progress(show: bool, total: int):
     if not show:
         return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    bar = Progress(TextColumn("encoding latents"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"),
-                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=False)
+    bar = Progress(
+        TextColumn("encoding latents"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("chunks"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        transient=False,
+    )
     bar.start()
     return bar, bar.add_task("encode", total=total)

@@ -53,8 +53,10 @@ def check_pretrained_folder(path: str | Path) -> Path:
     """A local SD-style folder with every part, or one UserError naming what is missing."""
     path = Path(path)
     if not path.is_dir():
-        raise UserError(f"--pretrained_model_name_or_path {path}: folder not found (only LOCAL folders are used, never the hub); "
-                        "copy a Stable-Diffusion-style pipeline there (model_index.json, vae/, unet/, text_encoder/, tokenizer/, scheduler/)")
+        raise UserError(
+            f"--pretrained_model_name_or_path {path}: folder not found (only LOCAL folders are used, never the hub); "
+            "copy a Stable-Diffusion-style pipeline there (model_index.json, vae/, unet/, text_encoder/, tokenizer/, scheduler/)"
+        )
     missing = []
     if not (path / "model_index.json").exists():
         missing.append("model_index.json")
@@ -65,8 +67,10 @@ def check_pretrained_folder(path: str | Path) -> Path:
         elif part in ("vae", "unet", "text_encoder") and not any(p.suffix in WEIGHT_SUFFIXES for p in sub.iterdir()):
             missing.append(f"{part}/ weights")
     if missing:
-        raise UserError(f"--pretrained_model_name_or_path {path}: incomplete pipeline folder, missing {', '.join(missing)}; "
-                        "copy the complete folder (e.g. stable-diffusion-2-1-base with all sub-folders)")
+        raise UserError(
+            f"--pretrained_model_name_or_path {path}: incomplete pipeline folder, missing {', '.join(missing)}; "
+            "copy the complete folder (e.g. stable-diffusion-2-1-base with all sub-folders)"
+        )
     return path
 
 
@@ -85,7 +89,11 @@ def load_pretrained(path: str | Path) -> Components:
     path = check_pretrained_folder(path)
     index = json.loads((path / "model_index.json").read_text())
     library, class_name = index.get("text_encoder", ["transformers", "AutoModel"])
-    text_cls = getattr(transformers, class_name, transformers.AutoModel) if library == "transformers" else transformers.AutoModel
+    text_cls = (
+        getattr(transformers, class_name, transformers.AutoModel)
+        if library == "transformers"
+        else transformers.AutoModel
+    )
     kw = {"local_files_only": True}
     return Components(
         vae=AutoencoderKL.from_pretrained(path, subfolder="vae", **diffusers_dtype(torch.float32), **kw),
@@ -154,7 +162,9 @@ def load_vae(path: str | Path):
 
     path = Path(path)
     if not (path / "config.json").exists():
-        raise UserError(f"--vae_model_path {path}: no trained VAE there (config.json missing); run the vae stage first (--stage vae)")
+        raise UserError(
+            f"--vae_model_path {path}: no trained VAE there (config.json missing); run the vae stage first (--stage vae)"
+        )
     return AutoencoderKL.from_pretrained(path, local_files_only=True, **diffusers_dtype(__import__("torch").float32))
 
 
@@ -171,4 +181,7 @@ def enable_xformers(unet) -> None:
             return
         except (ImportError, ModuleNotFoundError, ValueError, NotImplementedError, RuntimeError) as err:
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-    warnings.warn(f"--enable_xformers_memory_efficient_attention: xformers unavailable ({reason}); using PyTorch SDPA attention", stacklevel=2)
+    warnings.warn(
+        f"--enable_xformers_memory_efficient_attention: xformers unavailable ({reason}); using PyTorch SDPA attention",
+        stacklevel=2,
+    )

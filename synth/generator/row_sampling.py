@@ -16,7 +16,9 @@ from torch.utils.data import Sampler
 SAMPLING_MODES = ("repeat_factor", "class_balanced", "uniform")
 
 
-def image_weights(label_sets: Sequence[Sequence[str]], mode: str = "repeat_factor", threshold: float = 0.1) -> np.ndarray:
+def image_weights(
+    label_sets: Sequence[Sequence[str]], mode: str = "repeat_factor", threshold: float = 0.1
+) -> np.ndarray:
     """Per-image sampling weight; images without findings ("Normal" or empty) count as one class."""
     if mode not in SAMPLING_MODES:
         raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {mode!r}")
@@ -43,7 +45,9 @@ class ResumableWeightedSampler(Sampler[int]):
     Each process of a distributed run takes every `num_replicas`-th index of the same stream.
     """
 
-    def __init__(self, weights: np.ndarray, seed: int, epoch_size: int | None = None, rank: int = 0, num_replicas: int = 1):
+    def __init__(
+        self, weights: np.ndarray, seed: int, epoch_size: int | None = None, rank: int = 0, num_replicas: int = 1
+    ):
         self.probs = torch.as_tensor(weights / weights.sum(), dtype=torch.float64)
         self.seed = seed
         self.epoch_size = epoch_size or len(weights)

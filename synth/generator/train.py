@@ -37,8 +37,15 @@ from synth.generator.models import Components, enable_xformers
 from synth.generator.row_sampling import ResumableWeightedSampler, SamplerPosition, image_weights, index_batches
 from synth.io import write_json_atomic
 from synth.prompts import PromptTemplates
-from synth.training import (adamw, load_ema_shadow, load_state, lr_scheduler, prune_oldest, save_ema_shadow,
-                            save_state_atomically)
+from synth.training import (
+    adamw,
+    load_ema_shadow,
+    load_state,
+    lr_scheduler,
+    prune_oldest,
+    save_ema_shadow,
+    save_state_atomically,
+)
 
 EMA_FILE = "ema_unet.safetensors"
 
@@ -85,8 +92,9 @@ class UNetTrainer:
         if cfg.gradient_checkpointing:
             c.unet.enable_gradient_checkpointing()
             if cfg.train_text_encoder:  # transformers >= 5 renamed it (the old name warns on every run)
-                enable = (getattr(c.text_encoder, "activation_checkpointing_enable", None)
-                          or getattr(c.text_encoder, "gradient_checkpointing_enable", None))
+                enable = getattr(c.text_encoder, "activation_checkpointing_enable", None) or getattr(
+                    c.text_encoder, "gradient_checkpointing_enable", None
+                )
                 if enable is not None:
                     enable()
         if cfg.enable_xformers_memory_efficient_attention:
@@ -97,12 +105,19 @@ class UNetTrainer:
         scale = cfg.gradient_accumulation_steps * cfg.train_batch_size * acc.num_processes if cfg.scale_lr else 1
         groups = [{"params": [p for p in c.unet.parameters() if p.requires_grad], "lr": cfg.learning_rate * scale}]
         if cfg.train_text_encoder:
-            groups.append({"params": [p for p in c.text_encoder.parameters() if p.requires_grad],
-                           "lr": (cfg.text_encoder_lr or cfg.learning_rate) * scale})
-        optimizer = adamw(groups, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+            groups.append(
+                {
+                    "params": [p for p in c.text_encoder.parameters() if p.requires_grad],
+                    "lr": (cfg.text_encoder_lr or cfg.learning_rate) * scale,
+                }
+            )
+        optimizer = adamw(
+            groups, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon
+        )
         # prepared below, so stepped once per process per optimiser step (lr_scheduler accounts for it)
-        schedule = lr_scheduler(optimizer, cfg.lr_warmup_steps, max(cfg.max_train_steps, 1), cfg.lr_scheduler,
-                                acc.num_processes)
+        schedule = lr_scheduler(
+            optimizer, cfg.lr_warmup_steps, max(cfg.max_train_steps, 1), cfg.lr_scheduler, acc.num_processes
+        )
         if cfg.train_text_encoder:
             prepared = acc.prepare(c.unet, c.text_encoder, optimizer, schedule)
             self.unet, self.text_encoder, self.optimizer, self.lr_scheduler = prepared
@@ -117,14 +132,24 @@ class UNetTrainer:
             from diffusers.training_utils import EMAModel
 
             raw = acc.unwrap_model(self.unet)
-            self.ema = EMAModel(raw.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=cfg.ema_power,
-                                model_cls=type(raw), model_config=raw.config)
+            self.ema = EMAModel(
+                raw.parameters(),
+                decay=cfg.ema_decay,
+                use_ema_warmup=True,
+                power=cfg.ema_power,
+                model_cls=type(raw),
+                model_config=raw.config,
+            )
             self.ema.to(acc.device)
-        self.prompt_encoder = PromptEncoder(c.tokenizer, self.text_encoder, cfg.text_cache_size, trainable=cfg.train_text_encoder)
+        self.prompt_encoder = PromptEncoder(
+            c.tokenizer, self.text_encoder, cfg.text_cache_size, trainable=cfg.train_text_encoder
+        )
         if cfg.prompt_orders > 0 and not cfg.train_text_encoder:
             self.prefill_prompt_cache()
         weights = image_weights(self.data.label_sets, cfg.sampling, cfg.repeat_threshold)
-        self.sampler = ResumableWeightedSampler(weights, seed=cfg.seed, rank=acc.process_index, num_replicas=acc.num_processes)
+        self.sampler = ResumableWeightedSampler(
+            weights, seed=cfg.seed, rank=acc.process_index, num_replicas=acc.num_processes
+        )
         self.global_step = 0
         self.validation_prompts = cfg.validation_prompts or self.data.default_validation_prompts(self.templates)
         if self.latent_cache is None:
@@ -140,16 +165,20 @@ class UNetTrainer:
                 rng = _random.Random(f"{'|'.join(self.data.label_sets[i])}#{k}")
                 prompts.add(self.templates.render(self.data.label_sets[i], self.data.views[i], rng=rng))
         if len(prompts) > self.prompt_encoder.cache_size:
-            self.log(f"text cache: {len(prompts)} distinct prompts > --text_cache_size {self.prompt_encoder.cache_size}; encoding on demand")
+            self.log(
+                f"text cache: {len(prompts)} distinct prompts > --text_cache_size {self.prompt_encoder.cache_size}; encoding on demand"
+            )
             return
         ordered = sorted(prompts)
         for start in range(0, len(ordered), 64):
-            self.prompt_encoder(ordered[start:start + 64])
+            self.prompt_encoder(ordered[start : start + 64])
         self.log(f"text cache: {len(ordered)} distinct prompts encoded once")
 
     # ------------------------------------------------------------------ one step
 
-    def batch_latents(self, indices: list[int], gen: torch.Generator, pixels: torch.Tensor | None = None) -> torch.Tensor:
+    def batch_latents(
+        self, indices: list[int], gen: torch.Generator, pixels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Scaled latents of the batch: a fresh posterior sample per step (cached mean/std or on-the-fly encode)."""
         vae = self.comps.vae
         if self.latent_cache is not None:
@@ -171,10 +200,16 @@ class UNetTrainer:
         noise = torch.randn(latents.shape, generator=gen)
         if cfg.noise_offset:
             noise += cfg.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=gen)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
+        timesteps = torch.randint(
+            0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen
+        )
         noise, timesteps = noise.to(latents.device, latents.dtype), timesteps.to(latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        target = noise if self.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        target = (
+            noise
+            if self.prediction_type == "epsilon"
+            else self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        )
         with self.accelerator.autocast():  # a frozen text encoder is not prepared: autocast it here
             hidden = self.prompt_encoder(prompts)
         hidden = hidden.to(latents.device, torch.float32)
@@ -205,15 +240,23 @@ class UNetTrainer:
         """What Accelerate's ``save_state`` does not hold: EMA weights (safetensors), step, sampler position (JSON)."""
         if self.ema is not None:
             save_ema_shadow(folder / EMA_FILE, self.ema)
-        write_json_atomic(folder / TRAINER_STATE, {
-            "global_step": self.global_step, "sampler_position": self.position.consumed(),
-            "sampler_seed": self.sampler.seed, "num_processes": self.accelerator.num_processes})
+        write_json_atomic(
+            folder / TRAINER_STATE,
+            {
+                "global_step": self.global_step,
+                "sampler_position": self.position.consumed(),
+                "sampler_seed": self.sampler.seed,
+                "num_processes": self.accelerator.num_processes,
+            },
+        )
 
     def load_checkpoint(self, path: Path) -> None:
         state = json.loads((path / TRAINER_STATE).read_text())
         if state.get("num_processes", 1) != self.accelerator.num_processes:
-            raise UserError(f"--resume_from_checkpoint {path}: saved with {state['num_processes']} processes, resuming with "
-                            f"{self.accelerator.num_processes}; the sample stream would differ — use the same process count")
+            raise UserError(
+                f"--resume_from_checkpoint {path}: saved with {state['num_processes']} processes, resuming with "
+                f"{self.accelerator.num_processes}; the sample stream would differ — use the same process count"
+            )
         if self.ema is not None and not (path / EMA_FILE).exists():
             raise UserError(f"--resume_from_checkpoint {path}: no {EMA_FILE} (the run was saved without --use_ema)")
         load_state(self.accelerator, path, self._read_own_state)
@@ -248,7 +291,11 @@ class UNetTrainer:
         self._batches = index_batches(self.sampler, cfg.train_batch_size)
         self._loader = None
         if self.latent_cache is None:
-            self._loader = iter(torch.utils.data.DataLoader(self.dataset, batch_sampler=self._batches, num_workers=cfg.dataloader_num_workers))
+            self._loader = iter(
+                torch.utils.data.DataLoader(
+                    self.dataset, batch_sampler=self._batches, num_workers=cfg.dataloader_num_workers
+                )
+            )
 
     def train_step(self) -> float:
         """One optimizer step (all micro-batches, clip, AdamW, LR, EMA, gathered loss row); returns the loss."""
@@ -268,7 +315,9 @@ class UNetTrainer:
         mean_loss = acc.gather(total[None]).mean().item() if acc.num_processes > 1 else float(total)
         if not math.isfinite(mean_loss):  # every process sees the gathered value: all stop together
             raise NonFiniteLoss(self.non_finite_message(mean_loss))
-        params = list(self.unet.parameters()) + (list(self.text_encoder.parameters()) if cfg.train_text_encoder else [])
+        params = list(self.unet.parameters()) + (
+            list(self.text_encoder.parameters()) if cfg.train_text_encoder else []
+        )
         acc.clip_grad_norm_(params, cfg.max_grad_norm)
         lr = self.lr_scheduler.get_last_lr()[0]  # the rate this step used
         self.optimizer.step()
@@ -288,10 +337,14 @@ class UNetTrainer:
         if acc.mixed_precision == "fp16":
             cause = "fp16 overflow; train with --mixed_precision bf16 (or no)"
         else:
-            lrs = f"--learning_rate {cfg.learning_rate}" + (f" / --text_encoder_lr {cfg.text_encoder_lr or cfg.learning_rate}" if cfg.train_text_encoder else "")
+            lrs = f"--learning_rate {cfg.learning_rate}" + (
+                f" / --text_encoder_lr {cfg.text_encoder_lr or cfg.learning_rate}" if cfg.train_text_encoder else ""
+            )
             cause = f"the optimisation diverged; lower {lrs} (or raise --lr_warmup_steps {cfg.lr_warmup_steps})"
-        return (f"step {self.global_step + 1}: the training loss is {value} (not finite); stopped before updating the weights, "
-                f"{kept} (a re-run resumes there). Likely cause: {cause}")
+        return (
+            f"step {self.global_step + 1}: the training loss is {value} (not finite); stopped before updating the weights, "
+            f"{kept} (a re-run resumes there). Likely cause: {cause}"
+        )
 
     def train(self, resume: Path | None = None) -> None:
         cfg, acc = self.cfg, self.accelerator
@@ -304,11 +357,15 @@ class UNetTrainer:
             self.train_step()
             elapsed = time.perf_counter() - t0
             self.rows[-1]["elapsed_s"] = round(elapsed, 3)
-            if acc.is_main_process and (self.global_step % cfg.logging_steps == 0 or self.global_step == cfg.max_train_steps):
-                recent = [r["loss"] for r in self.rows[-cfg.logging_steps:]]
+            if acc.is_main_process and (
+                self.global_step % cfg.logging_steps == 0 or self.global_step == cfg.max_train_steps
+            ):
+                recent = [r["loss"] for r in self.rows[-cfg.logging_steps :]]
                 rate = (self.global_step - start_step) / max(elapsed, 1e-9)
-                self.log(f"unet step {self.global_step}/{cfg.max_train_steps}  loss {np.mean(recent):.4f}  "
-                         f"lr {self.rows[-1]['lr']:.2e}  {rate:.2f} steps/s")
+                self.log(
+                    f"unet step {self.global_step}/{cfg.max_train_steps}  loss {np.mean(recent):.4f}  "
+                    f"lr {self.rows[-1]['lr']:.2e}  {rate:.2f} steps/s"
+                )
             if acc.trackers and (self.global_step % cfg.logging_steps == 0 or self.global_step == cfg.max_train_steps):
                 acc.log({"train/loss": self.rows[-1]["loss"], "train/lr": self.rows[-1]["lr"]}, step=self.global_step)
             if self.global_step % cfg.checkpointing_steps == 0 or self.global_step == cfg.max_train_steps:
@@ -318,11 +375,17 @@ class UNetTrainer:
         if acc.is_main_process:
             write_rows_csv(self.out / "loss.csv", self.rows)
             losses = [r["loss"] for r in self.rows]
-            tail = losses[-max(1, len(losses) // 10):] if losses else []
-            write_json_atomic(self.out / "loss_summary.json", {
-                "steps": self.global_step, "resumed_at": start_step if resume is not None else None,
-                "final_loss_mean_last_10pct": float(np.mean(tail)) if tail else None,
-                "min_loss": float(min(losses)) if losses else None,
-                "wall_s_this_run": round(time.perf_counter() - t0, 2),
-                "steps_per_s_this_run": round((self.global_step - start_step) / max(time.perf_counter() - t0, 1e-9), 3),
-            })
+            tail = losses[-max(1, len(losses) // 10) :] if losses else []
+            write_json_atomic(
+                self.out / "loss_summary.json",
+                {
+                    "steps": self.global_step,
+                    "resumed_at": start_step if resume is not None else None,
+                    "final_loss_mean_last_10pct": float(np.mean(tail)) if tail else None,
+                    "min_loss": float(min(losses)) if losses else None,
+                    "wall_s_this_run": round(time.perf_counter() - t0, 2),
+                    "steps_per_s_this_run": round(
+                        (self.global_step - start_step) / max(time.perf_counter() - t0, 1e-9), 3
+                    ),
+                },
+            )

@@ -37,7 +37,9 @@ def _duration(seconds: float) -> str:
 def progress_line(stage: str, step: int, total: int, elapsed: float, extra: str = "") -> str:
     """``vae step 120/3000  <extra>  1m05s elapsed, ETA 26m00s`` (rate from the steps done so far)."""
     eta = elapsed / max(step, 1) * (total - step)
-    return f"{stage} step {step}/{total}  {extra}  {_duration(elapsed)} elapsed, ETA {_duration(eta)}".replace("    ", "  ")
+    return f"{stage} step {step}/{total}  {extra}  {_duration(elapsed)} elapsed, ETA {_duration(eta)}".replace(
+        "    ", "  "
+    )
 
 
 class _VAEStep(torch.nn.Module):
@@ -84,12 +86,31 @@ def train_vae(cfg: FinetuneConfig, vae, pixels: torch.Tensor, accelerator, out_d
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         rec = accelerator.gather(rec_loss.detach()[None]).mean().item()
-        rows.append({"step": step + 1, "rec_loss": rec, "kl": float(kl.detach()), "elapsed_s": round(time.perf_counter() - t0, 3)})
+        rows.append(
+            {
+                "step": step + 1,
+                "rec_loss": rec,
+                "kl": float(kl.detach()),
+                "elapsed_s": round(time.perf_counter() - t0, 3),
+            }
+        )
         now = time.perf_counter()
-        if accelerator.is_main_process and (step == 0 or (step + 1) % cfg.logging_steps == 0 or step + 1 == cfg.vae_max_train_steps
-                                            or now - last_report >= PROGRESS_EVERY_S):
+        if accelerator.is_main_process and (
+            step == 0
+            or (step + 1) % cfg.logging_steps == 0
+            or step + 1 == cfg.vae_max_train_steps
+            or now - last_report >= PROGRESS_EVERY_S
+        ):
             last_report = now
-            log(progress_line("vae", step + 1, cfg.vae_max_train_steps, now - t0, f"rec_loss {rec:.5f}  kl {float(kl.detach()):.1f}"))
+            log(
+                progress_line(
+                    "vae",
+                    step + 1,
+                    cfg.vae_max_train_steps,
+                    now - t0,
+                    f"rec_loss {rec:.5f}  kl {float(kl.detach()):.1f}",
+                )
+            )
     vae = accelerator.unwrap_model(step_module).vae
     vae.eval()
     if accelerator.is_main_process:

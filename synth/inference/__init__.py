@@ -33,19 +33,52 @@ Design constraints, and how they are met:
 from synth.inference.config import PRECISIONS, SCHEDULERS, GenerateConfig
 from synth.inference.model_folder import META_NAME, GeneratorInfo, load_generator_info, model_fingerprint
 from synth.inference.orchestration import generate, regenerate, run
-from synth.inference.pipeline import (PromptEmbeddings, initial_latents, load_pipeline, pipeline_resolution, render,
-                                      speed_up_cuda)
-from synth.inference.planning import (RUN_SETTINGS_NAME, ImageJob, Planner, check_run_settings, class_slug,
-                                      resolve_targets, run_settings, validate_class_names)
+from synth.inference.pipeline import (
+    PromptEmbeddings,
+    initial_latents,
+    load_pipeline,
+    pipeline_resolution,
+    render,
+    speed_up_cuda,
+)
+from synth.inference.planning import (
+    RUN_SETTINGS_NAME,
+    ImageJob,
+    Planner,
+    check_run_settings,
+    class_slug,
+    resolve_targets,
+    run_settings,
+    validate_class_names,
+)
 from synth.inference.state import MANIFEST_NAME, ManifestSync, finished_images
 
 __all__ = [
-    "MANIFEST_NAME", "RUN_SETTINGS_NAME", "META_NAME", "SCHEDULERS", "PRECISIONS",
+    "MANIFEST_NAME",
+    "RUN_SETTINGS_NAME",
+    "META_NAME",
+    "SCHEDULERS",
+    "PRECISIONS",
     "GenerateConfig",
-    "GeneratorInfo", "load_generator_info", "model_fingerprint",
-    "class_slug", "validate_class_names", "resolve_targets", "ImageJob", "Planner", "run_settings",
+    "GeneratorInfo",
+    "load_generator_info",
+    "model_fingerprint",
+    "class_slug",
+    "validate_class_names",
+    "resolve_targets",
+    "ImageJob",
+    "Planner",
+    "run_settings",
     "check_run_settings",
-    "finished_images", "ManifestSync",
-    "load_pipeline", "initial_latents", "PromptEmbeddings", "speed_up_cuda", "render", "pipeline_resolution",
-    "generate", "run", "regenerate",
+    "finished_images",
+    "ManifestSync",
+    "load_pipeline",
+    "initial_latents",
+    "PromptEmbeddings",
+    "speed_up_cuda",
+    "render",
+    "pipeline_resolution",
+    "generate",
+    "run",
+    "regenerate",
 ]

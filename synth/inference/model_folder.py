@@ -28,13 +28,16 @@ class GeneratorInfo:
     fingerprint: str
 
 
-def load_generator_info(model_dir: str | Path, train_manifest: str | Path | None = None,
-                        prompt_templates: str | Path | None = None) -> GeneratorInfo:
+def load_generator_info(
+    model_dir: str | Path, train_manifest: str | Path | None = None, prompt_templates: str | Path | None = None
+) -> GeneratorInfo:
     """Read ``synth_meta.json`` (or the explicit overrides, for a user's own SD folder)."""
     model_dir = Path(model_dir)
     if not (model_dir / "model_index.json").exists():
-        raise UserError(f"--model {model_dir}: not a diffusers pipeline folder (no model_index.json); "
-                        "pass the folder written by `synth finetune`")
+        raise UserError(
+            f"--model {model_dir}: not a diffusers pipeline folder (no model_index.json); "
+            "pass the folder written by `synth finetune`"
+        )
     meta_path = model_dir / META_NAME
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     manifest = train_manifest or meta.get("train_manifest")
@@ -44,8 +47,10 @@ def load_generator_info(model_dir: str | Path, train_manifest: str | Path | None
     templates = PromptTemplates.load(templates_path)
     trained_with = meta.get("prompt_templates_name")
     if trained_with is not None and trained_with != templates.name:
-        raise UserError(f"prompt templates {templates.name!r} ({templates_path}) differ from the {trained_with!r} "
-                        "the model was trained with; pass --prompt-templates with the training file")
+        raise UserError(
+            f"prompt templates {templates.name!r} ({templates_path}) differ from the {trained_with!r} "
+            "the model was trained with; pass --prompt-templates with the training file"
+        )
     return GeneratorInfo(
         model_dir=model_dir,
         train_manifest=Path(manifest),

@@ -18,10 +18,23 @@ from synth.cooccurrence import TrainingLabels
 from synth.errors import UserError
 from synth.inference.config import GenerateConfig
 from synth.inference.model_folder import load_generator_info
-from synth.inference.pipeline import (PromptEmbeddings, load_pipeline, pipeline_resolution, precision_dtype, render,
-                                      speed_up_cuda)
-from synth.inference.planning import (RUN_SETTINGS_NAME, ImageJob, Planner, check_run_settings, resolve_targets,
-                                      run_settings, validate_class_names)
+from synth.inference.pipeline import (
+    PromptEmbeddings,
+    load_pipeline,
+    pipeline_resolution,
+    precision_dtype,
+    render,
+    speed_up_cuda,
+)
+from synth.inference.planning import (
+    RUN_SETTINGS_NAME,
+    ImageJob,
+    Planner,
+    check_run_settings,
+    resolve_targets,
+    run_settings,
+    validate_class_names,
+)
 from synth.inference.state import MANIFEST_NAME, ManifestSync, finished_images, note_kept_images, write_merged_manifest
 from synth.io import save_image_atomic, write_json_atomic
 from synth.manifest import read_manifest
@@ -36,12 +49,23 @@ def _batches(items: Sequence[ImageJob], size: int) -> Iterator[list[ImageJob]]:
 
 
 def _progress(enabled: bool, total: int):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     progress = Progress(
-        TextColumn("[bold]generate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled,
+        TextColumn("[bold]generate"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
     )
     task = progress.add_task("generate", total=total, rate="")
     return progress, task
@@ -68,9 +92,18 @@ def generate(
     Further ``options`` are :class:`GenerateConfig` fields (``precision``,
     ``negative_prompt``, ``enable_xformers``, ``train_manifest``, ...).
     """
-    cfg = GenerateConfig(n=n, seed=seed, batch_size=batch_size, steps=steps, guidance_scale=guidance_scale,
-                         scheduler=scheduler, temperature=temperature, target_count=target_count, device=device,
-                         **options)
+    cfg = GenerateConfig(
+        n=n,
+        seed=seed,
+        batch_size=batch_size,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        scheduler=scheduler,
+        temperature=temperature,
+        target_count=target_count,
+        device=device,
+        **options,
+    )
     return run(model_dir, classes, out_dir, cfg.validated())
 
 
@@ -143,8 +176,9 @@ def run(model_dir: str | Path, classes: Sequence[str], out_dir: str | Path, cfg:
     return manifest
 
 
-def regenerate(manifest_path: str | Path, dicom_id: str, model_dir: str | Path | None = None,
-               device: str | None = None) -> "Image.Image":
+def regenerate(
+    manifest_path: str | Path, dicom_id: str, model_dir: str | Path | None = None, device: str | None = None
+) -> "Image.Image":
     """Re-render one synthetic image alone from its manifest row (seed, prompt, sampler, model)."""
     import torch
 
@@ -157,11 +191,20 @@ def regenerate(manifest_path: str | Path, dicom_id: str, model_dir: str | Path |
     settings = json.loads((manifest_path.parent / RUN_SETTINGS_NAME).read_text())
     info = load_generator_info(model_dir or settings["model_dir"], settings["train_manifest"])
     if info.fingerprint != row["model_fingerprint"]:
-        raise UserError(f"--model {info.model_dir} has fingerprint {info.fingerprint}, the image was made by "
-                        f"{row['model_fingerprint']}; pass the model it was generated with")
+        raise UserError(
+            f"--model {info.model_dir} has fingerprint {info.fingerprint}, the image was made by "
+            f"{row['model_fingerprint']}; pass the model it was generated with"
+        )
     negative = "" if pd.isna(row["negative_prompt"]) else row["negative_prompt"]
-    job = ImageJob(target_class=row["target_class"], index=-1, seed=int(row["seed"]), findings=(),
-                   view=row["ViewPosition"], prompt=row["prompt"], negative_prompt=negative)
+    job = ImageJob(
+        target_class=row["target_class"],
+        index=-1,
+        seed=int(row["seed"]),
+        findings=(),
+        view=row["ViewPosition"],
+        prompt=row["prompt"],
+        negative_prompt=negative,
+    )
     target = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_pipeline(info.model_dir, row["scheduler"], getattr(torch, settings["dtype"]), target)
     resolution = pipeline_resolution(pipe, info)

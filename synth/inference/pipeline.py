@@ -53,8 +53,9 @@ def _quiet_loading():
         transformers_logging.set_verbosity(before[1])
 
 
-def load_pipeline(model_dir: Path, scheduler: str, dtype: "torch.dtype", device: "torch.device",
-                  enable_xformers: bool = False) -> "StableDiffusionPipeline":
+def load_pipeline(
+    model_dir: Path, scheduler: str, dtype: "torch.dtype", device: "torch.device", enable_xformers: bool = False
+) -> "StableDiffusionPipeline":
     """The diffusers pipeline with the requested scheduler (built from the folder's scheduler config)."""
     import diffusers
     from diffusers import StableDiffusionPipeline
@@ -65,8 +66,9 @@ def load_pipeline(model_dir: Path, scheduler: str, dtype: "torch.dtype", device:
 
     cast = diffusers_dtype(dtype)
     with _quiet_loading():
-        pipe = StableDiffusionPipeline.from_pretrained(model_dir, local_files_only=True, safety_checker=None,
-                                                       requires_safety_checker=False, **cast)
+        pipe = StableDiffusionPipeline.from_pretrained(
+            model_dir, local_files_only=True, safety_checker=None, requires_safety_checker=False, **cast
+        )
     class_name, overrides = SCHEDULERS[scheduler]
     pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **overrides)
     pipe = pipe.to(device)
@@ -75,13 +77,15 @@ def load_pipeline(model_dir: Path, scheduler: str, dtype: "torch.dtype", device:
         try:
             pipe.enable_xformers_memory_efficient_attention()
         except (ImportError, ValueError, NotImplementedError) as err:
-            warnings.warn(f"--enable-xformers: xformers unavailable ({err}); using PyTorch SDPA attention",
-                          stacklevel=2)
+            warnings.warn(
+                f"--enable-xformers: xformers unavailable ({err}); using PyTorch SDPA attention", stacklevel=2
+            )
     return pipe
 
 
-def initial_latents(pipe: "StableDiffusionPipeline", jobs: Sequence[ImageJob],
-                    resolution: int) -> tuple[list["torch.Generator"], "torch.Tensor"]:
+def initial_latents(
+    pipe: "StableDiffusionPipeline", jobs: Sequence[ImageJob], resolution: int
+) -> tuple[list["torch.Generator"], "torch.Tensor"]:
     """Per-image CPU generators and the latents they draw: independent of batch composition and device."""
     import torch
 
@@ -137,8 +141,14 @@ def speed_up_cuda(pipe: "StableDiffusionPipeline") -> None:
     pipe.unet = torch.compile(pipe.unet, mode="max-autotune-no-cudagraphs", fullgraph=False)
 
 
-def render(pipe: "StableDiffusionPipeline", jobs: Sequence[ImageJob], resolution: int, steps: int,
-           guidance_scale: float, embeddings: PromptEmbeddings | None = None) -> list["Image.Image"]:
+def render(
+    pipe: "StableDiffusionPipeline",
+    jobs: Sequence[ImageJob],
+    resolution: int,
+    steps: int,
+    guidance_scale: float,
+    embeddings: PromptEmbeddings | None = None,
+) -> list["Image.Image"]:
     """Sample a batch and return 8-bit grayscale images (the 3 output channels averaged)."""
     import torch
     from PIL import Image

@@ -49,15 +49,17 @@ def resolve_targets(names: Sequence[str], labels: TrainingLabels) -> list[str]:
             members = [c for c in labels.classes if groups.get(c) == name and c != "Normal"]
             unseen = [c for c in members if positives[c] == 0]
             if unseen:  # nothing to learn co-occurrence (or the class itself) from
-                warnings.warn(f"--classes {name}: skipping {', '.join(unseen)} (no positive train image)",
-                              stacklevel=2)
+                warnings.warn(
+                    f"--classes {name}: skipping {', '.join(unseen)} (no positive train image)", stacklevel=2
+                )
             members = [c for c in members if positives[c] > 0]
         else:
             members = [name]
         if name in GROUPS and not members:
             prevalence = "> 10 %" if name == "head" else "< 1 %" if name == "tail" else "1-10 %"
-            raise UserError(f"--classes {name}: no class of {labels.source} is in the {name} group "
-                            f"(train prevalence {prevalence})")
+            raise UserError(
+                f"--classes {name}: no class of {labels.source} is in the {name} group (train prevalence {prevalence})"
+            )
         targets += [c for c in members if c not in targets]
     return targets
 
@@ -122,13 +124,25 @@ class Planner:
     def row(self, job: ImageJob, fingerprint: str) -> dict[str, Any]:
         row: dict[str, Any] = {c: np.nan for c in CXR_LT_CLASSES}
         row.update(self.labels.label_vector(job.findings))
-        row.update({
-            "dicom_id": job.dicom_id, "subject_id": job.dicom_id, "study_id": job.dicom_id,
-            "ViewPosition": job.view, "fpath": job.fpath, "split": "train", "source": "synthetic",
-            "target_class": job.target_class, "prompt": job.prompt, "negative_prompt": job.negative_prompt,
-            "seed": job.seed, "guidance_scale": self.cfg.guidance_scale, "num_inference_steps": self.cfg.steps,
-            "scheduler": self.cfg.scheduler, "model_fingerprint": fingerprint,
-        })
+        row.update(
+            {
+                "dicom_id": job.dicom_id,
+                "subject_id": job.dicom_id,
+                "study_id": job.dicom_id,
+                "ViewPosition": job.view,
+                "fpath": job.fpath,
+                "split": "train",
+                "source": "synthetic",
+                "target_class": job.target_class,
+                "prompt": job.prompt,
+                "negative_prompt": job.negative_prompt,
+                "seed": job.seed,
+                "guidance_scale": self.cfg.guidance_scale,
+                "num_inference_steps": self.cfg.steps,
+                "scheduler": self.cfg.scheduler,
+                "model_fingerprint": fingerprint,
+            }
+        )
         return row
 
     def frame(self, jobs: Sequence[ImageJob], fingerprint: str = "") -> pd.DataFrame:
@@ -138,17 +152,34 @@ class Planner:
     def frame_from_rows(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
         df = pd.DataFrame(list(rows))
         if df.empty:
-            df = pd.DataFrame(columns=list(CXR_LT_CLASSES) + ["dicom_id", "subject_id", "study_id", "ViewPosition",
-                                                              "fpath", "split", "source", *GENERATION_COLUMNS])
+            df = pd.DataFrame(
+                columns=list(CXR_LT_CLASSES)
+                + [
+                    "dicom_id",
+                    "subject_id",
+                    "study_id",
+                    "ViewPosition",
+                    "fpath",
+                    "split",
+                    "source",
+                    *GENERATION_COLUMNS,
+                ]
+            )
         return df
 
 
 def run_settings(cfg: GenerateConfig, info: GeneratorInfo, planner: Planner, dtype: str) -> dict[str, Any]:
     """Everything that changes an image's pixels or labels; pinned per output folder."""
     return {
-        "seed": cfg.seed, "temperature": cfg.temperature, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,
-        "scheduler": cfg.scheduler, "negative_prompt": planner.negative_prompt, "dtype": dtype,
-        "model_fingerprint": info.fingerprint, "prompt_templates_name": info.templates.name,
+        "seed": cfg.seed,
+        "temperature": cfg.temperature,
+        "steps": cfg.steps,
+        "guidance_scale": cfg.guidance_scale,
+        "scheduler": cfg.scheduler,
+        "negative_prompt": planner.negative_prompt,
+        "dtype": dtype,
+        "model_fingerprint": info.fingerprint,
+        "prompt_templates_name": info.templates.name,
         "train_manifest": str(info.train_manifest.resolve()),
         "model_dir": str(info.model_dir.resolve()),
     }
@@ -162,5 +193,7 @@ def check_run_settings(out_dir: Path, settings: dict[str, Any]) -> None:
     changed = [k for k, v in settings.items() if k != "model_dir" and previous.get(k) != v]
     if changed:
         diffs = "; ".join(f"{k}: {previous.get(k)!r} -> {settings[k]!r}" for k in changed)
-        raise UserError(f"--out {out_dir} holds images made with other settings ({diffs}); use a new --out folder "
-                        "or the same settings to resume")
+        raise UserError(
+            f"--out {out_dir} holds images made with other settings ({diffs}); use a new --out folder "
+            "or the same settings to resume"
+        )

@@ -50,12 +50,17 @@ def note_kept_images(out_dir: Path, done: dict[tuple[str, int], Path], counts: d
     beyond = {c: k for c, k in per_class.items() if c in counts and k > counts[c]}
     if other:
         listed = ", ".join(f"{c} {k}" for c, k in other.items())
-        print(f"note: --out {out_dir} already holds {sum(other.values())} image(s) of classes this run does not "
-              f"ask for ({listed}); they are kept and stay in its manifest.csv. Use another --out for a separate set.",
-              file=sys.stderr)
+        print(
+            f"note: --out {out_dir} already holds {sum(other.values())} image(s) of classes this run does not "
+            f"ask for ({listed}); they are kept and stay in its manifest.csv. Use another --out for a separate set.",
+            file=sys.stderr,
+        )
     for c, k in beyond.items():
-        print(f"note: --out {out_dir} already holds {k} {c} image(s), {counts[c]} asked: all {k} are kept "
-              "(a smaller --n deletes nothing)", file=sys.stderr)
+        print(
+            f"note: --out {out_dir} already holds {k} {c} image(s), {counts[c]} asked: all {k} are kept "
+            "(a smaller --n deletes nothing)",
+            file=sys.stderr,
+        )
 
 
 def _shard_path(out_dir: Path, rank: int) -> Path:
@@ -85,8 +90,15 @@ class ManifestSync:
     which the reconciliation on restart recovers from the files.
     """
 
-    def __init__(self, out_dir: Path, planner: Planner, fingerprint: str, base: pd.DataFrame,
-                 class_order: Sequence[str], rank: int) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        planner: Planner,
+        fingerprint: str,
+        base: pd.DataFrame,
+        class_order: Sequence[str],
+        rank: int,
+    ) -> None:
         self.out_dir, self.planner, self.fingerprint = out_dir, planner, fingerprint
         self.base, self.class_order, self.rank = base, class_order, rank
         self.rows: list[dict[str, Any]] = []

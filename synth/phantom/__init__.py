@@ -15,5 +15,13 @@ def render_dataset(*args, **kwargs):
     return _render_dataset(*args, **kwargs)
 
 
-__all__ = ["Rendered", "canonical_labels", "label_set_table", "render_dataset", "render_image", "render_with_regions",
-           "sample_balanced_label_sets", "sample_label_sets"]
+__all__ = [
+    "Rendered",
+    "canonical_labels",
+    "label_set_table",
+    "render_dataset",
+    "render_image",
+    "render_with_regions",
+    "sample_balanced_label_sets",
+    "sample_label_sets",
+]

@@ -214,6 +214,8 @@ class Anatomy:
         a = u * side
         lat, med = self._lat_med(v, side)
         vd = self.dome_v(a, side)
-        apex_round = self.apex + 0.25 * np.maximum(0.0, (a - 0.45) / 0.4) ** 2 + 0.25 * np.maximum(0.0, (0.2 - a) / 0.2) ** 2
+        apex_round = (
+            self.apex + 0.25 * np.maximum(0.0, (a - 0.45) / 0.4) ** 2 + 0.25 * np.maximum(0.0, (0.2 - a) / 0.2) ** 2
+        )
         m = ramp(lat - a, soft) * ramp(a - 0.02, soft) * ramp(vd - v, soft) * ramp(v - apex_round, soft)
         return m.astype(F32)

@@ -127,7 +127,11 @@ class Canvas:
         knob = ramp(a.knob_r - np.sqrt((u - a.knob_x) ** 2 + (v - a.knob_y) ** 2), s)
         # the knob is a bump on the mediastinal contour, never an island in the lung
         knob = np.maximum(knob, ramp(a.knob_x - u, s) * ramp(u, s) * ramp(a.knob_r * 0.8 - np.abs(v - a.knob_y), s))
-        desc = ramp(0.05 - np.abs(u - (a.knob_x - 0.04 - 0.04 * np.clip((v - a.knob_y) / 0.8, 0, 1))), s) * ramp(v - a.knob_y, s) * 0.5
+        desc = (
+            ramp(0.05 - np.abs(u - (a.knob_x - 0.04 - 0.04 * np.clip((v - a.knob_y) / 0.8, 0, 1))), s)
+            * ramp(v - a.knob_y, s)
+            * 0.5
+        )
         med = np.maximum(np.maximum(heart, upper), np.maximum(knob, desc))
         self.heart_mask = heart
         self.med = med
@@ -171,7 +175,12 @@ class Canvas:
     def rib_mask(self, u, v):
         a, s = self.A, self.soft
         au = np.abs(u)
-        return ramp(a.thorax + 0.05 - au, s) * ramp(au - 0.05, s) * ramp(v - a.rib_v0 + 0.02, s) * ramp(a.lung_bottom(1) + 0.1 - v, 2 * s)
+        return (
+            ramp(a.thorax + 0.05 - au, s)
+            * ramp(au - 0.05, s)
+            * ramp(v - a.rib_v0 + 0.02, s)
+            * ramp(a.lung_bottom(1) + 0.1 - v, 2 * s)
+        )
 
     def _ribs(self):
         a, u, v = self.A, self.u, self.v
@@ -180,7 +189,12 @@ class Canvas:
         post = self.rib_profile(w) * self.rib_mask(u, v)
         # faint anterior ribs sloping the other way
         wa = (v - a.rib_v0 + 0.1 + 0.35 * (np.abs(u) - 0.9) ** 2 - 0.25) / (a.rib_sp * 1.1)
-        ant = self.rib_profile(wa) * ramp(a.thorax - np.abs(u), self.soft) * ramp(v - a.rib_v0 - 0.1, self.soft) * ramp(a.dome_r - v, self.soft)
+        ant = (
+            self.rib_profile(wa)
+            * ramp(a.thorax - np.abs(u), self.soft)
+            * ramp(v - a.rib_v0 - 0.1, self.soft)
+            * ramp(a.dome_r - v, self.soft)
+        )
         return 0.08 * post + 0.03 * ant
 
     def clavicle_center(self, au, side: int):
@@ -197,19 +211,21 @@ class Canvas:
 
     def spine_x(self, v):
         a = self.A
-        return a.spine_bend * np.exp(-((v - a.spine_bend_y) / 0.35) ** 2)
+        return a.spine_bend * np.exp(-(((v - a.spine_bend_y) / 0.35) ** 2))
 
     def _spine(self):
         a, u, v = self.A, self.u, self.v
         x = u - self.spine_x(v)
-        period = 0.11 * (1.0 - a.spine_crowd * np.exp(-((v - a.spine_bend_y) / 0.3) ** 2))
+        period = 0.11 * (1.0 - a.spine_crowd * np.exp(-(((v - a.spine_bend_y) / 0.3) ** 2)))
         ph = (v + 1.0) / period
         f = ph - np.floor(ph)
         body = ramp(a.spine_w - np.abs(x), self.soft)
         disc = 1.0 - 0.45 * ramp(0.12 - np.abs(f - 0.5), 0.08)
-        pedicle = 0.3 * ramp(0.018 - np.abs(np.abs(x) - a.spine_w * 0.65), self.soft) * ramp(0.2 - np.abs(f - 0.3), 0.08)
+        pedicle = (
+            0.3 * ramp(0.018 - np.abs(np.abs(x) - a.spine_w * 0.65), self.soft) * ramp(0.2 - np.abs(f - 0.3), 0.08)
+        )
         self.spine_mask = body
-        crowd = a.spine_crowd * np.exp(-((v - a.spine_bend_y) / 0.3) ** 2)
+        crowd = a.spine_crowd * np.exp(-(((v - a.spine_bend_y) / 0.3) ** 2))
         return 0.12 * body * disc + 0.08 * pedicle + 0.3 * crowd * body
 
     def _shoulders(self):
@@ -229,9 +245,16 @@ class Canvas:
     def compose(self, noise_rng: np.random.Generator) -> np.ndarray:
         a = self.A
         open_air = self.lung_air * (1.0 - np.clip(self.fill, 0.0, 1.0))
-        d = (self.body + self.bones + 0.12 * self.hila * (1.0 - 0.5 * self.fill)
-             + self.markings * self.marks * open_air * 0.3
-             - a.air * open_air - 0.12 * self.trachea - self.extra_air + self.add)
+        d = (
+            self.body
+            + self.bones
+            + 0.12 * self.hila * (1.0 - 0.5 * self.fill)
+            + self.markings * self.marks * open_air * 0.3
+            - a.air * open_air
+            - 0.12 * self.trachea
+            - self.extra_air
+            + self.add
+        )
         d = np.maximum(d, 0.0)
         img = 1.0 - np.exp(-a.exposure * d)
         # radiographic unsharpness: separable [1 2 1]/4 blur

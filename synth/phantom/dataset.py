@@ -30,8 +30,7 @@ import numpy as np
 
 from synth.errors import UserError
 from synth.io import make_readable_tempdir, write_json_atomic, write_text_atomic
-from synth.phantom.labels import (RESHAPE, add_label_noise, label_matrix, sample_balanced_label_sets,
-                                  sample_label_sets)
+from synth.phantom.labels import RESHAPE, add_label_noise, label_matrix, sample_balanced_label_sets, sample_label_sets
 from synth.phantom.render import RENDERER_VERSION, render_with_regions
 from synth.taxonomy import CXR_LT_CLASSES, META_COLUMNS, class_slug, frequency_groups
 
@@ -71,8 +70,16 @@ def _render_chunk(job: _Job) -> list[dict]:
     for labels, s, ps, name in zip(job.labels, job.image_seeds, job.patient_seeds, job.names):
         r = render_with_regions(labels, s, job.size, patient_seed=ps)
         Image.fromarray(r.image).save(os.path.join(job.folder, "images", f"{name}.png"), format="PNG")
-        rows.append({"dicom_id": name, "view": r.view, "labels": list(r.labels), "seed": s, "patient_seed": ps,
-                     "findings": {c: {"bbox": _bbox(r.regions[c]), "params": r.params.get(c, {})} for c in r.labels}})
+        rows.append(
+            {
+                "dicom_id": name,
+                "view": r.view,
+                "labels": list(r.labels),
+                "seed": s,
+                "patient_seed": ps,
+                "findings": {c: {"bbox": _bbox(r.regions[c]), "params": r.params.get(c, {})} for c in r.labels},
+            }
+        )
     return rows
 
 
@@ -98,9 +105,20 @@ def _patients(n: int, seed: int) -> np.ndarray:
     return np.repeat(np.arange(n), k)[:n]
 
 
-def render_dataset(n: int, size: int, seed: int, out: str | os.PathLike, *, balanced: bool = False,
-                   per_class: int | None = None, label_noise: float = 0.0, contact_sheet: bool = False,
-                   workers: int | None = None, progress: bool = False, overwrite: bool = False) -> Path:
+def render_dataset(
+    n: int,
+    size: int,
+    seed: int,
+    out: str | os.PathLike,
+    *,
+    balanced: bool = False,
+    per_class: int | None = None,
+    label_noise: float = 0.0,
+    contact_sheet: bool = False,
+    workers: int | None = None,
+    progress: bool = False,
+    overwrite: bool = False,
+) -> Path:
     """Render ``n`` phantom images into ``out``; returns the path of ``labels.csv``.
 
     An existing ``out`` made with the same arguments is reused (returned as is);
@@ -108,8 +126,15 @@ def render_dataset(n: int, size: int, seed: int, out: str | os.PathLike, *, bala
     """
     _check(n, size, seed, per_class, label_noise, workers)
     out = Path(out)
-    args = {"n": n, "size": size, "seed": seed, "balanced": balanced, "per_class": per_class if balanced else None,
-            "label_noise": label_noise, "renderer": RENDERER_VERSION}
+    args = {
+        "n": n,
+        "size": size,
+        "seed": seed,
+        "balanced": balanced,
+        "per_class": per_class if balanced else None,
+        "label_noise": label_noise,
+        "renderer": RENDERER_VERSION,
+    }
     if out.exists() and _reused(out, args, overwrite, contact_sheet, size, seed):
         return out / LABELS_FILE
     true_sets = _true_label_sets(n, seed, balanced, per_class)
@@ -125,11 +150,23 @@ def render_dataset(n: int, size: int, seed: int, out: str | os.PathLike, *, bala
     try:
         (tmp / "images").mkdir()
         chunk = max(16, min(256, n // (4 * max(1, workers or os.cpu_count() or 1)) or 16))
-        jobs = [_Job(a, tuple(true_sets[a:a + chunk]), image_seeds[a:a + chunk], patient_seeds[a:a + chunk],
-                     names[a:a + chunk], size, str(tmp)) for a in range(0, n, chunk)]
+        jobs = [
+            _Job(
+                a,
+                tuple(true_sets[a : a + chunk]),
+                image_seeds[a : a + chunk],
+                patient_seeds[a : a + chunk],
+                names[a : a + chunk],
+                size,
+                str(tmp),
+            )
+            for a in range(0, n, chunk)
+        ]
         truth = _run_jobs(jobs, workers, progress, n)
         _write_labels(tmp / LABELS_FILE, names, patient, truth, noisy, seed)
-        write_text_atomic(tmp / TRUTH_FILE, "".join(json.dumps(r, default=_jsonable, sort_keys=True) + "\n" for r in truth))
+        write_text_atomic(
+            tmp / TRUTH_FILE, "".join(json.dumps(r, default=_jsonable, sort_keys=True) + "\n" for r in truth)
+        )
         write_json_atomic(tmp / META_FILE, _metadata(args, n, patient, truth, true_sets, noisy))
         if contact_sheet:
             write_contact_sheets(tmp / "contact_sheets", size, seed)
@@ -161,9 +198,11 @@ def _reused(out: Path, args: dict, overwrite: bool, contact_sheet: bool, size: i
                     raise
             return True
     if not overwrite:
-        raise UserError(f"--out {out} already exists (made with other arguments, another renderer version, or not a phantom "
-                        "dataset); "
-                        "choose a new folder or pass --overwrite")
+        raise UserError(
+            f"--out {out} already exists (made with other arguments, another renderer version, or not a phantom "
+            "dataset); "
+            "choose a new folder or pass --overwrite"
+        )
     return False
 
 
@@ -172,7 +211,9 @@ def _true_label_sets(n: int, seed: int, balanced: bool, per_class: int | None) -
     if balanced:
         k = per_class if per_class is not None else n // len(CXR_LT_CLASSES)
         if k < 1:
-            raise UserError(f"--n {n} is too small for --balanced: needs at least {len(CXR_LT_CLASSES)} images (one per class)")
+            raise UserError(
+                f"--n {n} is too small for --balanced: needs at least {len(CXR_LT_CLASSES)} images (one per class)"
+            )
         return sample_balanced_label_sets(n, k, seed)
     if per_class is not None:
         raise UserError("--per-class only applies with --balanced")
@@ -230,6 +271,7 @@ def _progress(enabled: bool):
     import contextlib
 
     if not enabled:
+
         class _Null(contextlib.nullcontext):
             def add_task(self, *a, **k):
                 return None
@@ -247,13 +289,15 @@ def _write_labels(path: Path, names, patient, truth, noisy, seed: int) -> None:
     import pandas as pd
 
     y = label_matrix(noisy)
-    df = pd.DataFrame({
-        "dicom_id": list(names),
-        "subject_id": [str(10_000_000 + int(p)) for p in patient],
-        "study_id": [str(50_000_000 + i) for i in range(len(names))],
-        "ViewPosition": [r["view"] for r in truth],
-        "fpath": [f"images/{nm}.png" for nm in names],
-    })
+    df = pd.DataFrame(
+        {
+            "dicom_id": list(names),
+            "subject_id": [str(10_000_000 + int(p)) for p in patient],
+            "study_id": [str(50_000_000 + i) for i in range(len(names))],
+            "ViewPosition": [r["view"] for r in truth],
+            "fpath": [f"images/{nm}.png" for nm in names],
+        }
+    )
     for j, c in enumerate(CXR_LT_CLASSES):
         df[c] = y[:, j].astype(int)
     assert tuple(df.columns) == (*META_COLUMNS, *CXR_LT_CLASSES)
@@ -297,7 +341,9 @@ def write_contact_sheets(folder: str | os.PathLike, size: int, seed: int, exampl
             without = render_with_regions([], s, size).image if c != "Normal" else with_
             rows[0].append(with_)
             rows[1].append(without)
-            rows[2].append(np.clip(np.abs(with_.astype(np.int16) - without.astype(np.int16)) * 4, 0, 255).astype(np.uint8))
+            rows[2].append(
+                np.clip(np.abs(with_.astype(np.int16) - without.astype(np.int16)) * 4, 0, 255).astype(np.uint8)
+            )
         sheet = np.concatenate([np.concatenate(r, 1) for r in rows], 0)
         Image.fromarray(sheet).save(folder / f"{class_slug(c)}.png")
         tiles.append(rows[0][0])

@@ -130,8 +130,15 @@ def _adenopathy(cv, rng, present):
     regions, sides = [], ([-1, 1] if rng.random() < 0.5 else [_side(rng)])
     for side in sides:
         hx = side * (a.hilum_x + 0.03)
-        w, m = cv.ellipse(hx, a.hilum_y + rng.uniform(-0.03, 0.05), rng.uniform(0.07, 0.09), rng.uniform(0.08, 0.11),
-                          wobble=0.2, lobes=4, phase=rng.uniform(0, 6.3))
+        w, m = cv.ellipse(
+            hx,
+            a.hilum_y + rng.uniform(-0.03, 0.05),
+            rng.uniform(0.07, 0.09),
+            rng.uniform(0.08, 0.11),
+            wobble=0.2,
+            lobes=4,
+            phase=rng.uniform(0, 6.3),
+        )
         _fill(cv, w, m, lung_only=False)
         cv.add[w] += 0.04 * m
         regions.append(cv.region(w, m))
@@ -153,7 +160,10 @@ def _atelectasis(cv, rng, present):
         cu, cvv = _lung_pos(cv, rng, side, t=(0.62, 0.84), l=(0.3, 0.7))
         ln = rng.uniform(0.13, 0.2)
         ang = rng.uniform(-0.25, 0.25)
-        pts = [(cu - ln * math.cos(ang), cvv - ln * math.sin(ang)), (cu + ln * math.cos(ang), cvv + ln * math.sin(ang))]
+        pts = [
+            (cu - ln * math.cos(ang), cvv - ln * math.sin(ang)),
+            (cu + ln * math.cos(ang), cvv + ln * math.sin(ang)),
+        ]
         w, m = cv.polyline(pts, rng.uniform(0.022, 0.03))
         _fill(cv, w, m * 0.95)
         regions.append(cv.region(w, m))
@@ -232,7 +242,11 @@ def _consolidation(cv, rng, present):
     br = np.zeros_like(m)
     for k in range(2):
         y0 = cvv + rng.uniform(-0.4, 0.4) * ry
-        pts = _bezier((cu - side * rx * 0.6, y0), (cu, y0 + rng.uniform(-0.05, 0.05)), (cu + side * rx * 0.5, y0 + rng.uniform(-0.08, 0.08)))
+        pts = _bezier(
+            (cu - side * rx * 0.6, y0),
+            (cu, y0 + rng.uniform(-0.05, 0.05)),
+            (cu + side * rx * 0.5, y0 + rng.uniform(-0.08, 0.08)),
+        )
         _, b = cv.polyline(pts, 0.011, w=w)
         br = np.maximum(br, b)
     _fill(cv, w, m * (1.0 - 0.65 * br))
@@ -264,8 +278,11 @@ def _emphysema_pre(a: Anatomy, rng) -> dict:
     return {"dome_drop": float(d)}
 
 
-@finding("Emphysema", "hyperinflation: low flat domes, hyperlucent lungs with sparse peripheral markings, narrow heart",
-         pre=_emphysema_pre)
+@finding(
+    "Emphysema",
+    "hyperinflation: low flat domes, hyperlucent lungs with sparse peripheral markings, narrow heart",
+    pre=_emphysema_pre,
+)
 def _emphysema(cv, rng, present):
     lungs = _lungs_any(cv)
     cv.extra_air += 0.05 * lungs
@@ -313,7 +330,10 @@ def _fibrosis(cv, rng, present):
     return _union(*regions), {"sides": sides}
 
 
-@finding("Fissure", "thickened fissure: a long thin line (minor fissure at the right hilum level, or the left major fissure)")
+@finding(
+    "Fissure",
+    "thickened fissure: a long thin line (minor fissure at the right hilum level, or the left major fissure)",
+)
 def _fissure(cv, rng, present):
     a = cv.A
     if rng.random() < 0.7:
@@ -360,14 +380,18 @@ def _humerus_or_spine(cv, rng):
     return _union(cv.region(w, m), cv.region(wb, b)), {"kind": "vertebral compression", "level": y}
 
 
-@finding("Fracture", "other fracture (no rib/clavicle child): humeral neck fracture line or a sclerotic compressed vertebra")
+@finding(
+    "Fracture", "other fracture (no rib/clavicle child): humeral neck fracture line or a sclerotic compressed vertebra"
+)
 def _fracture(cv, rng, present):
     if present & {"Rib Fracture", "Clavicle Fracture"}:
         return _empty(cv), {"drawn_by_child": True}
     return _humerus_or_spine(cv, rng)
 
 
-@finding("Granuloma", "1-3 tiny calcified (white, pinpoint) nodules, sometimes with a calcified hilar node (Ranke complex)")
+@finding(
+    "Granuloma", "1-3 tiny calcified (white, pinpoint) nodules, sometimes with a calcified hilar node (Ranke complex)"
+)
 def _granuloma(cv, rng, present):
     # Calcified, so far denser and smaller than a soft-tissue nodule: at 64 px a saturated
     # 1-2 px point rather than a grey disc. That contrast, not size alone, is what a reader
@@ -382,7 +406,9 @@ def _granuloma(cv, rng, present):
         regions.append(cv.region(w, m))
     if rng.random() < 0.3:
         side = _side(rng)
-        w, m = cv.ellipse(side * (a.hilum_x + 0.03), a.hilum_y + rng.uniform(-0.04, 0.04), 0.035, 0.03, edge=cv.px * 0.5)
+        w, m = cv.ellipse(
+            side * (a.hilum_x + 0.03), a.hilum_y + rng.uniform(-0.04, 0.04), 0.035, 0.03, edge=cv.px * 0.5
+        )
         cv.add[w] += rng.uniform(0.9, 1.1) * m
         regions.append(cv.region(w, m))
     return _union(*regions), {}
@@ -462,20 +488,30 @@ def _kyphosis_pre(a: Anatomy, rng) -> dict:
     return {"bend": a.spine_bend, "at": a.spine_bend_y}
 
 
-@finding("Kyphosis", "curved thoracic spine with crowded, denser vertebrae at the apex of the curve", pre=_kyphosis_pre)
+@finding(
+    "Kyphosis", "curved thoracic spine with crowded, denser vertebrae at the apex of the curve", pre=_kyphosis_pre
+)
 def _kyphosis(cv, rng, present):
     a = cv.A
     r = np.abs(cv.u - cv.spine_x(cv.v)) < a.spine_w + abs(a.spine_bend) + 0.05
     return r, {}
 
 
-@finding("Lobar Atelectasis", "collapsed lobe: dense triangle with a sharp border (right upper lobe or left lower lobe 'sail')")
+@finding(
+    "Lobar Atelectasis",
+    "collapsed lobe: dense triangle with a sharp border (right upper lobe or left lower lobe 'sail')",
+)
 def _lobar_atelectasis(cv, rng, present):
     a = cv.A
     if rng.random() < 0.5:  # RUL collapse: wedge from hilum to apex/lateral wall, sharp elevated minor fissure
         hx, hy = -(a.hilum_x - 0.02), a.hilum_y - 0.02
         x_lat = -(a.thorax - 0.1)
-        pts = [(hx, hy), (-(a.med_w + 0.02), a.apex + 0.1), (x_lat * 0.75, a.apex + 0.08), (x_lat, hy - rng.uniform(0.15, 0.25))]
+        pts = [
+            (hx, hy),
+            (-(a.med_w + 0.02), a.apex + 0.1),
+            (x_lat * 0.75, a.apex + 0.08),
+            (x_lat, hy - rng.uniform(0.15, 0.25)),
+        ]
         kind = "RUL"
     else:  # LLL collapse: triangle behind the heart from hilum to medial dome
         hx, hy = a.hilum_x - 0.05, a.hilum_y + 0.05
@@ -518,7 +554,9 @@ def _lung_opacity(cv, rng, present):
 def _mass(cv, rng, present):
     cu, cvv = _lung_pos(cv, rng, _side(rng), t=(0.25, 0.7), l=(0.35, 0.7))
     r = rng.uniform(0.1, 0.15)
-    w, m = cv.ellipse(cu, cvv, r, r * rng.uniform(0.85, 1.15), edge=cv.px * 1.5, wobble=0.1, lobes=4, phase=rng.uniform(0, 6.3))
+    w, m = cv.ellipse(
+        cu, cvv, r, r * rng.uniform(0.85, 1.15), edge=cv.px * 1.5, wobble=0.1, lobes=4, phase=rng.uniform(0, 6.3)
+    )
     _fill(cv, w, m)
     cv.add[w] += 0.04 * m
     return cv.region(w, m), {"center": (cu, cvv), "r": r}
@@ -546,7 +584,9 @@ def _normal(cv, rng, present):
     return _empty(cv), {}
 
 
-@finding("Pleural Effusion", "dependent opacity at the base with a meniscus rising laterally; blunted costophrenic angle")
+@finding(
+    "Pleural Effusion", "dependent opacity at the base with a meniscus rising laterally; blunted costophrenic angle"
+)
 def _effusion(cv, rng, present):
     a = cv.A
     sides = [-1, 1] if rng.random() < 0.35 else [_side(rng)]
@@ -604,7 +644,9 @@ def _pleural_thickening(cv, rng, present):
     return band > 0.05, {"side": side, "kind": kind, "thickness": th}
 
 
-@finding("Pneumomediastinum", "lucent stripe outlining the left heart border and upper mediastinum, lifted pleural line")
+@finding(
+    "Pneumomediastinum", "lucent stripe outlining the left heart border and upper mediastinum, lifted pleural line"
+)
 def _pneumomediastinum(cv, rng, present):
     a = cv.A
     u, v = cv.u, cv.v
@@ -614,7 +656,9 @@ def _pneumomediastinum(cv, rng, present):
     d = np.sqrt(((u - hc) / (hrx + g)) ** 2 + ((v - hcy) / (hry + g)) ** 2)
     outer = ramp((1.0 - d) * hrx * 0.5, cv.px)
     band = outer * (1.0 - cv.heart_mask) * ramp(u - hc, 0.05) * ramp(dome - 0.05 - v, 0.05)
-    stripe = ramp(0.016 - np.abs(np.abs(u) - (a.med_w + 0.02)), cv.px) * ramp(a.heart_top - v, 0.05) * ramp(v + 0.9, 0.05)
+    stripe = (
+        ramp(0.016 - np.abs(np.abs(u) - (a.med_w + 0.02)), cv.px) * ramp(a.heart_top - v, 0.05) * ramp(v + 0.9, 0.05)
+    )
     air = np.maximum(band, stripe)
     cv.extra_air += 0.16 * air
     cv.marks *= 1.0 - air
@@ -717,7 +761,10 @@ def _one_rib_fracture(cv, rng, side: int, k: int, ab: float):
     return _union(*regions)
 
 
-@finding("Rib Fracture", "lateral rib fractures (usually 2-3 consecutive ribs in a line), each a step with a fusiform callus")
+@finding(
+    "Rib Fracture",
+    "lateral rib fractures (usually 2-3 consecutive ribs in a line), each a step with a fusiform callus",
+)
 def _rib_fracture(cv, rng, present):
     # Rib fractures from one blow come in runs down the lateral chest wall; the run of
     # aligned calluses is what separates them from scattered lung nodules at 64 px.
@@ -738,7 +785,11 @@ def _rounded_atelectasis(cv, rng, present):
     r = rng.uniform(0.06, 0.08)
     w, m = cv.ellipse(cu, cvv, r, r * 0.9)
     _fill(cv, w, m)
-    tail = _bezier((cu - side * r * 0.8, cvv - 0.01), (cu - side * 0.15, cvv - 0.06), (side * (a.hilum_x + 0.05), a.hilum_y + 0.12))
+    tail = _bezier(
+        (cu - side * r * 0.8, cvv - 0.01),
+        (cu - side * 0.15, cvv - 0.06),
+        (side * (a.hilum_x + 0.05), a.hilum_y + 0.12),
+    )
     w2, t = cv.polyline(tail, 0.012)
     _fill(cv, w2, 0.85 * t)
     xs = np.full(5, cu + side * r * 1.2)
@@ -758,7 +809,12 @@ def _subcutaneous_emphysema(cv, rng, present):
     regions = []
     for side in sides:
         au = cv.u * side
-        zone = ramp(au - a.thorax - 0.03, cv.px) * ramp(a.body_w - 0.03 - au, cv.px) * ramp(cv.v - v0, 0.05) * ramp(v1 - cv.v, 0.05)
+        zone = (
+            ramp(au - a.thorax - 0.03, cv.px)
+            * ramp(a.body_w - 0.03 - au, cv.px)
+            * ramp(cv.v - v0, 0.05)
+            * ramp(v1 - cv.v, 0.05)
+        )
         streak = ramp(np.cos((cv.v + 0.6 * au * au) * (2 * math.pi / per) + rng.uniform(0, 6.3)) - 0.3, 0.4)
         cv.extra_air += 0.4 * zone * streak
         regions.append(zone > 0.05)
@@ -767,7 +823,11 @@ def _subcutaneous_emphysema(cv, rng, present):
 
 def _devices(cv, rng):
     a = cv.A
-    kinds = [k for k, p in (("ett", 0.45), ("cvc", 0.45), ("ng", 0.35), ("pacemaker", 0.2), ("ecg", 0.3)) if rng.random() < p]
+    kinds = [
+        k
+        for k, p in (("ett", 0.45), ("cvc", 0.45), ("ng", 0.35), ("pacemaker", 0.2), ("ecg", 0.3))
+        if rng.random() < p
+    ]
     return kinds or [("ett", "cvc", "ng", "pacemaker", "ecg")[int(rng.integers(0, 5))]]
 
 
@@ -795,7 +855,11 @@ def _support_devices(cv, rng, present):
             draw(_bezier((0.02, -1.0), (0.03, 0.2), (0.3 + rng.uniform(-0.05, 0.05), a.dome_l + 0.18)), 0.014, 0.3)
         elif kind == "pacemaker":
             gx, gy = rng.uniform(0.45, 0.6), rng.uniform(-0.7, -0.55)
-            w, m = _polygon(cv, [(gx - 0.08, gy - 0.05), (gx + 0.08, gy - 0.05), (gx + 0.08, gy + 0.05), (gx - 0.08, gy + 0.05)], edge=cv.px)
+            w, m = _polygon(
+                cv,
+                [(gx - 0.08, gy - 0.05), (gx + 0.08, gy - 0.05), (gx + 0.08, gy + 0.05), (gx - 0.08, gy + 0.05)],
+                edge=cv.px,
+            )
             cv.add[w] += 0.7 * m
             regions.append(cv.region(w, m))
             draw(_bezier((gx - 0.05, gy + 0.03), (-0.05, -0.3), (0.12, a.dome_l - 0.05)), 0.01, 0.45)
@@ -817,7 +881,11 @@ def _tortuous_pre(a: Anatomy, rng) -> dict:
     return {}
 
 
-@finding("Tortuous Aorta", "unfolded aorta: large laterally displaced knob and a bulging descending contour", pre=_tortuous_pre)
+@finding(
+    "Tortuous Aorta",
+    "unfolded aorta: large laterally displaced knob and a bulging descending contour",
+    pre=_tortuous_pre,
+)
 def _tortuous_aorta(cv, rng, present):
     a = cv.A
     b = rng.uniform(0.07, 0.11)
@@ -828,7 +896,10 @@ def _tortuous_aorta(cv, rng, present):
     return cv.region(w, m) | cv.region(wk, mk), {"bulge": float(b)}
 
 
-@finding("Tuberculosis", "upper-zone fibro-cavitary change: patchy opacities, a cavity, calcified foci, streaks to the hilum")
+@finding(
+    "Tuberculosis",
+    "upper-zone fibro-cavitary change: patchy opacities, a cavity, calcified foci, streaks to the hilum",
+)
 def _tuberculosis(cv, rng, present):
     a = cv.A
     sides = [-1, 1] if rng.random() < 0.3 else [_side(rng)]

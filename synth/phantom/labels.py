@@ -46,7 +46,6 @@ from synth.taxonomy import CXR_LT_CLASSES, expand_parents
 RESOURCE = "padchest-cxrlt-labelsets.csv"
 
 
-
 @dataclass(frozen=True)
 class Reshape:
     """The prevalence transform of step 3 (see the module docstring)."""
@@ -183,8 +182,10 @@ def sample_balanced_label_sets(n: int, per_class: int, seed: int) -> list[tuple[
     (more where it co-occurs with other targets); co-occurrence stays real.
     """
     if n < per_class * len(CXR_LT_CLASSES):
-        raise UserError(f"--n {n} is too small for --balanced --per-class {per_class}: needs at least "
-                        f"{per_class * len(CXR_LT_CLASSES)} (40 classes x {per_class}); raise --n or lower --per-class")
+        raise UserError(
+            f"--n {n} is too small for --balanced --per-class {per_class}: needs at least "
+            f"{per_class * len(CXR_LT_CLASSES)} (40 classes x {per_class}); raise --n or lower --per-class"
+        )
     table = label_set_table()
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(int(seed), spawn_key=(102,))))
     by_class = []

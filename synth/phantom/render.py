@@ -57,12 +57,15 @@ def canonical_labels(findings: Iterable[str]) -> tuple[str, ...]:
     names = {resolve_class(f, CXR_LT_CLASSES) for f in findings}
     names = expand_parents(names)
     if "Normal" in names and len(names) > 1:
-        raise UserError(f"'Normal' cannot be combined with findings ({', '.join(sorted(names - {'Normal'}))}); Normal means no finding")
+        raise UserError(
+            f"'Normal' cannot be combined with findings ({', '.join(sorted(names - {'Normal'}))}); Normal means no finding"
+        )
     return tuple(c for c in CXR_LT_CLASSES if c in names)
 
 
-def render_with_regions(findings: Iterable[str], seed: int, size: int = 128, view: str | None = None, *,
-                        patient_seed: int | None = None) -> Rendered:
+def render_with_regions(
+    findings: Iterable[str], seed: int, size: int = 128, view: str | None = None, *, patient_seed: int | None = None
+) -> Rendered:
     """Render and return the image with each finding's region mask and parameters."""
     if size < 16:
         raise UserError(f"size {size}: the phantom needs at least 16 px")

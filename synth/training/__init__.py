@@ -15,13 +15,40 @@ and ``with accelerator.accumulate(*models):``, which skips the all-reduce of eve
 and scales the loss in ``accelerator.backward``.
 """
 
-from synth.training.accelerator import (adamw, main_process_only, make_accelerator, process_state, resolve_precision,
-                                        running_alone)
-from synth.training.checkpoint import (load_ema_shadow, load_state, pickled_custom_state, prune_oldest,
-                                       save_ema_shadow, save_state_atomically)
+from synth.training.accelerator import (
+    adamw,
+    main_process_only,
+    make_accelerator,
+    process_state,
+    resolve_precision,
+    running_alone,
+)
+from synth.training.checkpoint import (
+    load_ema_shadow,
+    load_state,
+    pickled_custom_state,
+    prune_oldest,
+    save_ema_shadow,
+    save_state_atomically,
+)
 from synth.training.schedule import first_step_warmup_cosine, lr_scheduler
 from synth.training.trackers import flat_hparams, tracker_kwargs
 
-__all__ = ["adamw", "load_ema_shadow", "load_state", "lr_scheduler", "main_process_only", "make_accelerator",
-           "pickled_custom_state", "process_state", "prune_oldest", "resolve_precision", "running_alone",
-           "save_ema_shadow", "save_state_atomically", "first_step_warmup_cosine", "flat_hparams", "tracker_kwargs"]
+__all__ = [
+    "adamw",
+    "load_ema_shadow",
+    "load_state",
+    "lr_scheduler",
+    "main_process_only",
+    "make_accelerator",
+    "pickled_custom_state",
+    "process_state",
+    "prune_oldest",
+    "resolve_precision",
+    "running_alone",
+    "save_ema_shadow",
+    "save_state_atomically",
+    "first_step_warmup_cosine",
+    "flat_hparams",
+    "tracker_kwargs",
+]

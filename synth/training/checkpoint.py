@@ -23,8 +23,9 @@ from typing import Callable, Iterable
 CUSTOM_STATE_GLOB = "custom_checkpoint_*.pkl"
 
 
-def save_state_atomically(accelerator, final: Path, write_own: Callable[[Path], None] | None = None,
-                          tmp: Path | None = None) -> Path:
+def save_state_atomically(
+    accelerator, final: Path, write_own: Callable[[Path], None] | None = None, tmp: Path | None = None
+) -> Path:
     """``accelerator.save_state`` + ``write_own(folder)`` into a temp folder, then rename it to ``final``.
 
     Every process calls it (each saves its own RNG state); only the main process runs ``write_own`` and the
@@ -83,8 +84,11 @@ def save_ema_shadow(path: Path, ema) -> None:
     """A diffusers ``EMAModel``'s shadow weights (keys ``p00000``, ...) and step count, as one safetensors file."""
     from synth.io import save_safetensors_atomic
 
-    save_safetensors_atomic(path, {f"p{i:05d}": t for i, t in enumerate(ema.shadow_params)},
-                            metadata={"optimization_step": str(ema.optimization_step)})
+    save_safetensors_atomic(
+        path,
+        {f"p{i:05d}": t for i, t in enumerate(ema.shadow_params)},
+        metadata={"optimization_step": str(ema.optimization_step)},
+    )
 
 
 def load_ema_shadow(path: Path, ema) -> None:

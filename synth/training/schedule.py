@@ -12,8 +12,9 @@ def lr_scheduler(optimizer, warmup_steps: int, total_steps: int, name: str = "co
     """
     from diffusers.optimization import get_scheduler
 
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps * num_processes,
-                         num_training_steps=total_steps * num_processes)
+    return get_scheduler(
+        name, optimizer, num_warmup_steps=warmup_steps * num_processes, num_training_steps=total_steps * num_processes
+    )
 
 
 def first_step_warmup_cosine(optimizer, warmup_steps: int, total_steps: int):

@@ -12,7 +12,10 @@ def tracker_kwargs(report_to: str, out: Path) -> dict[str, Any]:
         return {}
     from accelerate.utils import ProjectConfiguration
 
-    return {"log_with": report_to, "project_config": ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs"))}
+    return {
+        "log_with": report_to,
+        "project_config": ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+    }
 
 
 def flat_hparams(values: dict) -> dict:

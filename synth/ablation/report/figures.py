@@ -66,8 +66,14 @@ def _delta_ap_plot(results: dict[str, Any]) -> bytes:
             ]
             pts = [p for p in pts if not math.isnan(p[1])]
             if pts:
-                ax.scatter(*zip(*pts), c=colour, marker=markers[i % len(markers)], s=22, alpha=0.8,
-                           label=f"{arm_label(arm)} · {group}")
+                ax.scatter(
+                    *zip(*pts),
+                    c=colour,
+                    marker=markers[i % len(markers)],
+                    s=22,
+                    alpha=0.8,
+                    label=f"{arm_label(arm)} · {group}",
+                )
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("training prevalence (log scale)")
@@ -93,8 +99,10 @@ def _grid(cls: str, rows: dict[str, list[str]], report_dir: Path) -> bytes:
         for c, rel in enumerate(rows.get(row, [])):
             path = Path(rel) if Path(rel).is_absolute() else report_dir / rel
             if not path.exists():
-                raise UserError(f"{report_dir / RESULTS_FILE}: grid image {path} for {cls!r} is missing; "
-                                "re-run `synth ablate` to re-export samples")
+                raise UserError(
+                    f"{report_dir / RESULTS_FILE}: grid image {path} for {cls!r} is missing; "
+                    "re-run `synth ablate` to re-export samples"
+                )
             with Image.open(path) as im:
                 tile = im.convert("L").resize((GRID_TILE - 4, GRID_TILE - 4))
             sheet.paste(tile, (label_w + c * GRID_TILE + 2, r * GRID_TILE + 2))

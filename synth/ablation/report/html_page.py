@@ -11,9 +11,21 @@ import html
 from typing import Any
 
 from synth.ablation.report.markdown_page import md_provenance
-from synth.ablation.report.tables import (FIDELITY_RULE, PAIRED_RULE, SEED_RULE, class_table, fidelity_table,
-                                          filter_table, gate_vs_fidelity, group_table, paired_resampled_table,
-                                          paired_table, provenance, resampling_table, timings_table)
+from synth.ablation.report.tables import (
+    FIDELITY_RULE,
+    PAIRED_RULE,
+    SEED_RULE,
+    class_table,
+    fidelity_table,
+    filter_table,
+    gate_vs_fidelity,
+    group_table,
+    paired_resampled_table,
+    paired_table,
+    provenance,
+    resampling_table,
+    timings_table,
+)
 from synth.ablation.report.verdicts import QUESTION, dataset_line, headline
 from synth.taxonomy import report_class_slug
 
@@ -53,41 +65,64 @@ _CHECK_SCRIPT = """
 def html_report(results: dict[str, Any], figures: dict[str, bytes]) -> str:
     e = html.escape
     ds = results.get("dataset", {})
-    body = [f"<h1>Ablation report: {e(results['name'])}</h1>",
-            f"<p><em>{e(results.get('question', QUESTION))}</em></p>",
-            "<ul class='headline'>" + "".join(f"<li>{e(line)}</li>" for line in headline(results)) + "</ul>"]
+    body = [
+        f"<h1>Ablation report: {e(results['name'])}</h1>",
+        f"<p><em>{e(results.get('question', QUESTION))}</em></p>",
+        "<ul class='headline'>" + "".join(f"<li>{e(line)}</li>" for line in headline(results)) + "</ul>",
+    ]
     if ds:
         body.append("<p class='note'>" + e(dataset_line(ds)) + "</p>")
-    body += ["<h2>mAP per frequency group</h2>", f"<p class='note'>{e(SEED_RULE)}</p>",
-             _html_table(*group_table(results)),
-             _img(figures["group_map"], "mAP by frequency group"),
-             "<h2>Paired differences vs real only</h2>",
-             f"<p class='note'>{e(PAIRED_RULE)} Green = the interval excludes 0.</p>",
-             _html_table(*paired_table(results), highlight=True)]
+    body += [
+        "<h2>mAP per frequency group</h2>",
+        f"<p class='note'>{e(SEED_RULE)}</p>",
+        _html_table(*group_table(results)),
+        _img(figures["group_map"], "mAP by frequency group"),
+        "<h2>Paired differences vs real only</h2>",
+        f"<p class='note'>{e(PAIRED_RULE)} Green = the interval excludes 0.</p>",
+        _html_table(*paired_table(results), highlight=True),
+    ]
     resampled = paired_resampled_table(results)
     if resampled:
-        body += ["<h2>Paired differences vs real, tail re-sampled (the verdict's reference)</h2>",
-                 _html_table(*resampled, highlight=True)]
+        body += [
+            "<h2>Paired differences vs real, tail re-sampled (the verdict's reference)</h2>",
+            _html_table(*resampled, highlight=True),
+        ]
     resampling = resampling_table(results)
     if resampling:
-        body += ["<h2>Re-sampling baseline</h2>", f"<p class='note'>{e(resampling[0])}</p>",
-                 _html_table(*resampling[1])]
-    body += ["<h2>Per-class ΔAP vs training prevalence</h2>",
-             _img(figures["delta_ap_vs_prevalence"], "Per-class delta AP"),
-             "<h2>Per-class metrics (mean over seeds)</h2>", _html_table(*class_table(results))]
+        body += [
+            "<h2>Re-sampling baseline</h2>",
+            f"<p class='note'>{e(resampling[0])}</p>",
+            _html_table(*resampling[1]),
+        ]
+    body += [
+        "<h2>Per-class ΔAP vs training prevalence</h2>",
+        _img(figures["delta_ap_vs_prevalence"], "Per-class delta AP"),
+        "<h2>Per-class metrics (mean over seeds)</h2>",
+        _html_table(*class_table(results)),
+    ]
     filt = filter_table(results)
     if filt:
         extractor = results["filter"].get("extractor", "unknown")
-        body += ["<h2>Filter summary</h2>", f"<p class='note'>FID/KID on {e(extractor)} features; "
-                 "the floor is real-vs-real FID at the same sample size.</p>", _html_table(*filt)]
+        body += [
+            "<h2>Filter summary</h2>",
+            f"<p class='note'>FID/KID on {e(extractor)} features; "
+            "the floor is real-vs-real FID at the same sample size.</p>",
+            _html_table(*filt),
+        ]
     fidelity = fidelity_table(results)
     if fidelity:
-        body += ["<h2>Generator fidelity (phantom oracle)</h2>", f"<p class='note'>{e(FIDELITY_RULE)}</p>",
-                 _html_table(*fidelity)]
+        body += [
+            "<h2>Generator fidelity (phantom oracle)</h2>",
+            f"<p class='note'>{e(FIDELITY_RULE)}</p>",
+            _html_table(*fidelity),
+        ]
     gate = gate_vs_fidelity(results)
     if gate:
-        body += ["<h2>Transfer gate vs oracle fidelity</h2>", f"<p class='note'>{e(gate[0])}</p>",
-                 _html_table(*gate[1])]
+        body += [
+            "<h2>Transfer gate vs oracle fidelity</h2>",
+            f"<p class='note'>{e(gate[0])}</p>",
+            _html_table(*gate[1]),
+        ]
     if results.get("grids"):
         body.append("<h2>Image grids</h2><p class='note'>Rows: real examples, kept synthetic, rejected synthetic.</p>")
         for cls in results["grids"]:
@@ -96,9 +131,13 @@ def html_report(results: dict[str, Any], figures: dict[str, bytes]) -> str:
     if timings:
         body += ["<h2>Stage wall times</h2>", f"<p class='note'>{e(timings[0])}</p>", _html_table(*timings[1])]
     body += ["<h2>Reproduce</h2>", _html_provenance(provenance(results))]
-    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-            f"<title>Ablation report: {e(results['name'])}</title><style>{_CSS}</style></head><body>\n"
-            + "\n".join(body) + _CHECK_SCRIPT + "</body></html>\n")
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>Ablation report: {e(results['name'])}</title><style>{_CSS}</style></head><body>\n"
+        + "\n".join(body)
+        + _CHECK_SCRIPT
+        + "</body></html>\n"
+    )
 
 
 def _html_table(header: list[str], rows: list[list[str]], highlight: bool = False) -> str:

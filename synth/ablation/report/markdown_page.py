@@ -5,9 +5,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from synth.ablation.report.tables import (FIDELITY_RULE, PAIRED_RULE, SEED_RULE, class_table, fidelity_table,
-                                          filter_table, gate_vs_fidelity, group_table, paired_resampled_table,
-                                          paired_table, provenance, resampling_table, timings_table)
+from synth.ablation.report.tables import (
+    FIDELITY_RULE,
+    PAIRED_RULE,
+    SEED_RULE,
+    class_table,
+    fidelity_table,
+    filter_table,
+    gate_vs_fidelity,
+    group_table,
+    paired_resampled_table,
+    paired_table,
+    provenance,
+    resampling_table,
+    timings_table,
+)
 from synth.ablation.report.verdicts import QUESTION, dataset_line, headline
 from synth.taxonomy import report_class_slug
 
@@ -18,20 +30,43 @@ def markdown_report(results: dict[str, Any], figures: dict[str, bytes]) -> str:
     out += [f"- {line}" for line in headline(results)] + [""]
     if ds:
         out += [dataset_line(ds), ""]
-    out += ["## mAP per frequency group", "", SEED_RULE, "", _md_table(*group_table(results)), "",
-            "![mAP by group](figures/group_map.png)", "",
-            "## Paired differences vs real only (paired patient bootstrap on the same test set)", "",
-            PAIRED_RULE, "", _md_table(*paired_table(results)), ""]
+    out += [
+        "## mAP per frequency group",
+        "",
+        SEED_RULE,
+        "",
+        _md_table(*group_table(results)),
+        "",
+        "![mAP by group](figures/group_map.png)",
+        "",
+        "## Paired differences vs real only (paired patient bootstrap on the same test set)",
+        "",
+        PAIRED_RULE,
+        "",
+        _md_table(*paired_table(results)),
+        "",
+    ]
     resampled = paired_resampled_table(results)
     if resampled:
-        out += ["## Paired differences vs real, tail re-sampled (the verdict's reference)", "", _md_table(*resampled),
-                ""]
+        out += [
+            "## Paired differences vs real, tail re-sampled (the verdict's reference)",
+            "",
+            _md_table(*resampled),
+            "",
+        ]
     resampling = resampling_table(results)
     if resampling:
         out += ["## Re-sampling baseline", "", resampling[0], "", _md_table(*resampling[1]), ""]
-    out += ["## Per-class ΔAP vs training prevalence", "",
-            "![ΔAP vs prevalence](figures/delta_ap_vs_prevalence.png)", "",
-            "## Per-class metrics (mean over seeds)", "", _md_table(*class_table(results)), ""]
+    out += [
+        "## Per-class ΔAP vs training prevalence",
+        "",
+        "![ΔAP vs prevalence](figures/delta_ap_vs_prevalence.png)",
+        "",
+        "## Per-class metrics (mean over seeds)",
+        "",
+        _md_table(*class_table(results)),
+        "",
+    ]
     filt = filter_table(results)
     if filt:
         extractor = results["filter"].get("extractor", "unknown")

@@ -7,9 +7,19 @@ import math
 from typing import Any
 
 from synth.ablation.report.formatting import arm_label, arm_short, fmt, fmt_diff, fmt_est
-from synth.ablation.results import (GATE_MIN_SPEARMAN, GATE_MUST_DROP_BELOW, GATE_MUST_KEEP_FROM, GROUPS,
-                                    PER_CLASS_METRICS, gate_agreement, group_estimate, is_judgeable, paired_estimate,
-                                    paired_vs_resampled, per_class_mean)
+from synth.ablation.results import (
+    GATE_MIN_SPEARMAN,
+    GATE_MUST_DROP_BELOW,
+    GATE_MUST_KEEP_FROM,
+    GROUPS,
+    PER_CLASS_METRICS,
+    gate_agreement,
+    group_estimate,
+    is_judgeable,
+    paired_estimate,
+    paired_vs_resampled,
+    per_class_mean,
+)
 
 SEED_RULE = (
     "Values are the mean over seeds of each seed's test-set estimate; the bracket is the mean over seeds "
@@ -55,12 +65,21 @@ def resampling_table(results: dict[str, Any]) -> tuple[str, tuple[list[str], lis
     if arm is None:
         return None
     r = arm["resampling"]
-    note = (f"{arm_label(arm)}: real rows only, repeat factors {r.get('rule', '')}; t = {r['threshold']:.4g}, "
-            f"{r.get('n_presented')} rows per epoch from {r.get('n_rows')} ({r.get('n_rows_repeated')} repeated).")
-    header = ["Class", "real train positives", "r(c)", "presented per epoch (resampled)",
-              "presented per epoch (mixing arm)"]
-    rows = [[c, str(v["n_pos"]), fmt(v["r_class"], 2), str(v["presented"]), str(v["mixing_arm"])]
-            for c, v in r.get("per_class", {}).items()]
+    note = (
+        f"{arm_label(arm)}: real rows only, repeat factors {r.get('rule', '')}; t = {r['threshold']:.4g}, "
+        f"{r.get('n_presented')} rows per epoch from {r.get('n_rows')} ({r.get('n_rows_repeated')} repeated)."
+    )
+    header = [
+        "Class",
+        "real train positives",
+        "r(c)",
+        "presented per epoch (resampled)",
+        "presented per epoch (mixing arm)",
+    ]
+    rows = [
+        [c, str(v["n_pos"]), fmt(v["r_class"], 2), str(v["presented"]), str(v["mixing_arm"])]
+        for c, v in r.get("per_class", {}).items()
+    ]
     return note, (header, rows)
 
 
@@ -68,8 +87,10 @@ def timings_table(results: dict[str, Any]) -> tuple[str, tuple[list[str], list[l
     t = results.get("timings")
     if not t or not t.get("steps"):
         return None
-    note = (f"This run: {t.get('this_run_seconds', 0):.0f} s wall; all steps as measured when they ran: "
-            f"{t.get('all_steps_seconds', 0):.0f} s. {t.get('rule', '')}")
+    note = (
+        f"This run: {t.get('this_run_seconds', 0):.0f} s wall; all steps as measured when they ran: "
+        f"{t.get('all_steps_seconds', 0):.0f} s. {t.get('rule', '')}"
+    )
     rows = [[r["step"], fmt(r.get("seconds"), 1), "cached" if r.get("cached") else "ran"] for r in t["steps"]]
     return note, (["Step", "seconds", "this run"], rows)
 
@@ -83,8 +104,12 @@ def class_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     first = arms[0]
     for cls in sorted(results["classes"], key=lambda c: -results["train_prevalence"].get(c, 0)):
         n_pos = per_class_mean(first, cls, "n_pos")
-        row = [cls, results["groups"].get(cls, ""), f"{results['train_prevalence'].get(cls, math.nan):.4f}",
-               "" if math.isnan(n_pos) else str(int(n_pos))]
+        row = [
+            cls,
+            results["groups"].get(cls, ""),
+            f"{results['train_prevalence'].get(cls, math.nan):.4f}",
+            "" if math.isnan(n_pos) else str(int(n_pos)),
+        ]
         for arm in arms:
             row += [fmt(per_class_mean(arm, cls, m)) for m in PER_CLASS_METRICS]
         rows.append(row)
@@ -101,8 +126,17 @@ def filter_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]] |
     flag_only = sorted(flagged - set(reasons))
     has_oracle = any(c.get("oracle_fidelity") is not None for c in filt["classes"].values())
     has_gate = any(c.get("transfer") for c in filt["classes"].values())
-    header = ["Class", "generated", "kept", *[f"rejected: {r}" for r in reasons],
-              *[f"flagged: {r}" for r in flag_only], "FID", "FID floor", "FID / floor", "KID"]
+    header = [
+        "Class",
+        "generated",
+        "kept",
+        *[f"rejected: {r}" for r in reasons],
+        *[f"flagged: {r}" for r in flag_only],
+        "FID",
+        "FID floor",
+        "FID / floor",
+        "KID",
+    ]
     if has_gate:
         header.append("transfer gate AUROC [95% CI]")
     if has_oracle:
@@ -112,10 +146,17 @@ def filter_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]] |
         fid, floor = c.get("fid"), c.get("fid_floor")
         ratio = fid / floor if fid is not None and floor else math.nan
         fid_txt = fmt(fid, 2) + (f" [{fmt(c['fid_ci'][0], 2)}, {fmt(c['fid_ci'][1], 2)}]" if c.get("fid_ci") else "")
-        row = [cls, str(c.get("n", "")), str(c.get("kept", "")),
-               *[str(c.get("rejected", {}).get(r, 0)) for r in reasons],
-               *[str(c.get("flagged", {}).get(r, 0)) for r in flag_only],
-               fid_txt, fmt(floor, 2), fmt(ratio, 2), fmt(c.get("kid"), 4)]
+        row = [
+            cls,
+            str(c.get("n", "")),
+            str(c.get("kept", "")),
+            *[str(c.get("rejected", {}).get(r, 0)) for r in reasons],
+            *[str(c.get("flagged", {}).get(r, 0)) for r in flag_only],
+            fid_txt,
+            fmt(floor, 2),
+            fmt(ratio, 2),
+            fmt(c.get("kid"), 4),
+        ]
         if has_gate:
             row.append(_gate_cell(c.get("transfer")))
         if has_oracle:
@@ -140,24 +181,30 @@ def gate_vs_fidelity(results: dict[str, Any]) -> tuple[str, tuple[list[str], lis
     if agreement is None:
         return None
     filt = (results.get("filter") or {}).get("classes", {})
-    rows = [[cls, _gate_cell((filt.get(cls) or {}).get("transfer")), fmt(fidelity), "kept" if kept else "dropped"]
-            for cls, _, fidelity, kept in agreement.rows]
+    rows = [
+        [cls, _gate_cell((filt.get(cls) or {}).get("transfer")), fmt(fidelity), "kept" if kept else "dropped"]
+        for cls, _, fidelity, kept in agreement.rows
+    ]
     rho = agreement.spearman
-    note = (f"Gate (real data only) vs oracle fidelity on {len(rows)} judgeable tail class(es): Spearman ρ = "
-            + (f"{rho:+.2f}" if rho is not None else "– (fewer than 3 classes)")
-            + f". Bar: ρ ≥ {GATE_MIN_SPEARMAN}, every set with fidelity < {GATE_MUST_DROP_BELOW:.0%} dropped "
-            + f"(kept: {', '.join(agreement.unfaithful_kept) or 'none'}), none with fidelity ≥ {GATE_MUST_KEEP_FROM:.0%} "
-            + f"dropped (dropped: {', '.join(agreement.faithful_dropped) or 'none'}): "
-            + ("MET" if agreement.met else "NOT MET")
-            + ". The oracle only judges here; it never feeds the gate.")
+    note = (
+        f"Gate (real data only) vs oracle fidelity on {len(rows)} judgeable tail class(es): Spearman ρ = "
+        + (f"{rho:+.2f}" if rho is not None else "– (fewer than 3 classes)")
+        + f". Bar: ρ ≥ {GATE_MIN_SPEARMAN}, every set with fidelity < {GATE_MUST_DROP_BELOW:.0%} dropped "
+        + f"(kept: {', '.join(agreement.unfaithful_kept) or 'none'}), none with fidelity ≥ {GATE_MUST_KEEP_FROM:.0%} "
+        + f"dropped (dropped: {', '.join(agreement.faithful_dropped) or 'none'}): "
+        + ("MET" if agreement.met else "NOT MET")
+        + ". The oracle only judges here; it never feeds the gate."
+    )
     return note, (["Class", "transfer gate AUROC [95% CI]", "oracle fidelity (generated)", "gate decision"], rows)
 
 
-FIDELITY_RULE = ("Fidelity = share of images in which the phantom oracle (an evaluation-only judge trained on a "
-                 "separate class-balanced phantom set; nothing it says reaches the filter or the classifiers) detects "
-                 "the class the image was generated for, at its F1-optimal validation threshold. 'real' is the same "
-                 "rate on the class's real training positives: the judge's own sensitivity. A class with oracle val "
-                 "AP < 0.5 cannot be judged.")
+FIDELITY_RULE = (
+    "Fidelity = share of images in which the phantom oracle (an evaluation-only judge trained on a "
+    "separate class-balanced phantom set; nothing it says reaches the filter or the classifiers) detects "
+    "the class the image was generated for, at its F1-optimal validation threshold. 'real' is the same "
+    "rate on the class's real training positives: the judge's own sensitivity. A class with oracle val "
+    "AP < 0.5 cannot be judged."
+)
 
 
 def fidelity_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
@@ -168,9 +215,15 @@ def fidelity_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     rows = []
     for cls, c in fid["classes"].items():
         judged = is_judgeable(c)
-        rows.append([cls + ("" if judged else " (not judgeable)"), fmt(c.get("oracle_val_ap")),
-                     *[fmt(c.get(k)) for k in ("real", "generated", "kept", "rejected")],
-                     str(c.get("n_real", "")), str(c.get("n_generated", ""))])
+        rows.append(
+            [
+                cls + ("" if judged else " (not judgeable)"),
+                fmt(c.get("oracle_val_ap")),
+                *[fmt(c.get(k)) for k in ("real", "generated", "kept", "rejected")],
+                str(c.get("n_real", "")),
+                str(c.get("n_generated", "")),
+            ]
+        )
     return header, rows
 
 

@@ -7,8 +7,15 @@ from typing import Any
 
 from synth.ablation.arms import SYNTHETIC_FILTERED
 from synth.ablation.report.formatting import arm_label, fmt_diff
-from synth.ablation.results import (ARM_LABELS, Estimate, arm_by_name, harmed_classes, is_judgeable, paired_estimate,
-                                    paired_vs_resampled)
+from synth.ablation.results import (
+    ARM_LABELS,
+    Estimate,
+    arm_by_name,
+    harmed_classes,
+    is_judgeable,
+    paired_estimate,
+    paired_vs_resampled,
+)
 
 #: the report's subtitle unless results.json names its own question
 QUESTION = "Does synthetic tail data help, where, and by how much?"
@@ -22,20 +29,30 @@ def headline(results: dict[str, Any]) -> list[str]:
         if arm["name"] == results["baseline"]:
             continue
         tail, head = _verdict_tail(results, arm), paired_estimate(arm, "head")
-        verdict = ("helps" if tail.excludes_zero and tail.mean > 0 else "hurts" if tail.excludes_zero
-                   else "shows no clear effect on")
+        verdict = (
+            "helps"
+            if tail.excludes_zero and tail.mean > 0
+            else "hurts"
+            if tail.excludes_zero
+            else "shows no clear effect on"
+        )
         against = _verdict_against(results, arm)
         if against:
-            line = (f"{arm_label(arm)} {verdict} the tail vs {against}: ΔmAP {fmt_diff(tail)} (vs real only "
-                    f"{fmt_diff(paired_estimate(arm, 'tail'))}; head vs real only {fmt_diff(head)}), "
-                    f"{tail.n_seeds} seed(s).")
+            line = (
+                f"{arm_label(arm)} {verdict} the tail vs {against}: ΔmAP {fmt_diff(tail)} (vs real only "
+                f"{fmt_diff(paired_estimate(arm, 'tail'))}; head vs real only {fmt_diff(head)}), "
+                f"{tail.n_seeds} seed(s)."
+            )
         else:
-            line = (f"{arm_label(arm)} {verdict} the tail: ΔmAP {fmt_diff(tail)} (head {fmt_diff(head)}), "
-                    f"{tail.n_seeds} seed(s).")
+            line = (
+                f"{arm_label(arm)} {verdict} the tail: ΔmAP {fmt_diff(tail)} (head {fmt_diff(head)}), "
+                f"{tail.n_seeds} seed(s)."
+            )
         harmed = harmed_classes(arm)
         if harmed is not None:
-            line += (f" Do no harm: {len(harmed)} class(es) significantly below real only"
-                     + (f" ({', '.join(harmed)})" if harmed else ""))
+            line += f" Do no harm: {len(harmed)} class(es) significantly below real only" + (
+                f" ({', '.join(harmed)})" if harmed else ""
+            )
             few = arm.get("harm_not_judged") or []
             line += f"; {len(few)} class(es) with < 5 test positives not judged." if few else "."
         lines.append(line)
@@ -48,8 +65,12 @@ def headline(results: dict[str, Any]) -> list[str]:
         tail, head = _verdict_tail(results, arm), paired_estimate(arm, "head")
         against = _verdict_against(results, arm)
         harmed_tail = harmed_classes(arm, results["groups"], "tail")
-        met = tail.mean >= target["tail_gain"] and tail.ci[0] > 0 and head.mean >= -target["max_head_drop"] \
+        met = (
+            tail.mean >= target["tail_gain"]
+            and tail.ci[0] > 0
+            and head.mean >= -target["max_head_drop"]
             and not harmed_tail
+        )
         lines.append(
             f"Target (filtered arm: tail ΔmAP{' vs ' + against if against else ''} "
             f"≥ +{target['tail_gain']:.2f} with its "
@@ -85,32 +106,43 @@ def _fidelity_summary(results: dict[str, Any]) -> str | None:
         vals = [v[key] for v in judged.values() if v.get(key) is not None]
         return f"{100 * sum(vals) / len(vals):.0f}%" if vals else "–"
 
-    return (f"Generator fidelity (phantom oracle, {len(judged)} judgeable class(es)): the prompted finding is "
-            f"detected in {mean('generated')} of generated and {mean('kept')} of kept images on average, "
-            f"vs {mean('real')} of real training positives.")
+    return (
+        f"Generator fidelity (phantom oracle, {len(judged)} judgeable class(es)): the prompted finding is "
+        f"detected in {mean('generated')} of generated and {mean('kept')} of kept images on average, "
+        f"vs {mean('real')} of real training positives."
+    )
 
 
 def _tail_evidence(results: dict[str, Any]) -> str | None:
     """How many test positives the tail verdicts rest on: a CI cannot say that a class with one positive is noisy."""
     baseline = arm_by_name(results, results["baseline"])
     first = next(iter(baseline["seeds"].values()), {})
-    n_pos = {c: int(m.get("n_pos") or 0) for c, m in first.get("per_class", {}).items()
-             if results["groups"].get(c) == "tail"}
+    n_pos = {
+        c: int(m.get("n_pos") or 0)
+        for c, m in first.get("per_class", {}).items()
+        if results["groups"].get(c) == "tail"
+    }
     scored = {c: n for c, n in n_pos.items() if n > 0}
     if not scored:
         return None
     few = sorted(c for c, n in scored.items() if n < FEW_TEST_POSITIVES)
-    line = (f"Tail evidence: {len(scored)} tail class(es) scored on {sum(scored.values())} test positives "
-            f"(fewest {min(scored.values())}).")
+    line = (
+        f"Tail evidence: {len(scored)} tail class(es) scored on {sum(scored.values())} test positives "
+        f"(fewest {min(scored.values())})."
+    )
     if few:
-        line += (f" {len(few)} of them have < {FEW_TEST_POSITIVES} positives, where one image moves the AP a lot: "
-                 "read the tail verdicts as indicative, not conclusive.")
+        line += (
+            f" {len(few)} of them have < {FEW_TEST_POSITIVES} positives, where one image moves the AP a lot: "
+            "read the tail verdicts as indicative, not conclusive."
+        )
     return line
 
 
 def dataset_line(ds: dict[str, Any]) -> str:
     line = "Dataset: " + ", ".join(f"{k} = {v}" for k, v in ds.items())
     if ds.get("n_heldout"):
-        line += (f". The test rows include {ds['n_heldout']} held-out phantom images (new patients from another "
-                 "phantom seed, rendered for evaluation only; no model saw them).")
+        line += (
+            f". The test rows include {ds['n_heldout']} held-out phantom images (new patients from another "
+            "phantom seed, rendered for evaluation only; no model saw them)."
+        )
     return line
