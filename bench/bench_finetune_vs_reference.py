@@ -47,11 +47,12 @@ RECIPE = REPO / "configs" / "finetune" / "mimic-sd21.yaml"
 
 def build_inputs(root: Path, n: int, size: int, seed: int, width: int = 0) -> tuple[Path, Path, Path]:
     """(SD folder, project manifest, reference imagefolder) over the same ``n`` phantom images."""
+    from sd_folders import build_sd_folder
+
     from synth.manifest import label_sets, validate_manifest, write_manifest
     from synth.phantom import render_dataset
     from synth.prompts import PromptTemplates
     from synth.readers import read_labels
-    from sd_folders import build_sd_folder
 
     labels = Path(render_dataset(n=n, size=size, seed=seed, out=root / "phantom"))
     df = read_labels("cxrlt", labels)

@@ -34,10 +34,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 import torch  # noqa: E402
+from tiny_pipeline import build_tiny_pipeline  # noqa: E402
 
 import synth.generate as gen  # noqa: E402
 import synth.inference.orchestration as orchestration  # noqa: E402
-from tiny_pipeline import build_tiny_pipeline  # noqa: E402
 
 
 def main() -> None:

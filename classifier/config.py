@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-
 from synth.config import from_mapping, load_config
 from synth.errors import UserError
 

@@ -36,11 +36,10 @@ import torch.nn.functional as F
 
 from classifier.config import AugmentConfig, SyntheticMixConfig
 from classifier.models import PIXEL_MEAN, PIXEL_STD
-from synth.image_datasets import load_gray
 from synth.errors import UserError
+from synth.image_datasets import load_gray
 from synth.manifest import image_paths, label_matrix
 from synth.taxonomy import CXR_LT_CLASSES, expand_parents
-
 
 # ---------------------------------------------------------------- row selection
 

@@ -59,7 +59,6 @@ from synth.errors import UserError
 from synth.io import save_safetensors_atomic, write_json_atomic
 from synth.manifest import annotated_classes, label_matrix
 
-
 # ---------------------------------------------------------------- one member
 
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-
 from synth.errors import UserError
 from synth.io import read_yaml_mapping
 from synth.taxonomy import CXR_LT_CLASSES

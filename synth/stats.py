@@ -9,8 +9,8 @@ kept per split with exact counts rather than as derived probabilities.
 from __future__ import annotations
 
 import json
-from collections import Counter
 import os
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any

@@ -442,9 +442,10 @@ def test_train_evaluate_two_resolutions_beats_prevalence(nih32: pd.DataFrame, tm
 
 
 def test_resume_from_checkpoint_matches_uninterrupted(nih32: pd.DataFrame, tmp_path: Path, monkeypatch):
+    from safetensors.torch import load_file
+
     import classifier.stage as stage
     import classifier.train as train
-    from safetensors.torch import load_file
 
     df = _tiny(nih32, n_train=48, n_val=24, n_test=8)
     cfg = _config(sizes=(32,), epochs=2)

@@ -16,7 +16,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from filter_fixtures import make_real
 
 

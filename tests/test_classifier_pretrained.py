@@ -6,7 +6,6 @@ The "ImageNet" file here is a random-weight timm model saved in timm's own layou
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import pytest

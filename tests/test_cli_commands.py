@@ -16,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from filter_fixtures import CLASSES, make_real
 from typer.testing import CliRunner
 
-from filter_fixtures import CLASSES, make_real
 from synth.cli import app
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from filter_fixtures import CLASSES, make_real, make_synthetic, render
 from typer.testing import CliRunner
 
-from filter_fixtures import CLASSES, make_real, make_synthetic, render
 from synth.filtering import VerifierConfig, load_filter_config, run_filter, train_verifier
 from synth.manifest import read_manifest
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_pipeline import build_tiny_pipeline, write_tiny_manifest
 
 from synth import finetune
 from synth.errors import UserError
 from synth.generator import train as train_mod
-from tiny_pipeline import build_tiny_pipeline, write_tiny_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -252,7 +252,7 @@ def test_cli_flags_override_yaml_keys(tmp_path):
 @pytest.mark.parametrize("name", ["demo", "phantom-cpu", "nih-sample", "mimic-sd21"])
 def test_shipped_configs_load(name):
     """Every key of the shipped YAML reaches the config with its value (no key silently dropped or renamed)."""
-    from synth.generator.config import _coerce, _fields
+    from synth.generator.config import _coerce
     from synth.io import read_yaml_mapping
 
     path = REPO / "configs" / "finetune" / f"{name}.yaml"

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_pipeline import build_tiny_pipeline
 
 import synth.generate as gen
-from tiny_pipeline import build_tiny_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,16 @@ from __future__ import annotations
 import csv
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from tiny_pipeline import write_tiny_manifest
 
 from synth.generator import latent_cache as lc
 from synth.generator.data import TrainingSet, encode_latents, load_pixels, pixel_dataset
-from tiny_pipeline import write_tiny_manifest
 
 RES = 16
 
@@ -224,8 +223,9 @@ def _losses(out: Path) -> list[float]:
 def test_finetune_from_a_pretrained_folder_caches_by_default_and_disk_trains_like_ram(tmp_path, capsys):
     """The default (``cache_latents: auto``) caches from a pretrained folder too, beside the manifest; a run
     whose RAM budget is 0 (memory-mapped) gives the same loss sequence as the in-RAM one and reuses its cache."""
-    from synth import finetune
     from tiny_pipeline import build_tiny_pipeline
+
+    from synth import finetune
 
     src = build_tiny_pipeline(tmp_path / "src")
     manifest = tmp_path / "src" / "data" / "manifest.csv"

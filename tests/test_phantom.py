@@ -271,10 +271,10 @@ def test_cli_bad_input_is_one_error_line(tmp_path, args, needle):
 
 
 def test_contact_sheets(tmp_path):
+    from PIL import Image
+
     from synth.phantom.dataset import write_contact_sheets
     from synth.taxonomy import class_slug as slug
-
-    from PIL import Image
 
     folder = write_contact_sheets(tmp_path / "cs", 32, 0, examples=2)
     with Image.open(folder / "all.png") as im:

@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from filter_fixtures import make_real
+
 from synth.distributed import CPU_AUTOCAST_ENV, make_accelerator
 
 

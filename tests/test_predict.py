@@ -15,17 +15,16 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from test_data import assert_one_error_line, invoke, make_cxrlt
+from typer.testing import CliRunner
 
 from classifier.ensemble import group_record, model_groups, predict
 from classifier.models import build_model
+from synth.cli import app
 from synth.io import save_safetensors_atomic, write_json_atomic
 from synth.manifest import read_manifest
 from synth.prepare import prepare_dataset
 from synth.taxonomy import CXR_LT_CLASSES
-from test_data import assert_one_error_line, invoke, make_cxrlt
-from typer.testing import CliRunner
-
-from synth.cli import app
 
 #: deliberately not in taxonomy order: the submission must reorder them
 CLASSES = ["Support Devices", "Fracture", "Rib Fracture", "Normal"]

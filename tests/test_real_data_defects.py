@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_data import assert_one_error_line, invoke, make_cxrlt
 
 from synth.manifest import read_manifest
 from synth.prepare import prepare_dataset
 from synth.readers import read_cxrlt, read_nih
 from synth.taxonomy import CXR_LT_CLASSES
-from test_data import assert_one_error_line, invoke, make_cxrlt
 
 
 @pytest.fixture()
@@ -441,10 +441,10 @@ def test_defect11_zero_shot_class_is_named_as_such(tiny_model, tmp_path, name):
 
 @pytest.mark.parametrize("which", ["synthetic", "real"])
 def test_defect12_filter_missing_image_fails_before_work_with_a_real_hint(tmp_path, monkeypatch, which):
+    from filter_fixtures import make_real, make_synthetic, render
     from typer.testing import CliRunner
 
     import synth.filtering.pipeline as pipeline
-    from filter_fixtures import make_real, make_synthetic, render
     from synth.cli import app
 
     def no_work(*a, **kw):

@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from synth.ablation.report import render_report
-from synth.ablation.results import paired_estimate, arm_by_name
+from synth.ablation.results import arm_by_name, paired_estimate
 from synth.cli import app
 from synth.errors import UserError
 from synth.taxonomy import CXR_LT_CLASSES

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from filter_fixtures import render, save
+
 from synth.manifest import write_manifest
 from synth.taxonomy import CXR_LT_CLASSES
 
@@ -187,6 +187,7 @@ def test_classifier_stores_real_train_prevalence_and_selects_on_val(skewed, tmp_
 @pytest.fixture(scope="module")
 def small_real(tmp_path_factory) -> pd.DataFrame:
     from filter_fixtures import make_real
+
     from synth.manifest import read_manifest
 
     return read_manifest(make_real(tmp_path_factory.mktemp("small"), {"train": 8, "val": 4, "test": 1}))
@@ -265,6 +266,7 @@ def test_evaluate_bootstraps_patients_of_the_evaluated_split(tmp_path):
     """`synth evaluate`'s intervals resample PATIENTS (here 2 test images each), as metrics.evaluate with the subject
     ids gives, and score the requested split's rows only."""
     from filter_fixtures import make_real
+
     from classifier import metrics
     from classifier.ensemble import predict
     from classifier.evaluation import evaluate_model

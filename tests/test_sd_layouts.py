@@ -21,13 +21,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from sd_folders import RESOLUTION, build_sd_folder, prediction_type
+from tiny_pipeline import write_tiny_manifest
+
 from synth import finetune
 from synth.distributed import CPU_AUTOCAST_ENV
 from synth.generator import train as train_mod
-from synth.io import read_yaml_mapping
-from tiny_pipeline import write_tiny_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "finetune" / "mimic-sd21.yaml"
@@ -234,10 +233,11 @@ def test_kill_9_then_plain_rerun_equals_uninterrupted(recipe_run, manifest, tmp_
 def test_generate_fp32_reads_a_pipeline_saved_in_bf16(manifest, tmp_path):
     """Pipelines exported in bf16 by older versions: transformers >= 5 would load the text encoder in bf16 beside
     an fp32 UNet unless every component is given the dtype (``synth generate --precision fp32``)."""
+    from tiny_pipeline import ANNOTATED
+
     from synth.generate import generate
     from synth.io import write_json_atomic
     from synth.prompts import DEFAULT_TEMPLATES, PromptTemplates
-    from tiny_pipeline import ANNOTATED
 
     model = build_sd_folder(tmp_path / "bf16", "sd21-base", dtype=torch.bfloat16)
     write_json_atomic(

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from filter_fixtures import CLASSES, make_real, make_synthetic, render, save
+
 from synth.filtering import VerifierConfig, load_filter_config, run_filter, train_verifier
 from synth.filtering.transfer import transfer_gate
 from synth.manifest import read_manifest, write_manifest

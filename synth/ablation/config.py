@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-from synth.ablation.arms import ARMS as ARM_REGISTRY, BASELINE, SyntheticSet
+from synth.ablation.arms import ARMS as ARM_REGISTRY
+from synth.ablation.arms import BASELINE, SyntheticSet
 from synth.config import UnknownKeyError, load_config
 from synth.errors import UserError
 from synth.readers import FORMATS

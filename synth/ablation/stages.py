@@ -182,7 +182,8 @@ def oracle_fidelity(
     """
     import json
 
-    from synth.filtering.oracle import load_oracle, predict as oracle_predict
+    from synth.filtering.oracle import load_oracle
+    from synth.filtering.oracle import predict as oracle_predict
     from synth.io import write_json_atomic
 
     oracle, thresholds = load_oracle(oracle_dir)

@@ -110,9 +110,10 @@ def oracle_train_command(
 
 
 def _print_summary(summary: dict, out: Path) -> None:
-    from synth.distributed import process_state
     from rich.console import Console
     from rich.table import Table
+
+    from synth.distributed import process_state
 
     if not process_state().is_main_process:
         return

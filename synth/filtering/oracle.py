@@ -40,8 +40,9 @@ def f1_optimal_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def train_oracle(data_manifest: str | Path, out_dir: str | Path, cfg: VerifierConfig | None = None) -> Path:
     """Train on the balanced phantom's real train split; fit thresholds and report AP on its val split."""
-    from synth.distributed import process_state
     from sklearn.metrics import average_precision_score
+
+    from synth.distributed import process_state
 
     df = read_manifest(data_manifest)
     out_dir = train_verifier(df, out_dir, cfg)

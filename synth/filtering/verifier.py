@@ -36,9 +36,9 @@ from torch.utils.data import DataLoader
 
 from classifier.losses import MaskedBCE
 from classifier.models import PIXEL_MEAN, PIXEL_STD, build_model
-from synth.image_datasets import ManifestDataset
 from synth.errors import UserError
 from synth.filtering.config import VerifierConfig
+from synth.image_datasets import ManifestDataset
 from synth.io import save_safetensors_atomic, write_json_atomic
 from synth.manifest import annotated_classes, read_manifest
 

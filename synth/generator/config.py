@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-
 from synth.config import SET_HELP, Style, as_typed_text, coerce, command_overrides, load_config
 from synth.errors import UserError
 

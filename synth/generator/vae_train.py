@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from synth.training import adamw
 from synth.generator.config import FinetuneConfig
 from synth.generator.data import encode_latents, measured_scaling_factor, step_rng, to_vae_input
+from synth.training import adamw
 
 VAE_STAGE_DIR = "vae_stage"
 #: Report progress at least this often (seconds), whatever --logging_steps says: the VAE stage of a CPU

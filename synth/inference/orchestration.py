@@ -118,6 +118,7 @@ def run(model_dir: str | Path, classes: Sequence[str], out_dir: str | Path, cfg:
     planned = planner.jobs(counts)  # also checks every target has training positives
 
     import torch
+
     from synth.distributed import process_state
 
     state = process_state()
