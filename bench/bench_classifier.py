@@ -44,7 +44,8 @@ from synth.prepare import prepare_dataset  # noqa: E402
 def bare(
     cfg: EnsembleConfig, member: MemberConfig, data: CachedSet, weights: torch.Tensor, epochs: int
 ) -> tuple[float, float]:
-    """(wall, CPU) seconds per image of the bare step over the same epoch batches (inputs normalised outside the timer)."""
+    """(wall, CPU) seconds per image of the bare step over the same epoch batches (inputs normalised outside the
+    timer)."""
     torch.manual_seed(member.seed)
     model = build_model(member.arch, int(data.labels.shape[1]))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=True)
@@ -123,7 +124,8 @@ def main() -> None:
             b, f = bare(cfg, member, data, weights, 1), full(cfg, member, data, val, weights, tmp / f"ckpt{r}")
             rows.append((b, f))
             print(
-                f"round {r}: bare {1 / b[0]:6.1f} img/s (cpu {1 / b[1]:6.1f}), full {1 / f[0]:6.1f} img/s (cpu {1 / f[1]:6.1f}), "
+                f"round {r}: bare {1 / b[0]:6.1f} img/s (cpu {1 / b[1]:6.1f}), full {1 / f[0]:6.1f} img/s (cpu "
+                f"{1 / f[1]:6.1f}), "
                 f"ratio wall {b[0] / f[0]:.3f}, cpu {b[1] / f[1]:.3f}",
                 flush=True,
             )
@@ -132,7 +134,8 @@ def main() -> None:
     wall = float(np.median([b[0] / f[0] for b, f in rows]))
     cpu = float(np.median([b[1] / f[1] for b, f in rows]))
     print(
-        f"classifier training, {args.arch} @ {args.size}px, batch {args.batch_size}, {args.n} rows, val {len(val)} rows, "
+        f"classifier training, {args.arch} @ {args.size}px, batch {args.batch_size}, {args.n} rows, val {len(val)} "
+        "rows, "
         f"{torch.get_num_threads()} threads, device cpu"
     )
     print(

@@ -60,7 +60,8 @@ def _manifest(n: int, seed: int = 0) -> pd.DataFrame:
 
 
 def _write_store(folder: Path, n: int, size: int, seed: int, sparse: bool = False) -> ImageStore:
-    """A cache file of n random images (chunks of 2,048, as build_store writes them); ``sparse``: all-zero, no disk used."""
+    """A cache file of n random images (chunks of 2,048, as build_store writes them); ``sparse``: all-zero, no disk
+    used."""
     path = folder / f"{size}px-bench{seed}.u8"
     if sparse:
         with open(path, "wb") as fh:
@@ -115,7 +116,8 @@ def memory(args) -> None:
     n_val, n_syn = int(args.rows * 0.13), args.synthetic
     need = sum((args.rows + n_val + n_syn) * s * s for s in sizes)
     print(
-        f"memory: {args.rows:,} train + {n_val:,} val + {n_syn:,} synthetic rows at {sizes} px, {args.processes} process(es)"
+        f"memory: {args.rows:,} train + {n_val:,} val + {n_syn:,} synthetic rows at {sizes} px, {args.processes} "
+        "process(es)"
     )
     old = (args.rows + n_val + n_syn) * sum(s * s for s in sizes) + (args.rows + n_syn) * max(sizes) ** 2
     print(
@@ -125,7 +127,8 @@ def memory(args) -> None:
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         t0 = time.perf_counter()
         print(
-            f"  writing {need / GiB:.1f} GiB of synthetic cache files to {tmp}{' (sparse: zeros, no disk)' if args.sparse else ''} ...",
+            f"  writing {need / GiB:.1f} GiB of synthetic cache files to "
+            f"{tmp}{' (sparse: zeros, no disk)' if args.sparse else ''} ...",
             flush=True,
         )
         for size in sizes:
@@ -213,7 +216,8 @@ def speed(args) -> None:
                 rates[name] = res["history"][-1]["images_per_s"]
             ratios.append(rates["new"] / rates["old"])
             print(
-                f"  speed round {r + 1}: old (in RAM) {rates['old']:.0f} img/s, new (cache file) {rates['new']:.0f} img/s, "
+                f"  speed round {r + 1}: old (in RAM) {rates['old']:.0f} img/s, new (cache file) {rates['new']:.0f} "
+                "img/s, "
                 f"ratio {ratios[-1]:.3f}",
                 flush=True,
             )

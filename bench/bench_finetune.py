@@ -8,7 +8,8 @@ ONE fixed batch of the same shape, with every input precomputed (no data work at
 Single steps of the two alternate so load from other processes hits both alike; the ratio
 of median step times is reported. Target: ratio >= 0.95.
 
-    python bench/bench_finetune.py [--config configs/finetune/demo.yaml] [--manifest M] [--steps 20 --blocks 3]   (steps * blocks interleaved pairs)
+    python bench/bench_finetune.py [--config configs/finetune/demo.yaml] [--manifest M] [--steps 20 --blocks 3]
+    (steps * blocks interleaved pairs)
 """
 
 from __future__ import annotations
@@ -144,14 +145,16 @@ def _report(config: str, cfg, unet, fulls: list[float], bares: list[float]) -> N
         f"{sum(p.numel() for p in unet.parameters()) / 1e6:.1f} M params, ema={cfg.use_ema}, snr_gamma={cfg.snr_gamma}"
     )
     print(
-        f"{len(fulls)} interleaved steps each; median s/step  full {statistics.median(fulls):.3f}  bare {statistics.median(bares):.3f}; "
+        f"{len(fulls)} interleaved steps each; median s/step  full {statistics.median(fulls):.3f}  bare "
+        f"{statistics.median(bares):.3f}; "
         f"min  full {min(fulls):.3f}  bare {min(bares):.3f}"
     )
     print(
         f"steps/s (median)  full loop {1 / statistics.median(fulls):.2f}  bare step {1 / statistics.median(bares):.2f}"
     )
     print(
-        f"ratio full/bare steps/s: median-based {ratio:.3f}, total-time-based {ratio_sum:.3f}, min-based {min(bares) / min(fulls):.3f}  "
+        f"ratio full/bare steps/s: median-based {ratio:.3f}, total-time-based {ratio_sum:.3f}, min-based "
+        f"{min(bares) / min(fulls):.3f}  "
         f"target >= 0.95: {'PASS' if ratio >= 0.95 else 'FAIL'}"
     )
     print(f"peak RSS: {peak_mib:.0f} MiB")

@@ -70,7 +70,8 @@ def main() -> None:
         f = flops(width, size, hidden)
         plain, ckpt = f["unet_step"], f["unet_step"] + f["unet_fwd"]
         print(
-            f"{name}: VAE encode {f['encode'] / 1e9:.1f} GFLOP/image, UNet step {plain / 1e9:.1f} (+{f['unet_fwd'] / 1e9:.1f} recomputed "
+            f"{name}: VAE encode {f['encode'] / 1e9:.1f} GFLOP/image, UNet step {plain / 1e9:.1f} "
+            f"(+{f['unet_fwd'] / 1e9:.1f} recomputed "
             f"with gradient checkpointing); cached-latent step cheaper by {1 + f['encode'] / plain:.2f}x "
             f"({1 + f['encode'] / ckpt:.2f}x with gradient checkpointing)"
         )

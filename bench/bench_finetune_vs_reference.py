@@ -13,11 +13,13 @@ Steady-state steps/s comes from a timestamp after every optimizer step (a global
 ``torch.optim`` step hook set by a small runner that then runs the unmodified script with ``runpy``):
 steps after the first ``--skip`` over their time, so start-up and the final save are left out. A
 1-step warm-up run of each script first builds the one-time caches (the reference's ``datasets``
-arrow cache, the project's latent cache), as every later run on the same data finds them. Rounds interleave the scripts so load from other processes hits both alike;
+arrow cache, the project's latent cache), as every later run on the same data finds them. Rounds interleave the scripts
+so load from other processes hits both alike;
 the median over rounds is reported. Wall time and peak RSS are per run (``wait4``).
 
     python bench/bench_finetune_vs_reference.py --reference ../shared/reference/diffusers_train_text_to_image.py \
-        [--reference-python /path/to/venv/bin/python] [--images 352 --size 64 --batch 16 --steps 60 --rounds 3 --text-encoder --json bench/results/X.json]
+        [--reference-python /path/to/venv/bin/python] [--images 352 --size 64 --batch 16 --steps 60 --rounds 3
+        --text-encoder --json bench/results/X.json]
 
 The reference needs the ``datasets`` package; install it in a separate environment if it would change
 the project's pins (``python -m venv --system-site-packages V && V/bin/pip install datasets``) and pass
@@ -248,7 +250,10 @@ def _parse_args() -> argparse.Namespace:
     ap.add_argument(
         "--experiment-fused-adamw",
         action="store_true",
-        help="experiment: also time the project with torch's fused AdamW patched in (not what synth/finetune.py does today)",
+        help=(
+            "experiment: also time the project with torch's fused AdamW patched in (not what synth/finetune.py does "
+            "today)"
+        ),
     )
     ap.add_argument("--json", type=Path, default=None, help="write the figures and their provenance here")
     ap.add_argument("--keep", action="store_true", help="keep the temp folder")
@@ -261,7 +266,8 @@ def _parse_args() -> argparse.Namespace:
     if probe.returncode != 0:
         raise SystemExit(
             f"error: {args.reference_python} has no `datasets` package (the reference needs it); "
-            "python -m venv --system-site-packages V && V/bin/pip install datasets, then --reference-python V/bin/python"
+            "python -m venv --system-site-packages V && V/bin/pip install datasets, then --reference-python "
+            "V/bin/python"
         )
 
     return args
@@ -339,7 +345,8 @@ def _time_arms(args: argparse.Namespace, arms: dict, env: dict, tmp: Path) -> di
                 {"steps_per_s": rate, "steps_per_cpu_s": cpu_rate, "wall_s": wall, "peak_rss_mib": rss}
             )
             print(
-                f"round {r + 1} {name:22s} steady {rate:6.2f} steps/s ({cpu_rate:6.2f} per CPU-s)   wall {wall:6.1f} s ({args.steps} steps, start-up and save included)   "
+                f"round {r + 1} {name:22s} steady {rate:6.2f} steps/s ({cpu_rate:6.2f} per CPU-s)   wall {wall:6.1f} "
+                f"s ({args.steps} steps, start-up and save included)   "
                 f"peak RSS {rss:6.0f} MiB",
                 flush=True,
             )
@@ -353,19 +360,22 @@ def _summarise(args: argparse.Namespace, common: dict, results: dict[str, list[d
         summary[name] = {k: statistics.median(row[k] for row in rows) for k in rows[0]}
     ref, ref_cpu = summary["reference"]["steps_per_s"], summary["reference"]["steps_per_cpu_s"]
     print(
-        f"\n{args.images} phantom images at {args.size} px, batch {args.batch}, {args.threads} thread(s), {args.rounds} interleaved rounds, "
+        f"\n{args.images} phantom images at {args.size} px, batch {args.batch}, {args.threads} thread(s), "
+        f"{args.rounds} interleaved rounds, "
         f"steady state over steps {args.skip + 1}-{args.steps} (medians):"
     )
     for name, s in summary.items():
         print(
             f"  {name:22s} {s['steps_per_s']:6.2f} steps/s  = {s['steps_per_s'] / ref:5.2f}x reference   "
-            f"per CPU-second {s['steps_per_cpu_s']:6.2f} = {s['steps_per_cpu_s'] / ref_cpu:5.2f}x   wall {s['wall_s']:6.1f} s   "
+            f"per CPU-second {s['steps_per_cpu_s']:6.2f} = {s['steps_per_cpu_s'] / ref_cpu:5.2f}x   wall "
+            f"{s['wall_s']:6.1f} s   "
             f"peak RSS {s['peak_rss_mib']:6.0f} MiB"
         )
     ratio = summary["project"]["steps_per_s"] / ref
     cpu_ratio = summary["project"]["steps_per_cpu_s"] / ref_cpu
     print(
-        f"target project >= 1.25x reference (text encoder frozen): {'PASS' if min(ratio, cpu_ratio) >= 1.25 else 'FAIL'} "
+        "target project >= 1.25x reference (text encoder frozen): "
+        f"{'PASS' if min(ratio, cpu_ratio) >= 1.25 else 'FAIL'} "
         f"({ratio:.2f}x wall clock, {cpu_ratio:.2f}x CPU time)"
     )
     if args.json:

@@ -126,8 +126,10 @@ def _report(
     print(f"synth generate : {args.n / s:.2f} img/s  (median of {args.repeats}: {[round(x, 2) for x in synth_s]} s)")
     print(
         f"ratio synth/bare: {b / s:.3f} wall clock (per repeat {[round(x / y, 3) for x, y in zip(bare_s, synth_s)]}), "
-        f"{bc / sc:.3f} CPU time (per repeat {[round(x / y, 3) for x, y in zip(bare_cpu, synth_cpu)]}; with 1 thread the CPU "
-        f"time is the work done, whatever other jobs do to the wall clock); target >= 1.0: {'PASS' if min(b / s, bc / sc) >= 1.0 else 'FAIL'}"
+        f"{bc / sc:.3f} CPU time (per repeat {[round(x / y, 3) for x, y in zip(bare_cpu, synth_cpu)]}; with 1 thread "
+        "the CPU "
+        "time is the work done, whatever other jobs do to the wall clock); target >= 1.0: "
+        f"{'PASS' if min(b / s, bc / sc) >= 1.0 else 'FAIL'}"
     )
     if args.json:
         import json

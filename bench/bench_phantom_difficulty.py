@@ -154,7 +154,8 @@ def main() -> None:
     x_tn, x_tb = render(test_nat_sets, 20_000_000, args.size), render(test_bal_sets, 30_000_000, args.size)
     y_nat, y_bal, y_tn, y_tb = (label_matrix(s) for s in (nat_sets, bal_sets, test_nat_sets, test_bal_sets))
     print(
-        f"rendered {len(x_nat) + len(x_bal) + len(x_tn) + len(x_tb)} images at {args.size} px in {time.perf_counter() - t0:.0f}s"
+        f"rendered {len(x_nat) + len(x_bal) + len(x_tn) + len(x_tb)} images at {args.size} px in "
+        f"{time.perf_counter() - t0:.0f}s"
     )
     groups = frequency_groups(dict(zip(CXR_LT_CLASSES, y_nat.mean(0))))
     counts = {g: sum(v == g for v in groups.values()) for g in ("head", "medium", "tail")}

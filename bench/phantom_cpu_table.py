@@ -75,7 +75,8 @@ def render(results: dict) -> str:
         "Source: `bench/results/phantom-cpu.json` (report: `bench/results/phantom-cpu.md`); regenerate this block "
         "with `python bench/phantom_cpu_table.py readme`.",
         "",
-        "| Arm | head mAP | medium mAP | tail mAP | tail Δ vs real only | tail Δ vs real re-sampled | head Δ vs real only "
+        "| Arm | head mAP | medium mAP | tail mAP | tail Δ vs real only | tail Δ vs real re-sampled | head Δ vs real "
+        "only "
         "| tail classes harmed |",
         "|---|---|---|---|---|---|---|---|",
     ]

@@ -158,7 +158,8 @@ class EnsembleConfig:
                 raise UserError(f"classifier members[{i}].epochs must be >= 1 or null, got {m.epochs}")
             if m.pretrained_file is not None and not Path(m.pretrained_file).is_file():
                 raise UserError(
-                    f"classifier members[{i}].pretrained_file {m.pretrained_file} not found; give a local timm weights file or null"
+                    f"classifier members[{i}].pretrained_file {m.pretrained_file} not found; give a local timm "
+                    "weights file or null"
                 )
         t = self.train
         for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size"):

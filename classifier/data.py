@@ -140,7 +140,8 @@ class ImageStore:
         expected = self.n * self.row_bytes
         if self.path.stat().st_size != expected:
             raise UserError(
-                f"image cache {self.path} has {self.path.stat().st_size} bytes, expected {expected}; delete it to rebuild"
+                f"image cache {self.path} has {self.path.stat().st_size} bytes, expected {expected}; delete it to "
+                "rebuild"
             )
 
     def _file(self) -> int:
@@ -259,7 +260,8 @@ def build_store(
                     fh.write(np.ascontiguousarray(block, dtype=np.uint8).tobytes())
         if log:
             log(
-                f"image cache: {len(paths)} images at {size} px -> {path} ({len(paths) * size * size / 2**30:.2f} GiB on disk)"
+                f"image cache: {len(paths)} images at {size} px -> {path} ({len(paths) * size * size / 2**30:.2f} GiB "
+                "on disk)"
             )
     barrier()
     return ImageStore(path, len(paths), size)
@@ -296,7 +298,8 @@ def prefetch(images, batches: Sequence[torch.Tensor], ahead: int = 2) -> Iterato
 
 @dataclass
 class CachedSet:
-    """Images (a tensor in RAM, or an :class:`ImageView` of cache files), labels and annotation mask of a set of rows."""
+    """Images (a tensor in RAM, or an :class:`ImageView` of cache files), labels and annotation mask of a set of
+    rows."""
 
     images: "torch.Tensor | ImageView"  #: (N, 1, H, W) uint8 when indexed
     labels: torch.Tensor  #: (N, C) float32, 0 where not annotated

@@ -89,7 +89,8 @@ def read_ensemble(model_dir: str | Path) -> dict:
     path = model_dir / ENSEMBLE_FILE
     if not path.exists():
         raise UserError(
-            f"{model_dir} is not a trained classifier ensemble (no {ENSEMBLE_FILE}); train one with `synth classify train`"
+            f"{model_dir} is not a trained classifier ensemble (no {ENSEMBLE_FILE}); train one with `synth classify "
+            "train`"
         )
     return json.loads(path.read_text())
 
@@ -152,7 +153,8 @@ def ensemble_spec(
     rows: dict[str, int],
     ens_fp: str,
 ) -> dict[str, Any]:
-    """``ensemble.json`` as :func:`classifier.train.train_ensemble` writes it (the layout in this module's docstring)."""
+    """``ensemble.json`` as :func:`classifier.train.train_ensemble` writes it (the layout in this module's
+    docstring)."""
     return {
         "classes": classes,
         "tta_flip": ens.ensemble.tta_flip,

@@ -96,7 +96,8 @@ def train_member(
             t0 = time.perf_counter()
             cache[key] = cached_set(sets[name], classes, member.image_size, cache_dir, log)
             log(
-                f"{name}: {len(sets[name])} images at {member.image_size} px from the image cache ({time.perf_counter() - t0:.1f}s)"
+                f"{name}: {len(sets[name])} images at {member.image_size} px from the image cache "
+                f"({time.perf_counter() - t0:.1f}s)"
             )
         return cache[key]
 
@@ -219,7 +220,8 @@ def train_ensemble(
     log: Callable[[str], None] | None = None,
     row_repeats: dict[str, int] | None = None,
 ) -> Path:
-    """Train every member of ``ens`` on ``train_df``'s training rows; write ``out`` (see classifier.ensemble); return it.
+    """Train every member of ``ens`` on ``train_df``'s training rows; write ``out`` (see classifier.ensemble); return
+    it.
 
     ``train_df`` may hold all splits (real) plus synthetic rows; test rows are
     dropped here, before anything is read. ``row_repeats`` (dicom_id -> times per epoch, default 1)
@@ -276,7 +278,8 @@ def train_ensemble(
         write_json_atomic(spec_file, ensemble_spec(ens, classes, members, val_map, prevalence, weights, rows, ens_fp))
     state.wait_for_everyone()
     log(
-        f"ensemble of {len(metas)} written to {out} (val mAP {val_map if val_map is None else round(val_map, 4)}, weights {w})"
+        f"ensemble of {len(metas)} written to {out} (val mAP {val_map if val_map is None else round(val_map, 4)}, "
+        f"weights {w})"
     )
     return out
 

@@ -31,7 +31,8 @@ def concat_sets(parts: Sequence[CachedSet]) -> CachedSet:
 
 
 def image_cache_dir(ens: EnsembleConfig, df: pd.DataFrame, out: Path) -> Path:
-    """``train.image_cache_dir``, else ``image-cache/`` beside the manifest (shared by the ablation's arms), else in ``out``."""
+    """``train.image_cache_dir``, else ``image-cache/`` beside the manifest (shared by the ablation's arms), else in
+    ``out``."""
     if ens.train.image_cache_dir:
         return Path(ens.train.image_cache_dir)
     root = Path(df.attrs.get("root") or out)

@@ -82,7 +82,8 @@ class TrainingLabels:
         return {c: int((self.train[c] == 1.0).sum()) for c in self.classes}
 
     def prevalence(self) -> dict[str, float]:
-        """Positive share of the train rows that ANNOTATE each class (an empty cell is not a negative), as stats.json."""
+        """Positive share of the train rows that ANNOTATE each class (an empty cell is not a negative), as
+        stats.json."""
         annotated = self.train.reindex(columns=self.classes).notna().sum()
         return {c: k / int(annotated[c]) for c, k in self.positives().items()}
 
@@ -95,7 +96,8 @@ class TrainingLabels:
             raise UserError(f"--temperature must be > 0, got {temperature}")
         if target not in self.classes:
             raise UserError(
-                f"class {target!r} is not annotated in {self.source}; generate only classes the model was trained on: {', '.join(self.classes)}"
+                f"class {target!r} is not annotated in {self.source}; generate only classes the model was trained on: "
+                f"{', '.join(self.classes)}"
             )
         views_by_set: dict[tuple[str, ...], list[str]] = {}
         view_column = self.train["ViewPosition"].fillna("").astype(str).tolist()
@@ -104,7 +106,8 @@ class TrainingLabels:
                 views_by_set.setdefault(findings, []).append(view)
         if not views_by_set:
             raise UserError(
-                f"class {target!r} has no positive image in the train split of {self.source}; its co-occurring findings cannot be sampled (drop it or add positives)"
+                f"class {target!r} has no positive image in the train split of {self.source}; its co-occurring "
+                "findings cannot be sampled (drop it or add positives)"
             )
         sets = tuple(sorted(views_by_set, key=lambda s: (-len(views_by_set[s]), s)))
         return CooccurrenceSampler(

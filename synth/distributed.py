@@ -85,7 +85,8 @@ _ALONE = 0  #: depth of main_process_only() sections this process is in
 
 @contextlib.contextmanager
 def main_process_only(active: bool = True):
-    """Mark work the main process does while the other processes wait at a barrier (``synth ablate``'s main-only steps).
+    """Mark work the main process does while the other processes wait at a barrier (``synth ablate``'s main-only
+    steps).
 
     Inside, :func:`running_alone` is true, so a stage trains without DDP or any other collective: a
     collective there would wait forever for processes that are parked at the barrier.

@@ -50,7 +50,8 @@ def plan(cfg: FinetuneConfig) -> tuple[list[str], list[str]]:
     templates = check(lambda: PromptTemplates.load(cfg.prompt_templates))
     if templates is not None:
         lines.append(
-            f"prompts   {templates.name}: e.g. {templates.render(('Rib Fracture', 'Pleural Effusion'), 'PA')!r}, dropout {cfg.prompt_dropout}"
+            f"prompts   {templates.name}: e.g. {templates.render(('Rib Fracture', 'Pleural Effusion'), 'PA')!r}, "
+            f"dropout {cfg.prompt_dropout}"
         )
     lines += _plan_models(cfg, out, problems, check)
     if cfg.stage != "vae":
@@ -91,7 +92,8 @@ def _plan_data(cfg: FinetuneConfig) -> tuple[list[str], list[str]]:
             manifest if manifest.suffix == ".csv" else manifest / "manifest.csv", cfg.output_dir
         )
         lines.append(
-            f"latents   VAE posteriors cached once under {where}/ (reused while VAE, resolution and images are unchanged); "
+            f"latents   VAE posteriors cached once under {where}/ (reused while VAE, resolution and images are "
+            "unchanged); "
             f"in RAM up to {cfg.latent_cache_max_ram_gb:g} GB per process, else memory-mapped"
         )
     return lines, problems
@@ -108,29 +110,34 @@ def _plan_models(
     if cfg.pretrained_model_name_or_path:
         if cfg.stage == "vae":
             problems.append(
-                "--stage vae trains the from-scratch VAE; with --pretrained_model_name_or_path the VAE is the folder's (use --stage unet or all)"
+                "--stage vae trains the from-scratch VAE; with --pretrained_model_name_or_path the VAE is the "
+                "folder's (use --stage unet or all)"
             )
         check(lambda: check_pretrained_folder(cfg.pretrained_model_name_or_path))
+        text_encoder = f", text encoder trained at lr {cfg.text_encoder_lr or cfg.learning_rate}"
         lines.append(
             f"model     local pretrained {cfg.pretrained_model_name_or_path} (VAE frozen, UNet trained"
-            f"{', text encoder trained at lr ' + str(cfg.text_encoder_lr or cfg.learning_rate) if cfg.train_text_encoder else ''})"
+            f"{text_encoder if cfg.train_text_encoder else ''})"
         )
         return lines
     if cfg.vae_model_path:
         if not vae_stage_complete(Path(cfg.vae_model_path)):
             problems.append(
-                f"--vae_model_path {cfg.vae_model_path}: no trained VAE there (config.json + safetensors); run --stage vae first"
+                f"--vae_model_path {cfg.vae_model_path}: no trained VAE there (config.json + safetensors); run "
+                "--stage vae first"
             )
         lines.append(f"vae       from {cfg.vae_model_path}")
     elif cfg.stage in ("all", "vae"):
         done = vae_stage_complete(out / VAE_STAGE_DIR)
         lines.append(
-            f"vae       AutoencoderKL {cfg.vae_block_out_channels} -> {cfg.latent_channels}x{cfg.resolution // 2 ** (len(cfg.vae_block_out_channels) - 1)}^2 latents, "
+            f"vae       AutoencoderKL {cfg.vae_block_out_channels} -> "
+            f"{cfg.latent_channels}x{cfg.resolution // 2 ** (len(cfg.vae_block_out_channels) - 1)}^2 latents, "
             + ("already trained (reused)" if done else f"{cfg.vae_max_train_steps} steps x {cfg.vae_batch_size}")
         )
     elif not vae_stage_complete(out / VAE_STAGE_DIR):
         problems.append(
-            f"--stage unet needs a trained VAE: {out / VAE_STAGE_DIR} is missing; run --stage vae (or all), or pass --vae_model_path"
+            f"--stage unet needs a trained VAE: {out / VAE_STAGE_DIR} is missing; run --stage vae (or all), or pass "
+            "--vae_model_path"
         )
     if cfg.stage != "vae":
         lines.append(
@@ -150,13 +157,18 @@ def _plan_training(cfg: FinetuneConfig, out: Path) -> list[str]:
             f"{_folder_prediction_type(cfg.pretrained_model_name_or_path) or '?'} (from the folder's scheduler)"
         )
     lines.append(
-        f"train     {cfg.max_train_steps} steps x batch {cfg.train_batch_size} x accum {cfg.gradient_accumulation_steps}, lr {cfg.learning_rate} "
-        f"({cfg.lr_scheduler}, warmup {cfg.lr_warmup_steps}), {prediction}, snr_gamma={cfg.snr_gamma}, ema={cfg.use_ema}, "
+        f"train     {cfg.max_train_steps} steps x batch {cfg.train_batch_size} x accum "
+        f"{cfg.gradient_accumulation_steps}, lr {cfg.learning_rate} "
+        f"({cfg.lr_scheduler}, warmup {cfg.lr_warmup_steps}), {prediction}, snr_gamma={cfg.snr_gamma}, "
+        f"ema={cfg.use_ema}, "
         f"mixed_precision={cfg.mixed_precision}"
     )
     ckpts = list_checkpoints(out)
     if _starts_over(cfg):
-        start = f"start over at step 0 (--resume_from_checkpoint none{'; removes ' + str(len(ckpts)) + ' old checkpoint(s)' if ckpts else ''})"
+        start = (
+            "start over at step 0 (--resume_from_checkpoint "
+            f"none{'; removes ' + str(len(ckpts)) + ' old checkpoint(s)' if ckpts else ''})"
+        )
     elif cfg.resume_from_checkpoint in (None, "latest"):
         start = (
             f"resume from {ckpts[-1][1].name}"
@@ -267,7 +279,8 @@ def _run(cfg: FinetuneConfig, log: Callable[[str], None] | None) -> Path:
 
 
 def _resume_point(cfg: FinetuneConfig, out: Path, accelerator, log_main: Callable[[str], None]) -> Path | None:
-    """The checkpoint the UNet stage resumes from (None: step 0); ``--resume_from_checkpoint none`` clears the old run."""
+    """The checkpoint the UNet stage resumes from (None: step 0); ``--resume_from_checkpoint none`` clears the old
+    run."""
     import shutil
 
     from synth.generator.checkpoints import META_NAME, list_checkpoints, resolve_checkpoint
@@ -277,7 +290,8 @@ def _resume_point(cfg: FinetuneConfig, out: Path, accelerator, log_main: Callabl
         old = list_checkpoints(out)
         if old and accelerator.is_main_process:
             log_main(
-                f"--resume_from_checkpoint none: starting over at step 0, removing {len(old)} old checkpoint(s) of {out}"
+                f"--resume_from_checkpoint none: starting over at step 0, removing {len(old)} old checkpoint(s) of "
+                f"{out}"
             )
             for _, p in old:
                 shutil.rmtree(p)
@@ -285,7 +299,8 @@ def _resume_point(cfg: FinetuneConfig, out: Path, accelerator, log_main: Callabl
         accelerator.wait_for_everyone()
     elif resume is not None:
         log_main(
-            f"resuming from {resume} (a re-run continues the run in --output_dir; --resume_from_checkpoint none starts over)"
+            f"resuming from {resume} (a re-run continues the run in --output_dir; --resume_from_checkpoint none "
+            "starts over)"
         )
     elif cfg.resume_from_checkpoint not in (None, "latest"):
         log_main(f"--resume_from_checkpoint {cfg.resume_from_checkpoint}: no checkpoint in {out} yet, starting fresh")
@@ -331,7 +346,10 @@ def _check_tracker(cfg: FinetuneConfig) -> str | None:
         from accelerate.utils import is_tensorboard_available
 
         if not is_tensorboard_available():
-            return "--report_to tensorboard: the tensorboard package is not installed; pip install 'cxr-synth[tensorboard]' (or drop --report_to)"
+            return (
+                "--report_to tensorboard: the tensorboard package is not installed; pip install "
+                "'cxr-synth[tensorboard]' (or drop --report_to)"
+            )
     return None
 
 

@@ -66,7 +66,8 @@ class PrepareConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike | None = None, /, **overrides: Any) -> "PrepareConfig":
-        """Defaults <- YAML <- overrides (flags: None = not given; ``--set`` texts typed), via :func:`synth.config.load_config`."""
+        """Defaults <- YAML <- overrides (flags: None = not given; ``--set`` texts typed), via
+        :func:`synth.config.load_config`."""
         cfg = load_config(cls, path, overrides, missing_hint="pass an existing --config YAML")
         if not 8 <= cfg.size <= 4096:
             raise UserError(f"--size {cfg.size}: expected a pixel size between 8 and 4096")
@@ -276,7 +277,8 @@ def _read_with_splits(
     dup = df["dicom_id"].duplicated()
     if dup.any():
         raise UserError(
-            f"dicom_id {df['dicom_id'][dup].iloc[0]!r} appears in more than one label file; every image must appear once"
+            f"dicom_id {df['dicom_id'][dup].iloc[0]!r} appears in more than one label file; every image must appear "
+            "once"
         )
     if "split" not in df.columns:
         return df, "patient_split"
@@ -359,7 +361,8 @@ def _cache_names(df: pd.DataFrame, labels: Path) -> pd.Series:
     dup = names.duplicated()
     if dup.any():
         raise UserError(
-            f"{labels}: image ids {df['dicom_id'][dup].iloc[0]!r} and another map to the same cache file; make dicom_id unique"
+            f"{labels}: image ids {df['dicom_id'][dup].iloc[0]!r} and another map to the same cache file; make "
+            "dicom_id unique"
         )
     return names
 

@@ -77,7 +77,8 @@ def read_cxrlt(
     if missing:
         raise UserError(
             f"{labels}: missing column(s) {', '.join(repr(c) for c in missing[:5])}"
-            f"{' ...' if len(missing) > 5 else ''}; a CXR-LT CSV needs {', '.join(META_COLUMNS)} and all 40 class columns "
+            f"{' ...' if len(missing) > 5 else ''}; a CXR-LT CSV needs {', '.join(META_COLUMNS)} and all 40 class "
+            "columns "
             "(see `synth classes`), or use --format nih"
         )
     for c in CXR_LT_CLASSES:

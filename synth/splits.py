@@ -147,7 +147,8 @@ def normalise_given_split(values: pd.Series, where: str, first_row: int = 2) -> 
         i = int(np.flatnonzero(bad)[0])
         raise UserError(
             f"{where}: column 'split' row {i + first_row} has {values.iloc[i]!r} ({int(bad.sum())} such row(s)); "
-            "expected train, validate/val or test — fill it in, or drop the column to let `synth prepare` split by patient"
+            "expected train, validate/val or test — fill it in, or drop the column to let `synth prepare` split by "
+            "patient"
         )
     return mapped.astype(object).rename("split")
 

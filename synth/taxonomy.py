@@ -110,7 +110,8 @@ def resolve_class(name: str, allowed: Iterable[str] = ALL_CLASSES) -> str:
         # a real class name, not a typo: "did you mean Granuloma" would send the user the wrong way
         raise UnknownClassError(
             f"{canonical!r} is a CXR-LT zero-shot class (task 3: it has no training labels), so it cannot be "
-            f"generated or trained on yet; choose one of the {len(CXR_LT_CLASSES)} trained classes (see `synth classes`)"
+            f"generated or trained on yet; choose one of the {len(CXR_LT_CLASSES)} trained classes (see `synth "
+            "classes`)"
         )
     if canonical is None or canonical not in allowed:
         close = closest_classes(name, candidates=allowed)

@@ -64,7 +64,8 @@ def _row(dicom_id: str, subject: str, fpath: str, cls: str | None, split: str, s
 def make_real(
     root: Path, per_class: dict[str, int] | None = None, seed: int = 0, normals: dict[str, int] | None = None
 ) -> Path:
-    """Real manifest: per class and split the given counts (default train 40 / val 12 / test 12), one image per patient,
+    """Real manifest: per class and split the given counts (default train 40 / val 12 / test 12), one image per
+    patient,
     plus ``normals[split]`` patients without any of the classes (real data has plenty of those)."""
     per_class = per_class or {"train": 40, "val": 12, "test": 12}
     normals = normals or {}

@@ -117,7 +117,7 @@ def test_dry_run_missing_path_is_one_error_line(tmp_path: Path):
         ],
     )
     assert res.exit_code == 2
-    lines = [l for l in res.output.splitlines() if l.strip()]
+    lines = [line for line in res.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert "data.labels /data/cxr-lt-2024/train_labeled.csv not found" in lines[0]
     assert not (tmp_path / "ablations").exists()

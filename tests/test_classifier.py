@@ -225,7 +225,8 @@ def test_asl_matches_hand_computation_and_ignores_nan():
     logits = torch.tensor([[0.0, 2.0, -1.0]])
     labels = torch.tensor([[1.0, 0.0, float("nan")]])
     loss = AsymmetricLoss(gamma_neg=4, gamma_pos=1, clip=0.05)(logits, labels)
-    # positive cell: p = 0.5 -> -(1-p)^1 log p ; negative cell: p_m = sigmoid(2) - 0.05 -> -p_m^4 log(1-p_m); NaN cell: no loss
+    # positive cell: p = 0.5 -> -(1-p)^1 log p ; negative cell: p_m = sigmoid(2) - 0.05 -> -p_m^4 log(1-p_m); NaN cell:
+    # no loss
     p_neg = 1 / (1 + math.exp(-2.0)) - 0.05
     expected = (-(0.5) * math.log(0.5) - p_neg**4 * math.log(1 - p_neg)) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-5)
@@ -381,7 +382,8 @@ def _config(sizes=(32,), epochs=2, batch_size=16, **train) -> EnsembleConfig:
 
 
 def test_train_evaluate_two_resolutions_beats_prevalence(nih32: pd.DataFrame, tmp_path: Path, monkeypatch):
-    """End to end on real NIH images: train a 32+40 px ensemble, `synth evaluate` it; test rows never read in training."""
+    """End to end on real NIH images: train a 32+40 px ensemble, `synth evaluate` it; test rows never read in
+    training."""
     from typer.testing import CliRunner
 
     import classifier.data as data

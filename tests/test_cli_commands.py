@@ -171,7 +171,8 @@ def test_finetune_command(tmp_path: Path):
 
 
 def _tiny_demo_config(tmp_path: Path) -> Path:
-    """configs/ablation/demo.yaml shrunk to seconds (300 phantom images at 32 px, 1-step stages), written to tmp_path."""
+    """configs/ablation/demo.yaml shrunk to seconds (300 phantom images at 32 px, 1-step stages), written to
+    tmp_path."""
     classifier = _write(
         tmp_path / "classifier.yaml",
         {

@@ -155,7 +155,8 @@ def test_cli_classes_lists_every_class_name():
 
 
 def test_cli_unknown_class_is_one_error_line(tmp_path):
-    """The installed entry point (``python -m synth``), a misspelt class: exit 2, ONE line naming the fix, nothing written."""
+    """The installed entry point (``python -m synth``), a misspelt class: exit 2, ONE line naming the fix, nothing
+    written."""
     out = tmp_path / "out"
     proc = subprocess.run(
         [

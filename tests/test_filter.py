@@ -407,7 +407,8 @@ def test_oracle_reports_fidelity_and_verifier_agreement(trained, tmp_path):
 
 
 def test_outliers_are_flagged_and_rejected_only_when_asked(trained, tmp_path):
-    """An outlier limit below most real images makes every image an outlier: flagged either way, dropped only on request."""
+    """An outlier limit below most real images makes every image an outlier: flagged either way, dropped only on
+    request."""
     true = [("Pneumothorax", render("Pneumothorax", 920_000 + i)) for i in range(12)]
     flagged, summary = _filter(trained, tmp_path / "flag", true, outlier_percentile=1.0)
     assert flagged["flags"].str.contains("outlier").mean() >= 0.9

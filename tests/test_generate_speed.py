@@ -1,4 +1,5 @@
-"""Generation speed work (issue 22): prompt embeddings computed once per distinct prompt, same images as a plain call."""
+"""Generation speed work (issue 22): prompt embeddings computed once per distinct prompt, same images as a plain
+call."""
 
 from __future__ import annotations
 

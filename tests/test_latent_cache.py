@@ -166,14 +166,17 @@ vae = t._vae()
 count = t._Counting(vae)
 data = TrainingSet.load(sys.argv[1])
 ds = pixel_dataset(data, t.RES)
-cache = lc.build_latent_cache(vae, ds, ds.paths, t.RES, sys.argv[2], max_ram_gb=0.0, accelerator=acc, log=lambda m: None, progress=False)
-print(json.dumps({"rank": acc.process_index, "world": acc.num_processes, "images": count.images, "location": cache.location,
-                  "sum": float(cache.take(range(len(cache)))[0].double().sum())}), flush=True)
+cache = lc.build_latent_cache(vae, ds, ds.paths, t.RES, sys.argv[2], max_ram_gb=0.0, accelerator=acc,
+                              log=lambda m: None, progress=False)
+print(json.dumps({"rank": acc.process_index, "world": acc.num_processes, "images": count.images,
+                  "location": cache.location, "sum": float(cache.take(range(len(cache)))[0].double().sum())}),
+      flush=True)
 """
 
 
 def test_two_processes_each_encode_their_own_chunks(manifest, tmp_path):
-    """`accelerate launch --multi_gpu --num_processes 2` on CPU (gloo): the encode is split, the cache is the 1-process one."""
+    """`accelerate launch --multi_gpu --num_processes 2` on CPU (gloo): the encode is split, the cache is the 1-process
+    one."""
     script = tmp_path / "two.py"
     script.write_text(_TWO_PROC)
     cmd = [

@@ -1,7 +1,8 @@
 """Issue 17 item 4: `synth ablate` through EVERY stage under 2 processes (gloo on CPU), as on 8 GPUs.
 
 What this covers: one `accelerate launch --multi_gpu --num_processes 2` run of `python -m synth ablate`
-on a tiny phantom config -- data, held-out phantom rows, generator (VAE + UNet, a few steps), generate, verifier + filter,
+on a tiny phantom config -- data, held-out phantom rows, generator (VAE + UNet, a few steps), generate, verifier +
+filter,
 oracle + fidelity, all four classifier arms, report -- so every barrier, every main-process-only step
 and every Accelerator made in between must work with a live process group (the generator used to
 destroy it with ``end_training()``; stages used to leak precision into each other). It says nothing

@@ -142,7 +142,8 @@ def test_verifier_after_a_bf16_stage_is_fp32(autocast_on_cpu, tiny, tmp_path, mo
 
 
 def test_verifier_short_runs_train_with_warmup_cosine(tiny, tmp_path):
-    """Issue 17 item 7: 10 optimiser steps (OneCycleLR's pct_start 0.1 divided by zero there) train and write a model."""
+    """Issue 17 item 7: 10 optimiser steps (OneCycleLR's pct_start 0.1 divided by zero there) train and write a
+    model."""
     from synth.filtering.config import VerifierConfig
     from synth.filtering.verifier import train_verifier
 

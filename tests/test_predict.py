@@ -136,7 +136,7 @@ def _raw_images(folder: Path, n: int = 7) -> list[Path]:
 
 
 def test_predict_relative_out_path(tmp_path, monkeypatch):
-    model = make_ensemble(tmp_path / "model", sizes=(32,))
+    make_ensemble(tmp_path / "model", sizes=(32,))
     _raw_images(tmp_path / "unlabeled", n=2)
     monkeypatch.chdir(tmp_path)
     result = invoke("predict", "--model", "model", "--images", "unlabeled", "--out", "sub.csv", "--size", "32")
@@ -236,7 +236,8 @@ def test_predict_bad_input_is_one_error_line(tmp_path):
 
 @pytest.mark.shared_data
 def test_nih_given_split_train_then_external_test_only_evaluate_and_predict(nih_sample: Path, tmp_path: Path):
-    """Given split in, model trained (stores its groups), a held-out site scored test-only, unlabeled images predicted."""
+    """Given split in, model trained (stores its groups), a held-out site scored test-only, unlabeled images
+    predicted."""
     from dataclasses import replace
 
     from classifier.config import EnsembleConfig, MemberConfig

@@ -381,7 +381,8 @@ def test_verdict_is_against_the_resampled_baseline_and_names_harmed_classes(tmp_
 
 
 def test_filter_table_and_gate_vs_fidelity_with_spearman(tmp_path: Path):
-    """The transfer gate's score per class in the filter table, and beside the oracle's fidelity with Spearman's rho."""
+    """The transfer gate's score per class in the filter table, and beside the oracle's fidelity with Spearman's
+    rho."""
     results = make_results(tmp_path / "r")
     tail = sorted(c for c, g in results["groups"].items() if g == "tail")[:4]
     aurocs, fidelity = (

@@ -221,7 +221,8 @@ def test_classifier_seed_decides_the_model(small_real, tmp_path):
 
 
 def test_best_epoch_is_the_one_with_the_highest_val_map(small_real, tmp_path, monkeypatch):
-    """select: best keeps the epoch whose val mAP is highest (scripted here: 0.2, 0.9, 0.5 -> epoch 2), weights included."""
+    """select: best keeps the epoch whose val mAP is highest (scripted here: 0.2, 0.9, 0.5 -> epoch 2), weights
+    included."""
     import torch
 
     import classifier.stage as stage

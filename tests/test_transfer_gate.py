@@ -128,7 +128,8 @@ def _make_real(root: Path, seed: int = 0) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """Real data, a verifier trained on it, and a generic encoder folder (random-init resnet10t, never fitted to labels)."""
+    """Real data, a verifier trained on it, and a generic encoder folder (random-init resnet10t, never fitted to
+    labels)."""
     import timm
     import torch
     import yaml

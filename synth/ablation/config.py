@@ -293,7 +293,8 @@ def check_paths(cfg: AblationConfig) -> None:
                 (
                     "generator.pretrained",
                     str(Path(cfg.generator.pretrained) / "model_index.json"),
-                    "download the diffusers folder (e.g. stabilityai/stable-diffusion-2-1-base) there, or fix the path",
+                    "download the diffusers folder (e.g. stabilityai/stable-diffusion-2-1-base) there, or fix the "
+                    "path",
                 )
             )
     if cfg.needs_filter:

@@ -21,7 +21,8 @@ Layout (all numbers are floats; ``ci`` is a ``[low, high]`` 95% interval)::
               "groups": {"overall"|"head"|"medium"|"tail": {"value": .., "ci": [..]}},
               "per_class": {class: {"ap": .., "auroc": .., "f1": .., "fnr": .., "n_pos": ..}},
               "paired": {group: {"diff": ..}},  # vs baseline, same seed; not on the baseline (older files: + ci, p)
-              "train_rows": {"synthetic_offered": .., "real_train": .., "val": .., "synthetic": ..}  # what the arm trained on
+              "train_rows": {"synthetic_offered": .., "real_train": .., "val": .., "synthetic": ..}  # what the arm
+              trained on
           }},
           "paired_over_seeds": {group: {"diff": .., "ci": [..], "p": ..}},  # seed-averaged; not on the baseline
           "paired_vs_resampled": {group: {"diff": .., "ci": [..], "p": .., "run_diffs": [..]}},  # synthetic arms, when
@@ -30,15 +31,19 @@ Layout (all numbers are floats; ``ci`` is a ``[low, high]`` 95% interval)::
           "harmed": [class, ...],            # classes whose per_class_paired interval lies below 0 ("do no harm"),
                                              # among those with >= 5 test positives (stages.HARM_MIN_TEST_POSITIVES)
           "harm_not_judged": [class, ...],   # classes with 1-4 test positives: too few to call harm
-          "resampling": {...}                # real_resampled only: threshold t, per-class presentations (resampling.py)
+          "resampling": {...}                # real_resampled only: threshold t, per-class presentations
+          (resampling.py)
       }],
       "verdict_baseline": "real_resampled" | "real_only",
       "timings": {"steps": [{"step": .., "seconds": .., "cached": ..}], "this_run_seconds": .., ...},
-      "filter": {"extractor": "...", "classes": {class: {"n": .., "kept": .., "rejected": {reason: count}, "flagged": {reason: count},
+      "filter": {"extractor": "...", "classes": {class: {"n": .., "kept": .., "rejected": {reason: count}, "flagged":
+      {reason: count},
                  "fid": .., "kid": .., "fid_floor": .., "fid_ci": [..], "oracle_fidelity": ..,
-                 "transfer": {"judged": .., "passed": .., "auroc": .., "ci": [..], "n_real_pos": .., "reason": ..}}}},  # optional
+                 "transfer": {"judged": .., "passed": .., "auroc": .., "ci": [..], "n_real_pos": .., "reason": ..}}}},
+                 # optional
       "fidelity": {"rule": "...", "classes": {class: {"oracle_val_ap": .., "real": .., "generated": .., "kept": ..,
-                   "rejected": .., "n_real": .., "n_generated": ..}}},   # optional: phantom oracle (ablation oracle.config)
+                   "rejected": .., "n_real": .., "n_generated": ..}}},   # optional: phantom oracle (ablation
+                   oracle.config)
       "grids": {class: {"real": [path], "kept": [path], "rejected": [path]}},   # paths relative to results.json
       "provenance": {"commands": [...], "config": {...}, "seeds": [...], "versions": {...}, "git_commit": ...}
     }

@@ -8,7 +8,8 @@ Layout under ``outputs/ablations/NAME/``::
     generate-<key>/        synthetic images + manifest
     filter-<key>/          kept.csv, rejected.csv, summary.json
     oracle-<key>/          phantom only: balanced phantom set + the evaluation-only oracle trained on it
-    fidelity-<key>/        fidelity.json: oracle detection rate per generated class (real / generated / kept / rejected)
+    fidelity-<key>/        fidelity.json: oracle detection rate per generated class (real / generated / kept /
+    rejected)
     arms/<arm>-<key>/seed-<s>/   classifier ensemble + test probabilities (+ heldout-<key>_probs.npy)
 
 Every step's folder gets a ``done.json`` written last (atomically); a step
@@ -170,7 +171,8 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
         )
         synthetic[SyntheticSet.UNFILTERED] = read_manifest(synth_manifest)
     if cfg.needs_filter:
-        # every process: the verifier trains under DDP and run_filter has its own barrier (main filters, the others wait)
+        # every process: the verifier trains under DDP and run_filter has its own barrier (main filters, the others
+        # wait)
         filter_dir = Path(
             _cached(
                 steps["filter"],

@@ -175,7 +175,8 @@ def train_oracle(cfg: AblationConfig, out: Path) -> Path:
 def oracle_fidelity(
     oracle_dir: Path, real_train: pd.DataFrame, generated: pd.DataFrame, kept: pd.DataFrame | None, out: Path
 ) -> Path:
-    """Per generated class: how often the oracle detects the target finding in real / generated / kept / rejected images.
+    """Per generated class: how often the oracle detects the target finding in real / generated / kept / rejected
+    images.
 
     "Real" (the class's real training positives) is the judge's own sensitivity: a class whose
     real images it rarely detects cannot be judged, and the report says so.

@@ -40,7 +40,7 @@ def ablate_command(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check every path and print the plan; run nothing."),
 ) -> None:
-    """Run real-only, real re-sampled and +synthetic (unfiltered, filtered, pretrain) over seeds; resumable; writes the report."""
+    """Run real-only, real re-sampled and +synthetic (unfiltered, filtered, pretrain) over seeds; resumable; writes the report."""  # noqa: E501 (--help text: a line break would show)
     from synth.ablation.config import check_paths, load_ablation_config
 
     cfg = load_ablation_config(

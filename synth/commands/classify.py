@@ -41,7 +41,10 @@ def register(app: typer.Typer) -> None:
         data: Path = typer.Option(
             ...,
             "--data",
-            help="prepared manifest: the model's own, or a test-only set (synth prepare --split test); head/medium/tail come from the model",
+            help=(
+                "prepared manifest: the model's own, or a test-only set (synth prepare --split test); "
+                "head/medium/tail come from the model"
+            ),
         ),
         split: str = typer.Option("test", "--split", help="split to score: train / val / test"),
         out: Path = typer.Option(..., "--out", help="folder for metrics.json, probs.csv, submission.csv"),
@@ -49,7 +52,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
         batch_size: int = typer.Option(64, "--batch-size"),
     ) -> None:
-        """CXR-LT metrics of an ensemble: mAP (head/medium/tail) with patient-bootstrap CIs, mAUROC, mF1, ECE, per class."""
+        """CXR-LT metrics of an ensemble: mAP (head/medium/tail) with patient-bootstrap CIs, mAUROC, mF1, ECE, per class."""  # noqa: E501 (--help text: a line break would show)
         from rich.console import Console
 
         from classifier.evaluation import evaluate_model, render_table

@@ -36,7 +36,10 @@ def prepare(
     labels: Path = typer.Option(
         ...,
         "--labels",
-        help="Label CSV (.csv or .csv.gz). A 'split' column (train / validate|val / test) is kept as given; with --val-labels/--test-labels this is the train file.",
+        help=(
+            "Label CSV (.csv or .csv.gz). A 'split' column (train / validate|val / test) is kept as given; with "
+            "--val-labels/--test-labels this is the train file."
+        ),
     ),
     val_labels: Optional[Path] = typer.Option(
         None,
@@ -49,7 +52,10 @@ def prepare(
     split: Optional[str] = typer.Option(
         None,
         "--split",
-        help="auto: keep a given split, else split by patient | test (or train/val): every row in that split, e.g. an external test-only set. [default: auto]",
+        help=(
+            "auto: keep a given split, else split by patient | test (or train/val): every row in that split, e.g. an "
+            "external test-only set. [default: auto]"
+        ),
     ),
     uncertain: Optional[str] = typer.Option(
         None,
@@ -59,7 +65,10 @@ def prepare(
     images: Path = typer.Option(
         ...,
         "--images",
-        help="Image root: MIMIC-CXR-JPG root (cxrlt, fpath relative to it) or the NIH image folder (searched recursively).",
+        help=(
+            "Image root: MIMIC-CXR-JPG root (cxrlt, fpath relative to it) or the NIH image folder (searched "
+            "recursively)."
+        ),
     ),
     out: Path = typer.Option(
         ..., "--out", help="Output folder, e.g. outputs/data/NAME: manifest.csv, stats.json, images/."
@@ -85,7 +94,7 @@ def prepare(
     sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + " E.g. --set head_threshold=0.2."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
 ) -> None:
-    """Read a CXR-LT or NIH label file, keep its given split (or split by patient), cache resized grayscale images, write stats."""
+    """Read a CXR-LT or NIH label file, keep its given split (or split by patient), cache resized grayscale images, write stats."""  # noqa: E501 (--help text: a line break would show)
     from synth.prepare import PrepareConfig, run
     from synth.stats import load_stats
 
@@ -135,7 +144,8 @@ def _summary(stats: dict, manifest: Path) -> None:
     counts = stats["group_counts"]
     tail = sorted(c for c, g in groups.items() if g == "tail")
     console.print(
-        f"classes: {len(stats['classes'])} annotated — head {counts['head']}, medium {counts['medium']}, tail {counts['tail']}"
+        f"classes: {len(stats['classes'])} annotated — head {counts['head']}, medium {counts['medium']}, tail "
+        f"{counts['tail']}"
         f"{' (' + ', '.join(tail) + ')' if tail else ''}; group columns count positive labels"
     )
     empty = [c for c in stats["classes"] if stats["positives"]["all"][c] == 0]

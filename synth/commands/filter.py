@@ -154,11 +154,11 @@ def _print_summary(summary: dict, out: Path) -> None:
         table.add_row(*row)
     console = Console(stderr=True)
     console.print(table)
+    overlap = " (copies and distinct patients overlap: flags only what is closer than distinct patients)"
     console.print(
         f"kept {summary['kept']} of {summary['n']}; near-copy thresholds: "
         + ", ".join(
-            f"{s} {t['threshold']:.3f}{'' if t['separates'] else ' (copies and distinct patients overlap: flags only what is closer than distinct patients)'}"
-            for s, t in summary["near_copy"].items()
+            f"{s} {t['threshold']:.3f}{'' if t['separates'] else overlap}" for s, t in summary["near_copy"].items()
         )
     )
 

@@ -11,7 +11,7 @@ import typer
 
 
 def finetune_command(ctx: typer.Context) -> None:
-    """Train the latent-diffusion generator: --config configs/finetune/X.yaml plus any script flag (see synth/finetune.py --help)."""
+    """Train the latent-diffusion generator: --config configs/finetune/X.yaml plus any script flag (see synth/finetune.py --help)."""  # noqa: E501 (--help text: a line break would show)
     from synth.generator.config import parse_args
 
     args = list(ctx.args)

@@ -132,10 +132,12 @@ class FilterConfig:
 
 
 def load_verifier_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> VerifierConfig:
-    """Defaults <- YAML file <- overrides (None values ignored; ``--set`` texts typed), via :func:`synth.config.load_config`."""
+    """Defaults <- YAML file <- overrides (None values ignored; ``--set`` texts typed), via
+    :func:`synth.config.load_config`."""
     return load_config(VerifierConfig, path, overrides, missing_hint="see configs/filter/verifier.yaml").validated()
 
 
 def load_filter_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> FilterConfig:
-    """Defaults <- YAML file <- overrides (None values ignored; ``--set`` texts typed), via :func:`synth.config.load_config`."""
+    """Defaults <- YAML file <- overrides (None values ignored; ``--set`` texts typed), via
+    :func:`synth.config.load_config`."""
     return load_config(FilterConfig, path, overrides, missing_hint="see configs/filter/default.yaml").validated()

@@ -53,7 +53,8 @@ def load_extractor(spec: str, verifier: Verifier, device: str | torch.device = "
     folder = Path(spec)
     if not (folder / EXTRACTOR_FILE).exists() or not (folder / "model.safetensors").exists():
         raise UserError(
-            f"extractor {spec!r}: expected 'verifier' or a folder with {EXTRACTOR_FILE} and model.safetensors (see synth/filtering/extractor.py)"
+            f"extractor {spec!r}: expected 'verifier' or a folder with {EXTRACTOR_FILE} and model.safetensors (see "
+            "synth/filtering/extractor.py)"
         )
     meta = yaml.safe_load((folder / EXTRACTOR_FILE).read_text()) or {}
     if "arch" not in meta or not timm.is_model(str(meta["arch"])):
@@ -64,7 +65,8 @@ def load_extractor(spec: str, verifier: Verifier, device: str | torch.device = "
     missing, _unexpected_head = model.load_state_dict(state, strict=False)
     if missing:
         raise UserError(
-            f"{folder / 'model.safetensors'}: weights do not fit {meta['arch']} (missing {missing[:3]}...); check 'arch' in {EXTRACTOR_FILE}"
+            f"{folder / 'model.safetensors'}: weights do not fit {meta['arch']} (missing {missing[:3]}...); check "
+            f"'arch' in {EXTRACTOR_FILE}"
         )
     wrapped = _ToChannels(model, in_chans).to(device).eval()
     return FeatureExtractor(

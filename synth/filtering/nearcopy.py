@@ -41,7 +41,8 @@ def mirror_thumbnails(pixels: np.ndarray, size: int) -> np.ndarray:
 def nearest(
     query: torch.Tensor, ref: torch.Tensor, exclude: np.ndarray | None = None, chunk: int = 4096
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Max dot product of each (unit) query row over (unit) ref rows and its index; ``exclude`` (Nq, Nr) bool masks pairs."""
+    """Max dot product of each (unit) query row over (unit) ref rows and its index; ``exclude`` (Nq, Nr) bool masks
+    pairs."""
     best = torch.full((len(query),), -float("inf"))
     idx = torch.zeros(len(query), dtype=torch.long)
     for start in range(0, len(ref), chunk):

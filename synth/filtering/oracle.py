@@ -52,7 +52,8 @@ def train_oracle(data_manifest: str | Path, out_dir: str | Path, cfg: VerifierCo
     val = df[(df["split"] == "val") & (df["source"] == "real")]
     if val.empty:
         raise UserError(
-            f"{data_manifest}: the oracle needs a held-out val split to choose its thresholds; re-create the phantom set with a val split"
+            f"{data_manifest}: the oracle needs a held-out val split to choose its thresholds; re-create the phantom "
+            "set with a val split"
         )
     probs = predict(verifier, val, (cfg or VerifierConfig()).eval_batch_size)
     y = label_matrix(val, verifier.classes)

@@ -102,7 +102,9 @@ def _rules_in_words(cfg, extractor_name: str) -> dict[str, str | list[str]]:
         "near_copy": "nearest real training image: feature cosine / flip-aware pixel correlation above a threshold "
         "calibrated between perturbed copies and distinct-patient neighbours",
         "no_transfer": (
-            f"a logistic probe on {extractor_name if cfg.transfer_extractor in ('extractor', cfg.extractor) else cfg.transfer_extractor} features, fitted on the generated images only (the "
+            "a logistic probe on "
+            f"{extractor_name if cfg.transfer_extractor in ('extractor', cfg.extractor) else cfg.transfer_extractor} "
+            "features, fitted on the generated images only (the "
             "class's vs other classes' without its label), ranks REAL train+val rows of the class with a "
             f"patient-bootstrap AUROC interval whose lower bound is <= {cfg.transfer_min_auroc}; classes with "
             f"< {cfg.transfer_min_real_positives} real positives or < {cfg.transfer_min_synthetic} generated "

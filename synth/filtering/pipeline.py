@@ -67,7 +67,8 @@ def _targets(synth: pd.DataFrame, where: str) -> pd.Series:
         raise UserError(f"{where}: no target_class column; filter a manifest written by `synth generate`")
     if (synth["source"] != "synthetic").any():
         raise UserError(
-            f"{where}: has rows with source != synthetic; pass the generated manifest as --synthetic and the real one as --data"
+            f"{where}: has rows with source != synthetic; pass the generated manifest as --synthetic and the real one "
+            "as --data"
         )
     try:
         return synth["target_class"].map(lambda c: resolve_class(str(c))).rename("target_class")
@@ -186,7 +187,8 @@ def _read_inputs(
         synth,
         synth.attrs["root"],
         synthetic_manifest,
-        "rerun the `synth generate` command that wrote it (same --out: it re-creates missing images and rewrites the manifest)",
+        "rerun the `synth generate` command that wrote it (same --out: it re-creates missing images and rewrites the "
+        "manifest)",
     )
     _require_images(
         pd.concat([train, val]),
@@ -206,7 +208,8 @@ def _decide(
     outlier_limit: float,
     cfg: FilterConfig,
 ) -> dict[str, np.ndarray]:
-    """Every reason's flag per image; ``scores`` gets ``flags``, ``reasons`` (the rejecting ones, in order) and ``kept``."""
+    """Every reason's flag per image; ``scores`` gets ``flags``, ``reasons`` (the rejecting ones, in order) and
+    ``kept``."""
     flags = {
         "near_copy": near,
         "class_set_fid": target.map(set_rejected).to_numpy(bool),

@@ -104,7 +104,8 @@ def train_verifier(
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(loader) / n_proc)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    # linear warm-up over 10 % of the steps, then cosine to 0 (diffusers' schedule, as the classifier and generator use;
+    # linear warm-up over 10 % of the steps, then cosine to 0 (diffusers' schedule, as the classifier and generator
+    # use;
     # OneCycleLR divided by zero for 10 steps). The prepared scheduler steps once per process per optimiser step.
     scheduler = lr_scheduler(optimizer, int(0.1 * total), total, "cosine", n_proc)
     loss_fn = MaskedBCE()  # un-annotated cells carry no loss: an NIH image is no negative for a class NIH never labels
@@ -205,7 +206,8 @@ def load_verifier(path: str | Path, device: str | torch.device = "cpu") -> Verif
     path = Path(path)
     if not (path / META_FILE).exists() or not (path / WEIGHTS_FILE).exists():
         raise UserError(
-            f"{path} is not a verifier folder (needs {META_FILE} and {WEIGHTS_FILE}); train one with `synth verifier train`"
+            f"{path} is not a verifier folder (needs {META_FILE} and {WEIGHTS_FILE}); train one with `synth verifier "
+            "train`"
         )
     meta = json.loads((path / META_FILE).read_text())
     model = build_model(meta["arch"], len(meta["classes"]))

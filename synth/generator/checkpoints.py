@@ -65,6 +65,7 @@ def resolve_checkpoint(out_dir: Path, spec: str | None) -> Path | None:
         path = out_dir / spec
     if not (path / TRAINER_STATE).exists():
         raise UserError(
-            f"--resume_from_checkpoint {spec}: not a complete checkpoint folder (no {TRAINER_STATE}); use 'latest' or a checkpoint-<step> folder of {out_dir}"
+            f"--resume_from_checkpoint {spec}: not a complete checkpoint folder (no {TRAINER_STATE}); use 'latest' or "
+            f"a checkpoint-<step> folder of {out_dir}"
         )
     return path

@@ -39,7 +39,8 @@ class FinetuneConfig:
     sampling: str = "repeat_factor"  # repeat_factor | class_balanced | uniform
     repeat_threshold: float = 0.1  # LVIS t: classes rarer than this are repeated sqrt(t / f) times
     prompt_dropout: float = 0.1  # share of prompts replaced by "" so classifier-free guidance works
-    prompt_orders: int = 0  # >0: finding order drawn from this many fixed permutations per label set (bounded prompt set -> text cache hits)
+    # >0: finding order drawn from this many fixed permutations per label set (bounded prompt set -> text cache hits)
+    prompt_orders: int = 0
     text_max_length: int = 77  # tokenizer length of the from-scratch (MiniLM) model
     cache_latents: str = (
         "auto"  # auto | true | false: encode each image once (frozen VAE), see synth/generator/latent_cache.py
@@ -113,7 +114,8 @@ class FinetuneConfig:
     validation_inference_steps: int = 20
     validation_guidance_scale: float = 3.0
     logging_steps: int = 50
-    report_to: str = "none"  # none | tensorboard (Accelerate tracker, event files in output_dir/logs; pip install 'cxr-synth[tensorboard]')
+    # none | tensorboard (Accelerate tracker, event files in output_dir/logs; pip install 'cxr-synth[tensorboard]')
+    report_to: str = "none"
     dry_run: bool = False
 
     def validated(self) -> "FinetuneConfig":
@@ -126,7 +128,8 @@ class FinetuneConfig:
         self.cache_latents = _cache_mode(self.cache_latents)
         if self.latent_cache_max_ram_gb < 0:
             raise UserError(
-                f"--latent_cache_max_ram_gb must be >= 0 (0 = always memory-mapped), got {self.latent_cache_max_ram_gb}"
+                "--latent_cache_max_ram_gb must be >= 0 (0 = always memory-mapped), got "
+                f"{self.latent_cache_max_ram_gb}"
             )
         from synth.generator.row_sampling import SAMPLING_MODES
 
@@ -163,7 +166,8 @@ class FinetuneConfig:
             down = 2 ** (len(self.vae_block_out_channels) - 1)
             if self.resolution % (down * 2 ** (len(self.unet_block_out_channels) - 1)):
                 raise UserError(
-                    f"--resolution {self.resolution} must be divisible by {down * 2 ** (len(self.unet_block_out_channels) - 1)} "
+                    f"--resolution {self.resolution} must be divisible by "
+                    f"{down * 2 ** (len(self.unet_block_out_channels) - 1)} "
                     f"(VAE /{down} then {len(self.unet_block_out_channels) - 1} UNet downsamplings)"
                 )
             for name in ("vae_block_out_channels", "unet_block_out_channels"):

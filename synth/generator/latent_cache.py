@@ -144,7 +144,10 @@ class LatentCache:
             "ram": f"read into RAM from {self.path}",
             "disk": f"memory-mapped from {self.path}",
         }[self.location]
-        return f"cached posterior of {len(self)} images, shape {self.latent_shape}, {self.nbytes / 2**30:.2f} GiB, {where}"
+        return (
+            f"cached posterior of {len(self)} images, shape {self.latent_shape}, {self.nbytes / 2**30:.2f} GiB, "
+            f"{where}"
+        )
 
 
 def take_latents(
@@ -164,7 +167,8 @@ def open_cache(folder: Path, max_ram_gb: float) -> LatentCache:
     std = np.load(folder / "std.npy", mmap_mode="r")
     if mean.shape != tuple(meta["shape"]) or std.shape != mean.shape:
         raise UserError(
-            f"latent cache {folder}: arrays {mean.shape}/{std.shape} do not match meta.json {meta['shape']}; delete the folder to rebuild it"
+            f"latent cache {folder}: arrays {mean.shape}/{std.shape} do not match meta.json {meta['shape']}; delete "
+            "the folder to rebuild it"
         )
     if 2 * mean.nbytes <= max_ram_gb * 2**30:
         return LatentCache(torch.from_numpy(np.array(mean)), torch.from_numpy(np.array(std)), "ram", folder)

@@ -35,7 +35,8 @@ class ProcessGroup:
         shared = broadcast_object_list([key], from_process=0)[0]
         if shared != key:
             print(
-                f"note: latent cache: the VAE of process {self.rank} differs from process 0's (key {key} vs {shared}); "
+                f"note: latent cache: the VAE of process {self.rank} differs from process 0's (key {key} vs "
+                f"{shared}); "
                 "using process 0's latents",
                 flush=True,
             )

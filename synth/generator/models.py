@@ -55,7 +55,8 @@ def check_pretrained_folder(path: str | Path) -> Path:
     if not path.is_dir():
         raise UserError(
             f"--pretrained_model_name_or_path {path}: folder not found (only LOCAL folders are used, never the hub); "
-            "copy a Stable-Diffusion-style pipeline there (model_index.json, vae/, unet/, text_encoder/, tokenizer/, scheduler/)"
+            "copy a Stable-Diffusion-style pipeline there (model_index.json, vae/, unet/, text_encoder/, tokenizer/, "
+            "scheduler/)"
         )
     missing = []
     if not (path / "model_index.json").exists():
@@ -163,7 +164,8 @@ def load_vae(path: str | Path):
     path = Path(path)
     if not (path / "config.json").exists():
         raise UserError(
-            f"--vae_model_path {path}: no trained VAE there (config.json missing); run the vae stage first (--stage vae)"
+            f"--vae_model_path {path}: no trained VAE there (config.json missing); run the vae stage first (--stage "
+            "vae)"
         )
     return AutoencoderKL.from_pretrained(path, local_files_only=True, **diffusers_dtype(__import__("torch").float32))
 

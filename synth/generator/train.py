@@ -166,7 +166,8 @@ class UNetTrainer:
                 prompts.add(self.templates.render(self.data.label_sets[i], self.data.views[i], rng=rng))
         if len(prompts) > self.prompt_encoder.cache_size:
             self.log(
-                f"text cache: {len(prompts)} distinct prompts > --text_cache_size {self.prompt_encoder.cache_size}; encoding on demand"
+                f"text cache: {len(prompts)} distinct prompts > --text_cache_size {self.prompt_encoder.cache_size}; "
+                "encoding on demand"
             )
             return
         ordered = sorted(prompts)
@@ -342,7 +343,8 @@ class UNetTrainer:
             )
             cause = f"the optimisation diverged; lower {lrs} (or raise --lr_warmup_steps {cfg.lr_warmup_steps})"
         return (
-            f"step {self.global_step + 1}: the training loss is {value} (not finite); stopped before updating the weights, "
+            f"step {self.global_step + 1}: the training loss is {value} (not finite); stopped before updating the "
+            "weights, "
             f"{kept} (a re-run resumes there). Likely cause: {cause}"
         )
 

@@ -182,13 +182,13 @@ class Anatomy:
         """v of the costophrenic angle on ``side`` (-1: patient right = image left, +1: left)."""
         return (self.dome_r if side < 0 else self.dome_l) + self.dome_curv
 
-    def lung_point(self, side: int, t: float, l: float) -> tuple[float, float]:
+    def lung_point(self, side: int, t: float, lateral: float) -> tuple[float, float]:
         """(u, v) at vertical fraction ``t`` (0 apex .. 1 costophrenic angle) and lateral fraction
-        ``l`` (0 medial .. 1 lateral) of one lung."""
+        ``lateral`` (0 medial .. 1 lateral) of one lung."""
         bottom = self.lung_bottom(side)
         v = self.apex + t * (bottom - self.apex)
         lat, med = self._lat_med(np.float32(v), side)
-        a = float(med + l * (lat - med))
+        a = float(med + lateral * (lat - med))
         return side * a, float(v)
 
     def _lat_med(self, v, side: int):

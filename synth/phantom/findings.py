@@ -116,8 +116,8 @@ def _bezier(p0, p1, p2, n=8):
     return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t * t * p2
 
 
-def _lung_pos(cv: Canvas, rng, side: int, t=(0.25, 0.8), l=(0.3, 0.8)):
-    tt, ll = rng.uniform(*t), rng.uniform(*l)
+def _lung_pos(cv: Canvas, rng, side: int, t=(0.25, 0.8), lateral=(0.3, 0.8)):
+    tt, ll = rng.uniform(*t), rng.uniform(*lateral)
     return cv.A.lung_point(side, tt, ll)
 
 
@@ -157,7 +157,7 @@ def _atelectasis(cv, rng, present):
     side = _side(rng)
     regions = []
     for _ in range(1 + int(rng.random() < 0.4)):
-        cu, cvv = _lung_pos(cv, rng, side, t=(0.62, 0.84), l=(0.3, 0.7))
+        cu, cvv = _lung_pos(cv, rng, side, t=(0.62, 0.84), lateral=(0.3, 0.7))
         ln = rng.uniform(0.13, 0.2)
         ang = rng.uniform(-0.25, 0.25)
         pts = [
@@ -231,11 +231,11 @@ def _clavicle_fracture(cv, rng, present):
 @finding("Consolidation", "dense homogeneous lobar opacity with one sharp fissural border and air bronchograms")
 def _consolidation(cv, rng, present):
     side = _side(rng)
-    cu, cvv = _lung_pos(cv, rng, side, t=(0.35, 0.78), l=(0.35, 0.65))
+    cu, cvv = _lung_pos(cv, rng, side, t=(0.35, 0.78), lateral=(0.35, 0.65))
     rx, ry = rng.uniform(0.14, 0.2), rng.uniform(0.12, 0.17)
     w, m = cv.ellipse(cu, cvv, rx, ry, edge=0.05, wobble=0.1, phase=rng.uniform(0, 6.3))
     # sharp fissural border: horizontal cut above (upper edge) or below
-    u, v = cv.u[w], cv.v[w]
+    v = cv.v[w]
     cut = cvv + (-1 if rng.random() < 0.5 else 1) * ry * 0.45
     m = m * (ramp(v - cut, cv.px) if cut < cvv else ramp(cut - v, cv.px))
     # air bronchograms: dark branches from the medial side
@@ -399,7 +399,7 @@ def _granuloma(cv, rng, present):
     a = cv.A
     regions = []
     for _ in range(1 + int(rng.integers(0, 3))):
-        cu, cvv = _lung_pos(cv, rng, _side(rng), t=(0.15, 0.8), l=(0.2, 0.9))
+        cu, cvv = _lung_pos(cv, rng, _side(rng), t=(0.15, 0.8), lateral=(0.2, 0.9))
         r = rng.uniform(0.028, 0.04)
         w, m = cv.ellipse(cu, cvv, r, r, edge=cv.px * 0.5)
         cv.add[w] += rng.uniform(1.1, 1.4) * m
@@ -473,7 +473,7 @@ def _infiltration(cv, rng, present):
     sides = [-1, 1] if rng.random() < 0.5 else [_side(rng)]
     for side in sides:
         for _ in range(int(rng.integers(3, 6))):
-            cu, cvv = _lung_pos(cv, rng, side, t=(0.3, 0.85), l=(0.2, 0.85))
+            cu, cvv = _lung_pos(cv, rng, side, t=(0.3, 0.85), lateral=(0.2, 0.85))
             s = rng.uniform(0.035, 0.06)
             w, g = cv.gauss(cu, cvv, s, s * rng.uniform(0.8, 1.3))
             _fill(cv, w, 0.55 * g)
@@ -530,7 +530,7 @@ def _lung_lesion(cv, rng, present):
         return _empty(cv), {"drawn_by_child": True}
     # Larger than a nodule with a cavity wide enough (>= 2 px at 64 px) to read as a ring:
     # a small cavity blurs into a solid disc and the lesion becomes a mislabelled nodule.
-    cu, cvv = _lung_pos(cv, rng, _side(rng), t=(0.2, 0.7), l=(0.3, 0.75))
+    cu, cvv = _lung_pos(cv, rng, _side(rng), t=(0.2, 0.7), lateral=(0.3, 0.75))
     r = rng.uniform(0.095, 0.125)
     w, m = cv.ellipse(cu, cvv, r, r * rng.uniform(0.85, 1.15), wobble=0.12, phase=rng.uniform(0, 6.3))
     w2, c = cv.ellipse(cu + rng.uniform(-0.01, 0.01), cvv - 0.01, r * 0.6, r * 0.55)
@@ -552,7 +552,7 @@ def _lung_opacity(cv, rng, present):
 
 @finding("Mass", "large (> 3 cm scale) lobulated well-defined dense opacity")
 def _mass(cv, rng, present):
-    cu, cvv = _lung_pos(cv, rng, _side(rng), t=(0.25, 0.7), l=(0.35, 0.7))
+    cu, cvv = _lung_pos(cv, rng, _side(rng), t=(0.25, 0.7), lateral=(0.35, 0.7))
     r = rng.uniform(0.1, 0.15)
     w, m = cv.ellipse(
         cu, cvv, r, r * rng.uniform(0.85, 1.15), edge=cv.px * 1.5, wobble=0.1, lobes=4, phase=rng.uniform(0, 6.3)
@@ -570,7 +570,7 @@ def _nodule(cv, rng, present):
     # and an invisible but labelled nodule (6 % of them before) only teaches label noise.
     side = _side(rng)
     for _ in range(8):
-        cu, cvv = _lung_pos(cv, rng, side, t=(0.2, 0.8), l=(0.25, 0.7))
+        cu, cvv = _lung_pos(cv, rng, side, t=(0.2, 0.8), lateral=(0.25, 0.7))
         if float(cv.lung_air[cv.window(cu, cvv, 0.0)].mean()) >= 0.6:
             break
     r = rng.uniform(0.07, 0.095)
@@ -671,7 +671,7 @@ def _pneumomediastinum(cv, rng, present):
 def _pneumonia(cv, rng, present):
     side = _side(rng)
     t = (0.55, 0.85) if rng.random() < 0.65 else (0.25, 0.6)
-    cu, cvv = _lung_pos(cv, rng, side, t=t, l=(0.3, 0.7))
+    cu, cvv = _lung_pos(cv, rng, side, t=t, lateral=(0.3, 0.7))
     regions = []
     for _ in range(int(rng.integers(3, 6))):
         x, y = cu + rng.normal(0, 0.06), cvv + rng.normal(0, 0.05)
@@ -710,7 +710,7 @@ def _pneumothorax(cv, rng, present):
 def _pulmonary_embolism(cv, rng, present):
     a = cv.A
     side = _side(rng)
-    cu, cvv = _lung_pos(cv, rng, side, t=(0.4, 0.75), l=(0.4, 0.8))
+    cu, cvv = _lung_pos(cv, rng, side, t=(0.4, 0.75), lateral=(0.4, 0.8))
     s = rng.uniform(0.13, 0.18)
     w, g = cv.gauss(cu, cvv, s, s)
     g = g * cv.lungs[side][w]
@@ -822,7 +822,6 @@ def _subcutaneous_emphysema(cv, rng, present):
 
 
 def _devices(cv, rng):
-    a = cv.A
     kinds = [
         k
         for k, p in (("ett", 0.45), ("cvc", 0.45), ("ng", 0.35), ("pacemaker", 0.2), ("ecg", 0.3))

@@ -58,7 +58,8 @@ def canonical_labels(findings: Iterable[str]) -> tuple[str, ...]:
     names = expand_parents(names)
     if "Normal" in names and len(names) > 1:
         raise UserError(
-            f"'Normal' cannot be combined with findings ({', '.join(sorted(names - {'Normal'}))}); Normal means no finding"
+            f"'Normal' cannot be combined with findings ({', '.join(sorted(names - {'Normal'}))}); Normal means no "
+            "finding"
         )
     return tuple(c for c in CXR_LT_CLASSES if c in names)
 

@@ -42,7 +42,7 @@ img{max-width:100%}
 img.broken{outline:3px solid red}
 pre{background:#f7f7f7;padding:.6rem;overflow-x:auto;font-size:.8rem}
 .note{color:#555;font-size:.85rem}
-"""
+"""  # noqa: E501 (minified CSS: one rule a line)
 
 
 # Marks images that failed to decode, so a headless browser can report them from the DOM.
