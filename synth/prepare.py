@@ -9,23 +9,22 @@ behind, and an existing dataset is only replaced with ``overwrite=True``.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from synth.config import load_config
 from synth.errors import UserError
 from synth.io import atomic_path, make_readable_tempdir, write_json_atomic
 from synth.manifest import MANIFEST_COLUMNS, UNCERTAIN_POLICIES, annotated_classes, write_manifest
+from synth.prepare_images import cache_images
 from synth.readers import read_labels
 from synth.splits import (
     SplitFractions,
@@ -41,9 +40,6 @@ from synth.taxonomy import GroupThresholds
 
 #: ``--split`` values: ``auto`` uses the user's split when there is one, else a patient-level split.
 SPLIT_MODES: tuple[str, ...] = ("auto", "train", "val", "test")
-
-#: Read errors that mean "this file is not a usable image" (not a bug of ours).
-IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 @dataclass
@@ -167,19 +163,7 @@ def run(
     df["cache_name"] = _cache_names(df, labels)
 
     skipped: list[dict[str, str]] = []
-    present = np.array([Path(p).is_file() for p in df["fpath"]])
-    if not present.all():
-        first = df["fpath"][~present].iloc[0]
-        if not cfg.skip_bad_images:
-            raise UserError(
-                f"image not found: {first} ({int((~present).sum())} of {len(df)} missing); "
-                "check --images (fpath is relative to it) or pass --skip-bad-images"
-            )
-        skipped += [
-            {"dicom_id": d, "fpath": f, "reason": "not found"}
-            for d, f in zip(df["dicom_id"][~present], df["source_fpath"][~present])
-        ]
-        df = df[present].reset_index(drop=True)
+    df = _drop_missing_images(df, cfg, skipped)
 
     if split_source == "patient_split":
         df["split"] = patient_split(df, SplitFractions(val=cfg.val, test=cfg.test), seed=cfg.seed)
@@ -189,7 +173,7 @@ def run(
     tmp = make_readable_tempdir(out.parent, f".{out.name}.{os.getpid()}.")
     try:
         (tmp / "images").mkdir()
-        failures = _cache_images(df, tmp / "images", cfg, progress)
+        failures = cache_images(df, tmp / "images", cfg.size, cfg.workers, progress)
         if failures:
             i, err = next(iter(failures.items()))
             if not cfg.skip_bad_images:
@@ -207,32 +191,56 @@ def run(
 
         df["fpath"] = "images/" + df["cache_name"]
         df = df.drop(columns=["cache_name"])
-        manifest = df[list(MANIFEST_COLUMNS) + ["source_fpath"]]
-        write_manifest(manifest, tmp / "manifest.csv")
-        stats = compute_stats(manifest, cfg.thresholds)
-        write_stats(stats, tmp / "stats.json")
-        if skipped:
-            skipped_path = tmp / "skipped.csv"
-            with atomic_path(skipped_path) as part:
-                pd.DataFrame(skipped, columns=["dicom_id", "fpath", "reason"]).to_csv(part, index=False)
-        write_json_atomic(
-            tmp / "prepare.json",
-            {
-                "format": fmt,
-                "labels": str(labels.resolve()),
-                "images": str(images.resolve()),
-                "config": asdict(cfg),
-                "split_files": {s: str(Path(f).resolve()) for s, f in (split_files or {}).items()},
-                "rows": len(manifest),
-                "skipped": len(skipped),
-                **split_report,
-            },
-        )
+        record = {
+            "format": fmt,
+            "labels": str(labels.resolve()),
+            "images": str(images.resolve()),
+            "config": asdict(cfg),
+            "split_files": {s: str(Path(f).resolve()) for s, f in (split_files or {}).items()},
+        }
+        _write_dataset(tmp, df[list(MANIFEST_COLUMNS) + ["source_fpath"]], cfg, skipped, record, split_report)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out / "manifest.csv"
+
+
+def _drop_missing_images(df: pd.DataFrame, cfg: PrepareConfig, skipped: list[dict[str, str]]) -> pd.DataFrame:
+    """Rows whose image file exists; a missing one is an error, or (``skip_bad_images``) a row of ``skipped``."""
+    present = np.array([Path(p).is_file() for p in df["fpath"]])
+    if present.all():
+        return df
+    first = df["fpath"][~present].iloc[0]
+    if not cfg.skip_bad_images:
+        raise UserError(
+            f"image not found: {first} ({int((~present).sum())} of {len(df)} missing); "
+            "check --images (fpath is relative to it) or pass --skip-bad-images"
+        )
+    skipped += [
+        {"dicom_id": d, "fpath": f, "reason": "not found"}
+        for d, f in zip(df["dicom_id"][~present], df["source_fpath"][~present])
+    ]
+    return df[present].reset_index(drop=True)
+
+
+def _write_dataset(
+    tmp: Path,
+    manifest: pd.DataFrame,
+    cfg: PrepareConfig,
+    skipped: list[dict[str, str]],
+    record: dict,
+    split_report: dict,
+) -> None:
+    """manifest.csv, stats.json, skipped.csv (if any) and prepare.json (``record`` + rows, skipped, split report)."""
+    write_manifest(manifest, tmp / "manifest.csv")
+    stats = compute_stats(manifest, cfg.thresholds)
+    write_stats(stats, tmp / "stats.json")
+    if skipped:
+        skipped_path = tmp / "skipped.csv"
+        with atomic_path(skipped_path) as part:
+            pd.DataFrame(skipped, columns=["dicom_id", "fpath", "reason"]).to_csv(part, index=False)
+    write_json_atomic(tmp / "prepare.json", {**record, "rows": len(manifest), "skipped": len(skipped), **split_report})
 
 
 def _read_with_splits(
@@ -365,65 +373,3 @@ def _cache_names(df: pd.DataFrame, labels: Path) -> pd.Series:
             "dicom_id unique"
         )
     return names
-
-
-def to_gray8(im: Image.Image) -> Image.Image:
-    """8-bit grayscale. 16-bit / float images are min-max scaled (a plain ``convert`` would clip them to white)."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(im, dtype=np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
-        return Image.fromarray(np.rint(a).astype(np.uint8), mode="L")
-    return im.convert("L")
-
-
-def cache_image(task: tuple[str, str, int]) -> str | None:
-    """Decode, grayscale, resize and save one image; the error text instead of raising (pool worker).
-
-    Only *reading* errors are returned (a bad source image, skippable); a failed *write* (permission, disk
-    full) raises: skipping every image because the disk is full would be a silent disaster.
-    """
-    src, dst, size = task
-    try:
-        with Image.open(src) as im:
-            im.draft("L", (size, size))  # JPEG: decode at the smallest scale >= size (several-fold faster)
-            gray = to_gray8(im)
-        if gray.size != (size, size):
-            gray = gray.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    except IMAGE_ERRORS as err:
-        return f"{type(err).__name__}: {err}".replace("\n", " ")
-    gray.save(dst, format="PNG")
-    return None
-
-
-def _cache_images(df: pd.DataFrame, folder: Path, cfg: PrepareConfig, progress: bool) -> dict[int, str]:
-    tasks = [(src, str(folder / name), cfg.size) for src, name in zip(df["fpath"], df["cache_name"])]
-    failures: dict[int, str] = {}
-    for i, err in enumerate(_progress(_map(tasks, cfg.workers), len(tasks), progress)):
-        if err is not None:
-            failures[i] = err
-    return failures
-
-
-def _map(tasks: list[tuple[str, str, int]], workers: int) -> Iterator[str | None]:
-    workers = workers or min(os.cpu_count() or 1, 16)
-    if workers <= 1 or len(tasks) < 64:
-        yield from map(cache_image, tasks)
-        return
-    # spawn: the parent may hold torch/OpenMP threads, which fork does not copy safely
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        yield from pool.imap(cache_image, tasks, chunksize=max(1, min(256, len(tasks) // (workers * 8))))
-
-
-def _progress(items: Iterator[str | None], total: int, show: bool) -> Iterator[str | None]:
-    if not show:
-        yield from items
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (TextColumn("caching images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=False) as bar:
-        task = bar.add_task("cache", total=total)
-        for item in items:
-            bar.advance(task)
-            yield item

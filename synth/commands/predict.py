@@ -164,7 +164,8 @@ def _cache_names(rows: pd.DataFrame) -> list[str]:
 
 def _cache_raw(rows: pd.DataFrame, out: Path, size: int, workers: int, progress: bool) -> Path:
     """Decode raw images the way ``synth prepare`` does, into a temporary folder beside ``out``."""
-    from synth.prepare import PrepareConfig, _cache_images
+    from synth.prepare import PrepareConfig
+    from synth.prepare_images import cache_images
 
     cfg = PrepareConfig.from_yaml(None, size=size, workers=workers)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -174,8 +175,8 @@ def _cache_raw(rows: pd.DataFrame, out: Path, size: int, workers: int, progress:
     folder = tmp / "images"
     folder.mkdir()
     try:
-        failures = _cache_images(
-            rows.assign(cache_name=_cache_names(rows)).reset_index(drop=True), folder, cfg, progress
+        failures = cache_images(
+            rows.assign(cache_name=_cache_names(rows)).reset_index(drop=True), folder, cfg.size, cfg.workers, progress
         )
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,157 @@
+"""``results.json`` of an ablation: every arm and seed evaluated on the same test rows, paired with the baseline,
+and a few real / kept / rejected images per generated class copied beside the report.
+
+The statistics are :mod:`synth.ablation.stages`' (looked up at call time, so tests replace them with fakes).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from synth.ablation import stages
+from synth.ablation.arms import ARMS, BASELINE, RESAMPLED_BASELINE, Arm, SyntheticSet
+from synth.ablation.config import AblationConfig
+from synth.manifest import image_paths, label_matrix, read_manifest
+from synth.taxonomy import frequency_groups, report_class_slug
+
+
+def build_results(
+    cfg: AblationConfig,
+    real: pd.DataFrame,
+    test: pd.DataFrame,
+    classes: list[str],
+    probs: dict[tuple[str, int], np.ndarray],
+    filter_dir: Path | None,
+    synthetic: dict[str, pd.DataFrame],
+    n_heldout: int = 0,
+    rows: dict[tuple[str, int], dict[str, Any]] | None = None,
+    resampling: Any = None,
+) -> dict[str, Any]:
+    """Evaluate every arm/seed on the same test rows (held-out phantom rows included) and assemble results.json.
+
+    Every arm but the baseline is paired with ``real_only`` (``paired_over_seeds``, per class in
+    ``per_class_paired``, the significantly harmed classes in ``harmed``); when ``real_resampled`` ran,
+    every synthetic arm is also paired with it (``paired_vs_resampled``), the verdict's reference.
+    """
+    train = real[real["split"] == "train"]
+    y_train = label_matrix(train, classes)
+    prevalence = {c: float(np.nanmean(y_train[:, i])) for i, c in enumerate(classes)}
+    groups = frequency_groups(prevalence)
+    y_test = label_matrix(test, classes)
+    patients = test["subject_id"].astype(str).to_numpy()
+    arms = []
+    for name in cfg.arms:
+        arms.append(_arm_entry(cfg, ARMS[name], y_test, probs, classes, groups, patients, rows, resampling))
+    generated = (
+        sorted(set(synthetic[SyntheticSet.UNFILTERED]["target_class"])) if SyntheticSet.UNFILTERED in synthetic else []
+    )
+    results: dict[str, Any] = {
+        "name": cfg.name,
+        "question": "Does synthetic tail data help, where, and by how much?",
+        "dataset": {
+            "name": cfg.data.source,
+            "n_train": int(len(train)),
+            "n_val": int((real["split"] == "val").sum()),
+            f"n_{cfg.evaluation.split}": int(len(test)),
+            "n_test_patients": int(len(set(patients))),
+            **({"n_heldout": n_heldout} if n_heldout else {}),
+        },
+        "classes": classes,
+        "groups": groups,
+        "train_prevalence": prevalence,
+        "generated_classes": generated,
+        "baseline": BASELINE,
+        "verdict_baseline": RESAMPLED_BASELINE if RESAMPLED_BASELINE in cfg.arms else BASELINE,
+        "arms": arms,
+        "target": {"tail_gain": cfg.target.tail_gain, "max_head_drop": cfg.target.max_head_drop},
+        "provenance": stages.provenance(cfg),
+    }
+    if filter_dir is not None:
+        results["filter"] = stages.filter_summary(filter_dir)
+    if generated:
+        results["grids"] = export_grid_samples(cfg, train, synthetic, filter_dir, generated)
+    return results
+
+
+def _arm_entry(
+    cfg: AblationConfig,
+    arm: Arm,
+    y_test: np.ndarray,
+    probs: dict[tuple[str, int], np.ndarray],
+    classes: list[str],
+    groups: dict[str, str],
+    patients: np.ndarray,
+    rows: dict[tuple[str, int], dict[str, Any]] | None,
+    resampling: Any,
+) -> dict[str, Any]:
+    """One arm in results.json: every seed's metrics and, but for the baseline, its paired differences and harms."""
+    name = arm.name
+    seeds = {
+        str(seed): stages.evaluate(cfg, y_test, probs[name, seed], classes, groups, patients) for seed in cfg.seeds
+    }
+    for seed in cfg.seeds:
+        if rows is not None and (name, seed) in rows:
+            seeds[str(seed)]["train_rows"] = rows[name, seed]
+    arm_entry: dict[str, Any] = {"name": name, "label": arm.label, "seeds": seeds}
+    if name != BASELINE:
+        base = [probs[BASELINE, s] for s in cfg.seeds]
+        mine = [probs[name, s] for s in cfg.seeds]
+        pooled = stages.paired(cfg, y_test, base, mine, classes, groups, patients)
+        for i, seed in enumerate(cfg.seeds):  # each seed's own difference; the interval is the pooled one
+            seeds[str(seed)]["paired"] = {g: {"diff": row["run_diffs"][i]} for g, row in pooled.items()}
+        arm_entry["paired_over_seeds"] = {
+            g: {k: v for k, v in row.items() if k != "run_diffs"} for g, row in pooled.items()
+        }
+        per_class = stages.paired_per_class(cfg, y_test, base, mine, classes, patients)
+        arm_entry["per_class_paired"] = per_class
+        judged = {c: v for c, v in per_class.items() if v["n_pos"] >= stages.HARM_MIN_TEST_POSITIVES}
+        arm_entry["harmed"] = sorted(c for c, v in judged.items() if v["ci"][1] is not None and v["ci"][1] < 0)
+        arm_entry["harm_not_judged"] = sorted(
+            c for c, v in per_class.items() if 0 < v["n_pos"] < stages.HARM_MIN_TEST_POSITIVES
+        )
+        if arm.uses_synthetic and RESAMPLED_BASELINE in cfg.arms:
+            vs = stages.paired(
+                cfg, y_test, [probs[RESAMPLED_BASELINE, s] for s in cfg.seeds], mine, classes, groups, patients
+            )
+            arm_entry["paired_vs_resampled"] = {g: {k: v for k, v in row.items()} for g, row in vs.items()}
+    if arm.resample and resampling is not None:
+        arm_entry["resampling"] = resampling.summary()
+    return arm_entry
+
+
+def export_grid_samples(
+    cfg: AblationConfig,
+    train: pd.DataFrame,
+    synthetic: dict[str, pd.DataFrame],
+    filter_dir: Path | None,
+    generated: list[str],
+) -> dict[str, dict[str, list[str]]]:
+    """Copy a few real / kept / rejected images per class into the report folder (the report reads only these)."""
+    k = cfg.evaluation.grid_examples
+    kept = synthetic.get("filtered", synthetic["unfiltered"])
+    rejected = (
+        read_manifest(filter_dir / "rejected.csv") if filter_dir and (filter_dir / "rejected.csv").exists() else None
+    )
+    grids: dict[str, dict[str, list[str]]] = {}
+    for cls in generated:
+        sources = {
+            "real": train[train[cls] == 1].head(k) if cls in train else train.head(0),
+            "kept": kept[kept["target_class"] == cls].head(k),
+            "rejected": rejected[rejected["target_class"] == cls].head(k) if rejected is not None else kept.head(0),
+        }
+        rows = {}
+        for row, df in sources.items():
+            rel = []
+            for i, src in enumerate(image_paths(df)):
+                dst = Path("samples") / report_class_slug(cls) / f"{row}_{i}{src.suffix}"
+                (cfg.report_dir / dst).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, cfg.report_dir / dst)
+                rel.append(str(dst))
+            rows[row] = rel
+        grids[cls] = rows
+    return grids
