@@ -500,18 +500,10 @@ def test_two_process_launch_shards_batches_and_writes_one_ensemble(nih32: pd.Dat
             }
         )
     )
+    from two_processes import LAUNCH_TWO_CPU_PROCESSES
+
     cmd = [
-        "accelerate",
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *LAUNCH_TWO_CPU_PROCESSES,
         str(REPO / "classifier" / "train.py"),
         "--config",
         str(config),

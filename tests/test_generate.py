@@ -266,18 +266,10 @@ def test_accelerate_two_processes_merge_one_manifest_with_the_same_images(tiny_m
     synth.distributed.process_state); ``--cpu`` would start ONE process and prove nothing.
     """
     out = tmp_path / "mp"
+    from two_processes import LAUNCH_TWO_CPU_PROCESSES
+
     cmd = [
-        "accelerate",
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *LAUNCH_TWO_CPU_PROCESSES,
         "-m",
         "synth.generate",
         "--model",

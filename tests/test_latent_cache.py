@@ -179,18 +179,10 @@ def test_two_processes_each_encode_their_own_chunks(manifest, tmp_path):
     one."""
     script = tmp_path / "two.py"
     script.write_text(_TWO_PROC)
+    from two_processes import LAUNCH_TWO_CPU_PROCESSES
+
     cmd = [
-        "accelerate",
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *LAUNCH_TWO_CPU_PROCESSES,
         str(script),
         str(manifest),
         str(tmp_path / "cache"),

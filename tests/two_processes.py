@@ -1,0 +1,18 @@
+"""The command prefix of the tests that run two processes: ``accelerate launch`` with gloo DDP on CPU.
+
+``--multi_gpu`` on a CPU-only host gives torchrun workers with the gloo backend; ``--cpu`` would start ONE process.
+"""
+
+LAUNCH_TWO_CPU_PROCESSES = [
+    "accelerate",
+    "launch",
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+]
