@@ -19,8 +19,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 
 def sd21_models(width: int, size: int, hidden: int) -> tuple[AutoencoderKL, UNet2DConditionModel]:
+    return sd21_vae(width, size), sd21_unet(width, size, hidden)
+
+
+def sd21_vae(width: int, size: int, **extra) -> AutoencoderKL:
+    """SD 2.1-base's VAE at 1/``width`` of its channels for ``size`` px images (``extra``: more config keys)."""
     ch = [c // width for c in (128, 256, 512, 512)]
-    vae = AutoencoderKL(
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         block_out_channels=ch,
@@ -30,9 +35,14 @@ def sd21_models(width: int, size: int, hidden: int) -> tuple[AutoencoderKL, UNet
         latent_channels=4,
         norm_num_groups=min(32, ch[0] // 2),
         sample_size=size,
+        **extra,
     )
+
+
+def sd21_unet(width: int, size: int, hidden: int) -> UNet2DConditionModel:
+    """SD 2.1-base's UNet at 1/``width`` of its channels, latents of ``size // 8``, ``hidden``-d text states."""
     uch = [c // width for c in (320, 640, 1280, 1280)]
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=size // 8,
         in_channels=4,
         out_channels=4,
@@ -45,7 +55,6 @@ def sd21_models(width: int, size: int, hidden: int) -> tuple[AutoencoderKL, UNet
         attention_head_dim=[5, 10, 20, 20],
         use_linear_projection=True,
     )
-    return vae, unet
 
 
 def flops(width: int, size: int, hidden: int) -> dict[str, float]:

@@ -92,37 +92,12 @@ def _sd21_proportions(sd: Path, width: int, size: int) -> None:
     keep the VAE-encode : UNet-step cost ratio close to SD 2.1's.
     """
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from bench_finetune_flops import sd21_unet, sd21_vae
     from sd_folders import HIDDEN
 
-    ch = [c // width for c in (128, 256, 512, 512)]
     torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=ch,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=2,
-        latent_channels=4,
-        norm_num_groups=min(32, ch[0] // 2),
-        sample_size=size,
-        scaling_factor=0.18215,
-    )
-    uch = [c // width for c in (320, 640, 1280, 1280)]
-    unet = UNet2DConditionModel(
-        sample_size=size // 8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=2,
-        block_out_channels=uch,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        norm_num_groups=min(32, uch[0] // 2),
-        cross_attention_dim=HIDDEN,
-        attention_head_dim=[5, 10, 20, 20],
-        use_linear_projection=True,
-    )
+    vae = sd21_vae(width, size, scaling_factor=0.18215)
+    unet = sd21_unet(width, size, HIDDEN)
     for sub, model in (("vae", vae), ("unet", unet)):
         shutil.rmtree(sd / sub)
         model.save_pretrained(sd / sub, safe_serialization=True)
