@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import yaml
 from sklearn.metrics import average_precision_score
+from tiny_configs import TINY_VERIFIER
 from typer.testing import CliRunner
 
 from synth.ablation.arms import ARMS
@@ -60,19 +61,7 @@ def _config(tmp: Path) -> Path:
             "ensemble": {"weights": "mean", "tta_flip": False},
         },
     )
-    verifier = _write(
-        tmp / "verifier.yaml",
-        {
-            "arch": "convnext_atto",
-            "image_size": 32,
-            "epochs": 1,
-            "batch_size": 32,
-            "lr": 0.002,
-            "seed": 0,
-            "num_workers": 0,
-            "eval_batch_size": 256,
-        },
-    )
+    verifier = _write(tmp / "verifier.yaml", dict(TINY_VERIFIER))
     cfg = {
         "name": "e2e",
         "seeds": list(SEEDS),

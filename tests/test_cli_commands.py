@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 from filter_fixtures import CLASSES, make_real
+from tiny_configs import TINY_VERIFIER
 from typer.testing import CliRunner
 
 from synth.cli import app
@@ -182,19 +183,7 @@ def _tiny_demo_config(tmp_path: Path) -> Path:
             "ensemble": {"weights": "mean", "tta_flip": False},
         },
     )
-    verifier = _write(
-        tmp_path / "verifier.yaml",
-        {
-            "arch": "convnext_atto",
-            "image_size": 32,
-            "epochs": 1,
-            "batch_size": 32,
-            "lr": 0.002,
-            "seed": 0,
-            "num_workers": 0,
-            "eval_batch_size": 256,
-        },
-    )
+    verifier = _write(tmp_path / "verifier.yaml", dict(TINY_VERIFIER))
     demo = yaml.safe_load((REPO / "configs/ablation/demo.yaml").read_text())
     demo.update(
         {
