@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from two_processes import TWO_CPU_PROCESSES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,15 +94,7 @@ def test_synth_ablate_every_stage_under_two_processes(tmp_path: Path, cache_late
         sys.executable,
         "-m",
         "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *TWO_CPU_PROCESSES,
         "-m",
         "synth",
         "ablate",

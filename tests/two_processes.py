@@ -1,11 +1,10 @@
-"""The command prefix of the tests that run two processes: ``accelerate launch`` with gloo DDP on CPU.
+"""The command of the tests that run two processes: ``accelerate launch`` with gloo DDP on CPU.
 
 ``--multi_gpu`` on a CPU-only host gives torchrun workers with the gloo backend; ``--cpu`` would start ONE process.
 """
 
-LAUNCH_TWO_CPU_PROCESSES = [
-    "accelerate",
-    "launch",
+#: ``accelerate launch`` options: two processes on one machine, no mixed precision, no dynamo.
+TWO_CPU_PROCESSES = [
     "--multi_gpu",
     "--num_processes",
     "2",
@@ -16,3 +15,4 @@ LAUNCH_TWO_CPU_PROCESSES = [
     "--dynamo_backend",
     "no",
 ]
+LAUNCH_TWO_CPU_PROCESSES = ["accelerate", "launch", *TWO_CPU_PROCESSES]
