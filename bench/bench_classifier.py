@@ -3,7 +3,7 @@
 * bare: ``model(x) -> ASL -> backward -> AdamW.step`` over pre-normalised
   tensors of exactly the batches the full loop sees (no augmentation, EMA,
   scheduler, Accelerate, validation or checkpointing);
-* full: :func:`classifier.train.fit_stage` (cached uint8 images, batch
+* full: :func:`classifier.stage.fit_stage` (cached uint8 images, batch
   augmentation, Accelerate, warm-up/cosine, EMA, per-epoch val mAP and
   ``save_state`` checkpoint) — its whole wall time, overheads included.
 
@@ -36,7 +36,7 @@ from classifier.config import EnsembleConfig, MemberConfig  # noqa: E402
 from classifier.data import CachedSet, epoch_batches, real_rows, to_input  # noqa: E402
 from classifier.losses import AsymmetricLoss, class_weights_from_prevalence  # noqa: E402
 from classifier.models import build_model  # noqa: E402
-from classifier.train import Stage, _Log, fit_stage  # noqa: E402
+from classifier.stage import ConsoleLog, Stage, fit_stage  # noqa: E402
 from synth.manifest import annotated_classes, label_matrix, read_manifest  # noqa: E402
 from synth.prepare import prepare_dataset  # noqa: E402
 
@@ -80,7 +80,7 @@ def full(
         folder,
         None,
         fingerprint=str(time.time()),
-        log=_Log(False),
+        log=ConsoleLog(False),
     )
     n = sum(
         len(b) for e in range(cfg.train.epochs) for b in epoch_batches(len(data), cfg.train.batch_size, e, member.seed)

@@ -81,7 +81,7 @@ def _peak_rss() -> int:
 def _worker(rank: int, folder: str, rows: int, n_val: int, n_syn: int, sizes: list[int], batches: int, queue) -> None:
     torch.set_num_threads(1)
     from classifier.config import AugmentConfig
-    from classifier.train import _concat
+    from classifier.training_sets import concat_sets
 
     folder_p = Path(folder)
     df = _manifest(rows + n_val + n_syn)
@@ -97,7 +97,7 @@ def _worker(rank: int, folder: str, rows: int, n_val: int, n_syn: int, sizes: li
             name: CachedSet.from_frame(part, classes, size, images=ImageView.of(stores[name], np.arange(len(part))))
             for name, part in (("train", train), ("val", val), ("syn", syn))
         }
-        mixed = _concat([sets["train"], sets["syn"]])  # the mixing arm
+        mixed = concat_sets([sets["train"], sets["syn"]])  # the mixing arm
         idx = epoch_batches(len(mixed), 64, 0, 0, rank, 2)[:batches]
         start = time.perf_counter()
         for b, pixels in zip(idx, prefetch(mixed.images, idx)):
@@ -161,7 +161,7 @@ def memory(args) -> None:
 def speed(args) -> None:
     """fit_stage images/s: in-RAM tensor (old) vs cache-file view (new), interleaved rounds at 64 px."""
     from classifier.data import build_store
-    from classifier.train import Stage, _Log, fit_stage
+    from classifier.stage import ConsoleLog, Stage, fit_stage
     from synth.phantom import render_image
 
     size, n = 64, args.speed_rows
@@ -211,7 +211,7 @@ def speed(args) -> None:
                     root / f"{name}{r}",
                     None,
                     f"{name}{r}",
-                    _Log(False),
+                    ConsoleLog(False),
                 )
                 rates[name] = res["history"][-1]["images_per_s"]
             ratios.append(rates["new"] / rates["old"])
