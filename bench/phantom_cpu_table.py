@@ -151,11 +151,20 @@ def _timing_lines(results: dict) -> list[str]:
     for s in steps:
         key = s["step"].split("/")[0]
         groups[key] = groups.get(key, 0.0) + (s.get("seconds") or 0.0)
-    wall = timings.get("this_run_seconds")
+    total = sum(groups.values())
+    this_run = timings.get("this_run_seconds")
     cells = ", ".join(f"{k} {_minutes(v)}" for k, v in groups.items())
+    cached = sum(1 for s in steps if s.get("cached"))
+    how = (
+        f"; {cached} step(s) came from the runner's own cache of an earlier invocation in the same output root, "
+        f"this invocation took {_minutes(this_run)}"
+        if cached and this_run
+        else ""
+    )
+    commands = (results.get("provenance") or {}).get("commands") or []
     return [
-        f"Wall time on 2 CPU cores: **{_minutes(wall)}** in all" if wall else "Stage wall times:",
-        f"({cells}).",
+        f"Sum of the stages' wall times on 2 CPU cores: **{_minutes(total)}**{how} ({cells}).",
+        f"Command: `{commands[0]}`." if commands else "",
         "",
     ]
 
