@@ -4,7 +4,7 @@
         --model outputs/ablations/phantom-cpu/generator-<key>/pipeline \
         --oracle outputs/ablations/phantom-cpu/oracle-<key>/oracle \
         --data outputs/ablations/phantom-cpu/data-<key>/prepared/manifest.csv \
-        --classes tail --n 40 --guidance 4 7.5 12
+        --classes tail --n 40 --guidance 4 7.5 12 [--steps 10 15 25] [--json F]
 
 Generates ``--n`` images per class for every guidance scale (same per-image
 seeds, so the settings differ only in guidance) and prints, per class, the
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -36,34 +37,49 @@ def main() -> None:
     ap.add_argument("--classes", nargs="+", default=["tail"], help="class names or a frequency group")
     ap.add_argument("--n", type=int, default=40, help="images per class and setting")
     ap.add_argument("--guidance", type=float, nargs="+", default=[4.0, 7.5, 12.0])
-    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--steps", type=int, nargs="+", default=[25], help="sampling steps (DPM-Solver++), one or more")
     ap.add_argument("--out", type=Path, default=Path("outputs/bench/generator_fidelity"))
+    ap.add_argument("--json", type=Path, default=None, help="also write the table (with provenance) here")
     args = ap.parse_args()
 
     real = read_manifest(args.data)
     real_train = real[real["split"] == "train"]
-    table: dict[float, dict] = {}
-    for g in args.guidance:
-        folder = args.out / f"guidance-{g:g}"
+    settings = [(g, s) for s in args.steps for g in args.guidance]
+    table: dict[str, dict] = {}
+    seconds: dict[str, float] = {}
+    for g, steps in settings:
+        name = f"g={g:g} steps={steps}"
+        folder = args.out / f"guidance-{g:g}-steps-{steps}"
         start = time.time()
         manifest = run(args.model, args.classes, folder,
-                       GenerateConfig(n=args.n, guidance_scale=g, steps=args.steps, batch_size=16, progress=False))
-        seconds = time.time() - start
+                       GenerateConfig(n=args.n, guidance_scale=g, steps=steps, batch_size=16, progress=False))
+        seconds[name] = time.time() - start
         generated = read_manifest(manifest)
-        table[g] = json.loads(oracle_fidelity(args.oracle, real_train, generated, None, folder).read_text())["classes"]
-        print(f"guidance {g:g}: {len(generated)} images in {seconds:.0f} s", flush=True)
+        table[name] = json.loads(oracle_fidelity(args.oracle, real_train, generated, None, folder).read_text())["classes"]
+        print(f"{name}: {len(generated)} images in {seconds[name]:.0f} s", flush=True)
 
-    classes = sorted(next(iter(table.values())))
-    head = f"{'class':28s} {'oracle AP':>9s} {'real':>6s} " + " ".join(f"{'g=' + format(g, 'g'):>7s}" for g in args.guidance)
-    print(head)
+    names = list(table)
+    classes = sorted(table[names[0]])
+    print(f"{'class':28s} {'oracle AP':>9s} {'real':>6s} " + " ".join(f"{n:>16s}" for n in names))
     for cls in classes:
-        first = table[args.guidance[0]][cls]
-        cells = " ".join(f"{_pct(table[g][cls].get('generated')):>7s}" for g in args.guidance)
+        first = table[names[0]][cls]
+        cells = " ".join(f"{_pct(table[n][cls].get('generated')):>16s}" for n in names)
         print(f"{cls:28s} {_num(first.get('oracle_val_ap')):>9s} {_pct(first.get('real')):>6s} {cells}")
-    judged = [c for c in classes if is_judgeable(table[args.guidance[0]][c])]
-    for g in args.guidance:
-        rates = [table[g][c]["generated"] for c in judged if table[g][c].get("generated") is not None]
-        print(f"guidance {g:g}: mean fidelity over {len(rates)} judgeable classes = {sum(rates) / max(len(rates), 1):.3f}")
+    judged = [c for c in classes if is_judgeable(table[names[0]][c])]
+    summary = {}
+    for n in names:
+        rates = [table[n][c]["generated"] for c in judged if table[n][c].get("generated") is not None]
+        summary[n] = {"mean_fidelity": sum(rates) / max(len(rates), 1), "n_judgeable": len(rates),
+                      "generate_seconds": round(seconds[n], 1)}
+        print(f"{n}: mean fidelity over {len(rates)} judgeable classes = {summary[n]['mean_fidelity']:.3f} "
+              f"({seconds[n]:.0f} s to generate)")
+    if args.json:
+        from synth.io import write_json_atomic
+        from synth.provenance import environment
+
+        write_json_atomic(args.json, {"summary": summary, "per_class": table, "n_per_class": args.n,
+                                      "model": str(args.model), "command": " ".join(sys.argv),
+                                      "provenance": environment()})
 
 
 def _pct(v) -> str:
