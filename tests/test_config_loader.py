@@ -44,8 +44,11 @@ def _loader_for(path: Path):
 
 #: classifier/mimic-cxr-lt.yaml names local ImageNet weights at a placeholder path: tests/test_classifier.py checks it
 #: (loads where the weights exist, else the one clear error), so it is not listed here, where it would always skip
-SHIPPED = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.relative_to(REPO / "configs").as_posix()
-                 != "classifier/mimic-cxr-lt.yaml")
+SHIPPED = sorted(
+    p
+    for p in (REPO / "configs").rglob("*.yaml")
+    if p.relative_to(REPO / "configs").as_posix() != "classifier/mimic-cxr-lt.yaml"
+)
 
 #: a few values per shipped file, as written in the YAML
 EXPECTED = {
