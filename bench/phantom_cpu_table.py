@@ -26,7 +26,7 @@ from synth.ablation.results import (  # noqa: E402
     GATE_MIN_SPEARMAN,
     GATE_MUST_DROP_BELOW,
     GATE_MUST_KEEP_FROM,
-    arm_by_name,
+    filtered_target,
     gate_agreement,
     group_estimate,
     harmed_classes,
@@ -97,21 +97,11 @@ def render(results: dict) -> str:
 
 
 def _target_line(results: dict) -> str:
-    target = results.get("target") or {}
-    arm = arm_by_name(results, "synthetic_filtered")
-    vs = paired_vs_resampled(arm, "tail") or paired_estimate(arm, "tail")
-    head = paired_estimate(arm, "head")
-    harmed = harmed_classes(arm, results["groups"], "tail") or []
-    gain, drop = target.get("tail_gain", 0.03), target.get("max_head_drop", 0.01)
-    checks = [
-        (f"tail Δ vs real re-sampled ≥ +{gain:.2f}", vs.mean >= gain),
-        ("its interval above 0", vs.ci[0] > 0),
-        (f"head Δ vs real only ≥ −{drop:.2f}", head.mean >= -drop),
-        ("no tail class significantly below real only", not harmed),
-    ]
-    met = all(ok for _, ok in checks)
-    detail = "; ".join(f"{name}: {'yes' if ok else 'no'}" for name, ok in checks)
-    return f"**Target (filtered arm): {'MET' if met else 'NOT MET'}** — {detail}."
+    check = filtered_target(results)
+    if check is None:
+        return ""
+    detail = "; ".join(f"{name}: {'yes' if ok else 'no'}" for name, ok in check.checks)
+    return f"**Target (filtered arm): {'MET' if check.met else 'NOT MET'}** — {detail}."
 
 
 def _fidelity_lines(results: dict) -> list[str]:

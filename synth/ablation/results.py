@@ -68,7 +68,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from synth.ablation.arms import ARMS
+from synth.ablation.arms import ARMS, SYNTHETIC_FILTERED
 from synth.errors import UserError
 
 GROUPS: tuple[str, ...] = ("overall", "head", "medium", "tail")
@@ -285,3 +285,48 @@ def gate_agreement(results: dict[str, Any]) -> GateAgreement | None:
         unfaithful_kept=[r[0] for r in rows if r[2] < GATE_MUST_DROP_BELOW and r[3]],
         faithful_dropped=[r[0] for r in rows if r[2] >= GATE_MUST_KEEP_FROM and not r[3]],
     )
+
+
+def vs_verdict_baseline(results: dict[str, Any], arm: dict[str, Any]) -> bool:
+    """Whether ``arm``'s verdict is against ``real_resampled`` (when that arm ran), not ``real_only``."""
+    ref = results.get("verdict_baseline", results["baseline"])
+    return ref != results["baseline"] and paired_vs_resampled(arm, "tail") is not None
+
+
+def verdict_tail(results: dict[str, Any], arm: dict[str, Any]) -> Estimate:
+    """Tail ΔmAP the verdict rests on: vs real_resampled when it ran (the headline), else vs real_only."""
+    vs = paired_vs_resampled(arm, "tail") if vs_verdict_baseline(results, arm) else None
+    return vs if vs is not None else paired_estimate(arm, "tail")
+
+
+@dataclass(frozen=True)
+class TargetCheck:
+    """The filtered arm against ``results["target"]``: one (condition, passed) pair per part of the bar."""
+
+    checks: list[tuple[str, bool]]
+    against_resampled: bool
+    harm_judged: bool  # False for results.json files written before "harmed" existed
+
+    @property
+    def met(self) -> bool:
+        return all(ok for _, ok in self.checks)
+
+
+def filtered_target(results: dict[str, Any]) -> TargetCheck | None:
+    """The quality target, evaluated once for the report's headline and the README table; None without one."""
+    target = results.get("target")
+    if not target or not any(a["name"] == SYNTHETIC_FILTERED.name for a in results["arms"]):
+        return None
+    arm = arm_by_name(results, SYNTHETIC_FILTERED.name)
+    tail, head = verdict_tail(results, arm), paired_estimate(arm, "head")
+    harmed_tail = harmed_classes(arm, results["groups"], "tail")
+    against = vs_verdict_baseline(results, arm)
+    gain, drop = target["tail_gain"], target["max_head_drop"]
+    checks = [
+        (f"tail Δ vs {'real re-sampled' if against else 'real only'} ≥ +{gain:.2f}", tail.mean >= gain),
+        ("its interval above 0", tail.ci[0] > 0),
+        (f"head Δ vs real only ≥ −{drop:.2f}", head.mean >= -drop),
+    ]
+    if harmed_tail is not None:
+        checks.append(("no tail class significantly below real only", not harmed_tail))
+    return TargetCheck(checks=checks, against_resampled=against, harm_judged=harmed_tail is not None)

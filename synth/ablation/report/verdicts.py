@@ -9,12 +9,13 @@ from synth.ablation.arms import SYNTHETIC_FILTERED
 from synth.ablation.report.formatting import arm_label, fmt_diff
 from synth.ablation.results import (
     ARM_LABELS,
-    Estimate,
     arm_by_name,
+    filtered_target,
     harmed_classes,
     is_judgeable,
     paired_estimate,
-    paired_vs_resampled,
+    verdict_tail,
+    vs_verdict_baseline,
 )
 
 #: the report's subtitle unless results.json names its own question
@@ -28,7 +29,7 @@ def headline(results: dict[str, Any]) -> list[str]:
     for arm in results["arms"]:
         if arm["name"] == results["baseline"]:
             continue
-        tail, head = _verdict_tail(results, arm), paired_estimate(arm, "head")
+        tail, head = verdict_tail(results, arm), paired_estimate(arm, "head")
         verdict = (
             "helps"
             if tail.excludes_zero and tail.mean > 0
@@ -59,40 +60,26 @@ def headline(results: dict[str, Any]) -> list[str]:
     for extra in (_tail_evidence(results), _fidelity_summary(results)):
         if extra:
             lines.append(extra)
-    target = results.get("target")
-    if target and any(a["name"] == SYNTHETIC_FILTERED.name for a in results["arms"]):
-        arm = arm_by_name(results, SYNTHETIC_FILTERED.name)
-        tail, head = _verdict_tail(results, arm), paired_estimate(arm, "head")
-        against = _verdict_against(results, arm)
-        harmed_tail = harmed_classes(arm, results["groups"], "tail")
-        met = (
-            tail.mean >= target["tail_gain"]
-            and tail.ci[0] > 0
-            and head.mean >= -target["max_head_drop"]
-            and not harmed_tail
-        )
+    check = filtered_target(results)
+    if check is not None:
+        target = results["target"]
+        against = _verdict_against(results, arm_by_name(results, SYNTHETIC_FILTERED.name))
         lines.append(
             f"Target (filtered arm: tail ΔmAP{' vs ' + against if against else ''} "
             f"≥ +{target['tail_gain']:.2f} with its "
             f"interval above 0, head ΔmAP ≥ -{target['max_head_drop']:.2f}"
-            f"{', no tail class significantly below real only' if harmed_tail is not None else ''}): "
-            f"{'MET' if met else 'NOT MET'}."
+            f"{', no tail class significantly below real only' if check.harm_judged else ''}): "
+            f"{'MET' if check.met else 'NOT MET'}."
         )
     return lines
 
 
 def _verdict_against(results: dict[str, Any], arm: dict[str, Any]) -> str | None:
     """The label of the stronger baseline a synthetic arm's verdict is against (None: real only)."""
-    ref = results.get("verdict_baseline", results["baseline"])
-    if ref == results["baseline"] or paired_vs_resampled(arm, "tail") is None:
+    if not vs_verdict_baseline(results, arm):
         return None
+    ref = results.get("verdict_baseline", results["baseline"])
     return ARM_LABELS.get(ref, ref).lower()
-
-
-def _verdict_tail(results: dict[str, Any], arm: dict[str, Any]) -> Estimate:
-    """Tail ΔmAP the verdict rests on: vs real_resampled when it ran (the headline), else vs real_only."""
-    vs = paired_vs_resampled(arm, "tail") if _verdict_against(results, arm) else None
-    return vs if vs is not None else paired_estimate(arm, "tail")
 
 
 def _fidelity_summary(results: dict[str, Any]) -> str | None:
