@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from test_data import assert_one_error_line, invoke, make_cxrlt
 
+from synth.commands.ablate import STAGE_CONFIG_PATHS
 from synth.manifest import read_manifest
 from synth.prepare import prepare_dataset
 from synth.readers import read_cxrlt, read_nih
@@ -312,13 +313,7 @@ def _ablation_yaml(tmp_path: Path, edit) -> Path:
     import yaml
 
     cfg = yaml.safe_load((REPO / "configs" / "ablation" / "demo.yaml").read_text())
-    for section, key in (
-        ("generator", "config"),
-        ("generate", "config"),
-        ("filter", "verifier_config"),
-        ("filter", "config"),
-        ("classifier", "config"),
-    ):
+    for section, key in STAGE_CONFIG_PATHS:
         cfg[section][key] = str(REPO / cfg[section][key])
     cfg["output_root"] = str(tmp_path / "outputs")
     edit(cfg)

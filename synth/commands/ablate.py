@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
-from synth.config import SET_HELP, parse_sets
+from synth.commands.options import set_option
+from synth.config import parse_sets
 from synth.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "configs" / "ablation" / "demo.yaml"
+#: (section, key) of every stage-config path in an ablation YAML: relative ones are relative to the repository
+STAGE_CONFIG_PATHS: tuple[tuple[str, str], ...] = (
+    ("generator", "config"),
+    ("generate", "config"),
+    ("filter", "verifier_config"),
+    ("filter", "config"),
+    ("classifier", "config"),
+)
 
 
 def _int_list(text: Optional[str], option: str) -> Optional[list[int]]:
@@ -33,15 +42,12 @@ def ablate_command(
     output_root: Optional[str] = typer.Option(
         None, "--output-root", help="Root of ablations/ and reports/. [default: outputs]"
     ),
-    sets: Optional[List[str]] = typer.Option(
-        None,
-        "--set",
-        help=SET_HELP + " E.g. --set evaluation.n_boot=200 or --set generator.overrides.max_train_steps=100.",
-    ),
+    sets: set_option("evaluation.n_boot=200 or --set generator.overrides.max_train_steps=100") = None,
     dry_run: bool = typer.Option(False, "--dry-run", help="Check every path and print the plan; run nothing."),
 ) -> None:
     """Run real-only, real re-sampled and +synthetic (unfiltered, filtered, pretrain) over seeds; resumable; writes the report."""  # noqa: E501 (--help text: a line break would show)
-    from synth.ablation.config import check_paths, load_ablation_config
+    from synth.ablation.config import load_ablation_config
+    from synth.ablation.preflight import check_paths
 
     cfg = load_ablation_config(
         config,
@@ -85,13 +91,7 @@ def demo_command(
     # SYNTH_DEMO_CONFIG names another demo YAML: the tests run this very command on a tiny one
     cfg = load_ablation_config(os.environ.get("SYNTH_DEMO_CONFIG") or DEMO_CONFIG, output_root=output_root)
     # The demo runs from any folder: its stage configs are the repository's own.
-    for section, key in (
-        ("generator", "config"),
-        ("generate", "config"),
-        ("filter", "verifier_config"),
-        ("filter", "config"),
-        ("classifier", "config"),
-    ):
+    for section, key in STAGE_CONFIG_PATHS:
         stage = getattr(cfg, section)
         value = getattr(stage, key)
         if value and not Path(value).is_absolute():

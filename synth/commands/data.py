@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from synth.config import SET_HELP, command_overrides
+from synth.commands.options import (
+    NoProgress,
+    config_option,
+    out_option,
+    overwrite_option,
+    seed_option,
+    set_option,
+    workers_option,
+)
+from synth.config import command_overrides
 from synth.taxonomy import CXR_LT_CLASSES, HIERARCHY, ZERO_SHOT_CLASSES
 
 
@@ -27,72 +36,92 @@ def classes() -> None:
     Console().print(table)
 
 
-def prepare(
-    fmt: str = typer.Option(
-        ...,
-        "--format",
-        help="Label file format: cxrlt (challenge train_labeled.csv) | nih (Data_Entry_2017_v2020.csv).",
+Format = Annotated[
+    str,
+    typer.Option(
+        "--format", help="Label file format: cxrlt (challenge train_labeled.csv) | nih (Data_Entry_2017_v2020.csv)."
     ),
-    labels: Path = typer.Option(
-        ...,
+]
+Labels = Annotated[
+    Path,
+    typer.Option(
         "--labels",
         help=(
             "Label CSV (.csv or .csv.gz). A 'split' column (train / validate|val / test) is kept as given; with "
             "--val-labels/--test-labels this is the train file."
         ),
     ),
-    val_labels: Optional[Path] = typer.Option(
-        None,
+]
+ValLabels = Annotated[
+    Optional[Path],
+    typer.Option(
         "--val-labels",
         help="Label CSV of the given validation split (e.g. CXR-LT development_labeled.csv); every row goes to val.",
     ),
-    test_labels: Optional[Path] = typer.Option(
-        None, "--test-labels", help="Label CSV of the given test split; every row goes to test."
-    ),
-    split: Optional[str] = typer.Option(
-        None,
+]
+TestLabels = Annotated[
+    Optional[Path], typer.Option("--test-labels", help="Label CSV of the given test split; every row goes to test.")
+]
+Split = Annotated[
+    Optional[str],
+    typer.Option(
         "--split",
         help=(
             "auto: keep a given split, else split by patient | test (or train/val): every row in that split, e.g. an "
             "external test-only set. [default: auto]"
         ),
     ),
-    uncertain: Optional[str] = typer.Option(
-        None,
+]
+Uncertain = Annotated[
+    Optional[str],
+    typer.Option(
         "--uncertain",
         help="What a -1 (uncertain) label means: error | ignore (not annotated) | zero | one. [default: error]",
     ),
-    images: Path = typer.Option(
-        ...,
+]
+Images = Annotated[
+    Path,
+    typer.Option(
         "--images",
         help=(
             "Image root: MIMIC-CXR-JPG root (cxrlt, fpath relative to it) or the NIH image folder (searched "
             "recursively)."
         ),
     ),
-    out: Path = typer.Option(
-        ..., "--out", help="Output folder, e.g. outputs/data/NAME: manifest.csv, stats.json, images/."
+]
+Size = Annotated[
+    Optional[int], typer.Option("--size", help="Cache resolution in pixels (square grayscale PNG). [default: 256]")
+]
+Val = Annotated[Optional[float], typer.Option("--val", help="Fraction of images in val. [default: 0.1]")]
+Test = Annotated[Optional[float], typer.Option("--test", help="Fraction of images in test. [default: 0.2]")]
+SkipBadImages = Annotated[
+    bool,
+    typer.Option(
+        "--skip-bad-images", help="Leave out missing/unreadable images (listed in skipped.csv) instead of failing."
     ),
-    size: Optional[int] = typer.Option(
-        None, "--size", help="Cache resolution in pixels (square grayscale PNG). [default: 256]"
-    ),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the patient-level split. [default: 0]"),
-    val: Optional[float] = typer.Option(None, "--val", help="Fraction of images in val. [default: 0.1]"),
-    test: Optional[float] = typer.Option(None, "--test", help="Fraction of images in test. [default: 0.2]"),
-    skip_bad_images: bool = typer.Option(
-        False,
-        "--skip-bad-images",
-        help="Leave out missing/unreadable images (listed in skipped.csv) instead of failing.",
-    ),
-    workers: Optional[int] = typer.Option(
-        None, "--workers", help="Decode processes; 0 = one per CPU core. [default: 0]"
-    ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out dataset."),
-    config: Optional[Path] = typer.Option(
-        None, "--config", help="YAML of defaults (configs/data/prepare.yaml); flags override."
-    ),
-    sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + " E.g. --set head_threshold=0.2."),
-    no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+]
+
+
+def prepare(
+    *,  # keyword-only: the options keep their --help order, required ones included
+    fmt: Format,
+    labels: Labels,
+    val_labels: ValLabels = None,
+    test_labels: TestLabels = None,
+    split: Split = None,
+    uncertain: Uncertain = None,
+    images: Images,
+    out: out_option("Output folder, e.g. outputs/data/NAME: manifest.csv, stats.json, images/."),
+    size: Size = None,
+    seed: seed_option("Seed of the patient-level split. [default: 0]") = None,
+    val: Val = None,
+    test: Test = None,
+    skip_bad_images: SkipBadImages = False,
+    workers: workers_option("Decode processes; 0 = one per CPU core. [default: 0]") = None,
+    overwrite: overwrite_option("Replace an existing --out dataset.") = False,
+    config: config_option("YAML of defaults (configs/data/prepare.yaml); flags override.") = None,
+    sets: set_option("head_threshold=0.2") = None,
+    no_progress: NoProgress = False,
 ) -> None:
     """Read a CXR-LT or NIH label file, keep its given split (or split by patient), cache resized grayscale images, write stats."""  # noqa: E501 (--help text: a line break would show)
     from synth.prepare import PrepareConfig, run

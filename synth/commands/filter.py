@@ -3,43 +3,59 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, Optional
 
 import typer
 
-from synth.config import SET_HELP, command_overrides
+from synth.commands.options import config_option, out_option, seed_option, set_option
+from synth.config import command_overrides
+
+Synthetic = Annotated[Path, typer.Option("--synthetic", help="Folder (or manifest.csv) written by `synth generate`.")]
+Verifier = Annotated[Path, typer.Option("--verifier", help="Folder from `synth verifier train`.")]
+Oracle = Annotated[
+    Optional[Path],
+    typer.Option("--oracle", help="Phantom only: oracle folder from `synth oracle train` (fidelity in the summary)."),
+]
+Extractor = Annotated[
+    Optional[str],
+    typer.Option("--extractor", help="'verifier' or a local encoder folder (model.safetensors + extractor.yaml)."),
+]
+ThresholdQuantile = Annotated[
+    Optional[float],
+    typer.Option(
+        "--threshold-quantile", help="Quantile of real val positives' scores used as class threshold. [default: 0.2]"
+    ),
+]
+FidRejectFactor = Annotated[
+    Optional[float],
+    typer.Option(
+        "--fid-reject-factor", help="Reject a class set when FID > factor x real-vs-real floor. [default: 3]"
+    ),
+]
+Epochs = Annotated[Optional[int], typer.Option("--epochs")]
+
+
+def data_option(help: str):
+    """``--data``: a prepared real (or phantom) dataset, folder or manifest.csv."""
+    return Annotated[Path, typer.Option("--data", help=help)]
+
+
+def max_steps_option(help: Optional[str] = None):
+    return Annotated[Optional[int], typer.Option("--max-steps", help=help)]
 
 
 def filter_command(
-    synthetic: Path = typer.Option(..., "--synthetic", help="Folder (or manifest.csv) written by `synth generate`."),
-    data: Path = typer.Option(
-        ..., "--data", help="Prepared real dataset (folder or manifest.csv): train/val splits are used, test never."
-    ),
-    verifier: Path = typer.Option(..., "--verifier", help="Folder from `synth verifier train`."),
-    out: Path = typer.Option(
-        ..., "--out", help="Output folder: kept.csv, rejected.csv, scores.csv, summary.csv, summary.json."
-    ),
-    config: Optional[Path] = typer.Option(
-        None, "--config", help="YAML of rules (configs/filter/default.yaml); flags override."
-    ),
-    sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + " E.g. --set outlier_rejects=true."),
-    oracle: Optional[Path] = typer.Option(
-        None, "--oracle", help="Phantom only: oracle folder from `synth oracle train` (fidelity in the summary)."
-    ),
-    extractor: Optional[str] = typer.Option(
-        None, "--extractor", help="'verifier' or a local encoder folder (model.safetensors + extractor.yaml)."
-    ),
-    threshold_quantile: Optional[float] = typer.Option(
-        None,
-        "--threshold-quantile",
-        help="Quantile of real val positives' scores used as class threshold. [default: 0.2]",
-    ),
-    fid_reject_factor: Optional[float] = typer.Option(
-        None, "--fid-reject-factor", help="Reject a class set when FID > factor x real-vs-real floor. [default: 3]"
-    ),
-    seed: Optional[int] = typer.Option(
-        None, "--seed", help="Seed of subsampling, bootstrap and calibration copies. [default: 0]"
-    ),
+    synthetic: Synthetic,
+    data: data_option("Prepared real dataset (folder or manifest.csv): train/val splits are used, test never."),
+    verifier: Verifier,
+    out: out_option("Output folder: kept.csv, rejected.csv, scores.csv, summary.csv, summary.json."),
+    config: config_option("YAML of rules (configs/filter/default.yaml); flags override.") = None,
+    sets: set_option("outlier_rejects=true") = None,
+    oracle: Oracle = None,
+    extractor: Extractor = None,
+    threshold_quantile: ThresholdQuantile = None,
+    fid_reject_factor: FidRejectFactor = None,
+    seed: seed_option("Seed of subsampling, bootstrap and calibration copies. [default: 0]") = None,
 ) -> None:
     """Keep synthetic images that show their label, look like real X-rays and copy no patient."""
     from synth.filtering import load_filter_config, run_filter
@@ -62,21 +78,19 @@ def filter_command(
 
 
 def verifier_train_command(
-    data: Path = typer.Option(
-        ...,
-        "--data",
-        help="Prepared real dataset (folder or manifest.csv); only split=train, source=real rows are used.",
-    ),
-    out: Path = typer.Option(..., "--out", help="Output folder (model.safetensors + verifier.json)."),
-    config: Optional[Path] = typer.Option(
-        None, "--config", help="YAML (configs/filter/verifier.yaml); flags override."
-    ),
-    sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + " E.g. --set lr=0.002."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="timm model name (random init). [default: convnext_atto]"),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Training resolution. [default: 128]"),
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    data: data_option("Prepared real dataset (folder or manifest.csv); only split=train, source=real rows are used."),
+    out: out_option("Output folder (model.safetensors + verifier.json)."),
+    config: config_option("YAML (configs/filter/verifier.yaml); flags override.") = None,
+    sets: set_option("lr=0.002") = None,
+    arch: Annotated[
+        Optional[str], typer.Option("--arch", help="timm model name (random init). [default: convnext_atto]")
+    ] = None,
+    image_size: Annotated[
+        Optional[int], typer.Option("--image-size", help="Training resolution. [default: 128]")
+    ] = None,
+    epochs: Epochs = None,
+    max_steps: max_steps_option("Stop after this many optimiser steps.") = None,
+    seed: seed_option() = None,
 ) -> None:
     """Train the label-verifier on the real training split (never val/test, never synthetic)."""
     from synth.filtering import load_verifier_config, train_verifier
@@ -87,16 +101,12 @@ def verifier_train_command(
 
 
 def oracle_train_command(
-    data: Path = typer.Option(
-        ...,
-        "--data",
-        help="A large class-balanced phantom dataset (`synth phantom --balanced`, then `synth prepare`).",
-    ),
-    out: Path = typer.Option(..., "--out", help="Output folder (verifier files + oracle.json)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML (configs/filter/oracle.yaml); flags override."),
-    sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + " E.g. --set image_size=64."),
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    data: data_option("A large class-balanced phantom dataset (`synth phantom --balanced`, then `synth prepare`)."),
+    out: out_option("Output folder (verifier files + oracle.json)."),
+    config: config_option("YAML (configs/filter/oracle.yaml); flags override.") = None,
+    sets: set_option("image_size=64") = None,
+    epochs: Epochs = None,
+    max_steps: max_steps_option() = None,
 ) -> None:
     """Train the phantom oracle (evaluation only); thresholds are F1-optimal on its val split."""
     import json

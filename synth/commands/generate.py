@@ -7,80 +7,100 @@ Also the entry of ``python -m synth.generate`` / ``accelerate launch -m synth.ge
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
-from synth.config import SET_HELP, command_overrides
+from synth.commands.options import NoProgress, config_option, out_option, seed_option, set_option
+from synth.config import command_overrides
 from synth.errors import UserError
+
+Model = Annotated[
+    Path,
+    typer.Option("--model", help="Generator folder written by `synth finetune` (diffusers StableDiffusionPipeline)."),
+]
+Classes = Annotated[
+    List[str], typer.Option("--class", help='Target class (any case; repeatable), e.g. "Rib Fracture".')
+]
+Groups = Annotated[
+    List[str],
+    typer.Option("--classes", help="Frequency group of the TRAINING data: tail | medium | head (repeatable)."),
+]
+N = Annotated[
+    Optional[str], typer.Option("--n", help="Images per class, or 'auto' to top up to --target-count. [default: 100]")
+]
+TargetCount = Annotated[
+    Optional[int], typer.Option("--target-count", help="With --n auto: positives in train + generated per class.")
+]
+BatchSize = Annotated[
+    Optional[int],
+    typer.Option("--batch-size", help="Images per forward pass (does not change the images). [default: 8]"),
+]
+Steps = Annotated[Optional[int], typer.Option("--steps", help="Sampling steps. [default: 25]")]
+GuidanceScale = Annotated[
+    Optional[float], typer.Option("--guidance-scale", help="Classifier-free guidance scale. [default: 4.0]")
+]
+Scheduler = Annotated[
+    Optional[str],
+    typer.Option(
+        "--scheduler", help="dpm++ | dpm++-karras | unipc | ddim | euler | euler-a | pndm | ddpm. [default: dpm++]"
+    ),
+]
+Temperature = Annotated[
+    Optional[float],
+    typer.Option("--temperature", help="Label-set sampling temperature: p ∝ count^(1/T); >1 flattens. [default: 1.0]"),
+]
+NegativePrompt = Annotated[
+    Optional[str], typer.Option("--negative-prompt", help="Override the prompt templates' negative prompt.")
+]
+Precision = Annotated[
+    Optional[str], typer.Option("--precision", help="auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16.")
+]
+Device = Annotated[
+    Optional[str], typer.Option("--device", help="Torch device; default: the Accelerate process's device.")
+]
+EnableXformers = Annotated[
+    bool,
+    typer.Option("--enable-xformers", help="xformers attention on GPU (falls back to PyTorch SDPA with a warning)."),
+]
+TrainManifest = Annotated[
+    Optional[Path],
+    typer.Option("--train-manifest", help="Training manifest (needed for a pipeline without synth_meta.json)."),
+]
+PromptTemplates = Annotated[
+    Optional[Path],
+    typer.Option("--prompt-templates", help="Prompt templates YAML (must match the training ones by name)."),
+]
 
 
 def generate_command(
-    model: Path = typer.Option(
-        ..., "--model", help="Generator folder written by `synth finetune` (diffusers StableDiffusionPipeline)."
-    ),
-    class_: List[str] = typer.Option([], "--class", help='Target class (any case; repeatable), e.g. "Rib Fracture".'),
-    groups: List[str] = typer.Option(
-        [], "--classes", help="Frequency group of the TRAINING data: tail | medium | head (repeatable)."
-    ),
-    out: Path = typer.Option(
-        ..., "--out", help="Output folder: images/<class>/*.png + manifest.csv. Rerun to resume."
-    ),
-    n: Optional[str] = typer.Option(
-        None, "--n", help="Images per class, or 'auto' to top up to --target-count. [default: 100]"
-    ),
-    target_count: Optional[int] = typer.Option(
-        None, "--target-count", help="With --n auto: positives in train + generated per class."
-    ),
-    config: Optional[Path] = typer.Option(
-        None, "--config", help="YAML of defaults (configs/generate/default.yaml); flags override."
-    ),
-    sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + " E.g. --set guidance_scale=5."),
-    seed: Optional[int] = typer.Option(
-        None, "--seed", help="Run seed; each image's seed is derived from (seed, class, index). [default: 0]"
-    ),
-    batch_size: Optional[int] = typer.Option(
-        None, "--batch-size", help="Images per forward pass (does not change the images). [default: 8]"
-    ),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps. [default: 25]"),
-    guidance_scale: Optional[float] = typer.Option(
-        None, "--guidance-scale", help="Classifier-free guidance scale. [default: 4.0]"
-    ),
-    scheduler: Optional[str] = typer.Option(
-        None,
-        "--scheduler",
-        help="dpm++ | dpm++-karras | unipc | ddim | euler | euler-a | pndm | ddpm. [default: dpm++]",
-    ),
-    temperature: Optional[float] = typer.Option(
-        None, "--temperature", help="Label-set sampling temperature: p ∝ count^(1/T); >1 flattens. [default: 1.0]"
-    ),
-    negative_prompt: Optional[str] = typer.Option(
-        None, "--negative-prompt", help="Override the prompt templates' negative prompt."
-    ),
-    precision: Optional[str] = typer.Option(
-        None, "--precision", help="auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16."
-    ),
-    device: Optional[str] = typer.Option(
-        None, "--device", help="Torch device; default: the Accelerate process's device."
-    ),
-    enable_xformers: bool = typer.Option(
-        False, "--enable-xformers", help="xformers attention on GPU (falls back to PyTorch SDPA with a warning)."
-    ),
-    train_manifest: Optional[Path] = typer.Option(
-        None, "--train-manifest", help="Training manifest (needed for a pipeline without synth_meta.json)."
-    ),
-    prompt_templates: Optional[Path] = typer.Option(
-        None, "--prompt-templates", help="Prompt templates YAML (must match the training ones by name)."
-    ),
-    no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+    *,  # keyword-only: the options keep their --help order, required ones included
+    model: Model,
+    class_: Classes = [],
+    groups: Groups = [],
+    out: out_option("Output folder: images/<class>/*.png + manifest.csv. Rerun to resume."),
+    n: N = None,
+    target_count: TargetCount = None,
+    config: config_option("YAML of defaults (configs/generate/default.yaml); flags override.") = None,
+    sets: set_option("guidance_scale=5") = None,
+    seed: seed_option("Run seed; each image's seed is derived from (seed, class, index). [default: 0]") = None,
+    batch_size: BatchSize = None,
+    steps: Steps = None,
+    guidance_scale: GuidanceScale = None,
+    scheduler: Scheduler = None,
+    temperature: Temperature = None,
+    negative_prompt: NegativePrompt = None,
+    precision: Precision = None,
+    device: Device = None,
+    enable_xformers: EnableXformers = False,
+    train_manifest: TrainManifest = None,
+    prompt_templates: PromptTemplates = None,
+    no_progress: NoProgress = False,
 ) -> None:
     """Generate synthetic X-rays of target classes, prompts drawn from real label co-occurrence."""
-    from synth.generate import GenerateConfig, run, validate_class_names
+    from synth.generate import GenerateConfig, run
 
-    for g in groups:
-        if g.strip().lower() not in ("tail", "medium", "head"):
-            raise UserError(f"--classes {g!r}: expected tail, medium or head (use --class for a single class)")
-    names = validate_class_names([*class_, *groups])  # unknown names fail here, before any model I/O
+    names = _target_names(class_, groups)
     flags = dict(
         n=n,
         target_count=target_count,
@@ -102,6 +122,16 @@ def generate_command(
     _quiet_library_logs()
     manifest = run(model, names, out, cfg)
     _summary(manifest)
+
+
+def _target_names(class_: list[str], groups: list[str]) -> list[str]:
+    """``--class`` and ``--classes`` checked together, so an unknown name fails before any model I/O."""
+    from synth.generate import validate_class_names
+
+    for g in groups:
+        if g.strip().lower() not in ("tail", "medium", "head"):
+            raise UserError(f"--classes {g!r}: expected tail, medium or head (use --class for a single class)")
+    return validate_class_names([*class_, *groups])
 
 
 def _quiet_library_logs() -> None:

@@ -2,42 +2,53 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
+from synth.commands.options import NoProgress, out_option, overwrite_option, seed_option, workers_option
 
-def phantom(
-    out: Path = typer.Option(
-        ..., "--out", help="Output folder, e.g. outputs/data/phantom (labels.csv, images/, phantom.json, truth.jsonl)."
-    ),
-    n: Optional[int] = typer.Option(
-        None, "--n", help="Number of images. [default: 20000; with --balanced --per-class K: 40*K]"
-    ),
-    size: int = typer.Option(128, "--size", help="Image size in pixels (square, 8-bit grey)."),
-    seed: int = typer.Option(0, "--seed", help="Seed: same seed and arguments give byte-identical images and CSV."),
-    balanced: bool = typer.Option(
-        False, "--balanced", help="Class-balanced set (image i targets class i mod 40) for the oracle judge only."
-    ),
-    per_class: Optional[int] = typer.Option(
-        None, "--per-class", help="With --balanced: every class present in at least K images."
-    ),
-    label_noise: float = typer.Option(
-        0.0,
+N = Annotated[
+    Optional[int], typer.Option("--n", help="Number of images. [default: 20000; with --balanced --per-class K: 40*K]")
+]
+Size = Annotated[int, typer.Option("--size", help="Image size in pixels (square, 8-bit grey).")]
+Balanced = Annotated[
+    bool,
+    typer.Option("--balanced", help="Class-balanced set (image i targets class i mod 40) for the oracle judge only."),
+]
+PerClass = Annotated[
+    Optional[int], typer.Option("--per-class", help="With --balanced: every class present in at least K images.")
+]
+LabelNoise = Annotated[
+    float,
+    typer.Option(
         "--label-noise",
         help="Report-mining-like label noise: each positive missed / a spurious label added with this probability.",
     ),
-    contact_sheet: bool = typer.Option(
-        False,
+]
+ContactSheet = Annotated[
+    bool,
+    typer.Option(
         "--contact-sheet",
         help="Also write contact_sheets/<class>.png (with / without / difference) and all.png.",
     ),
-    workers: Optional[int] = typer.Option(
-        None, "--workers", help="Render processes; 0 = one per CPU core. Output does not depend on it. [default: 0]"
-    ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out made with other arguments."),
-    no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+]
+
+
+def phantom(
+    out: out_option("Output folder, e.g. outputs/data/phantom (labels.csv, images/, phantom.json, truth.jsonl)."),
+    n: N = None,
+    size: Size = 128,
+    seed: seed_option("Seed: same seed and arguments give byte-identical images and CSV.", kind=int) = 0,
+    balanced: Balanced = False,
+    per_class: PerClass = None,
+    label_noise: LabelNoise = 0.0,
+    contact_sheet: ContactSheet = False,
+    workers: workers_option(
+        "Render processes; 0 = one per CPU core. Output does not depend on it. [default: 0]"
+    ) = None,
+    overwrite: overwrite_option("Replace an existing --out made with other arguments.") = False,
+    no_progress: NoProgress = False,
 ) -> None:
     """Render the phantom CXR-LT benchmark (procedural radiographs, PadChest label sets, known ground truth)."""
     import json

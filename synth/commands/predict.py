@@ -20,35 +20,47 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import pandas as pd
 import typer
 
+from synth.commands.options import out_option, overwrite_option, workers_option
 from synth.errors import UserError
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 
 
-def predict(
-    model: Path = typer.Option(..., "--model", help="trained ensemble folder (ensemble.json)"),
-    out: Path = typer.Option(..., "--out", help="submission CSV to write: dicom_id + the model's class columns"),
-    manifest: Optional[Path] = typer.Option(
-        None, "--manifest", help="prepared manifest, or a CSV with dicom_id + fpath"
-    ),
-    images: Optional[Path] = typer.Option(
-        None,
+Manifest = Annotated[
+    Optional[Path], typer.Option("--manifest", help="prepared manifest, or a CSV with dicom_id + fpath")
+]
+Images = Annotated[
+    Optional[Path],
+    typer.Option(
         "--images",
         help="folder of images (searched recursively); with a plain --manifest CSV: the root its fpath is relative to",
     ),
-    split: Optional[str] = typer.Option(
-        None, "--split", help="prepared manifest only: predict just this split (train/val/test) [default: all rows]"
+]
+Split = Annotated[
+    Optional[str],
+    typer.Option(
+        "--split", help="prepared manifest only: predict just this split (train/val/test) [default: all rows]"
     ),
-    size: int = typer.Option(256, "--size", help="raw images: the --size the training data was prepared at"),
-    batch_size: int = typer.Option(64, "--batch-size"),
-    workers: int = typer.Option(0, "--workers", help="raw images: decode processes; 0 = one per CPU core"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out file"),
-    no_progress: bool = typer.Option(False, "--no-progress", help="hide the progress bars"),
+]
+Size = Annotated[int, typer.Option("--size", help="raw images: the --size the training data was prepared at")]
+
+
+def predict(
+    model: Annotated[Path, typer.Option("--model", help="trained ensemble folder (ensemble.json)")],
+    out: out_option("submission CSV to write: dicom_id + the model's class columns"),
+    manifest: Manifest = None,
+    images: Images = None,
+    split: Split = None,
+    size: Size = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
+    workers: workers_option("raw images: decode processes; 0 = one per CPU core", kind=int) = 0,
+    overwrite: overwrite_option("replace an existing --out file") = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="hide the progress bars")] = False,
 ) -> None:
     """Predict unlabeled images with a trained ensemble and write a CXR-LT submission CSV (atomically)."""
     from rich.console import Console
