@@ -21,7 +21,8 @@ from typing import Any
 
 from synth.ablation.arms import ARMS as ARM_REGISTRY
 from synth.ablation.arms import BASELINE, SyntheticSet
-from synth.config import UnknownKeyError, load_config
+from synth.config import load_config
+from synth.config_errors import UnknownKeyError
 from synth.errors import UserError
 from synth.readers import FORMATS
 from synth.taxonomy import resolve_class
@@ -164,8 +165,9 @@ def load_ablation_config(
     sets: Mapping[str, Any] | None = None,
 ) -> AblationConfig:
     """Read, apply ``--set`` overrides then the CLI flags, validate the values (not yet the paths: see
-    :func:`check_paths`). Loading and type checks are :func:`synth.config.load_config`'s; each ``overrides:`` map is
-    checked against its stage's config here, so a typo in one is an error before any work."""
+    :func:`synth.ablation.preflight.check_paths`). Loading and type checks are :func:`synth.config.load_config`'s;
+    each ``overrides:`` map is checked against its stage's config here, so a typo in one is an error before any work.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--config {path}: file not found; the shipped ones are in configs/ablation/")
@@ -190,7 +192,7 @@ def load_ablation_config(
 
 
 def check_overrides(cfg: AblationConfig, where: str) -> None:
-    """Every ``overrides:`` map against its stage's config: keys and value types (values: see check_stage_configs).
+    """Every ``overrides:`` map against its stage's config: keys and value types (values: see preflight.py).
 
     The maps stay as written in ``cfg`` (the stage cache keys hash them); the stages type them when they load.
     """
@@ -270,113 +272,6 @@ def validate(cfg: AblationConfig, where: str = "config") -> None:
         raise UserError(
             f"{where}: evaluation.n_boot {cfg.evaluation.n_boot} is too small for a 95% interval (use >= 100)"
         )
-
-
-def check_paths(cfg: AblationConfig) -> None:
-    """Every input path the enabled stages will read exists; the first missing one is one error line."""
-    where = cfg.source_path or "config"
-    needed: list[tuple[str, str | None, str]] = []
-    if cfg.data.source == "manifest":
-        needed.append(("data.manifest", cfg.data.manifest, "run `synth prepare` first or fix the path"))
-    if cfg.data.source == "prepare":
-        needed += [
-            ("data.labels", cfg.data.labels, "point it at the label CSV"),
-            ("data.images", cfg.data.images, "point it at the image folder"),
-        ]
-    if cfg.needs_synthetic:
-        needed += [
-            ("generator.config", cfg.generator.config, "see configs/finetune/"),
-            ("generate.config", cfg.generate.config, "see configs/generate/"),
-        ]
-        if cfg.generator.pretrained:
-            needed.append(
-                (
-                    "generator.pretrained",
-                    str(Path(cfg.generator.pretrained) / "model_index.json"),
-                    "download the diffusers folder (e.g. stabilityai/stable-diffusion-2-1-base) there, or fix the "
-                    "path",
-                )
-            )
-    if cfg.needs_filter:
-        needed += [
-            ("filter.verifier_config", cfg.filter.verifier_config, "see configs/filter/"),
-            ("filter.config", cfg.filter.config, "see configs/filter/"),
-            ("filter.oracle", cfg.filter.oracle, "train one with `synth oracle train` or remove the key"),
-        ]
-    needed.append(("classifier.config", cfg.classifier.config, "see configs/classifier/"))
-    if cfg.needs_synthetic:
-        needed.append(("oracle.config", cfg.oracle.config, "see configs/filter/oracle-64px.yaml or remove the key"))
-    for key, value, fix in needed:
-        if value is not None and not Path(value).exists():
-            raise UserError(f"{where}: {key} {value} not found; {fix}")
-    check_stage_configs(cfg)
-
-
-def check_stage_configs(cfg: AblationConfig) -> None:
-    """Load every stage config the enabled stages will load, with the ablation's overrides, the way they load it.
-
-    Why here: each stage reads its YAML only when it starts, so a typo in the classifier YAML, ``generate.n:
-    twenty`` or ``scheduler: dpm+`` used to surface after the generator had trained for hours. This runs in
-    ``check_paths`` (``synth ablate`` and ``--dry-run``) before any work; the first bad value is one error line.
-    """
-    where = cfg.source_path or "config"
-
-    def generator() -> None:
-        from synth.generator.config import load_finetune_config
-
-        overrides = {
-            **cfg.generator.overrides,
-            "train_manifest": "<the ablation's data manifest>",
-            "output_dir": "<stage folder>",
-        }
-        if cfg.generator.pretrained:
-            overrides["pretrained_model_name_or_path"] = cfg.generator.pretrained
-        load_finetune_config(cfg.generator.config, overrides)
-
-    def generate() -> None:
-        from synth.generate import GenerateConfig
-
-        GenerateConfig.from_yaml(cfg.generate.config, n=cfg.generate.n, **cfg.generate.overrides)
-
-    def verifier() -> None:
-        from synth.filtering.config import load_verifier_config
-
-        load_verifier_config(cfg.filter.verifier_config)
-
-    def filter_() -> None:
-        from synth.filtering.config import load_filter_config
-
-        load_filter_config(cfg.filter.config, {**cfg.filter.overrides, "oracle": cfg.filter.oracle})
-
-    def oracle() -> None:
-        from synth.filtering.config import load_verifier_config
-
-        load_verifier_config(cfg.oracle.config)
-
-    def classifier() -> None:
-        from classifier.config import load_ensemble_config
-
-        load_ensemble_config(cfg.classifier.config, cfg.classifier.overrides)
-
-    checks: list[tuple[str, str | None, Any]] = []
-    if cfg.needs_synthetic:
-        checks += [("generator", cfg.generator.config, generator), ("generate", cfg.generate.config, generate)]
-    if cfg.needs_filter:
-        checks += [
-            ("filter.verifier_config", cfg.filter.verifier_config, verifier),
-            ("filter", cfg.filter.config, filter_),
-        ]
-    if cfg.needs_synthetic and cfg.oracle.config:
-        checks.append(("oracle", cfg.oracle.config, oracle))
-    checks.append(("classifier", cfg.classifier.config, classifier))
-    for stage, path, load in checks:
-        label = f"{where}: {stage} stage" + (f" ({path})" if path else "") + " with its overrides"
-        try:
-            load()
-        except UserError as err:
-            raise UserError(f"{label}: {err}") from None
-        except (TypeError, ValueError) as err:  # a value of the wrong type a loader did not check itself
-            raise UserError(f"{label}: {err}; fix that value's type in the YAML or the overrides") from None
 
 
 def stage_key(*parts: Any) -> str:

@@ -41,7 +41,8 @@ import pandas as pd
 from synth.ablation import stages
 from synth.ablation.arms import ARMS, RESAMPLED_BASELINE, Arm, SyntheticSet
 from synth.ablation.collect import build_results
-from synth.ablation.config import AblationConfig, check_paths
+from synth.ablation.config import AblationConfig
+from synth.ablation.preflight import check_paths
 from synth.ablation.report import render_report
 from synth.ablation.results import RESULTS_FILE
 from synth.ablation.steps import DONE, Step, plan
@@ -64,22 +65,13 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
 
     classes = annotated_classes(real[real["split"] == "train"])
     test = real[real["split"] == cfg.evaluation.split].reset_index(drop=True)
-    heldout = None
-    if "heldout" in steps:
-        heldout = read_manifest(
-            _cached(steps["heldout"], log, lambda out: stages.prepare_heldout(cfg, out), main_only=True, timer=timer)
-        )
+    heldout = _heldout_set(cfg, steps, log, timer)
     resampling = stages.resample_plan(cfg, real, classes) if RESAMPLED_BASELINE in cfg.arms else None
     probs: dict[tuple[str, int], np.ndarray] = {}
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     for name in cfg.arms:
         arm = ARMS[name]
-        offered = synthetic[arm.synthetic] if arm.uses_synthetic else None
-        if offered is not None and len(offered) == 0:
-            raise UserError(
-                f"arm {name}: the {arm.synthetic.value} synthetic set has 0 images, so this arm would train on "
-                "real rows only; check the generate/filter summaries or drop the arm with --arms"
-            )
+        offered = _offered_synthetic(arm, synthetic)
         train_df = concat_manifests([real, offered], data_manifest.parent) if offered is not None else real
         repeats = resampling.repeats if arm.resample else None
         for seed in cfg.seeds:
@@ -91,25 +83,18 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
                 timer=timer,
             )
             probs[name, seed] = np.load(step.folder / "test_probs.npy")
-            rows[name, seed] = {
-                "synthetic_offered": 0 if offered is None else int(len(offered)),
-                **(stages.training_rows(Path(model_dir)) or {}),
-            }
+            rows[name, seed] = {"synthetic_offered": 0 if offered is None else int(len(offered))}
+            rows[name, seed].update(stages.training_rows(Path(model_dir)) or {})
             if heldout is not None:
-                held = step.folder / f"{steps['heldout'].folder.name}_probs.npy"
-                probs[name, seed] = np.concatenate(
-                    [
-                        probs[name, seed],
-                        _heldout_probs(
-                            cfg, Path(model_dir), heldout, classes, held, f"{name}/seed-{seed}", log, timer
-                        ),
-                    ]
-                )
+                held, label = step.folder / f"{steps['heldout'].folder.name}_probs.npy", f"{name}/seed-{seed}"
+                extra = _heldout_probs(cfg, Path(model_dir), heldout, classes, held, label, log, timer)
+                probs[name, seed] = np.concatenate([probs[name, seed], extra])
     if heldout is not None:
         test = concat_manifests([test, heldout], data_manifest.parent)
 
     if state.is_main_process:
         t0 = time.time()
+        n_heldout = 0 if heldout is None else len(heldout)
         results = build_results(
             cfg,
             real,
@@ -118,19 +103,46 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
             probs,
             filter_dir,
             synthetic,
-            n_heldout=0 if heldout is None else len(heldout),
+            n_heldout=n_heldout,
             rows=rows,
             resampling=resampling,
         )
-        if fidelity is not None:
-            results["fidelity"] = json.loads(fidelity.read_text())
         timer.add("evaluate (bootstrap) + results", time.time() - t0, cached=False)
-        results["timings"] = timer.summary(time.time() - started)
-        write_json_atomic(cfg.report_dir / RESULTS_FILE, results)
-        render_report(cfg.report_dir)
-        log(f"report written: {cfg.report_dir / 'report.html'}")
+        _write_report(cfg, results, fidelity, timer.summary(time.time() - started), log)
     state.wait_for_everyone()
     return cfg.report_dir
+
+
+def _heldout_set(cfg: AblationConfig, steps: dict[str, Step], log: Callable[[str], None], timer: "_Timings"):
+    """The extra test-only phantom patients (``evaluation.heldout_phantom_n``), or None when not configured."""
+    if "heldout" not in steps:
+        return None
+    return read_manifest(
+        _cached(steps["heldout"], log, lambda out: stages.prepare_heldout(cfg, out), main_only=True, timer=timer)
+    )
+
+
+def _offered_synthetic(arm: Arm, synthetic: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
+    """The synthetic rows the arm trains on (None: a real-only arm); an empty set is an error, not a silent no-op."""
+    offered = synthetic[arm.synthetic] if arm.uses_synthetic else None
+    if offered is not None and len(offered) == 0:
+        raise UserError(
+            f"arm {arm.name}: the {arm.synthetic.value} synthetic set has 0 images, so this arm would train on "
+            "real rows only; check the generate/filter summaries or drop the arm with --arms"
+        )
+    return offered
+
+
+def _write_report(
+    cfg: AblationConfig, results: dict[str, Any], fidelity: Path | None, timings: dict[str, Any], log: Callable
+) -> None:
+    """results.json (plus the oracle's fidelity.json and the step timings) and the report rendered from it."""
+    if fidelity is not None:
+        results["fidelity"] = json.loads(fidelity.read_text())
+    results["timings"] = timings
+    write_json_atomic(cfg.report_dir / RESULTS_FILE, results)
+    render_report(cfg.report_dir)
+    log(f"report written: {cfg.report_dir / 'report.html'}")
 
 
 def _shared_stages(cfg: AblationConfig, steps: dict[str, Step], log: Callable[[str], None], timer: "_Timings"):
