@@ -21,7 +21,6 @@ ablation's ``data:`` section, ...) and loads it through :func:`load_config`:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import types
 import typing
@@ -29,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from synth.config_errors import bad_type, type_name, unknown_key
 from synth.errors import UserError
 from synth.io import read_yaml_mapping
 
@@ -36,15 +36,6 @@ T = TypeVar("T")
 
 #: The help text of every ``--set`` option.
 SET_HELP = "Override one setting of the config: KEY=VALUE, dotted for sections (e.g. train.epochs=2); repeatable."
-
-
-class UnknownKeyError(UserError):
-    """An unknown key: ``section`` (dotted, "" at the top level), the bad ``name`` in it, and whether it came from an
-    override. A subclass only so a stage whose tests pin an older wording can keep it."""
-
-    def __init__(self, message: str, *, section: str, name: str, override: bool) -> None:
-        super().__init__(message)
-        self.section, self.name, self.override = section, name, override
 
 
 class RawText(str):
@@ -154,7 +145,7 @@ def _put(cls: type, data: dict[str, Any], key: str, value: Any, style: Style, in
     for i, part in enumerate(parts):
         known = _field_types(owner, internal if owner is cls else ())
         if part not in known:
-            _unknown(style, parts, i, list(known), override=True, root=cls)
+            unknown_key(style, parts, i, list(known), override=True, leaves=lambda: _leaf_paths(cls))
         hint = _strip_optional(known[part])
         last = i == len(parts) - 1
         if last and _is_dataclass(hint):
@@ -192,7 +183,9 @@ def build(cls: type[T], data: Any, style: Style, *, path: Sequence[str] = (), in
     known = _field_types(cls, internal if not path else ())
     for key in data:
         if key not in known:
-            _unknown(style, [*path, str(key)], len(path), list(known), override=False, root=cls)
+            unknown_key(
+                style, [*path, str(key)], len(path), list(known), override=False, leaves=lambda: _leaf_paths(cls)
+            )
     kwargs = {key: coerce(value, known[key], [*path, key], style) for key, value in data.items()}
     try:
         return cls(**kwargs)
@@ -217,7 +210,7 @@ def coerce(value: Any, hint: Any, path: Sequence[str], style: Style, cli: bool =
     if value is None:
         if _is_dataclass(hint):
             return hint()
-        raise UserError(f"{style.at('.'.join(path))} is null; expected {_type_name(hint)}")
+        raise UserError(f"{style.at('.'.join(path))} is null; expected {type_name(hint)}")
     if _is_dataclass(hint):
         return build(hint, value, style, path=path)
     if origin is list or hint is list:
@@ -225,11 +218,11 @@ def coerce(value: Any, hint: Any, path: Sequence[str], style: Style, cli: bool =
         if isinstance(value, str):
             value = [value]  # one list item may be written without brackets (``--validation_prompts "a prompt"``)
         if not isinstance(value, (list, tuple)):
-            _bad_type(value, hint, path, style)
+            bad_type(value, hint, path, style)
         return [coerce(v, item, [*path[:-1], f"{path[-1]}[{i}]"], style, cli) for i, v in enumerate(value)]
     if origin is dict or hint is dict:
         if not isinstance(value, Mapping):
-            _bad_type(value, hint, path, style)
+            bad_type(value, hint, path, style)
         return dict(value)
     if hint in (bool, int, float, str):
         return _scalar(value, hint, path, style, cli)
@@ -248,12 +241,12 @@ def _coerce_union(value: Any, args: Sequence[Any], path: Sequence[str], style: S
             return coerce(parsed, option, path, style, cli)
         except UserError:
             continue
-    _bad_type(parsed, args, path, style)
+    bad_type(parsed, args, path, style)
 
 
 def _scalar(value: Any, hint: type, path: Sequence[str], style: Style, cli: bool) -> Any:
     if isinstance(value, str) and not cli and hint in (bool, int):
-        _bad_type(value, hint, path, style, quoted=True)
+        bad_type(value, hint, path, style, quoted=True)
     try:
         if hint is str:
             if isinstance(value, (list, tuple, dict)):
@@ -280,7 +273,7 @@ def _scalar(value: Any, hint: type, path: Sequence[str], style: Style, cli: bool
             return value
         return float(value)
     except (TypeError, ValueError):
-        _bad_type(value, hint, path, style)
+        bad_type(value, hint, path, style)
 
 
 def _fits(value: Any, hint: Any) -> bool:
@@ -295,52 +288,6 @@ def _fits(value: Any, hint: Any) -> bool:
     if isinstance(origin, type):
         return isinstance(value, origin)
     return False
-
-
-def _bad_type(value: Any, hint: Any, path: Sequence[str], style: Style, quoted: bool = False) -> typing.NoReturn:
-    """One error naming the key, the value and the type it should have had."""
-    hint_text = " (text in a YAML file: write a number or true/false without quotes)" if quoted else ""
-    raise UserError(f"{style.at('.'.join(path))}: cannot read {value!r} as {_type_name(hint)}{hint_text}")
-
-
-def _type_name(hint: Any) -> str:
-    """``int``, ``list[int]``, ``float or null`` (a tuple of hints: the members of a union)."""
-    if isinstance(hint, tuple) or typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in (hint if isinstance(hint, tuple) else typing.get_args(hint)))
-    if hint is type(None):
-        return "null"
-    origin = typing.get_origin(hint)
-    if origin is not None:
-        return f"{origin.__name__}[{', '.join(_type_name(a) for a in typing.get_args(hint))}]"
-    return getattr(hint, "__name__", str(hint))
-
-
-def _unknown(
-    style: Style, parts: Sequence[str], i: int, valid: list[str], *, override: bool, root: type
-) -> typing.NoReturn:
-    """One error: the unknown key ``parts`` (``parts[i]`` is the bad one), the closest valid key (in its section,
-    else anywhere) and the valid keys of that section."""
-    key, section = ".".join(parts), ".".join(parts[:i])
-    close = difflib.get_close_matches(parts[i], valid, n=1, cutoff=0.6)
-    suggestion = ".".join([*parts[:i], close[0], *parts[i + 1 :]]) if close else None
-    if suggestion is None:
-        leaves = _leaf_paths(root)
-        close = difflib.get_close_matches(key, leaves, n=1, cutoff=0.6) or [
-            p for p in leaves if p.split(".")[-1] == parts[-1]
-        ]
-        suggestion = close[0] if close else None
-    prefix = (
-        style.key_prefix if override else ""
-    )  # a flag-style config names its flags as flags, its YAML keys as keys
-    did_you_mean = f" (did you mean {prefix + suggestion!r}?)" if suggestion else ""
-    listing = style.valid_hint or f"valid keys{' in ' + section if section else ''}: {', '.join(sorted(valid))}"
-    where = f"{style.where}: " if style.where else ""
-    raise UnknownKeyError(
-        f"{where}unknown {'override key' if override else 'key'} {prefix + key!r}{did_you_mean}; {listing}",
-        section=section,
-        name=parts[i],
-        override=override,
-    )
 
 
 @functools.cache
