@@ -25,6 +25,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from synth.inference.pipeline import assemble_pipeline
+
 LAYOUTS: tuple[str, ...] = ("sd21-base", "sd21-v", "sd1-roentgen")
 RESOLUTION = 32  # VAE /8 -> 4x4 latents
 HIDDEN = 32  # text encoder width == UNet cross-attention dim
@@ -201,7 +203,7 @@ def build_sd_folder(root: Path, layout: str = "sd21-base", dtype=None, seed: int
     ``dtype=torch.float16`` saves every weight in fp16 (the "saved after torch_dtype=float16" case).
     """
     import torch
-    from diffusers import DDIMScheduler, PNDMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler, PNDMScheduler
     from transformers import CLIPImageProcessor, CLIPTokenizer
 
     if layout not in _SPEC:
@@ -228,16 +230,8 @@ def build_sd_folder(root: Path, layout: str = "sd21-base", dtype=None, seed: int
         else DDIMScheduler(clip_sample=False, **common)
     )
     feature_extractor = CLIPImageProcessor(crop_size={"height": 224, "width": 224}, size={"shortest_edge": 224})
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=_tiny_safety_checker(HIDDEN) if with_checker else None,
-        feature_extractor=feature_extractor,
-        requires_safety_checker=with_checker,
-    )
+    checker = _tiny_safety_checker(HIDDEN) if with_checker else None
+    pipe = assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler, checker, feature_extractor)
     if dtype is not None:
         pipe.to(dtype=dtype)
     pipe.save_pretrained(root, safe_serialization=True)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from synth.inference.pipeline import assemble_pipeline
 from synth.io import write_json_atomic
 from synth.manifest import write_manifest
 from synth.prompts import DEFAULT_TEMPLATES, PromptTemplates
@@ -96,7 +97,7 @@ def build_tiny_pipeline(
     realistic-size random model for benchmarks (e.g. 16x16 latents, 4 VAE blocks = 128 px).
     """
     import torch
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
 
     from synth.text_encoder import MINILM_HIDDEN_SIZE, load_minilm
 
@@ -130,16 +131,7 @@ def build_tiny_pipeline(
     scheduler = DPMSolverMultistepScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1
     )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler)
     model_dir = root / "model"
     pipe.save_pretrained(model_dir, safe_serialization=True)
     write_json_atomic(

@@ -98,24 +98,8 @@ def _move(module, device, dtype):
 def _progress(show: bool, total: int):
     if not show:
         return None
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from synth.progress import progress_bar
 
-    bar = Progress(
-        TextColumn("encoding latents"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("chunks"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        transient=False,
-    )
+    bar = progress_bar("encoding latents", "chunks", eta_label="ETA", transient=False)
     bar.start()
     return bar, bar.add_task("encode", total=total)

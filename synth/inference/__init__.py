@@ -41,21 +41,12 @@ from synth.inference.pipeline import (
     render,
     speed_up_cuda,
 )
-from synth.inference.planning import (
-    RUN_SETTINGS_NAME,
-    ImageJob,
-    Planner,
-    check_run_settings,
-    class_slug,
-    resolve_targets,
-    run_settings,
-    validate_class_names,
-)
+from synth.inference.planning import *  # noqa: F403 (the names in planning.__all__)
+from synth.inference.planning import __all__ as _planning_names
 from synth.inference.state import MANIFEST_NAME, ManifestSync, finished_images
 
 __all__ = [
     "MANIFEST_NAME",
-    "RUN_SETTINGS_NAME",
     "META_NAME",
     "SCHEDULERS",
     "PRECISIONS",
@@ -63,13 +54,7 @@ __all__ = [
     "GeneratorInfo",
     "load_generator_info",
     "model_fingerprint",
-    "class_slug",
-    "validate_class_names",
-    "resolve_targets",
-    "ImageJob",
-    "Planner",
-    "run_settings",
-    "check_run_settings",
+    *_planning_names,
     "finished_images",
     "ManifestSync",
     "load_pipeline",

@@ -38,6 +38,7 @@ from synth.inference.planning import (
 from synth.inference.state import MANIFEST_NAME, ManifestSync, finished_images, note_kept_images, write_merged_manifest
 from synth.io import save_image_atomic, write_json_atomic
 from synth.manifest import read_manifest
+from synth.progress import progress_bar
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -49,62 +50,19 @@ def _batches(items: Sequence[ImageJob], size: int) -> Iterator[list[ImageJob]]:
 
 
 def _progress(enabled: bool, total: int):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    progress = Progress(
-        TextColumn("[bold]generate"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
+    progress = progress_bar("[bold]generate", "{task.fields[rate]}", disable=not enabled)
     task = progress.add_task("generate", total=total, rate="")
     return progress, task
 
 
-def generate(
-    model_dir: str | Path,
-    classes: Sequence[str],
-    n: int | str,
-    out_dir: str | Path,
-    seed: int = 0,
-    batch_size: int = 8,
-    steps: int = 25,
-    guidance_scale: float = 4.0,
-    scheduler: str = "dpm++",
-    temperature: float = 1.0,
-    target_count: int | None = None,
-    device: str | None = None,
-    **options: Any,
-) -> Path:
+def generate(model_dir: str | Path, classes: Sequence[str], n: int | str, out_dir: str | Path, **options: Any) -> Path:
     """Generate ``n`` images per class (or top up to ``target_count``) into ``out_dir``; return the manifest path.
 
-    ``classes`` holds class names (any case) and/or ``head`` / ``medium`` / ``tail``.
-    Further ``options`` are :class:`GenerateConfig` fields (``precision``,
-    ``negative_prompt``, ``enable_xformers``, ``train_manifest``, ...).
+    ``classes`` holds class names (any case) and/or ``head`` / ``medium`` / ``tail``. ``options`` are
+    :class:`GenerateConfig` fields (``seed``, ``batch_size``, ``steps``, ``precision``, ``target_count``, ...),
+    with the config's defaults, so the two cannot disagree.
     """
-    cfg = GenerateConfig(
-        n=n,
-        seed=seed,
-        batch_size=batch_size,
-        steps=steps,
-        guidance_scale=guidance_scale,
-        scheduler=scheduler,
-        temperature=temperature,
-        target_count=target_count,
-        device=device,
-        **options,
-    )
-    return run(model_dir, classes, out_dir, cfg.validated())
+    return run(model_dir, classes, out_dir, GenerateConfig(n=n, **options).validated())
 
 
 def run(model_dir: str | Path, classes: Sequence[str], out_dir: str | Path, cfg: GenerateConfig) -> Path:

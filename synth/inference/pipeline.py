@@ -53,6 +53,27 @@ def _quiet_loading():
         transformers_logging.set_verbosity(before[1])
 
 
+def assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler, safety_checker=None, feature_extractor=None):
+    """A ``StableDiffusionPipeline`` from its parts; the safety checker is required exactly when one is given.
+
+    ``synth finetune`` writes its folders without a checker; a folder that has one (a published SD layout) keeps
+    it required, as diffusers would on load. Test fixtures build their tiny folders through this too, so they are
+    assembled the way the product's are.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=safety_checker,
+        feature_extractor=feature_extractor,
+        requires_safety_checker=safety_checker is not None,
+    )
+
+
 def load_pipeline(
     model_dir: Path, scheduler: str, dtype: "torch.dtype", device: "torch.device", enable_xformers: bool = False
 ) -> "StableDiffusionPipeline":

@@ -25,6 +25,18 @@ from synth.manifest import GENERATION_COLUMNS
 from synth.prompts import PromptTemplates
 from synth.taxonomy import CXR_LT_CLASSES, GROUPS, class_slug, resolve_class
 
+#: what :mod:`synth.inference` (and so ``synth.generate``) re-exports from here
+__all__ = [
+    "RUN_SETTINGS_NAME",
+    "class_slug",
+    "validate_class_names",
+    "resolve_targets",
+    "ImageJob",
+    "Planner",
+    "run_settings",
+    "check_run_settings",
+]
+
 RUN_SETTINGS_NAME = "generate_run.json"
 
 
