@@ -354,34 +354,28 @@ def _summarise(args: argparse.Namespace, common: dict, results: dict[str, list[d
         f"({ratio:.2f}x wall clock, {cpu_ratio:.2f}x CPU time)"
     )
     if args.json:
-        from synth.provenance import environment
+        from synth.provenance import write_bench_result
 
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(
-                {
-                    "bench": "bench/bench_finetune_vs_reference.py",
-                    "argv": sys.argv[1:],
-                    "provenance": environment(),
-                    "reference": str(args.reference),
-                    "project_config": str(RECIPE.relative_to(REPO)),
-                    "common_flags": common,
-                    "summary": summary,
-                    "ratio_project_vs_reference": ratio,
-                    "ratio_project_vs_reference_cpu_time": cpu_ratio,
-                    "ratio_text_encoder_vs_reference": summary.get("project+text_encoder", {}).get(
-                        "steps_per_s", float("nan")
-                    )
-                    / ref,
-                    "ratio_text_encoder_vs_reference_cpu_time": summary.get("project+text_encoder", {}).get(
-                        "steps_per_cpu_s", float("nan")
-                    )
-                    / ref_cpu,
-                    "rounds": results,
-                },
-                indent=2,
-            )
-            + "\n"
+        write_bench_result(
+            args.json,
+            "bench/bench_finetune_vs_reference.py",
+            {
+                "reference": str(args.reference),
+                "project_config": str(RECIPE.relative_to(REPO)),
+                "common_flags": common,
+                "summary": summary,
+                "ratio_project_vs_reference": ratio,
+                "ratio_project_vs_reference_cpu_time": cpu_ratio,
+                "ratio_text_encoder_vs_reference": summary.get("project+text_encoder", {}).get(
+                    "steps_per_s", float("nan")
+                )
+                / ref,
+                "ratio_text_encoder_vs_reference_cpu_time": summary.get("project+text_encoder", {}).get(
+                    "steps_per_cpu_s", float("nan")
+                )
+                / ref_cpu,
+                "rounds": results,
+            },
         )
         print(f"wrote {args.json}")
 

@@ -132,34 +132,26 @@ def _report(
         f"{'PASS' if min(b / s, bc / sc) >= 1.0 else 'FAIL'}"
     )
     if args.json:
-        import json
+        from synth.provenance import write_bench_result
 
-        from synth.provenance import environment
-
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(
-                {
-                    "bench": "bench/bench_generate.py",
-                    "argv": sys.argv[1:],
-                    "provenance": environment(),
-                    "threads": torch.get_num_threads(),
-                    "model": f"UNet (64,128,256), 16x16 latents -> {resolution} px, MiniLM",
-                    "n": args.n,
-                    "batch_size": args.batch_size,
-                    "steps": args.steps,
-                    "scheduler": cfg.scheduler,
-                    "guidance_scale": cfg.guidance_scale,
-                    "bare_s": bare_s,
-                    "synth_s": synth_s,
-                    "ratio_median": b / s,
-                    "bare_cpu_s": bare_cpu,
-                    "synth_cpu_s": synth_cpu,
-                    "ratio_cpu_median": bc / sc,
-                },
-                indent=2,
-            )
-            + "\n"
+        write_bench_result(
+            args.json,
+            "bench/bench_generate.py",
+            {
+                "threads": torch.get_num_threads(),
+                "model": f"UNet (64,128,256), 16x16 latents -> {resolution} px, MiniLM",
+                "n": args.n,
+                "batch_size": args.batch_size,
+                "steps": args.steps,
+                "scheduler": cfg.scheduler,
+                "guidance_scale": cfg.guidance_scale,
+                "bare_s": bare_s,
+                "synth_s": synth_s,
+                "ratio_median": b / s,
+                "bare_cpu_s": bare_cpu,
+                "synth_cpu_s": synth_cpu,
+                "ratio_cpu_median": bc / sc,
+            },
         )
 
 

@@ -67,3 +67,13 @@ def environment() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "versions": package_versions(),
     }
+
+
+def write_bench_result(path: str | os.PathLike, bench: str, figures: dict[str, Any]) -> None:
+    """A bench's ``--json``: which bench and arguments, :func:`environment`, then its figures (atomically).
+
+    The benches share this header so every ``bench/results/*.json`` says the same way what produced it.
+    """
+    from synth.io import write_json_atomic
+
+    write_json_atomic(path, {"bench": bench, "argv": sys.argv[1:], "provenance": environment(), **figures})
