@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from classifier.stage_steps import StageLoop, adamw_decaying_weights_only, epoch
 from synth.errors import UserError
 from synth.io import save_safetensors_atomic
 from synth.training import first_step_warmup_cosine, flat_hparams, save_state_atomically, tracker_kwargs
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 #: Test hook: called as ``hook(stage, epoch)`` after each epoch's checkpoint (tests interrupt training here).
 EPOCH_END_HOOK: Callable[[str, int], None] | None = None
@@ -66,9 +69,12 @@ def fit_stage(
     weights so far (``best.safetensors``).
     """
     t = ens.train
-    loop, progress, batch_size, per_epoch, total = _prepared_stage(
-        ens, member, stage, val, class_weights, folder, init, fingerprint, log
+    accelerator = _stage_accelerator(ens, member, stage, folder, log)
+    n_classes = int(val.labels.shape[1])
+    loop, batch_size, per_epoch, total = _prepared_stage(
+        ens, member, stage, accelerator, n_classes, class_weights, init
     )
+    progress = _resumed_progress(loop, folder, fingerprint, stage.name, log)
     accelerator, model, raw, scheduler, ema = loop.accelerator, loop.model, loop.raw, loop.scheduler, loop.ema
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     use_cuda = device.type == "cuda"
@@ -125,23 +131,20 @@ def _prepared_stage(
     ens: EnsembleConfig,
     member: MemberConfig,
     stage: Stage,
-    val: CachedSet,
+    accelerator: Accelerator,
+    n_classes: int,
     class_weights: torch.Tensor,
-    folder: Path,
     init: dict[str, torch.Tensor] | None,
-    fingerprint: str,
-    log: ConsoleLog,
-) -> tuple[StageLoop, Progress, int, int, int]:
-    """Seeded model, AdamW, schedule, loss and EMA, prepared by the stage's Accelerator and resumed from ``folder``
-    when its checkpoint belongs to this run; returns (loop, progress, batch size, steps per epoch, total steps)."""
+) -> tuple[StageLoop, int, int, int]:
+    """Seeded model, AdamW, schedule, loss and EMA, prepared by the stage's Accelerator; returns (loop, batch size,
+    steps per epoch, total steps)."""
     from accelerate.utils import set_seed
     from timm.utils import ModelEmaV3
 
     t = ens.train
-    accelerator = _stage_accelerator(ens, member, stage, folder, log)
     use_cuda = accelerator.device.type == "cuda"
     set_seed(member.seed * 1000 + {"pretrain": 1}.get(stage.name, 0), device_specific=True)
-    model = _stage_model(member, int(val.labels.shape[1]), init, t.channels_last and use_cuda)
+    model = _stage_model(member, n_classes, init, t.channels_last and use_cuda)
     batch_size, per_epoch, total = _step_budget(
         ens, member, stage, accelerator.process_index, accelerator.num_processes
     )
@@ -151,18 +154,24 @@ def _prepared_stage(
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
     ema = ModelEmaV3(raw, decay=t.ema_decay, use_warmup=True) if t.ema_decay else None
+    loop = StageLoop(accelerator, model, raw, optimizer, scheduler, loss_fn, ema, t.channels_last and use_cuda)
+    return loop, batch_size, per_epoch, total
+
+
+def _resumed_progress(loop: StageLoop, folder: Path, fingerprint: str, stage: str, log: ConsoleLog) -> Progress:
+    """The stage's progress, restored (with the scheduler and EMA) from ``folder`` when its checkpoint belongs to this
+    run, else fresh."""
     progress = Progress()
     resume_or_start_afresh(
-        accelerator,
+        loop.accelerator,
         folder,
         fingerprint,
-        stage.name,
-        lambda d: load_own_state(d, scheduler, progress, ema),
+        stage,
+        lambda d: load_own_state(d, loop.scheduler, progress, loop.ema),
         lambda: f"resumed after epoch {progress.epoch} (step {progress.step})",
         log,
     )
-    loop = StageLoop(accelerator, model, raw, optimizer, scheduler, loss_fn, ema, t.channels_last and use_cuda)
-    return loop, progress, batch_size, per_epoch, total
+    return progress
 
 
 def _step_budget(

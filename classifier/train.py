@@ -34,10 +34,7 @@ if __name__ == "__main__" and not __package__:  # `python classifier/train.py` f
     sys.path.insert(0, str(_P(__file__).resolve().parents[1]))
 
 import argparse
-import dataclasses
 import json
-import shutil
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -45,169 +42,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from classifier.config import EnsembleConfig, MemberConfig, load_ensemble_config
-from classifier.data import CachedSet, check_rows, real_rows, synthetic_rows
-from classifier.ensemble import ENSEMBLE_FILE, MEMBER_FILE, WEIGHTS_FILE, choose_weights, ensemble_spec, predict_images
+from classifier.config import EnsembleConfig, load_ensemble_config
+from classifier.data import check_rows, real_rows, synthetic_rows
+from classifier.ensemble import ENSEMBLE_FILE, choose_weights, ensemble_spec, predict_images
 from classifier.losses import class_weights_from_prevalence
+from classifier.member import train_member
 from classifier.metrics import macro_ap
-from classifier.models import PIXEL_MEAN, PIXEL_STD
 from classifier.resume import fingerprint_of, results_only, rows_key
-from classifier.stage import ConsoleLog, Stage, fit_stage
-from classifier.training_sets import cached_set, concat_sets, image_cache_dir
+from classifier.stage import ConsoleLog
+from classifier.training_sets import cached_set, image_cache_dir
 from synth.config import SET_HELP, command_overrides
 from synth.errors import UserError
-from synth.io import save_safetensors_atomic, write_json_atomic
+from synth.io import write_json_atomic
 from synth.manifest import annotated_classes, label_matrix
-
-# ---------------------------------------------------------------- one member
-
-
-def train_member(
-    ens: EnsembleConfig,
-    k: int,
-    member: MemberConfig,
-    sets: dict[str, pd.DataFrame],
-    classes: list[str],
-    class_weights: np.ndarray,
-    out: Path,
-    cache: dict,
-    log: ConsoleLog,
-    cache_dir: Path | None = None,
-) -> dict[str, Any]:
-    """Train member ``k`` (all its stages) into ``out/member-<k>``; reuse it when already finished."""
-    from synth.distributed import process_state
-
-    state = process_state()
-    folder = out / f"member-{k}"
-    section = {f: results_only(dataclasses.asdict(getattr(ens, f))) for f in ("train", "loss", "augment", "synthetic")}
-    fp = fingerprint_of(dataclasses.asdict(member), section, classes, {n: rows_key(df) for n, df in sets.items()})
-    meta_file = folder / MEMBER_FILE
-    if (
-        meta_file.exists()
-        and (folder / WEIGHTS_FILE).exists()
-        and json.loads(meta_file.read_text()).get("fingerprint") == fp
-    ):
-        log(f"member {k} ({member.arch}@{member.image_size}): finished earlier, reused")
-        return json.loads(meta_file.read_text())
-
-    def cached(name: str) -> CachedSet:
-        key = (name, member.image_size)
-        if key not in cache:
-            t0 = time.perf_counter()
-            cache[key] = cached_set(sets[name], classes, member.image_size, cache_dir, log)
-            log(
-                f"{name}: {len(sets[name])} images at {member.image_size} px from the image cache "
-                f"({time.perf_counter() - t0:.1f}s)"
-            )
-        return cache[key]
-
-    plan = _stage_plan(ens, member, has_synthetic=len(sets["synthetic"]) > 0)
-    val = cached("val")
-    init, stages_meta, result = None, [], None
-    for name, parts, n_epochs, select in plan:
-        data = concat_sets([cached(p) for p in parts])
-        stage = Stage(name, data, n_epochs, select)
-        result = _fit_or_reuse_stage(
-            ens, k, member, stage, val, class_weights, folder, init, fingerprint_of(fp, name), log
-        )
-        init = result["state"]
-        stages_meta.append(
-            {
-                "name": name,
-                "rows": len(data),
-                "sources": {s: data.sources.count(s) for s in sorted(set(data.sources))},
-                "epochs": n_epochs,
-                "steps": result["steps"],
-                "selected_epoch": result["best_epoch"],
-                "mixed_precision": result.get("mixed_precision"),
-                "val_map": result["val_map"],
-                "history": result["history"],
-            }
-        )
-
-    meta = {
-        "arch": member.arch,
-        "image_size": member.image_size,
-        "seed": member.seed,
-        "classes": classes,
-        "pixel_mean": PIXEL_MEAN,
-        "pixel_std": PIXEL_STD,
-        "val_map": stages_meta[-1]["val_map"],
-        "stages": stages_meta,
-        "member": dataclasses.asdict(member),
-        "fingerprint": fp,
-    }
-    if state.is_main_process:
-        save_safetensors_atomic(folder / WEIGHTS_FILE, init)
-        write_json_atomic(meta_file, meta)
-        for name, *_ in plan:
-            shutil.rmtree(
-                folder / f"ckpt-{name}", ignore_errors=True
-            )  # finished: the resume state is no longer needed
-    state.wait_for_everyone()
-    return meta
-
-
-def _stage_plan(
-    ens: EnsembleConfig, member: MemberConfig, has_synthetic: bool
-) -> list[tuple[str, list[str], int, str]]:
-    """The member's stages as (stage, row sets, epochs, select), by ``synthetic.mode``."""
-    mode, epochs = ens.synthetic.mode, member.epochs or ens.train.epochs
-    # pretrain_finetune: synthetic-only pretraining (RoentGen-v2), then real-only fine-tuning with a fresh
-    # optimiser/schedule/EMA; "select" of the pretraining stage is "last" (val is real, the stage is a warm start).
-    if mode == "pretrain_finetune" and has_synthetic:
-        return [
-            (
-                "pretrain",
-                ["synthetic"] + (["real"] if ens.synthetic.pretrain_with_real else []),
-                ens.synthetic.pretrain_epochs,
-                "last",
-            ),
-            ("finetune", ["real"], epochs, ens.train.select),
-        ]
-    if mode == "mix" and has_synthetic:
-        return [("train", ["real", "synthetic"], epochs, ens.train.select)]
-    return [("train", ["real"], epochs, ens.train.select)]
-
-
-def _fit_or_reuse_stage(
-    ens: EnsembleConfig,
-    k: int,
-    member: MemberConfig,
-    stage: Stage,
-    val: CachedSet,
-    class_weights: np.ndarray,
-    folder: Path,
-    init: dict[str, torch.Tensor] | None,
-    stage_fp: str,
-    log: ConsoleLog,
-) -> dict[str, Any]:
-    """A stage finished earlier with this fingerprint (``<stage>.safetensors`` + ``.json``), or :func:`fit_stage`."""
-    from safetensors.torch import load_file
-
-    from synth.distributed import process_state
-
-    state = process_state()
-    name, data = stage.name, stage.data
-    done_file = folder / f"{name}.safetensors"
-    done_meta = folder / f"{name}.json"
-    if done_file.exists() and done_meta.exists() and json.loads(done_meta.read_text()).get("fingerprint") == stage_fp:
-        result = {**json.loads(done_meta.read_text()), "state": load_file(str(done_file))}
-        log(f"member {k} stage {name}: finished earlier, reused")
-        return result
-    log(
-        f"member {k} ({member.arch}@{member.image_size}) stage {name}: {len(data)} rows "
-        f"({', '.join(f'{s}={data.sources.count(s)}' for s in sorted(set(data.sources)))}), {stage.epochs} epochs"
-    )
-    result = fit_stage(
-        ens, member, stage, val, torch.from_numpy(class_weights), folder / f"ckpt-{name}", init, stage_fp, log
-    )
-    if state.is_main_process:
-        save_safetensors_atomic(done_file, result["state"])
-        write_json_atomic(done_meta, {"fingerprint": stage_fp, **{k2: v for k2, v in result.items() if k2 != "state"}})
-    state.wait_for_everyone()
-    return result
-
 
 # ---------------------------------------------------------------- the ensemble
 
