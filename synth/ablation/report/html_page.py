@@ -10,22 +10,8 @@ import base64
 import html
 from typing import Any
 
+from synth.ablation.report import tables
 from synth.ablation.report.markdown_page import md_provenance
-from synth.ablation.report.tables import (
-    FIDELITY_RULE,
-    PAIRED_RULE,
-    SEED_RULE,
-    class_table,
-    fidelity_table,
-    filter_table,
-    gate_vs_fidelity,
-    group_table,
-    paired_resampled_table,
-    paired_table,
-    provenance,
-    resampling_table,
-    timings_table,
-)
 from synth.ablation.report.verdicts import QUESTION, dataset_line, headline
 from synth.taxonomy import report_class_slug
 
@@ -74,63 +60,43 @@ def html_report(results: dict[str, Any], figures: dict[str, bytes]) -> str:
         body.append("<p class='note'>" + e(dataset_line(ds)) + "</p>")
     body += [
         "<h2>mAP per frequency group</h2>",
-        f"<p class='note'>{e(SEED_RULE)}</p>",
-        _html_table(*group_table(results)),
+        f"<p class='note'>{e(tables.SEED_RULE)}</p>",
+        _html_table(*tables.group_table(results)),
         _img(figures["group_map"], "mAP by frequency group"),
         "<h2>Paired differences vs real only</h2>",
-        f"<p class='note'>{e(PAIRED_RULE)} Green = the interval excludes 0.</p>",
-        _html_table(*paired_table(results), highlight=True),
+        f"<p class='note'>{e(tables.PAIRED_RULE)} Green = the interval excludes 0.</p>",
+        _html_table(*tables.paired_table(results), highlight=True),
     ]
-    resampled = paired_resampled_table(results)
+    resampled = tables.paired_resampled_table(results)
     if resampled:
         body += [
             "<h2>Paired differences vs real, tail re-sampled (the verdict's reference)</h2>",
             _html_table(*resampled, highlight=True),
         ]
-    resampling = resampling_table(results)
+    resampling = tables.resampling_table(results)
     if resampling:
-        body += [
-            "<h2>Re-sampling baseline</h2>",
-            f"<p class='note'>{e(resampling[0])}</p>",
-            _html_table(*resampling[1]),
-        ]
+        body += _html_section("Re-sampling baseline", *resampling)
     body += [
         "<h2>Per-class ΔAP vs training prevalence</h2>",
         _img(figures["delta_ap_vs_prevalence"], "Per-class delta AP"),
         "<h2>Per-class metrics (mean over seeds)</h2>",
-        _html_table(*class_table(results)),
+        _html_table(*tables.class_table(results)),
     ]
-    filt = filter_table(results)
+    filt = tables.filter_table(results)
     if filt:
         extractor = results["filter"].get("extractor", "unknown")
-        body += [
-            "<h2>Filter summary</h2>",
-            f"<p class='note'>FID/KID on {e(extractor)} features; "
-            "the floor is real-vs-real FID at the same sample size.</p>",
-            _html_table(*filt),
-        ]
-    fidelity = fidelity_table(results)
-    if fidelity:
-        body += [
-            "<h2>Generator fidelity (phantom oracle)</h2>",
-            f"<p class='note'>{e(FIDELITY_RULE)}</p>",
-            _html_table(*fidelity),
-        ]
-    gate = gate_vs_fidelity(results)
-    if gate:
-        body += [
-            "<h2>Transfer gate vs oracle fidelity</h2>",
-            f"<p class='note'>{e(gate[0])}</p>",
-            _html_table(*gate[1]),
-        ]
+        floor = "the floor is real-vs-real FID at the same sample size."
+        body += _html_section("Filter summary", f"FID/KID on {extractor} features; {floor}", filt)
+    for title, note, table in tables.oracle_sections(results):
+        body += _html_section(title, note, table)
     if results.get("grids"):
         body.append("<h2>Image grids</h2><p class='note'>Rows: real examples, kept synthetic, rejected synthetic.</p>")
         for cls in results["grids"]:
             body += [f"<h3>{e(cls)}</h3>", _img(figures[f"grid_{report_class_slug(cls)}"], f"{cls} grid")]
-    timings = timings_table(results)
+    timings = tables.timings_table(results)
     if timings:
-        body += ["<h2>Stage wall times</h2>", f"<p class='note'>{e(timings[0])}</p>", _html_table(*timings[1])]
-    body += ["<h2>Reproduce</h2>", _html_provenance(provenance(results))]
+        body += _html_section("Stage wall times", *timings)
+    body += ["<h2>Reproduce</h2>", _html_provenance(tables.provenance(results))]
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>Ablation report: {e(results['name'])}</title><style>{_CSS}</style></head><body>\n"
@@ -138,6 +104,10 @@ def html_report(results: dict[str, Any], figures: dict[str, bytes]) -> str:
         + _CHECK_SCRIPT
         + "</body></html>\n"
     )
+
+
+def _html_section(title: str, note: str, table: tuple[list[str], list[list[str]]]) -> list[str]:
+    return [f"<h2>{html.escape(title)}</h2>", f"<p class='note'>{html.escape(note)}</p>", _html_table(*table)]
 
 
 def _html_table(header: list[str], rows: list[list[str]], highlight: bool = False) -> str:

@@ -5,21 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from synth.ablation.report.tables import (
-    FIDELITY_RULE,
-    PAIRED_RULE,
-    SEED_RULE,
-    class_table,
-    fidelity_table,
-    filter_table,
-    gate_vs_fidelity,
-    group_table,
-    paired_resampled_table,
-    paired_table,
-    provenance,
-    resampling_table,
-    timings_table,
-)
+from synth.ablation.report import tables
 from synth.ablation.report.verdicts import QUESTION, dataset_line, headline
 from synth.taxonomy import report_class_slug
 
@@ -33,20 +19,20 @@ def markdown_report(results: dict[str, Any], figures: dict[str, bytes]) -> str:
     out += [
         "## mAP per frequency group",
         "",
-        SEED_RULE,
+        tables.SEED_RULE,
         "",
-        _md_table(*group_table(results)),
+        _md_table(*tables.group_table(results)),
         "",
         "![mAP by group](figures/group_map.png)",
         "",
         "## Paired differences vs real only (paired patient bootstrap on the same test set)",
         "",
-        PAIRED_RULE,
+        tables.PAIRED_RULE,
         "",
-        _md_table(*paired_table(results)),
+        _md_table(*tables.paired_table(results)),
         "",
     ]
-    resampled = paired_resampled_table(results)
+    resampled = tables.paired_resampled_table(results)
     if resampled:
         out += [
             "## Paired differences vs real, tail re-sampled (the verdict's reference)",
@@ -54,9 +40,9 @@ def markdown_report(results: dict[str, Any], figures: dict[str, bytes]) -> str:
             _md_table(*resampled),
             "",
         ]
-    resampling = resampling_table(results)
+    resampling = tables.resampling_table(results)
     if resampling:
-        out += ["## Re-sampling baseline", "", resampling[0], "", _md_table(*resampling[1]), ""]
+        out += _md_section("Re-sampling baseline", *resampling)
     out += [
         "## Per-class ΔAP vs training prevalence",
         "",
@@ -64,29 +50,29 @@ def markdown_report(results: dict[str, Any], figures: dict[str, bytes]) -> str:
         "",
         "## Per-class metrics (mean over seeds)",
         "",
-        _md_table(*class_table(results)),
+        _md_table(*tables.class_table(results)),
         "",
     ]
-    filt = filter_table(results)
+    filt = tables.filter_table(results)
     if filt:
         extractor = results["filter"].get("extractor", "unknown")
-        out += ["## Filter summary", "", f"FID/KID on {extractor} features.", "", _md_table(*filt), ""]
-    fidelity = fidelity_table(results)
-    if fidelity:
-        out += ["## Generator fidelity (phantom oracle)", "", FIDELITY_RULE, "", _md_table(*fidelity), ""]
-    gate = gate_vs_fidelity(results)
-    if gate:
-        out += ["## Transfer gate vs oracle fidelity", "", gate[0], "", _md_table(*gate[1]), ""]
+        out += _md_section("Filter summary", f"FID/KID on {extractor} features.", filt)
+    for title, note, table in tables.oracle_sections(results):
+        out += _md_section(title, note, table)
     grids = [n for n in figures if n.startswith("grid_")]
     if grids:
         out += ["## Image grids (rows: real, kept synthetic, rejected synthetic)", ""]
         for cls in results.get("grids", {}):
             out += [f"### {cls}", "", f"![{cls}](figures/grid_{report_class_slug(cls)}.png)", ""]
-    timings = timings_table(results)
+    timings = tables.timings_table(results)
     if timings:
-        out += ["## Stage wall times", "", timings[0], "", _md_table(*timings[1]), ""]
-    out += ["## Reproduce", ""] + md_provenance(provenance(results))
+        out += _md_section("Stage wall times", *timings)
+    out += ["## Reproduce", ""] + md_provenance(tables.provenance(results))
     return "\n".join(out) + "\n"
+
+
+def _md_section(title: str, note: str, table: tuple[list[str], list[list[str]]]) -> list[str]:
+    return [f"## {title}", "", note, "", _md_table(*table), ""]
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:

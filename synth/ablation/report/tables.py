@@ -227,5 +227,17 @@ def fidelity_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     return header, rows
 
 
+def oracle_sections(results: dict[str, Any]) -> list[tuple[str, str, tuple[list[str], list[list[str]]]]]:
+    """The phantom oracle's sections that have data, as (title, note, table), in page order: both pages show them."""
+    sections = []
+    fidelity = fidelity_table(results)
+    if fidelity:
+        sections.append(("Generator fidelity (phantom oracle)", FIDELITY_RULE, fidelity))
+    gate = gate_vs_fidelity(results)
+    if gate:
+        sections.append(("Transfer gate vs oracle fidelity", gate[0], gate[1]))
+    return sections
+
+
 def provenance(results: dict[str, Any]) -> dict[str, Any]:
     return results.get("provenance", {})
