@@ -100,6 +100,11 @@ class Canvas:
         out[w] = local > thr
         return out
 
+    def brighten(self, w, local: np.ndarray, gain: float) -> np.ndarray:
+        """Add ``gain * local`` to the additive layer and return the region it marks (most findings draw so)."""
+        self.add[w] += gain * local
+        return self.region(w, local)
+
     # ---- anatomy layers -----------------------------------------------------------
     def _build(self) -> None:
         a, u, v, s = self.A, self.u, self.v, self.soft

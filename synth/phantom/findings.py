@@ -140,13 +140,11 @@ def _adenopathy(cv, rng, present):
             phase=rng.uniform(0, 6.3),
         )
         _fill(cv, w, m, lung_only=False)
-        cv.add[w] += 0.04 * m
-        regions.append(cv.region(w, m))
+        regions.append(cv.brighten(w, m, 0.04))
     if rng.random() < 0.4:
         w, m = cv.ellipse(-(a.med_w + 0.02), a.knob_y + 0.02, 0.05, 0.08)
         _fill(cv, w, m, lung_only=False)
-        cv.add[w] += 0.04 * m
-        regions.append(cv.region(w, m))
+        regions.append(cv.brighten(w, m, 0.04))
     return _union(*regions), {"sides": sides}
 
 
@@ -402,15 +400,13 @@ def _granuloma(cv, rng, present):
         cu, cvv = _lung_pos(cv, rng, _side(rng), t=(0.15, 0.8), lateral=(0.2, 0.9))
         r = rng.uniform(0.028, 0.04)
         w, m = cv.ellipse(cu, cvv, r, r, edge=cv.px * 0.5)
-        cv.add[w] += rng.uniform(1.1, 1.4) * m
-        regions.append(cv.region(w, m))
+        regions.append(cv.brighten(w, m, rng.uniform(1.1, 1.4)))
     if rng.random() < 0.3:
         side = _side(rng)
         w, m = cv.ellipse(
             side * (a.hilum_x + 0.03), a.hilum_y + rng.uniform(-0.04, 0.04), 0.035, 0.03, edge=cv.px * 0.5
         )
-        cv.add[w] += rng.uniform(0.9, 1.1) * m
-        regions.append(cv.region(w, m))
+        regions.append(cv.brighten(w, m, rng.uniform(0.9, 1.1)))
     return _union(*regions), {}
 
 
@@ -618,8 +614,7 @@ def _pleural_other(cv, rng, present):
             lat = np.array([a.lung_point(side, (y - a.apex) / (a.lung_bottom(side) - a.apex), 1.0)[0] for y in ys])
             pts = np.stack([lat - side * 0.015, ys], 1)
         w, m = cv.polyline(pts, 0.04)
-        cv.add[w] += rng.uniform(0.6, 0.75) * m
-        regions.append(cv.region(w, m))
+        regions.append(cv.brighten(w, m, rng.uniform(0.6, 0.75)))
     return _union(*regions), {}
 
 
@@ -838,8 +833,7 @@ def _support_devices(cv, rng, present):
 
     def draw(pts, width, amount):
         w, m = cv.polyline(pts, width)
-        cv.add[w] += amount * m
-        regions.append(cv.region(w, m))
+        regions.append(cv.brighten(w, m, amount))
 
     for kind in kinds:
         if kind == "ett":
@@ -859,8 +853,7 @@ def _support_devices(cv, rng, present):
                 [(gx - 0.08, gy - 0.05), (gx + 0.08, gy - 0.05), (gx + 0.08, gy + 0.05), (gx - 0.08, gy + 0.05)],
                 edge=cv.px,
             )
-            cv.add[w] += 0.7 * m
-            regions.append(cv.region(w, m))
+            regions.append(cv.brighten(w, m, 0.7))
             draw(_bezier((gx - 0.05, gy + 0.03), (-0.05, -0.3), (0.12, a.dome_l - 0.05)), 0.01, 0.45)
         else:
             for _ in range(int(rng.integers(3, 5))):
@@ -917,8 +910,7 @@ def _tuberculosis(cv, rng, present):
             regions.append(cv.region(w, m))
         for _ in range(int(rng.integers(1, 3))):
             w, m = cv.ellipse(cu + rng.normal(0, 0.07), cvv + rng.normal(0, 0.05), 0.022, 0.022, edge=cv.px * 0.7)
-            cv.add[w] += 0.35 * m
-            regions.append(cv.region(w, m))
+            regions.append(cv.brighten(w, m, 0.35))
         w, m = cv.polyline([(cu, cvv), (side * (a.hilum_x + 0.02), a.hilum_y)], 0.012)
         _fill(cv, w, 0.8 * m)
         regions.append(cv.region(w, m))
