@@ -114,6 +114,25 @@ def read_yaml_mapping(path: str | os.PathLike, missing_hint: str | None = None) 
     return data
 
 
+def read_json_file(path: str | os.PathLike, default_name: str, *, missing: str, invalid: str) -> tuple[Path, Any]:
+    """(the file read, its parsed JSON): ``path``, or ``path/default_name`` for a folder.
+
+    A missing file or broken JSON is one ``UserError``: ``missing`` and ``invalid`` are its text, formatted with
+    ``{path}`` (and ``{err}``), so each caller names the command that (re)writes its file.
+    """
+    from synth.errors import UserError
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / default_name
+    if not path.is_file():
+        raise UserError(missing.format(path=path))
+    try:
+        return path, json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(invalid.format(path=path, err=err)) from None
+
+
 def image_set_fingerprint(paths: Iterable[str | os.PathLike]) -> str:
     """Hash of the ordered image paths with each file's size and mtime: rows added, removed, reordered or
     re-rendered (``synth prepare --overwrite`` rewrites in place, changing the mtime) give a new key.

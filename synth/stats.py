@@ -8,7 +8,6 @@ kept per split with exact counts rather than as derived probabilities.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import asdict
@@ -19,11 +18,13 @@ import numpy as np
 import pandas as pd
 
 from synth.errors import UserError
-from synth.io import write_json_atomic
+from synth.io import read_json_file, write_json_atomic
 from synth.manifest import SPLITS, annotated_classes, label_sets
 from synth.taxonomy import GroupThresholds, frequency_groups
 
 STATS_VERSION = 1
+_MISSING = "stats not found: {path}; run `synth prepare` first"
+_INVALID = "{path}: not valid JSON ({err}); re-run `synth prepare`"
 SCOPES: tuple[str, ...] = (*SPLITS, "all")
 
 
@@ -95,15 +96,7 @@ def write_stats(stats: dict[str, Any], path: str | os.PathLike) -> Path:
 
 def load_stats(path: str | os.PathLike) -> dict[str, Any]:
     """Read ``stats.json`` (or the one inside a prepared dataset folder)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "stats.json"
-    if not path.is_file():
-        raise UserError(f"stats not found: {path}; run `synth prepare` first")
-    try:
-        stats = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not valid JSON ({err}); re-run `synth prepare`") from err
+    path, stats = read_json_file(path, "stats.json", missing=_MISSING, invalid=_INVALID)
     if stats.get("version") != STATS_VERSION:
         raise UserError(
             f"{path}: stats version {stats.get('version')!r}, expected {STATS_VERSION}; re-run `synth prepare`"

@@ -16,6 +16,7 @@ import pandas as pd
 from synth.ablation import stages
 from synth.ablation.arms import ARMS, BASELINE, RESAMPLED_BASELINE, Arm, SyntheticSet
 from synth.ablation.config import AblationConfig
+from synth.ablation.harm import judge_harm, paired_per_class
 from synth.manifest import image_paths, label_matrix, read_manifest
 from synth.taxonomy import frequency_groups, report_class_slug
 
@@ -107,13 +108,9 @@ def _arm_entry(
         arm_entry["paired_over_seeds"] = {
             g: {k: v for k, v in row.items() if k != "run_diffs"} for g, row in pooled.items()
         }
-        per_class = stages.paired_per_class(cfg, y_test, base, mine, classes, patients)
+        per_class = paired_per_class(cfg, y_test, list(zip(base, mine)), classes, patients)
         arm_entry["per_class_paired"] = per_class
-        judged = {c: v for c, v in per_class.items() if v["n_pos"] >= stages.HARM_MIN_TEST_POSITIVES}
-        arm_entry["harmed"] = sorted(c for c, v in judged.items() if v["ci"][1] is not None and v["ci"][1] < 0)
-        arm_entry["harm_not_judged"] = sorted(
-            c for c, v in per_class.items() if 0 < v["n_pos"] < stages.HARM_MIN_TEST_POSITIVES
-        )
+        arm_entry["harmed"], arm_entry["harm_not_judged"] = judge_harm(per_class)
         if arm.uses_synthetic and RESAMPLED_BASELINE in cfg.arms:
             vs = stages.paired(
                 cfg, y_test, [probs[RESAMPLED_BASELINE, s] for s in cfg.seeds], mine, classes, groups, patients

@@ -29,7 +29,7 @@ Layout (all numbers are floats; ``ci`` is a ``[low, high]`` 95% interval)::
                                              # real_resampled ran: the verdict's reference ("verdict_baseline")
           "per_class_paired": {class: {"diff": .., "ci": [..], "run_diffs": [..]}},   # vs real_only, same bootstrap
           "harmed": [class, ...],            # classes whose per_class_paired interval lies below 0 ("do no harm"),
-                                             # among those with >= 5 test positives (stages.HARM_MIN_TEST_POSITIVES)
+                                             # among those with >= 5 test positives (harm.HARM_MIN_TEST_POSITIVES)
           "harm_not_judged": [class, ...],   # classes with 1-4 test positives: too few to call harm
           "resampling": {...}                # real_resampled only: threshold t, per-class presentations
           (resampling.py)
@@ -62,7 +62,6 @@ interval, the p-value and the verdict.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,11 +69,14 @@ from typing import Any
 
 from synth.ablation.arms import ARMS, SYNTHETIC_FILTERED
 from synth.errors import UserError
+from synth.io import read_json_file
 
 GROUPS: tuple[str, ...] = ("overall", "head", "medium", "tail")
 PER_CLASS_METRICS: tuple[str, ...] = ("ap", "auroc", "f1", "fnr")
 ARM_LABELS: dict[str, str] = {a.name: a.label for a in ARMS.values()}
 RESULTS_FILE = "results.json"
+_MISSING = "{path} not found: run `synth ablate --config configs/ablation/NAME.yaml` first"
+_INVALID = "{path} is not valid JSON ({err}); re-run `synth ablate` to rewrite it"
 
 
 @dataclass(frozen=True)
@@ -95,15 +97,7 @@ class Estimate:
 
 def load_results(path: str | Path) -> dict[str, Any]:
     """Read and validate a results.json; a broken file is one clear error."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / RESULTS_FILE
-    if not path.exists():
-        raise UserError(f"{path} not found: run `synth ablate --config configs/ablation/NAME.yaml` first")
-    try:
-        results = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path} is not valid JSON ({err}); re-run `synth ablate` to rewrite it") from None
+    path, results = read_json_file(path, RESULTS_FILE, missing=_MISSING, invalid=_INVALID)
     validate_results(results, path)
     return results
 

@@ -23,7 +23,8 @@ from synth.errors import UserError
 from synth.provenance import git_commit, package_versions
 
 
-def _import(module: str, stage: str):
+def import_stage_module(module: str, stage: str):
+    """``module``, or one UserError line when it is missing from this checkout (only the ablations needing it fail)."""
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as err:
@@ -38,11 +39,11 @@ def _import(module: str, stage: str):
 def prepare_data(cfg: AblationConfig, out: Path) -> Path:
     """Prepared manifest of the real (or phantom) data; the patient split is fixed by data.split_seed."""
     d = cfg.data
-    prepare = _import("synth.prepare", "prepare")
+    prepare = import_stage_module("synth.prepare", "prepare")
     if d.source == "manifest":
         return Path(d.manifest).resolve()
     if d.source == "phantom":
-        phantom = _import("synth.phantom", "phantom")
+        phantom = import_stage_module("synth.phantom", "phantom")
         labels = Path(phantom.render_dataset(n=d.phantom_n, size=d.size, seed=d.phantom_seed, out=out / "phantom"))
         fmt, images = "cxrlt", labels.parent
     else:
@@ -75,7 +76,7 @@ def prepare_heldout(cfg: AblationConfig, out: Path) -> Path:
     from synth.readers import read_labels
 
     ev, d = cfg.evaluation, cfg.data
-    phantom = _import("synth.phantom", "phantom")
+    phantom = import_stage_module("synth.phantom", "phantom")
     labels = Path(
         phantom.render_dataset(
             n=ev.heldout_phantom_n, size=d.size, seed=ev.heldout_phantom_seed, out=out / "phantom", progress=True
@@ -91,7 +92,7 @@ def prepare_heldout(cfg: AblationConfig, out: Path) -> Path:
 
 def train_generator(cfg: AblationConfig, manifest: Path, out: Path) -> Path:
     """Fine-tune (or train from scratch) the latent-diffusion generator on the real training split."""
-    finetune = _import("synth.finetune", "finetune")
+    finetune = import_stage_module("synth.finetune", "finetune")
     overrides = {**cfg.generator.overrides, "train_manifest": str(manifest), "output_dir": str(out / "pipeline")}
     if cfg.generator.pretrained:
         overrides["pretrained_model_name_or_path"] = cfg.generator.pretrained
@@ -108,7 +109,7 @@ def generate_images(cfg: AblationConfig, model_dir: Path, out: Path) -> Path:
 
 def filter_images(cfg: AblationConfig, synthetic_manifest: Path, data_manifest: Path, out: Path) -> Path:
     """Train the label-verifier on the real training split, then filter; returns the folder with kept.csv."""
-    filtering = _import("synth.filtering", "filter")
+    filtering = import_stage_module("synth.filtering", "filter")
     verifier_dir = filtering.train_verifier(
         data_manifest, out / "verifier", filtering.load_verifier_config(cfg.filter.verifier_config)
     )
@@ -145,9 +146,9 @@ def filter_summary(filter_dir: Path) -> dict[str, Any]:
 def train_oracle(cfg: AblationConfig, out: Path) -> Path:
     """Render a class-balanced phantom set from the oracle's own seed and train the judge on it."""
     o, d = cfg.oracle, cfg.data
-    phantom = _import("synth.phantom", "phantom")
-    prepare = _import("synth.prepare", "prepare")
-    filtering = _import("synth.filtering", "filter")
+    phantom = import_stage_module("synth.phantom", "phantom")
+    prepare = import_stage_module("synth.prepare", "prepare")
+    filtering = import_stage_module("synth.filtering", "filter")
     labels = Path(
         phantom.render_dataset(
             n=o.phantom_n,
@@ -243,8 +244,8 @@ def train_arm(
 
     ``row_repeats`` (dicom_id -> times per epoch) is the ``real_resampled`` arm's repeat-factor plan.
     """
-    config = _import("classifier.config", "classifier")
-    train = _import("classifier.train", "classifier")
+    config = import_stage_module("classifier.config", "classifier")
+    train = import_stage_module("classifier.train", "classifier")
     ens = config.load_ensemble_config(cfg.classifier.config, cfg.classifier.overrides)
     ens = replace(
         ens, members=[replace(m, seed=seed) for m in ens.members], synthetic=replace(ens.synthetic, mode=mode)
@@ -296,7 +297,7 @@ def resample_plan(cfg: AblationConfig, real: pd.DataFrame, classes: list[str]):
 
 
 def predict(cfg: AblationConfig, model_dir: Path, df: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
-    ensemble = _import("classifier.ensemble", "classifier")
+    ensemble = import_stage_module("classifier.ensemble", "classifier")
     return ensemble.predict(model_dir, df, batch_size=cfg.classifier.batch_size)
 
 
@@ -309,7 +310,7 @@ def evaluate(
     patients: np.ndarray,
 ) -> dict[str, Any]:
     """Group mAPs with patient-bootstrap CIs and per-class metrics, in results.json's layout."""
-    metrics = _import("classifier.metrics", "classifier")
+    metrics = import_stage_module("classifier.metrics", "classifier")
     ev = metrics.evaluate(
         y_true,
         probs,
@@ -346,7 +347,7 @@ def paired(
 
     ``run_diffs`` keeps each run's own point difference (the seed spread), so no per-seed bootstrap is needed.
     """
-    metrics = _import("classifier.metrics", "classifier")
+    metrics = import_stage_module("classifier.metrics", "classifier")
     pb = metrics.paired_bootstrap_runs(
         y_true, probs_base, probs_arm, classes, groups, patients, cfg.evaluation.n_boot, cfg.evaluation.bootstrap_seed
     )
@@ -354,57 +355,6 @@ def paired(
     for g in ("overall", "head", "medium", "tail"):
         row = pb[f"{g}_map" if g != "overall" else "map"]
         out[g] = {"diff": row["diff"], "ci": list(row["ci"]), "p": row.get("p"), "run_diffs": list(row["run_diffs"])}
-    return out
-
-
-#: "Do no harm" judges a class only with at least this many test positives: with fewer, a patient resample
-#: either holds the one or two positives or not, and the interval of an AP difference is too coarse to call.
-HARM_MIN_TEST_POSITIVES = 5
-
-
-def paired_per_class(
-    cfg: AblationConfig,
-    y_true: np.ndarray,
-    probs_base: list[np.ndarray],
-    probs_arm: list[np.ndarray],
-    classes: list[str],
-    patients: np.ndarray,
-) -> dict[str, dict[str, Any]]:
-    """Per class: arm minus baseline AP, averaged over seeds, with one paired patient-bootstrap interval.
-
-    The same resampling rule (and seed) as :func:`paired`: every seed is scored on the same resampled
-    patients and the differences averaged, so a class is "significantly harmed" when the interval of
-    the seed-averaged difference lies below 0. Rows with an unknown label are left out of that class.
-    """
-    metrics = _import("classifier.metrics", "classifier")
-    ev = cfg.evaluation
-    resamples = metrics.patient_resamples(patients, max(ev.n_boot, 1), ev.bootstrap_seed)
-    y_true = np.asarray(y_true, dtype=np.float64)
-    out: dict[str, dict[str, Any]] = {}
-    for j, cls in enumerate(classes):
-        known = ~np.isnan(y_true[:, j])
-        y = y_true[known, j]
-        if not (y == 1).any():
-            out[cls] = {"diff": None, "ci": [None, None], "run_diffs": [], "n_pos": 0}
-            continue
-        codes = resamples.codes[known]
-        points, boots = [], []
-        for pb, pa in zip(probs_base, probs_arm):
-            pb, pa = np.asarray(pb, dtype=np.float64)[known, j], np.asarray(pa, dtype=np.float64)[known, j]
-            points.append(metrics.class_metrics(y, pa)["ap"] - metrics.class_metrics(y, pb)["ap"])
-            boots.append(
-                metrics.resampled_ap(y, pa, codes, resamples.counts)
-                - metrics.resampled_ap(y, pb, codes, resamples.counts)
-            )
-        d = np.mean(boots, axis=0)
-        d = d[~np.isnan(d)]
-        ci = [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))] if d.size else [None, None]
-        out[cls] = {
-            "diff": float(np.mean(points)),
-            "ci": ci,
-            "run_diffs": [float(x) for x in points],
-            "n_pos": int((y == 1).sum()),
-        }
     return out
 
 
