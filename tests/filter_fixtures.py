@@ -92,3 +92,18 @@ def make_synthetic(root: Path, items: list[tuple[str, np.ndarray]], labels: list
         rows.append(row)
     write_manifest(pd.DataFrame(rows), root / "manifest.csv")
     return root / "manifest.csv"
+
+
+def filter_argv(synthetic: Path, data: Path, verifier: Path, out: Path) -> list[str]:
+    """``synth filter``'s arguments for a CliRunner call (every required option, nothing else)."""
+    return [
+        "filter",
+        "--synthetic",
+        str(synthetic),
+        "--data",
+        str(data),
+        "--verifier",
+        str(verifier),
+        "--out",
+        str(out),
+    ]

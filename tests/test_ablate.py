@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 from PIL import Image
+from tiny_configs import unit_ablation
 from typer.testing import CliRunner
 
 from synth.ablation import stages
@@ -33,22 +34,9 @@ PREVALENCE = {
 
 
 def _write_config(tmp_path: Path, **changes) -> Path:
-    for name in ("finetune.yaml", "generate.yaml", "verifier.yaml", "filter.yaml", "classifier.yaml"):
-        (tmp_path / name).write_text(
-            "{}\n"
-        )  # valid (default) stage configs: `synth ablate` loads each before any work
-    (tmp_path / "generate.yaml").write_text("seed: 0\n")  # read for real: real_resampled derives its threshold from it
-    cfg = {
-        "name": "unit",
-        "seeds": [0, 1],
-        "output_root": str(tmp_path / "outputs"),
-        "data": {"source": "phantom", "phantom_n": 10, "size": 16},
-        "generator": {"config": str(tmp_path / "finetune.yaml")},
-        "generate": {"config": str(tmp_path / "generate.yaml"), "classes": ["Rib Fracture"], "n": 3},
-        "filter": {"verifier_config": str(tmp_path / "verifier.yaml"), "config": str(tmp_path / "filter.yaml")},
-        "classifier": {"config": str(tmp_path / "classifier.yaml")},
-        "evaluation": {"n_boot": 100, "grid_examples": 2},
-    }
+    cfg = unit_ablation(tmp_path)
+    cfg["seeds"] = [0, 1]
+    cfg["evaluation"]["grid_examples"] = 2
     for key, value in changes.items():
         section, _, field = key.partition("__")
         if field:
@@ -292,11 +280,18 @@ def test_crash_then_resume_recomputes_only_unfinished_work(tmp_path: Path, monke
     assert fake.calls == []
 
 
-def test_changed_classifier_config_retrains_arms_but_reuses_generator(tmp_path: Path, monkeypatch):
+def _ran_once(tmp_path: Path, monkeypatch) -> tuple[FakeStages, object]:
+    """real_only + synthetic_filtered (seed 0) run once on fake stages, calls cleared: a rerun's calls are what it
+    recomputed."""
     fake = FakeStages(monkeypatch)
     cfg = load_ablation_config(_write_config(tmp_path, seeds=[0], arms=["real_only", "synthetic_filtered"]))
     run_ablation(cfg, log=lambda m: None)
     fake.calls.clear()
+    return fake, cfg
+
+
+def test_changed_classifier_config_retrains_arms_but_reuses_generator(tmp_path: Path, monkeypatch):
+    fake, cfg = _ran_once(tmp_path, monkeypatch)
     (tmp_path / "classifier.yaml").write_text("train: {epochs: 2}\n")  # stage keys hash the referenced YAML's content
     run_ablation(cfg, log=lambda m: None)
     assert fake.calls == ["real_only/0", "synthetic_filtered/0"]
@@ -314,10 +309,7 @@ def test_synthetic_mixing_edit_retrains_only_the_arms_that_mix(tmp_path: Path, m
 
 
 def test_comment_only_config_edit_reuses_every_stage(tmp_path: Path, monkeypatch):
-    fake = FakeStages(monkeypatch)
-    cfg = load_ablation_config(_write_config(tmp_path, seeds=[0], arms=["real_only", "synthetic_filtered"]))
-    run_ablation(cfg, log=lambda m: None)
-    fake.calls.clear()
+    fake, cfg = _ran_once(tmp_path, monkeypatch)
     classifier = tmp_path / "classifier.yaml"
     classifier.write_text("# budget measured on 2 cores\n" + classifier.read_text() + "\n")
     run_ablation(cfg, log=lambda m: None)
@@ -328,10 +320,7 @@ def test_changed_phantom_renderer_rerenders_and_retrains_everything(tmp_path: Pa
     """Cached stages were built on the old renderer's images: none of them may be reused."""
     import synth.phantom.render as render
 
-    fake = FakeStages(monkeypatch)
-    cfg = load_ablation_config(_write_config(tmp_path, seeds=[0], arms=["real_only", "synthetic_filtered"]))
-    run_ablation(cfg, log=lambda m: None)
-    fake.calls.clear()
+    fake, cfg = _ran_once(tmp_path, monkeypatch)
     monkeypatch.setattr(render, "RENDERER_VERSION", render.RENDERER_VERSION + 1)
     run_ablation(cfg, log=lambda m: None)
     assert fake.calls[:4] == ["data", "generator", "generate", "filter"]

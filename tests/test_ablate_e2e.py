@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import yaml
 from sklearn.metrics import average_precision_score
-from tiny_configs import TINY_VERIFIER
+from tiny_configs import TINY_VERIFIER, tiny_generator
 from typer.testing import CliRunner
 
 from synth.ablation.arms import ARMS
@@ -70,22 +70,7 @@ def _config(tmp: Path) -> Path:
         "data": {"source": "phantom", "phantom_n": 400, "phantom_seed": 0, "size": 32, "val": 0.15, "test": 0.2},
         "generator": {
             "config": str(REPO / "configs/finetune/demo.yaml"),
-            "overrides": {
-                "resolution": 32,
-                "vae_block_out_channels": [8, 16],
-                "vae_max_train_steps": 2,
-                "vae_batch_size": 8,
-                "unet_block_out_channels": [8, 16],
-                "unet_attention_head_dim": 4,
-                "norm_num_groups": 4,
-                "max_train_steps": 2,
-                "train_batch_size": 8,
-                "lr_warmup_steps": 0,
-                "checkpointing_steps": 100,
-                "num_validation_images": 1,
-                "validation_inference_steps": 2,
-                "cache_latents": "false",
-            },
+            "overrides": tiny_generator(steps=2),
         },
         "generate": {
             "config": str(REPO / "configs/generate/default.yaml"),

@@ -19,6 +19,13 @@ import torch
 from filter_fixtures import make_real
 
 
+def member_weights(run: Path, member: int = 0) -> dict[str, torch.Tensor]:
+    """The exported weights of one member of a trained ensemble folder."""
+    from safetensors.torch import load_file
+
+    return load_file(str(run / f"member-{member}" / "model.safetensors"))
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> pd.DataFrame:
     from synth.manifest import read_manifest
@@ -82,7 +89,6 @@ def test_crafted_custom_checkpoint_pickle_is_never_unpickled(tiny, tmp_path, mon
 
 def test_resume_from_json_and_safetensors_state_matches_uninterrupted(tiny, tmp_path, monkeypatch):
     """Scheduler, progress and EMA restored from progress.json / ema.safetensors: same weights as one run."""
-    from safetensors.torch import load_file
 
     from classifier.train import train_ensemble
 
@@ -94,10 +100,7 @@ def test_resume_from_json_and_safetensors_state_matches_uninterrupted(tiny, tmp_
     resumed = train_ensemble(_config(), tiny, tmp_path / "resumed")
     meta = json.loads((resumed / "member-0" / "member.json").read_text())
     assert [h["epoch"] for h in meta["stages"][0]["history"]] == [1, 2]
-    a, b = (
-        load_file(str(full / "member-0" / "model.safetensors")),
-        load_file(str(resumed / "member-0" / "model.safetensors")),
-    )
+    a, b = member_weights(full), member_weights(resumed)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 

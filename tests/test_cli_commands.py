@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 from filter_fixtures import CLASSES, make_real
-from tiny_configs import TINY_VERIFIER
+from tiny_configs import TINY_VERIFIER, tiny_generator
 from typer.testing import CliRunner
 
 from synth.cli import app
@@ -193,22 +193,7 @@ def _tiny_demo_config(tmp_path: Path) -> Path:
             "data": {**demo["data"], "phantom_n": 300, "size": 32},
         }
     )
-    demo["generator"]["overrides"] = {
-        "resolution": 32,
-        "vae_block_out_channels": [8, 16],
-        "vae_max_train_steps": 1,
-        "vae_batch_size": 8,
-        "unet_block_out_channels": [8, 16],
-        "unet_attention_head_dim": 4,
-        "norm_num_groups": 4,
-        "max_train_steps": 1,
-        "train_batch_size": 8,
-        "lr_warmup_steps": 0,
-        "checkpointing_steps": 100,
-        "num_validation_images": 1,
-        "validation_inference_steps": 1,
-        "cache_latents": "false",
-    }
+    demo["generator"]["overrides"] = tiny_generator(steps=1)
     demo["generate"].update(
         {"classes": ["Hernia"], "n": 3, "overrides": {"batch_size": 8, "steps": 1, "progress": False}}
     )

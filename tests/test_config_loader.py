@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_configs import unit_ablation
 from typer.testing import CliRunner
 
 from synth.cli import app
@@ -196,20 +197,7 @@ def test_nested_dataclasses_and_sections(tmp_path: Path):
 
 
 def _ablation(tmp_path: Path, **sections) -> Path:
-    for name in ("finetune.yaml", "verifier.yaml", "filter.yaml", "classifier.yaml"):
-        (tmp_path / name).write_text("{}\n")
-    (tmp_path / "generate.yaml").write_text("seed: 0\n")
-    cfg = {
-        "name": "unit",
-        "seeds": [0],
-        "output_root": str(tmp_path / "outputs"),
-        "data": {"source": "phantom", "phantom_n": 10, "size": 16},
-        "generator": {"config": str(tmp_path / "finetune.yaml")},
-        "generate": {"config": str(tmp_path / "generate.yaml"), "classes": ["Rib Fracture"], "n": 3},
-        "filter": {"verifier_config": str(tmp_path / "verifier.yaml"), "config": str(tmp_path / "filter.yaml")},
-        "classifier": {"config": str(tmp_path / "classifier.yaml")},
-        "evaluation": {"n_boot": 100},
-    }
+    cfg = unit_ablation(tmp_path)
     for key, value in sections.items():
         cfg[key].update(value)
     path = tmp_path / "ablation.yaml"

@@ -27,6 +27,11 @@ def invoke(*args: str):
     return CliRunner().invoke(app, [*map(str, args), "--no-progress"])
 
 
+def prepare_args(labels: Path, images: Path, out: Path, *extra: str, fmt: str = "cxrlt") -> tuple[str, ...]:
+    """``synth prepare``'s required options, then ``extra``: the arguments of :func:`invoke`."""
+    return ("prepare", "--format", fmt, "--labels", str(labels), "--images", str(images), "--out", str(out), *extra)
+
+
 def assert_one_error_line(result, *needles: str) -> None:
     assert result.exit_code == 2, result.output
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
@@ -173,21 +178,7 @@ def test_class_without_train_positive_is_an_error(cxrlt, tmp_path):
     df.loc[df["subject_id"] == 10005, "Hernia"] = 1  # one patient; stratification sends it to the largest split
     df.to_csv(csv, index=False)
     out = tmp_path / "out"
-    result = invoke(
-        "prepare",
-        "--format",
-        "cxrlt",
-        "--labels",
-        csv,
-        "--images",
-        images,
-        "--out",
-        out,
-        "--val",
-        "0.1",
-        "--test",
-        "0.6",
-    )
+    result = invoke(*prepare_args(csv, images, out, "--val", "0.1", "--test", "0.6"))
     assert_one_error_line(result, "'Hernia'", "train", "--seed")
     assert not out.exists()
 
@@ -259,21 +250,8 @@ def test_stats_counts_conditionals_and_label_sets():
 
 def test_nih_sample_through_synth_prepare(nih_sample, tmp_path):
     out = tmp_path / "nih"
-    result = invoke(
-        "prepare",
-        "--format",
-        "nih",
-        "--labels",
-        nih_sample / "Data_Entry_2017_v2020.csv",
-        "--images",
-        nih_sample / "images",
-        "--out",
-        out,
-        "--size",
-        "32",
-        "--workers",
-        "2",
-    )
+    labels = nih_sample / "Data_Entry_2017_v2020.csv"
+    result = invoke(*prepare_args(labels, nih_sample / "images", out, "--size", "32", "--workers", "2", fmt="nih"))
     assert result.exit_code == 0, result.output
     assert "train" in result.output and "tail" in result.output
     df = read_manifest(out)

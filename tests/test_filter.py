@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from filter_fixtures import CLASSES, make_real, make_synthetic, render
+from filter_fixtures import CLASSES, filter_argv, make_real, make_synthetic, render
 from typer.testing import CliRunner
 
 from synth.filtering import VerifierConfig, load_filter_config, run_filter, train_verifier
@@ -326,39 +326,13 @@ def test_cli_bad_input_is_one_error_line(trained, tmp_path):
     from synth.cli import app
 
     _, real, verifier = trained
-    result = CliRunner().invoke(
-        app,
-        [
-            "filter",
-            "--synthetic",
-            str(real),
-            "--data",
-            str(real),
-            "--verifier",
-            str(verifier),
-            "--out",
-            str(tmp_path / "out"),
-        ],
-    )
+    result = CliRunner().invoke(app, filter_argv(real, real, verifier, tmp_path / "out"))
     assert result.exit_code == 2
     assert result.output.strip().startswith("error:") and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
     synthetic = make_synthetic(tmp_path / "syn", [("Pneumothorax", render("Pneumothorax", 3))])
-    result = CliRunner().invoke(
-        app,
-        [
-            "filter",
-            "--synthetic",
-            str(synthetic),
-            "--data",
-            str(real),
-            "--verifier",
-            str(tmp_path / "nowhere"),
-            "--out",
-            str(tmp_path / "out"),
-        ],
-    )
+    result = CliRunner().invoke(app, filter_argv(synthetic, real, tmp_path / "nowhere", tmp_path / "out"))
     assert result.exit_code == 2 and "not a verifier folder" in result.output
     assert not (tmp_path / "out").exists()
 

@@ -121,6 +121,21 @@ def test_crash_and_resume_reproduces_the_uninterrupted_run(scratch_run, tiny_dat
     assert all(torch.equal(unet_ref[k], unet_res[k]) for k in unet_ref)  # EMA + optimizer state restored too
 
 
+def _pretrained_overrides(tmp_path: Path, **extra) -> dict:
+    src = build_tiny_pipeline(tmp_path / "src")
+    return {
+        "pretrained_model_name_or_path": str(src),
+        "train_manifest": str(tmp_path / "src" / "data" / "manifest.csv"),
+        "output_dir": str(tmp_path / "ft"),
+        "resolution": 16,
+        "train_batch_size": 2,
+        "max_train_steps": 2,
+        "checkpointing_steps": 2,
+        "num_validation_images": 0,
+        **extra,
+    }
+
+
 @pytest.mark.parametrize("cpu_autocast", [False, True], ids=["cpu-fallback", "bf16-autocast"])
 def test_fine_tune_a_local_pretrained_folder_with_text_encoder(tmp_path, monkeypatch, cpu_autocast):
     """--mixed_precision bf16 on a CPU-only host: fp32 with a note (or bf16 autocast under the test opt-in);
@@ -133,26 +148,12 @@ def test_fine_tune_a_local_pretrained_folder_with_text_encoder(tmp_path, monkeyp
         monkeypatch.setenv(CPU_AUTOCAST_ENV, "1")
     else:
         monkeypatch.delenv(CPU_AUTOCAST_ENV, raising=False)
-    src = build_tiny_pipeline(tmp_path / "src")
-    te_before = load_file(src / "text_encoder" / "model.safetensors")
-    out = tmp_path / "ft"
-    cfg = finetune.load_finetune_config(
-        None,
-        {
-            "pretrained_model_name_or_path": str(src),
-            "train_manifest": str(tmp_path / "src" / "data" / "manifest.csv"),
-            "output_dir": str(out),
-            "resolution": 16,
-            "train_batch_size": 2,
-            "max_train_steps": 2,
-            "checkpointing_steps": 2,
-            "train_text_encoder": True,
-            "text_encoder_lr": 1e-3,
-            "learning_rate": 1e-3,
-            "num_validation_images": 0,
-            "mixed_precision": "bf16",
-        },
+    overrides = _pretrained_overrides(
+        tmp_path, train_text_encoder=True, text_encoder_lr=1e-3, learning_rate=1e-3, mixed_precision="bf16"
     )
+    src, out = Path(overrides["pretrained_model_name_or_path"]), Path(overrides["output_dir"])
+    te_before = load_file(src / "text_encoder" / "model.safetensors")
+    cfg = finetune.load_finetune_config(None, overrides)
     lines: list[str] = []
     finetune.run_finetune(cfg, log=lines.append)
     notes = [line for line in lines if line.startswith("note: --mixed_precision bf16")]
@@ -173,26 +174,11 @@ def test_bf16_keeps_frozen_parts_unrounded(tmp_path, monkeypatch):
     from synth.distributed import CPU_AUTOCAST_ENV
 
     monkeypatch.setenv(CPU_AUTOCAST_ENV, "1")
-    src = build_tiny_pipeline(tmp_path / "src")
-    out = tmp_path / "ft"
-    finetune.run_finetune(
-        finetune.load_finetune_config(
-            None,
-            {
-                "pretrained_model_name_or_path": str(src),
-                "train_manifest": str(tmp_path / "src" / "data" / "manifest.csv"),
-                "output_dir": str(out),
-                "resolution": 16,
-                "train_batch_size": 2,
-                "max_train_steps": 2,
-                "checkpointing_steps": 2,
-                "num_validation_images": 1,
-                "validation_inference_steps": 2,
-                "cache_latents": False,
-                "mixed_precision": "bf16",
-            },
-        )
+    overrides = _pretrained_overrides(
+        tmp_path, num_validation_images=1, validation_inference_steps=2, cache_latents=False, mixed_precision="bf16"
     )
+    src, out = Path(overrides["pretrained_model_name_or_path"]), Path(overrides["output_dir"])
+    finetune.run_finetune(finetune.load_finetune_config(None, overrides))
     for part in ("text_encoder/model", "vae/diffusion_pytorch_model"):
         before, after = load_file(src / f"{part}.safetensors"), load_file(out / f"{part}.safetensors")
         assert all(torch.equal(before[k], after[k]) for k in before), part
@@ -282,21 +268,6 @@ def test_script_entry_dry_run_names_the_missing_local_model():
     assert "finetune plan (dry run)" in proc.stdout
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "stable-diffusion-2-1-base" in errors[0] and "Traceback" not in proc.stderr
-
-
-def _pretrained_overrides(tmp_path: Path, **extra) -> dict:
-    src = build_tiny_pipeline(tmp_path / "src")
-    return {
-        "pretrained_model_name_or_path": str(src),
-        "train_manifest": str(tmp_path / "src" / "data" / "manifest.csv"),
-        "output_dir": str(tmp_path / "ft"),
-        "resolution": 16,
-        "train_batch_size": 2,
-        "max_train_steps": 2,
-        "checkpointing_steps": 2,
-        "num_validation_images": 0,
-        **extra,
-    }
 
 
 def test_non_finite_loss_stops_at_once_and_keeps_the_last_checkpoint(scratch_run, tiny_data, tmp_path, monkeypatch):

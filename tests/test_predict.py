@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from test_data import assert_one_error_line, invoke, make_cxrlt
+from test_data import assert_one_error_line, invoke, make_cxrlt, prepare_args
 from typer.testing import CliRunner
 
 from classifier.ensemble import group_record, model_groups, predict
@@ -53,21 +53,7 @@ def make_ensemble(folder: Path, sizes=(32, 40), store_groups: bool = True, store
 def test_only(tmp_path: Path) -> Path:
     """An external, test-only prepared set (no train rows at all)."""
     csv = make_cxrlt(tmp_path, patients=6, per_patient=2)
-    result = invoke(
-        "prepare",
-        "--format",
-        "cxrlt",
-        "--labels",
-        csv,
-        "--images",
-        tmp_path / "mimic",
-        "--out",
-        tmp_path / "external",
-        "--size",
-        "32",
-        "--split",
-        "test",
-    )
+    result = invoke(*prepare_args(csv, tmp_path / "mimic", tmp_path / "external", "--size", "32", "--split", "test"))
     assert result.exit_code == 0, result.output
     return tmp_path / "external" / "manifest.csv"
 

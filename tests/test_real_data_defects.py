@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_data import assert_one_error_line, invoke, make_cxrlt
+from test_data import assert_one_error_line, invoke, make_cxrlt, prepare_args
 
 from synth.commands.ablate import STAGE_CONFIG_PATHS
 from synth.manifest import read_manifest
@@ -28,20 +28,7 @@ def cxrlt(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _prepare_args(csv: Path, images: Path, out: Path, *extra: str) -> tuple[str, ...]:
-    return (
-        "prepare",
-        "--format",
-        "cxrlt",
-        "--labels",
-        str(csv),
-        "--images",
-        str(images),
-        "--out",
-        str(out),
-        "--size",
-        "16",
-        *extra,
-    )
+    return prepare_args(csv, images, out, "--size", "16", *extra)
 
 
 def _with_split(csv: Path, by_patient: dict[int, str]) -> pd.DataFrame:
@@ -436,7 +423,7 @@ def test_defect11_zero_shot_class_is_named_as_such(tiny_model, tmp_path, name):
 
 @pytest.mark.parametrize("which", ["synthetic", "real"])
 def test_defect12_filter_missing_image_fails_before_work_with_a_real_hint(tmp_path, monkeypatch, which):
-    from filter_fixtures import make_real, make_synthetic, render
+    from filter_fixtures import filter_argv, make_real, make_synthetic, render
     from typer.testing import CliRunner
 
     import synth.filtering.pipeline as pipeline
@@ -452,20 +439,7 @@ def test_defect12_filter_missing_image_fails_before_work_with_a_real_hint(tmp_pa
     victim = sorted((folder / "images").glob("*.png"))[1]
     victim.unlink()
     hint = "synth generate" if which == "synthetic" else "synth prepare"
-    result = CliRunner().invoke(
-        app,
-        [
-            "filter",
-            "--synthetic",
-            str(synthetic),
-            "--data",
-            str(real),
-            "--verifier",
-            str(tmp_path / "verifier"),
-            "--out",
-            str(tmp_path / "out"),
-        ],
-    )
+    result = CliRunner().invoke(app, filter_argv(synthetic, real, tmp_path / "verifier", tmp_path / "out"))
     assert_one_error_line(result, "image not found", victim.name, hint)
     assert "--skip-bad-images" not in result.output  # an option `synth filter` does not have
     assert not (tmp_path / "out").exists()
