@@ -62,7 +62,6 @@ def _run(cfg: FinetuneConfig, log: Callable[[str], None] | None) -> Path:
     from synth.generator.vae_train import VAE_STAGE_DIR, train_vae, vae_stage_complete
     from synth.io import write_json_atomic
     from synth.prompts import PromptTemplates
-    from synth.text_encoder import load_minilm
 
     _quiet_libraries()
     out = Path(cfg.output_dir)
@@ -98,16 +97,7 @@ def _run(cfg: FinetuneConfig, log: Callable[[str], None] | None) -> Path:
             accelerator.free_memory()
         if cfg.stage == "vae":
             return stage_dir
-        tokenizer, text_encoder = load_minilm(cfg.text_max_length)
-        torch.manual_seed(cfg.seed)
-        unet = models.build_unet(cfg, text_encoder.config.hidden_size)
-        comps = models.Components(
-            vae=vae,
-            unet=unet,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            noise_scheduler=models.build_noise_scheduler(cfg),
-        )
+        comps = models.scratch_components(cfg, vae)
     # latents: the VAE posterior of every image, once (synth/generator/latent_cache.py); reused across runs
     if cfg.cache_latents == "false":
         latent_cache = None

@@ -143,6 +143,24 @@ def build_unet(cfg: FinetuneConfig, cross_attention_dim: int):
     )
 
 
+def scratch_components(cfg: FinetuneConfig, vae) -> Components:
+    """The from-scratch pipeline around ``vae``: a UNet seeded by ``cfg.seed`` on the frozen MiniLM text encoder."""
+    import torch
+
+    from synth.text_encoder import load_minilm
+
+    tokenizer, text_encoder = load_minilm(cfg.text_max_length)
+    torch.manual_seed(cfg.seed)
+    unet = build_unet(cfg, text_encoder.config.hidden_size)
+    return Components(
+        vae=vae,
+        unet=unet,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        noise_scheduler=build_noise_scheduler(cfg),
+    )
+
+
 def build_noise_scheduler(cfg: FinetuneConfig):
     """DDPM training scheduler with SD's beta schedule; its config is saved as the pipeline's scheduler."""
     from diffusers import DDPMScheduler
