@@ -90,20 +90,25 @@ def test_scratch_run_writes_a_generate_ready_pipeline(scratch_run, tiny_data):
     assert image.shape == (1, 16, 16, 3) and torch.isfinite(torch.from_numpy(image)).all()
 
 
+def _on_scratch_vae(scratch_run: Path, tiny_data: Path, out: Path, **extra) -> dict:
+    """TINY UNet training into ``out`` on the scratch run's trained VAE stage, without validation images."""
+    return {
+        **TINY,
+        "train_manifest": str(tiny_data),
+        "output_dir": str(out),
+        "num_validation_images": 0,
+        "vae_model_path": str(scratch_run / "vae_stage"),
+        **extra,
+    }
+
+
 class _Crash(Exception):
     pass
 
 
 def test_crash_and_resume_reproduces_the_uninterrupted_run(scratch_run, tiny_data, tmp_path, monkeypatch):
     out = tmp_path / "pipe"
-    overrides = {
-        **TINY,
-        "train_manifest": str(tiny_data),
-        "output_dir": str(out),
-        "num_validation_images": 0,
-        "vae_model_path": str(scratch_run / "vae_stage"),
-        "resume_from_checkpoint": "latest",
-    }
+    overrides = _on_scratch_vae(scratch_run, tiny_data, out, resume_from_checkpoint="latest")
 
     def crash_after_4(step: int) -> None:
         if step == 4:
@@ -272,14 +277,7 @@ def test_script_entry_dry_run_names_the_missing_local_model():
 
 def test_non_finite_loss_stops_at_once_and_keeps_the_last_checkpoint(scratch_run, tiny_data, tmp_path, monkeypatch):
     out = tmp_path / "pipe"
-    overrides = {
-        **TINY,
-        "train_manifest": str(tiny_data),
-        "output_dir": str(out),
-        "num_validation_images": 0,
-        "vae_model_path": str(scratch_run / "vae_stage"),
-        "checkpoints_total_limit": 1,
-    }
+    overrides = _on_scratch_vae(scratch_run, tiny_data, out, checkpoints_total_limit=1)
     real_loss = train_mod.UNetTrainer.loss
 
     def nan_at_step_5(self, indices, step, micro, pixels=None):
