@@ -57,33 +57,6 @@ def _synthetic(root: Path, classes: list[str], per_set: int, blank: bool, size: 
     return write_manifest(pd.DataFrame(rows), root / "manifest.csv")
 
 
-def _generic_encoder(root: Path, size: int) -> Path:
-    import timm
-    import torch
-    import yaml
-    from safetensors.torch import save_file
-
-    root.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    save_file(
-        timm.create_model("resnet10t", pretrained=False, num_classes=0, in_chans=1).state_dict(),
-        str(root / "model.safetensors"),
-    )
-    (root / "extractor.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "arch": "resnet10t",
-                "image_size": size,
-                "in_chans": 1,
-                "pixel_mean": 0.5,
-                "pixel_std": 0.25,
-                "name": "random resnet10t",
-            }
-        )
-    )
-    return root
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=3000, help="phantom images (train/val/test split by patient)")
@@ -98,6 +71,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from synth.filtering import load_filter_config, load_verifier_config, run_filter, train_verifier
+    from synth.filtering.extractor import random_resnet10t
     from synth.phantom import render_dataset
     from synth.prepare import prepare_dataset
 
@@ -117,7 +91,7 @@ def main() -> None:
     print(f"verifier trained in {time.time() - t0:.0f} s")
     spaces = {"verifier": "extractor"}
     if args.generic:
-        spaces["generic"] = str(_generic_encoder(out / "generic", args.size))
+        spaces["generic"] = str(random_resnet10t(out / "generic", args.size))
     permissive = {
         "fid_reject_factor": 1e6,
         "outlier_percentile": 100.0,

@@ -13,6 +13,7 @@ import pytest
 from filter_fixtures import CLASSES, make_real, make_synthetic, render, save
 
 from synth.filtering import VerifierConfig, load_filter_config, run_filter, train_verifier
+from synth.filtering.extractor import random_resnet10t
 from synth.filtering.transfer import transfer_gate
 from synth.manifest import read_manifest, write_manifest
 
@@ -130,35 +131,12 @@ def _make_real(root: Path, seed: int = 0) -> Path:
 def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
     """Real data, a verifier trained on it, and a generic encoder folder (random-init resnet10t, never fitted to
     labels)."""
-    import timm
-    import torch
-    import yaml
-    from safetensors.torch import save_file
-
     root = tmp_path_factory.mktemp("gate")
     real = _make_real(root / "real")
     cfg = VerifierConfig(
         arch="resnet10t", image_size=32, epochs=1, max_steps=60, batch_size=24, lr=3e-3, seed=0, eval_batch_size=64
     )
-    generic = root / "generic"
-    generic.mkdir()
-    torch.manual_seed(0)
-    save_file(
-        timm.create_model("resnet10t", pretrained=False, num_classes=0, in_chans=1).state_dict(),
-        str(generic / "model.safetensors"),
-    )
-    (generic / "extractor.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "arch": "resnet10t",
-                "image_size": 32,
-                "in_chans": 1,
-                "pixel_mean": 0.5,
-                "pixel_std": 0.25,
-                "name": "generic",
-            }
-        )
-    )
+    generic = random_resnet10t(root / "generic", image_size=32, name="generic")
     return real, train_verifier(real, root / "verifier", cfg), generic
 
 

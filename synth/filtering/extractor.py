@@ -76,3 +76,34 @@ def load_extractor(spec: str, verifier: Verifier, device: str | torch.device = "
         float(meta.get("pixel_std", 0.25)),
         str(meta.get("name", f"{meta['arch']} ({folder.name})")),
     )
+
+
+def save_extractor(folder: str | Path, model: nn.Module, meta: dict) -> Path:
+    """Write ``model`` and its ``extractor.yaml`` (``meta``: the keys in the module doc) as a folder
+    :func:`load_extractor` reads; returns the folder.
+
+    Why: a label-free feature space for the transfer gate (``transfer_extractor``) or FID is a folder on disk, so
+    the benches and tests that compare feature spaces (e.g. a random-init encoder against the verifier's) build it
+    the way a user's own encoder would be laid out.
+    """
+    from safetensors.torch import save_file
+
+    from synth.io import atomic_path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file(model.state_dict(), str(tmp))
+    with atomic_path(folder / EXTRACTOR_FILE) as tmp:
+        Path(tmp).write_text(yaml.safe_dump(dict(meta)))
+    return folder
+
+
+def random_resnet10t(folder: str | Path, image_size: int, name: str = "random resnet10t", seed: int = 0) -> Path:
+    """A random-init resnet10t extractor folder: features never fitted to any label (a generic-encoder baseline)."""
+    import timm
+
+    torch.manual_seed(seed)
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=0, in_chans=1)
+    meta = {"arch": "resnet10t", "image_size": image_size, "in_chans": 1, "pixel_mean": 0.5, "pixel_std": 0.25}
+    return save_extractor(folder, model, {**meta, "name": name})

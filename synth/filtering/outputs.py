@@ -25,21 +25,30 @@ REASONS: tuple[str, ...] = (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class RuleFindings:
+    """What each rule found for this run: the per-class and per-run inputs of ``summary.json`` besides the scores."""
+
+    thresholds: dict  #: class -> the verifier threshold fitted on real val (synth.filtering.thresholds)
+    realism: dict  #: class -> set-level FID/KID against the real positives, or None when too few images
+    set_rejected: dict  #: class -> the whole set fails the FID rule
+    transfer: dict  #: class -> TransferResult of the transfer gate (empty when the gate is off)
+    calibration: dict  #: feature space -> the near-copy threshold's calibration
+    outlier_limit: float
+    oracle: dict | None  #: class -> phantom oracle fidelity (evaluation only), None without an oracle
+
+
 def filter_summary(
-    target,
-    scores,
-    flags,
-    thresholds,
-    realism,
-    set_rejected,
-    calibration,
-    outlier_limit,
-    oracle,
-    extractor_name,
+    target: pd.Series,
+    scores: pd.DataFrame,
+    flags: dict[str, np.ndarray],
+    found: RuleFindings,
+    extractor_name: str,
     verifier_dir,
     cfg,
-    transfer=None,
 ) -> dict:
+    thresholds, realism, set_rejected = found.thresholds, found.realism, found.set_rejected
+    transfer, oracle = found.transfer, found.oracle
     classes = {}
     primary = scores["reasons"].str.split("|").str[0]
     for cls in pd.unique(target):
@@ -80,8 +89,8 @@ def filter_summary(
         "n": int(len(scores)),
         "kept": int(scores["kept"].sum()),
         "classes": classes,
-        "near_copy": {space: _finite(t.as_dict()) for space, t in calibration.items()},
-        "outlier_limit": outlier_limit,
+        "near_copy": {space: _finite(t.as_dict()) for space, t in found.calibration.items()},
+        "outlier_limit": found.outlier_limit,
         "rules": _rules_in_words(cfg, extractor_name),
         "verifier": str(verifier_dir),
         "config": dataclasses.asdict(cfg),

@@ -30,7 +30,7 @@ from synth.errors import UserError
 from synth.filtering.config import FilterConfig, load_filter_config
 from synth.filtering.extractor import load_extractor
 from synth.filtering.nearcopy_scores import near_copy_scores
-from synth.filtering.outputs import REASONS, filter_summary, write_outputs
+from synth.filtering.outputs import REASONS, RuleFindings, filter_summary, write_outputs
 from synth.filtering.realism import fit_outlier_model, set_realism
 from synth.filtering.thresholds import fit_thresholds
 from synth.filtering.verifier import FeatureExtractor, Inference, load_verifier, real_training_rows, run_inference
@@ -153,21 +153,8 @@ def _run(synthetic_manifest: Path, data_manifest: Path, verifier_dir: Path, out_
         oracle, detected = oracle_report(cfg.oracle, synth, target, scores["verifier_pass"].to_numpy(bool), bs)
         scores["oracle_detects"] = detected
 
-    summary = filter_summary(
-        target,
-        scores,
-        flags,
-        thresholds,
-        realism,
-        set_rejected,
-        calibration,
-        outliers.limit,
-        oracle,
-        extractor.name,
-        verifier_dir,
-        cfg,
-        transfer,
-    )
+    found = RuleFindings(thresholds, realism, set_rejected, transfer, calibration, outliers.limit, oracle)
+    summary = filter_summary(target, scores, flags, found, extractor.name, verifier_dir, cfg)
     write_outputs(out_dir, synth, scores, summary)
     return summary
 
@@ -282,6 +269,19 @@ def _transfer_gate(
     return _transfer(synth, target, gate_syn, pd.concat([train, val]), np.concatenate([gate_train, gate_val]), cfg)
 
 
+#: transfer_gate's keyword -> the FilterConfig field that sets it
+TRANSFER_GATE_OPTIONS = {
+    "min_auroc": "transfer_min_auroc",
+    "min_real_positives": "transfer_min_real_positives",
+    "min_synthetic": "transfer_min_synthetic",
+    "unjudged": "transfer_unjudged",
+    "n_boot": "transfer_bootstrap",
+    "ci_level": "ci_level",
+    "probe_c": "transfer_probe_c",
+    "seed": "seed",
+}
+
+
 def _transfer(
     synth: pd.DataFrame,
     target: pd.Series,
@@ -296,6 +296,7 @@ def _transfer(
     if (real["split"] == "test").any():
         raise AssertionError("transfer gate: test rows reached the gate")
     targets = target.to_numpy()
+    options = {keyword: getattr(cfg, field) for keyword, field in TRANSFER_GATE_OPTIONS.items()}
     generated = [c for c in pd.unique(target) if c in real.columns]
     real_y = label_matrix(real, generated)
     out = {}
@@ -313,14 +314,7 @@ def _transfer(
             real_labels,
             real["subject_id"].astype(str).to_numpy(),
             real_exclude=exclude,
-            min_auroc=cfg.transfer_min_auroc,
-            min_real_positives=cfg.transfer_min_real_positives,
-            min_synthetic=cfg.transfer_min_synthetic,
-            unjudged=cfg.transfer_unjudged,
-            n_boot=cfg.transfer_bootstrap,
-            ci_level=cfg.ci_level,
-            probe_c=cfg.transfer_probe_c,
-            seed=cfg.seed,
+            **options,
         )
     return out
 

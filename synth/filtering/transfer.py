@@ -57,7 +57,7 @@ judged). The phantom oracle (evaluation only, never fed to this gate) is what va
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -188,14 +188,5 @@ def transfer_gate(
         y_real.astype(int), scores, np.asarray(real_patients)[known], n_boot, ci_level, seed
     )
     passed = ci[0] is not None and ci[0] > min_auroc
-    return TransferResult(
-        judged=True,
-        passed=passed,
-        auroc=auroc,
-        ci=ci,
-        n_real_pos=result.n_real_pos,
-        n_real_neg=result.n_real_neg,
-        n_synthetic_pos=result.n_synthetic_pos,
-        n_synthetic_neg=result.n_synthetic_neg,
-        reason="" if passed else f"probe AUROC interval does not clear {min_auroc}",
-    )
+    reason = "" if passed else f"probe AUROC interval does not clear {min_auroc}"
+    return replace(result, judged=True, passed=passed, auroc=auroc, ci=ci, reason=reason)

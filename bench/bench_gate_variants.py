@@ -1,0 +1,149 @@
+"""Which transfer-gate variant ranks class sets as the phantom oracle does? (issue #18: Spearman >= 0.6)
+
+Reads a finished ``synth ablate`` output folder (its generate, filter, oracle and data stages), embeds the
+generated and the real train+val images once, and re-runs :func:`synth.filtering.transfer.transfer_gate` per
+tail class under variants that use no test row and no oracle:
+
+  current        the filter's rule: probe fitted on every generated image, scored on real train+val rows;
+  no-copies      probe fitted only on generated images the near-copy rule kept (a memorised copy of a real
+                 positive "transfers" to that very image);
+  unseen-real    no-copies, and the real rows that are some class-c image's nearest neighbour left out;
+  generic        the current rule in a random-init resnet10t's features (no label-fitted shortcut).
+
+For each it prints the gate AUROC per class beside the oracle's fidelity (of all generated images, and of the
+images the probe used) and the Spearman rank correlation. The oracle only judges; nothing here feeds it back.
+
+    python bench/bench_gate_variants.py outputs/ablations/phantom-cpu [--json bench/results/gate_variants.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def _stage(root: Path, prefix: str) -> Path:
+    found = sorted(root.glob(f"{prefix}-*"))
+    if not found:
+        raise SystemExit(f"{root}: no {prefix}-* stage folder; run `synth ablate` to the end first")
+    return found[-1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("ablation_dir", type=Path)
+    ap.add_argument("--json", type=Path, default=None, help="also write the table here")
+    ap.add_argument("--n-boot", type=int, default=200)
+    args = ap.parse_args()
+
+    from scipy.stats import spearmanr
+
+    from synth.filtering.extractor import load_extractor, random_resnet10t
+    from synth.filtering.oracle import oracle_report
+    from synth.filtering.transfer import transfer_gate
+    from synth.filtering.verifier import FeatureExtractor, load_verifier, real_training_rows, run_inference
+    from synth.manifest import label_matrix, read_manifest
+
+    root = args.ablation_dir
+    synth = read_manifest(_stage(root, "generate") / "manifest.csv")
+    data = read_manifest(_stage(root, "data") / "prepared" / "manifest.csv")
+    filt = _stage(root, "filter")
+    scores = pd.read_csv(filt / "filtered" / "scores.csv")
+    if not (scores["dicom_id"].to_numpy() == synth["dicom_id"].to_numpy()).all():
+        raise SystemExit(f"{filt}: scores.csv rows do not match the generated manifest")
+    train = real_training_rows(data).reset_index(drop=True)
+    val = data[(data["split"] == "val") & (data["source"] == "real")]
+    real = pd.concat([train, val], ignore_index=True)
+    real.attrs.update(data.attrs)
+    target = synth["target_class"].to_numpy()
+    classes = list(pd.unique(target))
+
+    verifier = load_verifier(filt / "verifier")
+    fx = FeatureExtractor(verifier.model, verifier.image_size, verifier.pixel_mean, verifier.pixel_std, verifier.name)
+    spaces = {"verifier": (run_inference(fx, synth, 64, 8, False).features, run_inference(fx, real, 64, 8, False))}
+    with tempfile.TemporaryDirectory() as tmp:
+        generic = load_extractor(str(random_resnet10t(Path(tmp), int(verifier.image_size))), verifier)
+        spaces["generic"] = (
+            run_inference(generic, synth, 64, 8, False).features,
+            run_inference(generic, real, 64, 8, False),
+        )
+    _, detected = oracle_report(
+        _stage(root, "oracle") / "oracle", synth, synth["target_class"], np.ones(len(synth)), 64
+    )
+
+    near = scores["near_copy"].astype(bool).to_numpy()
+    real_y = label_matrix(real, classes)
+    patients = real["subject_id"].astype(str).to_numpy()
+    every = np.ones(len(synth), bool)
+
+    def nearest_of(cls: str) -> np.ndarray:
+        rows = target == cls
+        ids = set(scores["nn_feature_dicom_id"][rows]) | set(scores["nn_pixel_dicom_id"][rows])
+        return real["dicom_id"].isin(ids).to_numpy()
+
+    variants = {
+        "current": ("verifier", lambda c: every, lambda c: None),
+        "no-copies": ("verifier", lambda c: ~near, lambda c: None),
+        "unseen-real": ("verifier", lambda c: ~near, nearest_of),
+        "generic": ("generic", lambda c: every, lambda c: None),
+    }
+    table = {}
+    for name, (space, use, drop_real) in variants.items():
+        syn_x, real_inf = spaces[space]
+        rows = []
+        for j, cls in enumerate(classes):
+            labels = real_y[:, j].copy()
+            dropped = drop_real(cls)
+            if dropped is not None:
+                labels[dropped] = np.nan
+            m = use(cls)
+            others = (real_y[:, [k for k in range(len(classes)) if k != j]] == 1).any(axis=1)
+            gate = transfer_gate(
+                cls,
+                syn_x[m],
+                target[m],
+                label_matrix(synth, [cls])[:, 0][m],
+                real_inf.features,
+                labels,
+                patients,
+                real_exclude=others,
+                n_boot=args.n_boot,
+            )
+            used = m & (target == cls)
+            rows.append(
+                {
+                    "class": cls,
+                    "auroc": gate.auroc,
+                    "ci": list(gate.ci),
+                    "passed": gate.passed,
+                    "real_positives": gate.n_real_pos,
+                    "fidelity_all": float(np.nanmean(detected[target == cls])),
+                    "fidelity_used": float(np.nanmean(detected[used])) if used.any() else None,
+                }
+            )
+        judged = [r for r in rows if r["auroc"] is not None]
+        rho = {
+            k: float(spearmanr([r["auroc"] for r in judged], [r[k] for r in judged]).statistic)
+            for k in ("fidelity_all", "fidelity_used")
+            if len(judged) >= 3 and all(r[k] is not None for r in judged)
+        }
+        table[name] = {"spearman": rho, "judged": len(judged), "kept": sum(r["passed"] for r in rows), "rows": rows}
+        print(f"\n{name}: Spearman vs fidelity {rho}  judged {len(judged)}/{len(rows)}  kept {table[name]['kept']}")
+        for r in rows:
+            auroc = "  n/a" if r["auroc"] is None else f"{r['auroc']:.3f}"
+            low = "n/a" if r["ci"][0] is None else f"{r['ci'][0]:.3f}"
+            print(
+                f"  {r['class'][:26]:26s} auroc {auroc}  lo {low}"
+                f"  real+ {r['real_positives']:3d}  fidelity all {r['fidelity_all']:.2f} used {r['fidelity_used']}"
+            )
+    if args.json:
+        args.json.write_text(json.dumps({"ablation_dir": str(root), "variants": table}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
