@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -13,6 +13,7 @@ from rich.table import Table
 from synth.commands.options import (
     NoProgress,
     config_option,
+    option,
     out_option,
     overwrite_option,
     seed_option,
@@ -36,70 +37,43 @@ def classes() -> None:
     Console().print(table)
 
 
-Format = Annotated[
-    str,
-    typer.Option(
-        "--format", help="Label file format: cxrlt (challenge train_labeled.csv) | nih (Data_Entry_2017_v2020.csv)."
-    ),
-]
-Labels = Annotated[
+Format = option(
+    str, "--format", "Label file format: cxrlt (challenge train_labeled.csv) | nih (Data_Entry_2017_v2020.csv)."
+)
+Labels = option(
     Path,
-    typer.Option(
-        "--labels",
-        help=(
-            "Label CSV (.csv or .csv.gz). A 'split' column (train / validate|val / test) is kept as given; with "
-            "--val-labels/--test-labels this is the train file."
-        ),
-    ),
-]
-ValLabels = Annotated[
+    "--labels",
+    "Label CSV (.csv or .csv.gz). A 'split' column (train / validate|val / test) is kept as given; with "
+    "--val-labels/--test-labels this is the train file.",
+)
+ValLabels = option(
     Optional[Path],
-    typer.Option(
-        "--val-labels",
-        help="Label CSV of the given validation split (e.g. CXR-LT development_labeled.csv); every row goes to val.",
-    ),
-]
-TestLabels = Annotated[
-    Optional[Path], typer.Option("--test-labels", help="Label CSV of the given test split; every row goes to test.")
-]
-Split = Annotated[
+    "--val-labels",
+    "Label CSV of the given validation split (e.g. CXR-LT development_labeled.csv); every row goes to val.",
+)
+TestLabels = option(Optional[Path], "--test-labels", "Label CSV of the given test split; every row goes to test.")
+Split = option(
     Optional[str],
-    typer.Option(
-        "--split",
-        help=(
-            "auto: keep a given split, else split by patient | test (or train/val): every row in that split, e.g. an "
-            "external test-only set. [default: auto]"
-        ),
-    ),
-]
-Uncertain = Annotated[
+    "--split",
+    "auto: keep a given split, else split by patient | test (or train/val): every row in that split, e.g. an "
+    "external test-only set. [default: auto]",
+)
+Uncertain = option(
     Optional[str],
-    typer.Option(
-        "--uncertain",
-        help="What a -1 (uncertain) label means: error | ignore (not annotated) | zero | one. [default: error]",
-    ),
-]
-Images = Annotated[
+    "--uncertain",
+    "What a -1 (uncertain) label means: error | ignore (not annotated) | zero | one. [default: error]",
+)
+Images = option(
     Path,
-    typer.Option(
-        "--images",
-        help=(
-            "Image root: MIMIC-CXR-JPG root (cxrlt, fpath relative to it) or the NIH image folder (searched "
-            "recursively)."
-        ),
-    ),
-]
-Size = Annotated[
-    Optional[int], typer.Option("--size", help="Cache resolution in pixels (square grayscale PNG). [default: 256]")
-]
-Val = Annotated[Optional[float], typer.Option("--val", help="Fraction of images in val. [default: 0.1]")]
-Test = Annotated[Optional[float], typer.Option("--test", help="Fraction of images in test. [default: 0.2]")]
-SkipBadImages = Annotated[
-    bool,
-    typer.Option(
-        "--skip-bad-images", help="Leave out missing/unreadable images (listed in skipped.csv) instead of failing."
-    ),
-]
+    "--images",
+    "Image root: MIMIC-CXR-JPG root (cxrlt, fpath relative to it) or the NIH image folder (searched recursively).",
+)
+Size = option(Optional[int], "--size", "Cache resolution in pixels (square grayscale PNG). [default: 256]")
+Val = option(Optional[float], "--val", "Fraction of images in val. [default: 0.1]")
+Test = option(Optional[float], "--test", "Fraction of images in test. [default: 0.2]")
+SkipBadImages = option(
+    bool, "--skip-bad-images", "Leave out missing/unreadable images (listed in skipped.csv) instead of failing."
+)
 
 
 def prepare(

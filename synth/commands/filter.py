@@ -3,45 +3,39 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Optional
 
 import typer
 
-from synth.commands.options import config_option, out_option, seed_option, set_option
+from synth.commands.options import config_option, option, out_option, seed_option, set_option
 from synth.config import command_overrides
 
-Synthetic = Annotated[Path, typer.Option("--synthetic", help="Folder (or manifest.csv) written by `synth generate`.")]
-Verifier = Annotated[Path, typer.Option("--verifier", help="Folder from `synth verifier train`.")]
-Oracle = Annotated[
-    Optional[Path],
-    typer.Option("--oracle", help="Phantom only: oracle folder from `synth oracle train` (fidelity in the summary)."),
-]
-Extractor = Annotated[
-    Optional[str],
-    typer.Option("--extractor", help="'verifier' or a local encoder folder (model.safetensors + extractor.yaml)."),
-]
-ThresholdQuantile = Annotated[
+Synthetic = option(Path, "--synthetic", "Folder (or manifest.csv) written by `synth generate`.")
+Verifier = option(Path, "--verifier", "Folder from `synth verifier train`.")
+Oracle = option(
+    Optional[Path], "--oracle", "Phantom only: oracle folder from `synth oracle train` (fidelity in the summary)."
+)
+Extractor = option(
+    Optional[str], "--extractor", "'verifier' or a local encoder folder (model.safetensors + extractor.yaml)."
+)
+ThresholdQuantile = option(
     Optional[float],
-    typer.Option(
-        "--threshold-quantile", help="Quantile of real val positives' scores used as class threshold. [default: 0.2]"
-    ),
-]
-FidRejectFactor = Annotated[
-    Optional[float],
-    typer.Option(
-        "--fid-reject-factor", help="Reject a class set when FID > factor x real-vs-real floor. [default: 3]"
-    ),
-]
-Epochs = Annotated[Optional[int], typer.Option("--epochs")]
+    "--threshold-quantile",
+    "Quantile of real val positives' scores used as class threshold. [default: 0.2]",
+)
+FidRejectFactor = option(
+    Optional[float], "--fid-reject-factor", "Reject a class set when FID > factor x real-vs-real floor. [default: 3]"
+)
+Epochs = option(Optional[int], "--epochs")
 
 
 def data_option(help: str):
     """``--data``: a prepared real (or phantom) dataset, folder or manifest.csv."""
-    return Annotated[Path, typer.Option("--data", help=help)]
+    return option(Path, "--data", help)
 
 
 def max_steps_option(help: Optional[str] = None):
-    return Annotated[Optional[int], typer.Option("--max-steps", help=help)]
+    return option(Optional[int], "--max-steps", help)
 
 
 def filter_command(
@@ -82,12 +76,8 @@ def verifier_train_command(
     out: out_option("Output folder (model.safetensors + verifier.json)."),
     config: config_option("YAML (configs/filter/verifier.yaml); flags override.") = None,
     sets: set_option("lr=0.002") = None,
-    arch: Annotated[
-        Optional[str], typer.Option("--arch", help="timm model name (random init). [default: convnext_atto]")
-    ] = None,
-    image_size: Annotated[
-        Optional[int], typer.Option("--image-size", help="Training resolution. [default: 128]")
-    ] = None,
+    arch: option(Optional[str], "--arch", "timm model name (random init). [default: convnext_atto]") = None,
+    image_size: option(Optional[int], "--image-size", "Training resolution. [default: 128]") = None,
     epochs: Epochs = None,
     max_steps: max_steps_option("Stop after this many optimiser steps.") = None,
     seed: seed_option() = None,

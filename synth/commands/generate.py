@@ -7,70 +7,42 @@ Also the entry of ``python -m synth.generate`` / ``accelerate launch -m synth.ge
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import List, Optional
 
 import typer
 
-from synth.commands.options import NoProgress, config_option, out_option, seed_option, set_option
+from synth.commands.options import NoProgress, config_option, option, out_option, seed_option, set_option
 from synth.config import command_overrides
 from synth.errors import UserError
 
-Model = Annotated[
-    Path,
-    typer.Option("--model", help="Generator folder written by `synth finetune` (diffusers StableDiffusionPipeline)."),
-]
-Classes = Annotated[
-    List[str], typer.Option("--class", help='Target class (any case; repeatable), e.g. "Rib Fracture".')
-]
-Groups = Annotated[
-    List[str],
-    typer.Option("--classes", help="Frequency group of the TRAINING data: tail | medium | head (repeatable)."),
-]
-N = Annotated[
-    Optional[str], typer.Option("--n", help="Images per class, or 'auto' to top up to --target-count. [default: 100]")
-]
-TargetCount = Annotated[
-    Optional[int], typer.Option("--target-count", help="With --n auto: positives in train + generated per class.")
-]
-BatchSize = Annotated[
-    Optional[int],
-    typer.Option("--batch-size", help="Images per forward pass (does not change the images). [default: 8]"),
-]
-Steps = Annotated[Optional[int], typer.Option("--steps", help="Sampling steps. [default: 25]")]
-GuidanceScale = Annotated[
-    Optional[float], typer.Option("--guidance-scale", help="Classifier-free guidance scale. [default: 4.0]")
-]
-Scheduler = Annotated[
+Model = option(Path, "--model", "Generator folder written by `synth finetune` (diffusers StableDiffusionPipeline).")
+Classes = option(List[str], "--class", 'Target class (any case; repeatable), e.g. "Rib Fracture".')
+Groups = option(List[str], "--classes", "Frequency group of the TRAINING data: tail | medium | head (repeatable).")
+N = option(Optional[str], "--n", "Images per class, or 'auto' to top up to --target-count. [default: 100]")
+TargetCount = option(Optional[int], "--target-count", "With --n auto: positives in train + generated per class.")
+BatchSize = option(Optional[int], "--batch-size", "Images per forward pass (does not change the images). [default: 8]")
+Steps = option(Optional[int], "--steps", "Sampling steps. [default: 25]")
+GuidanceScale = option(Optional[float], "--guidance-scale", "Classifier-free guidance scale. [default: 4.0]")
+Scheduler = option(
     Optional[str],
-    typer.Option(
-        "--scheduler", help="dpm++ | dpm++-karras | unipc | ddim | euler | euler-a | pndm | ddpm. [default: dpm++]"
-    ),
-]
-Temperature = Annotated[
-    Optional[float],
-    typer.Option("--temperature", help="Label-set sampling temperature: p ∝ count^(1/T); >1 flattens. [default: 1.0]"),
-]
-NegativePrompt = Annotated[
-    Optional[str], typer.Option("--negative-prompt", help="Override the prompt templates' negative prompt.")
-]
-Precision = Annotated[
-    Optional[str], typer.Option("--precision", help="auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16.")
-]
-Device = Annotated[
-    Optional[str], typer.Option("--device", help="Torch device; default: the Accelerate process's device.")
-]
-EnableXformers = Annotated[
-    bool,
-    typer.Option("--enable-xformers", help="xformers attention on GPU (falls back to PyTorch SDPA with a warning)."),
-]
-TrainManifest = Annotated[
-    Optional[Path],
-    typer.Option("--train-manifest", help="Training manifest (needed for a pipeline without synth_meta.json)."),
-]
-PromptTemplates = Annotated[
-    Optional[Path],
-    typer.Option("--prompt-templates", help="Prompt templates YAML (must match the training ones by name)."),
-]
+    "--scheduler",
+    "dpm++ | dpm++-karras | unipc | ddim | euler | euler-a | pndm | ddpm. [default: dpm++]",
+)
+Temperature = option(
+    Optional[float], "--temperature", "Label-set sampling temperature: p ∝ count^(1/T); >1 flattens. [default: 1.0]"
+)
+NegativePrompt = option(Optional[str], "--negative-prompt", "Override the prompt templates' negative prompt.")
+Precision = option(Optional[str], "--precision", "auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16.")
+Device = option(Optional[str], "--device", "Torch device; default: the Accelerate process's device.")
+EnableXformers = option(
+    bool, "--enable-xformers", "xformers attention on GPU (falls back to PyTorch SDPA with a warning)."
+)
+TrainManifest = option(
+    Optional[Path], "--train-manifest", "Training manifest (needed for a pipeline without synth_meta.json)."
+)
+PromptTemplates = option(
+    Optional[Path], "--prompt-templates", "Prompt templates YAML (must match the training ones by name)."
+)
 
 
 def generate_command(

@@ -2,37 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Optional
 
 import typer
 
-from synth.commands.options import NoProgress, out_option, overwrite_option, seed_option, workers_option
+from synth.commands.options import NoProgress, option, out_option, overwrite_option, seed_option, workers_option
 
-N = Annotated[
-    Optional[int], typer.Option("--n", help="Number of images. [default: 20000; with --balanced --per-class K: 40*K]")
-]
-Size = Annotated[int, typer.Option("--size", help="Image size in pixels (square, 8-bit grey).")]
-Balanced = Annotated[
-    bool,
-    typer.Option("--balanced", help="Class-balanced set (image i targets class i mod 40) for the oracle judge only."),
-]
-PerClass = Annotated[
-    Optional[int], typer.Option("--per-class", help="With --balanced: every class present in at least K images.")
-]
-LabelNoise = Annotated[
+N = option(Optional[int], "--n", "Number of images. [default: 20000; with --balanced --per-class K: 40*K]")
+Size = option(int, "--size", "Image size in pixels (square, 8-bit grey).")
+Balanced = option(bool, "--balanced", "Class-balanced set (image i targets class i mod 40) for the oracle judge only.")
+PerClass = option(Optional[int], "--per-class", "With --balanced: every class present in at least K images.")
+LabelNoise = option(
     float,
-    typer.Option(
-        "--label-noise",
-        help="Report-mining-like label noise: each positive missed / a spurious label added with this probability.",
-    ),
-]
-ContactSheet = Annotated[
-    bool,
-    typer.Option(
-        "--contact-sheet",
-        help="Also write contact_sheets/<class>.png (with / without / difference) and all.png.",
-    ),
-]
+    "--label-noise",
+    "Report-mining-like label noise: each positive missed / a spurious label added with this probability.",
+)
+ContactSheet = option(
+    bool, "--contact-sheet", "Also write contact_sheets/<class>.png (with / without / difference) and all.png."
+)
 
 
 def phantom(

@@ -20,47 +20,40 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Optional
 
 import pandas as pd
 import typer
 
-from synth.commands.options import out_option, overwrite_option, workers_option
+from synth.commands.options import option, out_option, overwrite_option, workers_option
 from synth.errors import UserError
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 
 
-Manifest = Annotated[
-    Optional[Path], typer.Option("--manifest", help="prepared manifest, or a CSV with dicom_id + fpath")
-]
-Images = Annotated[
+Manifest = option(Optional[Path], "--manifest", "prepared manifest, or a CSV with dicom_id + fpath")
+Images = option(
     Optional[Path],
-    typer.Option(
-        "--images",
-        help="folder of images (searched recursively); with a plain --manifest CSV: the root its fpath is relative to",
-    ),
-]
-Split = Annotated[
-    Optional[str],
-    typer.Option(
-        "--split", help="prepared manifest only: predict just this split (train/val/test) [default: all rows]"
-    ),
-]
-Size = Annotated[int, typer.Option("--size", help="raw images: the --size the training data was prepared at")]
+    "--images",
+    "folder of images (searched recursively); with a plain --manifest CSV: the root its fpath is relative to",
+)
+Split = option(
+    Optional[str], "--split", "prepared manifest only: predict just this split (train/val/test) [default: all rows]"
+)
+Size = option(int, "--size", "raw images: the --size the training data was prepared at")
 
 
 def predict(
-    model: Annotated[Path, typer.Option("--model", help="trained ensemble folder (ensemble.json)")],
+    model: option(Path, "--model", "trained ensemble folder (ensemble.json)"),
     out: out_option("submission CSV to write: dicom_id + the model's class columns"),
     manifest: Manifest = None,
     images: Images = None,
     split: Split = None,
     size: Size = 256,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
+    batch_size: option(int, "--batch-size") = 64,
     workers: workers_option("raw images: decode processes; 0 = one per CPU core", kind=int) = 0,
     overwrite: overwrite_option("replace an existing --out file") = False,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="hide the progress bars")] = False,
+    no_progress: option(bool, "--no-progress", "hide the progress bars") = False,
 ) -> None:
     """Predict unlabeled images with a trained ensemble and write a CXR-LT submission CSV (atomically)."""
     from rich.console import Console
