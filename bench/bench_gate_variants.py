@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,112 @@ def _stage(root: Path, prefix: str) -> Path:
     return found[-1]
 
 
+@dataclass
+class RunInputs:
+    """One finished ablation's generated rows, real train+val rows, near-copy columns and oracle detections."""
+
+    synth: pd.DataFrame
+    real: pd.DataFrame
+    scores: pd.DataFrame  #: the filter's scores.csv (near_copy, nearest-neighbour ids)
+    detected: np.ndarray  #: oracle: does generated image i show its target finding (1/0/NaN)
+    spaces: dict  #: feature space -> (generated features, real features)
+
+
+def _load(root: Path) -> RunInputs:
+    from synth.filtering.extractor import load_extractor, random_resnet10t
+    from synth.filtering.oracle import oracle_report
+    from synth.filtering.verifier import FeatureExtractor, load_verifier, real_training_rows, run_inference
+    from synth.manifest import read_manifest
+
+    synth = read_manifest(_stage(root, "generate") / "manifest.csv")
+    data = read_manifest(_stage(root, "data") / "prepared" / "manifest.csv")
+    filt = _stage(root, "filter")
+    scores = pd.read_csv(filt / "filtered" / "scores.csv")
+    if not (scores["dicom_id"].to_numpy() == synth["dicom_id"].to_numpy()).all():
+        raise SystemExit(f"{filt}: scores.csv rows do not match the generated manifest")
+    val = data[(data["split"] == "val") & (data["source"] == "real")]
+    real = pd.concat([real_training_rows(data), val], ignore_index=True)
+    real.attrs.update(data.attrs)
+
+    def embed(fx) -> tuple[np.ndarray, np.ndarray]:
+        return run_inference(fx, synth, 64, 8, False).features, run_inference(fx, real, 64, 8, False).features
+
+    v = load_verifier(filt / "verifier")
+    spaces = {"verifier": embed(FeatureExtractor(v.model, v.image_size, v.pixel_mean, v.pixel_std, v.name))}
+    with tempfile.TemporaryDirectory() as tmp:
+        spaces["generic"] = embed(load_extractor(str(random_resnet10t(Path(tmp), int(v.image_size))), v))
+    oracle = _stage(root, "oracle") / "oracle"
+    _, detected = oracle_report(oracle, synth, synth["target_class"], np.ones(len(synth)), 64)
+    return RunInputs(synth, real, scores, detected, spaces)
+
+
+def _judge(run: RunInputs, space: str, use, drop_real, n_boot: int) -> list[dict]:
+    """The gate per generated class: probe fitted on the generated rows ``use(c)``, real rows ``drop_real(c)`` out."""
+    from synth.filtering.transfer import transfer_gate
+    from synth.manifest import label_matrix
+
+    target = run.synth["target_class"].to_numpy()
+    classes = list(pd.unique(target))
+    real_y = label_matrix(run.real, classes)
+    syn_x, real_x = run.spaces[space]
+    rows = []
+    for j, cls in enumerate(classes):
+        labels = real_y[:, j].copy()
+        dropped = drop_real(cls)
+        if dropped is not None:
+            labels[dropped] = np.nan
+        m = use(cls)
+        others = (real_y[:, [k for k in range(len(classes)) if k != j]] == 1).any(axis=1)
+        syn_labels = label_matrix(run.synth, [cls])[:, 0][m]
+        patients = run.real["subject_id"].astype(str).to_numpy()
+        gate = transfer_gate(
+            cls, syn_x[m], target[m], syn_labels, real_x, labels, patients, real_exclude=others, n_boot=n_boot
+        )
+        used = m & (target == cls)
+        rows.append(
+            {
+                "class": cls,
+                "auroc": gate.auroc,
+                "ci": list(gate.ci),
+                "passed": gate.passed,
+                "real_positives": gate.n_real_pos,
+                "fidelity_all": float(np.nanmean(run.detected[target == cls])),
+                "fidelity_used": float(np.nanmean(run.detected[used])) if used.any() else None,
+            }
+        )
+    return rows
+
+
+def _variants(run: RunInputs) -> dict:
+    """name -> (feature space, generated rows the probe may use, real rows to leave out) per class."""
+    target = run.synth["target_class"].to_numpy()
+    near = run.scores["near_copy"].astype(bool).to_numpy()
+    every = np.ones(len(target), bool)
+
+    def nearest_of(cls: str) -> np.ndarray:
+        rows = target == cls
+        ids = set(run.scores["nn_feature_dicom_id"][rows]) | set(run.scores["nn_pixel_dicom_id"][rows])
+        return run.real["dicom_id"].isin(ids).to_numpy()
+
+    return {
+        "current": ("verifier", lambda c: every, lambda c: None),
+        "no-copies": ("verifier", lambda c: ~near, lambda c: None),
+        "unseen-real": ("verifier", lambda c: ~near, nearest_of),
+        "generic": ("generic", lambda c: every, lambda c: None),
+    }
+
+
+def _spearman(rows: list[dict]) -> dict[str, float]:
+    from scipy.stats import spearmanr
+
+    judged = [r for r in rows if r["auroc"] is not None]
+    return {
+        k: float(spearmanr([r["auroc"] for r in judged], [r[k] for r in judged]).statistic)
+        for k in ("fidelity_all", "fidelity_used")
+        if len(judged) >= 3 and all(r[k] is not None for r in judged)
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("ablation_dir", type=Path)
@@ -41,108 +148,22 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=200)
     args = ap.parse_args()
 
-    from scipy.stats import spearmanr
-
-    from synth.filtering.extractor import load_extractor, random_resnet10t
-    from synth.filtering.oracle import oracle_report
-    from synth.filtering.transfer import transfer_gate
-    from synth.filtering.verifier import FeatureExtractor, load_verifier, real_training_rows, run_inference
-    from synth.manifest import label_matrix, read_manifest
-
-    root = args.ablation_dir
-    synth = read_manifest(_stage(root, "generate") / "manifest.csv")
-    data = read_manifest(_stage(root, "data") / "prepared" / "manifest.csv")
-    filt = _stage(root, "filter")
-    scores = pd.read_csv(filt / "filtered" / "scores.csv")
-    if not (scores["dicom_id"].to_numpy() == synth["dicom_id"].to_numpy()).all():
-        raise SystemExit(f"{filt}: scores.csv rows do not match the generated manifest")
-    train = real_training_rows(data).reset_index(drop=True)
-    val = data[(data["split"] == "val") & (data["source"] == "real")]
-    real = pd.concat([train, val], ignore_index=True)
-    real.attrs.update(data.attrs)
-    target = synth["target_class"].to_numpy()
-    classes = list(pd.unique(target))
-
-    verifier = load_verifier(filt / "verifier")
-    fx = FeatureExtractor(verifier.model, verifier.image_size, verifier.pixel_mean, verifier.pixel_std, verifier.name)
-    spaces = {"verifier": (run_inference(fx, synth, 64, 8, False).features, run_inference(fx, real, 64, 8, False))}
-    with tempfile.TemporaryDirectory() as tmp:
-        generic = load_extractor(str(random_resnet10t(Path(tmp), int(verifier.image_size))), verifier)
-        spaces["generic"] = (
-            run_inference(generic, synth, 64, 8, False).features,
-            run_inference(generic, real, 64, 8, False),
-        )
-    _, detected = oracle_report(
-        _stage(root, "oracle") / "oracle", synth, synth["target_class"], np.ones(len(synth)), 64
-    )
-
-    near = scores["near_copy"].astype(bool).to_numpy()
-    real_y = label_matrix(real, classes)
-    patients = real["subject_id"].astype(str).to_numpy()
-    every = np.ones(len(synth), bool)
-
-    def nearest_of(cls: str) -> np.ndarray:
-        rows = target == cls
-        ids = set(scores["nn_feature_dicom_id"][rows]) | set(scores["nn_pixel_dicom_id"][rows])
-        return real["dicom_id"].isin(ids).to_numpy()
-
-    variants = {
-        "current": ("verifier", lambda c: every, lambda c: None),
-        "no-copies": ("verifier", lambda c: ~near, lambda c: None),
-        "unseen-real": ("verifier", lambda c: ~near, nearest_of),
-        "generic": ("generic", lambda c: every, lambda c: None),
-    }
+    run = _load(args.ablation_dir)
     table = {}
-    for name, (space, use, drop_real) in variants.items():
-        syn_x, real_inf = spaces[space]
-        rows = []
-        for j, cls in enumerate(classes):
-            labels = real_y[:, j].copy()
-            dropped = drop_real(cls)
-            if dropped is not None:
-                labels[dropped] = np.nan
-            m = use(cls)
-            others = (real_y[:, [k for k in range(len(classes)) if k != j]] == 1).any(axis=1)
-            gate = transfer_gate(
-                cls,
-                syn_x[m],
-                target[m],
-                label_matrix(synth, [cls])[:, 0][m],
-                real_inf.features,
-                labels,
-                patients,
-                real_exclude=others,
-                n_boot=args.n_boot,
-            )
-            used = m & (target == cls)
-            rows.append(
-                {
-                    "class": cls,
-                    "auroc": gate.auroc,
-                    "ci": list(gate.ci),
-                    "passed": gate.passed,
-                    "real_positives": gate.n_real_pos,
-                    "fidelity_all": float(np.nanmean(detected[target == cls])),
-                    "fidelity_used": float(np.nanmean(detected[used])) if used.any() else None,
-                }
-            )
-        judged = [r for r in rows if r["auroc"] is not None]
-        rho = {
-            k: float(spearmanr([r["auroc"] for r in judged], [r[k] for r in judged]).statistic)
-            for k in ("fidelity_all", "fidelity_used")
-            if len(judged) >= 3 and all(r[k] is not None for r in judged)
-        }
-        table[name] = {"spearman": rho, "judged": len(judged), "kept": sum(r["passed"] for r in rows), "rows": rows}
-        print(f"\n{name}: Spearman vs fidelity {rho}  judged {len(judged)}/{len(rows)}  kept {table[name]['kept']}")
+    for name, (space, use, drop_real) in _variants(run).items():
+        rows = _judge(run, space, use, drop_real, args.n_boot)
+        judged, kept = sum(r["auroc"] is not None for r in rows), sum(r["passed"] for r in rows)
+        table[name] = {"spearman": _spearman(rows), "judged": judged, "kept": kept, "rows": rows}
+        print(f"\n{name}: Spearman vs fidelity {table[name]['spearman']}  judged {judged}/{len(rows)}  kept {kept}")
         for r in rows:
             auroc = "  n/a" if r["auroc"] is None else f"{r['auroc']:.3f}"
             low = "n/a" if r["ci"][0] is None else f"{r['ci'][0]:.3f}"
             print(
-                f"  {r['class'][:26]:26s} auroc {auroc}  lo {low}"
-                f"  real+ {r['real_positives']:3d}  fidelity all {r['fidelity_all']:.2f} used {r['fidelity_used']}"
+                f"  {r['class'][:26]:26s} auroc {auroc}  lo {low}  real+ {r['real_positives']:3d}  "
+                f"fidelity all {r['fidelity_all']:.2f} used {r['fidelity_used']}"
             )
     if args.json:
-        args.json.write_text(json.dumps({"ablation_dir": str(root), "variants": table}, indent=1))
+        args.json.write_text(json.dumps({"ablation_dir": str(args.ablation_dir), "variants": table}, indent=1))
 
 
 if __name__ == "__main__":
