@@ -121,7 +121,7 @@ def group_map(ap: dict[str, float], groups: dict[str, str]) -> dict[str, float]:
     return out
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20000, help="training images per model")
     parser.add_argument("--n-test", type=int, default=4000)
@@ -139,7 +139,11 @@ def main() -> None:
         metavar="K",
         help="for the K weakest classes of the balanced model, print what its top false positives contain",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = _parse_args()
 
     import torch
 
