@@ -10,22 +10,6 @@ import typer
 from synth.commands.options import config_option, option, out_option, seed_option, set_option
 from synth.config import command_overrides
 
-Synthetic = option(Path, "--synthetic", "Folder (or manifest.csv) written by `synth generate`.")
-Verifier = option(Path, "--verifier", "Folder from `synth verifier train`.")
-Oracle = option(
-    Optional[Path], "--oracle", "Phantom only: oracle folder from `synth oracle train` (fidelity in the summary)."
-)
-Extractor = option(
-    Optional[str], "--extractor", "'verifier' or a local encoder folder (model.safetensors + extractor.yaml)."
-)
-ThresholdQuantile = option(
-    Optional[float],
-    "--threshold-quantile",
-    "Quantile of real val positives' scores used as class threshold. [default: 0.2]",
-)
-FidRejectFactor = option(
-    Optional[float], "--fid-reject-factor", "Reject a class set when FID > factor x real-vs-real floor. [default: 3]"
-)
 Epochs = option(Optional[int], "--epochs")
 
 
@@ -39,16 +23,28 @@ def max_steps_option(help: Optional[str] = None):
 
 
 def filter_command(
-    synthetic: Synthetic,
+    synthetic: option(Path, "--synthetic", "Folder (or manifest.csv) written by `synth generate`."),
     data: data_option("Prepared real dataset (folder or manifest.csv): train/val splits are used, test never."),
-    verifier: Verifier,
+    verifier: option(Path, "--verifier", "Folder from `synth verifier train`."),
     out: out_option("Output folder: kept.csv, rejected.csv, scores.csv, summary.csv, summary.json."),
     config: config_option("YAML of rules (configs/filter/default.yaml); flags override.") = None,
     sets: set_option("outlier_rejects=true") = None,
-    oracle: Oracle = None,
-    extractor: Extractor = None,
-    threshold_quantile: ThresholdQuantile = None,
-    fid_reject_factor: FidRejectFactor = None,
+    oracle: option(
+        Optional[Path], "--oracle", "Phantom only: oracle folder from `synth oracle train` (fidelity in the summary)."
+    ) = None,
+    extractor: option(
+        Optional[str], "--extractor", "'verifier' or a local encoder folder (model.safetensors + extractor.yaml)."
+    ) = None,
+    threshold_quantile: option(
+        Optional[float],
+        "--threshold-quantile",
+        "Quantile of real val positives' scores used as class threshold. [default: 0.2]",
+    ) = None,
+    fid_reject_factor: option(
+        Optional[float],
+        "--fid-reject-factor",
+        "Reject a class set when FID > factor x real-vs-real floor. [default: 3]",
+    ) = None,
     seed: seed_option("Seed of subsampling, bootstrap and calibration copies. [default: 0]") = None,
 ) -> None:
     """Keep synthetic images that show their label, look like real X-rays and copy no patient."""

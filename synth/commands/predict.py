@@ -31,25 +31,21 @@ from synth.errors import UserError
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 
 
-Manifest = option(Optional[Path], "--manifest", "prepared manifest, or a CSV with dicom_id + fpath")
-Images = option(
-    Optional[Path],
-    "--images",
-    "folder of images (searched recursively); with a plain --manifest CSV: the root its fpath is relative to",
-)
-Split = option(
-    Optional[str], "--split", "prepared manifest only: predict just this split (train/val/test) [default: all rows]"
-)
-Size = option(int, "--size", "raw images: the --size the training data was prepared at")
-
-
 def predict(
     model: option(Path, "--model", "trained ensemble folder (ensemble.json)"),
     out: out_option("submission CSV to write: dicom_id + the model's class columns"),
-    manifest: Manifest = None,
-    images: Images = None,
-    split: Split = None,
-    size: Size = 256,
+    manifest: option(Optional[Path], "--manifest", "prepared manifest, or a CSV with dicom_id + fpath") = None,
+    images: option(
+        Optional[Path],
+        "--images",
+        "folder of images (searched recursively); with a plain --manifest CSV: the root its fpath is relative to",
+    ) = None,
+    split: option(
+        Optional[str],
+        "--split",
+        "prepared manifest only: predict just this split (train/val/test) [default: all rows]",
+    ) = None,
+    size: option(int, "--size", "raw images: the --size the training data was prepared at") = 256,
     batch_size: option(int, "--batch-size") = 64,
     workers: workers_option("raw images: decode processes; 0 = one per CPU core", kind=int) = 0,
     overwrite: overwrite_option("replace an existing --out file") = False,
