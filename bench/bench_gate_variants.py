@@ -8,12 +8,16 @@ tail class under variants that use no test row and no oracle:
   no-copies      probe fitted only on generated images the near-copy rule kept (a memorised copy of a real
                  positive "transfers" to that very image);
   unseen-real    no-copies, and the real rows that are some class-c image's nearest neighbour left out;
-  generic        the current rule in a random-init resnet10t's features (no label-fitted shortcut).
+  generic        the current rule in a random-init resnet10t's features (no label-fitted shortcut);
+  quantify-*     not a transfer AUROC but the estimated share of faithful images in each class set, by
+                 adjusted classify-and-count with a probe fitted on real rows (:func:`_adjusted_count`),
+                 in the verifier's or the random encoder's features, thresholded at 5 % or 20 % real FPR.
 
-For each it prints the gate AUROC per class beside the oracle's fidelity (of all generated images, and of the
+For each it prints the score per class beside the oracle's fidelity (of all generated images, and of the
 images the probe used) and the Spearman rank correlation. The oracle only judges; nothing here feeds it back.
 
-    python bench/bench_gate_variants.py outputs/ablations/phantom-cpu [--json bench/results/gate_variants.json]
+    python bench/bench_gate_variants.py outputs/ablations/phantom-cpu [--json bench/results/gate_variants.json] \
+        [--cache /tmp/embeddings.npz] [--only quantify-generic-fpr0.2 ...]
 """
 
 from __future__ import annotations
@@ -26,13 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-
-def _stage(root: Path, prefix: str) -> Path:
-    found = sorted(root.glob(f"{prefix}-*"))
-    if not found:
-        raise SystemExit(f"{root}: no {prefix}-* stage folder; run `synth ablate` to the end first")
-    return found[-1]
+from ablation_stages import stage_folder
 
 
 @dataclass
@@ -44,18 +42,22 @@ class RunInputs:
     scores: pd.DataFrame  #: the filter's scores.csv (near_copy, nearest-neighbour ids)
     detected: np.ndarray  #: oracle: does generated image i show its target finding (1/0/NaN)
     spaces: dict  #: feature space -> (generated features, real features)
+    gate_options: dict  #: transfer_gate keyword options as the run's filter config set them
 
 
-def _load(root: Path) -> RunInputs:
+def _load(root: Path, cache: Path | None = None) -> RunInputs:
     from synth.filtering.extractor import load_extractor, random_resnet10t
     from synth.filtering.oracle import oracle_report
+    from synth.filtering.pipeline import TRANSFER_GATE_OPTIONS
     from synth.filtering.verifier import FeatureExtractor, load_verifier, real_training_rows, run_inference
     from synth.manifest import read_manifest
 
-    synth = read_manifest(_stage(root, "generate") / "manifest.csv")
-    data = read_manifest(_stage(root, "data") / "prepared" / "manifest.csv")
-    filt = _stage(root, "filter")
+    synth = read_manifest(stage_folder(root, "generate") / "manifest.csv")
+    data = read_manifest(stage_folder(root, "data") / "prepared" / "manifest.csv")
+    filt = stage_folder(root, "filter")
     scores = pd.read_csv(filt / "filtered" / "scores.csv")
+    filter_config = json.loads((filt / "filtered" / "summary.json").read_text())["config"]
+    gate_options = {keyword: filter_config[field] for keyword, field in TRANSFER_GATE_OPTIONS.items()}
     if not (scores["dicom_id"].to_numpy() == synth["dicom_id"].to_numpy()).all():
         raise SystemExit(f"{filt}: scores.csv rows do not match the generated manifest")
     val = data[(data["split"] == "val") & (data["source"] == "real")]
@@ -65,16 +67,23 @@ def _load(root: Path) -> RunInputs:
     def embed(fx) -> tuple[np.ndarray, np.ndarray]:
         return run_inference(fx, synth, 64, 8, False).features, run_inference(fx, real, 64, 8, False).features
 
-    v = load_verifier(filt / "verifier")
-    spaces = {"verifier": embed(FeatureExtractor(v.model, v.image_size, v.pixel_mean, v.pixel_std, v.name))}
-    with tempfile.TemporaryDirectory() as tmp:
-        spaces["generic"] = embed(load_extractor(str(random_resnet10t(Path(tmp), int(v.image_size))), v))
-    oracle = _stage(root, "oracle") / "oracle"
+    if cache is not None and cache.exists():
+        with np.load(cache) as saved:
+            spaces = {k: (saved[f"{k}_synthetic"], saved[f"{k}_real"]) for k in ("verifier", "generic")}
+    else:
+        v = load_verifier(filt / "verifier")
+        spaces = {"verifier": embed(FeatureExtractor(v.model, v.image_size, v.pixel_mean, v.pixel_std, v.name))}
+        with tempfile.TemporaryDirectory() as tmp:
+            spaces["generic"] = embed(load_extractor(str(random_resnet10t(Path(tmp), int(v.image_size))), v))
+        if cache is not None:
+            arrays = {f"{k}_{side}": x for k, pair in spaces.items() for side, x in zip(("synthetic", "real"), pair)}
+            np.savez(cache, **arrays)
+    oracle = stage_folder(root, "oracle") / "oracle"
     _, detected = oracle_report(oracle, synth, synth["target_class"], np.ones(len(synth)), 64)
-    return RunInputs(synth, real, scores, detected, spaces)
+    return RunInputs(synth, real, scores, detected, spaces, gate_options)
 
 
-def _judge(run: RunInputs, space: str, use, drop_real, n_boot: int) -> list[dict]:
+def _judge(run: RunInputs, space: str, use, drop_real) -> list[dict]:
     """The gate per generated class: probe fitted on the generated rows ``use(c)``, real rows ``drop_real(c)`` out."""
     from synth.filtering.transfer import transfer_gate
     from synth.manifest import label_matrix
@@ -94,12 +103,13 @@ def _judge(run: RunInputs, space: str, use, drop_real, n_boot: int) -> list[dict
         syn_labels = label_matrix(run.synth, [cls])[:, 0][m]
         patients = run.real["subject_id"].astype(str).to_numpy()
         gate = transfer_gate(
-            cls, syn_x[m], target[m], syn_labels, real_x, labels, patients, real_exclude=others, n_boot=n_boot
+            cls, syn_x[m], target[m], syn_labels, real_x, labels, patients, real_exclude=others, **run.gate_options
         )
         used = m & (target == cls)
         rows.append(
             {
                 "class": cls,
+                "score": gate.auroc,
                 "auroc": gate.auroc,
                 "ci": list(gate.ci),
                 "passed": gate.passed,
@@ -130,12 +140,58 @@ def _variants(run: RunInputs) -> dict:
     }
 
 
+def _adjusted_count(run: RunInputs, space: str, fpr: float, n_folds: int = 5, seed: int = 0) -> list[dict]:
+    """Estimate the share of faithful images per class set by adjusted classify-and-count (Forman 2008).
+
+    The transfer AUROC asks whether *some* of a set carries a signal that transfers to real positives;
+    the oracle's fidelity is the *fraction* of the set that shows the finding. Quantification estimates
+    that fraction from real data alone: a probe fitted on REAL train+val rows (c positive vs negative),
+    threshold at ``fpr`` on its out-of-fold real negatives, TPR from its out-of-fold real positives;
+    applied to the generated images, pass rate r_c on the class set and r_0 on generated images whose
+    label set excludes c (the false-positive rate in the generated domain). Estimate
+    pi = (r_c - r_0) / (TPR - r_0), clipped to [0, 1]. No test row, no oracle.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from synth.filtering.transfer import probe_scores
+    from synth.manifest import label_matrix
+
+    target = run.synth["target_class"].to_numpy()
+    classes = list(pd.unique(target))
+    syn_x, real_x = run.spaces[space]
+    real_y = label_matrix(run.real, classes)
+    syn_y = label_matrix(run.synth, classes)
+    patients = run.real["subject_id"].astype(str).to_numpy()
+    rows = []
+    for j, cls in enumerate(classes):
+        known = ~np.isnan(real_y[:, j])
+        x, y, groups = real_x[known], real_y[known, j].astype(int), patients[known]
+        row = {"class": cls, "real_positives": int(y.sum()), "score": None, "auroc": None, "ci": [None, None]}
+        row.update(fidelity_all=float(np.nanmean(run.detected[target == cls])), fidelity_used=None, passed=True)
+        if y.sum() >= 3:
+            oof = np.empty(len(y))
+            folds = StratifiedGroupKFold(n_splits=min(n_folds, int(y.sum())), shuffle=True, random_state=seed)
+            for fit, held in folds.split(x, y, groups):
+                oof[held] = probe_scores(x[fit], y[fit], x[held], seed=seed)
+            threshold = float(np.quantile(oof[y == 0], 1 - fpr))
+            tpr = float(np.mean(oof[y == 1] >= threshold))
+            syn_scores = probe_scores(x, y, syn_x, seed=seed)
+            rate_c = float(np.mean(syn_scores[target == cls] >= threshold))
+            rate_0 = float(np.mean(syn_scores[(target != cls) & (syn_y[:, j] == 0)] >= threshold))
+            denominator = tpr - rate_0
+            row.update(tpr=tpr, rate_class=rate_c, rate_others=rate_0)
+            if denominator > 0.05:
+                row["score"] = float(np.clip((rate_c - rate_0) / denominator, 0.0, 1.0))
+        rows.append(row)
+    return rows
+
+
 def _spearman(rows: list[dict]) -> dict[str, float]:
     from scipy.stats import spearmanr
 
-    judged = [r for r in rows if r["auroc"] is not None]
+    judged = [r for r in rows if r["score"] is not None]
     return {
-        k: float(spearmanr([r["auroc"] for r in judged], [r[k] for r in judged]).statistic)
+        k: float(spearmanr([r["score"] for r in judged], [r[k] for r in judged]).statistic)
         for k in ("fidelity_all", "fidelity_used")
         if len(judged) >= 3 and all(r[k] is not None for r in judged)
     }
@@ -145,25 +201,34 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("ablation_dir", type=Path)
     ap.add_argument("--json", type=Path, default=None, help="also write the table here")
-    ap.add_argument("--n-boot", type=int, default=200)
+    ap.add_argument("--cache", type=Path, default=None, help="an .npz to keep the embeddings in between runs")
+    ap.add_argument("--only", nargs="+", default=None, help="run only these variants")
     args = ap.parse_args()
 
-    run = _load(args.ablation_dir)
+    run = _load(args.ablation_dir, args.cache)
     table = {}
-    for name, (space, use, drop_real) in _variants(run).items():
-        rows = _judge(run, space, use, drop_real, args.n_boot)
-        judged, kept = sum(r["auroc"] is not None for r in rows), sum(r["passed"] for r in rows)
+    runs = {name: (lambda v=v: _judge(run, *v)) for name, v in _variants(run).items()}
+    for space in ("verifier", "generic"):
+        for fpr in (0.05, 0.2):
+            runs[f"quantify-{space}-fpr{fpr:g}"] = lambda space=space, fpr=fpr: _adjusted_count(run, space, fpr)
+    for name, judge in runs.items():
+        if args.only and name not in args.only:
+            continue
+        rows = judge()
+        judged, kept = sum(r["score"] is not None for r in rows), sum(r["passed"] for r in rows)
         table[name] = {"spearman": _spearman(rows), "judged": judged, "kept": kept, "rows": rows}
         print(f"\n{name}: Spearman vs fidelity {table[name]['spearman']}  judged {judged}/{len(rows)}  kept {kept}")
         for r in rows:
-            auroc = "  n/a" if r["auroc"] is None else f"{r['auroc']:.3f}"
+            score = "  n/a" if r["score"] is None else f"{r['score']:.3f}"
             low = "n/a" if r["ci"][0] is None else f"{r['ci'][0]:.3f}"
             print(
-                f"  {r['class'][:26]:26s} auroc {auroc}  lo {low}  real+ {r['real_positives']:3d}  "
+                f"  {r['class'][:26]:26s} score {score}  lo {low}  real+ {r['real_positives']:3d}  "
                 f"fidelity all {r['fidelity_all']:.2f} used {r['fidelity_used']}"
             )
     if args.json:
-        args.json.write_text(json.dumps({"ablation_dir": str(args.ablation_dir), "variants": table}, indent=1))
+        from synth.provenance import write_bench_result
+
+        write_bench_result(args.json, "gate_variants", {"ablation_dir": str(args.ablation_dir), "variants": table})
 
 
 if __name__ == "__main__":

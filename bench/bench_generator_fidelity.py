@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -85,20 +84,10 @@ def main() -> None:
             f"({seconds[n]:.0f} s to generate)"
         )
     if args.json:
-        from synth.io import write_json_atomic
-        from synth.provenance import environment
+        from synth.provenance import write_bench_result
 
-        write_json_atomic(
-            args.json,
-            {
-                "summary": summary,
-                "per_class": table,
-                "n_per_class": args.n,
-                "model": str(args.model),
-                "command": " ".join(sys.argv),
-                "provenance": environment(),
-            },
-        )
+        figures = {"summary": summary, "per_class": table, "n_per_class": args.n, "model": str(args.model)}
+        write_bench_result(args.json, "generator_fidelity", figures)
 
 
 def _pct(v) -> str:

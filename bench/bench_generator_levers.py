@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ablation_stages import stage_folder
+
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": {},  # configs/finetune/phantom-cpu.yaml as shipped: epsilon, min-SNR 5, EMA 0.999, UNet 64-128-128
     "no_min_snr": {"snr_gamma": None},
@@ -33,13 +35,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "narrow_unet": {"unet_block_out_channels": [32, 64, 64]},
     "batch_16": {"train_batch_size": 16},
 }
-
-
-def _stage(root: Path, prefix: str) -> Path:
-    found = sorted(root.glob(f"{prefix}-*"))
-    if not found:
-        raise SystemExit(f"{root}: no {prefix}-* stage folder; run `synth ablate` to the end first")
-    return found[-1]
 
 
 def train_variant(
@@ -94,9 +89,9 @@ def main() -> None:
     from synth.ablation.results import is_judgeable
     from synth.manifest import read_manifest
 
-    data = _stage(args.ablation_dir, "data") / "prepared" / "manifest.csv"
-    vae = _stage(args.ablation_dir, "generator") / "pipeline" / "vae_stage"
-    oracle = _stage(args.ablation_dir, "oracle") / "oracle"
+    data = stage_folder(args.ablation_dir, "data") / "prepared" / "manifest.csv"
+    vae = stage_folder(args.ablation_dir, "generator") / "pipeline" / "vae_stage"
+    oracle = stage_folder(args.ablation_dir, "oracle") / "oracle"
     real = read_manifest(data)
     real_train = real[real["split"] == "train"]
     figures: dict[str, Any] = {"train_steps": args.train_steps, "n_per_class": args.n, "variants": {}}
