@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from synth.generator.checkpoints import META_NAME
+from synth.inference.pipeline import assemble_pipeline
 from synth.io import write_json_atomic
 
 
@@ -41,18 +42,15 @@ def ema_weights(trainer):
 
 def training_pipeline(trainer):
     """A ``StableDiffusionPipeline`` over the trainer's unwrapped models (DPM-Solver++ from its noise schedule)."""
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from diffusers import DPMSolverMultistepScheduler
 
     acc = trainer.accelerator
-    return StableDiffusionPipeline(
+    return assemble_pipeline(
         vae=trainer.comps.vae,
         text_encoder=acc.unwrap_model(trainer.text_encoder),
         tokenizer=trainer.comps.tokenizer,
         unet=acc.unwrap_model(trainer.unet),
         scheduler=DPMSolverMultistepScheduler.from_config(trainer.noise_scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
     )
 
 
