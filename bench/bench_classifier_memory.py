@@ -14,7 +14,7 @@ concatenation with ``--synthetic`` rows, and ``--batches`` training batches (bat
 normalise, augment) per resolution. Each prints its peak RSS (target <= 8 GiB) next to what the old
 in-RAM cache needed for the same rows.
 
-Part 2 (speed, ``--speed``): classifier.train.fit_stage at 64 px on ``--speed-rows`` phantom-like
+Part 2 (speed, ``--speed``): classifier.stage.fit_stage at 64 px on ``--speed-rows`` phantom-like
 rows, interleaved rounds, images in RAM (old) vs from the cache file (new); the median per-round
 ratio new/old of images/s (target >= 0.9).
 

@@ -1,7 +1,8 @@
 """One training stage of one ensemble member: the epochs of AdamW steps, validation, checkpoint and resume.
 
-:func:`fit_stage` is what :mod:`classifier.train` runs per stage of a member (``train``, or ``pretrain`` then
-``finetune``); see its module docstring for the data discipline and the checkpoint layout.
+:func:`fit_stage` is what :func:`classifier.member.train_member` runs per stage of a member (``train``, or
+``pretrain`` then ``finetune``); see :mod:`classifier.train`'s module docstring for the data discipline and the
+checkpoint layout.
 """
 
 from __future__ import annotations
