@@ -301,7 +301,8 @@ def _ablation_yaml(tmp_path: Path, edit) -> Path:
 
     cfg = yaml.safe_load((REPO / "configs" / "ablation" / "demo.yaml").read_text())
     for section, key in STAGE_CONFIG_PATHS:
-        cfg[section][key] = str(REPO / cfg[section][key])
+        if (cfg.get(section) or {}).get(key):  # demo.yaml has no oracle section
+            cfg[section][key] = str(REPO / cfg[section][key])
     cfg["output_root"] = str(tmp_path / "outputs")
     edit(cfg)
     path = tmp_path / "ablation.yaml"

@@ -21,6 +21,7 @@ STAGE_CONFIG_PATHS: tuple[tuple[str, str], ...] = (
     ("filter", "verifier_config"),
     ("filter", "config"),
     ("classifier", "config"),
+    ("oracle", "config"),
 )
 
 
