@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from synth.ablation.arms import SYNTHETIC_FILTERED
 from synth.ablation.report.formatting import arm_label, fmt_diff
 from synth.ablation.results import (
     ARM_LABELS,
@@ -37,7 +36,7 @@ def headline(results: dict[str, Any]) -> list[str]:
             if tail.excludes_zero
             else "shows no clear effect on"
         )
-        against = _verdict_against(results, arm)
+        against = _verdict_against(results, vs_verdict_baseline(results, arm))
         if against:
             line = (
                 f"{arm_label(arm)} {verdict} the tail vs {against}: ΔmAP {fmt_diff(tail)} (vs real only "
@@ -63,7 +62,7 @@ def headline(results: dict[str, Any]) -> list[str]:
     check = filtered_target(results)
     if check is not None:
         target = results["target"]
-        against = _verdict_against(results, arm_by_name(results, SYNTHETIC_FILTERED.name))
+        against = _verdict_against(results, check.against_resampled)
         lines.append(
             f"Target (filtered arm: tail ΔmAP{' vs ' + against if against else ''} "
             f"≥ +{target['tail_gain']:.2f} with its "
@@ -74,9 +73,12 @@ def headline(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _verdict_against(results: dict[str, Any], arm: dict[str, Any]) -> str | None:
-    """The label of the stronger baseline a synthetic arm's verdict is against (None: real only)."""
-    if not vs_verdict_baseline(results, arm):
+def _verdict_against(results: dict[str, Any], vs_stronger: bool) -> str | None:
+    """The label of the stronger baseline a synthetic arm's verdict is against (None: real only).
+
+    ``vs_stronger`` comes from the caller so the target line reuses the :class:`TargetCheck`'s own answer.
+    """
+    if not vs_stronger:
         return None
     ref = results.get("verdict_baseline", results["baseline"])
     return ARM_LABELS.get(ref, ref).lower()
