@@ -263,14 +263,23 @@ def evaluate(
     return out
 
 
-def paired_bootstrap(y_true: np.ndarray, prob_base: np.ndarray, prob_arm: np.ndarray, *args: Any, **kw: Any) -> dict:
+def paired_bootstrap(
+    y_true: np.ndarray,
+    prob_base: np.ndarray,
+    prob_arm: np.ndarray,
+    classes: Sequence[str],
+    groups: Mapping[str, str],
+    patients: Sequence[Any],
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Arm − base for map / head_map / medium_map / tail_map on the SAME resampled patients: one run of
-    :func:`paired_bootstrap_runs`, which takes the rest (``classes, groups, patients, n_boot=1000, seed=0``).
+    :func:`paired_bootstrap_runs`.
 
     ``p`` is the two-sided bootstrap p-value of "no difference" (twice the
     smaller tail of the resampled differences around 0).
     """
-    return paired_bootstrap_runs(y_true, [prob_base], [prob_arm], *args, **kw)
+    return paired_bootstrap_runs(y_true, [prob_base], [prob_arm], classes, groups, patients, n_boot, seed)
 
 
 def paired_bootstrap_runs(
