@@ -9,6 +9,7 @@ few dozen CPU steps.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,9 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from synth.manifest import write_manifest
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 SIZE = 32
 CLASSES = ("Pneumothorax", "Cardiomegaly", "Rib Fracture")
@@ -107,3 +111,10 @@ def filter_argv(synthetic: Path, data: Path, verifier: Path, out: Path) -> list[
         "--out",
         str(out),
     ]
+
+
+def member_weights(run: Path, member: int = 0) -> dict[str, "torch.Tensor"]:
+    """The exported weights of one member of a trained ensemble folder: the resume tests compare them bit for bit."""
+    from safetensors.torch import load_file
+
+    return load_file(str(run / f"member-{member}" / "model.safetensors"))

@@ -444,7 +444,7 @@ def test_train_evaluate_two_resolutions_beats_prevalence(nih32: pd.DataFrame, tm
 
 
 def test_resume_from_checkpoint_matches_uninterrupted(nih32: pd.DataFrame, tmp_path: Path, monkeypatch):
-    from test_classifier_checkpoint import member_weights
+    from filter_fixtures import member_weights
 
     import classifier.stage as stage
     import classifier.train as train

@@ -16,14 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from filter_fixtures import make_real
-
-
-def member_weights(run: Path, member: int = 0) -> dict[str, torch.Tensor]:
-    """The exported weights of one member of a trained ensemble folder."""
-    from safetensors.torch import load_file
-
-    return load_file(str(run / f"member-{member}" / "model.safetensors"))
+from filter_fixtures import make_real, member_weights
 
 
 @pytest.fixture(scope="module")
