@@ -272,7 +272,7 @@ def paired_bootstrap(
     patients: Sequence[Any],
     n_boot: int = 1000,
     seed: int = 0,
-) -> dict[str, Any]:
+) -> dict:
     """Arm − base for map / head_map / medium_map / tail_map on the SAME resampled patients: one run of
     :func:`paired_bootstrap_runs`.
 
