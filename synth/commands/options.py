@@ -1,10 +1,13 @@
 """Typer options that several ``synth`` commands share, declared once.
 
 A flag that means the same thing in every command (``--out``, ``--config``, ``--set``, ``--seed``,
-``--workers``, ``--overwrite``, ``--no-progress``) gets its spelling and type here, so two commands cannot
-drift apart on them; a command passes only what is its own (what ``--out`` holds, which YAML ``--config``
-reads, an example ``--set``). Each factory returns an ``Annotated`` type (:func:`option`, which the commands
-also use for their own flags): the default stays in the command's signature, where a reader looks for it.
+``--workers``, ``--overwrite``, ``--no-progress``) gets its spelling and type here, so the commands built on
+these factories (prepare, phantom, generate, filter, verifier/oracle train, predict, ablate's ``--set``) cannot
+drift apart on them; ``classify train``, ``evaluate`` and ``ablate --config`` still declare theirs with
+``typer.Option`` (a required ``--config``, a ``--set`` without an example). A command passes only what is its
+own (what ``--out`` holds, which YAML ``--config`` reads, an example ``--set``). Each factory returns an
+``Annotated`` type (:func:`option`, which the commands also use for their own flags): the default stays in the
+command's signature, where a reader looks for it.
 """
 
 from __future__ import annotations
