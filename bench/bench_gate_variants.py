@@ -11,7 +11,9 @@ tail class under variants that use no test row and no oracle:
   generic        the current rule in a random-init resnet10t's features (no label-fitted shortcut);
   quantify-*     not a transfer AUROC but the estimated share of faithful images in each class set, by
                  adjusted classify-and-count with a probe fitted on real rows (:func:`_adjusted_count`),
-                 in the verifier's or the random encoder's features, thresholded at 5 % or 20 % real FPR.
+                 in the verifier's or the random encoder's features, thresholded at 5 % or 20 % real FPR;
+  neighbours-*   the share of a set's images with a real c-positive among their k nearest real rows, minus
+                 that share for images generated without c (:func:`_neighbour_share`).
 
 For each it prints the score per class beside the oracle's fidelity (of all generated images, and of the
 images the probe used) and the Spearman rank correlation. The oracle only judges; nothing here feeds it back.
@@ -186,6 +188,36 @@ def _adjusted_count(run: RunInputs, space: str, fpr: float, n_folds: int = 5, se
     return rows
 
 
+def _neighbour_share(run: RunInputs, space: str, k: int) -> list[dict]:
+    """Per class set: the share of its images with a real c-positive among their ``k`` nearest real rows
+    (cosine, standardised features), minus the same share for generated images prompted without c.
+
+    A non-parametric cousin of :func:`_adjusted_count`: it asks how many images of the set lie where real
+    positives lie, without fitting a probe on the few real positives. No test row, no oracle.
+    """
+    from synth.manifest import label_matrix
+
+    target = run.synth["target_class"].to_numpy()
+    classes = list(pd.unique(target))
+    syn_x, real_x = run.spaces[space]
+    mean, std = real_x.mean(0), real_x.std(0) + 1e-6
+    syn_n, real_n = ((x - mean) / std for x in (syn_x, real_x))
+    syn_n = syn_n / np.linalg.norm(syn_n, axis=1, keepdims=True)
+    real_n = real_n / np.linalg.norm(real_n, axis=1, keepdims=True)
+    nearest = np.argsort(-(syn_n @ real_n.T), axis=1)[:, :k]
+    real_y, syn_y = label_matrix(run.real, classes), label_matrix(run.synth, classes)
+    rows = []
+    for j, cls in enumerate(classes):
+        near_positive = (real_y[:, j] == 1)[nearest].any(axis=1)
+        share = float(near_positive[target == cls].mean())
+        base = float(near_positive[(target != cls) & (syn_y[:, j] == 0)].mean())
+        row = {"class": cls, "score": share - base, "auroc": None, "ci": [None, None], "passed": True}
+        row.update(share=share, base=base, real_positives=int((real_y[:, j] == 1).sum()))
+        row.update(fidelity_all=float(np.nanmean(run.detected[target == cls])), fidelity_used=None)
+        rows.append(row)
+    return rows
+
+
 def _spearman(rows: list[dict]) -> dict[str, float]:
     from scipy.stats import spearmanr
 
@@ -211,6 +243,8 @@ def main() -> None:
     for space in ("verifier", "generic"):
         for fpr in (0.05, 0.2):
             runs[f"quantify-{space}-fpr{fpr:g}"] = lambda space=space, fpr=fpr: _adjusted_count(run, space, fpr)
+        for k in (5, 20):
+            runs[f"neighbours-{space}-k{k}"] = lambda space=space, k=k: _neighbour_share(run, space, k)
     for name, judge in runs.items():
         if args.only and name not in args.only:
             continue
