@@ -28,6 +28,24 @@ from synth.generate import GenerateConfig, run
 from synth.manifest import read_manifest
 
 
+def judge_generator(
+    model: Path, oracle: Path, real_train, classes: list[str], n: int, guidance: float, steps: int, folder: Path
+) -> tuple[dict, float]:
+    """Generate ``n`` images per class into ``folder`` and let the phantom oracle judge them (the ablation's
+    :func:`~synth.ablation.stages.oracle_fidelity`): its per-class table and the seconds generation took."""
+    start = time.time()
+    cfg = GenerateConfig(n=n, guidance_scale=guidance, steps=steps, batch_size=16, progress=False)
+    generated = read_manifest(run(model, classes, folder, cfg))
+    seconds = time.time() - start
+    return json.loads(oracle_fidelity(oracle, real_train, generated, None, folder).read_text())["classes"], seconds
+
+
+def mean_fidelity(table: dict) -> tuple[float, int]:
+    """Mean oracle detection rate over the judgeable classes of a :func:`judge_generator` table, and their count."""
+    rates = [v["generated"] for v in table.values() if is_judgeable(v) and v.get("generated") is not None]
+    return sum(rates) / max(len(rates), 1), len(rates)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, required=True, help="generator pipeline folder (synth finetune output)")
@@ -49,19 +67,10 @@ def main() -> None:
     for g, steps in settings:
         name = f"g={g:g} steps={steps}"
         folder = args.out / f"guidance-{g:g}-steps-{steps}"
-        start = time.time()
-        manifest = run(
-            args.model,
-            args.classes,
-            folder,
-            GenerateConfig(n=args.n, guidance_scale=g, steps=steps, batch_size=16, progress=False),
+        table[name], seconds[name] = judge_generator(
+            args.model, args.oracle, real_train, args.classes, args.n, g, steps, folder
         )
-        seconds[name] = time.time() - start
-        generated = read_manifest(manifest)
-        table[name] = json.loads(oracle_fidelity(args.oracle, real_train, generated, None, folder).read_text())[
-            "classes"
-        ]
-        print(f"{name}: {len(generated)} images in {seconds[name]:.0f} s", flush=True)
+        print(f"{name}: {args.n} images per class in {seconds[name]:.0f} s", flush=True)
 
     names = list(table)
     classes = sorted(table[names[0]])
@@ -73,14 +82,10 @@ def main() -> None:
     judged = [c for c in classes if is_judgeable(table[names[0]][c])]
     summary = {}
     for n in names:
-        rates = [table[n][c]["generated"] for c in judged if table[n][c].get("generated") is not None]
-        summary[n] = {
-            "mean_fidelity": sum(rates) / max(len(rates), 1),
-            "n_judgeable": len(rates),
-            "generate_seconds": round(seconds[n], 1),
-        }
+        mean, n_judged = mean_fidelity({c: table[n][c] for c in judged})
+        summary[n] = {"mean_fidelity": mean, "n_judgeable": n_judged, "generate_seconds": round(seconds[n], 1)}
         print(
-            f"{n}: mean fidelity over {len(rates)} judgeable classes = {summary[n]['mean_fidelity']:.3f} "
+            f"{n}: mean fidelity over {n_judged} judgeable classes = {summary[n]['mean_fidelity']:.3f} "
             f"({seconds[n]:.0f} s to generate)"
         )
     if args.json:

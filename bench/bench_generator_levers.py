@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ablation_stages import stage_folder
+from bench_generator_fidelity import judge_generator, mean_fidelity
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": {},  # configs/finetune/phantom-cpu.yaml as shipped: epsilon, min-SNR 5, EMA 0.999, UNet 64-128-128
@@ -62,17 +63,6 @@ def train_variant(
     return pipeline, loop, time.time() - start
 
 
-def fidelity(pipeline: Path, oracle: Path, real_train, n: int, guidance: float, steps: int, out: Path) -> dict:
-    """Oracle detection rate per tail class of ``n`` generated images (the ablation's judge, nothing else)."""
-    from synth.ablation.stages import oracle_fidelity
-    from synth.generate import GenerateConfig, run
-    from synth.manifest import read_manifest
-
-    cfg = GenerateConfig(n=n, guidance_scale=guidance, steps=steps, batch_size=16, progress=False)
-    generated = read_manifest(run(pipeline, ["tail"], out, cfg))
-    return json.loads(oracle_fidelity(oracle, real_train, generated, None, out).read_text())["classes"]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("ablation_dir", type=Path, help="a finished `synth ablate` folder (data, generator, oracle)")
@@ -86,7 +76,6 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the figures (with provenance) here")
     args = ap.parse_args()
 
-    from synth.ablation.results import is_judgeable
     from synth.manifest import read_manifest
 
     data = stage_folder(args.ablation_dir, "data") / "prepared" / "manifest.csv"
@@ -99,23 +88,29 @@ def main() -> None:
         pipeline, seconds, stage_seconds = train_variant(
             args.config, name, data, vae, args.train_steps, args.out / name / "model"
         )
-        classes = fidelity(
-            pipeline, oracle, real_train, args.n, args.guidance, args.sample_steps, args.out / name / "images"
+        classes, _ = judge_generator(
+            pipeline,
+            oracle,
+            real_train,
+            ["tail"],
+            args.n,
+            args.guidance,
+            args.sample_steps,
+            args.out / name / "images",
         )
-        rates = [v["generated"] for v in classes.values() if is_judgeable(v) and v.get("generated") is not None]
-        mean = sum(rates) / max(len(rates), 1)
+        mean, n_judged = mean_fidelity(classes)
         minutes = seconds / 60
         figures["variants"][name] = {
             "overrides": VARIANTS[name],
             "unet_train_minutes": round(minutes, 2),
             "stage_minutes": round(stage_seconds / 60, 2),
             "mean_fidelity": round(mean, 4),
-            "n_judgeable": len(rates),
+            "n_judgeable": n_judged,
             "fidelity_per_train_minute": round(mean / minutes, 5),
             "per_class": {c: v.get("generated") for c, v in classes.items()},
         }
         print(
-            f"{name:14s} {minutes:6.1f} min  fidelity {100 * mean:5.1f} % on {len(rates)} classes  "
+            f"{name:14s} {minutes:6.1f} min  fidelity {100 * mean:5.1f} % on {n_judged} classes  "
             f"{100 * mean / minutes:5.2f} %/min",
             flush=True,
         )

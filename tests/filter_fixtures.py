@@ -1,4 +1,4 @@
-"""Tiny signature images and manifests for the filter tests.
+"""Tiny signature images and manifests for the filter tests (and the classifier tests that reuse them).
 
 Each class has a strong, unmistakable rendered signature on top of a
 per-patient random background (so different patients are different images):
