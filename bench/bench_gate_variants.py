@@ -18,8 +18,14 @@ tail class under variants that use no test row and no oracle:
 For each it prints the score per class beside the oracle's fidelity (of all generated images, and of the
 images the probe used) and the Spearman rank correlation. The oracle only judges; nothing here feeds it back.
 
+``--dose`` runs the filter's gate instead on class sets of KNOWN fidelity (0-100 %), each built from a class's
+own generated images that the oracle judged faithful or not (:func:`_dose_response`): the run's natural sets
+never go below 28 %, so only these test "every set under 10 % dropped".
+
     python bench/bench_gate_variants.py outputs/ablations/phantom-cpu [--json bench/results/gate_variants.json] \
         [--cache /tmp/embeddings.npz] [--only quantify-generic-fpr0.2 ...]
+    python bench/bench_gate_variants.py outputs/ablations/phantom-cpu --dose [--dose-size 20] [--dose-repeats 2] \
+        [--json bench/results/gate_dose_response.json]
 """
 
 from __future__ import annotations
@@ -87,40 +93,40 @@ def _load(root: Path, cache: Path | None = None) -> RunInputs:
 
 def _judge(run: RunInputs, space: str, use, drop_real) -> list[dict]:
     """The gate per generated class: probe fitted on the generated rows ``use(c)``, real rows ``drop_real(c)`` out."""
+    classes = list(pd.unique(run.synth["target_class"]))
+    return [_gate_row(run, space, cls, use(cls), drop_real(cls)) for cls in classes]
+
+
+def _gate_row(run: RunInputs, space: str, cls: str, use: np.ndarray, dropped: np.ndarray | None) -> dict:
+    """The gate on class ``cls``: probe fitted on the generated rows ``use``, the real rows ``dropped`` left out."""
     from synth.filtering.transfer import transfer_gate
     from synth.manifest import label_matrix
 
     target = run.synth["target_class"].to_numpy()
     classes = list(pd.unique(target))
+    j = classes.index(cls)
     real_y = label_matrix(run.real, classes)
     syn_x, real_x = run.spaces[space]
-    rows = []
-    for j, cls in enumerate(classes):
-        labels = real_y[:, j].copy()
-        dropped = drop_real(cls)
-        if dropped is not None:
-            labels[dropped] = np.nan
-        m = use(cls)
-        others = (real_y[:, [k for k in range(len(classes)) if k != j]] == 1).any(axis=1)
-        syn_labels = label_matrix(run.synth, [cls])[:, 0][m]
-        patients = run.real["subject_id"].astype(str).to_numpy()
-        gate = transfer_gate(
-            cls, syn_x[m], target[m], syn_labels, real_x, labels, patients, real_exclude=others, **run.gate_options
-        )
-        used = m & (target == cls)
-        rows.append(
-            {
-                "class": cls,
-                "score": gate.auroc,
-                "auroc": gate.auroc,
-                "ci": list(gate.ci),
-                "passed": gate.passed,
-                "real_positives": gate.n_real_pos,
-                "fidelity_all": float(np.nanmean(run.detected[target == cls])),
-                "fidelity_used": float(np.nanmean(run.detected[used])) if used.any() else None,
-            }
-        )
-    return rows
+    labels = real_y[:, j].copy()
+    if dropped is not None:
+        labels[dropped] = np.nan
+    others = (real_y[:, [k for k in range(len(classes)) if k != j]] == 1).any(axis=1)
+    syn_labels = label_matrix(run.synth, [cls])[:, 0][use]
+    patients = run.real["subject_id"].astype(str).to_numpy()
+    gate = transfer_gate(
+        cls, syn_x[use], target[use], syn_labels, real_x, labels, patients, real_exclude=others, **run.gate_options
+    )
+    used = use & (target == cls)
+    return {
+        "class": cls,
+        "score": gate.auroc,
+        "auroc": gate.auroc,
+        "ci": list(gate.ci),
+        "passed": gate.passed,
+        "real_positives": gate.n_real_pos,
+        "fidelity_all": float(np.nanmean(run.detected[target == cls])),
+        "fidelity_used": float(np.nanmean(run.detected[used])) if used.any() else None,
+    }
 
 
 def _variants(run: RunInputs) -> dict:
@@ -218,6 +224,62 @@ def _neighbour_share(run: RunInputs, space: str, k: int) -> list[dict]:
     return rows
 
 
+def _dose_response(
+    run: RunInputs, space: str, fractions: tuple[float, ...], size: int, repeats: int, seed: int = 0
+) -> list[dict]:
+    """The gate on class sets of known fidelity, built from each class's own generated images.
+
+    The run's natural sets span fidelity 0.28-1.0, so "every set under 10 % dropped" is never put to the test
+    there. Here a class with at least ``size`` images the oracle judged faithful and ``size`` it judged
+    unfaithful gets its set replaced by ``size`` of its own images, a share f of them faithful (the generator's
+    own failures are the unfaithful part, so the set looks as generated as before); every other class's set
+    stays as generated. The oracle only builds the sets and measures them; the gate sees images and real rows
+    as in ``synth filter``.
+    """
+    target = run.synth["target_class"].to_numpy()
+    rng = np.random.default_rng(seed)
+    rows = []
+    for cls in pd.unique(target):
+        own = target == cls
+        faithful = np.flatnonzero(own & (run.detected == 1))
+        unfaithful = np.flatnonzero(own & (run.detected == 0))
+        if min(len(faithful), len(unfaithful)) < size:
+            continue
+        for fraction in fractions:
+            for repeat in range(repeats):
+                n_faithful = int(round(fraction * size))
+                chosen = np.concatenate(
+                    [
+                        rng.choice(faithful, n_faithful, replace=False),
+                        rng.choice(unfaithful, size - n_faithful, replace=False),
+                    ]
+                )
+                use = ~own
+                use[chosen] = True
+                row = _gate_row(run, space, cls, use, None)
+                row.update(fraction=fraction, repeat=repeat, set_size=size)
+                rows.append(row)
+    return rows
+
+
+def _dose_summary(rows: list[dict], low: float = 0.1, high: float = 0.5) -> dict:
+    """Spearman of the gate's AUROC vs the set's fidelity over all (class, fraction) sets, and the two decisions
+    the issue asks for: sets under ``low`` fidelity dropped, sets at ``high`` or more kept."""
+    from scipy.stats import spearmanr
+
+    judged = [r for r in rows if r["score"] is not None]
+    low_sets = [r for r in judged if r["fidelity_used"] < low]
+    high_sets = [r for r in judged if r["fidelity_used"] >= high]
+    return {
+        "sets": len(rows),
+        "judged": len(judged),
+        "classes": len({r["class"] for r in rows}),
+        "spearman": float(spearmanr([r["score"] for r in judged], [r["fidelity_used"] for r in judged]).statistic),
+        f"dropped_below_{low:g}": [sum(not r["passed"] for r in low_sets), len(low_sets)],
+        f"kept_at_or_above_{high:g}": [sum(r["passed"] for r in high_sets), len(high_sets)],
+    }
+
+
 def _spearman(rows: list[dict]) -> dict[str, float]:
     from scipy.stats import spearmanr
 
@@ -235,9 +297,16 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the table here")
     ap.add_argument("--cache", type=Path, default=None, help="an .npz to keep the embeddings in between runs")
     ap.add_argument("--only", nargs="+", default=None, help="run only these variants")
+    ap.add_argument(
+        "--dose", action="store_true", help="instead: the gate on class sets of known fidelity (_dose_response)"
+    )
+    ap.add_argument("--dose-size", type=int, default=20, help="images per constructed class set")
+    ap.add_argument("--dose-repeats", type=int, default=2, help="random draws per (class, fidelity)")
     args = ap.parse_args()
 
     run = _load(args.ablation_dir, args.cache)
+    if args.dose:
+        return _dose_main(run, args)
     table = {}
     runs = {name: (lambda v=v: _judge(run, *v)) for name, v in _variants(run).items()}
     for space in ("verifier", "generic"):
@@ -263,6 +332,26 @@ def main() -> None:
         from synth.provenance import write_bench_result
 
         write_bench_result(args.json, "gate_variants", {"ablation_dir": str(args.ablation_dir), "variants": table})
+
+
+def _dose_main(run: RunInputs, args: argparse.Namespace) -> None:
+    fractions = (0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
+    table = {}
+    for space in ("verifier", "generic"):
+        rows = _dose_response(run, space, fractions, args.dose_size, args.dose_repeats)
+        table[space] = {"summary": _dose_summary(rows), "rows": rows}
+        print(f"\ndose-response, {space} features: {table[space]['summary']}")
+        for r in rows:
+            low = "n/a" if r["ci"][0] is None else f"{r['ci'][0]:.3f}"
+            score = "n/a" if r["score"] is None else f"{r['score']:.3f}"
+            print(
+                f"  {r['class'][:26]:26s} fid {r['fidelity_used']:.2f}  auroc {score}  lo {low}  kept {r['passed']:d}"
+            )
+    if args.json:
+        from synth.provenance import write_bench_result
+
+        payload = {"ablation_dir": str(args.ablation_dir), "fractions": list(fractions), "set_size": args.dose_size}
+        write_bench_result(args.json, "gate_dose_response", {**payload, "spaces": table})
 
 
 if __name__ == "__main__":
