@@ -121,8 +121,10 @@ def main() -> None:
                 seconds[f"{arm}/seed-{seed}"] = round(time.time() - start, 1)
                 print(f"{arm}/seed-{seed}: {seconds[f'{arm}/seed-{seed}']} s", flush=True)
             probs[arm].append(np.load(folder / "probs.npy"))
-    real_only = stage_folder(root / "arms", "real_only")
-    probs["real_only"] = [arm_probs(real_only / f"seed-{s}", heldout_dir.name) for s in args.seeds]
+    real_only = sorted((root / "arms").glob("real_only-*"))
+    if len(real_only) != 1:
+        raise SystemExit(f"{root / 'arms'}: expected one real_only-* folder, found {len(real_only)}")
+    probs["real_only"] = [arm_probs(real_only[0] / f"seed-{s}", heldout_dir.name) for s in args.seeds]
 
     y = label_matrix(test, classes)
     patients = test["subject_id"].astype(str).to_numpy()
