@@ -147,7 +147,8 @@ def test_markdown_has_tables_headline_and_provenance(report_dir: Path):
     assert "+0.080 [+0.060, +0.100], p≤0.010*" in md
     assert "+ synthetic, unfiltered shows no clear effect on the tail" in md
     assert "): MET." in md
-    assert "FID/KID on verifier convnext_atto features." in md
+    assert "FID/KID on verifier convnext_atto features; the floor is real-vs-real FID" in md
+    assert "transfer gate pass means" not in md  # no gate ran in this results.json
     assert "synth ablate --config configs/ablation/unit.yaml" in md and "abc123" in md
     for fig in ("group_map", "delta_ap_vs_prevalence"):
         assert (report_dir / "figures" / f"{fig}.png").stat().st_size > 1000
@@ -410,6 +411,7 @@ def test_filter_table_and_gate_vs_fidelity_with_spearman(tmp_path: Path):
     (tmp_path / "r" / "results.json").write_text(json.dumps(results))
     md = render_report(tmp_path / "r")["md"].read_text()
     assert "| transfer gate AUROC [95% CI] |" in md and "rejected: no_transfer" in md
+    assert "A transfer gate pass means the class's set carries class-specific content" in md
     assert f"| {tail[3]} | 40 | 0 | 40 |" in md and "0.450 [0.400, 0.500] dropped" in md and "not judged (kept)" in md
     assert "Gate (real data only) vs oracle fidelity on 4 judgeable tail class(es): Spearman ρ = +0.80." in md
     assert "dropped (dropped: none): MET." in md  # issue #18's bar: rho >= 0.6, the 5 % set dropped, the 80 % set kept

@@ -84,9 +84,7 @@ def html_report(results: dict[str, Any], figures: dict[str, bytes]) -> str:
     ]
     filt = tables.filter_table(results)
     if filt:
-        extractor = results["filter"].get("extractor", "unknown")
-        floor = "the floor is real-vs-real FID at the same sample size."
-        body += _html_section("Filter summary", f"FID/KID on {extractor} features; {floor}", filt)
+        body += _html_section("Filter summary", tables.filter_note(results), filt)
     for title, note, table in tables.oracle_sections(results):
         body += _html_section(title, note, table)
     if results.get("grids"):

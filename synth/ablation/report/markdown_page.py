@@ -55,8 +55,7 @@ def markdown_report(results: dict[str, Any], figures: dict[str, bytes]) -> str:
     ]
     filt = tables.filter_table(results)
     if filt:
-        extractor = results["filter"].get("extractor", "unknown")
-        out += _md_section("Filter summary", f"FID/KID on {extractor} features.", filt)
+        out += _md_section("Filter summary", tables.filter_note(results), filt)
     for title, note, table in tables.oracle_sections(results):
         out += _md_section(title, note, table)
     grids = [n for n in figures if n.startswith("grid_")]

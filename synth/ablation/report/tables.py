@@ -165,6 +165,23 @@ def filter_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]] |
     return header, rows
 
 
+GATE_MEANING = (
+    "A transfer gate pass means the class's set carries class-specific content that ranks real positives above "
+    "chance; it does not say how many of its images show the finding (on the phantom, sets the oracle judged 0 % "
+    "faithful passed as readily as faithful ones: bench/bench_gate_variants.py <run> --dose)."
+)
+
+
+def filter_note(results: dict[str, Any]) -> str:
+    """The filter summary's caption (both pages): the features FID/KID used, and what a transfer-gate pass means."""
+    filt = results.get("filter") or {}
+    extractor = filt.get("extractor", "unknown")
+    note = f"FID/KID on {extractor} features; the floor is real-vs-real FID at the same sample size."
+    if any(c.get("transfer") for c in (filt.get("classes") or {}).values()):
+        note += " " + GATE_MEANING
+    return note
+
+
 def _gate_cell(gate: dict[str, Any] | None) -> str:
     if not gate:
         return "–"
