@@ -52,7 +52,7 @@ def main() -> None:
     root, cfg = args.ablation_dir, load_ablation_config(args.config)
     data_manifest = stage_folder(root, "data") / "prepared" / "manifest.csv"
     real = read_manifest(data_manifest)
-    kept = read_manifest(stage_folder(root, "filter") / "kept.csv")
+    kept = read_manifest(stage_folder(root, "filter") / "filtered" / "kept.csv")
     classes = annotated_classes(real[real["split"] == "train"])
     repeats = resample_plan(cfg, real, classes).repeats
     train_df = concat_manifests([real, kept], data_manifest.parent)
