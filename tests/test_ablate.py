@@ -153,6 +153,7 @@ class FakeStages:
     def __init__(self, monkeypatch):
         self.calls: list[str] = []
         self.fail_at: tuple[str, int] | None = None
+        self.repeats: dict[str, dict[str, int] | None] = {}  #: arm -> the row_repeats its train_arm call got
         for name in (
             "prepare_data",
             "train_generator",
@@ -211,7 +212,9 @@ class FakeStages:
         }.get(mode, "mix")
         if mode == "mix":
             arm = "synthetic_unfiltered" if len(train_df) == 46 else "synthetic_filtered"
+            arm += "_resampled" if row_repeats else ""
         self.calls.append(f"{arm}/{seed}")
+        self.repeats[arm] = row_repeats
         if self.fail_at == (arm, seed):
             raise RuntimeError("simulated crash")
         out.mkdir(parents=True, exist_ok=True)
@@ -278,6 +281,37 @@ def test_crash_then_resume_recomputes_only_unfinished_work(tmp_path: Path, monke
     fake.calls.clear()
     run_ablation(cfg, log=lambda m: None)  # everything finished: nothing is recomputed
     assert fake.calls == []
+
+
+def test_filtered_resampled_arm_mixes_kept_rows_under_the_resampled_plan(tmp_path: Path, monkeypatch):
+    """The opt-in arm trains on the filtered mix with real_resampled's repeat plan, and is paired with both baselines;
+    without real_resampled in the config it still gets the plan."""
+    fake = FakeStages(monkeypatch)
+    arms = ["real_only", "real_resampled", "synthetic_filtered", "synthetic_filtered_resampled"]
+    cfg = load_ablation_config(_write_config(tmp_path, seeds=[0], arms=arms))
+    results = json.loads((run_ablation(cfg, log=lambda m: None) / "results.json").read_text())
+    assert fake.calls[-4:] == [f"{a}/0" for a in arms]
+    plan_repeats = fake.repeats["real_resampled"]
+    assert plan_repeats and max(plan_repeats.values()) > 1
+    assert fake.repeats["synthetic_filtered_resampled"] == plan_repeats and fake.repeats["synthetic_filtered"] is None
+    arm = next(a for a in results["arms"] if a["name"] == "synthetic_filtered_resampled")
+    assert (
+        "paired_vs_resampled" in arm and arm["resampling"] and arm["label"] == "+ synthetic, filtered, tail re-sampled"
+    )
+
+    fake2 = FakeStages(monkeypatch)
+    (tmp_path / "no-baseline").mkdir()
+    cfg2 = load_ablation_config(
+        _write_config(tmp_path / "no-baseline", seeds=[0], arms=["real_only", "synthetic_filtered_resampled"])
+    )
+    run_ablation(cfg2, log=lambda m: None)
+    repeats = fake2.repeats["synthetic_filtered_resampled"]
+    assert repeats and max(repeats.values()) > 1
+
+
+def test_default_arms_leave_out_the_opt_in_arm(tmp_path: Path):
+    cfg = load_ablation_config(_write_config(tmp_path))
+    assert "synthetic_filtered_resampled" not in cfg.arms and len(cfg.arms) == 5
 
 
 def _ran_once(tmp_path: Path, monkeypatch) -> tuple[FakeStages, object]:

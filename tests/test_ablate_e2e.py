@@ -124,6 +124,7 @@ def test_every_synthetic_arm_trained_on_its_synthetic_rows(ablation):
         "real_resampled": 0,
         "synthetic_unfiltered": len(generated),
         "synthetic_filtered": len(kept),
+        "synthetic_filtered_resampled": len(kept),
         "synthetic_pretrain": len(kept),
     }
     for arm in results["arms"]:
@@ -138,6 +139,12 @@ def test_every_synthetic_arm_trained_on_its_synthetic_rows(ablation):
         for arm, rows in (("real_resampled", resampling["n_presented"]), ("real_only", resampling["n_rows"])):
             member = json.loads((steps[f"{arm}/seed-{seed}"] / "model" / "member-0" / "member.json").read_text())
             assert member["stages"][0]["rows"] == rows, (arm, seed)
+        # the opt-in arm: the filtered mix, its real rows repeated by the same plan
+        mix, mix_resampled = (
+            json.loads((steps[f"{arm}/seed-{seed}"] / "model" / "member-0" / "member.json").read_text())["stages"][0]
+            for arm in ("synthetic_filtered", "synthetic_filtered_resampled")
+        )
+        assert mix_resampled["rows"] - mix["rows"] == resampling["n_presented"] - resampling["n_rows"] > 0, seed
     # the filter's transfer gate ran (configs/filter/default.yaml) and says why it could not judge 4 images per class
     for cls in GENERATED:
         gate = results["filter"]["classes"][cls]["transfer"]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from synth.ablation.arms import ARMS as ARM_REGISTRY
-from synth.ablation.arms import BASELINE, SyntheticSet
+from synth.ablation.arms import BASELINE, DEFAULT_ARMS, SyntheticSet
 from synth.config import load_config
 from synth.config_errors import UnknownKeyError
 from synth.errors import UserError
@@ -123,7 +123,7 @@ class Target:
 class AblationConfig:
     name: str
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    arms: list[str] = field(default_factory=lambda: list(ARMS))
+    arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS))
     output_root: str = "outputs"
     data: DataConfig = field(default_factory=DataConfig)
     generator: GeneratorStage = field(default_factory=GeneratorStage)

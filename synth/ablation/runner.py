@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from synth.ablation import stages
-from synth.ablation.arms import ARMS, RESAMPLED_BASELINE, Arm, SyntheticSet
+from synth.ablation.arms import ARMS, Arm, SyntheticSet
 from synth.ablation.collect import build_results
 from synth.ablation.config import AblationConfig
 from synth.ablation.preflight import check_paths
@@ -66,7 +66,7 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
     classes = annotated_classes(real[real["split"] == "train"])
     test = real[real["split"] == cfg.evaluation.split].reset_index(drop=True)
     heldout = _heldout_set(cfg, steps, log, timer)
-    resampling = stages.resample_plan(cfg, real, classes) if RESAMPLED_BASELINE in cfg.arms else None
+    resampling = stages.resample_plan(cfg, real, classes) if any(ARMS[n].resample for n in cfg.arms) else None
     probs: dict[tuple[str, int], np.ndarray] = {}
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     for name in cfg.arms:
