@@ -7,7 +7,15 @@ takes a stage only when exactly one folder matches, and otherwise says which to 
 
 from __future__ import annotations
 
+import argparse
+import json
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
 
 
 def stage_folder(root: Path, prefix: str) -> Path:
@@ -22,3 +30,72 @@ def stage_folder(root: Path, prefix: str) -> Path:
             "an output folder that holds one run (move the others away)"
         )
     return found[0]
+
+
+# ---------------------------------------------------------------- benches that train extra arms on a finished run
+
+
+@dataclass
+class RunRows:
+    """A finished run's config and rows as its arms saw them."""
+
+    cfg: Any  #: the AblationConfig the benches train with (the run's committed config)
+    data_manifest: Path
+    real: pd.DataFrame  #: every real row (all splits), as the arms were given them
+    classes: list[str]  #: the classes annotated in the real training split (the arms' output order)
+    test: pd.DataFrame  #: the evaluation split, then the held-out phantom rows: the order of the arms' stored probs
+    heldout_name: str  #: the held-out stage folder's name (prefix of each arm's stored held-out probs)
+
+
+def arm_bench_parser(description: str, out: str) -> argparse.ArgumentParser:
+    """The options every extra-arm bench takes: the run, its config, the seeds, where to train, the result file."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("ablation_dir", type=Path)
+    ap.add_argument("--config", type=Path, default=Path("configs/ablation/phantom-cpu.yaml"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", type=Path, default=Path(out))
+    ap.add_argument("--json", type=Path, default=None)
+    return ap
+
+
+def load_run_rows(root: Path, config: Path) -> RunRows:
+    from synth.ablation.config import load_ablation_config
+    from synth.manifest import annotated_classes, concat_manifests, read_manifest
+
+    cfg = load_ablation_config(config)
+    data_manifest = stage_folder(root, "data") / "prepared" / "manifest.csv"
+    real = read_manifest(data_manifest)
+    heldout_dir = stage_folder(root, "heldout")
+    test = real[real["split"] == cfg.evaluation.split].reset_index(drop=True)
+    test = concat_manifests([test, read_manifest(heldout_dir / "phantom" / "heldout.csv")], data_manifest.parent)
+    classes = annotated_classes(real[real["split"] == "train"])
+    return RunRows(cfg, data_manifest, real, classes, test, heldout_dir.name)
+
+
+def train_and_predict(
+    run: RunRows, mode: str, seed: int, train_df: pd.DataFrame, folder: Path, row_repeats: dict | None = None
+) -> tuple[np.ndarray, float | None]:
+    """Train one extra arm/seed with the run's classifier recipe and predict ``run.test`` (kept in ``folder``: a
+    rerun reads it back); its probabilities and training + prediction seconds (None if not recorded)."""
+    from synth.ablation.runner import _predict_to
+    from synth.ablation.stages import train_arm
+
+    if not (folder / "probs.npy").exists():
+        start = time.time()
+        model = train_arm(run.cfg, mode, seed, train_df, run.classes, folder / "model", row_repeats=row_repeats)
+        _predict_to(run.cfg, Path(model), run.test, run.classes, folder / "probs.npy")
+        (folder / "seconds.json").write_text(json.dumps(round(time.time() - start, 1)))
+    seconds = json.loads((folder / "seconds.json").read_text()) if (folder / "seconds.json").exists() else None
+    return np.load(folder / "probs.npy"), seconds
+
+
+def run_arm_probs(root: Path, arm: str, seeds: list[int], heldout_name: str) -> list[np.ndarray]:
+    """The run's own arm ``arm``: per seed, its test probabilities then its held-out ones (the ablation's order)."""
+    found = sorted((root / "arms").glob(f"{arm}-*"))
+    if len(found) != 1:
+        raise SystemExit(f"{root / 'arms'}: expected one {arm}-* folder, found {len(found)}")
+    out = []
+    for seed in seeds:
+        folder = found[0] / f"seed-{seed}"
+        out.append(np.concatenate([np.load(folder / "test_probs.npy"), np.load(folder / f"{heldout_name}_probs.npy")]))
+    return out

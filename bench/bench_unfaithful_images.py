@@ -23,13 +23,9 @@ CPU cost: one classifier training + prediction per (set, seed), ~2.5 min each on
 
 from __future__ import annotations
 
-import argparse
-import time
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
-from ablation_stages import stage_folder
+from ablation_stages import arm_bench_parser, load_run_rows, run_arm_probs, stage_folder, train_and_predict
 
 ARMS = ("faithful", "unfaithful")
 
@@ -52,14 +48,6 @@ def pick_sets(synth: pd.DataFrame, detected: np.ndarray, minimum: int, seed: int
     return {arm: synth.iloc[np.sort(np.concatenate(rows))] for arm, rows in picked.items() if rows}
 
 
-def arm_probs(folder: Path, heldout_name: str | None) -> np.ndarray:
-    """An arm/seed's probabilities of the test rows, then of the held-out rows, as the ablation stored them."""
-    probs = np.load(folder / "test_probs.npy")
-    if heldout_name is not None:
-        probs = np.concatenate([probs, np.load(folder / f"{heldout_name}_probs.npy")])
-    return probs
-
-
 def per_class_differences(y, base: list[np.ndarray], arm: list[np.ndarray], classes, judged, patients) -> dict:
     """Seed-averaged paired bootstrap of AP(arm) - AP(base) per judged class and over them (``mean``)."""
     from classifier.metrics import paired_bootstrap_runs
@@ -77,60 +65,39 @@ def per_class_differences(y, base: list[np.ndarray], arm: list[np.ndarray], clas
 
 
 def main() -> None:
-    from synth.ablation.config import load_ablation_config
-    from synth.ablation.runner import _predict_to
-    from synth.ablation.stages import train_arm
     from synth.filtering.oracle import oracle_report
-    from synth.manifest import annotated_classes, concat_manifests, label_matrix, read_manifest
+    from synth.manifest import concat_manifests, label_matrix, read_manifest
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("ablation_dir", type=Path)
-    ap.add_argument("--config", type=Path, default=Path("configs/ablation/phantom-cpu.yaml"))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap = arm_bench_parser(__doc__.split("\n")[0], "outputs/bench/unfaithful_images")
     ap.add_argument("--min", type=int, default=20, help="faithful and unfaithful images a class needs to take part")
-    ap.add_argument("--out", type=Path, default=Path("outputs/bench/unfaithful_images"))
-    ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
-    root, cfg = args.ablation_dir, load_ablation_config(args.config)
-    data_manifest = stage_folder(root, "data") / "prepared" / "manifest.csv"
-    real = read_manifest(data_manifest)
+    root = args.ablation_dir
+    run = load_run_rows(root, args.config)
     synth = read_manifest(stage_folder(root, "generate") / "manifest.csv")
     _, detected = oracle_report(
         stage_folder(root, "oracle") / "oracle", synth, synth["target_class"], np.ones(len(synth)), 64
     )
     sets = pick_sets(synth, detected, args.min)
     judged = sorted(pd.unique(sets["faithful"]["target_class"]))
-    classes = annotated_classes(real[real["split"] == "train"])
-    test = real[real["split"] == cfg.evaluation.split].reset_index(drop=True)
-    heldout_dir = stage_folder(root, "heldout")
-    heldout = read_manifest(heldout_dir / "phantom" / "heldout.csv")
-    test = concat_manifests([test, heldout], data_manifest.parent)
     print(f"{len(judged)} classes, {len(sets['faithful'])} images per set: {', '.join(judged)}", flush=True)
 
     probs: dict[str, list[np.ndarray]] = {arm: [] for arm in ARMS}
     seconds = {}
     for arm in ARMS:
-        train_df = concat_manifests([real, sets[arm]], data_manifest.parent)
+        train_df = concat_manifests([run.real, sets[arm]], run.data_manifest.parent)
         for seed in args.seeds:
-            folder = args.out / arm / f"seed-{seed}"
-            if not (folder / "probs.npy").exists():
-                start = time.time()
-                model = train_arm(cfg, "mix", seed, train_df, classes, folder / "model")
-                _predict_to(cfg, Path(model), test, classes, folder / "probs.npy")
-                seconds[f"{arm}/seed-{seed}"] = round(time.time() - start, 1)
-                print(f"{arm}/seed-{seed}: {seconds[f'{arm}/seed-{seed}']} s", flush=True)
-            probs[arm].append(np.load(folder / "probs.npy"))
-    real_only = sorted((root / "arms").glob("real_only-*"))
-    if len(real_only) != 1:
-        raise SystemExit(f"{root / 'arms'}: expected one real_only-* folder, found {len(real_only)}")
-    probs["real_only"] = [arm_probs(real_only[0] / f"seed-{s}", heldout_dir.name) for s in args.seeds]
+            p, seconds[f"{arm}/seed-{seed}"] = train_and_predict(
+                run, "mix", seed, train_df, args.out / arm / f"seed-{seed}"
+            )
+            probs[arm].append(p)
+    probs["real_only"] = run_arm_probs(root, "real_only", args.seeds, run.heldout_name)
 
-    y = label_matrix(test, classes)
-    patients = test["subject_id"].astype(str).to_numpy()
+    y = label_matrix(run.test, run.classes)
+    patients = run.test["subject_id"].astype(str).to_numpy()
     table = {}
     for base, arm in (("faithful", "unfaithful"), ("real_only", "faithful"), ("real_only", "unfaithful")):
-        table[f"{arm} - {base}"] = per_class_differences(y, probs[base], probs[arm], classes, judged, patients)
+        table[f"{arm} - {base}"] = per_class_differences(y, probs[base], probs[arm], run.classes, judged, patients)
     for name, rows in table.items():
         print(f"\n{name} (AP, seed mean, 95 % paired patient-bootstrap interval)")
         for cls, r in rows.items():
