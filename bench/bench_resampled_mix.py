@@ -23,6 +23,7 @@ from ablation_stages import arm_bench_parser, load_run_rows, run_arm_probs, stag
 
 def main() -> None:
     from classifier.metrics import paired_bootstrap_runs
+    from synth.ablation.harm import judge_harm, paired_per_class
     from synth.ablation.stages import resample_plan
     from synth.manifest import concat_manifests, label_matrix, read_manifest
 
@@ -49,6 +50,12 @@ def main() -> None:
         table[f"filtered mix + resampling - {base}"] = {
             k: {"diff": v["diff"], "ci": list(v["ci"]), "run_diffs": v["run_diffs"]} for k, v in diff.items()
         }
+        if base == "real_only":  # the quality target's "do no harm" part, by the report's own rule
+            per_class = paired_per_class(run.cfg, y, list(zip(base_probs, probs)), run.classes, patients)
+            harmed, not_judged = judge_harm(per_class)
+            harm = {"harmed": harmed, "harmed_tail": [c for c in harmed if groups.get(c) == "tail"]}
+            harm.update(not_judged=not_judged)
+            print(f"classes significantly below real_only: {harmed or 'none'} (tail: {harm['harmed_tail'] or 'none'})")
     for name, rows in table.items():
         print(f"\n{name} (mAP, seed mean, 95 % paired patient-bootstrap interval)")
         for key, r in rows.items():
@@ -59,7 +66,7 @@ def main() -> None:
 
         payload = {"ablation_dir": str(root), "config": str(args.config), "seeds": args.seeds, "seconds": seconds}
         payload.update(synthetic_rows=len(kept), repeated_real_rows=len(repeats))
-        write_bench_result(args.json, "resampled_mix", {**payload, "differences": table})
+        write_bench_result(args.json, "resampled_mix", {**payload, "differences": table, "harm_vs_real_only": harm})
 
 
 if __name__ == "__main__":
