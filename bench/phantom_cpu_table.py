@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from synth.ablation.results import (  # noqa: E402
+    ARM_LABELS,
     GATE_MIN_SPEARMAN,
     GATE_MUST_DROP_BELOW,
     GATE_MUST_KEEP_FROM,
@@ -33,6 +34,7 @@ from synth.ablation.results import (  # noqa: E402
     is_judgeable,
     paired_estimate,
     paired_vs_resampled,
+    target_arm,
 )
 from synth.io import write_json_atomic  # noqa: E402
 
@@ -101,7 +103,8 @@ def _target_line(results: dict) -> str:
     if check is None:
         return ""
     detail = "; ".join(f"{name}: {'yes' if ok else 'no'}" for name, ok in check.checks)
-    return f"**Target (filtered arm): {'MET' if check.met else 'NOT MET'}** — {detail}."
+    arm = target_arm(results)
+    return f"**Target ({ARM_LABELS.get(arm, arm)}): {'MET' if check.met else 'NOT MET'}** — {detail}."
 
 
 def _fidelity_lines(results: dict) -> list[str]:

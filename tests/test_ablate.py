@@ -58,6 +58,7 @@ def _write_config(tmp_path: Path, **changes) -> Path:
         ({"data__bogus": 1}, r"unknown key\(s\) \['bogus'\] in 'data'"),
         ({"arms": ["real_only", "synthetic_magic"]}, r"unknown arm\(s\) \['synthetic_magic'\]"),
         ({"arms": ["synthetic_filtered"]}, "must include real_only"),
+        ({"target": {"arm": "real_resampled"}}, "target.arm 'real_resampled' must be a synthetic arm"),
         ({"seeds": []}, "seeds must be a non-empty list"),
         ({"seeds": [0, 0]}, "distinct integers"),
         ({"generate__classes": ["Rib Fractur"]}, "Rib Fracture"),

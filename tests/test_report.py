@@ -162,6 +162,19 @@ def test_target_not_met_when_gain_too_small(tmp_path: Path):
     assert "): NOT MET." in render_report(tmp_path / "r")["md"].read_text()
 
 
+def test_target_judges_the_arm_the_config_names(tmp_path: Path):
+    # the filtered mix gains 0.03 (below the bar), the pretrain arm 0.05 (above it): the named arm decides
+    results = make_results(tmp_path / "r", tail_gain=0.03)
+    results["target"] = {"tail_gain": 0.04, "max_head_drop": 0.01, "arm": "synthetic_pretrain"}
+    (tmp_path / "r" / "results.json").write_text(json.dumps(results))
+    md = render_report(tmp_path / "r")["md"].read_text()
+    assert "Target (Synthetic pretrain → real fine-tune: tail ΔmAP ≥ +0.04 with its interval above 0" in md
+    assert md.rstrip().count("): MET.") == 1 and "NOT MET" not in md
+    results["target"]["arm"] = "synthetic_filtered"
+    (tmp_path / "r" / "results.json").write_text(json.dumps(results))
+    assert "Target (+ synthetic, filtered: tail ΔmAP ≥ +0.04" in render_report(tmp_path / "r")["md"].read_text()
+
+
 def test_seed_combination_rule(report_dir: Path):
     results = json.loads((report_dir / "results.json").read_text())
     est = paired_estimate(arm_by_name(results, "synthetic_filtered"), "tail")

@@ -69,7 +69,11 @@ def build_results(
         "baseline": BASELINE,
         "verdict_baseline": RESAMPLED_BASELINE if RESAMPLED_BASELINE in cfg.arms else BASELINE,
         "arms": arms,
-        "target": {"tail_gain": cfg.target.tail_gain, "max_head_drop": cfg.target.max_head_drop},
+        "target": {
+            "tail_gain": cfg.target.tail_gain,
+            "max_head_drop": cfg.target.max_head_drop,
+            "arm": cfg.target.arm,
+        },
         "provenance": stages.provenance(cfg),
     }
     if filter_dir is not None:

@@ -295,7 +295,7 @@ def verdict_tail(results: dict[str, Any], arm: dict[str, Any]) -> Estimate:
 
 @dataclass(frozen=True)
 class TargetCheck:
-    """The filtered arm against ``results["target"]``: one (condition, passed) pair per part of the bar."""
+    """The target arm against ``results["target"]``: one (condition, passed) pair per part of the bar."""
 
     checks: list[tuple[str, bool]]
     against_resampled: bool
@@ -306,12 +306,17 @@ class TargetCheck:
         return all(ok for _, ok in self.checks)
 
 
+def target_arm(results: dict[str, Any]) -> str:
+    """The arm the quality target judges (results.json written before ``target.arm`` existed: the filtered mix)."""
+    return (results.get("target") or {}).get("arm", SYNTHETIC_FILTERED.name)
+
+
 def filtered_target(results: dict[str, Any]) -> TargetCheck | None:
     """The quality target, evaluated once for the report's headline and the README table; None without one."""
     target = results.get("target")
-    if not target or not any(a["name"] == SYNTHETIC_FILTERED.name for a in results["arms"]):
+    if not target or not any(a["name"] == target_arm(results) for a in results["arms"]):
         return None
-    arm = arm_by_name(results, SYNTHETIC_FILTERED.name)
+    arm = arm_by_name(results, target_arm(results))
     tail, head = verdict_tail(results, arm), paired_estimate(arm, "head")
     harmed_tail = harmed_classes(arm, results["groups"], "tail")
     against = vs_verdict_baseline(results, arm)

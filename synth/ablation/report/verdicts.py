@@ -13,6 +13,7 @@ from synth.ablation.results import (
     harmed_classes,
     is_judgeable,
     paired_estimate,
+    target_arm,
     verdict_tail,
     vs_verdict_baseline,
 )
@@ -64,7 +65,8 @@ def headline(results: dict[str, Any]) -> list[str]:
         target = results["target"]
         against = _verdict_against(results, check.against_resampled)
         lines.append(
-            f"Target (filtered arm: tail ΔmAP{' vs ' + against if against else ''} "
+            f"Target ({ARM_LABELS.get(target_arm(results), target_arm(results))}: "
+            f"tail ΔmAP{' vs ' + against if against else ''} "
             f"≥ +{target['tail_gain']:.2f} with its "
             f"interval above 0, head ΔmAP ≥ -{target['max_head_drop']:.2f}"
             f"{', no tail class significantly below real only' if check.harm_judged else ''}): "
