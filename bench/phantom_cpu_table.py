@@ -27,7 +27,6 @@ from synth.ablation.results import (  # noqa: E402
     GATE_MIN_SPEARMAN,
     GATE_MUST_DROP_BELOW,
     GATE_MUST_KEEP_FROM,
-    filtered_target,
     gate_agreement,
     group_estimate,
     harmed_classes,
@@ -35,6 +34,7 @@ from synth.ablation.results import (  # noqa: E402
     paired_estimate,
     paired_vs_resampled,
     target_arm,
+    target_check,
 )
 from synth.io import write_json_atomic  # noqa: E402
 
@@ -99,7 +99,7 @@ def render(results: dict) -> str:
 
 
 def _target_line(results: dict) -> str:
-    check = filtered_target(results)
+    check = target_check(results)
     if check is None:
         return ""
     detail = "; ".join(f"{name}: {'yes' if ok else 'no'}" for name, ok in check.checks)

@@ -311,7 +311,7 @@ def target_arm(results: dict[str, Any]) -> str:
     return (results.get("target") or {}).get("arm", SYNTHETIC_FILTERED.name)
 
 
-def filtered_target(results: dict[str, Any]) -> TargetCheck | None:
+def target_check(results: dict[str, Any]) -> TargetCheck | None:
     """The quality target, evaluated once for the report's headline and the README table; None without one."""
     target = results.get("target")
     if not target or not any(a["name"] == target_arm(results) for a in results["arms"]):

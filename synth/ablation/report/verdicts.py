@@ -9,11 +9,11 @@ from synth.ablation.report.formatting import arm_label, fmt_diff
 from synth.ablation.results import (
     ARM_LABELS,
     arm_by_name,
-    filtered_target,
     harmed_classes,
     is_judgeable,
     paired_estimate,
     target_arm,
+    target_check,
     verdict_tail,
     vs_verdict_baseline,
 )
@@ -60,7 +60,7 @@ def headline(results: dict[str, Any]) -> list[str]:
     for extra in (_tail_evidence(results), _fidelity_summary(results)):
         if extra:
             lines.append(extra)
-    check = filtered_target(results)
+    check = target_check(results)
     if check is not None:
         target = results["target"]
         against = _verdict_against(results, check.against_resampled)
