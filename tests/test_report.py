@@ -173,6 +173,10 @@ def test_target_judges_the_arm_the_config_names(tmp_path: Path):
     results["target"]["arm"] = "synthetic_filtered"
     (tmp_path / "r" / "results.json").write_text(json.dumps(results))
     assert "Target (+ synthetic, filtered: tail ΔmAP ≥ +0.04" in render_report(tmp_path / "r")["md"].read_text()
+    results["target"]["arm"] = "synthetic_filtered_resampled"  # not among this run's arms: said, not silent
+    (tmp_path / "r" / "results.json").write_text(json.dumps(results))
+    md = render_report(tmp_path / "r")["md"].read_text()
+    assert "Target: not checked — its arm (+ synthetic, filtered, tail re-sampled) did not run" in md
 
 
 def test_seed_combination_rule(report_dir: Path):

@@ -60,12 +60,14 @@ def headline(results: dict[str, Any]) -> list[str]:
     for extra in (_tail_evidence(results), _fidelity_summary(results)):
         if extra:
             lines.append(extra)
-    check = target_check(results)
+    check, arm = target_check(results), ARM_LABELS.get(target_arm(results), target_arm(results))
+    if check is None and results.get("target"):
+        lines.append(f"Target: not checked — its arm ({arm}) did not run (target.arm in the config, or --arms).")
     if check is not None:
         target = results["target"]
         against = _verdict_against(results, check.against_resampled)
         lines.append(
-            f"Target ({ARM_LABELS.get(target_arm(results), target_arm(results))}: "
+            f"Target ({arm}: "
             f"tail ΔmAP{' vs ' + against if against else ''} "
             f"≥ +{target['tail_gain']:.2f} with its "
             f"interval above 0, head ΔmAP ≥ -{target['max_head_drop']:.2f}"
