@@ -433,3 +433,41 @@ def test_filter_table_and_gate_vs_fidelity_with_spearman(tmp_path: Path):
     assert "Gate (real data only) vs oracle fidelity on 4 judgeable tail class(es): Spearman ρ = +0.80." in md
     assert "dropped (dropped: none): MET." in md  # issue #18's bar: rho >= 0.6, the 5 % set dropped, the 80 % set kept
     assert f"| {tail[0]} | 0.900 [0.850, 0.950] | 0.800 | kept |" in md
+
+
+def test_gate_benefit_ranks_kept_sets_by_what_they_did(tmp_path: Path):
+    """Per kept tail class: the gate's AUROC beside the filtered arm's ΔAP vs real only (and the oracle's fidelity),
+    with both rank correlations; dropped sets and head classes are left out, and without an oracle only the gate
+    is judged."""
+    results = make_results(tmp_path / "r")
+    a, b, c, d = sorted(x for x, g in results["groups"].items() if g == "tail")[:4]
+    head = next(x for x, g in results["groups"].items() if g == "head")
+    gate = {a: (0.9, True), b: (0.8, True), c: (0.7, True), d: (0.45, False), head: (0.95, True)}
+    results["generated_classes"] = list(gate)
+    results["filter"]["classes"] = {
+        x: {"n": 40, "kept": 40, "rejected": {}, "transfer": {"judged": True, "passed": kept, "auroc": auroc}}
+        for x, (auroc, kept) in gate.items()
+    }
+    diffs = {a: 0.10, b: 0.02, c: 0.05, d: 0.20, head: 0.30}  # ΔAP ranks a > c > b: rho with the gate = 0.5
+    arm_by_name(results, "synthetic_filtered")["per_class_paired"] = {
+        x: {"diff": v, "ci": [v - 0.01, v + 0.01]} for x, v in diffs.items()
+    }
+    results["fidelity"] = {
+        "classes": {x: {"oracle_val_ap": 0.9, "generated": f} for x, f in ((a, 0.9), (b, 0.2), (c, 0.6))}
+    }
+    (tmp_path / "r" / "results.json").write_text(json.dumps(results))
+    md = render_report(tmp_path / "r")["md"].read_text()
+    assert "## Did the gate see which kept sets helped?" in md
+    assert "Spearman ρ of ΔAP with the gate's AUROC = +0.50 over 3 class(es); with the oracle's fidelity = +1.00." in md
+    assert f"| {a} | 0.900 | +0.100 [+0.090, +0.110] | 0.900 |" in md
+    section = md.split("## Did the gate see")[1].split("\n## ")[0]
+    assert d not in section and head not in section  # a dropped set did not train; head classes are not the question
+
+    del results["fidelity"]  # real data: no oracle, the gate alone is judged
+    (tmp_path / "r" / "results.json").write_text(json.dumps(results))
+    md = render_report(tmp_path / "r")["md"].read_text()
+    assert "over 3 class(es). A gate that saw" in md and f"| {a} | 0.900 | +0.100 [+0.090, +0.110] |\n" in md
+
+    results["arms"] = [x for x in results["arms"] if x["name"] != "synthetic_filtered"]
+    (tmp_path / "r" / "results.json").write_text(json.dumps(results))
+    assert "Did the gate see" not in render_report(tmp_path / "r")["md"].read_text()

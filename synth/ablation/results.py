@@ -267,17 +267,72 @@ def gate_agreement(results: dict[str, Any]) -> GateAgreement | None:
         rows.append((cls, float(gate["auroc"]), float(f["generated"]), bool(gate.get("passed"))))
     if not rows:
         return None
-    rho = None
-    if len(rows) >= 3:
-        from scipy.stats import spearmanr
-
-        stat = spearmanr([r[1] for r in rows], [r[2] for r in rows]).statistic
-        rho = None if stat is None or math.isnan(stat) else float(stat)
     return GateAgreement(
         rows=rows,
-        spearman=rho,
+        spearman=_spearman([r[1] for r in rows], [r[2] for r in rows]),
         unfaithful_kept=[r[0] for r in rows if r[2] < GATE_MUST_DROP_BELOW and r[3]],
         faithful_dropped=[r[0] for r in rows if r[2] >= GATE_MUST_KEEP_FROM and not r[3]],
+    )
+
+
+def _spearman(xs: list[float], ys: list[float]) -> float | None:
+    """Spearman's rho, or None with fewer than 3 pairs or a constant side."""
+    if len(xs) < 3:
+        return None
+    from scipy.stats import spearmanr
+
+    stat = spearmanr(xs, ys).statistic
+    return None if stat is None or math.isnan(stat) else float(stat)
+
+
+#: The arm that judges the gate after the run: real rows plus exactly the class sets the filter kept, trained as
+#: ``real_only`` is, so a kept class's ΔAP vs ``real_only`` is what its set did to that class.
+GATE_BENEFIT_ARM = SYNTHETIC_FILTERED.name
+
+
+@dataclass(frozen=True)
+class GateBenefit:
+    """Did the gate's score rank the kept tail class sets as their effect on the classifier does?
+
+    This is the check a user without an oracle can make on their own run: the per-class AP change is measured
+    on test rows after everything has run, and nothing here feeds a stage back. On the phantom the oracle's
+    fidelity is shown beside it, as the same question asked of the judge the gate is meant to approximate.
+    """
+
+    arm: str
+    rows: list[tuple[str, float, dict[str, Any], float | None]]  # (class, gate AUROC, per_class_paired row, fidelity)
+    spearman_gate: float | None  # gate AUROC vs ΔAP; None with fewer than 3 classes
+    spearman_fidelity: float | None  # oracle fidelity vs ΔAP over the judgeable classes; None without an oracle
+
+
+def gate_benefit(results: dict[str, Any]) -> GateBenefit | None:
+    """Per tail class the gate judged and kept: its score, the :data:`GATE_BENEFIT_ARM` ΔAP vs real only, and the
+    oracle's fidelity where judgeable; None when the gate or that arm did not run."""
+    try:
+        arm = arm_by_name(results, GATE_BENEFIT_ARM)
+    except KeyError:
+        return None
+    filt = (results.get("filter") or {}).get("classes", {})
+    fid = (results.get("fidelity") or {}).get("classes", {})
+    rows = []
+    for cls in results.get("generated_classes") or list(filt):
+        gate = (filt.get(cls) or {}).get("transfer") or {}
+        paired = (arm.get("per_class_paired") or {}).get(cls) or {}
+        if results["groups"].get(cls) != "tail" or not (gate.get("judged") and gate.get("passed")):
+            continue
+        if paired.get("diff") is None or math.isnan(_num(paired["diff"])):
+            continue
+        f = fid.get(cls) or {}
+        fidelity = float(f["generated"]) if is_judgeable(f) and f.get("generated") is not None else None
+        rows.append((cls, float(gate["auroc"]), paired, fidelity))
+    if not rows:
+        return None
+    judged = [r for r in rows if r[3] is not None]
+    return GateBenefit(
+        arm=GATE_BENEFIT_ARM,
+        rows=rows,
+        spearman_gate=_spearman([r[1] for r in rows], [_num(r[2]["diff"]) for r in rows]),
+        spearman_fidelity=_spearman([r[3] for r in judged], [_num(r[2]["diff"]) for r in judged]),
     )
 
 

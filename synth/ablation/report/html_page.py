@@ -85,7 +85,7 @@ def html_report(results: dict[str, Any], figures: dict[str, bytes]) -> str:
     filt = tables.filter_table(results)
     if filt:
         body += _html_section("Filter summary", tables.filter_note(results), filt)
-    for title, note, table in tables.oracle_sections(results):
+    for title, note, table in tables.gate_sections(results):
         body += _html_section(title, note, table)
     if results.get("grids"):
         body.append("<h2>Image grids</h2><p class='note'>Rows: real examples, kept synthetic, rejected synthetic.</p>")

@@ -56,7 +56,7 @@ def markdown_report(results: dict[str, Any], figures: dict[str, bytes]) -> str:
     filt = tables.filter_table(results)
     if filt:
         out += _md_section("Filter summary", tables.filter_note(results), filt)
-    for title, note, table in tables.oracle_sections(results):
+    for title, note, table in tables.gate_sections(results):
         out += _md_section(title, note, table)
     grids = [n for n in figures if n.startswith("grid_")]
     if grids:

@@ -13,7 +13,9 @@ from synth.ablation.results import (
     GATE_MUST_KEEP_FROM,
     GROUPS,
     PER_CLASS_METRICS,
+    arm_by_name,
     gate_agreement,
+    gate_benefit,
     group_estimate,
     is_judgeable,
     paired_estimate,
@@ -213,6 +215,43 @@ def gate_vs_fidelity(results: dict[str, Any]) -> tuple[str, tuple[list[str], lis
         + ". The oracle only judges here; it never feeds the gate."
     )
     return note, (["Class", "transfer gate AUROC [95% CI]", "oracle fidelity (generated)", "gate decision"], rows)
+
+
+def gate_benefit_section(results: dict[str, Any]) -> tuple[str, str, tuple[list[str], list[list[str]]]] | None:
+    """Per kept tail class: the gate's score beside what the kept set did to that class's AP (and, on the phantom,
+    the oracle's fidelity), with their rank correlations (``synth.ablation.results.gate_benefit``)."""
+    benefit = gate_benefit(results)
+    if benefit is None:
+        return None
+    oracle = any(r[3] is not None for r in benefit.rows)
+    label = arm_label(arm_by_name(results, benefit.arm))
+    rows = []
+    for cls, auroc, paired, fidelity in benefit.rows:
+        ci = paired.get("ci") or [math.nan, math.nan]
+        diff = f"{paired['diff']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+        rows.append([cls, fmt(auroc), diff] + ([fmt(fidelity)] if oracle else []))
+
+    def rho(value: float | None) -> str:
+        return f"{value:+.2f}" if value is not None else "– (fewer than 3 classes)"
+
+    note = (
+        f"Per tail class whose set the gate kept: its AP change in '{label}' vs real only (the arm trains on the "
+        "real rows plus exactly the kept sets; paired patient bootstrap over seeds on the test rows) beside the "
+        f"gate's score. Spearman ρ of ΔAP with the gate's AUROC = {rho(benefit.spearman_gate)} over "
+        f"{len(rows)} class(es)"
+        + (f"; with the oracle's fidelity = {rho(benefit.spearman_fidelity)}" if oracle else "")
+        + ". A gate that saw what helps would rank the classes as ΔAP does. The test rows judge the gate here "
+        "after the run; nothing in this table feeds a stage, and one class's ΔAP is noisy where it has few test "
+        "positives."
+    )
+    header = ["Class", "transfer gate AUROC", "ΔAP vs real only [95% CI]"] + (["oracle fidelity"] if oracle else [])
+    return "Did the gate see which kept sets helped?", note, (header, rows)
+
+
+def gate_sections(results: dict[str, Any]) -> list[tuple[str, str, tuple[list[str], list[list[str]]]]]:
+    """The sections that judge the filter's gate after the run, in page order: both pages show them."""
+    benefit = gate_benefit_section(results)
+    return ([benefit] if benefit else []) + oracle_sections(results)
 
 
 FIDELITY_RULE = (
