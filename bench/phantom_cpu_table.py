@@ -28,6 +28,7 @@ from synth.ablation.results import (  # noqa: E402
     GATE_MUST_DROP_BELOW,
     GATE_MUST_KEEP_FROM,
     gate_agreement,
+    gate_benefit,
     group_estimate,
     harmed_classes,
     is_judgeable,
@@ -131,6 +132,17 @@ def _fidelity_lines(results: dict) -> list[str]:
             f"(bar ≥ {GATE_MIN_SPEARMAN}); fidelity < {GATE_MUST_DROP_BELOW:.0%} but kept: "
             f"{', '.join(gate.unfaithful_kept) or 'none'}; fidelity ≥ {GATE_MUST_KEEP_FROM:.0%} but dropped: "
             f"{', '.join(gate.faithful_dropped) or 'none'} — **{'MET' if gate.met else 'NOT MET'}**."
+        )
+    benefit = gate_benefit(results)
+    if benefit is not None:
+
+        def rho(value: float | None) -> str:
+            return "–" if value is None else f"{value:+.2f}"
+
+        lines.append(
+            f"Which kept sets helped (per-class ΔAP of {ARM_LABELS.get(benefit.arm, benefit.arm)} vs real only, "
+            f"{len(benefit.rows)} tail classes): Spearman ρ with the gate's AUROC = {rho(benefit.spearman_gate)}, "
+            f"with the oracle's fidelity = {rho(benefit.spearman_fidelity)}."
         )
     return lines + [""] if lines else []
 
