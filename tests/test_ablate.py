@@ -284,29 +284,28 @@ def test_crash_then_resume_recomputes_only_unfinished_work(tmp_path: Path, monke
     assert fake.calls == []
 
 
-def test_filtered_resampled_arm_mixes_kept_rows_under_the_resampled_plan(tmp_path: Path, monkeypatch):
-    """The opt-in arm trains on the filtered mix with real_resampled's repeat plan, and is paired with both baselines;
-    without real_resampled in the config it still gets the plan."""
+@pytest.mark.parametrize("which", ["filtered", "unfiltered"])
+def test_resampled_mix_arms_mix_their_set_under_the_resampled_plan(tmp_path: Path, monkeypatch, which: str):
+    """The opt-in arms train on the filtered / unfiltered mix with real_resampled's repeat plan, and are paired with
+    both baselines; without real_resampled in the config they still get the plan."""
     fake = FakeStages(monkeypatch)
-    arms = ["real_only", "real_resampled", "synthetic_filtered", "synthetic_filtered_resampled"]
+    mixed = f"synthetic_{which}_resampled"
+    arms = ["real_only", "real_resampled", f"synthetic_{which}", mixed]
     cfg = load_ablation_config(_write_config(tmp_path, seeds=[0], arms=arms))
     results = json.loads((run_ablation(cfg, log=lambda m: None) / "results.json").read_text())
-    assert fake.calls[-4:] == [f"{a}/0" for a in arms]
+    assert fake.calls[-4:] == [f"{a}/0" for a in arms]  # FakeStages names a mix arm by its rows (46 = unfiltered)
     plan_repeats = fake.repeats["real_resampled"]
     assert plan_repeats and max(plan_repeats.values()) > 1
-    assert fake.repeats["synthetic_filtered_resampled"] == plan_repeats and fake.repeats["synthetic_filtered"] is None
-    arm = next(a for a in results["arms"] if a["name"] == "synthetic_filtered_resampled")
-    assert (
-        "paired_vs_resampled" in arm and arm["resampling"] and arm["label"] == "+ synthetic, filtered, tail re-sampled"
-    )
+    assert fake.repeats[mixed] == plan_repeats and fake.repeats[f"synthetic_{which}"] is None
+    arm = next(a for a in results["arms"] if a["name"] == mixed)
+    assert "paired_vs_resampled" in arm and arm["resampling"]
+    assert arm["label"] == f"+ synthetic, {which}, tail re-sampled"
 
     fake2 = FakeStages(monkeypatch)
     (tmp_path / "no-baseline").mkdir()
-    cfg2 = load_ablation_config(
-        _write_config(tmp_path / "no-baseline", seeds=[0], arms=["real_only", "synthetic_filtered_resampled"])
-    )
+    cfg2 = load_ablation_config(_write_config(tmp_path / "no-baseline", seeds=[0], arms=["real_only", mixed]))
     run_ablation(cfg2, log=lambda m: None)
-    repeats = fake2.repeats["synthetic_filtered_resampled"]
+    repeats = fake2.repeats[mixed]
     assert repeats and max(repeats.values()) > 1
 
 
