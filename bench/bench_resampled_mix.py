@@ -8,17 +8,58 @@ held-out rows with the run's own ``real_resampled`` and ``synthetic_filtered`` a
 patient bootstrap, seed-averaged; head / medium / tail mAP as the report groups them). Nothing is chosen on
 the test rows.
 
-    python bench/bench_resampled_mix.py outputs/ablations/phantom-cpu [--config configs/ablation/phantom-cpu.yaml] \
-        [--seeds 0 1 2] [--json F]
+``--synthetic unfiltered`` mixes every generated image instead of the kept ones (the ``synthetic_unfiltered_resampled``
+arm). ``--cohort N --cohort-seed S`` scores everything on N freshly rendered phantom patients of seed S instead of
+the run's test + held-out rows: the run's own arms are then predicted from their stored models. Rows no verdict was
+drawn on are where a recipe may be chosen for the next fresh run; the run's test rows are not.
 
-CPU cost: one classifier training + prediction per seed, ~2.5 min each on 2 cores at phantom-cpu size.
+    python bench/bench_resampled_mix.py outputs/ablations/phantom-cpu [--config configs/ablation/phantom-cpu.yaml] \
+        [--seeds 0 1 2] [--synthetic filtered|unfiltered] [--cohort 20000 --cohort-seed 5] [--json F]
+
+CPU cost: one classifier training + prediction per seed, ~2.5 min each on 2 cores at phantom-cpu size (+ ~20 s per
+stored model and seed to predict a 20,000-image cohort).
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 from ablation_stages import arm_bench_parser, load_run_rows, run_arm_probs, stage_folder, train_and_predict
+
+_RUN_TARGET_PAIR = ("synthetic_filtered_resampled", "real_resampled")
+
+
+def _cohort(run, n: int, seed: int, out: Path):
+    """``n`` new phantom patients of ``seed`` as the rows to score, in place of the run's test + held-out rows."""
+    from dataclasses import replace
+
+    from synth.ablation.stages import prepare_heldout
+    from synth.manifest import read_manifest
+
+    cfg = replace(run.cfg, evaluation=replace(run.cfg.evaluation, heldout_phantom_n=n, heldout_phantom_seed=seed))
+    manifest = out / "phantom" / "heldout.csv"
+    if not manifest.exists():
+        prepare_heldout(cfg, out)
+    return replace(run, test=read_manifest(manifest))
+
+
+def _stored_arm_probs(run, root: Path, arm: str, seeds: list[int], cohort: Path | None) -> list[np.ndarray]:
+    """The run's own arm: its stored probabilities of the run's rows, or its stored models' on the cohort."""
+    from synth.ablation.runner import _predict_to
+
+    if cohort is None:
+        return run_arm_probs(root, arm, seeds, run.heldout_name)
+    (folder,) = sorted((root / "arms").glob(f"{arm}-*"))
+    out = []
+    for seed in seeds:
+        path = cohort / "stored" / arm / f"seed-{seed}.npy"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _predict_to(run.cfg, folder / f"seed-{seed}" / "model", run.test, run.classes, path)
+        out.append(np.load(path))
+    return out
 
 
 def main() -> None:
@@ -27,27 +68,47 @@ def main() -> None:
     from synth.ablation.stages import resample_plan
     from synth.manifest import concat_manifests, label_matrix, read_manifest
 
-    args = arm_bench_parser(__doc__.split("\n")[0], "outputs/bench/resampled_mix").parse_args()
+    ap = arm_bench_parser(__doc__.split("\n")[0], "outputs/bench/resampled_mix")
+    ap.add_argument("--synthetic", choices=("filtered", "unfiltered"), default="filtered")
+    ap.add_argument("--cohort", type=int, default=0, help="score N new phantom patients instead of the run's rows")
+    ap.add_argument("--cohort-seed", type=int, default=5, help="their phantom seed (not one the run used)")
+    args = ap.parse_args()
     root = args.ablation_dir
     run = load_run_rows(root, args.config)
-    kept = read_manifest(stage_folder(root, "filter") / "filtered" / "kept.csv")
+    cohort = args.out / f"cohort-{args.cohort}-seed{args.cohort_seed}" if args.cohort else None
+    if cohort is not None:
+        used = {run.cfg.data.phantom_seed, run.cfg.evaluation.heldout_phantom_seed, run.cfg.oracle.phantom_seed}
+        if args.cohort_seed in used:
+            raise SystemExit(f"--cohort-seed {args.cohort_seed} is one the run used ({sorted(used)}); pick another")
+        run = _cohort(run, args.cohort, args.cohort_seed, cohort)
+    if args.synthetic == "filtered":
+        synthetic = read_manifest(stage_folder(root, "filter") / "filtered" / "kept.csv")
+    else:
+        synthetic = read_manifest(stage_folder(root, "generate") / "manifest.csv")
     repeats = resample_plan(run.cfg, run.real, run.classes).repeats
-    train_df = concat_manifests([run.real, kept], run.data_manifest.parent)
+    train_df = concat_manifests([run.real, synthetic], run.data_manifest.parent)
 
     probs, seconds = [], {}
     for seed in args.seeds:
-        p, seconds[f"seed-{seed}"] = train_and_predict(run, "mix", seed, train_df, args.out / f"seed-{seed}", repeats)
+        folder = args.out / args.synthetic / f"seed-{seed}"
+        if cohort is not None:  # the model is the same; its predictions are of other rows
+            folder = cohort / args.synthetic / f"seed-{seed}"
+        p, seconds[f"seed-{seed}"] = train_and_predict(run, "mix", seed, train_df, folder, repeats)
         print(f"seed-{seed}: {seconds[f'seed-{seed}']} s", flush=True)
         probs.append(p)
 
     groups = json.loads((root.parent.parent / "reports" / root.name / "results.json").read_text())["groups"]
     y = label_matrix(run.test, run.classes)
     patients = run.test["subject_id"].astype(str).to_numpy()
+    name = f"{args.synthetic} mix + resampling"
     table = {}
-    for base in ("real_resampled", "synthetic_filtered", "real_only"):
-        base_probs = run_arm_probs(root, base, args.seeds, run.heldout_name)
+    baselines = ["real_resampled", f"synthetic_{args.synthetic}", "real_only"]
+    if args.synthetic == "unfiltered" or cohort is not None:
+        baselines.insert(1, "synthetic_filtered_resampled")
+    for base in [b for b in baselines if sorted((root / "arms").glob(f"{b}-*"))]:
+        base_probs = _stored_arm_probs(run, root, base, args.seeds, cohort)
         diff = paired_bootstrap_runs(y, base_probs, probs, run.classes, groups, patients, 1000, 0)
-        table[f"filtered mix + resampling - {base}"] = {
+        table[f"{name} - {base}"] = {
             k: {"diff": v["diff"], "ci": list(v["ci"]), "run_diffs": v["run_diffs"]} for k, v in diff.items()
         }
         if base == "real_only":  # the quality target's "do no harm" part, by the report's own rule
@@ -56,16 +117,28 @@ def main() -> None:
             harm = {"harmed": harmed, "harmed_tail": [c for c in harmed if groups.get(c) == "tail"]}
             harm.update(not_judged=not_judged)
             print(f"classes significantly below real_only: {harmed or 'none'} (tail: {harm['harmed_tail'] or 'none'})")
-    for name, rows in table.items():
-        print(f"\n{name} (mAP, seed mean, 95 % paired patient-bootstrap interval)")
-        for key, r in rows.items():
+    if cohort is not None and all(sorted((root / "arms").glob(f"{b}-*")) for b in _RUN_TARGET_PAIR):
+        # the run's own verdict, re-scored on patients it never saw: its target arm vs its reference
+        target, ref = (_stored_arm_probs(run, root, b, args.seeds, cohort) for b in _RUN_TARGET_PAIR)
+        diff = paired_bootstrap_runs(y, ref, target, run.classes, groups, patients, 1000, 0)
+        table[" - ".join(_RUN_TARGET_PAIR) + " (the run's own models)"] = {
+            k: {"diff": v["diff"], "ci": list(v["ci"]), "run_diffs": v["run_diffs"]} for k, v in diff.items()
+        }
+    for key, rows in table.items():
+        print(f"\n{key} (mAP, seed mean, 95 % paired patient-bootstrap interval)")
+        for group, r in rows.items():
             if r["diff"] is not None:
-                print(f"  {key:10s} {r['diff']:+.3f}  [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]")
+                print(f"  {group:10s} {r['diff']:+.3f}  [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]")
     if args.json:
         from synth.provenance import write_bench_result
 
         payload = {"ablation_dir": str(root), "config": str(args.config), "seeds": args.seeds, "seconds": seconds}
-        payload.update(synthetic_rows=len(kept), repeated_real_rows=len(repeats))
+        payload.update(synthetic=args.synthetic, synthetic_rows=len(synthetic), repeated_real_rows=len(repeats))
+        payload.update(
+            scored_rows="run test + held-out"
+            if cohort is None
+            else f"{args.cohort} new phantom patients, seed {args.cohort_seed}"
+        )
         write_bench_result(args.json, "resampled_mix", {**payload, "differences": table, "harm_vs_real_only": harm})
 
 
