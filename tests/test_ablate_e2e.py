@@ -1,7 +1,7 @@
 """`synth ablate` end to end through the REAL stages (no fakes) on a tiny phantom.
 
 Phantom render -> prepare -> generator (VAE + UNet, a few steps) -> generate -> verifier + filter ->
-5 arms x 2 seeds of a one-member 32 px classifier -> predictions -> bootstrap -> results.json -> report.
+every registered arm x 2 seeds of a one-member 32 px classifier -> predictions -> bootstrap -> results.json -> report.
 The models learn nearly nothing at this size; the test checks that the numbers are the numbers:
 
 - every synthetic arm trained on synthetic rows, and as many as its set holds (results.json ``train_rows``);
@@ -125,6 +125,7 @@ def test_every_synthetic_arm_trained_on_its_synthetic_rows(ablation):
         "synthetic_unfiltered": len(generated),
         "synthetic_filtered": len(kept),
         "synthetic_filtered_resampled": len(kept),
+        "synthetic_unfiltered_resampled": len(generated),
         "synthetic_pretrain": len(kept),
     }
     for arm in results["arms"]:
@@ -139,12 +140,13 @@ def test_every_synthetic_arm_trained_on_its_synthetic_rows(ablation):
         for arm, rows in (("real_resampled", resampling["n_presented"]), ("real_only", resampling["n_rows"])):
             member = json.loads((steps[f"{arm}/seed-{seed}"] / "model" / "member-0" / "member.json").read_text())
             assert member["stages"][0]["rows"] == rows, (arm, seed)
-        # the opt-in arm: the filtered mix, its real rows repeated by the same plan
-        mix, mix_resampled = (
-            json.loads((steps[f"{arm}/seed-{seed}"] / "model" / "member-0" / "member.json").read_text())["stages"][0]
-            for arm in ("synthetic_filtered", "synthetic_filtered_resampled")
-        )
-        assert mix_resampled["rows"] - mix["rows"] == resampling["n_presented"] - resampling["n_rows"] > 0, seed
+        # the opt-in arms: the filtered / unfiltered mix, its real rows repeated by the same plan
+        for which in ("filtered", "unfiltered"):
+            mix, mix_resampled = (
+                json.loads((steps[f"{arm}/seed-{seed}"] / "model/member-0/member.json").read_text())["stages"][0]
+                for arm in (f"synthetic_{which}", f"synthetic_{which}_resampled")
+            )
+            assert mix_resampled["rows"] - mix["rows"] == resampling["n_presented"] - resampling["n_rows"] > 0, seed
     # the filter's transfer gate ran (configs/filter/default.yaml) and says why it could not judge 4 images per class
     for cls in GENERATED:
         gate = results["filter"]["classes"][cls]["transfer"]
