@@ -28,7 +28,14 @@ from pathlib import Path
 import numpy as np
 from ablation_stages import arm_bench_parser, load_run_rows, run_arm_probs, stage_folder, train_and_predict
 
-_RUN_TARGET_PAIR = ("synthetic_filtered_resampled", "real_resampled")
+
+def _ran(root: Path, arm: str) -> bool:
+    return bool(sorted((root / "arms").glob(f"{arm}-*")))
+
+
+def _rows(diff: dict) -> dict:
+    """``paired_bootstrap_runs`` output as the result file keeps it."""
+    return {k: {"diff": v["diff"], "ci": list(v["ci"]), "run_diffs": v["run_diffs"]} for k, v in diff.items()}
 
 
 def _cohort(run, n: int, seed: int, out: Path):
@@ -64,6 +71,7 @@ def _stored_arm_probs(run, root: Path, arm: str, seeds: list[int], cohort: Path 
 
 def main() -> None:
     from classifier.metrics import paired_bootstrap_runs
+    from synth.ablation.arms import REAL_RESAMPLED, SYNTHETIC_FILTERED_RESAMPLED
     from synth.ablation.harm import judge_harm, paired_per_class
     from synth.ablation.stages import resample_plan
     from synth.manifest import concat_manifests, label_matrix, read_manifest
@@ -105,25 +113,24 @@ def main() -> None:
     baselines = ["real_resampled", f"synthetic_{args.synthetic}", "real_only"]
     if args.synthetic == "unfiltered" or cohort is not None:
         baselines.insert(1, "synthetic_filtered_resampled")
-    for base in [b for b in baselines if sorted((root / "arms").glob(f"{b}-*"))]:
+    for base in [b for b in baselines if _ran(root, b)]:
         base_probs = _stored_arm_probs(run, root, base, args.seeds, cohort)
-        diff = paired_bootstrap_runs(y, base_probs, probs, run.classes, groups, patients, 1000, 0)
-        table[f"{name} - {base}"] = {
-            k: {"diff": v["diff"], "ci": list(v["ci"]), "run_diffs": v["run_diffs"]} for k, v in diff.items()
-        }
+        table[f"{name} - {base}"] = _rows(
+            paired_bootstrap_runs(y, base_probs, probs, run.classes, groups, patients, 1000, 0)
+        )
         if base == "real_only":  # the quality target's "do no harm" part, by the report's own rule
             per_class = paired_per_class(run.cfg, y, list(zip(base_probs, probs)), run.classes, patients)
             harmed, not_judged = judge_harm(per_class)
             harm = {"harmed": harmed, "harmed_tail": [c for c in harmed if groups.get(c) == "tail"]}
             harm.update(not_judged=not_judged)
             print(f"classes significantly below real_only: {harmed or 'none'} (tail: {harm['harmed_tail'] or 'none'})")
-    if cohort is not None and all(sorted((root / "arms").glob(f"{b}-*")) for b in _RUN_TARGET_PAIR):
+    pair = (SYNTHETIC_FILTERED_RESAMPLED.name, REAL_RESAMPLED.name)
+    if cohort is not None and all(_ran(root, b) for b in pair):
         # the run's own verdict, re-scored on patients it never saw: its target arm vs its reference
-        target, ref = (_stored_arm_probs(run, root, b, args.seeds, cohort) for b in _RUN_TARGET_PAIR)
-        diff = paired_bootstrap_runs(y, ref, target, run.classes, groups, patients, 1000, 0)
-        table[" - ".join(_RUN_TARGET_PAIR) + " (the run's own models)"] = {
-            k: {"diff": v["diff"], "ci": list(v["ci"]), "run_diffs": v["run_diffs"]} for k, v in diff.items()
-        }
+        target, ref = (_stored_arm_probs(run, root, b, args.seeds, cohort) for b in pair)
+        table[" - ".join(pair) + " (the run's own models)"] = _rows(
+            paired_bootstrap_runs(y, ref, target, run.classes, groups, patients, 1000, 0)
+        )
     for key, rows in table.items():
         print(f"\n{key} (mAP, seed mean, 95 % paired patient-bootstrap interval)")
         for group, r in rows.items():

@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from synth.ablation.report.formatting import fmt_rho  # noqa: E402
 from synth.ablation.results import (  # noqa: E402
     ARM_LABELS,
     GATE_MIN_SPEARMAN,
@@ -126,23 +127,20 @@ def _fidelity_lines(results: dict) -> list[str]:
         )
     gate = gate_agreement(results)
     if gate is not None:
-        rho = "–" if gate.spearman is None else f"{gate.spearman:+.2f}"
         lines.append(
-            f"Transfer gate (real data only) vs oracle fidelity on {len(gate.rows)} classes: Spearman ρ = {rho} "
+            f"Transfer gate (real data only) vs oracle fidelity on {len(gate.rows)} classes: "
+            f"Spearman ρ = {fmt_rho(gate.spearman, '–')} "
             f"(bar ≥ {GATE_MIN_SPEARMAN}); fidelity < {GATE_MUST_DROP_BELOW:.0%} but kept: "
             f"{', '.join(gate.unfaithful_kept) or 'none'}; fidelity ≥ {GATE_MUST_KEEP_FROM:.0%} but dropped: "
             f"{', '.join(gate.faithful_dropped) or 'none'} — **{'MET' if gate.met else 'NOT MET'}**."
         )
     benefit = gate_benefit(results)
     if benefit is not None:
-
-        def rho(value: float | None) -> str:
-            return "–" if value is None else f"{value:+.2f}"
-
         lines.append(
             f"Which kept sets helped (per-class ΔAP of {ARM_LABELS.get(benefit.arm, benefit.arm)} vs real only, "
-            f"{len(benefit.rows)} tail classes): Spearman ρ with the gate's AUROC = {rho(benefit.spearman_gate)}, "
-            f"with the oracle's fidelity = {rho(benefit.spearman_fidelity)}."
+            f"{len(benefit.rows)} tail classes): Spearman ρ with the gate's AUROC = "
+            f"{fmt_rho(benefit.spearman_gate, '–')}, "
+            f"with the oracle's fidelity = {fmt_rho(benefit.spearman_fidelity, '–')}."
         )
     return lines + [""] if lines else []
 

@@ -23,6 +23,11 @@ def fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def fmt_rho(value: float | None, missing: str = "– (fewer than 3 classes)") -> str:
+    """A Spearman rho, or what stands in for one that could not be computed."""
+    return missing if value is None else f"{value:+.2f}"
+
+
 def fmt_est(est: Estimate) -> str:
     if est.n_seeds == 0:
         return "–"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from synth.ablation.report.formatting import arm_label, arm_short, fmt, fmt_diff, fmt_est
+from synth.ablation.report.formatting import arm_label, arm_short, fmt, fmt_diff, fmt_est, fmt_rho
 from synth.ablation.results import (
     GATE_MIN_SPEARMAN,
     GATE_MUST_DROP_BELOW,
@@ -207,7 +207,7 @@ def gate_vs_fidelity(results: dict[str, Any]) -> tuple[str, tuple[list[str], lis
     rho = agreement.spearman
     note = (
         f"Gate (real data only) vs oracle fidelity on {len(rows)} judgeable tail class(es): Spearman ρ = "
-        + (f"{rho:+.2f}" if rho is not None else "– (fewer than 3 classes)")
+        + fmt_rho(rho)
         + f". Bar: ρ ≥ {GATE_MIN_SPEARMAN}, every set with fidelity < {GATE_MUST_DROP_BELOW:.0%} dropped "
         + f"(kept: {', '.join(agreement.unfaithful_kept) or 'none'}), none with fidelity ≥ {GATE_MUST_KEEP_FROM:.0%} "
         + f"dropped (dropped: {', '.join(agreement.faithful_dropped) or 'none'}): "
@@ -231,15 +231,12 @@ def gate_benefit_section(results: dict[str, Any]) -> tuple[str, str, tuple[list[
         diff = f"{paired['diff']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
         rows.append([cls, fmt(auroc), diff] + ([fmt(fidelity)] if oracle else []))
 
-    def rho(value: float | None) -> str:
-        return f"{value:+.2f}" if value is not None else "– (fewer than 3 classes)"
-
     note = (
         f"Per tail class whose set the gate kept: its AP change in '{label}' vs real only (the arm trains on the "
         "real rows plus exactly the kept sets; paired patient bootstrap over seeds on the test rows) beside the "
-        f"gate's score. Spearman ρ of ΔAP with the gate's AUROC = {rho(benefit.spearman_gate)} over "
+        f"gate's score. Spearman ρ of ΔAP with the gate's AUROC = {fmt_rho(benefit.spearman_gate)} over "
         f"{len(rows)} class(es)"
-        + (f"; with the oracle's fidelity = {rho(benefit.spearman_fidelity)}" if oracle else "")
+        + (f"; with the oracle's fidelity = {fmt_rho(benefit.spearman_fidelity)}" if oracle else "")
         + ". A gate that saw what helps would rank the classes as ΔAP does. The test rows judge the gate here "
         "after the run; nothing in this table feeds a stage, and one class's ΔAP is noisy where it has few test "
         "positives."
