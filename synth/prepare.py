@@ -87,65 +87,29 @@ def prepare_dataset(
     labels: Path,
     images: Path,
     out: Path,
-    size: int = 256,
-    seed: int = 0,
-    val: float = 0.1,
-    test: float = 0.2,
-    skip_bad_images: bool = False,
+    cfg: PrepareConfig | None = None,
     *,
-    workers: int = 0,
-    overwrite: bool = False,
-    thresholds: GroupThresholds = GroupThresholds(),
-    progress: bool = False,
-    split: str = "auto",
-    uncertain: str = "error",
-    split_files: Mapping[str, Path] | None = None,
-) -> Path:
-    """Build ``out/{manifest.csv, stats.json, images/, prepare.json[, skipped.csv]}``; return the manifest path."""
-    cfg = PrepareConfig.from_yaml(
-        None,
-        size=size,
-        seed=seed,
-        val=val,
-        test=test,
-        skip_bad_images=skip_bad_images,
-        workers=workers,
-        head_threshold=thresholds.head,
-        tail_threshold=thresholds.tail,
-        split=split,
-        uncertain=uncertain,
-    )
-    return run(
-        fmt,
-        Path(labels),
-        Path(images),
-        Path(out),
-        cfg,
-        overwrite=overwrite,
-        progress=progress,
-        split_files=split_files,
-    )
-
-
-def run(
-    fmt: str,
-    labels: Path,
-    images: Path,
-    out: Path,
-    cfg: PrepareConfig,
     overwrite: bool = False,
     progress: bool = False,
     split_files: Mapping[str, Path] | None = None,
     split_flags: Sequence[str] = (),
+    **settings: Any,
 ) -> Path:
     """Prepare ``labels`` (plus, with ``split_files``, one label file per split: ``{"val": ..., "test": ...}``,
-    ``labels`` then being the train file) into ``out``.
+    ``labels`` then being the train file) into ``out/{manifest.csv, stats.json, images/, prepare.json[,
+    skipped.csv]}``; return the manifest path.
 
+    The options are ``cfg`` (``synth prepare``'s, from its YAML and flags) or, from Python, its fields as keywords
+    (``size=64, seed=1``), checked and typed as a YAML's would be: the defaults live in :class:`PrepareConfig` only.
     A split the user gives (a ``split`` column, per-split files or ``cfg.split``) is kept as given and
     only checked (patient-level, values); without one, patients are split by :func:`patient_split`.
     ``split_flags`` names the patient-split options the user set on the command line (``--seed``, ``--val``,
     ``--test``): with a given split they would be silently ignored, so they are an error instead.
     """
+    if cfg is not None and settings:
+        raise TypeError(f"prepare_dataset: give cfg or its fields ({', '.join(settings)}), not both")
+    cfg = cfg or PrepareConfig.from_yaml(None, **settings)
+    labels, images, out = Path(labels), Path(images), Path(out)
     _check_out(out, overwrite)
     _remove_stale_temporaries(out)
     if not images.is_dir():

@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from synth.cli import app
+from synth.errors import UserError
 from synth.image_datasets import ManifestDataset
 from synth.manifest import read_manifest
 from synth.prepare import prepare_dataset
@@ -85,6 +86,21 @@ def make_cxrlt(root: Path, patients: int = 12, per_patient: int = 3, seed: int =
 @pytest.fixture()
 def cxrlt(tmp_path: Path) -> tuple[Path, Path]:
     return make_cxrlt(tmp_path), tmp_path / "mimic"
+
+
+def test_prepare_settings_from_python_are_checked_like_a_yaml(cxrlt, tmp_path):
+    """``prepare_dataset``'s keywords are PrepareConfig fields: a misspelt one or a bad value fails before any
+    output, and a config object plus keywords is ambiguous."""
+    from synth.prepare import PrepareConfig
+
+    csv, images = cxrlt
+    with pytest.raises(UserError, match="sizee"):
+        prepare_dataset("cxrlt", csv, images, tmp_path / "a", sizee=32)
+    with pytest.raises(UserError, match="--size 2"):
+        prepare_dataset("cxrlt", csv, images, tmp_path / "b", size=2)
+    with pytest.raises(TypeError, match="not both"):
+        prepare_dataset("cxrlt", csv, images, tmp_path / "c", PrepareConfig(), size=32)
+    assert not any((tmp_path / name).exists() for name in "abc")
 
 
 def test_cxrlt_prepare_roundtrips_labels_and_caches_images(cxrlt, tmp_path):

@@ -313,6 +313,28 @@ def test_config_yaml_defaults_and_flag_overrides(tmp_path):
         gen.GenerateConfig.from_yaml(bad)
 
 
+def test_every_setting_is_a_flag_and_reaches_the_config(tmp_path, monkeypatch):
+    """Each GenerateConfig field has its ``synth generate`` flag (``progress``: ``--no-progress``); a given flag wins
+    over the YAML, one not given leaves the YAML's value (an off switch included)."""
+    import dataclasses
+
+    from synth.commands.generate import GENERATE_FLAGS
+
+    assert set(GENERATE_FLAGS) | {"progress"} == {f.name for f in dataclasses.fields(gen.GenerateConfig)}
+    seen = {}
+    monkeypatch.setattr(gen, "run", lambda model, names, out, cfg: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr("synth.commands.generate._summary", lambda manifest: None)
+    yaml_file = tmp_path / "generate.yaml"
+    yaml_file.write_text("steps: 9\nenable_xformers: true\nguidance_scale: 2.5\n")
+    args = ["generate", "--model", str(tmp_path), "--class", "rib fracture", "--out", str(tmp_path / "out")]
+    flags = ["--config", str(yaml_file), "--compile", "--batch-size", "3", "--train-manifest", str(tmp_path / "m.csv")]
+    result = CliRunner().invoke(app, [*args, *flags, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    cfg = seen["cfg"]
+    assert (cfg.compile, cfg.batch_size, cfg.train_manifest) == (True, 3, str(tmp_path / "m.csv"))
+    assert (cfg.steps, cfg.enable_xformers, cfg.guidance_scale, cfg.progress) == (9, True, 2.5, False)
+
+
 def test_pipeline_folder_without_synth_meta_needs_train_manifest(tiny_model, tmp_path):
     """A user's own SD folder: no synth_meta.json, so the training manifest is passed explicitly."""
     import shutil

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from synth.commands.options import (
+    ConfigFlag,
     NoProgress,
     config_option,
     option,
     out_option,
     overwrite_option,
-    seed_option,
     set_option,
-    workers_option,
+    with_config_flags,
 )
 from synth.config import command_overrides
 from synth.taxonomy import CXR_LT_CLASSES, HIERARCHY, ZERO_SHOT_CLASSES
@@ -52,69 +52,57 @@ ValLabels = option(
     "Label CSV of the given validation split (e.g. CXR-LT development_labeled.csv); every row goes to val.",
 )
 TestLabels = option(Optional[Path], "--test-labels", "Label CSV of the given test split; every row goes to test.")
-Split = option(
-    Optional[str],
-    "--split",
-    "auto: keep a given split, else split by patient | test (or train/val): every row in that split, e.g. an "
-    "external test-only set. [default: auto]",
-)
-Uncertain = option(
-    Optional[str],
-    "--uncertain",
-    "What a -1 (uncertain) label means: error | ignore (not annotated) | zero | one. [default: error]",
-)
 Images = option(
     Path,
     "--images",
     "Image root: MIMIC-CXR-JPG root (cxrlt, fpath relative to it) or the NIH image folder (searched recursively).",
 )
-Size = option(Optional[int], "--size", "Cache resolution in pixels (square grayscale PNG). [default: 256]")
-Val = option(Optional[float], "--val", "Fraction of images in val. [default: 0.1]")
-Test = option(Optional[float], "--test", "Fraction of images in test. [default: 0.2]")
-SkipBadImages = option(
-    bool, "--skip-bad-images", "Leave out missing/unreadable images (listed in skipped.csv) instead of failing."
-)
+
+#: Flags that set the :class:`~synth.prepare.PrepareConfig` field of their name (thresholds: ``--set``).
+PREPARE_FLAGS = {
+    "split": ConfigFlag(
+        Optional[str],
+        "auto: keep a given split, else split by patient | test (or train/val): every row in that split, e.g. an "
+        "external test-only set. [default: auto]",
+    ),
+    "uncertain": ConfigFlag(
+        Optional[str],
+        "What a -1 (uncertain) label means: error | ignore (not annotated) | zero | one. [default: error]",
+    ),
+    "size": ConfigFlag(Optional[int], "Cache resolution in pixels (square grayscale PNG). [default: 256]"),
+    "seed": ConfigFlag(Optional[int], "Seed of the patient-level split. [default: 0]"),
+    "val": ConfigFlag(Optional[float], "Fraction of images in val. [default: 0.1]"),
+    "test": ConfigFlag(Optional[float], "Fraction of images in test. [default: 0.2]"),
+    "skip_bad_images": ConfigFlag(
+        bool, "Leave out missing/unreadable images (listed in skipped.csv) instead of failing."
+    ),
+    "workers": ConfigFlag(Optional[int], "Decode processes; 0 = one per CPU core. [default: 0]"),
+}
 
 
+@with_config_flags(PREPARE_FLAGS)
 def prepare(
     *,  # keyword-only: the options keep their --help order, required ones included
     fmt: Format,
     labels: Labels,
     val_labels: ValLabels = None,
     test_labels: TestLabels = None,
-    split: Split = None,
-    uncertain: Uncertain = None,
     images: Images,
     out: out_option("Output folder, e.g. outputs/data/NAME: manifest.csv, stats.json, images/."),
-    size: Size = None,
-    seed: seed_option("Seed of the patient-level split. [default: 0]") = None,
-    val: Val = None,
-    test: Test = None,
-    skip_bad_images: SkipBadImages = False,
-    workers: workers_option("Decode processes; 0 = one per CPU core. [default: 0]") = None,
     overwrite: overwrite_option("Replace an existing --out dataset.") = False,
     config: config_option("YAML of defaults (configs/data/prepare.yaml); flags override.") = None,
     sets: set_option("head_threshold=0.2") = None,
     no_progress: NoProgress = False,
+    flags: dict[str, Any],
 ) -> None:
     """Read a CXR-LT or NIH label file, keep its given split (or split by patient), cache resized grayscale images, write stats."""  # noqa: E501 (--help text: a line break would show)
-    from synth.prepare import PrepareConfig, run
+    from synth.prepare import PrepareConfig, prepare_dataset
     from synth.stats import load_stats
 
-    flags = {
-        "size": size,
-        "seed": seed,
-        "val": val,
-        "test": test,
-        "skip_bad_images": skip_bad_images or None,
-        "workers": workers,
-        "split": split,
-        "uncertain": uncertain,
-    }
     cfg = PrepareConfig.from_yaml(config, **command_overrides(sets, flags))
     split_files = {name: f for name, f in (("val", val_labels), ("test", test_labels)) if f is not None}
-    split_flags = [f"--{name}" for name, value in (("seed", seed), ("val", val), ("test", test)) if value is not None]
-    manifest = run(
+    split_flags = [f"--{name}" for name in ("seed", "val", "test") if flags[name] is not None]
+    manifest = prepare_dataset(
         fmt,
         labels,
         images,

@@ -7,89 +7,70 @@ Also the entry of ``python -m synth.generate`` / ``accelerate launch -m synth.ge
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
-from synth.commands.options import NoProgress, config_option, option, out_option, seed_option, set_option
+from synth.commands.options import (
+    ConfigFlag,
+    NoProgress,
+    config_option,
+    option,
+    out_option,
+    set_option,
+    with_config_flags,
+)
 from synth.config import command_overrides
 from synth.errors import UserError
 
 Model = option(Path, "--model", "Generator folder written by `synth finetune` (diffusers StableDiffusionPipeline).")
 Classes = option(List[str], "--class", 'Target class (any case; repeatable), e.g. "Rib Fracture".')
 Groups = option(List[str], "--classes", "Frequency group of the TRAINING data: tail | medium | head (repeatable).")
-N = option(Optional[str], "--n", "Images per class, or 'auto' to top up to --target-count. [default: 100]")
-TargetCount = option(Optional[int], "--target-count", "With --n auto: positives in train + generated per class.")
-BatchSize = option(Optional[int], "--batch-size", "Images per forward pass (does not change the images). [default: 8]")
-Steps = option(Optional[int], "--steps", "Sampling steps. [default: 25]")
-GuidanceScale = option(Optional[float], "--guidance-scale", "Classifier-free guidance scale. [default: 4.0]")
-Scheduler = option(
-    Optional[str],
-    "--scheduler",
-    "dpm++ | dpm++-karras | unipc | ddim | euler | euler-a | pndm | ddpm. [default: dpm++]",
-)
-Temperature = option(
-    Optional[float], "--temperature", "Label-set sampling temperature: p ∝ count^(1/T); >1 flattens. [default: 1.0]"
-)
-NegativePrompt = option(Optional[str], "--negative-prompt", "Override the prompt templates' negative prompt.")
-Precision = option(Optional[str], "--precision", "auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16.")
-Device = option(Optional[str], "--device", "Torch device; default: the Accelerate process's device.")
-EnableXformers = option(
-    bool, "--enable-xformers", "xformers attention on GPU (falls back to PyTorch SDPA with a warning)."
-)
-TrainManifest = option(
-    Optional[Path], "--train-manifest", "Training manifest (needed for a pipeline without synth_meta.json)."
-)
-PromptTemplates = option(
-    Optional[Path], "--prompt-templates", "Prompt templates YAML (must match the training ones by name)."
-)
+
+#: Flags that set the :class:`~synth.inference.config.GenerateConfig` field of their name (``progress`` is
+#: ``--no-progress``); tests/test_generate.py checks that every field has one.
+GENERATE_FLAGS = {
+    "n": ConfigFlag(Optional[str], "Images per class, or 'auto' to top up to --target-count. [default: 100]"),
+    "target_count": ConfigFlag(Optional[int], "With --n auto: positives in train + generated per class."),
+    "seed": ConfigFlag(
+        Optional[int], "Run seed; each image's seed is derived from (seed, class, index). [default: 0]"
+    ),
+    "batch_size": ConfigFlag(Optional[int], "Images per forward pass (does not change the images). [default: 8]"),
+    "steps": ConfigFlag(Optional[int], "Sampling steps. [default: 25]"),
+    "guidance_scale": ConfigFlag(Optional[float], "Classifier-free guidance scale. [default: 4.0]"),
+    "scheduler": ConfigFlag(
+        Optional[str], "dpm++ | dpm++-karras | unipc | ddim | euler | euler-a | pndm | ddpm. [default: dpm++]"
+    ),
+    "temperature": ConfigFlag(
+        Optional[float], "Label-set sampling temperature: p ∝ count^(1/T); >1 flattens. [default: 1.0]"
+    ),
+    "negative_prompt": ConfigFlag(Optional[str], "Override the prompt templates' negative prompt."),
+    "precision": ConfigFlag(Optional[str], "auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16."),
+    "device": ConfigFlag(Optional[str], "Torch device; default: the Accelerate process's device."),
+    "enable_xformers": ConfigFlag(bool, "xformers attention on GPU (falls back to PyTorch SDPA with a warning)."),
+    "compile": ConfigFlag(bool, "CUDA: channels_last + torch.compile of the UNet (pays on long runs)."),
+    "train_manifest": ConfigFlag(Optional[Path], "Training manifest (needed for a pipeline without synth_meta.json)."),
+    "prompt_templates": ConfigFlag(Optional[Path], "Prompt templates YAML (must match the training ones by name)."),
+}
 
 
+@with_config_flags(GENERATE_FLAGS)
 def generate_command(
     *,  # keyword-only: the options keep their --help order, required ones included
     model: Model,
     class_: Classes = [],
     groups: Groups = [],
     out: out_option("Output folder: images/<class>/*.png + manifest.csv. Rerun to resume."),
-    n: N = None,
-    target_count: TargetCount = None,
     config: config_option("YAML of defaults (configs/generate/default.yaml); flags override.") = None,
     sets: set_option("guidance_scale=5") = None,
-    seed: seed_option("Run seed; each image's seed is derived from (seed, class, index). [default: 0]") = None,
-    batch_size: BatchSize = None,
-    steps: Steps = None,
-    guidance_scale: GuidanceScale = None,
-    scheduler: Scheduler = None,
-    temperature: Temperature = None,
-    negative_prompt: NegativePrompt = None,
-    precision: Precision = None,
-    device: Device = None,
-    enable_xformers: EnableXformers = False,
-    train_manifest: TrainManifest = None,
-    prompt_templates: PromptTemplates = None,
     no_progress: NoProgress = False,
+    flags: dict[str, Any],
 ) -> None:
     """Generate synthetic X-rays of target classes, prompts drawn from real label co-occurrence."""
     from synth.generate import GenerateConfig, run
 
     names = _target_names(class_, groups)
-    flags = dict(
-        n=n,
-        target_count=target_count,
-        seed=seed,
-        batch_size=batch_size,
-        steps=steps,
-        guidance_scale=guidance_scale,
-        scheduler=scheduler,
-        temperature=temperature,
-        negative_prompt=negative_prompt,
-        precision=precision,
-        device=device,
-        enable_xformers=enable_xformers or None,
-        progress=False if no_progress else None,
-        train_manifest=str(train_manifest) if train_manifest else None,
-        prompt_templates=str(prompt_templates) if prompt_templates else None,
-    )
+    flags["progress"] = False if no_progress else None
     cfg = GenerateConfig.from_yaml(config, **command_overrides(sets, flags))
     _quiet_library_logs()
     manifest = run(model, names, out, cfg)

@@ -8,12 +8,21 @@ drift apart on them; ``classify train``, ``evaluate`` and ``ablate --config`` st
 own (what ``--out`` holds, which YAML ``--config`` reads, an example ``--set``). Each factory returns an
 ``Annotated`` type (:func:`option`, which the commands also use for their own flags): the default stays in the
 command's signature, where a reader looks for it.
+
+A flag that sets the config field of its name (``--batch-size`` for ``batch_size``) is a :class:`ConfigFlag` in
+its command's table (``GENERATE_FLAGS``, ``PREPARE_FLAGS``, ``FILTER_FLAGS``, ``VERIFIER_FLAGS``), added to the
+command by :func:`with_config_flags`: the flag, its type and help are written once, and its value reaches
+:func:`synth.config.command_overrides` without a hand-kept dict. ``synth/finetune.py`` builds its argparse flags
+from its dataclass the same way (:mod:`synth.generator.config`).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, List, Optional
+from typing import Annotated, Any, Callable, List, Mapping, Optional
 
 import typer
 
@@ -53,3 +62,51 @@ def workers_option(help: str, kind: Any = Optional[int]) -> Any:
 
 def overwrite_option(help: str) -> Any:
     return option(bool, "--overwrite", help)
+
+
+@dataclass(frozen=True)
+class ConfigFlag:
+    """A command flag that sets the config field of its name: ``batch_size`` is ``--batch-size``."""
+
+    kind: Any  #: the flag's type as typer reads it (``Optional[int]``; ``bool`` for an on-switch)
+    help: str
+
+
+def with_config_flags(flags: Mapping[str, ConfigFlag]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add one option per config field in ``flags`` to a command, handing it the values as ``flags=``.
+
+    A flag that mirrors a config field used to be written three times (an option, a signature entry, a dict entry
+    for :func:`synth.config.command_overrides`), and a field could lose its flag unnoticed (``generate``'s
+    ``compile``). Declared once here, the flag's spelling is its field's name. The command gets ``None`` for a flag
+    not given, so the YAML's value stays; a ``bool`` flag is an on-switch (off = not given), a path is passed as
+    text like the YAML's. The options follow the command's own in ``--help``.
+    """
+
+    def add_flags(command: Callable[..., Any]) -> Callable[..., Any]:
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "flags"]
+        added = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=False if flag.kind is bool else None,
+                annotation=option(flag.kind, "--" + name.replace("_", "-"), flag.help),
+            )
+            for name, flag in flags.items()
+        ]
+
+        @functools.wraps(command)
+        def with_flags(**values: Any) -> Any:
+            given = {name: _as_override(values.pop(name)) for name in flags}
+            return command(**values, flags=given)
+
+        with_flags.__signature__ = inspect.Signature([*own, *added])
+        with_flags.__annotations__ = {p.name: p.annotation for p in with_flags.__signature__.parameters.values()}
+        return with_flags
+
+    return add_flags
+
+
+def _as_override(value: Any) -> Any:
+    if value is False:
+        return None
+    return str(value) if isinstance(value, Path) else value
