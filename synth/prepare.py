@@ -116,14 +116,7 @@ def prepare_dataset(
         raise UserError(f"--images {images}: folder not found")
     where = str(labels)
     df, split_source = _read_with_splits(fmt, labels, images, cfg, dict(split_files or {}))
-    if split_flags and split_source != "patient_split":
-        given = {"column": "by the file's split column", "files": "by --val-labels / --test-labels"}.get(
-            split_source, split_source
-        )
-        raise UserError(
-            f"{' / '.join(split_flags)} only shape a patient split, but the split is given {given}: "
-            f"drop {' / '.join(split_flags)}, or remove the given split to split by patient"
-        )
+    _check_split_flags(split_flags, split_source)
     df["cache_name"] = _cache_names(df, labels)
 
     skipped: list[dict[str, str]] = []
@@ -168,6 +161,18 @@ def prepare_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out / "manifest.csv"
+
+
+def _check_split_flags(split_flags: Sequence[str], split_source: str) -> None:
+    """Patient-split flags given with a split the user already gave would be silently ignored: an error."""
+    if split_flags and split_source != "patient_split":
+        given = {"column": "by the file's split column", "files": "by --val-labels / --test-labels"}.get(
+            split_source, split_source
+        )
+        raise UserError(
+            f"{' / '.join(split_flags)} only shape a patient split, but the split is given {given}: "
+            f"drop {' / '.join(split_flags)}, or remove the given split to split by patient"
+        )
 
 
 def _drop_missing_images(df: pd.DataFrame, cfg: PrepareConfig, skipped: list[dict[str, str]]) -> pd.DataFrame:
