@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
@@ -118,3 +119,19 @@ def member_weights(run: Path, member: int = 0) -> dict[str, "torch.Tensor"]:
     from safetensors.torch import load_file
 
     return load_file(str(run / f"member-{member}" / "model.safetensors"))
+
+
+class ReadRecorder:
+    """Wraps ``synth.image_datasets.load_gray`` to record every image path a stage opens."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import synth.image_datasets as image_datasets
+
+        self.paths: list[str] = []
+        original = image_datasets.load_gray
+
+        def recording(path, size=None):
+            self.paths.append(str(Path(path).resolve()))
+            return original(path, size)
+
+        monkeypatch.setattr(image_datasets, "load_gray", recording)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from filter_fixtures import CLASSES, filter_argv, make_real, make_synthetic, render
+from filter_fixtures import CLASSES, ReadRecorder, filter_argv, make_real, make_synthetic, render
 from typer.testing import CliRunner
 
 from synth.filtering import VerifierConfig, load_filter_config, run_filter, train_verifier
@@ -29,22 +29,6 @@ PERMISSIVE = {
     "nearcopy_calibration_images": 60,
     "batch_size": 64,
 }
-
-
-class ReadRecorder:
-    """Wraps ``synth.image_datasets.load_gray`` to record every image path a stage opens."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        import synth.image_datasets as image_datasets
-
-        self.paths: list[str] = []
-        original = image_datasets.load_gray
-
-        def recording(path, size=None):
-            self.paths.append(str(Path(path).resolve()))
-            return original(path, size)
-
-        monkeypatch.setattr(image_datasets, "load_gray", recording)
 
 
 @pytest.fixture(scope="module")
@@ -278,48 +262,6 @@ def test_same_inputs_and_seed_give_the_same_decisions(trained, tmp_path):
     pd.testing.assert_frame_equal(first.drop(columns=["fpath"]), again.drop(columns=["fpath"]))  # fpath: a/ vs b/
     assert summary_a["classes"] == summary_b["classes"]
     assert summary_a["classes"]["Pneumothorax"]["fid_ci"] is not None  # the bootstrap did run
-
-
-def test_verifier_seed_decides_the_model(tmp_path):
-    """Same seed, same verifier (a rerun of the filter stage keeps its thresholds); another seed, another one."""
-    import torch
-    from safetensors.torch import load_file
-
-    real = make_real(tmp_path / "real", {"train": 4, "val": 2, "test": 1})
-    weights = {}
-    for name, seed in (("a", 0), ("again", 0), ("other", 1)):
-        out = train_verifier(
-            real,
-            tmp_path / name,
-            VerifierConfig(arch="resnet10t", image_size=16, max_steps=3, batch_size=4, seed=seed),
-        )
-        weights[name] = load_file(str(out / "model.safetensors"))
-    assert all(torch.equal(weights["a"][k], weights["again"][k]) for k in weights["a"])
-    assert not all(torch.equal(weights["a"][k], weights["other"][k]) for k in weights["a"])
-
-
-def test_verifier_trains_on_real_train_rows_only(tmp_path, monkeypatch):
-    real = read_manifest(make_real(tmp_path / "real", {"train": 4, "val": 2, "test": 2}))
-    synthetic = read_manifest(make_synthetic(tmp_path / "syn", [("Pneumothorax", render("Pneumothorax", 7))]))
-    from synth.manifest import concat_manifests
-
-    both = concat_manifests([real, synthetic], tmp_path)
-    recorder = ReadRecorder(monkeypatch)
-    out = train_verifier(
-        both, tmp_path / "v", VerifierConfig(arch="resnet10t", image_size=16, max_steps=2, batch_size=4)
-    )
-    allowed = {
-        str(Path(p).resolve()) for p in both.loc[(both["split"] == "train") & (both["source"] == "real"), "fpath"]
-    }
-    assert recorder.paths and set(recorder.paths) <= allowed
-    import json
-
-    assert json.loads((out / "verifier.json").read_text())["trained_on"] == {
-        "rows": len(allowed),
-        "split": "train",
-        "source": "real",
-        "manifest": str(Path(tmp_path).resolve()),
-    }
 
 
 def test_cli_bad_input_is_one_error_line(trained, tmp_path):

@@ -3,38 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
-from synth.commands.options import ConfigFlag, config_option, option, out_option, set_option, with_config_flags
+from synth.commands.options import config_option, option, out_option, seed_option, set_option
 from synth.config import command_overrides
 
-#: Flags of ``synth filter`` that set the filter config's field of their name.
-FILTER_FLAGS = {
-    "oracle": ConfigFlag(
-        Optional[Path], "Phantom only: oracle folder from `synth oracle train` (fidelity in the summary)."
-    ),
-    "extractor": ConfigFlag(
-        Optional[str], "'verifier' or a local encoder folder (model.safetensors + extractor.yaml)."
-    ),
-    "threshold_quantile": ConfigFlag(
-        Optional[float], "Quantile of real val positives' scores used as class threshold. [default: 0.2]"
-    ),
-    "fid_reject_factor": ConfigFlag(
-        Optional[float], "Reject a class set when FID > factor x real-vs-real floor. [default: 3]"
-    ),
-    "seed": ConfigFlag(Optional[int], "Seed of subsampling, bootstrap and calibration copies. [default: 0]"),
-}
-#: Flags of ``synth verifier train`` and ``synth oracle train`` (the oracle: epochs and max_steps) that set the
-#: verifier config's field of their name.
-VERIFIER_FLAGS = {
-    "arch": ConfigFlag(Optional[str], "timm model name (random init). [default: convnext_atto]"),
-    "image_size": ConfigFlag(Optional[int], "Training resolution. [default: 128]"),
-    "epochs": ConfigFlag(Optional[int], "Training epochs."),
-    "max_steps": ConfigFlag(Optional[int], "Stop after this many optimiser steps."),
-    "seed": ConfigFlag(Optional[int], "Seed of initialisation and data order."),
-}
+Epochs = option(Optional[int], "--epochs")
 
 
 def data_option(help: str):
@@ -42,7 +18,10 @@ def data_option(help: str):
     return option(Path, "--data", help)
 
 
-@with_config_flags(FILTER_FLAGS)
+def max_steps_option(help: Optional[str] = None):
+    return option(Optional[int], "--max-steps", help)
+
+
 def filter_command(
     synthetic: option(Path, "--synthetic", "Folder (or manifest.csv) written by `synth generate`."),
     data: data_option("Prepared real dataset (folder or manifest.csv): train/val splits are used, test never."),
@@ -50,48 +29,77 @@ def filter_command(
     out: out_option("Output folder: kept.csv, rejected.csv, scores.csv, summary.csv, summary.json."),
     config: config_option("YAML of rules (configs/filter/default.yaml); flags override.") = None,
     sets: set_option("outlier_rejects=true") = None,
-    *,
-    flags: dict[str, Any],
+    oracle: option(
+        Optional[Path], "--oracle", "Phantom only: oracle folder from `synth oracle train` (fidelity in the summary)."
+    ) = None,
+    extractor: option(
+        Optional[str], "--extractor", "'verifier' or a local encoder folder (model.safetensors + extractor.yaml)."
+    ) = None,
+    threshold_quantile: option(
+        Optional[float],
+        "--threshold-quantile",
+        "Quantile of real val positives' scores used as class threshold. [default: 0.2]",
+    ) = None,
+    fid_reject_factor: option(
+        Optional[float],
+        "--fid-reject-factor",
+        "Reject a class set when FID > factor x real-vs-real floor. [default: 3]",
+    ) = None,
+    seed: seed_option("Seed of subsampling, bootstrap and calibration copies. [default: 0]") = None,
 ) -> None:
     """Keep synthetic images that show their label, look like real X-rays and copy no patient."""
     from synth.filtering import load_filter_config, run_filter
 
-    cfg = load_filter_config(config, command_overrides(sets, flags))
+    cfg = load_filter_config(
+        config,
+        command_overrides(
+            sets,
+            {
+                "oracle": str(oracle) if oracle else None,
+                "extractor": extractor,
+                "threshold_quantile": threshold_quantile,
+                "fid_reject_factor": fid_reject_factor,
+                "seed": seed,
+            },
+        ),
+    )
     summary = run_filter(synthetic, data, verifier, out, cfg)
     _print_summary(summary, out)
 
 
-@with_config_flags(VERIFIER_FLAGS)
 def verifier_train_command(
     data: data_option("Prepared real dataset (folder or manifest.csv); only split=train, source=real rows are used."),
     out: out_option("Output folder (model.safetensors + verifier.json)."),
     config: config_option("YAML (configs/filter/verifier.yaml); flags override.") = None,
     sets: set_option("lr=0.002") = None,
-    *,
-    flags: dict[str, Any],
+    arch: option(Optional[str], "--arch", "timm model name (random init). [default: convnext_atto]") = None,
+    image_size: option(Optional[int], "--image-size", "Training resolution. [default: 128]") = None,
+    epochs: Epochs = None,
+    max_steps: max_steps_option("Stop after this many optimiser steps.") = None,
+    seed: seed_option() = None,
 ) -> None:
     """Train the label-verifier on the real training split (never val/test, never synthetic)."""
     from synth.filtering import load_verifier_config, train_verifier
 
+    flags = {"arch": arch, "image_size": image_size, "epochs": epochs, "max_steps": max_steps, "seed": seed}
     cfg = load_verifier_config(config, command_overrides(sets, flags))
     typer.echo(f"verifier written to {train_verifier(data, out, cfg)}", err=True)
 
 
-@with_config_flags({k: VERIFIER_FLAGS[k] for k in ("epochs", "max_steps")})
 def oracle_train_command(
     data: data_option("A large class-balanced phantom dataset (`synth phantom --balanced`, then `synth prepare`)."),
     out: out_option("Output folder (verifier files + oracle.json)."),
     config: config_option("YAML (configs/filter/oracle.yaml); flags override.") = None,
     sets: set_option("image_size=64") = None,
-    *,
-    flags: dict[str, Any],
+    epochs: Epochs = None,
+    max_steps: max_steps_option() = None,
 ) -> None:
     """Train the phantom oracle (evaluation only); thresholds are F1-optimal on its val split."""
     import json
 
     from synth.filtering import load_verifier_config, train_oracle
 
-    cfg = load_verifier_config(config, command_overrides(sets, flags))
+    cfg = load_verifier_config(config, command_overrides(sets, {"epochs": epochs, "max_steps": max_steps}))
     folder = train_oracle(data, out, cfg)
     if (folder / "oracle.json").exists():
         _print_oracle(json.loads((folder / "oracle.json").read_text()))

@@ -9,11 +9,12 @@ own (what ``--out`` holds, which YAML ``--config`` reads, an example ``--set``).
 ``Annotated`` type (:func:`option`, which the commands also use for their own flags): the default stays in the
 command's signature, where a reader looks for it.
 
-A flag that sets the config field of its name (``--batch-size`` for ``batch_size``) is a :class:`ConfigFlag` in
-its command's table (``GENERATE_FLAGS``, ``PREPARE_FLAGS``, ``FILTER_FLAGS``, ``VERIFIER_FLAGS``), added to the
-command by :func:`with_config_flags`: the flag, its type and help are written once, and its value reaches
+A command that mirrors many config fields as flags (``--batch-size`` for ``batch_size``) lists them as
+:class:`ConfigFlag` s in one table (``GENERATE_FLAGS``, ``PREPARE_FLAGS``), added to the command by
+:func:`with_config_flags`: the flag, its type and help are written once, and its value reaches
 :func:`synth.config.command_overrides` without a hand-kept dict. ``synth/finetune.py`` builds its argparse flags
-from its dataclass the same way (:mod:`synth.generator.config`).
+from its dataclass the same way (:mod:`synth.generator.config`); ``filter``, ``verifier train`` and
+``oracle train`` pass their two to five flags in a dict.
 """
 
 from __future__ import annotations
