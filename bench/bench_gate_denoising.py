@@ -10,10 +10,14 @@ same noise and timesteps: with x's own findings plus c in the prompt, and withou
 - loss with (> 0: the word helps). Per class:
 
   denoise-auroc     AUROC of delta, c's real positives vs real negatives (the generator as a zero-shot classifier);
-  denoise-uplift    mean delta over the positives minus mean delta over the negatives.
+  denoise-uplift    mean delta over the positives minus mean delta over the negatives;
+  denoise-share     the share of c's GENERATED images whose delta exceeds the 95th percentile of the real negatives'
+                    (the generator, calibrated on real rows, classifying its own set);
+  denoise-fraction  (mean delta of the set - of real negatives) / (of real positives - of real negatives): the
+                    share of the set that carries c if each image is all-c or no-c.
 
-Real train + val rows and the generator only: no test row, no oracle; the oracle's fidelity only judges the
-ranking (Spearman, bar 0.6).
+Real train + val rows, the generated sets and the generator: no test row, no oracle; the oracle's fidelity only
+judges the ranking (Spearman, bar 0.6).
 
     python bench/bench_gate_denoising.py outputs/ablations/phantom-cpu [--cache /tmp/embeddings.npz] \\
         [--negatives 80] [--timesteps 10] [--json bench/results/gate_denoising.json]
@@ -105,22 +109,34 @@ def class_rows(real: pd.DataFrame, cls: str, negatives: int, seed: int = 0) -> p
     return out
 
 
-def judge_class(judge: DenoisingJudge, rows: pd.DataFrame, cls: str) -> dict:
+def deltas(judge: DenoisingJudge, rows: pd.DataFrame, cls: str) -> np.ndarray:
+    """Per image: denoising loss with its findings minus ``cls`` in the prompt, minus the loss with ``cls`` added."""
     findings = [[c for c in CXR_LT_CLASSES if r.get(c) == 1.0 and c != cls] for _, r in rows.iterrows()]
     views = rows["ViewPosition"].tolist()
     with_c = [judge.templates.render([*f, cls], v) for f, v in zip(findings, views)]
     without_c = [judge.templates.render(f, v) for f, v in zip(findings, views)]
     latents = judge.latents(rows)
-    delta = judge.losses(latents, without_c) - judge.losses(latents, with_c)
+    return judge.losses(latents, without_c) - judge.losses(latents, with_c)
+
+
+def judge_class(judge: DenoisingJudge, rows: pd.DataFrame, generated: pd.DataFrame, cls: str) -> dict:
+    """The real rows score the generator as a classifier of c; its set's images are then classified with the
+    threshold its real negatives set (the 95th percentile of their delta)."""
+    delta = deltas(judge, rows, cls)
     y = (rows[cls] == 1.0).to_numpy()
+    pos, neg = delta[y].mean(), delta[~y].mean()
+    on_set = deltas(judge, generated, cls)
     return {
         "class": cls,
         "real_positives": int(y.sum()),
         "real_negatives": int((~y).sum()),
         "denoise-auroc": float(roc_auc_score(y, delta)),
-        "denoise-uplift": float(delta[y].mean() - delta[~y].mean()),
-        "delta_positives": float(delta[y].mean()),
-        "delta_negatives": float(delta[~y].mean()),
+        "denoise-uplift": float(pos - neg),
+        "denoise-share": float((on_set > np.quantile(delta[~y], 0.95)).mean()),
+        "denoise-fraction": float((on_set.mean() - neg) / (pos - neg)) if pos > neg else None,
+        "delta_positives": float(pos),
+        "delta_negatives": float(neg),
+        "delta_generated": float(on_set.mean()),
     }
 
 
@@ -142,17 +158,21 @@ def main() -> None:
     for cls in pd.unique(target):
         if args.only and cls not in args.only:
             continue
-        row = judge_class(judge, class_rows(run.real, cls, args.negatives), cls)
+        generated = run.synth[target == cls]
+        generated.attrs.update(run.synth.attrs)
+        row = judge_class(judge, class_rows(run.real, cls, args.negatives), generated, cls)
         row["fidelity"] = float(np.nanmean(run.detected[target == cls]))
         rows.append(row)
         print(
             f"{cls:28s} fidelity {row['fidelity']:.3f}  auroc {row['denoise-auroc']:.3f}  uplift "
-            f"{row['denoise-uplift']:+.5f}  (pos {row['real_positives']}; {time.time() - start:.0f} s)",
+            f"{row['denoise-uplift']:+.5f}  share {row['denoise-share']:.2f}  fraction {row['denoise-fraction']}  "
+            f"(pos {row['real_positives']}; {time.time() - start:.0f} s)",
             flush=True,
         )
     rhos = {}
-    for key in ("denoise-auroc", "denoise-uplift"):
-        rhos[key] = float(spearmanr([r[key] for r in rows], [r["fidelity"] for r in rows]).statistic)
+    for key in ("denoise-auroc", "denoise-uplift", "denoise-share", "denoise-fraction"):
+        pairs = [(r[key], r["fidelity"]) for r in rows if r[key] is not None]
+        rhos[key] = float(spearmanr(*zip(*pairs)).statistic)
     print("Spearman rho vs oracle fidelity: " + ", ".join(f"{k} {v:+.2f}" for k, v in rhos.items()))
     if args.json:
         from synth.provenance import write_bench_result
