@@ -248,6 +248,21 @@ def test_demo_command_runs_the_whole_pipeline(tmp_path: Path, monkeypatch):
     assert not list(elsewhere.iterdir())  # nothing written into the working directory
 
 
+@pytest.mark.parametrize(
+    "command, shown",
+    [
+        ("generate", "[default: 25]"),
+        ("prepare", "[default: 256]"),
+        ("ablate", "[default: outputs]"),
+        ("phantom", "[default: 20000; with"),
+    ],
+)
+def test_help_shows_the_defaults_its_options_name(command: str, shown: str):
+    """Rich renders --help and reads a ``[default: 25]`` as a markup tag: unescaped, every default vanished."""
+    result = CliRunner().invoke(app, [command, "--help"], terminal_width=240, env={"COLUMNS": "240"})
+    assert result.exit_code == 0 and shown in result.output, result.output
+
+
 def test_every_command_is_exercised_by_some_test():
     """Each command of ``synth --help`` (and each sub-command) is invoked by name in some test file."""
     import typer.main

@@ -41,7 +41,7 @@ def ablate_command(
         None, "--arms", help="Override the arms, comma-separated (real_only must be one)."
     ),
     output_root: Optional[str] = typer.Option(
-        None, "--output-root", help="Root of ablations/ and reports/. [default: outputs]"
+        None, "--output-root", help=r"Root of ablations/ and reports/. \[default: outputs]"
     ),
     sets: set_option("evaluation.n_boot=200 or --set generator.overrides.max_train_steps=100") = None,
     dry_run: bool = typer.Option(False, "--dry-run", help="Check every path and print the plan; run nothing."),

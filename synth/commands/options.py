@@ -31,8 +31,14 @@ from synth.config import SET_HELP
 
 
 def option(kind: Any, flag: str, help: Optional[str] = None) -> Any:
-    """``Annotated[kind, typer.Option(flag, help=help)]``: a command's flag declared in one line where it fits."""
-    return Annotated[kind, typer.Option(flag, help=help)]
+    """``Annotated[kind, typer.Option(flag, help=help)]``: a command's flag declared in one line where it fits.
+
+    The help is escaped for Rich, which renders typer's ``--help``: a ``[default: 8]`` is otherwise read as a markup
+    tag and silently dropped.
+    """
+    from rich.markup import escape
+
+    return Annotated[kind, typer.Option(flag, help=escape(help) if help else help)]
 
 
 NoProgress = option(bool, "--no-progress", "Hide the progress bar.")
