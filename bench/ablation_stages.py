@@ -32,6 +32,16 @@ def stage_folder(root: Path, prefix: str) -> Path:
     return found[0]
 
 
+def generation_of(root: Path) -> tuple[dict[str, Any], Any]:
+    """The run's generate stage: its sampling settings (``generate_run.json``) and its generator
+    (:class:`~synth.inference.model_folder.GeneratorInfo`: model folder, prompt templates, resolution)."""
+    from synth.inference.model_folder import load_generator_info
+    from synth.inference.planning import RUN_SETTINGS_NAME
+
+    settings = json.loads((stage_folder(root, "generate") / RUN_SETTINGS_NAME).read_text())
+    return settings, load_generator_info(settings["model_dir"], settings["train_manifest"])
+
+
 # ---------------------------------------------------------------- benches that train extra arms on a finished run
 
 

@@ -26,14 +26,13 @@ judges the ranking (Spearman, bar 0.6).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from ablation_stages import stage_folder
+from ablation_stages import generation_of
 from bench_gate_variants import _load
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
@@ -48,11 +47,9 @@ class DenoisingJudge:
         from diffusers import DDPMScheduler
 
         from synth.generator.data import PromptEncoder
-        from synth.inference.model_folder import load_generator_info
         from synth.inference.pipeline import load_pipeline
 
-        settings = json.loads((stage_folder(root, "generate") / "generate_run.json").read_text())
-        info = load_generator_info(settings["model_dir"], settings["train_manifest"])
+        settings, info = generation_of(root)
         pipe = load_pipeline(info.model_dir, settings["scheduler"], torch.float32, torch.device("cpu"))
         self.templates = info.templates
         self.unet, self.vae = pipe.unet.eval(), pipe.vae.eval()

@@ -23,13 +23,12 @@ row and no oracle. The oracle only judges the ranking (Spearman rho vs its fidel
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from ablation_stages import stage_folder
+from ablation_stages import generation_of, stage_folder
 from bench_gate_variants import RunInputs, _load
 from scipy.stats import spearmanr
 
@@ -56,12 +55,10 @@ def render_controls(root: Path, controls: pd.DataFrame, out: Path, batch_size: i
     guidance, per-image seed); images already on disk are kept. Returns seconds spent."""
     import torch
 
-    from synth.inference.model_folder import load_generator_info
     from synth.inference.pipeline import load_pipeline, pipeline_resolution, render
     from synth.inference.planning import ImageJob
 
-    settings = json.loads((stage_folder(root, "generate") / "generate_run.json").read_text())
-    info = load_generator_info(settings["model_dir"], settings["train_manifest"])
+    settings, info = generation_of(root)
     todo = controls[[not (out / f).exists() for f in controls["fpath"]]]
     if todo.empty:
         return 0.0
@@ -171,12 +168,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from synth.inference.model_folder import load_generator_info
-
     run = _load(args.ablation_dir, args.cache)
-    settings = json.loads((stage_folder(args.ablation_dir, "generate") / "generate_run.json").read_text())
-    templates = load_generator_info(settings["model_dir"], settings["train_manifest"]).templates
-    controls = control_rows(run.synth, templates)
+    controls = control_rows(run.synth, generation_of(args.ablation_dir)[1].templates)
     seconds = render_controls(args.ablation_dir, controls, args.controls)
     embedded = embed_controls(args.ablation_dir, controls, args.controls)
     rows = paired_scores(run, controls, embedded, oracle_on_controls(args.ablation_dir, controls, args.controls))
