@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from data_fixtures import assert_one_error_line, invoke, make_cxrlt, prepare_args
 from PIL import Image
-from test_data import assert_one_error_line, invoke, make_cxrlt, prepare_args
 from typer.testing import CliRunner
 
 from classifier.ensemble import group_record, model_groups, predict

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_data import assert_one_error_line, invoke, make_cxrlt, prepare_args
+from data_fixtures import assert_one_error_line, invoke, make_cxrlt, prepare_args
 
 from synth.manifest import read_manifest
 from synth.prepare import prepare_dataset

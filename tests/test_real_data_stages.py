@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_data import assert_one_error_line
+from data_fixtures import assert_one_error_line
 
 from synth.commands.ablate import STAGE_CONFIG_PATHS
 from synth.manifest import read_manifest
