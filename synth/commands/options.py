@@ -86,7 +86,8 @@ def with_config_flags(flags: Mapping[str, ConfigFlag]) -> Callable[[Callable[...
     for :func:`synth.config.command_overrides`), and a field could lose its flag unnoticed (``generate``'s
     ``compile``). Declared once here, the flag's spelling is its field's name. The command gets ``None`` for a flag
     not given, so the YAML's value stays; a ``bool`` flag is an on-switch (off = not given), a path is passed as
-    text like the YAML's. The options follow the command's own in ``--help``.
+    text like the YAML's. In ``--help`` the options come after the command's own inputs and outputs, before
+    ``--config``.
     """
 
     def add_flags(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -106,7 +107,8 @@ def with_config_flags(flags: Mapping[str, ConfigFlag]) -> Callable[[Callable[...
             given = {name: _as_override(values.pop(name)) for name in flags}
             return command(**values, flags=given)
 
-        with_flags.__signature__ = inspect.Signature([*own, *added])
+        at = next((i for i, p in enumerate(own) if p.name == "config"), len(own))  # settings, then --config / --set
+        with_flags.__signature__ = inspect.Signature([*own[:at], *added, *own[at:]])
         with_flags.__annotations__ = {p.name: p.annotation for p in with_flags.__signature__.parameters.values()}
         return with_flags
 
