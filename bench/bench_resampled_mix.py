@@ -9,9 +9,10 @@ patient bootstrap, seed-averaged; head / medium / tail mAP as the report groups 
 the test rows.
 
 ``--synthetic unfiltered`` mixes every generated image instead of the kept ones (the ``synthetic_unfiltered_resampled``
-arm). ``--cohort N --cohort-seed S`` scores everything on N freshly rendered phantom patients of seed S instead of
-the run's test + held-out rows: the run's own arms are then predicted from their stored models. Rows no verdict was
-drawn on are where a recipe may be chosen for the next fresh run; the run's test rows are not.
+arm); ``--generated FOLDER`` mixes another ``synth generate`` folder's images instead (the run's generator topped up to
+more images per class). ``--cohort N --cohort-seed S`` scores everything on N freshly rendered phantom patients of
+seed S instead of the run's test + held-out rows: the run's own arms are then predicted from their stored models.
+Rows no verdict was drawn on are where a recipe may be chosen for the next fresh run; the run's test rows are not.
 
     python bench/bench_resampled_mix.py outputs/ablations/phantom-cpu [--config configs/ablation/phantom-cpu.yaml] \
         [--seeds 0 1 2] [--synthetic filtered|unfiltered] [--cohort 20000 --cohort-seed 5] [--json F]
@@ -78,6 +79,12 @@ def main() -> None:
 
     ap = arm_bench_parser(__doc__.split("\n")[0], "outputs/bench/resampled_mix")
     ap.add_argument("--synthetic", choices=("filtered", "unfiltered"), default="filtered")
+    ap.add_argument(
+        "--generated",
+        type=Path,
+        help="with --synthetic unfiltered: a `synth generate` folder to mix instead of the run's generate stage "
+        "(e.g. the run's generator topped up to more images per class)",
+    )
     ap.add_argument("--cohort", type=int, default=0, help="score N new phantom patients instead of the run's rows")
     ap.add_argument("--cohort-seed", type=int, default=5, help="their phantom seed (not one the run used)")
     args = ap.parse_args()
@@ -92,15 +99,16 @@ def main() -> None:
     if args.synthetic == "filtered":
         synthetic = read_manifest(stage_folder(root, "filter") / "filtered" / "kept.csv")
     else:
-        synthetic = read_manifest(stage_folder(root, "generate") / "manifest.csv")
+        synthetic = read_manifest((args.generated or stage_folder(root, "generate")) / "manifest.csv")
+    variant = args.synthetic if args.generated is None else f"{args.synthetic}-{args.generated.name}"
     repeats = resample_plan(run.cfg, run.real, run.classes).repeats
     train_df = concat_manifests([run.real, synthetic], run.data_manifest.parent)
 
     probs, seconds = [], {}
     for seed in args.seeds:
-        folder = args.out / args.synthetic / f"seed-{seed}"
+        folder = args.out / variant / f"seed-{seed}"
         if cohort is not None:  # the model is the same; its predictions are of other rows
-            folder = cohort / args.synthetic / f"seed-{seed}"
+            folder = cohort / variant / f"seed-{seed}"
         p, seconds[f"seed-{seed}"] = train_and_predict(run, "mix", seed, train_df, folder, repeats)
         print(f"seed-{seed}: {seconds[f'seed-{seed}']} s", flush=True)
         probs.append(p)
@@ -108,7 +116,7 @@ def main() -> None:
     groups = json.loads((root.parent.parent / "reports" / root.name / "results.json").read_text())["groups"]
     y = label_matrix(run.test, run.classes)
     patients = run.test["subject_id"].astype(str).to_numpy()
-    name = f"{args.synthetic} mix + resampling"
+    name = f"{variant} mix + resampling"
     table = {}
     baselines = ["real_resampled", f"synthetic_{args.synthetic}", "real_only"]
     if args.synthetic == "unfiltered" or cohort is not None:
@@ -141,6 +149,7 @@ def main() -> None:
 
         payload = {"ablation_dir": str(root), "config": str(args.config), "seeds": args.seeds, "seconds": seconds}
         payload.update(synthetic=args.synthetic, synthetic_rows=len(synthetic), repeated_real_rows=len(repeats))
+        payload.update(generated=str(args.generated) if args.generated else None)
         payload.update(
             scored_rows="run test + held-out"
             if cohort is None
