@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from bench_gate_variants import RunInputs, _judge, _load
+from bench_gate_variants import RunInputs, _judge, _load, out_of_fold_probe
 from scipy.stats import spearmanr
 
 
@@ -35,9 +35,7 @@ def _real_ceiling(
     two patients carry a positive (nothing to cross-fit). Returns (AUROC, number of folds).
     """
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedGroupKFold
 
-    from synth.filtering.transfer import probe_scores
     from synth.manifest import label_matrix
 
     classes = list(pd.unique(run.synth["target_class"]))
@@ -51,11 +49,7 @@ def _real_ceiling(
     n_splits = min(n_folds, len(set(groups[y == 1])))
     if n_splits < 2 or (y == 0).sum() < n_splits:
         return None, n_splits
-    oof = np.empty(len(y))
-    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    for fit, held in folds.split(x, y, groups):
-        oof[held] = probe_scores(x[fit], y[fit], x[held], probe_c, seed)
-    return float(roc_auc_score(y, oof)), n_splits
+    return float(roc_auc_score(y, out_of_fold_probe(x, y, groups, n_splits, probe_c, seed))), n_splits
 
 
 def _relative(run: RunInputs, space: str) -> list[dict]:

@@ -148,6 +148,21 @@ def _variants(run: RunInputs) -> dict:
     }
 
 
+def out_of_fold_probe(
+    x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_splits: int, probe_c: float = 1.0, seed: int = 0
+) -> np.ndarray:
+    """The gate's probe fitted on real rows and scored out of fold, folds split by patient (``groups``)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from synth.filtering.transfer import probe_scores
+
+    oof = np.empty(len(y))
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    for fit, held in folds.split(x, y, groups):
+        oof[held] = probe_scores(x[fit], y[fit], x[held], probe_c, seed)
+    return oof
+
+
 def _adjusted_count(run: RunInputs, space: str, fpr: float, n_folds: int = 5, seed: int = 0) -> list[dict]:
     """Estimate the share of faithful images per class set by adjusted classify-and-count (Forman 2008).
 
@@ -159,7 +174,6 @@ def _adjusted_count(run: RunInputs, space: str, fpr: float, n_folds: int = 5, se
     label set excludes c (the false-positive rate in the generated domain). Estimate
     pi = (r_c - r_0) / (TPR - r_0), clipped to [0, 1]. No test row, no oracle.
     """
-    from sklearn.model_selection import StratifiedGroupKFold
 
     from synth.filtering.transfer import probe_scores
     from synth.manifest import label_matrix
@@ -177,10 +191,7 @@ def _adjusted_count(run: RunInputs, space: str, fpr: float, n_folds: int = 5, se
         row = {"class": cls, "real_positives": int(y.sum()), "score": None, "auroc": None, "ci": [None, None]}
         row.update(fidelity_all=float(np.nanmean(run.detected[target == cls])), fidelity_used=None, passed=True)
         if y.sum() >= 3:
-            oof = np.empty(len(y))
-            folds = StratifiedGroupKFold(n_splits=min(n_folds, int(y.sum())), shuffle=True, random_state=seed)
-            for fit, held in folds.split(x, y, groups):
-                oof[held] = probe_scores(x[fit], y[fit], x[held], seed=seed)
+            oof = out_of_fold_probe(x, y, groups, min(n_folds, int(y.sum())), seed=seed)
             threshold = float(np.quantile(oof[y == 0], 1 - fpr))
             tpr = float(np.mean(oof[y == 1] >= threshold))
             syn_scores = probe_scores(x, y, syn_x, seed=seed)
