@@ -56,7 +56,9 @@ does not track the share of a set in which the oracle sees the finding: Spearman
 natural sets of a fresh phantom-cpu run, and +0.005 over 126 sets of known fidelity built from the
 same run's images (``bench/bench_gate_variants.py --dose``: mean AUROC 0.86 with no faithful image,
 0.88 with only faithful ones). Images the oracle rejects still carry class-specific content that
-transfers to real positives. So the gate drops sets WITHOUT class content (noise, another class's
+transfers to real positives. A third fresh run repeats it (224 sets: 0.845 vs 0.887), and it is not the
+co-occurring findings the prompts list: with the real scores adjusted for each row's other labels the
+no-faithful-image sets still score 0.80 (``--dose --residual``). So the gate drops sets WITHOUT class content (noise, another class's
 images: the tests), not sets that merely draw the finding rarely. Much of that is the few real positives
 (4-68 per tail class there): the same verifier recipe trained on fresh phantom cohorts of 10k / 30k / 60k
 images ranks both runs' sets against the oracle at Spearman +0.34 / -0.14, +0.37 / -0.09, +0.70 / +0.28
