@@ -1,0 +1,95 @@
+"""Is the yardstick binary? How much of the finding do the images the phantom oracle calls unfaithful carry?
+
+The transfer gate barely separates class sets the oracle judges 0 % faithful from 100 % faithful ones
+(``bench_gate_variants.py --dose``: AUROC 0.85 vs 0.89). Either the gate is blind, or the oracle's yes/no at
+its threshold hides a graded signal: "unfaithful" images that still show the finding faintly, which a probe
+fitted on them would rightly transfer. This bench reads the oracle's continuous score for the target class:
+
+  unfaithful vs clean   AUROC of the oracle's c-score, images generated for c that it judged unfaithful vs
+                        images generated for other classes whose label set excludes c (the gate's negatives);
+  faithful vs clean     the same for the images it judged faithful (near 1 by construction);
+  real sensitivity      the share of real train+val c-positives at or above the oracle's threshold.
+
+An "unfaithful vs clean" AUROC near 0.5 means those images carry no more of c than other classes' images; near
+1, they carry a sub-threshold version of it. The oracle only judges; no stage reads this.
+
+    python bench/bench_gate_oracle_margin.py outputs/ablations/phantom-cpu [--cache /tmp/emb.npz] [--json ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from ablation_stages import stage_folder
+from bench_gate_variants import _load
+
+
+def _margins(root: Path, cache: Path | None) -> list[dict]:
+    from sklearn.metrics import roc_auc_score
+
+    from synth.filtering.oracle import load_oracle, predict
+    from synth.manifest import label_matrix
+
+    run = _load(root, cache)
+    oracle, thresholds = load_oracle(stage_folder(root, "oracle") / "oracle")
+    syn_probs, real_probs = predict(oracle, run.synth, 64), predict(oracle, run.real, 64)
+    index = {c: j for j, c in enumerate(oracle.classes)}
+    target = run.synth["target_class"].to_numpy()
+    rows = []
+    for cls in pd.unique(target):
+        if cls not in thresholds:
+            continue
+        score, real_score = syn_probs[:, index[cls]], real_probs[:, index[cls]]
+        own, clean = target == cls, (target != cls) & (label_matrix(run.synth, [cls])[:, 0] != 1.0)
+        faithful, unfaithful = own & (run.detected == 1), own & (run.detected == 0)
+        real_pos = label_matrix(run.real, [cls])[:, 0] == 1.0
+
+        def auroc(group: np.ndarray, score: np.ndarray = score, clean: np.ndarray = clean) -> float | None:
+            if group.sum() < 5:
+                return None
+            y = np.concatenate([np.ones(int(group.sum())), np.zeros(int(clean.sum()))])
+            return float(roc_auc_score(y, np.concatenate([score[group], score[clean]])))
+
+        rows.append(
+            {
+                "class": cls,
+                "fidelity": float(np.nanmean(run.detected[own])),
+                "n_unfaithful": int(unfaithful.sum()),
+                "unfaithful_vs_clean": auroc(unfaithful),
+                "faithful_vs_clean": auroc(faithful),
+                "real_sensitivity": float(np.mean(real_score[real_pos] >= thresholds[cls])) if any(real_pos) else None,
+                "real_positives": int(real_pos.sum()),
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("ablation_dir", type=Path)
+    ap.add_argument("--cache", type=Path, default=None, help="the .npz of bench_gate_variants.py's embeddings")
+    ap.add_argument("--json", type=Path, default=None, help="also write the table here")
+    args = ap.parse_args()
+    rows = _margins(args.ablation_dir, args.cache)
+    for r in rows:
+        fmt = {k: ("  n/a" if v is None else f"{v:.3f}") for k, v in r.items() if isinstance(v, float | None)}
+        print(
+            f"{r['class'][:26]:26s} fidelity {fmt['fidelity']}  unfaithful {r['n_unfaithful']:3d}  "
+            f"AUROC unfaithful-vs-clean {fmt['unfaithful_vs_clean']}  faithful-vs-clean {fmt['faithful_vs_clean']}  "
+            f"real sensitivity {fmt['real_sensitivity']} ({r['real_positives']} real+)"
+        )
+    judged = [r["unfaithful_vs_clean"] for r in rows if r["unfaithful_vs_clean"] is not None]
+    summary = {"classes": len(judged), "mean_unfaithful_vs_clean": float(np.mean(judged)) if judged else None}
+    print(summary)
+    if args.json:
+        from synth.provenance import write_bench_result
+
+        payload = {"ablation_dir": str(args.ablation_dir), "summary": summary, "rows": rows}
+        write_bench_result(args.json, "gate_oracle_margin", payload)
+
+
+if __name__ == "__main__":
+    main()
