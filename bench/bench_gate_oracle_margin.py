@@ -8,7 +8,10 @@ fitted on them would rightly transfer. This bench reads the oracle's continuous 
   unfaithful vs clean   AUROC of the oracle's c-score, images generated for c that it judged unfaithful vs
                         images generated for other classes whose label set excludes c (the gate's negatives);
   faithful vs clean     the same for the images it judged faithful (near 1 by construction);
-  real sensitivity      the share of real train+val c-positives at or above the oracle's threshold.
+  real sensitivity      the share of real train+val c-positives at or above the oracle's threshold;
+  unfaithful vs control with ``--controls`` (the folder ``bench_gate_paired.py`` rendered): the share of
+                        unfaithful images whose oracle c-score is above their own control's (same seed, view and
+                        co-occurring findings, prompt without c), so co-occurrence is held fixed.
 
 An "unfaithful vs clean" AUROC near 0.5 means those images carry no more of c than other classes' images; near
 1, they carry a sub-threshold version of it. The oracle only judges; no stage reads this.
@@ -23,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from ablation_stages import stage_folder
+from ablation_stages import generation_of, stage_folder
+from bench_gate_paired import control_rows
 from bench_gate_variants import _load
 
 
-def _margins(root: Path, cache: Path | None) -> list[dict]:
+def _margins(root: Path, cache: Path | None, controls_dir: Path | None = None) -> list[dict]:
     from sklearn.metrics import roc_auc_score
 
     from synth.filtering.oracle import load_oracle, predict
@@ -37,6 +41,11 @@ def _margins(root: Path, cache: Path | None) -> list[dict]:
     oracle, thresholds = load_oracle(stage_folder(root, "oracle") / "oracle")
     syn_probs, real_probs = predict(oracle, run.synth, 64), predict(oracle, run.real, 64)
     index = {c: j for j, c in enumerate(oracle.classes)}
+    control_probs = None
+    if controls_dir is not None:
+        controls = control_rows(run.synth, generation_of(root)[1].templates)
+        controls.attrs["root"] = str(controls_dir)
+        control_probs = predict(oracle, controls, 64)
     target = run.synth["target_class"].to_numpy()
     rows = []
     for cls in pd.unique(target):
@@ -64,6 +73,14 @@ def _margins(root: Path, cache: Path | None) -> list[dict]:
                 "real_positives": int(real_pos.sum()),
             }
         )
+        if control_probs is not None:
+            paired = control_probs[:, index[cls]]
+            rows[-1]["unfaithful_above_control"] = (
+                float(np.mean(score[unfaithful] > paired[unfaithful])) if unfaithful.sum() >= 5 else None
+            )
+            rows[-1]["faithful_above_control"] = (
+                float(np.mean(score[faithful] > paired[faithful])) if faithful.sum() >= 5 else None
+            )
     return rows
 
 
@@ -71,18 +88,28 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("ablation_dir", type=Path)
     ap.add_argument("--cache", type=Path, default=None, help="the .npz of bench_gate_variants.py's embeddings")
+    ap.add_argument("--controls", type=Path, default=None, help="bench_gate_paired.py's rendered controls folder")
     ap.add_argument("--json", type=Path, default=None, help="also write the table here")
     args = ap.parse_args()
-    rows = _margins(args.ablation_dir, args.cache)
+    rows = _margins(args.ablation_dir, args.cache, args.controls)
     for r in rows:
         fmt = {k: ("  n/a" if v is None else f"{v:.3f}") for k, v in r.items() if isinstance(v, float | None)}
         print(
             f"{r['class'][:26]:26s} fidelity {fmt['fidelity']}  unfaithful {r['n_unfaithful']:3d}  "
             f"AUROC unfaithful-vs-clean {fmt['unfaithful_vs_clean']}  faithful-vs-clean {fmt['faithful_vs_clean']}  "
             f"real sensitivity {fmt['real_sensitivity']} ({r['real_positives']} real+)"
+            + (
+                f"  above control: unfaithful {fmt['unfaithful_above_control']} "
+                f"faithful {fmt['faithful_above_control']}"
+                if "unfaithful_above_control" in r
+                else ""
+            )
         )
     judged = [r["unfaithful_vs_clean"] for r in rows if r["unfaithful_vs_clean"] is not None]
     summary = {"classes": len(judged), "mean_unfaithful_vs_clean": float(np.mean(judged)) if judged else None}
+    above = [r["unfaithful_above_control"] for r in rows if r.get("unfaithful_above_control") is not None]
+    if above:
+        summary["mean_unfaithful_above_control"] = float(np.mean(above))
     print(summary)
     if args.json:
         from synth.provenance import write_bench_result
