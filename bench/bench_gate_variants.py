@@ -166,7 +166,6 @@ def _residual_gate_row(run: RunInputs, space: str, cls: str, use: np.ndarray) ->
     auroc, ci = patient_bootstrap_auroc(
         y[known].astype(int), residual[known], patients[known], options["n_boot"], options["ci_level"], options["seed"]
     )
-    used = pos
     return {
         "class": cls,
         "score": auroc,
@@ -175,7 +174,7 @@ def _residual_gate_row(run: RunInputs, space: str, cls: str, use: np.ndarray) ->
         "passed": ci[0] is not None and ci[0] > options["min_auroc"],
         "real_positives": int((y[known] == 1).sum()),
         "fidelity_all": float(np.nanmean(run.detected[target == cls])),
-        "fidelity_used": float(np.nanmean(run.detected[used])) if used.any() else None,
+        "fidelity_used": float(np.nanmean(run.detected[pos])) if pos.any() else None,
     }
 
 
