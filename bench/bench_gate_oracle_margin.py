@@ -12,6 +12,10 @@ fitted on them would rightly transfer. This bench reads the oracle's continuous 
   unfaithful vs control with ``--controls`` (the folder ``bench_gate_paired.py`` rendered): the share of
                         unfaithful images whose oracle c-score is above their own control's (same seed, view and
                         co-occurring findings, prompt without c), so co-occurrence is held fixed.
+  oracle uplift         with ``--controls``: the mean over the class's images of the oracle's c-score minus its
+                        control's, a graded fidelity; the summary gives the Spearman rho of the run's transfer-gate
+                        AUROC (its filter's summary.json) against it and against the binary fidelity. Information
+                        for choosing a yardstick, not a change of the issue's bar.
 
 An "unfaithful vs clean" AUROC near 0.5 means those images carry no more of c than other classes' images; near
 1, they carry a sub-threshold version of it. The oracle only judges; no stage reads this.
@@ -81,7 +85,24 @@ def _margins(root: Path, cache: Path | None, controls_dir: Path | None = None) -
             rows[-1]["faithful_above_control"] = (
                 float(np.mean(score[faithful] > paired[faithful])) if faithful.sum() >= 5 else None
             )
+            rows[-1]["oracle_uplift"] = float(np.mean(score[own] - paired[own]))
     return rows
+
+
+def _gate_spearman(root: Path, rows: list[dict]) -> dict[str, float]:
+    """Spearman rho of the run's transfer-gate AUROC vs the binary fidelity and vs the graded oracle uplift."""
+    import json
+
+    from scipy.stats import spearmanr
+
+    summary = json.loads((stage_folder(root, "filter") / "filtered" / "summary.json").read_text())["classes"]
+    judged = [r for r in rows if (summary.get(r["class"], {}).get("transfer") or {}).get("auroc") is not None]
+    gate = [summary[r["class"]]["transfer"]["auroc"] for r in judged]
+    return {
+        "classes": len(judged),
+        "vs_fidelity": float(spearmanr(gate, [r["fidelity"] for r in judged]).statistic),
+        "vs_oracle_uplift": float(spearmanr(gate, [r["oracle_uplift"] for r in judged]).statistic),
+    }
 
 
 def main() -> None:
@@ -110,6 +131,7 @@ def main() -> None:
     above = [r["unfaithful_above_control"] for r in rows if r.get("unfaithful_above_control") is not None]
     if above:
         summary["mean_unfaithful_above_control"] = float(np.mean(above))
+        summary["gate_spearman"] = _gate_spearman(args.ablation_dir, rows)
     print(summary)
     if args.json:
         from synth.provenance import write_bench_result
