@@ -118,14 +118,19 @@ def _gate_row(run: RunInputs, space: str, cls: str, use: np.ndarray, dropped: np
     gate = transfer_gate(
         cls, syn_x[use], target[use], syn_labels, real_x, labels, patients, real_exclude=others, **run.gate_options
     )
-    used = use & (target == cls)
+    return _judged_row(run, cls, gate.auroc, gate.ci, gate.passed, gate.n_real_pos, use & (target == cls))
+
+
+def _judged_row(run: RunInputs, cls: str, auroc, ci, passed: bool, real_positives: int, used: np.ndarray) -> dict:
+    """One class's table row: the judge's AUROC and decision beside the oracle's fidelity (all / probe-used)."""
+    target = run.synth["target_class"].to_numpy()
     return {
         "class": cls,
-        "score": gate.auroc,
-        "auroc": gate.auroc,
-        "ci": list(gate.ci),
-        "passed": gate.passed,
-        "real_positives": gate.n_real_pos,
+        "score": auroc,
+        "auroc": auroc,
+        "ci": list(ci),
+        "passed": passed,
+        "real_positives": real_positives,
         "fidelity_all": float(np.nanmean(run.detected[target == cls])),
         "fidelity_used": float(np.nanmean(run.detected[used])) if used.any() else None,
     }
@@ -166,16 +171,8 @@ def _residual_gate_row(run: RunInputs, space: str, cls: str, use: np.ndarray) ->
     auroc, ci = patient_bootstrap_auroc(
         y[known].astype(int), residual[known], patients[known], options["n_boot"], options["ci_level"], options["seed"]
     )
-    return {
-        "class": cls,
-        "score": auroc,
-        "auroc": auroc,
-        "ci": list(ci),
-        "passed": ci[0] is not None and ci[0] > options["min_auroc"],
-        "real_positives": int((y[known] == 1).sum()),
-        "fidelity_all": float(np.nanmean(run.detected[target == cls])),
-        "fidelity_used": float(np.nanmean(run.detected[pos])) if pos.any() else None,
-    }
+    passed = ci[0] is not None and ci[0] > options["min_auroc"]
+    return _judged_row(run, cls, auroc, ci, passed, int((y[known] == 1).sum()), pos)
 
 
 def _variants(run: RunInputs) -> dict:
@@ -377,12 +374,12 @@ def main() -> None:
         return _dose_main(run, args)
     table = {}
     runs = {name: (lambda v=v: _judge(run, *v)) for name, v in _variants(run).items()}
+    every = np.ones(len(run.synth), bool)
     for space in ("verifier", "generic"):
         for fpr in (0.05, 0.2):
             runs[f"quantify-{space}-fpr{fpr:g}"] = lambda space=space, fpr=fpr: _adjusted_count(run, space, fpr)
         for k in (5, 20):
             runs[f"neighbours-{space}-k{k}"] = lambda space=space, k=k: _neighbour_share(run, space, k)
-        every = np.ones(len(run.synth), bool)
         runs[f"residual-{space}"] = lambda space=space: [
             _residual_gate_row(run, space, c, every) for c in pd.unique(run.synth["target_class"])
         ]
