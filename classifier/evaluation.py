@@ -68,7 +68,14 @@ def evaluate_model(
             f"{manifest}: no real rows with split={split!r} (it has {', '.join(present) or 'none'}); "
             f"use --split {present[0] if present else 'test'}"
         )
-    stored = model_groups(read_ensemble(model_dir))
+    spec = read_ensemble(model_dir)
+    absent = [c for c in spec["classes"] if c in df.attrs.get("absent_classes", ())]
+    if absent:
+        raise UserError(
+            f"{manifest}: no column {absent[0]!r} ({len(absent)} of the model's classes absent); the model scores "
+            "it, so add the column (an empty cell means not annotated: that class is then listed as not scored)"
+        )
+    stored = model_groups(spec)
     probs, classes = predict(model_dir, rows, batch_size=batch_size)
     if stored is not None:
         groups, prevalence = stored
@@ -152,7 +159,10 @@ def render_table(result: dict[str, Any]):
         f(result["mf1"]),
         f(result["ece"]),
     )
-    per = Table(title="per class (— = no positives in this split: excluded from the means)")
+    per = Table(
+        title="per class (— = no positives in this split, 'not annotated' = no labelled row: "
+        "not scored, excluded from the means)"
+    )
     for col, justify in (
         ("class", "left"),
         ("group", "left"),
@@ -168,6 +178,13 @@ def render_table(result: dict[str, Any]):
     groups = result.get("groups", {})
     for c, m in sorted(result["per_class"].items(), key=lambda kv: (order.get(groups.get(kv[0]), 3), kv[0])):
         per.add_row(
-            c, groups.get(c, "?"), str(m["n_pos"]), f(m["ap"]), f(m["auroc"]), f(m["f1"]), f(m["fnr"]), f(m["ece"])
+            c,
+            groups.get(c, "?"),
+            str(m["n_pos"]) if m.get("n", 1) else "not annotated",
+            f(m["ap"]),
+            f(m["auroc"]),
+            f(m["f1"]),
+            f(m["fnr"]),
+            f(m["ece"]),
         )
     return summary, per

@@ -251,6 +251,7 @@ def evaluate(
     out["ece"] = _mean([m["ece"] for m in per_class.values()])
     out["n"] = int(y_true.shape[0])
     out["classes_without_positives"] = [c for c, m in per_class.items() if m["n_pos"] == 0]
+    out["classes_not_annotated"] = [c for c, m in per_class.items() if m["n"] == 0]  #: not scored at all
     if patient_ids is None:
         patient_ids = np.arange(y_true.shape[0])
     out["n_patients"] = int(pd.Series(np.asarray(patient_ids)).nunique())

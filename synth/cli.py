@@ -28,9 +28,11 @@ class _SynthTyper(typer.Typer):
         register = super().command(*args, **kwargs)
 
         def decorator(fn):
+            resumes = getattr(fn, "resumes_on_rerun", False)  # set by synth.errors.resumable
+
             @functools.wraps(fn)
             def wrapper(*a, **kw):
-                with one_line_errors(typer.Exit):
+                with one_line_errors(typer.Exit, resumes=resumes):
                     return fn(*a, **kw)
 
             register(wrapper)

@@ -14,15 +14,31 @@ import contextlib
 import errno
 import os
 import sys
-from typing import Iterator
+from typing import Any, Callable, Iterator, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class UserError(Exception):
     """Bad input; the message must name the file/column/option and the fix."""
 
 
-def describe_os_error(err: OSError) -> str:
-    """One line for a file-system error: what failed on which path, and what to do about it."""
+def plain(value: Any) -> Any:
+    """A cell as the plain Python value a message shows: ``2``, not ``np.int64(2)`` (numpy 2's repr).
+
+    Messages quote user values with ``!r`` so blanks and strings stay visible; a numpy scalar must be
+    unwrapped first, or the user reads numpy's type where their file says ``2``.
+    """
+    item = getattr(value, "item", None)
+    return item() if callable(item) and type(value).__module__ == "numpy" else value
+
+
+def describe_os_error(err: OSError, resumes: bool = False) -> str:
+    """One line for a file-system error: what failed on which path, and what to do about it.
+
+    ``resumes``: whether rerunning the failed command continues where it stopped (``generate``, ``ablate``,
+    training) — only then does the disk-full fix promise a resume; elsewhere a rerun starts over.
+    """
     where = err.filename if err.filename is not None else ""
     if err.filename2 is not None:
         where = f"{where} -> {err.filename2}"
@@ -30,7 +46,9 @@ def describe_os_error(err: OSError) -> str:
     if err.errno in (errno.EACCES, errno.EPERM) or isinstance(err, PermissionError):
         fix = "check the permissions of that path (or its folder), or choose another --out"
     elif err.errno in (errno.ENOSPC, errno.EDQUOT):
-        fix = "free disk space (or quota) there, or choose an --out on another disk; rerun to resume"
+        fix = "free disk space (or quota) there, or choose an --out on another disk; " + (
+            "rerun to resume" if resumes else "then rerun the command (it starts over)"
+        )
     elif err.errno == errno.EROFS:
         fix = "that file system is read-only; choose another --out"
     elif err.errno == errno.ENOENT:
@@ -40,12 +58,19 @@ def describe_os_error(err: OSError) -> str:
     return f"{what}{': ' + str(where) if where else ''}; {fix}"
 
 
+def resumable(fn: F) -> F:
+    """Mark a command whose rerun continues where it stopped, for :func:`describe_os_error`'s disk-full fix."""
+    fn.resumes_on_rerun = True  # type: ignore[attr-defined]
+    return fn
+
+
 @contextlib.contextmanager
-def one_line_errors(exit_with: type[BaseException] = SystemExit) -> Iterator[None]:
+def one_line_errors(exit_with: type[BaseException] = SystemExit, resumes: bool = False) -> Iterator[None]:
     """The one error handler of every entry point (``synth`` commands, ``python -m synth.generate``,
     ``synth/finetune.py``): ``UserError`` -> one ``error:`` line on stderr and exit 2; ``OSError`` ->
     one line naming the path and the fix, exit 1 (``SYNTH_TRACEBACK=1`` keeps its traceback).
-    ``exit_with`` is ``typer.Exit`` inside a Typer command, ``SystemExit`` elsewhere."""
+    ``exit_with`` is ``typer.Exit`` inside a Typer command, ``SystemExit`` elsewhere; ``resumes`` as in
+    :func:`describe_os_error`."""
     try:
         yield
     except UserError as err:
@@ -54,5 +79,5 @@ def one_line_errors(exit_with: type[BaseException] = SystemExit) -> Iterator[Non
     except OSError as err:
         if os.environ.get("SYNTH_TRACEBACK"):
             raise
-        print(f"error: {describe_os_error(err)}", file=sys.stderr, flush=True)
+        print(f"error: {describe_os_error(err, resumes)}", file=sys.stderr, flush=True)
         raise exit_with(1) from None

@@ -202,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Script entry: UserError -> one ``error:`` line, exit status 2; a disk/permission error -> one line, exit 1."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    with one_line_errors():  # raises SystemExit(2) / SystemExit(1) after its one error line
+    with one_line_errors(resumes=True):  # raises SystemExit(2) / SystemExit(1) after its one error line
         run_finetune(parse_args(argv))
     return 0
 

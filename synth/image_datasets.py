@@ -28,8 +28,10 @@ def load_gray(path, size: int | None = None) -> Image.Image:
                 im = im.resize((size, size), Image.BICUBIC)
             return im
     except (OSError, ValueError) as err:
+        # every stage reads images here, and only `synth prepare` has --skip-bad-images: name it as prepare's
         raise UserError(
-            f"cannot read image {path}: {err}; re-run `synth prepare` (or pass --skip-bad-images)"
+            f"cannot read image {path}: {err}; replace or remove that file (a prepared dataset's image: re-run "
+            "`synth prepare`, whose --skip-bad-images leaves unreadable images out)"
         ) from err
 
 

@@ -22,7 +22,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from synth.errors import UserError
+from synth.csv_files import read_csv_file
+from synth.errors import UserError, plain
 from synth.io import atomic_path
 from synth.taxonomy import CXR_LT_CLASSES, META_COLUMNS
 
@@ -113,7 +114,7 @@ def parse_label_column(
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise UserError(
-            f"{where}: column {column!r} row {i + first_row} has {values.iloc[i]!r} "
+            f"{where}: column {column!r} row {i + first_row} has {plain(values.iloc[i])!r} "
             f"({int(bad.sum())} such cell(s)); labels must be 1, 0 or empty (or -1 = uncertain)"
         )
     minus = arr == -1.0
@@ -175,10 +176,11 @@ def validate_manifest(df: pd.DataFrame, where: str = "manifest") -> pd.DataFrame
             raise ManifestError(str(err)) from None
     bad_split = ~df["split"].isin(SPLITS)
     if bad_split.any():
-        raise ManifestError(f"{where}: split must be one of {SPLITS}, got {df['split'][bad_split].iloc[0]!r}")
+        raise ManifestError(f"{where}: split must be one of {SPLITS}, got {plain(df['split'][bad_split].iloc[0])!r}")
     bad_source = ~df["source"].isin(SOURCES)
     if bad_source.any():
-        raise ManifestError(f"{where}: source must be one of {SOURCES}, got {df['source'][bad_source].iloc[0]!r}")
+        got = plain(df["source"][bad_source].iloc[0])
+        raise ManifestError(f"{where}: source must be one of {SOURCES}, got {got!r}")
     for c in ("dicom_id", "fpath"):
         df[c] = df[c].astype(str)
     for c in ("subject_id", "study_id"):
@@ -194,10 +196,18 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
         path = path / "manifest.csv"
     if not path.exists():
         raise ManifestError(f"manifest not found: {path}; run `synth prepare` (or `synth phantom`) first")
-    df = pd.read_csv(
-        path, dtype={"dicom_id": str, "subject_id": str, "study_id": str, "fpath": str}, keep_default_na=True
+    df = read_csv_file(
+        path,
+        str(path),
+        "re-create it with `synth prepare`",
+        dtype={"dicom_id": str, "subject_id": str, "study_id": str, "fpath": str},
+        keep_default_na=True,
     )
+    absent = [c for c in CXR_LT_CLASSES if c not in df.columns]
     df = validate_manifest(df, where=str(path))
+    # validate_manifest adds a missing class column as "not annotated"; a stage that scores a class must
+    # refuse that instead (an absent column is a damaged file, an empty cell is the format's "not annotated")
+    df.attrs["absent_classes"] = absent
     df.attrs["root"] = str(path.parent.resolve())
     return df
 

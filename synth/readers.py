@@ -10,13 +10,16 @@ split only need the labels, so both readers also work without images
 
 from __future__ import annotations
 
+import filecmp
 import os
+import warnings
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
+from synth.csv_files import read_csv_file
 from synth.errors import UserError
 from synth.manifest import normalise_ids, parse_label_column, require_values
 from synth.taxonomy import CXR_LT_CLASSES, META_COLUMNS
@@ -91,9 +94,29 @@ def read_cxrlt(
     df["ViewPosition"] = df["ViewPosition"].fillna("").astype(str)
     df["source_fpath"] = df["fpath"]
     if image_root is not None:
-        root = Path(image_root)
-        df["fpath"] = [str(p if (p := Path(f)).is_absolute() else root / p) for f in df["fpath"]]
+        df["fpath"] = confined_paths(df["fpath"], Path(image_root), str(labels))
     return _finish(df, labels)
+
+
+def confined_paths(fpaths: pd.Series, root: Path, where: str, first_row: int = 2) -> list[str]:
+    """``fpath`` cells joined to ``--images``, each refused unless it resolves inside that root.
+
+    Why: a label file decides which files are read and copied into the dataset; an absolute ``fpath`` or one
+    with ``../`` would read (and cache) any file the user can read, far from the images they pointed at.
+    A link inside the root that points elsewhere is the user's own choice and is followed.
+    """
+    base = os.path.abspath(root)
+    out = []
+    for i, f in enumerate(fpaths):
+        path = Path(f)
+        inside = not path.is_absolute() and os.path.commonpath([base, os.path.abspath(base / path)]) == base
+        if not inside:
+            raise UserError(
+                f"{where}: column 'fpath' row {i + first_row} is {f!r}, outside --images {root}; fpath must be "
+                "a path relative to --images without '..' (point --images at the folder that holds the images)"
+            )
+        out.append(str(root / path))
+    return out
 
 
 def read_nih(labels: str | os.PathLike, image_root: str | os.PathLike | None = None) -> pd.DataFrame:
@@ -110,15 +133,7 @@ def read_nih(labels: str | os.PathLike, image_root: str | os.PathLike | None = N
             f"{labels}: missing column(s) {', '.join(repr(c) for c in missing)}; "
             "expected NIH Data_Entry_2017_v2020.csv columns (or use --format cxrlt)"
         )
-    # "Effusion | Mass" (hand-edited files) parses like "Effusion|Mass"
-    findings = (
-        raw["Finding Labels"].fillna("").astype(str).str.split("|").map(lambda fs: {f.strip() for f in fs} - {""})
-    )
-    unknown = sorted(set().union(*findings) - set(NIH_TO_CXRLT)) if len(findings) else []
-    if unknown:
-        raise UserError(
-            f"{labels}: column 'Finding Labels' has unknown NIH finding(s) {unknown}; expected {sorted(NIH_TO_CXRLT)}"
-        )
+    findings = _nih_findings(raw["Finding Labels"], labels)
     require_values(raw, ("Image Index", "Patient ID"), str(labels))
     names = raw["Image Index"].astype(str).str.strip()
     patients = normalise_ids(raw["Patient ID"])
@@ -144,6 +159,36 @@ def read_nih(labels: str | os.PathLike, image_root: str | os.PathLike | None = N
     return _finish(df, labels)
 
 
+def _nih_findings(cells: pd.Series, labels: Path, first_row: int = 2) -> pd.Series:
+    """Each row's set of NIH findings; ``"Effusion | Mass"`` (hand-edited files) parses like ``"Effusion|Mass"``.
+
+    Why strict: an empty cell would otherwise become 15 negatives (NIH writes ``No Finding`` for a normal
+    image, so an empty cell is a damaged row, not a normal one), and ``No Finding|Mass`` would be labelled
+    both normal and abnormal. Either is one error naming the row.
+    """
+    findings = cells.fillna("").astype(str).str.split("|").map(lambda fs: {f.strip() for f in fs} - {""})
+    unknown = sorted(set().union(*findings) - set(NIH_TO_CXRLT)) if len(findings) else []
+    if unknown:
+        raise UserError(
+            f"{labels}: column 'Finding Labels' has unknown NIH finding(s) {unknown}; expected {sorted(NIH_TO_CXRLT)}"
+        )
+    empty = findings.map(len).to_numpy() == 0
+    if empty.any():
+        i = int(np.flatnonzero(empty)[0])
+        raise UserError(
+            f"{labels}: column 'Finding Labels' row {i + first_row} is empty ({int(empty.sum())} such row(s)); "
+            "write 'No Finding' for a normal image or the findings separated by '|', or remove the row"
+        )
+    mixed = findings.map(lambda fs: "No Finding" in fs and len(fs) > 1).to_numpy(dtype=bool)
+    if mixed.any():
+        i = int(np.flatnonzero(mixed)[0])
+        raise UserError(
+            f"{labels}: column 'Finding Labels' row {i + first_row} has {cells.iloc[i]!r} "
+            f"({int(mixed.sum())} such row(s)); 'No Finding' cannot go with a finding: keep one or the other"
+        )
+    return findings
+
+
 def _finish(df: pd.DataFrame, labels: Path) -> pd.DataFrame:
     if df.empty:
         raise UserError(f"{labels}: no rows; point --labels at a non-empty label file")
@@ -156,14 +201,9 @@ def _finish(df: pd.DataFrame, labels: Path) -> pd.DataFrame:
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise UserError(f"--labels {path}: file not found")
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=True, compression="infer")
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as err:
-        raise UserError(
-            f"--labels {path}: cannot parse as CSV ({err}); expected a .csv or .csv.gz label file"
-        ) from err
+    return read_csv_file(
+        path, f"--labels {path}", "expected a .csv or .csv.gz label file", dtype=str, keep_default_na=True
+    )
 
 
 def _followup(raw: pd.DataFrame) -> pd.Series:
@@ -177,7 +217,25 @@ def _index_images(root: Path) -> dict[str, Path]:
     if not root.is_dir():
         raise UserError(f"--images {root}: folder not found")
     found: dict[str, Path] = {}
-    for folder, _, files in os.walk(root):
-        for name in files:
-            found.setdefault(name, Path(folder) / name)
+    for folder, _, files in sorted(os.walk(root)):
+        for name in sorted(files):
+            path = Path(folder) / name
+            first = found.setdefault(name, path)
+            if first != path:
+                _same_file_twice(first, path)
     return found
+
+
+def _same_file_twice(first: Path, other: Path) -> None:
+    """Two images of one name under ``--images``: nothing says which one the label row means.
+
+    Byte-identical copies (a re-extracted archive) are the same image: a warning, and the first in sorted
+    order is used. Different files are an error naming both, so a label never silently goes to the wrong image.
+    """
+    if filecmp.cmp(first, other, shallow=False):
+        warnings.warn(f"--images: {other} is a copy of {first} (same bytes); using {first}", stacklevel=3)
+        return
+    raise UserError(
+        f"--images: two different files named {first.name!r}: {first} and {other}; NIH images are found by file "
+        "name, so remove or rename one of them (or point --images at one copy of the download)"
+    )

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from synth.errors import UserError
+from synth.errors import UserError, plain
 from synth.manifest import SPLITS, annotated_classes
 
 
@@ -146,7 +146,8 @@ def normalise_given_split(values: pd.Series, where: str, first_row: int = 2) -> 
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise UserError(
-            f"{where}: column 'split' row {i + first_row} has {values.iloc[i]!r} ({int(bad.sum())} such row(s)); "
+            f"{where}: column 'split' row {i + first_row} has {plain(values.iloc[i])!r} "
+            f"({int(bad.sum())} such row(s)); "
             "expected train, validate/val or test — fill it in, or drop the column to let `synth prepare` split by "
             "patient"
         )

@@ -137,6 +137,9 @@ class AblationConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     target: Target = field(default_factory=Target)
     source_path: str | None = None  #: the YAML this came from (provenance; not hashed)
+    #: the ``--set KEY=VALUE`` overrides as given (provenance: the report's command repeats them; not hashed —
+    #: their effect is in the other fields)
+    sets: dict[str, str] = field(default_factory=dict)
 
     @property
     def ablation_dir(self) -> Path:
@@ -157,6 +160,7 @@ class AblationConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("source_path")
+        d.pop("sets")
         return d
 
 
@@ -175,7 +179,7 @@ def load_ablation_config(
     if not path.is_file():
         raise UserError(f"--config {path}: file not found; the shipped ones are in configs/ablation/")
     try:
-        cfg = load_config(AblationConfig, path, sets, base={"name": path.stem}, internal=("source_path",))
+        cfg = load_config(AblationConfig, path, sets, base={"name": path.stem}, internal=("source_path", "sets"))
     except UnknownKeyError as err:
         if err.section and not err.override:  # the wording this loader has always used for a section's key
             raise UserError(
@@ -183,6 +187,7 @@ def load_ablation_config(
             ) from None
         raise
     cfg.source_path = str(path)
+    cfg.sets = {str(k): str(v) for k, v in (sets or {}).items()}
     if seeds is not None:
         cfg.seeds = list(seeds)
     if arms is not None:

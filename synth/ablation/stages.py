@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import shlex
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -362,12 +363,22 @@ def paired(
 
 
 def provenance(cfg: AblationConfig) -> dict[str, Any]:
-    """What is needed to regenerate any number in the report."""
+    """What is needed to regenerate any number in the report.
+
+    The commands are shell-quoted argument lists (``shlex.join``) that re-create this run exactly: the config,
+    every ``--set`` override as given, then the seeds, arms and output root the run used (the CLI applies those
+    after ``--set``, so stating them resolved is the same run).
+    """
     versions, commit = package_versions(), git_commit()
-    command = f"synth ablate --config {cfg.source_path}" if cfg.source_path else "synth demo"
-    command += f" --seeds {','.join(map(str, cfg.seeds))} --arms {','.join(cfg.arms)} --output-root {cfg.output_root}"
+    argv = ["synth", "ablate", "--config", str(cfg.source_path)] if cfg.source_path else ["synth", "demo"]
+    for key, value in cfg.sets.items():
+        argv += ["--set", f"{key}={value}"]
+    if cfg.source_path:
+        argv += ["--seeds", ",".join(map(str, cfg.seeds)), "--arms", ",".join(cfg.arms)]
+    argv += ["--output-root", str(cfg.output_root)]
+    report = ["synth", "report", cfg.name, "--reports-root", str(Path(cfg.output_root) / "reports")]
     return {
-        "commands": [command, f"synth report {cfg.name} --reports-root {Path(cfg.output_root) / 'reports'}"],
+        "commands": [shlex.join(argv), shlex.join(report)],
         "config": cfg.to_dict(),
         "seeds": list(cfg.seeds),
         "versions": versions,

@@ -10,7 +10,7 @@ import typer
 
 from synth.commands.options import set_option
 from synth.config import parse_sets
-from synth.errors import UserError
+from synth.errors import UserError, resumable
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "configs" / "ablation" / "demo.yaml"
@@ -34,6 +34,7 @@ def _int_list(text: Optional[str], option: str) -> Optional[list[int]]:
         raise UserError(f"{option} {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
 
 
+@resumable
 def ablate_command(
     config: Path = typer.Option(..., "--config", help="Ablation YAML, e.g. configs/ablation/phantom-cpu.yaml."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Override the seeds, comma-separated (e.g. 0,1,2)."),
@@ -82,6 +83,7 @@ def report_command(
     typer.echo(f"markdown: {paths['md']}")
 
 
+@resumable
 def demo_command(
     output_root: str = typer.Option("outputs", "--output-root", help="Root of ablations/ and reports/."),
 ) -> None:

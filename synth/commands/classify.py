@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from synth.config import SET_HELP, command_overrides
+from synth.errors import resumable
 
 
 def register(app: typer.Typer) -> None:
@@ -15,6 +16,7 @@ def register(app: typer.Typer) -> None:
     classify = type(app)(name="classify", help="Train the multi-resolution ConvNeXt ensemble.", no_args_is_help=True)
 
     @classify.command("train")
+    @resumable
     def train(
         config: Path = typer.Option(..., "--config", help="configs/classifier/*.yaml (names data.manifest)"),
         sets: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import typer
 
+from synth.errors import resumable
 
+
+@resumable
 def finetune_command(ctx: typer.Context) -> None:
     """Train the latent-diffusion generator: --config configs/finetune/X.yaml plus any script flag (see synth/finetune.py --help)."""  # noqa: E501 (--help text: a line break would show)
     from synth.generator.config import parse_args

@@ -21,7 +21,7 @@ from synth.commands.options import (
     with_config_flags,
 )
 from synth.config import command_overrides
-from synth.errors import UserError
+from synth.errors import UserError, resumable
 
 Model = option(Path, "--model", "Generator folder written by `synth finetune` (diffusers StableDiffusionPipeline).")
 Classes = option(List[str], "--class", 'Target class (any case; repeatable), e.g. "Rib Fracture".')
@@ -54,6 +54,7 @@ GENERATE_FLAGS = {
 }
 
 
+@resumable
 @with_config_flags(GENERATE_FLAGS)
 def generate_command(
     *,  # keyword-only: the options keep their --help order, required ones included
@@ -132,5 +133,5 @@ def main() -> None:
     app.command()(generate_command)
     from synth.errors import one_line_errors
 
-    with one_line_errors():
+    with one_line_errors(resumes=True):
         app()

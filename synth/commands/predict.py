@@ -8,7 +8,8 @@ turns the user's input into rows:
 * ``--manifest`` a prepared manifest (``synth prepare`` output; its cached images are used as they are), or
   a plain CSV with ``dicom_id`` and ``fpath`` (e.g. the challenge's ``development.csv``; ``fpath`` relative
   to ``--images`` when given, else to the CSV's folder);
-* ``--images DIR`` every .jpg/.jpeg/.png below DIR, ``dicom_id`` = the file name without extension.
+* ``--images DIR`` every .jpg/.jpeg/.png/.tif/.tiff below DIR, ``dicom_id`` = the file name without extension
+  (other files are counted in a warning, never silently dropped).
 
 Raw images go through ``synth prepare``'s own decoding (8-bit grayscale, 16-bit scaled, square ``--size``)
 into a temporary cache next to ``--out`` that is removed afterwards, so predictions see the same pixels a
@@ -28,7 +29,8 @@ import typer
 from synth.commands.options import option, out_option, overwrite_option, workers_option
 from synth.errors import UserError
 
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
+#: What ``--images DIR`` predicts (PIL decodes all of them; 16-bit TIFF/PNG are scaled like ``synth prepare``'s).
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 
 
 def predict(
@@ -89,9 +91,17 @@ def _rows(manifest: Path | None, images: Path | None, split: str | None) -> tupl
         assert images is not None
         if not images.is_dir():
             raise UserError(f"--images {images}: folder not found")
-        files = sorted(p for p in images.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        every = sorted(p for p in images.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = [p for p in every if p.suffix.lower() in IMAGE_SUFFIXES]
         if not files:
-            raise UserError(f"--images {images}: no .jpg/.jpeg/.png file found below it")
+            raise UserError(f"--images {images}: no {'/'.join(IMAGE_SUFFIXES)} file found below it")
+        others = [p for p in every if p.suffix.lower() not in IMAGE_SUFFIXES]
+        if others:  # a DICOM or other format left out must not go unnoticed
+            typer.echo(
+                f"warning: --images {images}: skipped {len(others)} file(s) that are not "
+                f"{'/'.join(IMAGE_SUFFIXES)} (e.g. {others[0].name}); convert them to predict them",
+                err=True,
+            )
         df = pd.DataFrame({"dicom_id": [p.stem for p in files], "fpath": [str(p) for p in files]})
         _unique(df, str(images))
         if split is not None:
@@ -141,14 +151,9 @@ def _rows(manifest: Path | None, images: Path | None, split: str | None) -> tupl
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise UserError(f"--manifest {path}: file not found")
-    try:
-        return pd.read_csv(path, dtype=str, compression="infer")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, EOFError) as err:
-        raise UserError(
-            f"--manifest {path}: cannot parse as CSV ({err}); give a manifest.csv or a CSV with dicom_id, fpath"
-        ) from None
+    from synth.csv_files import read_csv_file
+
+    return read_csv_file(path, f"--manifest {path}", "give a manifest.csv or a CSV with dicom_id, fpath", dtype=str)
 
 
 def _unique(df: pd.DataFrame, where: str) -> None:
