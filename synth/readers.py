@@ -154,7 +154,7 @@ def read_nih(labels: str | os.PathLike, image_root: str | os.PathLike | None = N
         df["split"] = raw["split"]
     df["source_fpath"] = names
     if image_root is not None:
-        found = _index_images(Path(image_root))
+        found = _index_images(Path(image_root), set(names))
         df["fpath"] = [str(found.get(n, Path(image_root) / n)) for n in names]
     return _finish(df, labels)
 
@@ -212,13 +212,19 @@ def _followup(raw: pd.DataFrame) -> pd.Series:
     return pd.Series(np.arange(len(raw)).astype(str), index=raw.index)
 
 
-def _index_images(root: Path) -> dict[str, Path]:
-    """File name => path for every file below ``root`` (one walk, not one stat per row)."""
+def _index_images(root: Path, wanted: set[str]) -> dict[str, Path]:
+    """File name => path for every ``wanted`` file below ``root`` (one walk, not one stat per row).
+
+    A wanted name found twice goes through :func:`_same_file_twice`; other files (a README in each
+    archive folder) may repeat freely.
+    """
     if not root.is_dir():
         raise UserError(f"--images {root}: folder not found")
     found: dict[str, Path] = {}
     for folder, _, files in sorted(os.walk(root)):
         for name in sorted(files):
+            if name not in wanted:
+                continue
             path = Path(folder) / name
             first = found.setdefault(name, path)
             if first != path:

@@ -71,6 +71,10 @@ def test_nih_same_file_name_in_two_folders_is_an_error_naming_both(tmp_path):
     with pytest.raises(UserError) as err:
         read_nih(csv, tmp_path / "nih")
     assert str(first) in str(err.value) and str(second) in str(err.value)
+    second.unlink()
+    for k in (1, 2):  # files no label row names may repeat (a README in each archive folder)
+        (tmp_path / "nih" / f"images_00{k}" / "README.txt").write_text(f"part {k}")
+    assert read_nih(csv, tmp_path / "nih")["fpath"].tolist()[0] == str(first)
 
 
 def test_nih_byte_identical_copies_are_a_warning_not_an_error(tmp_path):
