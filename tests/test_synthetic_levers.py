@@ -1,0 +1,110 @@
+"""The classifier's synthetic-data levers (#36): ``synthetic.loss_weight`` and ``synthetic.mode = mix_then_head``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from classifier.config import EnsembleConfig, MemberConfig, SyntheticMixConfig
+from classifier.losses import AsymmetricLoss, MaskedBCE
+from classifier.resume import results_only
+from synth.errors import UserError
+
+
+@pytest.mark.parametrize("loss_cls", [AsymmetricLoss, MaskedBCE])
+def test_binary_mask_loss_unchanged_and_weight_scales_rows(loss_cls):
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(6, 5, generator=g), (torch.rand(6, 5, generator=g) > 0.7).float()
+    mask = (torch.rand(6, 5, generator=g) > 0.2).float()
+    w = torch.rand(5, generator=g) + 0.5
+    fn = loss_cls(class_weights=w)
+    full = fn(logits, labels, mask)
+    # a binary mask gives the old mean over annotated cells
+    cells = torch.stack([fn(logits[i : i + 1], labels[i : i + 1], mask[i : i + 1]) for i in range(6)])
+    counts = mask.sum(1)
+    assert torch.allclose(full, (cells * counts).sum() / counts.sum(), atol=1e-6)
+    # rows 3..5 down-weighted by 0.25: their share of the sum is a quarter, the denominator still counts cells
+    weighted = mask.clone()
+    weighted[3:] *= 0.25
+    expect = (cells[:3] * counts[:3]).sum() + 0.25 * (cells[3:] * counts[3:]).sum()
+    assert torch.allclose(fn(logits, labels, weighted), expect / counts.sum(), atol=1e-6)
+    # an all-synthetic batch is down-weighted too (not renormalised back to full weight)
+    assert torch.allclose(fn(logits, labels, mask * 0.25), 0.25 * full, atol=1e-6)
+
+
+def test_new_synthetic_options_keep_default_fingerprints():
+    """A config that leaves the new options at their defaults fingerprints as before: no member retrains."""
+    keys = set(results_only(dataclasses.asdict(SyntheticMixConfig())))
+    assert keys == {"mode", "ratio", "per_class_cap", "pretrain_epochs", "pretrain_with_real", "labels", "seed"}
+    changed = results_only(dataclasses.asdict(SyntheticMixConfig(loss_weight=0.5)))
+    assert changed["loss_weight"] == 0.5
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_loss_weight_must_be_finite_positive(bad):
+    cfg = EnsembleConfig(members=[MemberConfig()])
+    with pytest.raises(UserError, match="synthetic.loss_weight"):
+        replace(cfg, synthetic=replace(cfg.synthetic, loss_weight=bad)).validated()
+
+
+# ---------------------------------------------------------------- training on the real NIH sample
+
+
+@pytest.fixture(scope="module")
+def tiny_mix(nih_sample: Path, tmp_path_factory) -> pd.DataFrame:
+    from synth.manifest import concat_manifests, read_manifest
+    from synth.prepare import prepare_dataset
+
+    out = tmp_path_factory.mktemp("levers")
+    df = read_manifest(
+        prepare_dataset("nih", nih_sample / "Data_Entry_2017_v2020.csv", nih_sample / "images", out / "d", size=32)
+    )
+    parts = [df[df["split"] == s].head(n) for s, n in (("train", 32), ("val", 16), ("test", 8))]
+    real = pd.concat(parts)
+    real.attrs.update(df.attrs)
+    syn = real[real["split"] == "train"].head(16).copy()
+    syn["source"], syn["target_class"] = "synthetic", "Hernia"
+    syn["dicom_id"] = "syn-" + syn["dicom_id"]
+    return concat_manifests([real, syn], df.attrs["root"])
+
+
+def _cfg(**synthetic) -> EnsembleConfig:
+    cfg = EnsembleConfig(members=[MemberConfig(image_size=32)])
+    cfg = replace(cfg, train=replace(cfg.train, epochs=1, batch_size=16, ema_decay=None))
+    return replace(cfg, synthetic=replace(cfg.synthetic, **synthetic))
+
+
+def test_mix_then_head_retrains_only_the_head_on_real_rows(tiny_mix: pd.DataFrame, tmp_path: Path):
+    from safetensors.torch import load_file
+
+    from classifier.train import train_ensemble
+
+    out = train_ensemble(_cfg(mode="mix_then_head", head_epochs=1), tiny_mix, tmp_path / "m")
+    member = out / "member-0"
+    stages = json.loads((member / "member.json").read_text())["stages"]
+    assert [s["name"] for s in stages] == ["train", "head"]
+    assert stages[0]["sources"] == {"real": 32, "synthetic": 16}
+    assert stages[1]["sources"] == {"real": 32}  # the decision boundary: real rows only
+    mixed, final = load_file(str(member / "train.safetensors")), load_file(str(member / "model.safetensors"))
+    changed = {k for k in final if not torch.equal(mixed[k], final[k])}
+    assert changed and all(k.startswith("head.fc") for k in changed), changed
+
+
+def test_loss_weight_changes_training_and_its_fingerprint(tiny_mix: pd.DataFrame, tmp_path: Path):
+    from safetensors.torch import load_file
+
+    from classifier.train import train_ensemble
+
+    full = train_ensemble(_cfg(mode="mix"), tiny_mix, tmp_path / "w1")
+    down = train_ensemble(_cfg(mode="mix", loss_weight=0.25), tiny_mix, tmp_path / "w025")
+    a = load_file(str(full / "member-0" / "model.safetensors"))
+    b = load_file(str(down / "member-0" / "model.safetensors"))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    fp = [json.loads((d / "member-0" / "member.json").read_text())["fingerprint"] for d in (full, down)]
+    assert fp[0] != fp[1]
