@@ -108,3 +108,74 @@ def test_loss_weight_changes_training_and_its_fingerprint(tiny_mix: pd.DataFrame
     assert any(not torch.equal(a[k], b[k]) for k in a)
     fp = [json.loads((d / "member-0" / "member.json").read_text())["fingerprint"] for d in (full, down)]
     assert fp[0] != fp[1]
+
+
+# ---------------------------------------------------------------- the generator's own randomness in the interval
+
+
+def _two_generators(gain_a: float, gain_b: float):
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    n = 240
+    y = (rng.random((n, 4)) < 0.3).astype(float)
+    p = np.clip(0.3 + 0.2 * (y - 0.5) + 0.15 * rng.standard_normal(y.shape), 0, 1)
+    bases = [np.clip(p + 0.05 * rng.standard_normal(p.shape), 0, 1) for _ in range(4)]
+    gains = (gain_a, gain_a, gain_b, gain_b)  # runs 0, 1 on generator A; runs 2, 3 on generator B
+    arms = [np.clip(b + g * (y - 0.5), 0, 1) for b, g in zip(bases, gains)]
+    classes, groups = ["a", "b", "c", "d"], {"a": "head", "b": "head", "c": "medium", "d": "tail"}
+    return y, bases, arms, classes, groups, np.arange(n) // 2
+
+
+def test_one_generator_gives_todays_interval_exactly():
+    from classifier import metrics
+
+    y, bases, arms, classes, groups, pats = _two_generators(0.1, 0.1)
+    plain = metrics.paired_bootstrap_runs(y, bases, arms, classes, groups, pats, n_boot=200, seed=0)
+    one = metrics.paired_bootstrap_runs(
+        y, bases, arms, classes, groups, pats, n_boot=200, seed=0, generators=[7, 7, 7, 7]
+    )
+    assert one == plain
+
+
+def test_generators_that_differ_widen_the_interval_by_rubins_rules():
+    import numpy as np
+    from scipy import stats
+
+    from classifier import metrics
+
+    y, bases, arms, classes, groups, pats = _two_generators(0.02, 0.3)
+    gens = ["A", "A", "B", "B"]
+    both = metrics.paired_bootstrap_runs(y, bases, arms, classes, groups, pats, n_boot=300, seed=0, generators=gens)
+    per_gen = [
+        metrics.paired_bootstrap_runs(y, bases[i : i + 2], arms[i : i + 2], classes, groups, pats, 300, 0)
+        for i in (0, 2)
+    ]
+    row = both["map"]
+    q = np.array([g["map"]["diff"] for g in per_gen])
+    between = q.var(ddof=1)
+    assert row["generators"]["between"] == pytest.approx(between)
+    assert row["generators"]["k"] == 2 and row["diff"] == pytest.approx(q.mean())
+    within = row["generators"]["within"]
+    total = within + 1.5 * between  # T = W̄ + (1 + 1/K) B, K = 2
+    df = (2 - 1) * (1 + within / (1.5 * between)) ** 2
+    half = stats.t.ppf(0.975, df) * np.sqrt(total)
+    assert row["ci"] == pytest.approx((q.mean() - half, q.mean() + half))
+    lo_w, hi_w = row["ci_within"]
+    assert row["ci"][1] - row["ci"][0] > 3 * (hi_w - lo_w)  # generators 0.28 apart: bootstrap alone is too sure
+    assert (row["ci"][0] > 0 or row["ci"][1] < 0) == (row["p"] < 0.05)
+
+
+def test_identical_generators_add_no_width():
+    from classifier import metrics
+
+    y, bases, arms, classes, groups, pats = _two_generators(0.1, 0.1)
+    same = [arms[0], arms[1], arms[0], arms[1]]
+    base = [bases[0], bases[1], bases[0], bases[1]]
+    row = metrics.paired_bootstrap_runs(
+        y, base, same, classes, groups, pats, n_boot=300, seed=0, generators=[0, 0, 1, 1]
+    )["map"]
+    assert row["generators"]["between"] == pytest.approx(0.0, abs=1e-15)
+    lo, hi = row["ci"]
+    lo_w, hi_w = row["ci_within"]
+    assert (hi - lo) == pytest.approx(hi_w - lo_w, rel=0.15)  # normal interval on the bootstrap variance
