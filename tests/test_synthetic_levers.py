@@ -179,3 +179,34 @@ def test_identical_generators_add_no_width():
     lo, hi = row["ci"]
     lo_w, hi_w = row["ci_within"]
     assert (hi - lo) == pytest.approx(hi_w - lo_w, rel=0.15)  # normal interval on the bootstrap variance
+
+
+# ---------------------------------------------------------------- prompt style (lever 4)
+
+
+def test_single_finding_prompts_keep_seed_and_view_and_drop_cooccurring_findings(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from tiny_pipeline import build_tiny_pipeline
+
+    import synth.inference as inference
+    from synth.cooccurrence import TrainingLabels
+    from synth.manifest import read_manifest
+    from synth.prompts import PromptTemplates
+
+    model = build_tiny_pipeline(tmp_path / "tiny")
+    labels = TrainingLabels(read_manifest(inference.load_generator_info(model).train_manifest))
+    plan = {
+        style: inference.Planner(
+            labels, PromptTemplates.load(), inference.GenerateConfig(seed=3, prompt_style=style).validated()
+        ).jobs({"Pneumothorax": 40})
+        for style in ("cooccurring", "single")
+    }
+    co, single = plan["cooccurring"], plan["single"]
+    assert any(len(j.findings) > 1 for j in co)  # the tiny set has co-occurring label sets
+    assert all(j.findings == ("Pneumothorax",) for j in single)
+    assert [(j.seed, j.view) for j in co] == [(j.seed, j.view) for j in single]
+    assert all(j.prompt.endswith(": pneumothorax") for j in single)
+    with pytest.raises(UserError, match="prompt_style"):
+        inference.GenerateConfig(prompt_style="many").validated()

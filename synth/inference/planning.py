@@ -120,13 +120,15 @@ class Planner:
         if sampler is None:
             sampler = self._samplers[target] = self.labels.sampler(target, self.cfg.temperature)
         draw = sampler.draw(np.random.default_rng(derive_seed(self.cfg.seed, target, index, "labels")))
+        # "single": the same seed and view, the co-occurring findings left out of the prompt (and so of the labels)
+        findings = (target,) if self.cfg.prompt_style == "single" else draw.findings
         return ImageJob(
             target_class=target,
             index=index,
             seed=derive_seed(self.cfg.seed, target, index),
-            findings=draw.findings,
+            findings=findings,
             view=draw.view,
-            prompt=self.templates.render(draw.findings, draw.view),
+            prompt=self.templates.render(findings, draw.view),
             negative_prompt=self.negative_prompt,
         )
 
@@ -181,8 +183,11 @@ class Planner:
 
 
 def run_settings(cfg: GenerateConfig, info: GeneratorInfo, planner: Planner, dtype: str) -> dict[str, Any]:
-    """Everything that changes an image's pixels or labels; pinned per output folder."""
-    return {
+    """Everything that changes an image's pixels or labels; pinned per output folder.
+
+    ``prompt_style`` is pinned only when not the default, so folders written before it existed still resume."""
+    style = {} if cfg.prompt_style == "cooccurring" else {"prompt_style": cfg.prompt_style}
+    return style | {
         "seed": cfg.seed,
         "temperature": cfg.temperature,
         "steps": cfg.steps,
