@@ -123,6 +123,9 @@ class SyntheticMixConfig:
     #: "target_only": the target class (and parents) positive, every other class unknown — for generators that
     #: draw look-alike findings the prompt did not ask for (a "negative" there teaches the wrong thing).
     labels: str = "prompt"
+    #: counterfactual pairs (``synth generate --controls``): true = train on each kept image AND its control (the
+    #: control negative for the image's class); false = control rows are left out
+    controls: bool = False
     loss_weight: float = 1.0  #: weight of a synthetic row's loss relative to a real row's (0 < w <= 1 down-weights)
     head_epochs: int = 2  #: epochs of the head-only stage of ``mix_then_head``
     seed: int = 0  #: which synthetic rows survive ratio/cap (fixed across member seeds, so arms compare the same rows)

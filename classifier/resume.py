@@ -90,7 +90,7 @@ NOT_RESULTS = ("image_cache_dir", "report_to")
 
 #: Keys added to a section after members were first fingerprinted, with their defaults: left out while at the
 #: default, so a config that does not use them keeps the fingerprint (and the trained members) it had.
-ADDED_WITH_DEFAULT = {"loss_weight": 1.0, "head_epochs": 2}
+ADDED_WITH_DEFAULT = {"loss_weight": 1.0, "head_epochs": 2, "controls": False}
 
 
 def results_only(section: dict) -> dict:

@@ -210,3 +210,89 @@ def test_single_finding_prompts_keep_seed_and_view_and_drop_cooccurring_findings
     assert all(j.prompt.endswith(": pneumothorax") for j in single)
     with pytest.raises(UserError, match="prompt_style"):
         inference.GenerateConfig(prompt_style="many").validated()
+
+
+# ---------------------------------------------------------------- counterfactual pairs (lever 1)
+
+
+def test_generate_controls_renders_pairs_that_differ_only_by_the_class_and_resume(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from tiny_pipeline import build_tiny_pipeline
+
+    import synth.inference as inference
+    from synth.manifest import read_manifest
+
+    model = build_tiny_pipeline(tmp_path / "tiny")
+    fast = dict(steps=2, guidance_scale=3.0, progress=False, seed=5, batch_size=3)
+    manifest = inference.generate(model, ["Pneumothorax"], 4, tmp_path / "out", controls=True, **fast)
+    df = read_manifest(manifest)
+    images, controls = df[df["pair_role"] == "image"], df[df["pair_role"] == "control"]
+    assert len(images) == len(controls) == 4
+    pairs = images.set_index("pair_id").join(controls.set_index("pair_id"), rsuffix="_c")
+    assert (pairs["seed"] == pairs["seed_c"]).all() and (pairs["ViewPosition"] == pairs["ViewPosition_c"]).all()
+    assert (pairs["Pneumothorax"] == 1).all() and (pairs["Pneumothorax_c"] == 0).all()
+    assert not pairs["prompt_c"].str.contains("pneumothorax").any()
+    assert all(f.startswith("controls/") for f in controls["fpath"])
+    assert (images["dicom_id"] == images["pair_id"]).all()
+    # a control lost (killed before it was written) is re-rendered alone by a plain re-run
+    lost = tmp_path / "out" / controls["fpath"].iloc[1]
+    before = (tmp_path / "out" / controls["fpath"].iloc[0]).read_bytes()
+    lost.unlink()
+    again = read_manifest(inference.generate(model, ["Pneumothorax"], 4, tmp_path / "out", controls=True, **fast))
+    assert lost.exists() and len(again) == 8
+    assert (tmp_path / "out" / controls["fpath"].iloc[0]).read_bytes() == before
+    # the folder's settings are pinned: the same folder without controls is refused
+    with pytest.raises(UserError, match="controls"):
+        inference.generate(model, ["Pneumothorax"], 4, tmp_path / "out", **fast)
+
+
+def _pairs(n_pairs: int = 10) -> pd.DataFrame:
+    import numpy as np
+
+    from synth.taxonomy import CXR_LT_CLASSES
+
+    rows = []
+    for i in range(n_pairs):
+        target = "Pneumothorax" if i % 2 else "Rib Fracture"
+        for role in ("image", "control"):
+            row = {c: 0.0 for c in CXR_LT_CLASSES}
+            row.update({"Pleural Effusion": 1.0, target: float(role == "image")})
+            if target == "Rib Fracture" and role == "image":
+                row["Fracture"] = 1.0
+            pid = f"synth-{i}"
+            row.update(
+                dicom_id=pid if role == "image" else f"{pid}-control",
+                fpath=f"{role}s/{i}.png",
+                split="train",
+                source="synthetic",
+                target_class=target,
+                pair_id=pid,
+                pair_role=role,
+            )
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    df.index = np.arange(100, 100 + len(df))
+    return df
+
+
+def test_pairs_are_sampled_whole_and_controls_are_negatives_for_their_class():
+    from classifier.data import synthetic_rows
+
+    df = _pairs()
+    off = synthetic_rows(df, SyntheticMixConfig(mode="mix"), 1000)
+    assert set(off["pair_role"]) == {"image"} and len(off) == 10  # controls only when asked for
+    on = SyntheticMixConfig(mode="mix", controls=True, per_class_cap=3, ratio=0.01, labels="target")
+    rows = synthetic_rows(df, on, 1000)  # cap 3 pairs per class, ratio: at most 10 rows
+    counts = rows.groupby("pair_id")["pair_role"].apply(sorted)
+    assert all(roles == ["control", "image"] for roles in counts)  # never half a pair
+    assert len(rows) <= 10 and rows.groupby("target_class")["pair_id"].nunique().max() <= 3
+    for _, row in rows.iterrows():
+        target = row["target_class"]
+        if row["pair_role"] == "control":
+            assert row[target] == 0.0  # the counterfactual: negative for its class
+            assert target != "Rib Fracture" or pd.isna(row["Fracture"])  # its parent was never asked about
+        else:
+            assert row[target] == 1.0
+        assert pd.isna(row["Pleural Effusion"])  # co-occurring prompt findings are not verified: unknown

@@ -41,6 +41,7 @@ class GenerateConfig:
     guidance_scale: float = 4.0
     scheduler: str = "dpm++"
     temperature: float = 1.0
+    controls: bool = False  # each image also rendered without its target class in the prompt (a counterfactual pair)
     prompt_style: str = "cooccurring"  # or "single": the target finding alone in the prompt (PROMPT_STYLES)
     negative_prompt: str | None = None  # None: the prompt templates' negative prompt
     precision: str = "auto"  # auto = fp16 on CUDA, fp32 on CPU
