@@ -15,6 +15,7 @@ Loading, overrides and type checks are :func:`synth.config.load_config`'s.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -22,7 +23,7 @@ from typing import Any, Mapping
 from synth.config import from_mapping, load_config
 from synth.errors import UserError
 
-SYNTHETIC_MODES = ("none", "mix", "pretrain_finetune")
+SYNTHETIC_MODES = ("none", "mix", "pretrain_finetune", "mix_then_head")
 SYNTHETIC_LABELS = ("prompt", "target", "target_only")
 LOSSES = ("asl", "bce")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -101,6 +102,14 @@ class SyntheticMixConfig:
     * ``pretrain_finetune``: stage 1 trains on synthetic rows only (``pretrain_with_real``
       adds the real rows), stage 2 fine-tunes on REAL training rows only — RoentGen-v2
       found this better than naive mixing (+6.5 % vs +2.7 %).
+    * ``mix_then_head``: ``mix``, then only the classification head re-trained (re-initialised) on the REAL
+      training rows for ``head_epochs`` — classifier re-training (cRT, Kang et al., ICLR 2020; SYNAuG): the
+      features may learn from synthetic images while the decision boundary is set by real ones only. Under the
+      ablation's re-sampling arms the real rows carry the re-sampling plan in this stage too.
+
+    ``loss_weight`` scales every synthetic row's loss (its annotated cells count ``loss_weight`` times a real
+    cell's; the mean stays over annotated cells): DiffuLT (2024) down-weights generated samples so label noise
+    from unfaithful images costs less than it teaches.
     """
 
     mode: str = "none"
@@ -114,6 +123,11 @@ class SyntheticMixConfig:
     #: "target_only": the target class (and parents) positive, every other class unknown — for generators that
     #: draw look-alike findings the prompt did not ask for (a "negative" there teaches the wrong thing).
     labels: str = "prompt"
+    #: counterfactual pairs (``synth generate --controls``): true = train on each kept image AND its control (the
+    #: control negative for the image's class); false = control rows are left out
+    controls: bool = False
+    loss_weight: float = 1.0  #: weight of a synthetic row's loss relative to a real row's (0 < w <= 1 down-weights)
+    head_epochs: int = 2  #: epochs of the head-only stage of ``mix_then_head``
     seed: int = 0  #: which synthetic rows survive ratio/cap (fixed across member seeds, so arms compare the same rows)
 
 
@@ -202,6 +216,10 @@ class EnsembleConfig:
             raise UserError(f"classifier synthetic.per_class_cap must be >= 0 or null, got {s.per_class_cap}")
         if s.pretrain_epochs < 1:
             raise UserError(f"classifier synthetic.pretrain_epochs must be >= 1, got {s.pretrain_epochs}")
+        if not (isinstance(s.loss_weight, (int, float)) and math.isfinite(s.loss_weight) and s.loss_weight > 0):
+            raise UserError(f"classifier synthetic.loss_weight must be a finite number > 0, got {s.loss_weight!r}")
+        if s.head_epochs < 1:
+            raise UserError(f"classifier synthetic.head_epochs must be >= 1, got {s.head_epochs}")
         if self.ensemble.weights not in ("mean", "val"):
             raise UserError(f"classifier ensemble.weights must be 'mean' or 'val', got {self.ensemble.weights!r}")
         return self

@@ -57,20 +57,44 @@ def synthetic_rows(df: pd.DataFrame, cfg: SyntheticMixConfig, n_real_train: int)
     never stands in for validation or test data.
     """
     syn = df[(df["source"] == "synthetic") & (df["split"] == "train")]
+    paired = "pair_role" in syn.columns and syn["pair_role"].eq("control").any()
+    if paired and not cfg.controls:
+        syn, paired = syn[syn["pair_role"].ne("control")], False
     if cfg.mode == "none" or syn.empty:
         return syn.iloc[:0]
     rng = np.random.default_rng(cfg.seed)
+    sample = _sample_pairs if paired else _sample_rows
+    out = sample(syn, cfg, n_real_train, rng).sort_index()
+    if cfg.labels in ("target", "target_only"):
+        out = _target_only_labels(out, negatives=cfg.labels == "target")
+    out.attrs.update(df.attrs)
+    return out
+
+
+def _sample_rows(syn: pd.DataFrame, cfg: SyntheticMixConfig, n_real_train: int, rng: np.random.Generator):
+    """``per_class_cap`` then ``ratio`` over single rows (in a seeded random order)."""
     syn = syn.iloc[rng.permutation(len(syn))]
     if cfg.per_class_cap is not None:
         key = syn["target_class"].fillna("") if "target_class" in syn.columns else pd.Series("", index=syn.index)
         syn = syn[key.groupby(key).cumcount().to_numpy() < cfg.per_class_cap]
     if cfg.ratio is not None:
         syn = syn.iloc[: int(math.floor(cfg.ratio * n_real_train))]
-    out = syn.sort_index()
-    if cfg.labels in ("target", "target_only"):
-        out = _target_only_labels(out, negatives=cfg.labels == "target")
-    out.attrs.update(df.attrs)
-    return out
+    return syn
+
+
+def _sample_pairs(syn: pd.DataFrame, cfg: SyntheticMixConfig, n_real_train: int, rng: np.random.Generator):
+    """The same rules over whole pairs: an image and its control are kept or dropped together (``per_class_cap``
+    counts pairs, ``ratio`` rows), so no control trains without the image it is the counterfactual of."""
+    pairs = syn["pair_id"].astype(str)
+    ids = pd.unique(pairs)
+    order = ids[rng.permutation(len(ids))]
+    target = syn.groupby(pairs)["target_class"].first().reindex(order).fillna("")
+    if cfg.per_class_cap is not None:
+        order = order[target.groupby(target).cumcount().to_numpy() < cfg.per_class_cap]
+    if cfg.ratio is not None:
+        size = pairs.value_counts().reindex(order).to_numpy()
+        order = order[np.cumsum(size) <= int(math.floor(cfg.ratio * n_real_train))]
+    return syn[pairs.isin(set(order))]
 
 
 def _target_only_labels(syn: pd.DataFrame, negatives: bool = True) -> pd.DataFrame:
@@ -90,12 +114,17 @@ def _target_only_labels(syn: pd.DataFrame, negatives: bool = True) -> pd.DataFra
         )
     out = syn.copy()
     classes = [c for c in CXR_LT_CLASSES if c in out.columns]
+    control = out["pair_role"].eq("control") if "pair_role" in out.columns else pd.Series(False, index=out.index)
     for target, rows in out.groupby("target_class").groups.items():
         verified = expand_parents([target])
         block = out.loc[rows, classes]
         unverified = ~block.columns.isin(sorted(verified))[None, :] & ((block == 1) | (not negatives))
         out.loc[rows, classes] = block.mask(unverified)
-        out.loc[rows, sorted(verified)] = 1.0
+        twins, controls = [r for r in rows if not control[r]], [r for r in rows if control[r]]
+        out.loc[twins, sorted(verified)] = 1.0
+        # a control was rendered without the target: negative for it; its parents were not asked about
+        out.loc[controls, sorted(verified - {target})] = np.nan
+        out.loc[controls, target] = 0.0
     return out
 
 

@@ -1,7 +1,7 @@
 """Multi-label losses that ignore un-annotated labels.
 
 An NIH image is not a negative for a class NIH never labels, so every loss
-takes a ``mask`` (1 = annotated) and averages over annotated cells only.
+takes a ``mask`` (> 0 = annotated, its value the cell's weight) and averages over annotated cells only.
 
 The weighted asymmetric loss (Ridnik et al., ICCV 2021) is what the CXR-LT
 2023/2024 winners trained with: it down-weights easy negatives (γ− = 4,
@@ -91,10 +91,14 @@ def _clean(labels: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tenso
 
 
 def _reduce(loss: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean over annotated cells, each weighted by its mask value (1 for a real row; a synthetic row's
+    ``synthetic.loss_weight``): the denominator counts cells, not weights, so a down-weighted row costs less
+    instead of being renormalised back to full weight in a batch of its own kind."""
     if weights.numel():
         loss = loss * weights
-    loss = torch.where(mask > 0, loss, torch.zeros_like(loss))  # NaN-safe: masked cells contribute exactly 0
-    return loss.sum() / mask.sum().clamp(min=1.0)
+    annotated = mask > 0
+    loss = torch.where(annotated, loss * mask, torch.zeros_like(loss))  # NaN-safe: masked cells contribute exactly 0
+    return loss.sum() / annotated.sum().clamp(min=1).to(loss.dtype)
 
 
 def build_loss(name: str, class_weights: torch.Tensor | None = None, **kwargs) -> nn.Module:

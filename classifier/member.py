@@ -1,4 +1,6 @@
-"""One ensemble member: its stages (``train``, or ``pretrain`` then ``finetune``) fitted or reused, and member.json.
+"""One ensemble member: its stages fitted or reused, and member.json.
+
+The stages by ``synthetic.mode``: ``train``; ``pretrain`` then ``finetune``; or ``train`` then ``head``.
 
 Apart from :mod:`classifier.train` (the ensemble around the members) because each stage and each member is
 reusable on its own: a finished stage (``<stage>.safetensors`` + ``.json``) or member (``member.json`` + weights)
@@ -23,8 +25,8 @@ from classifier.data import CachedSet
 from classifier.ensemble import MEMBER_FILE, WEIGHTS_FILE
 from classifier.models import PIXEL_MEAN, PIXEL_STD
 from classifier.resume import fingerprint_of, results_only, rows_key
-from classifier.stage import ConsoleLog, Stage, fit_stage
-from classifier.training_sets import cached_set, concat_sets
+from classifier.stage import HEAD_STAGE, ConsoleLog, Stage, fit_stage
+from classifier.training_sets import cached_set, concat_sets, weighted_set
 from synth.io import save_safetensors_atomic, write_json_atomic
 
 
@@ -55,8 +57,10 @@ def train_member(
     plan = _stage_plan(ens, member, has_synthetic=len(sets["synthetic"]) > 0)
     val, weights = cached("val"), torch.from_numpy(class_weights)
     init, stages_meta = None, []
+    synthetic_weight = ens.synthetic.loss_weight
     for name, parts, n_epochs, select in plan:
-        stage = Stage(name, concat_sets([cached(p) for p in parts]), n_epochs, select)
+        data = concat_sets([weighted_set(cached(p), synthetic_weight if p == "synthetic" else 1.0) for p in parts])
+        stage = Stage(name, data, n_epochs, select, head_only=name == HEAD_STAGE)
         stage_fp = fingerprint_of(fp, name)
         result = _reused_stage(folder, name, stage_fp)
         if result is not None:
@@ -120,6 +124,12 @@ def _stage_plan(
         ]
     if mode == "mix" and has_synthetic:
         return [("train", ["real", "synthetic"], epochs, ens.train.select)]
+    # mix_then_head: the mix, then the head alone re-trained on real rows (cRT); both stages keep their best val epoch
+    if mode == "mix_then_head" and has_synthetic:
+        return [
+            ("train", ["real", "synthetic"], epochs, ens.train.select),
+            (HEAD_STAGE, ["real"], ens.synthetic.head_epochs, ens.train.select),
+        ]
     return [("train", ["real"], epochs, ens.train.select)]
 
 

@@ -19,6 +19,7 @@ take seconds rather than minutes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,6 +293,7 @@ def paired_bootstrap_runs(
     patients: Sequence[Any],
     n_boot: int = 1000,
     seed: int = 0,
+    generators: Sequence[Any] | None = None,
 ) -> dict[str, Any]:
     """The run-averaged difference (e.g. over training seeds), arm k paired with base k, one bootstrap.
 
@@ -300,9 +302,16 @@ def paired_bootstrap_runs(
     same seed-averaged estimate the report prints. Averaging per-seed
     intervals instead gives no coverage guarantee, and calling a difference
     significant by it can disagree with the per-seed p-values.
+
+    ``generators`` (one id per run: the generator whose images arm run k trained on) adds the generator's own
+    randomness: with K >= 2 distinct generators the interval and ``p`` are Rubin's rules over the K
+    per-generator estimates (:func:`combine_over_generators`), the bootstrap-only interval kept as
+    ``ci_within``. With one generator (or None) the result is the plain bootstrap's, unchanged.
     """
     if len(probs_base) != len(probs_arm) or not probs_base:
         raise ValueError(f"need matching runs: {len(probs_base)} base vs {len(probs_arm)} arm")
+    if generators is not None and len(generators) != len(probs_arm):
+        raise ValueError(f"need one generator per run: {len(generators)} for {len(probs_arm)} runs")
     y_true = np.asarray(y_true, dtype=np.float64)
     classes = list(classes)
     resamples = patient_resamples(patients, max(n_boot, 1), seed)
@@ -334,7 +343,61 @@ def paired_bootstrap_runs(
             "p": p,
             "run_diffs": [float(pt[key]) for pt in points],
         }
+        if generators is not None and len(set(generators)) > 1 and n_boot > 1:
+            by_gen = {g: [i for i, gi in enumerate(generators) if gi == g] for g in dict.fromkeys(generators)}
+            combined = combine_over_generators(
+                [float(np.mean([points[i][key] for i in runs])) for runs in by_gen.values()],
+                [np.mean([boots[i][key] for i in runs], axis=0) for runs in by_gen.values()],
+            )
+            out[key].update(
+                ci_within=out[key]["ci"], ci=combined.ci, p=combined.p, generators=dataclasses.asdict(combined)
+            )
     return out
+
+
+@dataclass(frozen=True)
+class GeneratorCombined:
+    """Rubin's rules over K generators (van Breugel et al., ICML 2023, "Deep Generative Ensemble")."""
+
+    k: int  #: generators
+    estimate: float  #: mean of the per-generator estimates
+    within: float  #: W̄: mean bootstrap variance of a generator's estimate (patients and classifier seeds)
+    between: float  #: B: variance of the per-generator estimates (the generator's own randomness)
+    total: float  #: T = W̄ + (1 + 1/K)·B
+    df: float  #: Barnard–Rubin degrees of freedom of the t interval
+    ci: tuple[float, float]
+    p: float
+
+
+def combine_over_generators(
+    estimates: Sequence[float], boot_samples: Sequence[np.ndarray], level: float = CI_LEVEL
+) -> GeneratorCombined:
+    """One estimate, interval and two-sided p from K per-generator estimates and their bootstrap samples.
+
+    Multiple-imputation logic: each generator is one draw of "the synthetic set"; the bootstrap of a generator's
+    runs measures the within-draw variance, the spread of the K estimates the between-draw variance, and
+    T = W̄ + (1 + 1/K)·B is the variance of the pooled estimate, referred to a t distribution with
+    ν = (K − 1)(1 + W̄ / ((1 + 1/K)·B))² degrees of freedom (ν → ∞ when B = 0: the plain normal interval).
+    """
+    from scipy import stats
+
+    k = len(estimates)
+    if k < 2 or len(boot_samples) != k:
+        raise ValueError(f"need >= 2 generators with one bootstrap each, got {k} and {len(boot_samples)}")
+    q = np.asarray(estimates, dtype=np.float64)
+    within = float(np.mean([np.nanvar(np.asarray(b, dtype=np.float64), ddof=1) for b in boot_samples]))
+    between = float(np.var(q, ddof=1))
+    inflated = (1.0 + 1.0 / k) * between
+    total = within + inflated
+    df = math.inf if inflated == 0 else (k - 1) * (1.0 + within / inflated) ** 2
+    mean, se = float(q.mean()), math.sqrt(total)
+    t = float(stats.t.ppf((1 + level) / 2, df)) if math.isfinite(df) else float(stats.norm.ppf((1 + level) / 2))
+    if se == 0:
+        p = 1.0 if mean == 0 else 0.0
+    else:
+        dist = stats.t(df) if math.isfinite(df) else stats.norm
+        p = float(min(1.0, 2 * dist.sf(abs(mean) / se)))
+    return GeneratorCombined(k, mean, within, between, total, df, (mean - t * se, mean + t * se), p)
 
 
 def write_submission(

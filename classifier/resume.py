@@ -88,8 +88,17 @@ def rows_key(df: pd.DataFrame) -> str:
 NOT_RESULTS = ("image_cache_dir", "report_to")
 
 
+#: Keys added to a section after members were first fingerprinted, with their defaults: left out while at the
+#: default, so a config that does not use them keeps the fingerprint (and the trained members) it had.
+ADDED_WITH_DEFAULT = {"loss_weight": 1.0, "head_epochs": 2, "controls": False}
+
+
 def results_only(section: dict) -> dict:
-    return {k: v for k, v in section.items() if k not in NOT_RESULTS}
+    return {
+        k: v
+        for k, v in section.items()
+        if k not in NOT_RESULTS and not (k in ADDED_WITH_DEFAULT and v == ADDED_WITH_DEFAULT[k])
+    }
 
 
 def resume_or_start_afresh(

@@ -34,12 +34,17 @@ if TYPE_CHECKING:
 EPOCH_END_HOOK: Callable[[str, int], None] | None = None
 
 
+#: The stage of ``synthetic.mode = mix_then_head`` that re-trains only the classification head.
+HEAD_STAGE = "head"
+
+
 @dataclasses.dataclass
 class Stage:
     name: str
     data: CachedSet
     epochs: int
     select: str  #: "best" (val) or "last"
+    head_only: bool = False  #: re-initialise the classifier head and train it alone (the features frozen)
 
 
 class ConsoleLog:
@@ -146,6 +151,8 @@ def _prepared_stage(
     use_cuda = accelerator.device.type == "cuda"
     set_seed(member.seed * 1000 + {"pretrain": 1}.get(stage.name, 0), device_specific=True)
     model = _stage_model(member, n_classes, init, t.channels_last and use_cuda)
+    if stage.head_only:
+        _train_head_only(model)
     batch_size, per_epoch, total = _step_budget(
         ens, member, stage, accelerator.process_index, accelerator.num_processes
     )
@@ -228,6 +235,19 @@ def _stage_accelerator(ens: EnsembleConfig, member: MemberConfig, stage: Stage, 
             ),
         )
     return accelerator
+
+
+def _train_head_only(model: torch.nn.Module) -> None:
+    """Freeze every parameter but the timm classifier's, and re-initialise that one (cRT: the decision boundary is
+    learnt afresh on the stage's rows, on the features the previous stage learnt)."""
+    head = model.get_classifier()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for m in head.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    for p in head.parameters():
+        p.requires_grad_(True)
 
 
 def _stage_model(

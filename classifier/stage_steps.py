@@ -67,6 +67,8 @@ def adamw_decaying_weights_only(model: torch.nn.Module, lr: float, weight_decay:
     """AdamW with weight decay on the weights only (no decay on biases and norm parameters)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
+        if not p.requires_grad:  # frozen (a head-only stage): not stepped, not decayed
+            continue
         (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, fused=True)  # fused kernels exist for CPU and CUDA: ~30 % cheaper step

@@ -30,6 +30,13 @@ def concat_sets(parts: Sequence[CachedSet]) -> CachedSet:
     )
 
 
+def weighted_set(data: CachedSet, weight: float) -> CachedSet:
+    """The same rows with every annotated cell weighted ``weight`` in the loss (the mask scaled; no pixel copied)."""
+    if weight == 1.0:
+        return data
+    return CachedSet(data.images, data.labels, data.mask * weight, data.sources)
+
+
 def image_cache_dir(ens: EnsembleConfig, df: pd.DataFrame, out: Path) -> Path:
     """``train.image_cache_dir``, else ``image-cache/`` beside the manifest (shared by the ablation's arms), else in
     ``out``."""

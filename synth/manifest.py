@@ -6,7 +6,8 @@ A manifest is a CSV with
 * the 40 CXR-LT label columns, each ``1`` / ``0`` / empty (empty = *not annotated*,
   e.g. a class NIH ChestX-ray14 does not label — never silently a negative),
 * ``split`` (train / val / test) and ``source`` (real / synthetic),
-* optional generation metadata for synthetic rows (``GENERATION_COLUMNS``).
+* optional generation metadata for synthetic rows (``GENERATION_COLUMNS``, and ``PAIR_COLUMNS`` for
+  counterfactual pairs).
 
 ``fpath`` is relative to the manifest's own directory (or absolute), so a
 prepared dataset folder can be moved as a unit.
@@ -41,6 +42,11 @@ GENERATION_COLUMNS: tuple[str, ...] = (
     "scheduler",
     "model_fingerprint",
 )
+
+#: Counterfactual pairs (``synth generate --controls``): both images of a pair carry the image's ``dicom_id`` as
+#: ``pair_id``; ``pair_role`` is ``image`` (prompted with its target class) or ``control`` (the same seed, view and
+#: co-occurring findings, the target class left out of the prompt and labelled negative).
+PAIR_COLUMNS: tuple[str, ...] = ("pair_id", "pair_role")
 
 MANIFEST_COLUMNS: tuple[str, ...] = META_COLUMNS + CXR_LT_CLASSES + ("split", "source")
 

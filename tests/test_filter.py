@@ -349,3 +349,35 @@ def test_kid_does_not_warn_per_class():
         warnings.simplefilter("always")
         kid(rng.random((20, 8)), rng.random((20, 8)), subset_size=10, subsets=3)
     assert not [w for w in caught if "buffer" in str(w.message)]
+
+
+def test_controls_are_not_judged_and_follow_their_twins(trained, tmp_path):
+    """``synth generate --controls`` sets: a control (the image without its class) is not judged by the verifier —
+    it is meant not to show the class — but goes to kept.csv or rejected.csv with its image."""
+    from filter_fixtures import save
+
+    from synth.manifest import write_manifest
+
+    true = [("Pneumothorax", render("Pneumothorax", 920_000 + i)) for i in range(12)]
+    wrong = [("Pneumothorax", render("Cardiomegaly", 930_000 + i)) for i in range(12)]
+    manifest = make_synthetic(tmp_path / "synthetic", true + wrong)
+    images = read_manifest(manifest)
+    controls = images.copy()
+    for i, row in controls.iterrows():
+        save(render(None, 940_000 + i), tmp_path / "synthetic" / f"controls/c{i:05d}.png")
+    controls["fpath"] = [f"controls/c{i:05d}.png" for i in range(len(controls))]
+    controls["dicom_id"] = images["dicom_id"] + "-control"
+    controls["Pneumothorax"] = 0.0
+    images["pair_id"], images["pair_role"] = images["dicom_id"], "image"
+    controls["pair_id"], controls["pair_role"] = images["dicom_id"], "control"
+    write_manifest(pd.concat([images, controls], ignore_index=True), manifest)
+    _, real, verifier = trained
+    summary = run_filter(manifest, real, verifier, tmp_path / "out", load_filter_config(None, PERMISSIVE))
+    kept = read_manifest(tmp_path / "out" / "kept.csv")
+    rejected = read_manifest(tmp_path / "out" / "rejected.csv")
+    assert summary["classes"]["Pneumothorax"]["n"] == 24  # the images only were judged
+    assert summary["controls"] == {"rows": 24, "kept": int(kept["pair_role"].eq("control").sum())}
+    for frame in (kept, rejected):
+        by_role = frame.groupby("pair_role")["pair_id"].apply(set)
+        assert by_role.get("control", set()) == by_role.get("image", set())  # whole pairs only
+    assert len(kept) + len(rejected) == 48 and kept["pair_role"].eq("image").sum() >= 3

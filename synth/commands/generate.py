@@ -44,6 +44,16 @@ GENERATE_FLAGS = {
     "temperature": ConfigFlag(
         Optional[float], "Label-set sampling temperature: p ∝ count^(1/T); >1 flattens. [default: 1.0]"
     ),
+    "controls": ConfigFlag(
+        bool,
+        "Also render each image's counterfactual control: the same seed, view and co-occurring findings, the target "
+        "class left out of the prompt (controls/, pair_id + pair_role columns).",
+    ),
+    "prompt_style": ConfigFlag(
+        Optional[str],
+        "cooccurring (the target + a real co-occurring label set) | single (the target finding alone). "
+        "[default: cooccurring]",
+    ),
     "negative_prompt": ConfigFlag(Optional[str], "Override the prompt templates' negative prompt."),
     "precision": ConfigFlag(Optional[str], "auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16."),
     "device": ConfigFlag(Optional[str], "Torch device; default: the Accelerate process's device."),

@@ -88,6 +88,7 @@ def _require_images(df: pd.DataFrame, root: str, manifest: Path, fix: str) -> No
 
 def _run(synthetic_manifest: Path, data_manifest: Path, verifier_dir: Path, out_dir: Path, cfg: FilterConfig) -> dict:
     synth, target, train, val = _read_inputs(synthetic_manifest, data_manifest)
+    synth, target, controls = _without_controls(synth, target)
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
 
@@ -155,8 +156,40 @@ def _run(synthetic_manifest: Path, data_manifest: Path, verifier_dir: Path, out_
 
     found = RuleFindings(thresholds, realism, set_rejected, transfer, calibration, outliers.limit, oracle)
     summary = filter_summary(target, scores, flags, found, extractor.name, verifier_dir, cfg)
+    if not controls.empty:
+        synth, scores = _with_controls(synth, scores, controls)
+        summary["controls"] = {"rows": int(len(controls)), "kept": int(scores["kept"].iloc[-len(controls) :].sum())}
     write_outputs(out_dir, synth, scores, summary)
     return summary
+
+
+def _without_controls(synth: pd.DataFrame, target: pd.Series) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame]:
+    """Split off the counterfactual controls (``synth generate --controls``): they are not judged — a control is
+    meant NOT to show its class — but follow their twin into kept.csv or rejected.csv."""
+    if "pair_role" not in synth.columns:
+        return synth, target, synth.iloc[:0]
+    is_control = synth["pair_role"].eq("control").to_numpy()
+    images = synth[~is_control].reset_index(drop=True)
+    images.attrs.update(synth.attrs)
+    return images, target[~is_control].reset_index(drop=True), synth[is_control].reset_index(drop=True)
+
+
+def _with_controls(
+    synth: pd.DataFrame, scores: pd.DataFrame, controls: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The images and their controls; a control's score row is its twin's (same decision, same reasons)."""
+    twin = {pid: i for i, pid in enumerate(synth["dicom_id"])}
+    rows = [twin.get(pid) for pid in controls["pair_id"]]
+    orphans = controls.loc[[r is None for r in rows], "dicom_id"].tolist()
+    if orphans:
+        raise UserError(
+            f"{len(orphans)} control row(s) without their image (e.g. {orphans[0]}); rerun the `synth generate "
+            "--controls` command that wrote the set (same --out) to complete the pairs"
+        )
+    control_scores = scores.iloc[rows].reset_index(drop=True).assign(dicom_id=controls["dicom_id"].to_numpy())
+    both = pd.concat([synth, controls], ignore_index=True)
+    both.attrs.update(synth.attrs)
+    return both, pd.concat([scores, control_scores], ignore_index=True)
 
 
 def _read_inputs(

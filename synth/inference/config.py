@@ -24,6 +24,9 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "ddpm": ("DDPMScheduler", {}),
 }
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
+#: ``prompt_style``: "cooccurring" = the target plus a label set drawn from the real co-occurrence (the CXR-LT 2024
+#: winner's prompts); "single" = the target finding alone (Prakash et al. 2024 found single-finding prompts better).
+PROMPT_STYLES: tuple[str, ...] = ("cooccurring", "single")
 
 
 @dataclass
@@ -38,6 +41,8 @@ class GenerateConfig:
     guidance_scale: float = 4.0
     scheduler: str = "dpm++"
     temperature: float = 1.0
+    controls: bool = False  # each image also rendered without its target class in the prompt (a counterfactual pair)
+    prompt_style: str = "cooccurring"  # or "single": the target finding alone in the prompt (PROMPT_STYLES)
     negative_prompt: str | None = None  # None: the prompt templates' negative prompt
     precision: str = "auto"  # auto = fp16 on CUDA, fp32 on CPU
     enable_xformers: bool = False
@@ -74,4 +79,6 @@ class GenerateConfig:
             raise UserError("--batch-size and --steps must be >= 1")
         if self.temperature <= 0:
             raise UserError(f"--temperature must be > 0, got {self.temperature}")
+        if self.prompt_style not in PROMPT_STYLES:
+            raise UserError(f"unknown prompt_style {self.prompt_style!r}; choose one of {', '.join(PROMPT_STYLES)}")
         return self

@@ -97,12 +97,13 @@ def run(model_dir: str | Path, classes: Sequence[str], out_dir: str | Path, cfg:
                 stray.unlink(missing_ok=True)
         done = finished_images(out_dir)
         note_kept_images(out_dir, done, counts)
-        base = planner.frame([planner.job(c, i) for (c, i) in sorted(done) if c in labels.classes], info.fingerprint)
+        kept = [planner.job_for(key) for key in sorted(done) if key[0] in labels.classes]
+        base = planner.frame(kept, info.fingerprint)
         write_merged_manifest(out_dir, [base], targets)
     state.wait_for_everyone()
 
     done = finished_images(out_dir)
-    todo = [j for j in planned if (j.target_class, j.index) not in done]
+    todo = [j for j in planned if j.key not in done]
     with state.split_between_processes(todo) as mine:
         mine = list(mine)
     sync = ManifestSync(out_dir, planner, info.fingerprint, base, targets, state.process_index)

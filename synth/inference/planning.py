@@ -38,6 +38,8 @@ __all__ = [
 ]
 
 RUN_SETTINGS_NAME = "generate_run.json"
+IMAGES_DIR, CONTROLS_DIR = "images", "controls"
+CONTROL = "control"  #: the third element of a control job's :attr:`ImageJob.key`
 
 
 def validate_class_names(names: Sequence[str]) -> list[str]:
@@ -87,15 +89,26 @@ class ImageJob:
     view: str
     prompt: str
     negative_prompt: str
+    control: bool = False  #: the counterfactual twin of image ``index``: its target class left out of the prompt
 
     @property
     def fpath(self) -> str:
         slug = class_slug(self.target_class)
-        return f"images/{slug}/{slug}_{self.index:06d}.png"
+        return f"{CONTROLS_DIR if self.control else IMAGES_DIR}/{slug}/{slug}_{self.index:06d}.png"
+
+    @property
+    def image_id(self) -> str:
+        """The ``dicom_id`` of the prompted image (for a control: its twin's), i.e. the pair's ``pair_id``."""
+        return f"synth-{class_slug(self.target_class)}-{self.seed:016x}"
 
     @property
     def dicom_id(self) -> str:
-        return f"synth-{class_slug(self.target_class)}-{self.seed:016x}"
+        return f"{self.image_id}-control" if self.control else self.image_id
+
+    @property
+    def key(self) -> tuple:
+        """What :func:`~synth.inference.state.finished_images` finds on disk for this job."""
+        return (self.target_class, self.index, CONTROL) if self.control else (self.target_class, self.index)
 
 
 class Planner:
@@ -115,23 +128,35 @@ class Planner:
             return {c: max(0, int(self.cfg.target_count) - positives[c]) for c in targets}
         return {c: int(self.cfg.n) for c in targets}
 
-    def job(self, target: str, index: int) -> ImageJob:
+    def job(self, target: str, index: int, control: bool = False) -> ImageJob:
         sampler = self._samplers.get(target)
         if sampler is None:
             sampler = self._samplers[target] = self.labels.sampler(target, self.cfg.temperature)
         draw = sampler.draw(np.random.default_rng(derive_seed(self.cfg.seed, target, index, "labels")))
+        # "single": the same seed and view, the co-occurring findings left out of the prompt (and so of the labels)
+        findings = (target,) if self.cfg.prompt_style == "single" else draw.findings
+        if control:  # the twin: everything the same but the target class
+            findings = tuple(f for f in findings if f != target)
         return ImageJob(
             target_class=target,
             index=index,
             seed=derive_seed(self.cfg.seed, target, index),
-            findings=draw.findings,
+            findings=findings,
             view=draw.view,
-            prompt=self.templates.render(draw.findings, draw.view),
+            prompt=self.templates.render(findings, draw.view),
             negative_prompt=self.negative_prompt,
+            control=control,
         )
 
+    def job_for(self, key: tuple) -> ImageJob:
+        """The job of an :attr:`ImageJob.key` (what a finished file on disk stands for)."""
+        return self.job(key[0], key[1], control=len(key) > 2)
+
     def jobs(self, counts: dict[str, int]) -> list[ImageJob]:
-        return [self.job(c, i) for c, n in counts.items() for i in range(n)]
+        """Every image, each followed by its control when ``controls`` is on (a pair lands in one batch or two
+        neighbouring ones, so a killed run leaves few half pairs, which a re-run completes)."""
+        roles = (False, True) if self.cfg.controls else (False,)
+        return [self.job(c, i, control) for c, n in counts.items() for i in range(n) for control in roles]
 
     def row(self, job: ImageJob, fingerprint: str) -> dict[str, Any]:
         row: dict[str, Any] = {c: np.nan for c in CXR_LT_CLASSES}
@@ -155,6 +180,8 @@ class Planner:
                 "model_fingerprint": fingerprint,
             }
         )
+        if self.cfg.controls:
+            row.update({"pair_id": job.image_id, "pair_role": CONTROL if job.control else "image"})
         return row
 
     def frame(self, jobs: Sequence[ImageJob], fingerprint: str = "") -> pd.DataFrame:
@@ -181,20 +208,29 @@ class Planner:
 
 
 def run_settings(cfg: GenerateConfig, info: GeneratorInfo, planner: Planner, dtype: str) -> dict[str, Any]:
-    """Everything that changes an image's pixels or labels; pinned per output folder."""
-    return {
-        "seed": cfg.seed,
-        "temperature": cfg.temperature,
-        "steps": cfg.steps,
-        "guidance_scale": cfg.guidance_scale,
-        "scheduler": cfg.scheduler,
-        "negative_prompt": planner.negative_prompt,
-        "dtype": dtype,
-        "model_fingerprint": info.fingerprint,
-        "prompt_templates_name": info.templates.name,
-        "train_manifest": str(info.train_manifest.resolve()),
-        "model_dir": str(info.model_dir.resolve()),
-    }
+    """Everything that changes an image's pixels or labels; pinned per output folder.
+
+    ``prompt_style`` and ``controls`` are pinned only when not the default, so folders written before they existed
+    still resume."""
+    style = {} if cfg.prompt_style == "cooccurring" else {"prompt_style": cfg.prompt_style}
+    controls = {"controls": True} if cfg.controls else {}
+    return (
+        style
+        | controls
+        | {
+            "seed": cfg.seed,
+            "temperature": cfg.temperature,
+            "steps": cfg.steps,
+            "guidance_scale": cfg.guidance_scale,
+            "scheduler": cfg.scheduler,
+            "negative_prompt": planner.negative_prompt,
+            "dtype": dtype,
+            "model_fingerprint": info.fingerprint,
+            "prompt_templates_name": info.templates.name,
+            "train_manifest": str(info.train_manifest.resolve()),
+            "model_dir": str(info.model_dir.resolve()),
+        }
+    )
 
 
 def check_run_settings(out_dir: Path, settings: dict[str, Any]) -> None:
@@ -202,9 +238,11 @@ def check_run_settings(out_dir: Path, settings: dict[str, Any]) -> None:
     if not path.exists():
         return
     previous = json.loads(path.read_text())
-    changed = [k for k, v in settings.items() if k != "model_dir" and previous.get(k) != v]
+    # over both key sets: a setting pinned only when not at its default (controls, prompt_style) is absent on one side
+    keys = [k for k in {**previous, **settings} if k != "model_dir"]
+    changed = [k for k in keys if previous.get(k) != settings.get(k)]
     if changed:
-        diffs = "; ".join(f"{k}: {previous.get(k)!r} -> {settings[k]!r}" for k in changed)
+        diffs = "; ".join(f"{k}: {previous.get(k)!r} -> {settings.get(k)!r}" for k in changed)
         raise UserError(
             f"--out {out_dir} holds images made with other settings ({diffs}); use a new --out folder "
             "or the same settings to resume"

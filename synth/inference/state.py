@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from synth.inference.planning import ImageJob, Planner
+from synth.inference.planning import CONTROL, CONTROLS_DIR, IMAGES_DIR, ImageJob, Planner
 from synth.manifest import read_manifest, write_manifest
 from synth.taxonomy import CXR_LT_CLASSES, class_slug
 
@@ -24,19 +24,21 @@ MANIFEST_NAME = "manifest.csv"
 _CLASS_BY_SLUG = {class_slug(c): c for c in CXR_LT_CLASSES}
 
 
-def finished_images(out_dir: Path) -> dict[tuple[str, int], Path]:
-    """``(class, index) -> path`` of every completed PNG; stray temp files of killed writes are removed."""
-    done: dict[tuple[str, int], Path] = {}
-    images = out_dir / "images"
-    if not images.exists():
-        return done
-    for stray in images.glob("*/.*.tmp"):
-        stray.unlink(missing_ok=True)
-    for path in images.glob("*/*.png"):
-        match = re.fullmatch(r"(.+)_(\d{6})\.png", path.name)
-        target = _CLASS_BY_SLUG.get(path.parent.name)
-        if match and target and match.group(1) == path.parent.name:
-            done[(target, int(match.group(2)))] = path
+def finished_images(out_dir: Path) -> dict[tuple, Path]:
+    """:attr:`ImageJob.key` -> path of every completed PNG (``(class, index)``, a control's
+    ``(class, index, "control")``); stray temp files of killed writes are removed."""
+    done: dict[tuple, Path] = {}
+    for folder, role in ((IMAGES_DIR, ()), (CONTROLS_DIR, (CONTROL,))):
+        images = out_dir / folder
+        if not images.exists():
+            continue
+        for stray in images.glob("*/.*.tmp"):
+            stray.unlink(missing_ok=True)
+        for path in images.glob("*/*.png"):
+            match = re.fullmatch(r"(.+)_(\d{6})\.png", path.name)
+            target = _CLASS_BY_SLUG.get(path.parent.name)
+            if match and target and match.group(1) == path.parent.name:
+                done[(target, int(match.group(2)), *role)] = path
     return done
 
 
@@ -44,7 +46,7 @@ def note_kept_images(out_dir: Path, done: dict[tuple[str, int], Path], counts: d
     """Say what an existing ``--out`` keeps beyond this run's request (nothing is deleted, and the manifest
     lists every image in the folder): other classes' images and more images of a class than ``--n`` asks."""
     per_class: dict[str, int] = {}
-    for c, _ in done:
+    for c, *_ in (key for key in done if len(key) == 2):  # prompted images; controls follow them
         per_class[c] = per_class.get(c, 0) + 1
     other = {c: k for c, k in sorted(per_class.items()) if c not in counts}
     beyond = {c: k for c, k in per_class.items() if c in counts and k > counts[c]}
