@@ -219,6 +219,17 @@ def _nanmean_rows(a: np.ndarray) -> np.ndarray:
     return np.where(n > 0, s / np.maximum(n, 1), np.nan)
 
 
+def distinct_values(samples: np.ndarray) -> int:
+    """How many different values a bootstrap distribution takes (to 1e-12): 1 = zero variance.
+
+    A p-value "< 0.001" read off a distribution of a handful of values (one test positive drawn or not) is an
+    artefact of the resampling, not evidence; the report says such a distribution is degenerate instead.
+    """
+    s = np.asarray(samples, dtype=np.float64)
+    s = s[~np.isnan(s)]
+    return int(np.unique(np.round(s, 12)).size)
+
+
 def _ci(samples: np.ndarray, level: float = CI_LEVEL) -> tuple[float | None, float | None]:
     s = samples[~np.isnan(samples)]
     if s.size == 0:
@@ -342,6 +353,7 @@ def paired_bootstrap_runs(
             "ci": _ci(d) if n_boot > 0 else (None, None),
             "p": p,
             "run_diffs": [float(pt[key]) for pt in points],
+            "n_distinct": distinct_values(d),
         }
         if generators is not None and len(set(generators)) > 1 and n_boot > 1:
             by_gen = {g: [i for i, gi in enumerate(generators) if gi == g] for g in dict.fromkeys(generators)}

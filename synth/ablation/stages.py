@@ -355,7 +355,13 @@ def paired(
     out = {}
     for g in ("overall", "head", "medium", "tail"):
         row = pb[f"{g}_map" if g != "overall" else "map"]
-        out[g] = {"diff": row["diff"], "ci": list(row["ci"]), "p": row.get("p"), "run_diffs": list(row["run_diffs"])}
+        out[g] = {
+            "diff": row["diff"],
+            "ci": list(row["ci"]),
+            "p": row.get("p"),
+            "run_diffs": list(row["run_diffs"]),
+            **({"n_distinct": row["n_distinct"]} if "n_distinct" in row else {}),
+        }
     return out
 
 
