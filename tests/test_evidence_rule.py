@@ -21,7 +21,7 @@ from sklearn.metrics import average_precision_score
 
 from synth.ablation import stages
 from synth.ablation.config import load_ablation_config
-from synth.ablation.evidence import evidence_section, group_evidence, judged_groups
+from synth.ablation.evidence import evidence_section, group_evidence, is_degenerate, judged_groups
 from synth.ablation.report import render_report
 from synth.ablation.results import arm_by_name
 from synth.ablation.runner import plan, run_ablation
@@ -56,9 +56,16 @@ def test_paired_bootstrap_reports_how_many_distinct_values_it_took():
     groups = {"a": "head", "b": "tail"}
     patients = np.arange(60).astype(str)
     same = paired_bootstrap_runs(y, [p], [p], ["a", "b"], groups, patients, n_boot=200, seed=0)
-    assert same["tail_map"]["n_distinct"] == 1  # identical runs: every resampled Δ is 0
+    assert same["tail_map"]["n_distinct"] == 1 and same["tail_map"]["modal_share"] == 1.0  # every resampled Δ is 0
     other = paired_bootstrap_runs(y, [p], [rng.random((60, 2))], ["a", "b"], groups, patients, n_boot=200, seed=0)
-    assert other["tail_map"]["n_distinct"] > 100
+    assert other["tail_map"]["n_distinct"] > 100 and other["tail_map"]["modal_share"] < 0.05
+    assert not is_degenerate(other["tail_map"]["n_distinct"], other["tail_map"]["modal_share"])
+    # one positive (one patient): left out of ~e^-1 of the resamples, where the class keeps its full-split AP
+    y[:, 1] = 0
+    y[5, 1] = 1
+    one = paired_bootstrap_runs(y, [p], [rng.random((60, 2))], ["a", "b"], groups, patients, n_boot=1000, seed=0)
+    assert one["tail_map"]["modal_share"] == pytest.approx(np.exp(-1), abs=0.05)
+    assert is_degenerate(one["tail_map"]["n_distinct"], one["tail_map"]["modal_share"])
 
 
 # ---------------------------------------------------------------- the report's wording
@@ -244,6 +251,9 @@ def test_nih_sample_own_split_pneumonia_tail_reads_not_judged(tmp_path: Path, mo
         "(evaluation.min_test_positives): Pneumonia (1 test positive). For reference only: ΔmAP"
     ) in md
     assert "helps the tail" not in md and "hurts the tail" not in md
+    # one positive: the tail's bootstrap sits on one value whenever that patient is not drawn: no "p<0.001"
+    line = next(x for x in md.splitlines() if x.startswith("- + synthetic, filtered"))
+    assert "degenerate bootstrap (one value in 3" in line and "p<0.001" not in line
     assert fake.calls[-2:] == ["real_only/0", "synthetic_filtered/0"]
 
 

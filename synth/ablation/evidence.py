@@ -8,8 +8,11 @@ patient bootstrap over one positive only says whether that patient was drawn; it
   verdict stands on its judged classes (the Δ is recomputed over them alone when some are not), the others
   are listed with their positive count, and a group with no judged class reads "not judged";
 * "helps" / "hurts" needs the interval to exclude 0 *and* ``|Δ| >= min_effect``;
-* a bootstrap distribution of fewer than :data:`DEGENERATE_BELOW_DISTINCT` distinct values is degenerate: its
-  p-value and interval are artefacts of the resampling, so no p is printed and no verdict is drawn from it.
+* a bootstrap distribution of fewer than :data:`DEGENERATE_BELOW_DISTINCT` distinct values, or with one value
+  in at least :data:`DEGENERATE_MODAL_SHARE` of its resamples, is degenerate: its p-value and interval are
+  artefacts of the resampling (whether one or two patients were drawn), so no p is printed and no verdict is
+  drawn from it. A class whose positives are one patient sits on one value in ~37 % of resamples (that patient
+  left out: e^-1), two patients in ~14 %: the share is set between them.
 
 The collect side (:func:`group_evidence`, :func:`judged_groups`) writes ``results["evidence"]``; the report side
 (:func:`evidence_of`, :func:`verdict_word`) reads it, falling back to the default rule on older results.json.
@@ -28,6 +31,8 @@ MIN_TEST_POSITIVES = 10
 MIN_EFFECT = 0.005
 #: a resampled distribution with fewer distinct values than this is degenerate (1 = zero variance)
 DEGENERATE_BELOW_DISTINCT = 10
+#: ... or one whose most common value holds at least this share of the resamples
+DEGENERATE_MODAL_SHARE = 0.2
 VERDICT_GROUPS: tuple[str, ...] = ("head", "medium", "tail")
 
 
@@ -69,6 +74,7 @@ def evidence_section(
         "min_test_positives": int(min_test_positives),
         "min_effect": float(min_effect),
         "degenerate_below_distinct": DEGENERATE_BELOW_DISTINCT,
+        "degenerate_modal_share": DEGENERATE_MODAL_SHARE,
         "test_positives": dict(positives),
         "groups": group_evidence(groups, positives, min_test_positives),
     }
@@ -130,8 +136,8 @@ class Evidence:
             f"on its classes with ≥ {self.min_test_positives} test positives (evaluation.min_test_positives; the Δ "
             f"is recomputed over them when some are not judged); 'helps' / 'hurts' needs the 95% interval to exclude "
             f"0 and |Δ| ≥ {self.min_effect:g} (evaluation.min_effect); a bootstrap distribution of fewer than "
-            f"{DEGENERATE_BELOW_DISTINCT} distinct values is degenerate: no p-value is printed and no verdict "
-            "drawn from it."
+            f"{DEGENERATE_BELOW_DISTINCT} distinct values, or with one value in ≥ {DEGENERATE_MODAL_SHARE:.0%} of "
+            "its resamples, is degenerate: no p-value is printed and no verdict drawn from it."
         )
 
 
@@ -155,8 +161,16 @@ def evidence_of(results: Mapping[str, Any]) -> Evidence:
     return Evidence(rule[0], rule[1], groups, stated=bool(stored))
 
 
-def is_degenerate(n_distinct: int | None) -> bool:
-    return n_distinct is not None and n_distinct < DEGENERATE_BELOW_DISTINCT
+def is_degenerate(n_distinct: int | None, modal_share: float | None = None) -> bool:
+    few = n_distinct is not None and n_distinct < DEGENERATE_BELOW_DISTINCT
+    return few or (modal_share is not None and modal_share >= DEGENERATE_MODAL_SHARE)
+
+
+def degenerate_text(n_distinct: int | None, modal_share: float | None) -> str:
+    """Why a bootstrap distribution is degenerate, in a few words."""
+    if n_distinct is not None and n_distinct < DEGENERATE_BELOW_DISTINCT:
+        return f"{n_distinct} distinct value{'' if n_distinct == 1 else 's'}"
+    return f"one value in {modal_share:.0%} of resamples"
 
 
 def verdict_word(mean: float, ci: tuple[float, float], degenerate: bool, min_effect: float) -> str | None:

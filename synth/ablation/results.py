@@ -91,6 +91,7 @@ class Estimate:
     p: float | None = None
     p_is_bound: bool = False  #: p is the largest per-seed p (older results.json), an upper bound, not the pooled p
     n_distinct: int | None = None  #: distinct values of the paired bootstrap (None: not recorded)
+    modal_share: float | None = None  #: share of its resamples on its most common value
 
     @property
     def excludes_zero(self) -> bool:
@@ -99,7 +100,7 @@ class Estimate:
     @property
     def degenerate(self) -> bool:
         """Too few distinct resampled values for an interval or p to mean anything (synth/ablation/evidence.py)."""
-        return is_degenerate(self.n_distinct)
+        return is_degenerate(self.n_distinct, self.modal_share)
 
 
 def load_results(path: str | Path) -> dict[str, Any]:
@@ -173,6 +174,7 @@ def paired_estimate(arm: dict[str, Any], group: str) -> Estimate:
             len(arm["seeds"]),
             pooled.get("p"),
             n_distinct=pooled.get("n_distinct"),
+            modal_share=pooled.get("modal_share"),
         )
     old = combine(
         [_num(e["diff"]) for e in entries],
@@ -202,6 +204,7 @@ def row_estimate(arm: dict[str, Any], row: dict[str, Any]) -> Estimate:
         len(arm["seeds"]),
         row.get("p"),
         n_distinct=row.get("n_distinct"),
+        modal_share=row.get("modal_share"),
     )
 
 

@@ -360,7 +360,7 @@ def paired(
             "ci": list(row["ci"]),
             "p": row.get("p"),
             "run_diffs": list(row["run_diffs"]),
-            **({"n_distinct": row["n_distinct"]} if "n_distinct" in row else {}),
+            **{k: row[k] for k in ("n_distinct", "modal_share") if k in row},
         }
     return out
 

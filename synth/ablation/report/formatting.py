@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from synth.ablation.arms import ARMS
+from synth.ablation.evidence import degenerate_text
 from synth.ablation.results import ARM_LABELS, Estimate
 
 
@@ -45,7 +46,7 @@ def fmt_diff(est: Estimate) -> str:
     if est.degenerate:
         return (
             f"{est.mean:+.3f} [{est.ci[0]:+.3f}, {est.ci[1]:+.3f}], "
-            f"degenerate bootstrap ({est.n_distinct} distinct value{'' if est.n_distinct == 1 else 's'}): no p"
+            f"degenerate bootstrap ({degenerate_text(est.n_distinct, est.modal_share)}): no p"
         )
     p = "" if est.p is None else ", p<0.001" if est.p < 0.001 else f", p{'≤' if est.p_is_bound else '='}{est.p:.3f}"
     return f"{est.mean:+.3f} [{est.ci[0]:+.3f}, {est.ci[1]:+.3f}]{p}" + ("*" if est.excludes_zero else "")
