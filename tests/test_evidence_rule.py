@@ -9,13 +9,12 @@ NIH sample's own split (skipped where ../shared/data is absent).
 from __future__ import annotations
 
 import json
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from ablation_fakes import CLASSES, FakeStages, write_config
+from ablation_fakes import CLASSES, real_metrics, write_config
 from report_fixtures import make_results
 from sklearn.metrics import average_precision_score
 
@@ -27,9 +26,8 @@ from synth.ablation.results import arm_by_name
 from synth.ablation.runner import plan, run_ablation
 from synth.errors import UserError
 from synth.manifest import label_matrix, write_manifest
-from synth.taxonomy import CXR_LT_CLASSES
 
-REAL_PREPARE, REAL_EVALUATE, REAL_PAIRED = stages.prepare_data, stages.evaluate, stages.paired
+REAL_PREPARE = stages.prepare_data
 
 
 # ---------------------------------------------------------------- the rule itself
@@ -170,22 +168,8 @@ def _designed_manifest(out: Path) -> Path:
     return write_manifest(pd.DataFrame(rows), out / "manifest.csv")
 
 
-def _model_predict(cfg, model_dir, df):
-    """Different (seeded) probabilities per trained model, the same for every call on it."""
-    rng = np.random.default_rng(zlib.crc32(str(Path(model_dir).parent).encode()))
-    return rng.random((len(df), len(CXR_LT_CLASSES))), list(CXR_LT_CLASSES)
-
-
-def _real_metrics(monkeypatch) -> FakeStages:
-    fake = FakeStages(monkeypatch)
-    monkeypatch.setattr(stages, "evaluate", REAL_EVALUATE)
-    monkeypatch.setattr(stages, "paired", REAL_PAIRED)
-    monkeypatch.setattr(stages, "predict", _model_predict)
-    return fake
-
-
 def test_verdict_delta_is_recomputed_over_the_judged_classes_only(tmp_path: Path, monkeypatch):
-    fake = _real_metrics(monkeypatch)
+    fake = real_metrics(monkeypatch)
 
     def prepare(cfg, out):
         fake.calls.append("data")
@@ -228,7 +212,7 @@ def test_verdict_delta_is_recomputed_over_the_judged_classes_only(tmp_path: Path
 
 def test_nih_sample_own_split_pneumonia_tail_reads_not_judged(tmp_path: Path, monkeypatch, nih_sample: Path):
     """The issue's case: on the NIH sample's own test split the only tail class, Pneumonia, has 1 positive."""
-    fake = _real_metrics(monkeypatch)
+    fake = real_metrics(monkeypatch)
     monkeypatch.setattr(stages, "prepare_data", REAL_PREPARE)
     path = write_config(
         tmp_path,

@@ -40,6 +40,12 @@ PAIRED_RULE = (
 )
 
 
+RESAMPLED_RULE = (
+    "Δ is the mean over seeds of (synthetic arm − real, tail re-sampled trained with the same seed), the same paired "
+    "patient bootstrap; * = the interval excludes 0."
+)
+
+
 def group_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["Arm", *[f"{g} mAP" for g in GROUPS], "seeds"]
     rows = []
@@ -366,7 +372,7 @@ def external_sections(results: dict[str, Any]) -> list[ExternalSection]:
         tables.append(("Paired differences vs real only", PAIRED_RULE, paired_table(view)))
         resampled = paired_resampled_table(view)
         if resampled:
-            tables.append(("Paired differences vs real, tail re-sampled", PAIRED_RULE, resampled))
+            tables.append(("Paired differences vs real, tail re-sampled", RESAMPLED_RULE, resampled))
         note, table = evidence_table(view)
         tables.append(("Evidence rule on this set", note, table))
         tables.append(("Per-class ΔAP vs real only", PAIRED_RULE, per_class_delta_table(view)))

@@ -68,8 +68,11 @@ def arm_verdicts(results: dict[str, Any]) -> list[str]:
         body = f"{fmt_diff(tail)} ({detail}), {tail.n_seeds} seed(s)."
         numbers = f"ΔmAP{vs} {body}"
         verdict = verdict_word(tail.mean, tail.ci, tail.degenerate, evidence.min_effect)
-        if not tail_ev.is_judged:
-            line = f"{arm_label(arm)}: tail not judged — {evidence.why_not('tail')}. For reference only: {numbers}"
+        not_judged = f"{arm_label(arm)}: tail not judged — {evidence.why_not('tail')}"
+        if not tail_ev.is_judged and tail.n_seeds == 0:  # no tail class scored: no number to show either
+            line = f"{not_judged} (head vs real only {fmt_diff(head)})."
+        elif not tail_ev.is_judged:
+            line = f"{not_judged}. For reference only: {numbers}"
         elif verdict is None:
             line = f"{arm_label(arm)}: tail not judged — its bootstrap distribution is degenerate. {numbers}"
         else:
