@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import yaml
 from sklearn.metrics import average_precision_score
-from tiny_configs import TINY_VERIFIER, tiny_generator
+from tiny_configs import TINY_CLASSIFIER, TINY_VERIFIER, tiny_generator
 from typer.testing import CliRunner
 
 from synth.ablation.arms import ARMS
@@ -45,22 +45,7 @@ def _write(path: Path, data: dict) -> str:
 
 
 def _config(tmp: Path) -> Path:
-    classifier = _write(
-        tmp / "classifier.yaml",
-        {
-            "members": [{"arch": "convnext_atto", "image_size": 32}],
-            "train": {
-                "epochs": 1,
-                "batch_size": 32,
-                "lr": 0.002,
-                "ema_decay": 0.9,
-                "select": "best",
-                "eval_batch_size": 256,
-            },
-            "synthetic": {"mode": "none", "pretrain_epochs": 1, "labels": "target"},
-            "ensemble": {"weights": "mean", "tta_flip": False},
-        },
-    )
+    classifier = _write(tmp / "classifier.yaml", TINY_CLASSIFIER)
     verifier = _write(tmp / "verifier.yaml", dict(TINY_VERIFIER))
     cfg = {
         "name": "e2e",
