@@ -35,6 +35,16 @@ Layout (all numbers are floats; ``ci`` is a ``[low, high]`` 95% interval)::
           (resampling.py)
       }],
       "verdict_baseline": "real_resampled" | "real_only",
+      "evidence": {"min_test_positives": 10, "min_effect": 0.005, "test_positives": {class: n | null (not annotated)},
+                   "groups": {group: {"judged": [class, ...], "not_judged": {class: n_pos}}}, ...},
+                                             # the evidence rule (evidence.py); each arm may then carry
+                                             # "judged_paired": {"against": arm, "groups": {group: paired row}}:
+                                             # its verdict Δ over the judged classes only. Paired rows also
+                                             # carry "n_distinct" and "modal_share" (degenerate bootstrap check)
+      "external": [{"name": .., "manifest": .., "fingerprint": .., "dataset": {"n_test": .., "n_test_patients": ..},
+                    "not_scored": [class, ...], "no_positives": [class, ...], "evidence": {...},
+                    "arms": [...]}],         # optional: evaluation.external sets, arms laid out as above (same
+                                             # classes, groups and baselines as the main split)
       "timings": {"steps": [{"step": .., "seconds": .., "cached": ..}], "this_run_seconds": .., ...},
       "filter": {"extractor": "...", "classes": {class: {"n": .., "kept": .., "rejected": {reason: count}, "flagged":
       {reason: count},
