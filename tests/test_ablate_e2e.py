@@ -202,7 +202,10 @@ def test_report_group_table_prints_the_mean_over_all_seeds(ablation):
         "filter",
         "synthetic_filtered/seed-1",
     }
-    assert re.search(r"- \+ synthetic, filtered .* the tail vs real, tail re-sampled: ΔmAP", md)
+    if results["evidence"]["groups"]["tail"]["judged"]:
+        assert re.search(r"- \+ synthetic, filtered .* the tail vs real, tail re-sampled: ΔmAP", md)
+    else:  # a tiny phantom's tail classes have few test positives: the evidence rule judges none of them
+        assert re.search(r"- \+ synthetic, filtered: tail not judged — .* ΔmAP vs real, tail re-sampled [+-]", md)
     assert "Do no harm:" in md
     for arm in results["arms"][1:]:  # harm is called only on classes with enough test positives, and only below 0
         for cls in arm["harmed"]:

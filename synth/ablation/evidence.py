@@ -34,6 +34,7 @@ DEGENERATE_BELOW_DISTINCT = 10
 #: ... or one whose most common value holds at least this share of the resamples
 DEGENERATE_MODAL_SHARE = 0.2
 VERDICT_GROUPS: tuple[str, ...] = ("head", "medium", "tail")
+LIST_AT_MOST = 4  #: a verdict line names at most this many not-judged classes (the evidence table lists all)
 
 
 # ---------------------------------------------------------------- collect side (results.json)
@@ -108,7 +109,14 @@ class GroupEvidence:
     def n_classes(self) -> int:
         return len(self.judged) + len(self.not_judged)
 
-    def not_judged_text(self) -> str:
+    def not_judged_text(self, limit: int | None = None) -> str:
+        """The not-judged classes with their positive counts; beyond ``limit`` classes, a count and the largest."""
+        if limit is not None and len(self.not_judged) > limit:
+            most = max(self.not_judged.values())
+            return (
+                f"{len(self.not_judged)} classes with at most {most} test positive{'' if most == 1 else 's'} each "
+                "(listed in the evidence table)"
+            )
         return ", ".join(f"{c} ({n} test positive{'' if n == 1 else 's'})" for c, n in self.not_judged.items())
 
 
@@ -126,7 +134,7 @@ class Evidence:
             return f"no {group} class was scored"
         return (
             f"no {group} class has ≥ {self.min_test_positives} test positives "
-            f"(evaluation.min_test_positives): {ev.not_judged_text()}"
+            f"(evaluation.min_test_positives): {ev.not_judged_text(LIST_AT_MOST)}"
         )
 
     def rule_text(self) -> str:

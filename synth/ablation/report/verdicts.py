@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from synth.ablation.evidence import evidence_of, verdict_word
+from synth.ablation.evidence import LIST_AT_MOST, evidence_of, verdict_word
 from synth.ablation.report.formatting import arm_label, fmt_diff
 from synth.ablation.results import (
     ARM_LABELS,
@@ -78,7 +78,7 @@ def arm_verdicts(results: dict[str, Any]) -> list[str]:
         else:
             line = f"{arm_label(arm)} {verdict} the tail{vs}: ΔmAP {body}"
             line += f" It stands on {len(tail_ev.judged)} of {tail_ev.n_classes} tail class(es)"
-            line += f"; not judged: {tail_ev.not_judged_text()}." if tail_ev.not_judged else "."
+            line += f"; not judged: {tail_ev.not_judged_text(LIST_AT_MOST)}." if tail_ev.not_judged else "."
             if tail_ev.not_judged and "judged_paired" not in arm and any(tail_ev.not_judged.values()):
                 line += " (Δ over every scored tail class: this results.json predates the evidence rule.)"
         harmed = harmed_classes(arm)
@@ -100,7 +100,7 @@ def evidence_line(results: dict[str, Any]) -> str:
         if not ev.n_classes:
             continue
         part = f"{g} {len(ev.judged)} of {ev.n_classes} class(es) judged"
-        parts.append(part + (f" (not judged: {ev.not_judged_text()})" if ev.not_judged else ""))
+        parts.append(part + (f" (not judged: {ev.not_judged_text(LIST_AT_MOST)})" if ev.not_judged else ""))
     return evidence.rule_text() + (" " + "; ".join(parts) + "." if parts else "")
 
 
