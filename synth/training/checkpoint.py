@@ -19,6 +19,8 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterable
 
+from synth.errors import writer_errors
+
 #: File-name pattern of the objects ``register_for_checkpointing`` pickles into a checkpoint folder.
 CUSTOM_STATE_GLOB = "custom_checkpoint_*.pkl"
 
@@ -39,11 +41,13 @@ def save_state_atomically(
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     tmp.mkdir(parents=True, exist_ok=True)
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    with writer_errors(tmp):  # a full disk is one error line (OSError), not safetensors' or torch.save's own error
+        accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if write_own is not None:
-            write_own(tmp)
+            with writer_errors(tmp):
+                write_own(tmp)
         old = final.with_name(final.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():
