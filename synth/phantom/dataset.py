@@ -195,8 +195,8 @@ def _reused(out: Path, args: dict, overwrite: bool, contact_sheet: bool, size: i
             return True
     if not overwrite:
         raise UserError(
-            f"--out {out} already holds a phantom dataset made with other arguments (or another renderer version); "
-            "pass --overwrite to replace it or choose a new folder"
+            f"--out {out} already exists (a phantom dataset made with other arguments or another renderer "
+            "version); pass --overwrite to replace it or choose a new folder"
         )
     return False
 
