@@ -336,3 +336,31 @@ def test_classify_train_on_a_full_disk_is_one_error_line(library_error, tmp_path
     lines = [ln for ln in result.output.splitlines() if ln.strip() and not ln.startswith("[classifier]")]
     assert len(lines) == 1 and lines[-1].startswith("error: No space left on device: "), result.output
     assert "free disk space" in lines[-1] and "Traceback" not in result.output
+
+
+def test_a_checkpoint_save_on_a_full_disk_is_an_os_error_and_leaves_no_partial_folder(tmp_path, monkeypatch):
+    """torch.save's own error on a full disk ("unexpected pos") inside accelerate's save_state: an OSError naming
+    the folder (one error line in the CLI), the previous checkpoint intact and the half-written temp folder gone.
+    Fails on the old code: the RuntimeError propagated and the partial folder stayed, taking the space."""
+    import errno
+    import shutil
+
+    import torch
+    from accelerate import Accelerator
+
+    from synth.training import save_state_atomically
+
+    accelerator = Accelerator(cpu=True)
+    accelerator.prepare(torch.nn.Linear(3, 2))  # something for save_state to save
+    final = save_state_atomically(accelerator, tmp_path / "state", lambda d: (d / "own.json").write_text("1"))
+
+    def disk_fills(folder):
+        (Path(folder) / "optimizer.bin").write_bytes(b"\0" * 1024)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 13649216 vs 13649108")
+
+    monkeypatch.setattr(accelerator, "save_state", lambda folder, **kw: disk_fills(folder))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    with pytest.raises(OSError) as err:
+        save_state_atomically(accelerator, final, lambda d: (d / "own.json").write_text("2"))
+    assert err.value.errno == errno.ENOSPC and ".state.tmp" in err.value.filename
+    assert (final / "own.json").read_text() == "1" and not (tmp_path / ".state.tmp").exists()
