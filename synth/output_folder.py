@@ -60,13 +60,10 @@ class OutputKind:
         return isinstance(data, dict) and all(k in data for k in self.marker_keys)
 
     def foreign(self, folder: Path) -> list[str]:
-        """Top-level names in ``folder`` this command does not write (hidden temporaries of ours excepted)."""
-        ours = re.compile(rf"^\.{re.escape(folder.name)}\.\d+\.[^.]+\.(tmp|old)$")
-        return sorted(
-            p.name
-            for p in folder.iterdir()
-            if not any(fnmatch.fnmatchcase(p.name, e) for e in self.entries) and not ours.match(p.name)
-        )
+        """Top-level names in ``folder`` this command does not write; the temporaries of its entries
+        (``.<entry>.*.tmp`` of :func:`synth.io.atomic_path` or a folder write, left by a kill) count as its own."""
+        patterns = [*self.entries, *(f".{e}.*.tmp" for e in self.entries)]
+        return sorted(p.name for p in folder.iterdir() if not any(fnmatch.fnmatchcase(p.name, e) for e in patterns))
 
 
 def _submission_csv(path: Path) -> bool:
@@ -84,7 +81,8 @@ def _submission_csv(path: Path) -> bool:
 PHANTOM = OutputKind(
     "synth phantom",
     "phantom.json",
-    ("phantom.json", "labels.csv", "truth.jsonl", "images", "contact_sheets", ".contact_sheets.*.tmp"),
+    # heldout.csv: the ablation's held-out test rows, written beside the phantom it rendered for them
+    ("phantom.json", "labels.csv", "truth.jsonl", "images", "contact_sheets", "heldout.csv"),
     ("arguments",),
 )
 FILTER = OutputKind(
@@ -126,9 +124,12 @@ def folder_name_problem(name: object) -> str | None:
     return None
 
 
-def owned_output(out: Path, kind: OutputKind) -> bool:
+def owned_output(out: Path, kind: OutputKind, replacing: bool = True) -> bool:
     """Whether ``out`` holds an earlier output of ``kind`` that may be replaced; False when there is nothing to lose
-    (absent, or an empty folder). Anything else is a ``UserError`` naming the folder, and nothing is touched."""
+    (absent, or an empty folder). Anything else is a ``UserError`` naming the folder, and nothing is touched.
+
+    ``replacing=False``: the output is only to be reused (``synth phantom`` with the same arguments), so other files
+    in it are no obstacle."""
     if not out.exists() and not out.is_symlink():
         return False
     if kind.is_folder:
@@ -140,7 +141,7 @@ def owned_output(out: Path, kind: OutputKind) -> bool:
             raise UserError(
                 f"--out {out} {_what_it_is(out, kind)}; choose a new or empty folder (nothing was changed)"
             )
-        extra = kind.foreign(out)
+        extra = kind.foreign(out) if replacing else []
         if extra:
             shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
             raise UserError(
@@ -232,7 +233,7 @@ def writing_folder(out: Path, kind: OutputKind) -> Iterator[Path]:
     ``out`` is checked again at the swap (:func:`owned_output`): a folder that is not an output of ``kind`` is
     never replaced, even one that appeared while the command ran.
     """
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # `--out .` has a name and a parent to write the temporary beside
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
     tmp = make_readable_tempdir(out.parent, temp_prefix(out))

@@ -364,3 +364,19 @@ def test_a_checkpoint_save_on_a_full_disk_is_an_os_error_and_leaves_no_partial_f
         save_state_atomically(accelerator, final, lambda d: (d / "own.json").write_text("2"))
     assert err.value.errno == errno.ENOSPC and ".state.tmp" in err.value.filename
     assert (final / "own.json").read_text() == "1" and not (tmp_path / ".state.tmp").exists()
+
+
+def test_an_ablation_rerun_reuses_its_phantom_beside_the_heldout_rows_it_wrote(tmp_path):
+    """The ablation writes heldout.csv into the phantom folder it rendered (and a kill can leave an atomic write's
+    temporary there): a rerun of that step reuses the folder instead of refusing it as foreign."""
+    from synth.phantom import render_dataset
+
+    labels = render_dataset(4, 32, 0, tmp_path / "phantom", workers=1)
+    (labels.parent / "heldout.csv").write_text("dicom_id\n")
+    (labels.parent / ".heldout.csv.x1y2.tmp").write_text("half")
+    assert render_dataset(4, 32, 0, tmp_path / "phantom", workers=1) == labels
+    (labels.parent / "mine.txt").write_text("mine")
+    assert render_dataset(4, 32, 0, tmp_path / "phantom", workers=1) == labels  # reused: nothing is deleted
+    with pytest.raises(UserError, match="mine.txt"):
+        render_dataset(4, 32, 1, tmp_path / "phantom", workers=1, overwrite=True)
+    assert (labels.parent / "mine.txt").read_text() == "mine"

@@ -178,7 +178,7 @@ def _reused(out: Path, args: dict, overwrite: bool, contact_sheet: bool, size: i
     Another phantom dataset there is an error unless ``overwrite`` (then False: it is rendered anew); a folder that
     is not a phantom dataset (or holds other files too) is an error whatever the flag (:mod:`synth.output_folder`).
     """
-    if not owned_output(out, PHANTOM):
+    if not owned_output(out, PHANTOM, replacing=False):
         return False
     meta = out / META_FILE
     if (out / LABELS_FILE).exists():
@@ -198,6 +198,7 @@ def _reused(out: Path, args: dict, overwrite: bool, contact_sheet: bool, size: i
             f"--out {out} already exists (a phantom dataset made with other arguments or another renderer "
             "version); pass --overwrite to replace it or choose a new folder"
         )
+    owned_output(out, PHANTOM)  # to be replaced: holding nothing it did not write (checked before rendering)
     return False
 
 
