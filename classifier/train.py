@@ -52,7 +52,7 @@ from classifier.resume import fingerprint_of, results_only, rows_key
 from classifier.stage import ConsoleLog
 from classifier.training_sets import cached_set, image_cache_dir
 from synth.config import SET_HELP, command_overrides
-from synth.errors import UserError
+from synth.errors import UserError, one_line_errors
 from synth.io import write_json_atomic
 from synth.manifest import annotated_classes, label_matrix
 
@@ -236,13 +236,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="log per-epoch metrics through Accelerate's trackers (= --set train.report_to=...)",
     )
     args = parser.parse_args(argv)
-    try:
+    # the CLI's one handler: bad input exits 2, a full disk or permission error exits 1, each one `error:` line
+    with one_line_errors(resumes=True):
         print(
             run_from_config(args.config, command_overrides(args.sets, {"train.report_to": args.report_to}), args.out)
         )
-    except UserError as err:
-        print(f"error: {err}")
-        return 2
     return 0
 
 

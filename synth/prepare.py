@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -24,6 +23,8 @@ from synth.config import load_config
 from synth.errors import UserError
 from synth.io import atomic_path, make_readable_tempdir, write_json_atomic
 from synth.manifest import MANIFEST_COLUMNS, UNCERTAIN_POLICIES, annotated_classes, write_manifest
+from synth.output_folder import remove_stale_temporaries as _remove_stale_temporaries  # one helper for every --out
+from synth.output_folder import replace_dir as _replace_dir
 from synth.prepare_images import cache_images
 from synth.readers import read_labels
 from synth.splits import (
@@ -285,32 +286,6 @@ def _check_split(df: pd.DataFrame, split_source: str, where: str) -> dict[str, A
     return {"split_source": split_source, "classes_without_positives": no_positives, **warnings}
 
 
-def _remove_stale_temporaries(out: Path) -> None:
-    """Remove ``.<out>.<pid>.*.tmp`` / ``.old`` folders of a ``prepare`` that was killed (its pid is gone).
-
-    Why the pid: a second ``prepare`` writing the same ``--out`` right now must keep its folder.
-    """
-    if not out.parent.is_dir():
-        return
-    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(\d+)\.[^.]+\.(tmp|old)$")
-    for path in out.parent.iterdir():
-        match = pattern.match(path.name)
-        if match and path.is_dir() and not _alive(int(match.group(1))):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _check_out(out: Path, overwrite: bool) -> None:
     if not out.exists():
         return
@@ -321,16 +296,6 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise UserError(
             f"--out {out} exists and is not a `synth prepare` output (no manifest.csv); choose another --out"
         )
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".old", dir=out.parent))
-        os.replace(out, old / out.name)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 def _cache_names(df: pd.DataFrame, labels: Path) -> pd.Series:

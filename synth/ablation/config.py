@@ -24,6 +24,7 @@ from synth.ablation.arms import BASELINE, DEFAULT_ARMS, SYNTHETIC_FILTERED, Arm,
 from synth.config import load_config
 from synth.config_errors import UnknownKeyError
 from synth.errors import UserError
+from synth.output_folder import folder_name_problem
 from synth.readers import FORMATS
 from synth.taxonomy import resolve_class
 
@@ -320,8 +321,9 @@ def validate_variants(cfg: AblationConfig, where: str) -> None:
 
 
 def validate(cfg: AblationConfig, where: str = "config") -> None:
-    if not cfg.name or "/" in cfg.name:
-        raise UserError(f"{where}: name {cfg.name!r} must be a non-empty folder name")
+    problem = folder_name_problem(cfg.name)
+    if problem:
+        raise UserError(f"{where}: name {cfg.name!r} {problem}; it must be one folder name such as 'tail_ablation'")
     if not cfg.seeds or not all(isinstance(s, int) for s in cfg.seeds) or len(set(cfg.seeds)) != len(cfg.seeds):
         raise UserError(f"{where}: seeds must be a non-empty list of distinct integers, got {cfg.seeds!r}")
     specs = cfg.arm_specs

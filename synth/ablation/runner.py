@@ -302,9 +302,9 @@ def _cached(
 
 
 def _rich_log(enabled: bool) -> Callable[[str], None]:
-    from rich.console import Console
+    from synth.console import rich_console
 
-    console = Console(stderr=True)
+    console = rich_console(stderr=True)
     return (lambda message: console.log(message)) if enabled else (lambda message: None)
 
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from synth.errors import UserError
 from synth.io import make_readable_tempdir, write_json_atomic, write_text_atomic
+from synth.output_folder import PHANTOM, owned_output, writing_folder
 from synth.phantom.labels import RESHAPE, add_label_noise, label_matrix, sample_balanced_label_sets, sample_label_sets
 from synth.phantom.render import RENDERER_VERSION, render_with_regions
 from synth.taxonomy import CXR_LT_CLASSES, META_COLUMNS, class_slug, frequency_groups
@@ -135,7 +136,7 @@ def render_dataset(
         "label_noise": label_noise,
         "renderer": RENDERER_VERSION,
     }
-    if out.exists() and _reused(out, args, overwrite, contact_sheet, size, seed):
+    if _reused(out, args, overwrite, contact_sheet, size, seed):
         return out / LABELS_FILE
     true_sets = _true_label_sets(n, seed, balanced, per_class)
     noisy = add_label_noise(true_sets, label_noise, seed)
@@ -145,9 +146,7 @@ def render_dataset(
     image_seeds = tuple(_seed(seed, 6, i) for i in range(n))
     patient_seeds = tuple(_seed(seed, 5, int(p)) for p in patient)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_readable_tempdir(out.parent, f".{out.name}.")
-    try:
+    with writing_folder(out, PHANTOM) as tmp:
         (tmp / "images").mkdir()
         chunk = max(16, min(256, n // (4 * max(1, workers or os.cpu_count() or 1)) or 16))
         jobs = [
@@ -170,22 +169,19 @@ def render_dataset(
         write_json_atomic(tmp / META_FILE, _metadata(args, n, patient, truth, true_sets, noisy))
         if contact_sheet:
             write_contact_sheets(tmp / "contact_sheets", size, seed)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out / LABELS_FILE
 
 
 def _reused(out: Path, args: dict, overwrite: bool, contact_sheet: bool, size: int, seed: int) -> bool:
     """Whether the existing ``out`` is this very dataset (contact sheets added if now asked for).
 
-    Another dataset there is an error unless ``overwrite`` (then False: it is rendered anew).
+    Another phantom dataset there is an error unless ``overwrite`` (then False: it is rendered anew); a folder that
+    is not a phantom dataset (or holds other files too) is an error whatever the flag (:mod:`synth.output_folder`).
     """
+    if not owned_output(out, PHANTOM, replacing=False):
+        return False
     meta = out / META_FILE
-    if meta.exists() and (out / LABELS_FILE).exists():
+    if (out / LABELS_FILE).exists():
         old = json.loads(meta.read_text()).get("arguments")
         if old == args:
             if contact_sheet and not (out / "contact_sheets").exists():
@@ -199,10 +195,10 @@ def _reused(out: Path, args: dict, overwrite: bool, contact_sheet: bool, size: i
             return True
     if not overwrite:
         raise UserError(
-            f"--out {out} already exists (made with other arguments, another renderer version, or not a phantom "
-            "dataset); "
-            "choose a new folder or pass --overwrite"
+            f"--out {out} already exists (a phantom dataset made with other arguments or another renderer "
+            "version); pass --overwrite to replace it or choose a new folder"
         )
+    owned_output(out, PHANTOM)  # to be replaced: holding nothing it did not write (checked before rendering)
     return False
 
 
