@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -302,3 +303,86 @@ def test_truncated_finetune_checkpoint_is_one_error_line(finetuned, tmp_path, ta
     damage(out / "checkpoint-2" / target)
     argv = [a if a != str(run) else str(out) for a in argv]
     _assert_one_error_on_stderr(CliRunner().invoke(app, argv), "checkpoint-2", "--resume_from_checkpoint none")
+
+
+# ---------------------------------------------------------------- the classifier's image cache: checksummed
+
+
+@pytest.fixture()
+def cache_images(tmp_path) -> list[Path]:
+    from filter_fixtures import save
+
+    paths = [tmp_path / "img" / f"{i}.png" for i in range(6)]
+    for i, path in enumerate(paths):
+        save(render(FILTER_CLASSES[i % len(FILTER_CLASSES)], 5_000 + i), path)
+    return paths
+
+
+def _store(paths: list[Path], cache_dir: Path):
+    from classifier.data import build_store
+
+    return build_store(paths, 32, cache_dir, True, lambda: None, workers=1)
+
+
+def _new_process() -> None:
+    """Forget which cache files this process verified, as a new process starts (no such module before issue 35)."""
+    module = sys.modules.get("synth.cache_checksum")
+    if module is not None:
+        module._VERIFIED.clear()
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        (lambda p: p.write_bytes(bytes(p.stat().st_size)), "checksum mismatch"),  # zeroed: the size is unchanged
+        (truncate, "truncated"),
+    ],
+    ids=["zeroed", "truncated"],
+)
+def test_damaged_image_cache_is_rebuilt_with_a_warning(cache_images, tmp_path, capsys, damage, why):
+    import numpy as np
+
+    store = _store(cache_images, tmp_path / "cache")
+    pixels = store.read(np.arange(len(cache_images)))
+    assert pixels.any()
+    damage(store.path)
+    _new_process()
+    capsys.readouterr()
+    again = _store(cache_images, tmp_path / "cache")
+    err = capsys.readouterr().err
+    assert "warning: image cache" in err and why in err, err
+    assert (again.read(np.arange(len(cache_images))) == pixels).all(), "trained on the damaged pixels"
+
+
+def test_image_cache_without_checksum_is_kept_and_checked_once_per_process(cache_images, tmp_path, monkeypatch):
+    import classifier.data as data
+    from synth import cache_checksum
+
+    store = _store(cache_images, tmp_path / "cache")
+    cache_checksum.sidecar(store.path).unlink()  # a cache built before checksums existed
+    _new_process()
+    decoded = []
+    original = data.read_image
+    monkeypatch.setattr(data, "read_image", lambda p, s: decoded.append(p) or original(p, s))
+    _store(cache_images, tmp_path / "cache")
+    assert not decoded, "an intact cache without a checksum was rebuilt"
+    assert cache_checksum.sidecar(store.path).is_file()
+
+    def must_not_read(*a, **k):
+        raise AssertionError("a file verified in this process was read again")
+
+    monkeypatch.setattr(cache_checksum, "file_digests", must_not_read)
+    _store(cache_images, tmp_path / "cache")  # the same process: verified already
+
+
+def test_chunk_digests_do_not_depend_on_how_the_bytes_were_written(tmp_path):
+    from synth.cache_checksum import ChunkHasher, file_digests
+
+    data = bytes(range(256)) * 41
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    streamed = ChunkHasher(chunk_bytes=1000)
+    for start in range(0, len(data), 333):
+        streamed.update(data[start : start + 333])
+    whole = file_digests(path, chunk_bytes=1000)
+    assert streamed.digests() == whole.digests() and len(whole.digests()) == 11 and streamed.size == len(data)
