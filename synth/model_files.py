@@ -57,6 +57,16 @@ def check_safetensors(path: str | Path, fix: str) -> None:
         ) from None
 
 
+def check_folder_files(folder: str | Path, fix: str) -> None:
+    """Every ``*.json`` record and ``*.safetensors`` header directly in ``folder`` (a diffusers / transformers model
+    folder): cheap, and it names a broken file before a library reports only that the model could not be loaded."""
+    for path in sorted(Path(folder).iterdir()):
+        if path.suffix == ".json":
+            read_json_object(path, fix)
+        elif path.suffix == ".safetensors":
+            check_safetensors(path, fix)
+
+
 def load_safetensors(path: str | Path, fix: str) -> dict[str, "torch.Tensor"]:
     """Every tensor of a safetensors file, on the CPU; an unreadable file is one ``UserError`` naming it."""
     from safetensors import SafetensorError

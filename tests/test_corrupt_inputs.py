@@ -386,3 +386,42 @@ def test_chunk_digests_do_not_depend_on_how_the_bytes_were_written(tmp_path):
         streamed.update(data[start : start + 333])
     whole = file_digests(path, chunk_bytes=1000)
     assert streamed.digests() == whole.digests() and len(whole.digests()) == 11 and streamed.size == len(data)
+
+
+# ---------------------------------------------------------------- the other model folders a command reads
+
+
+@pytest.mark.parametrize(
+    ("flag", "component", "target", "damage"),
+    [
+        ("--vae_model_path", "vae", "diffusion_pytorch_model.safetensors", truncate),
+        ("--pretrained_model_name_or_path", ".", "unet/config.json", garbage),
+    ],
+    ids=["vae-model-path", "pretrained"],
+)
+def test_broken_finetune_input_folder_is_one_error_line(tiny_generator, tmp_path, flag, component, target, damage):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_generator, model)
+    damage(model / component / target)
+    manifest = tiny_generator.parent / "data" / "manifest.csv"
+    argv = ["finetune", "--train_manifest", str(manifest), "--output_dir", str(tmp_path / "pipe"), *FINETUNE]
+    result = CliRunner().invoke(app, [*argv, flag, str(model / component)])
+    _assert_one_error_on_stderr(result, target, "truncated or corrupt")
+
+
+def test_truncated_ensemble_json_of_an_earlier_run_is_one_error_line(classifier_config, tmp_path):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "ensemble.json").write_text('{"classes": ["Pneumothorax"], "members": [')
+    result = CliRunner().invoke(app, ["classify", "train", "--config", str(classifier_config), "--out", str(out)])
+    _assert_one_error_on_stderr(result, "ensemble.json", "not valid JSON")
+
+
+def test_truncated_oracle_record_is_one_error(tmp_path):
+    from synth.errors import UserError
+    from synth.filtering.oracle import ORACLE_FILE, load_oracle
+
+    folder = make_verifier(tmp_path / "oracle", list(FILTER_CLASSES))
+    (folder / ORACLE_FILE).write_text('{"classes": {"Pneumothorax": {"thresh')
+    with pytest.raises(UserError, match=ORACLE_FILE):
+        load_oracle(folder)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synth.errors import UserError
-from synth.model_files import check_safetensors, read_json_object
+from synth.model_files import check_folder_files, read_json_object
 from synth.prompts import PromptTemplates
 
 META_NAME = "synth_meta.json"
@@ -65,26 +65,20 @@ def load_generator_info(
 REEXPORT = "pass the folder `synth finetune` wrote (or restore this one from a copy)"
 
 
-def check_pipeline_files(model_dir: Path) -> None:
+def check_pipeline_files(model_dir: Path, fix: str = REEXPORT) -> None:
     """Every JSON record and safetensors header of a diffusers pipeline folder, read before anything is written.
 
     Cheap (no weight is read: safetensors checks that its header covers the file, so a truncated file fails),
     and it names the broken file; diffusers itself says only that a component could not be loaded, and by then
     ``synth generate`` has created ``--out``.
     """
-    index = read_json_object(model_dir / "model_index.json", REEXPORT)
+    index = read_json_object(model_dir / "model_index.json", fix)
     components = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and None not in v]
     for name in components:
         folder = model_dir / name
         if not folder.is_dir():
-            raise UserError(
-                f"--model {model_dir}: model_index.json names {name!r} but {folder} is missing; {REEXPORT}"
-            )
-        for path in sorted(folder.iterdir()):
-            if path.suffix == ".json":
-                read_json_object(path, REEXPORT)
-            elif path.suffix == ".safetensors":
-                check_safetensors(path, REEXPORT)
+            raise UserError(f"{model_dir}: model_index.json names {name!r} but {folder} is missing; {fix}")
+        check_folder_files(folder, fix)
 
 
 def model_fingerprint(model_dir: Path) -> str:
