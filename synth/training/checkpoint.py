@@ -88,14 +88,44 @@ def pickled_custom_state(folder: Path) -> list[str]:
     return sorted(p.name for p in Path(folder).glob(CUSTOM_STATE_GLOB))
 
 
-def load_state(accelerator, folder: Path, read_own: Callable[[Path], None] | None = None) -> None:
+def load_state(
+    accelerator, folder: Path, read_own: Callable[[Path], None] | None = None, fix: str | None = None
+) -> None:
     """Resume: ``accelerator.load_state(folder)`` (model, optimiser, RNG), then ``read_own(folder)``.
 
-    Nothing is registered for checkpointing, so Accelerate unpickles no ``custom_checkpoint_*.pkl`` here.
+    Nothing is registered for checkpointing, so Accelerate unpickles no ``custom_checkpoint_*.pkl`` here. A folder
+    whose files are truncated or corrupt (a copy cut short, a full disk) is one ``UserError`` naming it, with ``fix``
+    (how the caller's command starts over), instead of a traceback from whichever reader met the damage first.
     """
-    accelerator.load_state(str(folder))
-    if read_own is not None:
-        read_own(Path(folder))
+    import json
+    import pickle
+
+    from safetensors import SafetensorError
+
+    from synth.errors import UserError
+    from synth.model_files import first_line
+
+    try:
+        accelerator.load_state(str(folder))
+        if read_own is not None:
+            read_own(Path(folder))
+    except UserError:
+        raise
+    except (
+        SafetensorError,
+        RuntimeError,
+        EOFError,
+        pickle.UnpicklingError,
+        json.JSONDecodeError,
+        UnicodeDecodeError,
+        KeyError,
+        ValueError,
+        FileNotFoundError,
+    ) as err:
+        raise UserError(
+            f"checkpoint {folder} cannot be resumed, a file in it is truncated or corrupt "
+            f"({type(err).__name__}: {first_line(err, 120)}); {fix or 'delete it to start over'}"
+        ) from None
 
 
 def save_ema_shadow(path: Path, ema) -> None:
