@@ -25,11 +25,9 @@ from synth.config import load_config
 from synth.config_errors import UnknownKeyError
 from synth.errors import UserError
 from synth.readers import FORMATS
-from synth.taxonomy import resolve_class
 
 ARMS: tuple[str, ...] = tuple(ARM_REGISTRY)
 DATA_SOURCES: tuple[str, ...] = ("phantom", "prepare", "manifest")
-CLASS_GROUPS: tuple[str, ...] = ("tail", "medium", "head")
 
 
 @dataclass
@@ -231,6 +229,8 @@ def validate(cfg: AblationConfig, where: str = "config") -> None:
         raise UserError(f"{where}: name {cfg.name!r} must be a non-empty folder name")
     if not cfg.seeds or not all(isinstance(s, int) for s in cfg.seeds) or len(set(cfg.seeds)) != len(cfg.seeds):
         raise UserError(f"{where}: seeds must be a non-empty list of distinct integers, got {cfg.seeds!r}")
+    if not all(0 <= s < 2**32 for s in cfg.seeds):  # numpy's and torch's seeding refuse others: a traceback, hours in
+        raise UserError(f"{where}: seeds {cfg.seeds!r}: each must be in [0, 2**32 - 1], e.g. 0,1,2")
     bad = [a for a in cfg.arms if a not in ARMS]
     if bad or not cfg.arms:
         raise UserError(f"{where}: unknown arm(s) {bad}; valid arms: {', '.join(ARMS)}")
@@ -247,9 +247,14 @@ def validate(cfg: AblationConfig, where: str = "config") -> None:
         raise UserError(f"{where}: data.source prepare needs data.format, data.labels and data.images")
     if cfg.data.source == "prepare" and cfg.data.format not in FORMATS:
         raise UserError(f"{where}: data.format {cfg.data.format!r}; choose one of {', '.join(FORMATS)}")
-    for name in cfg.generate.classes:
-        if name.lower() not in CLASS_GROUPS:
-            resolve_class(name)  # unknown -> UnknownClassError (a UserError) listing the closest names
+    from synth.inference.planning import validate_class_names
+
+    try:  # the generate stage's own check: a typo, or a zero-shot class no generator can draw
+        validate_class_names(cfg.generate.classes)
+    except UserError as err:
+        raise UserError(f"{where}: generate.classes: {err}") from None
+    if cfg.classifier.batch_size < 1:
+        raise UserError(f"{where}: classifier.batch_size {cfg.classifier.batch_size} must be >= 1 (prediction batch)")
     if cfg.evaluation.split not in ("test", "val"):
         raise UserError(f"{where}: evaluation.split must be test or val, got {cfg.evaluation.split!r}")
     ev = cfg.evaluation
