@@ -134,6 +134,8 @@ ZERO = [
     ("finetune", {"latent_channels": "0"}, "--latent_channels must be >= 1"),
     ("finetune", {"unet_attention_head_dim": "0"}, "--unet_attention_head_dim must be >= 1"),
     ("finetune", {"vae_block_out_channels": "[]"}, "--vae_block_out_channels must list channel counts >= 1"),
+    ("prepare", {"tail_threshold": "0"}, "expected 0 < tail_threshold < head_threshold < 1"),
+    ("prepare", {"head_threshold": "0.005"}, "expected 0 < tail_threshold < head_threshold < 1"),
 ]
 
 
