@@ -76,6 +76,7 @@ class PrepareConfig:
         cfg.uncertain = str(cfg.uncertain).strip().lower()
         if cfg.uncertain not in UNCERTAIN_POLICIES:
             raise UserError(f"--uncertain {cfg.uncertain!r}: expected one of {', '.join(UNCERTAIN_POLICIES)}")
+        cfg.thresholds  # noqa: B018 (checks the group cut-offs now, not after the labels are read)
         return cfg
 
     @property

@@ -26,11 +26,9 @@ from synth.config_errors import UnknownKeyError
 from synth.errors import UserError
 from synth.output_folder import folder_name_problem
 from synth.readers import FORMATS
-from synth.taxonomy import resolve_class
 
 ARMS: tuple[str, ...] = tuple(ARM_REGISTRY)
 DATA_SOURCES: tuple[str, ...] = ("phantom", "prepare", "manifest")
-CLASS_GROUPS: tuple[str, ...] = ("tail", "medium", "head")
 
 
 @dataclass
@@ -326,6 +324,8 @@ def validate(cfg: AblationConfig, where: str = "config") -> None:
         raise UserError(f"{where}: name {cfg.name!r} {problem}; it must be one folder name such as 'tail_ablation'")
     if not cfg.seeds or not all(isinstance(s, int) for s in cfg.seeds) or len(set(cfg.seeds)) != len(cfg.seeds):
         raise UserError(f"{where}: seeds must be a non-empty list of distinct integers, got {cfg.seeds!r}")
+    if not all(0 <= s < 2**32 for s in cfg.seeds):  # numpy's and torch's seeding refuse others: a traceback, hours in
+        raise UserError(f"{where}: seeds {cfg.seeds!r}: each must be in [0, 2**32 - 1], e.g. 0,1,2")
     specs = cfg.arm_specs
     bad = [a for a in cfg.arms if a not in specs]
     if bad or not cfg.arms:
@@ -353,11 +353,17 @@ def validate(cfg: AblationConfig, where: str = "config") -> None:
         raise UserError(f"{where}: data.source prepare needs data.format, data.labels and data.images")
     if cfg.data.source == "prepare" and cfg.data.format not in FORMATS:
         raise UserError(f"{where}: data.format {cfg.data.format!r}; choose one of {', '.join(FORMATS)}")
-    sections = [cfg.generate] + [generate_section(cfg.generate, a) for a in cfg.run_arms if a.generate]
-    for section in sections:
-        for name in section.classes:
-            if name.lower() not in CLASS_GROUPS:
-                resolve_class(name)  # unknown -> UnknownClassError (a UserError) listing the closest names
+    from synth.inference.planning import validate_class_names
+
+    for label, section in [("generate", cfg.generate)] + [
+        (f"variant {a.name!r} generate", generate_section(cfg.generate, a)) for a in cfg.run_arms if a.generate
+    ]:
+        try:  # the generate stage's own check: a typo, or a zero-shot class no generator can draw
+            validate_class_names(section.classes)
+        except UserError as err:
+            raise UserError(f"{where}: {label}.classes: {err}") from None
+    if cfg.classifier.batch_size < 1:
+        raise UserError(f"{where}: classifier.batch_size {cfg.classifier.batch_size} must be >= 1 (prediction batch)")
     if cfg.evaluation.split not in ("test", "val"):
         raise UserError(f"{where}: evaluation.split must be test or val, got {cfg.evaluation.split!r}")
     ev = cfg.evaluation

@@ -67,6 +67,10 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"--split {split!r}: expected train, val or test")
         if n_boot < 0:
             raise UserError(f"--n-boot {n_boot}: expected >= 0")
+        if batch_size < 1:
+            raise UserError(f"--batch-size {batch_size}: expected >= 1 (images per forward pass)")
+        if seed < 0:
+            raise UserError(f"--seed {seed}: expected >= 0")
         check_out(out, EVALUATE, overwrite)
         result = evaluate_model(model, data, split, out, n_boot=n_boot, seed=seed, batch_size=batch_size)
         console = rich_console()

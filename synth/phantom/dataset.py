@@ -84,7 +84,17 @@ def _render_chunk(job: _Job) -> list[dict]:
     return rows
 
 
-def _check(n: int, size: int, seed: int, per_class: int | None, label_noise: float, workers: int | None) -> None:
+def check_render_args(
+    n: int,
+    size: int,
+    seed: int,
+    per_class: int | None = None,
+    label_noise: float = 0.0,
+    workers: int | None = None,
+    balanced: bool = False,
+) -> None:
+    """:func:`render_dataset`'s arguments, checked before anything is rendered; also called by the ablation's
+    preflight for every phantom set it will render, so a bad size or count fails before the first stage."""
     if n < 1:
         raise UserError(f"--n {n}: the number of images must be at least 1")
     if not 16 <= size <= 1024:
@@ -97,6 +107,12 @@ def _check(n: int, size: int, seed: int, per_class: int | None, label_noise: flo
         raise UserError(f"--label-noise {label_noise}: must be in [0, 1)")
     if workers is not None and workers < 0:
         raise UserError(f"--workers {workers}: must be >= 0 (0 = one per CPU core)")
+    if balanced and (per_class if per_class is not None else n // len(CXR_LT_CLASSES)) < 1:
+        raise UserError(
+            f"--n {n} is too small for --balanced: needs at least {len(CXR_LT_CLASSES)} images (one per class)"
+        )
+    if per_class is not None and not balanced:
+        raise UserError("--per-class only applies with --balanced")
 
 
 def _patients(n: int, seed: int) -> np.ndarray:
@@ -125,7 +141,7 @@ def render_dataset(
     An existing ``out`` made with the same arguments is reused (returned as is);
     one made with other arguments is an error unless ``overwrite``.
     """
-    _check(n, size, seed, per_class, label_noise, workers)
+    check_render_args(n, size, seed, per_class, label_noise, workers, balanced)
     out = Path(out)
     args = {
         "n": n,
@@ -205,14 +221,7 @@ def _reused(out: Path, args: dict, overwrite: bool, contact_sheet: bool, size: i
 def _true_label_sets(n: int, seed: int, balanced: bool, per_class: int | None) -> list[tuple[str, ...]]:
     """The images' true label sets: PadChest-like prevalence, or ``balanced`` (``per_class`` images per class)."""
     if balanced:
-        k = per_class if per_class is not None else n // len(CXR_LT_CLASSES)
-        if k < 1:
-            raise UserError(
-                f"--n {n} is too small for --balanced: needs at least {len(CXR_LT_CLASSES)} images (one per class)"
-            )
-        return sample_balanced_label_sets(n, k, seed)
-    if per_class is not None:
-        raise UserError("--per-class only applies with --balanced")
+        return sample_balanced_label_sets(n, per_class if per_class is not None else n // len(CXR_LT_CLASSES), seed)
     return sample_label_sets(n, seed)
 
 
