@@ -296,3 +296,35 @@ def _sheet_seed(cls: str, example: int) -> int:
     from synth.phantom.dataset import _seed
 
     return _seed(0, 7, CXR_LT_CLASSES.index(cls), example)
+
+
+# ---------------------------------------------------------------- acquisition sites (issue 38)
+
+#: digests of the default site's output taken on the code before sites existed: the default must not move
+_DEFAULT_IMAGES_SHA = "2226944903c800b725cb3a5c2ef0b65904225564dcfeac4163e3094926410cb9"
+_DEFAULT_DATASET_SHA = "5f4ad2ff9c54f9506cfe3196330ea3936bc952c1627c1e7bd4e60aedaa7e759e"
+
+
+def _default_images_sha() -> str:
+    h = hashlib.sha256()
+    cases = [(0, [], None), (1, ["Pleural Effusion", "Support Devices"], None), (7, ["Nodule"], "AP")]
+    for seed, labels, view in cases + [(11, ["Cardiomegaly", "Rib Fracture"], "PA")]:
+        h.update(render_image(labels, seed, 64, view).tobytes())
+    return h.hexdigest()
+
+
+def _dataset_sha(folder: Path) -> str:
+    """Every file's bytes, but phantom.json without its package version (which moves with releases)."""
+    h = hashlib.sha256()
+    for name, digest in _digest(folder).items():
+        if name == "phantom.json":
+            meta = json.loads((folder / name).read_text())
+            meta.pop("version")
+            digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+        h.update(f"{name}:{digest}\n".encode())
+    return h.hexdigest()
+
+
+def test_default_site_is_byte_identical_to_the_renderer_before_sites(tmp_path):
+    render_dataset(30, 32, 3, tmp_path / "a", workers=1)
+    assert (_default_images_sha(), _dataset_sha(tmp_path / "a")) == (_DEFAULT_IMAGES_SHA, _DEFAULT_DATASET_SHA)
