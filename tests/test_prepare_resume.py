@@ -210,3 +210,36 @@ def test_a_rerun_after_an_unreadable_image_keeps_what_was_cached_and_drops_what_
     whole = tmp_path / "whole"
     assert invoke(*prepare_args(csv, images, whole, "--size", "16")).exit_code == 0
     assert _tree(out) == _tree(whole)
+
+
+# ---------------------------------------------------------------- memory flat in the number of rows
+
+
+def _cache_peak_bytes(images: Path, rows, folder: Path) -> int:
+    import tracemalloc
+
+    folder.mkdir()
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        assert not prepare_images.cache_images(rows, folder, 8, 1, False)
+        return tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+
+
+def test_caching_memory_does_not_grow_with_the_number_of_rows(tmp_path):
+    """Tasks are streamed and only bad rows are kept: 4x the rows may not cost 100 bytes a row more
+    (old code: a list of every row's task, ~150 bytes a row measured, before the first image was decoded)."""
+    import pandas as pd
+
+    csv = make_cxrlt(tmp_path, patients=200, per_patient=2)
+    df = pd.read_csv(csv, dtype=str)
+    rows = pd.DataFrame(
+        {"fpath": [str(tmp_path / "mimic" / f) for f in df["fpath"]], "cache_name": df["dicom_id"] + ".png"}
+    )
+    _cache_peak_bytes(tmp_path, rows.head(10), tmp_path / "warm")  # one-off allocations (PIL's plugins ...)
+    small = _cache_peak_bytes(tmp_path, rows.head(100), tmp_path / "small")
+    large = _cache_peak_bytes(tmp_path, rows, tmp_path / "large")
+    assert large - small < 100 * (len(rows) - 100), (small, large)  # measured here: no growth
