@@ -142,6 +142,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", type=Path, default=None, help="where the sources go (default: a temporary folder)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures (with provenance) here")
+    parser.add_argument("--note", default="", help="a sentence stored with the figures (e.g. the machine's state)")
     args = parser.parse_args()
     if args.n < 64 or min(args.workers) < 1:
         raise SystemExit("error: --n must be >= 64 and every --workers >= 1")
@@ -159,7 +160,13 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     one = next((r for r in runs if r["workers"] == 1), None)
+    growth = (
+        (one["parent_peak_rss_mib"] - flat["parent_peak_rss_mib"]) * 1024 / (one["rows"] - flat["rows"])
+        if one and one["rows"] > flat["rows"]
+        else None
+    )
     figures = {
+        "note": args.note,
         "sources": sources,
         "cache_size_px": args.size,
         "runs": runs,
@@ -167,6 +174,14 @@ def main() -> None:
             "quarter_rows_workers_1": flat,
             "parent_peak_rss_ratio_full_vs_quarter": (
                 round(one["parent_peak_rss_mib"] / flat["parent_peak_rss_mib"], 3) if one else None
+            ),
+            # what grows is the label table (about 50 columns a row, and pandas' copies of it), not the cache:
+            # tests/test_prepare_resume.py checks that caching itself does not grow with the rows
+            "parent_peak_rss_growth_kib_per_row": round(growth, 2) if growth is not None else None,
+            "parent_peak_rss_mib_extrapolated_to_377110_rows": (
+                round(one["parent_peak_rss_mib"] + growth * (MIMIC_IMAGES - one["rows"]) / 1024)
+                if growth is not None
+                else None
             ),
         },
         "extrapolation": {
