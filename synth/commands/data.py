@@ -21,6 +21,7 @@ from synth.commands.options import (
 )
 from synth.config import command_overrides
 from synth.console import rich_console
+from synth.errors import resumable
 from synth.taxonomy import CXR_LT_CLASSES, HIERARCHY, ZERO_SHOT_CLASSES
 
 
@@ -76,10 +77,13 @@ PREPARE_FLAGS = {
     "skip_bad_images": ConfigFlag(
         bool, "Leave out missing/unreadable images (listed in skipped.csv) instead of failing."
     ),
-    "workers": ConfigFlag(Optional[int], "Decode processes; 0 = one per CPU core. [default: 0]"),
+    "workers": ConfigFlag(
+        Optional[int], "Decode processes; 0 = one per CPU core (max 16); output does not depend on it. [default: 0]"
+    ),
 }
 
 
+@resumable  # an interrupted run's cached images are kept in .<out>.partial and reused
 @with_config_flags(PREPARE_FLAGS)
 def prepare(
     *,  # keyword-only: the options keep their --help order, required ones included
@@ -89,7 +93,7 @@ def prepare(
     test_labels: TestLabels = None,
     images: Images,
     out: out_option("Output folder, e.g. outputs/data/NAME: manifest.csv, stats.json, images/."),
-    overwrite: overwrite_option("Replace an existing --out dataset.") = False,
+    overwrite: overwrite_option("Replace an existing --out dataset (only one synth prepare wrote).") = False,
     config: config_option("YAML of defaults (configs/data/prepare.yaml); flags override.") = None,
     sets: set_option("head_threshold=0.2") = None,
     no_progress: NoProgress = False,

@@ -17,6 +17,12 @@ LabelNoise = option(
     "--label-noise",
     "Report-mining-like label noise: each positive missed / a spurious label added with this probability.",
 )
+Site = option(
+    str,
+    "--site",
+    "Acquisition site: A (default: fixed-room PA department) | B (portable/ICU: more AP, under-exposed, noisier, "
+    "blurrier, collimated, burned-in markers, sicker population); see synth/phantom/sites.py.",
+)
 ContactSheet = option(
     bool, "--contact-sheet", "Also write contact_sheets/<class>.png (with / without / difference) and all.png."
 )
@@ -31,6 +37,7 @@ def phantom(
     per_class: PerClass = None,
     label_noise: LabelNoise = 0.0,
     contact_sheet: ContactSheet = False,
+    site: Site = "A",
     workers: workers_option(
         "Render processes; 0 = one per CPU core. Output does not depend on it. [default: 0]"
     ) = None,
@@ -61,6 +68,7 @@ def phantom(
         workers=workers,
         progress=not no_progress,
         overwrite=overwrite,
+        site=site,
     )
     meta = json.loads((labels.parent / META_FILE).read_text())
     groups = meta["groups"]
