@@ -7,11 +7,11 @@ resolution; the fingerprint hashes the UNet weights so every manifest row says w
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from synth.errors import UserError
+from synth.model_files import check_folder_files, read_json_object
 from synth.prompts import PromptTemplates
 
 META_NAME = "synth_meta.json"
@@ -38,8 +38,9 @@ def load_generator_info(
             f"--model {model_dir}: not a diffusers pipeline folder (no model_index.json); "
             "pass the folder written by `synth finetune`"
         )
+    check_pipeline_files(model_dir)
     meta_path = model_dir / META_NAME
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = read_json_object(meta_path, REEXPORT) if meta_path.exists() else {}
     manifest = train_manifest or meta.get("train_manifest")
     if not manifest:
         raise UserError(f"--model {model_dir}: no {META_NAME} naming its training manifest; pass --train-manifest")
@@ -58,6 +59,26 @@ def load_generator_info(
         resolution=meta.get("resolution"),
         fingerprint=model_fingerprint(model_dir),
     )
+
+
+#: The fix for a broken generator folder.
+REEXPORT = "pass the folder `synth finetune` wrote (or restore this one from a copy)"
+
+
+def check_pipeline_files(model_dir: Path, fix: str = REEXPORT) -> None:
+    """Every JSON record and safetensors header of a diffusers pipeline folder, read before anything is written.
+
+    Cheap (no weight is read: safetensors checks that its header covers the file, so a truncated file fails),
+    and it names the broken file; diffusers itself says only that a component could not be loaded, and by then
+    ``synth generate`` has created ``--out``.
+    """
+    index = read_json_object(model_dir / "model_index.json", fix)
+    components = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and None not in v]
+    for name in components:
+        folder = model_dir / name
+        if not folder.is_dir():
+            raise UserError(f"{model_dir}: model_index.json names {name!r} but {folder} is missing; {fix}")
+        check_folder_files(folder, fix)
 
 
 def model_fingerprint(model_dir: Path) -> str:

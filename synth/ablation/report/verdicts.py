@@ -26,10 +26,10 @@ def headline(results: dict[str, Any]) -> list[str]:
     """One sentence per non-baseline arm on the tail group: the product's answer."""
     lines = arm_verdicts(results)
     lines.append(evidence_line(results))
-    fidelity = _fidelity_summary(results)
-    if fidelity:
-        lines.append(fidelity)
-    check, arm = target_check(results), ARM_LABELS.get(target_arm(results), target_arm(results))
+    for extra in (_fidelity_summary(results), interval_scope(results)):
+        if extra:
+            lines.append(extra)
+    check, arm = target_check(results), _label_of(results, target_arm(results))
     if check is None and results.get("target"):
         lines.append(f"Target: not checked — its arm ({arm}) did not run (target.arm in the config, or --arms).")
     if check is not None:
@@ -102,6 +102,30 @@ def evidence_line(results: dict[str, Any]) -> str:
         part = f"{g} {len(ev.judged)} of {ev.n_classes} class(es) judged"
         parts.append(part + (f" (not judged: {ev.not_judged_text(LIST_AT_MOST)})" if ev.not_judged else ""))
     return evidence.rule_text() + (" " + "; ".join(parts) + "." if parts else "")
+
+
+def _label_of(results: dict[str, Any], name: str) -> str:
+    """An arm's report label: its own (a variant's is in results.json), else the registered one."""
+    entry = next((a for a in results["arms"] if a["name"] == name), None)
+    return arm_label(entry) if entry else ARM_LABELS.get(name, name)
+
+
+def interval_scope(results: dict[str, Any]) -> str | None:
+    """Which randomness the synthetic arms' intervals include, in words (none: no synthetic arm ran)."""
+    if not any(a.get("synthetic", a["name"].startswith("synthetic")) for a in results["arms"]):
+        return None
+    scope = results.get("generators") or {}
+    k = int(scope.get("k", 1))
+    if k > 1:
+        return (
+            f"Intervals of the synthetic arms include the generator's own randomness: {k} generators "
+            f"(finetune seeds {', '.join(map(str, scope.get('seeds', [])))}), combined with the patient and "
+            "classifier-seed bootstrap by Rubin's rules (T = W + (1 + 1/K)·B)."
+        )
+    return (
+        "Intervals of the synthetic arms cover test patients and classifier seeds for ONE trained generator: they "
+        "leave the generator's own randomness out (set generator.seeds to two or more seeds to include it)."
+    )
 
 
 def _verdict_against(results: dict[str, Any], vs_stronger: bool) -> str | None:
