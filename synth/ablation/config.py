@@ -125,6 +125,14 @@ class ClassifierStage:
 
 
 @dataclass
+class ExternalSet:
+    """A prepared test-only manifest from another site (``synth prepare --split test``), scored by every arm/seed."""
+
+    name: str = ""  #: the report section's title and results.json key (a folder-safe name)
+    manifest: str = ""  #: its manifest.csv (or the folder holding it)
+
+
+@dataclass
 class EvaluationConfig:
     split: str = "test"
     n_boot: int = 1000
@@ -135,6 +143,13 @@ class EvaluationConfig:
     #: models never see them, so adding them to a finished ablation only predicts, it does not retrain.
     heldout_phantom_n: int = 0
     heldout_phantom_seed: int = 1
+    #: the evidence rule (synth/ablation/evidence.py): a group's verdict stands only on classes with at least this
+    #: many test positives; "helps" / "hurts" needs the interval to exclude 0 and |Δ| >= min_effect
+    min_test_positives: int = 10
+    min_effect: float = 0.005
+    #: external test sets: every arm and seed is scored on each (predictions cached beside each model, so adding
+    #: one to a finished ablation only predicts)
+    external: list[ExternalSet] = field(default_factory=list)
 
 
 @dataclass
@@ -393,6 +408,21 @@ def validate(cfg: AblationConfig, where: str = "config") -> None:
             f"{where}: oracle.phantom_seed {cfg.oracle.phantom_seed} repeats another phantom seed of this "
             "ablation; the oracle must be trained on its own patients"
         )
+    if ev.min_test_positives < 1:
+        raise UserError(f"{where}: evaluation.min_test_positives {ev.min_test_positives} must be >= 1")
+    if ev.min_effect < 0:
+        raise UserError(f"{where}: evaluation.min_effect {ev.min_effect} must be >= 0 (a ΔmAP magnitude)")
+    names = [x.name for x in ev.external]
+    for i, ext in enumerate(ev.external):
+        if not ext.name or "/" in ext.name or ext.name.startswith(".") or names.count(ext.name) > 1:
+            raise UserError(
+                f"{where}: evaluation.external[{i}].name {ext.name!r} must be a distinct, non-empty folder-safe name"
+            )
+        if not ext.manifest:
+            raise UserError(
+                f"{where}: evaluation.external[{i}] ({ext.name}) needs manifest: a test-only manifest.csv "
+                "from `synth prepare --split test`"
+            )
     if cfg.evaluation.n_boot < 100:
         raise UserError(
             f"{where}: evaluation.n_boot {cfg.evaluation.n_boot} is too small for a 95% interval (use >= 100)"

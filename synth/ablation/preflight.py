@@ -48,6 +48,10 @@ def check_paths(cfg: AblationConfig) -> None:
     needed.append(("classifier.config", cfg.classifier.config, "see configs/classifier/"))
     if cfg.needs_synthetic:
         needed.append(("oracle.config", cfg.oracle.config, "see configs/filter/oracle-64px.yaml or remove the key"))
+    for i, ext in enumerate(cfg.evaluation.external):
+        needed.append(
+            (f"evaluation.external[{i}].manifest", ext.manifest, "prepare it with `synth prepare --split test`")
+        )
     for key, value, fix in needed:
         if value is not None and not Path(value).exists():
             raise UserError(f"{where}: {key} {value} not found; {fix}")

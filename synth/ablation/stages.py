@@ -366,7 +366,13 @@ def paired(
     out = {}
     for g in ("overall", "head", "medium", "tail"):
         row = pb[f"{g}_map" if g != "overall" else "map"]
-        out[g] = {"diff": row["diff"], "ci": list(row["ci"]), "p": row.get("p"), "run_diffs": list(row["run_diffs"])}
+        out[g] = {
+            "diff": row["diff"],
+            "ci": list(row["ci"]),
+            "p": row.get("p"),
+            "run_diffs": list(row["run_diffs"]),
+            **{k: row[k] for k in ("n_distinct", "modal_share") if k in row},
+        }
         if "ci_within" in row:
             out[g].update(ci_within=list(row["ci_within"]), generators=row["generators"])
     return out
