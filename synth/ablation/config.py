@@ -128,6 +128,8 @@ class AblationConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS))
     output_root: str = "outputs"
+    #: the CSV every finished run is recorded in (synth/ablation/store.py); null: <output_root>/results/runs.csv
+    results_store: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     generator: GeneratorStage = field(default_factory=GeneratorStage)
     generate: GenerateStage = field(default_factory=GenerateStage)

@@ -38,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from synth.ablation import stages
+from synth.ablation import stages, store
 from synth.ablation.arms import ARMS, Arm, SyntheticSet
 from synth.ablation.collect import build_results
 from synth.ablation.config import AblationConfig
@@ -142,7 +142,7 @@ def _write_report(
     results["timings"] = timings
     write_json_atomic(cfg.report_dir / RESULTS_FILE, results)
     render_report(cfg.report_dir)
-    log(f"report written: {cfg.report_dir / 'report.html'}")
+    log(f"report written: {cfg.report_dir / 'report.html'}; run recorded in {store.record_run(cfg, results)}")
 
 
 def _shared_stages(cfg: AblationConfig, steps: dict[str, Step], log: Callable[[str], None], timer: "_Timings"):
