@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from ablation_fakes import FakeStages, write_config
@@ -105,3 +107,21 @@ def test_ablate_records_its_run_in_the_store_under_the_output_root(tmp_path: Pat
     assert rows[0]["ablation"] == cfg.name and rows[0]["classifier_seeds"] == "0"
     run_ablation(cfg, log=lambda m: None)  # a resumed (fully cached) run replaces its rows
     assert len(read_store(store)) == len(rows)
+
+
+def test_the_phantom_cpu_verdict_block_matches_its_committed_result():
+    """docs/results.md's target / fidelity / gate / timing lines come from bench/results/phantom-cpu.json."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "phantom_cpu_table.py"), "docs", "--check"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_readme_stays_short_and_keeps_its_two_commands():
+    readme = (REPO / "README.md").read_text().splitlines()
+    assert len(readme) <= 250
+    assert "pip install torch==2.14.1 torchvision==0.29.1 -e . && synth demo" in readme
+    assert "pip install torch==2.14.1 torchvision==0.29.1 -e '.[dev]' && python -m pytest -q" in readme
