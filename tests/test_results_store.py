@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ablation_fakes import FakeStages, write_config
+from card_checks import check_card
 from report_fixtures import make_results
 from typer.testing import CliRunner
 
@@ -107,6 +108,8 @@ def test_ablate_records_its_run_in_the_store_under_the_output_root(tmp_path: Pat
     assert rows[0]["ablation"] == cfg.name and rows[0]["classifier_seeds"] == "0"
     run_ablation(cfg, log=lambda m: None)  # a resumed (fully cached) run replaces its rows
     assert len(read_store(store)) == len(rows)
+    text = check_card(cfg.report_dir, "ablation", "| Arm | head mAP |", grid=True)  # the report folder's card
+    assert f"Ablation `{cfg.name}`" in text
 
 
 def test_the_phantom_cpu_verdict_block_matches_its_committed_result():

@@ -49,6 +49,7 @@ from synth.ablation.steps import DONE, Step, plan
 from synth.errors import UserError
 from synth.io import atomic_path, write_json_atomic
 from synth.manifest import annotated_classes, concat_manifests, read_manifest
+from synth.model_card import ablation_card
 
 
 def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) -> Path:
@@ -142,6 +143,7 @@ def _write_report(
     results["timings"] = timings
     write_json_atomic(cfg.report_dir / RESULTS_FILE, results)
     render_report(cfg.report_dir)
+    ablation_card(cfg, results)
     log(f"report written: {cfg.report_dir / 'report.html'}; run recorded in {store.record_run(cfg, results)}")
 
 
