@@ -38,6 +38,7 @@ from synth.ablation.results import (  # noqa: E402
     target_arm,
     target_check,
 )
+from synth.ablation.store import stage_totals  # noqa: E402
 from synth.io import write_json_atomic, write_text_atomic  # noqa: E402
 
 RESULT_JSON = REPO / "bench/results/phantom-cpu.json"
@@ -130,10 +131,7 @@ def _timing_lines(results: dict) -> list[str]:
     steps = timings.get("steps") or []
     if not steps:
         return []
-    groups: dict[str, float] = {}
-    for s in steps:
-        key = s["step"].split("/")[0]
-        groups[key] = groups.get(key, 0.0) + (s.get("seconds") or 0.0)
+    groups = stage_totals(results)
     total = sum(groups.values())
     this_run = timings.get("this_run_seconds")
     cells = ", ".join(f"{k} {_minutes(v)}" for k, v in groups.items())

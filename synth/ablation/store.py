@@ -75,13 +75,18 @@ def _cell(value: float | None) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.6f}"
 
 
-def _stage_seconds(results: dict[str, Any]) -> str:
-    """``data=27.1;generator=3218.8;...``: each stage's wall seconds, seeds of an arm summed (as the report does)."""
+def stage_totals(results: dict[str, Any]) -> dict[str, float]:
+    """Each stage's wall seconds from ``timings``, an arm's seeds summed (``real_only/seed-0`` -> ``real_only``)."""
     totals: dict[str, float] = {}
     for step in (results.get("timings") or {}).get("steps") or []:
         key = str(step["step"]).split("/")[0]
         totals[key] = totals.get(key, 0.0) + float(step.get("seconds") or 0.0)
-    return ";".join(f"{k}={v:.1f}" for k, v in totals.items())
+    return totals
+
+
+def _stage_seconds(results: dict[str, Any]) -> str:
+    """``data=27.1;generator=3218.8;...``: the store's one-cell form of :func:`stage_totals`."""
+    return ";".join(f"{k}={v:.1f}" for k, v in stage_totals(results).items())
 
 
 def _generator_seed(config: dict[str, Any]) -> str:
