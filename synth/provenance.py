@@ -77,3 +77,17 @@ def write_bench_result(path: str | os.PathLike, bench: str, figures: dict[str, A
     from synth.io import write_json_atomic
 
     write_json_atomic(path, {"bench": bench, "argv": sys.argv[1:], "provenance": environment(), **figures})
+
+
+def data_fingerprint(data: "str | os.PathLike | Any") -> str:
+    """16 hex naming a data set: a file's bytes (a manifest, a results.json) or a frame's ``dicom_id``/``fpath`` rows.
+
+    A model card quotes it so two folders can be checked for having seen the same data without the data at hand.
+    """
+    import hashlib
+
+    if isinstance(data, (str, os.PathLike)):
+        with open(data, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+    rows = data["dicom_id"].astype(str) + "|" + data["fpath"].astype(str)
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]

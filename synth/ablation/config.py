@@ -171,6 +171,8 @@ class AblationConfig:
     #: config-named arms (levers); list a variant's name in ``arms`` to run it
     variants: list[VariantSpec] = field(default_factory=list)
     output_root: str = "outputs"
+    #: the CSV every finished run is recorded in (synth/ablation/store.py); null: <output_root>/results/runs.csv
+    results_store: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     generator: GeneratorStage = field(default_factory=GeneratorStage)
     generate: GenerateStage = field(default_factory=GenerateStage)

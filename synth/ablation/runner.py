@@ -40,7 +40,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from synth.ablation import stages
+from synth.ablation import stages, store
 from synth.ablation.arms import Arm, SyntheticSet
 from synth.ablation.collect import ExternalScores, build_results
 from synth.ablation.config import AblationConfig
@@ -51,6 +51,7 @@ from synth.ablation.steps import DONE, Source, Step, arm_step, plan, source_of, 
 from synth.errors import UserError
 from synth.io import atomic_path, write_json_atomic
 from synth.manifest import annotated_classes, concat_manifests, read_manifest
+from synth.model_card import ablation_card
 
 
 def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) -> Path:
@@ -157,7 +158,8 @@ def _write_report(
     results["timings"] = timings
     write_json_atomic(cfg.report_dir / RESULTS_FILE, results)
     render_report(cfg.report_dir)
-    log(f"report written: {cfg.report_dir / 'report.html'}")
+    ablation_card(cfg, results)
+    log(f"report written: {cfg.report_dir / 'report.html'}; run recorded in {store.record_run(cfg, results)}")
 
 
 def _shared_stages(cfg: AblationConfig, steps: dict[str, Step], log: Callable[[str], None], timer: "_Timings"):

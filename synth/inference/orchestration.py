@@ -38,6 +38,7 @@ from synth.inference.planning import (
 from synth.inference.state import MANIFEST_NAME, ManifestSync, finished_images, note_kept_images, write_merged_manifest
 from synth.io import save_image_atomic, write_json_atomic
 from synth.manifest import read_manifest
+from synth.model_card import generated_set_card
 from synth.progress import progress_bar
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -132,6 +133,7 @@ def run(model_dir: str | Path, classes: Sequence[str], out_dir: str | Path, cfg:
         write_merged_manifest(out_dir, [base, planner.frame_from_rows(sync.rows)], targets)
         for shard in out_dir.glob("manifest.rank*.csv"):
             shard.unlink()
+        generated_set_card(out_dir, settings, manifest)
     state.wait_for_everyone()
     return manifest
 
