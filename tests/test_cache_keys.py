@@ -12,6 +12,7 @@ import types
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 
 import synth.io as sio
@@ -69,3 +70,11 @@ def test_generator_fingerprint_is_pinned(tmp_path):
     (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"weights")
     (tmp_path / META_NAME).write_text('{"resolution": 64}')
     assert model_fingerprint(tmp_path) == "0889380d374ae4fe"
+
+
+@pytest.mark.parametrize("bad", ["md5", "sha1"])
+def test_unknown_algorithm_is_refused(bad):
+    from synth.hashing import hex_hash
+
+    with pytest.raises(ValueError, match="algorithm"):
+        hex_hash(b"x", algorithm=bad, hex_chars=16)

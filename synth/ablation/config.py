@@ -12,7 +12,6 @@ the first second on a typo'd path rather than after the generator trained.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from synth.ablation.arms import BASELINE, DEFAULT_ARMS, SYNTHETIC_FILTERED, Synt
 from synth.config import load_config
 from synth.config_errors import UnknownKeyError
 from synth.errors import UserError
+from synth.hashing import hex_hash
 from synth.readers import FORMATS
 from synth.taxonomy import resolve_class
 
@@ -306,8 +306,8 @@ def stage_key(*parts: Any) -> str:
             try:
                 return {"file": obj, "content": expand(yaml.safe_load(Path(obj).read_text()))}
             except yaml.YAMLError:  # not ours to judge here: the stage's own loader reports it
-                return {"file": obj, "sha256": hashlib.sha256(Path(obj).read_bytes()).hexdigest()}
+                return {"file": obj, "sha256": hex_hash(Path(obj).read_bytes(), algorithm="sha256")}
         return obj
 
     blob = json.dumps(expand(list(parts)), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return hex_hash(blob, algorithm="sha256", hex_chars=12)
