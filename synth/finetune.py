@@ -63,7 +63,7 @@ def _run(cfg: FinetuneConfig, log: Callable[[str], None] | None) -> Path:
     from synth.io import write_json_atomic
     from synth.prompts import PromptTemplates
 
-    _quiet_libraries()
+    quiet_libraries()
     out = Path(cfg.output_dir)
     accelerator, note = make_accelerator(cfg.mixed_precision, **_tracker_kwargs(cfg, out))
     say = log or (lambda msg: print(msg, flush=True))
@@ -188,7 +188,8 @@ def _default_templates() -> Path:
     return DEFAULT_TEMPLATES.resolve()
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
+    """Silence diffusers' and transformers' info logs and progress bars (finetune prints its own)."""
     import diffusers
     import transformers
 
