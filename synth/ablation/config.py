@@ -206,8 +206,8 @@ def check_overrides(cfg: AblationConfig, where: str) -> None:
     """
     from classifier.config import EnsembleConfig
     from synth.filtering.config import FilterConfig
-    from synth.generate import GenerateConfig
     from synth.generator.config import FINETUNE_STYLE, FinetuneConfig
+    from synth.inference import GenerateConfig
 
     for section, cls in (
         ("generator", FinetuneConfig),

@@ -76,7 +76,7 @@ def check_stage_configs(cfg: AblationConfig) -> None:
         load_finetune_config(cfg.generator.config, overrides)
 
     def generate() -> None:
-        from synth.generate import GenerateConfig
+        from synth.inference import GenerateConfig
 
         GenerateConfig.from_yaml(cfg.generate.config, n=cfg.generate.n, **cfg.generate.overrides)
 

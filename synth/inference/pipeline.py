@@ -2,7 +2,7 @@
 prompts once, render a batch.
 
 torch and diffusers are imported inside the functions, so importing :mod:`synth.inference` (and
-``synth.generate``) stays cheap and option errors come before any model load.
+``python -m synth.inference``) stays cheap and option errors come before any model load.
 """
 
 from __future__ import annotations
