@@ -13,6 +13,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+#: The project's record in a pipeline folder (training manifest, prompt templates, resolution, classes). The export
+#: writes it last, so its presence marks a complete model folder; ``synth generate`` reads it.
+META_NAME = "synth_meta.json"
+
 
 def diffusers_dtype(dtype) -> dict:
     """The load-dtype keyword this diffusers takes: ``dtype`` (newer; ``torch_dtype`` there warns on every

@@ -122,7 +122,8 @@ def _resume_point(cfg: FinetuneConfig, out: Path, accelerator, log_main: Callabl
     run."""
     import shutil
 
-    from synth.generator.checkpoints import META_NAME, list_checkpoints, resolve_checkpoint
+    from synth.diffusion import META_NAME
+    from synth.training.checkpoint import list_checkpoints, resolve_checkpoint
 
     resume = resolve_checkpoint(out, cfg.resume_from_checkpoint)
     if starts_over(cfg):

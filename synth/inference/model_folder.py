@@ -10,11 +10,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from synth.diffusion import META_NAME
 from synth.errors import UserError
 from synth.hashing import Hasher, file_digest
 from synth.prompts import PromptTemplates
-
-META_NAME = "synth_meta.json"
 
 
 @dataclass(frozen=True)
