@@ -288,10 +288,7 @@ def _arms(args: argparse.Namespace, common: dict, sd: Path, manifest: Path, imag
 def _time_arms(args: argparse.Namespace, arms: dict, env: dict, tmp: Path) -> dict[str, list[dict[str, float]]]:
     """One warm-up run per arm, then ``--rounds`` timed runs of each, the arm order reversed every other round."""
     results: dict[str, list[dict[str, float]]] = {a: [] for a in arms}
-    for (
-        name,
-        make,
-    ) in arms.items():  # warm-up: the reference's datasets cache, the project's latent cache (one-time costs)
+    for name, make in arms.items():  # warm-up: the reference's datasets cache, the project's latent cache
         w, _, _, _ = run(make(1, tmp / f"warmup-{name}"), env, tmp / f"warmup-{name}.log")
         print(f"warm-up {name:22s} 1 step, {w:5.1f} s (one-time caches built)", flush=True)
     n = 0
@@ -341,27 +338,13 @@ def _summarise(args: argparse.Namespace, common: dict, results: dict[str, list[d
     if args.json:
         from synth.provenance import write_bench_result
 
-        write_bench_result(
-            args.json,
-            "bench/bench_finetune_vs_reference.py",
-            {
-                "reference": str(args.reference),
-                "project_config": str(RECIPE.relative_to(REPO)),
-                "common_flags": common,
-                "summary": summary,
-                "ratio_project_vs_reference": ratio,
-                "ratio_project_vs_reference_cpu_time": cpu_ratio,
-                "ratio_text_encoder_vs_reference": summary.get("project+text_encoder", {}).get(
-                    "steps_per_s", float("nan")
-                )
-                / ref,
-                "ratio_text_encoder_vs_reference_cpu_time": summary.get("project+text_encoder", {}).get(
-                    "steps_per_cpu_s", float("nan")
-                )
-                / ref_cpu,
-                "rounds": results,
-            },
-        )
+        te = summary.get("project+text_encoder", {})
+        figures = {"reference": str(args.reference), "project_config": str(RECIPE.relative_to(REPO))}
+        figures |= {"common_flags": common, "summary": summary, "ratio_project_vs_reference": ratio}
+        figures |= {"ratio_project_vs_reference_cpu_time": cpu_ratio, "rounds": results}
+        figures["ratio_text_encoder_vs_reference"] = te.get("steps_per_s", float("nan")) / ref
+        figures["ratio_text_encoder_vs_reference_cpu_time"] = te.get("steps_per_cpu_s", float("nan")) / ref_cpu
+        write_bench_result(args.json, "bench/bench_finetune_vs_reference.py", figures)
         print(f"wrote {args.json}")
 
 
