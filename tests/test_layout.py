@@ -241,6 +241,18 @@ def test_no_import_cycles():
     assert not cycles, "module-level import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
+def test_one_hashing_helper():
+    """Every cache key, fingerprint and checksum goes through ``synth.hashing`` (explicit algorithm and length), so
+    two modules cannot hash the same thing two ways; ``hashlib`` is imported nowhere else in the product."""
+    bad = []
+    for mod, (path, is_pkg) in _product_modules().items():
+        if mod == "synth.hashing":
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        bad += [f"{mod}:{node.lineno}" for name, _, node in _imports(tree, mod, is_pkg, False) if name == "hashlib"]
+    assert not bad, f"hashlib used outside synth/hashing.py (use hex_hash / Hasher / file_digest): {bad}"
+
+
 def test_no_re_export_shims():
     for shim in ("synth/generate.py", "synth/training/accelerator.py"):
         assert not (REPO / shim).exists(), f"{shim} only re-exports another module; import that module instead"
