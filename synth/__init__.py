@@ -1,3 +1,16 @@
-"""synth: synthetic tail-class chest X-ray augmentation (generator, filter, ablation)."""
+"""synth: synthetic tail-class chest X-ray augmentation (generator, filter, ablation).
+
+The layers, bottom to top (each imports only the ones below it; ``tests/test_layout.py`` checks the rules):
+
+* **core** -- ``taxonomy``, ``manifest``, ``csv_files``, ``errors``, ``io``, ``hashing``, ``config``,
+  ``distributed``, ``training``, ``image_datasets``, ``progress``, ``provenance``: the data model, atomic IO, the
+  one hashing helper, the config loader and the training toolkit. The ``classifier`` package uses only these.
+* **stages** -- ``phantom``, ``prepare``, ``generator`` (training the diffusion model) and ``inference``
+  (generating with it; the two share only :mod:`synth.diffusion`, never each other), ``filtering``; and the
+  ``classifier`` package beside them.
+* **ablation** -- ``synth.ablation`` runs the stages and the classifier as one experiment (it may import
+  ``classifier``; ``classifier`` never imports it).
+* **commands** -- ``synth.cli`` and ``synth.commands``: the command line over all of the above.
+"""
 
 __version__ = "0.1.0"
