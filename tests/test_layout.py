@@ -38,6 +38,20 @@ SYNTH_CORE = (
 )
 
 
+#: The layers of ``synth/__init__.py``'s docstring, bottom to top: a module imports nothing from a layer above its
+#: own (the longest matching prefix decides a module's layer; ``synth`` itself holds only ``__version__``).
+LAYERS = (
+    ("synth",) + SYNTH_CORE,
+    ("synth.readers", "synth.splits", "synth.stats", "synth.prompts", "synth.cooccurrence", "synth.text_encoder"),
+    ("synth.diffusion",),
+    ("synth.phantom", "synth.prepare", "synth.prepare_images", "synth.generator", "synth.finetune", "synth.inference"),
+    ("classifier",),
+    ("synth.filtering",),
+    ("synth.ablation",),
+    ("synth.commands", "synth.cli", "synth.__main__", "synth.inference.__main__"),
+)
+
+
 def _py_files(folder: str) -> list[Path]:
     return sorted((REPO / folder).rglob("*.py")) if (REPO / folder).is_dir() else []
 
@@ -198,6 +212,19 @@ def test_classifier_uses_only_synth_core():
         if _within(b, "synth") and b != "synth" and not any(_within(b, core) for core in SYNTH_CORE)
     )
     assert not bad, f"classifier imports synth beyond its core {SYNTH_CORE}: {bad}"
+
+
+def _layer(mod: str) -> int | None:
+    matches = [(len(p), i) for i, layer in enumerate(LAYERS) for p in layer if mod == p or _within(mod, p)]
+    return max(matches)[1] if matches else None
+
+
+def test_every_module_has_a_layer_and_imports_none_above_it():
+    graph = import_graph(top_level_only=False)
+    unplaced = sorted(m for m in graph if _layer(m) is None)
+    assert not unplaced, f"modules in no layer of LAYERS (place them, and in synth/__init__.py's map): {unplaced}"
+    upward = sorted((a, b) for a, deps in graph.items() for b in deps if _layer(b) > _layer(a))
+    assert not upward, f"imports from a higher layer (see synth/__init__.py): {upward}"
 
 
 def test_synth_core_does_not_import_upper_layers():
