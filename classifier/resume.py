@@ -18,6 +18,7 @@ import torch
 
 from synth.hashing import hex_hash
 from synth.io import save_safetensors_atomic, write_json_atomic
+from synth.model_files import read_json_object
 from synth.training import load_state, pickled_custom_state
 
 #: Version of the resumable checkpoint layout; a checkpoint of another version starts the stage afresh.
@@ -115,10 +116,11 @@ def resume_or_start_afresh(
     """
     state_dir, best_file, fp_file = folder / "state", folder / "best.safetensors", folder / "fingerprint.json"
     stamp = {"fingerprint": fingerprint, "format": CHECKPOINT_FORMAT}
-    same = fp_file.exists() and {k: json.loads(fp_file.read_text()).get(k) for k in stamp} == stamp
+    fix = f"delete {folder} to start this stage over (finished stages and members are kept)"
+    same = fp_file.exists() and {k: read_json_object(fp_file, fix).get(k) for k in stamp} == stamp
     unsafe = pickled_custom_state(state_dir)
     if state_dir.exists() and same and not unsafe and (state_dir / PROGRESS_FILE).exists():
-        load_state(accelerator, state_dir, read_own)
+        load_state(accelerator, state_dir, read_own, fix)
         log(f"{stage}: {resumed()}")
     elif state_dir.exists():
         if accelerator.is_main_process:

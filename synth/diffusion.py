@@ -8,7 +8,11 @@ functions: importing this module stays cheap.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from synth.errors import UserError
+from synth.model_files import check_folder_files, read_json_object
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -55,3 +59,23 @@ def assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler, safety_chec
         feature_extractor=feature_extractor,
         requires_safety_checker=safety_checker is not None,
     )
+
+
+#: The fix for a broken generator folder.
+REEXPORT = "pass the folder `synth finetune` wrote (or restore this one from a copy)"
+
+
+def check_pipeline_files(model_dir: Path, fix: str = REEXPORT) -> None:
+    """Every JSON record and safetensors header of a diffusers pipeline folder, read before anything is written.
+
+    Cheap (no weight is read: safetensors checks that its header covers the file, so a truncated file fails),
+    and it names the broken file; diffusers itself says only that a component could not be loaded, and by then
+    ``synth generate`` has created ``--out``.
+    """
+    index = read_json_object(model_dir / "model_index.json", fix)
+    components = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and None not in v]
+    for name in components:
+        folder = model_dir / name
+        if not folder.is_dir():
+            raise UserError(f"{model_dir}: model_index.json names {name!r} but {folder} is missing; {fix}")
+        check_folder_files(folder, fix)

@@ -73,7 +73,9 @@ def save_image_atomic(path: str | os.PathLike, image: "Image.Image", **save_kwar
 def save_safetensors_atomic(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
-    with atomic_path(path) as tmp:
+    from synth.errors import writer_errors
+
+    with atomic_path(path) as tmp, writer_errors(path):  # a full disk: an OSError naming the file, not SafetensorError
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 

@@ -2,17 +2,23 @@
 
 Every later stage reads the cache (``images/<dicom_id>.png``, 8-bit grayscale,
 ``size``×``size``) so full-size JPEGs are decoded once, here, in a process
-pool. The whole output folder is built in a temporary sibling and renamed into
-place at the end: a failure (bad image, empty split, Ctrl-C) leaves nothing
-behind, and an existing dataset is only replaced with ``overwrite=True``.
+pool. The output folder is built in ``.<out>.partial`` beside ``--out`` and renamed into place at the end,
+so ``--out`` is always either absent, the old dataset, or the whole new one.
+
+Resumable: a run that stops (kill, Ctrl-C, full disk, an unreadable image) leaves ``.<out>.partial`` with
+the images it cached and their journal (:mod:`synth.prepare_journal`); the same command again keeps every
+image whose source and bytes still match and decodes only the rest, ending byte-identical to a run that
+was never interrupted. Delete ``.<out>.partial`` to start over. One writer per ``--out``
+(:mod:`synth.writer_lock`), and ``--overwrite`` replaces only a folder ``synth prepare`` wrote itself.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
-import tempfile
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -22,9 +28,12 @@ import pandas as pd
 
 from synth.config import load_config
 from synth.errors import UserError
-from synth.io import atomic_path, make_readable_tempdir, write_json_atomic
+from synth.io import atomic_path, current_umask, write_json_atomic
 from synth.manifest import MANIFEST_COLUMNS, UNCERTAIN_POLICIES, annotated_classes, write_manifest
+from synth.output_folder import remove_stale_temporaries as _remove_stale_temporaries  # one helper for every --out
+from synth.output_folder import replace_dir as _replace_dir
 from synth.prepare_images import cache_images
+from synth.prepare_journal import JOURNAL_FILE, CacheJournal
 from synth.readers import read_labels
 from synth.splits import (
     SplitFractions,
@@ -37,6 +46,7 @@ from synth.splits import (
 )
 from synth.stats import compute_stats, write_stats
 from synth.taxonomy import GroupThresholds
+from synth.writer_lock import writer_lock
 
 #: ``--split`` values: ``auto`` uses the user's split when there is one, else a patient-level split.
 SPLIT_MODES: tuple[str, ...] = ("auto", "train", "val", "test")
@@ -75,6 +85,7 @@ class PrepareConfig:
         cfg.uncertain = str(cfg.uncertain).strip().lower()
         if cfg.uncertain not in UNCERTAIN_POLICIES:
             raise UserError(f"--uncertain {cfg.uncertain!r}: expected one of {', '.join(UNCERTAIN_POLICIES)}")
+        cfg.thresholds  # noqa: B018 (checks the group cut-offs now, not after the labels are read)
         return cfg
 
     @property
@@ -110,12 +121,29 @@ def prepare_dataset(
         raise TypeError(f"prepare_dataset: give cfg or its fields ({', '.join(settings)}), not both")
     cfg = cfg or PrepareConfig.from_yaml(None, **settings)
     labels, images, out = Path(labels), Path(images), Path(out)
+    with writer_lock(out, "synth prepare"):
+        files = dict(split_files or {})
+        return _prepare_locked(fmt, labels, images, out, cfg, overwrite, progress, files, split_flags)
+
+
+def _prepare_locked(
+    fmt: str,
+    labels: Path,
+    images: Path,
+    out: Path,
+    cfg: PrepareConfig,
+    overwrite: bool,
+    progress: bool,
+    split_files: dict[str, Path],
+    split_flags: Sequence[str],
+) -> Path:
+    """:func:`prepare_dataset` while holding ``out``'s writer lock."""
     _check_out(out, overwrite)
     _remove_stale_temporaries(out)
     if not images.is_dir():
         raise UserError(f"--images {images}: folder not found")
     where = str(labels)
-    df, split_source = _read_with_splits(fmt, labels, images, cfg, dict(split_files or {}))
+    df, split_source = _read_with_splits(fmt, labels, images, cfg, split_files)
     _check_split_flags(split_flags, split_source)
     df["cache_name"] = _cache_names(df, labels)
 
@@ -126,41 +154,68 @@ def prepare_dataset(
         df["split"] = patient_split(df, SplitFractions(val=cfg.val, test=cfg.test), seed=cfg.seed)
     split_report = _check_split(df, split_source, where)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_readable_tempdir(out.parent, f".{out.name}.{os.getpid()}.")
-    try:
-        (tmp / "images").mkdir()
-        failures = cache_images(df, tmp / "images", cfg.size, cfg.workers, progress)
-        if failures:
-            i, err = next(iter(failures.items()))
-            if not cfg.skip_bad_images:
-                raise UserError(
-                    f"cannot read image {df['fpath'][i]}: {err} ({len(failures)} unreadable); "
-                    "replace or remove it, or pass --skip-bad-images"
-                )
-            bad = df.index.isin(list(failures))
-            skipped += [
-                {"dicom_id": df["dicom_id"][i], "fpath": df["source_fpath"][i], "reason": failures[i]}
-                for i in sorted(failures)
-            ]
-            df = df[~bad].reset_index(drop=True)
-            split_report = _check_split(df, split_source, where)
+    work = _work_dir(out)
+    with CacheJournal(work / JOURNAL_FILE) as journal:
+        failures = cache_images(df, work / "images", cfg.size, cfg.workers, progress, journal)
+    if failures:
+        i, err = next(iter(failures.items()))
+        if not cfg.skip_bad_images:
+            raise UserError(
+                f"cannot read image {df['fpath'][i]}: {err} ({len(failures)} unreadable); "
+                "replace or remove it, or pass --skip-bad-images (a rerun keeps the images already cached)"
+            )
+        bad = df.index.isin(list(failures))
+        skipped += [
+            {"dicom_id": df["dicom_id"][i], "fpath": df["source_fpath"][i], "reason": failures[i]}
+            for i in sorted(failures)
+        ]
+        df = df[~bad].reset_index(drop=True)
+        split_report = _check_split(df, split_source, where)
 
-        df["fpath"] = "images/" + df["cache_name"]
-        df = df.drop(columns=["cache_name"])
-        record = {
-            "format": fmt,
-            "labels": str(labels.resolve()),
-            "images": str(images.resolve()),
-            "config": asdict(cfg),
-            "split_files": {s: str(Path(f).resolve()) for s, f in (split_files or {}).items()},
-        }
-        _write_dataset(tmp, df[list(MANIFEST_COLUMNS) + ["source_fpath"]], cfg, skipped, record, split_report)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _keep_only(work, set(df["cache_name"]))
+    df["fpath"] = "images/" + df["cache_name"]
+    df = df.drop(columns=["cache_name"])
+    record = {
+        "format": fmt,
+        "labels": str(labels.resolve()),
+        "images": str(images.resolve()),
+        "config": asdict(cfg),
+        "split_files": {s: str(Path(f).resolve()) for s, f in split_files.items()},
+    }
+    _write_dataset(work, df[list(MANIFEST_COLUMNS) + ["source_fpath"]], cfg, skipped, record, split_report)
+    (work / JOURNAL_FILE).unlink()
+    _replace_dir(work, out)
     return out / "manifest.csv"
+
+
+def _work_dir(out: Path) -> Path:
+    """``.<out>.partial``: the folder being built, kept across an interruption (what a rerun resumes from).
+
+    Hidden temporaries of PNG writes a kill cut short are removed: only renamed, whole files stay.
+    """
+    work = out.parent / f".{out.name}.partial"
+    (work / "images").mkdir(parents=True, exist_ok=True)
+    for folder in (work, work / "images"):
+        os.chmod(folder, 0o777 & ~current_umask())  # the dataset it becomes is readable by the lab
+    with os.scandir(work / "images") as entries:
+        for entry in entries:
+            if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                with suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+    return work
+
+
+def _keep_only(work: Path, names: set[str]) -> None:
+    """Remove what the finished dataset does not list: the images of rows an earlier run had and this one has not
+    (another label file, a now-unreadable source), and an earlier run's ``skipped.csv``."""
+    with os.scandir(work / "images") as entries:
+        for entry in entries:
+            if entry.name not in names:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+    (work / "skipped.csv").unlink(missing_ok=True)
 
 
 def _check_split_flags(split_flags: Sequence[str], split_source: str) -> None:
@@ -285,52 +340,56 @@ def _check_split(df: pd.DataFrame, split_source: str, where: str) -> dict[str, A
     return {"split_source": split_source, "classes_without_positives": no_positives, **warnings}
 
 
-def _remove_stale_temporaries(out: Path) -> None:
-    """Remove ``.<out>.<pid>.*.tmp`` / ``.old`` folders of a ``prepare`` that was killed (its pid is gone).
-
-    Why the pid: a second ``prepare`` writing the same ``--out`` right now must keep its folder.
-    """
-    if not out.parent.is_dir():
-        return
-    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(\d+)\.[^.]+\.(tmp|old)$")
-    for path in out.parent.iterdir():
-        match = pattern.match(path.name)
-        if match and path.is_dir() and not _alive(int(match.group(1))):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+#: What ``synth prepare`` writes into ``--out``: ``--overwrite`` replaces a folder holding nothing else.
+OUTPUT_ENTRIES = frozenset({"manifest.csv", "stats.json", "prepare.json", "skipped.csv", "images"})
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    if not out.exists():
+    """An existing ``out`` is replaced only with ``overwrite`` and only if ``synth prepare`` wrote it.
+
+    Why so strict: ``--overwrite`` deletes the folder, and a mistyped ``--out`` (the raw images, a home folder,
+    another tool's output with a manifest.csv) must never cost the user a byte.
+    """
+    if not out.exists() and not out.is_symlink():
         return
-    if not overwrite:
-        raise UserError(f"--out {out} already exists; pass --overwrite to replace it or choose another --out")
-    if not out.is_dir() or not ((out / "manifest.csv").is_file() or not any(out.iterdir())):
-        # never delete a folder we did not write (e.g. --out pointing at the raw images)
+    foreign = _not_a_prepare_output(out)
+    if foreign:
         raise UserError(
-            f"--out {out} exists and is not a `synth prepare` output (no manifest.csv); choose another --out"
+            f"--out {out} exists and is not a `synth prepare` output ({foreign}); nothing was changed: choose "
+            "another --out"
         )
+    if not overwrite and any(out.iterdir()):
+        raise UserError(f"--out {out} already exists; pass --overwrite to replace it or choose another --out")
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".old", dir=out.parent))
-        os.replace(out, old / out.name)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+def _not_a_prepare_output(out: Path) -> str | None:
+    """Why ``out`` is not a folder this command wrote (None: it is one, or an empty folder)."""
+    if out.is_symlink() or not out.is_dir():
+        return "not a folder"
+    entries = {entry.name for entry in out.iterdir()}
+    if not entries:
+        return None
+    try:
+        marker = json.loads((out / "prepare.json").read_text())
+    except (OSError, ValueError):
+        marker = None
+    if not isinstance(marker, dict) or not {"format", "config", "rows"} <= set(marker):
+        return "no prepare.json of `synth prepare` in it"
+    others = sorted(entries - OUTPUT_ENTRIES)
+    if others:
+        return f"it holds {others[0]!r}, which `synth prepare` did not write"
+    images = out / "images"
+    if images.is_symlink() or (images.exists() and not images.is_dir()):
+        return "its images is not a folder"
+    if images.exists():
+        try:
+            listed = set(pd.read_csv(out / "manifest.csv", usecols=["fpath"], dtype=str)["fpath"])
+        except (OSError, ValueError):
+            return "its manifest.csv is missing or unreadable"
+        stray = sorted(name for name in os.listdir(images) if f"images/{name}" not in listed)
+        if stray:
+            return f"images/{stray[0]} is not an image of its manifest"
+    return None
 
 
 def _cache_names(df: pd.DataFrame, labels: Path) -> pd.Series:

@@ -69,6 +69,11 @@ class FakeStages:
         self.calls: list[str] = []
         self.fail_at: tuple[str, int] | None = None
         self.repeats: dict[str, dict[str, int] | None] = {}  #: arm -> the row_repeats its train_arm call got
+        self.overrides: list[dict] = []  #: the classifier overrides of every train_arm call, in call order
+        self.modes: list[str] = []  #: the synthetic mode of every train_arm call
+        self.generator_seeds: list = []  #: the finetune seed override of every train_generator call
+        self.generate_overrides: list[dict] = []  #: the generate overrides of every generate_images call
+        self.generators: list = []  #: the generators= of every paired call
         for name in (
             "prepare_data",
             "train_generator",
@@ -87,10 +92,12 @@ class FakeStages:
 
     def train_generator(self, cfg, manifest, out):
         self.calls.append("generator")
+        self.generator_seeds.append(cfg.generator.overrides.get("seed"))
         return out
 
     def generate_images(self, cfg, model_dir, out):
         self.calls.append("generate")
+        self.generate_overrides.append(dict(cfg.generate.overrides, n=cfg.generate.n))
         return tiny_manifest(
             out, 6, lambda i: "train", "synthetic", lambda i: {"target_class": "Rib Fracture", "Rib Fracture": 1.0}
         )
@@ -125,11 +132,13 @@ class FakeStages:
             "none": "real_resampled" if row_repeats else "real_only",
             "pretrain_finetune": "synthetic_pretrain",
         }.get(mode, "mix")
-        if mode == "mix":
+        if mode in ("mix", "mix_then_head"):
             arm = "synthetic_unfiltered" if len(train_df) == 46 else "synthetic_filtered"
             arm += "_resampled" if row_repeats else ""
         self.calls.append(f"{arm}/{seed}")
         self.repeats[arm] = row_repeats
+        self.overrides.append(dict(cfg.classifier.overrides))
+        self.modes.append(mode)
         if self.fail_at == (arm, seed):
             raise RuntimeError("simulated crash")
         out.mkdir(parents=True, exist_ok=True)
@@ -147,7 +156,8 @@ class FakeStages:
             "per_class": {c: {"ap": 0.5, "auroc": 0.6, "f1": 0.4, "fnr": 0.3, "n_pos": 3} for c in classes},
         }
 
-    def paired(self, cfg, y, pa, pb, classes, groups, patients):
+    def paired(self, cfg, y, pa, pb, classes, groups, patients, generators=None):
+        self.generators.append(generators)
         return {
             g: {"diff": 0.01, "ci": [-0.01, 0.03], "p": 0.4, "run_diffs": [0.01] * len(pa)}
             for g in ("overall", "head", "medium", "tail")

@@ -262,7 +262,7 @@ def test_disk_full_message_promises_a_resume_only_where_a_rerun_resumes():
     assert "resume" not in restarts.output and "starts over" in restarts.output
     assert "rerun to resume" in resumes.output
     assert getattr(generate_command, "resumes_on_rerun", False)
-    assert not getattr(prepare, "resumes_on_rerun", False)
+    assert getattr(prepare, "resumes_on_rerun", False)  # resumable since issue 38: a rerun keeps the cached images
     assert isinstance(app, typer.Typer)
 
 

@@ -22,6 +22,7 @@ BENCH_MAX_LINES = 1500
 #: The part of ``synth`` that ``classifier`` may use: data model, IO, process state and small utilities.
 #: Everything else (generator, inference, filtering, ablation, commands, phantom, ...) sits above it.
 SYNTH_CORE = (
+    "synth.cache_checksum",
     "synth.config",
     "synth.config_errors",
     "synth.csv_files",
@@ -31,6 +32,8 @@ SYNTH_CORE = (
     "synth.image_datasets",
     "synth.io",
     "synth.manifest",
+    "synth.model_files",
+    "synth.output_folder",
     "synth.progress",
     "synth.provenance",
     "synth.taxonomy",

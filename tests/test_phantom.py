@@ -296,3 +296,132 @@ def _sheet_seed(cls: str, example: int) -> int:
     from synth.phantom.dataset import _seed
 
     return _seed(0, 7, CXR_LT_CLASSES.index(cls), example)
+
+
+# ---------------------------------------------------------------- acquisition sites (issue 38)
+
+#: digests of the default site's output taken on the code before sites existed: the default must not move
+_DEFAULT_IMAGES_SHA = "2226944903c800b725cb3a5c2ef0b65904225564dcfeac4163e3094926410cb9"
+_DEFAULT_DATASET_SHA = "5f4ad2ff9c54f9506cfe3196330ea3936bc952c1627c1e7bd4e60aedaa7e759e"
+
+
+def _default_images_sha() -> str:
+    h = hashlib.sha256()
+    cases = [(0, [], None), (1, ["Pleural Effusion", "Support Devices"], None), (7, ["Nodule"], "AP")]
+    for seed, labels, view in cases + [(11, ["Cardiomegaly", "Rib Fracture"], "PA")]:
+        h.update(render_image(labels, seed, 64, view).tobytes())
+    return h.hexdigest()
+
+
+def _dataset_sha(folder: Path) -> str:
+    """Every file's bytes, but phantom.json without its package version (which moves with releases)."""
+    h = hashlib.sha256()
+    for name, digest in _digest(folder).items():
+        if name == "phantom.json":
+            meta = json.loads((folder / name).read_text())
+            meta.pop("version")
+            digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+        h.update(f"{name}:{digest}\n".encode())
+    return h.hexdigest()
+
+
+def test_default_site_is_byte_identical_to_the_renderer_before_sites(tmp_path):
+    render_dataset(30, 32, 3, tmp_path / "a", workers=1)
+    assert (_default_images_sha(), _dataset_sha(tmp_path / "a")) == (_DEFAULT_IMAGES_SHA, _DEFAULT_DATASET_SHA)
+
+
+def test_site_b_renders_the_same_findings_where_site_a_draws_them():
+    """Same seed and view: the same labels, regions and parameters (the oracle's ground truth), other pixels."""
+    for seed, labels in [(1, ["Pleural Effusion", "Support Devices"]), (5, ["Nodule", "Rib Fracture"]), (9, [])]:
+        a = render_with_regions(labels, seed, 64, "PA")
+        b = render_with_regions(labels, seed, 64, "PA", site="b")
+        assert a.labels == b.labels and a.params == b.params and a.regions.keys() == b.regions.keys()
+        for c in a.regions:
+            assert np.array_equal(a.regions[c], b.regions[c]), c
+        assert not np.array_equal(a.image, b.image)
+        assert a.acquisition == {} and set(b.acquisition) == {"collimation", "marker"}
+
+
+@pytest.mark.parametrize("cls", [c for c in CXR_LT_CLASSES if c != "Normal"])
+def test_site_b_keeps_every_finding_visible_in_its_region(cls):
+    """The shifted acquisition must not erase a label: the with/without change is there and in its region."""
+    for seed in range(2):
+        with_ = render_with_regions([cls], seed, 48, site="B")
+        without = render_with_regions([], seed, 48, site="B")
+        changed = np.abs(with_.image.astype(int) - without.image.astype(int)) > 3
+        region = np.zeros_like(changed)
+        for mask in with_.regions.values():
+            region |= mask
+        assert changed.sum() >= 3, f"{cls} seed {seed}: invisible at site B ({changed.sum()} px changed)"
+        inside = (changed & _dilate(region, 3)).sum() / changed.sum()  # three blur passes spread an edge further
+        assert inside >= 0.85, f"{cls} seed {seed}: only {inside:.0%} of the change inside its region at site B"
+
+
+def _high_frequency(images: np.ndarray) -> float:
+    """Mean |pixel - mean of its 4 neighbours|: detector noise (and sharpness) in grey levels."""
+    x = images.astype(np.float64)
+    mid = x[:, 1:-1, 1:-1]
+    neighbours = (x[:, :-2, 1:-1] + x[:, 2:, 1:-1] + x[:, 1:-1, :-2] + x[:, 1:-1, 2:]) / 4
+    return float(np.abs(mid - neighbours).mean())
+
+
+def test_a_site_b_cohort_differs_in_intensity_statistics_and_keeps_its_ground_truth(tmp_path):
+    from PIL import Image
+
+    from synth.phantom.sites import SITES
+
+    a = render_dataset(120, 48, 0, tmp_path / "a", workers=1)
+    b = render_dataset(120, 48, 0, tmp_path / "b", workers=1, site="B")
+    pixels = {}
+    for name, labels in (("a", a), ("b", b)):
+        df = pd.read_csv(labels, dtype={"subject_id": str, "study_id": str})
+        pixels[name] = np.stack([np.asarray(Image.open(labels.parent / f)) for f in df["fpath"]])
+        truth = [json.loads(line) for line in (labels.parent / "truth.jsonl").read_text().splitlines()]
+        # no label noise asked for: every CSV row is exactly what was drawn
+        assert [tuple(c for c in CXR_LT_CLASSES if row[c]) for _, row in df.iterrows()] == [
+            tuple(t["labels"]) for t in truth
+        ]
+        pixels[name + "_views"] = df["ViewPosition"].eq("AP").mean()
+        pixels[name + "_ids"] = (set(df["dicom_id"]), set(df["subject_id"]))
+    assert pixels["a"].mean() - pixels["b"].mean() > 15  # under-exposed
+    assert _high_frequency(pixels["b"]) > 1.3 * _high_frequency(pixels["a"])  # noisier detector
+    assert pixels["b_views"] > pixels["a_views"] + 0.15  # the portable service images AP
+    assert not pixels["a_ids"][0] & pixels["b_ids"][0] and not pixels["a_ids"][1] & pixels["b_ids"][1]
+    meta_a = json.loads((a.parent / "phantom.json").read_text())
+    meta_b = json.loads((b.parent / "phantom.json").read_text())
+    assert "site" not in meta_a["arguments"] and meta_b["arguments"]["site"] == "B"
+    assert meta_b["site"]["blur_passes"] == 3
+    prevalence_a = label_set_table().prevalence()
+    prevalence_b = label_set_table(SITES["B"].reshape).prevalence()
+    assert prevalence_b["Normal"] < prevalence_a["Normal"] - 0.08  # a sicker population
+    # the same site and arguments again: reused; site A's arguments at B's folder: refused
+    assert render_dataset(120, 48, 0, tmp_path / "b", site="B") == b
+    with pytest.raises(UserError, match="already exists"):
+        render_dataset(120, 48, 0, tmp_path / "b")
+
+
+def test_cli_site_option(tmp_path):
+    result = CliRunner().invoke(
+        app, ["phantom", "--out", str(tmp_path / "x"), "--n", "10", "--size", "32", "--site", "C", "--no-progress"]
+    )
+    assert result.exit_code == 2 and "--site 'C'" in result.output and "A, B" in result.output, result.output
+    assert not (tmp_path / "x").exists()
+    result = CliRunner().invoke(
+        app,
+        [
+            "phantom",
+            "--out",
+            str(tmp_path / "y"),
+            "--n",
+            "10",
+            "--size",
+            "32",
+            "--site",
+            "b",
+            "--workers",
+            "1",
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "y" / "phantom.json").read_text())["arguments"]["site"] == "B"

@@ -266,9 +266,10 @@ def test_defect8_disk_full_is_one_error_line_and_leaves_nothing(cxrlt, tmp_path,
     monkeypatch.setattr(synth.prepare, "write_manifest", full)
     out = tmp_path / "out"
     _assert_one_os_error_line(
-        invoke(*_prepare_args(csv, images, out)), "No space left on device", "manifest.csv", "free disk space"
+        invoke(*_prepare_args(csv, images, out)), "No space left on device", "manifest.csv", "rerun to resume"
     )
-    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+    # no dataset; the cached images wait in .out.partial, and the rerun resumes from them (issue 38)
+    assert not out.exists() and [p.name for p in tmp_path.glob(".out.*")] == [".out.partial"]
 
 
 def test_defect8_permission_and_not_a_folder_errors_are_one_line(cxrlt, tmp_path, monkeypatch):

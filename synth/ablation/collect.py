@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from synth.ablation import stages
-from synth.ablation.arms import ARMS, BASELINE, RESAMPLED_BASELINE, Arm, SyntheticSet
+from synth.ablation.arms import BASELINE, RESAMPLED_BASELINE, Arm, SyntheticSet
 from synth.ablation.config import AblationConfig
 from synth.ablation.harm import judge_harm, paired_per_class
 from synth.manifest import image_paths, label_matrix, read_manifest
@@ -46,8 +46,8 @@ def build_results(
     y_test = label_matrix(test, classes)
     patients = test["subject_id"].astype(str).to_numpy()
     arms = []
-    for name in cfg.arms:
-        arms.append(_arm_entry(cfg, ARMS[name], y_test, probs, classes, groups, patients, rows, resampling))
+    for arm in cfg.run_arms:
+        arms.append(_arm_entry(cfg, arm, y_test, probs, classes, groups, patients, rows, resampling))
     generated = (
         sorted(set(synthetic[SyntheticSet.UNFILTERED]["target_class"])) if SyntheticSet.UNFILTERED in synthetic else []
     )
@@ -74,6 +74,7 @@ def build_results(
             "max_head_drop": cfg.target.max_head_drop,
             "arm": cfg.target.arm,
         },
+        "generators": generator_scope(cfg),
         "provenance": stages.provenance(cfg),
     }
     if filter_dir is not None:
@@ -102,11 +103,15 @@ def _arm_entry(
     for seed in cfg.seeds:
         if rows is not None and (name, seed) in rows:
             seeds[str(seed)]["train_rows"] = rows[name, seed]
-    arm_entry: dict[str, Any] = {"name": name, "label": arm.label, "seeds": seeds}
+    arm_entry: dict[str, Any] = {"name": name, "label": arm.label, "short": arm.short, "seeds": seeds}
+    arm_entry["synthetic"] = arm.synthetic.value if arm.synthetic else None
+    if arm.base:
+        arm_entry["variant"] = {"arm": arm.base, "classifier": dict(arm.classifier), "generate": dict(arm.generate)}
+    generators = run_generators(cfg, arm)
     if name != BASELINE:
         base = [probs[BASELINE, s] for s in cfg.seeds]
         mine = [probs[name, s] for s in cfg.seeds]
-        pooled = stages.paired(cfg, y_test, base, mine, classes, groups, patients)
+        pooled = stages.paired(cfg, y_test, base, mine, classes, groups, patients, generators=generators)
         for i, seed in enumerate(cfg.seeds):  # each seed's own difference; the interval is the pooled one
             seeds[str(seed)]["paired"] = {g: {"diff": row["run_diffs"][i]} for g, row in pooled.items()}
         arm_entry["paired_over_seeds"] = {
@@ -116,13 +121,29 @@ def _arm_entry(
         arm_entry["per_class_paired"] = per_class
         arm_entry["harmed"], arm_entry["harm_not_judged"] = judge_harm(per_class)
         if arm.uses_synthetic and RESAMPLED_BASELINE in cfg.arms:
-            vs = stages.paired(
-                cfg, y_test, [probs[RESAMPLED_BASELINE, s] for s in cfg.seeds], mine, classes, groups, patients
-            )
+            resampled = [probs[RESAMPLED_BASELINE, s] for s in cfg.seeds]
+            vs = stages.paired(cfg, y_test, resampled, mine, classes, groups, patients, generators=generators)
             arm_entry["paired_vs_resampled"] = {g: {k: v for k, v in row.items()} for g, row in vs.items()}
     if arm.resample and resampling is not None:
         arm_entry["resampling"] = resampling.summary()
     return arm_entry
+
+
+def run_generators(cfg: AblationConfig, arm: Arm) -> list[int] | None:
+    """The generator each seed of ``arm`` trained on, when that is a source of variance (K >= 2 and synthetic)."""
+    if not arm.uses_synthetic or cfg.n_generators < 2:
+        return None
+    return [cfg.generator_of(i) for i in range(len(cfg.seeds))]
+
+
+def generator_scope(cfg: AblationConfig) -> dict[str, Any]:
+    """What the synthetic arms' intervals cover: results.json's record for the report's sentence about it."""
+    return {
+        "k": cfg.n_generators,
+        "seeds": list(cfg.generator.seeds),
+        "assignment": {str(s): cfg.generator_of(i) for i, s in enumerate(cfg.seeds)} if cfg.generator.seeds else {},
+        "interval": "rubin" if cfg.n_generators > 1 else "within_generator",
+    }
 
 
 def export_grid_samples(

@@ -112,10 +112,108 @@ def check_stage_configs(cfg: AblationConfig) -> None:
         checks.append(("oracle", cfg.oracle.config, oracle))
     checks.append(("classifier", cfg.classifier.config, classifier))
     for stage, path, load in checks:
-        label = f"{where}: {stage} stage" + (f" ({path})" if path else "") + " with its overrides"
-        try:
-            load()
-        except UserError as err:
-            raise UserError(f"{label}: {err}") from None
-        except (TypeError, ValueError) as err:  # a value of the wrong type a loader did not check itself
-            raise UserError(f"{label}: {err}; fix that value's type in the YAML or the overrides") from None
+        _check(f"{where}: {stage} stage" + (f" ({path})" if path else "") + " with its overrides", load)
+    check_stage_values(cfg)
+
+
+def check_stage_values(cfg: AblationConfig) -> None:
+    """The ablation's own values that feed a stage, checked by that stage's own rules before any work.
+
+    Why: ``data.size``, the phantom counts and seeds, ``data.val``/``data.test`` and which classes the data can
+    generate were first checked by the stage that used them, after the shared stages had run. Each check here is
+    the stage's own (``synth phantom``'s, ``synth prepare``'s, ``synth generate``'s), so the rules are not copied.
+    """
+    from synth.phantom.dataset import check_render_args
+    from synth.prepare import PrepareConfig
+    from synth.splits import SplitFractions
+
+    where, d, ev, o = cfg.source_path or "config", cfg.data, cfg.evaluation, cfg.oracle
+    if d.source != "manifest":
+        _check(
+            f"{where}: data.size / data.split_seed / data.val / data.test (synth prepare's --size / --seed / --val / "
+            "--test)",
+            lambda: (
+                PrepareConfig.from_yaml(None, size=d.size, seed=d.split_seed, val=d.val, test=d.test),
+                SplitFractions(d.val, d.test),
+            ),
+        )
+    renders: list[tuple[str, int, int, dict[str, Any]]] = []
+    if d.source == "phantom":  # the held-out set and the oracle need data.source phantom (validate() says so)
+        renders.append(("data.phantom_n / data.size / data.phantom_seed", d.phantom_n, d.phantom_seed, {}))
+        if ev.heldout_phantom_n:
+            keys = "evaluation.heldout_phantom_n / heldout_phantom_seed"
+            renders.append((keys, ev.heldout_phantom_n, ev.heldout_phantom_seed, {}))
+        if cfg.needs_synthetic and o.config:
+            extra = {"balanced": True, "per_class": o.per_class}
+            renders.append(("oracle.phantom_n / per_class / phantom_seed", o.phantom_n, o.phantom_seed, extra))
+    for keys, n, seed, extra in renders:
+        _check(
+            f"{where}: {keys} (synth phantom's --n / --size / --seed)",
+            lambda: check_render_args(n, d.size, seed, **extra),  # noqa: B023 (called at once)
+        )
+    if cfg.needs_synthetic:
+        check_generate_classes(cfg)
+
+
+def _annotated_by_format(fmt: str | None) -> tuple[str, ...] | None:
+    """The classes a ``data.format`` annotates where fewer than the 40 CXR-LT ones (the rest stay empty, so a
+    generator trained on it cannot draw them); None = all of them."""
+    from synth.readers import NIH_TO_CXRLT
+
+    return tuple(NIH_TO_CXRLT.values()) if fmt == "nih" else None
+
+
+def check_generate_classes(cfg: AblationConfig) -> None:
+    """``generate.classes`` against the data the generator will learn from, as ``synth generate`` checks them.
+
+    A named class the data does not annotate (or, for a prepared manifest, has no train positive of) cannot be
+    drawn: ``synth generate`` refused it only after the generator had trained. A prepared manifest is read now, so
+    the generate stage's own rules run on it (groups resolved on the train split, ``n: auto`` counts).
+    """
+    from synth.inference.planning import validate_class_names
+    from synth.taxonomy import GROUPS
+
+    where = cfg.source_path or "config"
+    named = [c for c in validate_class_names(cfg.generate.classes) if c not in GROUPS]
+    annotated = _annotated_by_format(cfg.data.format) if cfg.data.source == "prepare" else None
+    missing = [c for c in named if annotated is not None and c not in annotated]
+    if missing:
+        raise UserError(
+            f"{where}: generate.classes {missing}: not annotated by data.format {cfg.data.format} data, so no "
+            f"image can be generated for them; choose from {', '.join(annotated)}"
+        )
+    if cfg.data.source == "manifest":
+        _check(f"{where}: generate.classes / generate.n on data.manifest {cfg.data.manifest}", lambda: _plan(cfg))
+
+
+def _plan(cfg: AblationConfig) -> None:
+    """The generate stage's targets and counts on the prepared manifest: every target samplable, some image made."""
+    import warnings
+
+    from synth.ablation.stages import mixing_counts
+    from synth.cooccurrence import TrainingLabels
+    from synth.inference import resolve_targets
+    from synth.manifest import read_manifest
+
+    real = read_manifest(cfg.data.manifest)
+    labels = TrainingLabels(real[real["source"] == "real"], source="its train split")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a group's classes without positives are skipped, as generate does
+        for target in resolve_targets(cfg.generate.classes, labels):
+            labels.sampler(target)
+    if not any(mixing_counts(cfg, real).values()):
+        raise UserError(
+            "no image would be generated (every class already has target_count train positives); raise "
+            "generate.overrides.target_count or give generate.n a number"
+        )
+
+
+def _check(label: str, check: Any) -> None:
+    """Run one stage's check; its UserError (or a wrong type it did not check itself) becomes one line after
+    ``label``."""
+    try:
+        check()
+    except UserError as err:
+        raise UserError(f"{label}: {err}") from None
+    except (TypeError, ValueError) as err:  # a value of the wrong type a loader did not check itself
+        raise UserError(f"{label}: {err}; fix that value's type in the YAML or the overrides") from None

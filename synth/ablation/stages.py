@@ -343,19 +343,32 @@ def paired(
     classes: list[str],
     groups: dict[str, str],
     patients: np.ndarray,
+    generators: list[int] | None = None,
 ) -> dict[str, Any]:
     """Arm minus baseline per group, averaged over runs (one per seed, same seed order), one paired patient bootstrap.
 
     ``run_diffs`` keeps each run's own point difference (the seed spread), so no per-seed bootstrap is needed.
+    ``generators`` (the generator of each run, K >= 2): the interval and p are Rubin's rules over the generators
+    (between-generator variance included), the bootstrap-only interval kept as ``ci_within``.
     """
     metrics = import_stage_module("classifier.metrics", "classifier")
     pb = metrics.paired_bootstrap_runs(
-        y_true, probs_base, probs_arm, classes, groups, patients, cfg.evaluation.n_boot, cfg.evaluation.bootstrap_seed
+        y_true,
+        probs_base,
+        probs_arm,
+        classes,
+        groups,
+        patients,
+        cfg.evaluation.n_boot,
+        cfg.evaluation.bootstrap_seed,
+        generators=generators,
     )
     out = {}
     for g in ("overall", "head", "medium", "tail"):
         row = pb[f"{g}_map" if g != "overall" else "map"]
         out[g] = {"diff": row["diff"], "ci": list(row["ci"]), "p": row.get("p"), "run_diffs": list(row["run_diffs"])}
+        if "ci_within" in row:
+            out[g].update(ci_within=list(row["ci_within"]), generators=row["generators"])
     return out
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from synth.commands.options import (
@@ -21,6 +20,8 @@ from synth.commands.options import (
     with_config_flags,
 )
 from synth.config import command_overrides
+from synth.console import rich_console
+from synth.errors import resumable
 from synth.taxonomy import CXR_LT_CLASSES, HIERARCHY, ZERO_SHOT_CLASSES
 
 
@@ -34,7 +35,7 @@ def classes() -> None:
         table.add_row(c, "train", HIERARCHY.get(c, ""))
     for c in ZERO_SHOT_CLASSES:
         table.add_row(c, "zero-shot", "")
-    Console().print(table)
+    rich_console().print(table)
 
 
 Format = option(
@@ -76,10 +77,13 @@ PREPARE_FLAGS = {
     "skip_bad_images": ConfigFlag(
         bool, "Leave out missing/unreadable images (listed in skipped.csv) instead of failing."
     ),
-    "workers": ConfigFlag(Optional[int], "Decode processes; 0 = one per CPU core. [default: 0]"),
+    "workers": ConfigFlag(
+        Optional[int], "Decode processes; 0 = one per CPU core (max 16); output does not depend on it. [default: 0]"
+    ),
 }
 
 
+@resumable  # an interrupted run's cached images are kept in .<out>.partial and reused
 @with_config_flags(PREPARE_FLAGS)
 def prepare(
     *,  # keyword-only: the options keep their --help order, required ones included
@@ -89,7 +93,7 @@ def prepare(
     test_labels: TestLabels = None,
     images: Images,
     out: out_option("Output folder, e.g. outputs/data/NAME: manifest.csv, stats.json, images/."),
-    overwrite: overwrite_option("Replace an existing --out dataset.") = False,
+    overwrite: overwrite_option("Replace an existing --out dataset (only one synth prepare wrote).") = False,
     config: config_option("YAML of defaults (configs/data/prepare.yaml); flags override.") = None,
     sets: set_option("head_threshold=0.2") = None,
     no_progress: NoProgress = False,
@@ -130,7 +134,7 @@ def _summary(stats: dict, manifest: Path) -> None:
             str(stats["patients"][split]),
             *(str(per_group[g]) for g in ("head", "medium", "tail")),
         )
-    console = Console()
+    console = rich_console()
     console.print(table)
     counts = stats["group_counts"]
     tail = sorted(c for c, g in groups.items() if g == "tail")
@@ -141,7 +145,7 @@ def _summary(stats: dict, manifest: Path) -> None:
     )
     empty = [c for c in stats["classes"] if stats["positives"]["all"][c] == 0]
     if empty:
-        console.print(f"[yellow]warning: annotated but no positive image: {', '.join(empty)}[/yellow]")
+        console.print(f"warning: annotated but no positive image: {', '.join(empty)}", style="yellow")
     provenance = manifest.parent / "prepare.json"
     if provenance.is_file():
         info = json.loads(provenance.read_text())
@@ -155,15 +159,16 @@ def _summary(stats: dict, manifest: Path) -> None:
             }.get(source, f"as given ({source})")
         )
         if info.get("empty_splits"):
-            console.print(f"[yellow]warning: the given split has no {' / '.join(info['empty_splits'])} rows[/yellow]")
+            console.print(f"warning: the given split has no {' / '.join(info['empty_splits'])} rows", style="yellow")
         if info.get("classes_without_train_positives"):
             console.print(
-                f"[yellow]warning: positive outside train only (a model cannot learn them from this split): "
-                f"{', '.join(info['classes_without_train_positives'])}[/yellow]"
+                "warning: positive outside train only (a model cannot learn them from this split): "
+                f"{', '.join(info['classes_without_train_positives'])}",
+                style="yellow",
             )
     skipped = manifest.parent / "skipped.csv"
     if skipped.exists():
-        console.print(f"[yellow]skipped images listed in {skipped}[/yellow]")
+        console.print(f"skipped images listed in {skipped}", style="yellow")
     console.print(f"manifest: {manifest}")
 
 

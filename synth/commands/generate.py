@@ -110,9 +110,9 @@ def _quiet_library_logs() -> None:
 
 
 def _summary(manifest: Path) -> None:
-    from rich.console import Console
     from rich.table import Table
 
+    from synth.console import rich_console
     from synth.distributed import process_state
     from synth.manifest import read_manifest
 
@@ -129,7 +129,7 @@ def _summary(manifest: Path) -> None:
     )
     for target, rows in df.groupby("target_class", sort=False):
         table.add_row(str(target), str(len(rows)), str(rows["prompt"].nunique()))
-    Console(stderr=True).print(table)
+    rich_console(stderr=True).print(table)
 
 
 def register(app: typer.Typer) -> None:

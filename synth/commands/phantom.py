@@ -17,6 +17,12 @@ LabelNoise = option(
     "--label-noise",
     "Report-mining-like label noise: each positive missed / a spurious label added with this probability.",
 )
+Site = option(
+    str,
+    "--site",
+    "Acquisition site: A (default: fixed-room PA department) | B (portable/ICU: more AP, under-exposed, noisier, "
+    "blurrier, collimated, burned-in markers, sicker population); see synth/phantom/sites.py.",
+)
 ContactSheet = option(
     bool, "--contact-sheet", "Also write contact_sheets/<class>.png (with / without / difference) and all.png."
 )
@@ -31,6 +37,7 @@ def phantom(
     per_class: PerClass = None,
     label_noise: LabelNoise = 0.0,
     contact_sheet: ContactSheet = False,
+    site: Site = "A",
     workers: workers_option(
         "Render processes; 0 = one per CPU core. Output does not depend on it. [default: 0]"
     ) = None,
@@ -39,10 +46,11 @@ def phantom(
 ) -> None:
     """Render the phantom CXR-LT benchmark (procedural radiographs, PadChest label sets, known ground truth)."""
     import json
+    import shlex
 
-    from rich.console import Console
     from rich.table import Table
 
+    from synth.console import rich_console
     from synth.phantom.dataset import META_FILE, render_dataset
     from synth.taxonomy import CXR_LT_CLASSES
 
@@ -60,6 +68,7 @@ def phantom(
         workers=workers,
         progress=not no_progress,
         overwrite=overwrite,
+        site=site,
     )
     meta = json.loads((labels.parent / META_FILE).read_text())
     groups = meta["groups"]
@@ -77,10 +86,11 @@ def phantom(
         str(counts["tail"]),
         f"{rarest[0]} ({rarest[1]})",
     )
-    console = Console()
+    console = rich_console()
     console.print(table)
     console.print(
-        f"labels: {labels}  (next: synth prepare --format cxrlt --labels {labels} --images {labels.parent} --out ...)"
+        f"labels: {labels}  (next: synth prepare --format cxrlt --labels {shlex.quote(str(labels))} --images "
+        f"{shlex.quote(str(labels.parent))} --out ...)"
     )
 
 

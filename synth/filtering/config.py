@@ -47,6 +47,8 @@ class VerifierConfig:
                 raise UserError(f"verifier {name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise UserError(f"verifier max_steps must be >= 1 or null, got {self.max_steps}")
+        if self.lr <= 0:
+            raise UserError(f"verifier lr must be > 0, got {self.lr}")
         return self
 
 
@@ -117,6 +119,22 @@ class FilterConfig:
             )
         if self.min_fid_images < 2:
             raise UserError(f"min_fid_images must be >= 2, got {self.min_fid_images}")
+        if self.max_fid_images < self.min_fid_images:
+            raise UserError(
+                f"max_fid_images must be >= min_fid_images ({self.min_fid_images}), got {self.max_fid_images}"
+            )
+        for name in (
+            "kid_subset_size",
+            "kid_subsets",
+            "bootstrap",
+            "outlier_knn",
+            "outlier_reference_max",
+            "nearcopy_pixel_size",
+            "nearcopy_calibration_images",
+            "batch_size",
+        ):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("outlier_percentile", "nearcopy_copy_quantile", "nearcopy_distinct_quantile"):
             if not 0.0 < getattr(self, name) <= 100.0:
                 raise UserError(f"{name} is a percentile in (0, 100], got {getattr(self, name)}")

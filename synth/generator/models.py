@@ -78,7 +78,10 @@ def load_pretrained(path: str | Path) -> Components:
     import transformers
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
+    from synth.diffusion import check_pipeline_files
+
     path = check_pretrained_folder(path)
+    check_pipeline_files(path, "give --pretrained_model_name_or_path an intact diffusers folder (or restore it)")
     index = json.loads((path / "model_index.json").read_text())
     library, class_name = index.get("text_encoder", ["transformers", "AutoModel"])
     text_cls = (
@@ -176,6 +179,9 @@ def load_vae(path: str | Path):
             f"--vae_model_path {path}: no trained VAE there (config.json missing); run the vae stage first (--stage "
             "vae)"
         )
+    from synth.model_files import check_folder_files
+
+    check_folder_files(path, "give --vae_model_path an intact VAE folder, or delete it to train the vae stage again")
     return AutoencoderKL.from_pretrained(path, local_files_only=True, **diffusers_dtype(__import__("torch").float32))
 
 

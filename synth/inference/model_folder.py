@@ -6,13 +6,13 @@ resolution; the fingerprint hashes the UNet weights so every manifest row says w
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from synth.diffusion import META_NAME
+from synth.diffusion import META_NAME, REEXPORT, check_pipeline_files
 from synth.errors import UserError
 from synth.hashing import Hasher, file_digest
+from synth.model_files import read_json_object
 from synth.prompts import PromptTemplates
 
 
@@ -37,8 +37,9 @@ def load_generator_info(
             f"--model {model_dir}: not a diffusers pipeline folder (no model_index.json); "
             "pass the folder written by `synth finetune`"
         )
+    check_pipeline_files(model_dir)
     meta_path = model_dir / META_NAME
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = read_json_object(meta_path, REEXPORT) if meta_path.exists() else {}
     manifest = train_manifest or meta.get("train_manifest")
     if not manifest:
         raise UserError(f"--model {model_dir}: no {META_NAME} naming its training manifest; pass --train-manifest")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from synth.diffusion import diffusers_dtype
+from synth.errors import UserError
 from synth.inference.config import SCHEDULERS
 from synth.inference.model_folder import GeneratorInfo
 from synth.inference.planning import ImageJob
@@ -56,10 +57,16 @@ def load_pipeline(
     # a dtype always, fp32 too: transformers >= 5 otherwise loads the text encoder in its saved dtype
     # (a bf16-saved pipeline gave a bf16 text encoder beside an fp32 UNet); diffusers keeps its fp32-only modules right
     cast = diffusers_dtype(dtype)
-    with _quiet_loading():
-        pipe = StableDiffusionPipeline.from_pretrained(
-            model_dir, local_files_only=True, safety_checker=None, requires_safety_checker=False, **cast
-        )
+    from synth.diffusion import REEXPORT
+    from synth.model_files import first_line
+
+    try:
+        with _quiet_loading():
+            pipe = StableDiffusionPipeline.from_pretrained(
+                model_dir, local_files_only=True, safety_checker=None, requires_safety_checker=False, **cast
+            )
+    except (OSError, ValueError, KeyError, RuntimeError) as err:  # a file the pre-check cannot read (.bin weights)
+        raise UserError(f"--model {model_dir}: diffusers cannot load it ({first_line(err)}); {REEXPORT}") from None
     class_name, overrides = SCHEDULERS[scheduler]
     pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **overrides)
     pipe = pipe.to(device)

@@ -20,8 +20,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from synth.phantom.sites import Site
 
 F32 = np.float32
 
@@ -145,11 +149,15 @@ class Anatomy:
         a.dome_l = a.dome_r + float(np.clip(n(0.06, 0.02), 0.0, 0.12))
         return a
 
-    def with_study(self, rng: np.random.Generator, view: str | None) -> "Anatomy":
-        """A copy with this study's view, positioning, inspiration and exposure."""
+    def with_study(self, rng: np.random.Generator, view: str | None, site: "Site | None" = None) -> "Anatomy":
+        """A copy with this study's view, positioning, inspiration and exposure, drawn from ``site``'s ranges
+        (default: site A, :mod:`synth.phantom.sites`); every site draws the same numbers in the same order."""
         from dataclasses import replace
 
-        view = view or ("AP" if rng.random() < 0.3 else "PA")
+        from synth.phantom.sites import SITES
+
+        s = site or SITES["A"]
+        view = view or ("AP" if rng.random() < s.ap_fraction else "PA")
         ap = view == "AP"
         insp = float(np.clip(rng.normal(0.93 if ap else 1.0, 0.04), 0.82, 1.08))
         a = replace(
@@ -159,11 +167,11 @@ class Anatomy:
             shift_u=float(rng.normal(0.0, 0.02)),
             shift_v=float(rng.normal(0.0, 0.02)),
             inspiration=insp,
-            exposure=float(rng.uniform(2.1, 2.9)),
-            gamma=float(rng.uniform(0.85, 1.2)),
-            window_lo=float(rng.uniform(0.0, 0.06)),
-            window_hi=float(rng.uniform(0.88, 0.97)),
-            noise=float(rng.uniform(0.008, 0.025)),
+            exposure=float(rng.uniform(*s.exposure)),
+            gamma=float(rng.uniform(*s.gamma)),
+            window_lo=float(rng.uniform(*s.window_lo)),
+            window_hi=float(rng.uniform(*s.window_hi)),
+            noise=float(rng.uniform(*s.noise)),
             air=float(rng.normal(0.42, 0.02)),
             extras={},
         )

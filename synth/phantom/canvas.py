@@ -247,7 +247,8 @@ class Canvas:
         return out
 
     # ---- compose ------------------------------------------------------------------
-    def compose(self, noise_rng: np.random.Generator) -> np.ndarray:
+    def compose(self, noise_rng: np.random.Generator, blur_passes: int = 1) -> np.ndarray:
+        """The radiograph: exposure curve, ``blur_passes`` of unsharpness, window and gamma, detector noise."""
         a = self.A
         open_air = self.lung_air * (1.0 - np.clip(self.fill, 0.0, 1.0))
         d = (
@@ -262,9 +263,9 @@ class Canvas:
         )
         d = np.maximum(d, 0.0)
         img = 1.0 - np.exp(-a.exposure * d)
-        # radiographic unsharpness: separable [1 2 1]/4 blur
-        img[1:-1, :] = 0.25 * img[:-2, :] + 0.5 * img[1:-1, :] + 0.25 * img[2:, :]
-        img[:, 1:-1] = 0.25 * img[:, :-2] + 0.5 * img[:, 1:-1] + 0.25 * img[:, 2:]
+        for _ in range(blur_passes):  # radiographic unsharpness: separable [1 2 1]/4 blur
+            img[1:-1, :] = 0.25 * img[:-2, :] + 0.5 * img[1:-1, :] + 0.25 * img[2:, :]
+            img[:, 1:-1] = 0.25 * img[:, :-2] + 0.5 * img[:, 1:-1] + 0.25 * img[:, 2:]
         img = np.clip((img - a.window_lo) / (a.window_hi - a.window_lo), 0.0, 1.0) ** a.gamma
         img = img + a.noise * noise_rng.standard_normal(img.shape, dtype=F32)
         return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)

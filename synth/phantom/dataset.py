@@ -6,7 +6,7 @@ Layout of ``out``::
                       fpath relative to this folder -> `synth prepare --format cxrlt --images out`
     images/*.png      8-bit grey
     truth.jsonl       per image: true (noise-free) labels, view, and per finding its bounding box + render params
-    phantom.json      arguments, seed, version, per-class counts and groups
+    phantom.json      arguments, seed, version, per-class counts and groups (and the site, if not A)
     contact_sheets/   (--contact-sheet) one PNG per class: with / without / |difference|, and all.png
 
 Determinism: every image's seeds derive from (seed, index) and (seed, patient),
@@ -14,6 +14,11 @@ label sets are drawn in the parent process, so the output is byte-identical
 for any number of workers. The folder is built under a temporary name and
 renamed into place: a crash never leaves a half-written dataset that a later
 stage would trust.
+
+``site`` (:mod:`synth.phantom.sites`) renders the same findings through another acquisition (an external test
+cohort with an oracle); the default site A writes exactly what it wrote before sites existed. Another site's
+images, patients and studies carry its letter (``phb…``, ``B10000000``) and their seeds derive from
+``(seed, site)``, so its patients are never site A's.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import json
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -30,8 +35,10 @@ import numpy as np
 
 from synth.errors import UserError
 from synth.io import make_readable_tempdir, write_json_atomic, write_text_atomic
+from synth.output_folder import PHANTOM, owned_output, writing_folder
 from synth.phantom.labels import RESHAPE, add_label_noise, label_matrix, sample_balanced_label_sets, sample_label_sets
 from synth.phantom.render import RENDERER_VERSION, render_with_regions
+from synth.phantom.sites import Site, get_site
 from synth.taxonomy import CXR_LT_CLASSES, META_COLUMNS, class_slug, frequency_groups
 
 LABELS_FILE = "labels.csv"
@@ -50,6 +57,7 @@ class _Job:
     names: tuple[str, ...]
     size: int
     folder: str
+    site: str = "A"
 
 
 def _seed(*key: int) -> int:
@@ -68,22 +76,33 @@ def _render_chunk(job: _Job) -> list[dict]:
 
     rows = []
     for labels, s, ps, name in zip(job.labels, job.image_seeds, job.patient_seeds, job.names):
-        r = render_with_regions(labels, s, job.size, patient_seed=ps)
+        r = render_with_regions(labels, s, job.size, patient_seed=ps, site=job.site)
         Image.fromarray(r.image).save(os.path.join(job.folder, "images", f"{name}.png"), format="PNG")
-        rows.append(
-            {
-                "dicom_id": name,
-                "view": r.view,
-                "labels": list(r.labels),
-                "seed": s,
-                "patient_seed": ps,
-                "findings": {c: {"bbox": _bbox(r.regions[c]), "params": r.params.get(c, {})} for c in r.labels},
-            }
-        )
+        row = {
+            "dicom_id": name,
+            "view": r.view,
+            "labels": list(r.labels),
+            "seed": s,
+            "patient_seed": ps,
+            "findings": {c: {"bbox": _bbox(r.regions[c]), "params": r.params.get(c, {})} for c in r.labels},
+        }
+        if r.acquisition:
+            row["acquisition"] = r.acquisition
+        rows.append(row)
     return rows
 
 
-def _check(n: int, size: int, seed: int, per_class: int | None, label_noise: float, workers: int | None) -> None:
+def check_render_args(
+    n: int,
+    size: int,
+    seed: int,
+    per_class: int | None = None,
+    label_noise: float = 0.0,
+    workers: int | None = None,
+    balanced: bool = False,
+) -> None:
+    """:func:`render_dataset`'s arguments, checked before anything is rendered; also called by the ablation's
+    preflight for every phantom set it will render, so a bad size or count fails before the first stage."""
     if n < 1:
         raise UserError(f"--n {n}: the number of images must be at least 1")
     if not 16 <= size <= 1024:
@@ -96,6 +115,12 @@ def _check(n: int, size: int, seed: int, per_class: int | None, label_noise: flo
         raise UserError(f"--label-noise {label_noise}: must be in [0, 1)")
     if workers is not None and workers < 0:
         raise UserError(f"--workers {workers}: must be >= 0 (0 = one per CPU core)")
+    if balanced and (per_class if per_class is not None else n // len(CXR_LT_CLASSES)) < 1:
+        raise UserError(
+            f"--n {n} is too small for --balanced: needs at least {len(CXR_LT_CLASSES)} images (one per class)"
+        )
+    if per_class is not None and not balanced:
+        raise UserError("--per-class only applies with --balanced")
 
 
 def _patients(n: int, seed: int) -> np.ndarray:
@@ -118,13 +143,15 @@ def render_dataset(
     workers: int | None = None,
     progress: bool = False,
     overwrite: bool = False,
+    site: str | Site = "A",
 ) -> Path:
-    """Render ``n`` phantom images into ``out``; returns the path of ``labels.csv``.
+    """Render ``n`` phantom images into ``out`` as acquired at ``site``; returns the path of ``labels.csv``.
 
     An existing ``out`` made with the same arguments is reused (returned as is);
     one made with other arguments is an error unless ``overwrite``.
     """
-    _check(n, size, seed, per_class, label_noise, workers)
+    check_render_args(n, size, seed, per_class, label_noise, workers, balanced)
+    acquisition = get_site(site)
     out = Path(out)
     args = {
         "n": n,
@@ -135,19 +162,21 @@ def render_dataset(
         "label_noise": label_noise,
         "renderer": RENDERER_VERSION,
     }
-    if out.exists() and _reused(out, args, overwrite, contact_sheet, size, seed):
+    if not acquisition.is_default:  # the default's arguments (its reuse key) stay as they were
+        args["site"] = acquisition.name
+    if _reused(out, args, overwrite, contact_sheet, size, seed, acquisition):
         return out / LABELS_FILE
-    true_sets = _true_label_sets(n, seed, balanced, per_class)
-    noisy = add_label_noise(true_sets, label_noise, seed)
+    root = seed if acquisition.is_default else _seed(seed, 900, acquisition.seed_key)
+    true_sets = _true_label_sets(n, root, balanced, per_class, acquisition)
+    noisy = add_label_noise(true_sets, label_noise, root)
 
-    patient = _patients(n, seed)
-    names = tuple(f"ph{seed:04d}{i:07d}" for i in range(n))
-    image_seeds = tuple(_seed(seed, 6, i) for i in range(n))
-    patient_seeds = tuple(_seed(seed, 5, int(p)) for p in patient)
+    patient = _patients(n, root)
+    prefix = "ph" if acquisition.is_default else f"ph{acquisition.name.lower()}"
+    names = tuple(f"{prefix}{seed:04d}{i:07d}" for i in range(n))
+    image_seeds = tuple(_seed(root, 6, i) for i in range(n))
+    patient_seeds = tuple(_seed(root, 5, int(p)) for p in patient)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_readable_tempdir(out.parent, f".{out.name}.")
-    try:
+    with writing_folder(out, PHANTOM) as tmp:
         (tmp / "images").mkdir()
         chunk = max(16, min(256, n // (4 * max(1, workers or os.cpu_count() or 1)) or 16))
         jobs = [
@@ -159,39 +188,37 @@ def render_dataset(
                 names[a : a + chunk],
                 size,
                 str(tmp),
+                acquisition.name,
             )
             for a in range(0, n, chunk)
         ]
         truth = _run_jobs(jobs, workers, progress, n)
-        _write_labels(tmp / LABELS_FILE, names, patient, truth, noisy, seed)
+        _write_labels(tmp / LABELS_FILE, names, patient, truth, noisy, acquisition)
         write_text_atomic(
             tmp / TRUTH_FILE, "".join(json.dumps(r, default=_jsonable, sort_keys=True) + "\n" for r in truth)
         )
-        write_json_atomic(tmp / META_FILE, _metadata(args, n, patient, truth, true_sets, noisy))
+        write_json_atomic(tmp / META_FILE, _metadata(args, n, patient, truth, true_sets, noisy, acquisition))
         if contact_sheet:
-            write_contact_sheets(tmp / "contact_sheets", size, seed)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            write_contact_sheets(tmp / "contact_sheets", size, seed, site=acquisition)
     return out / LABELS_FILE
 
 
-def _reused(out: Path, args: dict, overwrite: bool, contact_sheet: bool, size: int, seed: int) -> bool:
+def _reused(out: Path, args: dict, overwrite: bool, contact_sheet: bool, size: int, seed: int, site: Site) -> bool:
     """Whether the existing ``out`` is this very dataset (contact sheets added if now asked for).
 
-    Another dataset there is an error unless ``overwrite`` (then False: it is rendered anew).
+    Another phantom dataset there is an error unless ``overwrite`` (then False: it is rendered anew); a folder that
+    is not a phantom dataset (or holds other files too) is an error whatever the flag (:mod:`synth.output_folder`).
     """
+    if not owned_output(out, PHANTOM, replacing=False):
+        return False
     meta = out / META_FILE
-    if meta.exists() and (out / LABELS_FILE).exists():
+    if (out / LABELS_FILE).exists():
         old = json.loads(meta.read_text()).get("arguments")
         if old == args:
             if contact_sheet and not (out / "contact_sheets").exists():
                 tmp = make_readable_tempdir(out, ".contact_sheets.")
                 try:
-                    write_contact_sheets(tmp, size, seed)
+                    write_contact_sheets(tmp, size, seed, site=site)
                     os.replace(tmp, out / "contact_sheets")
                 except BaseException:
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -199,31 +226,28 @@ def _reused(out: Path, args: dict, overwrite: bool, contact_sheet: bool, size: i
             return True
     if not overwrite:
         raise UserError(
-            f"--out {out} already exists (made with other arguments, another renderer version, or not a phantom "
-            "dataset); "
-            "choose a new folder or pass --overwrite"
+            f"--out {out} already exists (a phantom dataset made with other arguments or another renderer "
+            "version); pass --overwrite to replace it or choose a new folder"
         )
+    owned_output(out, PHANTOM)  # to be replaced: holding nothing it did not write (checked before rendering)
     return False
 
 
-def _true_label_sets(n: int, seed: int, balanced: bool, per_class: int | None) -> list[tuple[str, ...]]:
-    """The images' true label sets: PadChest-like prevalence, or ``balanced`` (``per_class`` images per class)."""
+def _true_label_sets(n: int, seed: int, balanced: bool, per_class: int | None, site: Site) -> list[tuple[str, ...]]:
+    """The images' true label sets: the site's PadChest-like prevalence, or ``balanced`` (``per_class`` images per
+    class)."""
     if balanced:
         k = per_class if per_class is not None else n // len(CXR_LT_CLASSES)
-        if k < 1:
-            raise UserError(
-                f"--n {n} is too small for --balanced: needs at least {len(CXR_LT_CLASSES)} images (one per class)"
-            )
-        return sample_balanced_label_sets(n, k, seed)
-    if per_class is not None:
-        raise UserError("--per-class only applies with --balanced")
-    return sample_label_sets(n, seed)
+        return sample_balanced_label_sets(n, k, seed, site.reshape)
+    return sample_label_sets(n, seed, site.reshape)
 
 
-def _metadata(args: dict, n: int, patient: np.ndarray, truth: list[dict], true_sets, noisy) -> dict:
-    """``phantom.json``: the arguments (the reuse key), counts, positives (noisy and true), groups and views."""
+def _metadata(args: dict, n: int, patient: np.ndarray, truth: list[dict], true_sets, noisy, site: Site) -> dict:
+    """``phantom.json``: the arguments (the reuse key), counts, positives (noisy and true), groups and views; for a
+    site other than A also its acquisition settings."""
     y_true, y = label_matrix(true_sets), label_matrix(noisy)
     prevalence = dict(zip(CXR_LT_CLASSES, y.mean(0).tolist()))
+    extra = {} if site.is_default else {"site": asdict(site)}
     return {
         "arguments": args,
         "version": _version(),
@@ -237,6 +261,7 @@ def _metadata(args: dict, n: int, patient: np.ndarray, truth: list[dict], true_s
         "positives_true": dict(zip(CXR_LT_CLASSES, y_true.sum(0).tolist())),
         "groups": frequency_groups(prevalence),
         "views": {v: sum(r["view"] == v for r in truth) for v in ("PA", "AP")},
+        **extra,
     }
 
 
@@ -285,15 +310,16 @@ def _progress(enabled: bool):
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
 
 
-def _write_labels(path: Path, names, patient, truth, noisy, seed: int) -> None:
+def _write_labels(path: Path, names, patient, truth, noisy, site: Site) -> None:
     import pandas as pd
 
+    mark = "" if site.is_default else site.name  # another site's patients and studies are never site A's
     y = label_matrix(noisy)
     df = pd.DataFrame(
         {
             "dicom_id": list(names),
-            "subject_id": [str(10_000_000 + int(p)) for p in patient],
-            "study_id": [str(50_000_000 + i) for i in range(len(names))],
+            "subject_id": [f"{mark}{10_000_000 + int(p)}" for p in patient],
+            "study_id": [f"{mark}{50_000_000 + i}" for i in range(len(names))],
             "ViewPosition": [r["view"] for r in truth],
             "fpath": [f"images/{nm}.png" for nm in names],
         }
@@ -325,7 +351,9 @@ def _version() -> str:
         return __version__
 
 
-def write_contact_sheets(folder: str | os.PathLike, size: int, seed: int, examples: int = 6) -> Path:
+def write_contact_sheets(
+    folder: str | os.PathLike, size: int, seed: int, examples: int = 6, site: str | Site = "A"
+) -> Path:
     """Per class: row 1 the class alone on ``examples`` patients, row 2 the same patients without it,
     row 3 |difference| x4 (where the signature is); plus ``all.png`` with one labelled tile per class."""
     from PIL import Image, ImageDraw
@@ -337,8 +365,8 @@ def write_contact_sheets(folder: str | os.PathLike, size: int, seed: int, exampl
         rows = [[], [], []]
         for e in range(examples):
             s = _seed(seed, 7, ci, e)
-            with_ = render_with_regions([c], s, size).image
-            without = render_with_regions([], s, size).image if c != "Normal" else with_
+            with_ = render_with_regions([c], s, size, site=site).image
+            without = render_with_regions([], s, size, site=site).image if c != "Normal" else with_
             rows[0].append(with_)
             rows[1].append(without)
             rows[2].append(

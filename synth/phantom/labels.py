@@ -167,15 +167,16 @@ def label_set_table(reshape: Reshape | None = RESHAPE) -> LabelSetTable:
     return LabelSetTable(sets=sets, probs=f, reshape=reshape)
 
 
-def sample_label_sets(n: int, seed: int) -> list[tuple[str, ...]]:
-    """``n`` label sets drawn i.i.d. from the table; deterministic in (n, seed)."""
-    table = label_set_table()
+def sample_label_sets(n: int, seed: int, reshape: Reshape = RESHAPE) -> list[tuple[str, ...]]:
+    """``n`` label sets drawn i.i.d. from the table (reshaped to ``reshape``'s prevalence, e.g. a phantom site's);
+    deterministic in (n, seed, reshape)."""
+    table = label_set_table(reshape)
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(int(seed), spawn_key=(101,))))
     idx = rng.choice(len(table.sets), size=int(n), p=table.probs)
     return [table.sets[i] for i in idx]
 
 
-def sample_balanced_label_sets(n: int, per_class: int, seed: int) -> list[tuple[str, ...]]:
+def sample_balanced_label_sets(n: int, per_class: int, seed: int, reshape: Reshape = RESHAPE) -> list[tuple[str, ...]]:
     """``n`` sets where image ``i`` targets class ``i mod 40`` (a set that contains it, drawn by frequency).
 
     Each class is thus present in at least ``n // 40 >= per_class`` images
@@ -186,7 +187,7 @@ def sample_balanced_label_sets(n: int, per_class: int, seed: int) -> list[tuple[
             f"--n {n} is too small for --balanced --per-class {per_class}: needs at least "
             f"{per_class * len(CXR_LT_CLASSES)} (40 classes x {per_class}); raise --n or lower --per-class"
         )
-    table = label_set_table()
+    table = label_set_table(reshape)
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(int(seed), spawn_key=(102,))))
     by_class = []
     for c in CXR_LT_CLASSES:

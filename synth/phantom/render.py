@@ -7,6 +7,10 @@ function of its inputs and one finding never perturbs another:
 * study    <- (seed, 1)             view, positioning, inspiration, exposure
 * finding  <- (seed, 2, class idx)  one stream per class
 * noise    <- (seed, 3)
+* site     <- (seed, 4)             collimation and burned-in markers (sites other than A only)
+
+``site`` (:mod:`synth.phantom.sites`) is the acquisition chain; the default, A, draws exactly what the
+renderer drew before sites existed.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from synth.errors import UserError
 from synth.phantom.anatomy import Anatomy
 from synth.phantom.canvas import Canvas
 from synth.phantom.findings import REGISTRY
+from synth.phantom.sites import Site, get_site
 from synth.taxonomy import CXR_LT_CLASSES, expand_parents, resolve_class
 
 VIEWS = ("PA", "AP")
@@ -46,6 +51,7 @@ class Rendered:
     params: dict[str, dict] = field(default_factory=dict)  #: class -> ground-truth render parameters
     view: str = "PA"
     labels: tuple[str, ...] = ()
+    acquisition: dict = field(default_factory=dict)  #: what a non-default site did after the detector
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
@@ -65,9 +71,16 @@ def canonical_labels(findings: Iterable[str]) -> tuple[str, ...]:
 
 
 def render_with_regions(
-    findings: Iterable[str], seed: int, size: int = 128, view: str | None = None, *, patient_seed: int | None = None
+    findings: Iterable[str],
+    seed: int,
+    size: int = 128,
+    view: str | None = None,
+    *,
+    patient_seed: int | None = None,
+    site: str | Site = "A",
 ) -> Rendered:
-    """Render and return the image with each finding's region mask and parameters."""
+    """Render and return the image with each finding's region mask and parameters, acquired at ``site``."""
+    acquisition = get_site(site)
     if size < 16:
         raise UserError(f"size {size}: the phantom needs at least 16 px")
     if view is not None and view not in VIEWS:
@@ -75,7 +88,7 @@ def render_with_regions(
     labels = canonical_labels(findings)
     present = frozenset(labels)
     patient = Anatomy.sample_patient(_rng(seed if patient_seed is None else patient_seed, 0))
-    anatomy = patient.with_study(_rng(seed, 1), view)
+    anatomy = patient.with_study(_rng(seed, 1), view, acquisition)
     rngs = {c: _rng(seed, 2, _INDEX[c]) for c in labels}
     params: dict[str, dict] = {}
     for c in labels:
@@ -88,10 +101,15 @@ def render_with_regions(
         region, p = REGISTRY[c].draw(canvas, rngs[c], present)
         regions[c] = region
         params[c] = {**params.get(c, {}), **p}
-    image = canvas.compose(_rng(seed, 3))
-    return Rendered(image, regions, params, anatomy.view, labels)
+    image = canvas.compose(_rng(seed, 3), acquisition.blur_passes)
+    done: dict = {}
+    if not acquisition.is_default:
+        image, done = acquisition.finish(image, _rng(seed, 4))
+    return Rendered(image, regions, params, anatomy.view, labels, done)
 
 
-def render_image(findings: Iterable[str], seed: int, size: int = 128, view: str | None = None) -> np.ndarray:
-    """One phantom radiograph (uint8, size x size), deterministic in (findings, seed, size, view)."""
-    return render_with_regions(findings, seed, size, view).image
+def render_image(
+    findings: Iterable[str], seed: int, size: int = 128, view: str | None = None, site: str | Site = "A"
+) -> np.ndarray:
+    """One phantom radiograph (uint8, size x size), deterministic in (findings, seed, size, view, site)."""
+    return render_with_regions(findings, seed, size, view, site=site).image

@@ -16,10 +16,13 @@ Why not Accelerate's own conveniences:
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
+
+from synth.errors import writer_errors
 
 #: File-name pattern of the objects ``register_for_checkpointing`` pickles into a checkpoint folder.
 CUSTOM_STATE_GLOB = "custom_checkpoint_*.pkl"
@@ -41,11 +44,13 @@ def save_state_atomically(
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     tmp.mkdir(parents=True, exist_ok=True)
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    with _partial_removed_on_disk_error(tmp, accelerator.is_main_process):
+        accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if write_own is not None:
-            write_own(tmp)
+            with _partial_removed_on_disk_error(tmp, True):
+                write_own(tmp)
         old = final.with_name(final.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():
@@ -54,6 +59,19 @@ def save_state_atomically(
         shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+@contextlib.contextmanager
+def _partial_removed_on_disk_error(tmp: Path, is_main: bool) -> Iterator[None]:
+    """A full disk is one error line (:func:`synth.errors.writer_errors`: an OSError, not safetensors' or
+    torch.save's own error), and the half-written temp folder goes, so the space the user frees is not eaten by it."""
+    try:
+        with writer_errors(tmp):
+            yield
+    except OSError:
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def prune_oldest(folders_oldest_first: Iterable[Path], keep: int | None) -> list[Path]:
@@ -72,14 +90,44 @@ def pickled_custom_state(folder: Path) -> list[str]:
     return sorted(p.name for p in Path(folder).glob(CUSTOM_STATE_GLOB))
 
 
-def load_state(accelerator, folder: Path, read_own: Callable[[Path], None] | None = None) -> None:
+def load_state(
+    accelerator, folder: Path, read_own: Callable[[Path], None] | None = None, fix: str | None = None
+) -> None:
     """Resume: ``accelerator.load_state(folder)`` (model, optimiser, RNG), then ``read_own(folder)``.
 
-    Nothing is registered for checkpointing, so Accelerate unpickles no ``custom_checkpoint_*.pkl`` here.
+    Nothing is registered for checkpointing, so Accelerate unpickles no ``custom_checkpoint_*.pkl`` here. A folder
+    whose files are truncated or corrupt (a copy cut short, a full disk) is one ``UserError`` naming it, with ``fix``
+    (how the caller's command starts over), instead of a traceback from whichever reader met the damage first.
     """
-    accelerator.load_state(str(folder))
-    if read_own is not None:
-        read_own(Path(folder))
+    import json
+    import pickle
+
+    from safetensors import SafetensorError
+
+    from synth.errors import UserError
+    from synth.model_files import first_line
+
+    try:
+        accelerator.load_state(str(folder))
+        if read_own is not None:
+            read_own(Path(folder))
+    except UserError:
+        raise
+    except (
+        SafetensorError,
+        RuntimeError,
+        EOFError,
+        pickle.UnpicklingError,
+        json.JSONDecodeError,
+        UnicodeDecodeError,
+        KeyError,
+        ValueError,
+        FileNotFoundError,
+    ) as err:
+        raise UserError(
+            f"checkpoint {folder} cannot be resumed, a file in it is truncated or corrupt "
+            f"({type(err).__name__}: {first_line(err, 120)}); {fix or 'delete it to start over'}"
+        ) from None
 
 
 def save_ema_shadow(path: Path, ema) -> None:

@@ -14,6 +14,8 @@ def arm_label(arm: dict[str, Any]) -> str:
 
 
 def arm_short(arm: dict[str, Any]) -> str:
+    if arm.get("short"):
+        return arm["short"]
     return ARMS[arm["name"]].short if arm["name"] in ARMS else arm["name"]
 
 

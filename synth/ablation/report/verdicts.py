@@ -57,10 +57,10 @@ def headline(results: dict[str, Any]) -> list[str]:
             few = arm.get("harm_not_judged") or []
             line += f"; {len(few)} class(es) with < 5 test positives not judged." if few else "."
         lines.append(line)
-    for extra in (_tail_evidence(results), _fidelity_summary(results)):
+    for extra in (_tail_evidence(results), _fidelity_summary(results), interval_scope(results)):
         if extra:
             lines.append(extra)
-    check, arm = target_check(results), ARM_LABELS.get(target_arm(results), target_arm(results))
+    check, arm = target_check(results), _label_of(results, target_arm(results))
     if check is None and results.get("target"):
         lines.append(f"Target: not checked — its arm ({arm}) did not run (target.arm in the config, or --arms).")
     if check is not None:
@@ -75,6 +75,30 @@ def headline(results: dict[str, Any]) -> list[str]:
             f"{'MET' if check.met else 'NOT MET'}."
         )
     return lines
+
+
+def _label_of(results: dict[str, Any], name: str) -> str:
+    """An arm's report label: its own (a variant's is in results.json), else the registered one."""
+    entry = next((a for a in results["arms"] if a["name"] == name), None)
+    return arm_label(entry) if entry else ARM_LABELS.get(name, name)
+
+
+def interval_scope(results: dict[str, Any]) -> str | None:
+    """Which randomness the synthetic arms' intervals include, in words (none: no synthetic arm ran)."""
+    if not any(a.get("synthetic", a["name"].startswith("synthetic")) for a in results["arms"]):
+        return None
+    scope = results.get("generators") or {}
+    k = int(scope.get("k", 1))
+    if k > 1:
+        return (
+            f"Intervals of the synthetic arms include the generator's own randomness: {k} generators "
+            f"(finetune seeds {', '.join(map(str, scope.get('seeds', [])))}), combined with the patient and "
+            "classifier-seed bootstrap by Rubin's rules (T = W + (1 + 1/K)·B)."
+        )
+    return (
+        "Intervals of the synthetic arms cover test patients and classifier seeds for ONE trained generator: they "
+        "leave the generator's own randomness out (set generator.seeds to two or more seeds to include it)."
+    )
 
 
 def _verdict_against(results: dict[str, Any], vs_stronger: bool) -> str | None:
