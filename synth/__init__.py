@@ -2,9 +2,10 @@
 
 The layers, bottom to top (each imports only the ones below it; ``tests/test_layout.py`` checks the rules):
 
-* **core** -- ``taxonomy``, ``manifest``, ``csv_files``, ``errors``, ``io``, ``hashing``, ``config``,
-  ``distributed``, ``training``, ``image_datasets``, ``progress``, ``provenance``: the data model, atomic IO, the
-  one hashing helper, the config loader and the training toolkit. The ``classifier`` package uses only these.
+* **core** -- ``taxonomy``, ``manifest``, ``csv_files``, ``errors``, ``io``, ``hashing``, ``cache_checksum``,
+  ``model_files``, ``output_folder``, ``config``, ``distributed``, ``training``, ``image_datasets``, ``progress``,
+  ``provenance``: the data model, atomic IO and output folders, the one hashing helper, checked model files, the
+  config loader and the training toolkit. The ``classifier`` package uses only these.
 * **shared helpers** -- ``readers``, ``splits``, ``stats``, ``prompts``, ``cooccurrence``, ``text_encoder`` and
   ``diffusion`` (the one diffusers-pipeline module).
 * **stages** -- ``phantom``, ``prepare``, ``generator`` (training the diffusion model) and ``inference``

@@ -22,6 +22,7 @@ from synth.ablation.config import stage_key
 from synth.cooccurrence import derive_seed
 from synth.generator.latent_cache import cache_key as latent_cache_key
 from synth.generator.latent_cache import vae_fingerprint
+from synth.hashing import hex_hash
 from synth.inference.model_folder import META_NAME, model_fingerprint
 
 
@@ -72,9 +73,24 @@ def test_generator_fingerprint_is_pinned(tmp_path):
     assert model_fingerprint(tmp_path) == "0889380d374ae4fe"
 
 
+def test_cache_checksums_are_pinned():
+    """The sidecar checksums already beside users' caches (16-byte BLAKE2b per chunk) and the prepare journal's
+    sha256 of each cached PNG: a changed digest would flag every existing cache as damaged."""
+    from synth.cache_checksum import ChunkHasher
+
+    hasher = ChunkHasher(chunk_bytes=4)
+    hasher.update(b"abcdefghij")
+    assert hasher.digests() == [
+        "d2c8e95841ccbc0c3cb3edc9201a6981",
+        "4c76b89fbabc3899fdb60611d9d82f5a",
+        "6498b402e7022d8cde0ad9901f066249",
+    ]
+    assert hex_hash(b"png bytes", algorithm="sha256") == (
+        "d013614dc14a37ee20fe92005737ab7d3427e7e93580ad56ef8a42205e7f7a4e"
+    )
+
+
 @pytest.mark.parametrize("bad", ["md5", "sha1"])
 def test_unknown_algorithm_is_refused(bad):
-    from synth.hashing import hex_hash
-
     with pytest.raises(ValueError, match="algorithm"):
         hex_hash(b"x", algorithm=bad, hex_chars=16)
