@@ -147,7 +147,7 @@ def generated_set_card(out_dir: Path, settings: dict[str, Any], manifest: Path) 
         "generated-set",
         f"Synthetic chest X-rays: {len(df)} images of {len(counts)} class(es)",
         summary="Images drawn by `synth generate`; `manifest.csv` holds each image's labels, prompt and seed, "
-        "so `synth.generate.regenerate` re-renders any one of them.",
+        "so `synth.inference.regenerate` re-renders any one of them.",
         config=settings,
         data={"manifest": _fingerprint(manifest)},
         measured=[f"- {cls}: {n} images" for cls, n in counts.items()],

@@ -63,7 +63,7 @@ def scratch_run(tiny_data, tmp_path_factory) -> Path:
 def test_scratch_run_writes_a_generate_ready_pipeline(scratch_run, tiny_data):
     from diffusers import DiffusionPipeline
 
-    from synth.generate import load_generator_info
+    from synth.inference import load_generator_info
 
     out = scratch_run
     assert len(_losses(out)) == 6

@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from synth.generator.checkpoints import META_NAME
-from synth.inference.pipeline import assemble_pipeline
+from synth.diffusion import META_NAME, assemble_pipeline
 from synth.io import write_json_atomic
 from synth.model_card import generator_card
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import pandas as pd
 
 from synth.cooccurrence import TrainingLabels
+from synth.diffusion import precision_dtype
 from synth.errors import UserError
 from synth.inference.config import GenerateConfig
 from synth.inference.model_folder import load_generator_info
@@ -22,7 +23,6 @@ from synth.inference.pipeline import (
     PromptEmbeddings,
     load_pipeline,
     pipeline_resolution,
-    precision_dtype,
     render,
     speed_up_cuda,
 )
