@@ -89,7 +89,8 @@ def write_card(
     return folder / CARD_NAME
 
 
-def _fingerprint(path: str | Path | None) -> str:
+def file_fingerprint(path: str | Path | None) -> str:
+    """A card's line for one input file: its path and content hash (or that it is gone)."""
     from synth.provenance import data_fingerprint
 
     if path is None or not Path(path).is_file():
@@ -111,7 +112,7 @@ def generator_card(out: Path, meta: dict[str, Any]) -> Path:
         summary="A diffusers pipeline: load it with `DiffusionPipeline.from_pretrained(folder)`; generate with "
         "`synth generate --model FOLDER`.",
         config=meta,
-        data={"training manifest": _fingerprint(meta.get("train_manifest"))},
+        data={"training manifest": file_fingerprint(meta.get("train_manifest"))},
         measured=measured,
         grid=str(grids[-1].relative_to(out)) if grids else None,
     )
@@ -149,7 +150,7 @@ def generated_set_card(out_dir: Path, settings: dict[str, Any], manifest: Path) 
         summary="Images drawn by `synth generate`; `manifest.csv` holds each image's labels, prompt and seed, "
         "so `synth.inference.regenerate` re-renders any one of them.",
         config=settings,
-        data={"manifest": _fingerprint(manifest)},
+        data={"manifest": file_fingerprint(manifest)},
         measured=[f"- {cls}: {n} images" for cls, n in counts.items()],
         grid=sample_grid(out_dir, df.groupby("target_class").head(2)["fpath"]),
     )
@@ -178,24 +179,4 @@ def filter_card(out_dir: Path, synth: Any, summary: dict[str, Any]) -> Path:
         data={"judged rows (dicom_id|fpath sha256)": data_fingerprint(synth), "verifier": summary.get("verifier")},
         measured=measured,
         grid=sample_grid(out_dir, fpaths),
-    )
-
-
-def ablation_card(cfg: Any, results: dict[str, Any]) -> Path:
-    """An ablation's report folder: the config, each arm's mAP and paired Δs (the results store's table), a grid."""
-    from synth.ablation.store import run_rows
-    from synth.ablation.store_docs import render_block
-
-    folder = Path(cfg.report_dir)
-    grids = results.get("grids") or {}
-    images = [p for entry in grids.values() for p in (entry.get("kept") or [])[:2]]
-    return write_card(
-        folder,
-        "ablation",
-        f"Ablation `{results['name']}`: does synthetic tail data help?",
-        summary="`report.html` is the report; `results.json` holds every number, `synth report` re-renders it.",
-        config=cfg.to_dict(),
-        data={"dataset": json.dumps(results.get("dataset")), "results": _fingerprint(folder / "results.json")},
-        measured=[render_block(run_rows(results), "results.json")],
-        grid=sample_grid(folder, images),
     )

@@ -84,10 +84,9 @@ def data_fingerprint(data: "str | os.PathLike | Any") -> str:
 
     A model card quotes it so two folders can be checked for having seen the same data without the data at hand.
     """
-    import hashlib
+    from synth.hashing import file_digest, hex_hash
 
     if isinstance(data, (str, os.PathLike)):
-        with open(data, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+        return file_digest(data).hex()[:16]
     rows = data["dicom_id"].astype(str) + "|" + data["fpath"].astype(str)
-    return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
+    return hex_hash("\n".join(rows), algorithm="sha256", hex_chars=16)

@@ -32,6 +32,7 @@ SYNTH_CORE = (
     "synth.image_datasets",
     "synth.io",
     "synth.manifest",
+    "synth.model_card",
     "synth.model_files",
     "synth.output_folder",
     "synth.progress",

@@ -28,7 +28,7 @@ def test_classifier_ensemble_folder_carries_its_card(tmp_path: Path):
 
 
 def test_generated_set_folder_carries_its_card_with_a_grid(tmp_path: Path):
-    from synth import generate as gen
+    from synth import inference as gen
 
     model = build_tiny_pipeline(tmp_path / "tiny")
     manifest = gen.generate(model, ["rib fracture"], 3, tmp_path / "gen", seed=0, steps=2, progress=False)

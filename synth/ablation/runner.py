@@ -31,7 +31,6 @@ the main process writes markers, probabilities, results and the report.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ import pandas as pd
 
 from synth.ablation import stages, store
 from synth.ablation.arms import Arm, SyntheticSet
+from synth.ablation.card import ablation_card
 from synth.ablation.collect import ExternalScores, build_results
 from synth.ablation.config import AblationConfig
 from synth.ablation.preflight import check_paths
@@ -49,9 +49,9 @@ from synth.ablation.report import render_report
 from synth.ablation.results import RESULTS_FILE
 from synth.ablation.steps import DONE, Source, Step, arm_step, plan, source_of, sources
 from synth.errors import UserError
+from synth.hashing import file_digest
 from synth.io import atomic_path, write_json_atomic
 from synth.manifest import annotated_classes, concat_manifests, read_manifest
-from synth.model_card import ablation_card
 
 
 def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) -> Path:
@@ -273,7 +273,7 @@ def _read_external_sets(cfg: AblationConfig) -> list[ExternalScores]:
             )
         rows = concat_manifests([real], path.parent)  # absolute image paths: predicted from any working folder
         rows.attrs["absent_classes"] = df.attrs.get("absent_classes", [])
-        fingerprint = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        fingerprint = file_digest(path).hex()[:12]
         out.append(ExternalScores(ext.name, str(path), fingerprint, rows, {}))
     return out
 

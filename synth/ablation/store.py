@@ -14,7 +14,6 @@ ablation YAML); the repository's own store is ``bench/results/runs.csv``.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Iterable
 
 from synth.ablation.results import GROUPS, group_estimate, paired_estimate, paired_vs_resampled, validate_results
 from synth.errors import UserError
+from synth.hashing import hex_hash
 from synth.io import atomic_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,7 +68,7 @@ def default_store(output_root: str | Path) -> Path:
 
 def _digest(obj: Any) -> str:
     """12 hex of sha256 over canonical JSON: the same config (or run) always gets the same id."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return hex_hash(json.dumps(obj, sort_keys=True, default=str), algorithm="sha256", hex_chars=12)
 
 
 def _cell(value: float | None) -> str:
