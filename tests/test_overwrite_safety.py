@@ -118,7 +118,7 @@ def test_a_marker_that_is_not_ours_does_not_make_the_folder_ours(tmp_path):
     (out / "summary.json").write_text(json.dumps({"total": 3}))
     before = snapshot(out)
     result = run("filter", out, "--overwrite")
-    assert_one_error_line(result, str(out), "not a `synth filter` output")
+    assert_one_error_line(result, str(out), "not a `synth filter` output", "summary.json is not one")
     assert snapshot(out) == before
 
 
