@@ -380,3 +380,23 @@ def test_an_ablation_rerun_reuses_its_phantom_beside_the_heldout_rows_it_wrote(t
     with pytest.raises(UserError, match="mine.txt"):
         render_dataset(4, 32, 1, tmp_path / "phantom", workers=1, overwrite=True)
     assert (labels.parent / "mine.txt").read_text() == "mine"
+
+
+def test_predict_overwrite_replaces_its_own_submission_and_clears_a_killed_runs_cache(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from test_predict import make_ensemble
+
+    model = make_ensemble(tmp_path / "model", sizes=(32,))
+    for i in range(2):
+        (tmp_path / "images").mkdir(exist_ok=True)
+        Image.fromarray(np.full((40, 36), 40 * i, dtype=np.uint8)).save(tmp_path / "images" / f"img{i}.png")
+    out = tmp_path / "sub.csv"
+    args = ("predict", "--model", model, "--images", tmp_path / "images", "--out", out, "--size", "32")
+    assert invoke(*args).exit_code == 0
+    killed = tmp_path / f".sub.csv.{_dead_pid()}.q7w8.tmp"  # what a kill -9 during the decode leaves
+    (killed / "images").mkdir(parents=True)
+    result = invoke(*args, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "model", "sub.csv"]
+    assert out.read_text().startswith("dicom_id,")
