@@ -12,7 +12,6 @@ the first second on a typo'd path rather than after the generator trained.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from synth.ablation.arms import BASELINE, DEFAULT_ARMS, SYNTHETIC_FILTERED, Arm,
 from synth.config import load_config
 from synth.config_errors import UnknownKeyError
 from synth.errors import UserError
+from synth.hashing import hex_hash
 from synth.output_folder import folder_name_problem
 from synth.readers import FORMATS
 
@@ -171,6 +171,8 @@ class AblationConfig:
     #: config-named arms (levers); list a variant's name in ``arms`` to run it
     variants: list[VariantSpec] = field(default_factory=list)
     output_root: str = "outputs"
+    #: the CSV every finished run is recorded in (synth/ablation/store.py); null: <output_root>/results/runs.csv
+    results_store: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     generator: GeneratorStage = field(default_factory=GeneratorStage)
     generate: GenerateStage = field(default_factory=GenerateStage)
@@ -294,8 +296,8 @@ def check_overrides(cfg: AblationConfig, where: str) -> None:
     """
     from classifier.config import EnsembleConfig
     from synth.filtering.config import FilterConfig
-    from synth.generate import GenerateConfig
     from synth.generator.config import FINETUNE_STYLE, FinetuneConfig
+    from synth.inference import GenerateConfig
 
     for section, cls in (
         ("generator", FinetuneConfig),
@@ -448,8 +450,8 @@ def stage_key(*parts: Any) -> str:
             try:
                 return {"file": obj, "content": expand(yaml.safe_load(Path(obj).read_text()))}
             except yaml.YAMLError:  # not ours to judge here: the stage's own loader reports it
-                return {"file": obj, "sha256": hashlib.sha256(Path(obj).read_bytes()).hexdigest()}
+                return {"file": obj, "sha256": hex_hash(Path(obj).read_bytes(), algorithm="sha256")}
         return obj
 
     blob = json.dumps(expand(list(parts)), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return hex_hash(blob, algorithm="sha256", hex_chars=12)

@@ -7,7 +7,6 @@ its manifest's content, the key of the predictions cached beside every trained m
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pandas as pd
 
 from synth.ablation.config import AblationConfig
 from synth.errors import UserError
+from synth.hashing import file_digest
 from synth.manifest import concat_manifests, read_manifest
 
 
@@ -48,7 +48,7 @@ def read_external_sets(cfg: AblationConfig) -> list[ExternalScores]:
             )
         rows = concat_manifests([real], path.parent)  # absolute image paths: predicted from any working folder
         rows.attrs["absent_classes"] = df.attrs.get("absent_classes", [])
-        fingerprint = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        fingerprint = file_digest(path).hex()[:12]
         out.append(ExternalScores(ext.name, str(path), fingerprint, rows, {}))
     return out
 

@@ -82,7 +82,7 @@ def check_stage_configs(cfg: AblationConfig) -> None:
         load_finetune_config(cfg.generator.config, overrides)
 
     def generate() -> None:
-        from synth.generate import GenerateConfig
+        from synth.inference import GenerateConfig
 
         GenerateConfig.from_yaml(cfg.generate.config, n=cfg.generate.n, **cfg.generate.overrides)
 
@@ -198,7 +198,7 @@ def _plan(cfg: AblationConfig) -> None:
 
     from synth.ablation.stages import mixing_counts
     from synth.cooccurrence import TrainingLabels
-    from synth.generate import resolve_targets
+    from synth.inference import resolve_targets
     from synth.manifest import read_manifest
 
     real = read_manifest(cfg.data.manifest)

@@ -39,8 +39,9 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from synth.ablation import stages
+from synth.ablation import stages, store
 from synth.ablation.arms import Arm, SyntheticSet
+from synth.ablation.card import ablation_card
 from synth.ablation.collect import build_results
 from synth.ablation.config import AblationConfig
 from synth.ablation.external import check_external_classes, read_external_sets
@@ -157,7 +158,8 @@ def _write_report(
     results["timings"] = timings
     write_json_atomic(cfg.report_dir / RESULTS_FILE, results)
     render_report(cfg.report_dir)
-    log(f"report written: {cfg.report_dir / 'report.html'}")
+    ablation_card(cfg, results)
+    log(f"report written: {cfg.report_dir / 'report.html'}; run recorded in {store.record_run(cfg, results)}")
 
 
 def _shared_stages(cfg: AblationConfig, steps: dict[str, Step], log: Callable[[str], None], timer: "_Timings"):

@@ -102,7 +102,7 @@ def train_generator(cfg: AblationConfig, manifest: Path, out: Path) -> Path:
 
 
 def generate_images(cfg: AblationConfig, model_dir: Path, out: Path) -> Path:
-    from synth.generate import GenerateConfig, run
+    from synth.inference import GenerateConfig, run
 
     gen = GenerateConfig.from_yaml(cfg.generate.config, n=cfg.generate.n, **cfg.generate.overrides)
     return run(model_dir, cfg.generate.classes, out, gen)
@@ -276,7 +276,7 @@ def mixing_counts(cfg: AblationConfig, real: pd.DataFrame) -> dict[str, int]:
     import warnings
 
     from synth.cooccurrence import TrainingLabels
-    from synth.generate import GenerateConfig, resolve_targets
+    from synth.inference import GenerateConfig, resolve_targets
 
     labels = TrainingLabels(real[real["source"] == "real"], source="the ablation's training split")
     gen = GenerateConfig.from_yaml(cfg.generate.config, n=cfg.generate.n, **cfg.generate.overrides)

@@ -180,7 +180,7 @@ def filter_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]] |
 GATE_MEANING = (
     "A transfer gate pass means the class's set carries class-specific content that ranks real positives above "
     "chance; it does not say how many of its images show the finding (on the phantom, sets the oracle judged 0 % "
-    "faithful passed as readily as faithful ones: bench/bench_gate_variants.py <run> --dose)."
+    "faithful passed as readily as faithful ones: bench/results/gate_dose_response.json)."
 )
 
 
