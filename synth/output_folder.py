@@ -81,8 +81,8 @@ def _submission_csv(path: Path) -> bool:
 PHANTOM = OutputKind(
     "synth phantom",
     "phantom.json",
-    # heldout.csv: the ablation's held-out test rows, written beside the phantom it rendered for them
-    ("phantom.json", "labels.csv", "truth.jsonl", "images", "contact_sheets", "heldout.csv"),
+    # heldout.csv / external.csv: the ablation's held-out and external test rows, beside the phantom it rendered
+    ("phantom.json", "labels.csv", "truth.jsonl", "images", "contact_sheets", "heldout.csv", "external.csv"),
     ("arguments",),
 )
 FILTER = OutputKind(

@@ -114,3 +114,37 @@ def test_an_external_set_must_be_a_test_only_manifest(tmp_path: Path, monkeypatc
     twice = [{"name": "x", "manifest": "a.csv"}, {"name": "x", "manifest": "b.csv"}]
     with pytest.raises(UserError, match=r"external\[0\].name 'x' must be a distinct"):
         load_ablation_config(write_config(tmp_path, evaluation__external=twice))
+
+
+def test_a_rendered_site_b_cohort_is_an_external_set_with_known_truth(tmp_path: Path, monkeypatch):
+    """data.source phantom: ``phantom: {site: B}`` renders new patients through site B's acquisition, test-only,
+    once (a re-run and an added arm reuse it); every arm/seed is scored on it like a prepared set."""
+    real_metrics(monkeypatch)
+    external = [{"name": "site-b", "phantom": {"site": "B", "n": 30, "seed": 11}}]
+    cfg = load_ablation_config(write_config(tmp_path, arms=ARMS, evaluation__external=external))
+    report_dir = run_ablation(cfg, log=lambda m: None)
+    folder = {s.name: s.folder for s in plan(cfg)}["external:site-b"]
+    rows = read_manifest(folder / "phantom" / "external.csv")
+    assert len(rows) == 30 and set(rows["split"]) == {"test"} and rows["subject_id"].str.startswith("siteB11-").all()
+    meta = json.loads((folder / "phantom" / "phantom.json").read_text())
+    assert meta["arguments"]["site"] == "B"
+    (ext,) = json.loads((report_dir / "results.json").read_text())["external"]
+    assert ext["name"] == "site-b" and ext["dataset"]["n_test"] == 30
+    before = (folder / "done.json").read_text()
+    run_ablation(cfg, log=lambda m: None)
+    assert (folder / "done.json").read_text() == before  # rendered once
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"name": "x", "phantom": {"site": "A"}}, "training data's own acquisition"),
+        ({"name": "x", "phantom": {"site": "Z"}}, "expected one of"),
+        ({"name": "x", "phantom": {"seed": 0}}, "repeats another phantom seed"),
+        ({"name": "x", "phantom": {"n": 0}}, "at least 1"),
+        ({"name": "x", "manifest": "m.csv", "phantom": {}}, "one of the two"),
+    ],
+)
+def test_a_bad_rendered_cohort_is_one_error_at_load(tmp_path: Path, entry: dict, message: str):
+    with pytest.raises(UserError, match=message):
+        load_ablation_config(write_config(tmp_path, arms=ARMS, evaluation__external=[entry]))

@@ -125,11 +125,26 @@ class ClassifierStage:
 
 
 @dataclass
+class PhantomCohort:
+    """data.source=phantom: an external set the ablation renders itself, through another acquisition site.
+
+    Why: "does synthetic data help more out of distribution?" needs a shifted test set whose truth is known; the
+    phantom renders the same findings at site B (synth.phantom.sites) for new patients, test-only.
+    """
+
+    site: str = "B"  #: a site of synth.phantom.sites other than the training data's A
+    n: int = 5000  #: images rendered (all test rows)
+    seed: int = 11  #: a phantom seed no other set of this ablation uses
+
+
+@dataclass
 class ExternalSet:
-    """A prepared test-only manifest from another site (``synth prepare --split test``), scored by every arm/seed."""
+    """A test-only set from another site, scored by every arm/seed: a prepared manifest
+    (``synth prepare --split test``) or, on the phantom, a cohort the ablation renders at another site."""
 
     name: str = ""  #: the report section's title and results.json key (a folder-safe name)
     manifest: str = ""  #: its manifest.csv (or the folder holding it)
+    phantom: PhantomCohort | None = None  #: instead of manifest: render this cohort (data.source phantom)
 
 
 @dataclass
@@ -418,15 +433,40 @@ def validate(cfg: AblationConfig, where: str = "config") -> None:
             raise UserError(
                 f"{where}: evaluation.external[{i}].name {ext.name!r} must be a distinct, non-empty folder-safe name"
             )
-        if not ext.manifest:
+        if bool(ext.manifest) == (ext.phantom is not None):
             raise UserError(
-                f"{where}: evaluation.external[{i}] ({ext.name}) needs manifest: a test-only manifest.csv "
-                "from `synth prepare --split test`"
+                f"{where}: evaluation.external[{i}] ({ext.name}) needs manifest (a test-only manifest.csv from "
+                "`synth prepare --split test`) or phantom (a cohort rendered at another site), one of the two"
             )
+        if ext.phantom is not None:
+            check_phantom_cohort(cfg, ext, f"{where}: evaluation.external[{i}] ({ext.name}).phantom")
     if cfg.evaluation.n_boot < 100:
         raise UserError(
             f"{where}: evaluation.n_boot {cfg.evaluation.n_boot} is too small for a 95% interval (use >= 100)"
         )
+
+
+def check_phantom_cohort(cfg: AblationConfig, ext: ExternalSet, where: str) -> None:
+    """A rendered external cohort: phantom data, another site than the training data's, its own patients."""
+    from synth.phantom.dataset import check_render_args
+    from synth.phantom.sites import get_site
+
+    cohort = ext.phantom
+    if cfg.data.source != "phantom":
+        raise UserError(f"{where}: a rendered cohort needs data.source phantom; give a prepared manifest instead")
+    try:
+        site = get_site(cohort.site)
+        check_render_args(cohort.n, cfg.data.size, cohort.seed)
+    except UserError as err:
+        raise UserError(f"{where}: {str(err).replace('--', '')}") from None
+    if site.is_default:
+        raise UserError(f"{where}: site {cohort.site!r} is the training data's own acquisition; choose another site")
+    ev = cfg.evaluation
+    others = {cfg.data.phantom_seed, cfg.oracle.phantom_seed}
+    others |= {ev.heldout_phantom_seed} if ev.heldout_phantom_n else set()
+    others |= {x.phantom.seed for x in ev.external if x.phantom is not None and x is not ext}
+    if cohort.seed in others:
+        raise UserError(f"{where}: seed {cohort.seed} repeats another phantom seed of this ablation; choose a new one")
 
 
 def stage_key(*parts: Any) -> str:

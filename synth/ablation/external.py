@@ -30,11 +30,17 @@ class ExternalScores:
     probs: dict[tuple[str, int], np.ndarray]
 
 
-def read_external_sets(cfg: AblationConfig) -> list[ExternalScores]:
-    """Every ``evaluation.external`` set, read and checked before any work: a test-only prepared manifest."""
+def read_external_sets(cfg: AblationConfig, rendered: dict[str, Path] | None = None) -> list[ExternalScores]:
+    """Every ``evaluation.external`` set, read and checked: a test-only prepared manifest.
+
+    A cohort the ablation renders (``phantom:``) is read from ``rendered`` (set name -> its manifest) once its step
+    ran, and skipped without it (the preflight checks the prepared sets before any work).
+    """
     out = []
     for ext in cfg.evaluation.external:
-        path = Path(ext.manifest)
+        if ext.phantom is not None and (rendered is None or ext.name not in rendered):
+            continue
+        path = Path(ext.manifest) if ext.phantom is None else Path(rendered[ext.name])
         path = path / "manifest.csv" if path.is_dir() else path
         where = f"evaluation.external {ext.name!r} ({path})"
         df = read_manifest(path)

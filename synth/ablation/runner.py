@@ -48,7 +48,7 @@ from synth.ablation.external import check_external_classes, read_external_sets
 from synth.ablation.preflight import check_paths
 from synth.ablation.report import render_report
 from synth.ablation.results import RESULTS_FILE
-from synth.ablation.steps import DONE, Source, Step, arm_step, plan, source_of, sources
+from synth.ablation.steps import DONE, Source, Step, arm_step, external_step, plan, source_of, sources
 from synth.errors import UserError
 from synth.io import atomic_path, write_json_atomic
 from synth.manifest import annotated_classes, concat_manifests, read_manifest
@@ -70,6 +70,8 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
     classes = annotated_classes(real[real["split"] == "train"])
     test = real[real["split"] == cfg.evaluation.split].reset_index(drop=True)
     heldout = _heldout_set(cfg, steps, log, timer)
+    if any(ext.phantom is not None for ext in cfg.evaluation.external):
+        externals = read_external_sets(cfg, _rendered_external_sets(cfg, steps, log, timer))
     for ext in externals:
         check_external_classes(ext, classes)
     resampling = stages.resample_plan(cfg, real, classes) if any(a.resample for a in cfg.run_arms) else None
@@ -136,6 +138,18 @@ def _heldout_set(cfg: AblationConfig, steps: dict[str, Step], log: Callable[[str
     return read_manifest(
         _cached(steps["heldout"], log, lambda out: stages.prepare_heldout(cfg, out), main_only=True, timer=timer)
     )
+
+
+def _rendered_external_sets(
+    cfg: AblationConfig, steps: dict[str, Step], log: Callable[[str], None], timer: "_Timings"
+) -> dict[str, Path]:
+    """The external cohorts the ablation renders itself (``evaluation.external[].phantom``): set name -> manifest."""
+    rendered = {}
+    for ext in cfg.evaluation.external:
+        if ext.phantom is not None:
+            work = lambda out, cohort=ext.phantom: stages.prepare_phantom_external(cfg, cohort, out)  # noqa: E731
+            rendered[ext.name] = Path(_cached(steps[external_step(ext.name)], log, work, main_only=True, timer=timer))
+    return rendered
 
 
 def _offered_synthetic(arm: Arm, synthetic: dict[str, pd.DataFrame] | None) -> pd.DataFrame | None:

@@ -73,22 +73,39 @@ def prepare_heldout(cfg: AblationConfig, out: Path) -> Path:
     ``split=test`` with their own subject ids so the patient bootstrap keeps
     them apart from the test split's patients.
     """
+    ev = cfg.evaluation
+    return phantom_test_cohort(
+        ev.heldout_phantom_n,
+        cfg.data.size,
+        ev.heldout_phantom_seed,
+        out,
+        "heldout.csv",
+        f"heldout{ev.heldout_phantom_seed}-",
+    )
+
+
+def prepare_phantom_external(cfg: AblationConfig, cohort: Any, out: Path) -> Path:
+    """An ``evaluation.external`` cohort rendered at another acquisition site (same findings, known truth)."""
+    tag = f"site{cohort.site.upper()}{cohort.seed}-"
+    return phantom_test_cohort(cohort.n, cfg.data.size, cohort.seed, out, "external.csv", tag, site=cohort.site)
+
+
+def phantom_test_cohort(n: int, size: int, seed: int, out: Path, name: str, tag: str, site: str = "A") -> Path:
+    """``n`` phantom images of new patients as a test-only manifest ``name`` beside their labels.
+
+    Rendered at ``size`` already, so the images need no prepared cache; subject and study ids get ``tag`` so the
+    patient bootstrap keeps them apart from every other set's patients.
+    """
     from synth.manifest import validate_manifest, write_manifest
     from synth.readers import read_labels
 
-    ev, d = cfg.evaluation, cfg.data
     phantom = import_stage_module("synth.phantom", "phantom")
-    labels = Path(
-        phantom.render_dataset(
-            n=ev.heldout_phantom_n, size=d.size, seed=ev.heldout_phantom_seed, out=out / "phantom", progress=True
-        )
-    )
-    df = read_labels("cxrlt", labels)  # rendered at data.size already: the images need no prepared cache
-    tag = f"heldout{ev.heldout_phantom_seed}-"
+    labels = Path(phantom.render_dataset(n=n, size=size, seed=seed, out=out / "phantom", progress=True, site=site))
+    df = read_labels("cxrlt", labels)
     df["subject_id"] = tag + df["subject_id"]
     df["study_id"] = tag + df["study_id"]
     df = validate_manifest(df.assign(split="test", source="real"), where=str(labels))
-    return write_manifest(df[[c for c in df.columns if c != "source_fpath"]], labels.parent / "heldout.csv")
+    return write_manifest(df[[c for c in df.columns if c != "source_fpath"]], labels.parent / name)
 
 
 def train_generator(cfg: AblationConfig, manifest: Path, out: Path) -> Path:

@@ -52,6 +52,11 @@ def source_of(cfg: AblationConfig, arm: Arm, seed_index: int) -> Source:
     return Source(cfg.generator_of(seed_index), arm.name if arm.generate else None)
 
 
+def external_step(name: str) -> str:
+    """The step that renders the external phantom cohort ``name``."""
+    return f"external:{name}"
+
+
 def arm_step(arm: str, seed: int) -> str:
     return f"{arm}/seed-{seed}"
 
@@ -63,6 +68,9 @@ def plan(cfg: AblationConfig) -> list[Step]:
     steps = [Step("data", root / f"data-{keys['data']}")]
     if cfg.evaluation.heldout_phantom_n:
         steps.append(Step("heldout", root / f"heldout-{keys['heldout']}"))
+    for ext in cfg.evaluation.external:
+        if ext.phantom is not None:
+            steps.append(Step(external_step(ext.name), root / f"external-{keys[external_step(ext.name)]}"))
     if cfg.needs_synthetic:
         for k in range(cfg.n_generators):
             name = "generator" + Source(k).suffix
@@ -95,6 +103,9 @@ def _keys(cfg: AblationConfig) -> dict[str, str]:
     keys["heldout"] = stage_key(
         "heldout", cfg.evaluation.heldout_phantom_n, cfg.evaluation.heldout_phantom_seed, keys["data"]
     )
+    for ext in cfg.evaluation.external:
+        if ext.phantom is not None:  # keyed by what is rendered, not the set's name: a renamed set is not re-rendered
+            keys[external_step(ext.name)] = stage_key("external", ext.phantom, cfg.data.size, renderer)
     for k in range(cfg.n_generators):
         keys["generator" + Source(k).suffix] = stage_key("generator", cfg.generator.key_fields(k), keys["data"])
     specs = cfg.arm_specs
