@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import yaml
 from sklearn.metrics import average_precision_score
-from tiny_configs import TINY_CLASSIFIER, TINY_VERIFIER, tiny_generator
+from tiny_configs import TINY_CLASSIFIER, TINY_FILTER_OVERRIDES, TINY_VERIFIER, tiny_generator
 from typer.testing import CliRunner
 
 from synth.ablation.arms import ARMS
@@ -66,12 +66,7 @@ def _config(tmp: Path) -> Path:
         "filter": {
             "verifier_config": verifier,
             "config": str(REPO / "configs/filter/default.yaml"),
-            "overrides": {
-                "fallback_specificity": 0.05,
-                "bootstrap": 10,
-                "kid_subsets": 5,
-                "nearcopy_calibration_images": 20,
-            },
+            "overrides": dict(TINY_FILTER_OVERRIDES),
         },
         "classifier": {"config": classifier, "batch_size": 256},
         "evaluation": {"n_boot": 100, "grid_examples": 2},

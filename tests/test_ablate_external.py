@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 from ablation_fakes import model_predict, real_metrics, tiny_manifest, write_config
 from sklearn.metrics import average_precision_score
+from typer.testing import CliRunner
 
 from synth.ablation import stages
 from synth.ablation.config import load_ablation_config
 from synth.ablation.runner import plan, run_ablation
+from synth.cli import app
 from synth.errors import UserError
 from synth.manifest import label_matrix, read_manifest
 
@@ -101,6 +103,9 @@ def test_an_external_set_must_be_a_test_only_manifest(tmp_path: Path, monkeypatc
     with pytest.raises(UserError, match=r"external set is test-only, this manifest has train rows; .*--split test"):
         run_ablation(cfg, log=lambda m: None)
     assert not any(s.done for s in plan(cfg))  # refused before any work
+
+    res = CliRunner().invoke(app, ["ablate", "--config", str(cfg.source_path), "--dry-run"])  # the preflight too
+    assert res.exit_code != 0 and "error:" in res.output and "an external set is test-only" in res.output
 
     missing = [{"name": "x", "manifest": str(tmp_path / "nope.csv")}]
     cfg = load_ablation_config(write_config(tmp_path, arms=["real_only"], evaluation__external=missing))

@@ -220,6 +220,7 @@ def test_nih_sample_own_split_pneumonia_tail_reads_not_judged(tmp_path: Path, mo
         tmp_path,
         seeds=[0],
         arms=["real_only", "synthetic_filtered"],
+        generate__classes=["Pneumonia"],
         data={
             "source": "prepare",
             "format": "nih",
@@ -246,7 +247,7 @@ def test_nih_sample_own_split_pneumonia_tail_reads_not_judged(tmp_path: Path, mo
 def test_evidence_settings_are_validated(tmp_path: Path):
     for key, value, message in (
         ("evaluation__min_test_positives", 0, "min_test_positives 0 must be >= 1"),
-        ("evaluation__min_effect", -0.1, "min_effect -0.1 must be >= 0"),
+        ("evaluation__min_effect", -0.1, "evaluation.min_effect: -0.1 must be >= 0"),
     ):
         with pytest.raises(UserError, match=message):
             load_ablation_config(write_config(tmp_path, **{key: value}))

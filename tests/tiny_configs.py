@@ -26,6 +26,15 @@ TINY_CLASSIFIER = {
 }
 
 
+#: the filter stage's overrides for a few generated images per class: a lenient verifier and cheap statistics
+TINY_FILTER_OVERRIDES = {
+    "fallback_specificity": 0.05,
+    "bootstrap": 10,
+    "kid_subsets": 5,
+    "nearcopy_calibration_images": 20,
+}
+
+
 def tiny_generator(steps: int) -> dict:
     """Generator overrides: a 32 px VAE + UNet of two 8/16-channel blocks, ``steps`` steps of each (and of
     validation sampling), one validation image, no latent cache."""

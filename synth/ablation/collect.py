@@ -7,7 +7,6 @@ The statistics are :mod:`synth.ablation.stages`' (looked up at call time, so tes
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from synth.ablation import stages
 from synth.ablation.arms import BASELINE, RESAMPLED_BASELINE, Arm, SyntheticSet
 from synth.ablation.config import AblationConfig
 from synth.ablation.evidence import evidence_section, judged_groups, test_positives
+from synth.ablation.external import ExternalScores
 from synth.ablation.harm import judge_harm, paired_per_class
 from synth.manifest import image_paths, label_matrix, read_manifest
 from synth.taxonomy import frequency_groups, report_class_slug
@@ -93,17 +93,6 @@ def build_results(
     if external:
         results["external"] = [_external_entry(cfg, ext, classes, groups) for ext in external]
     return results
-
-
-@dataclass(frozen=True)
-class ExternalScores:
-    """One external test set as the runner hands it over: its rows and every arm/seed's probabilities of them."""
-
-    name: str
-    manifest: str
-    fingerprint: str  #: content hash of the manifest: the prediction cache key beside each model
-    rows: pd.DataFrame
-    probs: dict[tuple[str, int], np.ndarray]
 
 
 def _evidence(cfg: AblationConfig, groups: dict[str, str], y: np.ndarray, classes: list[str]) -> dict[str, Any]:

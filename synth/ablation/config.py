@@ -412,8 +412,6 @@ def validate(cfg: AblationConfig, where: str = "config") -> None:
         )
     if ev.min_test_positives < 1:
         raise UserError(f"{where}: evaluation.min_test_positives {ev.min_test_positives} must be >= 1")
-    if ev.min_effect < 0:
-        raise UserError(f"{where}: evaluation.min_effect {ev.min_effect} must be >= 0 (a ΔmAP magnitude)")
     names = [x.name for x in ev.external]
     for i, ext in enumerate(ev.external):
         if not ext.name or "/" in ext.name or ext.name.startswith(".") or names.count(ext.name) > 1:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from synth.ablation.config import AblationConfig
+from synth.ablation.external import read_external_sets
 from synth.errors import UserError
 
 
@@ -55,6 +56,7 @@ def check_paths(cfg: AblationConfig) -> None:
     for key, value, fix in needed:
         if value is not None and not Path(value).exists():
             raise UserError(f"{where}: {key} {value} not found; {fix}")
+    read_external_sets(cfg)  # each set test-only and readable (the run reads them again for their rows)
     check_stage_configs(cfg)
 
 

@@ -42,14 +42,14 @@ import pandas as pd
 from synth.ablation import stages, store
 from synth.ablation.arms import Arm, SyntheticSet
 from synth.ablation.card import ablation_card
-from synth.ablation.collect import ExternalScores, build_results
+from synth.ablation.collect import build_results
 from synth.ablation.config import AblationConfig
+from synth.ablation.external import check_external_classes, read_external_sets
 from synth.ablation.preflight import check_paths
 from synth.ablation.report import render_report
 from synth.ablation.results import RESULTS_FILE
 from synth.ablation.steps import DONE, Source, Step, arm_step, plan, source_of, sources
 from synth.errors import UserError
-from synth.hashing import file_digest
 from synth.io import atomic_path, write_json_atomic
 from synth.manifest import annotated_classes, concat_manifests, read_manifest
 
@@ -61,7 +61,7 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
     state = process_state()
     log = log or _rich_log(state.is_main_process)
     check_paths(cfg)
-    externals = _read_external_sets(cfg)
+    externals = read_external_sets(cfg)
     started = time.time()
     timer = _Timings()
     steps = {s.name: s for s in plan(cfg)}
@@ -71,7 +71,7 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
     test = real[real["split"] == cfg.evaluation.split].reset_index(drop=True)
     heldout = _heldout_set(cfg, steps, log, timer)
     for ext in externals:
-        _check_external_classes(ext, classes)
+        check_external_classes(ext, classes)
     resampling = stages.resample_plan(cfg, real, classes) if any(a.resample for a in cfg.run_arms) else None
     probs: dict[tuple[str, int], np.ndarray] = {}
     rows: dict[tuple[str, int], dict[str, Any]] = {}
@@ -253,40 +253,6 @@ def _extra_probs(
         _predict_to(cfg, model_dir, rows, classes, cache)
         timer.add(f"{label}: {what} predict", time.time() - t0, cached=False)
     return np.load(cache)
-
-
-def _read_external_sets(cfg: AblationConfig) -> list[ExternalScores]:
-    """Every ``evaluation.external`` set, read and checked before any work: a test-only prepared manifest."""
-    out = []
-    for ext in cfg.evaluation.external:
-        path = Path(ext.manifest)
-        path = path / "manifest.csv" if path.is_dir() else path
-        where = f"evaluation.external {ext.name!r} ({path})"
-        df = read_manifest(path)
-        real = df[df["source"] == "real"]
-        other = sorted(set(real["split"]) - {"test"})
-        if real.empty or other:
-            found = f"{', '.join(other)} rows" if other else "no real rows"
-            raise UserError(
-                f"{where}: an external set is test-only, this manifest has {found}; prepare the site's labels "
-                "with `synth prepare ... --split test`"
-            )
-        rows = concat_manifests([real], path.parent)  # absolute image paths: predicted from any working folder
-        rows.attrs["absent_classes"] = df.attrs.get("absent_classes", [])
-        fingerprint = file_digest(path).hex()[:12]
-        out.append(ExternalScores(ext.name, str(path), fingerprint, rows, {}))
-    return out
-
-
-def _check_external_classes(ext: ExternalScores, classes: list[str]) -> None:
-    """An absent class column is a damaged manifest (an empty cell is the format's "not annotated")."""
-    absent = [c for c in classes if c in ext.rows.attrs.get("absent_classes", ())]
-    if absent:
-        raise UserError(
-            f"evaluation.external {ext.name!r} ({ext.manifest}): no column {absent[0]!r} ({len(absent)} of the "
-            "ablation's classes absent); re-create it with `synth prepare --split test` (a class the site does not "
-            "label is then an empty column and is listed as not scored)"
-        )
 
 
 class _Timings:
