@@ -28,6 +28,7 @@ from synth.training.checkpoint import (
     load_state,
     pickled_custom_state,
     prune_oldest,
+    resume_or_start_afresh,
     save_ema_shadow,
     save_state_atomically,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "process_state",
     "prune_oldest",
     "resolve_precision",
+    "resume_or_start_afresh",
     "running_alone",
     "save_ema_shadow",
     "save_state_atomically",

@@ -152,6 +152,54 @@ def load_ema_shadow(path: Path, ema) -> None:
         ema.optimization_step = int(f.metadata()["optimization_step"])
 
 
+# ----------------------------------------------------------------------------- fingerprinted stage folders
+
+
+def resume_or_start_afresh(
+    accelerator,
+    folder: Path,
+    stamp: dict,
+    stage: str,
+    read_own: Callable[[Path], None],
+    resumed: Callable[[], str],
+    log: Callable[[str], None],
+    required: str,
+) -> None:
+    """Resume ``folder/state`` when its ``fingerprint.json`` equals ``stamp`` (config, data, checkpoint format), it
+    holds no pickle and has the loop's ``required`` file; else clear it.
+
+    A folder that cannot be resumed is deleted with ``best.safetensors`` (one log line says why), and ``stamp`` is
+    written into ``folder`` for the next resume. The layout of a fingerprinted stage folder (the classifier's and the
+    verifier's training stages).
+    """
+    from synth.io import write_json_atomic
+    from synth.model_files import read_json_object
+
+    state_dir, best_file, fp_file = folder / "state", folder / "best.safetensors", folder / "fingerprint.json"
+    fix = f"delete {folder} to start this stage over (finished stages and members are kept)"
+    same = fp_file.exists() and {k: read_json_object(fp_file, fix).get(k) for k in stamp} == stamp
+    unsafe = pickled_custom_state(state_dir)
+    if state_dir.exists() and same and not unsafe and (state_dir / required).exists():
+        load_state(accelerator, state_dir, read_own, fix)
+        log(f"{stage}: {resumed()}")
+    elif state_dir.exists():
+        if accelerator.is_main_process:
+            why = (
+                f"it holds pickled {', '.join(unsafe)}, which is never unpickled"
+                if unsafe
+                else "config, data or checkpoint format changed since it was written"
+                if not same
+                else f"it has no {required}"
+            )
+            log(f"{stage}: not resuming the checkpoint in {folder} ({why}); starting afresh")
+            shutil.rmtree(state_dir, ignore_errors=True)
+            best_file.unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(fp_file, stamp)
+
+
 # ----------------------------------------------------------------------------- checkpoint-<step> folders
 
 #: A run folder's checkpoints are ``checkpoint-<step>`` folders; one is complete once its loop's state file
