@@ -4,6 +4,8 @@ Each case damages one file the way a copy cut short, a full disk or a hand edit 
 user would, and asserts one ``error:`` line naming the file and what is wrong, a non-zero exit, no traceback --
 and for evaluate / predict / filter, that no probability outside [0, 1] (or a normal-looking table) came out.
 On the code before this change each case was a traceback or, worse, exit 0 with all-zero / NaN / > 1 numbers.
+A damaged cache is not an error but rebuilt with a warning (the classifier's image cache here, the latent cache
+in test_latent_cache.py).
 """
 
 from __future__ import annotations
