@@ -126,8 +126,6 @@ def predict(
                 f"{model_dir / entry['dir']}: member classes differ from {ENSEMBLE_FILE}; retrain the ensemble"
             )
         members.append((float(entry["weight"]), member))
-    if not members:  # read_ensemble refuses an empty list; the guard keeps all-zero output impossible here
-        raise UserError(f"{model_dir / ENSEMBLE_FILE}: no members; {RETRAIN}")
     total = np.zeros((len(df), len(classes)), dtype=np.float64)
     for start in range(0, len(df), max(1, chunk_rows)):
         part = df.iloc[start : start + chunk_rows]

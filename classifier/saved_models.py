@@ -80,7 +80,7 @@ def check_ensemble_spec(spec: dict[str, Any], path: Path, fix: str) -> dict[str,
 
 def check_probabilities(probs: np.ndarray, source: Path, fix: str) -> np.ndarray:
     """The last guard before probabilities reach a metric, a submission or the filter: finite and within [0, 1]."""
-    if probs.size and not (np.isfinite(probs).all() and probs.min() >= 0.0 and probs.max() <= 1.0 + 1e-6):
-        bad = probs[~np.isfinite(probs) | (probs < 0) | (probs > 1.0 + 1e-6)]
+    if probs.size and not (np.isfinite(probs).all() and probs.min() >= 0.0 and probs.max() <= 1.0 + 1e-5):
+        bad = probs[~np.isfinite(probs) | (probs < 0) | (probs > 1.0 + 1e-5)]
         raise UserError(f"{source}: the model gave probabilities outside [0, 1] (e.g. {float(bad[0])!r}); {fix}")
     return probs

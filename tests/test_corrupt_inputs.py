@@ -4,6 +4,8 @@ Each case damages one file the way a copy cut short, a full disk or a hand edit 
 user would, and asserts one ``error:`` line naming the file and what is wrong, a non-zero exit, no traceback --
 and for evaluate / predict / filter, that no probability outside [0, 1] (or a normal-looking table) came out.
 On the code before this change each case was a traceback or, worse, exit 0 with all-zero / NaN / > 1 numbers.
+A damaged cache is not an error but rebuilt with a warning (the classifier's image cache here, the latent cache
+in test_latent_cache.py).
 """
 
 from __future__ import annotations
@@ -210,8 +212,12 @@ def test_broken_generator_folder_names_the_file_and_leaves_no_out(
     shutil.copytree(tiny_generator, model)
     damage(model / target)
     out = tmp_path / "out"
+    _assert_refused(CliRunner().invoke(app, _generate_argv(model, out)), out, *needles)
+
+
+def _generate_argv(model: Path, out: Path) -> list[str]:
     args = ["generate", "--model", model, "--class", "rib fracture", "--n", "1", "--out", out, "--no-progress"]
-    _assert_refused(CliRunner().invoke(app, [str(a) for a in args]), out, *needles)
+    return [str(a) for a in args]
 
 
 # ---------------------------------------------------------------- classify train: a truncated resume state
@@ -425,3 +431,14 @@ def test_truncated_oracle_record_is_one_error(tmp_path):
     (folder / ORACLE_FILE).write_text('{"classes": {"Pneumothorax": {"thresh')
     with pytest.raises(UserError, match=ORACLE_FILE):
         load_oracle(folder)
+
+
+def test_truncated_generate_run_record_is_one_error_line(tiny_generator, tmp_path):
+    """The record that lets ``synth generate`` resume an --out folder, cut short: named, nothing else touched."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "generate_run.json").write_text('{"seed": 0, "steps"')
+    result = CliRunner().invoke(app, _generate_argv(tiny_generator, out))
+    assert "Traceback" not in result.output
+    assert_one_error_line(result, "generate_run.json", "not valid JSON")
+    assert sorted(p.name for p in out.iterdir()) == ["generate_run.json"]
