@@ -238,6 +238,7 @@ def _manifest_config(tmp_path: Path, **generate) -> dict:
     return {"data": {"source": "manifest", "manifest": str(manifest)}, **generate}
 
 
+VARIANT = ["real_only", "v"]  #: an ablation whose only synthetic arm is the variant
 ABLATION = [
     ("zero-shot-class", lambda t: {"generate__classes": ["Bulla"]}, "zero-shot class"),
     ("n-0", lambda t: {"generate__n": 0}, "--n must be >= 1"),
@@ -275,6 +276,28 @@ ABLATION = [
         "manifest-class-not-annotated",
         lambda t: _manifest_config(t, generate__classes=["Hernia"]),
         "'Hernia' is not annotated",
+    ),
+    (
+        "variant-generate-n-0",
+        lambda t: {"variants": [{"name": "v", "arm": "synthetic_filtered", "generate": {"n": 0}}], "arms": VARIANT},
+        "variant 'v' generate stage",
+    ),
+    (
+        "variant-classifier-lr-0",
+        lambda t: (
+            {"variants": [{"name": "v", "arm": "synthetic_filtered", "classifier": {"train.lr": 0}}]}
+            | {"arms": VARIANT}
+        ),
+        "variant 'v' classifier stage",
+    ),
+    (
+        "variant-class-not-in-manifest",
+        lambda t: (
+            _manifest_config(t, generate__classes=["Atelectasis"])
+            | {"variants": [{"name": "v", "arm": "synthetic_filtered", "generate": {"classes": ["Hernia"]}}]}
+            | {"arms": VARIANT}
+        ),
+        "variant 'v' generate.classes",
     ),
     (
         "manifest-nothing-to-generate",
