@@ -100,10 +100,10 @@ def test_the_sweep_covers_every_stage_config():
     assert ("seeds", int, True) in _numbers(AblationConfig)
 
 
-# ---------------------------------------------------------------- 2. zero where a stage cannot use it
+# ---------------------------------------------------------------- 2. zero (or too large) where a stage cannot use it
 
 
-ZERO = [
+RANGE = [
     ("classifier", {"train.lr": "0"}, "train.lr must be > 0"),
     ("classifier", {"members": [{"lr": 0}]}, "members[0].lr must be > 0"),
     ("classifier", {"members": [{"batch_size": 0}]}, "members[0].batch_size must be >= 1"),
@@ -134,13 +134,16 @@ ZERO = [
     ("finetune", {"latent_channels": "0"}, "--latent_channels must be >= 1"),
     ("finetune", {"unet_attention_head_dim": "0"}, "--unet_attention_head_dim must be >= 1"),
     ("finetune", {"vae_block_out_channels": "[]"}, "--vae_block_out_channels must list channel counts >= 1"),
+    ("finetune", {"seed": str(2**31)}, "--seed must be <= 2147483647"),  # was a traceback from numpy's seeding
+    ("verifier", {"seed": str(2**31)}, "verifier seed must be <= 2147483647"),
+    ("classifier", {"members": [{"seed": 5_000_000}]}, "members[0].seed must be <= 2147483"),
     ("prepare", {"tail_threshold": "0"}, "expected 0 < tail_threshold < head_threshold < 1"),
     ("prepare", {"head_threshold": "0.005"}, "expected 0 < tail_threshold < head_threshold < 1"),
 ]
 
 
-@pytest.mark.parametrize("stage, overrides, message", ZERO, ids=[f"{s}-{m}" for s, _, m in ZERO])
-def test_zero_where_a_stage_cannot_use_it_is_refused_at_load(stage, overrides, message):
+@pytest.mark.parametrize("stage, overrides, message", RANGE, ids=[f"{s}-{m}" for s, _, m in RANGE])
+def test_values_outside_a_stages_range_are_refused_at_load(stage, overrides, message):
     load = LOADERS[stage][1]
     overrides = {k: RawText(v) if isinstance(v, str) else v for k, v in overrides.items()}
     with pytest.raises(UserError) as err:
@@ -276,6 +279,12 @@ ABLATION = [
         "manifest-class-not-annotated",
         lambda t: _manifest_config(t, generate__classes=["Hernia"]),
         "'Hernia' is not annotated",
+    ),
+    ("seed-too-large-for-the-classifier", lambda t: {"seeds": [0, 5_000_000]}, "members[0].seed must be <="),
+    (
+        "generator-seed-too-large",
+        lambda t: {"generator__seeds": [0, 2**31]},
+        "generator 1 (seed 2147483648) stage",
     ),
     (
         "variant-generate-n-0",

@@ -63,17 +63,17 @@ def check_stage_configs(cfg: AblationConfig) -> None:
     """
     where = cfg.source_path or "config"
 
-    def generator() -> None:
+    def generator(view: AblationConfig) -> None:
         from synth.generator.config import load_finetune_config
 
         overrides = {
-            **cfg.generator.overrides,
+            **view.generator.overrides,
             "train_manifest": "<the ablation's data manifest>",
             "output_dir": "<stage folder>",
         }
-        if cfg.generator.pretrained:
-            overrides["pretrained_model_name_or_path"] = cfg.generator.pretrained
-        load_finetune_config(cfg.generator.config, overrides)
+        if view.generator.pretrained:
+            overrides["pretrained_model_name_or_path"] = view.generator.pretrained
+        load_finetune_config(view.generator.config, overrides)
 
     def generate(view: AblationConfig) -> None:
         from synth.generate import GenerateConfig
@@ -95,14 +95,18 @@ def check_stage_configs(cfg: AblationConfig) -> None:
 
         load_verifier_config(cfg.oracle.config)
 
-    def classifier(view: AblationConfig) -> None:
-        from classifier.config import load_ensemble_config
+    def classifier(view: AblationConfig, arms: list[Any]) -> None:
+        from synth.ablation.stages import arm_ensemble_config
 
-        load_ensemble_config(view.classifier.config, view.classifier.overrides)
+        for arm in arms:  # the config each arm and seed trains with (train_arm's own)
+            for seed in cfg.seeds:
+                arm_ensemble_config(view, arm.mode, seed)
 
     checks: list[tuple[str, str | None, Any]] = []
     if cfg.needs_synthetic:
-        checks.append(("generator", cfg.generator.config, generator))
+        for k in range(cfg.n_generators):  # each generator's finetune config (its seed among the overrides)
+            label = "generator" if cfg.n_generators == 1 else f"generator {k} (seed {cfg.generator.seeds[k]})"
+            checks.append((label, cfg.generator.config, lambda k=k: generator(cfg.for_synthetic(k))))
         for label, view in generate_views(cfg):
             checks.append((label, view.generate.config, lambda view=view: generate(view)))
     if cfg.needs_filter:
@@ -112,11 +116,13 @@ def check_stage_configs(cfg: AblationConfig) -> None:
         ]
     if cfg.needs_synthetic and cfg.oracle.config:
         checks.append(("oracle", cfg.oracle.config, oracle))
-    checks.append(("classifier", cfg.classifier.config, lambda: classifier(cfg)))
+    plain = [arm for arm in cfg.run_arms if not arm.classifier]
+    checks.append(("classifier", cfg.classifier.config, lambda: classifier(cfg, plain)))
     for arm in cfg.run_arms:  # a variant's classifier keys on top of the ablation's, as its arm trains with them
         if arm.classifier:
             view = cfg.for_arm(arm)
-            checks.append((f"variant {arm.name!r} classifier", view.classifier.config, lambda v=view: classifier(v)))
+            label = f"variant {arm.name!r} classifier"
+            checks.append((label, view.classifier.config, lambda v=view, a=arm: classifier(v, [a])))
     for stage, path, load in checks:
         _check(f"{where}: {stage} stage" + (f" ({path})" if path else "") + " with its overrides", load)
     check_stage_values(cfg)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from synth.config import load_config
+from synth.config import MAX_SEED, load_config
 from synth.errors import UserError
 
 
@@ -49,6 +49,8 @@ class VerifierConfig:
             raise UserError(f"verifier max_steps must be >= 1 or null, got {self.max_steps}")
         if self.lr <= 0:
             raise UserError(f"verifier lr must be > 0, got {self.lr}")
+        if self.seed > MAX_SEED:
+            raise UserError(f"verifier seed must be <= {MAX_SEED}, got {self.seed}")
         return self
 
 
