@@ -287,6 +287,17 @@ ABLATION = [
         "generator 1 (seed 2147483648) stage",
     ),
     (
+        "generator-prompt-templates-missing",
+        lambda t: {"generator__overrides": {"prompt_templates": str(t / "none.yaml")}},
+        "generator stage",
+    ),
+    ("generator-unet-without-vae", lambda t: {"generator__overrides": {"stage": "unet"}}, "--stage unet needs"),
+    (
+        "generate-prompt-templates-missing",
+        lambda t: {"generate__overrides": {"prompt_templates": str(t / "none.yaml")}},
+        "--prompt-templates",
+    ),
+    (
         "variant-generate-n-0",
         lambda t: {"variants": [{"name": "v", "arm": "synthetic_filtered", "generate": {"n": 0}}], "arms": VARIANT},
         "variant 'v' generate stage",

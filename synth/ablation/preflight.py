@@ -73,7 +73,11 @@ def check_stage_configs(cfg: AblationConfig) -> None:
         }
         if view.generator.pretrained:
             overrides["pretrained_model_name_or_path"] = view.generator.pretrained
-        load_finetune_config(view.generator.config, overrides)
+        from synth.generator.finetune_plan import plan
+
+        _, problems = plan(load_finetune_config(view.generator.config, overrides), data=False)  # finetune's own
+        if problems:  # e.g. a missing prompt_templates or vae_model_path, an incomplete pretrained folder
+            raise UserError(problems[0])
 
     def generate(view: AblationConfig) -> None:
         from synth.generate import GenerateConfig
