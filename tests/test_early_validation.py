@@ -134,6 +134,8 @@ RANGE = [
     ("finetune", {"latent_channels": "0"}, "--latent_channels must be >= 1"),
     ("finetune", {"unet_attention_head_dim": "0"}, "--unet_attention_head_dim must be >= 1"),
     ("finetune", {"vae_block_out_channels": "[]"}, "--vae_block_out_channels must list channel counts >= 1"),
+    ("filter", {"extractor": "/no/such/encoder"}, "extractor '/no/such/encoder': expected 'verifier' or a folder"),
+    ("filter", {"transfer_extractor": "/no/such/encoder"}, "transfer_extractor '/no/such/encoder': expected"),
     ("finetune", {"seed": str(2**31)}, "--seed must be <= 2147483647"),  # was a traceback from numpy's seeding
     ("verifier", {"seed": str(2**31)}, "verifier seed must be <= 2147483647"),
     ("classifier", {"members": [{"seed": 5_000_000}]}, "members[0].seed must be <= 2147483"),

@@ -142,6 +142,13 @@ class FilterConfig:
                 raise UserError(f"{name} is a percentile in (0, 100], got {getattr(self, name)}")
         if not 0.5 < self.ci_level < 1.0:
             raise UserError(f"ci_level must be in (0.5, 1), got {self.ci_level}")
+        folders = [("extractor", self.extractor)] if self.extractor != "verifier" else []
+        if self.transfer_extractor not in ("extractor", "verifier", self.extractor):
+            folders.append(("transfer_extractor", self.transfer_extractor))
+        for key, folder in folders:  # read by the filter only after the verifier trained (an ablation: hours in)
+            from synth.filtering.extractor import check_extractor_spec
+
+            check_extractor_spec(folder, key)
         if self.transfer_unjudged not in ("keep", "reject"):
             raise UserError(f"transfer_unjudged must be keep or reject, got {self.transfer_unjudged!r}")
         if not 0.0 <= self.transfer_min_auroc < 1.0:
