@@ -21,7 +21,6 @@ Python, for the same reason.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +37,7 @@ from classifier.config import AugmentConfig, SyntheticMixConfig
 from classifier.models import PIXEL_MEAN, PIXEL_STD
 from synth import cache_checksum
 from synth.errors import UserError
+from synth.hashing import hex_hash
 from synth.image_datasets import load_gray
 from synth.manifest import image_paths, label_matrix
 from synth.taxonomy import CXR_LT_CLASSES, expand_parents
@@ -256,8 +256,7 @@ def cache_key(paths: Sequence[Path], size: int) -> str:
     """
     from synth.io import image_set_fingerprint
 
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{image_set_fingerprint(paths)}".encode())
-    return h.hexdigest()[:20]
+    return hex_hash(f"v{CACHE_VERSION}|{size}|{image_set_fingerprint(paths)}", algorithm="sha256", hex_chars=20)
 
 
 def build_store(

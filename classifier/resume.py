@@ -8,7 +8,6 @@ fingerprints (config, classes, rows) decide whether a checkpoint or a finished m
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, Callable
 import pandas as pd
 import torch
 
+from synth.hashing import hex_hash
 from synth.io import save_safetensors_atomic, write_json_atomic
 from synth.model_files import read_json_object
 from synth.training import load_state, pickled_custom_state
@@ -74,14 +74,12 @@ def record_epoch(
 
 
 def fingerprint_of(*parts: Any) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return hex_hash(json.dumps(parts, sort_keys=True, default=str), algorithm="sha256", hex_chars=16)
 
 
 def rows_key(df: pd.DataFrame) -> str:
-    return hashlib.sha256("\n".join(df["dicom_id"].astype(str) + "|" + df["fpath"].astype(str)).encode()).hexdigest()[
-        :16
-    ]
+    rows = "\n".join(df["dicom_id"].astype(str) + "|" + df["fpath"].astype(str))
+    return hex_hash(rows, algorithm="sha256", hex_chars=16)
 
 
 #: TrainConfig keys that change where or how fast, never what is learned: left out of the fingerprints,

@@ -54,7 +54,9 @@ from synth.config import SET_HELP, command_overrides
 from synth.errors import UserError, one_line_errors
 from synth.io import write_json_atomic
 from synth.manifest import annotated_classes, label_matrix
+from synth.model_card import classifier_card
 from synth.model_files import read_json_object
+from synth.provenance import data_fingerprint
 
 # ---------------------------------------------------------------- the ensemble
 
@@ -123,7 +125,9 @@ def train_ensemble(
     ]
     rows = {"real_train": len(real_train), "val": len(val_df), "synthetic": len(syn)}
     if state.is_main_process:
-        write_json_atomic(spec_file, ensemble_spec(ens, classes, members, val_map, prevalence, weights, rows, ens_fp))
+        spec = ensemble_spec(ens, classes, members, val_map, prevalence, weights, rows, ens_fp)
+        classifier_card(out, spec, data_fingerprint(real_train))  # README.md, before ensemble.json marks it complete
+        write_json_atomic(spec_file, spec)
     state.wait_for_everyone()
     log(
         f"ensemble of {len(metas)} written to {out} (val mAP {val_map if val_map is None else round(val_map, 4)}, "

@@ -13,11 +13,12 @@ rebuilds nothing. Cache keys are unchanged.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Iterable
+
+from synth.hashing import Hasher
 
 #: Bytes hashed per digest: small enough that a damaged region is located, large enough that the sidecar is tiny.
 CHUNK_BYTES = 64 * 2**20
@@ -46,7 +47,7 @@ class ChunkHasher:
 
     @staticmethod
     def _new():
-        return hashlib.blake2b(digest_size=16)
+        return Hasher("blake2b", hex_chars=32)
 
     def update(self, data: bytes | memoryview) -> None:
         view = memoryview(data).cast("B")

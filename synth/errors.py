@@ -125,7 +125,7 @@ def resumable(fn: F) -> F:
 
 @contextlib.contextmanager
 def one_line_errors(exit_with: type[BaseException] = SystemExit, resumes: bool = False) -> Iterator[None]:
-    """The one error handler of every entry point (``synth`` commands, ``python -m synth.generate``,
+    """The one error handler of every entry point (``synth`` commands, ``python -m synth.inference``,
     ``synth/finetune.py``): ``UserError`` -> one ``error:`` line on stderr and exit 2; ``OSError`` ->
     one line naming the path and the fix, exit 1 (``SYNTH_TRACEBACK=1`` keeps its traceback).
     ``exit_with`` is ``typer.Exit`` inside a Typer command, ``SystemExit`` elsewhere; ``resumes`` as in

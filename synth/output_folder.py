@@ -174,6 +174,8 @@ def _what_it_is(out: Path, kind: OutputKind) -> str:
     for marker, command in OTHER_MARKERS.items():
         if (out / marker).is_file():
             return f"holds a `{command}` output ({marker}), not a `{kind.command}` one"
+    if (out / kind.marker).exists():
+        return f"exists and is not a `{kind.command}` output (its {kind.marker} is not one that command writes)"
     return f"exists and is not a `{kind.command}` output (no {kind.marker})"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from synth.ablation import stages
 from synth.ablation.config import load_ablation_config
 from synth.ablation.runner import run_ablation
 from synth.manifest import write_manifest
+from synth.taxonomy import CXR_LT_CLASSES
 
 CLASSES = ["Atelectasis", "Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Rib Fracture"]
 PREVALENCE = {
@@ -60,6 +62,9 @@ def tiny_manifest(folder: Path, n: int, split_of, source="real", extra=None) -> 
         row.update(extra(i) if extra else {})
         rows.append(row)
     return write_manifest(pd.DataFrame(rows), folder / "manifest.csv")
+
+
+REAL_EVALUATE, REAL_PAIRED = stages.evaluate, stages.paired  # before any test swaps in the fakes
 
 
 class FakeStages:
@@ -172,3 +177,19 @@ def ran_once(tmp_path: Path, monkeypatch) -> tuple[FakeStages, object]:
     run_ablation(cfg, log=lambda m: None)
     fake.calls.clear()
     return fake, cfg
+
+
+def model_predict(cfg, model_dir, df):
+    """Probabilities of all 40 classes, seeded by the trained model's folder: different per arm/seed, the same for
+    every call on one model."""
+    rng = np.random.default_rng(zlib.crc32(str(Path(model_dir).parent).encode()))
+    return rng.random((len(df), len(CXR_LT_CLASSES))), list(CXR_LT_CLASSES)
+
+
+def real_metrics(monkeypatch) -> FakeStages:
+    """Fake training stages, the real evaluation and paired bootstrap, and :func:`model_predict`."""
+    fake = FakeStages(monkeypatch)
+    monkeypatch.setattr(stages, "evaluate", REAL_EVALUATE)
+    monkeypatch.setattr(stages, "paired", REAL_PAIRED)
+    monkeypatch.setattr(stages, "predict", model_predict)
+    return fake

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny_configs import TINY_VERIFIER, tiny_generator
+from tiny_configs import TINY_FILTER_OVERRIDES, TINY_VERIFIER, tiny_generator
 from typer.testing import CliRunner
 
 from synth.ablation.config import load_ablation_config
@@ -61,12 +61,7 @@ def levers(tmp_path_factory) -> tuple[Path, dict]:
         "filter": {
             "verifier_config": _write(tmp / "verifier.yaml", dict(TINY_VERIFIER)),
             "config": str(REPO / "configs/filter/default.yaml"),
-            "overrides": {
-                "fallback_specificity": 0.05,
-                "bootstrap": 10,
-                "kid_subsets": 5,
-                "nearcopy_calibration_images": 20,
-            },
+            "overrides": dict(TINY_FILTER_OVERRIDES),
         },
         "classifier": {"config": _write(tmp / "classifier.yaml", classifier), "batch_size": 256},
         "evaluation": {"n_boot": 100, "grid_examples": 2},

@@ -25,8 +25,8 @@ from synth.cli import app
 from synth.config import RawText
 from synth.errors import UserError
 from synth.filtering.config import FilterConfig, VerifierConfig, load_filter_config, load_verifier_config
-from synth.generate import GenerateConfig
 from synth.generator.config import FinetuneConfig, load_finetune_config
+from synth.inference import GenerateConfig
 from synth.prepare import PrepareConfig
 
 NEGATIVE = "must be >= 0 (counts, sizes, rates, seeds and thresholds cannot be negative)"

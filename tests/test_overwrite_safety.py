@@ -118,7 +118,7 @@ def test_a_marker_that_is_not_ours_does_not_make_the_folder_ours(tmp_path):
     (out / "summary.json").write_text(json.dumps({"total": 3}))
     before = snapshot(out)
     result = run("filter", out, "--overwrite")
-    assert_one_error_line(result, str(out), "not a `synth filter` output")
+    assert_one_error_line(result, str(out), "not a `synth filter` output", "summary.json is not one")
     assert snapshot(out) == before
 
 
@@ -380,3 +380,54 @@ def test_an_ablation_rerun_reuses_its_phantom_beside_the_heldout_rows_it_wrote(t
     with pytest.raises(UserError, match="mine.txt"):
         render_dataset(4, 32, 1, tmp_path / "phantom", workers=1, overwrite=True)
     assert (labels.parent / "mine.txt").read_text() == "mine"
+
+
+def test_predict_overwrite_replaces_its_own_submission_and_clears_a_killed_runs_cache(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from test_predict import make_ensemble
+
+    model = make_ensemble(tmp_path / "model", sizes=(32,))
+    for i in range(2):
+        (tmp_path / "images").mkdir(exist_ok=True)
+        Image.fromarray(np.full((40, 36), 40 * i, dtype=np.uint8)).save(tmp_path / "images" / f"img{i}.png")
+    out = tmp_path / "sub.csv"
+    args = ("predict", "--model", model, "--images", tmp_path / "images", "--out", out, "--size", "32")
+    assert invoke(*args).exit_code == 0
+    killed = tmp_path / f".sub.csv.{_dead_pid()}.q7w8.tmp"  # what a kill -9 during the decode leaves
+    (killed / "images").mkdir(parents=True)
+    result = invoke(*args, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "model", "sub.csv"]
+    assert out.read_text().startswith("dicom_id,")
+
+
+def test_evaluate_refuses_then_replaces_its_output_whole(tmp_path, monkeypatch):
+    """Fails on the old code: the second evaluation overwrote the first without asking (and had no --overwrite),
+    file by file."""
+    from data_fixtures import make_cxrlt, prepare_args
+    from test_predict import make_ensemble
+
+    import classifier.evaluation as evaluation
+
+    csv = make_cxrlt(tmp_path, patients=6, per_patient=2)
+    prepared = invoke(*prepare_args(csv, tmp_path / "mimic", tmp_path / "ext", "--size", "32", "--split", "test"))
+    assert prepared.exit_code == 0, prepared.output
+    model = make_ensemble(tmp_path / "model", sizes=(32,))
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", str(model), "--data", str(tmp_path / "ext" / "manifest.csv"), "--out", str(out)]
+    assert CliRunner().invoke(app, [*args, "--n-boot", "0"]).exit_code == 0
+    before = snapshot(out)
+    assert_one_error_line(CliRunner().invoke(app, [*args, "--n-boot", "0"]), "already exists", "--overwrite")
+
+    def disk_full(path, *a, **k):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(evaluation, "write_json_atomic", disk_full)  # metrics.json, written last
+    result = CliRunner().invoke(app, [*args, "--n-boot", "20", "--overwrite"])
+    assert result.exit_code == 1 and result.output.startswith("error: No space left on device"), result.output
+    assert snapshot(out) == before and not [p for p in tmp_path.iterdir() if p.name.startswith(".eval")]
+    monkeypatch.undo()
+    result = CliRunner().invoke(app, [*args, "--n-boot", "20", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "metrics.json").read_text())["bootstrap_seed"] == 0 and snapshot(out) != before

@@ -15,7 +15,7 @@ two arms is the difference of their rows:
 - ``synthetic_filtered_resampled``: the filtered mix with ``real_resampled``'s repeat plan on its real rows. Against
   ``real_resampled`` it asks whether generated images add anything ON TOP of re-presenting the real tail; the plain
   mixing arms answer "instead of". Opt-in (not in the default arm list) until a fresh committed run includes it;
-  on the phantom-cpu run's stages ``bench/bench_resampled_mix.py`` measured tail +0.042 [+0.026, +0.057] vs
+  on the phantom-cpu run's stages ``bench/results/resampled_mix.json`` measured tail +0.042 [+0.026, +0.057] vs
   ``real_resampled``.
 - ``synthetic_unfiltered_resampled``: the same with every generated image. Opt-in: on both fresh phantom-cpu runs the
   unfiltered mix beat the filtered one (tail -0.018 vs -0.048, then -0.037 vs -0.060, both against

@@ -12,7 +12,6 @@ the first second on a typo'd path rather than after the generator trained.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from synth.ablation.arms import BASELINE, DEFAULT_ARMS, SYNTHETIC_FILTERED, Arm,
 from synth.config import load_config
 from synth.config_errors import UnknownKeyError
 from synth.errors import UserError
+from synth.hashing import hex_hash
 from synth.output_folder import folder_name_problem
 from synth.readers import FORMATS
 
@@ -125,6 +125,14 @@ class ClassifierStage:
 
 
 @dataclass
+class ExternalSet:
+    """A prepared test-only manifest from another site (``synth prepare --split test``), scored by every arm/seed."""
+
+    name: str = ""  #: the report section's title and results.json key (a folder-safe name)
+    manifest: str = ""  #: its manifest.csv (or the folder holding it)
+
+
+@dataclass
 class EvaluationConfig:
     split: str = "test"
     n_boot: int = 1000
@@ -135,6 +143,13 @@ class EvaluationConfig:
     #: models never see them, so adding them to a finished ablation only predicts, it does not retrain.
     heldout_phantom_n: int = 0
     heldout_phantom_seed: int = 1
+    #: the evidence rule (synth/ablation/evidence.py): a group's verdict stands only on classes with at least this
+    #: many test positives; "helps" / "hurts" needs the interval to exclude 0 and |Δ| >= min_effect
+    min_test_positives: int = 10
+    min_effect: float = 0.005
+    #: external test sets: every arm and seed is scored on each (predictions cached beside each model, so adding
+    #: one to a finished ablation only predicts)
+    external: list[ExternalSet] = field(default_factory=list)
 
 
 @dataclass
@@ -156,6 +171,8 @@ class AblationConfig:
     #: config-named arms (levers); list a variant's name in ``arms`` to run it
     variants: list[VariantSpec] = field(default_factory=list)
     output_root: str = "outputs"
+    #: the CSV every finished run is recorded in (synth/ablation/store.py); null: <output_root>/results/runs.csv
+    results_store: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     generator: GeneratorStage = field(default_factory=GeneratorStage)
     generate: GenerateStage = field(default_factory=GenerateStage)
@@ -279,8 +296,8 @@ def check_overrides(cfg: AblationConfig, where: str) -> None:
     """
     from classifier.config import EnsembleConfig
     from synth.filtering.config import FilterConfig
-    from synth.generate import GenerateConfig
     from synth.generator.config import FINETUNE_STYLE, FinetuneConfig
+    from synth.inference import GenerateConfig
 
     for section, cls in (
         ("generator", FinetuneConfig),
@@ -393,6 +410,21 @@ def validate(cfg: AblationConfig, where: str = "config") -> None:
             f"{where}: oracle.phantom_seed {cfg.oracle.phantom_seed} repeats another phantom seed of this "
             "ablation; the oracle must be trained on its own patients"
         )
+    if ev.min_test_positives < 1:
+        raise UserError(f"{where}: evaluation.min_test_positives {ev.min_test_positives} must be >= 1")
+    if ev.min_effect < 0:
+        raise UserError(f"{where}: evaluation.min_effect {ev.min_effect} must be >= 0 (a ΔmAP magnitude)")
+    names = [x.name for x in ev.external]
+    for i, ext in enumerate(ev.external):
+        if not ext.name or "/" in ext.name or ext.name.startswith(".") or names.count(ext.name) > 1:
+            raise UserError(
+                f"{where}: evaluation.external[{i}].name {ext.name!r} must be a distinct, non-empty folder-safe name"
+            )
+        if not ext.manifest:
+            raise UserError(
+                f"{where}: evaluation.external[{i}] ({ext.name}) needs manifest: a test-only manifest.csv "
+                "from `synth prepare --split test`"
+            )
     if cfg.evaluation.n_boot < 100:
         raise UserError(
             f"{where}: evaluation.n_boot {cfg.evaluation.n_boot} is too small for a 95% interval (use >= 100)"
@@ -420,8 +452,8 @@ def stage_key(*parts: Any) -> str:
             try:
                 return {"file": obj, "content": expand(yaml.safe_load(Path(obj).read_text()))}
             except yaml.YAMLError:  # not ours to judge here: the stage's own loader reports it
-                return {"file": obj, "sha256": hashlib.sha256(Path(obj).read_bytes()).hexdigest()}
+                return {"file": obj, "sha256": hex_hash(Path(obj).read_bytes(), algorithm="sha256")}
         return obj
 
     blob = json.dumps(expand(list(parts)), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return hex_hash(blob, algorithm="sha256", hex_chars=12)

@@ -48,6 +48,10 @@ def check_paths(cfg: AblationConfig) -> None:
     needed.append(("classifier.config", cfg.classifier.config, "see configs/classifier/"))
     if cfg.needs_synthetic:
         needed.append(("oracle.config", cfg.oracle.config, "see configs/filter/oracle-64px.yaml or remove the key"))
+    for i, ext in enumerate(cfg.evaluation.external):
+        needed.append(
+            (f"evaluation.external[{i}].manifest", ext.manifest, "prepare it with `synth prepare --split test`")
+        )
     for key, value, fix in needed:
         if value is not None and not Path(value).exists():
             raise UserError(f"{where}: {key} {value} not found; {fix}")
@@ -80,7 +84,7 @@ def check_stage_configs(cfg: AblationConfig) -> None:
             raise UserError(problems[0])
 
     def generate(view: AblationConfig) -> None:
-        from synth.generate import GenerateConfig
+        from synth.inference import GenerateConfig
 
         GenerateConfig.from_yaml(view.generate.config, n=view.generate.n, **view.generate.overrides)
 
@@ -216,7 +220,7 @@ def _plan(cfg: AblationConfig) -> None:
 
     from synth.ablation.stages import mixing_counts
     from synth.cooccurrence import TrainingLabels
-    from synth.generate import resolve_targets
+    from synth.inference import resolve_targets
     from synth.manifest import read_manifest
 
     real = read_manifest(cfg.data.manifest)

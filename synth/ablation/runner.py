@@ -10,7 +10,8 @@ Layout under ``outputs/ablations/NAME/``::
     oracle-<key>/          phantom only: balanced phantom set + the evaluation-only oracle trained on it
     fidelity-<key>/        fidelity.json: oracle detection rate per generated class (real / generated / kept /
     rejected)
-    arms/<arm>-<key>/seed-<s>/   classifier ensemble + test probabilities (+ heldout-<key>_probs.npy)
+    arms/<arm>-<key>/seed-<s>/   classifier ensemble + test probabilities (+ heldout-<key>_probs.npy, and
+                           external-<manifest sha>_probs.npy per evaluation.external set)
 
 Every step's folder gets a ``done.json`` written last (atomically); a step
 whose marker exists is reused, so a re-run after a crash resumes where it
@@ -38,15 +39,17 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from synth.ablation import stages
+from synth.ablation import stages, store
 from synth.ablation.arms import Arm, SyntheticSet
-from synth.ablation.collect import build_results
+from synth.ablation.card import ablation_card
+from synth.ablation.collect import ExternalScores, build_results
 from synth.ablation.config import AblationConfig
 from synth.ablation.preflight import check_paths
 from synth.ablation.report import render_report
 from synth.ablation.results import RESULTS_FILE
 from synth.ablation.steps import DONE, Source, Step, arm_step, plan, source_of, sources
 from synth.errors import UserError
+from synth.hashing import file_digest
 from synth.io import atomic_path, write_json_atomic
 from synth.manifest import annotated_classes, concat_manifests, read_manifest
 
@@ -58,6 +61,7 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
     state = process_state()
     log = log or _rich_log(state.is_main_process)
     check_paths(cfg)
+    externals = _read_external_sets(cfg)
     started = time.time()
     timer = _Timings()
     steps = {s.name: s for s in plan(cfg)}
@@ -66,6 +70,8 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
     classes = annotated_classes(real[real["split"] == "train"])
     test = real[real["split"] == cfg.evaluation.split].reset_index(drop=True)
     heldout = _heldout_set(cfg, steps, log, timer)
+    for ext in externals:
+        _check_external_classes(ext, classes)
     resampling = stages.resample_plan(cfg, real, classes) if any(a.resample for a in cfg.run_arms) else None
     probs: dict[tuple[str, int], np.ndarray] = {}
     rows: dict[tuple[str, int], dict[str, Any]] = {}
@@ -87,10 +93,17 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
             if arm.uses_synthetic and cfg.n_generators > 1:
                 rows[arm.name, seed]["generator"] = cfg.generator_of(i)
             rows[arm.name, seed].update(stages.training_rows(Path(model_dir)) or {})
+            label = f"{arm.name}/seed-{seed}"
             if heldout is not None:
-                held, label = step.folder / f"{steps['heldout'].folder.name}_probs.npy", f"{arm.name}/seed-{seed}"
-                extra = _heldout_probs(cfg, Path(model_dir), heldout, classes, held, label, log, timer)
+                held = step.folder / f"{steps['heldout'].folder.name}_probs.npy"
+                extra = _extra_probs(cfg, Path(model_dir), heldout, classes, held, label, log, timer)
                 probs[arm.name, seed] = np.concatenate([probs[arm.name, seed], extra])
+            for ext in externals:  # cached per (model, manifest content): adding a set to a finished run only predicts
+                cache = step.folder / f"external-{ext.fingerprint}_probs.npy"
+                what = f"external set {ext.name}"
+                ext.probs[arm.name, seed] = _extra_probs(
+                    arm_cfg, Path(model_dir), ext.rows, classes, cache, label, log, timer, what
+                )
     if heldout is not None:
         test = concat_manifests([test, heldout], data_manifest.parent)
 
@@ -108,6 +121,7 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
             n_heldout=n_heldout,
             rows=rows,
             resampling=resampling,
+            external=externals,
         )
         timer.add("evaluate (bootstrap) + results", time.time() - t0, cached=False)
         _write_report(cfg, results, fidelity, timer.summary(time.time() - started), log)
@@ -144,7 +158,8 @@ def _write_report(
     results["timings"] = timings
     write_json_atomic(cfg.report_dir / RESULTS_FILE, results)
     render_report(cfg.report_dir)
-    log(f"report written: {cfg.report_dir / 'report.html'}")
+    ablation_card(cfg, results)
+    log(f"report written: {cfg.report_dir / 'report.html'}; run recorded in {store.record_run(cfg, results)}")
 
 
 def _shared_stages(cfg: AblationConfig, steps: dict[str, Step], log: Callable[[str], None], timer: "_Timings"):
@@ -216,26 +231,62 @@ def _shared_stages(cfg: AblationConfig, steps: dict[str, Step], log: Callable[[s
     return data_manifest, real, synthetic, filter_dir, fidelity
 
 
-def _heldout_probs(
+def _extra_probs(
     cfg: AblationConfig,
     model_dir: Path,
-    heldout: pd.DataFrame,
+    rows: pd.DataFrame,
     classes: list[str],
-    held: Path,
+    cache: Path,
     label: str,
     log: Callable[[str], None],
     timer: "_Timings",
+    what: str = "held-out",
 ) -> np.ndarray:
-    """The arm/seed's probabilities of the held-out phantom rows (predicted once, then read from ``held``)."""
+    """The arm/seed's probabilities of test-only rows beyond its test split (the held-out phantom patients, an
+    external set): predicted once by the trained model, then read from ``cache``."""
     from synth.distributed import process_state
 
     process_state().wait_for_everyone()  # every process checks before the main one may write: all agree
-    if not held.exists():
-        log(f"[run] {label}: predict {len(heldout)} held-out images")
+    if not cache.exists():
+        log(f"[run] {label}: predict {len(rows)} {what} images")
         t0 = time.time()
-        _predict_to(cfg, model_dir, heldout, classes, held)
-        timer.add(f"{label}: held-out predict", time.time() - t0, cached=False)
-    return np.load(held)
+        _predict_to(cfg, model_dir, rows, classes, cache)
+        timer.add(f"{label}: {what} predict", time.time() - t0, cached=False)
+    return np.load(cache)
+
+
+def _read_external_sets(cfg: AblationConfig) -> list[ExternalScores]:
+    """Every ``evaluation.external`` set, read and checked before any work: a test-only prepared manifest."""
+    out = []
+    for ext in cfg.evaluation.external:
+        path = Path(ext.manifest)
+        path = path / "manifest.csv" if path.is_dir() else path
+        where = f"evaluation.external {ext.name!r} ({path})"
+        df = read_manifest(path)
+        real = df[df["source"] == "real"]
+        other = sorted(set(real["split"]) - {"test"})
+        if real.empty or other:
+            found = f"{', '.join(other)} rows" if other else "no real rows"
+            raise UserError(
+                f"{where}: an external set is test-only, this manifest has {found}; prepare the site's labels "
+                "with `synth prepare ... --split test`"
+            )
+        rows = concat_manifests([real], path.parent)  # absolute image paths: predicted from any working folder
+        rows.attrs["absent_classes"] = df.attrs.get("absent_classes", [])
+        fingerprint = file_digest(path).hex()[:12]
+        out.append(ExternalScores(ext.name, str(path), fingerprint, rows, {}))
+    return out
+
+
+def _check_external_classes(ext: ExternalScores, classes: list[str]) -> None:
+    """An absent class column is a damaged manifest (an empty cell is the format's "not annotated")."""
+    absent = [c for c in classes if c in ext.rows.attrs.get("absent_classes", ())]
+    if absent:
+        raise UserError(
+            f"evaluation.external {ext.name!r} ({ext.manifest}): no column {absent[0]!r} ({len(absent)} of the "
+            "ablation's classes absent); re-create it with `synth prepare --split test` (a class the site does not "
+            "label is then an empty column and is listed as not scored)"
+        )
 
 
 class _Timings:

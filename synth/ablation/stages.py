@@ -102,7 +102,7 @@ def train_generator(cfg: AblationConfig, manifest: Path, out: Path) -> Path:
 
 
 def generate_images(cfg: AblationConfig, model_dir: Path, out: Path) -> Path:
-    from synth.generate import GenerateConfig, run
+    from synth.inference import GenerateConfig, run
 
     gen = GenerateConfig.from_yaml(cfg.generate.config, n=cfg.generate.n, **cfg.generate.overrides)
     return run(model_dir, cfg.generate.classes, out, gen)
@@ -282,7 +282,7 @@ def mixing_counts(cfg: AblationConfig, real: pd.DataFrame) -> dict[str, int]:
     import warnings
 
     from synth.cooccurrence import TrainingLabels
-    from synth.generate import GenerateConfig, resolve_targets
+    from synth.inference import GenerateConfig, resolve_targets
 
     labels = TrainingLabels(real[real["source"] == "real"], source="the ablation's training split")
     gen = GenerateConfig.from_yaml(cfg.generate.config, n=cfg.generate.n, **cfg.generate.overrides)
@@ -372,7 +372,13 @@ def paired(
     out = {}
     for g in ("overall", "head", "medium", "tail"):
         row = pb[f"{g}_map" if g != "overall" else "map"]
-        out[g] = {"diff": row["diff"], "ci": list(row["ci"]), "p": row.get("p"), "run_diffs": list(row["run_diffs"])}
+        out[g] = {
+            "diff": row["diff"],
+            "ci": list(row["ci"]),
+            "p": row.get("p"),
+            "run_diffs": list(row["run_diffs"]),
+            **{k: row[k] for k in ("n_distinct", "modal_share") if k in row},
+        }
         if "ci_within" in row:
             out[g].update(ci_within=list(row["ci_within"]), generators=row["generators"])
     return out

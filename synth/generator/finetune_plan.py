@@ -131,7 +131,7 @@ def _plan_models(
 
 def _plan_training(cfg: FinetuneConfig, out: Path) -> list[str]:
     """The plan's UNet training, checkpoint (where it starts) and tracker lines."""
-    from synth.generator.checkpoints import list_checkpoints
+    from synth.training.checkpoint import list_checkpoints
 
     lines = []
     prediction = cfg.prediction_type

@@ -35,7 +35,6 @@ A future augmentation must either be applied in latent space or cache one entry 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -50,6 +49,7 @@ import torch
 from synth import cache_checksum
 from synth.errors import UserError
 from synth.generator.latent_encoding import ProcessGroup, encode_chunks
+from synth.hashing import Hasher, hex_hash
 from synth.io import image_set_fingerprint
 
 CACHE_FORMAT = 1
@@ -73,7 +73,7 @@ def vae_fingerprint(vae) -> str:
     Hashing weights rather than a folder's mtimes also covers a VAE trained in this run and one
     loaded from a copied folder; ~1 s for SD's 84 M-parameter VAE.
     """
-    h = hashlib.blake2b(digest_size=16)
+    h = Hasher("blake2b", hex_chars=32)
     # Private "_" entries are bookkeeping, not architecture: save_pretrained adds "_class_name" to the saved
     # VAE's in-memory config, so the main process (which saves the VAE stage) hashed differently from the others.
     skip = {"scaling_factor", "shift_factor"}
@@ -97,7 +97,7 @@ def cache_key(vae_fp: str, resolution: int, images_fp: str, encode_dtype: str = 
         },
         sort_keys=True,
     )
-    return hashlib.blake2b(blob.encode(), digest_size=12).hexdigest()
+    return hex_hash(blob, algorithm="blake2b", hex_chars=24)
 
 
 def default_cache_root(manifest: Path, output_dir: str | os.PathLike) -> Path:

@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 
 from synth.errors import UserError
-from synth.generator.checkpoints import TRAINER_STATE, list_checkpoints, read_rows_csv, write_rows_csv
 from synth.generator.config import FinetuneConfig
 from synth.generator.data import PromptEncoder, TrainingSet, pixel_dataset, step_rng, to_vae_input
 from synth.generator.export import export_pipeline, save_validation_grid, training_pipeline
@@ -46,6 +45,8 @@ from synth.training import (
     save_ema_shadow,
     save_state_atomically,
 )
+from synth.training.checkpoint import TRAINER_STATE, list_checkpoints
+from synth.training.trackers import read_rows_csv, write_rows_csv
 
 EMA_FILE = "ema_unet.safetensors"
 

@@ -6,15 +6,14 @@ resolution; the fingerprint hashes the UNet weights so every manifest row says w
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from synth.diffusion import META_NAME, REEXPORT, check_pipeline_files
 from synth.errors import UserError
-from synth.model_files import check_folder_files, read_json_object
+from synth.hashing import Hasher, file_digest
+from synth.model_files import read_json_object
 from synth.prompts import PromptTemplates
-
-META_NAME = "synth_meta.json"
 
 
 @dataclass(frozen=True)
@@ -61,34 +60,13 @@ def load_generator_info(
     )
 
 
-#: The fix for a broken generator folder.
-REEXPORT = "pass the folder `synth finetune` wrote (or restore this one from a copy)"
-
-
-def check_pipeline_files(model_dir: Path, fix: str = REEXPORT) -> None:
-    """Every JSON record and safetensors header of a diffusers pipeline folder, read before anything is written.
-
-    Cheap (no weight is read: safetensors checks that its header covers the file, so a truncated file fails),
-    and it names the broken file; diffusers itself says only that a component could not be loaded, and by then
-    ``synth generate`` has created ``--out``.
-    """
-    index = read_json_object(model_dir / "model_index.json", fix)
-    components = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and None not in v]
-    for name in components:
-        folder = model_dir / name
-        if not folder.is_dir():
-            raise UserError(f"{model_dir}: model_index.json names {name!r} but {folder} is missing; {fix}")
-        check_folder_files(folder, fix)
-
-
 def model_fingerprint(model_dir: Path) -> str:
     """Hash of the UNet weights and the generator metadata: which model made an image."""
-    digest = hashlib.sha256()
+    digest = Hasher("sha256", hex_chars=16)
     weights = sorted(p for p in (model_dir / "unet").glob("*") if p.suffix in {".safetensors", ".bin", ".pt", ".pth"})
     if not weights:
         raise UserError(f"--model {model_dir}: no UNet weights under {model_dir / 'unet'}")
     for path in weights + [p for p in [model_dir / META_NAME] if p.exists()]:
         digest.update(path.name.encode())
-        with open(path, "rb") as f:
-            digest.update(hashlib.file_digest(f, "sha256").digest())
-    return digest.hexdigest()[:16]
+        digest.update(file_digest(path))
+    return digest.hexdigest()

@@ -25,7 +25,7 @@ from synth.manifest import GENERATION_COLUMNS
 from synth.prompts import PromptTemplates
 from synth.taxonomy import CXR_LT_CLASSES, GROUPS, class_slug, resolve_class
 
-#: what :mod:`synth.inference` (and so ``synth.generate``) re-exports from here
+#: what :mod:`synth.inference` re-exports from here
 __all__ = [
     "RUN_SETTINGS_NAME",
     "class_slug",

@@ -1,4 +1,5 @@
-"""ONE atomic checkpoint save, ONE pruning rule, ONE resume, and EMA weights as safetensors.
+"""ONE atomic checkpoint save, ONE pruning rule, ONE resume, EMA weights as safetensors, and which
+``checkpoint-<step>`` folder a run resumes from: the project's one checkpoint module.
 
 Why not Accelerate's own conveniences:
 
@@ -16,6 +17,7 @@ Why not Accelerate's own conveniences:
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -148,3 +150,43 @@ def load_ema_shadow(path: Path, ema) -> None:
         p.data.copy_(tensors[f"p{i:05d}"].to(p.device))
     with safe_open(str(path), "pt") as f:
         ema.optimization_step = int(f.metadata()["optimization_step"])
+
+
+# ----------------------------------------------------------------------------- checkpoint-<step> folders
+
+#: A run folder's checkpoints are ``checkpoint-<step>`` folders; one is complete once its loop's state file
+#: (``TRAINER_STATE``, written last into the temp folder before the rename) is in it.
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+TRAINER_STATE = "trainer_state.json"
+
+
+def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
+    if not out_dir.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), p)
+        for p in out_dir.iterdir()
+        if p.is_dir() and (m := CHECKPOINT_RE.match(p.name)) and (p / TRAINER_STATE).exists()
+    ]
+    return sorted(found)
+
+
+def resolve_checkpoint(out_dir: Path, spec: str | None) -> Path | None:
+    """Where a run starts: unset / ``latest`` -> newest complete checkpoint in ``out_dir`` (None if there is
+    none yet), so a plain re-run of the same command resumes; ``none`` -> None (start over); a path -> that folder."""
+    from synth.errors import UserError
+
+    if spec is not None and spec.strip().lower() == "none":
+        return None
+    if not spec or spec == "latest":
+        found = list_checkpoints(out_dir)
+        return found[-1][1] if found else None
+    path = Path(spec)
+    if not path.is_absolute() and not path.exists():
+        path = out_dir / spec
+    if not (path / TRAINER_STATE).exists():
+        raise UserError(
+            f"--resume_from_checkpoint {spec}: not a complete checkpoint folder (no {TRAINER_STATE}); use 'latest' or "
+            f"a checkpoint-<step> folder of {out_dir}"
+        )
+    return path
