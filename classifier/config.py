@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from synth.config import from_mapping, load_config
+from synth.config import MAX_SEED, from_mapping, load_config
 from synth.errors import UserError
 
 SYNTHETIC_MODES = ("none", "mix", "pretrain_finetune", "mix_then_head")
@@ -28,6 +28,8 @@ SYNTHETIC_LABELS = ("prompt", "target", "target_only")
 LOSSES = ("asl", "bce")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 REPORT_TO = ("none", "tensorboard")
+#: classifier/stage.py seeds a stage with ``seed * 1000 + stage``: that must stay a seed numpy takes (see MAX_SEED)
+MEMBER_MAX_SEED = (MAX_SEED - 1) // 1000
 
 
 @dataclass
@@ -173,6 +175,11 @@ class EnsembleConfig:
                     raise UserError(f"classifier members[{i}].{name} must be >= 1 or null, got {getattr(m, name)}")
             if m.lr is not None and m.lr <= 0:
                 raise UserError(f"classifier members[{i}].lr must be > 0 or null, got {m.lr}")
+            if m.seed > MEMBER_MAX_SEED:
+                raise UserError(
+                    f"classifier members[{i}].seed must be <= {MEMBER_MAX_SEED} (a stage is seeded with seed * 1000 "
+                    f"+ stage), got {m.seed}"
+                )
             if not 0.0 <= m.drop_path_rate < 1.0:
                 raise UserError(f"classifier members[{i}].drop_path_rate must be in [0, 1), got {m.drop_path_rate}")
             if m.pretrained_file is not None and not Path(m.pretrained_file).is_file():

@@ -39,6 +39,10 @@ from synth.io import read_yaml_mapping
 
 T = TypeVar("T")
 
+#: Largest seed a stage config takes: ``accelerate.set_seed`` seeds numpy's legacy generator (< 2**32) with the seed
+#: plus a process index, so a larger seed is a traceback after the stages before it ran.
+MAX_SEED = 2**31 - 1
+
 #: The help text of every ``--set`` option.
 SET_HELP = "Override one setting of the config: KEY=VALUE, dotted for sections (e.g. train.epochs=2); repeatable."
 

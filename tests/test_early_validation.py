@@ -100,10 +100,10 @@ def test_the_sweep_covers_every_stage_config():
     assert ("seeds", int, True) in _numbers(AblationConfig)
 
 
-# ---------------------------------------------------------------- 2. zero where a stage cannot use it
+# ---------------------------------------------------------------- 2. zero (or too large) where a stage cannot use it
 
 
-ZERO = [
+RANGE = [
     ("classifier", {"train.lr": "0"}, "train.lr must be > 0"),
     ("classifier", {"members": [{"lr": 0}]}, "members[0].lr must be > 0"),
     ("classifier", {"members": [{"batch_size": 0}]}, "members[0].batch_size must be >= 1"),
@@ -134,13 +134,18 @@ ZERO = [
     ("finetune", {"latent_channels": "0"}, "--latent_channels must be >= 1"),
     ("finetune", {"unet_attention_head_dim": "0"}, "--unet_attention_head_dim must be >= 1"),
     ("finetune", {"vae_block_out_channels": "[]"}, "--vae_block_out_channels must list channel counts >= 1"),
+    ("filter", {"extractor": "/no/such/encoder"}, "extractor '/no/such/encoder': expected 'verifier' or a folder"),
+    ("filter", {"transfer_extractor": "/no/such/encoder"}, "transfer_extractor '/no/such/encoder': expected"),
+    ("finetune", {"seed": str(2**31)}, "--seed must be <= 2147483647"),  # was a traceback from numpy's seeding
+    ("verifier", {"seed": str(2**31)}, "verifier seed must be <= 2147483647"),
+    ("classifier", {"members": [{"seed": 5_000_000}]}, "members[0].seed must be <= 2147483"),
     ("prepare", {"tail_threshold": "0"}, "expected 0 < tail_threshold < head_threshold < 1"),
     ("prepare", {"head_threshold": "0.005"}, "expected 0 < tail_threshold < head_threshold < 1"),
 ]
 
 
-@pytest.mark.parametrize("stage, overrides, message", ZERO, ids=[f"{s}-{m}" for s, _, m in ZERO])
-def test_zero_where_a_stage_cannot_use_it_is_refused_at_load(stage, overrides, message):
+@pytest.mark.parametrize("stage, overrides, message", RANGE, ids=[f"{s}-{m}" for s, _, m in RANGE])
+def test_values_outside_a_stages_range_are_refused_at_load(stage, overrides, message):
     load = LOADERS[stage][1]
     overrides = {k: RawText(v) if isinstance(v, str) else v for k, v in overrides.items()}
     with pytest.raises(UserError) as err:
@@ -238,6 +243,7 @@ def _manifest_config(tmp_path: Path, **generate) -> dict:
     return {"data": {"source": "manifest", "manifest": str(manifest)}, **generate}
 
 
+VARIANT = ["real_only", "v"]  #: an ablation whose only synthetic arm is the variant
 ABLATION = [
     ("zero-shot-class", lambda t: {"generate__classes": ["Bulla"]}, "zero-shot class"),
     ("n-0", lambda t: {"generate__n": 0}, "--n must be >= 1"),
@@ -275,6 +281,45 @@ ABLATION = [
         "manifest-class-not-annotated",
         lambda t: _manifest_config(t, generate__classes=["Hernia"]),
         "'Hernia' is not annotated",
+    ),
+    ("seed-too-large-for-the-classifier", lambda t: {"seeds": [0, 5_000_000]}, "members[0].seed must be <="),
+    (
+        "generator-seed-too-large",
+        lambda t: {"generator__seeds": [0, 2**31]},
+        "generator 1 (seed 2147483648) stage",
+    ),
+    (
+        "generator-prompt-templates-missing",
+        lambda t: {"generator__overrides": {"prompt_templates": str(t / "none.yaml")}},
+        "generator stage",
+    ),
+    ("generator-unet-without-vae", lambda t: {"generator__overrides": {"stage": "unet"}}, "--stage unet needs"),
+    (
+        "generate-prompt-templates-missing",
+        lambda t: {"generate__overrides": {"prompt_templates": str(t / "none.yaml")}},
+        "--prompt-templates",
+    ),
+    (
+        "variant-generate-n-0",
+        lambda t: {"variants": [{"name": "v", "arm": "synthetic_filtered", "generate": {"n": 0}}], "arms": VARIANT},
+        "variant 'v' generate stage",
+    ),
+    (
+        "variant-classifier-lr-0",
+        lambda t: (
+            {"variants": [{"name": "v", "arm": "synthetic_filtered", "classifier": {"train.lr": 0}}]}
+            | {"arms": VARIANT}
+        ),
+        "variant 'v' classifier stage",
+    ),
+    (
+        "variant-class-not-in-manifest",
+        lambda t: (
+            _manifest_config(t, generate__classes=["Atelectasis"])
+            | {"variants": [{"name": "v", "arm": "synthetic_filtered", "generate": {"classes": ["Hernia"]}}]}
+            | {"arms": VARIANT}
+        ),
+        "variant 'v' generate.classes",
     ),
     (
         "manifest-nothing-to-generate",

@@ -326,6 +326,7 @@ def test_every_setting_is_a_flag_and_reaches_the_config(tmp_path, monkeypatch):
     monkeypatch.setattr("synth.commands.generate._summary", lambda manifest: None)
     yaml_file = tmp_path / "generate.yaml"
     yaml_file.write_text("steps: 9\nenable_xformers: true\nguidance_scale: 2.5\n")
+    (tmp_path / "m.csv").write_text("")  # a --train-manifest must exist when the config loads
     args = ["generate", "--model", str(tmp_path), "--class", "rib fracture", "--out", str(tmp_path / "out")]
     flags = ["--config", str(yaml_file), "--compile", "--batch-size", "3", "--train-manifest", str(tmp_path / "m.csv")]
     result = CliRunner().invoke(app, [*args, *flags, "--no-progress"])

@@ -69,22 +69,26 @@ def check_stage_configs(cfg: AblationConfig) -> None:
     """
     where = cfg.source_path or "config"
 
-    def generator() -> None:
+    def generator(view: AblationConfig) -> None:
         from synth.generator.config import load_finetune_config
 
         overrides = {
-            **cfg.generator.overrides,
+            **view.generator.overrides,
             "train_manifest": "<the ablation's data manifest>",
             "output_dir": "<stage folder>",
         }
-        if cfg.generator.pretrained:
-            overrides["pretrained_model_name_or_path"] = cfg.generator.pretrained
-        load_finetune_config(cfg.generator.config, overrides)
+        if view.generator.pretrained:
+            overrides["pretrained_model_name_or_path"] = view.generator.pretrained
+        from synth.generator.finetune_plan import plan
 
-    def generate() -> None:
+        _, problems = plan(load_finetune_config(view.generator.config, overrides), data=False)  # finetune's own
+        if problems:  # e.g. a missing prompt_templates or vae_model_path, an incomplete pretrained folder
+            raise UserError(problems[0])
+
+    def generate(view: AblationConfig) -> None:
         from synth.inference import GenerateConfig
 
-        GenerateConfig.from_yaml(cfg.generate.config, n=cfg.generate.n, **cfg.generate.overrides)
+        GenerateConfig.from_yaml(view.generate.config, n=view.generate.n, **view.generate.overrides)
 
     def verifier() -> None:
         from synth.filtering.config import load_verifier_config
@@ -101,14 +105,20 @@ def check_stage_configs(cfg: AblationConfig) -> None:
 
         load_verifier_config(cfg.oracle.config)
 
-    def classifier() -> None:
-        from classifier.config import load_ensemble_config
+    def classifier(view: AblationConfig, arms: list[Any]) -> None:
+        from synth.ablation.stages import arm_ensemble_config
 
-        load_ensemble_config(cfg.classifier.config, cfg.classifier.overrides)
+        for arm in arms:  # the config each arm and seed trains with (train_arm's own)
+            for seed in cfg.seeds:
+                arm_ensemble_config(view, arm.mode, seed)
 
     checks: list[tuple[str, str | None, Any]] = []
     if cfg.needs_synthetic:
-        checks += [("generator", cfg.generator.config, generator), ("generate", cfg.generate.config, generate)]
+        for k in range(cfg.n_generators):  # each generator's finetune config (its seed among the overrides)
+            label = "generator" if cfg.n_generators == 1 else f"generator {k} (seed {cfg.generator.seeds[k]})"
+            checks.append((label, cfg.generator.config, lambda k=k: generator(cfg.for_synthetic(k))))
+        for label, view in generate_views(cfg):
+            checks.append((label, view.generate.config, lambda view=view: generate(view)))
     if cfg.needs_filter:
         checks += [
             ("filter.verifier_config", cfg.filter.verifier_config, verifier),
@@ -116,7 +126,13 @@ def check_stage_configs(cfg: AblationConfig) -> None:
         ]
     if cfg.needs_synthetic and cfg.oracle.config:
         checks.append(("oracle", cfg.oracle.config, oracle))
-    checks.append(("classifier", cfg.classifier.config, classifier))
+    plain = [arm for arm in cfg.run_arms if not arm.classifier]
+    checks.append(("classifier", cfg.classifier.config, lambda: classifier(cfg, plain)))
+    for arm in cfg.run_arms:  # a variant's classifier keys on top of the ablation's, as its arm trains with them
+        if arm.classifier:
+            view = cfg.for_arm(arm)
+            label = f"variant {arm.name!r} classifier"
+            checks.append((label, view.classifier.config, lambda v=view, a=arm: classifier(v, [a])))
     for stage, path, load in checks:
         _check(f"{where}: {stage} stage" + (f" ({path})" if path else "") + " with its overrides", load)
     check_stage_values(cfg)
@@ -157,8 +173,16 @@ def check_stage_values(cfg: AblationConfig) -> None:
             f"{where}: {keys} (synth phantom's --n / --size / --seed)",
             lambda: check_render_args(n, d.size, seed, **extra),  # noqa: B023 (called at once)
         )
-    if cfg.needs_synthetic:
-        check_generate_classes(cfg)
+    for label, view in generate_views(cfg) if cfg.needs_synthetic else []:
+        check_generate_classes(view, label)
+
+
+def generate_views(cfg: AblationConfig) -> list[tuple[str, AblationConfig]]:
+    """``(label, the config as that generate stage sees it)`` for each generate stage the run arms use: the
+    ablation's own section and each variant's with generate keys (the stages :mod:`synth.ablation.steps` plans)."""
+    synthetic = [a for a in cfg.run_arms if a.uses_synthetic]
+    views = [("generate", cfg)] if any(not a.generate for a in synthetic) else []
+    return views + [(f"variant {a.name!r} generate", cfg.for_synthetic(0, a)) for a in synthetic if a.generate]
 
 
 def _annotated_by_format(fmt: str | None) -> tuple[str, ...] | None:
@@ -169,7 +193,7 @@ def _annotated_by_format(fmt: str | None) -> tuple[str, ...] | None:
     return tuple(NIH_TO_CXRLT.values()) if fmt == "nih" else None
 
 
-def check_generate_classes(cfg: AblationConfig) -> None:
+def check_generate_classes(cfg: AblationConfig, label: str = "generate") -> None:
     """``generate.classes`` against the data the generator will learn from, as ``synth generate`` checks them.
 
     A named class the data does not annotate (or, for a prepared manifest, has no train positive of) cannot be
@@ -185,11 +209,11 @@ def check_generate_classes(cfg: AblationConfig) -> None:
     missing = [c for c in named if annotated is not None and c not in annotated]
     if missing:
         raise UserError(
-            f"{where}: generate.classes {missing}: not annotated by data.format {cfg.data.format} data, so no "
+            f"{where}: {label}.classes {missing}: not annotated by data.format {cfg.data.format} data, so no "
             f"image can be generated for them; choose from {', '.join(annotated)}"
         )
     if cfg.data.source == "manifest":
-        _check(f"{where}: generate.classes / generate.n on data.manifest {cfg.data.manifest}", lambda: _plan(cfg))
+        _check(f"{where}: {label}.classes / n on data.manifest {cfg.data.manifest}", lambda: _plan(cfg))
 
 
 def _plan(cfg: AblationConfig) -> None:

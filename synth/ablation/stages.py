@@ -262,15 +262,21 @@ def train_arm(
 
     ``row_repeats`` (dicom_id -> times per epoch) is the ``real_resampled`` arm's repeat-factor plan.
     """
-    config = import_stage_module("classifier.config", "classifier")
     train = import_stage_module("classifier.train", "classifier")
-    ens = config.load_ensemble_config(cfg.classifier.config, cfg.classifier.overrides)
-    ens = replace(
-        ens, members=[replace(m, seed=seed) for m in ens.members], synthetic=replace(ens.synthetic, mode=mode)
-    )
+    ens = arm_ensemble_config(cfg, mode, seed)
     if row_repeats:
         return Path(train.train_ensemble(ens, train_df, out, classes=classes, row_repeats=row_repeats))
     return Path(train.train_ensemble(ens, train_df, out, classes=classes))
+
+
+def arm_ensemble_config(cfg: AblationConfig, mode: str, seed: int):
+    """The classifier config one arm trains with: the ablation's YAML and overrides, every member seeded by ``seed``,
+    the arm's synthetic mode; validated (the preflight calls it for every arm and seed before any stage runs)."""
+    config = import_stage_module("classifier.config", "classifier")
+    ens = config.load_ensemble_config(cfg.classifier.config, cfg.classifier.overrides)
+    return replace(
+        ens, members=[replace(m, seed=seed) for m in ens.members], synthetic=replace(ens.synthetic, mode=mode)
+    ).validated()
 
 
 def training_rows(model_dir: Path) -> dict[str, int] | None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from synth.config import SET_HELP, Style, as_typed_text, coerce, command_overrides, load_config
+from synth.config import MAX_SEED, SET_HELP, Style, as_typed_text, coerce, command_overrides, load_config
 from synth.errors import UserError
 
 STAGES = ("all", "vae", "unet")
@@ -165,6 +165,8 @@ class FinetuneConfig:
         for name in ("learning_rate", "vae_learning_rate", "text_encoder_lr", "adam_epsilon", "max_grad_norm"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise UserError(f"--{name} must be > 0, got {getattr(self, name)}")
+        if self.seed > MAX_SEED:
+            raise UserError(f"--seed must be <= {MAX_SEED} (processes add their index), got {self.seed}")
         if self.ema_power <= 0:
             raise UserError(f"--ema_power must be > 0, got {self.ema_power}")
         for name in ("adam_beta1", "adam_beta2", "ema_decay"):

@@ -81,4 +81,7 @@ class GenerateConfig:
             raise UserError(f"--temperature must be > 0, got {self.temperature}")
         if self.prompt_style not in PROMPT_STYLES:
             raise UserError(f"unknown prompt_style {self.prompt_style!r}; choose one of {', '.join(PROMPT_STYLES)}")
+        for flag, path in (("--train-manifest", self.train_manifest), ("--prompt-templates", self.prompt_templates)):
+            if path and not Path(path).exists():  # read only after the model loaded (an ablation: hours later)
+                raise UserError(f"{flag} {path}: not found; fix the path or leave it out (the model folder's is used)")
         return self
