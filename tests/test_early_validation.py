@@ -53,10 +53,17 @@ def _numbers(cls: type, prefix: str = "") -> list[tuple[str, type, bool]]:
 
 
 def _override(key: str, text: str) -> dict:
-    """``members[].lr`` -> ``{"members": [{"lr": <value>}]}`` (a list of sections is replaced whole)."""
+    """``members[].lr`` -> ``{"members": [{"lr": <value>}]}`` (a list of sections is replaced whole); a dotted leaf
+    nests (``external[].phantom.n`` -> ``{"external": [{"phantom": {"n": <value>}}]}``)."""
     if "[]." in key:
         section, _, leaf = key.partition("[].")
-        return {section: [{leaf: yaml.safe_load(text)}]}
+        item: dict = {}
+        *parents, last = leaf.split(".")  # a section inside the list item: external[].phantom.n
+        node = item
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[last] = yaml.safe_load(text)
+        return {section: [item]}
     return {key: RawText(text)}
 
 
