@@ -65,6 +65,16 @@ class Style:
         return f"{self.where}: {self.key_prefix}{key}" if self.where else f"{self.key_prefix}{key}"
 
 
+def require_at_least(settings: Any, names: Iterable[str], minimum: int, label: str = "{name}") -> None:
+    """Each of ``settings``' fields ``names`` is >= ``minimum``, else one error naming it as ``label`` formats it
+    (``"--{name}"`` for a trainer flag, ``"verifier {name}"`` ...): the bound a stage's ``validated()`` adds to the
+    loader's sign check where 0 has no meaning (a batch size, a count of steps)."""
+    for name in names:
+        value = getattr(settings, name)
+        if value < minimum:
+            raise UserError(f"{label.format(name=name)} must be >= {minimum}, got {value}")
+
+
 def parse_sets(items: Iterable[str] | None) -> dict[str, RawText]:
     """``["train.epochs=2", "synthetic.mode=mix"]`` -> ``{"train.epochs": "2", ...}`` (typed when the config loads)."""
     out: dict[str, RawText] = {}

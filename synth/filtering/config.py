@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from synth.config import MAX_SEED, load_config
+from synth.config import MAX_SEED, load_config, require_at_least
 from synth.errors import UserError
 
 
@@ -42,9 +42,7 @@ class VerifierConfig:
             raise UserError(
                 f"verifier arch {self.arch!r} is not a timm model; e.g. convnext_atto, resnet10t, efficientnet_b0"
             )
-        for name in ("image_size", "epochs", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"verifier {name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, ("image_size", "epochs", "batch_size", "eval_batch_size"), 1, "verifier {name}")
         if self.max_steps is not None and self.max_steps < 1:
             raise UserError(f"verifier max_steps must be >= 1 or null, got {self.max_steps}")
         if self.lr <= 0:
@@ -125,18 +123,20 @@ class FilterConfig:
             raise UserError(
                 f"max_fid_images must be >= min_fid_images ({self.min_fid_images}), got {self.max_fid_images}"
             )
-        for name in (
-            "kid_subset_size",
-            "kid_subsets",
-            "bootstrap",
-            "outlier_knn",
-            "outlier_reference_max",
-            "nearcopy_pixel_size",
-            "nearcopy_calibration_images",
-            "batch_size",
-        ):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(
+            self,
+            (
+                "kid_subset_size",
+                "kid_subsets",
+                "bootstrap",
+                "outlier_knn",
+                "outlier_reference_max",
+                "nearcopy_pixel_size",
+                "nearcopy_calibration_images",
+                "batch_size",
+            ),
+            1,
+        )
         for name in ("outlier_percentile", "nearcopy_copy_quantile", "nearcopy_distinct_quantile"):
             if not 0.0 < getattr(self, name) <= 100.0:
                 raise UserError(f"{name} is a percentile in (0, 100], got {getattr(self, name)}")

@@ -17,7 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from synth.config import MAX_SEED, SET_HELP, Style, as_typed_text, coerce, command_overrides, load_config
+from synth.config import (
+    MAX_SEED,
+    SET_HELP,
+    Style,
+    as_typed_text,
+    coerce,
+    command_overrides,
+    load_config,
+    require_at_least,
+)
 from synth.errors import UserError
 
 STAGES = ("all", "vae", "unet")
@@ -134,34 +143,40 @@ class FinetuneConfig:
         from synth.generator.row_sampling import SAMPLING_MODES
 
         _choice("sampling", self.sampling, SAMPLING_MODES)
-        for name in (
-            "resolution",
-            "train_batch_size",
-            "vae_batch_size",
-            "gradient_accumulation_steps",
-            "checkpointing_steps",
-            "num_train_timesteps",
-            "text_max_length",
-            "validation_inference_steps",
-            "logging_steps",
-            "latent_channels",
-            "vae_layers_per_block",
-            "unet_layers_per_block",
-            "unet_attention_head_dim",
-            "norm_num_groups",
-        ):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        for name in (
-            "max_train_steps",
-            "vae_max_train_steps",
-            "prompt_orders",
-            "lr_warmup_steps",
-            "num_validation_images",
-            "dataloader_num_workers",
-        ):
-            if getattr(self, name) < 0:
-                raise UserError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        require_at_least(
+            self,
+            (
+                "resolution",
+                "train_batch_size",
+                "vae_batch_size",
+                "gradient_accumulation_steps",
+                "checkpointing_steps",
+                "num_train_timesteps",
+                "text_max_length",
+                "validation_inference_steps",
+                "logging_steps",
+                "latent_channels",
+                "vae_layers_per_block",
+                "unet_layers_per_block",
+                "unet_attention_head_dim",
+                "norm_num_groups",
+            ),
+            1,
+            "--{name}",
+        )
+        require_at_least(
+            self,
+            (
+                "max_train_steps",
+                "vae_max_train_steps",
+                "prompt_orders",
+                "lr_warmup_steps",
+                "num_validation_images",
+                "dataloader_num_workers",
+            ),
+            0,
+            "--{name}",
+        )
         for name in ("learning_rate", "vae_learning_rate", "text_encoder_lr", "adam_epsilon", "max_grad_norm"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise UserError(f"--{name} must be > 0, got {getattr(self, name)}")
