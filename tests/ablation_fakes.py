@@ -28,6 +28,17 @@ PREVALENCE = {
 }
 
 
+def nih_sample_data(nih_sample: Path, size: int = 32) -> dict:
+    """An ablation ``data:`` section that prepares the real NIH sample (``../shared/data/nih-sample``)."""
+    return {
+        "source": "prepare",
+        "format": "nih",
+        "labels": str(nih_sample / "Data_Entry_2017_v2020.csv"),
+        "images": str(nih_sample / "images"),
+        "size": size,
+    }
+
+
 def write_config(tmp_path: Path, **changes) -> Path:
     cfg = unit_ablation(tmp_path)
     cfg["seeds"] = [0, 1]

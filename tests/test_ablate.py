@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from ablation_fakes import CLASSES, FakeStages, ran_once, tiny_manifest, write_config
+from ablation_fakes import CLASSES, FakeStages, nih_sample_data, ran_once, tiny_manifest, write_config
 
 from synth.ablation import stages
 from synth.ablation.config import load_ablation_config
@@ -159,13 +159,7 @@ def test_real_nih_sample_prepared_once_and_scored_on_its_annotated_classes(
         tmp_path,
         seeds=[0],
         arms=["real_only"],
-        data={
-            "source": "prepare",
-            "format": "nih",
-            "labels": str(nih_sample / "Data_Entry_2017_v2020.csv"),
-            "images": str(nih_sample / "images"),
-            "size": 32,
-        },
+        data=nih_sample_data(nih_sample),
     )
     report_dir = run_ablation(load_ablation_config(path), log=lambda m: None)
     results = json.loads((report_dir / "results.json").read_text())

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from ablation_fakes import CLASSES, real_metrics, write_config
+from ablation_fakes import CLASSES, nih_sample_data, real_metrics, write_config
 from report_fixtures import make_results
 from sklearn.metrics import average_precision_score
 
@@ -221,13 +221,7 @@ def test_nih_sample_own_split_pneumonia_tail_reads_not_judged(tmp_path: Path, mo
         seeds=[0],
         arms=["real_only", "synthetic_filtered"],
         generate__classes=["Pneumonia"],
-        data={
-            "source": "prepare",
-            "format": "nih",
-            "labels": str(nih_sample / "Data_Entry_2017_v2020.csv"),
-            "images": str(nih_sample / "images"),
-            "size": 32,
-        },
+        data=nih_sample_data(nih_sample),
     )
     report_dir = run_ablation(load_ablation_config(path), log=lambda m: None)
     results = json.loads((report_dir / "results.json").read_text())
