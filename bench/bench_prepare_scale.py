@@ -187,8 +187,9 @@ def main() -> None:
         "extrapolation": {
             "images": MIMIC_IMAGES,
             "hours_by_workers": {str(r["workers"]): r["hours_for_377110_images"] for r in runs},
-            "assumes": "the measured images/s holds over 377,110 rows (memory is flat in rows) and MIMIC films "
-            "decode like this mix; MIMIC-CXR-JPG files are larger (~7.6 MP vs this mix's mean), so scale the "
+            "assumes": "the measured images/s holds over 377,110 rows (the cache streams: its memory does not grow "
+            "with the rows; the parent's growth is the label table, see memory_flat_check) and MIMIC films decode "
+            "like this mix; MIMIC-CXR-JPG files are larger (~7-8 MP vs this mix's mean_megapixels), so scale the "
             "hours by their decode cost before planning",
         },
     }
