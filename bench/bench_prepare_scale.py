@@ -50,15 +50,15 @@ print(json.dumps({
 """
 
 
-def _make_one(task: tuple[int, int, str]) -> tuple[int, int, int]:
+def _make_one(task: tuple[int, int, str, int, int]) -> tuple[int, int, int]:
     """One synthetic film: a smooth random field (lungs, mediastinum-like blobs) upsampled, plus grain."""
     from PIL import Image, ImageChops
 
-    index, seed, path = task
+    index, seed, path, low, high = task
     rng = np.random.default_rng([seed, index])
-    side = int(rng.integers(300, 3001))
+    side = int(rng.integers(low, high + 1))
     aspect = float(rng.uniform(0.8, 1.25))
-    w, h = side, int(np.clip(round(side * aspect), 300, 3000))
+    w, h = side, int(np.clip(round(side * aspect), low, high))
     base = (rng.random((12, 12)) * 160 + 50).astype(np.uint8)
     film = Image.fromarray(base, mode="L").resize((w, h), Image.Resampling.BICUBIC)
     tile = rng.integers(0, 16, (256, 256), dtype=np.uint8)  # grain, tiled (per-pixel noise costs more than the JPEG)
@@ -68,11 +68,11 @@ def _make_one(task: tuple[int, int, str]) -> tuple[int, int, int]:
     return w, h, os.path.getsize(path)
 
 
-def make_sources(n: int, root: Path, seed: int) -> dict:
-    """``n`` JPEGs under ``root/files`` and a CXR-LT label CSV (random labels, every class present)."""
+def make_sources(n: int, root: Path, seed: int, sides: tuple[int, int] = (300, 3000)) -> dict:
+    """``n`` JPEGs (each side within ``sides``) under ``root/files`` and a CXR-LT label CSV (random labels)."""
     files = root / "files"
     files.mkdir(parents=True)
-    tasks = [(i, seed, str(files / f"img{i:07d}.jpg")) for i in range(n)]
+    tasks = [(i, seed, str(files / f"img{i:07d}.jpg"), *sides) for i in range(n)]
     start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(os.cpu_count() or 1) as pool:
         shapes = pool.map(_make_one, tasks, chunksize=16)
@@ -134,6 +134,24 @@ def timed_prepare(root: Path, rows: int, size: int, workers: int) -> dict:
     }
 
 
+def _rows_check(root: Path, args: argparse.Namespace) -> dict:
+    """Peak RSS of the parent at N/4 and N rows of 64 px sources: decoding is cheap, so rows dominate."""
+    make_sources(args.rows_check, root, args.seed, sides=(64, 64))
+    quarter = timed_prepare(root, args.rows_check // 4, args.size, 1)
+    full = timed_prepare(root, args.rows_check, args.size, 1)
+    growth = (full["parent_peak_rss_mib"] - quarter["parent_peak_rss_mib"]) * 1024 / (full["rows"] - quarter["rows"])
+    return {
+        "rows": [quarter["rows"], full["rows"]],
+        "parent_peak_rss_mib": [quarter["parent_peak_rss_mib"], full["parent_peak_rss_mib"]],
+        "growth_kib_per_row": round(growth, 2),
+        "parent_peak_rss_mib_extrapolated_to_377110_rows": round(
+            full["parent_peak_rss_mib"] + growth * (MIMIC_IMAGES - full["rows"]) / 1024
+        ),
+        "what_grows": "the label table (about 50 columns a row) and pandas' copies of it; the image cache streams "
+        "(tests/test_prepare_resume.py: caching memory does not grow with the rows)",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=50_000, help="synthetic source JPEGs (the issue asks >= 50,000)")
@@ -143,6 +161,12 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=None, help="where the sources go (default: a temporary folder)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures (with provenance) here")
     parser.add_argument("--note", default="", help="a sentence stored with the figures (e.g. the machine's state)")
+    parser.add_argument(
+        "--rows-check",
+        type=int,
+        default=24_000,
+        help="rows of tiny (64 px) sources for the memory-vs-rows check (0: skip): peak RSS at N/4 and N rows",
+    )
     args = parser.parse_args()
     if args.n < 64 or min(args.workers) < 1:
         raise SystemExit("error: --n must be >= 64 and every --workers >= 1")
@@ -157,6 +181,8 @@ def main() -> None:
             print(runs[-1], flush=True)
         flat = timed_prepare(root, max(64, args.n // 4), args.size, 1)
         print(flat, flush=True)
+        rows_check = _rows_check(root / "tiny", args) if args.rows_check else None
+        print(rows_check, flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     one = next((r for r in runs if r["workers"] == 1), None)
@@ -184,6 +210,7 @@ def main() -> None:
                 else None
             ),
         },
+        "memory_vs_rows": rows_check,
         "extrapolation": {
             "images": MIMIC_IMAGES,
             "hours_by_workers": {str(r["workers"]): r["hours_for_377110_images"] for r in runs},
