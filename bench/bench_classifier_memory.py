@@ -14,13 +14,12 @@ concatenation with ``--synthetic`` rows, and ``--batches`` training batches (bat
 normalise, augment) per resolution. Each prints its peak RSS (target <= 8 GiB) next to what the old
 in-RAM cache needed for the same rows.
 
-Part 2 (speed, ``--speed``): classifier.stage.fit_stage at 64 px on ``--speed-rows`` phantom-like
-rows, interleaved rounds, images in RAM (old) vs from the cache file (new); the median per-round
-ratio new/old of images/s (target >= 0.9).
+(Its part 2, fit_stage throughput from the cache file vs the in-RAM tensor, answered issue 17 at 0.9x or better
+and was retired with the gate experiments: see research/README.md.)
 
     python bench/bench_classifier_memory.py                        # the full 200,000-row check (~45 GB of disk)
     python bench/bench_classifier_memory.py --sparse               # the same rows, sparse zero files (no disk)
-    python bench/bench_classifier_memory.py --rows 20000 --processes 2 --speed
+    python bench/bench_classifier_memory.py --rows 20000 --processes 2
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ import resource
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +39,6 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from classifier.config import EnsembleConfig, MemberConfig  # noqa: E402
 from classifier.data import CachedSet, ImageStore, ImageView, augment, epoch_batches, prefetch, to_input  # noqa: E402
 from synth.taxonomy import CXR_LT_CLASSES  # noqa: E402
 
@@ -158,76 +155,6 @@ def memory(args) -> None:
     print(f"  peak RSS per process: {worst / GiB:.2f} GiB (target <= 8 GiB): {'PASS' if worst <= 8 * GiB else 'FAIL'}")
 
 
-def speed(args) -> None:
-    """fit_stage images/s: in-RAM tensor (old) vs cache-file view (new), interleaved rounds at 64 px."""
-    from classifier.data import build_store
-    from classifier.stage import ConsoleLog, Stage, fit_stage
-    from synth.phantom import render_image
-
-    size, n = 64, args.speed_rows
-    classes = ["Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Rib Fracture"]
-    rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-        root = Path(tmp)
-        (root / "images").mkdir()
-        rows = []
-        from PIL import Image
-
-        for i in range(n + 128):
-            labels = [c for c in classes if rng.random() < 0.3]
-            Image.fromarray(np.asarray(render_image(labels, seed=i, size=size), dtype=np.uint8)).save(
-                root / "images" / f"{i}.png"
-            )
-            rows.append(
-                {
-                    "dicom_id": str(i),
-                    "subject_id": str(i),
-                    "fpath": f"images/{i}.png",
-                    "split": "train" if i < n else "val",
-                    "source": "real",
-                    **{c: float(c in labels) for c in CXR_LT_CLASSES},
-                }
-            )
-        df = pd.DataFrame(rows)
-        df.attrs["root"] = str(root)
-        train, val = df[df["split"] == "train"], df[df["split"] == "val"]
-        in_ram = CachedSet.from_frame(train, classes, size)
-        val_set = CachedSet.from_frame(val, classes, size)
-        store = build_store([root / f for f in train["fpath"]], size, root / "cache", True, lambda: None)
-        on_disk = CachedSet.from_frame(train, classes, size, images=ImageView.of(store, np.arange(len(train))))
-        ens = EnsembleConfig(members=[MemberConfig(image_size=size)])
-        ens = replace(ens, train=replace(ens.train, epochs=1, batch_size=64, checkpoint=False))
-        weights = torch.ones(len(classes))
-        ratios = []
-        for r in range(args.rounds):
-            rates = {}
-            for name, data in (("old", in_ram), ("new", on_disk)):
-                res = fit_stage(
-                    ens,
-                    ens.members[0],
-                    Stage("train", data, 1, "last"),
-                    val_set,
-                    weights,
-                    root / f"{name}{r}",
-                    None,
-                    f"{name}{r}",
-                    ConsoleLog(False),
-                )
-                rates[name] = res["history"][-1]["images_per_s"]
-            ratios.append(rates["new"] / rates["old"])
-            print(
-                f"  speed round {r + 1}: old (in RAM) {rates['old']:.0f} img/s, new (cache file) {rates['new']:.0f} "
-                "img/s, "
-                f"ratio {ratios[-1]:.3f}",
-                flush=True,
-            )
-    med = float(np.median(ratios))
-    print(
-        f"speed: {n} rows at 64 px, convnext_atto, batch 64: median ratio new/old {med:.3f} (target >= 0.9): "
-        f"{'PASS' if med >= 0.9 else 'FAIL'}"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "configs/classifier/mimic-cxr-lt.yaml"))
@@ -249,16 +176,9 @@ def main() -> None:
         action="store_true",
         help="sparse all-zero cache files: the full 200,000 rows without the disk (RSS is what is measured)",
     )
-    parser.add_argument("--speed", action="store_true", help="also measure throughput vs the in-RAM loop at 64 px")
-    parser.add_argument("--speed-rows", type=int, default=2048)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--no-memory", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    if not args.no_memory:
-        memory(args)
-    if args.speed:
-        speed(args)
+    memory(args)
 
 
 if __name__ == "__main__":

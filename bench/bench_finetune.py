@@ -24,20 +24,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default=str(REPO / "configs/finetune/demo.yaml"))
-    ap.add_argument("--manifest", default=None, help="prepared manifest (default: the tiny test manifest, upsampled)")
+    ap.add_argument("--manifest", default=None, help="prepared manifest (default: 300 phantom images at 16 px)")
     ap.add_argument("--steps", type=int, default=20, help="steps per timed block")
     ap.add_argument("--blocks", type=int, default=3)
     args = ap.parse_args()
 
-    from synth.finetune import _quiet_libraries
+    from synth.finetune import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     cfg, acc, trainer = _trainer(args.config, args.manifest)
     bare, full = _step_timers(cfg, acc, trainer)
     trainer.start_stream()
@@ -63,10 +62,12 @@ def _trainer(config: str, manifest: str | None):
     from synth.prompts import PromptTemplates
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_finetune_"))
-    if manifest is None:
-        from tiny_pipeline import write_tiny_manifest
+    if manifest is None:  # 300 phantom radiographs at 16 px, prepared as `synth phantom` + `synth prepare` do
+        from synth.phantom import render_dataset
+        from synth.prepare import prepare_dataset
 
-        manifest = str(write_tiny_manifest(tmp / "data"))
+        labels = Path(render_dataset(n=300, size=16, seed=0, out=tmp / "phantom"))
+        manifest = str(prepare_dataset("cxrlt", labels, labels.parent, tmp / "data", size=16))
     cfg = load_finetune_config(
         config,
         {

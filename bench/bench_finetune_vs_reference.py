@@ -1,9 +1,11 @@
 """synth/finetune.py vs diffusers' own train_text_to_image.py: same model folder, same images, same batch.
 
-Both scripts run as they ship, as subprocesses, on one tiny Stable-Diffusion-2.1-layout folder
-(``tests/sd_folders.py``: real CLIPTokenizer / CLIPTextModel, UNet, 4-block VAE) and the same
-phantom chest radiographs. The reference reads them as a ``datasets`` imagefolder (built here, in
-a temp dir, with one caption per image rendered from its labels); the project reads the manifest.
+Both scripts run as they ship, as subprocesses, on one Stable-Diffusion-2.1-layout folder (``--sd-folder``: its
+CLIPTokenizer / CLIPTextModel and scheduler are used, its VAE and UNet replaced by SD-2.1's at 1/``--width``
+of its channels; the recorded figures used the suite's tiny folder, built as ``bench/gpu_acceptance.sh``
+builds ``sd21-base``) and the same phantom chest radiographs. The reference reads them as a ``datasets``
+imagefolder (built here, in a temp dir, with one caption per image rendered from its labels); the project
+reads the manifest.
 The project runs at its GPU recipe's flags (``configs/finetune/mimic-sd21.yaml``) minus what the
 reference cannot do or this machine has not got (text-encoder training for the default figure,
 bf16, xformers, validation); both get EMA, min-SNR 5, gradient checkpointing, the same LR schedule,
@@ -17,7 +19,8 @@ arrow cache, the project's latent cache), as every later run on the same data fi
 so load from other processes hits both alike;
 the median over rounds is reported. Wall time and peak RSS are per run (``wait4``).
 
-    python bench/bench_finetune_vs_reference.py --reference ../shared/reference/diffusers_train_text_to_image.py \
+    python bench/bench_finetune_vs_reference.py --sd-folder SD21_FOLDER \
+        --reference ../shared/reference/diffusers_train_text_to_image.py \
         [--reference-python /path/to/venv/bin/python] [--images 352 --size 64 --batch 16 --steps 60 --rounds 3
         --text-encoder --json bench/results/X.json]
 
@@ -42,15 +45,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 DEFAULT_REFERENCE = REPO.parent / "shared" / "reference" / "diffusers_train_text_to_image.py"
 RECIPE = REPO / "configs" / "finetune" / "mimic-sd21.yaml"
 
 
-def build_inputs(root: Path, n: int, size: int, seed: int, width: int = 0) -> tuple[Path, Path, Path]:
-    """(SD folder, project manifest, reference imagefolder) over the same ``n`` phantom images."""
-    from sd_folders import build_sd_folder
-
+def build_inputs(root: Path, source: Path, n: int, size: int, seed: int, width: int = 0) -> tuple[Path, Path, Path]:
+    """(a copy of the SD folder ``source``, project manifest, reference imagefolder) over the same ``n`` phantom
+    images."""
     from synth.manifest import label_sets, validate_manifest, write_manifest
     from synth.phantom import render_dataset
     from synth.prompts import PromptTemplates
@@ -77,7 +78,7 @@ def build_inputs(root: Path, n: int, size: int, seed: int, width: int = 0) -> tu
             shutil.copyfile(p, folder / name)
             caption = templates.render(labelset, view, rng=random.Random(i))
             f.write(json.dumps({"file_name": name, "text": caption}) + "\n")
-    sd = build_sd_folder(root / "sd21-base", "sd21-base")
+    sd = Path(shutil.copytree(source, root / "sd21-base"))
     if width:
         _sd21_proportions(sd, width, size)
     return sd, manifest, folder.parent
@@ -93,11 +94,11 @@ def _sd21_proportions(sd: Path, width: int, size: int) -> None:
     """
     import torch
     from bench_finetune_flops import sd21_unet, sd21_vae
-    from sd_folders import HIDDEN
 
     torch.manual_seed(0)
     vae = sd21_vae(width, size, scaling_factor=0.18215)
-    unet = sd21_unet(width, size, HIDDEN)
+    hidden = json.loads((sd / "text_encoder" / "config.json").read_text())["hidden_size"]
+    unet = sd21_unet(width, size, hidden)
     for sub, model in (("vae", vae), ("unet", unet)):
         shutil.rmtree(sd / sub)
         model.save_pretrained(sd / sub, safe_serialization=True)
@@ -135,12 +136,6 @@ def _wrap(times_file: str, script: str, argv: list[str]) -> None:
     import atexit
     import runpy
 
-    import torch
-
-    if os.environ.get("BENCH_FUSED_ADAMW") == "1":  # --experiment-fused-adamw: what torch's fused AdamW would change
-        import functools
-
-        torch.optim.AdamW.__init__ = functools.partialmethod(torch.optim.AdamW.__init__, fused=True)
     stamps: list[float] = []
     cpu: list[float] = []
     from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -161,7 +156,7 @@ def main() -> None:
         return _wrap(sys.argv[2], sys.argv[3], sys.argv[4:])
     args = _parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_ft_vs_ref_"))
-    sd, manifest, imagefolder = build_inputs(tmp, args.images, args.size, seed=0, width=args.width)
+    sd, manifest, imagefolder = build_inputs(tmp, args.sd_folder, args.images, args.size, seed=0, width=args.width)
     env = {
         **os.environ,
         "OMP_NUM_THREADS": str(args.threads),
@@ -195,6 +190,7 @@ def main() -> None:
 
 def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sd-folder", type=Path, required=True, help="a Stable-Diffusion-2.1-layout model folder")
     ap.add_argument(
         "--reference",
         type=Path,
@@ -221,14 +217,6 @@ def _parse_args() -> argparse.Namespace:
         "--text-encoder",
         action="store_true",
         help="also time the project with --train_text_encoder (the reference cannot)",
-    )
-    ap.add_argument(
-        "--experiment-fused-adamw",
-        action="store_true",
-        help=(
-            "experiment: also time the project with torch's fused AdamW patched in (not what synth/finetune.py does "
-            "today)"
-        ),
     )
     ap.add_argument("--json", type=Path, default=None, help="write the figures and their provenance here")
     ap.add_argument("--keep", action="store_true", help="keep the temp folder")
@@ -294,18 +282,13 @@ def _arms(args: argparse.Namespace, common: dict, sd: Path, manifest: Path, imag
     arms = {"reference": lambda s, o: reference(s, o), "project": lambda s, o: project(s, o, False)}
     if args.text_encoder:
         arms["project+text_encoder"] = lambda s, o: project(s, o, True)
-    if args.experiment_fused_adamw:
-        arms["project+fused_adamw"] = lambda s, o: project(s, o, False)
     return arms
 
 
 def _time_arms(args: argparse.Namespace, arms: dict, env: dict, tmp: Path) -> dict[str, list[dict[str, float]]]:
     """One warm-up run per arm, then ``--rounds`` timed runs of each, the arm order reversed every other round."""
     results: dict[str, list[dict[str, float]]] = {a: [] for a in arms}
-    for (
-        name,
-        make,
-    ) in arms.items():  # warm-up: the reference's datasets cache, the project's latent cache (one-time costs)
+    for name, make in arms.items():  # warm-up: the reference's datasets cache, the project's latent cache
         w, _, _, _ = run(make(1, tmp / f"warmup-{name}"), env, tmp / f"warmup-{name}.log")
         print(f"warm-up {name:22s} 1 step, {w:5.1f} s (one-time caches built)", flush=True)
     n = 0
@@ -313,8 +296,7 @@ def _time_arms(args: argparse.Namespace, arms: dict, env: dict, tmp: Path) -> di
         for name, make in arms.items() if r % 2 == 0 else reversed(list(arms.items())):
             n += 1
             out = tmp / f"run{n:03d}-{name}"
-            arm_env = {**env, "BENCH_FUSED_ADAMW": "1"} if name == "project+fused_adamw" else env
-            wall, rss, rate, cpu_rate = run(make(args.steps, out), arm_env, tmp / f"run{n:03d}.log", skip=args.skip)
+            wall, rss, rate, cpu_rate = run(make(args.steps, out), env, tmp / f"run{n:03d}.log", skip=args.skip)
             shutil.rmtree(out, ignore_errors=True)
             results[name].append(
                 {"steps_per_s": rate, "steps_per_cpu_s": cpu_rate, "wall_s": wall, "peak_rss_mib": rss}
@@ -356,27 +338,13 @@ def _summarise(args: argparse.Namespace, common: dict, results: dict[str, list[d
     if args.json:
         from synth.provenance import write_bench_result
 
-        write_bench_result(
-            args.json,
-            "bench/bench_finetune_vs_reference.py",
-            {
-                "reference": str(args.reference),
-                "project_config": str(RECIPE.relative_to(REPO)),
-                "common_flags": common,
-                "summary": summary,
-                "ratio_project_vs_reference": ratio,
-                "ratio_project_vs_reference_cpu_time": cpu_ratio,
-                "ratio_text_encoder_vs_reference": summary.get("project+text_encoder", {}).get(
-                    "steps_per_s", float("nan")
-                )
-                / ref,
-                "ratio_text_encoder_vs_reference_cpu_time": summary.get("project+text_encoder", {}).get(
-                    "steps_per_cpu_s", float("nan")
-                )
-                / ref_cpu,
-                "rounds": results,
-            },
-        )
+        te = summary.get("project+text_encoder", {})
+        figures = {"reference": str(args.reference), "project_config": str(RECIPE.relative_to(REPO))}
+        figures |= {"common_flags": common, "summary": summary, "ratio_project_vs_reference": ratio}
+        figures |= {"ratio_project_vs_reference_cpu_time": cpu_ratio, "rounds": results}
+        figures["ratio_text_encoder_vs_reference"] = te.get("steps_per_s", float("nan")) / ref
+        figures["ratio_text_encoder_vs_reference_cpu_time"] = te.get("steps_per_cpu_s", float("nan")) / ref_cpu
+        write_bench_result(args.json, "bench/bench_finetune_vs_reference.py", figures)
         print(f"wrote {args.json}")
 
 

@@ -2,14 +2,15 @@
 
     python bench/bench_generate.py [--n 32 --batch-size 8 --steps 10 --repeats 3]
 
-Builds a random-init generator of realistic shape (MiniLM text encoder, UNet
-(64, 128, 256), 16x16 latents, 4-block VAE -> 128 px) under
-outputs/bench_generate/, then times, alternately and ``--repeats`` times:
+Builds a generator of realistic shape (MiniLM text encoder, UNet (64, 128, 256), 16x16 latents, 4-block
+VAE -> 128 px) under outputs/bench_generate/ with ``synth finetune`` itself (from scratch, one VAE and one
+UNet step on 300 phantom images: speed does not depend on the weights), then times, alternately and
+``--repeats`` times:
 
 * bare: ``StableDiffusionPipeline.__call__`` on the same prompts / batches with
   per-image generators (what a user would write by hand), same scheduler, steps,
   guidance and batch size, images kept in memory;
-* synth: :func:`synth.generate.generate` into a fresh folder (label-set
+* synth: :func:`synth.inference.run` into a fresh folder (label-set
   sampling, per-image latents, prompt embeddings computed once per distinct prompt,
   atomic PNG writes, manifest after every batch).
 
@@ -25,19 +26,31 @@ import argparse
 import os
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
 import torch  # noqa: E402
-from tiny_pipeline import build_tiny_pipeline  # noqa: E402
 
-import synth.generate as gen  # noqa: E402
+import synth.inference as gen  # noqa: E402
 import synth.inference.orchestration as orchestration  # noqa: E402
+
+
+def build_model(root: Path) -> Path:
+    """The benchmarked generator folder, as ``synth finetune`` writes it (see the module docstring)."""
+    from synth.finetune import load_finetune_config, run_finetune
+    from synth.phantom import render_dataset
+    from synth.prepare import prepare_dataset
+
+    labels = Path(render_dataset(n=300, size=128, seed=0, out=root / "phantom"))
+    manifest = prepare_dataset("cxrlt", labels, labels.parent, root / "data", size=128)
+    architecture = {"vae_block_out_channels": [32, 64, 64, 64], "unet_block_out_channels": [64, 128, 256]}
+    architecture |= {"unet_attention_head_dim": 4, "norm_num_groups": 4}
+    steps = {"vae_max_train_steps": 1, "max_train_steps": 1, "num_validation_images": 0, "use_ema": False}
+    where = {"train_manifest": str(manifest), "output_dir": str(root / "model"), "resolution": 128}
+    return run_finetune(load_finetune_config(REPO / "configs/finetune/demo.yaml", architecture | steps | where))
 
 
 def main() -> None:
@@ -52,7 +65,7 @@ def main() -> None:
 
     model = args.root / "model"
     if not (model / "model_index.json").exists():
-        build_tiny_pipeline(args.root, unet_channels=(64, 128, 256), vae_channels=(32, 64, 64, 64), latent_size=16)
+        build_model(args.root)
     cfg = gen.GenerateConfig(n=args.n, batch_size=args.batch_size, steps=args.steps, progress=False).validated()
     info = gen.load_generator_info(model)
     from synth.cooccurrence import TrainingLabels

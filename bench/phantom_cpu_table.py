@@ -1,14 +1,18 @@
-"""The README's phantom-cpu figures, generated from the committed result of one fresh run.
+"""docs/results.md's phantom-cpu verdict block, generated from the committed result of one fresh run.
 
     # after `synth ablate --config configs/ablation/phantom-cpu.yaml` finished in a fresh output root:
     python bench/phantom_cpu_table.py export outputs/reports/phantom-cpu   # -> bench/results/phantom-cpu.{json,md}
-    python bench/phantom_cpu_table.py readme                              # rewrites README's marked block
-    python bench/phantom_cpu_table.py readme --check                      # exit 1 if README is out of date
+    synth results import bench/results/phantom-cpu.json                   # the arms table: the results store
+    python bench/phantom_cpu_table.py docs                                # rewrites docs/results.md's marked block
+    python bench/phantom_cpu_table.py docs --check                        # exit 1 if it is out of date
+
+The arms table (mAP and paired Δs per arm) comes from the results store (``synth results docs``); this block adds
+what the store does not hold: the target verdict, the generator's fidelity, the gate against the oracle, stage times.
 
 ``export`` keeps the run's ``results.json`` whole except the image grids (its ``provenance`` already
 names the commit, config, versions and commands; ``timings`` the wall time of every stage) and its
-``report.md`` without the image links (the figures are not committed). ``readme`` renders only from
-``bench/results/phantom-cpu.json``, so the README cannot quote a number that file does not hold.
+``report.md`` without the image links (the figures are not committed). ``docs`` renders only from
+``bench/results/phantom-cpu.json``, so docs/results.md cannot quote a number that file does not hold.
 """
 
 from __future__ import annotations
@@ -30,15 +34,12 @@ from synth.ablation.results import (  # noqa: E402
     GATE_MUST_KEEP_FROM,
     gate_agreement,
     gate_benefit,
-    group_estimate,
-    harmed_classes,
     is_judgeable,
-    paired_estimate,
-    paired_vs_resampled,
     target_arm,
     target_check,
 )
-from synth.io import write_json_atomic  # noqa: E402
+from synth.ablation.store import stage_totals  # noqa: E402
+from synth.io import write_json_atomic, write_text_atomic  # noqa: E402
 
 RESULT_JSON = REPO / "bench/results/phantom-cpu.json"
 RESULT_MD = REPO / "bench/results/phantom-cpu.md"
@@ -60,41 +61,21 @@ def _seeds(results: dict) -> str:
     return f"{n} seed{'s' if n != 1 else ''}"
 
 
-def _d(est) -> str:
-    if est is None:
-        return "–"
-    return f"{est.mean:+.3f} [{est.ci[0]:+.3f}, {est.ci[1]:+.3f}]"
-
-
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
 def render(results: dict) -> str:
-    """The Markdown block: arms table, target verdict, fidelity, gate vs oracle, stage times, provenance."""
+    """The Markdown block: provenance, target verdict, fidelity, gate vs oracle, stage times."""
     prov = results.get("provenance", {})
     lines = [
         f"One fresh run of `configs/ablation/phantom-cpu.yaml` at commit `{prov.get('git_commit', '?')[:10]}` "
         f"({_seeds(results)}; test = {results['dataset'].get('n_test', '?')} rows). "
-        "Source: `bench/results/phantom-cpu.json` (report: `bench/results/phantom-cpu.md`); regenerate this block "
-        "with `python bench/phantom_cpu_table.py readme`.",
+        "Source: `bench/results/phantom-cpu.json` (report: `bench/results/phantom-cpu.md`).",
         "",
-        "| Arm | head mAP | medium mAP | tail mAP | tail Δ vs real only | tail Δ vs real re-sampled | head Δ vs real "
-        "only "
-        "| tail classes harmed |",
-        "|---|---|---|---|---|---|---|---|",
+        _target_line(results),
+        "",
     ]
-    for arm in results["arms"]:
-        base = arm["name"] == results["baseline"]
-        harmed = harmed_classes(arm, results["groups"], "tail")
-        lines.append(
-            f"| {arm.get('label', arm['name'])} | {group_estimate(arm, 'head').mean:.3f} | "
-            f"{group_estimate(arm, 'medium').mean:.3f} | {group_estimate(arm, 'tail').mean:.3f} | "
-            f"{'–' if base else _d(paired_estimate(arm, 'tail'))} | {_d(paired_vs_resampled(arm, 'tail'))} | "
-            f"{'–' if base else _d(paired_estimate(arm, 'head'))} | "
-            f"{'–' if base or harmed is None else (', '.join(harmed) or 'none')} |"
-        )
-    lines += ["", _target_line(results), ""]
     lines += _fidelity_lines(results)
     lines += _timing_lines(results)
     return "\n".join(lines)
@@ -150,10 +131,7 @@ def _timing_lines(results: dict) -> list[str]:
     steps = timings.get("steps") or []
     if not steps:
         return []
-    groups: dict[str, float] = {}
-    for s in steps:
-        key = s["step"].split("/")[0]
-        groups[key] = groups.get(key, 0.0) + (s.get("seconds") or 0.0)
+    groups = stage_totals(results)
     total = sum(groups.values())
     this_run = timings.get("this_run_seconds")
     cells = ", ".join(f"{k} {_minutes(v)}" for k, v in groups.items())
@@ -172,21 +150,21 @@ def _timing_lines(results: dict) -> list[str]:
     ]
 
 
-def update_readme(check: bool) -> int:
-    readme = REPO / "README.md"
-    text = readme.read_text()
+def update_docs(check: bool) -> int:
+    doc = REPO / "docs" / "results.md"
+    text = doc.read_text()
     if BEGIN not in text or END not in text:
-        print(f"README.md has no {BEGIN} ... {END} block", file=sys.stderr)
+        print(f"docs/results.md has no {BEGIN} ... {END} block", file=sys.stderr)
         return 1
     block = render(json.loads(RESULT_JSON.read_text()))
     new = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: f"{BEGIN}\n{block}\n{END}", text, flags=re.S)
     if check:
         if new != text:
-            print("README.md's phantom-cpu block is out of date: run python bench/phantom_cpu_table.py readme")
+            print("docs/results.md's phantom-cpu block is out of date: run python bench/phantom_cpu_table.py docs")
             return 1
         return 0
-    readme.write_text(new)
-    print("README.md phantom-cpu block updated")
+    write_text_atomic(doc, new)
+    print("docs/results.md phantom-cpu block updated")
     return 0
 
 
@@ -195,7 +173,7 @@ def main() -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     ex = sub.add_parser("export", help="copy a finished run's results.json / report.md into bench/results")
     ex.add_argument("report_dir", type=Path)
-    rd = sub.add_parser("readme", help="render README's phantom-cpu block from bench/results/phantom-cpu.json")
+    rd = sub.add_parser("docs", help="render docs/results.md's block from bench/results/phantom-cpu.json")
     rd.add_argument("--check", action="store_true")
     sub.add_parser("show", help="print the block")
     args = ap.parse_args()
@@ -205,7 +183,7 @@ def main() -> int:
     if args.cmd == "show":
         print(render(json.loads(RESULT_JSON.read_text())))
         return 0
-    return update_readme(args.check)
+    return update_docs(args.check)
 
 
 if __name__ == "__main__":

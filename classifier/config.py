@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from synth.config import from_mapping, load_config
+from synth.config import MAX_SEED, from_mapping, load_config
 from synth.errors import UserError
 
 SYNTHETIC_MODES = ("none", "mix", "pretrain_finetune", "mix_then_head")
@@ -28,6 +28,8 @@ SYNTHETIC_LABELS = ("prompt", "target", "target_only")
 LOSSES = ("asl", "bce")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 REPORT_TO = ("none", "tensorboard")
+#: classifier/stage.py seeds a stage with ``seed * 1000 + stage``: that must stay a seed numpy takes (see MAX_SEED)
+MEMBER_MAX_SEED = (MAX_SEED - 1) // 1000
 
 
 @dataclass
@@ -168,8 +170,18 @@ class EnsembleConfig:
                 )
             if not 8 <= m.image_size <= 2048:
                 raise UserError(f"classifier members[{i}].image_size must be in [8, 2048], got {m.image_size}")
-            if m.epochs is not None and m.epochs < 1:
-                raise UserError(f"classifier members[{i}].epochs must be >= 1 or null, got {m.epochs}")
+            for name in ("epochs", "batch_size"):
+                if getattr(m, name) is not None and getattr(m, name) < 1:
+                    raise UserError(f"classifier members[{i}].{name} must be >= 1 or null, got {getattr(m, name)}")
+            if m.lr is not None and m.lr <= 0:
+                raise UserError(f"classifier members[{i}].lr must be > 0 or null, got {m.lr}")
+            if m.seed > MEMBER_MAX_SEED:
+                raise UserError(
+                    f"classifier members[{i}].seed must be <= {MEMBER_MAX_SEED} (a stage is seeded with seed * 1000 "
+                    f"+ stage), got {m.seed}"
+                )
+            if not 0.0 <= m.drop_path_rate < 1.0:
+                raise UserError(f"classifier members[{i}].drop_path_rate must be in [0, 1), got {m.drop_path_rate}")
             if m.pretrained_file is not None and not Path(m.pretrained_file).is_file():
                 raise UserError(
                     f"classifier members[{i}].pretrained_file {m.pretrained_file} not found; give a local timm "
@@ -179,6 +191,8 @@ class EnsembleConfig:
         for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size"):
             if getattr(t, name) < 1:
                 raise UserError(f"classifier train.{name} must be >= 1, got {getattr(t, name)}")
+        if t.lr <= 0:
+            raise UserError(f"classifier train.lr must be > 0, got {t.lr}")
         if t.max_steps is not None and t.max_steps < 1:
             raise UserError(f"classifier train.max_steps must be >= 1 or null, got {t.max_steps}")
         if t.select not in ("best", "last"):
@@ -205,6 +219,11 @@ class EnsembleConfig:
             raise UserError(f"classifier loss.name must be one of {LOSSES}, got {self.loss.name!r}")
         if not 0.0 <= self.loss.clip < 1.0:
             raise UserError(f"classifier loss.clip must be in [0, 1), got {self.loss.clip}")
+        if self.loss.max_class_weight <= 0:
+            raise UserError(f"classifier loss.max_class_weight must be > 0, got {self.loss.max_class_weight}")
+        for name in ("translate", "scale"):
+            if not 0.0 <= getattr(self.augment, name) < 1.0:
+                raise UserError(f"classifier augment.{name} must be in [0, 1), got {getattr(self.augment, name)}")
         s = self.synthetic
         if s.mode not in SYNTHETIC_MODES:
             raise UserError(f"classifier synthetic.mode must be one of {SYNTHETIC_MODES}, got {s.mode!r}")

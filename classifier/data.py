@@ -21,7 +21,6 @@ Python, for the same reason.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +35,9 @@ import torch.nn.functional as F
 
 from classifier.config import AugmentConfig, SyntheticMixConfig
 from classifier.models import PIXEL_MEAN, PIXEL_STD
+from synth import cache_checksum
 from synth.errors import UserError
+from synth.hashing import hex_hash
 from synth.image_datasets import load_gray
 from synth.manifest import image_paths, label_matrix
 from synth.taxonomy import CXR_LT_CLASSES, expand_parents
@@ -255,8 +256,7 @@ def cache_key(paths: Sequence[Path], size: int) -> str:
     """
     from synth.io import image_set_fingerprint
 
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{image_set_fingerprint(paths)}".encode())
-    return h.hexdigest()[:20]
+    return hex_hash(f"v{CACHE_VERSION}|{size}|{image_set_fingerprint(paths)}", algorithm="sha256", hex_chars=20)
 
 
 def build_store(
@@ -271,7 +271,9 @@ def build_store(
     """The cache file of ``paths`` at ``size`` px: reused when it exists, else decoded once by the main process.
 
     The file is written in chunks to a temp name and renamed (atomic); the other processes wait at
-    ``barrier`` and then open the same file read-only.
+    ``barrier`` and then open the same file read-only. Its content checksum is stored beside it and checked on
+    the first use in a process (:mod:`synth.cache_checksum`): a file cut short or rewritten in place (zeroed
+    pixels keep the size) is rebuilt with a warning instead of trained on.
     """
     from synth.io import atomic_path
 
@@ -280,13 +282,27 @@ def build_store(
     if missing is not None:
         raise UserError(f"image not found: {missing}; re-run `synth prepare` (or fix the manifest's fpath)")
     path = Path(cache_dir) / f"{size}px-{cache_key(paths, size)}.u8"
+    if is_main and path.exists():
+        expected = len(paths) * size * size
+        why = (
+            f"it has {path.stat().st_size} bytes, expected {expected} (truncated)"
+            if path.stat().st_size != expected
+            else cache_checksum.damage(path)
+        )
+        if why is not None:
+            cache_checksum.warn(f"image cache {path}: {why}; rebuilding it", log)
+            cache_checksum.forget([path])
     if is_main and not path.exists():
+        hasher = cache_checksum.ChunkHasher()
         with atomic_path(path) as tmp, open(tmp, "wb") as fh, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             for start in range(0, len(paths), _BUILD_CHUNK):
                 chunk = paths[start : start + _BUILD_CHUNK]
                 block = np.stack(list(pool.map(lambda p: read_image(p, size), chunk))) if chunk else None
                 if block is not None:
-                    fh.write(np.ascontiguousarray(block, dtype=np.uint8).tobytes())
+                    data = np.ascontiguousarray(block, dtype=np.uint8).tobytes()
+                    fh.write(data)
+                    hasher.update(data)
+        cache_checksum.write_checksum(path, hasher)
         if log:
             log(
                 f"image cache: {len(paths)} images at {size} px -> {path} ({len(paths) * size * size / 2**30:.2f} GiB "

@@ -9,13 +9,13 @@ Folder layout (written by :func:`classifier.train.train_ensemble`)::
 Members differ in input resolution (the CXR-LT recipe: 224 + 384 (+512) on
 GPU, 64 + 96 (+128) here), so each member reads the images at its own size;
 their sigmoid probabilities are averaged with the weights in ensemble.json
-(equal, or chosen on the validation split — never on test).
+(equal, or chosen on the validation split — never on test; non-negative, summing to 1).
+A folder that breaks any of this is refused on load (:mod:`classifier.saved_models`).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from classifier.data import load_images, to_input
-from classifier.models import build_model
+from classifier.saved_models import check_ensemble_spec, check_probabilities, load_saved_model
 from synth.errors import UserError
 from synth.taxonomy import GroupThresholds, frequency_groups
 
@@ -72,19 +72,25 @@ def predict_images(
     return torch.cat(out).numpy() if out else np.zeros((0, n_classes), dtype=np.float32)
 
 
-def load_member(folder: str | Path, device: torch.device | str = "cpu") -> Member:
-    from safetensors.torch import load_file
+#: What to do about a broken ensemble folder (the advice of every refusal below).
+RETRAIN = "retrain the ensemble with `synth classify train` (or restore the folder from a copy)"
 
+
+def load_member(folder: str | Path, device: torch.device | str = "cpu") -> Member:
+    """A member folder's model; a broken ``member.json`` or ``model.safetensors`` is one ``UserError`` naming it."""
     folder = Path(folder)
-    if not (folder / MEMBER_FILE).exists() or not (folder / WEIGHTS_FILE).exists():
-        raise UserError(f"{folder} is not a classifier member folder (needs {MEMBER_FILE} and {WEIGHTS_FILE})")
-    meta = json.loads((folder / MEMBER_FILE).read_text())
-    model = build_model(meta["arch"], len(meta["classes"]))
-    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
-    return Member(model.to(device).eval(), meta["arch"], int(meta["image_size"]), list(meta["classes"]))
+    if not folder.is_dir():
+        raise UserError(
+            f"{folder} is not a classifier member folder (needs {MEMBER_FILE} and {WEIGHTS_FILE}); {RETRAIN}"
+        )
+    saved = load_saved_model(folder, MEMBER_FILE, WEIGHTS_FILE, RETRAIN)
+    return Member(saved.model.to(device).eval(), saved.arch, saved.image_size, saved.classes)
 
 
 def read_ensemble(model_dir: str | Path) -> dict:
+    """``ensemble.json`` of ``model_dir``, checked (:func:`classifier.saved_models.check_ensemble_spec`)."""
+    from synth.model_files import read_json_object
+
     model_dir = Path(model_dir)
     path = model_dir / ENSEMBLE_FILE
     if not path.exists():
@@ -92,7 +98,7 @@ def read_ensemble(model_dir: str | Path) -> dict:
             f"{model_dir} is not a trained classifier ensemble (no {ENSEMBLE_FILE}); train one with `synth classify "
             "train`"
         )
-    return json.loads(path.read_text())
+    return check_ensemble_spec(read_json_object(path, RETRAIN), path, RETRAIN)
 
 
 def predict(
@@ -134,7 +140,7 @@ def predict(
             total[start : start + len(part)] += weight * probs
         if on_rows is not None:
             on_rows(len(part))
-    return total.astype(np.float32), classes
+    return check_probabilities(total.astype(np.float32), model_dir, RETRAIN), classes
 
 
 def group_record(train_prevalence: Mapping[str, float], thresholds: GroupThresholds = GroupThresholds()) -> dict:

@@ -27,6 +27,7 @@ from classifier.metrics import evaluate, write_submission
 from synth.errors import UserError
 from synth.io import atomic_path, write_json_atomic
 from synth.manifest import label_matrix, read_manifest
+from synth.output_folder import EVALUATE, writing_folder
 from synth.taxonomy import CXR_LT_CLASSES, frequency_groups
 
 SUBMISSION_FILE = "submission.csv"
@@ -87,12 +88,6 @@ def evaluate_model(
     result = evaluate(
         y, probs, classes, groups, patient_ids=rows["subject_id"].astype(str).to_numpy(), n_boot=n_boot, seed=seed
     )
-    out = Path(out)
-    missing = write_submission(out / SUBMISSION_FILE, rows["dicom_id"], probs, classes)
-    with atomic_path(out / "probs.csv") as tmp:
-        pd.DataFrame(probs, columns=classes).assign(dicom_id=rows["dicom_id"].to_numpy())[
-            ["dicom_id", *classes]
-        ].to_csv(tmp, index=False)
     result.update(
         {
             "split": split,
@@ -102,10 +97,16 @@ def evaluate_model(
             "groups_from": groups_from,
             "train_prevalence": prevalence,
             "bootstrap_seed": seed,
-            "submission": {"file": SUBMISSION_FILE, "filled_with_zero": missing},
         }
     )
-    write_json_atomic(out / "metrics.json", result)
+    with writing_folder(Path(out), EVALUATE) as folder:  # all three files or none, replacing only an evaluation
+        missing = write_submission(folder / SUBMISSION_FILE, rows["dicom_id"], probs, classes)
+        with atomic_path(folder / "probs.csv") as tmp:
+            pd.DataFrame(probs, columns=classes).assign(dicom_id=rows["dicom_id"].to_numpy())[
+                ["dicom_id", *classes]
+            ].to_csv(tmp, index=False)
+        result["submission"] = {"file": SUBMISSION_FILE, "filled_with_zero": missing}
+        write_json_atomic(folder / "metrics.json", result)
     return result
 
 

@@ -10,7 +10,6 @@ whose fingerprint matches is loaded instead of retrained, so a crashed ensemble 
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from classifier.resume import fingerprint_of, results_only, rows_key
 from classifier.stage import HEAD_STAGE, ConsoleLog, Stage, fit_stage
 from classifier.training_sets import cached_set, concat_sets, weighted_set
 from synth.io import save_safetensors_atomic, write_json_atomic
+from synth.model_files import load_safetensors, read_json_object
 
 
 def train_member(
@@ -137,17 +137,22 @@ def _finished(meta_file: Path, fingerprint: str, weights_file: Path) -> dict[str
     """The record of a stage or member finished earlier with this fingerprint (its weights file beside it), or None."""
     if not (meta_file.exists() and weights_file.exists()):
         return None
-    meta = json.loads(meta_file.read_text())
+    meta = read_json_object(meta_file, _redo(meta_file.parent))
     return meta if meta.get("fingerprint") == fingerprint else None
+
+
+def _redo(folder: Path) -> str:
+    """The fix for a broken file of a finished stage or member: it is only a cache of training, so retraining it
+    is safe (kept to the user: nothing they have is deleted without asking)."""
+    return f"delete {folder} and rerun `synth classify train` to retrain that member"
 
 
 def _reused_stage(folder: Path, name: str, stage_fp: str) -> dict[str, Any] | None:
     """A stage finished earlier with this fingerprint (``<stage>.safetensors`` + ``.json``) as :func:`fit_stage`
     returns it, or None."""
-    from safetensors.torch import load_file
-
-    done = _finished(folder / f"{name}.json", stage_fp, folder / f"{name}.safetensors")
-    return None if done is None else {**done, "state": load_file(str(folder / f"{name}.safetensors"))}
+    weights = folder / f"{name}.safetensors"
+    done = _finished(folder / f"{name}.json", stage_fp, weights)
+    return None if done is None else {**done, "state": load_safetensors(weights, _redo(folder))}
 
 
 def _keep_stage(folder: Path, name: str, stage_fp: str, result: dict[str, Any]) -> None:

@@ -219,6 +219,23 @@ def _nanmean_rows(a: np.ndarray) -> np.ndarray:
     return np.where(n > 0, s / np.maximum(n, 1), np.nan)
 
 
+def bootstrap_shape(samples: np.ndarray) -> dict[str, Any]:
+    """How many different values a bootstrap distribution takes (to 1e-12; 1 = zero variance) and the share of
+    resamples holding its most common value.
+
+    A p-value "< 0.001" read off a distribution of a handful of values, or one where a third of the resamples
+    sit on one value (a class whose positives are one patient: that patient is left out of ~37 % of resamples
+    and the class keeps its full-split AP there), is an artefact of the resampling, not evidence; the ablation
+    report calls such a distribution degenerate (synth/ablation/evidence.py).
+    """
+    s = np.asarray(samples, dtype=np.float64)
+    s = s[~np.isnan(s)]
+    if not s.size:
+        return {"n_distinct": 0, "modal_share": None}
+    _, counts = np.unique(np.round(s, 12), return_counts=True)
+    return {"n_distinct": int(counts.size), "modal_share": float(counts.max() / s.size)}
+
+
 def _ci(samples: np.ndarray, level: float = CI_LEVEL) -> tuple[float | None, float | None]:
     s = samples[~np.isnan(samples)]
     if s.size == 0:
@@ -342,6 +359,7 @@ def paired_bootstrap_runs(
             "ci": _ci(d) if n_boot > 0 else (None, None),
             "p": p,
             "run_diffs": [float(pt[key]) for pt in points],
+            **bootstrap_shape(d),
         }
         if generators is not None and len(set(generators)) > 1 and n_boot > 1:
             by_gen = {g: [i for i, gi in enumerate(generators) if gi == g] for g in dict.fromkeys(generators)}

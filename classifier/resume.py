@@ -1,24 +1,23 @@
-"""What makes a classifier stage resumable and a finished member or ensemble reusable.
+"""What a classifier stage's checkpoint holds beyond Accelerate's, and what makes a finished member reusable.
 
-A stage's checkpoint is Accelerate's ``save_state`` (model, optimiser, RNG) plus the project's own state --
-scheduler and :class:`Progress` as JSON, EMA as safetensors -- because Accelerate would pickle them. The
+A stage's checkpoint is Accelerate's ``save_state`` (model, optimiser, RNG) plus the loop's own state --
+scheduler and :class:`Progress` as JSON, EMA as safetensors -- because Accelerate would pickle them; saving,
+resuming and refusing a checkpoint are :mod:`synth.training.checkpoint`'s (the one checkpoint module). The
 fingerprints (config, classes, rows) decide whether a checkpoint or a finished member belongs to this run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 import torch
 
+from synth.hashing import hex_hash
 from synth.io import save_safetensors_atomic, write_json_atomic
-from synth.training import load_state, pickled_custom_state
 
 #: Version of the resumable checkpoint layout; a checkpoint of another version starts the stage afresh.
 #: 2: progress + scheduler in ``progress.json``, EMA in ``ema.safetensors`` (1 pickled them).
@@ -73,14 +72,12 @@ def record_epoch(
 
 
 def fingerprint_of(*parts: Any) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return hex_hash(json.dumps(parts, sort_keys=True, default=str), algorithm="sha256", hex_chars=16)
 
 
 def rows_key(df: pd.DataFrame) -> str:
-    return hashlib.sha256("\n".join(df["dicom_id"].astype(str) + "|" + df["fpath"].astype(str)).encode()).hexdigest()[
-        :16
-    ]
+    rows = "\n".join(df["dicom_id"].astype(str) + "|" + df["fpath"].astype(str))
+    return hex_hash(rows, algorithm="sha256", hex_chars=16)
 
 
 #: TrainConfig keys that change where or how fast, never what is learned: left out of the fingerprints,
@@ -99,45 +96,6 @@ def results_only(section: dict) -> dict:
         for k, v in section.items()
         if k not in NOT_RESULTS and not (k in ADDED_WITH_DEFAULT and v == ADDED_WITH_DEFAULT[k])
     }
-
-
-def resume_or_start_afresh(
-    accelerator,
-    folder: Path,
-    fingerprint: str,
-    stage: str,
-    read_own: Callable[[Path], None],
-    resumed: Callable[[], str],
-    log: Callable[[str], None],
-) -> None:
-    """Resume ``folder/state`` when it was written by this config, data and format and holds no pickle; else clear it.
-
-    A folder that cannot be resumed is deleted with ``best.safetensors`` (one log line says why), and the
-    fingerprint of this run is stamped into ``folder`` for the next resume.
-    """
-    state_dir, best_file, fp_file = folder / "state", folder / "best.safetensors", folder / "fingerprint.json"
-    stamp = {"fingerprint": fingerprint, "format": CHECKPOINT_FORMAT}
-    same = fp_file.exists() and {k: json.loads(fp_file.read_text()).get(k) for k in stamp} == stamp
-    unsafe = pickled_custom_state(state_dir)
-    if state_dir.exists() and same and not unsafe and (state_dir / PROGRESS_FILE).exists():
-        load_state(accelerator, state_dir, read_own)
-        log(f"{stage}: {resumed()}")
-    elif state_dir.exists():
-        if accelerator.is_main_process:
-            why = (
-                f"it holds pickled {', '.join(unsafe)}, which is never unpickled"
-                if unsafe
-                else "config, data or checkpoint format changed since it was written"
-                if not same
-                else f"it has no {PROGRESS_FILE}"
-            )
-            log(f"{stage}: not resuming the checkpoint in {folder} ({why}); starting afresh")
-            shutil.rmtree(state_dir, ignore_errors=True)
-            best_file.unlink(missing_ok=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(fp_file, stamp)
 
 
 def save_own_state(folder: Path, scheduler, progress: Progress, ema) -> None:

@@ -21,11 +21,17 @@ from classifier.ensemble import predict_images
 from classifier.losses import build_loss
 from classifier.metrics import macro_ap
 from classifier.models import build_model, check_input_size
-from classifier.resume import Progress, load_own_state, record_epoch, resume_or_start_afresh, save_own_state
+from classifier.resume import CHECKPOINT_FORMAT, PROGRESS_FILE, Progress, load_own_state, record_epoch, save_own_state
 from classifier.stage_steps import StageLoop, adamw_decaying_weights_only, epoch_steps
 from synth.errors import UserError
 from synth.io import save_safetensors_atomic
-from synth.training import first_step_warmup_cosine, flat_hparams, save_state_atomically, tracker_kwargs
+from synth.training import (
+    first_step_warmup_cosine,
+    flat_hparams,
+    resume_or_start_afresh,
+    save_state_atomically,
+    tracker_kwargs,
+)
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -173,11 +179,12 @@ def _resumed_progress(loop: StageLoop, folder: Path, fingerprint: str, stage: st
     resume_or_start_afresh(
         loop.accelerator,
         folder,
-        fingerprint,
+        {"fingerprint": fingerprint, "format": CHECKPOINT_FORMAT},
         stage,
         lambda d: load_own_state(d, loop.scheduler, progress, loop.ema),
         lambda: f"resumed after epoch {progress.epoch} (step {progress.step})",
         log,
+        required=PROGRESS_FILE,
     )
     return progress
 

@@ -34,7 +34,6 @@ if __name__ == "__main__" and not __package__:  # `python classifier/train.py` f
     sys.path.insert(0, str(_P(__file__).resolve().parents[1]))
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -52,9 +51,12 @@ from classifier.resume import fingerprint_of, results_only, rows_key
 from classifier.stage import ConsoleLog
 from classifier.training_sets import cached_set, image_cache_dir
 from synth.config import SET_HELP, command_overrides
-from synth.errors import UserError
+from synth.errors import UserError, one_line_errors
 from synth.io import write_json_atomic
 from synth.manifest import annotated_classes, label_matrix
+from synth.model_card import classifier_card
+from synth.model_files import read_json_object
+from synth.provenance import data_fingerprint
 
 # ---------------------------------------------------------------- the ensemble
 
@@ -93,7 +95,8 @@ def train_ensemble(
     config["train"] = results_only(config["train"])
     ens_fp = fingerprint_of(config | {"data": None}, classes, {n: rows_key(d) for n, d in sets.items()})
     spec_file = out / ENSEMBLE_FILE
-    if spec_file.exists() and json.loads(spec_file.read_text()).get("fingerprint") == ens_fp:
+    fix = f"delete it and rerun to rewrite it (finished members in {out} are reused)"
+    if spec_file.exists() and read_json_object(spec_file, fix).get("fingerprint") == ens_fp:
         log(f"ensemble in {out} is up to date")
         return out
 
@@ -122,7 +125,9 @@ def train_ensemble(
     ]
     rows = {"real_train": len(real_train), "val": len(val_df), "synthetic": len(syn)}
     if state.is_main_process:
-        write_json_atomic(spec_file, ensemble_spec(ens, classes, members, val_map, prevalence, weights, rows, ens_fp))
+        spec = ensemble_spec(ens, classes, members, val_map, prevalence, weights, rows, ens_fp)
+        classifier_card(out, spec, data_fingerprint(real_train))  # README.md, before ensemble.json marks it complete
+        write_json_atomic(spec_file, spec)
     state.wait_for_everyone()
     log(
         f"ensemble of {len(metas)} written to {out} (val mAP {val_map if val_map is None else round(val_map, 4)}, "
@@ -236,13 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="log per-epoch metrics through Accelerate's trackers (= --set train.report_to=...)",
     )
     args = parser.parse_args(argv)
-    try:
+    # the CLI's one handler: bad input exits 2, a full disk or permission error exits 1, each one `error:` line
+    with one_line_errors(resumes=True):
         print(
             run_from_config(args.config, command_overrides(args.sets, {"train.report_to": args.report_to}), args.out)
         )
-    except UserError as err:
-        print(f"error: {err}")
-        return 2
     return 0
 
 

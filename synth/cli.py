@@ -59,6 +59,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "generate",
     "filter",
     "ablate",
+    "results",
 )
 
 

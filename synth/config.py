@@ -14,25 +14,34 @@ ablation's ``data:`` section, ...) and loads it through :func:`load_config`:
   bool field refuses it (``n_boot: "200"`` is a mistake worth one error); a float field reads text (PyYAML reads
   ``1e-4`` as text). YAML ints are accepted where a float is expected and kept as ints (the classifier and ablation
   caches hash the JSON of these values, so converting them would change cache keys).
-* **One error.** An unknown key (YAML or override) or a value of the wrong type is one :class:`UserError` naming the
-  key, a close match and the valid keys, raised before any work starts.
+* **One range rule.** Every number of every config is a count, size, rate, fraction, seed or threshold, so a
+  number that is NaN, infinite or negative (``--set train.lr=-0.1``, ``lr: .nan``, ``seeds: [-1]``) is refused here,
+  for every stage and every source of values; each stage's ``validated()`` adds the bounds of its own fields (a
+  learning rate > 0, a batch size >= 1).
+* **One error.** An unknown key (YAML or override), a value of the wrong type or out of range is one
+  :class:`UserError` naming the key, a close match and the valid keys, raised before any work starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from synth.config_errors import bad_type, type_name, unknown_key
+from synth.config_errors import BadNumberError, bad_number, bad_type, type_name, unknown_key
 from synth.errors import UserError
 from synth.io import read_yaml_mapping
 
 T = TypeVar("T")
+
+#: Largest seed a stage config takes: ``accelerate.set_seed`` seeds numpy's legacy generator (< 2**32) with the seed
+#: plus a process index, so a larger seed is a traceback after the stages before it ran.
+MAX_SEED = 2**31 - 1
 
 #: The help text of every ``--set`` option.
 SET_HELP = "Override one setting of the config: KEY=VALUE, dotted for sections (e.g. train.epochs=2); repeatable."
@@ -239,12 +248,21 @@ def _coerce_union(value: Any, args: Sequence[Any], path: Sequence[str], style: S
     for option in sorted(options, key=lambda a: not _fits(parsed, a)):  # an exact fit first, then conversions
         try:
             return coerce(parsed, option, path, style, cli)
+        except BadNumberError:
+            raise
         except UserError:
             continue
     bad_type(parsed, args, path, style)
 
 
 def _scalar(value: Any, hint: type, path: Sequence[str], style: Style, cli: bool) -> Any:
+    number = _convert_scalar(value, hint, path, style, cli)
+    if hint in (int, float) and not (0 <= number < math.inf):  # NaN fails both comparisons
+        bad_number(number, path, style)
+    return number
+
+
+def _convert_scalar(value: Any, hint: type, path: Sequence[str], style: Style, cli: bool) -> Any:
     if isinstance(value, str) and not cli and hint in (bool, int):
         bad_type(value, hint, path, style, quoted=True)
     try:

@@ -27,6 +27,20 @@ class UnknownKeyError(UserError):
         self.section, self.name, self.override = section, name, override
 
 
+class BadNumberError(UserError):
+    """A number of the right type but outside every config's range (NaN, infinite or negative): the loader's union
+    handling re-raises it instead of trying the next type (``-1`` must not become the text ``"-1"``)."""
+
+
+def bad_number(value: Any, path: Sequence[str], style: Style) -> typing.NoReturn:
+    """One error naming the key: every number a config holds is a count, size, rate, fraction, seed or threshold."""
+    if value != value or value in (float("inf"), float("-inf")):
+        what = "is not a finite number; give a number >= 0"
+    else:
+        what = "must be >= 0 (counts, sizes, rates, seeds and thresholds cannot be negative)"
+    raise BadNumberError(f"{style.at('.'.join(path))}: {value!r} {what}")
+
+
 def bad_type(value: Any, hint: Any, path: Sequence[str], style: Style, quoted: bool = False) -> typing.NoReturn:
     """One error naming the key, the value and the type it should have had."""
     hint_text = " (text in a YAML file: write a number or true/false without quotes)" if quoted else ""

@@ -14,7 +14,6 @@ sharded run assigns the same label set to the same image.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -22,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from synth.errors import UserError
+from synth.hashing import Hasher
 from synth.manifest import annotated_classes, label_sets
 from synth.taxonomy import frequency_groups
 
@@ -29,7 +29,7 @@ from synth.taxonomy import frequency_groups
 def derive_seed(run_seed: int, *parts: object) -> int:
     """Stable 63-bit seed from the run seed and a key (``hash()`` is salted per process, this is not)."""
     key = ":".join(str(p) for p in (run_seed, *parts)).encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") & (2**63 - 1)
+    return int.from_bytes(Hasher("blake2b", hex_chars=16).update(key).digest(), "big") & (2**63 - 1)
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ def _run(cfg: FinetuneConfig, log: Callable[[str], None] | None) -> Path:
     from synth.io import write_json_atomic
     from synth.prompts import PromptTemplates
 
-    _quiet_libraries()
+    quiet_libraries()
     out = Path(cfg.output_dir)
     accelerator, note = make_accelerator(cfg.mixed_precision, **_tracker_kwargs(cfg, out))
     say = log or (lambda msg: print(msg, flush=True))
@@ -122,7 +122,8 @@ def _resume_point(cfg: FinetuneConfig, out: Path, accelerator, log_main: Callabl
     run."""
     import shutil
 
-    from synth.generator.checkpoints import META_NAME, list_checkpoints, resolve_checkpoint
+    from synth.diffusion import META_NAME
+    from synth.training.checkpoint import list_checkpoints, resolve_checkpoint
 
     resume = resolve_checkpoint(out, cfg.resume_from_checkpoint)
     if starts_over(cfg):
@@ -188,7 +189,8 @@ def _default_templates() -> Path:
     return DEFAULT_TEMPLATES.resolve()
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
+    """Silence diffusers' and transformers' info logs and progress bars (finetune prints its own)."""
     import diffusers
     import transformers
 

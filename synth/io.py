@@ -8,12 +8,13 @@ half-written manifest, checkpoint or image that a later stage would trust.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from synth.hashing import Hasher
 
 
 @contextlib.contextmanager
@@ -72,7 +73,9 @@ def save_image_atomic(path: str | os.PathLike, image: "Image.Image", **save_kwar
 def save_safetensors_atomic(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
-    with atomic_path(path) as tmp:
+    from synth.errors import writer_errors
+
+    with atomic_path(path) as tmp, writer_errors(path):  # a full disk: an OSError naming the file, not SafetensorError
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
@@ -137,7 +140,7 @@ def image_set_fingerprint(paths: Iterable[str | os.PathLike]) -> str:
     """Hash of the ordered image paths with each file's size and mtime: rows added, removed, reordered or
     re-rendered (``synth prepare --overwrite`` rewrites in place, changing the mtime) give a new key.
     Every cache built from images (the classifier's pixels, the generator's latents) is keyed by it."""
-    h = hashlib.blake2b(digest_size=16)
+    h = Hasher("blake2b", hex_chars=32)
     for p in paths:
         st = os.stat(p)
         h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +30,8 @@ from synth.config import load_config
 from synth.errors import UserError
 from synth.io import atomic_path, current_umask, write_json_atomic
 from synth.manifest import MANIFEST_COLUMNS, UNCERTAIN_POLICIES, annotated_classes, write_manifest
+from synth.output_folder import remove_stale_temporaries as _remove_stale_temporaries  # one helper for every --out
+from synth.output_folder import replace_dir as _replace_dir
 from synth.prepare_images import cache_images
 from synth.prepare_journal import JOURNAL_FILE, CacheJournal
 from synth.readers import read_labels
@@ -45,7 +46,7 @@ from synth.splits import (
 )
 from synth.stats import compute_stats, write_stats
 from synth.taxonomy import GroupThresholds
-from synth.writer_lock import pid_alive, writer_lock
+from synth.writer_lock import writer_lock
 
 #: ``--split`` values: ``auto`` uses the user's split when there is one, else a patient-level split.
 SPLIT_MODES: tuple[str, ...] = ("auto", "train", "val", "test")
@@ -84,6 +85,7 @@ class PrepareConfig:
         cfg.uncertain = str(cfg.uncertain).strip().lower()
         if cfg.uncertain not in UNCERTAIN_POLICIES:
             raise UserError(f"--uncertain {cfg.uncertain!r}: expected one of {', '.join(UNCERTAIN_POLICIES)}")
+        cfg.thresholds  # noqa: B018 (checks the group cut-offs now, not after the labels are read)
         return cfg
 
     @property
@@ -338,20 +340,6 @@ def _check_split(df: pd.DataFrame, split_source: str, where: str) -> dict[str, A
     return {"split_source": split_source, "classes_without_positives": no_positives, **warnings}
 
 
-def _remove_stale_temporaries(out: Path) -> None:
-    """Remove ``.<out>.<pid>.*.tmp`` / ``.old`` folders of a ``prepare`` that was killed (its pid is gone).
-
-    Why the pid: a second ``prepare`` writing the same ``--out`` right now must keep its folder.
-    """
-    if not out.parent.is_dir():
-        return
-    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(\d+)\.[^.]+\.(tmp|old)$")
-    for path in out.parent.iterdir():
-        match = pattern.match(path.name)
-        if match and path.is_dir() and not pid_alive(int(match.group(1))):
-            shutil.rmtree(path, ignore_errors=True)
-
-
 #: What ``synth prepare`` writes into ``--out``: ``--overwrite`` replaces a folder holding nothing else.
 OUTPUT_ENTRIES = frozenset({"manifest.csv", "stats.json", "prepare.json", "skipped.csv", "images"})
 
@@ -402,16 +390,6 @@ def _not_a_prepare_output(out: Path) -> str | None:
         if stray:
             return f"images/{stray[0]} is not an image of its manifest"
     return None
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".old", dir=out.parent))
-        os.replace(out, old / out.name)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 def _cache_names(df: pd.DataFrame, labels: Path) -> pd.Series:

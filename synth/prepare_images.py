@@ -8,7 +8,6 @@ with a :class:`~synth.prepare_journal.CacheJournal` a rerun keeps what an interr
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import multiprocessing
 import os
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from synth.hashing import hex_hash
 from synth.io import atomic_path
 from synth.prepare_journal import CachedImage, CacheJournal
 
@@ -90,7 +90,7 @@ def _cache_entry(task: CacheTask) -> CacheResult:
     data = buffer.getvalue()
     with atomic_path(task.dst) as part:  # a kill mid-write leaves a hidden temporary, never a short PNG
         part.write_bytes(data)
-    entry = CachedImage(task.src, st.st_size, st.st_mtime_ns, task.size, len(data), hashlib.sha256(data).hexdigest())
+    entry = CachedImage(task.src, st.st_size, st.st_mtime_ns, task.size, len(data), hex_hash(data, algorithm="sha256"))
     return CacheResult(entry=entry)
 
 

@@ -9,12 +9,13 @@ skipped, and the later of two lines for one name wins, so appending is the only 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from synth.hashing import hex_hash
 
 JOURNAL_FILE = "cache.jsonl"
 
@@ -39,7 +40,7 @@ class CachedImage:
         try:
             if os.stat(path).st_size != self.png_size:
                 return False
-            return hashlib.sha256(Path(path).read_bytes()).hexdigest() == self.sha256
+            return hex_hash(Path(path).read_bytes(), algorithm="sha256") == self.sha256
         except OSError:
             return False
 

@@ -77,3 +77,16 @@ def write_bench_result(path: str | os.PathLike, bench: str, figures: dict[str, A
     from synth.io import write_json_atomic
 
     write_json_atomic(path, {"bench": bench, "argv": sys.argv[1:], "provenance": environment(), **figures})
+
+
+def data_fingerprint(data: "str | os.PathLike | Any") -> str:
+    """16 hex naming a data set: a file's bytes (a manifest, a results.json) or a frame's ``dicom_id``/``fpath`` rows.
+
+    A model card quotes it so two folders can be checked for having seen the same data without the data at hand.
+    """
+    from synth.hashing import file_digest, hex_hash
+
+    if isinstance(data, (str, os.PathLike)):
+        return file_digest(data).hex()[:16]
+    rows = data["dicom_id"].astype(str) + "|" + data["fpath"].astype(str)
+    return hex_hash("\n".join(rows), algorithm="sha256", hex_chars=16)

@@ -127,6 +127,13 @@ class GroupThresholds:
     head: float = 0.10
     tail: float = 0.01
 
+    def __post_init__(self) -> None:
+        if not 0.0 < self.tail < self.head < 1.0:  # NaN fails it too
+            raise UserError(
+                f"head_threshold {self.head} / tail_threshold {self.tail}: expected 0 < tail_threshold < "
+                "head_threshold < 1 (prevalence cut-offs, e.g. 0.10 and 0.01)"
+            )
+
 
 def frequency_groups(
     train_prevalence: Mapping[str, float], thresholds: GroupThresholds = GroupThresholds()

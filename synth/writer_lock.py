@@ -18,6 +18,7 @@ from typing import Iterator
 
 from synth.errors import UserError
 from synth.io import current_umask
+from synth.output_folder import pid_alive
 
 
 def lock_path(out: Path) -> Path:
@@ -80,14 +81,3 @@ def _pid_in(fd: int) -> int | None:
         return int(os.pread(fd, 32, 0).decode().strip())
     except (OSError, ValueError, UnicodeDecodeError):
         return None
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists (one of another user counts: it is not ours to take over)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from synth.ablation import stages
 from synth.ablation.config import load_ablation_config
 from synth.ablation.runner import run_ablation
 from synth.manifest import write_manifest
+from synth.taxonomy import CXR_LT_CLASSES
 
 CLASSES = ["Atelectasis", "Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Rib Fracture"]
 PREVALENCE = {
@@ -62,6 +64,9 @@ def tiny_manifest(folder: Path, n: int, split_of, source="real", extra=None) -> 
     return write_manifest(pd.DataFrame(rows), folder / "manifest.csv")
 
 
+REAL_EVALUATE, REAL_PAIRED = stages.evaluate, stages.paired  # before any test swaps in the fakes
+
+
 class FakeStages:
     """Cheap stand-ins that record every call; `fail_at` raises inside one arm/seed (a crash)."""
 
@@ -69,6 +74,11 @@ class FakeStages:
         self.calls: list[str] = []
         self.fail_at: tuple[str, int] | None = None
         self.repeats: dict[str, dict[str, int] | None] = {}  #: arm -> the row_repeats its train_arm call got
+        self.overrides: list[dict] = []  #: the classifier overrides of every train_arm call, in call order
+        self.modes: list[str] = []  #: the synthetic mode of every train_arm call
+        self.generator_seeds: list = []  #: the finetune seed override of every train_generator call
+        self.generate_overrides: list[dict] = []  #: the generate overrides of every generate_images call
+        self.generators: list = []  #: the generators= of every paired call
         for name in (
             "prepare_data",
             "train_generator",
@@ -87,10 +97,12 @@ class FakeStages:
 
     def train_generator(self, cfg, manifest, out):
         self.calls.append("generator")
+        self.generator_seeds.append(cfg.generator.overrides.get("seed"))
         return out
 
     def generate_images(self, cfg, model_dir, out):
         self.calls.append("generate")
+        self.generate_overrides.append(dict(cfg.generate.overrides, n=cfg.generate.n))
         return tiny_manifest(
             out, 6, lambda i: "train", "synthetic", lambda i: {"target_class": "Rib Fracture", "Rib Fracture": 1.0}
         )
@@ -125,11 +137,13 @@ class FakeStages:
             "none": "real_resampled" if row_repeats else "real_only",
             "pretrain_finetune": "synthetic_pretrain",
         }.get(mode, "mix")
-        if mode == "mix":
+        if mode in ("mix", "mix_then_head"):
             arm = "synthetic_unfiltered" if len(train_df) == 46 else "synthetic_filtered"
             arm += "_resampled" if row_repeats else ""
         self.calls.append(f"{arm}/{seed}")
         self.repeats[arm] = row_repeats
+        self.overrides.append(dict(cfg.classifier.overrides))
+        self.modes.append(mode)
         if self.fail_at == (arm, seed):
             raise RuntimeError("simulated crash")
         out.mkdir(parents=True, exist_ok=True)
@@ -147,7 +161,8 @@ class FakeStages:
             "per_class": {c: {"ap": 0.5, "auroc": 0.6, "f1": 0.4, "fnr": 0.3, "n_pos": 3} for c in classes},
         }
 
-    def paired(self, cfg, y, pa, pb, classes, groups, patients):
+    def paired(self, cfg, y, pa, pb, classes, groups, patients, generators=None):
+        self.generators.append(generators)
         return {
             g: {"diff": 0.01, "ci": [-0.01, 0.03], "p": 0.4, "run_diffs": [0.01] * len(pa)}
             for g in ("overall", "head", "medium", "tail")
@@ -162,3 +177,19 @@ def ran_once(tmp_path: Path, monkeypatch) -> tuple[FakeStages, object]:
     run_ablation(cfg, log=lambda m: None)
     fake.calls.clear()
     return fake, cfg
+
+
+def model_predict(cfg, model_dir, df):
+    """Probabilities of all 40 classes, seeded by the trained model's folder: different per arm/seed, the same for
+    every call on one model."""
+    rng = np.random.default_rng(zlib.crc32(str(Path(model_dir).parent).encode()))
+    return rng.random((len(df), len(CXR_LT_CLASSES))), list(CXR_LT_CLASSES)
+
+
+def real_metrics(monkeypatch) -> FakeStages:
+    """Fake training stages, the real evaluation and paired bootstrap, and :func:`model_predict`."""
+    fake = FakeStages(monkeypatch)
+    monkeypatch.setattr(stages, "evaluate", REAL_EVALUATE)
+    monkeypatch.setattr(stages, "paired", REAL_PAIRED)
+    monkeypatch.setattr(stages, "predict", model_predict)
+    return fake

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from synth.inference.pipeline import assemble_pipeline
+from synth.diffusion import assemble_pipeline
 
 LAYOUTS: tuple[str, ...] = ("sd21-base", "sd21-v", "sd1-roentgen")
 RESOLUTION = 32  # VAE /8 -> 4x4 latents

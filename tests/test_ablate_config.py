@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from synth.ablation.config import load_ablation_config
 from synth.cli import app
 from synth.errors import UserError
+from synth.generator.models import PIPELINE_PARTS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,6 +87,12 @@ def test_dry_run_pretrained_folder_must_hold_a_pipeline(tmp_path: Path):
     res = CliRunner().invoke(app, ["ablate", "--config", str(path), "--dry-run"])
     assert res.exit_code == 2 and "generator.pretrained" in res.output and "model_index.json not found" in res.output
     (tmp_path / "sd" / "model_index.json").write_text("{}")
+    res = CliRunner().invoke(app, ["ablate", "--config", str(path), "--dry-run"])  # finetune's own folder check
+    assert res.exit_code == 2 and "incomplete pipeline folder, missing vae/" in res.output
+    for part, needs in PIPELINE_PARTS.items():
+        (tmp_path / "sd" / part).mkdir()
+        (tmp_path / "sd" / part / needs[0]).write_text("{}")
+        (tmp_path / "sd" / part / "model.safetensors").write_bytes(b"")
     res = CliRunner().invoke(app, ["ablate", "--config", str(path), "--dry-run"])
     assert res.exit_code == 0, res.output
     assert "dry run: all paths found" in res.output and "synthetic_pretrain/seed-1" in res.output

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import yaml
 from sklearn.metrics import average_precision_score
-from tiny_configs import TINY_VERIFIER, tiny_generator
+from tiny_configs import TINY_CLASSIFIER, TINY_FILTER_OVERRIDES, TINY_VERIFIER, tiny_generator
 from typer.testing import CliRunner
 
 from synth.ablation.arms import ARMS
@@ -45,22 +45,7 @@ def _write(path: Path, data: dict) -> str:
 
 
 def _config(tmp: Path) -> Path:
-    classifier = _write(
-        tmp / "classifier.yaml",
-        {
-            "members": [{"arch": "convnext_atto", "image_size": 32}],
-            "train": {
-                "epochs": 1,
-                "batch_size": 32,
-                "lr": 0.002,
-                "ema_decay": 0.9,
-                "select": "best",
-                "eval_batch_size": 256,
-            },
-            "synthetic": {"mode": "none", "pretrain_epochs": 1, "labels": "target"},
-            "ensemble": {"weights": "mean", "tta_flip": False},
-        },
-    )
+    classifier = _write(tmp / "classifier.yaml", TINY_CLASSIFIER)
     verifier = _write(tmp / "verifier.yaml", dict(TINY_VERIFIER))
     cfg = {
         "name": "e2e",
@@ -81,12 +66,7 @@ def _config(tmp: Path) -> Path:
         "filter": {
             "verifier_config": verifier,
             "config": str(REPO / "configs/filter/default.yaml"),
-            "overrides": {
-                "fallback_specificity": 0.05,
-                "bootstrap": 10,
-                "kid_subsets": 5,
-                "nearcopy_calibration_images": 20,
-            },
+            "overrides": dict(TINY_FILTER_OVERRIDES),
         },
         "classifier": {"config": classifier, "batch_size": 256},
         "evaluation": {"n_boot": 100, "grid_examples": 2},
@@ -217,7 +197,10 @@ def test_report_group_table_prints_the_mean_over_all_seeds(ablation):
         "filter",
         "synthetic_filtered/seed-1",
     }
-    assert re.search(r"- \+ synthetic, filtered .* the tail vs real, tail re-sampled: ΔmAP", md)
+    if results["evidence"]["groups"]["tail"]["judged"]:
+        assert re.search(r"- \+ synthetic, filtered .* the tail vs real, tail re-sampled: ΔmAP", md)
+    else:  # a tiny phantom's tail classes have few test positives: the evidence rule judges none of them
+        assert re.search(r"- \+ synthetic, filtered: tail not judged — .* ΔmAP vs real, tail re-sampled [+-]", md)
     assert "Do no harm:" in md
     for arm in results["arms"][1:]:  # harm is called only on classes with enough test positives, and only below 0
         for cls in arm["harmed"]:

@@ -43,7 +43,7 @@ def test_view_reads_exactly_the_decoded_images(tiny, tmp_path):
     assert torch.equal(view[idx], ram[idx]) and torch.equal(view[3:11], ram[3:11])
     both = ImageView.concat([view, ImageView.of(view.stores[0], np.array([2, 2, 9]))])  # + repeated rows
     assert torch.equal(both[torch.arange(len(both))], torch.cat([ram, ram[[2, 2, 9]]]))
-    assert len(list((tmp_path / "cache").iterdir())) == 1  # one file for the set at this resolution
+    assert len(list((tmp_path / "cache").glob("*.u8"))) == 1  # one file for the set at this resolution
 
 
 def test_repeated_and_mixed_rows_copy_no_pixels(tiny, tmp_path):
@@ -58,7 +58,7 @@ def test_repeated_and_mixed_rows_copy_no_pixels(tiny, tmp_path):
     a = CachedSet.from_frame(train, ["Pneumothorax"], 16, images=_view(train, 16, tmp_path / "cache"))
     mixed = _concat([a, a])
     assert type(mixed.images).__name__ == "ImageView" and len(mixed.images) == 2 * len(train)
-    assert len(list((tmp_path / "cache").iterdir())) == 1
+    assert len(list((tmp_path / "cache").glob("*.u8"))) == 1
 
 
 def test_training_from_the_cache_file_equals_training_in_ram(tiny, tmp_path):
@@ -105,15 +105,15 @@ def test_train_ensemble_uses_a_shared_cache_folder_and_rebuilds_after_an_image_c
         cfg, train=replace(cfg.train, epochs=1, max_steps=1, batch_size=8, image_cache_dir=str(tmp_path / "cache"))
     )
     train_ensemble(cfg, tiny, tmp_path / "a")
-    files = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    files = sorted(p.name for p in (tmp_path / "cache").glob("*.u8"))
     assert len(files) == 2 and all(f.startswith("32px-") for f in files)  # real train + val, one resolution
     train_ensemble(cfg, tiny, tmp_path / "b")  # another arm: the same files, nothing decoded again
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == files
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*.u8")) == files
     first = image_paths(tiny[tiny["split"] == "train"])[0]
     st = first.stat()
     os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # e.g. `synth prepare --overwrite` rewrote it
     train_ensemble(cfg, tiny, tmp_path / "c")
-    assert len(list((tmp_path / "cache").iterdir())) == 3  # the training set's cache was rebuilt, val's reused
+    assert len(list((tmp_path / "cache").glob("*.u8"))) == 3  # the training set's cache was rebuilt, val's reused
 
 
 def test_no_member_holds_a_whole_resolution_in_ram(tiny, tmp_path, monkeypatch):

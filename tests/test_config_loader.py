@@ -21,8 +21,8 @@ def _loaders():
     from classifier.config import load_ensemble_config
     from synth.ablation.config import load_ablation_config
     from synth.filtering.config import load_filter_config, load_verifier_config
-    from synth.generate import GenerateConfig
     from synth.generator.config import load_finetune_config
+    from synth.inference import GenerateConfig
     from synth.prepare import PrepareConfig
 
     return {

@@ -109,8 +109,8 @@ def _config_loaders():
     from classifier.config import load_ensemble_config
     from synth.ablation.config import load_ablation_config
     from synth.filtering.config import load_filter_config
-    from synth.generate import GenerateConfig
     from synth.generator.config import load_finetune_config
+    from synth.inference import GenerateConfig
     from synth.prepare import PrepareConfig
 
     return {

@@ -381,3 +381,12 @@ def test_controls_are_not_judged_and_follow_their_twins(trained, tmp_path):
         by_role = frame.groupby("pair_role")["pair_id"].apply(set)
         assert by_role.get("control", set()) == by_role.get("image", set())  # whole pairs only
     assert len(kept) + len(rejected) == 48 and kept["pair_role"].eq("image").sum() >= 3
+
+
+def test_filter_output_carries_its_card(trained, tmp_path):
+    from card_checks import check_card
+
+    items = [(c, render(c, 920_000 + 10 * k + i)) for k, c in enumerate(CLASSES) for i in range(6)]
+    _, summary = _filter(trained, tmp_path, items)
+    text = check_card(tmp_path / "out", "filter", f"kept {summary['kept']} of {summary['n']} images", grid=True)
+    assert all(f"- {c}: kept" in text for c in CLASSES)

@@ -63,7 +63,7 @@ def scratch_run(tiny_data, tmp_path_factory) -> Path:
 def test_scratch_run_writes_a_generate_ready_pipeline(scratch_run, tiny_data):
     from diffusers import DiffusionPipeline
 
-    from synth.generate import load_generator_info
+    from synth.inference import load_generator_info
 
     out = scratch_run
     assert len(_losses(out)) == 6
@@ -352,3 +352,10 @@ def test_vae_stage_reports_progress_with_an_eta(tiny_data, tmp_path):
     progress = [line for line in lines if line.startswith("vae step")]
     assert [line.split()[2] for line in progress] == ["1/4", "4/4"]  # the first step already, not only every 100
     assert all("ETA" in line for line in progress)
+
+
+def test_exported_pipeline_carries_its_card(scratch_run, tiny_data):
+    from card_checks import check_card
+
+    text = check_card(scratch_run, "generator", "steps trained: 6", grid=True)
+    assert str(tiny_data) in text and "validation/step-" in text

@@ -16,7 +16,7 @@ from PIL import Image
 from scipy.stats import chisquare
 from typer.testing import CliRunner
 
-import synth.generate as gen
+import synth.inference as gen
 import synth.inference.orchestration as orchestration
 from synth.cli import app
 from synth.cooccurrence import TrainingLabels
@@ -192,7 +192,7 @@ def test_rerun_with_other_settings_is_refused(tiny_model, tmp_path):
 
 _CRASHING_RUN = """
 import os, signal, sys
-import synth.generate as gen
+import synth.inference as gen
 import synth.inference.orchestration as orchestration
 from synth.io import save_image_atomic
 saved = 0
@@ -271,7 +271,7 @@ def test_accelerate_two_processes_merge_one_manifest_with_the_same_images(tiny_m
     cmd = [
         *LAUNCH_TWO_CPU_PROCESSES,
         "-m",
-        "synth.generate",
+        "synth.inference",
         "--model",
         str(tiny_model),
         "--class",
@@ -326,6 +326,7 @@ def test_every_setting_is_a_flag_and_reaches_the_config(tmp_path, monkeypatch):
     monkeypatch.setattr("synth.commands.generate._summary", lambda manifest: None)
     yaml_file = tmp_path / "generate.yaml"
     yaml_file.write_text("steps: 9\nenable_xformers: true\nguidance_scale: 2.5\n")
+    (tmp_path / "m.csv").write_text("")  # a --train-manifest must exist when the config loads
     args = ["generate", "--model", str(tmp_path), "--class", "rib fracture", "--out", str(tmp_path / "out")]
     flags = ["--config", str(yaml_file), "--compile", "--batch-size", "3", "--train-manifest", str(tmp_path / "m.csv")]
     result = CliRunner().invoke(app, [*args, *flags, "--no-progress"])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from tiny_pipeline import build_tiny_pipeline
 
-import synth.generate as gen
+import synth.inference as gen
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import gzip
-import json
 import shlex
 from pathlib import Path
 
@@ -125,14 +124,14 @@ def test_duplicate_class_column_in_a_manifest_is_an_error_naming_it(tmp_path):
 
 
 def test_evaluate_refuses_a_manifest_without_a_class_column_of_the_model(tmp_path):
+    from model_fixtures import make_ensemble
+
     from classifier.evaluation import evaluate_model
 
     path = _manifest(tmp_path)
-    pd.read_csv(path, dtype=str, keep_default_na=False).drop(columns=["Mass"]).to_csv(path, index=False)
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "ensemble.json").write_text(json.dumps({"classes": ["Mass", "Nodule"], "members": []}))
-    with pytest.raises(UserError, match="no column 'Mass'"):
+    pd.read_csv(path, dtype=str, keep_default_na=False).drop(columns=["Fracture"]).to_csv(path, index=False)
+    model = make_ensemble(tmp_path / "model", sizes=(32,))  # a valid model folder: only the manifest is wrong
+    with pytest.raises(UserError, match="no column 'Fracture'"):
         evaluate_model(model, path, "test", tmp_path / "eval", n_boot=0)
     assert not (tmp_path / "eval").exists()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -252,3 +253,60 @@ def test_finetune_from_a_pretrained_folder_caches_by_default_and_disk_trains_lik
         finetune.load_finetune_config(None, {**base, "output_dir": str(tmp_path / "off"), "cache_latents": False})
     )
     assert "encoded on the fly" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- issue 35: damaged caches are rebuilt, not trusted
+
+
+def _rebuilt_after(manifest: Path, root: Path, damage, capsys) -> tuple[lc.LatentCache, lc.LatentCache, int]:
+    """Build, ``damage(cache folder)``, build again in a fresh process state: (first, second, images re-encoded)."""
+    vae = _vae()
+    first = _build(vae, manifest, root)
+    reference = lc.LatentCache(first.mean.clone(), first.std.clone(), first.location, first.path)
+    damage(first.path)
+    checksums = sys.modules.get("synth.cache_checksum")  # (absent before issue 35)
+    if checksums is not None:
+        checksums._VERIFIED.clear()  # a new process: nothing verified yet
+    count = _Counting(vae)
+    capsys.readouterr()
+    second = _build(vae, manifest, root)
+    return reference, second, count.images
+
+
+def test_truncated_latent_cache_file_is_rebuilt_with_a_warning(manifest, tmp_path, capsys):
+    def cut(folder: Path) -> None:
+        data = (folder / "mean.npy").read_bytes()
+        (folder / "mean.npy").write_bytes(data[: len(data) // 2])
+
+    first, second, encoded = _rebuilt_after(manifest, tmp_path, cut, capsys)
+    assert encoded == len(first), "the truncated cache was not rebuilt"
+    assert "warning: latent cache" in capsys.readouterr().err
+    torch.testing.assert_close(second.mean, first.mean, rtol=0, atol=0)
+
+
+def test_latent_cache_rewritten_in_place_fails_its_checksum_and_is_rebuilt(manifest, tmp_path, capsys):
+    """Same size, other values: the size check alone trusted it (the old code reused the zeros)."""
+
+    def zero(folder: Path) -> None:
+        arr = np.load(folder / "std.npy", mmap_mode="r+")
+        arr[:] = 0.0
+        arr.flush()
+
+    first, second, encoded = _rebuilt_after(manifest, tmp_path, zero, capsys)
+    assert encoded == len(first)
+    assert "checksum mismatch" in capsys.readouterr().err
+    torch.testing.assert_close(second.std, first.std, rtol=0, atol=0)
+
+
+def test_latent_cache_without_checksum_is_trusted_once_and_its_checksum_stored(manifest, tmp_path, capsys):
+    """A cache built before checksums existed is not rebuilt on upgrade: its checksum is computed and kept."""
+    from synth.cache_checksum import sidecar
+
+    def strip(folder: Path) -> None:
+        for name in lc.ARRAYS:
+            sidecar(folder / name).unlink()
+
+    first, second, encoded = _rebuilt_after(manifest, tmp_path, strip, capsys)
+    assert encoded == 0 and "warning" not in capsys.readouterr().err
+    assert all(sidecar(second.path / name).is_file() for name in lc.ARRAYS)
+    torch.testing.assert_close(second.mean, first.mean, rtol=0, atol=0)

@@ -13,40 +13,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from data_fixtures import assert_one_error_line, invoke, make_cxrlt, prepare_args
+from model_fixtures import CLASSES, PREVALENCE, make_ensemble
 from PIL import Image
 from typer.testing import CliRunner
 
-from classifier.ensemble import group_record, model_groups, predict
-from classifier.models import build_model
+from classifier.ensemble import model_groups, predict
 from synth.cli import app
-from synth.io import save_safetensors_atomic, write_json_atomic
 from synth.manifest import read_manifest
 from synth.prepare import prepare_dataset
 from synth.taxonomy import CXR_LT_CLASSES
-
-#: deliberately not in taxonomy order: the submission must reorder them
-CLASSES = ["Support Devices", "Fracture", "Rib Fracture", "Normal"]
-PREVALENCE = {"Support Devices": 0.5, "Fracture": 0.05, "Rib Fracture": 0.005, "Normal": 0.4}
-
-
-def make_ensemble(folder: Path, sizes=(32, 40), store_groups: bool = True, store_prevalence: bool = True) -> Path:
-    members = []
-    for k, size in enumerate(sizes):
-        torch.manual_seed(k)
-        model = build_model("convnext_atto", len(CLASSES))
-        member = folder / f"member-{k}"
-        save_safetensors_atomic(member / "model.safetensors", model.state_dict())
-        write_json_atomic(member / "member.json", {"arch": "convnext_atto", "image_size": size, "classes": CLASSES})
-        members.append({"dir": f"member-{k}", "arch": "convnext_atto", "image_size": size, "weight": 1 / len(sizes)})
-    spec = {"classes": CLASSES, "tta_flip": False, "members": members}
-    if store_prevalence:
-        spec["train_prevalence"] = PREVALENCE
-    if store_groups:
-        spec.update(group_record(PREVALENCE))
-    write_json_atomic(folder / "ensemble.json", spec)
-    return folder
 
 
 @pytest.fixture()

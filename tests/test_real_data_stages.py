@@ -100,7 +100,7 @@ GEN_FAST = dict(steps=2, guidance_scale=3.0, batch_size=2, progress=False)
 
 
 def test_defect9_rerun_of_killed_generate_leaves_no_tmp(tiny_model, tmp_path):
-    import synth.generate as gen
+    import synth.inference as gen
 
     out = tmp_path / "gen"
     gen.generate(tiny_model, ["Rib Fracture"], 2, out, **GEN_FAST)
@@ -113,7 +113,7 @@ def test_defect9_rerun_of_killed_generate_leaves_no_tmp(tiny_model, tmp_path):
 
 
 def test_defect10_generate_into_a_folder_with_other_classes_says_what_it_keeps(tiny_model, tmp_path, capfd):
-    import synth.generate as gen
+    import synth.inference as gen
 
     out = tmp_path / "gen"
     gen.generate(tiny_model, ["Rib Fracture"], 2, out, **GEN_FAST)

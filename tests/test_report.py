@@ -103,7 +103,8 @@ def test_paired_verdict_uses_the_joint_seed_bootstrap(tmp_path: Path):
     assert "+0.080 [-0.004, +0.150], p=0.090" in md  # the pooled p is exact; older files' largest per-seed p prints p≤
 
 
-def test_headline_states_tail_evidence_and_warns_when_positives_are_few(tmp_path: Path):
+def test_headline_states_on_how_many_tail_classes_each_verdict_stands(tmp_path: Path):
+    """A results.json written before the evidence rule: the default rule is applied to its positive counts."""
     results = make_results(tmp_path / "r")
     tail = [c for c, g in results["groups"].items() if g == "tail"]
     for arm in results["arms"]:
@@ -112,12 +113,14 @@ def test_headline_states_tail_evidence_and_warns_when_positives_are_few(tmp_path
                 entry["per_class"][c]["n_pos"] = 12
     (tmp_path / "r" / "results.json").write_text(json.dumps(results))
     md = render_report(tmp_path / "r")["md"].read_text()
-    assert f"Tail evidence: {len(tail)} tail class(es) scored on {12 * len(tail)} test positives (fewest 12)." in md
-    assert "indicative" not in md
+    assert f"It stands on {len(tail)} of {len(tail)} tail class(es)." in md
+    assert f"tail {len(tail)} of {len(tail)} class(es) judged" in md and "the defaults (results.json predates" in md
     results["arms"][0]["seeds"]["0"]["per_class"][tail[0]]["n_pos"] = 1
     (tmp_path / "r" / "results.json").write_text(json.dumps(results))
     md = render_report(tmp_path / "r")["md"].read_text()
-    assert "(fewest 1). 1 of them have < 10 positives" in md and "indicative, not conclusive" in md
+    n = len(tail)
+    assert f"It stands on {n - 1} of {n} tail class(es); not judged: {tail[0]} (1 test positive)." in md
+    assert "(Δ over every scored tail class: this results.json predates the evidence rule.)" in md
 
 
 def test_html_is_self_contained(report_dir: Path):

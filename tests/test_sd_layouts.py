@@ -148,7 +148,7 @@ def test_recipe_trains_in_bf16_validates_and_exports_fp32(recipe_run):
 def test_export_loads_and_generates_at_fp32_and_bf16(recipe_run, tmp_path):
     from diffusers import DiffusionPipeline
 
-    from synth.generate import generate
+    from synth.inference import generate
 
     case, _, out, _ = recipe_run
     pipe = DiffusionPipeline.from_pretrained(out, local_files_only=True)
@@ -235,7 +235,7 @@ def test_generate_fp32_reads_a_pipeline_saved_in_bf16(manifest, tmp_path):
     an fp32 UNet unless every component is given the dtype (``synth generate --precision fp32``)."""
     from tiny_pipeline import ANNOTATED
 
-    from synth.generate import generate
+    from synth.inference import generate
     from synth.io import write_json_atomic
     from synth.prompts import DEFAULT_TEMPLATES, PromptTemplates
 

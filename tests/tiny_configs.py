@@ -16,6 +16,24 @@ TINY_VERIFIER = {
     "eval_batch_size": 256,
 }
 
+#: A one-member 32 px convnext_atto classifier ensemble trained for one epoch (synthetic mixing off unless an arm
+#: sets its mode).
+TINY_CLASSIFIER = {
+    "members": [{"arch": "convnext_atto", "image_size": 32}],
+    "train": {"epochs": 1, "batch_size": 32, "lr": 0.002, "ema_decay": 0.9, "select": "best", "eval_batch_size": 256},
+    "synthetic": {"mode": "none", "pretrain_epochs": 1, "labels": "target"},
+    "ensemble": {"weights": "mean", "tta_flip": False},
+}
+
+
+#: the filter stage's overrides for a few generated images per class: a lenient verifier and cheap statistics
+TINY_FILTER_OVERRIDES = {
+    "fallback_specificity": 0.05,
+    "bootstrap": 10,
+    "kid_subsets": 5,
+    "nearcopy_calibration_images": 20,
+}
+
 
 def tiny_generator(steps: int) -> dict:
     """Generator overrides: a 32 px VAE + UNet of two 8/16-channel blocks, ``steps`` steps of each (and of

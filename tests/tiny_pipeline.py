@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from synth.inference.pipeline import assemble_pipeline
+from synth.diffusion import assemble_pipeline
 from synth.io import write_json_atomic
 from synth.manifest import write_manifest
 from synth.prompts import DEFAULT_TEMPLATES, PromptTemplates

@@ -15,7 +15,7 @@ two arms is the difference of their rows:
 - ``synthetic_filtered_resampled``: the filtered mix with ``real_resampled``'s repeat plan on its real rows. Against
   ``real_resampled`` it asks whether generated images add anything ON TOP of re-presenting the real tail; the plain
   mixing arms answer "instead of". Opt-in (not in the default arm list) until a fresh committed run includes it;
-  on the phantom-cpu run's stages ``bench/bench_resampled_mix.py`` measured tail +0.042 [+0.026, +0.057] vs
+  on the phantom-cpu run's stages ``bench/results/resampled_mix.json`` measured tail +0.042 [+0.026, +0.057] vs
   ``real_resampled``.
 - ``synthetic_unfiltered_resampled``: the same with every generated image. Opt-in: on both fresh phantom-cpu runs the
   unfiltered mix beat the filtered one (tail -0.018 vs -0.048, then -0.037 vs -0.060, both against
@@ -24,8 +24,11 @@ two arms is the difference of their rows:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import Enum
+from types import MappingProxyType
+from typing import Any
 
 
 class SyntheticSet(str, Enum):
@@ -43,10 +46,21 @@ class Arm:
     synthetic: SyntheticSet | None = None  #: None = real rows only
     mode: str = "none"  #: classifier SyntheticMixConfig.mode (none / mix / pretrain_finetune)
     resample: bool = False  #: real tail-positive rows repeated (repeat-factor sampling)
+    #: A config-named variant (:func:`variant`): the registered arm it derives from, else None.
+    base: str | None = None
+    #: A variant's classifier overrides (``--set``-style keys of the classifier config) on top of the ablation's.
+    classifier: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    #: A variant's generate settings (``n``, ``classes`` or generate-config fields): its own generate/filter stages.
+    generate: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def uses_synthetic(self) -> bool:
         return self.synthetic is not None
+
+    @property
+    def registered(self) -> str:
+        """The registered arm whose rows this one trains on (itself unless a variant)."""
+        return self.base or self.name
 
 
 REAL_ONLY = Arm("real_only", "Real only", "real")
@@ -100,6 +114,34 @@ DEFAULT_ARMS: tuple[str, ...] = (
 BASELINE = REAL_ONLY.name
 #: The stronger real-data baseline: the headline verdict of a synthetic arm is against it when it ran.
 RESAMPLED_BASELINE = REAL_RESAMPLED.name
+
+
+def variant(name: str, base: str, label: str | None = None, classifier=None, generate=None) -> Arm:
+    """A named arm that trains on ``base``'s rows with other classifier and/or generate settings.
+
+    Why: every lever of a synthetic recipe (loss weight, decoupled head, counterfactual controls, prompt style,
+    images per class) is a setting, not new code, so an ablation config names its levers as arms and the report
+    pairs each with the same baselines on the same test patients as the registered arms.
+    """
+    parent = arm(base)
+    if parent.base is not None:
+        raise KeyError(f"variant {name!r}: base {base!r} is itself a variant; name a registered arm")
+    if generate and not parent.uses_synthetic:
+        raise KeyError(f"variant {name!r}: generate settings need a synthetic base arm, not {base!r}")
+    classifier = dict(classifier or {})
+    nested = classifier.get("synthetic") if isinstance(classifier.get("synthetic"), Mapping) else {}
+    return Arm(
+        name=name,
+        label=label or f"{parent.label} ({name})",
+        short=name,
+        synthetic=parent.synthetic,
+        # the classifier's synthetic.mode is the arm's: train_arm sets it from here
+        mode=str(classifier.get("synthetic.mode", nested.get("mode", parent.mode))),
+        resample=parent.resample,
+        base=base,
+        classifier=MappingProxyType(classifier),
+        generate=MappingProxyType(dict(generate or {})),
+    )
 
 
 def arm(name: str) -> Arm:

@@ -12,7 +12,6 @@ the first second on a typo'd path rather than after the generator trained.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,16 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from synth.ablation.arms import ARMS as ARM_REGISTRY
-from synth.ablation.arms import BASELINE, DEFAULT_ARMS, SYNTHETIC_FILTERED, SyntheticSet
+from synth.ablation.arms import BASELINE, DEFAULT_ARMS, SYNTHETIC_FILTERED, Arm, SyntheticSet, variant
 from synth.config import load_config
 from synth.config_errors import UnknownKeyError
 from synth.errors import UserError
+from synth.hashing import hex_hash
+from synth.output_folder import folder_name_problem
 from synth.readers import FORMATS
-from synth.taxonomy import resolve_class
 
 ARMS: tuple[str, ...] = tuple(ARM_REGISTRY)
 DATA_SOURCES: tuple[str, ...] = ("phantom", "prepare", "manifest")
-CLASS_GROUPS: tuple[str, ...] = ("tail", "medium", "head")
 
 
 @dataclass
@@ -58,6 +57,33 @@ class GeneratorStage:
         None  #: local diffusers folder to start from (e.g. SD-2.1-base); checked for model_index.json
     )
     overrides: dict[str, Any] = field(default_factory=dict)  #: fields of the finetune config to override
+    #: K generator seeds: K generators trained alike but for the finetune ``seed``, each with its own generate and
+    #: filter stages; synthetic arm seed number i trains on generator i mod K, and the paired intervals combine
+    #: within- and between-generator variance (Rubin's rules). Empty: one generator, the finetune config's seed,
+    #: and the report says the interval leaves the generator's randomness out.
+    seeds: list[int] = field(default_factory=list)
+
+    def key_fields(self, k: int = 0) -> dict[str, Any]:
+        """What generator ``k`` depends on (its cache key input). Without ``seeds`` exactly the fields this
+        section always hashed, so existing generator caches stay valid."""
+        overrides = dict(self.overrides)
+        if self.seeds:
+            overrides["seed"] = self.seeds[k]
+        return {"config": self.config, "pretrained": self.pretrained, "overrides": overrides}
+
+
+@dataclass
+class VariantSpec:
+    """An arm a config names: a registered arm's rows trained with other settings (see arms.variant)."""
+
+    name: str = ""
+    arm: str = ""  #: the registered arm it derives from (e.g. synthetic_filtered_resampled)
+    label: str | None = None  #: shown in the report (default: the base arm's label and the variant's name)
+    #: classifier config keys on top of classifier.overrides, e.g. {synthetic.loss_weight: 0.5}
+    classifier: dict[str, Any] = field(default_factory=dict)
+    #: generate settings on top of the ablation's generate section (n, classes, or generate-config fields such as
+    #: prompt_style): the variant gets its own generate (and filter) stages
+    generate: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -99,6 +125,29 @@ class ClassifierStage:
 
 
 @dataclass
+class PhantomCohort:
+    """data.source=phantom: an external set the ablation renders itself, through another acquisition site.
+
+    Why: "does synthetic data help more out of distribution?" needs a shifted test set whose truth is known; the
+    phantom renders the same findings at site B (synth.phantom.sites) for new patients, test-only.
+    """
+
+    site: str = "B"  #: a site of synth.phantom.sites other than the training data's A
+    n: int = 5000  #: images rendered (all test rows)
+    seed: int = 11  #: a phantom seed no other set of this ablation uses
+
+
+@dataclass
+class ExternalSet:
+    """A test-only set from another site, scored by every arm/seed: a prepared manifest
+    (``synth prepare --split test``) or, on the phantom, a cohort the ablation renders at another site."""
+
+    name: str = ""  #: the report section's title and results.json key (a folder-safe name)
+    manifest: str = ""  #: its manifest.csv (or the folder holding it)
+    phantom: PhantomCohort | None = None  #: instead of manifest: render this cohort (data.source phantom)
+
+
+@dataclass
 class EvaluationConfig:
     split: str = "test"
     n_boot: int = 1000
@@ -109,6 +158,13 @@ class EvaluationConfig:
     #: models never see them, so adding them to a finished ablation only predicts, it does not retrain.
     heldout_phantom_n: int = 0
     heldout_phantom_seed: int = 1
+    #: the evidence rule (synth/ablation/evidence.py): a group's verdict stands only on classes with at least this
+    #: many test positives; "helps" / "hurts" needs the interval to exclude 0 and |Δ| >= min_effect
+    min_test_positives: int = 10
+    min_effect: float = 0.005
+    #: external test sets: every arm and seed is scored on each (predictions cached beside each model, so adding
+    #: one to a finished ablation only predicts)
+    external: list[ExternalSet] = field(default_factory=list)
 
 
 @dataclass
@@ -127,7 +183,11 @@ class AblationConfig:
     name: str
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS))
+    #: config-named arms (levers); list a variant's name in ``arms`` to run it
+    variants: list[VariantSpec] = field(default_factory=list)
     output_root: str = "outputs"
+    #: the CSV every finished run is recorded in (synth/ablation/store.py); null: <output_root>/results/runs.csv
+    results_store: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     generator: GeneratorStage = field(default_factory=GeneratorStage)
     generate: GenerateStage = field(default_factory=GenerateStage)
@@ -150,18 +210,62 @@ class AblationConfig:
         return Path(self.output_root) / "reports" / self.name
 
     @property
+    def arm_specs(self) -> dict[str, Arm]:
+        """Every arm this config can run, by name: the registered arms and its variants."""
+        specs = dict(ARM_REGISTRY)
+        for v in self.variants:
+            specs[v.name] = variant(v.name, v.arm, v.label, v.classifier, v.generate)
+        return specs
+
+    @property
+    def run_arms(self) -> list[Arm]:
+        """The arms this ablation runs, in the order of ``arms``."""
+        specs = self.arm_specs
+        return [specs[a] for a in self.arms if a in specs]
+
+    @property
     def needs_synthetic(self) -> bool:
-        return any(ARM_REGISTRY[a].uses_synthetic for a in self.arms if a in ARM_REGISTRY)
+        return any(a.uses_synthetic for a in self.run_arms)
 
     @property
     def needs_filter(self) -> bool:
-        return any(ARM_REGISTRY[a].synthetic == SyntheticSet.FILTERED for a in self.arms if a in ARM_REGISTRY)
+        return any(a.synthetic == SyntheticSet.FILTERED for a in self.run_arms)
+
+    @property
+    def n_generators(self) -> int:
+        return max(1, len(self.generator.seeds))
+
+    def generator_of(self, seed_index: int) -> int:
+        """The generator whose images the ``seed_index``-th classifier seed of a synthetic arm trains on."""
+        return seed_index % self.n_generators
+
+    def for_synthetic(self, k: int = 0, arm: Arm | None = None) -> AblationConfig:
+        """This config as generator ``k`` and ``arm``'s generate settings see it: the stages read ``generator``
+        and ``generate`` as before, so a K-generator or variant stage is the same stage call."""
+        gen = dataclasses.replace(self.generator, overrides=self.generator.key_fields(k)["overrides"], seeds=[])
+        return dataclasses.replace(self, generator=gen, generate=generate_section(self.generate, arm))
+
+    def for_arm(self, arm: Arm) -> AblationConfig:
+        """This config as ``arm``'s classifier sees it (a variant's classifier keys on top of the ablation's)."""
+        if not arm.classifier:
+            return self
+        overrides = {**self.classifier.overrides, **arm.classifier}
+        return dataclasses.replace(self, classifier=dataclasses.replace(self.classifier, overrides=overrides))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("source_path")
         d.pop("sets")
         return d
+
+
+def generate_section(generate: GenerateStage, arm: Arm | None) -> GenerateStage:
+    """The generate section a synthetic arm's images come from (a variant's generate keys applied)."""
+    if arm is None or not arm.generate:
+        return generate
+    extra = dict(arm.generate)
+    top = {k: extra.pop(k) for k in ("n", "classes", "config") if k in extra}
+    return dataclasses.replace(generate, **top, overrides={**generate.overrides, **extra})
 
 
 def load_ablation_config(
@@ -194,6 +298,7 @@ def load_ablation_config(
         cfg.arms = list(arms)
     if output_root is not None:
         cfg.output_root = output_root
+    validate_variants(cfg, where=str(path))
     check_overrides(cfg, where=str(path))
     validate(cfg, where=str(path))
     return cfg
@@ -206,8 +311,8 @@ def check_overrides(cfg: AblationConfig, where: str) -> None:
     """
     from classifier.config import EnsembleConfig
     from synth.filtering.config import FilterConfig
-    from synth.generate import GenerateConfig
     from synth.generator.config import FINETUNE_STYLE, FinetuneConfig
+    from synth.inference import GenerateConfig
 
     for section, cls in (
         ("generator", FinetuneConfig),
@@ -216,29 +321,62 @@ def check_overrides(cfg: AblationConfig, where: str) -> None:
         ("classifier", EnsembleConfig),
     ):
         style = FINETUNE_STYLE if cls is FinetuneConfig else {}
-        load_config(
-            cls,
-            None,
-            getattr(cfg, section).overrides,
-            where=f"{where}: {section} stage overrides",
-            drop_none=cls is not EnsembleConfig,
-            **style,
-        )
+        maps = [(f"{section} stage overrides", getattr(cfg, section).overrides)]
+        if section in ("classifier", "generate"):
+            maps += [(f"variant {v.name!r} {section}", _stage_keys(getattr(v, section))) for v in cfg.variants]
+        for label, overrides in maps:
+            load_config(cls, None, overrides, where=f"{where}: {label}", drop_none=cls is not EnsembleConfig, **style)
+
+
+def _stage_keys(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A variant's settings that are the stage config's own keys (``n``/``classes``/``config`` are the section's)."""
+    return {k: v for k, v in settings.items() if k not in ("classes", "config")}
+
+
+def validate_variants(cfg: AblationConfig, where: str) -> None:
+    """Each variant: a new safe name, a registered base arm, settings only where the base arm can use them."""
+    seen: set[str] = set()
+    for v in cfg.variants:
+        if not v.name or not v.name.replace("_", "").replace("-", "").isalnum():
+            raise UserError(f"{where}: variant name {v.name!r} must be letters, digits, '_' or '-' (a folder name)")
+        if v.name in ARM_REGISTRY or v.name in seen:
+            raise UserError(f"{where}: variant name {v.name!r} is already an arm; choose another name")
+        seen.add(v.name)
+        try:
+            variant(v.name, v.arm, v.label, v.classifier, v.generate)
+        except KeyError as err:
+            raise UserError(f"{where}: {err.args[0]}") from None
+        if not isinstance(v.generate.get("classes", []), list):
+            raise UserError(f"{where}: variant {v.name!r} generate.classes must be a list of class names or groups")
 
 
 def validate(cfg: AblationConfig, where: str = "config") -> None:
-    if not cfg.name or "/" in cfg.name:
-        raise UserError(f"{where}: name {cfg.name!r} must be a non-empty folder name")
+    problem = folder_name_problem(cfg.name)
+    if problem:
+        raise UserError(f"{where}: name {cfg.name!r} {problem}; it must be one folder name such as 'tail_ablation'")
     if not cfg.seeds or not all(isinstance(s, int) for s in cfg.seeds) or len(set(cfg.seeds)) != len(cfg.seeds):
         raise UserError(f"{where}: seeds must be a non-empty list of distinct integers, got {cfg.seeds!r}")
-    bad = [a for a in cfg.arms if a not in ARMS]
+    if not all(0 <= s < 2**32 for s in cfg.seeds):  # numpy's and torch's seeding refuse others: a traceback, hours in
+        raise UserError(f"{where}: seeds {cfg.seeds!r}: each must be in [0, 2**32 - 1], e.g. 0,1,2")
+    specs = cfg.arm_specs
+    bad = [a for a in cfg.arms if a not in specs]
     if bad or not cfg.arms:
-        raise UserError(f"{where}: unknown arm(s) {bad}; valid arms: {', '.join(ARMS)}")
+        raise UserError(f"{where}: unknown arm(s) {bad}; valid arms: {', '.join(specs)} (or add a variant)")
+    if len(set(cfg.arms)) != len(cfg.arms):
+        raise UserError(f"{where}: arms lists an arm twice: {cfg.arms}")
     if BASELINE not in cfg.arms:
         raise UserError(f"{where}: arms must include {BASELINE} (every other arm is compared with it)")
-    if cfg.target.arm not in ARM_REGISTRY or not ARM_REGISTRY[cfg.target.arm].uses_synthetic:
-        synthetic = [a for a, spec in ARM_REGISTRY.items() if spec.uses_synthetic]
+    if cfg.target.arm not in specs or not specs[cfg.target.arm].uses_synthetic:
+        synthetic = [a for a, spec in specs.items() if spec.uses_synthetic]
         raise UserError(f"{where}: target.arm {cfg.target.arm!r} must be a synthetic arm: {', '.join(synthetic)}")
+    g = cfg.generator.seeds
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in g) or len(set(g)) != len(g):
+        raise UserError(f"{where}: generator.seeds must be distinct integers >= 0, got {g!r}")
+    if len(g) > len(cfg.seeds):
+        raise UserError(
+            f"{where}: {len(g)} generator.seeds but {len(cfg.seeds)} classifier seeds: each generator needs at least "
+            "one classifier seed (seed number i trains on generator i mod K); add seeds or drop generators"
+        )
     if cfg.data.source not in DATA_SOURCES:
         raise UserError(f"{where}: data.source {cfg.data.source!r}; choose one of {', '.join(DATA_SOURCES)}")
     if cfg.data.source == "manifest" and not cfg.data.manifest:
@@ -247,9 +385,17 @@ def validate(cfg: AblationConfig, where: str = "config") -> None:
         raise UserError(f"{where}: data.source prepare needs data.format, data.labels and data.images")
     if cfg.data.source == "prepare" and cfg.data.format not in FORMATS:
         raise UserError(f"{where}: data.format {cfg.data.format!r}; choose one of {', '.join(FORMATS)}")
-    for name in cfg.generate.classes:
-        if name.lower() not in CLASS_GROUPS:
-            resolve_class(name)  # unknown -> UnknownClassError (a UserError) listing the closest names
+    from synth.inference.planning import validate_class_names
+
+    for label, section in [("generate", cfg.generate)] + [
+        (f"variant {a.name!r} generate", generate_section(cfg.generate, a)) for a in cfg.run_arms if a.generate
+    ]:
+        try:  # the generate stage's own check: a typo, or a zero-shot class no generator can draw
+            validate_class_names(section.classes)
+        except UserError as err:
+            raise UserError(f"{where}: {label}.classes: {err}") from None
+    if cfg.classifier.batch_size < 1:
+        raise UserError(f"{where}: classifier.batch_size {cfg.classifier.batch_size} must be >= 1 (prediction batch)")
     if cfg.evaluation.split not in ("test", "val"):
         raise UserError(f"{where}: evaluation.split must be test or val, got {cfg.evaluation.split!r}")
     ev = cfg.evaluation
@@ -279,10 +425,48 @@ def validate(cfg: AblationConfig, where: str = "config") -> None:
             f"{where}: oracle.phantom_seed {cfg.oracle.phantom_seed} repeats another phantom seed of this "
             "ablation; the oracle must be trained on its own patients"
         )
+    if ev.min_test_positives < 1:
+        raise UserError(f"{where}: evaluation.min_test_positives {ev.min_test_positives} must be >= 1")
+    names = [x.name for x in ev.external]
+    for i, ext in enumerate(ev.external):
+        if not ext.name or "/" in ext.name or ext.name.startswith(".") or names.count(ext.name) > 1:
+            raise UserError(
+                f"{where}: evaluation.external[{i}].name {ext.name!r} must be a distinct, non-empty folder-safe name"
+            )
+        if bool(ext.manifest) == (ext.phantom is not None):
+            raise UserError(
+                f"{where}: evaluation.external[{i}] ({ext.name}) needs manifest (a test-only manifest.csv from "
+                "`synth prepare --split test`) or phantom (a cohort rendered at another site), one of the two"
+            )
+        if ext.phantom is not None:
+            check_phantom_cohort(cfg, ext, f"{where}: evaluation.external[{i}] ({ext.name}).phantom")
     if cfg.evaluation.n_boot < 100:
         raise UserError(
             f"{where}: evaluation.n_boot {cfg.evaluation.n_boot} is too small for a 95% interval (use >= 100)"
         )
+
+
+def check_phantom_cohort(cfg: AblationConfig, ext: ExternalSet, where: str) -> None:
+    """A rendered external cohort: phantom data, another site than the training data's, its own patients."""
+    from synth.phantom.dataset import check_render_args
+    from synth.phantom.sites import get_site
+
+    cohort = ext.phantom
+    if cfg.data.source != "phantom":
+        raise UserError(f"{where}: a rendered cohort needs data.source phantom; give a prepared manifest instead")
+    try:
+        site = get_site(cohort.site)
+        check_render_args(cohort.n, cfg.data.size, cohort.seed)
+    except UserError as err:
+        raise UserError(f"{where}: {str(err).replace('--', '')}") from None
+    if site.is_default:
+        raise UserError(f"{where}: site {cohort.site!r} is the training data's own acquisition; choose another site")
+    ev = cfg.evaluation
+    others = {cfg.data.phantom_seed, cfg.oracle.phantom_seed}
+    others |= {ev.heldout_phantom_seed} if ev.heldout_phantom_n else set()
+    others |= {x.phantom.seed for x in ev.external if x.phantom is not None and x is not ext}
+    if cohort.seed in others:
+        raise UserError(f"{where}: seed {cohort.seed} repeats another phantom seed of this ablation; choose a new one")
 
 
 def stage_key(*parts: Any) -> str:
@@ -306,8 +490,8 @@ def stage_key(*parts: Any) -> str:
             try:
                 return {"file": obj, "content": expand(yaml.safe_load(Path(obj).read_text()))}
             except yaml.YAMLError:  # not ours to judge here: the stage's own loader reports it
-                return {"file": obj, "sha256": hashlib.sha256(Path(obj).read_bytes()).hexdigest()}
+                return {"file": obj, "sha256": hex_hash(Path(obj).read_bytes(), algorithm="sha256")}
         return obj
 
     blob = json.dumps(expand(list(parts)), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return hex_hash(blob, algorithm="sha256", hex_chars=12)

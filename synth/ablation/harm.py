@@ -60,6 +60,7 @@ def paired_per_class(
             "ci": ci,
             "run_diffs": [float(x) for x in points],
             "n_pos": int((y == 1).sum()),
+            **metrics.bootstrap_shape(d),
         }
     return out
 

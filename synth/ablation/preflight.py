@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from synth.ablation.config import AblationConfig
+from synth.ablation.external import read_external_sets
 from synth.errors import UserError
 
 
@@ -48,9 +49,14 @@ def check_paths(cfg: AblationConfig) -> None:
     needed.append(("classifier.config", cfg.classifier.config, "see configs/classifier/"))
     if cfg.needs_synthetic:
         needed.append(("oracle.config", cfg.oracle.config, "see configs/filter/oracle-64px.yaml or remove the key"))
+    for i, ext in enumerate(cfg.evaluation.external):
+        needed.append(
+            (f"evaluation.external[{i}].manifest", ext.manifest, "prepare it with `synth prepare --split test`")
+        )
     for key, value, fix in needed:
         if value is not None and not Path(value).exists():
             raise UserError(f"{where}: {key} {value} not found; {fix}")
+    read_external_sets(cfg)  # each set test-only and readable (the run reads them again for their rows)
     check_stage_configs(cfg)
 
 
@@ -63,22 +69,26 @@ def check_stage_configs(cfg: AblationConfig) -> None:
     """
     where = cfg.source_path or "config"
 
-    def generator() -> None:
+    def generator(view: AblationConfig) -> None:
         from synth.generator.config import load_finetune_config
 
         overrides = {
-            **cfg.generator.overrides,
+            **view.generator.overrides,
             "train_manifest": "<the ablation's data manifest>",
             "output_dir": "<stage folder>",
         }
-        if cfg.generator.pretrained:
-            overrides["pretrained_model_name_or_path"] = cfg.generator.pretrained
-        load_finetune_config(cfg.generator.config, overrides)
+        if view.generator.pretrained:
+            overrides["pretrained_model_name_or_path"] = view.generator.pretrained
+        from synth.generator.finetune_plan import plan
 
-    def generate() -> None:
-        from synth.generate import GenerateConfig
+        _, problems = plan(load_finetune_config(view.generator.config, overrides), data=False)  # finetune's own
+        if problems:  # e.g. a missing prompt_templates or vae_model_path, an incomplete pretrained folder
+            raise UserError(problems[0])
 
-        GenerateConfig.from_yaml(cfg.generate.config, n=cfg.generate.n, **cfg.generate.overrides)
+    def generate(view: AblationConfig) -> None:
+        from synth.inference import GenerateConfig
+
+        GenerateConfig.from_yaml(view.generate.config, n=view.generate.n, **view.generate.overrides)
 
     def verifier() -> None:
         from synth.filtering.config import load_verifier_config
@@ -95,14 +105,20 @@ def check_stage_configs(cfg: AblationConfig) -> None:
 
         load_verifier_config(cfg.oracle.config)
 
-    def classifier() -> None:
-        from classifier.config import load_ensemble_config
+    def classifier(view: AblationConfig, arms: list[Any]) -> None:
+        from synth.ablation.stages import arm_ensemble_config
 
-        load_ensemble_config(cfg.classifier.config, cfg.classifier.overrides)
+        for arm in arms:  # the config each arm and seed trains with (train_arm's own)
+            for seed in cfg.seeds:
+                arm_ensemble_config(view, arm.mode, seed)
 
     checks: list[tuple[str, str | None, Any]] = []
     if cfg.needs_synthetic:
-        checks += [("generator", cfg.generator.config, generator), ("generate", cfg.generate.config, generate)]
+        for k in range(cfg.n_generators):  # each generator's finetune config (its seed among the overrides)
+            label = "generator" if cfg.n_generators == 1 else f"generator {k} (seed {cfg.generator.seeds[k]})"
+            checks.append((label, cfg.generator.config, lambda k=k: generator(cfg.for_synthetic(k))))
+        for label, view in generate_views(cfg):
+            checks.append((label, view.generate.config, lambda view=view: generate(view)))
     if cfg.needs_filter:
         checks += [
             ("filter.verifier_config", cfg.filter.verifier_config, verifier),
@@ -110,12 +126,124 @@ def check_stage_configs(cfg: AblationConfig) -> None:
         ]
     if cfg.needs_synthetic and cfg.oracle.config:
         checks.append(("oracle", cfg.oracle.config, oracle))
-    checks.append(("classifier", cfg.classifier.config, classifier))
+    plain = [arm for arm in cfg.run_arms if not arm.classifier]
+    checks.append(("classifier", cfg.classifier.config, lambda: classifier(cfg, plain)))
+    for arm in cfg.run_arms:  # a variant's classifier keys on top of the ablation's, as its arm trains with them
+        if arm.classifier:
+            view = cfg.for_arm(arm)
+            label = f"variant {arm.name!r} classifier"
+            checks.append((label, view.classifier.config, lambda v=view, a=arm: classifier(v, [a])))
     for stage, path, load in checks:
-        label = f"{where}: {stage} stage" + (f" ({path})" if path else "") + " with its overrides"
-        try:
-            load()
-        except UserError as err:
-            raise UserError(f"{label}: {err}") from None
-        except (TypeError, ValueError) as err:  # a value of the wrong type a loader did not check itself
-            raise UserError(f"{label}: {err}; fix that value's type in the YAML or the overrides") from None
+        _check(f"{where}: {stage} stage" + (f" ({path})" if path else "") + " with its overrides", load)
+    check_stage_values(cfg)
+
+
+def check_stage_values(cfg: AblationConfig) -> None:
+    """The ablation's own values that feed a stage, checked by that stage's own rules before any work.
+
+    Why: ``data.size``, the phantom counts and seeds, ``data.val``/``data.test`` and which classes the data can
+    generate were first checked by the stage that used them, after the shared stages had run. Each check here is
+    the stage's own (``synth phantom``'s, ``synth prepare``'s, ``synth generate``'s), so the rules are not copied.
+    """
+    from synth.phantom.dataset import check_render_args
+    from synth.prepare import PrepareConfig
+    from synth.splits import SplitFractions
+
+    where, d, ev, o = cfg.source_path or "config", cfg.data, cfg.evaluation, cfg.oracle
+    if d.source != "manifest":
+        _check(
+            f"{where}: data.size / data.split_seed / data.val / data.test (synth prepare's --size / --seed / --val / "
+            "--test)",
+            lambda: (
+                PrepareConfig.from_yaml(None, size=d.size, seed=d.split_seed, val=d.val, test=d.test),
+                SplitFractions(d.val, d.test),
+            ),
+        )
+    renders: list[tuple[str, int, int, dict[str, Any]]] = []
+    if d.source == "phantom":  # the held-out set and the oracle need data.source phantom (validate() says so)
+        renders.append(("data.phantom_n / data.size / data.phantom_seed", d.phantom_n, d.phantom_seed, {}))
+        if ev.heldout_phantom_n:
+            keys = "evaluation.heldout_phantom_n / heldout_phantom_seed"
+            renders.append((keys, ev.heldout_phantom_n, ev.heldout_phantom_seed, {}))
+        if cfg.needs_synthetic and o.config:
+            extra = {"balanced": True, "per_class": o.per_class}
+            renders.append(("oracle.phantom_n / per_class / phantom_seed", o.phantom_n, o.phantom_seed, extra))
+    for keys, n, seed, extra in renders:
+        _check(
+            f"{where}: {keys} (synth phantom's --n / --size / --seed)",
+            lambda: check_render_args(n, d.size, seed, **extra),  # noqa: B023 (called at once)
+        )
+    for label, view in generate_views(cfg) if cfg.needs_synthetic else []:
+        check_generate_classes(view, label)
+
+
+def generate_views(cfg: AblationConfig) -> list[tuple[str, AblationConfig]]:
+    """``(label, the config as that generate stage sees it)`` for each generate stage the run arms use: the
+    ablation's own section and each variant's with generate keys (the stages :mod:`synth.ablation.steps` plans)."""
+    synthetic = [a for a in cfg.run_arms if a.uses_synthetic]
+    views = [("generate", cfg)] if any(not a.generate for a in synthetic) else []
+    return views + [(f"variant {a.name!r} generate", cfg.for_synthetic(0, a)) for a in synthetic if a.generate]
+
+
+def _annotated_by_format(fmt: str | None) -> tuple[str, ...] | None:
+    """The classes a ``data.format`` annotates where fewer than the 40 CXR-LT ones (the rest stay empty, so a
+    generator trained on it cannot draw them); None = all of them."""
+    from synth.readers import NIH_TO_CXRLT
+
+    return tuple(NIH_TO_CXRLT.values()) if fmt == "nih" else None
+
+
+def check_generate_classes(cfg: AblationConfig, label: str = "generate") -> None:
+    """``generate.classes`` against the data the generator will learn from, as ``synth generate`` checks them.
+
+    A named class the data does not annotate (or, for a prepared manifest, has no train positive of) cannot be
+    drawn: ``synth generate`` refused it only after the generator had trained. A prepared manifest is read now, so
+    the generate stage's own rules run on it (groups resolved on the train split, ``n: auto`` counts).
+    """
+    from synth.inference.planning import validate_class_names
+    from synth.taxonomy import GROUPS
+
+    where = cfg.source_path or "config"
+    named = [c for c in validate_class_names(cfg.generate.classes) if c not in GROUPS]
+    annotated = _annotated_by_format(cfg.data.format) if cfg.data.source == "prepare" else None
+    missing = [c for c in named if annotated is not None and c not in annotated]
+    if missing:
+        raise UserError(
+            f"{where}: {label}.classes {missing}: not annotated by data.format {cfg.data.format} data, so no "
+            f"image can be generated for them; choose from {', '.join(annotated)}"
+        )
+    if cfg.data.source == "manifest":
+        _check(f"{where}: {label}.classes / n on data.manifest {cfg.data.manifest}", lambda: _plan(cfg))
+
+
+def _plan(cfg: AblationConfig) -> None:
+    """The generate stage's targets and counts on the prepared manifest: every target samplable, some image made."""
+    import warnings
+
+    from synth.ablation.stages import mixing_counts
+    from synth.cooccurrence import TrainingLabels
+    from synth.inference import resolve_targets
+    from synth.manifest import read_manifest
+
+    real = read_manifest(cfg.data.manifest)
+    labels = TrainingLabels(real[real["source"] == "real"], source="its train split")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a group's classes without positives are skipped, as generate does
+        for target in resolve_targets(cfg.generate.classes, labels):
+            labels.sampler(target)
+    if not any(mixing_counts(cfg, real).values()):
+        raise UserError(
+            "no image would be generated (every class already has target_count train positives); raise "
+            "generate.overrides.target_count or give generate.n a number"
+        )
+
+
+def _check(label: str, check: Any) -> None:
+    """Run one stage's check; its UserError (or a wrong type it did not check itself) becomes one line after
+    ``label``."""
+    try:
+        check()
+    except UserError as err:
+        raise UserError(f"{label}: {err}") from None
+    except (TypeError, ValueError) as err:  # a value of the wrong type a loader did not check itself
+        raise UserError(f"{label}: {err}; fix that value's type in the YAML or the overrides") from None

@@ -35,6 +35,16 @@ Layout (all numbers are floats; ``ci`` is a ``[low, high]`` 95% interval)::
           (resampling.py)
       }],
       "verdict_baseline": "real_resampled" | "real_only",
+      "evidence": {"min_test_positives": 10, "min_effect": 0.005, "test_positives": {class: n | null (not annotated)},
+                   "groups": {group: {"judged": [class, ...], "not_judged": {class: n_pos}}}, ...},
+                                             # the evidence rule (evidence.py); each arm may then carry
+                                             # "judged_paired": {"against": arm, "groups": {group: paired row}}:
+                                             # its verdict Δ over the judged classes only. Paired rows also
+                                             # carry "n_distinct" and "modal_share" (degenerate bootstrap check)
+      "external": [{"name": .., "manifest": .., "fingerprint": .., "dataset": {"n_test": .., "n_test_patients": ..},
+                    "not_scored": [class, ...], "no_positives": [class, ...], "evidence": {...},
+                    "arms": [...]}],         # optional: evaluation.external sets, arms laid out as above (same
+                                             # classes, groups and baselines as the main split)
       "timings": {"steps": [{"step": .., "seconds": .., "cached": ..}], "this_run_seconds": .., ...},
       "filter": {"extractor": "...", "classes": {class: {"n": .., "kept": .., "rejected": {reason: count}, "flagged":
       {reason: count},
@@ -68,6 +78,7 @@ from pathlib import Path
 from typing import Any
 
 from synth.ablation.arms import ARMS, SYNTHETIC_FILTERED
+from synth.ablation.evidence import evidence_of, is_degenerate
 from synth.errors import UserError
 from synth.io import read_json_file
 
@@ -89,10 +100,17 @@ class Estimate:
     n_seeds: int
     p: float | None = None
     p_is_bound: bool = False  #: p is the largest per-seed p (older results.json), an upper bound, not the pooled p
+    n_distinct: int | None = None  #: distinct values of the paired bootstrap (None: not recorded)
+    modal_share: float | None = None  #: share of its resamples on its most common value
 
     @property
     def excludes_zero(self) -> bool:
         return self.ci[0] > 0 or self.ci[1] < 0
+
+    @property
+    def degenerate(self) -> bool:
+        """Too few distinct resampled values for an interval or p to mean anything (synth/ablation/evidence.py)."""
+        return is_degenerate(self.n_distinct, self.modal_share)
 
 
 def load_results(path: str | Path) -> dict[str, Any]:
@@ -165,6 +183,8 @@ def paired_estimate(arm: dict[str, Any], group: str) -> Estimate:
             (_num(pooled["ci"][0]), _num(pooled["ci"][1])),
             len(arm["seeds"]),
             pooled.get("p"),
+            n_distinct=pooled.get("n_distinct"),
+            modal_share=pooled.get("modal_share"),
         )
     old = combine(
         [_num(e["diff"]) for e in entries],
@@ -178,14 +198,23 @@ def paired_estimate(arm: dict[str, Any], group: str) -> Estimate:
 def paired_vs_resampled(arm: dict[str, Any], group: str) -> Estimate | None:
     """The seed-averaged difference vs ``real_resampled`` (one joint bootstrap), or None when that arm did not run."""
     row = arm.get("paired_vs_resampled", {}).get(group)
-    if row is None:
-        return None
+    return None if row is None else row_estimate(arm, row)
+
+
+def row_estimate(arm: dict[str, Any], row: dict[str, Any]) -> Estimate:
+    """A pooled paired row (``diff``, ``ci``, ``p``, ``run_diffs``) as an :class:`Estimate`."""
     if row.get("diff") is None:
         return Estimate(math.nan, math.nan, (math.nan, math.nan), 0)
     diffs = [_num(d) for d in row.get("run_diffs", [])]
     seed_std = combine(diffs, diffs, diffs).std if diffs else math.nan
     return Estimate(
-        float(row["diff"]), seed_std, (_num(row["ci"][0]), _num(row["ci"][1])), len(arm["seeds"]), row.get("p")
+        float(row["diff"]),
+        seed_std,
+        (_num(row["ci"][0]), _num(row["ci"][1])),
+        len(arm["seeds"]),
+        row.get("p"),
+        n_distinct=row.get("n_distinct"),
+        modal_share=row.get("modal_share"),
     )
 
 
@@ -342,10 +371,14 @@ def vs_verdict_baseline(results: dict[str, Any], arm: dict[str, Any]) -> bool:
     return ref != results["baseline"] and paired_vs_resampled(arm, "tail") is not None
 
 
-def verdict_tail(results: dict[str, Any], arm: dict[str, Any]) -> Estimate:
-    """Tail ΔmAP the verdict rests on: vs real_resampled when it ran (the headline), else vs real_only."""
-    vs = paired_vs_resampled(arm, "tail") if vs_verdict_baseline(results, arm) else None
-    return vs if vs is not None else paired_estimate(arm, "tail")
+def verdict_tail(results: dict[str, Any], arm: dict[str, Any], group: str = "tail") -> Estimate:
+    """The group ΔmAP the verdict rests on: vs real_resampled when it ran (the headline), else vs real_only; over
+    the group's judged classes only when the evidence rule set some aside (``judged_paired``)."""
+    judged = (arm.get("judged_paired") or {}).get("groups", {}).get(group)
+    if judged is not None and judged.get("diff") is not None:  # None: no judged class in the group
+        return row_estimate(arm, judged)
+    vs = paired_vs_resampled(arm, group) if vs_verdict_baseline(results, arm) else None
+    return vs if vs is not None else paired_estimate(arm, group)
 
 
 @dataclass(frozen=True)
@@ -383,4 +416,7 @@ def target_check(results: dict[str, Any]) -> TargetCheck | None:
     ]
     if harmed_tail is not None:
         checks.append(("no tail class significantly below real only", not harmed_tail))
+    evidence = evidence_of(results)
+    if not evidence.groups["tail"].is_judged:
+        checks.append((f"the tail judged (a class with ≥ {evidence.min_test_positives} test positives)", False))
     return TargetCheck(checks=checks, against_resampled=against, harm_judged=harmed_tail is not None)

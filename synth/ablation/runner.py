@@ -10,7 +10,8 @@ Layout under ``outputs/ablations/NAME/``::
     oracle-<key>/          phantom only: balanced phantom set + the evaluation-only oracle trained on it
     fidelity-<key>/        fidelity.json: oracle detection rate per generated class (real / generated / kept /
     rejected)
-    arms/<arm>-<key>/seed-<s>/   classifier ensemble + test probabilities (+ heldout-<key>_probs.npy)
+    arms/<arm>-<key>/seed-<s>/   classifier ensemble + test probabilities (+ heldout-<key>_probs.npy, and
+                           external-<manifest sha>_probs.npy per evaluation.external set)
 
 Every step's folder gets a ``done.json`` written last (atomically); a step
 whose marker exists is reused, so a re-run after a crash resumes where it
@@ -38,14 +39,16 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from synth.ablation import stages
-from synth.ablation.arms import ARMS, Arm, SyntheticSet
+from synth.ablation import stages, store
+from synth.ablation.arms import Arm, SyntheticSet
+from synth.ablation.card import ablation_card
 from synth.ablation.collect import build_results
 from synth.ablation.config import AblationConfig
+from synth.ablation.external import check_external_classes, read_external_sets
 from synth.ablation.preflight import check_paths
 from synth.ablation.report import render_report
 from synth.ablation.results import RESULTS_FILE
-from synth.ablation.steps import DONE, Step, plan
+from synth.ablation.steps import DONE, Source, Step, arm_step, external_step, plan, source_of, sources
 from synth.errors import UserError
 from synth.io import atomic_path, write_json_atomic
 from synth.manifest import annotated_classes, concat_manifests, read_manifest
@@ -58,6 +61,7 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
     state = process_state()
     log = log or _rich_log(state.is_main_process)
     check_paths(cfg)
+    externals = read_external_sets(cfg)
     started = time.time()
     timer = _Timings()
     steps = {s.name: s for s in plan(cfg)}
@@ -66,29 +70,42 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
     classes = annotated_classes(real[real["split"] == "train"])
     test = real[real["split"] == cfg.evaluation.split].reset_index(drop=True)
     heldout = _heldout_set(cfg, steps, log, timer)
-    resampling = stages.resample_plan(cfg, real, classes) if any(ARMS[n].resample for n in cfg.arms) else None
+    if any(ext.phantom is not None for ext in cfg.evaluation.external):
+        externals = read_external_sets(cfg, _rendered_external_sets(cfg, steps, log, timer))
+    for ext in externals:
+        check_external_classes(ext, classes)
+    resampling = stages.resample_plan(cfg, real, classes) if any(a.resample for a in cfg.run_arms) else None
     probs: dict[tuple[str, int], np.ndarray] = {}
     rows: dict[tuple[str, int], dict[str, Any]] = {}
-    for name in cfg.arms:
-        arm = ARMS[name]
-        offered = _offered_synthetic(arm, synthetic)
-        train_df = concat_manifests([real, offered], data_manifest.parent) if offered is not None else real
+    for arm in cfg.run_arms:
         repeats = resampling.repeats if arm.resample else None
-        for seed in cfg.seeds:
-            step = steps[f"{name}/seed-{seed}"]
+        arm_cfg = cfg.for_arm(arm)
+        for i, seed in enumerate(cfg.seeds):
+            offered = _offered_synthetic(arm, synthetic.get(source_of(cfg, arm, i)) if arm.uses_synthetic else None)
+            train_df = concat_manifests([real, offered], data_manifest.parent) if offered is not None else real
+            step = steps[arm_step(arm.name, seed)]
             model_dir = _cached(
                 step,
                 log,
-                lambda out: _train_and_predict(cfg, arm, seed, train_df, test, classes, out, repeats),
+                lambda out: _train_and_predict(arm_cfg, arm, seed, train_df, test, classes, out, repeats),
                 timer=timer,
             )
-            probs[name, seed] = np.load(step.folder / "test_probs.npy")
-            rows[name, seed] = {"synthetic_offered": 0 if offered is None else int(len(offered))}
-            rows[name, seed].update(stages.training_rows(Path(model_dir)) or {})
+            probs[arm.name, seed] = np.load(step.folder / "test_probs.npy")
+            rows[arm.name, seed] = {"synthetic_offered": 0 if offered is None else int(len(offered))}
+            if arm.uses_synthetic and cfg.n_generators > 1:
+                rows[arm.name, seed]["generator"] = cfg.generator_of(i)
+            rows[arm.name, seed].update(stages.training_rows(Path(model_dir)) or {})
+            label = f"{arm.name}/seed-{seed}"
             if heldout is not None:
-                held, label = step.folder / f"{steps['heldout'].folder.name}_probs.npy", f"{name}/seed-{seed}"
-                extra = _heldout_probs(cfg, Path(model_dir), heldout, classes, held, label, log, timer)
-                probs[name, seed] = np.concatenate([probs[name, seed], extra])
+                held = step.folder / f"{steps['heldout'].folder.name}_probs.npy"
+                extra = _extra_probs(cfg, Path(model_dir), heldout, classes, held, label, log, timer)
+                probs[arm.name, seed] = np.concatenate([probs[arm.name, seed], extra])
+            for ext in externals:  # cached per (model, manifest content): adding a set to a finished run only predicts
+                cache = step.folder / f"external-{ext.fingerprint}_probs.npy"
+                what = f"external set {ext.name}"
+                ext.probs[arm.name, seed] = _extra_probs(
+                    arm_cfg, Path(model_dir), ext.rows, classes, cache, label, log, timer, what
+                )
     if heldout is not None:
         test = concat_manifests([test, heldout], data_manifest.parent)
 
@@ -102,10 +119,11 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
             classes,
             probs,
             filter_dir,
-            synthetic,
+            synthetic.get(Source(), {}),
             n_heldout=n_heldout,
             rows=rows,
             resampling=resampling,
+            external=externals,
         )
         timer.add("evaluate (bootstrap) + results", time.time() - t0, cached=False)
         _write_report(cfg, results, fidelity, timer.summary(time.time() - started), log)
@@ -122,9 +140,21 @@ def _heldout_set(cfg: AblationConfig, steps: dict[str, Step], log: Callable[[str
     )
 
 
-def _offered_synthetic(arm: Arm, synthetic: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
+def _rendered_external_sets(
+    cfg: AblationConfig, steps: dict[str, Step], log: Callable[[str], None], timer: "_Timings"
+) -> dict[str, Path]:
+    """The external cohorts the ablation renders itself (``evaluation.external[].phantom``): set name -> manifest."""
+    rendered = {}
+    for ext in cfg.evaluation.external:
+        if ext.phantom is not None:
+            work = lambda out, cohort=ext.phantom: stages.prepare_phantom_external(cfg, cohort, out)  # noqa: E731
+            rendered[ext.name] = Path(_cached(steps[external_step(ext.name)], log, work, main_only=True, timer=timer))
+    return rendered
+
+
+def _offered_synthetic(arm: Arm, synthetic: dict[str, pd.DataFrame] | None) -> pd.DataFrame | None:
     """The synthetic rows the arm trains on (None: a real-only arm); an empty set is an error, not a silent no-op."""
-    offered = synthetic[arm.synthetic] if arm.uses_synthetic else None
+    offered = synthetic[arm.synthetic] if arm.uses_synthetic and synthetic is not None else None
     if offered is not None and len(offered) == 0:
         raise UserError(
             f"arm {arm.name}: the {arm.synthetic.value} synthetic set has 0 images, so this arm would train on "
@@ -142,42 +172,58 @@ def _write_report(
     results["timings"] = timings
     write_json_atomic(cfg.report_dir / RESULTS_FILE, results)
     render_report(cfg.report_dir)
-    log(f"report written: {cfg.report_dir / 'report.html'}")
+    ablation_card(cfg, results)
+    log(f"report written: {cfg.report_dir / 'report.html'}; run recorded in {store.record_run(cfg, results)}")
 
 
 def _shared_stages(cfg: AblationConfig, steps: dict[str, Step], log: Callable[[str], None], timer: "_Timings"):
-    """The steps every arm shares: data, generator, generated images, filter, oracle + fidelity (as configured).
+    """The steps the arms share: data, generator(s), generated images, filter, oracle + fidelity (as configured).
 
-    Returns (data manifest, real rows, synthetic sets by :class:`SyntheticSet`, filter folder, fidelity.json path).
+    Returns (data manifest, real rows, {source: synthetic sets by :class:`SyntheticSet`}, the first source's filter
+    folder, fidelity.json path). The oracle judges the first source (generator 0, the ablation's generate section).
     """
     data_manifest = Path(
         _cached(steps["data"], log, lambda out: stages.prepare_data(cfg, out), main_only=True, timer=timer)
     )
     real = read_manifest(data_manifest)
-    synthetic: dict[str, pd.DataFrame] = {}
+    synthetic: dict[Source, dict[str, pd.DataFrame]] = {}
     filter_dir = None
-    if cfg.needs_synthetic:
-        model_dir = _cached(
-            steps["generator"], log, lambda out: stages.train_generator(cfg, data_manifest, out), timer=timer
-        )
-        synth_manifest = _cached(
-            steps["generate"], log, lambda out: stages.generate_images(cfg, Path(model_dir), out), timer=timer
-        )
-        synthetic[SyntheticSet.UNFILTERED] = read_manifest(synth_manifest)
-    if cfg.needs_filter:
-        # every process: the verifier trains under DDP and run_filter has its own barrier (main filters, the others
-        # wait)
-        filter_dir = Path(
-            _cached(
-                steps["filter"],
-                log,
-                lambda out: stages.filter_images(cfg, Path(synth_manifest), data_manifest, out),
-                timer=timer,
+    generators: dict[int, Path] = {}
+    specs = cfg.arm_specs
+    for src in sources(cfg) if cfg.needs_synthetic else []:
+        src_cfg = cfg.for_synthetic(src.k, specs[src.variant] if src.variant else None)
+        if src.k not in generators:
+            generators[src.k] = Path(
+                _cached(
+                    steps["generator" + Source(src.k).suffix],
+                    log,
+                    lambda out: stages.train_generator(src_cfg, data_manifest, out),
+                    timer=timer,
+                )
             )
+        synth_manifest = _cached(
+            steps["generate" + src.suffix],
+            log,
+            lambda out: stages.generate_images(src_cfg, generators[src.k], out),
+            timer=timer,
         )
-        synthetic[SyntheticSet.FILTERED] = read_manifest(filter_dir / "kept.csv")
+        synthetic[src] = {SyntheticSet.UNFILTERED: read_manifest(synth_manifest)}
+        if cfg.needs_filter:
+            # every process: the verifier trains under DDP and run_filter has its own barrier (main filters, the
+            # others wait)
+            folder = Path(
+                _cached(
+                    steps["filter" + src.suffix],
+                    log,
+                    lambda out: stages.filter_images(src_cfg, Path(synth_manifest), data_manifest, out),
+                    timer=timer,
+                )
+            )
+            synthetic[src][SyntheticSet.FILTERED] = read_manifest(folder / "kept.csv")
+            filter_dir = filter_dir or folder
     fidelity = None
     if "oracle" in steps:
+        first = synthetic.get(Source()) or next(iter(synthetic.values()))
         oracle_dir = Path(
             _cached(steps["oracle"], log, lambda out: stages.train_oracle(cfg, out), main_only=True, timer=timer)
         )
@@ -188,8 +234,8 @@ def _shared_stages(cfg: AblationConfig, steps: dict[str, Step], log: Callable[[s
                 lambda out: stages.oracle_fidelity(
                     oracle_dir,
                     real[real["split"] == "train"],
-                    synthetic[SyntheticSet.UNFILTERED],
-                    synthetic.get(SyntheticSet.FILTERED),
+                    first[SyntheticSet.UNFILTERED],
+                    first.get(SyntheticSet.FILTERED),
                     out,
                 ),
                 main_only=True,
@@ -199,26 +245,28 @@ def _shared_stages(cfg: AblationConfig, steps: dict[str, Step], log: Callable[[s
     return data_manifest, real, synthetic, filter_dir, fidelity
 
 
-def _heldout_probs(
+def _extra_probs(
     cfg: AblationConfig,
     model_dir: Path,
-    heldout: pd.DataFrame,
+    rows: pd.DataFrame,
     classes: list[str],
-    held: Path,
+    cache: Path,
     label: str,
     log: Callable[[str], None],
     timer: "_Timings",
+    what: str = "held-out",
 ) -> np.ndarray:
-    """The arm/seed's probabilities of the held-out phantom rows (predicted once, then read from ``held``)."""
+    """The arm/seed's probabilities of test-only rows beyond its test split (the held-out phantom patients, an
+    external set): predicted once by the trained model, then read from ``cache``."""
     from synth.distributed import process_state
 
     process_state().wait_for_everyone()  # every process checks before the main one may write: all agree
-    if not held.exists():
-        log(f"[run] {label}: predict {len(heldout)} held-out images")
+    if not cache.exists():
+        log(f"[run] {label}: predict {len(rows)} {what} images")
         t0 = time.time()
-        _predict_to(cfg, model_dir, heldout, classes, held)
-        timer.add(f"{label}: held-out predict", time.time() - t0, cached=False)
-    return np.load(held)
+        _predict_to(cfg, model_dir, rows, classes, cache)
+        timer.add(f"{label}: {what} predict", time.time() - t0, cached=False)
+    return np.load(cache)
 
 
 class _Timings:
@@ -285,9 +333,9 @@ def _cached(
 
 
 def _rich_log(enabled: bool) -> Callable[[str], None]:
-    from rich.console import Console
+    from synth.console import rich_console
 
-    console = Console(stderr=True)
+    console = rich_console(stderr=True)
     return (lambda message: console.log(message)) if enabled else (lambda message: None)
 
 

@@ -73,22 +73,39 @@ def prepare_heldout(cfg: AblationConfig, out: Path) -> Path:
     ``split=test`` with their own subject ids so the patient bootstrap keeps
     them apart from the test split's patients.
     """
+    ev = cfg.evaluation
+    return phantom_test_cohort(
+        ev.heldout_phantom_n,
+        cfg.data.size,
+        ev.heldout_phantom_seed,
+        out,
+        "heldout.csv",
+        f"heldout{ev.heldout_phantom_seed}-",
+    )
+
+
+def prepare_phantom_external(cfg: AblationConfig, cohort: Any, out: Path) -> Path:
+    """An ``evaluation.external`` cohort rendered at another acquisition site (same findings, known truth)."""
+    tag = f"site{cohort.site.upper()}{cohort.seed}-"
+    return phantom_test_cohort(cohort.n, cfg.data.size, cohort.seed, out, "external.csv", tag, site=cohort.site)
+
+
+def phantom_test_cohort(n: int, size: int, seed: int, out: Path, name: str, tag: str, site: str = "A") -> Path:
+    """``n`` phantom images of new patients as a test-only manifest ``name`` beside their labels.
+
+    Rendered at ``size`` already, so the images need no prepared cache; subject and study ids get ``tag`` so the
+    patient bootstrap keeps them apart from every other set's patients.
+    """
     from synth.manifest import validate_manifest, write_manifest
     from synth.readers import read_labels
 
-    ev, d = cfg.evaluation, cfg.data
     phantom = import_stage_module("synth.phantom", "phantom")
-    labels = Path(
-        phantom.render_dataset(
-            n=ev.heldout_phantom_n, size=d.size, seed=ev.heldout_phantom_seed, out=out / "phantom", progress=True
-        )
-    )
-    df = read_labels("cxrlt", labels)  # rendered at data.size already: the images need no prepared cache
-    tag = f"heldout{ev.heldout_phantom_seed}-"
+    labels = Path(phantom.render_dataset(n=n, size=size, seed=seed, out=out / "phantom", progress=True, site=site))
+    df = read_labels("cxrlt", labels)
     df["subject_id"] = tag + df["subject_id"]
     df["study_id"] = tag + df["study_id"]
     df = validate_manifest(df.assign(split="test", source="real"), where=str(labels))
-    return write_manifest(df[[c for c in df.columns if c != "source_fpath"]], labels.parent / "heldout.csv")
+    return write_manifest(df[[c for c in df.columns if c != "source_fpath"]], labels.parent / name)
 
 
 def train_generator(cfg: AblationConfig, manifest: Path, out: Path) -> Path:
@@ -102,7 +119,7 @@ def train_generator(cfg: AblationConfig, manifest: Path, out: Path) -> Path:
 
 
 def generate_images(cfg: AblationConfig, model_dir: Path, out: Path) -> Path:
-    from synth.generate import GenerateConfig, run
+    from synth.inference import GenerateConfig, run
 
     gen = GenerateConfig.from_yaml(cfg.generate.config, n=cfg.generate.n, **cfg.generate.overrides)
     return run(model_dir, cfg.generate.classes, out, gen)
@@ -245,15 +262,21 @@ def train_arm(
 
     ``row_repeats`` (dicom_id -> times per epoch) is the ``real_resampled`` arm's repeat-factor plan.
     """
-    config = import_stage_module("classifier.config", "classifier")
     train = import_stage_module("classifier.train", "classifier")
-    ens = config.load_ensemble_config(cfg.classifier.config, cfg.classifier.overrides)
-    ens = replace(
-        ens, members=[replace(m, seed=seed) for m in ens.members], synthetic=replace(ens.synthetic, mode=mode)
-    )
+    ens = arm_ensemble_config(cfg, mode, seed)
     if row_repeats:
         return Path(train.train_ensemble(ens, train_df, out, classes=classes, row_repeats=row_repeats))
     return Path(train.train_ensemble(ens, train_df, out, classes=classes))
+
+
+def arm_ensemble_config(cfg: AblationConfig, mode: str, seed: int):
+    """The classifier config one arm trains with: the ablation's YAML and overrides, every member seeded by ``seed``,
+    the arm's synthetic mode; validated (the preflight calls it for every arm and seed before any stage runs)."""
+    config = import_stage_module("classifier.config", "classifier")
+    ens = config.load_ensemble_config(cfg.classifier.config, cfg.classifier.overrides)
+    return replace(
+        ens, members=[replace(m, seed=seed) for m in ens.members], synthetic=replace(ens.synthetic, mode=mode)
+    ).validated()
 
 
 def training_rows(model_dir: Path) -> dict[str, int] | None:
@@ -276,7 +299,7 @@ def mixing_counts(cfg: AblationConfig, real: pd.DataFrame) -> dict[str, int]:
     import warnings
 
     from synth.cooccurrence import TrainingLabels
-    from synth.generate import GenerateConfig, resolve_targets
+    from synth.inference import GenerateConfig, resolve_targets
 
     labels = TrainingLabels(real[real["source"] == "real"], source="the ablation's training split")
     gen = GenerateConfig.from_yaml(cfg.generate.config, n=cfg.generate.n, **cfg.generate.overrides)
@@ -343,19 +366,38 @@ def paired(
     classes: list[str],
     groups: dict[str, str],
     patients: np.ndarray,
+    generators: list[int] | None = None,
 ) -> dict[str, Any]:
     """Arm minus baseline per group, averaged over runs (one per seed, same seed order), one paired patient bootstrap.
 
     ``run_diffs`` keeps each run's own point difference (the seed spread), so no per-seed bootstrap is needed.
+    ``generators`` (the generator of each run, K >= 2): the interval and p are Rubin's rules over the generators
+    (between-generator variance included), the bootstrap-only interval kept as ``ci_within``.
     """
     metrics = import_stage_module("classifier.metrics", "classifier")
     pb = metrics.paired_bootstrap_runs(
-        y_true, probs_base, probs_arm, classes, groups, patients, cfg.evaluation.n_boot, cfg.evaluation.bootstrap_seed
+        y_true,
+        probs_base,
+        probs_arm,
+        classes,
+        groups,
+        patients,
+        cfg.evaluation.n_boot,
+        cfg.evaluation.bootstrap_seed,
+        generators=generators,
     )
     out = {}
     for g in ("overall", "head", "medium", "tail"):
         row = pb[f"{g}_map" if g != "overall" else "map"]
-        out[g] = {"diff": row["diff"], "ci": list(row["ci"]), "p": row.get("p"), "run_diffs": list(row["run_diffs"])}
+        out[g] = {
+            "diff": row["diff"],
+            "ci": list(row["ci"]),
+            "p": row.get("p"),
+            "run_diffs": list(row["run_diffs"]),
+            **{k: row[k] for k in ("n_distinct", "modal_share") if k in row},
+        }
+        if "ci_within" in row:
+            out[g].update(ci_within=list(row["ci_within"]), generators=row["generators"])
     return out
 
 

@@ -109,8 +109,9 @@ def _print_timings(report_dir: Path) -> None:
     """Per-stage wall times of the run (results.json ``timings``): where the time went, cached steps marked."""
     import json
 
-    from rich.console import Console
     from rich.table import Table
+
+    from synth.console import rich_console
 
     timings = json.loads((report_dir / "results.json").read_text()).get("timings") or {}
     table = Table(
@@ -125,14 +126,14 @@ def _print_timings(report_dir: Path) -> None:
         table.add_row(
             row["step"], "–" if seconds is None else f"{seconds:.1f}", "cached" if row.get("cached") else "ran"
         )
-    Console(stderr=True).print(table)
+    rich_console(stderr=True).print(table)
 
 
 def _print_plan(cfg) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from synth.ablation.runner import plan
+    from synth.console import rich_console
 
     table = Table(title=f"ablation {cfg.name}: {len(cfg.arms)} arm(s) × {len(cfg.seeds)} seed(s)")
     table.add_column("step")
@@ -141,7 +142,7 @@ def _print_plan(cfg) -> None:
     for step in plan(cfg):
         table.add_row(step.name, str(step.folder), "cached" if step.done else "to run")
     table.add_row("report", str(cfg.report_dir), "")
-    Console(stderr=True).print(table)
+    rich_console(stderr=True).print(table)
 
 
 def register(app: typer.Typer) -> None:

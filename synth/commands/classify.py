@@ -53,19 +53,27 @@ def register(app: typer.Typer) -> None:
         n_boot: int = typer.Option(1000, "--n-boot", help="patient-bootstrap resamples for the CIs (0 = none)"),
         seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
         batch_size: int = typer.Option(64, "--batch-size"),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="replace an earlier `synth evaluate` output at --out"
+        ),
     ) -> None:
         """CXR-LT metrics of an ensemble: mAP (head/medium/tail) with patient-bootstrap CIs, mAUROC, mF1, ECE, per class."""  # noqa: E501 (--help text: a line break would show)
-        from rich.console import Console
-
         from classifier.evaluation import evaluate_model, render_table
+        from synth.console import rich_console
         from synth.errors import UserError
+        from synth.output_folder import EVALUATE, check_out
 
         if split not in ("train", "val", "test"):
             raise UserError(f"--split {split!r}: expected train, val or test")
         if n_boot < 0:
             raise UserError(f"--n-boot {n_boot}: expected >= 0")
+        if batch_size < 1:
+            raise UserError(f"--batch-size {batch_size}: expected >= 1 (images per forward pass)")
+        if seed < 0:
+            raise UserError(f"--seed {seed}: expected >= 0")
+        check_out(out, EVALUATE, overwrite)
         result = evaluate_model(model, data, split, out, n_boot=n_boot, seed=seed, batch_size=batch_size)
-        console = Console()
+        console = rich_console()
         for table in render_table(result):
             console.print(table)
         console.print(f"wrote {out / 'metrics.json'}, {out / 'probs.csv'}, {out / 'submission.csv'}")

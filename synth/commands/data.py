@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from synth.commands.options import (
@@ -21,6 +20,7 @@ from synth.commands.options import (
     with_config_flags,
 )
 from synth.config import command_overrides
+from synth.console import rich_console
 from synth.errors import resumable
 from synth.taxonomy import CXR_LT_CLASSES, HIERARCHY, ZERO_SHOT_CLASSES
 
@@ -35,7 +35,7 @@ def classes() -> None:
         table.add_row(c, "train", HIERARCHY.get(c, ""))
     for c in ZERO_SHOT_CLASSES:
         table.add_row(c, "zero-shot", "")
-    Console().print(table)
+    rich_console().print(table)
 
 
 Format = option(
@@ -134,7 +134,7 @@ def _summary(stats: dict, manifest: Path) -> None:
             str(stats["patients"][split]),
             *(str(per_group[g]) for g in ("head", "medium", "tail")),
         )
-    console = Console()
+    console = rich_console()
     console.print(table)
     counts = stats["group_counts"]
     tail = sorted(c for c, g in groups.items() if g == "tail")
@@ -145,7 +145,7 @@ def _summary(stats: dict, manifest: Path) -> None:
     )
     empty = [c for c in stats["classes"] if stats["positives"]["all"][c] == 0]
     if empty:
-        console.print(f"[yellow]warning: annotated but no positive image: {', '.join(empty)}[/yellow]")
+        console.print(f"warning: annotated but no positive image: {', '.join(empty)}", style="yellow")
     provenance = manifest.parent / "prepare.json"
     if provenance.is_file():
         info = json.loads(provenance.read_text())
@@ -159,15 +159,16 @@ def _summary(stats: dict, manifest: Path) -> None:
             }.get(source, f"as given ({source})")
         )
         if info.get("empty_splits"):
-            console.print(f"[yellow]warning: the given split has no {' / '.join(info['empty_splits'])} rows[/yellow]")
+            console.print(f"warning: the given split has no {' / '.join(info['empty_splits'])} rows", style="yellow")
         if info.get("classes_without_train_positives"):
             console.print(
-                f"[yellow]warning: positive outside train only (a model cannot learn them from this split): "
-                f"{', '.join(info['classes_without_train_positives'])}[/yellow]"
+                "warning: positive outside train only (a model cannot learn them from this split): "
+                f"{', '.join(info['classes_without_train_positives'])}",
+                style="yellow",
             )
     skipped = manifest.parent / "skipped.csv"
     if skipped.exists():
-        console.print(f"[yellow]skipped images listed in {skipped}[/yellow]")
+        console.print(f"skipped images listed in {skipped}", style="yellow")
     console.print(f"manifest: {manifest}")
 
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from synth.commands.options import config_option, option, out_option, seed_option, set_option
+from synth.commands.options import config_option, option, out_option, overwrite_option, seed_option, set_option
 from synth.config import command_overrides
 
 Epochs = option(Optional[int], "--epochs")
@@ -46,9 +46,13 @@ def filter_command(
         "Reject a class set when FID > factor x real-vs-real floor. [default: 3]",
     ) = None,
     seed: seed_option("Seed of subsampling, bootstrap and calibration copies. [default: 0]") = None,
+    overwrite: overwrite_option("Replace an earlier `synth filter` output at --out.") = False,
 ) -> None:
     """Keep synthetic images that show their label, look like real X-rays and copy no patient."""
     from synth.filtering import load_filter_config, run_filter
+    from synth.output_folder import FILTER, check_out
+
+    check_out(out, FILTER, overwrite)
 
     cfg = load_filter_config(
         config,
@@ -106,9 +110,9 @@ def oracle_train_command(
 
 
 def _print_summary(summary: dict, out: Path) -> None:
-    from rich.console import Console
     from rich.table import Table
 
+    from synth.console import rich_console
     from synth.distributed import process_state
 
     if not process_state().is_main_process:
@@ -148,7 +152,7 @@ def _print_summary(summary: dict, out: Path) -> None:
                 f"{fmt(c.get('verifier_precision'))}/{fmt(c.get('verifier_recall'))}",
             ]
         table.add_row(*row)
-    console = Console(stderr=True)
+    console = rich_console(stderr=True)
     console.print(table)
     overlap = " (copies and distinct patients overlap: flags only what is closer than distinct patients)"
     console.print(
@@ -160,8 +164,9 @@ def _print_summary(summary: dict, out: Path) -> None:
 
 
 def _print_oracle(report: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from synth.console import rich_console
 
     table = Table("class", "val AP", "threshold", "val positives", title="oracle (held-out phantom val)")
     for cls, c in report["classes"].items():
@@ -171,7 +176,7 @@ def _print_oracle(report: dict) -> None:
             "—" if c["threshold"] is None else f"{c['threshold']:.3f}",
             str(c["val_positives"]),
         )
-    Console(stderr=True).print(table)
+    rich_console(stderr=True).print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,6 +1,6 @@
 """``synth generate``: synthetic images of target classes, with a manifest.
 
-Also the entry of ``python -m synth.generate`` / ``accelerate launch -m synth.generate``
+Also the entry of ``python -m synth.inference`` / ``accelerate launch -m synth.inference``
 (the same options, without the ``generate`` sub-command name).
 """
 
@@ -78,7 +78,7 @@ def generate_command(
     flags: dict[str, Any],
 ) -> None:
     """Generate synthetic X-rays of target classes, prompts drawn from real label co-occurrence."""
-    from synth.generate import GenerateConfig, run
+    from synth.inference import GenerateConfig, run
 
     names = _target_names(class_, groups)
     flags["progress"] = False if no_progress else None
@@ -90,7 +90,7 @@ def generate_command(
 
 def _target_names(class_: list[str], groups: list[str]) -> list[str]:
     """``--class`` and ``--classes`` checked together, so an unknown name fails before any model I/O."""
-    from synth.generate import validate_class_names
+    from synth.inference import validate_class_names
 
     for g in groups:
         if g.strip().lower() not in ("tail", "medium", "head"):
@@ -110,9 +110,9 @@ def _quiet_library_logs() -> None:
 
 
 def _summary(manifest: Path) -> None:
-    from rich.console import Console
     from rich.table import Table
 
+    from synth.console import rich_console
     from synth.distributed import process_state
     from synth.manifest import read_manifest
 
@@ -129,7 +129,7 @@ def _summary(manifest: Path) -> None:
     )
     for target, rows in df.groupby("target_class", sort=False):
         table.add_row(str(target), str(len(rows)), str(rows["prompt"].nunique()))
-    Console(stderr=True).print(table)
+    rich_console(stderr=True).print(table)
 
 
 def register(app: typer.Typer) -> None:
@@ -138,7 +138,7 @@ def register(app: typer.Typer) -> None:
 
 
 def main() -> None:
-    """``python -m synth.generate`` / ``accelerate launch -m synth.generate``: the command alone."""
+    """``python -m synth.inference`` / ``accelerate launch -m synth.inference``: the command alone."""
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(generate_command)
     from synth.errors import one_line_errors

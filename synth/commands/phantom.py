@@ -46,10 +46,11 @@ def phantom(
 ) -> None:
     """Render the phantom CXR-LT benchmark (procedural radiographs, PadChest label sets, known ground truth)."""
     import json
+    import shlex
 
-    from rich.console import Console
     from rich.table import Table
 
+    from synth.console import rich_console
     from synth.phantom.dataset import META_FILE, render_dataset
     from synth.taxonomy import CXR_LT_CLASSES
 
@@ -85,10 +86,11 @@ def phantom(
         str(counts["tail"]),
         f"{rarest[0]} ({rarest[1]})",
     )
-    console = Console()
+    console = rich_console()
     console.print(table)
     console.print(
-        f"labels: {labels}  (next: synth prepare --format cxrlt --labels {labels} --images {labels.parent} --out ...)"
+        f"labels: {labels}  (next: synth prepare --format cxrlt --labels {shlex.quote(str(labels))} --images "
+        f"{shlex.quote(str(labels.parent))} --out ...)"
     )
 
 

@@ -12,8 +12,8 @@ turns the user's input into rows:
   (other files are counted in a warning, never silently dropped).
 
 Raw images go through ``synth prepare``'s own decoding (8-bit grayscale, 16-bit scaled, square ``--size``)
-into a temporary cache next to ``--out`` that is removed afterwards, so predictions see the same pixels a
-prepared dataset would.
+into a temporary cache next to ``--out`` that is removed afterwards (or, after a kill, by the next run), so
+predictions see the same pixels a prepared dataset would.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import typer
 
 from synth.commands.options import option, out_option, overwrite_option, workers_option
 from synth.errors import UserError
+from synth.output_folder import PREDICT, check_out, remove_stale_temporaries, temp_prefix
 
 #: What ``--images DIR`` predicts (PIL decodes all of them; 16-bit TIFF/PNG are scaled like ``synth prepare``'s).
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
@@ -54,22 +55,19 @@ def predict(
     no_progress: option(bool, "--no-progress", "hide the progress bars") = False,
 ) -> None:
     """Predict unlabeled images with a trained ensemble and write a CXR-LT submission CSV (atomically)."""
-    from rich.console import Console
-
     from classifier.ensemble import read_ensemble
     from classifier.evaluation import predict_submission
+    from synth.console import rich_console
 
     if manifest is None and images is None:
         raise UserError("give --manifest CSV or --images DIR (the images to predict)")
-    if out.exists() and not overwrite:
-        raise UserError(f"--out {out} already exists; pass --overwrite to replace it or choose another --out")
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder; give a file name such as {out / 'submission.csv'}")
+    check_out(out, PREDICT, overwrite)  # only a submission CSV this command wrote is ever replaced
+    remove_stale_temporaries(out)  # image caches of a predict that was killed (their process is gone)
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: expected >= 1")
     read_ensemble(model)  # a wrong --model fails before any image is decoded
     rows, raw = _rows(manifest, images, split)
-    console = Console(stderr=True)
+    console = rich_console(stderr=True)
     cache: Path | None = None
     try:
         if raw:
@@ -175,9 +173,7 @@ def _cache_raw(rows: pd.DataFrame, out: Path, size: int, workers: int, progress:
 
     cfg = PrepareConfig.from_yaml(None, size=size, workers=workers)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(
-        tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    ).resolve()  # rows get absolute paths
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out), suffix=".tmp", dir=out.parent)).resolve()  # absolute rows
     folder = tmp / "images"
     folder.mkdir()
     try:

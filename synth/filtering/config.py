@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from synth.config import load_config
+from synth.config import MAX_SEED, load_config
 from synth.errors import UserError
 
 
@@ -47,6 +47,10 @@ class VerifierConfig:
                 raise UserError(f"verifier {name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise UserError(f"verifier max_steps must be >= 1 or null, got {self.max_steps}")
+        if self.lr <= 0:
+            raise UserError(f"verifier lr must be > 0, got {self.lr}")
+        if self.seed > MAX_SEED:
+            raise UserError(f"verifier seed must be <= {MAX_SEED}, got {self.seed}")
         return self
 
 
@@ -117,11 +121,34 @@ class FilterConfig:
             )
         if self.min_fid_images < 2:
             raise UserError(f"min_fid_images must be >= 2, got {self.min_fid_images}")
+        if self.max_fid_images < self.min_fid_images:
+            raise UserError(
+                f"max_fid_images must be >= min_fid_images ({self.min_fid_images}), got {self.max_fid_images}"
+            )
+        for name in (
+            "kid_subset_size",
+            "kid_subsets",
+            "bootstrap",
+            "outlier_knn",
+            "outlier_reference_max",
+            "nearcopy_pixel_size",
+            "nearcopy_calibration_images",
+            "batch_size",
+        ):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("outlier_percentile", "nearcopy_copy_quantile", "nearcopy_distinct_quantile"):
             if not 0.0 < getattr(self, name) <= 100.0:
                 raise UserError(f"{name} is a percentile in (0, 100], got {getattr(self, name)}")
         if not 0.5 < self.ci_level < 1.0:
             raise UserError(f"ci_level must be in (0.5, 1), got {self.ci_level}")
+        folders = [("extractor", self.extractor)] if self.extractor != "verifier" else []
+        if self.transfer_extractor not in ("extractor", "verifier", self.extractor):
+            folders.append(("transfer_extractor", self.transfer_extractor))
+        for key, folder in folders:  # read by the filter only after the verifier trained (an ablation: hours in)
+            from synth.filtering.extractor import check_extractor_spec
+
+            check_extractor_spec(folder, key)
         if self.transfer_unjudged not in ("keep", "reject"):
             raise UserError(f"transfer_unjudged must be keep or reject, got {self.transfer_unjudged!r}")
         if not 0.0 <= self.transfer_min_auroc < 1.0:

@@ -41,6 +41,18 @@ class _ToChannels(nn.Module):
         return self.inner.forward_head(x, pre_logits=pre_logits)
 
 
+def check_extractor_spec(spec: str, key: str = "extractor") -> Path:
+    """A folder ``spec`` (not ``"verifier"``) holds the files :func:`load_extractor` reads, or one error naming
+    ``key``; :meth:`FilterConfig.validated` calls it so a wrong path fails when the config loads."""
+    folder = Path(spec)
+    if not (folder / EXTRACTOR_FILE).exists() or not (folder / "model.safetensors").exists():
+        raise UserError(
+            f"{key} {spec!r}: expected 'verifier' or a folder with {EXTRACTOR_FILE} and model.safetensors (see "
+            "synth/filtering/extractor.py)"
+        )
+    return folder
+
+
 def load_extractor(spec: str, verifier: Verifier, device: str | torch.device = "cpu") -> FeatureExtractor:
     """``"verifier"`` -> the verifier's backbone; otherwise a local encoder folder (see module doc)."""
     if spec == "verifier":
@@ -50,12 +62,7 @@ def load_extractor(spec: str, verifier: Verifier, device: str | torch.device = "
     import timm
     from safetensors.torch import load_file
 
-    folder = Path(spec)
-    if not (folder / EXTRACTOR_FILE).exists() or not (folder / "model.safetensors").exists():
-        raise UserError(
-            f"extractor {spec!r}: expected 'verifier' or a folder with {EXTRACTOR_FILE} and model.safetensors (see "
-            "synth/filtering/extractor.py)"
-        )
+    folder = check_extractor_spec(spec)
     meta = yaml.safe_load((folder / EXTRACTOR_FILE).read_text()) or {}
     if "arch" not in meta or not timm.is_model(str(meta["arch"])):
         raise UserError(f"{folder / EXTRACTOR_FILE}: 'arch' must name a timm model, got {meta.get('arch')!r}")

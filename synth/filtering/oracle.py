@@ -15,7 +15,6 @@ Folder = a verifier folder (model.safetensors, verifier.json) + ``oracle.json``
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -84,11 +83,16 @@ def load_oracle(path: str | Path) -> tuple[Verifier, dict[str, float]]:
     path = Path(path)
     if not (path / ORACLE_FILE).exists():
         raise UserError(f"{path} is not an oracle folder (no {ORACLE_FILE}); train one with `synth oracle train`")
-    thresholds = {
-        c: v["threshold"]
-        for c, v in json.loads((path / ORACLE_FILE).read_text())["classes"].items()
-        if v.get("threshold") is not None
-    }
+    from synth.model_files import read_json_object
+
+    fix = "train it again with `synth oracle train` (or restore the folder from a copy)"
+    record = read_json_object(path / ORACLE_FILE, fix)
+    try:
+        thresholds = {c: float(v["threshold"]) for c, v in record["classes"].items() if v.get("threshold") is not None}
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise UserError(
+            f"{path / ORACLE_FILE}: no per-class thresholds ({type(err).__name__}: {err}); {fix}"
+        ) from None
     return load_verifier(path), thresholds
 
 

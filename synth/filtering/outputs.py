@@ -13,6 +13,7 @@ import pandas as pd
 
 from synth.io import atomic_path, write_json_atomic
 from synth.manifest import image_paths, write_manifest
+from synth.model_card import filter_card
 
 REASONS: tuple[str, ...] = (
     "near_copy",
@@ -154,4 +155,5 @@ def write_outputs(out_dir: Path, synth: pd.DataFrame, scores: pd.DataFrame, summ
     ]
     with atomic_path(out_dir / "summary.csv") as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
+    filter_card(out_dir, synth, summary)  # README.md, before summary.json marks the folder complete
     write_json_atomic(out_dir / "summary.json", summary)

@@ -35,6 +35,7 @@ from synth.filtering.realism import fit_outlier_model, set_realism
 from synth.filtering.thresholds import fit_thresholds
 from synth.filtering.verifier import FeatureExtractor, Inference, load_verifier, real_training_rows, run_inference
 from synth.manifest import image_paths, label_matrix, read_manifest
+from synth.output_folder import FILTER, owned_output, writing_folder
 from synth.taxonomy import UnknownClassError, resolve_class
 
 
@@ -47,6 +48,9 @@ def run_filter(
 ) -> dict[str, Any]:
     """Filter a synthetic manifest; write kept/rejected/scores/summary to ``out_dir``; return the summary.
 
+    ``out_dir`` is written whole (a temporary folder beside it, renamed in at the end) and replaces only an earlier
+    filter output there; whether one may be replaced at all is the caller's call (``synth filter --overwrite``).
+
     Runs on the main process only (other Accelerate processes wait and read the summary).
     """
     from synth.distributed import process_state
@@ -55,6 +59,7 @@ def run_filter(
     out_dir = Path(out_dir)
     state = process_state()
     if state.is_main_process:
+        owned_output(out_dir, FILTER)  # a folder the filter did not write is refused before minutes of inference
         summary = _run(Path(synthetic_manifest), Path(data_manifest), Path(verifier_dir), out_dir, cfg)
     state.wait_for_everyone()
     if not state.is_main_process:
@@ -159,7 +164,8 @@ def _run(synthetic_manifest: Path, data_manifest: Path, verifier_dir: Path, out_
     if not controls.empty:
         synth, scores = _with_controls(synth, scores, controls)
         summary["controls"] = {"rows": int(len(controls)), "kept": int(scores["kept"].iloc[-len(controls) :].sum())}
-    write_outputs(out_dir, synth, scores, summary)
+    with writing_folder(out_dir, FILTER) as tmp:  # the whole folder or nothing: never a new kept.csv by an old summary
+        write_outputs(tmp, synth, scores, summary)
     return summary
 
 

@@ -40,8 +40,8 @@ backgrounds passed with AUROC 1.0 in verifier space, because the verifier places
 images farthest from the other two findings, i.e. furthest along "none of the other generated
 findings". With a generic encoder (a random-init resnet10t in the test) the same set scored 0.0 and
 was dropped, faithful sets kept (0.83-1.0). A set drawn as another class was dropped in both spaces.
-On the phantom the shortcut did not show: ``bench/bench_transfer_gate.py`` (3,000 phantom images at
-64 px, the demo verifier, 40 rendered images per set, 6 tail classes with 5-23 real train+val
+On the phantom the shortcut did not show: ``bench_transfer_gate.py`` (retired, see research/README.md; 3,000
+phantom images at 64 px, the demo verifier, 40 rendered images per set, 6 tail classes with 5-23 real train+val
 positives) dropped all 6 blank sets (rendered without the finding) in verifier features, and kept
 3 of 6 faithful sets (rendered with it): the three dropped faithful sets are the classes with 5, 6
 and 9 real positives, whose intervals are too wide to clear 0.5 (e.g. Azygos Lobe 0.743 [0.492,
@@ -53,15 +53,15 @@ What it does not see: whether the finding is drawn well enough to help the class
 transfer and still be too weak), and co-occurring findings (only the target class is judged). Measured against
 the phantom oracle (evaluation only, never fed to this gate), the AUROC does not track the share of a set in
 which the oracle sees the finding: Spearman -0.13 over the 16 natural sets of a fresh phantom-cpu run, and
-+0.005 over 126 sets of known fidelity built from the same run's images (``bench/bench_gate_variants.py
---dose``: mean AUROC 0.86 with no faithful image, 0.88 with only faithful ones). Images the oracle rejects
++0.005 over 126 sets of known fidelity built from the same run's images (``bench/results/gate_dose_response.json``:
+mean AUROC 0.86 with no faithful image, 0.88 with only faithful ones). Images the oracle rejects
 still carry class-specific content that transfers to real positives. A third fresh run repeats it (224 sets:
 0.845 vs 0.887), and it is not the co-occurring findings the prompts list: with the real scores adjusted for
 each row's other labels the no-faithful-image sets still score 0.80 (``--dose --residual``). So the gate drops
 sets WITHOUT class content (noise, another class's images: the tests), not sets that merely draw the finding
 rarely. Much of that is the few real positives (4-68 per tail class there): the same verifier recipe trained
 on fresh phantom cohorts of 10k / 30k / 60k images ranks both runs' sets against the oracle at Spearman +0.34
-/ -0.14, +0.37 / -0.09, +0.70 / +0.28 (``bench/bench_gate_scale.py``), so the gate should say more on
+/ -0.14, +0.37 / -0.09, +0.70 / +0.28 (``bench/results/gate_scale.json``), so the gate should say more on
 MIMIC-sized data than on phantom-cpu; the report's "Did the gate see which kept sets helped?" table is how a
 user checks that on their own run.
 """

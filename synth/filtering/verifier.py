@@ -21,7 +21,6 @@ images each step sees, hence every trained verifier and the filter's decisions.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,26 +200,21 @@ class Verifier:
 
 
 def load_verifier(path: str | Path, device: str | torch.device = "cpu") -> Verifier:
-    from safetensors.torch import load_file
+    """A verifier folder's model; a broken ``verifier.json`` or ``model.safetensors`` is one ``UserError`` naming
+    it (:func:`classifier.saved_models.load_saved_model`), as is a pixel statistic that is not a positive number."""
+    from classifier.saved_models import load_saved_model
+    from synth.model_files import finite_number
 
     path = Path(path)
+    fix = "train it again with `synth verifier train` (or restore the folder from a copy)"
     if not (path / META_FILE).exists() or not (path / WEIGHTS_FILE).exists():
-        raise UserError(
-            f"{path} is not a verifier folder (needs {META_FILE} and {WEIGHTS_FILE}); train one with `synth verifier "
-            "train`"
-        )
-    meta = json.loads((path / META_FILE).read_text())
-    model = build_model(meta["arch"], len(meta["classes"]))
-    model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
-    model.to(device).eval()
-    return Verifier(
-        model,
-        meta["arch"],
-        int(meta["image_size"]),
-        list(meta["classes"]),
-        float(meta.get("pixel_mean", PIXEL_MEAN)),
-        float(meta.get("pixel_std", PIXEL_STD)),
-    )
+        raise UserError(f"{path} is not a verifier folder (needs {META_FILE} and {WEIGHTS_FILE}); {fix}")
+    saved = load_saved_model(path, META_FILE, WEIGHTS_FILE, fix)
+    mean = finite_number(saved.meta.get("pixel_mean", PIXEL_MEAN), f"{path / META_FILE}: pixel_mean", fix)
+    std = finite_number(saved.meta.get("pixel_std", PIXEL_STD), f"{path / META_FILE}: pixel_std", fix)
+    if std <= 0:
+        raise UserError(f"{path / META_FILE}: pixel_std is {std!r}, expected > 0; {fix}")
+    return Verifier(saved.model.to(device).eval(), saved.arch, saved.image_size, saved.classes, mean, std)
 
 
 class FeatureExtractor(nn.Module):

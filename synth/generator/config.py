@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from synth.config import SET_HELP, Style, as_typed_text, coerce, command_overrides, load_config
+from synth.config import MAX_SEED, SET_HELP, Style, as_typed_text, coerce, command_overrides, load_config
 from synth.errors import UserError
 
 STAGES = ("all", "vae", "unet")
@@ -143,6 +143,12 @@ class FinetuneConfig:
             "num_train_timesteps",
             "text_max_length",
             "validation_inference_steps",
+            "logging_steps",
+            "latent_channels",
+            "vae_layers_per_block",
+            "unet_layers_per_block",
+            "unet_attention_head_dim",
+            "norm_num_groups",
         ):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be >= 1, got {getattr(self, name)}")
@@ -156,6 +162,19 @@ class FinetuneConfig:
         ):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("learning_rate", "vae_learning_rate", "text_encoder_lr", "adam_epsilon", "max_grad_norm"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise UserError(f"--{name} must be > 0, got {getattr(self, name)}")
+        if self.seed > MAX_SEED:
+            raise UserError(f"--seed must be <= {MAX_SEED} (processes add their index), got {self.seed}")
+        if self.ema_power <= 0:
+            raise UserError(f"--ema_power must be > 0, got {self.ema_power}")
+        for name in ("adam_beta1", "adam_beta2", "ema_decay"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise UserError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("vae_block_out_channels", "unet_block_out_channels"):
+            if not getattr(self, name) or min(getattr(self, name)) < 1:
+                raise UserError(f"--{name} must list channel counts >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.prompt_dropout < 1.0:
             raise UserError(f"--prompt_dropout must be in [0, 1), got {self.prompt_dropout}")
         if self.snr_gamma is not None and self.snr_gamma <= 0:

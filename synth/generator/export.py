@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from synth.generator.checkpoints import META_NAME
-from synth.inference.pipeline import assemble_pipeline
+from synth.diffusion import META_NAME, assemble_pipeline
 from synth.io import write_json_atomic
+from synth.model_card import generator_card
 
 
 def ema_weights(trainer):
@@ -122,6 +122,7 @@ def export_pipeline(trainer, meta: dict[str, Any]) -> Path:
                 shutil.rmtree(dest)
             os.replace(item, dest)
         tmp.rmdir()
+        generator_card(trainer.out, meta)  # README.md, before the metadata marks the folder complete
         write_json_atomic(trainer.out / META_NAME, meta)
     acc.wait_for_everyone()
     return trainer.out

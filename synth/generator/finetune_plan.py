@@ -13,12 +13,15 @@ from synth.errors import UserError
 from synth.generator.config import FinetuneConfig
 
 
-def plan(cfg: FinetuneConfig) -> tuple[list[str], list[str]]:
-    """(lines describing what would run, problems found) — checks paths without loading models."""
+def plan(cfg: FinetuneConfig, data: bool = True) -> tuple[list[str], list[str]]:
+    """(lines describing what would run, problems found) — checks paths without loading models.
+
+    ``data=False``: leave the training manifest out (``synth ablate``'s preflight: its data stage writes it later).
+    """
     from synth.prompts import PromptTemplates
 
     out = Path(cfg.output_dir)
-    lines, problems = _plan_data(cfg)
+    lines, problems = _plan_data(cfg) if data else ([], [])
 
     def check(fn: Callable[[], Any]) -> Any:
         try:
@@ -128,7 +131,7 @@ def _plan_models(
 
 def _plan_training(cfg: FinetuneConfig, out: Path) -> list[str]:
     """The plan's UNet training, checkpoint (where it starts) and tracker lines."""
-    from synth.generator.checkpoints import list_checkpoints
+    from synth.training.checkpoint import list_checkpoints
 
     lines = []
     prediction = cfg.prediction_type

@@ -23,7 +23,9 @@ DataLoader (no process ever holds all images or all latents), and writes its row
 into the shared memory-mapped files in a work folder, marking each chunk done after it is
 flushed. An interrupted build resumes at the first unmarked chunk (any process count). The main
 process then checks every chunk is marked, writes ``meta.json`` and renames the work folder to
-``<key>``: a folder named by its key is complete, a half-written one is never read. Several
+``<key>``: a folder named by its key is complete, a half-written one is never read. Each array has a content
+checksum beside it (:mod:`synth.cache_checksum`), checked on the first use in a process: a folder cut short or
+rewritten in place is removed with a warning and built again. Several
 processes and nodes must see the same root (a shared filesystem across nodes).
 
 Augmentation: the generator's training images are not flipped or cropped (chest X-ray
@@ -33,7 +35,6 @@ A future augmentation must either be applied in latent space or cache one entry 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -45,8 +46,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from synth import cache_checksum
 from synth.errors import UserError
 from synth.generator.latent_encoding import ProcessGroup, encode_chunks
+from synth.hashing import Hasher, hex_hash
 from synth.io import image_set_fingerprint
 
 CACHE_FORMAT = 1
@@ -70,7 +73,7 @@ def vae_fingerprint(vae) -> str:
     Hashing weights rather than a folder's mtimes also covers a VAE trained in this run and one
     loaded from a copied folder; ~1 s for SD's 84 M-parameter VAE.
     """
-    h = hashlib.blake2b(digest_size=16)
+    h = Hasher("blake2b", hex_chars=32)
     # Private "_" entries are bookkeeping, not architecture: save_pretrained adds "_class_name" to the saved
     # VAE's in-memory config, so the main process (which saves the VAE stage) hashed differently from the others.
     skip = {"scaling_factor", "shift_factor"}
@@ -94,7 +97,7 @@ def cache_key(vae_fp: str, resolution: int, images_fp: str, encode_dtype: str = 
         },
         sort_keys=True,
     )
-    return hashlib.blake2b(blob.encode(), digest_size=12).hexdigest()
+    return hex_hash(blob, algorithm="blake2b", hex_chars=24)
 
 
 def default_cache_root(manifest: Path, output_dir: str | os.PathLike) -> Path:
@@ -200,6 +203,9 @@ def build_latent_cache(
         raise ValueError(f"dataset has {n} rows, paths {len(paths)}")
     key = ctx.main_key(cache_key(vae_fingerprint(vae), resolution, image_set_fingerprint(paths)), log)
     final = Path(root) / key
+    if ctx.main:
+        drop_if_damaged(final, log)
+    ctx.barrier()
     if (final / META).exists():
         log(f"latents: reusing cache {final}")
         return open_cache(final, max_ram_gb)
@@ -240,6 +246,43 @@ def build_latent_cache(
     return open_cache(final, max_ram_gb)
 
 
+ARRAYS = ("mean.npy", "std.npy")
+
+
+def damage(folder: Path) -> str | None:
+    """What is wrong with a complete cache folder (unreadable meta.json, an array cut short or not of the recorded
+    shape, content that differs from its checksum), or None when it can be used."""
+    try:
+        shape = tuple(json.loads((folder / META).read_text())["shape"])
+        for name in ARRAYS:
+            if np.load(folder / name, mmap_mode="r").shape != shape:
+                return f"{name} is not of the shape {list(shape)} meta.json records"
+    except (OSError, ValueError, KeyError, TypeError, EOFError) as err:
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} (truncated or corrupt)"
+    for name in ARRAYS:
+        why = cache_checksum.damage(folder / name)
+        if why is not None:
+            return f"{name}: {why}"
+    return None
+
+
+def drop_if_damaged(final: Path, log: Callable[[str], None]) -> None:
+    """Remove a damaged cache folder with a warning, so it is rebuilt (main process); one error if it cannot be."""
+    if not (final / META).exists():
+        return
+    why = damage(final)
+    if why is None:
+        return
+    cache_checksum.warn(f"latent cache {final}: {why}; rebuilding it", log)
+    try:
+        shutil.rmtree(final)
+    except OSError as err:
+        raise UserError(
+            f"latent cache {final} is damaged ({why}) and cannot be removed ({err.strerror}); delete it, or set "
+            "--latent_cache_dir to a writable folder"
+        ) from None
+
+
 def _open_work_folder(work: Path, shape: tuple[int, ...]) -> None:
     """``<work>/mean.npy`` and ``std.npy`` of ``shape`` (kept if already so: a resumed build) and ``done/``."""
     try:
@@ -251,12 +294,20 @@ def _open_work_folder(work: Path, shape: tuple[int, ...]) -> None:
         ) from None
     for name in ("mean", "std"):
         f = work / f"{name}.npy"
-        if not f.exists() or np.load(f, mmap_mode="r").shape != shape:
+        if not f.exists() or _shape_of(f) != shape:
             with_tmp = work / f".{name}.npy.tmp"
             np.lib.format.open_memmap(with_tmp, mode="w+", dtype=np.float32, shape=shape).flush()
             os.replace(with_tmp, f)
             for marker in (work / "done").iterdir():  # rows of a re-created array are gone
                 marker.unlink()
+
+
+def _shape_of(path: Path) -> tuple[int, ...] | None:
+    """The shape of an ``.npy`` file, or None when it is cut short (a killed build): it is then re-created."""
+    try:
+        return np.load(path, mmap_mode="r").shape
+    except (OSError, ValueError, EOFError):
+        return None
 
 
 def _complete(work: Path, final: Path, n_chunks: int, meta: dict) -> None:
@@ -265,6 +316,8 @@ def _complete(work: Path, final: Path, n_chunks: int, meta: dict) -> None:
     missing = sorted(set(range(n_chunks)) - done)
     if missing:
         raise UserError(f"latent cache {work}: chunks {missing[:5]}... were not encoded; re-run to resume")
+    for name in ARRAYS:
+        cache_checksum.write_checksum(work / name)
     (work / META).write_text(json.dumps(meta, indent=2))
     shutil.rmtree(work / "done")
     if (final / META).exists():  # another run finished the same key first: theirs is complete, keep it
@@ -291,12 +344,15 @@ def store_latent_cache(
     ctx = ProcessGroup(accelerator)
     key = ctx.main_key(cache_key(vae_fingerprint(vae), resolution, image_set_fingerprint(paths)), log)
     final = Path(root) / key
+    if ctx.main:
+        drop_if_damaged(final, log)
     if ctx.main and not (final / META).exists():
         work = Path(root) / f".{key}.partial"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         for name, arr in (("mean", mean), ("std", std)):
             np.save(work / f"{name}.npy", arr.detach().float().cpu().numpy())
+            cache_checksum.write_checksum(work / f"{name}.npy")
         (work / META).write_text(
             json.dumps(
                 {

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from synth.diffusion import diffusers_dtype
 from synth.errors import UserError
 from synth.generator.config import FinetuneConfig
 
@@ -37,16 +38,6 @@ class Components:
     text_encoder: Any
     tokenizer: Any
     noise_scheduler: Any
-
-
-def diffusers_dtype(dtype) -> dict:
-    """The load-dtype keyword this diffusers takes: ``dtype`` (newer; ``torch_dtype`` there warns on every
-    load) or ``torch_dtype`` (the versions before it, which the project's ``diffusers>=0.30`` still allows)."""
-    try:
-        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401  (exists where `dtype` is accepted)
-    except ImportError:
-        return {"torch_dtype": dtype}
-    return {"dtype": dtype}
 
 
 def check_pretrained_folder(path: str | Path) -> Path:
@@ -87,7 +78,10 @@ def load_pretrained(path: str | Path) -> Components:
     import transformers
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
+    from synth.diffusion import check_pipeline_files
+
     path = check_pretrained_folder(path)
+    check_pipeline_files(path, "give --pretrained_model_name_or_path an intact diffusers folder (or restore it)")
     index = json.loads((path / "model_index.json").read_text())
     library, class_name = index.get("text_encoder", ["transformers", "AutoModel"])
     text_cls = (
@@ -185,6 +179,9 @@ def load_vae(path: str | Path):
             f"--vae_model_path {path}: no trained VAE there (config.json missing); run the vae stage first (--stage "
             "vae)"
         )
+    from synth.model_files import check_folder_files
+
+    check_folder_files(path, "give --vae_model_path an intact VAE folder, or delete it to train the vae stage again")
     return AutoencoderKL.from_pretrained(path, local_files_only=True, **diffusers_dtype(__import__("torch").float32))
 
 

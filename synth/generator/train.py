@@ -16,7 +16,6 @@ What it adds for long-tailed multi-label CXR data, and why:
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -28,7 +27,6 @@ import torch
 import torch.nn.functional as F
 
 from synth.errors import UserError
-from synth.generator.checkpoints import TRAINER_STATE, list_checkpoints, read_rows_csv, write_rows_csv
 from synth.generator.config import FinetuneConfig
 from synth.generator.data import PromptEncoder, TrainingSet, pixel_dataset, step_rng, to_vae_input
 from synth.generator.export import export_pipeline, save_validation_grid, training_pipeline
@@ -36,6 +34,7 @@ from synth.generator.latent_cache import take_latents
 from synth.generator.models import Components, enable_xformers
 from synth.generator.row_sampling import ResumableWeightedSampler, SamplerPosition, image_weights, index_batches
 from synth.io import write_json_atomic
+from synth.model_files import read_json_object
 from synth.prompts import PromptTemplates
 from synth.training import (
     adamw,
@@ -46,6 +45,8 @@ from synth.training import (
     save_ema_shadow,
     save_state_atomically,
 )
+from synth.training.checkpoint import TRAINER_STATE, list_checkpoints
+from synth.training.trackers import read_rows_csv, write_rows_csv
 
 EMA_FILE = "ema_unet.safetensors"
 
@@ -252,7 +253,11 @@ class UNetTrainer:
         )
 
     def load_checkpoint(self, path: Path) -> None:
-        state = json.loads((path / TRAINER_STATE).read_text())
+        fix = (
+            "pass --resume_from_checkpoint none to start over at step 0, or --resume_from_checkpoint "
+            "checkpoint-<step> to resume an earlier checkpoint"
+        )
+        state = read_json_object(path / TRAINER_STATE, fix)
         if state.get("num_processes", 1) != self.accelerator.num_processes:
             raise UserError(
                 f"--resume_from_checkpoint {path}: saved with {state['num_processes']} processes, resuming with "
@@ -260,9 +265,12 @@ class UNetTrainer:
             )
         if self.ema is not None and not (path / EMA_FILE).exists():
             raise UserError(f"--resume_from_checkpoint {path}: no {EMA_FILE} (the run was saved without --use_ema)")
-        load_state(self.accelerator, path, self._read_own_state)
-        self.global_step = int(state["global_step"])
-        self.sampler.load_state_dict({"position": state["sampler_position"], "seed": state["sampler_seed"]})
+        load_state(self.accelerator, path, self._read_own_state, fix)
+        try:
+            self.global_step = int(state["global_step"])
+            self.sampler.load_state_dict({"position": state["sampler_position"], "seed": state["sampler_seed"]})
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(f"{path / TRAINER_STATE}: {type(err).__name__} {err} (incomplete record); {fix}") from None
         self.rows = read_rows_csv(self.out / "loss.csv", self.global_step)
 
     def _read_own_state(self, folder: Path) -> None:

@@ -61,7 +61,7 @@ def vae_stage_complete(path: Path) -> bool:
 
 def train_vae(cfg: FinetuneConfig, vae, pixels: torch.Tensor, accelerator, out_dir: Path, log=print):
     """Train ``vae`` on ``pixels`` (N, 1, H, W in [0, 1]); save it under ``out_dir / vae_stage``; return it (eval)."""
-    from synth.generator.checkpoints import write_rows_csv
+    from synth.training.trackers import write_rows_csv
 
     latent = cfg.resolution // 2 ** (len(cfg.vae_block_out_channels) - 1)
     step_module = _VAEStep(vae)

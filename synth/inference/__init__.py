@@ -1,6 +1,6 @@
 """Inference: synthetic images for target classes, with co-occurrence-aware prompts and a manifest.
 
-What ``synth generate`` (and ``python -m synth.generate``) runs; the generator is trained in
+What ``synth generate`` (and ``python -m synth.inference``) runs; the generator is trained in
 :mod:`synth.generator`. One module per layer, each importing only the ones above it:
 
 * :mod:`~synth.inference.config` -- :class:`GenerateConfig`, scheduler and precision names;

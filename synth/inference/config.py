@@ -69,8 +69,8 @@ class GenerateConfig:
                 raise UserError(f"--n must be a number or 'auto', got {self.n!r}")
         if self.n == "auto" and (self.target_count is None or self.target_count < 1):
             raise UserError("--n auto needs --target-count (positives in train + generated to reach per class)")
-        if isinstance(self.n, int) and self.n < 0:
-            raise UserError(f"--n must be >= 0, got {self.n}")
+        if isinstance(self.n, int) and self.n < 1:  # 0 would render nothing: every stage after it fails on no images
+            raise UserError(f"--n must be >= 1 (images per class) or auto, got {self.n}")
         if self.scheduler not in SCHEDULERS:
             raise UserError(f"unknown --scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
         if self.precision not in PRECISIONS:
@@ -81,4 +81,7 @@ class GenerateConfig:
             raise UserError(f"--temperature must be > 0, got {self.temperature}")
         if self.prompt_style not in PROMPT_STYLES:
             raise UserError(f"unknown prompt_style {self.prompt_style!r}; choose one of {', '.join(PROMPT_STYLES)}")
+        for flag, path in (("--train-manifest", self.train_manifest), ("--prompt-templates", self.prompt_templates)):
+            if path and not Path(path).exists():  # read only after the model loaded (an ablation: hours later)
+                raise UserError(f"{flag} {path}: not found; fix the path or leave it out (the model folder's is used)")
         return self

@@ -6,15 +6,14 @@ resolution; the fingerprint hashes the UNet weights so every manifest row says w
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from synth.diffusion import META_NAME, REEXPORT, check_pipeline_files
 from synth.errors import UserError
+from synth.hashing import Hasher, file_digest
+from synth.model_files import read_json_object
 from synth.prompts import PromptTemplates
-
-META_NAME = "synth_meta.json"
 
 
 @dataclass(frozen=True)
@@ -38,8 +37,9 @@ def load_generator_info(
             f"--model {model_dir}: not a diffusers pipeline folder (no model_index.json); "
             "pass the folder written by `synth finetune`"
         )
+    check_pipeline_files(model_dir)
     meta_path = model_dir / META_NAME
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = read_json_object(meta_path, REEXPORT) if meta_path.exists() else {}
     manifest = train_manifest or meta.get("train_manifest")
     if not manifest:
         raise UserError(f"--model {model_dir}: no {META_NAME} naming its training manifest; pass --train-manifest")
@@ -62,12 +62,11 @@ def load_generator_info(
 
 def model_fingerprint(model_dir: Path) -> str:
     """Hash of the UNet weights and the generator metadata: which model made an image."""
-    digest = hashlib.sha256()
+    digest = Hasher("sha256", hex_chars=16)
     weights = sorted(p for p in (model_dir / "unet").glob("*") if p.suffix in {".safetensors", ".bin", ".pt", ".pth"})
     if not weights:
         raise UserError(f"--model {model_dir}: no UNet weights under {model_dir / 'unet'}")
     for path in weights + [p for p in [model_dir / META_NAME] if p.exists()]:
         digest.update(path.name.encode())
-        with open(path, "rb") as f:
-            digest.update(hashlib.file_digest(f, "sha256").digest())
-    return digest.hexdigest()[:16]
+        digest.update(file_digest(path))
+    return digest.hexdigest()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import pandas as pd
 
 from synth.cooccurrence import TrainingLabels
+from synth.diffusion import precision_dtype
 from synth.errors import UserError
 from synth.inference.config import GenerateConfig
 from synth.inference.model_folder import load_generator_info
@@ -22,7 +23,6 @@ from synth.inference.pipeline import (
     PromptEmbeddings,
     load_pipeline,
     pipeline_resolution,
-    precision_dtype,
     render,
     speed_up_cuda,
 )
@@ -38,6 +38,7 @@ from synth.inference.planning import (
 from synth.inference.state import MANIFEST_NAME, ManifestSync, finished_images, note_kept_images, write_merged_manifest
 from synth.io import save_image_atomic, write_json_atomic
 from synth.manifest import read_manifest
+from synth.model_card import generated_set_card
 from synth.progress import progress_bar
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -132,6 +133,7 @@ def run(model_dir: str | Path, classes: Sequence[str], out_dir: str | Path, cfg:
         write_merged_manifest(out_dir, [base, planner.frame_from_rows(sync.rows)], targets)
         for shard in out_dir.glob("manifest.rank*.csv"):
             shard.unlink()
+        generated_set_card(out_dir, settings, manifest)
     state.wait_for_everyone()
     return manifest
 

@@ -2,7 +2,7 @@
 prompts once, render a batch.
 
 torch and diffusers are imported inside the functions, so importing :mod:`synth.inference` (and
-``synth.generate``) stays cheap and option errors come before any model load.
+``python -m synth.inference``) stays cheap and option errors come before any model load.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from synth.diffusion import diffusers_dtype
+from synth.errors import UserError
 from synth.inference.config import SCHEDULERS
 from synth.inference.model_folder import GeneratorInfo
 from synth.inference.planning import ImageJob
@@ -22,14 +24,6 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from diffusers import StableDiffusionPipeline
     from PIL import Image
-
-
-def precision_dtype(precision: str, device: "torch.device") -> "torch.dtype":
-    import torch
-
-    if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
 @contextlib.contextmanager
@@ -53,27 +47,6 @@ def _quiet_loading():
         transformers_logging.set_verbosity(before[1])
 
 
-def assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler, safety_checker=None, feature_extractor=None):
-    """A ``StableDiffusionPipeline`` from its parts; the safety checker is required exactly when one is given.
-
-    ``synth finetune`` writes its folders without a checker; a folder that has one (a published SD layout) keeps
-    it required, as diffusers would on load. Test fixtures build their tiny folders through this too, so they are
-    assembled the way the product's are.
-    """
-    from diffusers import StableDiffusionPipeline
-
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=safety_checker,
-        feature_extractor=feature_extractor,
-        requires_safety_checker=safety_checker is not None,
-    )
-
-
 def load_pipeline(
     model_dir: Path, scheduler: str, dtype: "torch.dtype", device: "torch.device", enable_xformers: bool = False
 ) -> "StableDiffusionPipeline":
@@ -83,13 +56,17 @@ def load_pipeline(
 
     # a dtype always, fp32 too: transformers >= 5 otherwise loads the text encoder in its saved dtype
     # (a bf16-saved pipeline gave a bf16 text encoder beside an fp32 UNet); diffusers keeps its fp32-only modules right
-    from synth.generator.models import diffusers_dtype
-
     cast = diffusers_dtype(dtype)
-    with _quiet_loading():
-        pipe = StableDiffusionPipeline.from_pretrained(
-            model_dir, local_files_only=True, safety_checker=None, requires_safety_checker=False, **cast
-        )
+    from synth.diffusion import REEXPORT
+    from synth.model_files import first_line
+
+    try:
+        with _quiet_loading():
+            pipe = StableDiffusionPipeline.from_pretrained(
+                model_dir, local_files_only=True, safety_checker=None, requires_safety_checker=False, **cast
+            )
+    except (OSError, ValueError, KeyError, RuntimeError) as err:  # a file the pre-check cannot read (.bin weights)
+        raise UserError(f"--model {model_dir}: diffusers cannot load it ({first_line(err)}); {REEXPORT}") from None
     class_name, overrides = SCHEDULERS[scheduler]
     pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **overrides)
     pipe = pipe.to(device)

@@ -8,7 +8,6 @@ per output folder so one folder never mixes two configurations.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from synth.manifest import GENERATION_COLUMNS
 from synth.prompts import PromptTemplates
 from synth.taxonomy import CXR_LT_CLASSES, GROUPS, class_slug, resolve_class
 
-#: what :mod:`synth.inference` (and so ``synth.generate``) re-exports from here
+#: what :mod:`synth.inference` re-exports from here
 __all__ = [
     "RUN_SETTINGS_NAME",
     "class_slug",
@@ -237,7 +236,9 @@ def check_run_settings(out_dir: Path, settings: dict[str, Any]) -> None:
     path = out_dir / RUN_SETTINGS_NAME
     if not path.exists():
         return
-    previous = json.loads(path.read_text())
+    from synth.model_files import read_json_object
+
+    previous = read_json_object(path, "it records how the images in --out were made: restore it, or use a new --out")
     # over both key sets: a setting pinned only when not at its default (controls, prompt_style) is absent on one side
     keys = [k for k in {**previous, **settings} if k != "model_dir"]
     changed = [k for k in keys if previous.get(k) != settings.get(k)]

@@ -35,6 +35,7 @@ import numpy as np
 
 from synth.errors import UserError
 from synth.io import make_readable_tempdir, write_json_atomic, write_text_atomic
+from synth.output_folder import PHANTOM, owned_output, writing_folder
 from synth.phantom.labels import RESHAPE, add_label_noise, label_matrix, sample_balanced_label_sets, sample_label_sets
 from synth.phantom.render import RENDERER_VERSION, render_with_regions
 from synth.phantom.sites import Site, get_site
@@ -91,7 +92,17 @@ def _render_chunk(job: _Job) -> list[dict]:
     return rows
 
 
-def _check(n: int, size: int, seed: int, per_class: int | None, label_noise: float, workers: int | None) -> None:
+def check_render_args(
+    n: int,
+    size: int,
+    seed: int,
+    per_class: int | None = None,
+    label_noise: float = 0.0,
+    workers: int | None = None,
+    balanced: bool = False,
+) -> None:
+    """:func:`render_dataset`'s arguments, checked before anything is rendered; also called by the ablation's
+    preflight for every phantom set it will render, so a bad size or count fails before the first stage."""
     if n < 1:
         raise UserError(f"--n {n}: the number of images must be at least 1")
     if not 16 <= size <= 1024:
@@ -104,6 +115,12 @@ def _check(n: int, size: int, seed: int, per_class: int | None, label_noise: flo
         raise UserError(f"--label-noise {label_noise}: must be in [0, 1)")
     if workers is not None and workers < 0:
         raise UserError(f"--workers {workers}: must be >= 0 (0 = one per CPU core)")
+    if balanced and (per_class if per_class is not None else n // len(CXR_LT_CLASSES)) < 1:
+        raise UserError(
+            f"--n {n} is too small for --balanced: needs at least {len(CXR_LT_CLASSES)} images (one per class)"
+        )
+    if per_class is not None and not balanced:
+        raise UserError("--per-class only applies with --balanced")
 
 
 def _patients(n: int, seed: int) -> np.ndarray:
@@ -133,7 +150,7 @@ def render_dataset(
     An existing ``out`` made with the same arguments is reused (returned as is);
     one made with other arguments is an error unless ``overwrite``.
     """
-    _check(n, size, seed, per_class, label_noise, workers)
+    check_render_args(n, size, seed, per_class, label_noise, workers, balanced)
     acquisition = get_site(site)
     out = Path(out)
     args = {
@@ -147,7 +164,7 @@ def render_dataset(
     }
     if not acquisition.is_default:  # the default's arguments (its reuse key) stay as they were
         args["site"] = acquisition.name
-    if out.exists() and _reused(out, args, overwrite, contact_sheet, size, seed, acquisition):
+    if _reused(out, args, overwrite, contact_sheet, size, seed, acquisition):
         return out / LABELS_FILE
     root = seed if acquisition.is_default else _seed(seed, 900, acquisition.seed_key)
     true_sets = _true_label_sets(n, root, balanced, per_class, acquisition)
@@ -159,9 +176,7 @@ def render_dataset(
     image_seeds = tuple(_seed(root, 6, i) for i in range(n))
     patient_seeds = tuple(_seed(root, 5, int(p)) for p in patient)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_readable_tempdir(out.parent, f".{out.name}.")
-    try:
+    with writing_folder(out, PHANTOM) as tmp:
         (tmp / "images").mkdir()
         chunk = max(16, min(256, n // (4 * max(1, workers or os.cpu_count() or 1)) or 16))
         jobs = [
@@ -185,22 +200,19 @@ def render_dataset(
         write_json_atomic(tmp / META_FILE, _metadata(args, n, patient, truth, true_sets, noisy, acquisition))
         if contact_sheet:
             write_contact_sheets(tmp / "contact_sheets", size, seed, site=acquisition)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out / LABELS_FILE
 
 
 def _reused(out: Path, args: dict, overwrite: bool, contact_sheet: bool, size: int, seed: int, site: Site) -> bool:
     """Whether the existing ``out`` is this very dataset (contact sheets added if now asked for).
 
-    Another dataset there is an error unless ``overwrite`` (then False: it is rendered anew).
+    Another phantom dataset there is an error unless ``overwrite`` (then False: it is rendered anew); a folder that
+    is not a phantom dataset (or holds other files too) is an error whatever the flag (:mod:`synth.output_folder`).
     """
+    if not owned_output(out, PHANTOM, replacing=False):
+        return False
     meta = out / META_FILE
-    if meta.exists() and (out / LABELS_FILE).exists():
+    if (out / LABELS_FILE).exists():
         old = json.loads(meta.read_text()).get("arguments")
         if old == args:
             if contact_sheet and not (out / "contact_sheets").exists():
@@ -214,10 +226,10 @@ def _reused(out: Path, args: dict, overwrite: bool, contact_sheet: bool, size: i
             return True
     if not overwrite:
         raise UserError(
-            f"--out {out} already exists (made with other arguments, another renderer version, or not a phantom "
-            "dataset); "
-            "choose a new folder or pass --overwrite"
+            f"--out {out} already exists (a phantom dataset made with other arguments or another renderer "
+            "version); pass --overwrite to replace it or choose a new folder"
         )
+    owned_output(out, PHANTOM)  # to be replaced: holding nothing it did not write (checked before rendering)
     return False
 
 
@@ -226,13 +238,7 @@ def _true_label_sets(n: int, seed: int, balanced: bool, per_class: int | None, s
     class)."""
     if balanced:
         k = per_class if per_class is not None else n // len(CXR_LT_CLASSES)
-        if k < 1:
-            raise UserError(
-                f"--n {n} is too small for --balanced: needs at least {len(CXR_LT_CLASSES)} images (one per class)"
-            )
         return sample_balanced_label_sets(n, k, seed, site.reshape)
-    if per_class is not None:
-        raise UserError("--per-class only applies with --balanced")
     return sample_label_sets(n, seed, site.reshape)
 
 

@@ -3,8 +3,8 @@
 Every training loop in the project takes these pieces from here instead of writing its own copy, so a
 fix (a precision rule, a crash-safe checkpoint, a schedule) lands once:
 
-* :mod:`synth.training.accelerator` -- the ``Accelerator`` factory and precision policy
-  (``make_accelerator``; the process-state helpers and the fused ``adamw``), from :mod:`synth.distributed`;
+* :mod:`synth.distributed` -- the ``Accelerator`` factory and precision policy (``make_accelerator``; the
+  process-state helpers and the fused ``adamw``), re-exported here;
 * :mod:`synth.training.checkpoint` -- ONE atomic ``save_state`` (temp folder + rename), ONE pruning rule,
   ONE resume, and the EMA weights as safetensors;
 * :mod:`synth.training.schedule` -- learning-rate schedules through ``diffusers.optimization.get_scheduler``;
@@ -15,7 +15,7 @@ and ``with accelerator.accumulate(*models):``, which skips the all-reduce of eve
 and scales the loss in ``accelerator.backward``.
 """
 
-from synth.training.accelerator import (
+from synth.distributed import (
     adamw,
     main_process_only,
     make_accelerator,
@@ -28,6 +28,7 @@ from synth.training.checkpoint import (
     load_state,
     pickled_custom_state,
     prune_oldest,
+    resume_or_start_afresh,
     save_ema_shadow,
     save_state_atomically,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "process_state",
     "prune_oldest",
     "resolve_precision",
+    "resume_or_start_afresh",
     "running_alone",
     "save_ema_shadow",
     "save_state_atomically",

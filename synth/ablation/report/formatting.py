@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from synth.ablation.arms import ARMS
+from synth.ablation.evidence import degenerate_text
 from synth.ablation.results import ARM_LABELS, Estimate
 
 
@@ -14,6 +15,8 @@ def arm_label(arm: dict[str, Any]) -> str:
 
 
 def arm_short(arm: dict[str, Any]) -> str:
+    if arm.get("short"):
+        return arm["short"]
     return ARMS[arm["name"]].short if arm["name"] in ARMS else arm["name"]
 
 
@@ -35,8 +38,17 @@ def fmt_est(est: Estimate) -> str:
 
 
 def fmt_diff(est: Estimate) -> str:
-    """Signed difference with interval; a trailing * marks an interval that excludes 0."""
+    """Signed difference with interval; a trailing * marks an interval that excludes 0.
+
+    A degenerate bootstrap (too few distinct resampled values: synth/ablation/evidence.py) gets no p and no *:
+    its "p < 0.001" would be an artefact of the resampling.
+    """
     if est.n_seeds == 0:
         return "–"
+    if est.degenerate:
+        return (
+            f"{est.mean:+.3f} [{est.ci[0]:+.3f}, {est.ci[1]:+.3f}], "
+            f"degenerate bootstrap ({degenerate_text(est.n_distinct, est.modal_share)}): no p"
+        )
     p = "" if est.p is None else ", p<0.001" if est.p < 0.001 else f", p{'≤' if est.p_is_bound else '='}{est.p:.3f}"
     return f"{est.mean:+.3f} [{est.ci[0]:+.3f}, {est.ci[1]:+.3f}]{p}" + ("*" if est.excludes_zero else "")

@@ -73,6 +73,7 @@ def html_report(results: dict[str, Any], figures: dict[str, bytes]) -> str:
             "<h2>Paired differences vs real, tail re-sampled (the verdict's reference)</h2>",
             _html_table(*resampled, highlight=True),
         ]
+    body += _html_section("Evidence rule", *tables.evidence_table(results))
     resampling = tables.resampling_table(results)
     if resampling:
         body += _html_section("Re-sampling baseline", *resampling)
@@ -87,6 +88,12 @@ def html_report(results: dict[str, Any], figures: dict[str, bytes]) -> str:
         body += _html_section("Filter summary", tables.filter_note(results), filt)
     for title, note, table in tables.gate_sections(results):
         body += _html_section(title, note, table)
+    for section in tables.external_sections(results):
+        body.append(f"<h2>{html.escape(section.title)}</h2>")
+        body.append("<ul class='headline'>" + "".join(f"<li>{html.escape(x)}</li>" for x in section.lines) + "</ul>")
+        for subtitle, note, table in section.tables:
+            body += [f"<h3>{html.escape(subtitle)}</h3>", f"<p class='note'>{html.escape(note)}</p>"]
+            body.append(_html_table(*table, highlight=True))
     if results.get("grids"):
         body.append("<h2>Image grids</h2><p class='note'>Rows: real examples, kept synthetic, rejected synthetic.</p>")
         for cls in results["grids"]:

@@ -40,6 +40,7 @@ def markdown_report(results: dict[str, Any], figures: dict[str, bytes]) -> str:
             _md_table(*resampled),
             "",
         ]
+    out += _md_section("Evidence rule", *tables.evidence_table(results))
     resampling = tables.resampling_table(results)
     if resampling:
         out += _md_section("Re-sampling baseline", *resampling)
@@ -58,6 +59,10 @@ def markdown_report(results: dict[str, Any], figures: dict[str, bytes]) -> str:
         out += _md_section("Filter summary", tables.filter_note(results), filt)
     for title, note, table in tables.gate_sections(results):
         out += _md_section(title, note, table)
+    for section in tables.external_sections(results):
+        out += [f"## {section.title}", ""] + [f"- {line}" for line in section.lines] + [""]
+        for subtitle, note, table in section.tables:
+            out += [f"### {subtitle}", "", note, "", _md_table(*table), ""]
     grids = [n for n in figures if n.startswith("grid_")]
     if grids:
         out += ["## Image grids (rows: real, kept synthetic, rejected synthetic)", ""]

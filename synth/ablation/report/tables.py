@@ -4,9 +4,12 @@ say how their numbers were computed."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
+from synth.ablation.evidence import evidence_of
 from synth.ablation.report.formatting import arm_label, arm_short, fmt, fmt_diff, fmt_est, fmt_rho
+from synth.ablation.report.verdicts import arm_verdicts
 from synth.ablation.results import (
     GATE_MIN_SPEARMAN,
     GATE_MUST_DROP_BELOW,
@@ -21,6 +24,7 @@ from synth.ablation.results import (
     paired_estimate,
     paired_vs_resampled,
     per_class_mean,
+    row_estimate,
 )
 
 SEED_RULE = (
@@ -33,6 +37,12 @@ PAIRED_RULE = (
     "Δ is the mean over seeds of (arm − real only trained with the same seed); its 95% interval and p come "
     "from one paired patient bootstrap that scores every seed on the same resampled patients; "
     "* = the interval excludes 0."
+)
+
+
+RESAMPLED_RULE = (
+    "Δ is the mean over seeds of (synthetic arm − real, tail re-sampled trained with the same seed), the same paired "
+    "patient bootstrap; * = the interval excludes 0."
 )
 
 
@@ -170,7 +180,7 @@ def filter_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]] |
 GATE_MEANING = (
     "A transfer gate pass means the class's set carries class-specific content that ranks real positives above "
     "chance; it does not say how many of its images show the finding (on the phantom, sets the oracle judged 0 % "
-    "faithful passed as readily as faithful ones: bench/bench_gate_variants.py <run> --dose)."
+    "faithful passed as readily as faithful ones: bench/results/gate_dose_response.json)."
 )
 
 
@@ -294,3 +304,77 @@ def oracle_sections(results: dict[str, Any]) -> list[tuple[str, str, tuple[list[
 
 def provenance(results: dict[str, Any]) -> dict[str, Any]:
     return results.get("provenance", {})
+
+
+def evidence_table(results: dict[str, Any]) -> tuple[str, tuple[list[str], list[list[str]]]]:
+    """The evidence rule's note and, per group, the classes its verdicts stand on and those set aside."""
+    evidence = evidence_of(results)
+    rows = [
+        [g, f"{len(ev.judged)} of {ev.n_classes}", ", ".join(ev.judged) or "–", ev.not_judged_text() or "–"]
+        for g, ev in evidence.groups.items()
+        if ev.n_classes
+    ]
+    return evidence.rule_text(), (["Group", "classes judged", "judged", "not judged (test positives)"], rows)
+
+
+def per_class_delta_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Per scored class: its test positives and every arm's ΔAP vs real only (paired patient bootstrap)."""
+    evidence = evidence_of(results)
+    positives = (results.get("evidence") or {}).get("test_positives", {})
+    others = [a for a in results["arms"] if a["name"] != results["baseline"]]
+    header = ["Class", "group", "test pos.", *[f"{arm_short(a)} ΔAP vs real only" for a in others]]
+    rows = []
+    for cls in sorted(results["classes"], key=lambda c: -results["train_prevalence"].get(c, 0)):
+        if positives.get(cls) is None:
+            continue  # not annotated by these rows: listed as not scored instead
+        n = int(positives[cls])
+        judged = "" if n >= evidence.min_test_positives else " (not judged)"
+        cells = []
+        for arm in others:
+            row = (arm.get("per_class_paired") or {}).get(cls)
+            cells.append(fmt_diff(row_estimate(arm, row)) if row and row.get("diff") is not None else "–")
+        rows.append([cls, results["groups"].get(cls, ""), f"{n}{judged}", *cells])
+    return header, rows
+
+
+@dataclass(frozen=True)
+class ExternalSection:
+    """One external test set in the report: its verdict lines, notes and tables (both pages render it)."""
+
+    title: str
+    lines: list[str]
+    tables: list[tuple[str, str, tuple[list[str], list[list[str]]]]]  # (subtitle, note, table)
+
+
+def external_view(results: dict[str, Any], ext: dict[str, Any]) -> dict[str, Any]:
+    """An external set's entry with the main results' shared keys (classes, groups from the training prevalence,
+    baselines), so every table and verdict function reads it as it reads the main results."""
+    shared = ("classes", "groups", "train_prevalence", "baseline", "verdict_baseline")
+    return {**{k: results[k] for k in shared if k in results}, **ext}
+
+
+def external_sections(results: dict[str, Any]) -> list[ExternalSection]:
+    sections = []
+    for ext in results.get("external") or []:
+        view = external_view(results, ext)
+        ds = ext.get("dataset", {})
+        lines = arm_verdicts(view)
+        lines.append(
+            f"{ds.get('n_test', '?')} images of {ds.get('n_test_patients', '?')} patients from {ext.get('manifest')}; "
+            "every arm and seed scored as on the test split (groups from the training prevalence, the same paired "
+            "patient bootstrap); predictions cached beside each trained model."
+        )
+        if ext.get("not_scored"):
+            lines.append(f"Not scored (the set does not annotate them): {', '.join(ext['not_scored'])}.")
+        if ext.get("no_positives"):
+            lines.append(f"Annotated but without a positive here (no AP): {', '.join(ext['no_positives'])}.")
+        tables = [("mAP per frequency group", SEED_RULE, group_table(view))]
+        tables.append(("Paired differences vs real only", PAIRED_RULE, paired_table(view)))
+        resampled = paired_resampled_table(view)
+        if resampled:
+            tables.append(("Paired differences vs real, tail re-sampled", RESAMPLED_RULE, resampled))
+        note, table = evidence_table(view)
+        tables.append(("Evidence rule on this set", note, table))
+        tables.append(("Per-class ΔAP vs real only", PAIRED_RULE, per_class_delta_table(view)))
+        sections.append(ExternalSection(f"External test set: {ext['name']}", lines, tables))
+    return sections

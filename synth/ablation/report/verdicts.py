@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from synth.ablation.evidence import LIST_AT_MOST, evidence_of, verdict_word
 from synth.ablation.report.formatting import arm_label, fmt_diff
 from synth.ablation.results import (
     ARM_LABELS,
-    arm_by_name,
     harmed_classes,
     is_judgeable,
     paired_estimate,
@@ -20,47 +20,16 @@ from synth.ablation.results import (
 
 #: the report's subtitle unless results.json names its own question
 QUESTION = "Does synthetic tail data help, where, and by how much?"
-FEW_TEST_POSITIVES = 10
 
 
 def headline(results: dict[str, Any]) -> list[str]:
     """One sentence per non-baseline arm on the tail group: the product's answer."""
-    lines = []
-    for arm in results["arms"]:
-        if arm["name"] == results["baseline"]:
-            continue
-        tail, head = verdict_tail(results, arm), paired_estimate(arm, "head")
-        verdict = (
-            "helps"
-            if tail.excludes_zero and tail.mean > 0
-            else "hurts"
-            if tail.excludes_zero
-            else "shows no clear effect on"
-        )
-        against = _verdict_against(results, vs_verdict_baseline(results, arm))
-        if against:
-            line = (
-                f"{arm_label(arm)} {verdict} the tail vs {against}: ΔmAP {fmt_diff(tail)} (vs real only "
-                f"{fmt_diff(paired_estimate(arm, 'tail'))}; head vs real only {fmt_diff(head)}), "
-                f"{tail.n_seeds} seed(s)."
-            )
-        else:
-            line = (
-                f"{arm_label(arm)} {verdict} the tail: ΔmAP {fmt_diff(tail)} (head {fmt_diff(head)}), "
-                f"{tail.n_seeds} seed(s)."
-            )
-        harmed = harmed_classes(arm)
-        if harmed is not None:
-            line += f" Do no harm: {len(harmed)} class(es) significantly below real only" + (
-                f" ({', '.join(harmed)})" if harmed else ""
-            )
-            few = arm.get("harm_not_judged") or []
-            line += f"; {len(few)} class(es) with < 5 test positives not judged." if few else "."
-        lines.append(line)
-    for extra in (_tail_evidence(results), _fidelity_summary(results)):
+    lines = arm_verdicts(results)
+    lines.append(evidence_line(results))
+    for extra in (_fidelity_summary(results), interval_scope(results)):
         if extra:
             lines.append(extra)
-    check, arm = target_check(results), ARM_LABELS.get(target_arm(results), target_arm(results))
+    check, arm = target_check(results), _label_of(results, target_arm(results))
     if check is None and results.get("target"):
         lines.append(f"Target: not checked — its arm ({arm}) did not run (target.arm in the config, or --arms).")
     if check is not None:
@@ -72,9 +41,91 @@ def headline(results: dict[str, Any]) -> list[str]:
             f"≥ +{target['tail_gain']:.2f} with its "
             f"interval above 0, head ΔmAP ≥ -{target['max_head_drop']:.2f}"
             f"{', no tail class significantly below real only' if check.harm_judged else ''}): "
-            f"{'MET' if check.met else 'NOT MET'}."
+            f"{'MET' if check.met else 'NOT MET'}"
+            + ("" if evidence_of(results).groups["tail"].is_judged else " (the tail is not judged)")
+            + "."
         )
     return lines
+
+
+def arm_verdicts(results: dict[str, Any]) -> list[str]:
+    """Per non-baseline arm: its tail verdict under the evidence rule (synth/ablation/evidence.py), the numbers it
+    stands on, and "do no harm". ``results`` is the main results or one external set's view."""
+    evidence = evidence_of(results)
+    tail_ev = evidence.groups["tail"]
+    lines = []
+    for arm in results["arms"]:
+        if arm["name"] == results["baseline"]:
+            continue
+        tail, head = verdict_tail(results, arm), paired_estimate(arm, "head")
+        against = _verdict_against(results, vs_verdict_baseline(results, arm))
+        vs = f" vs {against}" if against else ""
+        detail = (
+            f"vs real only {fmt_diff(paired_estimate(arm, 'tail'))}; head vs real only {fmt_diff(head)}"
+            if against
+            else f"head {fmt_diff(head)}"
+        )
+        body = f"{fmt_diff(tail)} ({detail}), {tail.n_seeds} seed(s)."
+        numbers = f"ΔmAP{vs} {body}"
+        verdict = verdict_word(tail.mean, tail.ci, tail.degenerate, evidence.min_effect)
+        not_judged = f"{arm_label(arm)}: tail not judged — {evidence.why_not('tail')}"
+        if not tail_ev.is_judged and tail.n_seeds == 0:  # no tail class scored: no number to show either
+            line = f"{not_judged} (head vs real only {fmt_diff(head)})."
+        elif not tail_ev.is_judged:
+            line = f"{not_judged}. For reference only: {numbers}"
+        elif verdict is None:
+            line = f"{arm_label(arm)}: tail not judged — its bootstrap distribution is degenerate. {numbers}"
+        else:
+            line = f"{arm_label(arm)} {verdict} the tail{vs}: ΔmAP {body}"
+            line += f" It stands on {len(tail_ev.judged)} of {tail_ev.n_classes} tail class(es)"
+            line += f"; not judged: {tail_ev.not_judged_text(LIST_AT_MOST)}." if tail_ev.not_judged else "."
+            if tail_ev.not_judged and "judged_paired" not in arm and any(tail_ev.not_judged.values()):
+                line += " (Δ over every scored tail class: this results.json predates the evidence rule.)"
+        harmed = harmed_classes(arm)
+        if harmed is not None:
+            line += f" Do no harm: {len(harmed)} class(es) significantly below real only" + (
+                f" ({', '.join(harmed)})" if harmed else ""
+            )
+            few = arm.get("harm_not_judged") or []
+            line += f"; {len(few)} class(es) with < 5 test positives not judged." if few else "."
+        lines.append(line)
+    return lines
+
+
+def evidence_line(results: dict[str, Any]) -> str:
+    """The evidence rule as applied: its settings and, per group, how many classes the verdicts stand on."""
+    evidence = evidence_of(results)
+    parts = []
+    for g, ev in evidence.groups.items():
+        if not ev.n_classes:
+            continue
+        part = f"{g} {len(ev.judged)} of {ev.n_classes} class(es) judged"
+        parts.append(part + (f" (not judged: {ev.not_judged_text(LIST_AT_MOST)})" if ev.not_judged else ""))
+    return evidence.rule_text() + (" " + "; ".join(parts) + "." if parts else "")
+
+
+def _label_of(results: dict[str, Any], name: str) -> str:
+    """An arm's report label: its own (a variant's is in results.json), else the registered one."""
+    entry = next((a for a in results["arms"] if a["name"] == name), None)
+    return arm_label(entry) if entry else ARM_LABELS.get(name, name)
+
+
+def interval_scope(results: dict[str, Any]) -> str | None:
+    """Which randomness the synthetic arms' intervals include, in words (none: no synthetic arm ran)."""
+    if not any(a.get("synthetic", a["name"].startswith("synthetic")) for a in results["arms"]):
+        return None
+    scope = results.get("generators") or {}
+    k = int(scope.get("k", 1))
+    if k > 1:
+        return (
+            f"Intervals of the synthetic arms include the generator's own randomness: {k} generators "
+            f"(finetune seeds {', '.join(map(str, scope.get('seeds', [])))}), combined with the patient and "
+            "classifier-seed bootstrap by Rubin's rules (T = W + (1 + 1/K)·B)."
+        )
+    return (
+        "Intervals of the synthetic arms cover test patients and classifier seeds for ONE trained generator: they "
+        "leave the generator's own randomness out (set generator.seeds to two or more seeds to include it)."
+    )
 
 
 def _verdict_against(results: dict[str, Any], vs_stronger: bool) -> str | None:
@@ -104,31 +155,6 @@ def _fidelity_summary(results: dict[str, Any]) -> str | None:
         f"detected in {mean('generated')} of generated and {mean('kept')} of kept images on average, "
         f"vs {mean('real')} of real training positives."
     )
-
-
-def _tail_evidence(results: dict[str, Any]) -> str | None:
-    """How many test positives the tail verdicts rest on: a CI cannot say that a class with one positive is noisy."""
-    baseline = arm_by_name(results, results["baseline"])
-    first = next(iter(baseline["seeds"].values()), {})
-    n_pos = {
-        c: int(m.get("n_pos") or 0)
-        for c, m in first.get("per_class", {}).items()
-        if results["groups"].get(c) == "tail"
-    }
-    scored = {c: n for c, n in n_pos.items() if n > 0}
-    if not scored:
-        return None
-    few = sorted(c for c, n in scored.items() if n < FEW_TEST_POSITIVES)
-    line = (
-        f"Tail evidence: {len(scored)} tail class(es) scored on {sum(scored.values())} test positives "
-        f"(fewest {min(scored.values())})."
-    )
-    if few:
-        line += (
-            f" {len(few)} of them have < {FEW_TEST_POSITIVES} positives, where one image moves the AP a lot: "
-            "read the tail verdicts as indicative, not conclusive."
-        )
-    return line
 
 
 def dataset_line(ds: dict[str, Any]) -> str:

@@ -1,8 +1,8 @@
 """Sanity of the phantom's difficulty: does the long tail hurt, and is every signature learnable?
 
-    python bench/bench_phantom_difficulty.py                       # the full protocol (~25 min on 2 CPU cores)
-    python bench/bench_phantom_difficulty.py --n 2000 --epochs 5   # a reduced run
-    python bench/bench_phantom_difficulty.py --per-class --confusions 5   # + what the 5 weakest are mistaken for
+    python research/phantom_difficulty.py                       # the full protocol (~25 min on 2 CPU cores)
+    python research/phantom_difficulty.py --n 2000 --epochs 5   # a reduced run
+    python research/phantom_difficulty.py --per-class --confusions 5   # + what the 5 weakest are mistaken for
 
 Trains a ConvNeXt-atto (timm, random init, 1 input channel, 40 outputs, BCE)
 twice with the same budget (``--n`` images, ``--epochs``) at ``--size`` px:

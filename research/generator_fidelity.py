@@ -1,6 +1,6 @@
 """Does the generator draw the findings it is asked for? Oracle fidelity per class, per sampling setting.
 
-    python bench/bench_generator_fidelity.py \
+    python research/generator_fidelity.py \
         --model outputs/ablations/phantom-cpu/generator-<key>/pipeline \
         --oracle outputs/ablations/phantom-cpu/oracle-<key>/oracle \
         --data outputs/ablations/phantom-cpu/data-<key>/prepared/manifest.csv \
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from synth.ablation.report import is_judgeable
 from synth.ablation.stages import oracle_fidelity
-from synth.generate import GenerateConfig, run
+from synth.inference import GenerateConfig, run
 from synth.manifest import read_manifest
 
 
@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=40, help="images per class and setting")
     ap.add_argument("--guidance", type=float, nargs="+", default=[4.0, 7.5, 12.0])
     ap.add_argument("--steps", type=int, nargs="+", default=[25], help="sampling steps (DPM-Solver++), one or more")
-    ap.add_argument("--out", type=Path, default=Path("outputs/bench/generator_fidelity"))
+    ap.add_argument("--out", type=Path, default=Path("outputs/research/generator_fidelity"))
     ap.add_argument("--json", type=Path, default=None, help="also write the table (with provenance) here")
     args = ap.parse_args()
 

@@ -1,0 +1,116 @@
+"""The tables in README.md and docs/, generated from the results store (``synth results docs``).
+
+A block is written by hand once as two marker comments naming the run::
+
+    <!-- results-table ablation=phantom-cpu commit=61e7fbe -->
+    <!-- /results-table -->
+
+and everything between them is rendered from the store's rows of that run (the last one recorded, where a commit
+and ablation were recorded more than once). ``--check`` renders without writing and names every block whose text
+differs, so a number edited by hand, or a store that moved on, fails the test suite instead of going stale.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from synth.errors import UserError
+from synth.io import write_text_atomic
+
+BLOCK = re.compile(r"(<!-- results-table (?P<args>[^>]*?) -->\n)(?P<body>.*?)(<!-- /results-table -->)", re.S)
+#: the files whose blocks ``synth results docs`` keeps, relative to the repository
+DOC_FILES: tuple[str, ...] = ("README.md", "docs/*.md")
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Which run a block shows: an ablation name and a commit prefix."""
+
+    ablation: str
+    commit: str
+
+    @classmethod
+    def parse(cls, args: str, where: str) -> "Selector":
+        fields = dict(part.split("=", 1) for part in args.split() if "=" in part)
+        if not fields.get("ablation") or not fields.get("commit"):
+            raise UserError(f"{where}: a results-table marker needs ablation=NAME commit=HASH, got {args!r}")
+        return cls(fields["ablation"], fields["commit"])
+
+    def rows(self, store: list[dict[str, str]], where: str) -> list[dict[str, str]]:
+        matching = [r for r in store if r["ablation"] == self.ablation and r["commit"].startswith(self.commit)]
+        if not matching:
+            raise UserError(
+                f"{where}: no run of {self.ablation!r} at commit {self.commit} in the results store; "
+                "add it with `synth results import RUN_FOLDER`"
+            )
+        last = matching[-1]["run_id"]
+        return [r for r in matching if r["run_id"] == last]
+
+
+def _f(cell: str, fmt: str = "{:.3f}") -> str:
+    return fmt.format(float(cell)) if cell else "–"
+
+
+def _delta(row: dict[str, str], key: str) -> str:
+    if not row.get(f"d_{key}"):
+        return "–"
+    return f"{float(row[f'd_{key}']):+.3f} [{float(row[f'd_{key}_lo']):+.3f}, {float(row[f'd_{key}_hi']):+.3f}]"
+
+
+def _stage_minutes(cell: str) -> str:
+    total = sum(float(part.split("=", 1)[1]) for part in cell.split(";") if "=" in part)
+    return f"{total / 60:.1f} min"
+
+
+def render_block(rows: list[dict[str, str]], store_name: str) -> str:
+    """One run as Markdown: a provenance line, then head / medium / tail mAP and the paired Δs per arm."""
+    first = rows[0]
+    by_arm: dict[str, dict[str, dict[str, str]]] = {}
+    for row in rows:
+        by_arm.setdefault(row["arm"], {})[row["group"]] = row
+    lines = [
+        f"Run `{first['run_id']}` of `{first['ablation']}` at commit `{first['commit'][:10]}` (config "
+        f"`{first['config_hash']}`, {first['dataset']} data, {first['n_test']} test rows, classifier seeds "
+        f"{first['classifier_seeds'] or '?'}, generator seed {first['generator_seed'] or '?'}; stage time "
+        f"{_stage_minutes(first['stage_seconds'])}). Generated from `{store_name}` by `synth results docs`.",
+        "",
+        "| Arm | head mAP | medium mAP | tail mAP | tail Δ vs real only | tail Δ vs real re-sampled "
+        "| head Δ vs real only |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for groups in by_arm.values():
+        head, medium, tail = groups["head"], groups["medium"], groups["tail"]
+        lines.append(
+            f"| {tail['label']} | {_f(head['map'])} | {_f(medium['map'])} | {_f(tail['map'])} | "
+            f"{_delta(tail, 'real_only')} | {_delta(tail, 'real_resampled')} | {_delta(head, 'real_only')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def doc_files(repo: Path) -> list[Path]:
+    files: list[Path] = []
+    for pattern in DOC_FILES:
+        files += sorted(repo.glob(pattern))
+    return files
+
+
+def update_docs(files: list[Path], store: list[dict[str, str]], store_name: str, check: bool) -> list[str]:
+    """Re-render every marked block; with ``check`` write nothing. Returns ``file: run`` for each block that was
+    (or, with ``check``, would be) changed."""
+    changed: list[str] = []
+    for path in files:
+        text = path.read_text()
+
+        def render(match: re.Match, path: Path = path) -> str:
+            where = f"{path.name}: results-table {match['args']}"
+            body = render_block(Selector.parse(match["args"], where).rows(store, where), store_name)
+            if body != match["body"]:
+                changed.append(where)
+            return match.group(1) + body + match.group(4)
+
+        new = BLOCK.sub(render, text)
+        if new != text and not check:
+            write_text_atomic(path, new)
+    return changed

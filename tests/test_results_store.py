@@ -1,0 +1,130 @@
+"""The results store (synth/ablation/store.py) and the tables generated from it (synth/ablation/store_docs.py)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from ablation_fakes import FakeStages, write_config
+from card_checks import check_card
+from report_fixtures import make_results
+from typer.testing import CliRunner
+
+from synth.ablation.config import load_ablation_config
+from synth.ablation.runner import run_ablation
+from synth.ablation.store import REPO, REPO_STORE, append_rows, read_store, run_rows
+from synth.ablation.store_docs import BLOCK, doc_files, update_docs
+from synth.cli import app
+
+
+def _results_file(tmp_path: Path) -> Path:
+    results = make_results(tmp_path / "run")
+    results["name"] = "toy"
+    results["provenance"] = {"git_commit": "abc1234def", "config": {"name": "toy", "seeds": [0, 1, 2]}}
+    results["timings"] = {
+        "steps": [{"step": "generator", "seconds": 60.0}, {"step": "real_only/seed-0", "seconds": 30}]
+    }
+    path = tmp_path / "run" / "results.json"
+    path.write_text(json.dumps(results))
+    return path
+
+
+def test_import_writes_one_header_and_replaces_a_reimported_run(tmp_path: Path):
+    src, store = _results_file(tmp_path), tmp_path / "store" / "runs.csv"
+    for _ in range(2):
+        done = CliRunner().invoke(app, ["results", "import", str(src.parent), "--store", str(store)])
+        assert done.exit_code == 0, done.output
+    lines = store.read_text().splitlines()
+    assert sum(line.startswith("run_id,") for line in lines) == 1
+    rows = read_store(store)
+    assert len(rows) == 4 * 4  # 4 arms x overall/head/medium/tail, once although imported twice
+    tail = next(r for r in rows if r["arm"] == "synthetic_filtered" and r["group"] == "tail")
+    assert tail["commit"] == "abc1234def" and tail["classifier_seeds"] == "0,1,2"
+    assert float(tail["d_real_only"]) > 0 and float(tail["d_real_only_lo"]) <= float(tail["d_real_only"])
+    assert tail["stage_seconds"] == "generator=60.0;real_only=30.0"
+    assert not list(store.parent.glob(".*.tmp"))  # nothing half-written left beside it
+
+
+def test_append_keeps_other_runs(tmp_path: Path):
+    store = tmp_path / "runs.csv"
+    results = json.loads(_results_file(tmp_path).read_text())
+    append_rows(store, run_rows(results))
+    results["provenance"]["git_commit"] = "fff0000"
+    append_rows(store, run_rows(results))
+    assert {r["commit"] for r in read_store(store)} == {"abc1234def", "fff0000"}
+
+
+def _doc(tmp_path: Path, store: Path) -> Path:
+    CliRunner().invoke(app, ["results", "import", str(_results_file(tmp_path)), "--store", str(store)])
+    doc = tmp_path / "repo" / "README.md"
+    doc.parent.mkdir()
+    doc.write_text("# toy\n<!-- results-table ablation=toy commit=abc1234 -->\n<!-- /results-table -->\nend\n")
+    return doc
+
+
+def test_docs_renders_the_block_and_check_fails_when_a_number_is_edited(tmp_path: Path):
+    store = tmp_path / "runs.csv"
+    doc = _doc(tmp_path, store)
+    args = ["results", "docs", "--store", str(store), "--repo", str(doc.parent)]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    text = doc.read_text()
+    tail = next(r for r in read_store(store) if r["arm"] == "synthetic_filtered" and r["group"] == "tail")
+    assert f"{float(tail['map']):.3f}" in text and text.endswith("<!-- /results-table -->\nend\n")
+    assert CliRunner().invoke(app, [*args, "--check"]).exit_code == 0
+
+    stated = f"{float(tail['map']):.3f}"
+    doc.write_text(text.replace(stated, f"{float(stated) + 0.001:.3f}"))
+    done = CliRunner().invoke(app, [*args, "--check"])
+    assert done.exit_code == 1 and "out of date: README.md" in done.output
+
+
+def test_docs_names_a_run_the_store_lacks(tmp_path: Path):
+    store = tmp_path / "runs.csv"
+    doc = _doc(tmp_path, store)
+    doc.write_text(doc.read_text().replace("commit=abc1234", "commit=0000000"))
+    done = CliRunner().invoke(app, ["results", "docs", "--store", str(store), "--repo", str(doc.parent)])
+    assert done.exit_code != 0 and "synth results import" in done.output
+
+
+def test_every_table_in_readme_and_docs_matches_the_committed_store():
+    files = doc_files(REPO)
+    blocks = sum(len(BLOCK.findall(f.read_text())) for f in files)
+    assert blocks >= 3  # README's current answer and one per committed run in docs/results.md
+    assert update_docs(files, read_store(REPO_STORE), "bench/results/runs.csv", check=True) == []
+
+
+def test_ablate_records_its_run_in_the_store_under_the_output_root(tmp_path: Path, monkeypatch):
+    FakeStages(monkeypatch)
+    cfg = load_ablation_config(write_config(tmp_path, seeds=[0], arms=["real_only", "synthetic_filtered"]))
+    run_ablation(cfg, log=lambda m: None)
+    store = Path(cfg.output_root) / "results" / "runs.csv"
+    with store.open() as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["arm"], r["group"]) for r in rows} >= {("real_only", "tail"), ("synthetic_filtered", "tail")}
+    assert rows[0]["ablation"] == cfg.name and rows[0]["classifier_seeds"] == "0"
+    run_ablation(cfg, log=lambda m: None)  # a resumed (fully cached) run replaces its rows
+    assert len(read_store(store)) == len(rows)
+    text = check_card(cfg.report_dir, "ablation", "| Arm | head mAP |", grid=True)  # the report folder's card
+    assert f"Ablation `{cfg.name}`" in text
+
+
+def test_the_phantom_cpu_verdict_block_matches_its_committed_result():
+    """docs/results.md's target / fidelity / gate / timing lines come from bench/results/phantom-cpu.json."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "phantom_cpu_table.py"), "docs", "--check"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_readme_stays_short_and_keeps_its_two_commands():
+    readme = (REPO / "README.md").read_text().splitlines()
+    assert len(readme) <= 250
+    assert "pip install torch==2.14.1 torchvision==0.29.1 -e . && synth demo" in readme
+    assert "pip install torch==2.14.1 torchvision==0.29.1 -e '.[dev]' && python -m pytest -q" in readme
