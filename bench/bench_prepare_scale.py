@@ -1,14 +1,10 @@
 """``synth prepare`` at scale: images/s per worker count, peak memory, and what 377,110 images would take.
 
-Sources are N synthetic grayscale JPEGs of mixed sizes (each side 300-3,000 px, MIMIC-CXR-JPG files are
-~2,500 x 3,000) with smooth anatomy-like content plus grain, so their compressed sizes and decode costs are
-those of real films rather than of noise. Each timed run is one fresh process calling the public
-:func:`synth.prepare.prepare_dataset` (labels -> split -> cache -> manifest), so its peak RSS is its own: the
-parent's (which must not grow with the number of rows: nothing holds all decoded images) and the largest
-decode worker's. One extra run on a quarter of the rows checks that the parent's peak stays flat.
-
-The sources are written once (then in the page cache, as on a warm rerun); the machine's load average is
-recorded beside every figure, since a shared machine makes them lower bounds.
+Sources: N synthetic grayscale JPEGs, each side 300-3,000 px (MIMIC-CXR-JPG: ~2,500 x 3,000), smooth content plus
+grain so compressed sizes and decode costs are those of films, not of noise; written once (then in the page cache).
+Each timed run is one fresh process calling the public :func:`synth.prepare.prepare_dataset`, so its peak RSS is
+its own (parent and largest decode worker). Runs at a quarter of the rows, and on 64 px sources at N/4 and N rows
+(``--rows-check``), show how the parent's memory grows with rows. The load average is recorded with every figure.
 
     python bench/bench_prepare_scale.py --n 3000 --workers 1 2 --json bench/results/prepare_scale.json
 """
@@ -42,23 +38,21 @@ labels, images, out, size, workers = sys.argv[1:6]
 start = time.perf_counter()
 prepare_dataset("cxrlt", labels, images, out, size=int(size), workers=int(workers))
 seconds = time.perf_counter() - start
-print(json.dumps({
-    "seconds": seconds,
-    "parent_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    "largest_worker_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-}))
+peak = {who: resource.getrusage(getattr(resource, who)).ru_maxrss / 1024 for who in ("RUSAGE_SELF", "RUSAGE_CHILDREN")}
+print(json.dumps({"seconds": seconds, "parent_peak_rss_mib": peak["RUSAGE_SELF"],
+                  "largest_worker_peak_rss_mib": peak["RUSAGE_CHILDREN"]}))
 """
 
 
-def _make_one(task: tuple[int, int, str]) -> tuple[int, int, int]:
+def _make_one(task: tuple[int, int, str, int, int]) -> tuple[int, int, int]:
     """One synthetic film: a smooth random field (lungs, mediastinum-like blobs) upsampled, plus grain."""
     from PIL import Image, ImageChops
 
-    index, seed, path = task
+    index, seed, path, low, high = task
     rng = np.random.default_rng([seed, index])
-    side = int(rng.integers(300, 3001))
+    side = int(rng.integers(low, high + 1))
     aspect = float(rng.uniform(0.8, 1.25))
-    w, h = side, int(np.clip(round(side * aspect), 300, 3000))
+    w, h = side, int(np.clip(round(side * aspect), low, high))
     base = (rng.random((12, 12)) * 160 + 50).astype(np.uint8)
     film = Image.fromarray(base, mode="L").resize((w, h), Image.Resampling.BICUBIC)
     tile = rng.integers(0, 16, (256, 256), dtype=np.uint8)  # grain, tiled (per-pixel noise costs more than the JPEG)
@@ -68,11 +62,11 @@ def _make_one(task: tuple[int, int, str]) -> tuple[int, int, int]:
     return w, h, os.path.getsize(path)
 
 
-def make_sources(n: int, root: Path, seed: int) -> dict:
-    """``n`` JPEGs under ``root/files`` and a CXR-LT label CSV (random labels, every class present)."""
+def make_sources(n: int, root: Path, seed: int, sides: tuple[int, int] = (300, 3000)) -> dict:
+    """``n`` JPEGs (each side within ``sides``) under ``root/files`` and a CXR-LT label CSV (random labels)."""
     files = root / "files"
     files.mkdir(parents=True)
-    tasks = [(i, seed, str(files / f"img{i:07d}.jpg")) for i in range(n)]
+    tasks = [(i, seed, str(files / f"img{i:07d}.jpg"), *sides) for i in range(n)]
     start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(os.cpu_count() or 1) as pool:
         shapes = pool.map(_make_one, tasks, chunksize=16)
@@ -108,13 +102,8 @@ def timed_prepare(root: Path, rows: int, size: int, workers: int) -> dict:
     out = root / f"out_{rows}_{workers}"
     load_before = os.getloadavg()[0]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(labels), str(root), str(out), str(size), str(workers)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    argv = [sys.executable, "-c", _CHILD, str(labels), str(root), str(out), str(size), str(workers)]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise SystemExit(f"prepare failed ({rows} rows, {workers} workers): {done.stderr[-2000:]}")
     figures = json.loads(done.stdout.strip().splitlines()[-1])
@@ -134,6 +123,29 @@ def timed_prepare(root: Path, rows: int, size: int, workers: int) -> dict:
     }
 
 
+def _growth(small: dict | None, large: dict | None) -> tuple[float | None, int | None]:
+    """(KiB of parent peak RSS per extra row, the peak extrapolated to 377,110 rows) between two runs."""
+    if not small or not large or large["rows"] <= small["rows"]:
+        return None, None
+    kib = (large["parent_peak_rss_mib"] - small["parent_peak_rss_mib"]) * 1024 / (large["rows"] - small["rows"])
+    return round(kib, 2), round(large["parent_peak_rss_mib"] + kib * (MIMIC_IMAGES - large["rows"]) / 1024)
+
+
+def _rows_check(root: Path, args: argparse.Namespace) -> dict:
+    """Peak RSS of the parent at N/4 and N rows of 64 px sources: decoding is cheap, so rows dominate."""
+    make_sources(args.rows_check, root, args.seed, sides=(64, 64))
+    quarter = timed_prepare(root, args.rows_check // 4, args.size, 1)
+    full = timed_prepare(root, args.rows_check, args.size, 1)
+    growth, extrapolated = _growth(quarter, full)
+    return {
+        "rows": [quarter["rows"], full["rows"]],
+        "parent_peak_rss_mib": [quarter["parent_peak_rss_mib"], full["parent_peak_rss_mib"]],
+        "growth_kib_per_row": growth,
+        "parent_peak_rss_mib_extrapolated_to_377110_rows": extrapolated,
+        "what_grows": "the label table and pandas' copies of it; the cache streams (tests/test_prepare_resume.py)",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=50_000, help="synthetic source JPEGs (the issue asks >= 50,000)")
@@ -143,6 +155,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=None, help="where the sources go (default: a temporary folder)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures (with provenance) here")
     parser.add_argument("--note", default="", help="a sentence stored with the figures (e.g. the machine's state)")
+    parser.add_argument("--rows-check", type=int, default=24_000, help="rows of 64 px sources (0: skip that check)")
     args = parser.parse_args()
     if args.n < 64 or min(args.workers) < 1:
         raise SystemExit("error: --n must be >= 64 and every --workers >= 1")
@@ -157,14 +170,12 @@ def main() -> None:
             print(runs[-1], flush=True)
         flat = timed_prepare(root, max(64, args.n // 4), args.size, 1)
         print(flat, flush=True)
+        rows_check = _rows_check(root / "tiny", args) if args.rows_check else None
+        print(rows_check, flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     one = next((r for r in runs if r["workers"] == 1), None)
-    growth = (
-        (one["parent_peak_rss_mib"] - flat["parent_peak_rss_mib"]) * 1024 / (one["rows"] - flat["rows"])
-        if one and one["rows"] > flat["rows"]
-        else None
-    )
+    growth, extrapolated = _growth(flat, one)
     figures = {
         "note": args.note,
         "sources": sources,
@@ -175,21 +186,16 @@ def main() -> None:
             "parent_peak_rss_ratio_full_vs_quarter": (
                 round(one["parent_peak_rss_mib"] / flat["parent_peak_rss_mib"], 3) if one else None
             ),
-            # what grows is the label table (about 50 columns a row, and pandas' copies of it), not the cache:
-            # tests/test_prepare_resume.py checks that caching itself does not grow with the rows
-            "parent_peak_rss_growth_kib_per_row": round(growth, 2) if growth is not None else None,
-            "parent_peak_rss_mib_extrapolated_to_377110_rows": (
-                round(one["parent_peak_rss_mib"] + growth * (MIMIC_IMAGES - one["rows"]) / 1024)
-                if growth is not None
-                else None
-            ),
+            "parent_peak_rss_growth_kib_per_row": growth,  # the label table grows, not the cache (see memory_vs_rows)
+            "parent_peak_rss_mib_extrapolated_to_377110_rows": extrapolated,
         },
+        "memory_vs_rows": rows_check,
         "extrapolation": {
             "images": MIMIC_IMAGES,
             "hours_by_workers": {str(r["workers"]): r["hours_for_377110_images"] for r in runs},
-            "assumes": "the measured images/s holds over 377,110 rows (memory is flat in rows) and MIMIC films "
-            "decode like this mix; MIMIC-CXR-JPG files are larger (~7.6 MP vs this mix's mean), so scale the "
-            "hours by their decode cost before planning",
+            "assumes": "the measured images/s holds over 377,110 rows (the cache streams; the label table grows, see "
+            "memory_vs_rows) and MIMIC films decode like this mix; MIMIC-CXR-JPG files are larger (~7-8 MP vs "
+            "mean_megapixels here), so scale the hours by their decode cost before planning",
         },
     }
     if args.json:
