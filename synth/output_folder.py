@@ -28,6 +28,7 @@ from typing import Callable, Iterator, Optional
 
 from synth.errors import UserError
 from synth.io import make_readable_tempdir
+from synth.model_card import CARD_NAME, GRID_NAME
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,8 @@ PHANTOM = OutputKind(
 FILTER = OutputKind(
     "synth filter",
     "summary.json",
-    ("summary.json", "summary.csv", "kept.csv", "rejected.csv", "scores.csv"),
+    # and its model card with the grid of kept images (synth.model_card)
+    ("summary.json", "summary.csv", "kept.csv", "rejected.csv", "scores.csv", CARD_NAME, GRID_NAME),
     ("classes", "near_copy", "verifier"),
 )
 EVALUATE = OutputKind(
