@@ -50,6 +50,8 @@ def check_paths(cfg: AblationConfig) -> None:
     if cfg.needs_synthetic:
         needed.append(("oracle.config", cfg.oracle.config, "see configs/filter/oracle-64px.yaml or remove the key"))
     for i, ext in enumerate(cfg.evaluation.external):
+        if ext.phantom is not None:  # rendered by the ablation itself: no file to find
+            continue
         needed.append(
             (f"evaluation.external[{i}].manifest", ext.manifest, "prepare it with `synth prepare --split test`")
         )

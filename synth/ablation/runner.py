@@ -31,6 +31,7 @@ the main process writes markers, probabilities, results and the report.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -60,8 +61,7 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
 
     state = process_state()
     log = log or _rich_log(state.is_main_process)
-    check_paths(cfg)
-    externals = read_external_sets(cfg)
+    check_paths(cfg)  # prepared external sets included: read once there, once below for their rows
     started = time.time()
     timer = _Timings()
     steps = {s.name: s for s in plan(cfg)}
@@ -70,8 +70,7 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
     classes = annotated_classes(real[real["split"] == "train"])
     test = real[real["split"] == cfg.evaluation.split].reset_index(drop=True)
     heldout = _heldout_set(cfg, steps, log, timer)
-    if any(ext.phantom is not None for ext in cfg.evaluation.external):
-        externals = read_external_sets(cfg, _rendered_external_sets(cfg, steps, log, timer))
+    externals = read_external_sets(cfg, _rendered_external_sets(cfg, steps, log, timer))
     for ext in externals:
         check_external_classes(ext, classes)
     resampling = stages.resample_plan(cfg, real, classes) if any(a.resample for a in cfg.run_arms) else None
@@ -147,7 +146,7 @@ def _rendered_external_sets(
     rendered = {}
     for ext in cfg.evaluation.external:
         if ext.phantom is not None:
-            work = lambda out, cohort=ext.phantom: stages.prepare_phantom_external(cfg, cohort, out)  # noqa: E731
+            work = functools.partial(stages.prepare_phantom_external, cfg, ext.phantom)
             rendered[ext.name] = Path(_cached(steps[external_step(ext.name)], log, work, main_only=True, timer=timer))
     return rendered
 
