@@ -1,7 +1,8 @@
 """``synth prepare`` at scale: images/s per worker count, peak memory, and what 377,110 images would take.
 
 Sources: N synthetic grayscale JPEGs, each side 300-3,000 px (MIMIC-CXR-JPG: ~2,500 x 3,000), smooth content plus
-grain so compressed sizes and decode costs are those of films, not of noise; written once (then in the page cache).
+grain so compressed sizes and decode costs are those of films. ``--distinct D`` renders D films, the rest are byte
+copies (decode cost does not depend on another file holding the same bytes; 50,000 films take an hour on 2 cores).
 Each timed run is one fresh process calling the public :func:`synth.prepare.prepare_dataset`, so its peak RSS is
 its own (parent and largest decode worker). Runs at a quarter of the rows, and on 64 px sources at N/4 and N rows
 (``--rows-check``), show how the parent's memory grows with rows. The load average is recorded with every figure.
@@ -62,14 +63,17 @@ def _make_one(task: tuple[int, int, str, int, int]) -> tuple[int, int, int]:
     return w, h, os.path.getsize(path)
 
 
-def make_sources(n: int, root: Path, seed: int, sides: tuple[int, int] = (300, 3000)) -> dict:
-    """``n`` JPEGs (each side within ``sides``) under ``root/files`` and a CXR-LT label CSV (random labels)."""
+def make_sources(n: int, root: Path, seed: int, sides: tuple[int, int] = (300, 3000), distinct: int = 0) -> dict:
+    """``n`` JPEGs (sides within ``sides``; file i a copy of film i mod ``distinct``) and a random CXR-LT label CSV."""
     files = root / "files"
     files.mkdir(parents=True)
-    tasks = [(i, seed, str(files / f"img{i:07d}.jpg"), *sides) for i in range(n)]
+    rendered = min(n, distinct) if distinct > 0 else n
+    tasks = [(i, seed, str(files / f"img{i:07d}.jpg"), *sides) for i in range(rendered)]
     start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(os.cpu_count() or 1) as pool:
         shapes = pool.map(_make_one, tasks, chunksize=16)
+    [shutil.copyfile(files / f"img{i % rendered:07d}.jpg", files / f"img{i:07d}.jpg") for i in range(rendered, n)]
+    shapes = [shapes[i % rendered] for i in range(n)]
     rng = np.random.default_rng(seed)
     labels = (rng.random((n, len(CXR_LT_CLASSES))) < 0.15).astype(int)
     df = pd.DataFrame(labels, columns=list(CXR_LT_CLASSES))
@@ -86,6 +90,7 @@ def make_sources(n: int, root: Path, seed: int, sides: tuple[int, int] = (300, 3
     pixels = np.array([w * h for w, h, _ in shapes], dtype=np.float64)
     return {
         "images": n,
+        "distinct_films": rendered,
         "seconds_to_make": round(time.perf_counter() - start, 1),
         "side_px_range": [int(min(min(s[:2]) for s in shapes)), int(max(max(s[:2]) for s in shapes))],
         "mean_megapixels": round(float(pixels.mean()) / 1e6, 3),
@@ -104,7 +109,7 @@ def timed_prepare(root: Path, rows: int, size: int, workers: int) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     argv = [sys.executable, "-c", _CHILD, str(labels), str(root), str(out), str(size), str(workers)]
     done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-    if done.returncode != 0:
+    if done.returncode:
         raise SystemExit(f"prepare failed ({rows} rows, {workers} workers): {done.stderr[-2000:]}")
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     shutil.rmtree(out)
@@ -137,12 +142,11 @@ def _rows_check(root: Path, args: argparse.Namespace) -> dict:
     quarter = timed_prepare(root, args.rows_check // 4, args.size, 1)
     full = timed_prepare(root, args.rows_check, args.size, 1)
     growth, extrapolated = _growth(quarter, full)
-    return {
+    return {  # what grows: the label table and pandas' copies of it; the cache streams (tests/test_prepare_resume.py)
         "rows": [quarter["rows"], full["rows"]],
         "parent_peak_rss_mib": [quarter["parent_peak_rss_mib"], full["parent_peak_rss_mib"]],
         "growth_kib_per_row": growth,
         "parent_peak_rss_mib_extrapolated_to_377110_rows": extrapolated,
-        "what_grows": "the label table and pandas' copies of it; the cache streams (tests/test_prepare_resume.py)",
     }
 
 
@@ -151,40 +155,36 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=50_000, help="synthetic source JPEGs (the issue asks >= 50,000)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="decode processes to time")
     parser.add_argument("--size", type=int, default=256, help="cache resolution")
+    parser.add_argument("--distinct", type=int, default=0, help="films rendered; the rest are byte copies (0: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", type=Path, default=None, help="where the sources go (default: a temporary folder)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures (with provenance) here")
-    parser.add_argument("--note", default="", help="a sentence stored with the figures (e.g. the machine's state)")
+    parser.add_argument("--note", default="", help="a sentence stored with the figures")
     parser.add_argument("--rows-check", type=int, default=24_000, help="rows of 64 px sources (0: skip that check)")
     args = parser.parse_args()
     if args.n < 64 or min(args.workers) < 1:
         raise SystemExit("error: --n must be >= 64 and every --workers >= 1")
-
     root = Path(tempfile.mkdtemp(prefix="prepare_scale.", dir=args.root))
     try:
-        sources = make_sources(args.n, root, args.seed)
+        sources = make_sources(args.n, root, args.seed, distinct=args.distinct)
         print(f"sources: {sources}", flush=True)
-        runs = []
-        for workers in args.workers:
-            runs.append(timed_prepare(root, args.n, args.size, workers))
-            print(runs[-1], flush=True)
-        flat = timed_prepare(root, max(64, args.n // 4), args.size, 1)
-        print(flat, flush=True)
+        runs = [timed_prepare(root, args.n, args.size, workers) for workers in args.workers]
+        print(runs, flush=True)
+        flat = timed_prepare(root, max(64, args.n // 4), args.size, args.workers[0])
         rows_check = _rows_check(root / "tiny", args) if args.rows_check else None
-        print(rows_check, flush=True)
+        print(flat, rows_check, flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    one = next((r for r in runs if r["workers"] == 1), None)
-    growth, extrapolated = _growth(flat, one)
+    one, (growth, extrapolated) = runs[0], _growth(flat, runs[0])  # full and quarter runs: the same workers
     figures = {
         "note": args.note,
         "sources": sources,
         "cache_size_px": args.size,
         "runs": runs,
         "memory_flat_check": {
-            "quarter_rows_workers_1": flat,
-            "parent_peak_rss_ratio_full_vs_quarter": (
-                round(one["parent_peak_rss_mib"] / flat["parent_peak_rss_mib"], 3) if one else None
+            "quarter_rows": flat,
+            "parent_peak_rss_ratio_full_vs_quarter": round(
+                one["parent_peak_rss_mib"] / flat["parent_peak_rss_mib"], 2
             ),
             "parent_peak_rss_growth_kib_per_row": growth,  # the label table grows, not the cache (see memory_vs_rows)
             "parent_peak_rss_mib_extrapolated_to_377110_rows": extrapolated,

@@ -128,3 +128,54 @@ def test_readme_stays_short_and_keeps_its_two_commands():
     assert len(readme) <= 250
     assert "pip install torch==2.14.1 torchvision==0.29.1 -e . && synth demo" in readme
     assert "pip install torch==2.14.1 torchvision==0.29.1 -e '.[dev]' && python -m pytest -q" in readme
+
+
+def _store_with_evidence(tmp_path: Path, tail_positives: int) -> Path:
+    """The toy run with the evidence rule applied: every tail class has ``tail_positives`` test positives."""
+    from synth.ablation.evidence import evidence_section
+
+    src = _results_file(tmp_path)
+    results = json.loads(src.read_text())
+    positives = {c: (tail_positives if g == "tail" else 40) for c, g in results["groups"].items()}
+    results["evidence"] = evidence_section(results["groups"], positives, 10, 0.005)
+    src.write_text(json.dumps(results))
+    store = tmp_path / "runs.csv"
+    append_rows(store, run_rows(results))
+    return store
+
+
+def _rendered_table(tmp_path: Path, store: Path) -> str:
+    doc = tmp_path / "repo" / "README.md"
+    doc.parent.mkdir(exist_ok=True)
+    doc.write_text("<!-- results-table ablation=toy commit=abc1234 -->\n<!-- /results-table -->\n")
+    update_docs([doc], read_store(store), "runs.csv", check=False)
+    return doc.read_text()
+
+
+def test_a_group_the_evidence_rule_does_not_judge_gets_no_delta_in_the_store_tables(tmp_path: Path):
+    """The NIH sample's table printed "+0.043 [+0.029, +0.138]" for a tail of one test positive: the store keeps
+    the all-class Δ (a number measured) but its tables say "not judged", as the report does."""
+    store = _store_with_evidence(tmp_path, tail_positives=3)
+    tail = next(r for r in read_store(store) if r["arm"] == "synthetic_filtered" and r["group"] == "tail")
+    assert tail["judged"].startswith("0/") and tail["verdict"] == "not judged" and tail["d_verdict"] == ""
+    assert tail["d_real_only"] != ""  # measured, stored, not shown as a verdict
+    text = _rendered_table(tmp_path, store)
+    row = next(line for line in text.splitlines() if line.startswith("| synthetic_filtered |"))
+    assert row.count("not judged") == 2 and f"{float(tail['d_real_only']):+.3f}" not in row
+    assert ", tail 0 of " in text
+
+
+def test_a_judged_tail_carries_the_reports_verdict_into_the_store_tables(tmp_path: Path):
+    store = _store_with_evidence(tmp_path, tail_positives=40)
+    rows = read_store(store)
+    tail = next(r for r in rows if r["arm"] == "synthetic_filtered" and r["group"] == "tail")
+    n_tail = int(tail["judged"].split("/")[1])
+    assert tail["judged"] == f"{n_tail}/{n_tail}" and tail["verdict_classes"] == str(n_tail)
+    assert tail["verdict"] == "helps" and tail["verdict_against"] == "real_only"  # the fixture gains +0.08
+    assert tail["d_verdict"] == tail["d_real_only"]
+    base = next(r for r in rows if r["arm"] == "real_only" and r["group"] == "tail")
+    assert base["verdict"] == "" and base["judged"] == tail["judged"]
+    row = next(
+        line for line in _rendered_table(tmp_path, store).splitlines() if line.startswith("| synthetic_filtered |")
+    )
+    assert row.endswith("| helps vs real only |") and "not judged" not in row

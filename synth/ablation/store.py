@@ -19,7 +19,16 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
-from synth.ablation.results import GROUPS, group_estimate, paired_estimate, paired_vs_resampled, validate_results
+from synth.ablation.evidence import VERDICT_GROUPS, Evidence, evidence_of, verdict_word
+from synth.ablation.results import (
+    GROUPS,
+    group_estimate,
+    paired_estimate,
+    paired_vs_resampled,
+    validate_results,
+    verdict_tail,
+    vs_verdict_baseline,
+)
 from synth.errors import UserError
 from synth.hashing import hex_hash
 from synth.io import atomic_path
@@ -54,6 +63,13 @@ COLUMNS: tuple[str, ...] = (
     "d_real_resampled_lo",
     "d_real_resampled_hi",
     "p_real_resampled",
+    "judged",
+    "verdict",
+    "verdict_against",
+    "verdict_classes",
+    "d_verdict",
+    "d_verdict_lo",
+    "d_verdict_hi",
     "generator_seed",
     "classifier_seeds",
     "stage_seconds",
@@ -103,6 +119,42 @@ def _generator_seed(config: dict[str, Any]) -> str:
     return ""
 
 
+#: the store's words for :func:`synth.ablation.evidence.verdict_word` (None: a degenerate bootstrap)
+_VERDICTS = {"helps": "helps", "hurts": "hurts", "shows no clear effect on": "no clear effect", None: "no verdict"}
+
+
+def _verdict_cells(results: dict[str, Any], arm: dict[str, Any], group: str, evidence: Evidence) -> dict[str, str]:
+    """The evidence rule's reading of one arm and group, as the report states it: how many of the group's classes
+    are judged (``judged`` = "k/n"), the verdict word, the arm it is against, and the Δ it stands on (over the
+    judged classes only). Why in the store: a table that printed the all-class Δ of a group the rule does not
+    judge (the NIH sample's one-positive tail) would claim what the report refuses to. ``verdict_classes``: the
+    classes the Δ averages, more than the judged ones only for results.json written before the rule (no per-class
+    bootstrap over the judged classes was stored, so the report's Δ is over every class with a positive)."""
+    keys = ("judged", "verdict", "verdict_against", "verdict_classes", "d_verdict", "d_verdict_lo", "d_verdict_hi")
+    cells = dict.fromkeys(keys, "")
+    ev = evidence.groups.get(group)
+    if ev is None or group not in VERDICT_GROUPS:
+        return cells
+    cells["judged"] = f"{len(ev.judged)}/{ev.n_classes}"
+    if arm["name"] == results["baseline"]:
+        return cells
+    judged_paired = arm.get("judged_paired") or {}
+    if judged_paired.get("groups", {}).get(group) is not None:
+        against, averaged = str(judged_paired.get("against") or ""), len(ev.judged)
+    else:
+        against = RESAMPLED if vs_verdict_baseline(results, arm) else str(results["baseline"])
+        averaged = len(ev.judged) + sum(n > 0 for n in ev.not_judged.values())
+    cells["verdict_against"] = against
+    if not ev.is_judged:
+        cells["verdict"] = "not judged"
+        return cells
+    est = verdict_tail(results, arm, group)
+    cells["verdict_classes"] = str(averaged)
+    cells["verdict"] = _VERDICTS[verdict_word(est.mean, est.ci, est.degenerate, evidence.min_effect)]
+    cells.update(d_verdict=_cell(est.mean), d_verdict_lo=_cell(est.ci[0]), d_verdict_hi=_cell(est.ci[1]))
+    return cells
+
+
 def run_rows(results: dict[str, Any], source: str = "") -> list[dict[str, str]]:
     """The store's rows for one results.json: one per arm and group (overall, head, medium, tail)."""
     validate_results(results, source or "results.json")
@@ -124,6 +176,7 @@ def run_rows(results: dict[str, Any], source: str = "") -> list[dict[str, str]]:
         "stage_seconds": _stage_seconds(results),
         "source": source,
     }
+    evidence = evidence_of(results)
     rows = []
     for arm in results["arms"]:
         base = arm["name"] == results["baseline"]
@@ -138,6 +191,7 @@ def run_rows(results: dict[str, Any], source: str = "") -> list[dict[str, str]]:
                 row[f"d_{key}_lo"] = _cell(e.ci[0] if e else None)
                 row[f"d_{key}_hi"] = _cell(e.ci[1] if e else None)
                 row[f"p_{key}"] = _cell(e.p if e else None)
+            row.update(_verdict_cells(results, arm, group, evidence))
             rows.append(row)
     return rows
 

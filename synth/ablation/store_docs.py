@@ -53,10 +53,47 @@ def _f(cell: str, fmt: str = "{:.3f}") -> str:
     return fmt.format(float(cell)) if cell else "–"
 
 
+def _not_judged(row: dict[str, str]) -> bool:
+    """The evidence rule judges none of the group's classes ("0/n"; stores written before the rule: never)."""
+    return (row.get("judged") or "").startswith("0/")
+
+
 def _delta(row: dict[str, str], key: str) -> str:
+    if _not_judged(row) and row.get(f"d_{key}"):
+        return "not judged"
     if not row.get(f"d_{key}"):
         return "–"
     return f"{float(row[f'd_{key}']):+.3f} [{float(row[f'd_{key}_lo']):+.3f}, {float(row[f'd_{key}_hi']):+.3f}]"
+
+
+_AGAINST = {"real_resampled": "re-sampling", "real_only": "real only"}
+
+
+def _verdict(row: dict[str, str]) -> str:
+    """The tail verdict cell: the evidence rule's word, against which arm (empty for the baseline)."""
+    word = row.get("verdict") or ""
+    if not word or word == "not judged":
+        return word or "–"
+    return f"{word} vs {_AGAINST.get(row.get('verdict_against') or '', row.get('verdict_against') or '?')}"
+
+
+def _evidence_line(rows: list[dict[str, str]]) -> str:
+    """Which groups the verdicts stand on: judged classes per group (the rule: evaluation.min_test_positives)."""
+    judged = {r["group"]: r.get("judged") for r in rows if r.get("judged")}
+    averaged = {r["group"]: r.get("verdict_classes") for r in rows if r.get("verdict_classes")}
+    if not judged:
+        return "Evidence rule: not recorded for this run (stored before the rule existed)."
+    parts = []
+    for g in (g for g in ("head", "medium", "tail") if g in judged):
+        wider = averaged.get(g) not in (None, judged[g].split("/")[0])
+        note = f" (its Δ over {averaged[g]}: the run predates the rule's per-class bootstrap)" if wider else ""
+        parts.append(f"{g} {judged[g].replace('/', ' of ')}{note}")
+    return (
+        "Classes judged by the evidence rule (enough test positives; synth/ablation/evidence.py): "
+        + ", ".join(parts)
+        + ". A group judged on none shows no Δ; the tail verdict is the report's (interval excludes 0 and "
+        "|Δ| ≥ the minimum effect, over the judged classes)."
+    )
 
 
 def _stage_minutes(cell: str) -> str:
@@ -77,15 +114,17 @@ def render_block(rows: list[dict[str, str]], store_name: str) -> str:
         f"{_stage_minutes(first['stage_seconds'])}). Generated from `{store_name}` by `synth results docs`.",
         "",
         "| Arm | head mAP | medium mAP | tail mAP | tail Δ vs real only | tail Δ vs real re-sampled "
-        "| head Δ vs real only |",
-        "|---|---|---|---|---|---|---|",
+        "| head Δ vs real only | tail verdict |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for groups in by_arm.values():
         head, medium, tail = groups["head"], groups["medium"], groups["tail"]
         lines.append(
             f"| {tail['label']} | {_f(head['map'])} | {_f(medium['map'])} | {_f(tail['map'])} | "
-            f"{_delta(tail, 'real_only')} | {_delta(tail, 'real_resampled')} | {_delta(head, 'real_only')} |"
+            f"{_delta(tail, 'real_only')} | {_delta(tail, 'real_resampled')} | {_delta(head, 'real_only')} | "
+            f"{_verdict(tail)} |"
         )
+    lines += ["", _evidence_line(rows)]
     return "\n".join(lines) + "\n"
 
 
