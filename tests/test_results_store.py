@@ -179,3 +179,56 @@ def test_a_judged_tail_carries_the_reports_verdict_into_the_store_tables(tmp_pat
         line for line in _rendered_table(tmp_path, store).splitlines() if line.startswith("| synthetic_filtered |")
     )
     assert row.endswith("| helps vs real only |") and "not judged" not in row
+
+
+def test_quoted_figures_in_prose_are_rendered_from_the_store_and_checked(tmp_path: Path):
+    """A figure quoted in prose between markers is rewritten from the store (a Δ with its interval, a p, a per-class
+    ΔAP from the run's results.json); a hand edit fails --check naming the quote."""
+    from synth.ablation.results import arm_by_name, per_class_mean
+
+    store = tmp_path / "runs.csv"
+    src = _results_file(tmp_path)
+    CliRunner().invoke(app, ["results", "import", str(src), "--store", str(store)])
+    results = json.loads(src.read_text())
+    cls = next(c for c, g in results["groups"].items() if g == "tail")
+    doc = tmp_path / "repo" / "docs" / "results.md"
+    doc.parent.mkdir(parents=True)
+    doc.write_text(
+        "<!--q-run toy@abc1234-->\n"
+        "tail <!--q synthetic_filtered tail map-->0.000<!--/q--> "
+        "(<!--q synthetic_filtered tail d_real_only-->+9.999 [+9.999, +9.999]<!--/q-->, "
+        "p <!--q synthetic_filtered tail p_real_only-->1<!--/q-->); "
+        "the mean alone <!--q synthetic_filtered tail d_real_only:mean-->0<!--/q-->; "
+        f'{cls} <!--q class synthetic_filtered "{cls}"-->0<!--/q-->\n'
+    )
+    args = ["results", "docs", "--store", str(store), "--repo", str(doc.parents[1])]
+    done = CliRunner().invoke(app, [*args, "--check"])
+    assert done.exit_code == 1 and done.output.count("out of date: results.md: quote") == 5, done.output
+    assert CliRunner().invoke(app, args).exit_code == 0
+    tail = next(r for r in read_store(store) if r["arm"] == "synthetic_filtered" and r["group"] == "tail")
+    text = doc.read_text()
+    d, lo, hi = (float(tail[k]) for k in ("d_real_only", "d_real_only_lo", "d_real_only_hi"))
+    sign = lambda v: f"{v:+.3f}".replace("-", "−")  # noqa: E731 — the prose's minus sign
+    assert f"-->{float(tail['map']):.3f}<!--/q-->" in text
+    assert f"-->{sign(d)} [{sign(lo)}, {sign(hi)}]<!--/q-->" in text and f":mean-->{sign(d)}<!--/q-->" in text
+    delta = per_class_mean(arm_by_name(results, "synthetic_filtered"), cls, "ap") - per_class_mean(
+        arm_by_name(results, "real_only"), cls, "ap"
+    )
+    assert f'"{cls}"-->{sign(delta)}<!--/q-->' in text
+    assert CliRunner().invoke(app, [*args, "--check"]).exit_code == 0
+
+
+def test_a_quote_naming_what_the_store_lacks_is_one_error_line(tmp_path: Path):
+    store = tmp_path / "runs.csv"
+    CliRunner().invoke(app, ["results", "import", str(_results_file(tmp_path)), "--store", str(store)])
+    doc = tmp_path / "repo" / "README.md"
+    doc.parent.mkdir()
+    for quote, says in (
+        ("<!--q-run toy@abc1234--><!--q no_such_arm tail map-->1<!--/q-->", "no row for arm 'no_such_arm'"),
+        ("<!--q synthetic_filtered tail map-->1<!--/q-->", "no run named"),
+        ("<!--q toy@abc1234 real_only tail d_real_only-->1<!--/q-->", "is empty in the store"),
+    ):
+        doc.write_text(quote + "\n")
+        done = CliRunner().invoke(app, ["results", "docs", "--store", str(store), "--repo", str(doc.parent)])
+        assert done.exit_code != 0 and says in done.output, done.output
+        assert doc.read_text() == quote + "\n"  # nothing written

@@ -135,9 +135,16 @@ def doc_files(repo: Path) -> list[Path]:
     return files
 
 
-def update_docs(files: list[Path], store: list[dict[str, str]], store_name: str, check: bool) -> list[str]:
-    """Re-render every marked block; with ``check`` write nothing. Returns ``file: run`` for each block that was
-    (or, with ``check``, would be) changed."""
+def update_docs(
+    files: list[Path], store: list[dict[str, str]], store_name: str, check: bool, repo: Path | None = None
+) -> list[str]:
+    """Re-render every marked block and quoted figure (:mod:`synth.ablation.store_quotes`; a run's results.json is
+    found from ``repo``, default this repository); with ``check`` write nothing. Returns ``file: what`` for each
+    block or quote that was (or, with ``check``, would be) changed."""
+    from synth.ablation.store import REPO
+    from synth.ablation.store_quotes import QuoteSource, render_quotes
+
+    quotes = QuoteSource(store, repo or REPO)
     changed: list[str] = []
     for path in files:
         text = path.read_text()
@@ -149,7 +156,8 @@ def update_docs(files: list[Path], store: list[dict[str, str]], store_name: str,
                 changed.append(where)
             return match.group(1) + body + match.group(4)
 
-        new = BLOCK.sub(render, text)
+        new, quoted = render_quotes(BLOCK.sub(render, text), quotes, path.name)
+        changed += quoted
         if new != text and not check:
             write_text_atomic(path, new)
     return changed

@@ -30,10 +30,12 @@ def import_command(
 
 def docs_command(
     store: StoreOption = None,
-    check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 if a table differs from the store."),
+    check: bool = typer.Option(
+        False, "--check", help="Write nothing; exit 1 if a table or quoted figure differs from the store."
+    ),
     repo: Path = typer.Option(None, "--repo", help="Repository whose README.md and docs/*.md to update."),
 ) -> None:
-    """Regenerate the marked tables in README.md and docs/*.md from the results store."""
+    """Regenerate the marked tables and quoted figures in README.md and docs/*.md from the results store."""
     from synth.ablation.store import REPO, REPO_STORE, read_store
     from synth.ablation.store_docs import doc_files, update_docs
 
@@ -42,14 +44,17 @@ def docs_command(
         name = str(store.resolve().relative_to(repo.resolve()))
     except ValueError:
         name = str(store)
-    changed = update_docs(doc_files(repo), read_store(store), name, check=check)
+    changed = update_docs(doc_files(repo), read_store(store), name, check=check, repo=repo)
     for where in changed:
         typer.echo(f"{'out of date' if check else 'updated'}: {where}")
     if check and changed:
-        typer.echo("error: tables differ from the results store; `synth results docs` regenerates them", err=True)
+        typer.echo(
+            "error: tables or quoted figures differ from the results store; `synth results docs` regenerates them",
+            err=True,
+        )
         raise typer.Exit(1)
     if not changed:
-        typer.echo("every table matches the results store")
+        typer.echo("every table and quoted figure matches the results store")
 
 
 def register(app: typer.Typer) -> None:
