@@ -198,12 +198,13 @@ def test_quoted_figures_in_prose_are_rendered_from_the_store_and_checked(tmp_pat
         "tail <!--q synthetic_filtered tail map-->0.000<!--/q--> "
         "(<!--q synthetic_filtered tail d_real_only-->+9.999 [+9.999, +9.999]<!--/q-->, "
         "p <!--q synthetic_filtered tail p_real_only-->1<!--/q-->); "
-        "the mean alone <!--q synthetic_filtered tail d_real_only:mean-->0<!--/q-->; "
+        "the mean alone <!--q synthetic_filtered tail d_real_only:mean-->0<!--/q-->, "
+        "unsigned <!--q synthetic_filtered tail d_real_only:abs-->0<!--/q-->; "
         f'{cls} <!--q class synthetic_filtered "{cls}"-->0<!--/q-->\n'
     )
     args = ["results", "docs", "--store", str(store), "--repo", str(doc.parents[1])]
     done = CliRunner().invoke(app, [*args, "--check"])
-    assert done.exit_code == 1 and done.output.count("out of date: results.md: quote") == 5, done.output
+    assert done.exit_code == 1 and done.output.count("out of date: results.md: quote") == 6, done.output
     assert CliRunner().invoke(app, args).exit_code == 0
     tail = next(r for r in read_store(store) if r["arm"] == "synthetic_filtered" and r["group"] == "tail")
     text = doc.read_text()
@@ -211,6 +212,7 @@ def test_quoted_figures_in_prose_are_rendered_from_the_store_and_checked(tmp_pat
     sign = lambda v: f"{v:+.3f}".replace("-", "−")  # noqa: E731 — the prose's minus sign
     assert f"-->{float(tail['map']):.3f}<!--/q-->" in text
     assert f"-->{sign(d)} [{sign(lo)}, {sign(hi)}]<!--/q-->" in text and f":mean-->{sign(d)}<!--/q-->" in text
+    assert f":abs-->{abs(d):.3f}<!--/q-->" in text
     delta = per_class_mean(arm_by_name(results, "synthetic_filtered"), cls, "ap") - per_class_mean(
         arm_by_name(results, "real_only"), cls, "ap"
     )

@@ -15,7 +15,8 @@ What a quote reads:
 
 * ``ARM GROUP FIELD[:PART]``: a store cell of the run (:data:`synth.ablation.store.COLUMNS`). ``map`` prints
   ``0.302``; a Δ field (``d_real_only``, ``d_real_resampled``, ``d_verdict``) prints ``+0.002 [−0.010, +0.016]``,
-  or its ``:mean`` / ``:lo`` / ``:hi`` alone; a p field prints ``0.77`` or ``< 0.001``.
+  or its ``:mean`` / ``:lo`` / ``:hi`` alone (``:abs``: the mean without its sign, for "0.048 below"); a p field
+  prints ``0.77`` or ``< 0.001``.
 * ``class ARM CLASS [REF]``: the seed-mean per-class AP of ARM minus REF's (default ``real_only``), and
   ``ap ARM CLASS``: ARM's seed-mean AP, both from the run's results.json (the store row's ``source``), as the
   report's per-class table computes them.
@@ -88,9 +89,9 @@ def _store_value(rows: list[dict[str, str]], args: list[str], where: str) -> str
         return "< 0.001" if value < 0.001 else f"{value:.2f}" if value >= 0.01 else f"{value:.3f}"
     if field in DELTA_FIELDS:
         lo, hi = float(row[f"{field}_lo"]), float(row[f"{field}_hi"])
-        parts = {"mean": _signed(value), "lo": _signed(lo), "hi": _signed(hi), "": None}
+        parts = {"mean": _signed(value), "lo": _signed(lo), "hi": _signed(hi), "abs": _plain(abs(value)), "": None}
         if part not in parts:
-            raise UserError(f"{where}: {field}:{part}: the part is one of mean, lo, hi")
+            raise UserError(f"{where}: {field}:{part}: the part is one of mean, lo, hi, abs")
         return parts[part] or f"{_signed(value)} [{_signed(lo)}, {_signed(hi)}]"
     return _signed(value) if field.startswith("d_") else _plain(value)
 
