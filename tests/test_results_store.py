@@ -234,3 +234,40 @@ def test_a_quote_naming_what_the_store_lacks_is_one_error_line(tmp_path: Path):
         done = CliRunner().invoke(app, ["results", "docs", "--store", str(store), "--repo", str(doc.parent)])
         assert done.exit_code != 0 and says in done.output, done.output
         assert doc.read_text() == quote + "\n"  # nothing written
+
+
+def test_json_quotes_read_a_runs_results_or_a_committed_file_by_path(tmp_path: Path):
+    """``json [AGG] PATH[:FORMAT]`` quotes a run's results.json (``*`` over keys, reduced by AGG) and
+    ``file=FILE json ...`` any JSON under the repository; a path that matches nothing or several values unreduced
+    is one error line."""
+    store = tmp_path / "runs.csv"
+    src = _results_file(tmp_path)
+    results = json.loads(src.read_text())
+    results["filter"] = {"classes": {"A": {"n": 1200, "kept": 1000, "ok": True}, "B": {"n": 300, "kept": 0.25}}}
+    src.write_text(json.dumps(results))
+    CliRunner().invoke(app, ["results", "import", str(src), "--store", str(store)])
+    repo = tmp_path / "repo"
+    (repo / "bench").mkdir(parents=True)
+    (repo / "bench" / "x.json").write_text(json.dumps({"runs": [{"rate": 99.24}, {"rate": -0.5}]}))
+    doc = repo / "README.md"
+    args = ["results", "docs", "--store", str(store), "--repo", str(repo)]
+    quotes = (
+        "<!--q-run toy@abc1234-->kept <!--q json sum filter.classes.*.n-->{}<!--/q-->, ",
+        "<!--q json count filter.classes.*.ok-->{}<!--/q--> true, ",
+        "<!--q json filter.classes.B.kept:pct-->{}<!--/q--> %, ",
+        "rate <!--q file=bench/x.json json runs.0.rate:f1-->{}<!--/q-->, ",
+        "<!--q file=bench/x.json json runs.1.rate:s2-->{}<!--/q-->\n",
+    )
+    doc.write_text("".join(q.format("0") for q in quotes))
+    assert CliRunner().invoke(app, args).exit_code == 0
+    expected = ("1,500", "1", "25", "99.2", "−0.50")
+    assert doc.read_text() == "".join(q.format(v) for q, v in zip(quotes, expected))
+    for quote, says in (
+        ("<!--q-run toy@abc1234--><!--q json filter.classes.*.n-->1<!--/q-->", "matches 2 values"),
+        ("<!--q-run toy@abc1234--><!--q json filter.nothing-->1<!--/q-->", "nothing at 'filter.nothing'"),
+        ("<!--q file=bench/missing.json json a-->1<!--/q-->", "bench/missing.json is not at hand"),
+    ):
+        doc.write_text(quote + "\n")
+        done = CliRunner().invoke(app, args)
+        assert done.exit_code != 0 and says in done.output, done.output
+        assert doc.read_text() == quote + "\n"

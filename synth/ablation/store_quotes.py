@@ -21,6 +21,11 @@ What a quote reads:
   ``ap ARM CLASS``: ARM's seed-mean AP, both from the run's results.json (the store row's ``source``), as the
   report's per-class table computes them.
 
+* ``json [AGG] PATH[:FORMAT]``: a value of the run's results.json, or with a first token ``file=FILE`` of any
+  committed JSON (a bench result), by a dotted PATH in which ``*`` matches every key (``filter.classes.*.kept``)
+  and AGG (``sum``, ``count`` of true values, ``min``, ``max``, ``mean``) reduces the matches. FORMAT: ``int``
+  (``2,527``), ``pct`` (a share as a whole percent, ``66``), ``f1``/``f2``/``f3``, ``s2``/``s3`` (signed).
+
 A first token ``ABLATION@COMMIT`` reads another run than the ``q-run`` in force. Negative numbers print with the
 minus sign (U+2212) the prose uses; the tables keep ASCII.
 """
@@ -66,10 +71,16 @@ class QuoteSource:
 
     def results(self, rows: list[dict[str, str]], where: str) -> dict[str, Any]:
         source = rows[0].get("source") or ""
+        if not source:
+            raise UserError(f"{where}: the store records no results.json for this run")
+        return self.document(source, where)
+
+    def document(self, source: str, where: str) -> Any:
+        """A JSON file by its store ``source`` or repository-relative path, read once."""
         path = Path(source) if Path(source).is_absolute() else self.repo / source
         if source not in self._results:
-            if not source or not path.is_file():
-                raise UserError(f"{where}: the run's results.json ({source or 'no source recorded'}) is not at hand")
+            if not path.is_file():
+                raise UserError(f"{where}: {source} is not at hand")
             self._results[source] = json.loads(path.read_text())
         return self._results[source]
 
@@ -117,6 +128,58 @@ def _class_value(results: dict[str, Any], kind: str, args: list[str], where: str
     return _signed(mine - theirs) if ref else _plain(mine)
 
 
+AGGREGATES = {
+    "sum": sum,
+    "count": lambda values: sum(1 for v in values if v),
+    "min": min,
+    "max": max,
+    "mean": lambda values: sum(values) / len(values),
+}
+
+
+def _walk(node: Any, keys: list[str]) -> list[Any]:
+    """Every value at the dotted path ``keys`` below ``node``; ``*`` matches each key (or item) of a level."""
+    if not keys:
+        return [node]
+    key, rest = keys[0], keys[1:]
+    if isinstance(node, dict):
+        children = list(node.values()) if key == "*" else [node[key]] if key in node else []
+    elif isinstance(node, list):
+        children = node if key == "*" else [node[int(key)]] if key.isdigit() and int(key) < len(node) else []
+    else:
+        children = []
+    return [v for child in children for v in _walk(child, rest)]
+
+
+def _format(value: float, fmt: str, where: str) -> str:
+    if fmt == "int" or (not fmt and float(value).is_integer()):
+        return f"{round(value):,}".replace("-", "−")
+    if fmt == "pct":
+        return f"{100 * value:.0f}"
+    if fmt in ("f1", "f2", "f3", ""):
+        return f"{value:.{fmt[1:] or 3}f}".replace("-", "−")
+    if fmt in ("s2", "s3"):
+        return f"{value:+.{fmt[1]}f}".replace("-", "−")
+    raise UserError(f"{where}: format {fmt!r} is one of int, pct, f1, f2, f3, s2, s3")
+
+
+def _json_value(document: Any, args: list[str], where: str) -> str:
+    agg = args.pop(0) if len(args) == 2 and args[0] in AGGREGATES else None
+    if len(args) != 1:
+        raise UserError(f"{where}: a json quote reads `json [sum|count|min|max|mean] PATH[:FORMAT]`")
+    path, _, fmt = args[0].partition(":")
+    values = _walk(document, path.split("."))
+    if not values:
+        raise UserError(f"{where}: nothing at {path!r}")
+    if agg is None and len(values) > 1:
+        raise UserError(f"{where}: {path!r} matches {len(values)} values; name how to reduce them (sum, count, ...)")
+    try:
+        value = AGGREGATES[agg]([float(v) for v in values]) if agg else float(values[0])
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: {path!r} is not a number") from None
+    return _format(value, fmt, where)
+
+
 def render_quotes(text: str, source: QuoteSource, name: str) -> tuple[str, list[str]]:
     """``text`` with every quote re-rendered, and ``name: quote`` for each one whose text changed."""
     changed: list[str] = []
@@ -128,16 +191,29 @@ def render_quotes(text: str, source: QuoteSource, name: str) -> tuple[str, list[
             run = marker["run"]
         where = f"{name}: quote `{match['args']}`"
         args = shlex.split(match["args"])
+        if args and args[0].startswith("file="):
+            if args[1:2] != ["json"]:
+                raise UserError(f"{where}: a file= quote reads `file=FILE json [AGG] PATH[:FORMAT]`")
+            value = _json_value(source.document(args[0][5:], where), args[2:], where)
+            if value != match["body"]:
+                changed.append(where)
+            out += [text[pos : match.start("body")], value]
+            pos = match.end("body")
+            continue
         this_run = args.pop(0) if args and "@" in args[0] else run
         if this_run is None:
             raise UserError(f"{where}: no run named (put <!--q-run ABLATION@COMMIT--> before it)")
         rows = source.run_rows(this_run, where)
-        if args and args[0] in ("class", "ap"):
+        if args and args[0] == "json":
+            value = _json_value(source.results(rows, where), args[1:], where)
+        elif args and args[0] in ("class", "ap"):
             value = _class_value(source.results(rows, where), args[0], args[1:], where)
         elif len(args) == 3:
             value = _store_value(rows, args, where)
         else:
-            raise UserError(f"{where}: a quote reads `ARM GROUP FIELD`, `class ARM CLASS [REF]` or `ap ARM CLASS`")
+            raise UserError(
+                f"{where}: a quote reads `ARM GROUP FIELD`, `class ARM CLASS [REF]`, `ap ARM CLASS` or `json PATH`"
+            )
         if value != match["body"]:
             changed.append(where)
         out += [text[pos : match.start("body")], value]
