@@ -244,6 +244,8 @@ def test_json_quotes_read_a_runs_results_or_a_committed_file_by_path(tmp_path: P
     src = _results_file(tmp_path)
     results = json.loads(src.read_text())
     results["filter"] = {"classes": {"A": {"n": 1200, "kept": 1000, "ok": True}, "B": {"n": 300, "kept": 0.25}}}
+    results["harmed_classes"] = ["Atelectasis", "Edema", "Mass"]
+    results["seconds"] = 3218.8
     src.write_text(json.dumps(results))
     CliRunner().invoke(app, ["results", "import", str(src), "--store", str(store)])
     repo = tmp_path / "repo"
@@ -256,11 +258,12 @@ def test_json_quotes_read_a_runs_results_or_a_committed_file_by_path(tmp_path: P
         "<!--q json count filter.classes.*.ok-->{}<!--/q--> true, ",
         "<!--q json filter.classes.B.kept:pct-->{}<!--/q--> %, ",
         "rate <!--q file=bench/x.json json runs.0.rate:f1-->{}<!--/q-->, ",
-        "<!--q file=bench/x.json json runs.1.rate:s2-->{}<!--/q-->\n",
+        "<!--q file=bench/x.json json runs.1.rate:s2-->{}<!--/q-->, ",
+        "<!--q json count harmed_classes.*-->{}<!--/q--> harmed, <!--q json seconds:min-->{}<!--/q--> min\n",
     )
     doc.write_text("".join(q.format("0") for q in quotes))
     assert CliRunner().invoke(app, args).exit_code == 0
-    expected = ("1,500", "1", "25", "99.2", "−0.50")
+    expected = ("1,500", "1", "25", "99.2", "−0.50", "3", "53.6")
     assert doc.read_text() == "".join(q.format(v) for q, v in zip(quotes, expected))
     for quote, says in (
         ("<!--q-run toy@abc1234--><!--q json filter.classes.*.n-->1<!--/q-->", "matches 2 values"),

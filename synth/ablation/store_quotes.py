@@ -23,8 +23,9 @@ What a quote reads:
 
 * ``json [AGG] PATH[:FORMAT]``: a value of the run's results.json, or with a first token ``file=FILE`` of any
   committed JSON (a bench result), by a dotted PATH in which ``*`` matches every key (``filter.classes.*.kept``)
-  and AGG (``sum``, ``count`` of true values, ``min``, ``max``, ``mean``) reduces the matches. FORMAT: ``int``
-  (``2,527``), ``pct`` (a share as a whole percent, ``66``), ``f1``/``f2``/``f3``, ``s2``/``s3`` (signed).
+  and AGG (``sum``, ``count`` of true values — list items such as class names count —, ``min``, ``max``,
+  ``mean``) reduces the matches. FORMAT: ``int`` (``2,527``), ``pct`` (a share as a whole percent, ``66``),
+  ``min`` (seconds as minutes, ``53.6``), ``f1``/``f2``/``f3``, ``s2``/``s3`` (signed).
 
 A first token ``ABLATION@COMMIT`` reads another run than the ``q-run`` in force. Negative numbers print with the
 minus sign (U+2212) the prose uses; the tables keep ASCII.
@@ -156,11 +157,13 @@ def _format(value: float, fmt: str, where: str) -> str:
         return f"{round(value):,}".replace("-", "−")
     if fmt == "pct":
         return f"{100 * value:.0f}"
+    if fmt == "min":
+        return f"{value / 60:.1f}"
     if fmt in ("f1", "f2", "f3", ""):
         return f"{value:.{fmt[1:] or 3}f}".replace("-", "−")
     if fmt in ("s2", "s3"):
         return f"{value:+.{fmt[1]}f}".replace("-", "−")
-    raise UserError(f"{where}: format {fmt!r} is one of int, pct, f1, f2, f3, s2, s3")
+    raise UserError(f"{where}: format {fmt!r} is one of int, pct, min, f1, f2, f3, s2, s3")
 
 
 def _json_value(document: Any, args: list[str], where: str) -> str:
@@ -174,7 +177,10 @@ def _json_value(document: Any, args: list[str], where: str) -> str:
     if agg is None and len(values) > 1:
         raise UserError(f"{where}: {path!r} matches {len(values)} values; name how to reduce them (sum, count, ...)")
     try:
-        value = AGGREGATES[agg]([float(v) for v in values]) if agg else float(values[0])
+        if agg == "count":  # of true values of any kind: class names in a list count too
+            value = float(sum(1 for v in values if v))
+        else:
+            value = AGGREGATES[agg]([float(v) for v in values]) if agg else float(values[0])
     except (TypeError, ValueError):
         raise UserError(f"{where}: {path!r} is not a number") from None
     return _format(value, fmt, where)
