@@ -259,7 +259,8 @@ def test_json_quotes_read_a_runs_results_or_a_committed_file_by_path(tmp_path: P
         "<!--q json filter.classes.B.kept:pct-->{}<!--/q--> %, ",
         "rate <!--q file=bench/x.json json runs.0.rate:f1-->{}<!--/q-->, ",
         "<!--q file=bench/x.json json runs.1.rate:s2-->{}<!--/q-->, ",
-        "<!--q json count harmed_classes.*-->{}<!--/q--> harmed, <!--q json seconds:min-->{}<!--/q--> min\n",
+        "<!--q json count harmed_classes.*-->{}<!--/q--> harmed, ",
+        "<!--q json seconds:min-->{}<!--/q--> min\n",
     )
     doc.write_text("".join(q.format("0") for q in quotes))
     assert CliRunner().invoke(app, args).exit_code == 0
