@@ -70,9 +70,10 @@ def make_sources(n: int, root: Path, seed: int, sides: tuple[int, int] = (300, 3
     rendered = min(n, distinct) if distinct > 0 else n
     tasks = [(i, seed, str(files / f"img{i:07d}.jpg"), *sides) for i in range(rendered)]
     start = time.perf_counter()
-    with multiprocessing.get_context("spawn").Pool(os.cpu_count() or 1) as pool:
+    with multiprocessing.get_context("spawn").Pool(os.cpu_count() or 1) as pool:  # films in parallel, copies after
         shapes = pool.map(_make_one, tasks, chunksize=16)
-    [shutil.copyfile(files / f"img{i % rendered:07d}.jpg", files / f"img{i:07d}.jpg") for i in range(rendered, n)]
+    for i in range(rendered, n):
+        shutil.copyfile(files / f"img{i % rendered:07d}.jpg", files / f"img{i:07d}.jpg")
     shapes = [shapes[i % rendered] for i in range(n)]
     rng = np.random.default_rng(seed)
     labels = (rng.random((n, len(CXR_LT_CLASSES))) < 0.15).astype(int)
@@ -87,13 +88,12 @@ def make_sources(n: int, root: Path, seed: int, sides: tuple[int, int] = (300, 3
         }
     )
     pd.concat([meta, df], axis=1).to_csv(root / "labels.csv", index=False)
-    pixels = np.array([w * h for w, h, _ in shapes], dtype=np.float64)
     return {
         "images": n,
         "distinct_films": rendered,
         "seconds_to_make": round(time.perf_counter() - start, 1),
         "side_px_range": [int(min(min(s[:2]) for s in shapes)), int(max(max(s[:2]) for s in shapes))],
-        "mean_megapixels": round(float(pixels.mean()) / 1e6, 3),
+        "mean_megapixels": round(float(np.mean([w * h for w, h, _ in shapes])) / 1e6, 3),
         "mean_jpeg_kib": round(float(np.mean([s[2] for s in shapes])) / 1024, 1),
     }
 

@@ -186,6 +186,27 @@ def _json_value(document: Any, args: list[str], where: str) -> str:
     return _format(value, fmt, where)
 
 
+def _quote_value(args: list[str], run: str | None, source: QuoteSource, where: str) -> str:
+    """What one quote's arguments read, as the prose prints it."""
+    if args and args[0].startswith("file="):
+        if args[1:2] != ["json"]:
+            raise UserError(f"{where}: a file= quote reads `file=FILE json [AGG] PATH[:FORMAT]`")
+        return _json_value(source.document(args[0][5:], where), args[2:], where)
+    run = args.pop(0) if args and "@" in args[0] else run
+    if run is None:
+        raise UserError(f"{where}: no run named (put <!--q-run ABLATION@COMMIT--> before it)")
+    rows = source.run_rows(run, where)
+    if args and args[0] == "json":
+        return _json_value(source.results(rows, where), args[1:], where)
+    if args and args[0] in ("class", "ap"):
+        return _class_value(source.results(rows, where), args[0], args[1:], where)
+    if len(args) == 3:
+        return _store_value(rows, args, where)
+    raise UserError(
+        f"{where}: a quote reads `ARM GROUP FIELD`, `class ARM CLASS [REF]`, `ap ARM CLASS` or `json PATH`"
+    )
+
+
 def render_quotes(text: str, source: QuoteSource, name: str) -> tuple[str, list[str]]:
     """``text`` with every quote re-rendered, and ``name: quote`` for each one whose text changed."""
     changed: list[str] = []
@@ -196,30 +217,7 @@ def render_quotes(text: str, source: QuoteSource, name: str) -> tuple[str, list[
         for marker in RUN.finditer(text, pos, match.start()):
             run = marker["run"]
         where = f"{name}: quote `{match['args']}`"
-        args = shlex.split(match["args"])
-        if args and args[0].startswith("file="):
-            if args[1:2] != ["json"]:
-                raise UserError(f"{where}: a file= quote reads `file=FILE json [AGG] PATH[:FORMAT]`")
-            value = _json_value(source.document(args[0][5:], where), args[2:], where)
-            if value != match["body"]:
-                changed.append(where)
-            out += [text[pos : match.start("body")], value]
-            pos = match.end("body")
-            continue
-        this_run = args.pop(0) if args and "@" in args[0] else run
-        if this_run is None:
-            raise UserError(f"{where}: no run named (put <!--q-run ABLATION@COMMIT--> before it)")
-        rows = source.run_rows(this_run, where)
-        if args and args[0] == "json":
-            value = _json_value(source.results(rows, where), args[1:], where)
-        elif args and args[0] in ("class", "ap"):
-            value = _class_value(source.results(rows, where), args[0], args[1:], where)
-        elif len(args) == 3:
-            value = _store_value(rows, args, where)
-        else:
-            raise UserError(
-                f"{where}: a quote reads `ARM GROUP FIELD`, `class ARM CLASS [REF]`, `ap ARM CLASS` or `json PATH`"
-            )
+        value = _quote_value(shlex.split(match["args"]), run, source, where)
         if value != match["body"]:
             changed.append(where)
         out += [text[pos : match.start("body")], value]
