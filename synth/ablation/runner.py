@@ -43,6 +43,7 @@ import pandas as pd
 from synth.ablation import stages, store
 from synth.ablation.arms import Arm, SyntheticSet
 from synth.ablation.card import ablation_card
+from synth.ablation.claims import free_first, hold
 from synth.ablation.collect import build_results
 from synth.ablation.config import AblationConfig
 from synth.ablation.external import check_external_classes, read_external_sets
@@ -76,13 +77,15 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
     resampling = stages.resample_plan(cfg, real, classes) if any(a.resample for a in cfg.run_arms) else None
     probs: dict[tuple[str, int], np.ndarray] = {}
     rows: dict[tuple[str, int], dict[str, Any]] = {}
-    for arm in cfg.run_arms:
-        repeats = resampling.repeats if arm.resample else None
-        arm_cfg = cfg.for_arm(arm)
-        for i, seed in enumerate(cfg.seeds):
+    claims = _claims_on()
+    jobs = [(arm, i, seed) for arm in cfg.run_arms for i, seed in enumerate(cfg.seeds)]
+    for arm, i, seed in free_first(jobs, lambda job: [steps[arm_step(job[0].name, job[2])].folder], claims):
+        step = steps[arm_step(arm.name, seed)]
+        with hold(step.folder, log, enabled=claims):  # the model and its extra predictions, as one unit
+            repeats = resampling.repeats if arm.resample else None
+            arm_cfg = cfg.for_arm(arm)
             offered = _offered_synthetic(arm, synthetic.get(source_of(cfg, arm, i)) if arm.uses_synthetic else None)
             train_df = concat_manifests([real, offered], data_manifest.parent) if offered is not None else real
-            step = steps[arm_step(arm.name, seed)]
             model_dir = _cached(
                 step,
                 log,
@@ -109,23 +112,29 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
         test = concat_manifests([test, heldout], data_manifest.parent)
 
     if state.is_main_process:
-        t0 = time.time()
-        n_heldout = 0 if heldout is None else len(heldout)
-        results = build_results(
-            cfg,
-            real,
-            test,
-            classes,
-            probs,
-            filter_dir,
-            synthetic.get(Source(), {}),
-            n_heldout=n_heldout,
-            rows=rows,
-            resampling=resampling,
-            external=externals,
-        )
-        timer.add("evaluate (bootstrap) + results", time.time() - t0, cached=False)
-        _write_report(cfg, results, fidelity, timer.summary(time.time() - started), log)
+        with hold(cfg.report_dir, log, enabled=claims) as waited:
+            written = cfg.report_dir / RESULTS_FILE
+            if waited and written.exists() and written.stat().st_mtime > started:  # by the other invocation, now
+                log(f"report written by the other invocation: {cfg.report_dir / 'report.html'}")
+                state.wait_for_everyone()
+                return cfg.report_dir
+            t0 = time.time()
+            n_heldout = 0 if heldout is None else len(heldout)
+            results = build_results(
+                cfg,
+                real,
+                test,
+                classes,
+                probs,
+                filter_dir,
+                synthetic.get(Source(), {}),
+                n_heldout=n_heldout,
+                rows=rows,
+                resampling=resampling,
+                external=externals,
+            )
+            timer.add("evaluate (bootstrap) + results", time.time() - t0, cached=False)
+            _write_report(cfg, results, fidelity, timer.summary(time.time() - started), log)
     state.wait_for_everyone()
     return cfg.report_dir
 
@@ -189,7 +198,15 @@ def _shared_stages(cfg: AblationConfig, steps: dict[str, Step], log: Callable[[s
     filter_dir = None
     generators: dict[int, Path] = {}
     specs = cfg.arm_specs
-    for src in sources(cfg) if cfg.needs_synthetic else []:
+    claims = _claims_on()
+    ordered = sources(cfg) if cfg.needs_synthetic else []
+    stage_names = ("generator", "generate", "filter")
+
+    def folders(src: Source) -> list[Path]:
+        names = [n + (Source(src.k).suffix if n == "generator" else src.suffix) for n in stage_names]
+        return [steps[n].folder for n in names if n in steps]
+
+    for src in free_first(ordered, folders, enabled=claims):  # another invocation may be training generator 0
         src_cfg = cfg.for_synthetic(src.k, specs[src.variant] if src.variant else None)
         if src.k not in generators:
             generators[src.k] = Path(
@@ -219,7 +236,7 @@ def _shared_stages(cfg: AblationConfig, steps: dict[str, Step], log: Callable[[s
                 )
             )
             synthetic[src][SyntheticSet.FILTERED] = read_manifest(folder / "kept.csv")
-            filter_dir = filter_dir or folder
+            filter_dir = folder if src == ordered[0] else filter_dir
     fidelity = None
     if "oracle" in steps:
         first = synthetic.get(Source()) or next(iter(synthetic.values()))
@@ -300,35 +317,51 @@ def _cached(
     timer: _Timings | None = None,
 ) -> str:
     """Return a finished step's output, or do the work and mark the step done (marker last, main process)."""
-    from synth.distributed import main_process_only, process_state
-
-    state = process_state()
     marker = step.folder / DONE
     cached = marker.exists()
     if not cached:
-        log(f"[run] {step.name} -> {step.folder}")
-        step.folder.mkdir(parents=True, exist_ok=True)
-        start = time.time()
-        if state.is_main_process or not main_only:
-            with main_process_only(main_only):  # the others wait at the barrier below: no collective may run inside
-                output = str(work(step.folder))
-            if state.is_main_process:
-                write_json_atomic(
-                    marker,
-                    {
-                        "step": step.name,
-                        "output": output,
-                        "seconds": round(time.time() - start, 1),
-                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    },
-                )
-        state.wait_for_everyone()
-    else:
+        with hold(step.folder, log, enabled=_claims_on()):  # another invocation may be running it
+            cached = marker.exists()
+            if not cached:
+                log(f"[run] {step.name} -> {step.folder}")
+                _run_step(step, work, main_only)
+    if cached:
         log(f"[cached] {step.name}: {step.folder}")
     done = json.loads(marker.read_text())
     if timer is not None:
         timer.add(step.name, done.get("seconds"), cached)
     return done["output"]
+
+
+def _claims_on() -> bool:
+    """Whether steps are claimed against concurrent invocations (synth.ablation.claims): one process per
+    invocation; under ``accelerate launch`` the processes of one invocation share each step through barriers."""
+    from synth.distributed import process_state
+
+    return process_state().num_processes == 1
+
+
+def _run_step(step: Step, work: Callable[[Path], Any], main_only: bool) -> None:
+    """Do a step's work and write its marker last (main process; the others wait at the barrier)."""
+    from synth.distributed import main_process_only, process_state
+
+    state = process_state()
+    start = time.time()
+    step.folder.mkdir(parents=True, exist_ok=True)
+    if state.is_main_process or not main_only:
+        with main_process_only(main_only):  # the others wait at the barrier below: no collective may run inside
+            output = str(work(step.folder))
+        if state.is_main_process:
+            write_json_atomic(
+                step.folder / DONE,
+                {
+                    "step": step.name,
+                    "output": output,
+                    "seconds": round(time.time() - start, 1),
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                },
+            )
+    state.wait_for_everyone()
 
 
 def _rich_log(enabled: bool) -> Callable[[str], None]:
