@@ -4,6 +4,7 @@ named, and the transfer gate against the oracle's fidelity and against what each
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from report_fixtures import make_results
@@ -183,3 +184,82 @@ def test_gate_benefit_ranks_kept_sets_by_what_they_did(tmp_path: Path):
     results["arms"] = [x for x in results["arms"] if x["name"] != "synthetic_filtered"]
     (tmp_path / "r" / "results.json").write_text(json.dumps(results))
     assert "Did the gate see" not in render_report(tmp_path / "r")["md"].read_text()
+
+
+def _gain_results(n_pos: dict[str, int], gains: dict[str, dict[str, float]], target: str | None = None) -> dict:
+    """A minimal results dict for the gain-by-positives table: real_resampled with AP 0.5 for every class and seed,
+    each synthetic arm (``gains``: arm -> class -> ΔAP) at 0.5 + ΔAP ± 0.01 on seeds 0/1 (the seed wobble averages
+    out) and, on a seed 2 re-sampling never ran, +0.4 more (it must be left out)."""
+    resampled = {
+        "name": "real_resampled",
+        "seeds": {s: {"per_class": {c: {"ap": 0.5} for c in n_pos}} for s in ("0", "1")},
+        "resampling": {"per_class": {c: {"n_pos": n} for c, n in n_pos.items()}},
+    }
+    arms = [{"name": "real_only", "seeds": resampled["seeds"]}, resampled]
+    for name, delta in gains.items():
+        seeds = {
+            s: {"per_class": {c: {"ap": 0.5 + d + shift} for c, d in delta.items()}}
+            for s, shift in (("0", 0.01), ("1", -0.01), ("2", 0.4))
+        }
+        arms.append({"name": name, "short": name, "seeds": seeds, "paired_vs_resampled": {"tail": {"diff": 0.0}}})
+    return {"arms": arms, **({"target": {"arm": target}} if target else {})}
+
+
+def test_gain_by_positives_bins_means_and_counts():
+    """Per bin of real training positives: the classes in it, each arm's mean ΔAP over them (seeds both arms ran)
+    and how many gained; an empty bin is skipped, the target arm is the first column, real_only is no column."""
+    from synth.ablation.report.tables import gain_by_positives_table
+
+    n_pos = {"A": 3, "B": 8, "C": 12, "D": 25, "E": 300}
+    gains = {
+        "mix": {"A": 0.04, "B": -0.02, "C": 0.01, "D": 0.03, "E": -0.05},
+        "weighted": {"A": 0.02, "B": 0.02, "C": -0.01, "D": -0.03, "E": 0.01},
+    }
+    header, rows = gain_by_positives_table(_gain_results(n_pos, gains, target="weighted"))
+    assert header == [
+        "real train positives",
+        "classes",
+        "weighted (target) ΔAP vs re-sampled",
+        "mix ΔAP vs re-sampled",
+    ]
+    assert rows[:3] == [
+        ["< 10", "2", "+0.020 (2/2 > 0)", "+0.010 (1/2 > 0)"],
+        ["10–29", "2", "-0.020 (0/2 > 0)", "+0.020 (2/2 > 0)"],
+        [">= 100", "1", "+0.010 (1/1 > 0)", "-0.050 (0/1 > 0)"],
+    ]
+    assert rows[3][:2] == ["fit", "5"]
+
+
+def test_gain_by_positives_break_even_of_a_falling_line():
+    """ΔAP = 0.06 − 0.04·log10(n) crosses 0 at n = 10^1.5 ≈ 32; a rising line, or a falling one that crosses far
+    beyond the observed counts, names no break-even."""
+    from synth.ablation.report.tables import gain_by_positives_table
+
+    n_pos = {"A": 4, "B": 6, "C": 15, "D": 40, "E": 150}
+    falling = {c: 0.06 - 0.04 * math.log10(n) for c, n in n_pos.items()}
+    rising = {c: -falling[c] for c in n_pos}
+    far = {c: 0.5 - 0.04 * math.log10(n) for c, n in n_pos.items()}  # crosses 0 at 10^12.5
+    _, rows = gain_by_positives_table(_gain_results(n_pos, {"falling": falling, "rising": rising, "far": far}))
+    assert rows[-1] == [
+        "fit",
+        "5",
+        "slope -0.040 per 10×, break-even ≈ 32",
+        "slope +0.040 per 10×, break-even none in range",
+        "slope -0.040 per 10×, break-even none in range",
+    ]
+
+
+def test_gain_by_positives_section_only_with_the_resampling_arm(tmp_path: Path):
+    """Both pages show the section when real_resampled ran with per-class positives; without it the section is
+    absent rather than empty."""
+    results = _with_resampled(make_results(tmp_path / "r"), harmed=[])
+    (tmp_path / "r" / "results.json").write_text(json.dumps(results))
+    paths = render_report(tmp_path / "r")
+    title = "## Gain over re-sampling vs real training positives (across the generated classes)"
+    md = paths["md"].read_text()
+    assert title in md and "this is a correlation across classes" in md
+    assert "| < 10 | 1 |" in md.split(title)[1]
+    assert "<h2>Gain over re-sampling vs real training positives" in paths["html"].read_text()
+
+    make_results(tmp_path / "none")
+    assert "Gain over re-sampling" not in render_report(tmp_path / "none")["md"].read_text()

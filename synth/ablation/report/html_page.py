@@ -77,6 +77,9 @@ def html_report(results: dict[str, Any], figures: dict[str, bytes]) -> str:
     resampling = tables.resampling_table(results)
     if resampling:
         body += _html_section("Re-sampling baseline", *resampling)
+    gain = tables.gain_by_positives_table(results)
+    if gain:
+        body += _html_section(tables.GAIN_BY_POSITIVES_TITLE, tables.GAIN_BY_POSITIVES_RULE, gain)
     body += [
         "<h2>Per-class ΔAP vs training prevalence</h2>",
         _img(figures["delta_ap_vs_prevalence"], "Per-class delta AP"),

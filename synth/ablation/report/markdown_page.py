@@ -44,6 +44,9 @@ def markdown_report(results: dict[str, Any], figures: dict[str, bytes]) -> str:
     resampling = tables.resampling_table(results)
     if resampling:
         out += _md_section("Re-sampling baseline", *resampling)
+    gain = tables.gain_by_positives_table(results)
+    if gain:
+        out += _md_section(tables.GAIN_BY_POSITIVES_TITLE, tables.GAIN_BY_POSITIVES_RULE, gain)
     out += [
         "## Per-class ΔAP vs training prevalence",
         "",
