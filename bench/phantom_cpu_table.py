@@ -3,16 +3,18 @@
     # after `synth ablate --config configs/ablation/phantom-cpu.yaml` finished in a fresh output root:
     python bench/phantom_cpu_table.py export outputs/reports/phantom-cpu   # -> bench/results/phantom-cpu.{json,md}
     synth results import bench/results/phantom-cpu.json                   # the arms table: the results store
-    python bench/phantom_cpu_table.py docs                                # rewrites docs/results.md's marked block
-    python bench/phantom_cpu_table.py docs --check                        # exit 1 if it is out of date
+    python bench/phantom_cpu_table.py docs --result bench/results/phantom-cpu.json   # rewrites docs/results.md's block
+    python bench/phantom_cpu_table.py docs --check      # exit 1 if the block differs from RESULT_JSON's (the default)
 
 The arms table (mAP and paired Δs per arm) comes from the results store (``synth results docs``); this block adds
 what the store does not hold: the target verdict, the generator's fidelity, the gate against the oracle, stage times.
 
 ``export`` keeps the run's ``results.json`` whole except the image grids (its ``provenance`` already
 names the commit, config, versions and commands; ``timings`` the wall time of every stage) and its
-``report.md`` without the image links (the figures are not committed). ``docs`` renders only from
-``bench/results/phantom-cpu.json``, so docs/results.md cannot quote a number that file does not hold.
+``report.md`` without the image links (the figures are not committed). ``docs`` renders only from one result file
+(``--result``, a ``.json`` with its report ``.md`` beside it; default ``bench/results/phantom-cpu-61e7fbe.json``, the
+run the block describes today: move RESULT_JSON with the block), so docs/results.md cannot quote a number that file
+does not hold.
 """
 
 from __future__ import annotations
@@ -41,19 +43,25 @@ from synth.ablation.results import (  # noqa: E402
 from synth.ablation.store import stage_totals  # noqa: E402
 from synth.io import write_json_atomic, write_text_atomic  # noqa: E402
 
-RESULT_JSON = REPO / "bench/results/phantom-cpu.json"
-RESULT_MD = REPO / "bench/results/phantom-cpu.md"
+EXPORT_JSON = REPO / "bench/results/phantom-cpu.json"  # where ``export`` puts a new run (``--result`` to change)
+RESULT_JSON = REPO / "bench/results/phantom-cpu-61e7fbe.json"  # what ``docs`` / ``show`` render by default
 BEGIN, END = "<!-- phantom-cpu:begin (bench/phantom_cpu_table.py) -->", "<!-- phantom-cpu:end -->"
 
 
-def export(report_dir: Path) -> None:
+def _rel(path: Path) -> str:
+    """``path`` as the docs name it: relative to the repository when it lies inside."""
+    path = path.resolve()
+    return path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else str(path)
+
+
+def export(report_dir: Path, result_json: Path) -> None:
     results = json.loads((report_dir / "results.json").read_text())
     results.pop("grids", None)
-    write_json_atomic(RESULT_JSON, results)
+    write_json_atomic(result_json, results)
     md = (report_dir / "report.md").read_text()
     md = "\n".join(line for line in md.splitlines() if not re.search(r"!\[[^\]]*\]\(", line))
-    RESULT_MD.write_text(md + "\n")
-    print(f"wrote {RESULT_JSON.relative_to(REPO)} and {RESULT_MD.relative_to(REPO)}")
+    result_json.with_suffix(".md").write_text(md + "\n")
+    print(f"wrote {_rel(result_json)} and {_rel(result_json.with_suffix('.md'))}")
 
 
 def _seeds(results: dict) -> str:
@@ -65,13 +73,13 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def render(results: dict) -> str:
+def render(results: dict, result_json: Path) -> str:
     """The Markdown block: provenance, target verdict, fidelity, gate vs oracle, stage times."""
     prov = results.get("provenance", {})
     lines = [
         f"One fresh run of `configs/ablation/phantom-cpu.yaml` at commit `{prov.get('git_commit', '?')[:10]}` "
         f"({_seeds(results)}; test = {results['dataset'].get('n_test', '?')} rows). "
-        "Source: `bench/results/phantom-cpu.json` (report: `bench/results/phantom-cpu.md`).",
+        f"Source: `{_rel(result_json)}` (report: `{_rel(result_json.with_suffix('.md'))}`).",
         "",
         _target_line(results),
         "",
@@ -150,17 +158,18 @@ def _timing_lines(results: dict) -> list[str]:
     ]
 
 
-def update_docs(check: bool) -> int:
+def update_docs(result_json: Path, check: bool) -> int:
     doc = REPO / "docs" / "results.md"
     text = doc.read_text()
     if BEGIN not in text or END not in text:
         print(f"docs/results.md has no {BEGIN} ... {END} block", file=sys.stderr)
         return 1
-    block = render(json.loads(RESULT_JSON.read_text()))
+    block = render(json.loads(result_json.read_text()), result_json)
     new = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: f"{BEGIN}\n{block}\n{END}", text, flags=re.S)
     if check:
         if new != text:
-            print("docs/results.md's phantom-cpu block is out of date: run python bench/phantom_cpu_table.py docs")
+            fix = f"python bench/phantom_cpu_table.py docs --result {_rel(result_json)}"
+            print(f"docs/results.md's phantom-cpu block is out of date (or shows another run): {fix}")
             return 1
         return 0
     write_text_atomic(doc, new)
@@ -173,17 +182,20 @@ def main() -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     ex = sub.add_parser("export", help="copy a finished run's results.json / report.md into bench/results")
     ex.add_argument("report_dir", type=Path)
-    rd = sub.add_parser("docs", help="render docs/results.md's block from bench/results/phantom-cpu.json")
+    ex.add_argument("--result", type=Path, default=EXPORT_JSON, help="the .json to write (default %(default)s)")
+    rd = sub.add_parser("docs", help="render docs/results.md's block from one committed result file")
     rd.add_argument("--check", action="store_true")
-    sub.add_parser("show", help="print the block")
+    show = sub.add_parser("show", help="print the block")
+    for p in (rd, show):
+        p.add_argument("--result", type=Path, default=RESULT_JSON, help="the .json to render (default %(default)s)")
     args = ap.parse_args()
     if args.cmd == "export":
-        export(args.report_dir)
+        export(args.report_dir, args.result)
         return 0
     if args.cmd == "show":
-        print(render(json.loads(RESULT_JSON.read_text())))
+        print(render(json.loads(args.result.read_text()), args.result))
         return 0
-    return update_docs(args.check)
+    return update_docs(args.result, args.check)
 
 
 if __name__ == "__main__":
