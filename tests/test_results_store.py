@@ -275,3 +275,48 @@ def test_json_quotes_read_a_runs_results_or_a_committed_file_by_path(tmp_path: P
         done = CliRunner().invoke(app, args)
         assert done.exit_code != 0 and says in done.output, done.output
         assert doc.read_text() == quote + "\n"
+
+
+def test_a_json_quote_filters_a_list_by_a_fields_glob(tmp_path: Path):
+    """``KEY[FIELD=GLOB]`` keeps the list items whose FIELD matches GLOB (fnmatch: ``?`` one character, ``*`` any
+    run, ':' included), so an arm's seeds sum without its held-out predict rows; a malformed filter is one error
+    line and nothing is written."""
+    store = tmp_path / "runs.csv"
+    src = _results_file(tmp_path)
+    results = json.loads(src.read_text())
+    results["timings"]["steps"] = [
+        {"step": "generator", "seconds": 3000.0},
+        {"step": "real_only/seed-0", "seconds": 120.0},
+        {"step": "real_only/seed-0: held-out predict", "seconds": 20.0},
+        {"step": "real_only/seed-1", "seconds": 126.0},
+        {"step": "real_only/seed-1: held-out predict", "seconds": 22.0},
+        {"step": "real_resampled/seed-0", "seconds": 150.0},
+        {"step": "real_resampled/seed-0: held-out predict", "seconds": 18.0},
+    ]
+    src.write_text(json.dumps(results))
+    CliRunner().invoke(app, ["results", "import", str(src), "--store", str(store)])
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    doc = repo / "README.md"
+    args = ["results", "docs", "--store", str(store), "--repo", str(repo)]
+    quotes = (
+        "<!--q-run toy@abc1234-->real <!--q json sum timings.steps[step=real_only/seed-?].seconds-->{}<!--/q--> s",
+        " (<!--q json count timings.steps[step=real_only/seed-?].step-->{}<!--/q--> seeds), ",
+        "with predict <!--q json sum timings.steps[step=real_only/seed-*].seconds:min-->{}<!--/q--> min, ",
+        "all arms <!--q json sum timings.steps[step=*/seed-?].seconds:min-->{}<!--/q--> min, ",
+        "predict <!--q json max 'timings.steps[step=*: held-out predict].seconds'-->{}<!--/q--> s\n",
+    )
+    doc.write_text("".join(q.format("0") for q in quotes))
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    expected = ("246", "2", "4.8", "6.6", "22")
+    assert doc.read_text() == "".join(q.format(v) for q, v in zip(quotes, expected))
+    for quote, says in (
+        ("<!--q json sum timings.steps[step].seconds-->1<!--/q-->", "a filter reads `KEY[FIELD=GLOB]`"),
+        ("<!--q json sum timings.steps[step=a[0]].seconds-->1<!--/q-->", "a filter reads `KEY[FIELD=GLOB]`"),
+        ("<!--q json sum timings.steps[step=nothing/*].seconds-->1<!--/q-->", "nothing at"),
+    ):
+        doc.write_text("<!--q-run toy@abc1234-->" + quote + "\n")
+        done = CliRunner().invoke(app, args)
+        assert done.exit_code != 0 and says in done.output and done.output.count("\n") <= 1, done.output
+        assert doc.read_text() == "<!--q-run toy@abc1234-->" + quote + "\n"  # nothing written

@@ -26,6 +26,11 @@ What a quote reads:
   and AGG (``sum``, ``count`` of true values — list items such as class names count —, ``min``, ``max``,
   ``mean``) reduces the matches. FORMAT: ``int`` (``2,527``), ``pct`` (a share as a whole percent, ``66``),
   ``min`` (seconds as minutes, ``53.6``), ``f1``/``f2``/``f3``, ``s2``/``s3`` (signed).
+  A step ``KEY[FIELD=GLOB]`` keeps the items of the list at KEY whose FIELD matches GLOB, a shell-style glob over
+  the whole value (:func:`fnmatch.fnmatchcase`, no brackets in it): ``?`` is one character, ``*`` any run of them,
+  ``:`` and spaces included. So ``json sum timings.steps[step=real_only/seed-*].seconds:min`` is an arm's minutes
+  as the report's stage totals count them, its ``real_only/seed-0: held-out predict`` rows included, and
+  ``[step=real_only/seed-?]`` its training steps alone (seeds 0-9; ``[step=*/seed-?]``: every arm's).
 
 A first token ``ABLATION@COMMIT`` reads another run than the ``q-run`` in force. Negative numbers print with the
 minus sign (U+2212) the prose uses; the tables keep ASCII.
@@ -33,6 +38,7 @@ minus sign (U+2212) the prose uses; the tables keep ASCII.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import re
@@ -45,6 +51,7 @@ from synth.errors import UserError
 QUOTE = re.compile(r"<!--q (?P<args>[^>]*?)-->(?P<body>.*?)<!--/q-->", re.S)
 RUN = re.compile(r"<!--q-run (?P<run>[^ >]+) ?-->")
 DELTA_FIELDS = ("d_real_only", "d_real_resampled", "d_verdict")
+FILTER = re.compile(r"(?P<key>[^\[\]]+)\[(?P<field>[^\[\]=]+)=(?P<glob>[^\[\]]*)\]")
 
 
 def _signed(value: float) -> str:
@@ -139,16 +146,23 @@ AGGREGATES = {
 
 
 def _walk(node: Any, keys: list[str]) -> list[Any]:
-    """Every value at the dotted path ``keys`` below ``node``; ``*`` matches each key (or item) of a level."""
+    """Every value at the dotted path ``keys`` below ``node``; ``*`` matches each key (or item) of a level, and
+    ``KEY[FIELD=GLOB]`` the items of the list at KEY whose FIELD matches GLOB."""
     if not keys:
         return [node]
     key, rest = keys[0], keys[1:]
+    kept = FILTER.fullmatch(key)
+    key = kept["key"] if kept else key
     if isinstance(node, dict):
         children = list(node.values()) if key == "*" else [node[key]] if key in node else []
     elif isinstance(node, list):
         children = node if key == "*" else [node[int(key)]] if key.isdigit() and int(key) < len(node) else []
     else:
         children = []
+    if kept:
+        items = [item for child in children if isinstance(child, list) for item in child if isinstance(item, dict)]
+        field, glob = kept["field"], kept["glob"]
+        children = [i for i in items if field in i and fnmatch.fnmatchcase(str(i[field]), glob)]
     return [v for child in children for v in _walk(child, rest)]
 
 
@@ -170,8 +184,14 @@ def _json_value(document: Any, args: list[str], where: str) -> str:
     agg = args.pop(0) if len(args) == 2 and args[0] in AGGREGATES else None
     if len(args) != 1:
         raise UserError(f"{where}: a json quote reads `json [sum|count|min|max|mean] PATH[:FORMAT]`")
-    path, _, fmt = args[0].partition(":")
-    values = _walk(document, path.split("."))
+    head, close, tail = args[0].rpartition("]")  # a filter's glob may hold ':' and '.'
+    tail, _, fmt = tail.partition(":")
+    path = head + close + tail
+    keys = re.split(r"\.(?![^\[]*\])", path)
+    for key in keys:
+        if ("[" in key or "]" in key) and not FILTER.fullmatch(key):
+            raise UserError(f"{where}: a filter reads `KEY[FIELD=GLOB]` (a glob without brackets), got {key!r}")
+    values = _walk(document, keys)
     if not values:
         raise UserError(f"{where}: nothing at {path!r}")
     if agg is None and len(values) > 1:
