@@ -1,20 +1,24 @@
-"""docs/results.md's phantom-cpu verdict block, generated from the committed result of one fresh run.
+"""docs/results.md's phantom-cpu verdict blocks, each generated from the committed result of one fresh run.
 
     # after `synth ablate --config configs/ablation/phantom-cpu.yaml` finished in a fresh output root:
     python bench/phantom_cpu_table.py export outputs/reports/phantom-cpu   # -> bench/results/phantom-cpu.{json,md}
     synth results import bench/results/phantom-cpu.json                   # the arms table: the results store
-    python bench/phantom_cpu_table.py docs --result bench/results/phantom-cpu.json   # rewrites docs/results.md's block
-    python bench/phantom_cpu_table.py docs --check      # exit 1 if the block differs from RESULT_JSON's (the default)
+    # a new block: write its two markers where it belongs in docs/results.md (the begin-marker names its result)
+    #   <!-- phantom-cpu:begin bench/results/phantom-cpu.json (bench/phantom_cpu_table.py) -->
+    #   <!-- phantom-cpu:end -->
+    python bench/phantom_cpu_table.py docs              # rewrites every block from the file its begin-marker names
+    python bench/phantom_cpu_table.py docs --check      # exit 1 naming each block that differs from its file's
+    python bench/phantom_cpu_table.py show --result bench/results/phantom-cpu.json   # print one file's block
 
 The arms table (mAP and paired Δs per arm) comes from the results store (``synth results docs``); this block adds
 what the store does not hold: the target verdict, the generator's fidelity, the gate against the oracle, stage times.
 
 ``export`` keeps the run's ``results.json`` whole except the image grids (its ``provenance`` already
 names the commit, config, versions and commands; ``timings`` the wall time of every stage) and its
-``report.md`` without the image links (the figures are not committed). ``docs`` renders only from one result file
-(``--result``, a ``.json`` with its report ``.md`` beside it; default ``bench/results/phantom-cpu-61e7fbe.json``, the
-run the block describes today: move RESULT_JSON with the block), so docs/results.md cannot quote a number that file
-does not hold.
+``report.md`` without the image links (the figures are not committed). ``docs`` renders each block only from
+the result file its begin-marker names (a ``.json``, relative to the repository, with its report ``.md`` beside
+it), so docs/results.md cannot quote a number that file does not hold, and several runs' blocks can stand in
+different sections. A begin-marker naming a file that does not exist is an error and nothing is written.
 """
 
 from __future__ import annotations
@@ -44,8 +48,17 @@ from synth.ablation.store import stage_totals  # noqa: E402
 from synth.io import write_json_atomic, write_text_atomic  # noqa: E402
 
 EXPORT_JSON = REPO / "bench/results/phantom-cpu.json"  # where ``export`` puts a new run (``--result`` to change)
-RESULT_JSON = REPO / "bench/results/phantom-cpu-61e7fbe.json"  # what ``docs`` / ``show`` render by default
-BEGIN, END = "<!-- phantom-cpu:begin (bench/phantom_cpu_table.py) -->", "<!-- phantom-cpu:end -->"
+RESULT_JSON = REPO / "bench/results/phantom-cpu-61e7fbe.json"  # what ``show`` renders by default
+DOC = REPO / "docs" / "results.md"
+#: A block: ``<!-- phantom-cpu:begin SOURCE.json (bench/phantom_cpu_table.py) -->`` ... ``<!-- phantom-cpu:end -->``.
+BEGIN = "<!-- phantom-cpu:begin {source} (bench/phantom_cpu_table.py) -->"
+END = "<!-- phantom-cpu:end -->"
+ANY_BEGIN = re.compile(r"<!-- phantom-cpu:begin\b.*?-->")
+BLOCK = re.compile(
+    r"<!-- phantom-cpu:begin (?P<source>\S+\.json) \(bench/phantom_cpu_table\.py\) -->"
+    r"(?P<body>.*?)" + re.escape(END),
+    re.S,
+)
 
 
 def _rel(path: Path) -> str:
@@ -158,22 +171,67 @@ def _timing_lines(results: dict) -> list[str]:
     ]
 
 
-def update_docs(result_json: Path, check: bool) -> int:
-    doc = REPO / "docs" / "results.md"
+class DocsError(Exception):
+    """docs/results.md's phantom-cpu markers cannot be rendered (one line to print)."""
+
+
+def find_blocks(text: str) -> list[re.Match]:
+    """Every block in ``text``, in order; a malformed, unclosed or nested marker raises ``DocsError``."""
+    blocks = list(BLOCK.finditer(text))
+    for m in blocks:
+        if ANY_BEGIN.search(m["body"]):
+            raise DocsError(f"line {_line(text, m)}: phantom-cpu block has no {END} before the next begin-marker")
+    covered = {m.start() for m in blocks}
+    for m in ANY_BEGIN.finditer(text):
+        if m.start() not in covered:
+            raise DocsError(
+                f"line {_line(text, m)}: {m[0]} is not {BEGIN.format(source='SOURCE.json')} followed by {END}"
+            )
+    if text.count(END) != len(blocks):
+        raise DocsError(f"{text.count(END)} {END} marker(s) for {len(blocks)} phantom-cpu block(s)")
+    if not blocks:
+        raise DocsError(f"no {BEGIN.format(source='SOURCE.json')} ... {END} block")
+    return blocks
+
+
+def _line(text: str, m: re.Match) -> int:
+    return text.count("\n", 0, m.start()) + 1
+
+
+def update_docs(check: bool, doc: Path = DOC) -> int:
+    """Rewrite (or with ``check`` compare) every block from the result file its begin-marker names."""
     text = doc.read_text()
-    if BEGIN not in text or END not in text:
-        print(f"docs/results.md has no {BEGIN} ... {END} block", file=sys.stderr)
+    try:
+        blocks = find_blocks(text)
+    except DocsError as e:
+        print(f"{_rel(doc)}: {e}", file=sys.stderr)
         return 1
-    block = render(json.loads(result_json.read_text()), result_json)
-    new = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: f"{BEGIN}\n{block}\n{END}", text, flags=re.S)
+    missing = [m for m in blocks if not (REPO / m["source"]).is_file()]
+    for m in missing:
+        print(
+            f"{_rel(doc)}:{_line(text, m)}: phantom-cpu block names {m['source']}, which does not exist",
+            file=sys.stderr,
+        )
+    if missing:
+        return 1
+    pieces, stale, pos = [], [], 0
+    for m in blocks:
+        result_json = REPO / m["source"]
+        body = f"\n{render(json.loads(result_json.read_text()), result_json)}\n"
+        if body != m["body"]:
+            stale.append(f"{_rel(doc)}:{_line(text, m)} (from {m['source']})")
+        pieces += [text[pos : m.start("body")], body]
+        pos = m.end("body")
+    new = "".join(pieces) + text[pos:]
     if check:
-        if new != text:
-            fix = f"python bench/phantom_cpu_table.py docs --result {_rel(result_json)}"
-            print(f"docs/results.md's phantom-cpu block is out of date (or shows another run): {fix}")
-            return 1
-        return 0
-    write_text_atomic(doc, new)
-    print("docs/results.md phantom-cpu block updated")
+        for name in stale:
+            print(f"phantom-cpu block {name} is out of date: python bench/phantom_cpu_table.py docs")
+        return 1 if stale else 0
+    if new != text:
+        write_text_atomic(doc, new)
+    print(
+        f"{_rel(doc)}: {len(blocks)} phantom-cpu block(s), {len(stale)} updated" + "".join(f"\n  {n}" for n in stale)
+    )
     return 0
 
 
@@ -183,11 +241,10 @@ def main() -> int:
     ex = sub.add_parser("export", help="copy a finished run's results.json / report.md into bench/results")
     ex.add_argument("report_dir", type=Path)
     ex.add_argument("--result", type=Path, default=EXPORT_JSON, help="the .json to write (default %(default)s)")
-    rd = sub.add_parser("docs", help="render docs/results.md's block from one committed result file")
-    rd.add_argument("--check", action="store_true")
-    show = sub.add_parser("show", help="print the block")
-    for p in (rd, show):
-        p.add_argument("--result", type=Path, default=RESULT_JSON, help="the .json to render (default %(default)s)")
+    rd = sub.add_parser("docs", help="render every docs/results.md block from the result file its begin-marker names")
+    rd.add_argument("--check", action="store_true", help="exit 1 naming each block that differs; write nothing")
+    show = sub.add_parser("show", help="print one result file's block")
+    show.add_argument("--result", type=Path, default=RESULT_JSON, help="the .json to render (default %(default)s)")
     args = ap.parse_args()
     if args.cmd == "export":
         export(args.report_dir, args.result)
@@ -195,7 +252,7 @@ def main() -> int:
     if args.cmd == "show":
         print(render(json.loads(args.result.read_text()), args.result))
         return 0
-    return update_docs(args.result, args.check)
+    return update_docs(args.check)
 
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ def test_ablate_records_its_run_in_the_store_under_the_output_root(tmp_path: Pat
 
 
 def test_the_phantom_cpu_verdict_block_matches_its_committed_result():
-    """docs/results.md's target / fidelity / gate / timing lines come from bench/results/phantom-cpu-61e7fbe.json."""
+    """docs/results.md's target / fidelity / gate / timing blocks come from the result file each begin-marker names."""
     done = subprocess.run(
         [sys.executable, str(REPO / "bench" / "phantom_cpu_table.py"), "docs", "--check"],
         capture_output=True,
