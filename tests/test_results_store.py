@@ -320,3 +320,11 @@ def test_a_json_quote_filters_a_list_by_a_fields_glob(tmp_path: Path):
         done = CliRunner().invoke(app, args)
         assert done.exit_code != 0 and says in done.output and done.output.count("\n") <= 1, done.output
         assert doc.read_text() == "<!--q-run toy@abc1234-->" + quote + "\n"  # nothing written
+
+
+def test_a_run_with_several_generators_records_every_generator_seed():
+    """generator.seeds [0, 1] trained two generators: the store (and its tables) must not say "generator seed 0"."""
+    from synth.ablation.store import _generator_seed
+
+    assert _generator_seed({"generator": {"config": "configs/finetune/phantom-cpu.yaml", "seeds": [0, 1]}}) == "0,1"
+    assert _generator_seed({"generator": {"overrides": {"seed": 7}, "seeds": []}}) == "7"

@@ -106,8 +106,11 @@ def _stage_seconds(results: dict[str, Any]) -> str:
 
 
 def _generator_seed(config: dict[str, Any]) -> str:
-    """The generator's training seed: an override in the ablation config, else the finetune YAML's ``seed``."""
+    """The generators' training seeds: ``generator.seeds`` (K generators, comma-joined), an override in the ablation
+    config, else the finetune YAML's ``seed``."""
     gen = config.get("generator") or {}
+    if gen.get("seeds"):
+        return ",".join(map(str, gen["seeds"]))
     if "seed" in (gen.get("overrides") or {}):
         return str(gen["overrides"]["seed"])
     path = gen.get("config")

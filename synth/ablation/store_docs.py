@@ -110,7 +110,7 @@ def render_block(rows: list[dict[str, str]], store_name: str) -> str:
     lines = [
         f"Run `{first['run_id']}` of `{first['ablation']}` at commit `{first['commit'][:10]}` (config "
         f"`{first['config_hash']}`, {first['dataset']} data, {first['n_test']} test rows, classifier seeds "
-        f"{first['classifier_seeds'] or '?'}, generator seed {first['generator_seed'] or '?'}; stage time "
+        f"{first['classifier_seeds'] or '?'}, generator seed(s) {first['generator_seed'] or '?'}; stage time "
         f"{_stage_minutes(first['stage_seconds'])}). Generated from `{store_name}` by `synth results docs`.",
         "",
         "| Arm | head mAP | medium mAP | tail mAP | tail Δ vs real only | tail Δ vs real re-sampled "
