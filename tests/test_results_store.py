@@ -32,6 +32,16 @@ def _results_file(tmp_path: Path) -> Path:
     return path
 
 
+def _docs_over(tmp_path: Path, src: Path, results: dict, store: Path) -> tuple[Path, list[str]]:
+    """Write ``results`` to ``src``, import it into ``store``; return a README path in an empty repo and the
+    ``synth results docs`` arguments that render it from the store."""
+    src.write_text(json.dumps(results))
+    CliRunner().invoke(app, ["results", "import", str(src), "--store", str(store)])
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    return repo / "README.md", ["results", "docs", "--store", str(store), "--repo", str(repo)]
+
+
 def test_import_writes_one_header_and_replaces_a_reimported_run(tmp_path: Path):
     src, store = _results_file(tmp_path), tmp_path / "store" / "runs.csv"
     for _ in range(2):
@@ -246,13 +256,9 @@ def test_json_quotes_read_a_runs_results_or_a_committed_file_by_path(tmp_path: P
     results["filter"] = {"classes": {"A": {"n": 1200, "kept": 1000, "ok": True}, "B": {"n": 300, "kept": 0.25}}}
     results["harmed_classes"] = ["Atelectasis", "Edema", "Mass"]
     results["seconds"] = 3218.8
-    src.write_text(json.dumps(results))
-    CliRunner().invoke(app, ["results", "import", str(src), "--store", str(store)])
-    repo = tmp_path / "repo"
-    (repo / "bench").mkdir(parents=True)
-    (repo / "bench" / "x.json").write_text(json.dumps({"runs": [{"rate": 99.24}, {"rate": -0.5}]}))
-    doc = repo / "README.md"
-    args = ["results", "docs", "--store", str(store), "--repo", str(repo)]
+    doc, args = _docs_over(tmp_path, src, results, store)
+    (doc.parent / "bench").mkdir()
+    (doc.parent / "bench" / "x.json").write_text(json.dumps({"runs": [{"rate": 99.24}, {"rate": -0.5}]}))
     quotes = (
         "<!--q-run toy@abc1234-->kept <!--q json sum filter.classes.*.n-->{}<!--/q-->, ",
         "<!--q json count filter.classes.*.ok-->{}<!--/q--> true, ",
@@ -293,12 +299,7 @@ def test_a_json_quote_filters_a_list_by_a_fields_glob(tmp_path: Path):
         {"step": "real_resampled/seed-0", "seconds": 150.0},
         {"step": "real_resampled/seed-0: held-out predict", "seconds": 18.0},
     ]
-    src.write_text(json.dumps(results))
-    CliRunner().invoke(app, ["results", "import", str(src), "--store", str(store)])
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    doc = repo / "README.md"
-    args = ["results", "docs", "--store", str(store), "--repo", str(repo)]
+    doc, args = _docs_over(tmp_path, src, results, store)
     quotes = (
         "<!--q-run toy@abc1234-->real <!--q json sum timings.steps[step=real_only/seed-?].seconds-->{}<!--/q--> s",
         " (<!--q json count timings.steps[step=real_only/seed-?].step-->{}<!--/q--> seeds), ",

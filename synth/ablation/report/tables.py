@@ -124,13 +124,13 @@ def gain_by_positives_table(results: dict[str, Any]) -> tuple[list[str], list[li
     None without the re-sampling arm or an arm compared with it."""
     resampled = next((a for a in results["arms"] if a["name"] == "real_resampled"), None)
     n_pos = {c: v["n_pos"] for c, v in ((resampled or {}).get("resampling") or {}).get("per_class", {}).items()}
-    arms = _gain_arms(results)
+    target = target_arm(results) if results.get("target") else None
+    arms = _gain_arms(results, target)
     if not n_pos or not arms:
         return None
     gains = [_class_gains(arm, resampled, n_pos) for arm in arms]
     if not any(gains):
         return None
-    target = target_arm(results) if results.get("target") else None
     header = ["real train positives", "classes"]
     header += [f"{arm_short(a)}{' (target)' if a['name'] == target else ''} ΔAP vs re-sampled" for a in arms]
     rows = []
@@ -142,10 +142,9 @@ def gain_by_positives_table(results: dict[str, Any]) -> tuple[list[str], list[li
     return header, rows
 
 
-def _gain_arms(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The arms trained on top of re-sampling (they carry ``paired_vs_resampled``), the pre-registered target first
-    so the arm the run is judged by is the first column read."""
-    target = target_arm(results) if results.get("target") else None
+def _gain_arms(results: dict[str, Any], target: str | None) -> list[dict[str, Any]]:
+    """The arms trained on top of re-sampling (they carry ``paired_vs_resampled``), the pre-registered ``target``
+    first so the arm the run is judged by is the first column read."""
     arms = [a for a in results["arms"] if a.get("paired_vs_resampled")]
     return sorted(arms, key=lambda a: a["name"] != target)
 
