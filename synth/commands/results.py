@@ -57,9 +57,35 @@ def docs_command(
         typer.echo("every table and quoted figure matches the results store")
 
 
+def regime_command(
+    runs: list[Path] = typer.Argument(
+        ..., help="Two or more finished runs of one recipe at different data sizes: report folders or results.json."
+    ),
+    arm: str = typer.Option(..., "--arm", help="The synthetic arm whose gain over real_resampled is plotted."),
+    n_boot: int = typer.Option(2000, "--n-boot", min=100, help="Bootstrap draws over classes."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the points, the fit and the summary here."),
+) -> None:
+    """The regime curve: the arm's gain over re-sampling against each class's real positives, within classes
+    across the runs, and the break-even count."""
+    from synth.ablation.regime import RegimePoint, read_run, regime_result, regime_table
+    from synth.ablation.report.markdown_page import md_table
+    from synth.io import write_json_atomic
+
+    result = regime_result([read_run(r) for r in runs], arm, n_boot=n_boot)
+    header, rows = regime_table([RegimePoint(**p) for p in result["points"]])
+    typer.echo(md_table(header, rows))
+    if result["config_differences"]:
+        typer.echo(f"warning: the runs differ in {', '.join(result['config_differences'])}, not only in their data")
+    typer.echo(result["summary"])
+    if json_out is not None:
+        write_json_atomic(json_out, result)
+        typer.echo(f"written: {json_out}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the synth app (a sub-app sharing the app's error handling)."""
     results = type(app)(help="The results store and the tables generated from it.", no_args_is_help=True)
     results.command("import")(import_command)
     results.command("docs")(docs_command)
+    results.command("regime")(regime_command)
     app.add_typer(results, name="results")

@@ -26,6 +26,13 @@ def fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def fmt_count(n: float | None, missing: str = "none in range") -> str:
+    """A fitted count (a break-even): whole numbers from 10 up, one decimal below."""
+    if n is None:
+        return missing
+    return f"≈ {n:.0f}" if n >= 10 else f"≈ {n:.1f}"
+
+
 def fmt_rho(value: float | None, missing: str = "– (fewer than 3 classes)") -> str:
     """A Spearman rho, or what stands in for one that could not be computed."""
     return missing if value is None else f"{value:+.2f}"

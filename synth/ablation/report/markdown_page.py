@@ -21,7 +21,7 @@ def markdown_report(results: dict[str, Any], figures: dict[str, bytes]) -> str:
         "",
         tables.SEED_RULE,
         "",
-        _md_table(*tables.group_table(results)),
+        md_table(*tables.group_table(results)),
         "",
         "![mAP by group](figures/group_map.png)",
         "",
@@ -29,7 +29,7 @@ def markdown_report(results: dict[str, Any], figures: dict[str, bytes]) -> str:
         "",
         tables.PAIRED_RULE,
         "",
-        _md_table(*tables.paired_table(results)),
+        md_table(*tables.paired_table(results)),
         "",
     ]
     resampled = tables.paired_resampled_table(results)
@@ -37,7 +37,7 @@ def markdown_report(results: dict[str, Any], figures: dict[str, bytes]) -> str:
         out += [
             "## Paired differences vs real, tail re-sampled (the verdict's reference)",
             "",
-            _md_table(*resampled),
+            md_table(*resampled),
             "",
         ]
     out += _md_section("Evidence rule", *tables.evidence_table(results))
@@ -54,7 +54,7 @@ def markdown_report(results: dict[str, Any], figures: dict[str, bytes]) -> str:
         "",
         "## Per-class metrics (mean over seeds)",
         "",
-        _md_table(*tables.class_table(results)),
+        md_table(*tables.class_table(results)),
         "",
     ]
     filt = tables.filter_table(results)
@@ -65,7 +65,7 @@ def markdown_report(results: dict[str, Any], figures: dict[str, bytes]) -> str:
     for section in tables.external_sections(results):
         out += [f"## {section.title}", ""] + [f"- {line}" for line in section.lines] + [""]
         for subtitle, note, table in section.tables:
-            out += [f"### {subtitle}", "", note, "", _md_table(*table), ""]
+            out += [f"### {subtitle}", "", note, "", md_table(*table), ""]
     grids = [n for n in figures if n.startswith("grid_")]
     if grids:
         out += ["## Image grids (rows: real, kept synthetic, rejected synthetic)", ""]
@@ -79,10 +79,10 @@ def markdown_report(results: dict[str, Any], figures: dict[str, bytes]) -> str:
 
 
 def _md_section(title: str, note: str, table: tuple[list[str], list[list[str]]]) -> list[str]:
-    return [f"## {title}", "", note, "", _md_table(*table), ""]
+    return [f"## {title}", "", note, "", md_table(*table), ""]
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
+def md_table(header: list[str], rows: list[list[str]]) -> str:
     esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(map(esc, r)) + " |" for r in rows]

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from synth.ablation.evidence import evidence_of
-from synth.ablation.report.formatting import arm_label, arm_short, fmt, fmt_diff, fmt_est, fmt_rho
+from synth.ablation.gains import break_even, class_gains, resampled_positives
+from synth.ablation.report.formatting import arm_label, arm_short, fmt, fmt_count, fmt_diff, fmt_est, fmt_rho
 from synth.ablation.report.verdicts import arm_verdicts
 from synth.ablation.results import (
     GATE_MIN_SPEARMAN,
@@ -122,13 +123,12 @@ def gain_by_positives_table(results: dict[str, Any]) -> tuple[list[str], list[li
     """Issue #36's question seen across this run's classes: does a synthetic arm's gain over re-sampling shrink as a
     class has more real positives, and where would it reach 0? Only results.json is read, so old runs re-render.
     None without the re-sampling arm or an arm compared with it."""
-    resampled = next((a for a in results["arms"] if a["name"] == "real_resampled"), None)
-    n_pos = {c: v["n_pos"] for c, v in ((resampled or {}).get("resampling") or {}).get("per_class", {}).items()}
+    resampled, n_pos = resampled_positives(results)
     target = target_arm(results) if results.get("target") else None
     arms = _gain_arms(results, target)
     if not n_pos or not arms:
         return None
-    gains = [_class_gains(arm, resampled, n_pos) for arm in arms]
+    gains = [class_gains(arm, resampled, n_pos) for arm in arms]
     if not any(gains):
         return None
     header = ["real train positives", "classes"]
@@ -149,25 +149,6 @@ def _gain_arms(results: dict[str, Any], target: str | None) -> list[dict[str, An
     return sorted(arms, key=lambda a: a["name"] != target)
 
 
-def _class_gains(arm: dict[str, Any], resampled: dict[str, Any], n_pos: dict[str, int]) -> dict[str, float]:
-    """Per generated class with an AP in both arms: mean AP over the seeds both ran, arm minus re-sampled. Same
-    seeds, so a seed only one arm finished does not shift the difference."""
-    seeds = [s for s in arm["seeds"] if s in resampled["seeds"]]
-    gains = {}
-    for cls in n_pos:
-        delta = _mean_ap(arm, cls, seeds) - _mean_ap(resampled, cls, seeds)
-        if not math.isnan(delta):
-            gains[cls] = delta
-    return gains
-
-
-def _mean_ap(arm: dict[str, Any], cls: str, seeds: list[str]) -> float:
-    """Mean test AP of one class over ``seeds``; NaN where it was not scored (no test positives)."""
-    vals = [(arm["seeds"][s].get("per_class") or {}).get(cls, {}).get("ap") for s in seeds]
-    vals = [float(v) for v in vals if v is not None and not math.isnan(float(v))]
-    return float(np.mean(vals)) if vals else math.nan
-
-
 def _bin_cell(deltas: list[float]) -> str:
     """A bin's mean ΔAP and how many of its classes gained: a mean alone can hide one large class-level swing."""
     if not deltas:
@@ -183,13 +164,8 @@ def _fit_cell(counts: list[int], deltas: list[float]) -> str:
     if len(deltas) < 3 or np.ptp(x) == 0:
         return "–"
     slope, intercept = np.polyfit(x, np.asarray(deltas, dtype=float), 1)
-    text = f"slope {slope:+.3f} per 10×, break-even "
-    if slope >= 0:
-        return text + "none in range"
-    n_star = 10 ** (-intercept / slope)
-    if not min(counts) / 2 <= n_star <= 2 * max(counts):
-        return text + "none in range"
-    return text + (f"≈ {n_star:.0f}" if n_star >= 10 else f"≈ {n_star:.1f}")
+    n_star = break_even(slope, intercept, counts)
+    return f"slope {slope:+.3f} per 10×, break-even {fmt_count(n_star)}"
 
 
 def timings_table(results: dict[str, Any]) -> tuple[str, tuple[list[str], list[list[str]]]] | None:
