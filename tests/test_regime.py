@@ -93,8 +93,20 @@ def test_a_run_without_the_arm_or_without_re_sampling_is_an_error_naming_the_fix
 
 
 def test_runs_of_different_recipes_are_named_not_runs_of_different_data():
-    assert config_differences([_run("small", 1), _run("large", 4)]) == []
-    assert config_differences([_run("small", 1), _run("large", 4, generator="other.yaml")]) == ["generator"]
+    """Data, arms, other variants and the evaluation-only oracle may differ; the generator or the arm's own
+    variant may not."""
+    small, large = _run("small", 1), _run("large", 4)
+    small["provenance"]["config"].update(oracle={"config": "o.yaml"}, variants=[_variant("other", 0.5)])
+    large["provenance"]["config"].update(oracle={"config": None}, arms=["real_only"])
+    assert config_differences([small, large], "weighted") == []
+    small["provenance"]["config"]["variants"].append(_variant("weighted", 0.25))
+    large["provenance"]["config"]["variants"] = [_variant("weighted", 0.5)]
+    other = _run("large", 4, generator="other.yaml")
+    assert config_differences([small, large, other], "weighted") == ["generator", "variants[weighted]"]
+
+
+def _variant(name: str, weight: float) -> dict:
+    return {"name": name, "arm": "synthetic_filtered_resampled", "classifier": {"synthetic.loss_weight": weight}}
 
 
 def test_cli_prints_the_table_and_summary_and_writes_the_json(tmp_path: Path):

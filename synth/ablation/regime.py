@@ -24,8 +24,20 @@ import numpy as np
 from synth.ablation.gains import break_even, class_gains, resampled_positives
 from synth.errors import UserError
 
-#: config sections that may differ between the runs of one regime curve (what the curve varies, and bookkeeping)
-VARYING = ("name", "data", "seeds", "arms", "evaluation", "output_root", "results_store", "target")
+#: config sections that may differ between the runs of one regime curve: what the curve varies, bookkeeping, and
+#: the evaluation-only oracle (nothing it says reaches a model). ``variants`` is compared for the curve's arm only.
+VARYING = (
+    "name",
+    "data",
+    "seeds",
+    "arms",
+    "variants",
+    "evaluation",
+    "oracle",
+    "output_root",
+    "results_store",
+    "target",
+)
 
 
 @dataclass(frozen=True)
@@ -88,12 +100,15 @@ def regime_points(runs: list[dict[str, Any]], arm: str) -> list[RegimePoint]:
     return points
 
 
-def config_differences(runs: list[dict[str, Any]]) -> list[str]:
-    """The config sections, outside what a regime curve varies (:data:`VARYING`), on which the runs disagree: a
-    curve through runs of different recipes is not the regime's answer."""
+def config_differences(runs: list[dict[str, Any]], arm: str) -> list[str]:
+    """The config sections, outside what a regime curve varies (:data:`VARYING`), on which the runs disagree, and
+    ``variants[arm]`` when the arm is defined differently: a curve through different recipes is not the regime's
+    answer."""
     configs = [((r.get("provenance") or {}).get("config") or {}) for r in runs]
     keys = sorted({k for c in configs for k in c} - set(VARYING))
-    return [k for k in keys if any(c.get(k) != configs[0].get(k) for c in configs[1:])]
+    differ = [k for k in keys if any(c.get(k) != configs[0].get(k) for c in configs[1:])]
+    specs = [next((v for v in c.get("variants") or [] if v.get("name") == arm), None) for c in configs]
+    return differ + ([f"variants[{arm}]"] if any(v != specs[0] for v in specs[1:]) else [])
 
 
 def fit_regime(points: list[RegimePoint], n_boot: int = 2000, seed: int = 0) -> RegimeFit | None:
@@ -187,7 +202,7 @@ def regime_result(runs: list[dict[str, Any]], arm: str, n_boot: int = 2000) -> d
     return {
         "arm": arm,
         "runs": [{"label": run_label(r), "commit": (r.get("provenance") or {}).get("git_commit")} for r in runs],
-        "config_differences": config_differences(runs),
+        "config_differences": config_differences(runs, arm),
         "points": [asdict(p) for p in points],
         "fit": None if fit is None else _finite(asdict(fit)),
         "summary": regime_summary(fit, arm),
