@@ -52,6 +52,34 @@ def test_a_claim_is_held_against_a_live_owner_and_taken_over_from_a_dead_one(tmp
         live.wait()
 
 
+def _first_pick(folders: list[Path], start, picks) -> None:
+    """One invocation's first free_first pick, made the moment ``start`` opens; the step then runs for 0.5 s."""
+    start.wait()
+    for name in claims.free_first([f.name for f in folders], lambda name: [folders[0].parent / name]):
+        picks.put(name)
+        with claims.hold(folders[0].parent / name, log=lambda m: None):  # takes free_first's claim over
+            time.sleep(0.5)
+        return
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="forks two invocations")
+def test_two_invocations_looking_at_the_same_moment_pick_different_steps(tmp_path: Path):
+    """free_first claims what it yields: two processes released together never both take the first free step (a
+    look-then-claim would let both see it free, and one then wait out the other's step)."""
+    ctx = multiprocessing.get_context("fork")
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for _ in range(5):
+        start, picks = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_first_pick, args=(folders, start, picks)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+        assert [p.exitcode for p in procs] == [0, 0]
+        assert sorted([picks.get(timeout=5), picks.get(timeout=5)]) == ["a", "b"]
+        assert not list(tmp_path.rglob(claims.OWNER))  # every claim released
+
+
 def test_a_step_left_claimed_by_a_killed_run_is_taken_over(tmp_path: Path, monkeypatch):
     fake = FakeStages(monkeypatch)
     cfg = load_ablation_config(write_config(tmp_path, seeds=[0], arms=ARMS))
@@ -72,11 +100,23 @@ def _invocation(config: Path, calls: Path) -> None:
         def slow(*args, _real=real, _name=name, **kwargs):
             with calls.open("a") as f:
                 f.write(f"{os.getpid()} {_name} {args[2] if _name == 'train_generator' else args[5]}\n")
+            _until_the_other_runs(calls, _name)
             time.sleep(0.6 if _name == "train_generator" else 0.2)
             return _real(*args, **kwargs)
 
         mp.setattr("synth.ablation.stages." + name, slow)
     run_ablation(load_ablation_config(config), log=lambda m: None)
+
+
+def _until_the_other_runs(calls: Path, name: str, timeout: float = 20.0) -> None:
+    """Hold a step until the other invocation has started a step of the same kind, so the split the test checks
+    does not depend on how fast a loaded machine schedules the second process (it once did all the work alone)."""
+    deadline = time.time() + timeout
+    me = str(os.getpid())
+    while time.time() < deadline:
+        if any(pid != me and kind == name for pid, kind, _ in (ln.split() for ln in calls.read_text().splitlines())):
+            return
+        time.sleep(0.02)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="forks two invocations")

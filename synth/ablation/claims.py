@@ -27,6 +27,10 @@ from typing import Callable, Iterator
 OWNER = ".owner.json"
 POLL_SECONDS = 5.0
 
+#: folders :func:`free_first` claimed for the item it yielded, not yet entered with :func:`hold`: the first
+#: ``hold`` on one takes the claim over (and releases it when its step is done, as if it had claimed it itself)
+_reserved: set[Path] = set()
+
 
 def _me() -> dict[str, object]:
     return {"pid": os.getpid(), "host": socket.gethostname()}
@@ -103,6 +107,9 @@ def hold(folder: Path, log: Callable[[str], None], enabled: bool = True) -> Iter
             )
             told = True
         time.sleep(POLL_SECONDS)
+    if got is None and folder in _reserved:  # free_first's claim for this step: released when the step ends
+        _reserved.discard(folder)
+        got = True
     try:
         yield told
     finally:
@@ -110,14 +117,42 @@ def hold(folder: Path, log: Callable[[str], None], enabled: bool = True) -> Iter
             (folder / OWNER).unlink(missing_ok=True)
 
 
-def free_first(items: list, folders_of: Callable[[object], list[Path]], enabled: bool = True) -> Iterator:
-    """Yield every item once, each time the first one whose folders no other live invocation holds (the first
-    left when all are held: the caller then waits for it). Disabled: in order (every process must agree)."""
+def free_first(items: list, pending_of: Callable[[object], list[Path]], enabled: bool = True) -> Iterator:
+    """Yield every item once, each time the first one whose pending folders (``pending_of``: its step folders not
+    yet done) no other live invocation holds; the first left when all are held (the caller then waits for it).
+
+    The chosen item's first pending folder is *claimed* before it is yielded (a :func:`hold` on it takes the claim
+    over; otherwise it is released when the caller asks for the next item): two invocations that look at the same
+    moment cannot both pick the same free step (one would then wait for the other's step instead of taking the
+    next one). Disabled: in order (every process of an ``accelerate launch`` must agree)."""
     if not enabled:
         yield from items
         return
     left = list(items)
     while left:
-        item = next((i for i in left if not any(held_elsewhere(f) for f in folders_of(i))), left[0])
+        item, reserved = _reserve_next(left, pending_of)
         left.remove(item)
-        yield item
+        if reserved is not None:
+            _reserved.add(reserved)
+        try:
+            yield item
+        finally:
+            if reserved in _reserved:  # not taken over by a hold: the caller did not run that step
+                _reserved.discard(reserved)
+                (reserved / OWNER).unlink(missing_ok=True)
+
+
+def _reserve_next(left: list, pending_of: Callable[[object], list[Path]]) -> tuple[object, Path | None]:
+    """The first item no other invocation holds, and the folder claimed for it here (None: nothing left to run,
+    or already held by this invocation); ``left[0]`` unclaimed when every item is held elsewhere."""
+    for item in left:
+        pending = pending_of(item)
+        if any(held_elsewhere(f) for f in pending):
+            continue
+        if not pending:
+            return item, None
+        got = _try_claim(pending[0])
+        if got is False:  # another invocation claimed it between the look and the claim
+            continue
+        return item, pending[0] if got else None
+    return left[0], None

@@ -79,7 +79,8 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     claims = _claims_on()
     jobs = [(arm, i, seed) for arm in cfg.run_arms for i, seed in enumerate(cfg.seeds)]
-    for arm, i, seed in free_first(jobs, lambda job: [steps[arm_step(job[0].name, job[2])].folder], claims):
+    pending = lambda job: [s.folder for s in [steps[arm_step(job[0].name, job[2])]] if not s.done]  # noqa: E731
+    for arm, i, seed in free_first(jobs, pending, claims):
         step = steps[arm_step(arm.name, seed)]
         with hold(step.folder, log, enabled=claims):  # the model and its extra predictions, as one unit
             repeats = resampling.repeats if arm.resample else None
@@ -203,8 +204,9 @@ def _shared_stages(cfg: AblationConfig, steps: dict[str, Step], log: Callable[[s
     stage_names = ("generator", "generate", "filter")
 
     def folders(src: Source) -> list[Path]:
+        """The source's steps still to run, in order (a finished generator is no longer anyone's to claim)."""
         names = [n + (Source(src.k).suffix if n == "generator" else src.suffix) for n in stage_names]
-        return [steps[n].folder for n in names if n in steps]
+        return [steps[n].folder for n in names if n in steps and not steps[n].done]
 
     for src in free_first(ordered, folders, enabled=claims):  # another invocation may be training generator 0
         src_cfg = cfg.for_synthetic(src.k, specs[src.variant] if src.variant else None)
