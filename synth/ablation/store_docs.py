@@ -1,6 +1,7 @@
 """The tables in README.md and docs/, generated from the results store (``synth results docs``).
 
-A block is written by hand once as two marker comments naming the run::
+A block is written by hand once as two marker comments naming the run (and, optionally, ``view=levers``: each
+group's Δ against re-sampling instead of the group mAPs)::
 
     <!-- results-table ablation=phantom-cpu commit=61e7fbe -->
     <!-- /results-table -->
@@ -24,19 +25,28 @@ BLOCK = re.compile(r"(<!-- results-table (?P<args>[^>]*?) -->\n)(?P<body>.*?)(<!
 DOC_FILES: tuple[str, ...] = ("README.md", "docs/*.md")
 
 
+#: what a block shows (``view=`` in its marker): every group's mAP and the Δs against both baselines, or, for a
+#: run that measures levers of one recipe, each group's Δ against re-sampling (the question every lever asks)
+VIEWS = ("groups", "levers")
+
+
 @dataclass(frozen=True)
 class Selector:
-    """Which run a block shows: an ablation name and a commit prefix."""
+    """Which run a block shows (an ablation name and a commit prefix) and how (:data:`VIEWS`)."""
 
     ablation: str
     commit: str
+    view: str = "groups"
 
     @classmethod
     def parse(cls, args: str, where: str) -> "Selector":
         fields = dict(part.split("=", 1) for part in args.split() if "=" in part)
         if not fields.get("ablation") or not fields.get("commit"):
             raise UserError(f"{where}: a results-table marker needs ablation=NAME commit=HASH, got {args!r}")
-        return cls(fields["ablation"], fields["commit"])
+        view = fields.get("view", "groups")
+        if view not in VIEWS:
+            raise UserError(f"{where}: view={view} is not one of {', '.join(VIEWS)}; fix the marker")
+        return cls(fields["ablation"], fields["commit"], view)
 
     def rows(self, store: list[dict[str, str]], where: str) -> list[dict[str, str]]:
         matching = [r for r in store if r["ablation"] == self.ablation and r["commit"].startswith(self.commit)]
@@ -101,8 +111,9 @@ def _stage_minutes(cell: str) -> str:
     return f"{total / 60:.1f} min"
 
 
-def render_block(rows: list[dict[str, str]], store_name: str) -> str:
-    """One run as Markdown: a provenance line, then head / medium / tail mAP and the paired Δs per arm."""
+def render_block(rows: list[dict[str, str]], store_name: str, view: str = "groups") -> str:
+    """One run as Markdown: a provenance line, then per arm either head / medium / tail mAP and the paired Δs
+    (``groups``) or tail mAP and each group's paired Δ vs re-sampling (``levers``)."""
     first = rows[0]
     by_arm: dict[str, dict[str, dict[str, str]]] = {}
     for row in rows:
@@ -113,17 +124,29 @@ def render_block(rows: list[dict[str, str]], store_name: str) -> str:
         f"{first['classifier_seeds'] or '?'}, generator seed(s) {first['generator_seed'] or '?'}; stage time "
         f"{_stage_minutes(first['stage_seconds'])}). Generated from `{store_name}` by `synth results docs`.",
         "",
-        "| Arm | head mAP | medium mAP | tail mAP | tail Δ vs real only | tail Δ vs real re-sampled "
-        "| head Δ vs real only | tail verdict |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for groups in by_arm.values():
-        head, medium, tail = groups["head"], groups["medium"], groups["tail"]
-        lines.append(
-            f"| {tail['label']} | {_f(head['map'])} | {_f(medium['map'])} | {_f(tail['map'])} | "
-            f"{_delta(tail, 'real_only')} | {_delta(tail, 'real_resampled')} | {_delta(head, 'real_only')} | "
-            f"{_verdict(tail)} |"
-        )
+    if view == "levers":
+        lines += [
+            "| Arm | tail mAP | tail Δ vs re-sampled | medium Δ vs re-sampled | head Δ vs re-sampled | tail verdict |",
+            "|---|---|---|---|---|---|",
+        ]
+        for groups in by_arm.values():
+            tail = groups["tail"]
+            deltas = " | ".join(_delta(groups[g], "real_resampled") for g in ("tail", "medium", "head"))
+            lines.append(f"| {tail['label']} | {_f(tail['map'])} | {deltas} | {_verdict(tail)} |")
+    else:
+        lines += [
+            "| Arm | head mAP | medium mAP | tail mAP | tail Δ vs real only | tail Δ vs real re-sampled "
+            "| head Δ vs real only | tail verdict |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for groups in by_arm.values():
+            head, medium, tail = groups["head"], groups["medium"], groups["tail"]
+            lines.append(
+                f"| {tail['label']} | {_f(head['map'])} | {_f(medium['map'])} | {_f(tail['map'])} | "
+                f"{_delta(tail, 'real_only')} | {_delta(tail, 'real_resampled')} | {_delta(head, 'real_only')} | "
+                f"{_verdict(tail)} |"
+            )
     lines += ["", _evidence_line(rows)]
     return "\n".join(lines) + "\n"
 
@@ -151,7 +174,8 @@ def update_docs(
 
         def render(match: re.Match, path: Path = path) -> str:
             where = f"{path.name}: results-table {match['args']}"
-            body = render_block(Selector.parse(match["args"], where).rows(store, where), store_name)
+            selector = Selector.parse(match["args"], where)
+            body = render_block(selector.rows(store, where), store_name, selector.view)
             if body != match["body"]:
                 changed.append(where)
             return match.group(1) + body + match.group(4)
