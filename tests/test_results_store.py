@@ -133,6 +133,16 @@ def test_the_phantom_cpu_verdict_block_matches_its_committed_result():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_every_committed_ablation_result_is_in_the_store():
+    """bench/results/README.md says runs.csv holds every committed `synth ablate` result: a results.json committed
+    without `synth results import` would leave its numbers out of every generated table."""
+    sources = {r["source"] for r in read_store(REPO_STORE)}
+    for path in sorted((REPO / "bench" / "results").glob("*.json")):
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and "arms" in data and "verdict_baseline" in data:
+            assert f"bench/results/{path.name}" in sources, f"{path.name}: run `synth results import {path}`"
+
+
 def test_readme_stays_short_and_keeps_its_two_commands():
     readme = (REPO / "README.md").read_text().splitlines()
     assert len(readme) <= 250
