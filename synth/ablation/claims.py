@@ -117,9 +117,12 @@ def hold(folder: Path, log: Callable[[str], None], enabled: bool = True) -> Iter
             (folder / OWNER).unlink(missing_ok=True)
 
 
-def free_first(items: list, pending_of: Callable[[object], list[Path]], enabled: bool = True) -> Iterator:
-    """Yield every item once, each time the first one whose pending folders (``pending_of``: its step folders not
-    yet done) no other live invocation holds; the first left when all are held (the caller then waits for it).
+def free_first(
+    items: list, folders_of: Callable[[object], list[Path]], done: Callable[[Path], bool], enabled: bool = True
+) -> Iterator:
+    """Yield every item once, each time the first one whose step folders (``folders_of``) no other live invocation
+    holds — a step already ``done`` counts too while its owner still finishes what it holds it for (an arm's
+    extra predictions) — and the first left when all are held (the caller then waits for it).
 
     The chosen item's first pending folder is *claimed* before it is yielded (a :func:`hold` on it takes the claim
     over; otherwise it is released when the caller asks for the next item): two invocations that look at the same
@@ -130,7 +133,7 @@ def free_first(items: list, pending_of: Callable[[object], list[Path]], enabled:
         return
     left = list(items)
     while left:
-        item, reserved = _reserve_next(left, pending_of)
+        item, reserved = _reserve_next(left, folders_of, done)
         left.remove(item)
         if reserved is not None:
             _reserved.add(reserved)
@@ -142,13 +145,17 @@ def free_first(items: list, pending_of: Callable[[object], list[Path]], enabled:
                 (reserved / OWNER).unlink(missing_ok=True)
 
 
-def _reserve_next(left: list, pending_of: Callable[[object], list[Path]]) -> tuple[object, Path | None]:
-    """The first item no other invocation holds, and the folder claimed for it here (None: nothing left to run,
-    or already held by this invocation); ``left[0]`` unclaimed when every item is held elsewhere."""
+def _reserve_next(
+    left: list, folders_of: Callable[[object], list[Path]], done: Callable[[Path], bool]
+) -> tuple[object, Path | None]:
+    """The first item no other invocation holds, and the folder claimed for it here (its first step not yet done;
+    None: nothing left to run, or already held by this invocation); ``left[0]`` unclaimed when every item is held
+    elsewhere."""
     for item in left:
-        pending = pending_of(item)
-        if any(held_elsewhere(f) for f in pending):
+        folders = folders_of(item)
+        if any(held_elsewhere(f) for f in folders):
             continue
+        pending = [f for f in folders if not done(f)]
         if not pending:
             return item, None
         got = _try_claim(pending[0])

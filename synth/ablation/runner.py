@@ -79,8 +79,8 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     claims = _claims_on()
     jobs = [(arm, i, seed) for arm in cfg.run_arms for i, seed in enumerate(cfg.seeds)]
-    pending = lambda job: [s.folder for s in [steps[arm_step(job[0].name, job[2])]] if not s.done]  # noqa: E731
-    for arm, i, seed in free_first(jobs, pending, claims):
+    folder_of = lambda job: [steps[arm_step(job[0].name, job[2])].folder]  # noqa: E731
+    for arm, i, seed in free_first(jobs, folder_of, _step_done, claims):
         step = steps[arm_step(arm.name, seed)]
         with hold(step.folder, log, enabled=claims):  # the model and its extra predictions, as one unit
             repeats = resampling.repeats if arm.resample else None
@@ -204,11 +204,12 @@ def _shared_stages(cfg: AblationConfig, steps: dict[str, Step], log: Callable[[s
     stage_names = ("generator", "generate", "filter")
 
     def folders(src: Source) -> list[Path]:
-        """The source's steps still to run, in order (a finished generator is no longer anyone's to claim)."""
         names = [n + (Source(src.k).suffix if n == "generator" else src.suffix) for n in stage_names]
-        return [steps[n].folder for n in names if n in steps and not steps[n].done]
+        return [steps[n].folder for n in names if n in steps]
 
-    for src in free_first(ordered, folders, enabled=claims):  # another invocation may be training generator 0
+    for src in free_first(
+        ordered, folders, _step_done, enabled=claims
+    ):  # another invocation may be training generator 0
         src_cfg = cfg.for_synthetic(src.k, specs[src.variant] if src.variant else None)
         if src.k not in generators:
             generators[src.k] = Path(
@@ -333,6 +334,11 @@ def _cached(
     if timer is not None:
         timer.add(step.name, done.get("seconds"), cached)
     return done["output"]
+
+
+def _step_done(folder: Path) -> bool:
+    """Whether the step in ``folder`` finished (its marker is written last)."""
+    return (folder / DONE).exists()
 
 
 def _claims_on() -> bool:
