@@ -14,7 +14,6 @@ re-sampling; with more, re-sample and skip it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -204,16 +203,6 @@ def regime_result(runs: list[dict[str, Any]], arm: str, n_boot: int = 2000) -> d
         "runs": [{"label": run_label(r), "commit": (r.get("provenance") or {}).get("git_commit")} for r in runs],
         "config_differences": config_differences(runs, arm),
         "points": [asdict(p) for p in points],
-        "fit": None if fit is None else _finite(asdict(fit)),
+        "fit": None if fit is None else asdict(fit),
         "summary": regime_summary(fit, arm),
     }
-
-
-def _finite(d: dict[str, Any]) -> dict[str, Any]:
-    """Tuples as lists, NaN as None: strict JSON."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, tuple):
-            v = list(v)
-        out[k] = None if isinstance(v, float) and math.isnan(v) else v
-    return out

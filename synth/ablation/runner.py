@@ -50,7 +50,7 @@ from synth.ablation.external import check_external_classes, read_external_sets
 from synth.ablation.preflight import check_paths
 from synth.ablation.report import render_report
 from synth.ablation.results import RESULTS_FILE
-from synth.ablation.steps import DONE, Source, Step, arm_step, external_step, plan, source_of, sources
+from synth.ablation.steps import DONE, Source, Step, arm_step, external_step, folder_done, plan, source_of, sources
 from synth.errors import UserError
 from synth.io import atomic_path, write_json_atomic
 from synth.manifest import annotated_classes, concat_manifests, read_manifest
@@ -80,7 +80,7 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] | None = None) 
     claims = _claims_on()
     jobs = [(arm, i, seed) for arm in cfg.run_arms for i, seed in enumerate(cfg.seeds)]
     folder_of = lambda job: [steps[arm_step(job[0].name, job[2])].folder]  # noqa: E731
-    for arm, i, seed in free_first(jobs, folder_of, _step_done, claims):
+    for arm, i, seed in free_first(jobs, folder_of, folder_done, claims):
         step = steps[arm_step(arm.name, seed)]
         with hold(step.folder, log, enabled=claims):  # the model and its extra predictions, as one unit
             repeats = resampling.repeats if arm.resample else None
@@ -207,9 +207,8 @@ def _shared_stages(cfg: AblationConfig, steps: dict[str, Step], log: Callable[[s
         names = [n + (Source(src.k).suffix if n == "generator" else src.suffix) for n in stage_names]
         return [steps[n].folder for n in names if n in steps]
 
-    for src in free_first(
-        ordered, folders, _step_done, enabled=claims
-    ):  # another invocation may be training generator 0
+    # another invocation may be training generator 0
+    for src in free_first(ordered, folders, folder_done, enabled=claims):
         src_cfg = cfg.for_synthetic(src.k, specs[src.variant] if src.variant else None)
         if src.k not in generators:
             generators[src.k] = Path(
@@ -334,11 +333,6 @@ def _cached(
     if timer is not None:
         timer.add(step.name, done.get("seconds"), cached)
     return done["output"]
-
-
-def _step_done(folder: Path) -> bool:
-    """Whether the step in ``folder`` finished (its marker is written last)."""
-    return (folder / DONE).exists()
 
 
 def _claims_on() -> bool:

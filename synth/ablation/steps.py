@@ -23,7 +23,12 @@ class Step:
 
     @property
     def done(self) -> bool:
-        return (self.folder / DONE).exists()
+        return folder_done(self.folder)
+
+
+def folder_done(folder: Path) -> bool:
+    """Whether the step in ``folder`` finished (its marker is written last)."""
+    return (folder / DONE).exists()
 
 
 @dataclass(frozen=True)
