@@ -124,6 +124,8 @@ def test_cli_prints_the_table_and_summary_and_writes_the_json(tmp_path: Path):
     assert "Break-even ≈" in res.output
     written = json.loads(out.read_text())
     assert written["fit"]["slope"] == pytest.approx(SLOPE) and len(written["points"]) == 10
+    assert written["bench"] == "synth results regime"  # argv: the process's (pytest's here)
+    assert {"git_commit", "versions"} <= set(written["provenance"])  # a committed curve names what made it
 
     res = CliRunner().invoke(app, ["results", "regime", str(tmp_path / "nowhere"), "--arm", "weighted"])
     assert res.exit_code != 0 and "no results.json there" in res.output

@@ -63,13 +63,15 @@ def regime_command(
     ),
     arm: str = typer.Option(..., "--arm", help="The synthetic arm whose gain over real_resampled is plotted."),
     n_boot: int = typer.Option(2000, "--n-boot", min=100, help="Bootstrap draws over classes."),
-    json_out: Path = typer.Option(None, "--json", help="Also write the points, the fit and the summary here."),
+    json_out: Path = typer.Option(
+        None, "--json", help="Also write the points, the fit and the summary here, with provenance (a bench result)."
+    ),
 ) -> None:
     """The regime curve: the arm's gain over re-sampling against each class's real positives, within classes
     across the runs, and the break-even count."""
     from synth.ablation.regime import RegimePoint, read_run, regime_result, regime_table
     from synth.ablation.report.markdown_page import md_table
-    from synth.io import write_json_atomic
+    from synth.provenance import write_bench_result
 
     result = regime_result([read_run(r) for r in runs], arm, n_boot=n_boot)
     header, rows = regime_table([RegimePoint(**p) for p in result["points"]])
@@ -78,7 +80,7 @@ def regime_command(
         typer.echo(f"warning: the runs differ in {', '.join(result['config_differences'])}, not only in their data")
     typer.echo(result["summary"])
     if json_out is not None:
-        write_json_atomic(json_out, result)
+        write_bench_result(json_out, "synth results regime", result)
         typer.echo(f"written: {json_out}")
 
 
