@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from synth.ablation.regime import config_differences, fit_regime, regime_points, regime_result
+from synth.ablation.regime import (
+    COUNT_CAP,
+    RegimePoint,
+    config_differences,
+    fit_regime,
+    regime_points,
+    regime_result,
+    regime_summary,
+)
 from synth.errors import UserError
 
 SLOPE = -0.04
@@ -76,6 +85,23 @@ def test_a_rising_line_names_no_break_even():
     assert result["fit"]["slope"] == pytest.approx(-SLOPE) and result["fit"]["break_even"] is None
     assert "does not fall: no break-even" in result["summary"]
     json.dumps(result, allow_nan=False)  # strict JSON
+
+
+def test_a_line_that_barely_falls_crosses_beyond_any_count_without_overflow():
+    """Found on the first real curve: a bootstrap draw whose slope is a hair below 0 crosses at 10**(1e7)
+    positives, which overflowed a float and crashed `synth results regime`. Such a crossing is no break-even; the
+    interval end is written capped (strict JSON) and read as "more than any data set"."""
+    points = [
+        RegimePoint(run, cls, n * scale, 0.05 + 0.01 * i - 1e-9 * math.log10(n * scale))
+        for i, (cls, n) in enumerate(BASE_POSITIVES.items())
+        for run, scale in (("small", 1), ("large", 4))
+    ]
+    fit = fit_regime(points, n_boot=100)
+    assert fit.slope < 0 and fit.break_even is None and fit.falling_share == 1.0
+    assert fit.break_even_interval == (COUNT_CAP, COUNT_CAP)
+    summary = regime_summary(fit, "weighted")
+    assert "reaches 0 far outside the observed counts" in summary and "> 1e+09" in summary
+    json.dumps(asdict(fit), allow_nan=False)
 
 
 def test_one_run_has_no_within_class_slope():

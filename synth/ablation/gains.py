@@ -48,5 +48,6 @@ def break_even(slope: float, intercept: float, counts: list[int] | np.ndarray) -
     largest observed count (an extrapolation the classes cannot support)."""
     if slope >= 0:
         return None
-    n_star = 10 ** (-intercept / slope)
-    return n_star if min(counts) / 2 <= n_star <= 2 * max(counts) else None
+    x_star = -intercept / slope  # compared in log10 space: a line that barely falls crosses beyond any float
+    in_range = math.log10(min(counts) / 2) <= x_star <= math.log10(2 * max(counts))
+    return 10**x_star if in_range else None

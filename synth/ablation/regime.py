@@ -14,6 +14,7 @@ re-sampling; with more, re-sample and skip it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,11 @@ VARYING = (
     "results_store",
     "target",
 )
+
+
+#: where a break-even interval's end is written when the crossing lies beyond it ("more positives than any data
+#: set has"; the summary prints it as such)
+COUNT_CAP = 1e9
 
 
 @dataclass(frozen=True)
@@ -124,14 +130,15 @@ def fit_regime(points: list[RegimePoint], n_boot: int = 2000, seed: int = 0) -> 
     rng = np.random.default_rng(seed)
     draws = [_within_line([classes[i] for i in rng.integers(0, len(classes), len(classes))]) for _ in range(n_boot)]
     slopes = np.array([d[0] for d in draws])
-    falling = [10 ** (-b0 / b) for b, b0, _ in draws if b < 0]
+    # where each falling draw crosses 0, in log10 counts: a draw that barely falls crosses beyond any float
+    falling = np.array([-b0 / b for b, b0, _ in draws if b < 0])
     return RegimeFit(
         slope=slope,
         slope_interval=(float(np.percentile(slopes, 2.5)), float(np.percentile(slopes, 97.5))),
         intercept=intercept,
         break_even=break_even(slope, intercept, counts),
-        break_even_interval=(float(np.percentile(falling, 2.5)), float(np.percentile(falling, 97.5)))
-        if falling
+        break_even_interval=(_count(np.percentile(falling, 2.5)), _count(np.percentile(falling, 97.5)))
+        if len(falling)
         else None,
         falling_share=len(falling) / n_boot,
         mean_gain=mean_gain,
@@ -139,6 +146,11 @@ def fit_regime(points: list[RegimePoint], n_boot: int = 2000, seed: int = 0) -> 
         n_points=len(counts),
         n_boot=n_boot,
     )
+
+
+def _count(log10_count: float) -> float:
+    """A crossing as a count, capped at :data:`COUNT_CAP` (JSON has no infinity; no data set reaches it)."""
+    return float(10 ** min(log10_count, math.log10(COUNT_CAP)))
 
 
 def _within_line(classes: list[list[RegimePoint]]) -> tuple[float, float, float]:
@@ -189,9 +201,14 @@ def regime_summary(fit: RegimeFit | None, arm: str) -> str:
         b_lo, b_hi = fit.break_even_interval
         text += (
             f"; over the {fit.falling_share:.0%} of draws whose line falls, the crossing lies in "
-            f"[{b_lo:.0f}, {b_hi:.0f}]" + (" (the rest never cross)" if fit.falling_share < 1 else "")
+            f"[{_count_text(b_lo)}, {_count_text(b_hi)}]"
+            + (" (the rest never cross)" if fit.falling_share < 1 else "")
         )
     return text + "."
+
+
+def _count_text(count: float) -> str:
+    return f"> {COUNT_CAP:.0e}" if count >= COUNT_CAP else f"{count:.0f}"
 
 
 def regime_result(runs: list[dict[str, Any]], arm: str, n_boot: int = 2000) -> dict[str, Any]:
