@@ -226,6 +226,34 @@ def test_a_levers_view_shows_every_groups_delta_against_re_sampling(tmp_path: Pa
     assert done.exit_code != 0 and "view=wide is not one of groups, levers" in done.output
 
 
+def test_also_appends_another_runs_arms_on_the_same_stages_naming_that_run(tmp_path: Path):
+    """also=ABLATION@COMMIT:ARM: the levers two runs measured on identical stages read as one table; the appended
+    row names its run in its label and in the provenance line, and an arm that run lacks is one error line."""
+    store = tmp_path / "runs.csv"
+    doc = _doc(tmp_path, store)
+    other = json.loads(_results_file(tmp_path).read_text())
+    other["name"], other["provenance"]["git_commit"] = "toy-sel", "fff0000aaa"
+    append_rows(store, run_rows(other))
+    doc.write_text(
+        "<!-- results-table ablation=toy commit=abc1234 view=levers also=toy-sel@fff0000:synthetic_filtered -->\n"
+        "<!-- /results-table -->\n"
+    )
+    args = ["results", "docs", "--store", str(store), "--repo", str(doc.parent)]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    text = doc.read_text()
+    rows = [x for x in text.splitlines() if x.startswith("| ") and not x.startswith("| Arm |")]
+    own = [r for r in rows if "(toy-sel@fff0000)" not in r]
+    appended = [r for r in rows if "(toy-sel@fff0000)" in r]
+    assert len(appended) == 1 and len(own) == len({r["arm"] for r in read_store(store) if r["ablation"] == "toy"})
+    assert appended[0].split("|")[2:] == next(r for r in own if r.startswith("| synthetic_filtered |")).split("|")[2:]
+    assert "Appended: `synthetic_filtered` from run" in text and "of `toy-sel` at `fff0000aaa`" in text
+
+    doc.write_text(text.replace(":synthetic_filtered", ":no_such_arm"))
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code != 0 and "has no arm no_such_arm; fix also=" in done.output
+
+
 def test_quoted_figures_in_prose_are_rendered_from_the_store_and_checked(tmp_path: Path):
     """A figure quoted in prose between markers is rewritten from the store (a Δ with its interval, a p, a per-class
     ΔAP from the run's results.json); a hand edit fails --check naming the quote."""

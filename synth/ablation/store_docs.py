@@ -1,7 +1,9 @@
 """The tables in README.md and docs/, generated from the results store (``synth results docs``).
 
 A block is written by hand once as two marker comments naming the run (and, optionally, ``view=levers``: each
-group's Δ against re-sampling instead of the group mAPs)::
+group's Δ against re-sampling instead of the group mAPs; ``also=ABLATION@COMMIT:ARM[,ARM]``: arms of another run
+*on the same stages*, appended as rows that name their run — so the levers two runs measured on identical data,
+generator and baselines read as one table)::
 
     <!-- results-table ablation=phantom-cpu commit=61e7fbe -->
     <!-- /results-table -->
@@ -37,6 +39,8 @@ class Selector:
     ablation: str
     commit: str
     view: str = "groups"
+    #: (ablation, commit, arms) of another run on the same stages whose arms the block appends
+    also: tuple[str, str, tuple[str, ...]] | None = None
 
     @classmethod
     def parse(cls, args: str, where: str) -> "Selector":
@@ -46,17 +50,40 @@ class Selector:
         view = fields.get("view", "groups")
         if view not in VIEWS:
             raise UserError(f"{where}: view={view} is not one of {', '.join(VIEWS)}; fix the marker")
-        return cls(fields["ablation"], fields["commit"], view)
+        also = None
+        if "also" in fields:
+            run, _, arms = fields["also"].partition(":")
+            ablation, _, commit = run.partition("@")
+            if not (ablation and commit and arms):
+                raise UserError(f"{where}: also= reads ABLATION@COMMIT:ARM[,ARM], got {fields['also']!r}")
+            also = (ablation, commit, tuple(arms.split(",")))
+        return cls(fields["ablation"], fields["commit"], view, also)
 
     def rows(self, store: list[dict[str, str]], where: str) -> list[dict[str, str]]:
-        matching = [r for r in store if r["ablation"] == self.ablation and r["commit"].startswith(self.commit)]
-        if not matching:
-            raise UserError(
-                f"{where}: no run of {self.ablation!r} at commit {self.commit} in the results store; "
-                "add it with `synth results import RUN_FOLDER`"
-            )
-        last = matching[-1]["run_id"]
-        return [r for r in matching if r["run_id"] == last]
+        return _run_rows(store, self.ablation, self.commit, where)
+
+    def also_rows(self, store: list[dict[str, str]], where: str) -> list[dict[str, str]]:
+        """The appended arms' rows (none without ``also=``); an arm that run lacks is an error naming it."""
+        if self.also is None:
+            return []
+        ablation, commit, arms = self.also
+        rows = _run_rows(store, ablation, commit, where)
+        missing = [a for a in arms if not any(r["arm"] == a for r in rows)]
+        if missing:
+            raise UserError(f"{where}: run {ablation}@{commit} has no arm {', '.join(missing)}; fix also=")
+        return [r for r in rows if r["arm"] in arms]
+
+
+def _run_rows(store: list[dict[str, str]], ablation: str, commit: str, where: str) -> list[dict[str, str]]:
+    """The store's rows of the last run recorded for this ablation and commit prefix."""
+    matching = [r for r in store if r["ablation"] == ablation and r["commit"].startswith(commit)]
+    if not matching:
+        raise UserError(
+            f"{where}: no run of {ablation!r} at commit {commit} in the results store; "
+            "add it with `synth results import RUN_FOLDER`"
+        )
+    last = matching[-1]["run_id"]
+    return [r for r in matching if r["run_id"] == last]
 
 
 def _f(cell: str, fmt: str = "{:.3f}") -> str:
@@ -111,13 +138,19 @@ def _stage_minutes(cell: str) -> str:
     return f"{total / 60:.1f} min"
 
 
-def render_block(rows: list[dict[str, str]], store_name: str, view: str = "groups") -> str:
+def render_block(
+    rows: list[dict[str, str]], store_name: str, view: str = "groups", also: list[dict[str, str]] | None = None
+) -> str:
     """One run as Markdown: a provenance line, then per arm either head / medium / tail mAP and the paired Δs
-    (``groups``) or tail mAP and each group's paired Δ vs re-sampling (``levers``)."""
+    (``groups``) or tail mAP and each group's paired Δ vs re-sampling (``levers``); ``also``: another run's arms on
+    the same stages, appended with their run named in the label and in the provenance line."""
     first = rows[0]
     by_arm: dict[str, dict[str, dict[str, str]]] = {}
     for row in rows:
         by_arm.setdefault(row["arm"], {})[row["group"]] = row
+    for row in also or []:
+        tagged = {**row, "label": f"{row['label']} ({row['ablation']}@{row['commit'][:7]})"}
+        by_arm.setdefault(f"{row['run_id']}/{row['arm']}", {})[row["group"]] = tagged
     lines = [
         f"Run `{first['run_id']}` of `{first['ablation']}` at commit `{first['commit'][:10]}` (config "
         f"`{first['config_hash']}`, {first['dataset']} data, {first['n_test']} test rows, classifier seeds "
@@ -125,6 +158,13 @@ def render_block(rows: list[dict[str, str]], store_name: str, view: str = "group
         f"{_stage_minutes(first['stage_seconds'])}). Generated from `{store_name}` by `synth results docs`.",
         "",
     ]
+    if also:
+        other = also[0]
+        arms = ", ".join(dict.fromkeys(f"`{r['arm']}`" for r in also))
+        lines[0] += (
+            f" Appended: {arms} from run `{other['run_id']}` of `{other['ablation']}` at `{other['commit'][:10]}`, "
+            "on the same stages (the marker's `also=`; the prose says how that was checked)."
+        )
     if view == "levers":
         lines += [
             "| Arm | tail mAP | tail Δ vs re-sampled | medium Δ vs re-sampled | head Δ vs re-sampled | tail verdict |",
@@ -175,7 +215,8 @@ def update_docs(
         def render(match: re.Match, path: Path = path) -> str:
             where = f"{path.name}: results-table {match['args']}"
             selector = Selector.parse(match["args"], where)
-            body = render_block(selector.rows(store, where), store_name, selector.view)
+            rows, also = selector.rows(store, where), selector.also_rows(store, where)
+            body = render_block(rows, store_name, selector.view, also)
             if body != match["body"]:
                 changed.append(where)
             return match.group(1) + body + match.group(4)
