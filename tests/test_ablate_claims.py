@@ -17,7 +17,7 @@ from ablation_fakes import FakeStages, write_config
 from synth.ablation import claims
 from synth.ablation.config import load_ablation_config
 from synth.ablation.runner import run_ablation
-from synth.ablation.steps import plan
+from synth.ablation.steps import DONE, folder_done, plan
 
 ARMS = ["real_only", "synthetic_filtered"]
 
@@ -39,7 +39,7 @@ def test_a_claim_is_held_against_a_live_owner_and_taken_over_from_a_dead_one(tmp
         _owner_file(tmp_path / "busy", live.pid)
         _owner_file(tmp_path / "stale", _dead_pid())
         assert claims.held_elsewhere(tmp_path / "busy") and not claims.held_elsewhere(tmp_path / "stale")
-        order = list(claims.free_first(["busy", "stale", "free"], lambda name: [tmp_path / name], _done))
+        order = list(claims.free_first(["busy", "stale", "free"], lambda name: [tmp_path / name], folder_done))
         assert order == ["stale", "free", "busy"]
         with claims.hold(tmp_path / "stale", log=lambda m: None):
             assert claims.owner(tmp_path / "stale")["pid"] == os.getpid()
@@ -55,7 +55,7 @@ def test_a_claim_is_held_against_a_live_owner_and_taken_over_from_a_dead_one(tmp
 def _first_pick(folders: list[Path], start, picks) -> None:
     """One invocation's first free_first pick, made the moment ``start`` opens; the step then runs for 0.5 s."""
     start.wait()
-    for name in claims.free_first([f.name for f in folders], lambda name: [folders[0].parent / name], _done):
+    for name in claims.free_first([f.name for f in folders], lambda name: [folders[0].parent / name], folder_done):
         picks.put(name)
         with claims.hold(folders[0].parent / name, log=lambda m: None):  # takes free_first's claim over
             time.sleep(0.5)
@@ -80,20 +80,16 @@ def test_two_invocations_looking_at_the_same_moment_pick_different_steps(tmp_pat
         assert not list(tmp_path.rglob(claims.OWNER))  # every claim released
 
 
-def _done(folder: Path) -> bool:
-    return (folder / "done.json").exists()
-
-
 def test_a_finished_step_still_held_elsewhere_is_passed_over(tmp_path: Path):
     """An arm's step is marked done before its owner predicts the held-out and external sets under the same claim:
     another invocation must take the next free step, not sit waiting on that one (seen in the levers run)."""
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         _owner_file(tmp_path / "finishing", live.pid)
-        (tmp_path / "finishing" / "done.json").write_text("{}")
+        (tmp_path / "finishing" / DONE).write_text("{}")
         (tmp_path / "cached").mkdir()
-        (tmp_path / "cached" / "done.json").write_text("{}")
-        order = claims.free_first(["finishing", "cached", "free"], lambda name: [tmp_path / name], _done)
+        (tmp_path / "cached" / DONE).write_text("{}")
+        order = claims.free_first(["finishing", "cached", "free"], lambda name: [tmp_path / name], folder_done)
         assert [next(order), next(order)] == ["cached", "free"]
         assert next(order) == "finishing"  # only once nothing else is left
     finally:

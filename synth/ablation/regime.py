@@ -131,16 +131,16 @@ def fit_regime(points: list[RegimePoint], n_boot: int = 2000, seed: int = 0) -> 
     draws = [_within_line([classes[i] for i in rng.integers(0, len(classes), len(classes))]) for _ in range(n_boot)]
     slopes = np.array([d[0] for d in draws])
     # where each falling draw crosses 0, in log10 counts: a draw that barely falls crosses beyond any float
-    falling = np.array([-b0 / b for b, b0, _ in draws if b < 0])
+    crossings = np.array([-b0 / b for b, b0, _ in draws if b < 0])
     return RegimeFit(
         slope=slope,
         slope_interval=(float(np.percentile(slopes, 2.5)), float(np.percentile(slopes, 97.5))),
         intercept=intercept,
         break_even=break_even(slope, intercept, counts),
-        break_even_interval=(_count(np.percentile(falling, 2.5)), _count(np.percentile(falling, 97.5)))
-        if len(falling)
+        break_even_interval=(_count(np.percentile(crossings, 2.5)), _count(np.percentile(crossings, 97.5)))
+        if len(crossings)
         else None,
-        falling_share=len(falling) / n_boot,
+        falling_share=len(crossings) / n_boot,
         mean_gain=mean_gain,
         n_classes=len(classes),
         n_points=len(counts),
